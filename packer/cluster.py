@@ -1,0 +1,230 @@
+"""Weight sharing (Deep Compression step 2): 1-D k-means per tensor, optional per-row scales, the codebook + codes.
+
+Centroid initialisations follow Han et al. 2016, section 3.2 (linear, random/Forgy, density).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+_INITS = ("linear", "random", "density")
+
+
+def _segment_bounds(u: np.ndarray, c: np.ndarray) -> np.ndarray:
+    """Split points of the sorted values `u` among the sorted centroids `c`: cluster j is u[b[j]:b[j+1]].
+
+    A value exactly on a midpoint goes to the lower centroid (searchsorted side="right").
+    """
+    mid = (c[:-1] + c[1:]) * 0.5
+    b = np.empty(c.size + 1, dtype=np.int64)
+    b[0] = 0
+    b[1:-1] = np.searchsorted(u, mid, side="right")
+    b[-1] = u.size
+    return b
+
+
+def _linear_skipping_hole(u: np.ndarray, k: int) -> np.ndarray:
+    """Evenly spaced over [min, max] with the widest empty interval cut out when it would hold centroids.
+
+    Pruning leaves a hole around zero; plain linear spacing puts centroids there that end up empty and are dropped
+    (on a 92%-pruned fc layer, 24 of 63). Spacing them over the occupied range keeps every one of them useful while
+    keeping linear initialisation's point: centroids for the rare large weights."""
+    span = u[-1] - u[0]
+    if u.size < 2 or k < 2 or span <= 0:
+        return np.linspace(u[0], u[-1], k)
+    gaps = np.diff(u)
+    g = int(np.argmax(gaps))
+    if gaps[g] <= span / (k - 1):
+        return np.linspace(u[0], u[-1], k)
+    lo, hi = u[g], u[g + 1]
+    t = np.linspace(0.0, span - gaps[g], k)
+    left = lo - u[0]
+    return np.where(t <= left, u[0] + t, hi + (t - left))
+
+
+def _initial_centroids(x: np.ndarray, u: np.ndarray, k: int, init: str, seed: int) -> np.ndarray:
+    if init == "linear":
+        c = _linear_skipping_hole(u, k)
+    elif init == "random":
+        rng = np.random.default_rng(seed)
+        c = u[rng.choice(u.size, size=k, replace=False)]
+    else:  # density: evenly spaced over the CDF, at the centres of k equal-probability bins
+        c = np.quantile(x, (np.arange(k, dtype=np.float64) + 0.5) / k)
+    # Duplicated starting points (possible with heavy ties under "density") would be wasted clusters.
+    return np.unique(c)
+
+
+def kmeans_1d(
+    values: np.ndarray,
+    k: int,
+    init: str = "linear",
+    seed: int = 0,
+    max_iter: int = 50,
+    tol: float = 0.0,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Lloyd's k-means on 1-D data; returns (centroids float32 sorted ascending, labels int64 shaped like values).
+
+    - At most k centroids come back: a cluster that ends up empty is dropped (not re-seeded), so the result can
+      be shorter than k. Every returned centroid has at least one member.
+    - With at most k distinct values there is one centroid per distinct value (exact when values are float32).
+    - Labels are the nearest returned (float32) centroid; a value exactly between two goes to the lower one.
+    - Stops after max_iter updates or when no centroid moves by more than tol. Sums are in float64.
+    - Deterministic: the same input (and seed, for init="random") gives the same output bit for bit.
+    """
+    x = np.asarray(values)
+    if not (np.issubdtype(x.dtype, np.floating) or np.issubdtype(x.dtype, np.integer)):
+        raise ValueError(f"values must be a real numeric array, found dtype {x.dtype}")
+    x = x.astype(np.float64)
+    if not np.all(np.isfinite(x)):
+        raise ValueError("values must be finite, found NaN or inf")
+    if isinstance(k, bool) or int(k) != k or k < 1:
+        raise ValueError(f"k must be an integer >= 1, found {k!r}")
+    k = int(k)
+    if init not in _INITS:
+        raise ValueError(f"init must be one of {_INITS}, found {init!r}")
+    if isinstance(max_iter, bool) or int(max_iter) != max_iter or max_iter < 0:
+        raise ValueError(f"max_iter must be an integer >= 0, found {max_iter!r}")
+    if not (np.isfinite(tol) and tol >= 0):
+        raise ValueError(f"tol must be a finite number >= 0, found {tol!r}")
+    if x.size == 0:
+        return np.empty(0, dtype=np.float32), np.empty(x.shape, dtype=np.int64)
+
+    # Work on the distinct values with their multiplicities: sorted once, and duplicates cost nothing.
+    u, inverse, counts = np.unique(x.ravel(), return_inverse=True, return_counts=True)
+    if u.size <= k:
+        c = u
+    else:
+        weighted = u * counts
+        fcounts = counts.astype(np.float64)
+        c = _initial_centroids(x.ravel(), u, k, init, seed)
+        for _ in range(int(max_iter)):
+            b = _segment_bounds(u, c)
+            starts = b[:-1][b[1:] > b[:-1]]  # empty clusters are dropped here
+            # Consecutive non-empty segments tile u, so reduceat over their starts sums each one exactly once.
+            new_c = np.add.reduceat(weighted, starts) / np.add.reduceat(fcounts, starts)
+            converged = new_c.size == c.size and float(np.max(np.abs(new_c - c))) <= tol
+            c = new_c
+            if converged:
+                break
+
+    # Label against the float32 centroids actually returned, so that codebook[label] is the nearest entry.
+    c32 = np.unique(c.astype(np.float32))
+    b = _segment_bounds(u, c32.astype(np.float64))
+    sizes = np.diff(b)
+    used = sizes > 0
+    labels_u = np.repeat(np.arange(int(used.sum()), dtype=np.int64), sizes[used])
+    return c32[used], labels_u[inverse.ravel()].reshape(x.shape)
+
+
+def choose_row_scales(w: np.ndarray) -> np.ndarray:
+    """Per output channel scale = max |w| over the row w.reshape(w.shape[0], -1)[r] (0.0 for an all-zero row)."""
+    w = np.asarray(w)
+    if w.ndim < 1:
+        raise ValueError("weights must have at least one dimension (rows = w.shape[0])")
+    rows = w.reshape(w.shape[0], -1)
+    if rows.shape[1] == 0:
+        return np.zeros(rows.shape[0], dtype=np.float32)
+    return np.max(np.abs(rows), axis=1).astype(np.float32)
+
+
+def _code_dtype(bits: int) -> type:
+    return np.uint8 if bits <= 8 else np.uint16
+
+
+def quantize(
+    w: np.ndarray,
+    mask: np.ndarray | None,
+    bits: int,
+    *,
+    reserve_zero: bool,
+    row_scales: np.ndarray | None = None,
+    init: str = "linear",
+    seed: int = 0,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Weight-share one tensor; returns (codebook float32, codes shaped like w, uint8 if bits <= 8 else uint16).
+
+    Kept entries (mask True; all entries when mask is None) are clustered by kmeans_1d, over w / row_scales[row]
+    when row_scales is given (rows = w.reshape(w.shape[0], -1); a row with scale 0 must have no nonzero kept
+    entry). With reserve_zero, codebook[0] == 0.0 and code 0 is given to removed entries only; kept entries get
+    codes 1.. and k-means has 2**bits - 1 centroids. Without it, 2**bits centroids, and removed entries get the
+    code of the centroid nearest to 0 (their value is meaningless: the caller keeps the mask).
+    The codebook holds only the centroids k-means used (+ the reserved 0.0), never more than 2**bits entries.
+    A tensor with no kept entry gets the codebook [0.0] and all codes 0.
+    """
+    w = np.asarray(w)
+    if not np.issubdtype(w.dtype, np.floating):
+        raise ValueError(f"weights must be a floating array, found dtype {w.dtype}")
+    if w.ndim < 1:
+        raise ValueError("weights must have at least one dimension (rows = w.shape[0])")
+    if not np.all(np.isfinite(w)):
+        raise ValueError("weights must be finite, found NaN or inf")
+    if isinstance(bits, bool) or int(bits) != bits or not 1 <= bits <= 16:
+        raise ValueError(f"bits must be an integer in 1..16, found {bits!r}")
+    bits = int(bits)
+    n_rows = w.shape[0]
+    w2 = w.reshape(n_rows, -1).astype(np.float64)
+    if mask is None:
+        keep = np.ones(w2.shape, dtype=bool)
+    else:
+        mask = np.asarray(mask)
+        if mask.dtype != np.bool_ or mask.shape != w.shape:
+            raise ValueError(
+                f"mask must be a bool array of shape {w.shape}, found dtype {mask.dtype} shape {mask.shape}"
+            )
+        keep = mask.reshape(w2.shape)
+
+    if row_scales is None:
+        v = w2
+    else:
+        s = np.asarray(row_scales)
+        if s.shape != (n_rows,):
+            raise ValueError(f"row_scales must have shape ({n_rows},), found {s.shape}")
+        s = s.astype(np.float32).astype(np.float64)
+        if not (np.all(np.isfinite(s)) and np.all(s >= 0)):
+            raise ValueError("row_scales must be finite and >= 0")
+        zero = s == 0
+        bad = np.flatnonzero(zero & np.any(keep & (w2 != 0), axis=1))
+        if bad.size:
+            raise ValueError(f"row {int(bad[0])} has scale 0 but nonzero kept weights")
+        v = np.zeros_like(w2)
+        v[~zero] = w2[~zero] / s[~zero, None]
+
+    codes = np.zeros(w2.shape, dtype=_code_dtype(bits))
+    kept = v[keep]
+    if kept.size == 0:
+        return np.zeros(1, dtype=np.float32), codes.reshape(w.shape)
+
+    k = (1 << bits) - (1 if reserve_zero else 0)
+    centroids, labels = kmeans_1d(kept, k, init=init, seed=seed)
+    if reserve_zero:
+        codebook = np.concatenate([np.zeros(1, dtype=np.float32), centroids])
+        codes[keep] = labels + 1
+    else:
+        codebook = centroids
+        codes[keep] = labels
+        codes[~keep] = int(np.argmin(np.abs(centroids)))
+    return codebook, codes.reshape(w.shape)
+
+
+def dequantize(
+    codebook: np.ndarray, codes: np.ndarray, row_scales: np.ndarray | None = None
+) -> np.ndarray:
+    """Reference decode: float32(codebook[code]) * float32(row_scales[row]) (no scale when row_scales is None)."""
+    cb = np.asarray(codebook, dtype=np.float32)
+    codes = np.asarray(codes)
+    if cb.ndim != 1:
+        raise ValueError(f"codebook must be 1-D, found shape {cb.shape}")
+    if not np.issubdtype(codes.dtype, np.integer):
+        raise ValueError(f"codes must be an integer array, found dtype {codes.dtype}")
+    if codes.size and (int(codes.min()) < 0 or int(codes.max()) >= cb.size):
+        raise ValueError(
+            f"codes must be in [0, {cb.size}), found range [{int(codes.min())}, {int(codes.max())}]"
+        )
+    out = cb[codes]
+    if row_scales is None:
+        return out
+    if codes.ndim < 1:
+        raise ValueError("codes must have at least one dimension to apply row_scales")
+    s = np.asarray(row_scales, dtype=np.float32)
+    if s.shape != (codes.shape[0],):
+        raise ValueError(f"row_scales must have shape ({codes.shape[0]},), found {s.shape}")
+    return (out.reshape(codes.shape[0], -1) * s[:, None]).reshape(codes.shape)

@@ -1,0 +1,282 @@
+"""The only file that imports onnx: ONNX model <-> graph IR (packer/graph.py), with Constant nodes turned into
+initializers, BatchNormalization folded into the preceding Conv/Gemm, Identity/Dropout removed, and constant
+weights of Gemm/MatMul normalised to the (out, in) layout."""
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from runtime.errors import FormatError, UnsupportedError
+
+from .graph import Graph, Node, ValueInfo
+
+_ATTR_KIND = {
+    onnx.AttributeProto.INT: "int",
+    onnx.AttributeProto.FLOAT: "float",
+    onnx.AttributeProto.STRING: "string",
+    onnx.AttributeProto.INTS: "ints",
+    onnx.AttributeProto.FLOATS: "floats",
+    onnx.AttributeProto.STRINGS: "strings",
+}
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def load_onnx(path: str | os.PathLike) -> Graph:
+    """Read an ONNX file into the IR, refusing external data that points outside the model's folder."""
+    path = Path(path)
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as e:  # protobuf raises several types for garbage input
+        raise FormatError(f"{path}: not a readable ONNX model ({type(e).__name__}: {e})") from None
+    base = path.resolve().parent
+    for t in _all_tensors(model.graph):
+        if t.data_location == onnx.TensorProto.EXTERNAL:
+            loc = {e.key: e.value for e in t.external_data}.get("location", "")
+            target = (base / loc).resolve()
+            if os.path.isabs(loc) or base not in target.parents:
+                raise FormatError(f"{path}: tensor '{t.name}' has external data '{loc}' outside the model's folder")
+    try:
+        onnx.load_external_data_for_model(model, str(base))
+    except Exception as e:
+        raise FormatError(f"{path}: cannot load external data ({e})") from None
+    return from_onnx(model, str(path))
+
+
+def _all_tensors(g: onnx.GraphProto):
+    yield from g.initializer
+    for n in g.node:
+        for a in n.attribute:
+            if a.type == onnx.AttributeProto.TENSOR:
+                yield a.t
+
+
+def from_onnx(model: onnx.ModelProto, where: str = "<model>") -> Graph:
+    g = model.graph
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
+    if opset is None:
+        raise UnsupportedError(f"{where}: model has no default-domain opset import")
+    inits = {t.name: numpy_helper.to_array(t) for t in g.initializer}
+    nodes = []
+    for i, n in enumerate(g.node):
+        name = n.name or f"{n.op_type}_{i}"
+        if n.domain not in ("", "ai.onnx"):
+            raise UnsupportedError(f"{where}: node '{name}' uses op '{n.op_type}' of domain '{n.domain}'")
+        if n.op_type == "Constant":
+            inits[n.output[0]] = _constant_value(n, name, where)
+            continue
+        attrs = {}
+        for a in n.attribute:
+            if a.type not in _ATTR_KIND:
+                raise UnsupportedError(f"{where}: node '{name}' ({n.op_type}): attribute '{a.name}' of type "
+                                       f"{onnx.AttributeProto.AttributeType.Name(a.type)} is not supported")
+            value = helper.get_attribute_value(a)
+            if a.type == onnx.AttributeProto.STRING:
+                value = value.decode("utf-8")
+            elif a.type == onnx.AttributeProto.STRINGS:
+                value = [v.decode("utf-8") for v in value]
+            elif a.type == onnx.AttributeProto.FLOATS:
+                value = [float(v) for v in value]
+            elif a.type == onnx.AttributeProto.INTS:
+                value = [int(v) for v in value]
+            attrs[a.name] = (_ATTR_KIND[a.type], value)
+        nodes.append(Node(n.op_type, name, list(n.input), list(n.output), attrs))
+    init_names = set(inits)
+    inputs = [_value_info(v) for v in g.input if v.name not in init_names]
+    outputs = [_value_info(v) for v in g.output]
+    params = sum(int(v.size) for v in inits.values() if v.dtype.kind == "f")
+    graph = Graph(g.name or "model", inputs, outputs, nodes, inits, opset, params)
+    _unique_node_names(graph)
+    _remove_passthrough(graph)
+    _fold_batchnorm(graph)
+    _normalise_linear(graph)
+    _drop_unused(graph)
+    return graph
+
+
+def _constant_value(n: onnx.NodeProto, name: str, where: str) -> np.ndarray:
+    a = n.attribute[0] if len(n.attribute) == 1 else None
+    if a is None:
+        raise UnsupportedError(f"{where}: Constant node '{name}' must have exactly one attribute")
+    if a.name == "value":
+        return numpy_helper.to_array(a.t)
+    if a.name in ("value_float", "value_int"):
+        return np.array(helper.get_attribute_value(a), dtype=np.float32 if a.name == "value_float" else np.int64)
+    if a.name in ("value_floats", "value_ints"):
+        return np.array(helper.get_attribute_value(a), dtype=np.float32 if a.name == "value_floats" else np.int64)
+    raise UnsupportedError(f"{where}: Constant node '{name}': attribute '{a.name}' is not supported")
+
+
+def _value_info(v: onnx.ValueInfoProto) -> ValueInfo:
+    t = v.type.tensor_type
+    dtype = np.dtype(helper.tensor_dtype_to_np_dtype(t.elem_type)).name if t.elem_type else "float32"
+    shape = []
+    for i, d in enumerate(t.shape.dim):
+        shape.append(d.dim_value if d.HasField("dim_value") else (d.dim_param or f"{v.name}_dim{i}"))
+    return ValueInfo(v.name, dtype, shape)
+
+
+def _unique_node_names(graph: Graph) -> None:
+    seen: set[str] = set()
+    for i, n in enumerate(graph.nodes):
+        if n.name in seen:
+            n.name = f"{n.name}_{i}"
+        seen.add(n.name)
+
+
+def _rename_input(graph: Graph, old: str, new: str) -> None:
+    for n in graph.nodes:
+        n.inputs = [new if i == old else i for i in n.inputs]
+
+
+def _remove_passthrough(graph: Graph) -> None:
+    """Identity, and Dropout at inference (its first output is its input), are removed."""
+    outputs = {v.name for v in graph.outputs}
+    kept = []
+    for n in graph.nodes:
+        if n.op in ("Identity", "Dropout") and n.inputs and n.inputs[0]:
+            src, dst = n.inputs[0], n.outputs[0]
+            if n.op == "Dropout" and len(n.outputs) > 1 and any(n.outputs[1] in m.inputs for m in graph.nodes):
+                kept.append(n)  # the mask is used: keep the node for the runtime to reject clearly
+                continue
+            if dst in outputs:
+                if src in outputs or any(src == v.name for v in graph.inputs) or src in graph.initializers:
+                    kept.append(n)  # an output that is a copy of an input or constant: keep the Identity
+                    continue
+                # rename the producer's output instead, so that the graph output keeps its name
+                for m in kept:
+                    m.outputs = [dst if o == src else o for o in m.outputs]
+                _rename_input(graph, src, dst)
+                continue
+            _rename_input(graph, dst, src)
+            continue
+        kept.append(n)
+    graph.nodes = kept
+
+
+def _fold_batchnorm(graph: Graph) -> None:
+    """y = gamma * (conv(x) + b - mean) / sqrt(var + eps) + beta folded into the Conv/Gemm weights and bias."""
+    consumers = graph.consumers()
+    outputs = {v.name for v in graph.outputs}
+    producers = graph.producers()
+    removed = set()
+    for bn in graph.nodes:
+        if bn.op != "BatchNormalization" or len(bn.outputs) != 1:
+            continue
+        prev = producers.get(bn.inputs[0])
+        if prev is None or prev.op not in ("Conv", "Gemm") or bn.inputs[0] in outputs:
+            continue
+        if len(consumers.get(bn.inputs[0], [])) != 1 or not all(i in graph.initializers for i in bn.inputs[1:5]):
+            continue
+        if prev.inputs[1] not in graph.initializers or (len(prev.inputs) > 2 and prev.inputs[2]
+                                                        and prev.inputs[2] not in graph.initializers):
+            continue
+        if prev.op == "Gemm" and (prev.attr("transB", 0) != 1 or prev.attr("transA", 0) != 0):
+            continue
+        if len(consumers.get(prev.inputs[1], [])) != 1:
+            continue  # a shared weight cannot be changed for one user
+        gamma, beta, mean, var = (graph.initializers[i].astype(np.float64) for i in bn.inputs[1:5])
+        eps = bn.attr("epsilon", 1e-5)
+        w = graph.initializers[prev.inputs[1]].astype(np.float64)
+        bias_name = prev.inputs[2] if len(prev.inputs) > 2 and prev.inputs[2] else None
+        b = graph.initializers[bias_name].astype(np.float64) if bias_name else np.zeros(w.shape[0])
+        scale = gamma / np.sqrt(var + eps)
+        beta_g = prev.attr("beta", 1.0) if prev.op == "Gemm" else 1.0
+        graph.initializers[prev.inputs[1]] = (w * scale.reshape((-1,) + (1,) * (w.ndim - 1))).astype(np.float32)
+        new_bias = (beta_g * b - mean) * scale + beta
+        if prev.op == "Gemm":
+            new_bias = new_bias / beta_g if beta_g != 0 else new_bias
+            if beta_g == 0:
+                prev.attrs["beta"] = ("float", 1.0)
+        new_name = bias_name if bias_name and len(consumers.get(bias_name, [])) == 1 else f"{prev.name}.folded_bias"
+        graph.initializers[new_name] = new_bias.astype(np.float32)
+        prev.inputs = prev.inputs[:2] + [new_name]
+        prev.outputs = [bn.outputs[0]]
+        removed.add(id(bn))
+    graph.nodes = [n for n in graph.nodes if id(n) not in removed]
+
+
+def _normalise_linear(graph: Graph) -> None:
+    """Constant Gemm weights become (out, in) with transB = 1; MatMul of a 2-D input by a constant 2-D weight
+    becomes such a Gemm. Rows of every compressed matrix are then output channels."""
+    consumers = graph.consumers()
+    ranks = {v.name: len(v.shape) for v in graph.inputs}
+    for n in graph.nodes:
+        if n.op == "Gemm" and n.inputs[1] in graph.initializers and n.attr("transB", 0) == 0:
+            w = graph.initializers[n.inputs[1]]
+            if w.ndim == 2 and len(consumers[n.inputs[1]]) == 1:
+                graph.initializers[n.inputs[1]] = np.ascontiguousarray(w.T)
+                n.attrs["transB"] = ("int", 1)
+        elif (n.op == "MatMul" and n.inputs[1] in graph.initializers and graph.initializers[n.inputs[1]].ndim == 2
+              and len(consumers[n.inputs[1]]) == 1 and _rank_is_two(graph, n.inputs[0], ranks)):
+            w = graph.initializers[n.inputs[1]]
+            graph.initializers[n.inputs[1]] = np.ascontiguousarray(w.T)
+            n.op = "Gemm"
+            n.attrs = {"transB": ("int", 1)}
+        for o in n.outputs:
+            ranks[o] = _out_rank(n, ranks, graph)
+
+
+def _rank_is_two(graph: Graph, name: str, ranks: dict) -> bool:
+    return ranks.get(name) == 2
+
+
+def _out_rank(n: Node, ranks: dict, graph: Graph) -> int | None:
+    """Just enough rank propagation to know when a MatMul input is a 2-D matrix."""
+    if n.op in ("Gemm", "Flatten"):
+        return 2
+    if n.op in ("Relu", "LeakyRelu", "Sigmoid", "Tanh", "Clip", "HardSigmoid", "HardSwish", "Softmax", "Dropout",
+                "Identity", "BatchNormalization"):
+        return ranks.get(n.inputs[0])
+    if n.op == "MatMul":
+        return ranks.get(n.inputs[0])
+    if n.op == "Reshape" and n.inputs[1] in graph.initializers:
+        return int(graph.initializers[n.inputs[1]].size)
+    return None
+
+
+def _drop_unused(graph: Graph) -> None:
+    used = {i for n in graph.nodes for i in n.inputs} | {v.name for v in graph.outputs}
+    graph.initializers = {k: v for k, v in graph.initializers.items() if k in used}
+
+
+# --- export ------------------------------------------------------------------------------------------------------
+
+def graph_to_onnx(graph: Graph, weights: dict[str, np.ndarray] | None = None) -> onnx.ModelProto:
+    """The IR (optionally with replaced weight values) as a dense ONNX model that onnxruntime runs."""
+    values = dict(graph.initializers)
+    if weights:
+        values.update(weights)
+    nodes = []
+    for n in graph.nodes:
+        attrs = {k: v for k, (kind, v) in n.attrs.items()}
+        nodes.append(helper.make_node(n.op, n.inputs, n.outputs, name=n.name, **attrs))
+    inits = [numpy_helper.from_array(np.asarray(values[name]), name) for name in values]
+    g = helper.make_graph(nodes, graph.name, [_make_vi(v) for v in graph.inputs],
+                          [_make_vi(v) for v in graph.outputs], inits)
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", graph.opset)], producer_name="edgepack")
+    model.ir_version = min(model.ir_version, 10)
+    return model
+
+
+def _make_vi(v: ValueInfo) -> onnx.ValueInfoProto:
+    elem = helper.np_dtype_to_tensor_dtype(np.dtype(v.dtype))
+    return helper.make_tensor_value_info(v.name, elem, [d if d is not None else None for d in v.shape])
+
+
+def save_onnx(graph: Graph, path: str | os.PathLike, weights: dict[str, np.ndarray] | None = None) -> None:
+    model = graph_to_onnx(graph, weights)
+    data = model.SerializeToString()
+    from .writer import write_atomic
+    write_atomic(path, [data])

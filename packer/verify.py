@@ -1,0 +1,81 @@
+"""Checks a packed model against the original: both run in onnxruntime (the packed one through its dense unpacked
+form) on the same inputs; reports output error and top-1 agreement. The runtime's own check comes with its kernels."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+
+from .graph import Graph
+
+
+@dataclass
+class Agreement:
+    samples: int
+    max_abs_error: float
+    rel_l2_error: float
+    top1_agreement: float | None
+    accuracy_original: float | None = None
+    accuracy_packed: float | None = None
+
+    def summary(self) -> str:
+        s = (f"{self.samples} inputs: max |diff| {self.max_abs_error:.3g}, relative L2 error "
+             f"{self.rel_l2_error:.3g}")
+        if self.top1_agreement is not None:
+            s += f", top-1 agreement {100 * self.top1_agreement:.2f}%"
+        if self.accuracy_original is not None:
+            s += (f"; accuracy original {100 * self.accuracy_original:.2f}% -> packed "
+                  f"{100 * self.accuracy_packed:.2f}%")
+        return s
+
+
+def session(model_or_path, threads: int = 1):
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.log_severity_level = 3
+    src = model_or_path if isinstance(model_or_path, (str, os.PathLike)) else model_or_path.SerializeToString()
+    return ort.InferenceSession(os.fspath(src) if isinstance(src, os.PathLike) else src, opts,
+                                providers=["CPUExecutionProvider"])
+
+
+def random_inputs(graph: Graph, batch: int, seed: int = 0) -> dict[str, np.ndarray]:
+    """Inputs of the declared shapes (dynamic dimensions: `batch` for the first, 1 elsewhere)."""
+    rng = np.random.default_rng(seed)
+    feeds = {}
+    for v in graph.inputs:
+        shape = [d if isinstance(d, int) else (batch if i == 0 else 1) for i, d in enumerate(v.shape)]
+        if v.dtype.startswith("float"):
+            feeds[v.name] = rng.standard_normal(shape).astype(v.dtype)
+        else:
+            feeds[v.name] = rng.integers(0, 2, shape).astype(v.dtype)
+    return feeds
+
+
+def compare(original_onnx: str | os.PathLike, packed_path: str | os.PathLike, feeds: dict[str, np.ndarray] | None
+            = None, labels: np.ndarray | None = None, batch: int = 256, seed: int = 0) -> Agreement:
+    from .onnx_io import graph_to_onnx
+    from .unpack import packed_to_graph
+
+    packed_graph = packed_to_graph(packed_path)
+    if feeds is None:
+        feeds = random_inputs(packed_graph, batch, seed)
+    a_sess = session(original_onnx)
+    b_sess = session(graph_to_onnx(packed_graph))
+    out_name = packed_graph.outputs[0].name
+    a = a_sess.run([out_name], feeds)[0].astype(np.float64)
+    b = b_sess.run([out_name], feeds)[0].astype(np.float64)
+    diff = np.abs(a - b)
+    rel = float(np.linalg.norm(a - b) / max(np.linalg.norm(a), 1e-30))
+    top1 = None
+    acc_a = acc_b = None
+    if a.ndim == 2 and a.shape[1] > 1:
+        top1 = float(np.mean(a.argmax(1) == b.argmax(1)))
+        if labels is not None:
+            acc_a = float(np.mean(a.argmax(1) == labels))
+            acc_b = float(np.mean(b.argmax(1) == labels))
+    return Agreement(int(a.shape[0]) if a.ndim else 1, float(diff.max()) if diff.size else 0.0, rel, top1,
+                     acc_a, acc_b)

@@ -1,0 +1,54 @@
+"""The one load path: map the file, check the container, decode and check every tensor, then hand out the model
+description (spec/format.md). Nothing is returned before everything is validated."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .decode import Buffers, decode_tensor
+from .reader import Container, open_bytes, read_container
+
+
+@dataclass
+class PackedModel:
+    """A validated packed file: JSON parts as dicts, weights as runtime/weights.py objects (views into the file)."""
+
+    source: str
+    container: Container
+    weights: dict = field(default_factory=dict)
+
+    @property
+    def meta(self) -> dict:
+        return self.container.meta
+
+    @property
+    def graph(self) -> dict:
+        return self.container.graph
+
+    @property
+    def file_size(self) -> int:
+        return self.container.file_size
+
+
+def read_packed(source: str | os.PathLike | bytes | bytearray | memoryview) -> PackedModel:
+    buf, where = open_bytes(source)
+    container = read_container(buf, where)
+    bufs = Buffers(container.data, [])
+    weights = {}
+    for i, t in enumerate(container.graph["tensors"]):
+        weights[t["name"]] = decode_tensor(t, bufs, f"{where}: tensor '{t['name']}'")
+    bufs.check_layout(f"{where}: section data")
+    return PackedModel(where, container, weights)
+
+
+def attrs_plain(attrs: dict) -> dict:
+    """Graph-section attributes [kind, value] -> plain python values (what op kernels take)."""
+    return {k: (float(v) if kind == "float" else [float(x) for x in v] if kind == "floats" else v)
+            for k, (kind, v) in attrs.items()}
+
+
+def dense_weights(model: PackedModel) -> dict[str, np.ndarray]:
+    """Every tensor decoded to a dense array of its declared dtype (the reference view of the file)."""
+    return {name: np.ascontiguousarray(w.to_dense()) for name, w in model.weights.items()}

@@ -1,0 +1,60 @@
+"""The edgepack command line, run as a user would (in-process through main(), and once as a real subprocess)."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+
+import zoo
+from packer.cli import _size, main
+
+
+def test_pack_info_unpack(tmp_path, capsys):
+    src = zoo.save(zoo.cnn(), tmp_path / "cnn.onnx")
+    out = tmp_path / "cnn.epk"
+    assert main(["pack", src, "-o", str(out), "--sparsity", "0.5", "--bits", "6", "-q", "--check"]) == 0
+    text = capsys.readouterr().out
+    assert "c2.w" in text and "ratio" in text and "top-1 agreement" in text
+    assert main(["info", str(out), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["total_bytes"] == out.stat().st_size
+    assert info["original_bytes"] > 0 and info["ratio"] == info["original_bytes"] / info["total_bytes"]
+    assert main(["info", str(out)]) == 0
+    assert "sparse_codebook" in capsys.readouterr().out
+    assert main(["unpack", str(out), "-o", str(tmp_path / "back.onnx")]) == 0
+    assert (tmp_path / "back.onnx").stat().st_size > 0
+
+
+def test_errors_are_clean(tmp_path, capsys):
+    bad = tmp_path / "bad.epk"
+    bad.write_bytes(b"\x89EPK\r\n\x1a\n" + b"\0" * 10)
+    assert main(["info", str(bad)]) == 2
+    assert "error" in capsys.readouterr().err
+    notonnx = tmp_path / "x.onnx"
+    notonnx.write_bytes(b"garbage")
+    assert main(["pack", str(notonnx), "-o", str(tmp_path / "x.epk")]) == 2
+    assert "not a readable ONNX model" in capsys.readouterr().err
+    assert not (tmp_path / "x.epk").exists()
+    assert main(["info", str(tmp_path / "missing.epk")]) == 2
+
+
+def test_size_parsing():
+    assert _size("256KiB") == 262144 and _size("1MiB") == 1 << 20 and _size("4096") == 4096 and _size("64k") == 65536
+
+
+def test_info_runs_without_onnx(tmp_path):
+    """`edgepack info` on a board: onnx and onnxruntime are not importable there."""
+    src = zoo.save(zoo.mlp(), tmp_path / "m.onnx")
+    out = tmp_path / "m.epk"
+    assert main(["pack", src, "-o", str(out), "-q"]) == 0
+    code = ("import sys\n"
+            "class Block:\n"
+            "    def find_spec(self, name, path=None, target=None):\n"
+            "        if name.split('.')[0] in ('onnx', 'onnxruntime'): raise ImportError('blocked ' + name)\n"
+            "sys.meta_path.insert(0, Block())\n"
+            "from packer.cli import main\n"
+            f"sys.exit(main(['info', {str(out)!r}]))\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "ratio" in r.stdout
