@@ -1,0 +1,113 @@
+"""ONNX import edge cases: external data that escapes the model folder, malformed files, unsupported constructs."""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+import zoo
+from packer.onnx_io import load_onnx
+from packer.pipeline import pack
+from runtime.errors import FormatError, UnsupportedError
+
+
+def _external_model(tmp_path, location):
+    w = numpy_helper.from_array(np.ones((4, 4), np.float32), "w")
+    w.data_location = TensorProto.EXTERNAL
+    w.ClearField("raw_data")
+    entry = w.external_data.add()
+    entry.key, entry.value = "location", location
+    g = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "g",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])], [w])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    path = tmp_path / "sub" / "m.onnx"
+    path.parent.mkdir()
+    path.write_bytes(m.SerializeToString())
+    return path
+
+
+@pytest.mark.parametrize("location", ["../secret.bin", "/etc/passwd", "a/../../secret.bin"])
+def test_external_data_outside_folder_is_refused(tmp_path, location):
+    (tmp_path / "secret.bin").write_bytes(np.ones(16, np.float32).tobytes())
+    path = _external_model(tmp_path, location)
+    with pytest.raises(FormatError, match="outside the model's folder"):
+        load_onnx(path)
+    assert not list(tmp_path.glob("*.epk"))
+
+
+def test_external_data_inside_folder_is_read(tmp_path):
+    path = _external_model(tmp_path, "w.bin")
+    (path.parent / "w.bin").write_bytes(np.arange(16, dtype=np.float32).tobytes())
+    g = load_onnx(path)
+    np.testing.assert_array_equal(g.initializers["w"].T.reshape(-1), np.arange(16, dtype=np.float32))
+
+
+@pytest.mark.parametrize("payload", [b"", b"garbage", b"\x08\x07" * 100])
+def test_malformed_onnx_is_refused(tmp_path, payload):
+    p = tmp_path / "bad.onnx"
+    p.write_bytes(payload)
+    with pytest.raises((FormatError, UnsupportedError)):
+        pack(p, tmp_path / "out.epk")
+    assert not (tmp_path / "out.epk").exists()
+    assert not [f for f in tmp_path.iterdir() if f.name.startswith("out.epk")]
+
+
+def test_custom_domain_is_unsupported(tmp_path):
+    g = helper.make_graph([helper.make_node("Foo", ["x"], ["y"], domain="com.example")], "g",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.example", 1)])
+    p = tmp_path / "m.onnx"
+    p.write_bytes(m.SerializeToString())
+    with pytest.raises(UnsupportedError, match="Foo"):
+        load_onnx(p)
+
+
+def test_failed_write_leaves_no_file(tmp_path, monkeypatch):
+    """A write that fails midway (a full disk) leaves neither the output nor a temporary file."""
+    import packer.writer as writer
+
+    src = zoo.save(zoo.mlp(), tmp_path / "m.onnx")
+    real_fsync = writer.os.fsync
+
+    def full_disk(fd):
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(writer.os, "fsync", full_disk)
+    with pytest.raises(OSError, match="No space"):
+        pack(src, tmp_path / "out.epk")
+    monkeypatch.setattr(writer.os, "fsync", real_fsync)
+    assert sorted(f.name for f in tmp_path.iterdir()) == ["m.onnx"]
+
+
+def test_killed_packer_leaves_no_file_or_a_valid_one(tmp_path):
+    """SIGKILL at several points of `edgepack pack`: the output path holds nothing or a complete, valid file.
+    (A temporary file may stay behind after SIGKILL: nothing can remove it then; it never has the output's name.)"""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from runtime.loader import read_packed
+
+    src = zoo.save(zoo.mlp(sizes=(784, 300, 100, 10)), tmp_path / "m.onnx")
+    out = tmp_path / "m.epk"
+    outcomes = set()
+    for delay in (0.3, 0.8, 1.2, 1.6, 2.0, 2.5, 30.0):
+        if out.exists():
+            out.unlink()
+        p = subprocess.Popen([sys.executable, "-m", "packer.cli", "pack", src, "-o", str(out), "-q",
+                              "--sparsity", "0.9"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        t0 = time.monotonic()
+        while p.poll() is None and time.monotonic() - t0 < delay:
+            time.sleep(0.02)
+        if p.poll() is None:
+            p.send_signal(signal.SIGKILL)
+        p.wait()
+        if out.exists():
+            read_packed(out)  # complete and valid
+            outcomes.add("file")
+        else:
+            outcomes.add("none")
+    assert "file" in outcomes  # the last run had time to finish
