@@ -2,11 +2,9 @@
 against the encoder's own reference bit for bit. `pack()` is the Python API behind `edgepack pack`."""
 from __future__ import annotations
 
-import json
 import os
 import sys
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 
@@ -14,6 +12,7 @@ from runtime import constants as C
 from runtime.errors import FormatError
 from runtime.summary import format_table, layer_table
 from runtime.loader import read_packed
+from runtime.tables import read_table_file
 
 from . import __version__
 from .encode import Encoded, LayerSettings, default_bits, dense, encode_weight
@@ -46,15 +45,7 @@ def load_config(path: str | os.PathLike | None) -> dict:
     """Per-layer settings: {"default": {...}, "layers": {tensor or node name: {...}}} as JSON or TOML."""
     if path is None:
         return {}
-    text = Path(path).read_bytes()
-    if str(path).endswith(".toml"):
-        try:
-            import tomllib
-        except ImportError:  # Python 3.10
-            import tomli as tomllib  # type: ignore[no-redef]
-        cfg = tomllib.loads(text.decode("utf-8"))
-    else:
-        cfg = json.loads(text)
+    cfg = read_table_file(path)
     if not isinstance(cfg, dict) or set(cfg) - {"default", "layers"}:
         raise ValueError(f"{path}: config must be an object with keys 'default' and/or 'layers'")
     return cfg

@@ -3,12 +3,12 @@ by operand type, and memory traffic charged at SRAM or DRAM cost by whether the 
 Default costs: Horowitz, ISSCC 2014, 45 nm; a user table (JSON or TOML with the same keys) replaces them."""
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from .tables import read_table_file
 from .weights import CodebookWeight, DenseWeight, Int8Weight, SparseCodebookWeight
 
 # pJ per operation; memory entries are per 32-bit access.
@@ -36,18 +36,7 @@ def load_table(path: str | None) -> dict:
     table = dict(DEFAULT_TABLE)
     if path is None:
         return table
-    with open(path, "rb") as f:
-        raw = f.read()
-    if str(path).endswith(".toml"):
-        try:
-            import tomllib
-        except ImportError:  # Python 3.10
-            import tomli as tomllib  # type: ignore[no-redef]
-        user = tomllib.loads(raw.decode("utf-8"))
-    else:
-        user = json.loads(raw)
-    if not isinstance(user, dict):
-        raise ValueError(f"{path}: energy table must be an object of name -> pJ")
+    user = read_table_file(path)
     unknown = set(user) - set(DEFAULT_TABLE)
     if unknown:
         raise ValueError(f"{path}: unknown energy table keys {sorted(unknown)}; known: {sorted(DEFAULT_TABLE)}")
