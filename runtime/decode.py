@@ -31,7 +31,7 @@ class Buffers:
         expected = count * dt.itemsize
         if length != expected:
             raise FormatError(f"{where}: buffer length {length} (expected {expected} = {count} x {dtype})")
-        if offset < 0 or offset > self.data.size or length > self.data.size - offset:
+        if offset < 0 or length < 0 or offset > self.data.size or length > self.data.size - offset:
             raise FormatError(f"{where}: buffer [{offset}, {offset + length}) outside the data section "
                               f"({self.data.size} bytes)")
         if offset % dt.itemsize:
@@ -107,6 +107,9 @@ def decode_tensor(t: dict, bufs: Buffers, where: str):
         row_scales = bufs.view(scales_ref, "float32", rows, f"{w} row_scales")
         _check_finite(row_scales, f"{w} row_scales")
     per_chunk = int_field(enc, "rows_per_chunk", w, 1, rows)
+    # The first stream holds >= rows symbols of >= 1 bit: bound rows by the data before the per-chunk arrays.
+    if rows > 8 * bufs.data.size:
+        raise FormatError(f"{w}: {rows} rows cannot fit in a data section of {bufs.data.size} bytes")
     n_chunks = -(-rows // per_chunk)
     row_starts = np.minimum(np.arange(n_chunks + 1, dtype=np.int64) * per_chunk, rows)
     if kind == C.ENC_CODEBOOK:
@@ -114,7 +117,7 @@ def decode_tensor(t: dict, bufs: Buffers, where: str):
         sparse.check_codes(codes, k, f"{w} codes")
         return CodebookWeight(shape, codebook, codes.reshape(rows, cols), row_scales)
     if codebook[0] != 0.0:
-        raise FormatError(f"{w}: codebook[0] must be 0.0 (it decodes filler entries), found {codebook[0]!r}")
+        raise FormatError(f"{w}: codebook[0] must be 0.0 (it decodes filler entries), found {float(codebook[0])!r}")
     nnz = int_field(enc, "nnz", w, 0, count)
     counts = decode_stream(field(enc, "row_counts", dict, w), bufs, rows, row_starts, None, f"{w} row_counts")
     indptr = np.zeros(rows + 1, dtype=np.int64)

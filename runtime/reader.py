@@ -148,7 +148,7 @@ def _json_section(buf: np.ndarray, s: Section, cap: int, name: str, where: str) 
     try:
         text = raw.decode("utf-8")
         value = json.loads(text, parse_constant=_no_constant)
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+    except (ValueError, RecursionError) as e:  # ValueError: also ints over CPython's digit limit (>= 3.11)
         raise FormatError(f"{where}: section {name}: not valid UTF-8 JSON ({e})") from None
     if not isinstance(value, dict):
         raise FormatError(f"{where}: section {name}: top level must be a JSON object, found {type(value).__name__}")
@@ -274,8 +274,8 @@ def check_graph(graph: dict, where: str) -> None:
         op = field(n, "op", str, w)
         name = field(n, "name", str, w)
         w = f"{where}: node '{name}' ({op})"
-        if name in node_names:
-            raise FormatError(f"{w}: node name used twice")
+        if name in node_names or not name:
+            raise FormatError(f"{w}: node name is empty or used twice")
         node_names.add(name)
         field(n, "domain", str, w, optional=True)
         for j, inp in enumerate(field(n, "inputs", list, w)):
