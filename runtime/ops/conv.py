@@ -1,0 +1,512 @@
+"""ONNX Conv (NCHW, 2-D: strides, pads, dilations, groups, auto_pad) run on the compressed weight forms.
+
+Compressed weights use a direct convolution vectorised over output positions: per output channel, each nonzero tap
+(cin, ky, kx) adds weight * (the shifted input plane) to the output plane. Dense weights with group 1 use
+im2col + BLAS. Weight classes: runtime/weights.py.
+"""
+from __future__ import annotations
+
+import types
+from dataclasses import dataclass, field
+
+import numpy as np
+from numba import get_num_threads, njit, prange
+
+from runtime.errors import InputError, UnsupportedError
+from runtime.weights import CodebookWeight, DenseWeight, Int8Weight, SparseCodebookWeight
+
+_EMPTY_F32 = np.zeros(0, dtype=np.float32)
+_AUTO_PADS = ("NOTSET", "VALID", "SAME_UPPER", "SAME_LOWER")
+_PLAN_CACHE_SIZE = 8  # input shapes remembered per prepared weight
+
+# The int64 geometry vector the kernels receive (one array instead of 26 scalar arguments): the convolution's
+# sizes, then the scratch layout (byte offsets; int64 parts first so every part is aligned to its item size).
+(_C, _H, _W, _HP, _WP, _OH, _OW, _KH, _KW, _SH, _SW, _DH, _DW, _PT, _PL, _CIN_G, _PADDED, _GSTRIDE, _COLS,
+ _SLOTS, _ACC_LEN, _TAB_OFF, _OBUF_OFF, _XPAD_OFF, _ACC_OFF, _WBUF_OFF, _NGEO) = range(27)
+
+
+def _serial_and_parallel(fn):
+    """Compile one undecorated kernel twice. The twin gets its own qualname because Numba's cache index ignores
+    target options: without it the parallel build would load the serial machine code from the cache."""
+    twin = types.FunctionType(fn.__code__, fn.__globals__, fn.__name__ + "_parallel", fn.__defaults__,
+                              fn.__closure__)
+    twin.__qualname__ = fn.__qualname__ + "_parallel"
+    return njit(cache=True)(fn), njit(cache=True, parallel=True)(twin)
+
+
+@dataclass(frozen=True, eq=False)
+class PreparedConv:
+    """A Conv weight (cout, cin/group, kh, kw) re-laid for the kernels of this file.
+
+    kind "dense": w2d (cout, cols) float32.  kind "sparse": CSR indptr/columns/codes without filler entries.
+    kind "codebook": codes (cout, cols).  kind "int8": q (cout, cols), zp (cout,) float32.
+    scales (cout,) multiply output channels (empty when absent); group_of (cout,) is each channel's group.
+    `plans` caches the geometry per input shape (the executor calls with the same shapes every run).
+    """
+
+    kind: str
+    shape: tuple
+    group: int
+    arrays: dict = field(repr=False)
+    plans: dict = field(default_factory=dict, repr=False)
+
+    @property
+    def nbytes(self) -> int:
+        return int(sum(a.nbytes for a in self.arrays.values()))
+
+
+@dataclass(frozen=True, eq=False)
+class _Plan:
+    attrs: dict  # a copy of the attributes it was built for
+    out_shape: tuple
+    geo: np.ndarray
+    scratch_bytes: int
+    im2col: bool
+
+
+# ------------------------------------------------------------------------------------------ attributes, geometry
+
+def _ints(attrs: dict, key: str, default: list, n: int) -> list:
+    v = attrs.get(key)
+    v = default if v is None else [int(i) for i in v]
+    if len(v) != n:
+        raise UnsupportedError(f"conv: attribute '{key}' expected {n} values (2-D conv), found {v}")
+    return v
+
+
+def _geometry(x_shape: tuple, w_shape: tuple, attrs: dict) -> dict:
+    if len(w_shape) != 4:
+        raise UnsupportedError(f"conv: only 2-D convolution is supported, weight shape {tuple(w_shape)}")
+    if len(x_shape) != 4:
+        raise InputError(f"conv: x expected 4-D (N, C, H, W), found shape {tuple(x_shape)}")
+    cout, cin_g, kh, kw = (int(d) for d in w_shape)
+    nb, c, h, w = (int(d) for d in x_shape)
+    group = int(attrs.get("group", 1) or 1)
+    if group < 1 or cin_g * group != c or cout % group != 0:
+        raise InputError(f"conv: x has {c} channels; weight {tuple(w_shape)} with group {group} expects "
+                         f"{cin_g * group} channels and cout divisible by the group")
+    ks = attrs.get("kernel_shape")
+    if ks is not None and [int(i) for i in ks] != [kh, kw]:
+        raise InputError(f"conv: kernel_shape {list(ks)} does not match weight shape {tuple(w_shape)}")
+    sh, sw = _ints(attrs, "strides", [1, 1], 2)
+    dh, dw = _ints(attrs, "dilations", [1, 1], 2)
+    if min(sh, sw, dh, dw) < 1:
+        raise UnsupportedError(f"conv: strides and dilations must be >= 1, found {[sh, sw]} and {[dh, dw]}")
+    auto_pad = attrs.get("auto_pad", "NOTSET") or "NOTSET"
+    if isinstance(auto_pad, bytes):
+        auto_pad = auto_pad.decode()
+    if auto_pad not in _AUTO_PADS:
+        raise UnsupportedError(f"conv: auto_pad expected one of {_AUTO_PADS}, found {auto_pad!r}")
+    ekh, ekw = (kh - 1) * dh + 1, (kw - 1) * dw + 1  # extent of the dilated kernel
+    if auto_pad == "NOTSET":
+        pt, pl, pb, pr = _ints(attrs, "pads", [0, 0, 0, 0], 4)
+        if min(pt, pl, pb, pr) < 0:
+            raise UnsupportedError(f"conv: negative pads are not supported, found {[pt, pl, pb, pr]}")
+    elif auto_pad == "VALID":
+        pt = pl = pb = pr = 0
+    else:  # SAME_*: output = ceil(input / stride); the odd pad goes to the end (UPPER) or the start (LOWER)
+        pads = []
+        for size, s, ek in ((h, sh, ekh), (w, sw, ekw)):
+            total = max(0, (-(-size // s) - 1) * s + ek - size)
+            small, big = total // 2, total - total // 2
+            pads.append((small, big) if auto_pad == "SAME_UPPER" else (big, small))
+        (pt, pb), (pl, pr) = pads
+    hp, wp = h + pt + pb, w + pl + pr
+    if hp < ekh or wp < ekw:
+        raise InputError(f"conv: input {h}x{w} with pads {[pt, pl, pb, pr]} is smaller than the dilated "
+                         f"kernel {ekh}x{ekw}")
+    return dict(nb=nb, c=c, h=h, w=w, cout=cout, cin_g=cin_g, kh=kh, kw=kw, sh=sh, sw=sw, dh=dh, dw=dw, pt=pt,
+                pl=pl, hp=hp, wp=wp, oh=(hp - ekh) // sh + 1, ow=(wp - ekw) // sw + 1, group=group,
+                padded=int(pt + pl + pb + pr > 0))
+
+
+def _slots(cout: int, parallel: bool) -> int:
+    return max(1, min(int(get_num_threads()), cout)) if parallel else 1
+
+
+def _layout(g: dict, kind: str, parallel: bool) -> tuple[np.ndarray, int, bool]:
+    """The geometry vector (with the scratch layout filled in), the scratch bytes, and whether im2col is used.
+
+    im2col needs one (cols, OH*OW) float32 matrix. The direct kernels need tap offsets (int64, per call) and per
+    slot a padded copy of one sample (when padding), an accumulator plane and one decoded row (values, offsets)."""
+    cols = g["cin_g"] * g["kh"] * g["kw"]
+    im2col = kind == "dense" and g["group"] == 1
+    slots = _slots(g["cout"], parallel)
+    acc_len = g["oh"] * (g["wp"] if (g["sh"] == 1 and g["sw"] == 1) else g["ow"])
+    geo = np.zeros(_NGEO, dtype=np.int64)
+    for i, key in ((_C, "c"), (_H, "h"), (_W, "w"), (_HP, "hp"), (_WP, "wp"), (_OH, "oh"), (_OW, "ow"),
+                   (_KH, "kh"), (_KW, "kw"), (_SH, "sh"), (_SW, "sw"), (_DH, "dh"), (_DW, "dw"), (_PT, "pt"),
+                   (_PL, "pl"), (_CIN_G, "cin_g"), (_PADDED, "padded")):
+        geo[i] = g[key]
+    geo[_GSTRIDE] = g["cin_g"] * g["hp"] * g["wp"]
+    geo[_COLS], geo[_SLOTS], geo[_ACC_LEN] = cols, slots, acc_len
+    if im2col:
+        return geo, 4 * cols * g["oh"] * g["ow"], True
+    pos = 0
+    for off, size in ((_TAB_OFF, 8 * cols), (_OBUF_OFF, 8 * slots * cols),
+                      (_XPAD_OFF, 4 * slots * g["padded"] * g["c"] * g["hp"] * g["wp"]),
+                      (_ACC_OFF, 4 * slots * acc_len),
+                      (_WBUF_OFF, 4 * slots * cols)):
+        geo[off] = pos
+        pos += size
+    return geo, pos, False
+
+
+def _plan(prepared: PreparedConv, x_shape: tuple, attrs: dict, parallel: bool) -> _Plan:
+    key = (tuple(x_shape), bool(parallel))
+    plan = prepared.plans.get(key)
+    if plan is not None and plan.attrs == attrs:
+        return plan
+    g = _geometry(x_shape, prepared.shape, attrs)
+    if g["group"] != prepared.group:
+        raise InputError(f"conv: attribute group {g['group']} differs from the prepared weight's {prepared.group}")
+    geo, nbytes, im2col = _layout(g, prepared.kind, parallel)
+    frozen = {k: (list(v) if isinstance(v, (list, tuple)) else v) for k, v in attrs.items()}
+    plan = _Plan(frozen, (g["nb"], g["cout"], g["oh"], g["ow"]), geo, nbytes, im2col)
+    if len(prepared.plans) >= _PLAN_CACHE_SIZE:
+        prepared.plans.clear()
+    prepared.plans[key] = plan
+    return plan
+
+
+def conv_output_shape(x_shape: tuple, w_shape: tuple, attrs: dict) -> tuple:
+    """(N, cout, OH, OW) of ONNX Conv for these shapes and attributes."""
+    g = _geometry(x_shape, w_shape, attrs)
+    return (g["nb"], g["cout"], g["oh"], g["ow"])
+
+
+def conv_scratch_bytes(x_shape: tuple, w_shape: tuple, attrs: dict, prepared: PreparedConv | None = None,
+                       parallel: bool = False) -> int:
+    """Scratch bytes `conv` needs. Without `prepared` the answer covers every weight kind (an upper bound)."""
+    if prepared is not None:
+        return _plan(prepared, x_shape, attrs, parallel).scratch_bytes
+    g = _geometry(x_shape, w_shape, attrs)
+    return max(_layout(g, kind, parallel)[1] for kind in ("dense", "sparse"))
+
+
+# ------------------------------------------------------------------------------------------------ load-time re-lay
+
+def prepare_conv(weight, group: int) -> PreparedConv:
+    """Re-lay a constant Conv weight (cout, cin/group, kh, kw) for the kernels of this file."""
+    shape = tuple(int(d) for d in getattr(weight, "shape", ()))
+    if len(shape) != 4:
+        raise UnsupportedError(f"conv: only 2-D convolution is supported, weight shape {shape}")
+    cout = shape[0]
+    group = int(group)
+    if group < 1 or cout % group != 0:
+        raise InputError(f"conv: group {group} must be >= 1 and divide cout {cout}")
+    group_of = (np.arange(cout, dtype=np.int64) // (cout // group)).astype(np.int32)
+    if isinstance(weight, DenseWeight):
+        if weight.array.dtype.kind != "f":
+            raise UnsupportedError(f"conv: dense weight dtype expected a float type, found "
+                                   f"{weight.array.dtype.name}")
+        w2d = np.ascontiguousarray(weight.array, dtype=np.float32).reshape(cout, -1)
+        return PreparedConv("dense", shape, group, {"w2d": w2d, "group_of": group_of})
+    if isinstance(weight, SparseCodebookWeight):
+        keep = weight.codebook[weight.codes] != 0.0  # filler entries do no work
+        if keep.all():
+            indptr, columns, codes = weight.indptr, weight.columns, weight.codes
+        else:
+            row_of = np.repeat(np.arange(cout), np.diff(weight.indptr))[keep]
+            indptr = np.zeros(cout + 1, dtype=np.int32)
+            np.cumsum(np.bincount(row_of, minlength=cout), out=indptr[1:])
+            columns, codes = weight.columns[keep], weight.codes[keep]
+        arrays = {"indptr": indptr, "columns": columns, "codes": codes, "codebook": weight.codebook}
+        scales, kind = weight.row_scales, "sparse"
+    elif isinstance(weight, CodebookWeight):
+        arrays = {"codes": weight.codes, "codebook": weight.codebook}
+        scales, kind = weight.row_scales, "codebook"
+    elif isinstance(weight, Int8Weight):
+        zp = weight.zero_point.astype(np.float32)
+        scales = weight.scale.astype(np.float32)
+        if scales.shape[0] != cout:  # per-tensor
+            zp, scales = np.full(cout, zp[0], np.float32), np.full(cout, scales[0], np.float32)
+        arrays, kind = {"q": weight.q, "zp": zp}, "int8"
+    else:
+        raise UnsupportedError(f"conv: unknown weight class {type(weight).__name__}")
+    arrays["scales"] = _EMPTY_F32 if scales is None else scales
+    arrays["group_of"] = group_of
+    return PreparedConv(kind, shape, group, arrays)
+
+
+# -------------------------------------------------------------------------------------------------------- kernels
+# Hot loops index slices from 0 (a[i], not a[off + i]): Numba cannot prove off + i >= 0, keeps its negative-index
+# wraparound per element, and LLVM then does not vectorise (measured 5x slower on the dev VM). Sizes come in
+# precomputed: an integer division by a run-time value adds a zero-divisor check that slowed a loop nest 3x.
+
+@njit(cache=True)
+def _scratch_views_kernel(scratch, geo):
+    cols, slots = geo[_COLS], geo[_SLOTS]
+    tab = scratch[geo[_TAB_OFF]: geo[_TAB_OFF] + 8 * cols].view(np.int64)
+    obuf = scratch[geo[_OBUF_OFF]: geo[_OBUF_OFF] + 8 * slots * cols].view(np.int64)
+    xpad = scratch[geo[_XPAD_OFF]: geo[_ACC_OFF]].view(np.float32)
+    acc = scratch[geo[_ACC_OFF]: geo[_ACC_OFF] + 4 * slots * geo[_ACC_LEN]].view(np.float32)
+    wbuf = scratch[geo[_WBUF_OFF]: geo[_WBUF_OFF] + 4 * slots * cols].view(np.float32)
+    kh, kw, wp, plane = geo[_KH], geo[_KW], geo[_WP], geo[_HP] * geo[_WP]
+    for c in range(geo[_CIN_G]):  # tab[(c * kh + ky) * kw + kx]: offset of that tap in its group's input
+        for ky in range(kh):
+            for kx in range(kw):
+                tab[(c * kh + ky) * kw + kx] = c * plane + ky * geo[_DH] * wp + kx * geo[_DW]
+    return tab, obuf, xpad, acc, wbuf
+
+
+@njit(cache=True)
+def _source_kernel(x, b, geo, xpad):
+    """Sample b as a flat (C, Hp, Wp) plane stack: x[b] itself, or a zero-padded copy in xpad."""
+    if geo[_PADDED] == 0:
+        return x[b]
+    c_in, h, w, hp, wp, pt, pl = geo[_C], geo[_H], geo[_W], geo[_HP], geo[_WP], geo[_PT], geo[_PL]
+    xpad[:] = 0.0  # the borders; a slot pads each of its samples into its own copy
+    for c in range(c_in):
+        for y in range(h):
+            d = c * hp * wp + (y + pt) * wp + pl
+            s = (c * h + y) * w
+            xpad[d: d + w] = x[b, s: s + w]
+    return xpad
+
+
+@njit(cache=True)
+def _taps_kernel(src, base, wbuf, obuf, ntaps, acc, geo):
+    """acc <- sum over taps t of wbuf[t] * (the input plane seen from offset base + obuf[t]).
+
+    Stride 1 runs each tap as ONE contiguous loop over a 'wide' plane of row pitch Wp (the columns past OW are
+    computed and dropped) so short output rows still vectorise; other strides loop per row."""
+    oh, ow, wp, sh, sw = geo[_OH], geo[_OW], geo[_WP], geo[_SH], geo[_SW]
+    if sh == 1 and sw == 1:
+        n = (oh - 1) * wp + ow  # the last read is exactly the plane's last element: no overrun
+        a = acc[:n]
+        a[:] = 0.0
+        t = 0
+        # Four taps per pass load and store the accumulator a quarter as often (1.4x on LeNet-5 conv2); the
+        # additions stay in tap order, so the bits equal those of the one-tap loop.
+        while t + 4 <= ntaps:
+            w0, w1, w2, w3 = wbuf[t], wbuf[t + 1], wbuf[t + 2], wbuf[t + 3]
+            o0, o1, o2, o3 = base + obuf[t], base + obuf[t + 1], base + obuf[t + 2], base + obuf[t + 3]
+            s0, s1, s2, s3 = src[o0: o0 + n], src[o1: o1 + n], src[o2: o2 + n], src[o3: o3 + n]
+            for i in range(n):
+                a[i] = a[i] + w0 * s0[i] + w1 * s1[i] + w2 * s2[i] + w3 * s3[i]
+            t += 4
+        while t < ntaps:
+            w = wbuf[t]
+            off = base + obuf[t]
+            s = src[off: off + n]
+            for i in range(n):
+                a[i] += w * s[i]
+            t += 1
+    else:
+        acc[: oh * ow] = 0.0
+        span = (ow - 1) * sw + 1
+        for t in range(ntaps):
+            w = wbuf[t]
+            off = base + obuf[t]
+            for oy in range(oh):
+                ro = off + oy * sh * wp
+                s = src[ro: ro + span]
+                a = acc[oy * ow: oy * ow + ow]
+                for ox in range(ow):
+                    a[ox] += w * s[ox * sw]
+
+
+@njit(cache=True)
+def _store_kernel(acc, geo, scale, bias_v, out, b, co):
+    """out[b, co] = acc * scale + bias_v, dropping the wide-plane columns."""
+    oh, ow = geo[_OH], geo[_OW]
+    aw = geo[_WP] if (geo[_SH] == 1 and geo[_SW] == 1) else ow
+    o0 = co * oh * ow
+    for oy in range(oh):
+        a = acc[oy * aw: oy * aw + ow]
+        o = out[b, o0 + oy * ow: o0 + oy * ow + ow]
+        for ox in range(ow):
+            o[ox] = a[ox] * scale + bias_v
+
+
+# One driver per weight kind; they differ only in how a weight row is decoded into (value, offset) taps.
+# The parallel build splits the output channels over threads (slot t takes channels t, t + slots, ... of every
+# sample) in ONE parallel region per call; every channel is summed in the same order either way, so serial and
+# parallel give the same bits.
+
+def _conv_sparse(x, geo, group_of, indptr, columns, codes, codebook, scales, bias, out, scratch):
+    tab, obuf, xpad, acc, wbuf = _scratch_views_kernel(scratch, geo)
+    cout, cols, slots, alen, gstride = group_of.shape[0], geo[_COLS], geo[_SLOTS], geo[_ACC_LEN], geo[_GSTRIDE]
+    plen = geo[_PADDED] * geo[_C] * geo[_HP] * geo[_WP]
+    has_scales = scales.shape[0] != 0
+    has_bias = bias.shape[0] != 0
+    for t in prange(slots):
+        wb, ob = wbuf[t * cols: t * cols + cols], obuf[t * cols: t * cols + cols]
+        ac, xp = acc[t * alen: t * alen + alen], xpad[t * plen: t * plen + plen]
+        for b in range(x.shape[0]):
+            src = _source_kernel(x, b, geo, xp)
+            for co in range(t, cout, slots):
+                n = 0
+                for j in range(indptr[co], indptr[co + 1]):
+                    wb[n] = codebook[codes[j]]
+                    ob[n] = tab[columns[j]]
+                    n += 1
+                _taps_kernel(src, group_of[co] * gstride, wb, ob, n, ac, geo)
+                _store_kernel(ac, geo, scales[co] if has_scales else np.float32(1.0),
+                              bias[co] if has_bias else np.float32(0.0), out, b, co)
+
+
+def _conv_codebook(x, geo, group_of, codes, codebook, scales, bias, out, scratch):
+    tab, obuf, xpad, acc, wbuf = _scratch_views_kernel(scratch, geo)
+    cout, cols, slots, alen, gstride = group_of.shape[0], geo[_COLS], geo[_SLOTS], geo[_ACC_LEN], geo[_GSTRIDE]
+    plen = geo[_PADDED] * geo[_C] * geo[_HP] * geo[_WP]
+    has_scales = scales.shape[0] != 0
+    has_bias = bias.shape[0] != 0
+    for t in prange(slots):
+        wb, ob = wbuf[t * cols: t * cols + cols], obuf[t * cols: t * cols + cols]
+        ac, xp = acc[t * alen: t * alen + alen], xpad[t * plen: t * plen + plen]
+        for b in range(x.shape[0]):
+            src = _source_kernel(x, b, geo, xp)
+            for co in range(t, cout, slots):
+                n = 0
+                for c in range(cols):
+                    w = codebook[codes[co, c]]
+                    if w != 0.0:
+                        wb[n] = w
+                        ob[n] = tab[c]
+                        n += 1
+                _taps_kernel(src, group_of[co] * gstride, wb, ob, n, ac, geo)
+                _store_kernel(ac, geo, scales[co] if has_scales else np.float32(1.0),
+                              bias[co] if has_bias else np.float32(0.0), out, b, co)
+
+
+def _conv_int8(x, geo, group_of, q, zp, scales, bias, out, scratch):
+    tab, obuf, xpad, acc, wbuf = _scratch_views_kernel(scratch, geo)
+    cout, cols, slots, alen, gstride = group_of.shape[0], geo[_COLS], geo[_SLOTS], geo[_ACC_LEN], geo[_GSTRIDE]
+    plen = geo[_PADDED] * geo[_C] * geo[_HP] * geo[_WP]
+    has_bias = bias.shape[0] != 0
+    for t in prange(slots):
+        wb, ob = wbuf[t * cols: t * cols + cols], obuf[t * cols: t * cols + cols]
+        ac, xp = acc[t * alen: t * alen + alen], xpad[t * plen: t * plen + plen]
+        for b in range(x.shape[0]):
+            src = _source_kernel(x, b, geo, xp)
+            for co in range(t, cout, slots):
+                n = 0
+                z = zp[co]
+                for c in range(cols):
+                    w = np.float32(q[co, c]) - z  # exact; the scale is applied once per output
+                    if w != 0.0:
+                        wb[n] = w
+                        ob[n] = tab[c]
+                        n += 1
+                _taps_kernel(src, group_of[co] * gstride, wb, ob, n, ac, geo)
+                _store_kernel(ac, geo, scales[co], bias[co] if has_bias else np.float32(0.0), out, b, co)
+
+
+def _conv_dense_direct(x, geo, group_of, w2d, bias, out, scratch):
+    """Dense weights with groups (depthwise included), where im2col + BLAS would multiply tiny matrices."""
+    tab, obuf, xpad, acc, wbuf = _scratch_views_kernel(scratch, geo)
+    cout, cols, slots, alen, gstride = group_of.shape[0], geo[_COLS], geo[_SLOTS], geo[_ACC_LEN], geo[_GSTRIDE]
+    plen = geo[_PADDED] * geo[_C] * geo[_HP] * geo[_WP]
+    has_bias = bias.shape[0] != 0
+    for t in prange(slots):
+        wb, ob = wbuf[t * cols: t * cols + cols], obuf[t * cols: t * cols + cols]
+        ac, xp = acc[t * alen: t * alen + alen], xpad[t * plen: t * plen + plen]
+        for b in range(x.shape[0]):
+            src = _source_kernel(x, b, geo, xp)
+            for co in range(t, cout, slots):
+                n = 0
+                for c in range(cols):
+                    w = w2d[co, c]
+                    if w != 0.0:
+                        wb[n] = w
+                        ob[n] = tab[c]
+                        n += 1
+                _taps_kernel(src, group_of[co] * gstride, wb, ob, n, ac, geo)
+                _store_kernel(ac, geo, np.float32(1.0), bias[co] if has_bias else np.float32(0.0), out, b, co)
+
+
+_conv_sparse_kernel, _conv_sparse_parallel_kernel = _serial_and_parallel(_conv_sparse)
+_conv_codebook_kernel, _conv_codebook_parallel_kernel = _serial_and_parallel(_conv_codebook)
+_conv_int8_kernel, _conv_int8_parallel_kernel = _serial_and_parallel(_conv_int8)
+_conv_dense_direct_kernel, _conv_dense_direct_parallel_kernel = _serial_and_parallel(_conv_dense_direct)
+
+
+@njit(cache=True)
+def _im2col_kernel(x, b, geo, col):
+    """col[(c * kh + ky) * kw + kx, oy * OW + ox] = padded input of sample b at that tap and output position."""
+    c_in, h, w = geo[_C], geo[_H], geo[_W]
+    oh, ow, kh, kw = geo[_OH], geo[_OW], geo[_KH], geo[_KW]
+    sh, sw, dh, dw, pt, pl = geo[_SH], geo[_SW], geo[_DH], geo[_DW], geo[_PT], geo[_PL]
+    for c in range(c_in):
+        for ky in range(kh):
+            for kx in range(kw):
+                r = (c * kh + ky) * kw + kx
+                for oy in range(oh):
+                    iy = oy * sh - pt + ky * dh
+                    dst = col[r, oy * ow: oy * ow + ow]
+                    if iy < 0 or iy >= h:
+                        dst[:] = 0.0
+                        continue
+                    row = x[b, (c * h + iy) * w: (c * h + iy) * w + w]
+                    for ox in range(ow):
+                        ix = ox * sw - pl + kx * dw
+                        dst[ox] = row[ix] if 0 <= ix < w else np.float32(0.0)
+
+
+# ------------------------------------------------------------------------------------------------------- wrappers
+
+def conv(x: np.ndarray, prepared: PreparedConv, bias, attrs: dict, out: np.ndarray,
+         scratch: np.ndarray | None = None, parallel: bool = False) -> np.ndarray:
+    """ONNX Conv: out (N, cout, OH, OW) float32 <- x (N, C, H, W) float32 convolved with the prepared weight,
+    plus bias (cout,) or None. `scratch`: a 1-D C-contiguous buffer of at least
+    conv_scratch_bytes(x.shape, prepared.shape, attrs, prepared, parallel) bytes, or None to allocate.
+    Returns out."""
+    if type(x) is not np.ndarray or x.dtype != np.float32 or x.ndim != 4:
+        raise InputError(f"conv: x expected float32 (N, C, H, W), found "
+                         f"{getattr(x, 'dtype', type(x).__name__)} {getattr(x, 'shape', '')}")
+    plan = _plan(prepared, x.shape, attrs, parallel)
+    if type(out) is not np.ndarray or out.dtype != np.float32 or out.shape != plan.out_shape \
+            or not out.flags.c_contiguous:
+        raise InputError(f"conv: out expected C-contiguous float32 {plan.out_shape}, found "
+                         f"{getattr(out, 'dtype', '?')} {getattr(out, 'shape', '?')}")
+    nb, cout = plan.out_shape[0], plan.out_shape[1]
+    if bias is None:
+        bias_v = _EMPTY_F32
+    elif (type(bias) is np.ndarray and bias.dtype == np.float32 and bias.shape == (cout,)
+          and bias.flags.c_contiguous):
+        bias_v = bias
+    else:
+        bias_v = np.asarray(bias)
+        if bias_v.size != cout:
+            raise InputError(f"conv: bias expected {cout} values, found shape {bias_v.shape}")
+        bias_v = np.ascontiguousarray(bias_v.reshape(cout), dtype=np.float32)
+    if scratch is None:
+        scratch = np.empty(plan.scratch_bytes, dtype=np.uint8)
+    elif type(scratch) is not np.ndarray or scratch.ndim != 1 or not scratch.flags.c_contiguous:
+        raise InputError("conv: scratch must be a 1-D C-contiguous numpy array")
+    elif scratch.nbytes < plan.scratch_bytes:
+        raise InputError(f"conv: scratch too small: {scratch.nbytes} bytes < {plan.scratch_bytes} needed")
+    if out.size == 0:
+        return out
+    if not x.flags.c_contiguous:
+        x = np.ascontiguousarray(x)
+    scratch = scratch.view(np.uint8)
+    x2 = x.reshape(nb, -1)
+    out2 = out.reshape(nb, -1)
+    a = prepared.arrays
+    geo = plan.geo
+    if plan.im2col:
+        cols, npos = int(geo[_COLS]), plan.out_shape[2] * plan.out_shape[3]
+        col = scratch[: plan.scratch_bytes].view(np.float32).reshape(cols, npos)
+        out3 = out.reshape(nb, cout, npos)
+        for b in range(nb):
+            _im2col_kernel(x2, b, geo, col)
+            np.matmul(a["w2d"], col, out=out3[b])
+        if bias_v.shape[0]:
+            out3 += bias_v[None, :, None]
+    elif prepared.kind == "sparse":
+        fn = _conv_sparse_parallel_kernel if parallel else _conv_sparse_kernel
+        fn(x2, geo, a["group_of"], a["indptr"], a["columns"], a["codes"], a["codebook"], a["scales"], bias_v,
+           out2, scratch)
+    elif prepared.kind == "codebook":
+        fn = _conv_codebook_parallel_kernel if parallel else _conv_codebook_kernel
+        fn(x2, geo, a["group_of"], a["codes"], a["codebook"], a["scales"], bias_v, out2, scratch)
+    elif prepared.kind == "int8":
+        fn = _conv_int8_parallel_kernel if parallel else _conv_int8_kernel
+        fn(x2, geo, a["group_of"], a["q"], a["zp"], a["scales"], bias_v, out2, scratch)
+    else:
+        fn = _conv_dense_direct_parallel_kernel if parallel else _conv_dense_direct_kernel
+        fn(x2, geo, a["group_of"], a["w2d"], bias_v, out2, scratch)
+    return out
