@@ -1,5 +1,5 @@
-"""The `edgepack` command line. `info` (and, with the runtime, `run`) import only the runtime, so they work on a
-board with numpy and numba alone; the packer's commands import onnx lazily."""
+"""The `edgepack` command line. `info` and `run` import only the runtime, so they work on a board with numpy and
+numba alone; the packer's commands import onnx lazily."""
 from __future__ import annotations
 
 import argparse
@@ -24,7 +24,8 @@ def cmd_pack(a: argparse.Namespace) -> int:
     from .pipeline import pack
 
     report = pack(a.model, a.output, sparsity=a.sparsity, bits=a.bits, config=a.config, quiet=a.quiet,
-                  quality=a.quality, huffman=False if a.no_huffman else None, init=a.init)
+                  quality=a.quality, huffman=False if a.no_huffman else None, init=a.init,
+                  input_shapes=a.input_shape, low_rank=a.low_rank)
     if a.json:
         print(json.dumps(_json_info(report.info), indent=2))
     else:
@@ -44,9 +45,10 @@ def cmd_info(a: argparse.Namespace) -> int:
 
     model = read_packed(a.file)
     info = layer_table(model)
+    runtime_info, plan = _runtime_check(a.file, a.budget)
     if a.json:
-        print(json.dumps({**_json_info(info), "meta": model.meta}, indent=2))
-        return 0
+        print(json.dumps({**_json_info(info), "meta": model.meta, "runtime": runtime_info}, indent=2))
+        return 0 if runtime_info.get("fits", True) else 2
     g = model.graph
     print(f"{a.file}: edgepack format {model.container.version[0]}.{model.container.version[1]}, "
           f"{model.meta.get('producer', '?')}; graph '{g['name']}' opset {g['opset']}, {len(g['nodes'])} nodes")
@@ -54,6 +56,93 @@ def cmd_info(a: argparse.Namespace) -> int:
     outs = ", ".join(f"{v['name']} {v['dtype']}{v['shape']}" for v in g["outputs"])
     print(f"inputs: {ins}\noutputs: {outs}")
     print(format_table(info))
+    if runtime_info["supported"]:
+        print(f"runtime: the model loads (every op supported, shapes checked); at batch 1 it needs at least "
+              f"{runtime_info['minimum_budget']:,} B (weights as held + arena + scratch)")
+    else:
+        print(f"runtime: cannot run this model: {runtime_info['error']}")
+    if plan is not None:
+        print(plan.table())
+    if not runtime_info.get("fits", True):
+        print(f"edgepack info: error: {runtime_info['error']}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _runtime_check(path: str, budget: str | None) -> tuple[dict, object]:
+    """Load the model in the runtime (numpy + numba only): unsupported ops and, with a budget, the memory plan."""
+    import runtime
+    from runtime.errors import BudgetError
+
+    try:
+        model = runtime.load(path)
+    except EdgepackError as e:  # an unsupported op, or attributes / shapes the runtime refuses
+        return {"supported": False, "error": str(e)}, None
+    out = {"supported": True, "minimum_budget": model.minimum_budget}
+    if budget is None:
+        return out, None
+    try:
+        model = runtime.load(path, memory_budget=budget)
+    except BudgetError as e:
+        return {**out, "fits": False, "error": str(e)}, None
+    return {**out, "fits": True, "plan": model.plan.as_dict()}, model.plan
+
+
+def _read_inputs(path: str):
+    import numpy as np
+
+    data = np.load(path, allow_pickle=False)
+    if isinstance(data, np.ndarray):
+        return data
+    with data:
+        return {k: data[k] for k in data.files}
+
+
+def cmd_run(a: argparse.Namespace) -> int:
+    import time
+
+    import numpy as np
+
+    import runtime
+
+    x = _read_inputs(a.input)
+    first = x if isinstance(x, np.ndarray) else next(iter(x.values()), np.zeros(1))
+    batch = int(first.shape[0]) if first.ndim >= 1 and first.shape[0] >= 1 else 1
+    t0 = time.perf_counter()
+    model = runtime.load(a.file, memory_budget=a.budget, parallel=a.parallel, batch=batch)
+    t_load = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    outputs = model.run(x)
+    t_first = time.perf_counter() - t0
+    times = []
+    for _ in range(max(0, a.repeat)):
+        t0 = time.perf_counter()
+        model.run(x)
+        times.append(time.perf_counter() - t0)
+    shapes = {k: v.shape for k, v in x.items()} if isinstance(x, dict) else x.shape
+    for name, y in outputs.items():
+        line = f"output {name}: {y.dtype}{list(y.shape)}"
+        if y.size:
+            line += f" min {float(y.min()):.6g} max {float(y.max()):.6g} mean {float(y.mean()):.6g}"
+        print(line)
+        if y.ndim == 2 and y.shape[1] > 1:
+            top = y.argmax(axis=1)
+            more = " ..." if top.size > 16 else ""
+            print(f"  argmax per row: {' '.join(str(int(i)) for i in top[:16])}{more}")
+    threads = f"{model.threads} threads" if a.parallel else "1 thread"
+    print(f"load {1e3 * t_load:.1f} ms; first run {1e3 * t_first:.3f} ms (includes loading or compiling the "
+          f"Numba kernels)")
+    if times:
+        t = np.array(times) * 1e6
+        print(f"latency over {len(times)} runs ({threads}): median {np.median(t):.1f} us, min {t.min():.1f} us, "
+              f"max {t.max():.1f} us; {batch / (np.median(t) * 1e-6):.0f} samples/s at batch {batch}")
+    print(model.plan_for(shapes).table())
+    if a.output:
+        if len(outputs) == 1 and not a.output.endswith(".npz"):
+            np.save(a.output, next(iter(outputs.values())))
+        else:
+            np.savez(a.output, **outputs)
+        print(f"wrote {a.output}")
     return 0
 
 
@@ -97,6 +186,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--init", choices=["linear", "random", "density"], help="k-means initialisation")
     s.add_argument("--config", help="per-layer settings (JSON or TOML: {default: {...}, layers: {name: {...}}})")
     s.add_argument("--no-huffman", action="store_true", help="store every stream b-bit packed")
+    s.add_argument("--input-shape", action="append", metavar="NAME=D0,D1,...",
+                   help="fix an input's shape, e.g. x=1,3,224,224 (repeatable): shape arithmetic is folded away")
+    s.add_argument("--low-rank", type=float, metavar="ENERGY",
+                   help="factorise fully connected and 1x1 conv weights by truncated SVD, keeping this fraction "
+                        "(0..1] of each one's energy, where that saves parameters")
     s.add_argument("--check", action="store_true", help="compare with the original in onnxruntime afterwards")
     s.add_argument("--json", action="store_true", help="print the report as JSON")
     s.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
@@ -105,7 +199,19 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("info", help="show what a packed file holds (per-layer compression table)")
     s.add_argument("file")
     s.add_argument("--json", action="store_true")
+    s.add_argument("--budget", help="show the runtime's memory plan within this budget, e.g. 256KiB (exit 2 if it "
+                   "does not fit)")
     s.set_defaults(func=cmd_info)
+
+    s = sub.add_parser("run", help="run a packed model on an input (.npy, or .npz for several inputs) with the "
+                       "runtime: outputs, latency, memory plan")
+    s.add_argument("file")
+    s.add_argument("--input", required=True, help=".npy (one input) or .npz (name -> array)")
+    s.add_argument("--output", help="write the outputs: .npy (one output) or .npz")
+    s.add_argument("--budget", help="memory budget for weights as held + arena + scratch, e.g. 256KiB")
+    s.add_argument("--repeat", type=int, default=20, help="timed runs after the first (default 20)")
+    s.add_argument("--parallel", action="store_true", help="use the Numba-parallel kernels")
+    s.set_defaults(func=cmd_run)
 
     s = sub.add_parser("unpack", help="write the dense ONNX equivalent of a packed file")
     s.add_argument("file")

@@ -26,7 +26,7 @@ class LayerSettings:
     encoding: str = "auto"  # auto | sparse_codebook | codebook | dense | float16 | int8
     codebook_dtype: str = "float32"
     huffman: bool = True
-    chunk_symbols: int = 16384  # about this many symbols per independently decodable chunk
+    chunk_symbols: int = 4096  # about this many symbols per independently decodable chunk
     seed: int = 0
 
     @classmethod
@@ -68,7 +68,7 @@ class Encoded:
 
 def dense(w: np.ndarray, storage: str | None = None) -> Encoded:
     storage = storage or w.dtype.name
-    data = np.ascontiguousarray(w, dtype=np.dtype(C.DTYPES[storage]))
+    data = np.asarray(w, dtype=np.dtype(C.DTYPES[storage]), order="C")  # keeps 0-d scalars 0-d
     ref = data.astype(w.dtype) if storage != w.dtype.name else data
     return Encoded({"type": C.ENC_DENSE, "dtype": storage, "data": data.reshape(-1)}, ref, data.nbytes,
                    {"encoding": "dense" if storage == w.dtype.name else storage})

@@ -78,6 +78,11 @@ def from_onnx(model: onnx.ModelProto, where: str = "<model>") -> Graph:
             continue
         attrs = {}
         for a in n.attribute:
+            if a.type == onnx.AttributeProto.TENSOR:
+                # e.g. ConstantOfShape's value: kept in the IR; folding usually removes the node, and the writer
+                # refuses a graph that still holds one (the format has no tensor attributes)
+                attrs[a.name] = ("tensor", numpy_helper.to_array(a.t))
+                continue
             if a.type not in _ATTR_KIND:
                 raise UnsupportedError(f"{where}: node '{name}' ({n.op_type}): attribute '{a.name}' of type "
                                        f"{onnx.AttributeProto.AttributeType.Name(a.type)} is not supported")
@@ -260,7 +265,7 @@ def graph_to_onnx(graph: Graph, weights: dict[str, np.ndarray] | None = None) ->
         values.update(weights)
     nodes = []
     for n in graph.nodes:
-        attrs = {k: v for k, (kind, v) in n.attrs.items()}
+        attrs = {k: (numpy_helper.from_array(v) if kind == "tensor" else v) for k, (kind, v) in n.attrs.items()}
         nodes.append(helper.make_node(n.op, n.inputs, n.outputs, name=n.name, **attrs))
     inits = [numpy_helper.from_array(np.asarray(values[name]), name) for name in values]
     g = helper.make_graph(nodes, graph.name, [_make_vi(v) for v in graph.inputs],
@@ -280,3 +285,65 @@ def save_onnx(graph: Graph, path: str | os.PathLike, weights: dict[str, np.ndarr
     data = model.SerializeToString()
     from .writer import write_atomic
     write_atomic(path, [data])
+
+
+# --- constant evaluation and shape inference (packer/shapes.py) ----------------------------------------------------
+
+def evaluate_node(node: Node, inputs: list[np.ndarray | None], opset: int) -> list[np.ndarray | None]:
+    """The outputs of one node on constant inputs (None: an omitted optional input), computed by onnx's reference
+    evaluator on a one-node model; None for an omitted output. Raises UnsupportedError when it cannot."""
+    from onnx.reference import ReferenceEvaluator
+
+    names = ["" if a is None else f"in{i}" for i, a in enumerate(inputs)]
+    feeds = {nm: np.asarray(a) for nm, a in zip(names, inputs) if nm}
+    outs = [f"out{i}" if o else "" for i, o in enumerate(node.outputs)]
+    attrs = {k: v for k, (kind, v) in node.attrs.items()}
+    untyped = lambda nm: helper.make_value_info(nm, onnx.TypeProto())  # noqa: E731
+    try:
+        proto = helper.make_node(node.op, names, outs, name=node.name, **attrs)
+        g = helper.make_graph([proto], "fold", [untyped(nm) for nm in names if nm], [untyped(o) for o in outs if o])
+        model = helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)])
+        results = ReferenceEvaluator(model).run(None, feeds)
+    except Exception as e:  # the reference evaluator raises many types (NotImplementedError, TypeError, ...)
+        raise UnsupportedError(f"node '{node.name}' ({node.op}): cannot be evaluated on its constant inputs "
+                               f"({type(e).__name__}: {e})") from None
+    it = iter(results)
+    return [np.asarray(next(it)) if o else None for o in outs]
+
+
+def infer_value_shapes(graph: Graph, inline_limit: int = 1024) -> dict[str, ValueInfo]:
+    """(dtype, shape) of every value ONNX shape inference (with data propagation) can tell, initializers included;
+    a dimension it cannot tell is a str or None. Initializers larger than `inline_limit` elements are declared as
+    typed inputs instead of copied into the model: their values never matter to a shape, small integer ones may."""
+    big = {k for k, v in graph.initializers.items() if v.size > inline_limit and v.dtype.name in _NP_TO_ONNX_OK}
+    inits = {k: v for k, v in graph.initializers.items() if k not in big}
+    declared = [ValueInfo(k, graph.initializers[k].dtype.name, [int(d) for d in graph.initializers[k].shape])
+                for k in big]
+    light = Graph(graph.name, list(graph.inputs) + declared, graph.outputs, graph.nodes, inits, graph.opset)
+    model = graph_to_onnx(light)
+    try:
+        model = onnx.shape_inference.infer_shapes(model, check_type=False, strict_mode=False, data_prop=True)
+    except Exception:  # an inconsistent model: fall back to what is declared, the caller reports what is missing
+        pass
+    found = {}
+    g = model.graph
+    for v in list(g.input) + list(g.value_info) + list(g.output):
+        if v.type.HasField("tensor_type") and v.type.tensor_type.HasField("shape"):
+            t = v.type.tensor_type
+            dtype = np.dtype(helper.tensor_dtype_to_np_dtype(t.elem_type)).name if t.elem_type else None
+            shape = [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in t.shape.dim]
+            found[v.name] = ValueInfo(v.name, dtype, shape)
+    for k, v in graph.initializers.items():
+        found[k] = ValueInfo(k, v.dtype.name, [int(d) for d in v.shape])
+    return found
+
+
+_NP_TO_ONNX_OK = {"float32", "float16", "float64", "int64", "int32", "int16", "int8", "uint8", "uint16", "uint32",
+                  "uint64", "bool"}
+
+
+def normalise_linear(graph: Graph) -> None:
+    """The importer's weight normalisation (constant Gemm/MatMul weights stored (out, in)) run again, for weights
+    that constant folding has just made constant; then initializers nothing reads are dropped."""
+    _normalise_linear(graph)
+    _drop_unused(graph)

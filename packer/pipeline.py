@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from runtime import constants as C
-from runtime.errors import FormatError
+from runtime.errors import FormatError, UnsupportedError
 from runtime.summary import format_table, layer_table
 from runtime.loader import read_packed
 from runtime.tables import read_table_file
@@ -89,6 +89,12 @@ def encode_graph(graph: Graph, cfg: dict, overrides: dict, progress=None) -> tup
     tensors = [{"name": name, "dtype": graph.initializers[name].dtype.name,
                 "shape": [int(d) for d in graph.initializers[name].shape], "encoding": e.encoding}
                for name, e in encoded.items()]
+    for n in graph.nodes:
+        for k, (kind, _) in n.attrs.items():
+            if kind == "tensor":
+                raise UnsupportedError(f"node '{n.name}' ({n.op}): attribute '{k}' holds a tensor, which format v1 "
+                                       f"cannot store; give static input shapes (--input-shape) so that the node is "
+                                       f"folded into a constant")
     nodes = [{"op": n.op, "name": n.name, "inputs": n.inputs, "outputs": n.outputs,
               "attrs": {k: [kind, v] for k, (kind, v) in n.attrs.items()}} for n in graph.nodes]
     vi = lambda v: {"name": v.name, "dtype": v.dtype, "shape": list(v.shape)}  # noqa: E731
@@ -99,11 +105,22 @@ def encode_graph(graph: Graph, cfg: dict, overrides: dict, progress=None) -> tup
 
 def pack(model_path: str | os.PathLike, out_path: str | os.PathLike, *, sparsity: float | None = None,
          bits: int | None = None, config: str | os.PathLike | dict | None = None, quiet: bool = True,
+         input_shapes: dict | list[str] | None = None, low_rank: float | dict | None = None,
          **overrides) -> PackReport:
-    """Pack an ONNX model into an edgepack file; return the report (per-layer table, sizes, ratio)."""
+    """Pack an ONNX model into an edgepack file; return the report (per-layer table, sizes, ratio).
+    input_shapes ({name: dims} or ["NAME=D0,D1,..."]) fixes input shapes (packer/shapes.py); constants are folded
+    either way. low_rank (energy, or {tensor: rank or energy}) factorises layers first (packer/lowrank.py)."""
     from .onnx_io import file_sha256, load_onnx
+    from .shapes import fold_constants, parse_input_shapes, specialise
 
     graph = load_onnx(model_path)
+    shapes = parse_input_shapes(input_shapes)
+    graph = specialise(graph, shapes) if shapes else fold_constants(graph)
+    factorised = None
+    if low_rank is not None:
+        from .lowrank import factorise
+
+        graph, factorised = factorise(graph, low_rank)
     cfg = config if isinstance(config, dict) else load_config(config)
     over = {"sparsity": sparsity, "bits": bits, **overrides}
     progress = None if quiet else _progress
@@ -115,6 +132,10 @@ def pack(model_path: str | os.PathLike, out_path: str | os.PathLike, *, sparsity
                    "params": graph.source_params, "fp32_bytes": 4 * graph.source_params},
         "settings": {"cli": {k: v for k, v in over.items() if v is not None}, "config": cfg},
     }
+    if shapes:
+        meta["settings"]["input_shapes"] = shapes
+    if factorised is not None:
+        meta["settings"]["low_rank"] = factorised
     data = build_file(meta, doc)
     write_atomic(out_path, [data])
     packed = read_packed(out_path)

@@ -15,9 +15,12 @@ Shape = tuple[int, ...]
 InferFn = Callable[[list, dict, list], list]
 RunFn = Callable[[list, dict, list], None]
 
-# Op-family modules under runtime/ops/, each declaring OPS: tuple[OpDef, ...]. linear and conv are written
-# separately; a module absent from the tree is skipped so a partial runtime still loads (its ops then fail in get()).
-OP_MODULES: tuple[str, ...] = ("elementwise", "pool", "shape", "softmax", "linear", "conv")
+# Op-family modules under runtime/ops/, each declaring OPS: tuple[OpDef, ...]; a module absent from the tree is
+# skipped so a partial runtime still loads (its ops then fail in get()). Gemm, MatMul and Conv are not listed: their
+# kernels (linear.py, conv.py) run on weights held per layer, so runtime/layers.py defines their OpDefs and the
+# model loader registers them next to these.
+OP_MODULES: tuple[str, ...] = ("elementwise", "pool", "shape", "softmax", "conv_transpose", "resize", "tensor",
+                               "mathops", "normalization")
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,317 @@
+"""The public model object. `load` validates the whole model before anything runs (file, supported ops, attributes,
+shapes for the declared inputs), chooses how each layer holds its weight within the memory budget and plans memory;
+`Model.run` checks its inputs and executes. Everything here is numpy + numba: no onnx, no packer."""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+from numba import get_num_threads
+
+from runtime import executor, layers, memory
+from runtime.errors import BudgetError, InputError, UnsupportedError
+from runtime.loader import attrs_plain, read_packed
+from runtime.ops import registry
+
+# Weight input index of the ops that become layers.
+WEIGHT_INPUT = {"Gemm": 1, "MatMul": 1, "Conv": 1}
+# Inputs cast to float32 by Model.run (documented there); any other dtype is refused.
+CAST_DTYPES = (np.dtype(np.float64), np.dtype(np.float16))
+MAX_CACHED_PLANS = 8
+
+
+def _register_ops() -> None:
+    registry.register_all()
+    for op in layers.OPS:
+        registry.register(op)
+
+
+def supported_ops() -> list[str]:
+    _register_ops()
+    return registry.supported_ops()
+
+
+def load(source: str | os.PathLike | bytes | bytearray | memoryview, memory_budget: int | str | None = None,
+         parallel: bool = False, *, batch: int = 1, layer_modes: str | dict | None = None) -> "Model":
+    """Read, validate and prepare a packed model.
+
+    memory_budget: bytes (int, or text such as "256KiB") for weights as held + constants + arena + scratch at
+        `batch` (see runtime/memory.py for what counts); per layer the weight is held compact, csr, dense or
+        streamed (runtime/layers.py), whichever fits in the least estimated time; without a budget, the fastest.
+        BudgetError states the smallest budget that would fit.
+    parallel: use the Numba-parallel kernels of runtime/ops (streamed layers stay serial); default single-threaded
+        Numba kernels, bit-identical run to run. (numpy's BLAS, used by dense float32 layers and batched decode,
+        follows its own threading: set OPENBLAS_NUM_THREADS=1 before starting Python for one thread there too.)
+    batch: the value every dynamic first dimension of an input takes for validation and for the plan (other
+        dynamic dimensions take 1); `run` accepts other values and plans for them on first use.
+    layer_modes: force how weights are held: one mode for every layer that has it ("compact", "csr", "dense",
+        "streamed"; layers without it keep their choice), or {node name: mode} (an unavailable mode is an error).
+    """
+    _register_ops()
+    budget = None if memory_budget is None else memory.parse_size(memory_budget)
+    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+        raise InputError(f"batch must be an int >= 1, found {batch!r}")
+    packed = read_packed(source)
+    g = packed.graph
+    where = packed.source
+    nodes = [{"op": n["op"], "name": n["name"], "inputs": list(n["inputs"]), "outputs": list(n["outputs"]),
+              "attrs": attrs_plain(n["attrs"])} for n in g["nodes"]]
+    weights = packed.weights
+    decls = []
+    for vi in g["inputs"]:
+        if vi["dtype"] != "float32":
+            raise UnsupportedError(f"{where}: graph input '{vi['name']}' is {vi['dtype']}; this runtime computes in "
+                                   f"float32 only")
+        decls.append((vi["name"], tuple(vi["shape"])))
+    const_shapes = {name: tuple(w.shape) for name, w in weights.items()}
+    for n in nodes:  # before anything is decoded or planned: an unsupported op is the first thing to know
+        registry.get(n["op"], n["name"])
+
+    # Constants that become layer weights stay weight objects; every other constant read by a node is dense.
+    layer_weight: dict[str, str] = {}  # node name -> weight tensor name
+    for n in nodes:
+        idx = WEIGHT_INPUT.get(n["op"])
+        if idx is not None and len(n["inputs"]) > idx and n["inputs"][idx] in weights:
+            w = weights[n["inputs"][idx]]
+            if n["op"] != "MatMul" or len(w.shape) == 2:
+                layer_weight[n["name"]] = n["inputs"][idx]
+    needed = set()
+    for n in nodes:
+        skip = WEIGHT_INPUT[n["op"]] if n["name"] in layer_weight else -1
+        needed.update(i for j, i in enumerate(n["inputs"]) if i in weights and j != skip)
+    needed.update(o["name"] for o in g["outputs"] if o["name"] in weights)
+    consts = {name: np.ascontiguousarray(weights[name].to_dense()) for name in sorted(needed)}
+
+    program = executor.Program([name for name, _ in decls], [o["name"] for o in g["outputs"]], nodes, consts,
+                               const_shapes)
+    for o in g["outputs"]:
+        if o["name"] not in consts and o["dtype"] != "float32":
+            raise UnsupportedError(f"{where}: graph output '{o['name']}' is {o['dtype']}; this runtime computes in "
+                                   f"float32 only")
+    input_shapes = _declared_shapes(decls, batch)
+    shapes = executor.infer_shapes(program, input_shapes)
+
+    # Options per layer, then the fit, then the layers in their chosen modes.
+    specs = []
+    tensors = {t["name"]: t for t in g["tensors"]}
+    for n in nodes:
+        if n["op"] not in WEIGHT_INPUT:
+            continue
+        if n["name"] not in layer_weight:
+            program.layers[n["name"]] = layers.DynamicLayer(n, parallel)
+            continue
+        wname = layer_weight[n["name"]]
+        bias_name = n["inputs"][2] if len(n["inputs"]) > 2 and n["inputs"][2] in consts else None
+        in_shapes = [None if not i else shapes[i] if i in shapes else const_shapes[i] for i in n["inputs"]]
+        spec = layers.LayerSpec(n, wname, weights[wname], tensors[wname]["encoding"],
+                                consts.get(bias_name) if bias_name else None, in_shapes, shapes[n["outputs"][0]],
+                                packed.container.data, parallel)
+        spec.make_options()
+        specs.append(spec)
+    _apply_forced_modes(specs, layer_modes, where)
+
+    base_plan = executor.make_plan(program, input_shapes)  # dynamic layers only: their scratch is fixed
+    layer_biases = {id(s.bias) for s in specs if s.bias is not None}
+    c_ram, c_mapped = layers.split_bytes([a for a in consts.values() if id(a) not in layer_biases],
+                                         packed.container.data)
+    fixed = c_ram + c_mapped * memory.COUNT_MAPPED + base_plan.arena.arena_bytes
+    result = memory.fit([(s.name, s.options) for s in specs], fixed, base_plan.scratch_bytes, budget,
+                        f"model {where} at batch {batch}")
+    for spec, opt in zip(specs, result.choice):
+        program.layers[spec.name] = spec.build(opt.mode)
+    model = Model(program, decls, packed, budget, parallel, (c_ram, c_mapped), specs, result)
+    model.plan = model.plan_for(input_shapes)
+    return model
+
+
+def _declared_shapes(decls, batch: int) -> dict[str, tuple]:
+    out = {}
+    for name, shape in decls:
+        out[name] = tuple(d if isinstance(d, int) else (batch if i == 0 else 1) for i, d in enumerate(shape))
+    return out
+
+
+def _apply_forced_modes(specs, layer_modes, where: str) -> None:
+    if layer_modes is None:
+        return
+    if isinstance(layer_modes, str):
+        if layer_modes not in layers.MODES:
+            raise ValueError(f"layer_modes '{layer_modes}' is not one of {layers.MODES}")
+        for s in specs:
+            kept = [o for o in s.options if o.mode == layer_modes]
+            if kept:
+                s.options = kept
+        return
+    by_name = {s.name: s for s in specs}
+    for name, mode in layer_modes.items():
+        if name not in by_name:
+            raise ValueError(f"{where}: layer_modes names '{name}', which is not a weight-bearing layer "
+                             f"(layers: {', '.join(by_name) or 'none'})")
+        kept = [o for o in by_name[name].options if o.mode == mode]
+        if not kept:
+            have = ", ".join(o.mode for o in by_name[name].options)
+            raise UnsupportedError(f"{where}: layer '{name}' cannot be held '{mode}' (its weight allows: {have})")
+        by_name[name].options = kept
+
+
+class Model:
+    """A loaded packed model. `run(x)` -> {output name: array}; `plan` is the memory plan at the load shapes,
+    `plan_for(shapes)` at others. One arena and one scratch buffer serve every cached plan; they grow to the
+    largest shape run so far (within the budget, when there is one) and are kept."""
+
+    def __init__(self, program, decls, packed, budget, parallel, consts_bytes, specs, fit):
+        self._program = program
+        self.inputs = [(name, shape) for name, shape in decls]  # (name, declared shape; str = dynamic dim)
+        self.outputs = list(program.outputs)
+        self.source = packed.source
+        self.budget = budget
+        self.parallel = parallel
+        self._container = packed.container  # keeps the mapping (weights' views) alive
+        self._file_bytes = packed.file_size
+        self._consts_bytes = consts_bytes
+        self._options = {s.name: (s.node["op"], s.weight_name, s.encoding["type"], tuple(s.options)) for s in specs}
+        self._nodes = {n["name"]: n for n in program.nodes}
+        self.minimum_budget = fit.minimum  # smallest total any choice of modes reaches, at the load shapes
+        self._plans: dict[tuple, executor.ExecPlan] = {}
+        self._arena = np.empty(0, dtype=np.uint8)
+        self._scratch = np.empty(0, dtype=np.uint8)
+        self.plan: memory.MemoryPlan | None = None
+
+    @property
+    def layers(self) -> dict:
+        """Node name -> the built layer (mode, arrays) of every Gemm / MatMul / Conv."""
+        return dict(self._program.layers)
+
+    @property
+    def threads(self) -> int:
+        return int(get_num_threads()) if self.parallel else 1
+
+    # ---- plans ----
+    def _exec_plan(self, input_shapes: dict[str, tuple]) -> executor.ExecPlan:
+        key = tuple(input_shapes[name] for name, _ in self.inputs)
+        plan = self._plans.get(key)
+        if plan is None:
+            try:
+                plan = executor.make_plan(self._program, input_shapes)
+            except (UnsupportedError, ValueError) as e:
+                raise InputError(f"{self.source}: the model cannot run on input shapes "
+                                 f"{ {k: tuple(v) for k, v in input_shapes.items()} }: {e}") from e
+            if self.budget is not None:
+                mp = self._memory_plan(plan)
+                if mp.total_bytes > self.budget:
+                    raise BudgetError(
+                        f"{self.source}: input shapes {dict(input_shapes)} need {mp.total_bytes:,} B "
+                        f"({memory.kib(mp.total_bytes)}: arena {mp.arena_bytes:,} B, scratch {mp.scratch_bytes:,} B) "
+                        f"> memory budget {self.budget:,} B; run smaller batches or load with a larger budget")
+            if len(self._plans) >= MAX_CACHED_PLANS:
+                self._plans.pop(next(iter(self._plans)))
+            self._plans[key] = plan
+        if self._arena.nbytes < plan.arena.arena_bytes:
+            self._arena = np.empty(plan.arena.arena_bytes, dtype=np.uint8)
+        if self._scratch.nbytes < plan.scratch_bytes:
+            self._scratch = np.empty(plan.scratch_bytes, dtype=np.uint8)
+        executor.bind(self._program, plan, self._arena, self._scratch)
+        return plan
+
+    def _memory_plan(self, plan: executor.ExecPlan) -> memory.MemoryPlan:
+        rows = []
+        for name, layer in self._program.layers.items():
+            if name not in self._options:
+                continue
+            op, wname, encoding, options = self._options[name]
+            opt = next(o for o in options if o.mode == layer.mode)
+            node = self._nodes[name]
+            in_shapes = [None if not i else plan.shapes[i] if i in plan.shapes else self._program.const_shapes[i]
+                         for i in node["inputs"]]
+            rows.append(memory.LayerMemory(name, op, wname, encoding, layer.mode, opt.ram_bytes, opt.mapped_bytes,
+                                           layer.scratch_bytes(in_shapes), opt.seconds, opt.note, options))
+        return memory.MemoryPlan(tuple(rows), self._consts_bytes[0], self._consts_bytes[1], plan.arena.arena_bytes,
+                                 plan.arena.peak_live_bytes, len(plan.lifetimes), plan.scratch_bytes,
+                                 plan.scratch_owner, self.budget, dict(plan.input_shapes), self._file_bytes)
+
+    def plan_for(self, input_shapes: dict | tuple | list) -> memory.MemoryPlan:
+        """The memory plan for these input shapes ({name: shape}, or one shape for a single-input model)."""
+        if not isinstance(input_shapes, dict):
+            if len(self.inputs) != 1:
+                raise InputError(f"this model has {len(self.inputs)} inputs: give their shapes as a dict")
+            input_shapes = {self.inputs[0][0]: tuple(input_shapes)}
+        shapes = {k: tuple(int(d) for d in v) for k, v in input_shapes.items()}
+        self._check_shapes(shapes)
+        return self._memory_plan(self._exec_plan(shapes))
+
+    # ---- run ----
+    def run(self, inputs, *, check_finite: bool = True) -> dict[str, np.ndarray]:
+        """Run the model; returns {output name: a new float32 array}.
+
+        inputs: one array (single-input models) or {input name: array}, every input given, no others.
+        dtype: float32 is used as is; float64 and float16 are converted to float32 (float64 rounds to nearest, as
+            numpy's astype does; a value beyond float32's range becomes inf and is then refused as non-finite);
+            any other dtype is an InputError.
+        shape: the declared rank; fixed dimensions exactly; a dynamic dimension any value >= 1, the same value
+            wherever its name appears (a new shape is planned, checked against the budget and cached).
+        NaN / infinity: refused (InputError naming the input and the first bad element) unless check_finite is
+            False, in which case they propagate by IEEE rules. The check is one pass over the input.
+        """
+        feeds = self._check_inputs(inputs, check_finite)
+        plan = self._exec_plan({k: v.shape for k, v in feeds.items()})
+        return executor.execute(self._program, plan, feeds)
+
+    def _check_inputs(self, inputs, check_finite: bool) -> dict[str, np.ndarray]:
+        names = [name for name, _ in self.inputs]
+        if not isinstance(inputs, dict):
+            if len(names) != 1:
+                raise InputError(f"this model has {len(names)} inputs ({', '.join(names)}): pass a dict name -> array")
+            inputs = {names[0]: inputs}
+        missing = [n for n in names if n not in inputs]
+        extra = [n for n in inputs if n not in names]
+        if missing or extra:
+            raise InputError(f"inputs: expected exactly {names}; missing {missing}, unknown {extra}")
+        feeds = {}
+        for name in names:
+            a = inputs[name]
+            if not isinstance(a, np.ndarray):
+                raise InputError(f"input '{name}': expected a numpy array, found {type(a).__name__}")
+            if a.dtype != np.float32:
+                if a.dtype not in CAST_DTYPES:
+                    raise InputError(f"input '{name}': dtype {a.dtype} is not accepted (expected float32; float64 "
+                                     f"and float16 are converted)")
+                with np.errstate(over="ignore"):  # out of float32 range -> inf, refused below unless allowed
+                    a = a.astype(np.float32)
+            feeds[name] = a
+        self._check_shapes({k: v.shape for k, v in feeds.items()})
+        if check_finite:
+            for name, a in feeds.items():
+                if a.size and not np.isfinite(a).all():
+                    i = int(np.flatnonzero(~np.isfinite(a.reshape(-1)))[0])
+                    idx = tuple(int(j) for j in np.unravel_index(i, a.shape))
+                    raise InputError(f"input '{name}': element {idx} is {a.reshape(-1)[i]} (inputs must be finite; "
+                                     f"pass check_finite=False to let NaN and infinity propagate)")
+        return feeds
+
+    def _check_shapes(self, shapes: dict[str, tuple]) -> None:
+        dims: dict[str, int] = {}
+        for name, decl in self.inputs:
+            if name not in shapes:
+                raise InputError(f"input '{name}' is missing")
+            shape = tuple(shapes[name])
+            if len(shape) != len(decl):
+                raise InputError(f"input '{name}': shape {shape} has rank {len(shape)}, the model declares "
+                                 f"{list(decl)} (rank {len(decl)})")
+            for i, (d, want) in enumerate(zip(shape, decl)):
+                if isinstance(want, int):
+                    if d != want:
+                        raise InputError(f"input '{name}': dimension {i} is {d}, the model declares {list(decl)}")
+                    continue
+                if d < 1:
+                    raise InputError(f"input '{name}': dynamic dimension {i} ('{want}') is {d}, expected >= 1")
+                if dims.setdefault(want, d) != d:
+                    raise InputError(f"input '{name}': dynamic dimension '{want}' is {d} here but {dims[want]} in "
+                                     f"another input")
+        for name in shapes:
+            if name not in dict(self.inputs):
+                raise InputError(f"unknown input '{name}'; the model's inputs are {[n for n, _ in self.inputs]}")
+
+    def __repr__(self) -> str:
+        ins = ", ".join(f"{n}{list(s)}" for n, s in self.inputs)
+        modes = ", ".join(f"{n}:{l.mode}" for n, l in self._program.layers.items())
+        return f"Model({self.source!r}, inputs [{ins}], outputs {self.outputs}, layers [{modes}])"
