@@ -56,6 +56,10 @@ def cmd_info(a: argparse.Namespace) -> int:
     outs = ", ".join(f"{v['name']} {v['dtype']}{v['shape']}" for v in g["outputs"])
     print(f"inputs: {ins}\noutputs: {outs}")
     print(format_table(info))
+    settings = model.meta.get("settings") if isinstance(model.meta.get("settings"), dict) else {}
+    low_rank = settings.get("low_rank")
+    if isinstance(low_rank, dict) and low_rank:
+        print("low-rank factorised: " + ", ".join(f"{k} -> rank {v}" for k, v in low_rank.items()))
     if runtime_info["supported"]:
         print(f"runtime: the model loads (every op supported, shapes checked); at batch 1 it needs at least "
               f"{runtime_info['minimum_budget']:,} B (weights as held + arena + scratch)")

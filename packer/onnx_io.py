@@ -106,6 +106,7 @@ def from_onnx(model: onnx.ModelProto, where: str = "<model>") -> Graph:
     _remove_passthrough(graph)
     _fold_batchnorm(graph)
     _normalise_linear(graph)
+    _fuse_bias_add(graph)
     _drop_unused(graph)
     return graph
 
@@ -249,6 +250,37 @@ def _out_rank(n: Node, ranks: dict, graph: Graph) -> int | None:
     if n.op == "Reshape" and n.inputs[1] in graph.initializers:
         return int(graph.initializers[n.inputs[1]].size)
     return None
+
+
+def _fuse_bias_add(graph: Graph) -> None:
+    """Gemm without bias followed by Add of a constant vector of its width (how MatMul + Add exports a linear
+    layer) becomes one Gemm with that bias: one kernel instead of two, and the bias stored as a bias."""
+    consumers = graph.consumers()
+    outputs = {v.name for v in graph.outputs}
+    removed = set()
+    for n in graph.nodes:
+        if n.op != "Gemm" or len(n.inputs) > 2 and n.inputs[2] or n.outputs[0] in outputs:
+            continue
+        users = consumers.get(n.outputs[0], [])
+        w = graph.initializers.get(n.inputs[1])
+        if len(users) != 1 or users[0].op != "Add" or w is None or w.ndim != 2 or n.attr("transB", 0) != 1:
+            continue
+        add = users[0]
+        other = add.inputs[1] if add.inputs[0] == n.outputs[0] else add.inputs[0]
+        b = graph.initializers.get(other)
+        if b is None or b.dtype != np.float32 or b.size != w.shape[0] or b.ndim > 2 or (b.ndim == 2 and
+                                                                                          b.shape[0] != 1):
+            continue
+        beta = n.attr("beta", 1.0)
+        if beta == 0:
+            n.attrs["beta"] = ("float", 1.0)
+            beta = 1.0
+        name = other if len(consumers.get(other, [])) == 1 and beta == 1.0 else f"{n.name}.bias"
+        graph.initializers[name] = (b.reshape(-1) / np.float32(beta)).astype(np.float32)
+        n.inputs = n.inputs[:2] + [name]
+        n.outputs = [add.outputs[0]]
+        removed.add(id(add))
+    graph.nodes = [n for n in graph.nodes if id(n) not in removed]
 
 
 def _drop_unused(graph: Graph) -> None:

@@ -113,6 +113,7 @@ def test_import_folds_bn_and_drops_passthrough(models):
     assert "Dropout" not in ops and "Identity" not in ops
     # Gemm transB=0 and MatMul (2-D input) become (out, in) Gemm weights
     assert ops.count("Gemm") == 3
+    assert "Add" not in ops  # MatMul + Add(bias) became one Gemm with a bias
     assert all(n.attr("transB") == 1 for n in g.nodes if n.op == "Gemm")
 
 
