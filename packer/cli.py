@@ -170,6 +170,33 @@ def cmd_unpack(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_energy(a: argparse.Namespace) -> int:
+    import runtime
+    from runtime.energy import estimate, format_report, load_table
+    from runtime.loader import read_packed
+
+    table = load_table(a.table)
+    active = None
+    batch = 1
+    if a.data:
+        x = _read_inputs(a.data)
+        from .activations import nonzero_fractions  # needs onnxruntime: a workstation measurement
+
+        model0 = read_packed(a.file)
+        feeds = x if isinstance(x, dict) else {model0.graph["inputs"][0]["name"]: x}
+        active = nonzero_fractions(a.file, feeds)
+        batch = 1
+    model = runtime.load(a.file, batch=batch)
+    report = estimate(model, read_packed(a.file), _size(a.sram), table, active)
+    if a.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print(format_report(report))
+        if active:
+            print(f"zero activations skipped as measured on {a.data}")
+    return 0
+
+
 def cmd_demo(a: argparse.Namespace) -> int:
     from .demo import run_demo
 
@@ -221,6 +248,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("file")
     s.add_argument("-o", "--output", required=True)
     s.set_defaults(func=cmd_unpack)
+
+    s = sub.add_parser("energy", help="estimated energy per inference: original fp32 vs packed, per layer, and a "
+                       "sweep over on-chip memory sizes")
+    s.add_argument("file")
+    s.add_argument("--sram", default="256KiB", help="on-chip memory size (default 256KiB)")
+    s.add_argument("--table", help="energy table (JSON or TOML, pJ per operation) replacing the 45 nm defaults")
+    s.add_argument("--data", help="inputs (.npy / .npz) on which to measure zero activations (needs onnxruntime)")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_energy)
 
     s = sub.add_parser("demo", help="train LeNet-300-100 on MNIST, pack it, show the table, check the result")
     s.add_argument("--workdir", default="edgepack-demo", help="where the model files go (default: ./edgepack-demo)")

@@ -169,3 +169,96 @@ def weight_layer(name: str, op: str, weight, out_positions: int, stored_bytes: i
         nonzero, k = int(np.count_nonzero(w.array)), 0
     return Layer(name, op, out_positions, count, nonzero, stored_bytes, bias, k, isinstance(w, Int8Weight),
                  in_elems, out_elems)
+
+
+def model_layers(model, packed, active: dict[str, float] | None = None) -> list[Layer]:
+    """Layers of a loaded runtime Model (runtime.load) at its load shapes, with the weights of the same file as read
+    (runtime.loader.read_packed): MACs, weight bytes as stored, activation sizes. `active`: tensor name -> fraction
+    of nonzero values (measured on data) for zero-activation skipping."""
+    from . import executor
+    from .summary import layer_table
+
+    program = model._program
+    shapes = executor.infer_shapes(program, dict(model.plan.input_shapes))
+    weights = packed.weights
+    stored = {r["name"]: r["bytes"] for r in layer_table(packed)["layers"]}
+    out = []
+    for n in program.nodes:
+        ins = [i for i in n["inputs"] if i]
+        in_elems = sum(int(np.prod(shapes[i])) for i in ins if i in shapes)
+        out_shape = shapes[n["outputs"][0]]
+        out_elems = sum(int(np.prod(shapes[o])) for o in n["outputs"])
+        wname = n["inputs"][1] if n["op"] in WEIGHT_OPS and len(n["inputs"]) > 1 else None
+        if wname in weights:
+            w = weights[wname]
+            rows = w.shape[0]
+            if n["op"] == "Conv":
+                positions = int(np.prod(out_shape[2:])) * out_shape[0]
+            else:
+                positions = out_elems // rows if rows else 0
+            bname = n["inputs"][2] if len(n["inputs"]) > 2 and n["inputs"][2] in weights else None
+            bias = int(np.prod(weights[bname].shape)) if bname else 0
+            layer = weight_layer(n["name"], n["op"], w, positions, stored[wname] + (stored[bname] if bname else 0),
+                                 bias, in_elems, out_elems)
+            if active and n["inputs"][0] in active:
+                layer.active_fraction = float(active[n["inputs"][0]])
+        else:
+            ops = out_elems
+            if n["op"] in ("MaxPool", "AveragePool"):
+                k = n["attrs"].get("kernel_shape", [1])
+                ops = out_elems * int(np.prod(k))
+            layer = Layer(n["name"], n["op"], 0, in_elems=in_elems, out_elems=out_elems, elementwise_ops=ops)
+        out.append(layer)
+    return out
+
+
+def estimate(model, packed, sram_bytes: int, table: dict | None = None,
+             active: dict[str, float] | None = None) -> dict:
+    """The report: original fp32 model vs packed model per inference (batch of the model's load shapes), per layer,
+    and a sweep over SRAM sizes."""
+    table = table or dict(DEFAULT_TABLE)
+    layers = model_layers(model, packed, active)
+    arena = model.plan.arena_bytes
+    result = {"process": table["process"], "table": table, "sram_bytes": sram_bytes, "arena_bytes": arena}
+    per = {}
+    for key, packed in (("original", False), ("packed", True)):
+        total, per_layer = model_cost(layers, packed, sram_bytes, arena, table)
+        result[key] = {**total.as_uj(), "weights_on_chip": total.parts["weights_on_chip"],
+                       "activations_on_chip": total.parts["activations_on_chip"],
+                       "fits_in_sram_from_bytes": fits_at(layers, packed, arena)}
+        per[key] = per_layer
+    result["ratio"] = result["original"]["total_uj"] / result["packed"]["total_uj"] \
+        if result["packed"]["total_uj"] else math.inf
+    result["layers"] = [{"name": l.name, "op": l.op, "active_fraction": l.active_fraction,
+                         "original": a.as_uj(), "packed": b.as_uj()}
+                        for l, (_, a), (_, b) in zip(layers, per["original"], per["packed"])]
+    sweep = []
+    size = 4096
+    while size <= 1 << 26:
+        o, _ = model_cost(layers, False, size, arena, table)
+        p, _ = model_cost(layers, True, size, arena, table)
+        sweep.append({"sram_bytes": size, "original_uj": o.total_pj * 1e-6, "packed_uj": p.total_pj * 1e-6})
+        size *= 2
+    result["sweep"] = sweep
+    return result
+
+
+def format_report(r: dict) -> str:
+    lines = [f"energy per inference, {r['process']}; SRAM {r['sram_bytes']:,} B (activation arena "
+             f"{r['arena_bytes']:,} B)"]
+    head = f"{'layer':<20} {'op':<8} {'MACs fp32':>11} {'MACs packed':>11} {'orig uJ':>9} {'packed uJ':>9}"
+    lines += [head, "-" * len(head)]
+    for l in r["layers"]:
+        lines.append(f"{l['name'][:20]:<20} {l['op'][:8]:<8} {l['original']['macs']:>11,.0f} "
+                     f"{l['packed']['macs']:>11,.0f} {l['original']['total_uj']:>9.3f} {l['packed']['total_uj']:>9.3f}")
+    lines.append("-" * len(head))
+    for key in ("original", "packed"):
+        t = r[key]
+        where = "SRAM" if t["weights_on_chip"] else "DRAM"
+        lines.append(f"{key:<9} total {t['total_uj']:9.3f} uJ = compute {t['compute_uj']:.3f} + data movement "
+                     f"{t['memory_uj']:.3f} uJ; weights in {where}; fits on chip from {t['fits_in_sram_from_bytes']:,} B")
+    lines.append(f"packed model: {r['ratio']:.1f}x less energy per inference")
+    lines.append("SRAM sweep (uJ per inference):  size -> original / packed")
+    for s in r["sweep"]:
+        lines.append(f"  {s['sram_bytes']:>10,} B  {s['original_uj']:10.3f} / {s['packed_uj']:9.3f}")
+    return "\n".join(lines)
