@@ -66,8 +66,18 @@ class Encoded:
     stats: dict = field(default_factory=dict)
 
 
+def fits_float16(w: np.ndarray) -> bool:
+    """float16 holds these values without overflow (|w| <= 65504) and without flushing nonzeros to zero."""
+    a = np.abs(w[np.isfinite(w)])
+    nz = a[a > 0]
+    return bool(a.size == 0 or (a.max() <= 65504.0 and (nz.size == 0 or nz.min() >= 6e-8)))
+
+
 def dense(w: np.ndarray, storage: str | None = None) -> Encoded:
     storage = storage or w.dtype.name
+    if storage == "float16" and not fits_float16(w):
+        raise ValueError(f"float16 cannot hold this tensor (values up to {float(np.abs(w).max()):.3g}); "
+                         f"use encoding 'dense' or a codebook")
     data = np.asarray(w, dtype=np.dtype(C.DTYPES[storage]), order="C")  # keeps 0-d scalars 0-d
     ref = data.astype(w.dtype) if storage != w.dtype.name else data
     return Encoded({"type": C.ENC_DENSE, "dtype": storage, "data": data.reshape(-1)}, ref, data.nbytes,

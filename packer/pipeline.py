@@ -20,6 +20,7 @@ from .graph import Graph
 from .writer import build_file, write_atomic
 
 WEIGHT_OPS = {"Conv": 1, "Gemm": 1, "MatMul": 1, "ConvTranspose": 1}
+WARN_ERROR = 0.1  # relative L2 error on random inputs above which pack warns
 
 
 @dataclass
@@ -28,6 +29,8 @@ class PackReport:
     info: dict
     settings: dict
     references: dict[str, np.ndarray] = field(repr=False, default_factory=dict)
+    fidelity: object = None  # packer.fidelity.GuardReport
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def total_bytes(self) -> int:
@@ -38,7 +41,11 @@ class PackReport:
         return self.info["ratio"]
 
     def table(self) -> str:
-        return format_table(self.info)
+        lines = [format_table(self.info)]
+        if self.fidelity is not None:
+            lines += self.fidelity.lines()
+        lines += [f"warning: {w}" for w in self.warnings]
+        return "\n".join(lines)
 
 
 def load_config(path: str | os.PathLike | None) -> dict:
@@ -72,20 +79,29 @@ def settings_for(name: str, node: str, cfg: dict, overrides: dict) -> LayerSetti
     return LayerSettings.from_dict(d, f"settings of '{name}'")
 
 
-def encode_graph(graph: Graph, cfg: dict, overrides: dict, progress=None) -> tuple[dict, dict[str, Encoded]]:
-    """Graph-section JSON (arrays inline) and every tensor's encoding."""
-    weights = weight_tensors(graph)
+def plan_settings(graph: Graph, cfg: dict, overrides: dict) -> dict[str, tuple[LayerSettings, int]]:
+    """Settings of every compressible weight: tensor name -> (settings, default codebook bits of its op)."""
+    return {name: (settings_for(name, node, cfg, overrides), default_bits(op))
+            for name, (op, node) in weight_tensors(graph).items()}
+
+
+def encode_tensors(graph: Graph, settings: dict[str, tuple[LayerSettings, int]], progress=None) -> dict[str, Encoded]:
+    """Every initializer's encoding: weights by their settings, everything else dense."""
     encoded: dict[str, Encoded] = {}
     items = list(graph.initializers.items())
     for name, value in (progress(items) if progress else items):
-        if name in weights:
-            op, node = weights[name]
-            s = settings_for(name, node, cfg, overrides)
-            encoded[name] = encode_weight(value, s, default_bits(op))
+        if name in settings:
+            s, bits = settings[name]
+            encoded[name] = encode_weight(value, s, bits)
         elif value.dtype.name in C.DTYPES:
             encoded[name] = dense(value)
         else:
             raise FormatError(f"initializer '{name}': dtype {value.dtype} cannot be stored in format v1")
+    return encoded
+
+
+def graph_doc(graph: Graph, encoded: dict[str, Encoded]) -> dict:
+    """The graph section (arrays inline where buffers go)."""
     tensors = [{"name": name, "dtype": graph.initializers[name].dtype.name,
                 "shape": [int(d) for d in graph.initializers[name].shape], "encoding": e.encoding}
                for name, e in encoded.items()]
@@ -98,18 +114,22 @@ def encode_graph(graph: Graph, cfg: dict, overrides: dict, progress=None) -> tup
     nodes = [{"op": n.op, "name": n.name, "inputs": n.inputs, "outputs": n.outputs,
               "attrs": {k: [kind, v] for k, (kind, v) in n.attrs.items()}} for n in graph.nodes]
     vi = lambda v: {"name": v.name, "dtype": v.dtype, "shape": list(v.shape)}  # noqa: E731
-    doc = {"name": graph.name, "opset": graph.opset, "inputs": [vi(v) for v in graph.inputs],
-           "outputs": [vi(v) for v in graph.outputs], "nodes": nodes, "tensors": tensors}
-    return doc, encoded
+    return {"name": graph.name, "opset": graph.opset, "inputs": [vi(v) for v in graph.inputs],
+            "outputs": [vi(v) for v in graph.outputs], "nodes": nodes, "tensors": tensors}
 
 
 def pack(model_path: str | os.PathLike, out_path: str | os.PathLike, *, sparsity: float | None = None,
          bits: int | None = None, config: str | os.PathLike | dict | None = None, quiet: bool = True,
          input_shapes: dict | list[str] | None = None, low_rank: float | dict | None = None,
+         max_error: float | None = None, calib: dict | np.ndarray | None = None, check_fidelity: bool = True,
          **overrides) -> PackReport:
     """Pack an ONNX model into an edgepack file; return the report (per-layer table, sizes, ratio).
     input_shapes ({name: dims} or ["NAME=D0,D1,..."]) fixes input shapes (packer/shapes.py); constants are folded
-    either way. low_rank (energy, or {tensor: rank or energy}) factorises layers first (packer/lowrank.py)."""
+    either way. low_rank (energy, or {tensor: rank or energy}) factorises layers first (packer/lowrank.py).
+    max_error: raise the precision of the layers that cause the error until the worst output's relative L2 error on
+    `calib` (random inputs of the declared shapes when None) is at most this (packer/fidelity.py); without it the
+    error on random inputs is still measured and a warning added when it is large (check_fidelity=False skips)."""
+    warnings: list[str] = []
     from .onnx_io import file_sha256, load_onnx
     from .shapes import fold_constants, parse_input_shapes, specialise
 
@@ -124,7 +144,25 @@ def pack(model_path: str | os.PathLike, out_path: str | os.PathLike, *, sparsity
     cfg = config if isinstance(config, dict) else load_config(config)
     over = {"sparsity": sparsity, "bits": bits, **overrides}
     progress = None if quiet else _progress
-    doc, encoded = encode_graph(graph, cfg, over, progress)
+    settings = plan_settings(graph, cfg, over)
+    encoded = encode_tensors(graph, settings, progress)
+    fidelity = None
+    if check_fidelity or max_error is not None:
+        from .fidelity import calibration_inputs, guard
+
+        feeds = calibration_inputs(graph, calib)
+        try:
+            fidelity = guard(graph, encoded, settings, feeds, max_error)
+        except Exception as e:  # the check must not stop a pack that onnxruntime cannot evaluate
+            if max_error is not None:
+                raise
+            warnings.append(f"could not measure the packed model's error with onnxruntime ({e})")
+        if fidelity is not None and max_error is None and fidelity.after.rel_l2 > WARN_ERROR:
+            warnings.append(f"the packed model's outputs differ from the original's by {fidelity.after.summary()} "
+                            f"on random inputs; consider fewer pruned weights, more bits, or --max-error")
+        if fidelity is not None and not fidelity.met:
+            warnings.append(f"--max-error {max_error} could not be met: {fidelity.after.summary()}")
+    doc = graph_doc(graph, encoded)
     meta = {
         "producer": f"edgepack {__version__}",
         "format_version": f"{C.VERSION_MAJOR}.{C.VERSION_MINOR}",
@@ -136,6 +174,9 @@ def pack(model_path: str | os.PathLike, out_path: str | os.PathLike, *, sparsity
         meta["settings"]["input_shapes"] = shapes
     if factorised is not None:
         meta["settings"]["low_rank"] = factorised
+    if fidelity is not None and fidelity.changes:
+        meta["settings"]["fidelity"] = {"max_error": max_error, "changes": [
+            {"tensor": c.tensor, "change": c.what} for c in fidelity.changes]}
     data = build_file(meta, doc)
     write_atomic(out_path, [data])
     packed = read_packed(out_path)
@@ -145,7 +186,7 @@ def pack(model_path: str | os.PathLike, out_path: str | os.PathLike, *, sparsity
         if got.shape != references[name].shape or not np.array_equal(got, references[name], equal_nan=True):
             raise RuntimeError(f"internal error: tensor '{name}' does not decode to what was encoded")
     info = layer_table(packed)
-    return PackReport(os.fspath(out_path), info, meta["settings"], references)
+    return PackReport(os.fspath(out_path), info, meta["settings"], references, fidelity, warnings)
 
 
 def _progress(items):
