@@ -1,0 +1,164 @@
+"""edgepack's runtime on the compressed form vs ONNX Runtime on the original fp32 model, same machine, same run:
+batch-1 latency, batch-256 throughput, the smallest memory budget each model loads in and its latency there.
+
+    python benchmarks/runtime_vs_ort.py [--out benchmarks/out] [--quick]
+
+Models: LeNet-300-100 trained on MNIST with numpy, pruned to 8% / 9% / 26% kept (the paper's densities) and retrained,
+6/6/5-bit codebooks; LeNet-5 (Caffe variant) with He-initialised weights pruned to the paper's densities
+(66% / 12% / 8% / 19%), 8-bit conv and 5-bit fc codebooks. Inputs are MNIST test images. Latency is the median over
+repeated calls of each engine's Python API (runtime: Model.run; ORT: InferenceSession.run), after warm-up.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import time
+from pathlib import Path
+
+import numpy as np
+
+import runtime
+from packer.datasets import load_data
+from packer.graph import Graph, Node, ValueInfo
+from packer.onnx_io import save_onnx
+from packer.pipeline import pack
+from packer.prune import mask_by_sparsity
+from packer.train.mlp import error_rate, mlp_graph, train_mlp
+from packer.verify import session
+from runtime.errors import BudgetError
+
+
+def lenet300(ds, out: Path, epochs: int) -> tuple[Path, Path, dict]:
+    layers = train_mlp(ds, hidden=(300, 100), epochs=epochs, seed=0, progress=False)
+    ref_err = error_rate(layers, ds["x_test"], ds["y_test"])
+    dense = out / "lenet300.onnx"
+    save_onnx(mlp_graph(layers), dense)
+    density = (0.08, 0.09, 0.26)
+    masks = [mask_by_sparsity(w, 1 - d) for (w, _), d in zip(layers, density)]
+    layers = train_mlp(ds, epochs=max(1, epochs // 2), lr=0.02, seed=1, masks=masks,
+                       init=[(w * m, b) for (w, b), m in zip(layers, masks)], progress=False)
+    pruned = out / "lenet300_pruned.onnx"
+    save_onnx(mlp_graph(layers), pruned)
+    cfg = {"layers": {"fc1.weight": {"sparsity": 0.92, "bits": 6}, "fc2.weight": {"sparsity": 0.91, "bits": 6},
+                      "fc3.weight": {"sparsity": 0.74, "bits": 5}}}
+    epk = out / "lenet300_dc.epk"
+    report = pack(pruned, epk, config=cfg)
+    return dense, epk, {"reference_error": ref_err, "pruned_error": error_rate(layers, ds["x_test"], ds["y_test"]),
+                        "file_bytes": report.total_bytes, "ratio": report.ratio}
+
+
+def lenet5(out: Path) -> tuple[Path, Path, dict]:
+    rng = np.random.default_rng(0)
+
+    def he(*shape):
+        fan_in = int(np.prod(shape[1:]))
+        return (rng.standard_normal(shape) * np.sqrt(2 / fan_in)).astype(np.float32)
+    inits = {"conv1.weight": he(20, 1, 5, 5), "conv1.bias": np.zeros(20, np.float32),
+             "conv2.weight": he(50, 20, 5, 5), "conv2.bias": np.zeros(50, np.float32),
+             "fc1.weight": he(500, 800), "fc1.bias": np.zeros(500, np.float32),
+             "fc2.weight": he(10, 500), "fc2.bias": np.zeros(10, np.float32)}
+    nodes = [Node("Conv", "conv1", ["input", "conv1.weight", "conv1.bias"], ["c1"]),
+             Node("MaxPool", "pool1", ["c1"], ["p1"], {"kernel_shape": ("ints", [2, 2]), "strides": ("ints", [2, 2])}),
+             Node("Conv", "conv2", ["p1", "conv2.weight", "conv2.bias"], ["c2"]),
+             Node("MaxPool", "pool2", ["c2"], ["p2"], {"kernel_shape": ("ints", [2, 2]), "strides": ("ints", [2, 2])}),
+             Node("Flatten", "flatten", ["p2"], ["f"]),
+             Node("Gemm", "fc1", ["f", "fc1.weight", "fc1.bias"], ["h"], {"transB": ("int", 1)}),
+             Node("Relu", "relu", ["h"], ["r"]),
+             Node("Gemm", "fc2", ["r", "fc2.weight", "fc2.bias"], ["logits"], {"transB": ("int", 1)})]
+    g = Graph("lenet5", [ValueInfo("input", "float32", ["N", 1, 28, 28])],
+              [ValueInfo("logits", "float32", ["N", 10])], nodes, inits, 17,
+              sum(v.size for v in inits.values()))
+    dense = out / "lenet5.onnx"
+    save_onnx(g, dense)
+    cfg = {"layers": {"conv1.weight": {"sparsity": 0.34, "bits": 8}, "conv2.weight": {"sparsity": 0.88, "bits": 8},
+                      "fc1.weight": {"sparsity": 0.92, "bits": 5}, "fc2.weight": {"sparsity": 0.81, "bits": 5}}}
+    epk = out / "lenet5_dc.epk"
+    report = pack(dense, epk, config=cfg)
+    return dense, epk, {"file_bytes": report.total_bytes, "ratio": report.ratio}
+
+
+def median_latency(fn, x, repeat: int) -> float:
+    for _ in range(min(50, repeat)):
+        fn(x)
+    times = np.empty(repeat)
+    for i in range(repeat):
+        t0 = time.perf_counter()
+        fn(x)
+        times[i] = time.perf_counter() - t0
+    return float(np.median(times))
+
+
+def smallest_budget(epk: Path) -> int:
+    try:
+        runtime.load(epk, memory_budget=1)
+    except BudgetError as e:
+        return int(re.search(r"memory_budget >= (\d+)", str(e)).group(1))
+    return 1
+
+
+def measure(name: str, dense: Path, epk: Path, x1: np.ndarray, xb: np.ndarray, repeat: int) -> dict:
+    model = runtime.load(epk)
+    in_name = "input"
+    ort1 = session(str(dense), threads=1)
+    ortd = session(str(dense), threads=0)
+    run_rt = lambda x: model.run({in_name: x})  # noqa: E731
+    run_o1 = lambda x: ort1.run(None, {in_name: x})  # noqa: E731
+    run_od = lambda x: ortd.run(None, {in_name: x})  # noqa: E731
+    # the same answers first
+    a = run_rt(x1)["logits"]
+    b = run_o1(x1)[0]
+    res = {"model": name, "packed_vs_fp32_max_abs_diff": float(np.abs(a - b).max())}
+    res["batch1_us"] = {"edgepack": 1e6 * median_latency(run_rt, x1, repeat),
+                        "ort_1_thread": 1e6 * median_latency(run_o1, x1, repeat),
+                        "ort_default": 1e6 * median_latency(run_od, x1, repeat)}
+    rb = max(10, repeat // 50)
+    res[f"batch{len(xb)}_ms"] = {"edgepack": 1e3 * median_latency(run_rt, xb, rb),
+                                 "ort_1_thread": 1e3 * median_latency(run_o1, xb, rb),
+                                 "ort_default": 1e3 * median_latency(run_od, xb, rb)}
+    minimum = smallest_budget(epk)
+    small = runtime.load(epk, memory_budget=minimum)
+    res["smallest_budget_bytes"] = minimum
+    res["smallest_budget_modes"] = small.plan.modes
+    res["smallest_budget_batch1_us"] = 1e6 * median_latency(lambda x: small.run({in_name: x}), x1, repeat)
+    res["plan"] = model.plan.as_dict()
+    return res
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--out", default="benchmarks/out")
+    p.add_argument("--quick", action="store_true", help="fewer epochs and repeats (a smoke run)")
+    a = p.parse_args()
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    ds = load_data("mnist")
+    repeat = 200 if a.quick else 3000
+    results = {"machine": f"{platform.machine()} {os.cpu_count()} cores, numpy {np.__version__}",
+               "command": "python benchmarks/runtime_vs_ort.py" + (" --quick" if a.quick else "")}
+    d300, e300, info300 = lenet300(ds, out, 2 if a.quick else 8)
+    x = ds["x_test"]
+    r = measure("LeNet-300-100", d300, e300, x[:1].copy(), x[:256].copy(), repeat)
+    r.update(info300)
+    results["lenet300"] = r
+    d5, e5, info5 = lenet5(out)
+    x5 = x.reshape(-1, 1, 28, 28)
+    r = measure("LeNet-5", d5, e5, x5[:1].copy(), x5[:256].copy(), repeat)
+    r.update(info5)
+    results["lenet5"] = r
+    (out / "runtime_vs_ort.json").write_text(json.dumps(results, indent=2, default=str))
+    for key in ("lenet300", "lenet5"):
+        r = results[key]
+        b1, bb = r["batch1_us"], r["batch256_ms"]
+        print(f"{r['model']}: file {r['file_bytes']} B ({r['ratio']:.1f}x); batch 1: edgepack {b1['edgepack']:.1f} us, "
+              f"ORT 1 thread {b1['ort_1_thread']:.1f} us ({b1['ort_1_thread'] / b1['edgepack']:.2f}x), ORT default "
+              f"{b1['ort_default']:.1f} us; batch 256: edgepack {bb['edgepack']:.3f} ms, ORT 1 thread "
+              f"{bb['ort_1_thread']:.3f} ms, ORT default {bb['ort_default']:.3f} ms; smallest budget "
+              f"{r['smallest_budget_bytes']} B ({r['smallest_budget_bytes'] / 1024:.1f} KiB) -> "
+              f"{r['smallest_budget_batch1_us']:.1f} us; max |diff| vs fp32 {r['packed_vs_fp32_max_abs_diff']:.3g}")
+
+
+if __name__ == "__main__":
+    main()
