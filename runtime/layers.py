@@ -17,6 +17,8 @@ from runtime import constants as C
 from runtime.errors import FormatError, InputError
 from runtime.ops import conv as conv_ops
 from runtime.ops import linear as linear_ops
+from runtime.ops.elementwise import (ACT_CLIP, ACT_LEAKY, EP_ACT, EP_ALPHA, EP_BETA, EP_P0, EP_P1, apply_activation,
+                                     epilogue)
 from runtime.ops.registry import OpDef, check_arity, float_attr, int_attr
 from runtime.weights import CodebookWeight, DenseWeight, Int8Weight, SparseCodebookWeight
 
@@ -31,10 +33,10 @@ STREAM_LOOKUP_BITS = 9
 # depends on them. Dense estimates are multiplied by DENSE_PENALTY: a float32 copy is 8-30x the bytes of the
 # compact form, and on a board with small caches it streams from DRAM at every run, which a fit on a machine with
 # a 1 MiB L2 does not see; dense must therefore win clearly.
-CALL_S = 2e-6  # Python wrapper + kernel call
+CALL_S = 0.5e-6  # one bound step: the kernel's dispatch, its arguments prepared when the plan was made
 SPARSE_MAC_S = 0.6e-9  # one multiply-add of the compact CSC scatter kernel (batch < SPARSE_TILED_MIN_BATCH)
 SKIP_INPUT_S = 0.3e-9  # per input feature and sample: the zero test of the scatter kernels
-SPARSE_TILED_MAC_S = 0.11e-9  # per multiply-add and sample in the tiled kernel (larger batches)
+SPARSE_TILED_MAC_S = 0.07e-9  # per multiply-add and sample in the tiled kernel (larger batches)
 CODES_MAC_S = 0.6e-9  # dense-codes (codebook) multiply-add, batch 1
 DECODE_ELEMENT_S = 1.5e-9  # per weight element when codes are expanded block by block for BLAS (batch >= 2)
 BLAS_GEMV_MAC_S = 0.045e-9  # float32 matrix-vector multiply-add
@@ -220,14 +222,30 @@ def _decode_block_kernel(sparse, cnt, gap, code, c, r0, nrows, s0, ns, cnt_buf, 
     return _decode_two_kernel(gap, code, c, s0, ns, gap_buf, code_buf)
 
 
+@njit(cache=True)
+def _activate_kernel(v, kind, p0, p1):
+    """The fused activation (runtime/ops/elementwise.py's epilogue vector; its ACT_* values are fixed there) on one
+    float32 value: bit for bit what the unfused elementwise kernel gives."""
+    if kind == ACT_CLIP:
+        if v < p0:
+            v = p0
+        if v > p1:
+            v = p1
+    elif kind == ACT_LEAKY:
+        if v < 0:
+            v = v * p0
+    return v
+
+
 # Row-block kernels: rows [r0, r0 + nrows) of a weight given as row counts, gaps and codes (a chunk decoded into
 # scratch, or the whole weight held decoded); with sparse False, every row has `cols` entries and no gaps.
 # The drivers below run them over the chunks of a streamed weight or once over a decoded (csr) one.
 
 @njit(cache=True)
-def _linear_rows_kernel(x, rows_out, sparse, r0, nrows, ns, cols, cnt, gaps, codes, codebook, scales, bias, alpha,
-                        beta, out, info):
-    """out (B, n) of y = alpha * x (B, k) @ W^T + beta * bias, for the block's rows of W.
+def _linear_rows_kernel(x, rows_out, sparse, r0, nrows, ns, cols, cnt, gaps, codes, codebook, scales, bias, ep,
+                        out, info):
+    """out (B, n) of y = act(alpha * x (B, k) @ W^T + beta * bias), for the block's rows of W (alpha, beta and the
+    fused activation: the epilogue vector `ep` of runtime/ops/elementwise.py).
 
     rows_out: the rows are outputs (W (n, k), Gemm transB = 1): one dot product per row in column order, as the
     compact kernel sums (the results agree bit for bit); scaled and biased here. Else the rows are inputs
@@ -237,6 +255,7 @@ def _linear_rows_kernel(x, rows_out, sparse, r0, nrows, ns, cols, cnt, gaps, cod
     ncode = codebook.shape[0]
     has_s = scales.shape[0] != 0
     has_b = bias.shape[0] != 0
+    alpha, beta, kind, p0, p1 = ep[EP_ALPHA], ep[EP_BETA], np.int64(ep[EP_ACT]), ep[EP_P0], ep[EP_P1]
     e = 0
     for i in range(nrows):
         r = r0 + i
@@ -264,7 +283,7 @@ def _linear_rows_kernel(x, rows_out, sparse, r0, nrows, ns, cols, cnt, gaps, cod
                 v *= alpha
                 if has_b:
                     v += beta * bias[r]
-                out[b, r] = v
+                out[b, r] = _activate_kernel(v, kind, p0, p1)
         else:
             for b in range(bsz):
                 xk = x[b, r]
@@ -290,9 +309,10 @@ def _linear_rows_kernel(x, rows_out, sparse, r0, nrows, ns, cols, cnt, gaps, cod
 
 
 @njit(cache=True)
-def _scatter_finish_kernel(out, bias, alpha, beta, start):
-    """Rows-are-inputs products: zero out (start) or apply alpha and beta * bias (not start)."""
+def _scatter_finish_kernel(out, bias, ep, start):
+    """Rows-are-inputs products: zero out (start) or apply alpha, beta * bias and the activation (not start)."""
     has_b = bias.shape[0] != 0
+    alpha, beta, kind, p0, p1 = ep[EP_ALPHA], ep[EP_BETA], np.int64(ep[EP_ACT]), ep[EP_P0], ep[EP_P1]
     for b in range(out.shape[0]):
         for n in range(out.shape[1]):
             if start:
@@ -301,16 +321,16 @@ def _scatter_finish_kernel(out, bias, alpha, beta, start):
                 v = out[b, n] * alpha
                 if has_b:
                     v += beta * bias[n]
-                out[b, n] = v
+                out[b, n] = _activate_kernel(v, kind, p0, p1)
 
 
 @njit(cache=True)
 def _streamed_linear_kernel(x, rows_out, sparse, cnt, gap, code, row_starts, sym_starts, cols, codebook, scales,
-                            bias, alpha, beta, out, cnt_buf, gap_buf, code_buf, info):
+                            bias, ep, out, cnt_buf, gap_buf, code_buf, info):
     """The linear product with W decoded chunk by chunk into the scratch buffers. Returns ERR_*; info = (chunk,
     row)."""
     if not rows_out:
-        _scatter_finish_kernel(out, bias, alpha, beta, True)
+        _scatter_finish_kernel(out, bias, ep, True)
     for c in range(row_starts.shape[0] - 1):
         r0 = row_starts[c]
         nrows = row_starts[c + 1] - r0
@@ -321,23 +341,23 @@ def _streamed_linear_kernel(x, rows_out, sparse, cnt, gap, code, row_starts, sym
             info[1] = r0
             return 1
         err = _linear_rows_kernel(x, rows_out, sparse, r0, nrows, ns, cols, cnt_buf, gap_buf, code_buf, codebook,
-                                  scales, bias, alpha, beta, out, info)
+                                  scales, bias, ep, out, info)
         if err != 0:
             return err
     if not rows_out:
-        _scatter_finish_kernel(out, bias, alpha, beta, False)
+        _scatter_finish_kernel(out, bias, ep, False)
     return 0
 
 
 @njit(cache=True)
-def _csr_linear_kernel(x, rows_out, cnt, gaps, codes, cols, codebook, scales, bias, alpha, beta, out, info):
+def _csr_linear_kernel(x, rows_out, cnt, gaps, codes, cols, codebook, scales, bias, ep, out, info):
     """The linear product with W held decoded (row counts, gaps, codes). Returns ERR_*; info = (-, row)."""
     if not rows_out:
-        _scatter_finish_kernel(out, bias, alpha, beta, True)
+        _scatter_finish_kernel(out, bias, ep, True)
     err = _linear_rows_kernel(x, rows_out, True, 0, cnt.shape[0], codes.shape[0], cols, cnt, gaps, codes, codebook,
-                              scales, bias, alpha, beta, out, info)
+                              scales, bias, ep, out, info)
     if err == 0 and not rows_out:
-        _scatter_finish_kernel(out, bias, alpha, beta, False)
+        _scatter_finish_kernel(out, bias, ep, False)
     return err
 
 
@@ -346,7 +366,8 @@ _G_C, _G_H, _G_W, _G_OH, _G_OW, _G_KH, _G_KW, _G_SH, _G_SW, _G_DH, _G_DW, _G_PT,
 
 
 @njit(cache=True, error_model="numpy")  # integer divisions never raise
-def _conv_rows_kernel(x, geo, sparse, r0, nrows, ns, cols, cnt, gaps, codes, codebook, scales, bias, out, info):
+def _conv_rows_kernel(x, geo, sparse, r0, nrows, ns, cols, cnt, gaps, codes, codebook, scales, bias, ep, out,
+                      info):
     """Direct convolution for output channels [r0, r0 + nrows): x (N, C*H*W) -> out (N, cout*OH*OW) (samples
     flat), the weight (cout, cin/g, kh, kw) given by rows. Each tap adds weight * (the input plane, shifted) to
     the output plane, taps in column order, then out = out * scale + bias, as runtime/ops/conv.py computes it.
@@ -361,6 +382,7 @@ def _conv_rows_kernel(x, geo, sparse, r0, nrows, ns, cols, cnt, gaps, codes, cod
     ncode = codebook.shape[0]
     has_s = scales.shape[0] != 0
     has_b = bias.shape[0] != 0
+    kind, p0, p1 = np.int64(ep[EP_ACT]), ep[EP_P0], ep[EP_P1]
     kk = kh * kw
     e = 0
     for i in range(nrows):
@@ -414,7 +436,7 @@ def _conv_rows_kernel(x, geo, sparse, r0, nrows, ns, cols, cnt, gaps, codes, cod
             s = scales[co] if has_s else np.float32(1.0)
             bv = bias[co] if has_b else np.float32(0.0)
             for p in range(obase, obase + plane_out):
-                ob[p] = ob[p] * s + bv
+                ob[p] = _activate_kernel(ob[p] * s + bv, kind, p0, p1)
         e += m
     if e != ns:
         info[1] = r0
@@ -424,7 +446,7 @@ def _conv_rows_kernel(x, geo, sparse, r0, nrows, ns, cols, cnt, gaps, codes, cod
 
 @njit(cache=True)
 def _streamed_conv_kernel(x, geo, sparse, cnt, gap, code, row_starts, sym_starts, cols, codebook, scales, bias,
-                          out, cnt_buf, gap_buf, code_buf, info):
+                          ep, out, cnt_buf, gap_buf, code_buf, info):
     """Conv with the weight decoded chunk by chunk into the scratch buffers. Returns ERR_*; info = (chunk, row)."""
     for c in range(row_starts.shape[0] - 1):
         r0 = row_starts[c]
@@ -436,7 +458,7 @@ def _streamed_conv_kernel(x, geo, sparse, cnt, gap, code, row_starts, sym_starts
             info[1] = r0
             return 1
         err = _conv_rows_kernel(x, geo, sparse, r0, nrows, ns, cols, cnt_buf, gap_buf, code_buf, codebook, scales,
-                                bias, out, info)
+                                bias, ep, out, info)
         if err != 0:
             return err
     return 0
@@ -706,7 +728,10 @@ def infer_conv(input_shapes, attrs, consts):
 # ================================================================================================ built layers
 
 class Layer:
-    """A Gemm/MatMul/Conv node ready to run: run(inputs, outputs, scratch) with inputs as arrays in node order."""
+    """A Gemm/MatMul/Conv node ready to run: run(inputs, outputs, scratch, act) with inputs as arrays in node order,
+    act a fused activation (runtime/ops/elementwise.activation) or None; bind(...) with the same arguments returns
+    (fn, args) whose every call fn(*args) is such a run, with all checks done once (the executor's per-plan steps:
+    inputs, outputs and scratch are then arena and scratch views whose contents change, not their shapes)."""
 
     name: str
     op: str
@@ -719,8 +744,22 @@ class Layer:
     def scratch_bytes(self, in_shapes: list) -> int:
         return 0
 
-    def run(self, inputs: list, outputs: list, scratch: np.ndarray) -> None:
+    def run(self, inputs: list, outputs: list, scratch: np.ndarray, act: tuple | None = None) -> None:
         raise NotImplementedError
+
+    def bind(self, inputs: list, outputs: list, scratch: np.ndarray, act: tuple | None = None):
+        return self.run, (inputs, outputs, scratch, act)
+
+
+def _run_checked(kernel, args, weight, info, where, out=None, bias_late=None, beta=None, act=None) -> None:
+    """A row kernel (csr and streamed modes), its error code turned into FormatError; then a bias that is not one
+    value per output, and the activation after it."""
+    err = kernel(*args)
+    if err:
+        weight.check(err, info, where)
+    if bias_late is not None:
+        out += beta * bias_late.astype(np.float32)
+        apply_activation(out, act)
 
 
 class LinearLayer(Layer):
@@ -769,12 +808,25 @@ class LinearLayer(Layer):
             return extra + self.streamed.scratch_bytes()
         return extra + linear_ops.linear_scratch_bytes(batch, self.prepared, self.parallel)
 
-    def run(self, inputs, outputs, scratch):
-        x = inputs[0]
-        out = outputs[0]
+    def _as_2d(self, x, out):
         if self.op == "MatMul":
-            x = x.reshape(-1, self.k)
-            out = out.reshape(-1, self.n)
+            return x.reshape(-1, self.k), out.reshape(-1, self.n)
+        return x, out
+
+    def bind(self, inputs, outputs, scratch, act=None):
+        computed_bias = self.op == "Gemm" and self.bias is None and len(inputs) > 2 and inputs[2] is not None
+        if self.trans_a or computed_bias:  # a transposed copy, or a bias read, at every run
+            return self.run, (inputs, outputs, scratch, act)
+        x, out = self._as_2d(inputs[0], outputs[0])
+        bias = None if self.op == "MatMul" else self.bias
+        if self.streamed is None:
+            return linear_ops.bind_linear(x, self.prepared, bias, self.alpha, self.beta, out, scratch, self.parallel,
+                                          act)
+        return self._bind_rows(x, out, bias, scratch, 0, act)
+
+    def run(self, inputs, outputs, scratch, act=None):
+        x, out = self._as_2d(inputs[0], outputs[0])
+        if self.op == "MatMul":
             bias = None
         else:
             bias = self.bias if self.bias is not None else (inputs[2] if len(inputs) > 2 else None)
@@ -786,25 +838,27 @@ class LinearLayer(Layer):
             x = xt
             used = _align8(4 * m * self.k)
         if self.streamed is None:
-            linear_ops.linear(x, self.prepared, bias, self.alpha, self.beta, out, scratch[used:], self.parallel)
+            linear_ops.linear(x, self.prepared, bias, self.alpha, self.beta, out, scratch[used:], self.parallel, act)
             return
+        fn, args = self._bind_rows(x, out, bias, scratch, used, act)
+        fn(*args)
+
+    def _bind_rows(self, x, out, bias, scratch, used, act):
+        """The csr / streamed row kernel and its arguments."""
         s = self.streamed
-        if bias is self.bias:
-            bias_vec, bias_late = self._bias
-        else:
-            bias_vec, bias_late = _bias_vector(bias, self.n, self.beta)
-        alpha, beta = np.float32(self.alpha), np.float32(self.beta)
+        bias_vec, bias_late = self._bias if bias is self.bias else _bias_vector(bias, self.n, self.beta)
+        ep = epilogue(act if bias_late is None else None, self.alpha, self.beta)
         if isinstance(s, CsrWeight):
-            err = _csr_linear_kernel(x, self.rows_out, s.cnt, s.gaps, s.codes, s.cols, s.codebook, s.scales,
-                                     bias_vec, alpha, beta, out, self.info)
+            kernel, args = _csr_linear_kernel, (x, self.rows_out, s.cnt, s.gaps, s.codes, s.cols, s.codebook,
+                                                s.scales, bias_vec, ep, out, self.info)
         else:
             cnt_buf, gap_buf, code_buf = s.buffers(scratch, used)
-            err = _streamed_linear_kernel(x, self.rows_out, s.sparse, s.cnt.arrays, s.gap.arrays, s.code.arrays,
-                                          s.row_starts, s.sym_starts, s.cols, s.codebook, s.scales, bias_vec, alpha,
-                                          beta, out, cnt_buf, gap_buf, code_buf, self.info)
-        s.check(err, self.info, f"layer '{self.name}'")
-        if bias_late is not None:
-            out += np.float32(self.beta) * bias_late.astype(np.float32)
+            kernel, args = _streamed_linear_kernel, (x, self.rows_out, s.sparse, s.cnt.arrays, s.gap.arrays,
+                                                     s.code.arrays, s.row_starts, s.sym_starts, s.cols, s.codebook,
+                                                     s.scales, bias_vec, ep, out, cnt_buf, gap_buf, code_buf,
+                                                     self.info)
+        return _run_checked, (kernel, args, s, self.info, f"layer '{self.name}'", out, bias_late,
+                              np.float32(self.beta), act)
 
 
 class ConvLayer(Layer):
@@ -847,24 +901,39 @@ class ConvLayer(Layer):
             geo = self._geo[x_shape] = conv_geometry(x_shape, self.w_shape, self.attrs)
         return geo
 
-    def run(self, inputs, outputs, scratch):
+    def bind(self, inputs, outputs, scratch, act=None):
+        if self.bias is None and len(inputs) > 2 and inputs[2] is not None:  # a bias computed at run time
+            return self.run, (inputs, outputs, scratch, act)
+        if self.streamed is None:
+            return conv_ops.bind_conv(inputs[0], self.prepared, self.bias, self.attrs, outputs[0], scratch,
+                                      self.parallel, act)
+        return self._bind_rows(inputs[0], outputs[0], self._bias, scratch, act)
+
+    def run(self, inputs, outputs, scratch, act=None):
         x, out = inputs[0], outputs[0]
         bias = self.bias if self.bias is not None else (inputs[2] if len(inputs) > 2 else None)
         if self.streamed is None:
-            conv_ops.conv(x, self.prepared, bias, self.attrs, out, scratch, self.parallel)
+            conv_ops.conv(x, self.prepared, bias, self.attrs, out, scratch, self.parallel, act)
             return
+        fn, args = self._bind_rows(x, out, self._bias if bias is self.bias else _conv_bias(bias), scratch, act)
+        fn(*args)
+
+    def _bind_rows(self, x, out, bias_vec, scratch, act):
+        """The csr / streamed row kernel and its arguments."""
         s = self.streamed
-        bias_vec = self._bias if bias is self.bias else _conv_bias(bias)
+        ep = epilogue(act)
         x2, out2 = x.reshape(x.shape[0], -1), out.reshape(out.shape[0], -1)
         if isinstance(s, CsrWeight):
-            err = _conv_rows_kernel(x2, self._geometry(x.shape), True, 0, s.rows, s.codes.shape[0], s.cols, s.cnt,
-                                    s.gaps, s.codes, s.codebook, s.scales, bias_vec, out2, self.info)
+            kernel, args = _conv_rows_kernel, (x2, self._geometry(x.shape), True, 0, s.rows, s.codes.shape[0],
+                                               s.cols, s.cnt, s.gaps, s.codes, s.codebook, s.scales, bias_vec, ep,
+                                               out2, self.info)
         else:
             cnt_buf, gap_buf, code_buf = s.buffers(scratch)
-            err = _streamed_conv_kernel(x2, self._geometry(x.shape), s.sparse, s.cnt.arrays, s.gap.arrays,
-                                        s.code.arrays, s.row_starts, s.sym_starts, s.cols, s.codebook, s.scales,
-                                        bias_vec, out2, cnt_buf, gap_buf, code_buf, self.info)
-        s.check(err, self.info, f"layer '{self.name}'")
+            kernel, args = _streamed_conv_kernel, (x2, self._geometry(x.shape), s.sparse, s.cnt.arrays,
+                                                   s.gap.arrays, s.code.arrays, s.row_starts, s.sym_starts, s.cols,
+                                                   s.codebook, s.scales, bias_vec, ep, out2, cnt_buf, gap_buf,
+                                                   code_buf, self.info)
+        return _run_checked, (kernel, args, s, self.info, f"layer '{self.name}'")
 
 
 def conv_geometry(x_shape: tuple, w_shape: tuple, attrs: dict) -> np.ndarray:
@@ -908,8 +977,9 @@ class DynamicLayer(Layer):
         return conv_ops.conv_scratch_bytes(tuple(in_shapes[0]), tuple(in_shapes[1]), self.attrs, None,
                                            self.parallel)
 
-    def run(self, inputs, outputs, scratch):
+    def run(self, inputs, outputs, scratch, act=None):
         run_dynamic(self.op, inputs, self.attrs, outputs, scratch, self.parallel)
+        apply_activation(outputs[0], act)
 
 
 def run_dynamic(op: str, inputs: list, attrs: dict, outputs: list, scratch=None, parallel: bool = False) -> None:

@@ -9,7 +9,8 @@ Accounting (bytes of numpy buffers; what `Model.plan` reports and what a budget 
   "streamed" layer.
   mapped: views into the mapped file — weights and biases stored dense, and a streamed layer's compressed chunks.
 - constants: the other constant tensors that ops read (Add/Mul operands, Reshape shapes), RAM or mapped likewise.
-- arena: the one buffer that holds every activation (graph inputs, copied in, and every node output), laid out by
+- arena: the one buffer that holds every activation (graph inputs, copied in, and every node output but the input
+  of a Relu / LeakyRelu / Clip fused into the Gemm or Conv before it, which never exists), laid out by
   runtime/planner.py; it depends on the input shapes.
 - scratch: the one buffer all steps share, as large as the largest single step needs (streamed chunk decoding,
   im2col columns, batch tiles, a transposed Gemm input).

@@ -1,6 +1,7 @@
 """The public model object. `load` validates the whole model before anything runs (file, supported ops, attributes,
-shapes for the declared inputs), chooses how each layer holds its weight within the memory budget and plans memory;
-`Model.run` checks its inputs and executes. Everything here is numpy + numba: no onnx, no packer."""
+shapes for the declared inputs), fuses activations into the layers before them, chooses how each layer holds its
+weight within the memory budget and plans memory; `Model.run` checks its inputs and runs the plan's bound steps
+(runtime/executor.py). Everything here is numpy + numba: no onnx, no packer."""
 from __future__ import annotations
 
 import os
@@ -17,6 +18,7 @@ from runtime.ops import registry
 WEIGHT_INPUT = {"Gemm": 1, "MatMul": 1, "Conv": 1}
 # Inputs cast to float32 by Model.run (documented there); any other dtype is refused.
 CAST_DTYPES = (np.dtype(np.float64), np.dtype(np.float16))
+_F32 = np.dtype(np.float32)
 MAX_CACHED_PLANS = 8
 
 
@@ -37,8 +39,10 @@ def load(source: str | os.PathLike | bytes | bytearray | memoryview, memory_budg
 
     memory_budget: bytes (int, or text such as "256KiB") for weights as held + constants + arena + scratch at
         `batch` (see runtime/memory.py for what counts); per layer the weight is held compact, csr, dense or
-        streamed (runtime/layers.py), whichever fits in the least estimated time; without a budget, the fastest.
-        BudgetError states the smallest budget that would fit.
+        streamed (runtime/layers.py), whichever fits in the least estimated time; without a budget, the fastest
+        by the cost model at `batch`. The modes chosen serve every batch size run later: a layer is not re-laid
+        per shape (a dense copy for large batches would multiply the weight's RAM 8-30x; the compact kernels
+        have a batched path of their own). BudgetError states the smallest budget that would fit.
     parallel: use the Numba-parallel kernels of runtime/ops (streamed layers stay serial); default single-threaded
         Numba kernels, bit-identical run to run. (numpy's BLAS, used by dense float32 layers and batched decode,
         follows its own threading: set OPENBLAS_NUM_THREADS=1 before starting Python for one thread there too.)
@@ -84,6 +88,9 @@ def load(source: str | os.PathLike | bytes | bytearray | memoryview, memory_budg
 
     program = executor.Program([name for name, _ in decls], [o["name"] for o in g["outputs"]], nodes, consts,
                                const_shapes)
+    # every node in layer_weight becomes a LinearLayer or ConvLayer below, which apply an activation in their
+    # kernels' epilogue: decided before any plan so that the arena never holds the tensor in between
+    executor.fuse_activations(program, set(layer_weight))
     for o in g["outputs"]:
         if o["name"] not in consts and o["dtype"] != "float32":
             raise UnsupportedError(f"{where}: graph output '{o['name']}' is {o['dtype']}; this runtime computes in "
@@ -173,6 +180,10 @@ class Model:
         self._nodes = {n["name"]: n for n in program.nodes}
         self.minimum_budget = fit.minimum  # smallest total any choice of modes reaches, at the load shapes
         self._plans: dict[tuple, executor.ExecPlan] = {}
+        # Model.run's fast path (single-input models): input shape -> (the input's flat arena view, steps, outputs)
+        # of a plan bound to the current arena; rebuilt when a plan is (re)bound, emptied when the buffers change.
+        self._fast: dict[tuple, tuple] = {}
+        self._fast_name = decls[0][0] if len(decls) == 1 else None
         self._arena = np.empty(0, dtype=np.uint8)
         self._scratch = np.empty(0, dtype=np.uint8)
         self.plan: memory.MemoryPlan | None = None
@@ -204,13 +215,18 @@ class Model:
                         f"({memory.kib(mp.total_bytes)}: arena {mp.arena_bytes:,} B, scratch {mp.scratch_bytes:,} B) "
                         f"> memory budget {self.budget:,} B; run smaller batches or load with a larger budget")
             if len(self._plans) >= MAX_CACHED_PLANS:
-                self._plans.pop(next(iter(self._plans)))
+                old = self._plans.pop(next(iter(self._plans)))
+                self._fast.pop(tuple(old.input_shapes.get(self._fast_name, ())), None)
             self._plans[key] = plan
         if self._arena.nbytes < plan.arena.arena_bytes:
             self._arena = np.empty(plan.arena.arena_bytes, dtype=np.uint8)
+            self._fast.clear()
         if self._scratch.nbytes < plan.scratch_bytes:
             self._scratch = np.empty(plan.scratch_bytes, dtype=np.uint8)
+            self._fast.clear()
         executor.bind(self._program, plan, self._arena, self._scratch)
+        if self._fast_name is not None:
+            self._fast[key[0]] = (plan.views[self._fast_name].reshape(-1), plan.steps, plan.outputs)
         return plan
 
     def _memory_plan(self, plan: executor.ExecPlan) -> memory.MemoryPlan:
@@ -252,6 +268,23 @@ class Model:
         NaN / infinity: refused (InputError naming the input and the first bad element) unless check_finite is
             False, in which case they propagate by IEEE rules. The check is one pass over the input.
         """
+        fast = self._fast
+        if fast:
+            # The common call: one float32 C-contiguous array of a shape already planned. Every check of the path
+            # below still holds: the shape was validated when it was planned, the dtype and layout are exact here,
+            # and the copy into the arena tests finiteness in the same pass.
+            a = inputs
+            if type(a) is dict:
+                a = a.get(self._fast_name) if len(a) == 1 else None
+            if type(a) is np.ndarray and a.dtype is _F32:
+                bound = fast.get(a.shape)
+                if bound is not None and a.flags.c_contiguous:
+                    dst, steps, outputs = bound
+                    if executor._copy_in_kernel(a, dst, True if check_finite else False) < 0:
+                        for fn, args in steps:
+                            fn(*args)
+                        return {name: src.copy() for name, src in outputs}
+                    # a NaN or an infinity: the checks below name it
         feeds = self._check_inputs(inputs, check_finite)
         plan = self._exec_plan({k: v.shape for k, v in feeds.items()})
         return executor.execute(self._program, plan, feeds)

@@ -304,7 +304,8 @@ def test_executor_views_never_overlap_while_live(packed):
                     continue  # the in-place pair
                 assert ea <= sb or eb <= sa, (a, b)
         assert plan.arena.arena_bytes >= plan.arena.peak_live_bytes
-        assert plan.arena.aliases, "ReLU after a Conv should run in place"
+        assert plan.arena.aliases, "an elementwise op after an unfused producer (Mul after Sigmoid) runs in place"
+        assert "c1" not in plan.views, "Relu after conv1 runs in conv1's epilogue: its input never exists"
         assert model._scratch.nbytes >= plan.scratch_bytes
 
 
@@ -325,12 +326,12 @@ def test_plans_are_cached_per_shape(packed):
 def _write(tmp_path, nodes, inputs, outputs, tensors, name="m.epk", opset=17):
     """An edgepack file straight from the IR: lets a test write graphs onnx.checker would refuse."""
     from packer.graph import Graph, Node, ValueInfo
-    from packer.pipeline import encode_graph
+    from packer.pipeline import encode_tensors, graph_doc, plan_settings
     from packer.writer import build_file, write_atomic
 
     g = Graph("t", [ValueInfo(*v) for v in inputs], [ValueInfo(*v) for v in outputs],
               [Node(op, nm, ins, outs, attrs) for op, nm, ins, outs, attrs in nodes], tensors, opset)
-    doc, _ = encode_graph(g, {}, {})
+    doc = graph_doc(g, encode_tensors(g, plan_settings(g, {}, {})))
     path = tmp_path / name
     write_atomic(path, [build_file({"producer": "test", "format_version": "1.0"}, doc)])
     return str(path)

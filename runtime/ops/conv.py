@@ -2,7 +2,9 @@
 
 Compressed weights use a direct convolution vectorised over output positions: per output channel, each nonzero tap
 (cin, ky, kx) adds weight * (the shifted input plane) to the output plane. Dense weights with group 1 use
-im2col + BLAS. Weight classes: runtime/weights.py.
+im2col + BLAS. A fused activation (Relu, LeakyRelu, Clip) is applied as each output plane is stored. `bind_conv`
+checks once and returns the kernel with its arguments, for the executor's per-plan steps. Weight classes:
+runtime/weights.py.
 """
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ import numpy as np
 from numba import get_num_threads, njit, prange
 
 from runtime.errors import InputError, UnsupportedError
+from runtime.ops.elementwise import ACT_CLIP, ACT_LEAKY, ACT_NONE, EP_ACT, EP_P0, EP_P1, epilogue
 from runtime.weights import CodebookWeight, DenseWeight, Int8Weight, SparseCodebookWeight
 
 _EMPTY_F32 = np.zeros(0, dtype=np.float32)
@@ -308,16 +311,49 @@ def _taps_kernel(src, base, wbuf, obuf, ntaps, acc, geo):
 
 
 @njit(cache=True)
-def _store_kernel(acc, geo, scale, bias_v, out, b, co):
-    """out[b, co] = acc * scale + bias_v, dropping the wide-plane columns."""
+def _activate_kernel(v, kind, p0, p1):
+    """The fused activation (runtime/ops/elementwise.py's epilogue vector) on one float32 value: bit for bit
+    what the unfused elementwise kernel gives."""
+    if kind == ACT_CLIP:
+        if v < p0:
+            v = p0
+        if v > p1:
+            v = p1
+    elif kind == ACT_LEAKY:
+        if v < 0:
+            v = v * p0
+    return v
+
+
+@njit(cache=True)
+def _store_kernel(acc, geo, scale, bias_v, out, b, co, kind, p0, p1):
+    """out[b, co] = act(acc * scale + bias_v), dropping the wide-plane columns."""
     oh, ow = geo[_OH], geo[_OW]
     aw = geo[_WP] if (geo[_SH] == 1 and geo[_SW] == 1) else ow
     o0 = co * oh * ow
     for oy in range(oh):
         a = acc[oy * aw: oy * aw + ow]
         o = out[b, o0 + oy * ow: o0 + oy * ow + ow]
-        for ox in range(ow):
-            o[ox] = a[ox] * scale + bias_v
+        if kind == ACT_NONE:
+            for ox in range(ow):
+                o[ox] = a[ox] * scale + bias_v
+        else:
+            for ox in range(ow):
+                o[ox] = _activate_kernel(a[ox] * scale + bias_v, kind, p0, p1)
+
+
+@njit(cache=True)
+def _bias_act_kernel(out, bias, ep):
+    """out (N, cout, positions) <- act(out + bias[co]) after the im2col products."""
+    has_bias = bias.shape[0] != 0
+    kind, p0, p1 = np.int64(ep[EP_ACT]), ep[EP_P0], ep[EP_P1]
+    for b in range(out.shape[0]):
+        for co in range(out.shape[1]):
+            o = out[b, co]
+            bv = bias[co] if has_bias else np.float32(0.0)
+            for i in range(o.shape[0]):
+                v = o[i] + bv if has_bias else o[i]
+                o[i] = _activate_kernel(v, kind, p0, p1)
 
 
 # One driver per weight kind; they differ only in how a weight row is decoded into (value, offset) taps.
@@ -325,12 +361,13 @@ def _store_kernel(acc, geo, scale, bias_v, out, b, co):
 # sample) in ONE parallel region per call; every channel is summed in the same order either way, so serial and
 # parallel give the same bits.
 
-def _conv_sparse(x, geo, group_of, indptr, columns, codes, codebook, scales, bias, out, scratch):
+def _conv_sparse(x, geo, group_of, indptr, columns, codes, codebook, scales, bias, ep, out, scratch):
     tab, obuf, xpad, acc, wbuf = _scratch_views_kernel(scratch, geo)
     cout, cols, slots, alen, gstride = group_of.shape[0], geo[_COLS], geo[_SLOTS], geo[_ACC_LEN], geo[_GSTRIDE]
     plen = geo[_PADDED] * geo[_C] * geo[_HP] * geo[_WP]
     has_scales = scales.shape[0] != 0
     has_bias = bias.shape[0] != 0
+    kind, p0, p1 = np.int64(ep[EP_ACT]), ep[EP_P0], ep[EP_P1]
     for t in prange(slots):
         wb, ob = wbuf[t * cols: t * cols + cols], obuf[t * cols: t * cols + cols]
         ac, xp = acc[t * alen: t * alen + alen], xpad[t * plen: t * plen + plen]
@@ -344,15 +381,16 @@ def _conv_sparse(x, geo, group_of, indptr, columns, codes, codebook, scales, bia
                     n += 1
                 _taps_kernel(src, group_of[co] * gstride, wb, ob, n, ac, geo)
                 _store_kernel(ac, geo, scales[co] if has_scales else np.float32(1.0),
-                              bias[co] if has_bias else np.float32(0.0), out, b, co)
+                              bias[co] if has_bias else np.float32(0.0), out, b, co, kind, p0, p1)
 
 
-def _conv_codebook(x, geo, group_of, codes, codebook, scales, bias, out, scratch):
+def _conv_codebook(x, geo, group_of, codes, codebook, scales, bias, ep, out, scratch):
     tab, obuf, xpad, acc, wbuf = _scratch_views_kernel(scratch, geo)
     cout, cols, slots, alen, gstride = group_of.shape[0], geo[_COLS], geo[_SLOTS], geo[_ACC_LEN], geo[_GSTRIDE]
     plen = geo[_PADDED] * geo[_C] * geo[_HP] * geo[_WP]
     has_scales = scales.shape[0] != 0
     has_bias = bias.shape[0] != 0
+    kind, p0, p1 = np.int64(ep[EP_ACT]), ep[EP_P0], ep[EP_P1]
     for t in prange(slots):
         wb, ob = wbuf[t * cols: t * cols + cols], obuf[t * cols: t * cols + cols]
         ac, xp = acc[t * alen: t * alen + alen], xpad[t * plen: t * plen + plen]
@@ -368,14 +406,15 @@ def _conv_codebook(x, geo, group_of, codes, codebook, scales, bias, out, scratch
                         n += 1
                 _taps_kernel(src, group_of[co] * gstride, wb, ob, n, ac, geo)
                 _store_kernel(ac, geo, scales[co] if has_scales else np.float32(1.0),
-                              bias[co] if has_bias else np.float32(0.0), out, b, co)
+                              bias[co] if has_bias else np.float32(0.0), out, b, co, kind, p0, p1)
 
 
-def _conv_int8(x, geo, group_of, q, zp, scales, bias, out, scratch):
+def _conv_int8(x, geo, group_of, q, zp, scales, bias, ep, out, scratch):
     tab, obuf, xpad, acc, wbuf = _scratch_views_kernel(scratch, geo)
     cout, cols, slots, alen, gstride = group_of.shape[0], geo[_COLS], geo[_SLOTS], geo[_ACC_LEN], geo[_GSTRIDE]
     plen = geo[_PADDED] * geo[_C] * geo[_HP] * geo[_WP]
     has_bias = bias.shape[0] != 0
+    kind, p0, p1 = np.int64(ep[EP_ACT]), ep[EP_P0], ep[EP_P1]
     for t in prange(slots):
         wb, ob = wbuf[t * cols: t * cols + cols], obuf[t * cols: t * cols + cols]
         ac, xp = acc[t * alen: t * alen + alen], xpad[t * plen: t * plen + plen]
@@ -391,15 +430,17 @@ def _conv_int8(x, geo, group_of, q, zp, scales, bias, out, scratch):
                         ob[n] = tab[c]
                         n += 1
                 _taps_kernel(src, group_of[co] * gstride, wb, ob, n, ac, geo)
-                _store_kernel(ac, geo, scales[co], bias[co] if has_bias else np.float32(0.0), out, b, co)
+                _store_kernel(ac, geo, scales[co], bias[co] if has_bias else np.float32(0.0), out, b, co,
+                              kind, p0, p1)
 
 
-def _conv_dense_direct(x, geo, group_of, w2d, bias, out, scratch):
+def _conv_dense_direct(x, geo, group_of, w2d, bias, ep, out, scratch):
     """Dense weights with groups (depthwise included), where im2col + BLAS would multiply tiny matrices."""
     tab, obuf, xpad, acc, wbuf = _scratch_views_kernel(scratch, geo)
     cout, cols, slots, alen, gstride = group_of.shape[0], geo[_COLS], geo[_SLOTS], geo[_ACC_LEN], geo[_GSTRIDE]
     plen = geo[_PADDED] * geo[_C] * geo[_HP] * geo[_WP]
     has_bias = bias.shape[0] != 0
+    kind, p0, p1 = np.int64(ep[EP_ACT]), ep[EP_P0], ep[EP_P1]
     for t in prange(slots):
         wb, ob = wbuf[t * cols: t * cols + cols], obuf[t * cols: t * cols + cols]
         ac, xp = acc[t * alen: t * alen + alen], xpad[t * plen: t * plen + plen]
@@ -414,7 +455,8 @@ def _conv_dense_direct(x, geo, group_of, w2d, bias, out, scratch):
                         ob[n] = tab[c]
                         n += 1
                 _taps_kernel(src, group_of[co] * gstride, wb, ob, n, ac, geo)
-                _store_kernel(ac, geo, np.float32(1.0), bias[co] if has_bias else np.float32(0.0), out, b, co)
+                _store_kernel(ac, geo, np.float32(1.0), bias[co] if has_bias else np.float32(0.0), out, b, co,
+                              kind, p0, p1)
 
 
 _conv_sparse_kernel, _conv_sparse_parallel_kernel = _serial_and_parallel(_conv_sparse)
@@ -447,15 +489,28 @@ def _im2col_kernel(x, b, geo, col):
 
 # ------------------------------------------------------------------------------------------------------- wrappers
 
-def conv(x: np.ndarray, prepared: PreparedConv, bias, attrs: dict, out: np.ndarray,
-         scratch: np.ndarray | None = None, parallel: bool = False) -> np.ndarray:
-    """ONNX Conv: out (N, cout, OH, OW) float32 <- x (N, C, H, W) float32 convolved with the prepared weight,
-    plus bias (cout,) or None. `scratch`: a 1-D C-contiguous buffer of at least
-    conv_scratch_bytes(x.shape, prepared.shape, attrs, prepared, parallel) bytes, or None to allocate.
-    Returns out."""
+def _im2col_run(x2, geo, col, w2d, out3, bias_v, ep, finish) -> None:
+    for b in range(x2.shape[0]):
+        _im2col_kernel(x2, b, geo, col)
+        np.matmul(w2d, col, out=out3[b])
+    if finish:
+        _bias_act_kernel(out3, bias_v, ep)
+
+
+def _noop() -> None:
+    return None
+
+
+def bind_conv(x: np.ndarray, prepared: PreparedConv, bias, attrs: dict, out: np.ndarray,
+              scratch: np.ndarray | None = None, parallel: bool = False, act: tuple | None = None):
+    """Check everything once and return (fn, args) such that every fn(*args) computes `conv` from the current
+    contents of x into out (the executor's per-plan steps). x and out must be C-contiguous; bias is read now (a
+    constant); scratch is carved now (None: allocated now)."""
     if type(x) is not np.ndarray or x.dtype != np.float32 or x.ndim != 4:
         raise InputError(f"conv: x expected float32 (N, C, H, W), found "
                          f"{getattr(x, 'dtype', type(x).__name__)} {getattr(x, 'shape', '')}")
+    if not x.flags.c_contiguous:
+        raise InputError(f"conv: x must be C-contiguous, found strides {x.strides} for shape {x.shape}")
     plan = _plan(prepared, x.shape, attrs, parallel)
     if type(out) is not np.ndarray or out.dtype != np.float32 or out.shape != plan.out_shape \
             or not out.flags.c_contiguous:
@@ -479,34 +534,40 @@ def conv(x: np.ndarray, prepared: PreparedConv, bias, attrs: dict, out: np.ndarr
     elif scratch.nbytes < plan.scratch_bytes:
         raise InputError(f"conv: scratch too small: {scratch.nbytes} bytes < {plan.scratch_bytes} needed")
     if out.size == 0:
-        return out
-    if not x.flags.c_contiguous:
-        x = np.ascontiguousarray(x)
+        return _noop, ()
     scratch = scratch.view(np.uint8)
     x2 = x.reshape(nb, -1)
     out2 = out.reshape(nb, -1)
     a = prepared.arrays
     geo = plan.geo
+    ep = epilogue(act)
     if plan.im2col:
         cols, npos = int(geo[_COLS]), plan.out_shape[2] * plan.out_shape[3]
         col = scratch[: plan.scratch_bytes].view(np.float32).reshape(cols, npos)
-        out3 = out.reshape(nb, cout, npos)
-        for b in range(nb):
-            _im2col_kernel(x2, b, geo, col)
-            np.matmul(a["w2d"], col, out=out3[b])
-        if bias_v.shape[0]:
-            out3 += bias_v[None, :, None]
-    elif prepared.kind == "sparse":
+        finish = bias_v.shape[0] != 0 or (act is not None and act[0] != ACT_NONE)
+        return _im2col_run, (x2, geo, col, a["w2d"], out.reshape(nb, cout, npos), bias_v, ep, finish)
+    if prepared.kind == "sparse":
         fn = _conv_sparse_parallel_kernel if parallel else _conv_sparse_kernel
-        fn(x2, geo, a["group_of"], a["indptr"], a["columns"], a["codes"], a["codebook"], a["scales"], bias_v,
-           out2, scratch)
-    elif prepared.kind == "codebook":
+        return fn, (x2, geo, a["group_of"], a["indptr"], a["columns"], a["codes"], a["codebook"], a["scales"],
+                    bias_v, ep, out2, scratch)
+    if prepared.kind == "codebook":
         fn = _conv_codebook_parallel_kernel if parallel else _conv_codebook_kernel
-        fn(x2, geo, a["group_of"], a["codes"], a["codebook"], a["scales"], bias_v, out2, scratch)
-    elif prepared.kind == "int8":
+        return fn, (x2, geo, a["group_of"], a["codes"], a["codebook"], a["scales"], bias_v, ep, out2, scratch)
+    if prepared.kind == "int8":
         fn = _conv_int8_parallel_kernel if parallel else _conv_int8_kernel
-        fn(x2, geo, a["group_of"], a["q"], a["zp"], a["scales"], bias_v, out2, scratch)
-    else:
-        fn = _conv_dense_direct_parallel_kernel if parallel else _conv_dense_direct_kernel
-        fn(x2, geo, a["group_of"], a["w2d"], bias_v, out2, scratch)
+        return fn, (x2, geo, a["group_of"], a["q"], a["zp"], a["scales"], bias_v, ep, out2, scratch)
+    fn = _conv_dense_direct_parallel_kernel if parallel else _conv_dense_direct_kernel
+    return fn, (x2, geo, a["group_of"], a["w2d"], bias_v, ep, out2, scratch)
+
+
+def conv(x: np.ndarray, prepared: PreparedConv, bias, attrs: dict, out: np.ndarray,
+         scratch: np.ndarray | None = None, parallel: bool = False, act: tuple | None = None) -> np.ndarray:
+    """ONNX Conv: out (N, cout, OH, OW) float32 <- act(x (N, C, H, W) float32 convolved with the prepared weight
+    plus bias (cout,) or None). `scratch`: a 1-D C-contiguous buffer of at least
+    conv_scratch_bytes(x.shape, prepared.shape, attrs, prepared, parallel) bytes, or None to allocate.
+    act: a fused activation (runtime/ops/elementwise.activation) or None. Returns out."""
+    if type(x) is np.ndarray and x.dtype == np.float32 and x.ndim == 4 and not x.flags.c_contiguous:
+        x = np.ascontiguousarray(x)
+    fn, args = bind_conv(x, prepared, bias, attrs, out, scratch, parallel, act)
+    fn(*args)
     return out

@@ -1,5 +1,6 @@
 """Elementwise ops: activations (Relu, LeakyRelu, Clip, Sigmoid, HardSigmoid, HardSwish, Tanh) as Numba kernels
 over flat buffers, and Add, Sub, Mul, Div with numpy broadcasting. All may run in place (output buffer == input).
+Also the epilogue vector by which Gemm / Conv kernels apply a fused Relu, LeakyRelu or Clip (`epilogue`).
 """
 from __future__ import annotations
 
@@ -12,6 +13,45 @@ from runtime.errors import FormatError
 from runtime.ops.registry import OpDef, check_arity, float_attr
 
 _F32 = np.float32
+
+# ---- fused activations ----------------------------------------------------------------------------------------
+# The epilogue vector (float32, EP_SIZE) that the Gemm / Conv kernels of runtime/ops/linear.py, conv.py and
+# runtime/layers.py take: [alpha, beta, activation, p0, p1]. Activations, each bit for bit what its kernel below
+# computes on the same float32 value: ACT_CLIP v < p0 -> p0, then v > p1 -> p1 (Relu is Clip(0, +inf): NaN and -0.0
+# pass unchanged either way); ACT_LEAKY v < 0 -> v * p0.
+EP_ALPHA, EP_BETA, EP_ACT, EP_P0, EP_P1, EP_SIZE = range(6)
+ACT_NONE, ACT_CLIP, ACT_LEAKY = 0, 1, 2
+FUSABLE_OPS = ("Relu", "LeakyRelu", "Clip")
+
+
+def activation(op: str, attrs: dict, inputs: list, consts: dict) -> tuple[int, float, float] | None:
+    """(ACT_*, p0, p1) for a Relu / LeakyRelu / Clip node that a preceding Gemm or Conv can apply in its epilogue,
+    or None when it cannot (another op, or a Clip bound computed at run time). inputs: the node's input names ("" =
+    omitted); consts: name -> value of the constant tensors. Shapes and attributes were validated by infer."""
+    if op == "Relu":
+        return ACT_CLIP, 0.0, math.inf
+    if op == "LeakyRelu":
+        return ACT_LEAKY, float(_F32(attrs.get("alpha", 0.01))), 0.0
+    if op != "Clip":
+        return None
+    bounds = []
+    for i, key, default in ((1, "min", -math.inf), (2, "max", math.inf)):
+        name = inputs[i] if i < len(inputs) else ""
+        if not name:
+            bounds.append(float(_F32(attrs.get(key, default))))
+        elif name in consts:
+            bounds.append(float(_F32(np.asarray(consts[name]).reshape(-1)[0])))
+        else:
+            return None
+    return ACT_CLIP, bounds[0], bounds[1]
+
+
+def epilogue(act: tuple | None = None, alpha: float = 1.0, beta: float = 1.0) -> np.ndarray:
+    """The read-only epilogue vector for the kernels (see EP_*): alpha, beta and an activation from activation()."""
+    kind, p0, p1 = act if act is not None else (ACT_NONE, 0.0, 0.0)
+    ep = np.array([alpha, beta, kind, p0, p1], dtype=np.float32)
+    ep.flags.writeable = False
+    return ep
 
 
 # ---- kernels: flat contiguous x and out of equal size; out may be x itself (each element is read before written) --
@@ -76,6 +116,17 @@ def _hard_swish_kernel(x, out, alpha, beta):
 def _tanh_kernel(x, out):
     for i in range(x.size):
         out[i] = math.tanh(x[i])
+
+
+def apply_activation(out: np.ndarray, act: tuple | None) -> None:
+    """Apply an activation from activation() to `out` in place (the unfused kernels, for paths without an
+    epilogue)."""
+    if act is None or act[0] == ACT_NONE:
+        return
+    if act[0] == ACT_CLIP:
+        _apply(_clip_kernel, out, out, _F32(act[1]), _F32(act[2]))
+    else:
+        _apply(_leaky_relu_kernel, out, out, _F32(act[1]))
 
 
 def _apply(kernel, x: np.ndarray, out: np.ndarray, *scalars) -> None:
@@ -163,6 +214,32 @@ def _run_hard_swish(inputs, attrs, outputs):
 
 def _run_tanh(inputs, attrs, outputs):
     _apply(_tanh_kernel, inputs[0], outputs[0])
+
+
+# ---- plan-time binding: the executor calls `run.bind(inputs, attrs, outputs)` once per plan (arena views of fixed
+# shapes) and then only the returned (kernel, args) at every run; None keeps the plain runner.
+
+def _unary_binder(kernel, scalars):
+    def bind(inputs, attrs, outputs):
+        x, out = inputs[0], outputs[0]
+        if not (x.flags.c_contiguous and out.flags.c_contiguous and x.size == out.size):
+            return None
+        return kernel, (x.reshape(-1), out.reshape(-1), *scalars(inputs, attrs))
+    return bind
+
+
+_run_relu.bind = _unary_binder(_relu_kernel, lambda inputs, attrs: ())
+_run_leaky_relu.bind = _unary_binder(_leaky_relu_kernel, lambda inputs, attrs: (_F32(attrs.get("alpha", 0.01)),))
+_clip_binder = _unary_binder(_clip_kernel, lambda inputs, attrs: (
+    _F32(attrs.get("min", -math.inf)), _F32(attrs.get("max", math.inf))))
+# bounds given as inputs may be computed at run time: read them at every run (the plain runner)
+_run_clip.bind = lambda inputs, attrs, outputs: (
+    None if any(i is not None for i in inputs[1:]) else _clip_binder(inputs, attrs, outputs))
+_run_sigmoid.bind = _unary_binder(_sigmoid_kernel, lambda inputs, attrs: ())
+_run_hard_sigmoid.bind = _unary_binder(_hard_sigmoid_kernel, lambda inputs, attrs: (
+    _F32(attrs.get("alpha", 0.2)), _F32(attrs.get("beta", 0.5))))
+_run_hard_swish.bind = _unary_binder(_hard_swish_kernel, lambda inputs, attrs: (_F32(1.0 / 6.0), _F32(0.5)))
+_run_tanh.bind = _unary_binder(_tanh_kernel, lambda inputs, attrs: ())
 
 
 def _binary_runner(ufunc):

@@ -1,7 +1,8 @@
 """Fully connected layers (ONNX Gemm, and MatMul with a constant 2-D weight) computed on the compressed weights.
 
-`prepare_linear` re-lays a weight once at load time; `linear` runs y = alpha * x @ W^T + beta * bias on it without
-ever expanding a sparse weight to dense float32. Weight classes: runtime/weights.py; interfaces: the runtime notes.
+`prepare_linear` re-lays a weight once at load time; `linear` runs y = act(alpha * x @ W^T + beta * bias) on it
+without ever expanding a sparse weight to dense float32; `bind_linear` checks the same once and returns the kernel
+with its arguments, for the executor's per-plan steps. Weight classes: runtime/weights.py.
 """
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ import numpy as np
 from numba import get_num_threads, njit, prange
 
 from runtime.errors import InputError, UnsupportedError
+from runtime.ops.elementwise import (ACT_CLIP, ACT_LEAKY, ACT_NONE, EP_ACT, EP_ALPHA, EP_BETA, EP_P0, EP_P1,
+                                     apply_activation, epilogue)
 from runtime.weights import CodebookWeight, DenseWeight, Int8Weight, SparseCodebookWeight
 
 # Batch columns per tile in the batched sparse kernel; 64 was fastest of 8..256 for LeNet-300-100 on the dev VM
@@ -25,6 +28,9 @@ SPARSE_TILED_MIN_BATCH = 8
 # Crossovers measured on the dev VM for a 784 -> 300 layer (the codebook lookup is a gather, int8 converts in SIMD).
 DECODE_MIN_BATCH = {"codebook": 3, "int8": 12}
 DECODE_ROWS = 64
+# Dense float32 layers up to this many multiply-adds per call run in a Numba kernel instead of BLAS, whose call
+# alone costs about a microsecond: W (n, k) rows are summed four at a time, W^T (k, n) columns in SIMD.
+DENSE_KERNEL_MAX_MACS = {"w": 4096, "wt": 32768}
 # Batch rows per BLAS call in the decode path: bounds the scratch for any batch size.
 DECODE_BATCH_CHUNK = 256
 
@@ -174,12 +180,30 @@ def prepare_linear(weight, trans_b: bool) -> PreparedLinear:
 
 
 # -------------------------------------------------------------------------------------------------------- kernels
+# Every product kernel ends in the same epilogue: v = alpha * (sum * out_scale) + beta * bias, then the fused
+# activation, all given by the epilogue vector `ep` of runtime/ops/elementwise.py (EP_* positions, ACT_* kinds:
+# fixed by that file, inlined here as constants).
 
 @njit(cache=True)
-def _finish_sample_kernel(acc, a0, astride, out_scales, bias, alpha, beta, out, b, n0, n1):
-    """out[b, n] = alpha * acc[a0 + n * astride] * out_scales[n] + beta * bias[n] for n in [n0, n1)."""
+def _activate_kernel(v, kind, p0, p1):
+    """The fused activation on one float32 value: bit for bit what the unfused elementwise kernel gives."""
+    if kind == ACT_CLIP:
+        if v < p0:
+            v = p0
+        if v > p1:
+            v = p1
+    elif kind == ACT_LEAKY:
+        if v < 0:
+            v = v * p0
+    return v
+
+
+@njit(cache=True)
+def _finish_sample_kernel(acc, a0, astride, out_scales, bias, ep, out, b, n0, n1):
+    """out[b, n] = act(alpha * acc[a0 + n * astride] * out_scales[n] + beta * bias[n]) for n in [n0, n1)."""
     has_os = out_scales.shape[0] != 0
     has_bias = bias.shape[0] != 0
+    alpha, beta, kind, p0, p1 = ep[EP_ALPHA], ep[EP_BETA], np.int64(ep[EP_ACT]), ep[EP_P0], ep[EP_P1]
     for n in range(n0, n1):
         v = acc[a0 + n * astride]
         if has_os:
@@ -187,53 +211,84 @@ def _finish_sample_kernel(acc, a0, astride, out_scales, bias, alpha, beta, out, 
         v *= alpha
         if has_bias:
             v += beta * bias[n]
-        out[b, n] = v
+        out[b, n] = _activate_kernel(v, kind, p0, p1)
 
 
 @njit(cache=True)
-def _sparse_rows_kernel(x, colptr, rows, codes, codebook, in_scales, out_scales, bias, alpha, beta, out):
-    """Per sample: walk the inputs, skip zeros (ReLU leaves many), scatter codebook[code] * x[k] into out[b]."""
+def _sparse_rows_kernel(x, colptr, rows, codes, codebook, in_scales, out_scales, bias, ep, out):
+    """Per sample: walk the inputs, skip zeros (ReLU leaves many), scatter codebook[code] * x[k] into out[b].
+    The column's entries are walked over slices indexed from 0: Numba then drops its negative-index test
+    (1.3x on LeNet-5's fc1, where few inputs are zero)."""
     bsz, k_in = x.shape
     n_out = out.shape[1]
     has_is = in_scales.shape[0] != 0
     for b in range(bsz):
         acc = out[b]
+        xb = x[b]
         for n in range(n_out):
             acc[n] = 0.0
         for k in range(k_in):
-            xk = x[b, k]
+            xk = xb[k]
             if xk == 0.0:
                 continue
             if has_is:
                 xk *= in_scales[k]
-            for j in range(colptr[k], colptr[k + 1]):
-                acc[rows[j]] += codebook[codes[j]] * xk
-        _finish_sample_kernel(acc, 0, 1, out_scales, bias, alpha, beta, out, b, 0, n_out)
+            c0 = colptr[k]
+            c1 = colptr[k + 1]
+            rk = rows[c0:c1]
+            ck = codes[c0:c1]
+            for i in range(c1 - c0):
+                acc[rk[i]] += codebook[ck[i]] * xk
+        _finish_sample_kernel(acc, 0, 1, out_scales, bias, ep, out, b, 0, n_out)
 
 
 @njit(cache=True)
 def _sparse_tile_kernel(x, b0, bt, colptr, rows, codes, codebook, in_scales, xt, acc, n_out):
     """One batch tile of bt samples: xt <- x[b0:b0+bt]^T (k, bt), acc (n, bt) <- W @ xt.
     Measured on the dev VM, both of these cost 3-6x here: an integer division by a run-time value (Numba's
-    zero-divisor check) and moving the inner loop into a jitted helper; hence sizes come in as arguments."""
+    zero-divisor check) and moving the inner loop into a jitted helper; hence sizes come in as arguments.
+    (Tried and slower there: 2-D tiles walked over row slices, pre-decoded float32 weights gained only 4%.)"""
     k_in = x.shape[1]
+    # 8 features at a time, unrolled: 1.6x a sample-by-sample transpose (16 or a run-time block width: slower)
+    k0 = 0
+    while k0 + 8 <= k_in:
+        for b in range(bt):
+            xr = x[b0 + b, k0: k0 + 8]
+            base = k0 * bt + b
+            for i in range(8):
+                xt[base + i * bt] = xr[i]
+        k0 += 8
     for b in range(bt):
-        for k in range(k_in):
+        for k in range(k0, k_in):
             xt[k * bt + b] = x[b0 + b, k]
     for i in range(n_out * bt):
         acc[i] = 0.0
     has_is = in_scales.shape[0] != 0
     for k in range(k_in):
         xo = k * bt
-        live = False  # an input feature that is zero for the whole tile (an MNIST border pixel) does no work
+        # an input feature that is zero for the whole tile (an MNIST border pixel) does no work; counting the
+        # nonzero lanes vectorises where stopping at the first one does not (1.15x on LeNet-300-100's fc1)
+        live = 0
         for b in range(bt):
             if xt[xo + b] != 0.0:
-                live = True
-                break
-        if not live:
+                live += 1
+        if live == 0:
             continue
         s = in_scales[k] if has_is else np.float32(1.0)
-        for j in range(colptr[k], colptr[k + 1]):
+        # two entries (two distinct output rows) per pass share the loads of x: 1.1-1.3x
+        j = colptr[k]
+        c1 = colptr[k + 1]
+        while j + 1 < c1:
+            w0 = codebook[codes[j]] * s
+            w1 = codebook[codes[j + 1]] * s
+            a0 = np.intp(rows[j]) * bt
+            a1 = np.intp(rows[j + 1]) * bt
+            for b in range(bt):
+                xv = xt[xo + b]
+                acc[a0 + b] += w0 * xv
+                acc[a1 + b] += w1 * xv
+            j += 2
+        if j < c1:
             w = codebook[codes[j]] * s
             ao = np.intp(rows[j]) * bt
             for b in range(bt):
@@ -241,21 +296,27 @@ def _sparse_tile_kernel(x, b0, bt, colptr, rows, codes, codebook, in_scales, xt,
 
 
 @njit(cache=True)
-def _finish_tile_kernel(acc, b0, bt, out_scales, bias, alpha, beta, out):
-    """out[b0 + b, n] = alpha * acc[n * bt + b] * out_scales[n] + beta * bias[n]: reads acc rows contiguously
-    (per sample, the strided reads cost a fifth of the layer's time)."""
+def _finish_tile_kernel(acc, b0, bt, out_scales, bias, ep, out):
+    """out[b0 + b, n] = act(alpha * acc[n * bt + b] * out_scales[n] + beta * bias[n]), the operations of
+    _finish_sample_kernel in its order (the tiled and per-sample paths give the same bits). Reads acc rows
+    contiguously (per sample, the strided reads cost a fifth of the layer's time)."""
     has_os = out_scales.shape[0] != 0
     has_bias = bias.shape[0] != 0
+    alpha, beta, kind, p0, p1 = ep[EP_ALPHA], ep[EP_BETA], np.int64(ep[EP_ACT]), ep[EP_P0], ep[EP_P1]
     for n in range(out.shape[1]):
-        s = alpha * out_scales[n] if has_os else alpha
-        c = beta * bias[n] if has_bias else np.float32(0.0)
+        s = out_scales[n] if has_os else np.float32(1.0)
         a = acc[n * bt: n * bt + bt]
         o = out[b0: b0 + bt, n]
-        for b in range(bt):
-            o[b] = a[b] * s + c
+        if has_bias:
+            c = beta * bias[n]
+            for b in range(bt):
+                o[b] = _activate_kernel(a[b] * s * alpha + c, kind, p0, p1)
+        else:
+            for b in range(bt):
+                o[b] = _activate_kernel(a[b] * s * alpha, kind, p0, p1)
 
 
-def _sparse_tiled(x, colptr, rows, codes, codebook, in_scales, out_scales, bias, alpha, beta, out, xt, acc):
+def _sparse_tiled(x, colptr, rows, codes, codebook, in_scales, out_scales, bias, ep, out, xt, acc):
     """Batched sparse product: tiles of TILE samples with the batch as the contiguous (vector) dimension.
     Slot t (one scratch row each) takes tiles t, t + slots, ...; the per-sample summation order is the same in
     the serial and the parallel build, so both give identical bits."""
@@ -269,16 +330,16 @@ def _sparse_tiled(x, colptr, rows, codes, codebook, in_scales, out_scales, bias,
             bt = min(TILE, bsz - b0)
             acc_t = acc[t, : n_out * bt]
             _sparse_tile_kernel(x, b0, bt, colptr, rows, codes, codebook, in_scales, xt[t], acc_t, n_out)
-            _finish_tile_kernel(acc_t, b0, bt, out_scales, bias, alpha, beta, out)
+            _finish_tile_kernel(acc_t, b0, bt, out_scales, bias, ep, out)
 
 
 _sparse_tiled_kernel, _sparse_tiled_parallel_kernel = _serial_and_parallel(_sparse_tiled)
 
 
-def _codes_axpy(x, codes_t, codebook, in_scales, out_scales, bias, alpha, beta, out, nblocks, bw):
+def _codes_axpy(x, codes_t, codebook, in_scales, out_scales, bias, ep, out, nblocks, bw):
     """Dense codes, small batch: out[b] += codebook[codes_t[k]] * x[b, k] over the nonzero inputs k.
     Block p (outputs p * bw ... p * bw + bw - 1) is independent of the others: the parallel build runs blocks on
-    threads. Inner loops run over slices indexed from 0 (see _sparse_tile_kernel and conv.py: vectorisation)."""
+    threads. Inner loops run over slices indexed from 0 (see _sparse_rows_kernel and conv.py: vectorisation)."""
     bsz, k_in = x.shape
     n_out = out.shape[1]
     has_is = in_scales.shape[0] != 0
@@ -297,13 +358,13 @@ def _codes_axpy(x, codes_t, codebook, in_scales, out_scales, bias, alpha, beta, 
                 ct = codes_t[k, n0: n0 + m]
                 for i in range(m):
                     acc[i] += codebook[ct[i]] * xk
-            _finish_sample_kernel(out[b], 0, 1, out_scales, bias, alpha, beta, out, b, n0, n0 + m)
+            _finish_sample_kernel(out[b], 0, 1, out_scales, bias, ep, out, b, n0, n0 + m)
 
 
 _codes_axpy_kernel, _codes_axpy_parallel_kernel = _serial_and_parallel(_codes_axpy)
 
 
-def _int8_axpy(x, q_t, in_scales, in_zp, out_scales, out_zp, bias, alpha, beta, out, nblocks, bw):
+def _int8_axpy(x, q_t, in_scales, in_zp, out_scales, out_zp, bias, ep, out, nblocks, bw):
     """Int8 codes, small batch: like _codes_axpy with w = q - zero_point (exact in float32), scaled per input
     (folded into x[k]) or per output (in the epilogue)."""
     bsz, k_in = x.shape
@@ -329,10 +390,76 @@ def _int8_axpy(x, q_t, in_scales, in_zp, out_scales, out_zp, bias, alpha, beta, 
                 else:
                     for i in range(m):
                         acc[i] += (np.float32(qk[i]) - zo[i]) * xk
-            _finish_sample_kernel(out[b], 0, 1, out_scales, bias, alpha, beta, out, b, n0, n0 + m)
+            _finish_sample_kernel(out[b], 0, 1, out_scales, bias, ep, out, b, n0, n0 + m)
 
 
 _int8_axpy_kernel, _int8_axpy_parallel_kernel = _serial_and_parallel(_int8_axpy)
+
+
+@njit(cache=True)
+def _dense_epilogue_kernel(o, bias, ep):
+    """o (one sample's outputs) <- act(alpha * o + beta * bias), in place."""
+    has_bias = bias.shape[0] != 0
+    alpha, beta, kind, p0, p1 = ep[EP_ALPHA], ep[EP_BETA], np.int64(ep[EP_ACT]), ep[EP_P0], ep[EP_P1]
+    for n in range(o.shape[0]):
+        v = o[n] * alpha
+        if has_bias:
+            v += beta * bias[n]
+        o[n] = _activate_kernel(v, kind, p0, p1)
+
+
+@njit(cache=True)
+def _dense_rows_kernel(x, w, bias, ep, out):
+    """Small float32 layers held as W (n, k): out[b, n] = act(alpha * dot(x[b], w[n]) + beta * bias[n]), four
+    rows at a time (four independent sums, each in k order). For tiny layers a BLAS call costs more."""
+    bsz, k_in = x.shape
+    n_out = w.shape[0]
+    for b in range(bsz):
+        xb = x[b]
+        o = out[b]
+        n = 0
+        while n + 4 <= n_out:
+            w0, w1, w2, w3 = w[n], w[n + 1], w[n + 2], w[n + 3]
+            a0 = a1 = a2 = a3 = np.float32(0.0)
+            for i in range(k_in):
+                xi = xb[i]
+                a0 += w0[i] * xi
+                a1 += w1[i] * xi
+                a2 += w2[i] * xi
+                a3 += w3[i] * xi
+            o[n] = a0
+            o[n + 1] = a1
+            o[n + 2] = a2
+            o[n + 3] = a3
+            n += 4
+        while n < n_out:
+            wn = w[n]
+            a = np.float32(0.0)
+            for i in range(k_in):
+                a += wn[i] * xb[i]
+            o[n] = a
+            n += 1
+        _dense_epilogue_kernel(o, bias, ep)
+
+
+@njit(cache=True)
+def _dense_cols_kernel(x, wt, bias, ep, out):
+    """Small float32 layers held as W^T (k, n): out[b] = act(alpha * sum_k x[b, k] * wt[k] + beta * bias),
+    skipping zero inputs."""
+    bsz, k_in = x.shape
+    n_out = wt.shape[1]
+    for b in range(bsz):
+        o = out[b]
+        for n in range(n_out):
+            o[n] = 0.0
+        for k in range(k_in):
+            xk = x[b, k]
+            if xk == 0.0:
+                continue
+            wk = wt[k]
+            for n in range(n_out):
+                o[n] += wk[n] * xk
+        _dense_epilogue_kernel(o, bias, ep)
 
 
 @njit(cache=True)
@@ -372,20 +499,21 @@ def _int8_decode_kernel(q_t, in_scales, in_zp, out_scales, out_zp, n0, n1, blk_t
 
 
 @njit(cache=True)
-def _block_epilogue_kernel(tmp, b0, n0, bias, alpha, beta, out):
-    """out[b0 + i, n0 + j] = alpha * tmp[i, j] + beta * bias[n0 + j] (tmp may be out itself)."""
+def _block_epilogue_kernel(tmp, b0, n0, bias, ep, out):
+    """out[b0 + i, n0 + j] = act(alpha * tmp[i, j] + beta * bias[n0 + j]) (tmp may be out itself)."""
     m = tmp.shape[1]
     has_bias = bias.shape[0] != 0
+    alpha, beta, kind, p0, p1 = ep[EP_ALPHA], ep[EP_BETA], np.int64(ep[EP_ACT]), ep[EP_P0], ep[EP_P1]
     bv = bias[n0: n0 + m]
     for i in range(tmp.shape[0]):
         src = tmp[i]
         dst = out[b0 + i, n0: n0 + m]
         if has_bias:
             for j in range(m):
-                dst[j] = alpha * src[j] + beta * bv[j]
+                dst[j] = _activate_kernel(alpha * src[j] + beta * bv[j], kind, p0, p1)
         else:
             for j in range(m):
-                dst[j] = alpha * src[j]
+                dst[j] = _activate_kernel(alpha * src[j], kind, p0, p1)
 
 
 # ------------------------------------------------------------------------------------------------------- wrappers
@@ -443,73 +571,103 @@ def _broadcasts_to(shape: tuple, target: tuple) -> bool:
         return False
 
 
-_F32_ONE = np.float32(1.0)
+def _noop() -> None:
+    return None
 
 
-def linear(x: np.ndarray, prepared: PreparedLinear, bias, alpha: float, beta: float, out: np.ndarray,
-           scratch: np.ndarray | None = None, parallel: bool = False) -> np.ndarray:
-    """Gemm: out (B, n) = alpha * x (B, k) @ W^T + beta * bias. bias: (n,), a scalar, or any shape that
-    broadcasts to (B, n). `scratch`: a 1-D C-contiguous buffer of at least linear_scratch_bytes(B, prepared,
-    parallel) bytes, or None to allocate. Returns out."""
+def _dense_blas(x, wmat, bias_vec, ep, out, finish) -> None:
+    np.matmul(x, wmat, out=out)
+    if finish:
+        _block_epilogue_kernel(out, 0, 0, bias_vec, ep, out)
+
+
+def _then_add(fn, args, out, addend, beta, act) -> None:
+    """The product (no bias), then a bias that is not one value per output, then the activation."""
+    fn(*args)
+    out += beta * addend.astype(np.float32)
+    apply_activation(out, act)
+
+
+def bind_linear(x: np.ndarray, prepared: PreparedLinear, bias, alpha: float, beta: float, out: np.ndarray,
+                scratch: np.ndarray | None = None, parallel: bool = False, act: tuple | None = None):
+    """Check everything once and return (fn, args) such that every fn(*args) computes `linear` from the current
+    contents of x into out: the executor binds one per step when it plans, then runs only fn(*args) (a Numba
+    kernel and its arguments for every common case). x and out must be C-contiguous; bias is read now (a
+    constant: a bias computed at run time needs `linear`); scratch is carved now (None: allocated now)."""
     if type(x) is not np.ndarray or x.dtype != np.float32 or x.ndim != 2 or x.shape[1] != prepared.k:
         raise InputError(f"linear: x expected float32 (B, {prepared.k}), found "
                          f"{getattr(x, 'dtype', type(x).__name__)} {getattr(x, 'shape', '')}")
+    if not x.flags.c_contiguous:
+        raise InputError(f"linear: x must be C-contiguous, found strides {x.strides} for shape {x.shape}")
     bsz = x.shape[0]
     if (type(out) is not np.ndarray or out.dtype != np.float32 or out.shape != (bsz, prepared.n)
             or not out.flags.c_contiguous):
         raise InputError(f"linear: out expected C-contiguous float32 ({bsz}, {prepared.n}), found "
                          f"{getattr(out, 'dtype', '?')} {getattr(out, 'shape', '?')}")
-    if not x.flags.c_contiguous:
-        x = np.ascontiguousarray(x)
     bias_vec, bias_bcast = _bias_vector(bias, prepared.n, beta)
-    if bias_bcast is not None and not _broadcasts_to(bias_bcast.shape, out.shape):
-        raise InputError(f"linear: bias shape {bias_bcast.shape} does not broadcast to {out.shape}")
-    alpha = _F32_ONE if alpha == 1.0 else np.float32(alpha)
-    beta = _F32_ONE if beta == 1.0 else np.float32(beta)
+    if bias_bcast is not None:
+        if not _broadcasts_to(bias_bcast.shape, out.shape):
+            raise InputError(f"linear: bias shape {bias_bcast.shape} does not broadcast to {out.shape}")
+        fn, args = bind_linear(x, prepared, None, alpha, beta, out, scratch, parallel)
+        return _then_add, (fn, args, out, bias_bcast, np.float32(beta), act)
     if bsz == 0 or prepared.n == 0:
-        return out
+        return _noop, ()
+    ep = epilogue(act, alpha, beta)
     kind = prepared.kind
     if kind == "dense":
         a = prepared.arrays
+        macs = bsz * prepared.n * prepared.k
         if "w" in a:
-            np.matmul(x, a["w"].T, out=out)
+            if macs <= DENSE_KERNEL_MAX_MACS["w"]:
+                return _dense_rows_kernel, (x, a["w"], bias_vec, ep, out)
+            wmat = a["w"].T
         else:
-            np.matmul(x, a["wt"], out=out)
-        if alpha != 1.0 or bias_vec.shape[0] != 0:
-            _block_epilogue_kernel(out, 0, 0, bias_vec, alpha, beta, out)
-    elif kind == "sparse":
+            if macs <= DENSE_KERNEL_MAX_MACS["wt"]:
+                return _dense_cols_kernel, (x, a["wt"], bias_vec, ep, out)
+            wmat = a["wt"]
+        finish = alpha != 1.0 or bias_vec.shape[0] != 0 or (act is not None and act[0] != ACT_NONE)
+        return _dense_blas, (x, wmat, bias_vec, ep, out, finish)
+    if kind == "sparse":
         if bsz < SPARSE_TILED_MIN_BATCH:
-            _sparse_rows_kernel(x, *prepared.kernel_args, bias_vec, alpha, beta, out)
-        else:
-            slots = _slots(bsz, parallel)
-            buf = _f32_scratch(scratch, linear_scratch_bytes(bsz, prepared, parallel))
-            xt = buf[: slots * TILE * prepared.k].reshape(slots, TILE * prepared.k)
-            acc = buf[slots * TILE * prepared.k:].reshape(slots, TILE * prepared.n)
-            fn = _sparse_tiled_parallel_kernel if parallel else _sparse_tiled_kernel
-            fn(x, *prepared.kernel_args, bias_vec, alpha, beta, out, xt, acc)
-    elif bsz < DECODE_MIN_BATCH[kind]:
+            return _sparse_rows_kernel, (x, *prepared.kernel_args, bias_vec, ep, out)
+        slots = _slots(bsz, parallel)
+        buf = _f32_scratch(scratch, linear_scratch_bytes(bsz, prepared, parallel))
+        xt = buf[: slots * TILE * prepared.k].reshape(slots, TILE * prepared.k)
+        acc = buf[slots * TILE * prepared.k:].reshape(slots, TILE * prepared.n)
+        fn = _sparse_tiled_parallel_kernel if parallel else _sparse_tiled_kernel
+        return fn, (x, *prepared.kernel_args, bias_vec, ep, out, xt, acc)
+    if bsz < DECODE_MIN_BATCH[kind]:
         nblocks = max(1, min(_num_threads(), prepared.n)) if parallel else 1
         bw = -(-prepared.n // nblocks)
         if kind == "codebook":
             fn = _codes_axpy_parallel_kernel if parallel else _codes_axpy_kernel
         else:
             fn = _int8_axpy_parallel_kernel if parallel else _int8_axpy_kernel
-        fn(x, *prepared.kernel_args, bias_vec, alpha, beta, out, nblocks, bw)
-    else:
-        _decoded_blocks(x, prepared, bias_vec, alpha, beta, out, scratch)
-    if bias_bcast is not None:
-        out += beta * bias_bcast.astype(np.float32)
+        return fn, (x, *prepared.kernel_args, bias_vec, ep, out, nblocks, bw)
+    buf = _f32_scratch(scratch, linear_scratch_bytes(bsz, prepared))
+    return _decoded_blocks, (x, prepared, bias_vec, ep, out, buf)
+
+
+def linear(x: np.ndarray, prepared: PreparedLinear, bias, alpha: float, beta: float, out: np.ndarray,
+           scratch: np.ndarray | None = None, parallel: bool = False, act: tuple | None = None) -> np.ndarray:
+    """Gemm: out (B, n) = act(alpha * x (B, k) @ W^T + beta * bias). bias: (n,), a scalar, or any shape that
+    broadcasts to (B, n). `scratch`: a 1-D C-contiguous buffer of at least linear_scratch_bytes(B, prepared,
+    parallel) bytes, or None to allocate. act: a fused activation (runtime/ops/elementwise.activation) or None.
+    Returns out."""
+    if type(x) is np.ndarray and x.dtype == np.float32 and not x.flags.c_contiguous:
+        x = np.ascontiguousarray(x)
+    fn, args = bind_linear(x, prepared, bias, alpha, beta, out, scratch, parallel, act)
+    fn(*args)
     return out
 
 
-def _decoded_blocks(x, prepared, bias_vec, alpha, beta, out, scratch) -> None:
+def _decoded_blocks(x, prepared, bias_vec, ep, out, buf) -> None:
     """Dense-code and int8 weights at batch >= DECODE_MIN_BATCH[kind]: decode DECODE_ROWS output rows into a float32
     block, let BLAS multiply, write the block's columns of out. The weight is never decoded whole."""
     a = prepared.arrays
     bsz, k_in, n_out = x.shape[0], prepared.k, prepared.n
     rows = min(DECODE_ROWS, n_out)
     chunk = min(bsz, DECODE_BATCH_CHUNK)
-    buf = _f32_scratch(scratch, linear_scratch_bytes(bsz, prepared))
     for n0 in range(0, n_out, rows):
         n1 = min(n_out, n0 + rows)
         r = n1 - n0
@@ -523,7 +681,7 @@ def _decoded_blocks(x, prepared, bias_vec, alpha, beta, out, scratch) -> None:
             b1 = min(bsz, b0 + chunk)
             tmp = buf[k_in * rows: k_in * rows + (b1 - b0) * r].reshape(b1 - b0, r)
             np.matmul(x[b0:b1], blk_t, out=tmp)
-            _block_epilogue_kernel(tmp, b0, n0, bias_vec, alpha, beta, out)
+            _block_epilogue_kernel(tmp, b0, n0, bias_vec, ep, out)
 
 
 def matmul_output_shape(x_shape: tuple, prepared: PreparedLinear) -> tuple:
