@@ -141,6 +141,7 @@ def pack(model_path: str | os.PathLike, out_path: str | os.PathLike, *, sparsity
         from .lowrank import factorise
 
         graph, factorised = factorise(graph, low_rank)
+    _warn_dynamic(graph, warnings)
     cfg = config if isinstance(config, dict) else load_config(config)
     over = {"sparsity": sparsity, "bits": bits, **overrides}
     progress = None if quiet else _progress
@@ -187,6 +188,22 @@ def pack(model_path: str | os.PathLike, out_path: str | os.PathLike, *, sparsity
             raise RuntimeError(f"internal error: tensor '{name}' does not decode to what was encoded")
     info = layer_table(packed)
     return PackReport(os.fspath(out_path), info, meta["settings"], references, fidelity, warnings)
+
+
+SHAPE_OPS = ("Shape", "Size", "ConstantOfShape", "Range", "Expand")
+
+
+def _warn_dynamic(graph: Graph, warnings: list[str]) -> None:
+    """Shape arithmetic left after folding needs the input shapes: name the inputs and the flag that fixes it."""
+    left = [n for n in graph.nodes if n.op in SHAPE_OPS]
+    if not left:
+        return
+    dynamic = [v for v in graph.inputs if any(not isinstance(d, int) for d in v.shape)]
+    hint = " ".join(f"--input-shape {v.name}=" + ",".join(str(d) if isinstance(d, int) else f"<{d}>"
+                                                          for d in v.shape) for v in dynamic)
+    warnings.append(f"{len(left)} shape-arithmetic node(s) stay in the graph ({left[0].op} '{left[0].name}'"
+                    f"{', ...' if len(left) > 1 else ''}) because input dimensions are dynamic; the runtime cannot run "
+                    f"them. Give static shapes: {hint or '--input-shape NAME=D0,D1,...'}")
 
 
 def _progress(items):
