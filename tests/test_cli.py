@@ -58,3 +58,20 @@ def test_info_runs_without_onnx(tmp_path):
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     assert "ratio" in r.stdout
+
+
+def test_verify(tmp_path, capsys):
+    src = zoo.save(zoo.mlp(), tmp_path / "m.onnx")
+    out = tmp_path / "m.epk"
+    assert main(["pack", src, "-o", str(out), "-q", "--sparsity", "0.5"]) == 0
+    capsys.readouterr()
+    assert main(["verify", str(out)]) == 0
+    assert "OK" in capsys.readouterr().out
+    assert main(["verify", str(out), "--budget", "100"]) == 2
+    assert "memory budget" in capsys.readouterr().err
+    data = bytearray(out.read_bytes())
+    data[-1] ^= 0xFF
+    bad = tmp_path / "bad.epk"
+    bad.write_bytes(bytes(data))
+    assert main(["verify", str(bad)]) == 2
+    assert "CRC-32 mismatch" in capsys.readouterr().err
