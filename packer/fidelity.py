@@ -40,8 +40,11 @@ class GuardReport:
     met: bool = True
 
     def lines(self) -> list[str]:
-        out = [f"fidelity on {'calibration' if self.bound is not None else 'random'} inputs: before "
-               f"{self.before.summary()}; after {self.after.summary()}"]
+        if self.bound is None:
+            out = [f"fidelity on random inputs: {self.after.summary()} (no --max-error: measured only)"]
+        else:
+            out = [f"fidelity on calibration inputs (bound {self.bound}): before {self.before.summary()}; after "
+                   f"{self.after.summary()}"]
         for c in self.changes:
             out.append(f"  {c.tensor}: {c.what} (error {c.error_before:.3g} -> {c.error_after:.3g}, "
                        f"+{c.bytes_added} B)")

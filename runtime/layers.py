@@ -34,7 +34,8 @@ STREAM_LOOKUP_BITS = 9
 # compact form, and on a board with small caches it streams from DRAM at every run, which a fit on a machine with
 # a 1 MiB L2 does not see; dense must therefore win clearly.
 CALL_S = 0.5e-6  # one bound step: the kernel's dispatch, its arguments prepared when the plan was made
-SPARSE_MAC_S = 0.6e-9  # one multiply-add of the compact CSC scatter kernel (batch < SPARSE_TILED_MIN_BATCH)
+SPARSE_MAC_S = 0.25e-9  # one multiply-add of the compact CSC scatter kernel (batch < SPARSE_TILED_MIN_BATCH);
+# measured: LeNet-300-100 at 10% kept runs compact in 7.1 us, where 0.6e-9 made the planner pick dense (16 us, 1 MB)
 SKIP_INPUT_S = 0.3e-9  # per input feature and sample: the zero test of the scatter kernels
 SPARSE_TILED_MAC_S = 0.07e-9  # per multiply-add and sample in the tiled kernel (larger batches)
 CODES_MAC_S = 0.6e-9  # dense-codes (codebook) multiply-add, batch 1
