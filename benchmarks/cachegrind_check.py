@@ -2,7 +2,7 @@
 runs the device runtime on a packed model with its last-level cache set to the SRAM size, and the last-level misses
 x line size per inference (bytes fetched from "DRAM") are compared with the bytes the energy model charges to DRAM.
 
-    python benchmarks/cachegrind_check.py [--model X.epk] [--n 1000] [--sizes 32KiB,64KiB,256KiB] [--jobs 2]
+    python benchmarks/cachegrind_check.py [--model X.epk] [--n 1000] [--sizes 32KiB,64KiB,128KiB,256KiB] [--jobs 2]
         [--out benchmarks/out]
 
 Without --model it builds LeNet-300-100 (784-300-100-10, ReLU) with seeded He-initialised weights and packs it at the
@@ -216,7 +216,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", help="a packed .epk (default: LeNet-300-100, random weights, the paper's densities)")
     p.add_argument("--n", type=int, default=1000, help="inferences per measured run (default 1000)")
-    p.add_argument("--sizes", default="32KiB,64KiB,256KiB", help="SRAM (= LL cache) sizes, comma-separated")
+    p.add_argument("--sizes", default="32KiB,64KiB,128KiB,256KiB", help="SRAM (= LL cache) sizes, comma-separated")
     p.add_argument("--dense-sizes", default="256KiB", help="sizes at which the dense (fp32) form is measured too")
     p.add_argument("--jobs", type=int, default=2, help="valgrind runs at once")
     p.add_argument("--l1", default=L1, help=f"I1 and D1 caches as size,assoc,line (default {L1})")
