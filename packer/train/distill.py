@@ -13,7 +13,6 @@ import numpy as np
 from ..graph import Graph
 from . import optim
 from .engine import Trainer
-from .ops import Context
 
 
 def _log_softmax(z: np.ndarray) -> np.ndarray:
@@ -82,36 +81,16 @@ def teacher_logits(teacher_onnx_path: str | os.PathLike, x: np.ndarray, batch_si
 
 class _DistillTrainer(Trainer):
     """The Trainer with its loss replaced by the distillation loss against `self.soft` (teacher logits of the
-    current batch); masks, parametrizations and optimizers work unchanged because only the loss differs.
-    The backward pass below mirrors Trainer._loss_and_grads (which hard-codes cross-entropy)."""
+    current batch); masks, parametrizations and optimizers work unchanged because only the loss differs."""
 
     soft: np.ndarray | None = None
     temperature: float = 1.0
     alpha: float = 0.0
 
-    def _loss_and_grads(self, x, y, wrt, training, rng):
+    def loss(self, logits: np.ndarray, y: np.ndarray) -> tuple[float, np.ndarray]:
         if self.soft is None:
-            return super()._loss_and_grads(x, y, wrt, training, rng)
-        wrt = frozenset(self.trainable if wrt is None else wrt)
-        x = self.prepare_input(x)
-        y = np.asarray(y, dtype=np.int64)
-        ctx = Context(training, self.rng if rng is None else rng, dropout_ratios=self.dropout_ratios)
-        logits, tape = self._forward(x, ctx, True)
-        loss, g = distillation_loss(logits, self.soft, y, self.temperature, self.alpha)
-        grads = {self.logits_name: g.astype(logits.dtype)}
-        for (node, op), cache, needs in zip(reversed(self._plan), reversed(tape), reversed(self._needs(wrt))):
-            if not any(needs):
-                continue
-            gys = [grads.pop(o, None) if o else None for o in node.outputs]
-            if gys[0] is None:
-                continue
-            gxs = op.backward(cache, gys, needs)
-            for name, gx, need in zip(node.inputs, gxs, needs):
-                if need and gx is not None:
-                    grads[name] = grads[name] + gx if name in grads else gx
-        out = {k: grads[k] for k in wrt if k in grads}
-        out.update({k: np.zeros_like(self.params[k]) for k in wrt if k not in grads and k in self.params})
-        return loss, logits, out, ctx
+            return super().loss(logits, y)
+        return distillation_loss(logits, self.soft, y, self.temperature, self.alpha)
 
 
 def distill(student_graph: Graph, teacher_onnx_path: str | os.PathLike, data: dict, *, temperature: float = 20.0,

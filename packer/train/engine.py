@@ -324,14 +324,19 @@ class Trainer:
         loss, logits, grads, _ = self._loss_and_grads(x, y, wrt, training, rng)
         return loss, logits, grads
 
+    def loss(self, logits: np.ndarray, y: np.ndarray) -> tuple[float, np.ndarray]:
+        """(mean loss, dL/dlogits) of one batch: softmax cross-entropy. Subclasses change the objective here
+        (packer/train/distill.py); the backward pass through the graph stays the same."""
+        return softmax_cross_entropy(logits, y)
+
     def _loss_and_grads(self, x, y, wrt, training, rng):
         wrt = frozenset(self.trainable if wrt is None else wrt)
         x = self.prepare_input(x)
         y = np.asarray(y, dtype=np.int64)
         ctx = Context(training, self.rng if rng is None else rng, dropout_ratios=self.dropout_ratios)
         logits, tape = self._forward(x, ctx, True)
-        loss, g = softmax_cross_entropy(logits, y)
-        grads = {self.logits_name: g}
+        loss, g = self.loss(logits, y)
+        grads = {self.logits_name: g.astype(logits.dtype, copy=False)}
         for (node, op), cache, needs in zip(reversed(self._plan), reversed(tape), reversed(self._needs(wrt))):
             if not any(needs):
                 continue
