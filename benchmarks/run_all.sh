@@ -33,21 +33,21 @@ step() {  # step NAME COMMAND...: run, time, record the 1-minute load average ar
 }
 
 if (( QUICK )); then
-  EP=(--epochs 2); DC=(--epochs 2 --prune-epochs 2 --tune-epochs 1 --no-scan); RV=(--quick); BENCH=(--smoke)
+  EP=(--epochs 2); DC=(--quick); RV=(--quick); BENCH=(--smoke); NEW=(--quick)
   CG=(--n 100 --sizes 32KiB --dense-sizes "")
 else
-  EP=(); DC=(); RV=(); BENCH=(); CG=()
+  EP=(); DC=(); RV=(); BENCH=(); CG=(); NEW=()
 fi
 
 # 1. the scripts of this folder, each with its defaults (their own JSON goes to $OUT)
 step lenet300_posttraining "$PY" benchmarks/lenet300_posttraining.py --out "$OUT" "${EP[@]}"
-[[ -f benchmarks/lenet300_deep_compression.py ]] && \
-  step lenet300_deep_compression "$PY" benchmarks/lenet300_deep_compression.py --out "$OUT" "${DC[@]}"
+step lenet300_deep_compression "$PY" benchmarks/deep_compression.py --model lenet300 --out "$OUT" "${DC[@]}"
+step lenet5_deep_compression "$PY" benchmarks/deep_compression.py --model lenet5 --out "$OUT" "${DC[@]}"
 step runtime_vs_ort "$PY" benchmarks/runtime_vs_ort.py --out "$OUT" "${RV[@]}"
 for script in benchmarks/*.py; do  # scripts added later run too, with their defaults
   case "$(basename "$script")" in
-    lenet300_posttraining.py|lenet300_deep_compression.py|runtime_vs_ort.py|mobilenet.py|cachegrind_check.py) ;;
-    *) step "$(basename "$script" .py)" "$PY" "$script" --out "$OUT" ;;
+    lenet300_posttraining.py|deep_compression.py|runtime_vs_ort.py|mobilenet.py|cachegrind_check.py) ;;
+    *) step "$(basename "$script" .py)" "$PY" "$script" --out "$OUT" "${NEW[@]}" ;;  # every later script takes --quick
   esac
 done
 step mobilenet "$PY" benchmarks/mobilenet.py --out "$OUT"
@@ -182,15 +182,29 @@ if rv:
                 "b256 ORT 1t ms", "b256 ORT def ms", "smallest budget B", "b1 at that budget us"], rows)
     L.append("")
 
-dc = load("lenet300_deep_compression.json")
-if dc:
-    pk = dc.get("packed", {})
-    L += ["### LeNet-300-100, Deep Compression with retraining (lenet300_deep_compression.py)", "", "```",
+for key, title in (("lenet300", "LeNet-300-100"), ("lenet5", "LeNet-5")):
+    dc = load(f"{key}_deep_compression.json")
+    if not dc:
+        continue
+    pk, ref, pap = dc.get("packed", {}), dc.get("reference", {}), dc.get("paper", {})
+    L += [f"### {title}, Deep Compression with retraining (deep_compression.py --model {key})", "", "```",
           dc.get("command", ""), "```", "",
-          f"Reference test error {pct(dc.get('reference', {}).get('test_error'))} -> packed file "
-          f"{pct(pk.get('test_error'))}; {b(dc.get('reference', {}).get('fp32_bytes'))} B -> {b(pk.get('file_bytes'))} B "
+          f"Reference test error {pct(ref.get('test_error'))} -> pruned {pct(dc.get('pruned', {}).get('error_after'))}"
+          f" -> pruned + quantized {pct(dc.get('quantized', {}).get('error_tuned'))} -> packed file run by the runtime "
+          f"{pct(pk.get('test_error'))}; {b(ref.get('fp32_bytes'))} B -> {b(pk.get('file_bytes'))} B "
           f"= {pk.get('ratio', 0):.1f}x; Huffman saves {pct(pk.get('huffman_saving'))}; "
-          f"{dc.get('seconds', {}).get('total', '?')} s.", ""]
+          f"{dc.get('seconds', {}).get('total', '?')} s on {dc.get('machine', '?')}. The paper: "
+          f"{pct(pap.get('reference_error'))} -> {pct(pap.get('compressed_error'))} at {pap.get('ratio', 0):g}x. "
+          "Targets: " + ", ".join(f"{k} {'met' if v else 'MISSED'}" for k, v in dc.get("targets", {}).items()) + ".",
+          ""]
+    if dc.get("table"):
+        L += ["```", dc["table"].rstrip(), "```", ""]
+
+for key, title in (("distillation", "Knowledge distillation (distillation.py)"),
+                   ("lottery_ticket", "Lottery tickets (lottery_ticket.py)")):
+    md = out / f"{key}.md"
+    if md.is_file():
+        L += [f"### {title}", ""] + md.read_text().strip().splitlines() + [""]
 
 cg = out / "cachegrind_check.md"
 if cg.is_file():

@@ -19,8 +19,11 @@ def cmd_compress(a: argparse.Namespace) -> int:
     rep = compress(a.model, _data(a.data), a.output, target_ratio=a.target_ratio, max_drop=a.max_drop,
                    sparsity=a.sparsity, bits=a.bits, epochs=a.epochs, tune_epochs=a.tune_epochs, lr=a.lr,
                    tune_lr=a.tune_lr, batch_size=a.batch_size, seed=a.seed, progress=not a.quiet)
-    if rep.get("scan"):
-        print(rep["scan"])
+    for key in ("scan", "bits_scan"):
+        if rep.get(key):
+            print(rep[key])
+    if rep.get("bits"):
+        print("codebook bits: " + ", ".join(f"{k} {b}" for k, b in rep["bits"].items()))
     print(rep["table"])
     stages = [("input model", rep["error_reference"]), ("pruned", rep.get("error_pruned")),
               ("quantized", rep.get("error_quantized")), ("packed file", rep["error_packed"])]

@@ -1,6 +1,6 @@
 """The whole Deep Compression pipeline from an ONNX file and data: prune + retrain -> k-means + centroid tuning ->
-pack (CSR, Huffman, write), with either given sparsity / bits or per-layer choices made to reach a target ratio
-within a test-error budget; the final error is measured on the packed file itself (through onnxruntime)."""
+pack (CSR, Huffman, write), with either given sparsity / bits or per-layer sparsity and bits chosen to reach a
+target ratio within a test-error budget; the final error is measured on the packed file itself (through onnxruntime)."""
 from __future__ import annotations
 
 import math
@@ -13,12 +13,12 @@ from pathlib import Path
 import numpy as np
 
 from ..graph import Graph
+from .bit_allocation import CONV_BITS, bits_scan, candidate_bits
 from .prune_retrain import auto_prune, prune_and_retrain, sensitivity_scan, weight_layers
 from .quantize_tune import quantize_and_tune
 
-# Codebook bits tried when a target ratio is given, most precise first; conv layers get two more bits (capped at 8)
-# because the paper finds them the more sensitive (conv degrades below 4 bits, fc holds down to 2).
-AUTO_BITS = (6, 5, 4, 3, 2)
+# Settings tried towards more bits when the first one along the bit-allocation path loses too much accuracy.
+BACKOFF_TRIES = 3
 
 
 def _data(data) -> dict:
@@ -29,9 +29,9 @@ def _data(data) -> dict:
     return load_data(data)
 
 
-def _bits_for(graph: Graph, fc_bits: int) -> dict[str, int]:
-    conv = {n.inputs[1] for n in graph.nodes if n.op == "Conv" and len(n.inputs) > 1}
-    return {k: (min(8, fc_bits + 2) if k in conv else fc_bits) for k in weight_layers(graph)}
+def _default_bits(graph: Graph) -> dict[str, int]:
+    """The packer's default widths: 8 bits for a Conv's weight, 5 for the others (the paper's LeNet settings)."""
+    return {k: (8 if bs == CONV_BITS else 5) for k, bs in candidate_bits(graph).items()}
 
 
 def _feeds(graph: Graph, x: np.ndarray) -> dict[str, np.ndarray]:
@@ -71,14 +71,17 @@ def compress(onnx_path: str | os.PathLike, data, out_path: str | os.PathLike, *,
     Either give sparsity (fraction removed, one number or per tensor) and / or bits (codebook bits; default 5 for
     fully connected and 8 for conv layers, as the packer's), optionally with max_drop to check, or give
     target_ratio R with max_drop PP: per-layer sparsities then come from the sensitivity scan (auto_prune, the
-    most pruning whose retrained error stays within PP points) and bits are lowered from 6 (8 for conv) until the
-    packed file is at least R times smaller. data: a dict of arrays, "mnist" or an .npz path.
+    most pruning whose retrained error stays within PP points) and bits per layer from the bit-allocation scan
+    (packer/train/bit_allocation.py: from 6 bits, 8 for conv, the layer whose next width saves the most bits per
+    point of predicted error goes down first) until the packed file is at least R times smaller. data: a dict of
+    arrays, "mnist" or an .npz path.
 
     The report holds each stage's test error, the ratio, the file size, the per-layer table, and "met" / "message":
     when R cannot be reached with at most PP points more test error than the input model, "met" is False and the
     message says what was reached; the file written is then the smallest one found within the error budget (or
     the most accurate one tried, if none was)."""
-    from ..onnx_io import load_onnx
+    from ..onnx_io import load_onnx, save_onnx
+    from ..pipeline import pack
 
     auto = target_ratio is not None or (max_drop is not None and sparsity is None and bits is None)
     if target_ratio is not None and (sparsity is not None or bits is not None):
@@ -111,7 +114,7 @@ def compress(onnx_path: str | os.PathLike, data, out_path: str | os.PathLike, *,
                 report["error_pruned"] = prep["error_after"]
                 report["kept"] = prep["kept"]
             # without bits, the packer's defaults (5 for fully connected, 8 for conv), centroids tuned as well
-            tuned, qrep = quantize_and_tune(pruned, data, bits if bits is not None else _bits_for(pruned, 5),
+            tuned, qrep = quantize_and_tune(pruned, data, bits if bits is not None else _default_bits(pruned),
                                             **tune)
             report["error_quantized"] = qrep["error_tuned"]
             cfg, b = qrep["pack_config"], qrep["bits"]
@@ -133,24 +136,35 @@ def compress(onnx_path: str | os.PathLike, data, out_path: str | os.PathLike, *,
         report["kept"] = prep.get("kept", {})
         report["prune_attempts"] = prep.get("attempts", [])
         report["prune_met"] = bool(prep.get("met"))
+        # Per-layer bits: scan each layer's error at each width, walk the greedy path from the most precise
+        # setting towards fewer bits within what is left of the budget (sizes from packing k-means-only weights:
+        # tuning moves centroids, not codes), then tune and check the first setting that reaches the ratio, backing
+        # off towards more bits while the packed file loses more than max_drop.
+        bscan = bits_scan(pruned, data)
+        report["bits_scan"] = bscan.table()
+        left = max(0.0, max_drop / 100.0 - max(0.0, prep["error_after"] - scan.reference_error))
+        path = bscan.path(left)
+        sizes = []
+        for i, b in enumerate(path):
+            shared, qrep0 = quantize_and_tune(pruned, data, b, epochs=0, evaluate=False, seed=seed + 1)
+            probe = work / "probe.onnx"
+            save_onnx(shared, probe)
+            sizes.append(pack(probe, work / "probe.epk", config=qrep0["pack_config"], check_fidelity=False).ratio)
+        report["bits_path"] = [{"bits": b, "ratio_untuned": r} for b, r in zip(path, sizes)]
+        first = next((i for i, r in enumerate(sizes) if r >= target_ratio), len(path) - 1)
         tries = []
         best_ok = None
-        for fc_bits in AUTO_BITS:
-            b = _bits_for(pruned, fc_bits)
-            tuned, qrep = quantize_and_tune(pruned, data, b, **tune)
-            trial_path = work / f"try{fc_bits}.epk"
+        for i in range(first, max(-1, first - BACKOFF_TRIES), -1):
+            tuned, qrep = quantize_and_tune(pruned, data, path[i], **tune)
+            trial_path = work / f"try{i}.epk"
             res = _pack_and_check(onnx_path, tuned, qrep["bits"], qrep["pack_config"], data, trial_path, work)
             res["error_quantized"] = qrep["error_tuned"]
             res["drop_pp"] = 100 * (res["error_packed"] - res["error_reference"])
             res["path"] = trial_path
             tries.append(res)
-            within = res["drop_pp"] <= max_drop + 1e-9
-            if within:
+            if res["drop_pp"] <= max_drop + 1e-9:
                 best_ok = res
-                if res["ratio"] >= target_ratio:
-                    break
-            else:
-                break  # fewer bits only lose more accuracy
+                break
         chosen = best_ok or min(tries, key=lambda r: r["drop_pp"])
         shutil.copyfile(chosen.pop("path"), out_path)  # the temporary folder may be on another file system
         report.update(chosen)
