@@ -189,7 +189,7 @@ def cmd_unpack(a: argparse.Namespace) -> int:
 
 def cmd_energy(a: argparse.Namespace) -> int:
     import runtime
-    from runtime.energy import estimate, format_report, load_table
+    from runtime.energy import estimate, format_report, load_for_sram, load_table
     from runtime.loader import read_packed
 
     table = load_table(a.table)
@@ -203,8 +203,13 @@ def cmd_energy(a: argparse.Namespace) -> int:
         feeds = x if isinstance(x, dict) else {model0.graph["inputs"][0]["name"]: x}
         active = nonzero_fractions(a.file, feeds)
         batch = 1
-    model = runtime.load(a.file, batch=batch)
-    report = estimate(model, read_packed(a.file), _size(a.sram), table, active)
+    sram = _size(a.sram)
+    if a.no_plan_budget:
+        model, budget = runtime.load(a.file, batch=batch), None
+    else:
+        model, budget = load_for_sram(a.file, sram, batch)
+    report = estimate(model, read_packed(a.file), sram, table, active)
+    report["plan_budget"] = budget
     if a.json:
         print(json.dumps(report, indent=2))
     else:
@@ -317,6 +322,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--sram", default="256KiB", help="on-chip memory size (default 256KiB)")
     s.add_argument("--table", help="energy table (JSON or TOML, pJ per operation) replacing the 45 nm defaults")
     s.add_argument("--data", help="inputs (.npy / .npz) on which to measure zero activations (needs onnxruntime)")
+    s.add_argument("--no-plan-budget", action="store_true", help="plan the runtime without a memory budget "
+                   "(fastest modes) even when a plan within the SRAM exists; by default the model is loaded with "
+                   "the SRAM as its budget when it fits, and packed weights cost what that plan reads")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_energy)
 

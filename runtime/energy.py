@@ -1,10 +1,11 @@
 """Energy estimate per inference (issue: size, speed, memory and energy): MACs actually executed, arithmetic energy
-by operand type, and memory traffic charged at SRAM or DRAM cost by whether the working set fits on chip.
+by operand type, and memory traffic charged at SRAM or DRAM cost by whether the working set fits on chip; a packed
+weight costs the bytes the loaded model's plan reads (its held form, or the file's form when streamed).
 Default costs: Horowitz, ISSCC 2014, 45 nm; a user table (JSON or TOML with the same keys) replaces them."""
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -67,6 +68,8 @@ class Layer:
     out_elems: int = 0
     active_fraction: float = 1.0  # fraction of nonzero input activations (measured with --data)
     elementwise_ops: int = 0  # for non-weight ops: comparisons / adds per inference
+    read_bytes: int | None = None  # weight bytes the runtime's plan reads per inference (None: stored_bytes)
+    mode: str = ""  # how the plan holds the weight (runtime/layers.py), for the report
 
 
 @dataclass
@@ -98,7 +101,7 @@ def layer_cost(layer: Layer, packed: bool, weights_on_chip: bool, acts_on_chip: 
     if layer.op in WEIGHT_OPS and layer.weights:
         if packed:
             c.macs = layer.nonzero * layer.out_positions * layer.active_fraction
-            c.weight_bytes = layer.stored_bytes
+            c.weight_bytes = _weight_bytes(layer, True)
             lookup = 0.0
             if layer.k:
                 lookup = table["register_file_32"] if layer.k <= REGISTER_FILE_ENTRIES else table["sram_32"]
@@ -144,7 +147,9 @@ def model_cost(layers: list[Layer], packed: bool, sram_bytes: int, arena_bytes: 
 def _weight_bytes(l: Layer, packed: bool) -> int:
     if l.op not in WEIGHT_OPS or not l.weights:
         return 0
-    return l.stored_bytes if packed else 4 * (l.weights + l.bias)
+    if not packed:
+        return 4 * (l.weights + l.bias)
+    return l.stored_bytes if l.read_bytes is None else l.read_bytes
 
 
 def fits_at(layers: list[Layer], packed: bool, arena_bytes: int) -> int:
@@ -180,6 +185,7 @@ def model_layers(model, packed, active: dict[str, float] | None = None) -> list[
 
     program = model._program
     shapes = executor.infer_shapes(program, dict(model.plan.input_shapes))
+    held = {l.weight: l for l in model.plan.layers}
     weights = packed.weights
     stored = {r["name"]: r["bytes"] for r in layer_table(packed)["layers"]}
     out = []
@@ -200,6 +206,13 @@ def model_layers(model, packed, active: dict[str, float] | None = None) -> list[
             bias = int(np.prod(weights[bname].shape)) if bname else 0
             layer = weight_layer(n["name"], n["op"], w, positions, stored[wname] + (stored[bname] if bname else 0),
                                  bias, in_elems, out_elems)
+            plan = held.get(wname)
+            if plan is not None:
+                # what the kernels read each run: the file's form when streamed (decoded chunk by chunk into
+                # scratch, which stays on chip), else the form the weight is held in (compact, csr or dense)
+                layer.mode = plan.mode
+                if plan.mode != "streamed":
+                    layer.read_bytes = plan.ram_bytes + plan.mapped_bytes
             if active and n["inputs"][0] in active:
                 layer.active_fraction = float(active[n["inputs"][0]])
         else:
@@ -227,6 +240,14 @@ def estimate(model, packed, sram_bytes: int, table: dict | None = None,
                        "activations_on_chip": total.parts["activations_on_chip"],
                        "fits_in_sram_from_bytes": fits_at(layers, packed, arena)}
         per[key] = per_layer
+    # The same packed model if every weight were read in its file form (an ideal decoder: Deep Compression's
+    # EIE-style hardware; this runtime's "streamed" mode): what the format itself allows.
+    as_stored = [replace(l, read_bytes=None) for l in layers]
+    ideal, _ = model_cost(as_stored, True, sram_bytes, arena, table)
+    result["packed_as_stored"] = {**ideal.as_uj(), "weights_on_chip": ideal.parts["weights_on_chip"],
+                                  "activations_on_chip": ideal.parts["activations_on_chip"],
+                                  "fits_in_sram_from_bytes": fits_at(as_stored, True, arena)}
+    result["modes"] = {l.name: l.mode for l in layers if l.mode}
     result["ratio"] = result["original"]["total_uj"] / result["packed"]["total_uj"] \
         if result["packed"]["total_uj"] else math.inf
     result["layers"] = [{"name": l.name, "op": l.op, "active_fraction": l.active_fraction,
@@ -243,6 +264,18 @@ def estimate(model, packed, sram_bytes: int, table: dict | None = None,
     return result
 
 
+def load_for_sram(source, sram_bytes: int, batch: int = 1):
+    """runtime.load with the SRAM as the memory budget when a plan fits it (the plan a device with that SRAM would
+    run), else without a budget (fastest modes); returns (model, the budget used or None)."""
+    from .errors import BudgetError
+    from .model import load
+
+    try:
+        return load(source, memory_budget=sram_bytes, batch=batch), sram_bytes
+    except BudgetError:
+        return load(source, batch=batch), None
+
+
 def format_report(r: dict) -> str:
     lines = [f"energy per inference, {r['process']}; SRAM {r['sram_bytes']:,} B (activation arena "
              f"{r['arena_bytes']:,} B)"]
@@ -257,6 +290,16 @@ def format_report(r: dict) -> str:
         where = "SRAM" if t["weights_on_chip"] else "DRAM"
         lines.append(f"{key:<9} total {t['total_uj']:9.3f} uJ = compute {t['compute_uj']:.3f} + data movement "
                      f"{t['memory_uj']:.3f} uJ; weights in {where}; fits on chip from {t['fits_in_sram_from_bytes']:,} B")
+    if r.get("modes"):
+        how = ("the runtime's plan with the SRAM as its memory budget" if r.get("plan_budget") else
+               "the runtime's plan without a budget")
+        lines.append(f"packed weights as held by {how}: "
+                     + ", ".join(f"{k} {m}" for k, m in r["modes"].items()) + " (the sweep keeps this plan)")
+    ideal = r.get("packed_as_stored")
+    if ideal:
+        where = "SRAM" if ideal["weights_on_chip"] else "DRAM"
+        lines.append(f"packed, weights read as stored in the file: {ideal['total_uj']:9.3f} uJ; weights in {where}; "
+                     f"fits on chip from {ideal['fits_in_sram_from_bytes']:,} B")
     lines.append(f"packed model: {r['ratio']:.1f}x less energy per inference")
     lines.append("SRAM sweep (uJ per inference):  size -> original / packed")
     for s in r["sweep"]:

@@ -29,3 +29,32 @@ def test_energy_json_and_data(tmp_path, capsys):
     assert r2["packed"]["macs"] < 0.7 * r["packed"]["macs"]  # zero inputs skipped
     assert main(["energy", str(out)]) == 0
     assert "SRAM sweep" in capsys.readouterr().out
+
+
+def test_packed_weights_cost_what_the_plan_reads(tmp_path):
+    """Held modes are charged their held bytes, a streamed weight its stored bytes; the as-stored variant always
+    charges the file's bytes (the cachegrind check found the stored-bytes rule 3x low for a held plan)."""
+    import runtime
+    from runtime.energy import estimate, load_for_sram
+    from runtime.loader import read_packed
+    from runtime.summary import layer_table
+
+    src = zoo.save(zoo.mlp(), tmp_path / "m.onnx")
+    out = tmp_path / "m.epk"
+    pack(src, out, sparsity=0.8, bits=5)
+    packed = read_packed(out)
+    stored = sum(r["bytes"] for r in layer_table(packed)["layers"])
+    for mode in ("dense", "compact", "streamed"):
+        model = runtime.load(out, layer_modes=mode)
+        r = estimate(model, packed, 1 << 30)
+        held = sum(l.ram_bytes + l.mapped_bytes for l in model.plan.layers)
+        assert set(r["modes"].values()) == {mode}
+        if mode == "streamed":
+            assert r["packed"]["weight_bytes"] == r["packed_as_stored"]["weight_bytes"]
+        else:
+            assert r["packed"]["weight_bytes"] == held
+        assert r["packed_as_stored"]["weight_bytes"] <= stored
+    dense = estimate(runtime.load(out, layer_modes="dense"), packed, 1 << 30)
+    assert dense["packed"]["weight_bytes"] > 2 * dense["packed_as_stored"]["weight_bytes"]
+    small, budget = load_for_sram(out, 64, 1)  # no plan fits 64 bytes: loaded without a budget
+    assert budget is None and small.plan.budget is None
