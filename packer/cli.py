@@ -280,8 +280,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="factorise fully connected and 1x1 conv weights by truncated SVD, keeping this fraction "
                         "(0..1] of each one's energy, where that saves parameters")
     s.add_argument("--max-error", type=float, metavar="E",
-                   help="raise the precision of the layers that cause it until every output's relative L2 error "
-                        "against the original is <= E on the calibration inputs")
+                   help="raise the precision of the layers that cause it (prune less, more bits, per-channel "
+                        "scales, float16, float32: the step that removes the most error per byte first) until every "
+                        "output's relative L2 error against the original is <= E on the calibration inputs")
     s.add_argument("--calib", help="calibration inputs (.npy, or .npz by input name); default: random inputs of "
                    "the declared shapes")
     s.add_argument("--check", action="store_true", help="compare with the original in onnxruntime afterwards")

@@ -1,6 +1,7 @@
 """Fidelity-guarded packing: measure the packed model's outputs against the original on calibration inputs, and
-raise the precision of the layers that cause the error — more codebook bits, per-channel scales, dense float16, dense
-float32 — choosing at each step the change that removes the most error per added byte, until the bound holds."""
+raise the precision of the layers that cause the error — prune less, more codebook bits, per-channel scales, dense
+float16, dense float32 — choosing at each step the change that removes the most error per added byte, until the
+bound holds."""
 from __future__ import annotations
 
 import dataclasses
@@ -94,6 +95,20 @@ def _upgrades(s: LayerSettings, enc: Encoded, default_bits: int) -> list[tuple[s
     """The next steps up the precision ladder from these settings."""
     kind = enc.encoding["type"]
     out = []
+    # prune less: keep twice as many weights (Han's quality threshold halved); under 5% removed, none
+    less = None
+    if s.quality is not None and s.quality > 0:
+        q = s.quality / 2 if s.quality / 2 >= 0.05 else 0.0
+        less = (f"prune less: quality {s.quality:g} -> {q:g}", dataclasses.replace(s, quality=q or None, sparsity=0.0))
+    elif s.sparsity > 0:
+        sp = max(0.0, 1.0 - 2.0 * (1.0 - s.sparsity))
+        sp = sp if sp >= 0.05 else 0.0
+        less = (f"prune less: sparsity {s.sparsity:g} -> {sp:g}", dataclasses.replace(s, sparsity=sp))
+    if less is not None:
+        what, s2 = less
+        if s2.sparsity == 0 and s2.quality is None and s2.encoding == "sparse_codebook":
+            s2 = dataclasses.replace(s2, encoding="auto")  # nothing pruned: CSR has nothing to skip
+        out.append((what, s2))
     if kind in ("codebook", "sparse_codebook"):
         bits = s.bits or default_bits
         if bits < 8:
