@@ -22,6 +22,9 @@ def cmd_compress(a: argparse.Namespace) -> int:
     for key in ("scan", "bits_scan"):
         if rep.get(key):
             print(rep[key])
+    for t in rep.get("tries", []):
+        print("tried bits " + ", ".join(f"{k} {b}" for k, b in t["bits"].items())
+              + f": {t['ratio']:.1f}x, test error {100 * t['error_packed']:.2f}% ({t['drop_pp']:+.2f} pp)")
     if rep.get("bits"):
         print("codebook bits: " + ", ".join(f"{k} {b}" for k, b in rep["bits"].items()))
     print(rep["table"])
