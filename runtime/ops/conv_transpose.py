@@ -153,39 +153,71 @@ def _dense_weight(w, nsp: int) -> np.ndarray:
     return dense.reshape(dense.shape[0], dense.shape[1], 1, dense.shape[2]) if nsp == 1 else dense
 
 
-def _run_conv_transpose(inputs, attrs, outputs):
+def _prepare(inputs, attrs, outputs):
+    """Everything a run needs that depends only on shapes, attributes and the weight: the step (function, args)."""
     x, w, out = inputs[0], inputs[1], outputs[0]
     bias = inputs[2] if len(inputs) > 2 else None
     g = _geometry(x.shape, w.shape, attrs)
     nsp, group = g["nsp"], g["group"]
     dense = _dense_weight(w, nsp)
-    kh, kw = g["kernel"]
-    sh, sw = g["strides"]
-    dh, dw = g["dilations"]
-    ph, pw = g["pads"]
     n, cin = x.shape[0], x.shape[1]
     h_, w_ = (1, x.shape[2]) if nsp == 1 else x.shape[2:]
     cout = g["cout"]
     oh, ow = g["out"]
     x4 = np.ascontiguousarray(x, dtype=np.float32).reshape(n, cin, h_, w_)
     o4 = out.reshape(n, cout, oh, ow)
-    if bias is not None:
-        o4[...] = np.asarray(bias, np.float32).reshape(1, cout, 1, 1)
-    else:
-        o4.fill(0.0)
+    bias4 = None if bias is None else np.ascontiguousarray(bias, np.float32).reshape(1, cout, 1, 1)
+    geo = (*g["strides"], *g["dilations"], *g["pads"])
     cin_g, cout_g = cin // group, cout // group
     if group > 1 and cin_g * cout_g < _DIRECT_MAX_CHANNELS:
-        for b in range(n):
-            _direct_kernel(x4[b], dense, o4[b], group, sh, sw, dh, dw, ph, pw)
-        return
+        return _step_direct, (x4, dense, o4, bias4, group, geo)
+    kh, kw = g["kernel"]
     cols = np.empty((cout_g * kh * kw, h_ * w_), np.float32)
     # W_g^T as a transposed view: BLAS reads it in place
     w_t = [dense[gi * cin_g:(gi + 1) * cin_g].reshape(cin_g, -1).T for gi in range(group)]
-    for b in range(n):
-        for gi in range(group):
+    return _step_cols, (x4, w_t, o4, bias4, cols, cin_g, cout_g, kh, kw, geo)
+
+
+def _start(o4, bias4):
+    if bias4 is not None:
+        o4[...] = bias4
+    else:
+        o4.fill(0.0)
+
+
+def _step_direct(x4, dense, o4, bias4, group, geo):
+    _start(o4, bias4)
+    for b in range(x4.shape[0]):
+        _direct_kernel(x4[b], dense, o4[b], group, *geo)
+
+
+def _step_cols(x4, w_t, o4, bias4, cols, cin_g, cout_g, kh, kw, geo):
+    _start(o4, bias4)
+    sh, sw, dh, dw, ph, pw = geo
+    h_, w_ = x4.shape[2:]
+    for b in range(x4.shape[0]):
+        for gi in range(len(w_t)):
             xg = x4[b, gi * cin_g:(gi + 1) * cin_g].reshape(cin_g, h_ * w_)
             np.matmul(w_t[gi], xg, out=cols)
             _col2im_kernel(cols, o4[b, gi * cout_g:(gi + 1) * cout_g], kh, kw, sh, sw, dh, dw, ph, pw, h_, w_)
+
+
+def _run_conv_transpose(inputs, attrs, outputs):
+    fn, args = _prepare(inputs, attrs, outputs)
+    fn(*args)
+
+
+def _bind_conv_transpose(inputs, attrs, outputs):
+    # bound once per plan: the views stay the same buffers, so the geometry and the dense weight are reused; an input
+    # that is not a float32 C-contiguous view would be copied by _prepare and left stale: run the plain path then
+    x = inputs[0]
+    if not (isinstance(x, np.ndarray) and x.dtype == np.float32 and x.flags.c_contiguous):
+        return None
+    fn, args = _prepare(inputs, attrs, outputs)
+    return fn, args
+
+
+_run_conv_transpose.bind = _bind_conv_transpose
 
 
 OPS = (OpDef("ConvTranspose", _infer_conv_transpose, _run_conv_transpose),)
