@@ -189,6 +189,7 @@ class Trainer:
             raise ValueError(f"Trainer: trainable names {unknown} are not parameters of the graph "
                              f"(parameters: {sorted(names)})")
         self.masks: dict[str, np.ndarray] = {}
+        self._pruned: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # name -> (float mask, flat pruned indices)
         for k, m in (masks or {}).items():
             self.set_mask(k, m)
         self.parametrizations: dict[str, Parametrization] = {}
@@ -250,13 +251,25 @@ class Trainer:
             raise ValueError(f"mask for '{name}': not a parameter of the graph (parameters: {sorted(self.params)})")
         if mask is None:
             self.masks.pop(name, None)
+            self._pruned.pop(name, None)
             return
         m = np.asarray(mask)
         if m.dtype != np.bool_ or m.shape != self.params[name].shape:
             raise ValueError(f"mask for '{name}': expected a bool array of shape {self.params[name].shape}, found "
                              f"{m.dtype} {m.shape}")
         self.masks[name] = m
-        np.copyto(self.params[name], 0, where=~m)
+        # A float mask to multiply gradients by and the flat indices of the pruned entries: np.where / copyto(where=)
+        # branch per element on a random mask and made every step of a half-pruned layer ~10x slower (1.7 ms vs
+        # 0.15 ms for LeNet-300-100's fc1).
+        self._pruned[name] = (m.astype(self.dtype), np.flatnonzero(~m))
+        self._zero_pruned(name)
+
+    def _zero_pruned(self, name: str) -> None:
+        a = self.params[name]
+        if a.flags.c_contiguous:
+            a.reshape(-1)[self._pruned[name][1]] = 0  # a view: +0.0 exactly
+        else:
+            np.copyto(a, 0, where=~self.masks[name])
 
     def _materialize(self) -> None:
         for k, p in self.parametrizations.items():
@@ -265,7 +278,7 @@ class Trainer:
                 raise ValueError(f"parametrization of '{k}' gives shape {w.shape}, expected {self.params[k].shape}")
             self.params[k][...] = w
             if k in self.masks:
-                np.copyto(self.params[k], 0, where=~self.masks[k])
+                self._zero_pruned(k)
 
     def variables(self) -> dict[str, np.ndarray]:
         """What the optimizer updates: trainable parameters, and "name/variable" of each parametrization."""
@@ -364,18 +377,18 @@ class Trainer:
                 continue
             g = grads[k]
             if k in self.masks:
-                g = np.where(self.masks[k], g, g.dtype.type(0))
+                g = g * self._pruned[k][0]  # a new array: a gradient may be shared with another's
             var_grads[k] = g
         for k, p in self.parametrizations.items():
             g = grads[k]
             if k in self.masks:
-                g = np.where(self.masks[k], g, g.dtype.type(0))
+                g = g * self._pruned[k][0]
             for v, gv in p.grads(g).items():
                 var_grads[f"{k}/{v}"] = gv
         decay = {k for k in self.trainable if k not in self.parametrizations and self.params[k].ndim >= 2}
         self.optimizer.step(self.variables(), var_grads, lr, decay)
-        for k, m in self.masks.items():
-            np.copyto(self.params[k], 0, where=~m)
+        for k in self.masks:
+            self._zero_pruned(k)
         self._materialize()
         self.step_count += 1
         wrong = int(np.count_nonzero(logits.argmax(axis=1) != np.asarray(y)))
