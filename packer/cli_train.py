@@ -76,15 +76,36 @@ def cmd_distill(a: argparse.Namespace) -> int:
     return 0
 
 
+def _rates(text: str) -> float | dict[str, float]:
+    """--rate: one fraction ("0.2") or per layer ("fc1.weight=0.2,fc2.weight=0.2,fc3.weight=0.1")."""
+    try:
+        if "=" not in text:
+            return float(text)
+        out = {}
+        for part in text.split(","):
+            name, value = part.split("=", 1)
+            out[name.strip()] = float(value)
+        return out
+    except ValueError:
+        raise SystemExit(f"--rate: expected a fraction or name=fraction,..., found {text!r}") from None
+
+
 def cmd_ticket(a: argparse.Namespace) -> int:
     from .onnx_io import load_onnx, save_onnx
     from .train.ticket import find_ticket, ticket_table
 
-    out, rep = find_ticket(load_onnx(a.model), _data(a.data), prune_fraction=a.rate, rounds=a.rounds,
-                           epochs=a.epochs, rewind=a.rewind, control=a.control, seed=a.seed,
-                           init=None if a.init == "file" else a.init, lr=a.lr, batch_size=a.batch_size,
-                           progress=not a.quiet)
-    print(ticket_table(rep))
+    graph, data = load_onnx(a.model), _data(a.data)
+    kw = dict(prune_fraction=_rates(a.rate), rounds=a.rounds, epochs=a.epochs, rewind=a.rewind, seed=a.seed,
+              init=None if a.init == "file" else a.init, lr=a.lr, batch_size=a.batch_size, progress=not a.quiet)
+    if a.control == "own":  # the control alone: re-initialised survivors, masks from its own trained nets
+        out, rep = find_ticket(graph, data, control=True, **kw)
+        print(ticket_table(rep))
+    else:
+        out, rep = find_ticket(graph, data, **kw)
+        print(ticket_table(rep))
+        if a.control == "masks":  # Frankle & Carbin's control: the ticket's masks from fresh random values
+            _, crep = find_ticket(graph, data, control=True, control_masks=rep["masks"], **kw)
+            print(ticket_table(crep))
     if a.output:
         save_onnx(out, a.output)
         print(f"wrote {a.output} (the last round's trained sparse model)")
@@ -142,9 +163,13 @@ def add_train_commands(sub) -> None:
                                       "(Frankle & Carbin 2019)")
     s.add_argument("model", help="input .onnx (its architecture; see --init)")
     s.add_argument("--rounds", type=int, default=5, help="pruning rounds after the dense one (default 5)")
-    s.add_argument("--rate", type=float, default=0.2, help="fraction of surviving weights pruned per round")
+    s.add_argument("--rate", default="0.2", help="fraction of surviving weights pruned per round, one number or "
+                   "per layer as name=fraction,... (Frankle & Carbin: the output layer at half the rate)")
     s.add_argument("--rewind", default="init", help="'init' or 'iteration:K' (late rewinding to step K)")
-    s.add_argument("--control", action="store_true", help="re-initialise survivors randomly (the control)")
+    s.add_argument("--control", nargs="?", const="masks", choices=("masks", "own"),
+                   help="also run the control: 'masks' (the default when the flag is given; Frankle & Carbin's) "
+                   "trains every round's winning-ticket mask from fresh random values; 'own' runs only the control "
+                   "that prunes its own re-initialised nets")
     s.add_argument("--init", default="he_normal", choices=("file", "he_normal", "he_uniform", "lecun_uniform"),
                    help="initial values: drawn with this scheme (default he_normal) or 'file' (the model's own)")
     s.add_argument("-o", "--output", help="write the last round's model to this .onnx")

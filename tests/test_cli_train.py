@@ -126,7 +126,14 @@ def test_ticket_command(files, capsys, tmp_path):
     assert np.mean(g.initializers["fc1.weight"] == 0) == pytest.approx(0.75, abs=0.01)
     assert _run("ticket", d / "student.onnx", "--data", d / "data.npz", "--rounds", 1, "--epochs", 1, "--control",
                 "--init", "file", "-q") == 0
-    assert "control" in capsys.readouterr().out
+    text = capsys.readouterr().out
+    assert "rewind to init" in text and "random re-init of the ticket's masks (control)" in text
+    assert _run("ticket", d / "student.onnx", "--data", d / "data.npz", "--rounds", 1, "--epochs", 1, "--control",
+                "own", "--rate", "fc1.weight=0.4,fc2.weight=0.2", "-q") == 0
+    text = capsys.readouterr().out
+    assert "random re-init (control)" in text and "fc1.weight 40%, fc2.weight 20%" in text
+    with pytest.raises(SystemExit, match="--rate"):
+        _run("ticket", d / "student.onnx", "--data", d / "data.npz", "--rate", "fc1=x")
 
 
 def test_parser_help_lists_commands():

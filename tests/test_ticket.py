@@ -152,3 +152,42 @@ def test_errors(data):
         find_ticket(_graph(), data, 0.2, 1, 1, rewind="iteration:100000")
     with pytest.raises(ValueError, match="not prunable"):
         find_ticket(_graph(), data, 0.2, 1, 1, layers=["nope"])
+
+
+def test_per_layer_rates(data):
+    """Frankle & Carbin prune the output layer at half the rate: each layer keeps (1 - its rate)^round."""
+    rates = {"fc1.weight": 0.2, "fc2": 0.2, "fc3.weight": 0.1}  # a node name works too
+    _, rep = find_ticket(_graph(6), data, rates, 3, 1, batch_size=32)
+    for r, masks in enumerate(rep["masks"]):
+        for name, rate in (("fc1.weight", 0.2), ("fc2.weight", 0.2), ("fc3.weight", 0.1)):
+            m = masks[name]
+            alive = m.size
+            for _ in range(r):
+                alive -= int(round(rate * alive))
+            assert int(np.count_nonzero(m)) == alive
+    assert "fc3.weight 10%" in ticket_table(rep)
+    with pytest.raises(ValueError, match="no rate for"):
+        find_ticket(_graph(6), data, {"fc1.weight": 0.2}, 1, 1)
+    with pytest.raises(ValueError, match="in \\(0, 1\\)"):
+        find_ticket(_graph(6), data, {"fc1.weight": 1.5, "fc2.weight": 0.2, "fc3.weight": 0.2}, 1, 1)
+
+
+def test_control_on_the_tickets_masks(data):
+    """Frankle's control: every round trains exactly the ticket's mask of that round, from fresh random values."""
+    _, ticket = find_ticket(_graph(7), data, 0.3, 2, 1, batch_size=32)
+    seen, hook = _record()
+    _, ctrl = find_ticket(_graph(7), data, 0.3, 2, 1, control=True, control_masks=ticket["masks"], seed=3,
+                          on_round_start=hook, batch_size=32)
+    assert ctrl["control_masks"]
+    for r in range(3):
+        for k, m in ticket["masks"][r].items():
+            np.testing.assert_array_equal(ctrl["masks"][r][k], m)
+            w = seen[r][0][k]
+            assert np.all(w[~m] == 0)
+            if r:  # fresh values, not the ticket's initial ones
+                assert not np.allclose(w[m], _graph(7).initializers[k][m])
+    assert "ticket's masks" in ticket_table(ctrl)
+    with pytest.raises(ValueError, match="control=True"):
+        find_ticket(_graph(7), data, 0.3, 2, 1, control_masks=ticket["masks"])
+    with pytest.raises(ValueError, match="rounds"):
+        find_ticket(_graph(7), data, 0.3, 5, 1, control=True, control_masks=ticket["masks"])

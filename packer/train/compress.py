@@ -14,7 +14,7 @@ import numpy as np
 
 from ..graph import Graph
 from .bit_allocation import CONV_BITS, bits_scan, candidate_bits
-from .prune_retrain import auto_prune, prune_and_retrain, sensitivity_scan, weight_layers
+from .prune_retrain import auto_prune, prune_and_retrain, sensitivity_scan
 from .quantize_tune import quantize_and_tune
 
 # Settings tried towards more bits when the first one along the bit-allocation path loses too much accuracy.

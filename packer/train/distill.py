@@ -131,13 +131,14 @@ def distill(student_graph: Graph, teacher_onnx_path: str | os.PathLike, data: di
     n = len(xs)
     total = max(1, int(epochs) * math.ceil(n / batch_size))
     schedule = optim.make_schedule(lr_schedule, lr, total)
-    history: dict[str, list] = {"loss": [], "train_error": [], "test_error": [], "lr": []}
+    history: dict[str, list] = {"loss": [], "train_error": [], "test_error": [], "lr": [], "seconds": []}
     bar = None
     if progress:
         from tqdm import tqdm
         bar = tqdm(total=int(epochs), desc="distill", unit="epoch", file=sys.stderr, leave=False)
     step = 0
     for _ in range(int(epochs)):
+        t_epoch = time.perf_counter()
         order = trainer.rng.permutation(n)
         loss_sum, wrong, rate = 0.0, 0, lr
         for start in range(0, n, batch_size):
@@ -154,6 +155,7 @@ def distill(student_graph: Graph, teacher_onnx_path: str | os.PathLike, data: di
         history["lr"].append(rate)
         if has_test:
             history["test_error"].append(trainer.error_rate(data["x_test"], data["y_test"]))
+        history["seconds"].append(time.perf_counter() - t_epoch)  # as Trainer.fit's history
         if bar is not None:
             post = {"loss": f"{history['loss'][-1]:.4f}"}
             if history["test_error"]:

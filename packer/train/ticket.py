@@ -35,14 +35,16 @@ def rewound(snapshot: dict[str, np.ndarray], masks: dict[str, np.ndarray]) -> di
     return out
 
 
-def prune_survivors(weights: dict[str, np.ndarray], masks: dict[str, np.ndarray], fraction: float,
+def prune_survivors(weights: dict[str, np.ndarray], masks: dict[str, np.ndarray], fraction: float | dict[str, float],
                     layers: list[str]) -> dict[str, np.ndarray]:
-    """New masks: per layer, remove `fraction` of the surviving weights, the smallest in magnitude."""
+    """New masks: per layer, remove `fraction` (one number, or {layer: fraction}) of the surviving weights, the
+    smallest in magnitude."""
     out = {}
     for name in layers:
         m = masks[name]
         alive = int(np.count_nonzero(m))
-        n_remove = int(round(fraction * alive))
+        rate = fraction[name] if isinstance(fraction, dict) else fraction
+        n_remove = int(round(rate * alive))
         # pruned entries sort first (magnitude -1), then survivors by |w|, ties by flat index (stable sort)
         mag = np.where(m, np.abs(np.asarray(weights[name], dtype=np.float64)), -1.0).ravel()
         order = np.argsort(mag, kind="stable")
@@ -57,8 +59,9 @@ def _state(trainer: Trainer) -> dict[str, np.ndarray]:
     return {k: v.copy() for k, v in list(trainer.params.items()) + list(trainer.buffers.items())}
 
 
-def find_ticket(graph: Graph, data: dict, prune_fraction: float = 0.2, rounds: int = 5, epochs: int = 5, *,
-                rewind: str = "init", control: bool = False, seed: int = 0, init: str | None = None,
+def find_ticket(graph: Graph, data: dict, prune_fraction: float | dict[str, float] = 0.2, rounds: int = 5,
+                epochs: int = 5, *, rewind: str = "init", control: bool = False,
+                control_masks: list[dict[str, np.ndarray]] | None = None, seed: int = 0, init: str | None = None,
                 lr: float = 0.05, optimizer: str = "sgd", momentum: float = 0.9, weight_decay: float = 0.0,
                 lr_schedule="cosine", batch_size: int = 64, layers: list[str] | None = None,
                 on_round_start: Callable[[int, Trainer], None] | None = None,
@@ -67,14 +70,25 @@ def find_ticket(graph: Graph, data: dict, prune_fraction: float = 0.2, rounds: i
     (the graph's own, or freshly drawn with scheme `init` and `seed`); each of `rounds` further rounds removes
     `prune_fraction` of the surviving weights of every prunable layer (smallest trained magnitudes), sets the
     survivors back to their values at the rewind point, "init" or "iteration:K" (after K steps of round 0), and
-    trains again with the masks fixed. control=True draws fresh random values for the survivors instead (seed +
-    round), keeping the masks: the control that shows whether the initial values matter.
+    trains again with the masks fixed. prune_fraction: one rate, or {tensor or node name: rate} for every pruned
+    layer (Frankle & Carbin prune the output layer at half the rate of the others).
+    control=True draws fresh random values for the survivors instead (seed + round, scheme `init`, else he_normal),
+    keeping the masks: the control that shows whether the initial values matter. With control_masks (a winning
+    ticket's report["masks"], one dict per round) each round trains those masks from fresh values: Frankle &
+    Carbin's control ("retain the structure of a winning ticket but sample a new initialisation"); without them the
+    control prunes its own trained nets.
 
     on_round_start(round, trainer) runs after rewinding, before training. Returns (graph of the last round,
     report) with per round the % of prunable weights left, the test error, per layer the kept fraction, and the
     masks (report["masks"][r], one bool array per layer)."""
-    if not 0.0 < prune_fraction < 1.0:
-        raise ValueError(f"find_ticket: prune_fraction must be in (0, 1), found {prune_fraction}")
+    rates = prune_fraction.values() if isinstance(prune_fraction, dict) else [prune_fraction]
+    if not rates or any(isinstance(r, bool) or not 0.0 < r < 1.0 for r in rates):
+        raise ValueError(f"find_ticket: prune_fraction must be in (0, 1) (one number or per layer), found "
+                         f"{prune_fraction}")
+    if control_masks is not None and not control:
+        raise ValueError("find_ticket: control_masks are for the control run (control=True)")
+    if control_masks is not None and len(control_masks) < int(rounds) + 1:
+        raise ValueError(f"find_ticket: control_masks has {len(control_masks)} rounds, {int(rounds) + 1} needed")
     if isinstance(rounds, bool) or int(rounds) != rounds or rounds < 0:
         raise ValueError(f"find_ticket: rounds must be an integer >= 0, found {rounds!r}")
     if isinstance(epochs, bool) or int(epochs) != epochs or epochs < 1:
@@ -89,6 +103,17 @@ def find_ticket(graph: Graph, data: dict, prune_fraction: float = 0.2, rounds: i
     unknown = [n for n in names if n not in all_layers]
     if unknown:
         raise ValueError(f"find_ticket: {unknown} are not prunable weights (weights: {sorted(all_layers)})")
+    if isinstance(prune_fraction, dict):
+        rate = {}
+        for key, r in prune_fraction.items():
+            name = key if key in all_layers else by_node.get(key)
+            if name is None or name not in names:
+                raise ValueError(f"find_ticket: prune_fraction for '{key}': not one of the pruned weights {names}")
+            rate[name] = float(r)
+        missing = [n for n in names if n not in rate]
+        if missing:
+            raise ValueError(f"find_ticket: prune_fraction gives no rate for {missing}")
+        prune_fraction = rate
     total_weights = sum(int(start.initializers[k].size) for k in names)
     kw = dict(lr=lr, optimizer=optimizer, momentum=momentum, weight_decay=weight_decay, schedule=lr_schedule,
               batch_size=batch_size, seed=seed)
@@ -115,7 +140,10 @@ def find_ticket(graph: Graph, data: dict, prune_fraction: float = 0.2, rounds: i
                 if step == rewind_step and not snapshot:
                     snapshot.update(_state(tr))
         else:
-            masks = prune_survivors(trained.initializers, masks, prune_fraction, names)
+            if control_masks is not None:
+                masks = {k: np.asarray(control_masks[r][k], dtype=bool) for k in names}
+            else:
+                masks = prune_survivors(trained.initializers, masks, prune_fraction, names)
             if control:
                 fresh = init_parameters(start, seed=seed + r, scheme=init or "he_normal")
                 values = {k: fresh.initializers[k] for k in snapshot}
@@ -150,7 +178,8 @@ def find_ticket(graph: Graph, data: dict, prune_fraction: float = 0.2, rounds: i
             bar.update(1)
     if bar is not None:
         bar.close()
-    report = {"rewind": rewind, "control": bool(control), "prune_fraction": float(prune_fraction),
+    report = {"rewind": rewind, "control": bool(control), "control_masks": control_masks is not None,
+              "prune_fraction": prune_fraction if isinstance(prune_fraction, dict) else float(prune_fraction),
               "epochs": int(epochs), "rounds": rows, "masks": mask_history, "layers": names,
               "seconds": time.perf_counter() - t0}
     return out, report
@@ -159,7 +188,11 @@ def find_ticket(graph: Graph, data: dict, prune_fraction: float = 0.2, rounds: i
 def ticket_table(report: dict) -> str:
     """The report's rounds as text: % of weights left and test error."""
     kind = "random re-init (control)" if report["control"] else f"rewind to {report['rewind']}"
-    lines = [f"lottery ticket, {kind}: {100 * report['prune_fraction']:g}% of survivors pruned per round",
+    if report.get("control_masks"):
+        kind = "random re-init of the ticket's masks (control)"
+    rate = report["prune_fraction"]
+    rate = (", ".join(f"{k} {100 * v:g}%" for k, v in rate.items()) if isinstance(rate, dict) else f"{100 * rate:g}%")
+    lines = [f"lottery ticket, {kind}: {rate} of survivors pruned per round",
              "round  weights left  test error"]
     for row in report["rounds"]:
         err = f"{100 * row['test_error']:.2f}%" if "test_error" in row else "-"
