@@ -198,6 +198,18 @@ if rv:
                 "b256 ORT 1t ms", "b256 ORT def ms", "smallest budget B", "b1 at that budget us"], rows)
     L.append("")
 
+def figure(name, caption):
+    """Copies OUT/name into benchmarks/figures/ (tracked; OUT is not) and links it."""
+    import shutil
+    src = out / name
+    if not src.is_file():
+        return []
+    dest = readme.parent / "figures"
+    dest.mkdir(exist_ok=True)
+    shutil.copyfile(src, dest / name)
+    return [f"![{caption}](figures/{name})", ""]
+
+
 for key, title in (("lenet300", "LeNet-300-100"), ("lenet5", "LeNet-5")):
     dc = load(f"{key}_deep_compression.json")
     if not dc:
@@ -216,12 +228,14 @@ for key, title in (("lenet300", "LeNet-300-100"), ("lenet5", "LeNet-5")):
     for part in ("stage_table", "table"):
         if dc.get(part):
             L += ["```", dc[part].rstrip(), "```", ""]
+    L += figure(f"{key}_sensitivity.png", f"{title}: test error with one layer pruned, no retraining")
 
 for key, title in (("distillation", "Knowledge distillation (distillation.py)"),
                    ("lottery_ticket", "Lottery tickets (lottery_ticket.py)")):
     md = out / f"{key}.md"
     if md.is_file():
         L += [f"### {title}", ""] + md.read_text().strip().splitlines() + [""]
+        L += figure(f"{key}.png", title)
 
 cg = out / "cachegrind_check.md"
 if cg.is_file():
