@@ -42,12 +42,8 @@ CODES_MAC_S = 0.6e-9  # dense-codes (codebook) multiply-add, batch 1
 DECODE_ELEMENT_S = 1.5e-9  # per weight element when codes are expanded block by block for BLAS (batch >= 2)
 BLAS_GEMV_MAC_S = 0.045e-9  # float32 matrix-vector multiply-add
 BLAS_GEMM_MAC_S = 0.015e-9  # float32 matrix-matrix multiply-add
-CONV_TAP_S = 0.06e-9  # one weight tap at one output position, compact direct convolution
-# Strided: the tap loop runs per output row with strided reads that do not vectorise. Fitted on four 3x3 stride-2
-# layers (8->12 @32, 16->32 @32, 32->64 @16, 3->16 @64; 115-748 us), where 0.06e-9 made the planner keep them
-# compact at 6-18x the time of dense im2col + BLAS.
-CONV_STRIDED_TAP_S = 0.36e-9
-CONV_STRIDED_ROW_S = 2.2e-9  # one tap over one output row
+CONV_TAP_S = 0.06e-9  # one weight tap at one output position, compact direct convolution (any stride: strided
+# ones read a phased copy of the input; measured 0.05-0.07e-9 on four 3x3 stride-2 layers, 15-80 us)
 IM2COL_S = 0.5e-9  # one im2col element
 STREAM_SYMBOL_S = 2.0e-9  # one symbol of one stream decoded at run time
 STREAM_MAC_S = 1.0e-9  # one multiply-add of the CSR row-block kernel (csr and streamed), per sample
@@ -1158,11 +1154,7 @@ class LayerSpec:
                 return (CALL_S + s.symbols_per_run() * STREAM_SYMBOL_S + len(s.row_starts) * STREAM_CHUNK_S
                         + taps)
             taps = _kept(w) if not isinstance(w, Int8Weight) else cout * cols
-            if tuple(self.node["attrs"].get("strides", [1])) in ((1,), (1, 1)):
-                per_tap = positions * CONV_TAP_S
-            else:
-                per_tap = positions * CONV_STRIDED_TAP_S + oh * CONV_STRIDED_ROW_S
-            return CALL_S + nb * (taps * per_tap + cout * cols * 0.2e-9)
+            return CALL_S + nb * (taps * positions * CONV_TAP_S + cout * cols * 0.2e-9)
         batch = math.prod(x_shape[:-1]) if self.op == "MatMul" else x_shape[1 if gemm_attrs(self.node["attrs"])[0]
                                                                                else 0]
         n, k = w.rows, w.cols  # the cost does not depend on which of them is the output

@@ -24,8 +24,13 @@ _PLAN_CACHE_SIZE = 8  # input shapes remembered per prepared weight
 
 # The int64 geometry vector the kernels receive (one array instead of 26 scalar arguments): the convolution's
 # sizes, then the scratch layout (byte offsets; int64 parts first so every part is aligned to its item size).
+# Strided direct convolutions read a "phased" copy of each sample: per channel, sh * sw planes of QH x QW, plane
+# (py, px) holding the padded input's rows py, py + sh, ... and columns px, px + sw, ...; every tap then reads one
+# contiguous window of one plane (pitch QW), as at stride 1. _PLANE: floats per channel of the source the kernels
+# read; _PITCH: its row pitch; _PLEN: floats of one slot's padded or phased copy (0: the kernels read x directly).
 (_C, _H, _W, _HP, _WP, _OH, _OW, _KH, _KW, _SH, _SW, _DH, _DW, _PT, _PL, _CIN_G, _PADDED, _GSTRIDE, _COLS,
- _SLOTS, _ACC_LEN, _TAB_OFF, _OBUF_OFF, _XPAD_OFF, _ACC_OFF, _WBUF_OFF, _NGEO) = range(27)
+ _SLOTS, _ACC_LEN, _TAB_OFF, _OBUF_OFF, _XPAD_OFF, _ACC_OFF, _WBUF_OFF, _PHASED, _QH, _QW, _PLANE, _PITCH, _PLEN,
+ _NGEO) = range(33)
 
 
 def _serial_and_parallel(fn):
@@ -135,19 +140,25 @@ def _layout(g: dict, kind: str, parallel: bool) -> tuple[np.ndarray, int, bool]:
     cols = g["cin_g"] * g["kh"] * g["kw"]
     im2col = kind == "dense" and g["group"] == 1
     slots = _slots(g["cout"], parallel)
-    acc_len = g["oh"] * (g["wp"] if (g["sh"] == 1 and g["sw"] == 1) else g["ow"])
+    sh, sw = g["sh"], g["sw"]
+    phased = int(not im2col and (sh, sw) != (1, 1))
+    qh, qw = -(-g["hp"] // sh), -(-g["wp"] // sw)
+    plane, pitch = (sh * sw * qh * qw, qw) if phased else (g["hp"] * g["wp"], g["wp"])
+    acc_len = g["oh"] * pitch
     geo = np.zeros(_NGEO, dtype=np.int64)
     for i, key in ((_C, "c"), (_H, "h"), (_W, "w"), (_HP, "hp"), (_WP, "wp"), (_OH, "oh"), (_OW, "ow"),
                    (_KH, "kh"), (_KW, "kw"), (_SH, "sh"), (_SW, "sw"), (_DH, "dh"), (_DW, "dw"), (_PT, "pt"),
                    (_PL, "pl"), (_CIN_G, "cin_g"), (_PADDED, "padded")):
         geo[i] = g[key]
-    geo[_GSTRIDE] = g["cin_g"] * g["hp"] * g["wp"]
+    geo[_PHASED], geo[_QH], geo[_QW], geo[_PLANE], geo[_PITCH] = phased, qh, qw, plane, pitch
+    geo[_PLEN] = g["c"] * plane if (g["padded"] or phased) else 0
+    geo[_GSTRIDE] = g["cin_g"] * plane
     geo[_COLS], geo[_SLOTS], geo[_ACC_LEN] = cols, slots, acc_len
     if im2col:
         return geo, 4 * cols * g["oh"] * g["ow"], True
     pos = 0
     for off, size in ((_TAB_OFF, 8 * cols), (_OBUF_OFF, 8 * slots * cols),
-                      (_XPAD_OFF, 4 * slots * g["padded"] * g["c"] * g["hp"] * g["wp"]),
+                      (_XPAD_OFF, 4 * slots * int(geo[_PLEN])),
                       (_ACC_OFF, 4 * slots * acc_len),
                       (_WBUF_OFF, 4 * slots * cols)):
         geo[off] = pos
@@ -245,69 +256,82 @@ def _scratch_views_kernel(scratch, geo):
     xpad = scratch[geo[_XPAD_OFF]: geo[_ACC_OFF]].view(np.float32)
     acc = scratch[geo[_ACC_OFF]: geo[_ACC_OFF] + 4 * slots * geo[_ACC_LEN]].view(np.float32)
     wbuf = scratch[geo[_WBUF_OFF]: geo[_WBUF_OFF] + 4 * slots * cols].view(np.float32)
-    kh, kw, wp, plane = geo[_KH], geo[_KW], geo[_WP], geo[_HP] * geo[_WP]
+    kh, kw, pitch, plane = geo[_KH], geo[_KW], geo[_PITCH], geo[_PLANE]
+    sh, sw, qplane = geo[_SH], geo[_SW], geo[_QH] * geo[_QW]
     for c in range(geo[_CIN_G]):  # tab[(c * kh + ky) * kw + kx]: offset of that tap in its group's input
         for ky in range(kh):
             for kx in range(kw):
-                tab[(c * kh + ky) * kw + kx] = c * plane + ky * geo[_DH] * wp + kx * geo[_DW]
+                oy, ox = ky * geo[_DH], kx * geo[_DW]  # the tap's offset in the padded input
+                if geo[_PHASED]:  # in plane (oy % sh, ox % sw), at (oy // sh, ox // sw)
+                    t = c * plane + ((oy % sh) * sw + ox % sw) * qplane + (oy // sh) * pitch + ox // sw
+                else:
+                    t = c * plane + oy * pitch + ox
+                tab[(c * kh + ky) * kw + kx] = t
     return tab, obuf, xpad, acc, wbuf
 
 
 @njit(cache=True)
 def _source_kernel(x, b, geo, xpad):
-    """Sample b as a flat (C, Hp, Wp) plane stack: x[b] itself, or a zero-padded copy in xpad."""
-    if geo[_PADDED] == 0:
+    """Sample b as the kernels read it: x[b] itself, a zero-padded (C, Hp, Wp) copy, or (strided) the phased copy
+    in xpad (see _PHASED)."""
+    if geo[_PLEN] == 0:
         return x[b]
     c_in, h, w, hp, wp, pt, pl = geo[_C], geo[_H], geo[_W], geo[_HP], geo[_WP], geo[_PT], geo[_PL]
-    xpad[:] = 0.0  # the borders; a slot pads each of its samples into its own copy
+    xp = xpad[: geo[_PLEN]]
+    xp[:] = 0.0  # the borders; a slot pads each of its samples into its own copy
+    if geo[_PHASED] == 0:
+        for c in range(c_in):
+            for y in range(h):
+                d = c * hp * wp + (y + pt) * wp + pl
+                s = (c * h + y) * w
+                xp[d: d + w] = x[b, s: s + w]
+        return xp
+    sh, sw, qh, qw, plane = geo[_SH], geo[_SW], geo[_QH], geo[_QW], geo[_PLANE]
     for c in range(c_in):
-        for y in range(h):
-            d = c * hp * wp + (y + pt) * wp + pl
-            s = (c * h + y) * w
-            xpad[d: d + w] = x[b, s: s + w]
-    return xpad
+        for py in range(sh):
+            for qy in range(qh):
+                y = qy * sh + py - pt  # the input row that lands there
+                if y < 0 or y >= h:
+                    continue
+                src = x[b, (c * h + y) * w: (c * h + y) * w + w]
+                for px in range(sw):
+                    d = c * plane + (py * sw + px) * qh * qw + qy * qw
+                    dst = xp[d: d + qw]
+                    for qx in range(qw):
+                        xx = qx * sw + px - pl
+                        if xx >= 0 and xx < w:
+                            dst[qx] = src[xx]
+    return xp
 
 
 @njit(cache=True)
 def _taps_kernel(src, base, wbuf, obuf, ntaps, acc, geo):
     """acc <- sum over taps t of wbuf[t] * (the input plane seen from offset base + obuf[t]).
 
-    Stride 1 runs each tap as ONE contiguous loop over a 'wide' plane of row pitch Wp (the columns past OW are
-    computed and dropped) so short output rows still vectorise; other strides loop per row."""
-    oh, ow, wp, sh, sw = geo[_OH], geo[_OW], geo[_WP], geo[_SH], geo[_SW]
-    if sh == 1 and sw == 1:
-        n = (oh - 1) * wp + ow  # the last read is exactly the plane's last element: no overrun
-        a = acc[:n]
-        a[:] = 0.0
-        t = 0
-        # Four taps per pass load and store the accumulator a quarter as often (1.4x on LeNet-5 conv2); the
-        # additions stay in tap order, so the bits equal those of the one-tap loop.
-        while t + 4 <= ntaps:
-            w0, w1, w2, w3 = wbuf[t], wbuf[t + 1], wbuf[t + 2], wbuf[t + 3]
-            o0, o1, o2, o3 = base + obuf[t], base + obuf[t + 1], base + obuf[t + 2], base + obuf[t + 3]
-            s0, s1, s2, s3 = src[o0: o0 + n], src[o1: o1 + n], src[o2: o2 + n], src[o3: o3 + n]
-            for i in range(n):
-                a[i] = a[i] + w0 * s0[i] + w1 * s1[i] + w2 * s2[i] + w3 * s3[i]
-            t += 4
-        while t < ntaps:
-            w = wbuf[t]
-            off = base + obuf[t]
-            s = src[off: off + n]
-            for i in range(n):
-                a[i] += w * s[i]
-            t += 1
-    else:
-        acc[: oh * ow] = 0.0
-        span = (ow - 1) * sw + 1
-        for t in range(ntaps):
-            w = wbuf[t]
-            off = base + obuf[t]
-            for oy in range(oh):
-                ro = off + oy * sh * wp
-                s = src[ro: ro + span]
-                a = acc[oy * ow: oy * ow + ow]
-                for ox in range(ow):
-                    a[ox] += w * s[ox * sw]
+    Each tap runs as ONE contiguous loop over a 'wide' plane of row pitch _PITCH (the columns past OW are computed
+    and dropped) so short output rows still vectorise; strided convolutions read the phased copy (see _PHASED),
+    where a tap's window is contiguous as well."""
+    oh, ow, wp = geo[_OH], geo[_OW], geo[_PITCH]
+    n = (oh - 1) * wp + ow  # the last read is exactly the plane's last element: no overrun
+    a = acc[:n]
+    a[:] = 0.0
+    t = 0
+    # Four taps per pass load and store the accumulator a quarter as often (1.4x on LeNet-5 conv2); the
+    # additions stay in tap order, so the bits equal those of the one-tap loop.
+    while t + 4 <= ntaps:
+        w0, w1, w2, w3 = wbuf[t], wbuf[t + 1], wbuf[t + 2], wbuf[t + 3]
+        o0, o1, o2, o3 = base + obuf[t], base + obuf[t + 1], base + obuf[t + 2], base + obuf[t + 3]
+        s0, s1, s2, s3 = src[o0: o0 + n], src[o1: o1 + n], src[o2: o2 + n], src[o3: o3 + n]
+        for i in range(n):
+            a[i] = a[i] + w0 * s0[i] + w1 * s1[i] + w2 * s2[i] + w3 * s3[i]
+        t += 4
+    while t < ntaps:
+        w = wbuf[t]
+        off = base + obuf[t]
+        s = src[off: off + n]
+        for i in range(n):
+            a[i] += w * s[i]
+        t += 1
 
 
 @njit(cache=True)
@@ -329,7 +353,7 @@ def _activate_kernel(v, kind, p0, p1):
 def _store_kernel(acc, geo, scale, bias_v, out, b, co, kind, p0, p1):
     """out[b, co] = act(acc * scale + bias_v), dropping the wide-plane columns."""
     oh, ow = geo[_OH], geo[_OW]
-    aw = geo[_WP] if (geo[_SH] == 1 and geo[_SW] == 1) else ow
+    aw = geo[_PITCH]
     o0 = co * oh * ow
     for oy in range(oh):
         a = acc[oy * aw: oy * aw + ow]
@@ -364,7 +388,7 @@ def _bias_act_kernel(out, bias, ep):
 def _conv_sparse(x, geo, group_of, indptr, columns, codes, codebook, scales, bias, ep, out, scratch):
     tab, obuf, xpad, acc, wbuf = _scratch_views_kernel(scratch, geo)
     cout, cols, slots, alen, gstride = group_of.shape[0], geo[_COLS], geo[_SLOTS], geo[_ACC_LEN], geo[_GSTRIDE]
-    plen = geo[_PADDED] * geo[_C] * geo[_HP] * geo[_WP]
+    plen = geo[_PLEN]
     has_scales = scales.shape[0] != 0
     has_bias = bias.shape[0] != 0
     kind, p0, p1 = np.int64(ep[EP_ACT]), ep[EP_P0], ep[EP_P1]
@@ -387,7 +411,7 @@ def _conv_sparse(x, geo, group_of, indptr, columns, codes, codebook, scales, bia
 def _conv_codebook(x, geo, group_of, codes, codebook, scales, bias, ep, out, scratch):
     tab, obuf, xpad, acc, wbuf = _scratch_views_kernel(scratch, geo)
     cout, cols, slots, alen, gstride = group_of.shape[0], geo[_COLS], geo[_SLOTS], geo[_ACC_LEN], geo[_GSTRIDE]
-    plen = geo[_PADDED] * geo[_C] * geo[_HP] * geo[_WP]
+    plen = geo[_PLEN]
     has_scales = scales.shape[0] != 0
     has_bias = bias.shape[0] != 0
     kind, p0, p1 = np.int64(ep[EP_ACT]), ep[EP_P0], ep[EP_P1]
@@ -412,7 +436,7 @@ def _conv_codebook(x, geo, group_of, codes, codebook, scales, bias, ep, out, scr
 def _conv_int8(x, geo, group_of, q, zp, scales, bias, ep, out, scratch):
     tab, obuf, xpad, acc, wbuf = _scratch_views_kernel(scratch, geo)
     cout, cols, slots, alen, gstride = group_of.shape[0], geo[_COLS], geo[_SLOTS], geo[_ACC_LEN], geo[_GSTRIDE]
-    plen = geo[_PADDED] * geo[_C] * geo[_HP] * geo[_WP]
+    plen = geo[_PLEN]
     has_bias = bias.shape[0] != 0
     kind, p0, p1 = np.int64(ep[EP_ACT]), ep[EP_P0], ep[EP_P1]
     for t in prange(slots):
@@ -438,7 +462,7 @@ def _conv_dense_direct(x, geo, group_of, w2d, bias, ep, out, scratch):
     """Dense weights with groups (depthwise included), where im2col + BLAS would multiply tiny matrices."""
     tab, obuf, xpad, acc, wbuf = _scratch_views_kernel(scratch, geo)
     cout, cols, slots, alen, gstride = group_of.shape[0], geo[_COLS], geo[_SLOTS], geo[_ACC_LEN], geo[_GSTRIDE]
-    plen = geo[_PADDED] * geo[_C] * geo[_HP] * geo[_WP]
+    plen = geo[_PLEN]
     has_bias = bias.shape[0] != 0
     kind, p0, p1 = np.int64(ep[EP_ACT]), ep[EP_P0], ep[EP_P1]
     for t in prange(slots):
