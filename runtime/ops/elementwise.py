@@ -248,6 +248,8 @@ def _binary_runner(ufunc):
         with np.errstate(all="ignore"):
             ufunc(inputs[0], inputs[1], out=outputs[0])
     run.__name__ = f"_run_{ufunc.__name__}"
+    # bound: the ufunc itself on the plan's views (executor.execute holds the errstate for the whole run)
+    run.bind = lambda inputs, attrs, outputs: (ufunc, (inputs[0], inputs[1], outputs[0]))
     return run
 
 

@@ -122,6 +122,26 @@ def _run_reduce_mean(inputs, attrs, outputs):
     np.mean(x, axis=axes, keepdims=True, out=out.reshape(kept))
 
 
+def _mean_step(x, axes, out):
+    np.mean(x, axis=axes, keepdims=True, out=out)
+
+
+def _bind_reduce_mean(inputs, attrs, outputs):
+    # the axes are attributes or constants: resolved once per plan instead of at every run
+    x, out = inputs[0], outputs[0]
+    r = _reduce_axes([None if a is None else a.shape for a in inputs], attrs, inputs)
+    if r is None:
+        return np.copyto, (out, x)
+    kept = tuple(1 if i in r[0] else d for i, d in enumerate(x.shape))
+    view = out.reshape(kept)
+    if not np.shares_memory(view, out):  # reshape copied (never for the arena's contiguous views): run plainly
+        return None
+    return _mean_step, (x, r[0], view)
+
+
+_run_reduce_mean.bind = _bind_reduce_mean
+
+
 OPS = (
     OpDef("ReduceMean", _infer_reduce_mean, _run_reduce_mean),
     OpDef("Pow", _infer_pow, _run_pow, inplace_ok=True),
