@@ -32,7 +32,7 @@ from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-from packer.bench import machine  # noqa: E402
+from packer.bench import json_default, machine_line  # noqa: E402
 from packer.datasets import load_data  # noqa: E402
 from packer.graph import Graph  # noqa: E402
 from packer.onnx_io import save_onnx  # noqa: E402
@@ -76,11 +76,6 @@ def _per_layer(text: str, cast, layers: tuple) -> dict:
     if len(values) != len(layers):
         raise SystemExit(f"expected {len(layers)} comma-separated values ({', '.join(layers)}), found {text!r}")
     return dict(zip(layers, values))
-
-
-def _machine() -> str:
-    m = machine()
-    return f"{m['machine']} {m['cpu']} {m['cores']} cores".strip()
 
 
 def runtime_error_rate(epk: Path, x: np.ndarray, y: np.ndarray, batch: int = 500) -> float:
@@ -247,7 +242,7 @@ def main() -> None:
     targets = preset["targets"]
     result = {
         "model": tag,
-        "machine": _machine(),
+        "machine": machine_line(),
         "blas_threads": os.environ.get("OPENBLAS_NUM_THREADS"),
         "load_average_start_end": [round(load_start[0], 2), round(os.getloadavg()[0], 2)],
         "command": f"python benchmarks/deep_compression.py --model {tag} " + " ".join(
@@ -278,20 +273,12 @@ def main() -> None:
                     "packed_error<=reference+0.1pp": packed_error <= ref_error + 0.001 + 1e-12,
                     f"total<={targets['seconds']:g}s": seconds["total"] <= targets["seconds"]},
     }
-    (out / f"{tag}_deep_compression.json").write_text(json.dumps(result, indent=2, default=_json_default))
+    (out / f"{tag}_deep_compression.json").write_text(json.dumps(result, indent=2, default=json_default))
     print(f"\n{preset['title']}: reference {100 * ref_error:.2f}% -> pruned {100 * prep['error_after']:.2f}% -> "
           f"pruned + quantized {100 * qrep['error_tuned']:.2f}% -> packed file (runtime) {100 * packed_error:.2f}% "
           f"test error; {report.info['original_bytes']} B -> {report.total_bytes} B = {report.ratio:.1f}x; "
           f"{seconds['total']:.0f} s in all (load average {load_start[0]:.1f} -> {os.getloadavg()[0]:.1f})")
     print("targets: " + ", ".join(f"{k} {'met' if v else 'MISSED'}" for k, v in result["targets"].items()))
-
-
-def _json_default(v):
-    if isinstance(v, np.generic):
-        return v.item()
-    if isinstance(v, np.ndarray):
-        return v.tolist()
-    raise TypeError(f"cannot serialise {type(v).__name__}")
 
 
 if __name__ == "__main__":

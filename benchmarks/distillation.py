@@ -38,12 +38,12 @@ for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
 
 import argparse  # noqa: E402
 import json  # noqa: E402
-import platform  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
 
+from packer.bench import json_default, machine_line  # noqa: E402
 from packer.datasets import load_data  # noqa: E402
 from packer.graph import Graph, Node  # noqa: E402
 from packer.onnx_io import save_onnx  # noqa: E402
@@ -102,23 +102,6 @@ class JitterTrainer(Trainer):
         if self.jitter > 0:
             x = shift_images(np.asarray(x), self.jitter_rng, self.jitter)
         return super().train_step(x, y, lr)
-
-
-def _machine() -> str:
-    model = ""
-    try:
-        model = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return f"{platform.machine()} {model} {os.cpu_count()} cores".strip()
-
-
-def _json_default(v):
-    if isinstance(v, np.generic):
-        return v.item()
-    if isinstance(v, np.ndarray):
-        return v.tolist()
-    raise TypeError(f"cannot serialise {type(v).__name__}")
 
 
 def _data(valid: bool, quick: bool) -> tuple[dict, str]:
@@ -272,14 +255,14 @@ def main() -> None:
          f"{round(gap_soft * n_test)} errors (target 'distilled closer to the teacher': "
          f"{'met' if targets['distilled_closer_to_teacher_than_hard_student'] else 'MISSED'}). Paper: Hinton, "
          f"Vinyals, Dean 2015, section 3 (its teacher trained much longer, with weight constraints). Single-threaded "
-         f"on {_machine()}, {seconds['total']:.0f} s in all (load average {load_start[0]:.1f} -> "
+         f"on {machine_line()}, {seconds['total']:.0f} s in all (load average {load_start[0]:.1f} -> "
          f"{os.getloadavg()[0]:.1f})."]) + "\n"
     (out / "distillation.md").write_text(md_text)
     plotted = _plot(rows, n_test, split, out / "distillation.png")
 
     result = {
         "command": command.strip(),
-        "machine": _machine(),
+        "machine": machine_line(),
         "blas_threads": os.environ.get("OPENBLAS_NUM_THREADS"),
         "load_average_start_end": [round(load_start[0], 2), round(os.getloadavg()[0], 2)],
         "evaluated_on": f"{split} ({n_test} images)",
@@ -293,7 +276,7 @@ def main() -> None:
         "seconds": {k: round(v, 1) for k, v in seconds.items()},
         "targets": targets,
     }
-    (out / "distillation.json").write_text(json.dumps(result, indent=2, default=_json_default))
+    (out / "distillation.json").write_text(json.dumps(result, indent=2, default=json_default))
     print()
     print("\n".join(md))
     print(f"\nteacher {100 * t_err:.2f}%, hard-label student {100 * s_err:.2f}%, distilled student "

@@ -32,12 +32,12 @@ for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
 
 import argparse  # noqa: E402
 import json  # noqa: E402
-import platform  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
 
+from packer.bench import json_default, machine_line  # noqa: E402
 from packer.datasets import load_data  # noqa: E402
 from packer.graph import Graph  # noqa: E402
 from packer.train.mlp import mlp_graph  # noqa: E402
@@ -50,23 +50,6 @@ SHAPES = ((784, 300), (300, 100), (100, 10))
 def lenet300() -> Graph:
     """LeNet-300-100's graph with zero parameters (find_ticket draws the initial values)."""
     return mlp_graph([(np.zeros((o, i), np.float32), np.zeros(o, np.float32)) for i, o in SHAPES])
-
-
-def _machine() -> str:
-    model = ""
-    try:
-        model = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return f"{platform.machine()} {model} {os.cpu_count()} cores".strip()
-
-
-def _json_default(v):
-    if isinstance(v, np.generic):
-        return v.item()
-    if isinstance(v, np.ndarray):
-        return v.tolist()
-    raise TypeError(f"cannot serialise {type(v).__name__}")
 
 
 def _plot(rows: list[dict], control_label: str, path: Path) -> bool:
@@ -188,14 +171,14 @@ def main() -> None:
          f"the dense network's error at every level down to {holds:.1f}% of the weights; "
          f"its best, {100 * best['error_ticket']:.2f}%, at {best['weights_left_pct']:.1f}%. fc1 and fc2 lose "
          f"{100 * a.prune_fraction:g}% of their survivors per round, fc3 {100 * a.output_fraction:g}%. Single-threaded on "
-         f"{_machine()}, {seconds['total']:.0f} s in all (load average {load_start[0]:.1f} -> "
+         f"{machine_line()}, {seconds['total']:.0f} s in all (load average {load_start[0]:.1f} -> "
          f"{os.getloadavg()[0]:.1f})."]) + "\n"
     (out / "lottery_ticket.md").write_text(md_text)
     plotted = _plot(rows, control_label, out / "lottery_ticket.png")
 
     result = {
         "command": command.strip(),
-        "machine": _machine(),
+        "machine": machine_line(),
         "blas_threads": os.environ.get("OPENBLAS_NUM_THREADS"),
         "load_average_start_end": [round(load_start[0], 2), round(os.getloadavg()[0], 2)],
         "settings": {k: v for k, v in vars(a).items() if k != "out"},
@@ -206,7 +189,7 @@ def main() -> None:
         "seconds": {k: round(v, 1) for k, v in seconds.items()},
         "targets": targets,
     }
-    (out / "lottery_ticket.json").write_text(json.dumps(result, indent=2, default=_json_default))
+    (out / "lottery_ticket.json").write_text(json.dumps(result, indent=2, default=json_default))
     print()
     print("\n".join(md))
     print(f"\ndense {100 * dense:.2f}% test error; winning ticket at or below it at every level down to "

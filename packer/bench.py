@@ -177,6 +177,21 @@ def sizes(onnx_path: str, epk_path: str, int8_path: str, int8_error: str | None)
             "edgepack_ratio": table["ratio"], "layer_table": _clean(table)}
 
 
+def machine_line() -> str:
+    """machine() in one line, as the benchmark scripts print it: 'x86_64 AMD EPYC 2 cores'."""
+    m = machine()
+    return f"{m['machine']} {m['cpu']} {m['cores']} cores".strip()
+
+
+def json_default(v):
+    """json.dumps(default=...) for numpy values: scalars as Python numbers, arrays as lists."""
+    if isinstance(v, np.generic):
+        return v.item()
+    if isinstance(v, np.ndarray):
+        return v.tolist()
+    raise TypeError(f"cannot serialise {type(v).__name__}")
+
+
 def _clean(v):
     """JSON-safe: inf -> None, tuples -> lists, numpy scalars -> Python."""
     if isinstance(v, dict):
