@@ -32,7 +32,7 @@ from __future__ import annotations
 import os
 
 # One BLAS thread unless told otherwise: on a busy 2-core machine OpenBLAS's second thread makes small-batch
-# training many times slower (see lenet300_deep_compression.py).
+# training many times slower (see deep_compression.py).
 for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_var, "1")
 
