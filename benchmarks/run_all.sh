@@ -3,7 +3,7 @@
 # MobileNet-style net (benchmarks/mobilenet.py), and the cachegrind check of the energy model — writes the results to
 # benchmarks/out/ and rewrites the generated part of benchmarks/README.md (between its run_all markers).
 #
-#     bash benchmarks/run_all.sh            # everything: 6-11 minutes measured on a 2-core machine
+#     bash benchmarks/run_all.sh            # everything: about an hour on a 2-core machine
 #     bash benchmarks/run_all.sh --quick    # a smoke run of the same steps (fewer epochs, repeats and samples)
 #     bash benchmarks/run_all.sh --only lenet5_deep_compression,bench_lenet5   # rerun some steps, keep the rest
 #
