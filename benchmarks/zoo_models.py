@@ -151,7 +151,10 @@ def main() -> None:
     p.add_argument("--repeat", type=int, default=300, help="calls per engine per round (default 300)")
     p.add_argument("--rounds", type=int, default=5, help="alternating rounds (default 5)")
     p.add_argument("--only", action="append", help="a zoo model's name (repeatable; default all)")
+    p.add_argument("--quick", action="store_true", help="smoke run: 8 samples, 20 calls x 2 rounds")
     a = p.parse_args()
+    if a.quick:
+        a.samples, a.repeat, a.rounds = 8, 20, 2
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     zoo = realzoo.zoo()
