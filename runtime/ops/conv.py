@@ -521,6 +521,14 @@ def _im2col_run(x2, geo, col, w2d, out3, bias_v, ep, finish) -> None:
         _bias_act_kernel(out3, bias_v, ep)
 
 
+def _gemm_1x1_run(x3, w2d, out3, bias_v, ep, finish) -> None:
+    # a 1x1 convolution with stride 1 and no padding: its im2col matrix is the sample itself
+    for b in range(x3.shape[0]):
+        np.matmul(w2d, x3[b], out=out3[b])
+    if finish:
+        _bias_act_kernel(out3, bias_v, ep)
+
+
 def _noop() -> None:
     return None
 
@@ -569,6 +577,9 @@ def bind_conv(x: np.ndarray, prepared: PreparedConv, bias, attrs: dict, out: np.
         cols, npos = int(geo[_COLS]), plan.out_shape[2] * plan.out_shape[3]
         col = scratch[: plan.scratch_bytes].view(np.float32).reshape(cols, npos)
         finish = bias_v.shape[0] != 0 or (act is not None and act[0] != ACT_NONE)
+        if (geo[_KH] == 1 and geo[_KW] == 1 and geo[_SH] == 1 and geo[_SW] == 1 and geo[_PADDED] == 0):
+            return _gemm_1x1_run, (x.reshape(nb, cols, npos), a["w2d"], out.reshape(nb, cout, npos), bias_v, ep,
+                                   finish)
         return _im2col_run, (x2, geo, col, a["w2d"], out.reshape(nb, cout, npos), bias_v, ep, finish)
     if prepared.kind == "sparse":
         fn = _conv_sparse_parallel_kernel if parallel else _conv_sparse_kernel
