@@ -145,13 +145,15 @@ def compress(onnx_path: str | os.PathLike, data, out_path: str | os.PathLike, *,
         left = max(0.0, max_drop / 100.0 - max(0.0, prep["error_after"] - scan.reference_error))
         path = bscan.path(left)
         sizes = []
-        for i, b in enumerate(path):
+        for b in path:  # fewer bits only shrink the file: the walk stops at the first setting that reaches R
             shared, qrep0 = quantize_and_tune(pruned, data, b, epochs=0, evaluate=False, seed=seed + 1)
             probe = work / "probe.onnx"
             save_onnx(shared, probe)
             sizes.append(pack(probe, work / "probe.epk", config=qrep0["pack_config"], check_fidelity=False).ratio)
+            if sizes[-1] >= target_ratio:
+                break
         report["bits_path"] = [{"bits": b, "ratio_untuned": r} for b, r in zip(path, sizes)]
-        first = next((i for i, r in enumerate(sizes) if r >= target_ratio), len(path) - 1)
+        first = len(sizes) - 1
         tries = []
         best_ok = None
         for i in range(first, max(-1, first - BACKOFF_TRIES), -1):
