@@ -1,0 +1,152 @@
+"""Task-level checks of the real-model corpus: does edgepack's packed file give the same *answers* as the original?
+
+Interface (tasks_vision.py and tasks_audio.py follow it; tasks.py merges their TASKS into one registry keyed by
+`Entry.task`):
+
+    class Task:
+        name: str
+        def answers(self, entry, run, n, seed) -> list
+        def agree(self, a, b) -> bool
+
+`answers` makes n realistic inputs itself, deterministically from `seed` (rendered text, CAPTCHAs, documents,
+synthetic audio...), drives the model through `run(feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]` (one call
+= one model run; stateful or multi-stage tasks call it many times, feeding outputs back), post-processes the outputs
+the way the package that ships the model does, and returns a flat list of task-level answers, one per unit judged
+(a decoded string, a set of boxes, a class, a VAD decision per chunk). Every feed has exactly the static shape the
+entry is packed with (`input_shapes(entry)`, from `Entry.input_shapes`, or the ONNX file's own static shape when the
+entry names none). `agree(a, b)` judges two answers for the same unit: text equal; boxes: same count, each matched
+with IoU >= 0.95 and the same class; class equal; decision equal.
+
+Runners: `ort_runner(onnx_path)` (onnxruntime on the original, one thread), `runtime_runner(epk_path, **load_kwargs)`
+(edgepack's device runtime: `runtime.load(...).run(feeds)`, which returns {output name: array}). Both return all the
+model's outputs by name.
+
+`agreement(entry, ref_run, test_run, n, seed)` -> (fraction of units that agree, number of units, up to five examples
+of disagreement as (unit index, reference answer, test answer)). The same seed gives both sides the same inputs.
+
+`pack_entry(entry, out_path, *extra_flags)` runs `edgepack pack ORIGINAL -o out_path` with `corpus.pack_args(entry)`
+and the extra flags (e.g. "--sparsity", "0", "--bits", "8"), as a user would, and returns the seconds it took;
+`PackFailed` carries the command's last error line. `unpack_file(epk, onnx_out)` runs `edgepack unpack`.
+"""
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from realmodels.corpus import Entry, fetch, pack_args
+
+Run = Callable[[dict], dict]
+
+
+class PackFailed(RuntimeError):
+    """`edgepack pack` (or unpack) exited non-zero; the message is its last error line."""
+
+
+def input_shapes(entry: Entry) -> dict[str, tuple[int, ...]]:
+    """{input name: static shape} the entry is packed with: its --input-shape values, else the ONNX file's static
+    input shapes (inputs fixed by --input-value are not fed)."""
+    shapes = {}
+    for s in entry.input_shapes:
+        name, dims = s.split("=", 1)
+        shapes[name] = tuple(int(d) for d in dims.split(","))
+    if shapes:
+        return shapes
+    import onnx
+
+    m = onnx.load(str(fetch(entry)), load_external_data=False)
+    inits = {i.name for i in m.graph.initializer}
+    fixed = {v.split("=", 1)[0] for v in entry.input_values}
+    for v in m.graph.input:
+        if v.name in inits or v.name in fixed:
+            continue
+        shapes[v.name] = tuple(d.dim_value for d in v.type.tensor_type.shape.dim)
+    return shapes
+
+
+def ort_runner(onnx_path) -> Run:
+    """run(feeds) -> {output name: array} with onnxruntime on one thread."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    opts.inter_op_num_threads = 1
+    opts.log_severity_level = 3
+    sess = ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
+    names = [o.name for o in sess.get_outputs()]
+
+    def run(feeds: dict) -> dict:
+        return dict(zip(names, sess.run(names, feeds)))
+
+    return run
+
+
+def runtime_runner(epk_path, **load_kwargs) -> Run:
+    """run(feeds) -> {output name: array} with edgepack's device runtime on the packed file."""
+    import runtime
+
+    model = runtime.load(str(epk_path), **load_kwargs)
+
+    def run(feeds: dict) -> dict:
+        return model.run(feeds)
+
+    return run
+
+
+def task_for(entry: Entry):
+    from realmodels.tasks import TASKS
+
+    return TASKS[entry.task]
+
+
+def agreement(entry: Entry, ref_run: Run, test_run: Run, n: int, seed: int = 0):
+    """(fraction of units whose answers agree, units, up to 5 (index, reference, test) disagreements)."""
+    task = task_for(entry)
+    a = task.answers(entry, ref_run, n, seed)
+    b = task.answers(entry, test_run, n, seed)
+    if len(a) != len(b):
+        return 0.0, max(len(a), len(b)), [(-1, f"{len(a)} answers", f"{len(b)} answers")]
+    bad = [(i, x, y) for i, (x, y) in enumerate(zip(a, b)) if not task.agree(x, y)]
+    return (1.0 - len(bad) / len(a)) if a else 1.0, len(a), bad[:5]
+
+
+def _edgepack(args: list[str]) -> None:
+    r = subprocess.run([sys.executable, "-m", "packer.cli", *args], capture_output=True, text=True)
+    if r.returncode:
+        lines = (r.stderr or r.stdout).strip().splitlines()
+        raise PackFailed(lines[-1] if lines else f"edgepack {args[0]} exited with {r.returncode}")
+
+
+def pack_entry(entry: Entry, out_path, *extra_flags: str) -> float:
+    """`edgepack pack` the entry's original into out_path with its pack_args and extra_flags; returns seconds."""
+    t = time.perf_counter()
+    _edgepack(["pack", str(fetch(entry)), "-o", str(out_path), "-q", *pack_args(entry), *extra_flags])
+    return time.perf_counter() - t
+
+
+def unpack_file(epk_path, onnx_out) -> Path:
+    """`edgepack unpack epk -o onnx_out`: the dense ONNX equivalent of the packed file."""
+    _edgepack(["unpack", str(epk_path), "-o", str(onnx_out)])
+    return Path(onnx_out)
+
+
+def random_feeds(entry: Entry, seed: int = 0) -> dict[str, np.ndarray]:
+    """Uniform [0, 1) float32 feeds of the entry's static shapes (for output-level comparisons, not tasks)."""
+    rng = np.random.default_rng(seed)
+    return {k: rng.random(s, dtype=np.float32) for k, s in input_shapes(entry).items()}
+
+
+def relative_error(ref: dict, got: dict) -> float:
+    """max over outputs of ||got - ref|| / ||ref|| (float64); inf when an output is missing or misshaped."""
+    worst = 0.0
+    for k, r in ref.items():
+        g = got.get(k)
+        if g is None or np.shape(g) != np.shape(r):
+            return float("inf")
+        r64, g64 = np.asarray(r, np.float64), np.asarray(g, np.float64)
+        worst = max(worst, float(np.linalg.norm(g64 - r64) / max(np.linalg.norm(r64), 1e-30)))
+    return worst
