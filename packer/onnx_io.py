@@ -13,6 +13,7 @@ from onnx import helper, numpy_helper
 
 from runtime.errors import FormatError, UnsupportedError
 
+from .dequantize import dequantize_dynamic
 from .graph import Graph, Node, ValueInfo
 
 _ATTR_KIND = {
@@ -63,6 +64,7 @@ def _all_tensors(g: onnx.GraphProto):
 
 
 def from_onnx(model: onnx.ModelProto, where: str = "<model>") -> Graph:
+    model = dequantize_dynamic(model, where)  # onnxruntime-quantised MatMul/Conv/LSTM back to float
     g = model.graph
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
     if opset is None:
