@@ -19,7 +19,7 @@ from .encode import Encoded, LayerSettings, default_bits, dense, encode_weight
 from .graph import Graph
 from .writer import build_file, write_atomic
 
-WEIGHT_OPS = {"Conv": 1, "Gemm": 1, "MatMul": 1, "ConvTranspose": 1}
+WEIGHT_OPS = C.WEIGHT_INPUTS  # op -> the input indices that hold its compressible weights
 WARN_ERROR = 0.1  # relative L2 error on random inputs above which pack warns
 
 
@@ -59,14 +59,15 @@ def load_config(path: str | os.PathLike | None) -> dict:
 
 
 def weight_tensors(graph: Graph) -> dict[str, str]:
-    """Tensor name -> (op, node name) of every constant float weight a Conv/Gemm/MatMul reads."""
+    """Tensor name -> (op, node name) of every constant float weight of WEIGHT_OPS (a Conv/Gemm/MatMul/ConvTranspose
+    weight, an LSTM/GRU's W and R)."""
     found = {}
     for n in graph.nodes:
-        idx = WEIGHT_OPS.get(n.op)
-        if idx is not None and len(n.inputs) > idx and n.inputs[idx] in graph.initializers:
-            w = graph.initializers[n.inputs[idx]]
-            if w.dtype == np.float32 and w.ndim >= 2:
-                found.setdefault(n.inputs[idx], (n.op, n.name))
+        for idx in WEIGHT_OPS.get(n.op, ()):
+            if len(n.inputs) > idx and n.inputs[idx] in graph.initializers:
+                w = graph.initializers[n.inputs[idx]]
+                if w.dtype == np.float32 and w.ndim >= 2:
+                    found.setdefault(n.inputs[idx], (n.op, n.name))
     return found
 
 
@@ -111,11 +112,30 @@ def graph_doc(graph: Graph, encoded: dict[str, Encoded]) -> dict:
                 raise UnsupportedError(f"node '{n.name}' ({n.op}): attribute '{k}' holds a tensor, which format v1 "
                                        f"cannot store; give static input shapes (--input-shape) so that the node is "
                                        f"folded into a constant")
-    nodes = [{"op": n.op, "name": n.name, "inputs": n.inputs, "outputs": n.outputs,
+    taken = set(graph.initializers) | {v.name for v in graph.inputs} | {o for n in graph.nodes for o in n.outputs}
+    nodes = [{"op": n.op, "name": n.name, "inputs": n.inputs, "outputs": _file_outputs(n, taken),
               "attrs": {k: [kind, v] for k, (kind, v) in n.attrs.items()}} for n in graph.nodes]
     vi = lambda v: {"name": v.name, "dtype": v.dtype, "shape": list(v.shape)}  # noqa: E731
     return {"name": graph.name, "opset": graph.opset, "inputs": [vi(v) for v in graph.inputs],
             "outputs": [vi(v) for v in graph.outputs], "nodes": nodes, "tensors": tensors}
+
+
+def _file_outputs(n, taken: set) -> list[str]:
+    """A node's outputs as format v1 holds them (every output named): trailing omitted optional outputs ('') dropped,
+    an omitted one before a present one (an LSTM's ['', 'Y_h']) given an unused name, which the runtime computes and
+    nobody reads."""
+    outs = list(n.outputs)
+    while outs and not outs[-1]:
+        outs.pop()
+    for j, o in enumerate(outs):
+        if not o:
+            name, k = f"{n.name}:omitted{j}", 0
+            while name in taken:
+                k += 1
+                name = f"{n.name}:omitted{j}_{k}"
+            taken.add(name)
+            outs[j] = name
+    return outs
 
 
 def pack(model_path: str | os.PathLike, out_path: str | os.PathLike, *, sparsity: float | None = None,

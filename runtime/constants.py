@@ -33,6 +33,11 @@ MAX_PACKED_BITS = 16
 MAX_CODE_LEN = 15  # Huffman code lengths
 LENGTHS_BITS = 4  # Huffman code-length tables are stored 4-bit packed
 
+# Which inputs of which ops hold weight matrices that the packer compresses (prune, codebook, CSR). The runtime runs
+# Gemm / MatMul / Conv on them as stored (runtime/layers.py) and expands the others (ConvTranspose; LSTM and GRU's W
+# and R, [directions, gates x hidden, in]) to dense float32 at load, counted as constants in the memory plan.
+WEIGHT_INPUTS = {"Conv": (1,), "ConvTranspose": (1,), "Gemm": (1,), "MatMul": (1,), "LSTM": (1, 2), "GRU": (1, 2)}
+
 # Encodings of a tensor ("encoding" -> "type" in the graph section).
 ENC_DENSE = "dense"
 ENC_INT8 = "int8"

@@ -1,0 +1,377 @@
+"""Recurrent ops: LSTM and GRU (ONNX opsets 7-22): directions forward, reverse and bidirectional; optional bias,
+sequence_lens (a constant; shorter sequences as onnxruntime treats them: outputs past a sequence's end are zero and
+Y_h / Y_c hold its last state), initial_h, initial_c and peepholes; `clip`, `input_forget`, `layout` 0 and 1
+(opset 14); GRU's `linear_before_reset` 0 and 1; any of Y, Y_h, Y_c omitted. Activations: Sigmoid, Tanh, Relu,
+Softsign and Softplus (the parameter-free ones); others are refused by name.
+
+One kernel per op runs every direction and batch row: per time step the gate pre-activations are the biases plus
+W x_t plus R h_{t-1} (dot products over contiguous weight rows), then the cell update in place. The state and
+gate buffers are a few hidden sizes of float32, allocated once per plan (bind) or per call (plain run).
+W and R arrive dense: the loader expands compressed constants of ops other than Gemm/MatMul/Conv.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import njit
+
+from runtime.errors import FormatError, UnsupportedError
+from runtime.ops.registry import OpDef, check_arity, float_attr, int_attr
+
+# activation codes of the kernels
+_ACTS = {"sigmoid": 0, "tanh": 1, "relu": 2, "softsign": 3, "softplus": 4}
+_ACT_NAMES = ("Sigmoid", "Tanh", "Relu", "Softsign", "Softplus")
+_DIRECTIONS = ("forward", "reverse", "bidirectional")
+
+
+@njit(cache=True)
+def _act_kernel(code, v):
+    if code == 0:
+        return 1.0 / (1.0 + math.exp(-v))
+    if code == 1:
+        return math.tanh(v)
+    if code == 2:
+        return v if v > 0.0 else 0.0
+    if code == 3:
+        return v / (1.0 + abs(v))
+    return math.log1p(math.exp(v)) if v < 20.0 else v + math.log1p(math.exp(-v))
+
+
+@njit(cache=True)
+def _clip_kernel(v, clip):
+    if clip > 0.0:
+        if v > clip:
+            return clip
+        if v < -clip:
+            return -clip
+    return v
+
+
+@njit(cache=True, fastmath={"reassoc", "contract"})
+def _dot_kernel(a, b):
+    """Dot product of two contiguous float32 vectors; reassociation lets it run in SIMD (4-8x faster than the
+    strict left-to-right sum; the order is still fixed at compile time, so runs are bit-identical)."""
+    acc = np.float32(0.0)
+    for i in range(a.shape[0]):
+        acc += a[i] * b[i]
+    return acc
+
+
+@njit(cache=True)
+def _lstm_kernel(x, w, r, b, lens, h0, c0, p, acts, clip, input_forget, reverse0, layout, y, yh, yc, has_y,
+                 has_yh, has_yc, scratch):
+    """x: [S, N, I] (layout 0) or [N, S, I]; w [D, 4H, I], r [D, 4H, H] (gate rows i, o, f, c); b [D, 8H] (Wb, Rb);
+    lens [N] int64; h0, c0: [D, N, H] (layout 0) or [N, D, H]; p [D, 3H] (i, o, f); acts [D, 3] (f, g, h codes);
+    y: [S, D, N, H] or [N, S, D, H]; yh, yc like h0; scratch float32 >= 6H. Direction d runs in reverse when
+    d == 1 or reverse0."""
+    n_dir, g4, n_in = w.shape
+    hid = r.shape[2]
+    seq = x.shape[0] if layout == 0 else x.shape[1]
+    batch = x.shape[1] if layout == 0 else x.shape[0]
+    h = scratch[0:hid]
+    c = scratch[hid:2 * hid]
+    g = scratch[2 * hid:2 * hid + g4]
+    for d in range(n_dir):
+        rev = d == 1 or reverse0
+        fa, ga, ha = acts[d, 0], acts[d, 1], acts[d, 2]
+        for n in range(batch):
+            for j in range(hid):
+                if layout == 0:
+                    h[j] = h0[d, n, j]
+                    c[j] = c0[d, n, j]
+                else:
+                    h[j] = h0[n, d, j]
+                    c[j] = c0[n, d, j]
+            steps = lens[n]
+            for s in range(steps):
+                t = steps - 1 - s if rev else s
+                xt = x[t, n] if layout == 0 else x[n, t]
+                for k in range(g4):
+                    g[k] = b[d, k] + b[d, g4 + k] + _dot_kernel(w[d, k], xt) + _dot_kernel(r[d, k], h)
+                for j in range(hid):
+                    cp = c[j]
+                    gi = _act_kernel(fa, _clip_kernel(g[j] + p[d, j] * cp, clip))
+                    if input_forget:
+                        gf = 1.0 - gi
+                    else:
+                        gf = _act_kernel(fa, _clip_kernel(g[2 * hid + j] + p[d, 2 * hid + j] * cp, clip))
+                    gc = _act_kernel(ga, _clip_kernel(g[3 * hid + j], clip))
+                    cn = gf * cp + gi * gc
+                    go = _act_kernel(fa, _clip_kernel(g[hid + j] + p[d, hid + j] * cn, clip))
+                    c[j] = cn
+                    h[j] = go * _act_kernel(ha, cn)
+                if has_y:
+                    for j in range(hid):
+                        if layout == 0:
+                            y[t, d, n, j] = h[j]
+                        else:
+                            y[n, t, d, j] = h[j]
+            if has_y:
+                for t in range(steps, seq):
+                    for j in range(hid):
+                        if layout == 0:
+                            y[t, d, n, j] = 0.0
+                        else:
+                            y[n, t, d, j] = 0.0
+            for j in range(hid):
+                if has_yh:
+                    if layout == 0:
+                        yh[d, n, j] = h[j]
+                    else:
+                        yh[n, d, j] = h[j]
+                if has_yc:
+                    if layout == 0:
+                        yc[d, n, j] = c[j]
+                    else:
+                        yc[n, d, j] = c[j]
+
+
+@njit(cache=True)
+def _gru_kernel(x, w, r, b, lens, h0, acts, clip, linear_before_reset, reverse0, layout, y, yh, has_y, has_yh,
+                scratch):
+    """x as for LSTM; w [D, 3H, I], r [D, 3H, H] (gate rows z, r, h); b [D, 6H] (Wb, Rb); acts [D, 2] (f, g);
+    scratch float32 >= 8H."""
+    n_dir, g3, n_in = w.shape
+    hid = r.shape[2]
+    seq = x.shape[0] if layout == 0 else x.shape[1]
+    batch = x.shape[1] if layout == 0 else x.shape[0]
+    h = scratch[0:hid]
+    gx = scratch[hid:hid + g3]
+    gh = scratch[hid + g3:hid + 2 * g3]
+    rh = scratch[hid + 2 * g3:2 * hid + 2 * g3]
+    for d in range(n_dir):
+        rev = d == 1 or reverse0
+        fa, ga = acts[d, 0], acts[d, 1]
+        for n in range(batch):
+            for j in range(hid):
+                h[j] = h0[d, n, j] if layout == 0 else h0[n, d, j]
+            steps = lens[n]
+            for s in range(steps):
+                t = steps - 1 - s if rev else s
+                xt = x[t, n] if layout == 0 else x[n, t]
+                for k in range(g3):
+                    gx[k] = b[d, k] + _dot_kernel(w[d, k], xt)
+                for k in range(2 * hid):
+                    gh[k] = b[d, g3 + k] + _dot_kernel(r[d, k], h)
+                for j in range(hid):  # the reset gate, kept in gh's r part
+                    gh[hid + j] = _act_kernel(fa, _clip_kernel(gx[hid + j] + gh[hid + j], clip))
+                if linear_before_reset:
+                    for j in range(hid):
+                        k = 2 * hid + j
+                        gh[k] = gh[hid + j] * (_dot_kernel(r[d, k], h) + b[d, g3 + k])
+                else:
+                    for j in range(hid):
+                        rh[j] = gh[hid + j] * h[j]
+                    for j in range(hid):
+                        k = 2 * hid + j
+                        gh[k] = _dot_kernel(r[d, k], rh) + b[d, g3 + k]
+                for j in range(hid):
+                    z = _act_kernel(fa, _clip_kernel(gx[j] + gh[j], clip))
+                    ht = _act_kernel(ga, _clip_kernel(gx[2 * hid + j] + gh[2 * hid + j], clip))
+                    h[j] = (1.0 - z) * ht + z * h[j]
+                if has_y:
+                    for j in range(hid):
+                        if layout == 0:
+                            y[t, d, n, j] = h[j]
+                        else:
+                            y[n, t, d, j] = h[j]
+            if has_y:
+                for t in range(steps, seq):
+                    for j in range(hid):
+                        if layout == 0:
+                            y[t, d, n, j] = 0.0
+                        else:
+                            y[n, t, d, j] = 0.0
+            if has_yh:
+                for j in range(hid):
+                    if layout == 0:
+                        yh[d, n, j] = h[j]
+                    else:
+                        yh[n, d, j] = h[j]
+
+
+# ---- attributes and shapes ----
+
+class _Geometry:
+    """What infer() established, in the form run() needs."""
+
+    def __init__(self, op, seq, batch, n_in, hid, n_dir, layout, reverse0, acts, clip, lens, extra):
+        self.op, self.seq, self.batch, self.n_in, self.hid, self.n_dir = op, seq, batch, n_in, hid, n_dir
+        self.layout, self.reverse0, self.acts, self.clip, self.lens, self.extra = layout, reverse0, acts, clip, lens, \
+            extra
+
+
+def _present(seq, i) -> bool:
+    return i < len(seq) and seq[i] is not None
+
+
+def _activations(attrs, n_dir: int, per_dir: int, defaults: tuple[str, ...]) -> np.ndarray:
+    names = attrs.get("activations")
+    if names is None:
+        names = list(defaults) * n_dir
+    if not isinstance(names, (list, tuple)) or not all(isinstance(a, str) for a in names):
+        raise FormatError(f"attribute 'activations' must be a list of strings, found {names!r}")
+    if len(names) != per_dir * n_dir:
+        raise FormatError(f"attribute 'activations' must name {per_dir} functions per direction ({per_dir * n_dir} "
+                          f"for {n_dir} direction(s)), found {len(names)}: {list(names)}")
+    codes = np.empty((n_dir, per_dir), np.int64)
+    for k, a in enumerate(names):
+        code = _ACTS.get(a.lower())
+        if code is None:
+            raise UnsupportedError(f"activation '{a}' is not supported; supported: {', '.join(_ACT_NAMES)} "
+                                   f"(activations with alpha/beta parameters are not)")
+        codes[k // per_dir, k % per_dir] = code
+    return codes
+
+
+def _geometry(op: str, input_shapes, attrs, consts) -> _Geometry:
+    gates = 4 if op == "LSTM" else 3
+    n_max = 8 if op == "LSTM" else 6
+    check_arity(input_shapes, 3, n_max)
+    x, w, r = (tuple(input_shapes[i]) for i in range(3))
+    direction = attrs.get("direction", "forward")
+    if direction not in _DIRECTIONS:
+        raise FormatError(f"attribute 'direction' must be one of {list(_DIRECTIONS)}, found {direction!r}")
+    n_dir = 2 if direction == "bidirectional" else 1
+    layout = int_attr(attrs, "layout", 0, (0, 1))
+    if len(x) != 3:
+        raise FormatError(f"input 0 ('X') must have rank 3, found shape {x}")
+    seq, batch = (x[0], x[1]) if layout == 0 else (x[1], x[0])
+    n_in = x[2]
+    if len(r) != 3 or r[0] != n_dir or r[1] != gates * r[2]:
+        raise FormatError(f"input 2 ('R') must have shape [{n_dir}, {gates} x hidden_size, hidden_size], found {r}")
+    hid = r[2]
+    if "hidden_size" in attrs and int_attr(attrs, "hidden_size", hid) != hid:
+        raise FormatError(f"attribute 'hidden_size' = {attrs['hidden_size']} disagrees with R's shape {r}")
+    if w != (n_dir, gates * hid, n_in):
+        raise FormatError(f"input 1 ('W') must have shape {[n_dir, gates * hid, n_in]} (directions, {gates} x "
+                          f"hidden_size, input size), found {w}")
+    if _present(input_shapes, 3) and tuple(input_shapes[3]) != (n_dir, 2 * gates * hid):
+        raise FormatError(f"input 3 ('B') must have shape {[n_dir, 2 * gates * hid]}, found "
+                          f"{tuple(input_shapes[3])}")
+    state = (n_dir, batch, hid) if layout == 0 else (batch, n_dir, hid)
+    state_inputs = (5, 6) if op == "LSTM" else (5,)
+    for i in state_inputs:
+        if _present(input_shapes, i) and tuple(input_shapes[i]) != state:
+            role = "initial_h" if i == 5 else "initial_c"
+            raise FormatError(f"input {i} ('{role}') must have shape {list(state)} (layout {layout}), found "
+                              f"{tuple(input_shapes[i])}")
+    if op == "LSTM" and _present(input_shapes, 7) and tuple(input_shapes[7]) != (n_dir, 3 * hid):
+        raise FormatError(f"input 7 ('P') must have shape {[n_dir, 3 * hid]}, found {tuple(input_shapes[7])}")
+    lens = None
+    if _present(input_shapes, 4):
+        if tuple(input_shapes[4]) != (batch,):
+            raise FormatError(f"input 4 ('sequence_lens') must have shape [{batch}], found {tuple(input_shapes[4])}")
+        value = consts[4] if len(consts) > 4 else None
+        if value is None:
+            raise UnsupportedError("input 4 ('sequence_lens') must be a constant; computed sequence lengths are not "
+                                   "supported (pack with --input-shape so that shape arithmetic is folded, or omit "
+                                   "it when every sequence has the full length)")
+        value = np.asarray(value)
+        if value.dtype.kind not in "iuf" or (value.size and (not np.all(np.isfinite(value)) or
+                                                             np.any(value != np.round(value)))):
+            raise FormatError(f"input 4 ('sequence_lens') must hold integers, found {value.dtype} "
+                              f"{value.reshape(-1)[:8].tolist()}")
+        if value.size and (value.min() < 0 or value.max() > seq):
+            raise FormatError(f"input 4 ('sequence_lens') values must be in [0, {seq}] (the sequence length), found "
+                              f"{value.reshape(-1)[:8].tolist()}")
+        lens = value.astype(np.int64).reshape(-1)
+    clip = 0.0
+    if "clip" in attrs:
+        clip = float_attr(attrs, "clip", 0.0)
+        if not clip > 0.0 or not math.isfinite(clip):
+            raise FormatError(f"attribute 'clip' must be a positive finite float, found {attrs['clip']!r}")
+    if op == "LSTM":
+        acts = _activations(attrs, n_dir, 3, ("Sigmoid", "Tanh", "Tanh"))
+        extra = bool(int_attr(attrs, "input_forget", 0, (0, 1)))
+    else:
+        acts = _activations(attrs, n_dir, 2, ("Sigmoid", "Tanh"))
+        extra = bool(int_attr(attrs, "linear_before_reset", 0, (0, 1)))
+    for key in ("activation_alpha", "activation_beta"):
+        if attrs.get(key):
+            raise UnsupportedError(f"attribute '{key}' is not supported (no supported activation takes parameters)")
+    return _Geometry(op, seq, batch, n_in, hid, n_dir, layout, direction == "reverse", acts, clip, lens, extra)
+
+
+def _out_shapes(g: _Geometry) -> list[tuple]:
+    y = (g.seq, g.n_dir, g.batch, g.hid) if g.layout == 0 else (g.batch, g.seq, g.n_dir, g.hid)
+    state = (g.n_dir, g.batch, g.hid) if g.layout == 0 else (g.batch, g.n_dir, g.hid)
+    return [y, state, state] if g.op == "LSTM" else [y, state]
+
+
+def _infer_lstm(input_shapes, attrs, consts):
+    return _out_shapes(_geometry("LSTM", input_shapes, attrs, consts))
+
+
+def _infer_gru(input_shapes, attrs, consts):
+    return _out_shapes(_geometry("GRU", input_shapes, attrs, consts))
+
+
+# ---- runners ----
+
+def _f32(a) -> np.ndarray:
+    return np.ascontiguousarray(a, dtype=np.float32)
+
+
+def _prepare(op: str, inputs, attrs, outputs):
+    """(kernel, args) for one node; everything the kernel reads made contiguous float32 (constants: once)."""
+    shapes = [None if a is None else a.shape for a in inputs]
+    g = _geometry(op, shapes, attrs, inputs)
+    gates = 4 if op == "LSTM" else 3
+    state = (g.n_dir, g.batch, g.hid) if g.layout == 0 else (g.batch, g.n_dir, g.hid)
+
+    def opt(i, shape):
+        return _f32(inputs[i]) if _present(inputs, i) else np.zeros(shape, np.float32)
+
+    x, w, r = _f32(inputs[0]), _f32(inputs[1]), _f32(inputs[2])
+    b = opt(3, (g.n_dir, 2 * gates * g.hid))
+    lens = g.lens if g.lens is not None else np.full(g.batch, g.seq, np.int64)
+    h0 = opt(5, state)
+    outs = list(outputs) + [None] * (3 - len(outputs))
+    dummy4, dummy3 = np.zeros((0, 0, 0, 0), np.float32), np.zeros((0, 0, 0), np.float32)
+    y = outs[0] if outs[0] is not None else dummy4
+    yh = outs[1] if outs[1] is not None else dummy3
+    if op == "LSTM":
+        c0, p = opt(6, state), opt(7, (g.n_dir, 3 * g.hid))
+        yc = outs[2] if outs[2] is not None else dummy3
+        scratch = np.empty(6 * g.hid, np.float32)
+        return _lstm_kernel, (x, w, r, b, lens, h0, c0, p, g.acts, g.clip, g.extra, g.reverse0, g.layout, y, yh, yc,
+                              outs[0] is not None, outs[1] is not None, outs[2] is not None, scratch)
+    scratch = np.empty(8 * g.hid, np.float32)
+    return _gru_kernel, (x, w, r, b, lens, h0, g.acts, g.clip, g.extra, g.reverse0, g.layout, y, yh,
+                         outs[0] is not None, outs[1] is not None, scratch)
+
+
+def _bindable(inputs, outputs) -> bool:
+    # arena views are float32 C-contiguous: a bound step reads them in place; anything else would be copied once
+    # at bind time and go stale, so such a node runs through the plain runner
+    return all(a is None or (a.dtype == np.float32 and a.flags.c_contiguous)
+               for i, a in enumerate(list(inputs) + list(outputs)) if i != 4)
+
+
+def _run_lstm(inputs, attrs, outputs):
+    fn, args = _prepare("LSTM", inputs, attrs, outputs)
+    fn(*args)
+
+
+def _run_gru(inputs, attrs, outputs):
+    fn, args = _prepare("GRU", inputs, attrs, outputs)
+    fn(*args)
+
+
+def _bind_lstm(inputs, attrs, outputs):
+    return _prepare("LSTM", inputs, attrs, outputs) if _bindable(inputs, outputs) else None
+
+
+def _bind_gru(inputs, attrs, outputs):
+    return _prepare("GRU", inputs, attrs, outputs) if _bindable(inputs, outputs) else None
+
+
+_run_lstm.bind = _bind_lstm
+_run_gru.bind = _bind_gru
+
+OPS = (
+    OpDef("LSTM", _infer_lstm, _run_lstm),
+    OpDef("GRU", _infer_gru, _run_gru),
+)

@@ -1,0 +1,328 @@
+"""LSTM and GRU (runtime/ops/recurrent.py) against onnxruntime on single-node models: directions, layouts, batch > 1,
+optional inputs present or omitted, peepholes, clip, input_forget, linear_before_reset, shorter sequence_lens,
+activation lists, omitted outputs; shape errors and refusals; packed end to end with compressed W and R (the packer's
+weight table); and the real model that needed them (openWakeWord's hey_mycroft, a tf2onnx Keras bidirectional LSTM).
+"""
+from __future__ import annotations
+
+import numpy as np
+import onnxruntime as ort
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+import packer
+import runtime
+from runtime.errors import FormatError, UnsupportedError
+from runtime.ops import registry as R
+
+R.register_all()
+
+RNG = np.random.default_rng(7)
+GATES = {"LSTM": 4, "GRU": 3}
+N_OUT = {"LSTM": 3, "GRU": 2}
+
+
+def rand(*shape, scale=1.0):
+    return np.asarray(RNG.standard_normal(shape) * scale, dtype=np.float32)
+
+
+def make_inputs(op, seq=5, batch=2, n_in=4, hid=6, direction="forward", layout=0, bias=True, h0=True, c0=True,
+                peep=False, lens=None):
+    d = 2 if direction == "bidirectional" else 1
+    g = GATES[op]
+    x = rand(seq, batch, n_in) if layout == 0 else rand(batch, seq, n_in)
+    state = (d, batch, hid) if layout == 0 else (batch, d, hid)
+    ins = [x, rand(d, g * hid, n_in, scale=0.6), rand(d, g * hid, hid, scale=0.6),
+           rand(d, 2 * g * hid, scale=0.5) if bias else None,
+           None if lens is None else np.asarray(lens, np.int32),
+           rand(*state) if h0 else None]
+    if op == "LSTM":
+        ins += [rand(*state) if c0 else None, rand(d, 3 * hid) if peep else None]
+    while ins and ins[-1] is None:
+        ins.pop()
+    return ins
+
+
+def reference(op, inputs, attrs, n_out, opset=14, outputs=None):
+    """onnxruntime's outputs for a single-node model (W, R, B and sequence_lens as initializers, as exports have
+    them); `outputs`: the node's output names ('' = omitted). onnxruntime runs layout 0 only: layout 1 is checked
+    as the spec defines it, the same node at layout 0 on transposed inputs, outputs transposed back."""
+    if attrs.get("layout", 0) == 1:
+        t_in = {0: (1, 0, 2), 5: (1, 0, 2), 6: (1, 0, 2)}
+        ins = [a.transpose(t_in[i]).copy() if i in t_in and a is not None else a for i, a in enumerate(inputs)]
+        outs, model = reference(op, ins, {**attrs, "layout": 0}, n_out, opset, outputs)
+        return [o.transpose((2, 0, 1, 3)) if o.ndim == 4 else o.transpose((1, 0, 2)) for o in outs], model
+    names, graph_inputs, inits, feeds = [], [], [], {}
+    for i, a in enumerate(inputs):
+        if a is None:
+            names.append("")
+            continue
+        name = f"in{i}"
+        names.append(name)
+        if i in (1, 2, 3, 4):
+            inits.append(numpy_helper.from_array(a, name))
+        else:
+            graph_inputs.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, a.shape))
+            feeds[name] = a
+    outs = outputs if outputs is not None else [f"out{i}" for i in range(n_out)]
+    node = helper.make_node(op, names, outs, **attrs)
+    graph = helper.make_graph([node], "g", graph_inputs,
+                              [helper.make_tensor_value_info(o, TensorProto.FLOAT, None) for o in outs if o], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = 8
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = 1
+    so.log_severity_level = 3
+    sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    return sess.run(None, feeds), model
+
+
+def ours(op, inputs, attrs, n_out, omit=()):
+    """Infer and run one node as the executor does (constants W, R, B, sequence_lens visible to infer); outputs in
+    `omit` are None. Outputs start as NaN: the op must write every element."""
+    consts = [a if i in (1, 2, 3, 4) else None for i, a in enumerate(inputs)]
+    shapes = [None if a is None else a.shape for a in inputs]
+    out_shapes = R.infer_node(op, "node0", shapes, attrs, consts, n_out)
+    outs = [None if i in omit else np.full(s, np.nan, np.float32) for i, s in enumerate(out_shapes)]
+    R.get(op, "node0").run(inputs, attrs, outs)
+    return outs, out_shapes
+
+
+def check(op, inputs, attrs, opset=14, atol=2e-6, omit=()):
+    n = N_OUT[op]
+    want, _ = reference(op, inputs, attrs, n, opset)
+    got, shapes = ours(op, inputs, attrs, n, omit)
+    for i, (g, w) in enumerate(zip(got, want)):
+        assert shapes[i] == w.shape
+        if g is not None:
+            np.testing.assert_allclose(g, w, rtol=1e-5, atol=atol, err_msg=f"{op} output {i}")
+    return got
+
+
+@pytest.mark.parametrize("op", ["LSTM", "GRU"])
+@pytest.mark.parametrize("direction", ["forward", "reverse", "bidirectional"])
+@pytest.mark.parametrize("layout", [0, 1])
+def test_directions_layouts(op, direction, layout):
+    ins = make_inputs(op, seq=5, batch=3, direction=direction, layout=layout, peep=op == "LSTM")
+    check(op, ins, {"direction": direction, "hidden_size": 6, "layout": layout})
+
+
+@pytest.mark.parametrize("op", ["LSTM", "GRU"])
+@pytest.mark.parametrize("bias,h0,c0", [(False, False, False), (True, False, False), (False, True, True),
+                                        (True, True, False)])
+def test_optional_inputs(op, bias, h0, c0):
+    ins = make_inputs(op, bias=bias, h0=h0, c0=c0, direction="bidirectional")
+    check(op, ins, {"direction": "bidirectional", "hidden_size": 6})
+
+
+@pytest.mark.parametrize("opset", [7, 14, 22])
+def test_opsets(opset):
+    for op in ("LSTM", "GRU"):
+        ins = make_inputs(op, direction="bidirectional", peep=op == "LSTM")
+        got = check(op, ins, {"direction": "bidirectional", "hidden_size": 6}, opset=opset)
+        # hidden_size omitted (onnxruntime requires it): taken from R
+        got2, _ = ours(op, ins, {"direction": "bidirectional"}, N_OUT[op])
+        for a, b in zip(got, got2):
+            np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 1, 1), (1, 4, 3, 2), (9, 1, 17, 8), (3, 5, 2, 33)])
+def test_shapes(shape):
+    seq, batch, n_in, hid = shape
+    for op in ("LSTM", "GRU"):
+        check(op, make_inputs(op, seq, batch, n_in, hid, peep=op == "LSTM"), {"hidden_size": hid})
+
+
+@pytest.mark.parametrize("direction", ["forward", "bidirectional"])
+def test_clip_and_input_forget(direction):
+    ins = make_inputs("LSTM", direction=direction, peep=True)
+    ins[0] = ins[0] * 4
+    check("LSTM", ins, {"direction": direction, "hidden_size": 6, "clip": 0.7})
+    check("LSTM", ins, {"direction": direction, "hidden_size": 6, "input_forget": 1})
+    check("LSTM", ins, {"direction": direction, "hidden_size": 6, "input_forget": 1, "clip": 1.5})
+    gins = make_inputs("GRU", direction=direction)
+    gins[0] = gins[0] * 4
+    check("GRU", gins, {"direction": direction, "hidden_size": 6, "clip": 0.5})
+
+
+@pytest.mark.parametrize("direction", ["forward", "reverse", "bidirectional"])
+@pytest.mark.parametrize("layout", [0, 1])
+def test_gru_linear_before_reset(direction, layout):
+    ins = make_inputs("GRU", batch=2, direction=direction, layout=layout)
+    check("GRU", ins, {"direction": direction, "hidden_size": 6, "linear_before_reset": 1, "layout": layout})
+
+
+@pytest.mark.parametrize("op", ["LSTM", "GRU"])
+@pytest.mark.parametrize("direction", ["forward", "reverse", "bidirectional"])
+@pytest.mark.parametrize("layout", [0, 1])
+def test_shorter_sequence_lens(op, direction, layout):
+    # rows past a sequence's end are zero; Y_h / Y_c hold its last state; reverse starts at its last element
+    ins = make_inputs(op, seq=6, batch=4, direction=direction, layout=layout, lens=[6, 3, 1, 5])
+    check(op, ins, {"direction": direction, "layout": layout, "hidden_size": 6})
+
+
+def test_full_sequence_lens_equals_none():
+    ins = make_inputs("LSTM", seq=4, batch=2, lens=[4, 4])
+    got = check("LSTM", ins, {"hidden_size": 6})
+    ins[4] = None
+    got2, _ = ours("LSTM", ins, {"hidden_size": 6}, 3)
+    for a, b in zip(got, got2):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("acts", [["Sigmoid", "Tanh", "Tanh"], ["sigmoid", "relu", "softsign"],
+                                  ["Softsign", "Tanh", "Softplus"]])
+def test_lstm_activation_lists(acts):
+    ins = make_inputs("LSTM", direction="bidirectional")
+    check("LSTM", ins, {"direction": "bidirectional", "hidden_size": 6,
+                        "activations": acts + ["Sigmoid", "Tanh", "Relu"]}, atol=1e-5)
+
+
+def test_gru_activation_list():
+    ins = make_inputs("GRU")
+    check("GRU", ins, {"hidden_size": 6, "activations": ["Sigmoid", "Relu"]}, atol=1e-5)
+
+
+@pytest.mark.parametrize("omit", [(0,), (1,), (2,), (0, 2), (1, 2)])
+def test_omitted_outputs(omit):
+    ins = make_inputs("LSTM", direction="bidirectional")
+    check("LSTM", ins, {"direction": "bidirectional", "hidden_size": 6}, omit=omit)
+    if 2 not in omit:
+        check("GRU", make_inputs("GRU"), {"hidden_size": 6}, omit=omit)
+
+
+def test_infer_node_fewer_outputs():
+    ins = make_inputs("LSTM")
+    shapes = [None if a is None else a.shape for a in ins]
+    assert R.infer_node("LSTM", "n", shapes, {}, [None] * len(ins), 1) == [(5, 1, 2, 6)]
+
+
+# ---- errors ----
+
+def _infer(op, ins, attrs, consts=None):
+    shapes = [None if a is None else a.shape for a in ins]
+    return R.infer_node(op, "rnn0", shapes, attrs, consts if consts is not None else list(ins), N_OUT[op])
+
+
+@pytest.mark.parametrize("attrs,match", [
+    ({"direction": "sideways"}, "direction"),
+    ({"direction": "bidirectional"}, "R"),
+    ({"hidden_size": 7}, "hidden_size"),
+    ({"layout": 2}, "layout"),
+    ({"clip": -1.0}, "clip"),
+    ({"input_forget": 3}, "input_forget"),
+    ({"activations": ["Sigmoid", "Tanh"]}, "3 functions per direction"),
+])
+def test_attribute_errors(attrs, match):
+    with pytest.raises(FormatError, match=match) as e:
+        _infer("LSTM", make_inputs("LSTM"), attrs)
+    assert "rnn0" in str(e.value) and "LSTM" in str(e.value)
+
+
+def test_shape_errors():
+    ins = make_inputs("GRU")
+    bad = list(ins)
+    bad[1] = rand(1, 18, 5)
+    with pytest.raises(FormatError, match="'W'"):
+        _infer("GRU", bad, {})
+    bad = list(ins)
+    bad[3] = rand(1, 12)
+    with pytest.raises(FormatError, match="'B'"):
+        _infer("GRU", bad, {})
+    bad = list(ins)
+    bad[5] = rand(1, 3, 6)
+    with pytest.raises(FormatError, match="initial_h"):
+        _infer("GRU", bad, {})
+    with pytest.raises(FormatError, match="rank 3"):
+        _infer("GRU", [rand(5, 4)] + ins[1:], {})
+    lins = make_inputs("LSTM", peep=True)
+    lins[7] = rand(1, 12)
+    with pytest.raises(FormatError, match="'P'"):
+        _infer("LSTM", lins, {})
+    with pytest.raises(FormatError, match="expects 3 to 6 inputs"):
+        _infer("GRU", ins + [None, None], {})
+
+
+def test_sequence_lens_errors():
+    ins = make_inputs("LSTM", seq=4, batch=2, lens=[4, 5])
+    with pytest.raises(FormatError, match=r"sequence_lens.*\[0, 4\]"):
+        _infer("LSTM", ins, {})
+    ins = make_inputs("LSTM", seq=4, batch=2, lens=[4, 3])
+    with pytest.raises(UnsupportedError, match="sequence_lens.*constant"):
+        _infer("LSTM", ins, {}, consts=[None] * len(ins))
+    ins[4] = np.array([4, 3, 2], np.int32)
+    with pytest.raises(FormatError, match="sequence_lens.*shape"):
+        _infer("LSTM", ins, {})
+
+
+def test_unsupported_activation_named():
+    with pytest.raises(UnsupportedError, match="'HardSigmoid'.*supported: Sigmoid, Tanh"):
+        _infer("GRU", make_inputs("GRU"), {"activations": ["HardSigmoid", "Tanh"]})
+    with pytest.raises(UnsupportedError, match="activation_alpha"):
+        _infer("GRU", make_inputs("GRU"), {"activation_alpha": [0.5]})
+
+
+# ---- packed end to end: compressed W and R, omitted outputs, the executor's bound steps ----
+
+def _model_file(tmp_path, op, outputs, direction="bidirectional", hid=16, n_in=24, seq=7):
+    ins = make_inputs(op, seq=seq, batch=1, n_in=n_in, hid=hid, direction=direction, h0=False, c0=False)
+    _, model = reference(op, ins, {"direction": direction, "hidden_size": hid}, N_OUT[op], outputs=outputs)
+    path = tmp_path / f"{op}.onnx"
+    path.write_bytes(model.SerializeToString())
+    return path, ins[0]
+
+
+@pytest.mark.parametrize("op,outputs", [("LSTM", ["y", "yh", "yc"]), ("LSTM", ["", "yh"]), ("LSTM", ["y"]),
+                                        ("GRU", ["", "yh"]), ("GRU", ["y", "yh"])])
+def test_packed_end_to_end(tmp_path, op, outputs):
+    path, x = _model_file(tmp_path, op, outputs)
+    out = tmp_path / "m.epk"
+    rep = packer.pack(path, out, sparsity=0.5, bits=6)
+    kinds = {r["name"]: r["encoding"] for r in rep.info["layers"]}
+    assert kinds["in1"] != "dense" and kinds["in2"] != "dense"  # W and R compressed
+    model = runtime.load(out)
+    got = model.run(x)
+    # the packed file against the ONNX graph with the packed (decoded) weights: exact semantics
+    dense = {name: rep.references[name] for name in ("in1", "in2")}
+    m = onnx.load(str(path))
+    for init in m.graph.initializer:
+        if init.name in dense:
+            init.CopyFrom(numpy_helper.from_array(dense[init.name], init.name))
+    sess2 = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+    want = dict(zip([o for o in outputs if o], sess2.run(None, {"in0": x})))
+    assert set(got) == set(want)
+    for k in want:
+        np.testing.assert_allclose(got[k], want[k], rtol=1e-5, atol=3e-6)
+    got2 = model.run(x)  # the bound plan, run again: same numbers
+    for k in want:
+        np.testing.assert_array_equal(got[k], got2[k])
+
+
+def test_weight_table_shared():
+    from runtime import constants as C
+    from packer import pipeline
+
+    assert pipeline.WEIGHT_OPS is C.WEIGHT_INPUTS
+    assert C.WEIGHT_INPUTS["LSTM"] == (1, 2) and C.WEIGHT_INPUTS["GRU"] == (1, 2)
+
+
+# ---- the real model: openWakeWord's hey_mycroft (tf2onnx, Keras bidirectional LSTMs) ----
+
+def test_hey_mycroft(tmp_path):
+    from realmodels.corpus import fetch
+
+    src = fetch("oww_hey_mycroft")
+    out = tmp_path / "mycroft.epk"
+    packer.pack(src, out, sparsity=0.0, bits=8, input_shapes=["input_1=1,16,96"])
+    model = runtime.load(out)
+    sess = ort.InferenceSession(str(src), providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(0)
+    worst = 0.0
+    for _ in range(8):
+        # openWakeWord's speech embeddings: 96 features per 80 ms frame, roughly N(0, 1)-scaled, non-negative-ish
+        x = np.abs(rng.standard_normal((1, 16, 96))).astype(np.float32) * rng.uniform(0.5, 3.0)
+        want = sess.run(None, {"input_1": x})[0]
+        got = model.run(x)["dense"]
+        worst = max(worst, float(np.abs(got - want).max()))
+    assert worst < 0.02, worst
