@@ -939,26 +939,11 @@ class ConvLayer(Layer):
 
 
 def conv_geometry(x_shape: tuple, w_shape: tuple, attrs: dict) -> np.ndarray:
-    """The streamed conv kernel's geometry vector. Attributes were validated by infer_conv (conv_output_shape);
-    here only auto_pad is resolved (ONNX: SAME_* gives ceil(input / stride), the odd pad at the end for UPPER)."""
-    _, c, h, w = (int(d) for d in x_shape)
-    cout, cin_g, kh, kw = (int(d) for d in w_shape)
-    sh, sw = attrs.get("strides") or (1, 1)
-    dh, dw = attrs.get("dilations") or (1, 1)
-    auto_pad = attrs.get("auto_pad", "NOTSET") or "NOTSET"
-    if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
-        begins = []
-        for size, s, k, d in ((h, sh, kh, dh), (w, sw, kw, dw)):
-            total = max(0, (-(-size // s) - 1) * s + (k - 1) * d + 1 - size)
-            begins.append(total // 2 if auto_pad == "SAME_UPPER" else total - total // 2)
-        pt, pl = begins
-    elif auto_pad == "VALID":
-        pt = pl = 0
-    else:
-        pt, pl = (attrs.get("pads") or (0, 0, 0, 0))[:2]
-    _, _, oh, ow = conv_ops.conv_output_shape(tuple(x_shape), tuple(w_shape), attrs)
-    group = int(attrs.get("group", 1))
-    return np.array([c, h, w, oh, ow, kh, kw, sh, sw, dh, dw, pt, pl, cin_g, cout // group], dtype=np.int64)
+    """The streamed conv kernel's geometry vector (see _G_*), read from runtime/ops/conv.py's geometry (1-D
+    convolutions there are 2-D ones with H = kh = 1); attributes were validated by infer_conv."""
+    g = conv_ops.geometry(tuple(x_shape), tuple(w_shape), attrs)
+    return np.array([g["c"], g["h"], g["w"], g["oh"], g["ow"], g["kh"], g["kw"], g["sh"], g["sw"], g["dh"], g["dw"],
+                     g["pt"], g["pl"], g["cin_g"], g["cout"] // g["group"]], dtype=np.int64)
 
 
 def _conv_bias(bias) -> np.ndarray:
@@ -1137,7 +1122,7 @@ class LayerSpec:
         x_shape = tuple(self.in_shapes[0])
         if self.is_conv:
             nb = x_shape[0]
-            oh = self.out_shape[2]
+            oh = self.out_shape[2] if len(self.out_shape) == 4 else 1  # output rows (a 1-D conv has one)
             positions = math.prod(self.out_shape[2:])
             cout, cols = w.rows, w.cols
             if mode == "dense":

@@ -84,7 +84,9 @@ def load(source: str | os.PathLike | bytes | bytearray | memoryview, memory_budg
         skip = WEIGHT_INPUT[n["op"]] if n["name"] in layer_weight else -1
         needed.update(i for j, i in enumerate(n["inputs"]) if i in weights and j != skip)
     needed.update(o["name"] for o in g["outputs"] if o["name"] in weights)
-    consts = {name: np.ascontiguousarray(weights[name].to_dense()) for name in sorted(needed)}
+    # (reshaped: ascontiguousarray makes a 0-d scalar constant 1-d, which a scalar op's 0-d output cannot hold)
+    consts = {name: np.ascontiguousarray(weights[name].to_dense()).reshape(weights[name].shape)
+              for name in sorted(needed)}
 
     program = executor.Program([name for name, _ in decls], [o["name"] for o in g["outputs"]], nodes, consts,
                                const_shapes)

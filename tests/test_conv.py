@@ -304,8 +304,10 @@ def test_errors():
         conv_output_shape((1, 2, 5, 5), (4, 2, 3, 3), {"pads": [-1, 0, 0, 0]})
     with pytest.raises(UnsupportedError, match="auto_pad"):
         conv_output_shape((1, 2, 5, 5), (4, 2, 3, 3), {"auto_pad": "SAME"})
-    with pytest.raises(UnsupportedError, match="2-D"):
-        prepare_conv(DenseWeight(np.zeros((4, 2, 3), np.float32)), 1)
+    with pytest.raises(UnsupportedError, match="only 1-D and 2-D"):
+        prepare_conv(DenseWeight(np.zeros((4, 2, 3, 3, 3), np.float32)), 1)
+    with pytest.raises(UnsupportedError, match="only 1-D and 2-D"):
+        conv_output_shape((1, 2, 5, 5, 5), (4, 2, 3, 3, 3), {})
     with pytest.raises(InputError, match="divide cout"):
         prepare_conv(w, 3)
 

@@ -1,4 +1,5 @@
-"""ONNX Conv (NCHW, 2-D: strides, pads, dilations, groups, auto_pad) run on the compressed weight forms.
+"""ONNX Conv (NCHW, 2-D, and NCW 1-D run as 2-D with H = 1: strides, pads, dilations, groups, auto_pad) run on
+the compressed weight forms.
 
 Compressed weights use a direct convolution vectorised over output positions: per output channel, each nonzero tap
 (cin, ky, kx) adds weight * (the shifted input plane) to the output plane. Dense weights with group 1 use
@@ -74,19 +75,30 @@ class _Plan:
 
 # ------------------------------------------------------------------------------------------ attributes, geometry
 
-def _ints(attrs: dict, key: str, default: list, n: int) -> list:
+def _ints(attrs: dict, key: str, default: list, n: int, nsp: int) -> list:
     v = attrs.get(key)
     v = default if v is None else [int(i) for i in v]
     if len(v) != n:
-        raise UnsupportedError(f"conv: attribute '{key}' expected {n} values (2-D conv), found {v}")
+        raise UnsupportedError(f"conv: attribute '{key}' expected {n} values ({nsp}-D conv), found {v}")
     return v
 
 
-def _geometry(x_shape: tuple, w_shape: tuple, attrs: dict) -> dict:
-    if len(w_shape) != 4:
-        raise UnsupportedError(f"conv: only 2-D convolution is supported, weight shape {tuple(w_shape)}")
-    if len(x_shape) != 4:
-        raise InputError(f"conv: x expected 4-D (N, C, H, W), found shape {tuple(x_shape)}")
+def geometry(x_shape: tuple, w_shape: tuple, attrs: dict) -> dict:
+    """The validated geometry of ONNX Conv, 1-D or 2-D, in 2-D terms: a 1-D convolution (x (N, C, W), weight
+    (cout, cin/group, K), one stride / dilation, pads [begin, end]) is the 2-D one with H = kh = 1, which every
+    kernel runs unchanged on the same flat buffers. `out_shape` has the input's rank. The one implementation of
+    Conv's window arithmetic: the streamed kernels' vector (runtime/layers.py conv_geometry) is read from it."""
+    x_shape, w_shape = tuple(x_shape), tuple(w_shape)
+    nsp = len(w_shape) - 2
+    if nsp not in (1, 2):
+        raise UnsupportedError(f"conv: only 1-D and 2-D convolution is supported, weight shape {w_shape} "
+                               f"(rank {len(w_shape)})")
+    if len(x_shape) != len(w_shape):
+        want = "(N, C, W)" if nsp == 1 else "(N, C, H, W)"
+        raise InputError(f"conv: x expected {len(w_shape)}-D {want} for weight shape {w_shape}, found shape "
+                         f"{x_shape}")
+    if nsp == 1:  # H = kh = 1: one row, one kernel row, no vertical stride, dilation or padding
+        x_shape, w_shape = x_shape[:2] + (1,) + x_shape[2:], w_shape[:2] + (1,) + w_shape[2:]
     cout, cin_g, kh, kw = (int(d) for d in w_shape)
     nb, c, h, w = (int(d) for d in x_shape)
     group = int(attrs.get("group", 1) or 1)
@@ -94,12 +106,14 @@ def _geometry(x_shape: tuple, w_shape: tuple, attrs: dict) -> dict:
         raise InputError(f"conv: x has {c} channels; weight {tuple(w_shape)} with group {group} expects "
                          f"{cin_g * group} channels and cout divisible by the group")
     ks = attrs.get("kernel_shape")
-    if ks is not None and [int(i) for i in ks] != [kh, kw]:
+    if ks is not None and [int(i) for i in ks] != [kh, kw][2 - nsp:]:
         raise InputError(f"conv: kernel_shape {list(ks)} does not match weight shape {tuple(w_shape)}")
-    sh, sw = _ints(attrs, "strides", [1, 1], 2)
-    dh, dw = _ints(attrs, "dilations", [1, 1], 2)
+    one = [1] * (2 - nsp)  # the implicit H axis of a 1-D convolution
+    sh, sw = one + _ints(attrs, "strides", [1] * nsp, nsp, nsp)
+    dh, dw = one + _ints(attrs, "dilations", [1] * nsp, nsp, nsp)
     if min(sh, sw, dh, dw) < 1:
-        raise UnsupportedError(f"conv: strides and dilations must be >= 1, found {[sh, sw]} and {[dh, dw]}")
+        raise UnsupportedError(f"conv: strides and dilations must be >= 1, found {[sh, sw][2 - nsp:]} and "
+                               f"{[dh, dw][2 - nsp:]}")
     auto_pad = attrs.get("auto_pad", "NOTSET") or "NOTSET"
     if isinstance(auto_pad, bytes):
         auto_pad = auto_pad.decode()
@@ -107,9 +121,10 @@ def _geometry(x_shape: tuple, w_shape: tuple, attrs: dict) -> dict:
         raise UnsupportedError(f"conv: auto_pad expected one of {_AUTO_PADS}, found {auto_pad!r}")
     ekh, ekw = (kh - 1) * dh + 1, (kw - 1) * dw + 1  # extent of the dilated kernel
     if auto_pad == "NOTSET":
-        pt, pl, pb, pr = _ints(attrs, "pads", [0, 0, 0, 0], 4)
-        if min(pt, pl, pb, pr) < 0:
-            raise UnsupportedError(f"conv: negative pads are not supported, found {[pt, pl, pb, pr]}")
+        pads = _ints(attrs, "pads", [0] * 2 * nsp, 2 * nsp, nsp)
+        if min(pads) < 0:
+            raise UnsupportedError(f"conv: negative pads are not supported, found {pads}")
+        pt, pl, pb, pr = pads if nsp == 2 else (0, pads[0], 0, pads[1])
     elif auto_pad == "VALID":
         pt = pl = pb = pr = 0
     else:  # SAME_*: output = ceil(input / stride); the odd pad goes to the end (UPPER) or the start (LOWER)
@@ -121,11 +136,13 @@ def _geometry(x_shape: tuple, w_shape: tuple, attrs: dict) -> dict:
         (pt, pb), (pl, pr) = pads
     hp, wp = h + pt + pb, w + pl + pr
     if hp < ekh or wp < ekw:
-        raise InputError(f"conv: input {h}x{w} with pads {[pt, pl, pb, pr]} is smaller than the dilated "
-                         f"kernel {ekh}x{ekw}")
+        size, pad, ext = (f"{h}x{w}", [pt, pl, pb, pr], f"{ekh}x{ekw}") if nsp == 2 else (w, [pl, pr], ekw)
+        raise InputError(f"conv: input {size} with pads {pad} is smaller than the dilated kernel {ext}")
+    oh, ow = (hp - ekh) // sh + 1, (wp - ekw) // sw + 1
+    out_shape = (nb, cout, oh, ow) if nsp == 2 else (nb, cout, ow)
     return dict(nb=nb, c=c, h=h, w=w, cout=cout, cin_g=cin_g, kh=kh, kw=kw, sh=sh, sw=sw, dh=dh, dw=dw, pt=pt,
-                pl=pl, hp=hp, wp=wp, oh=(hp - ekh) // sh + 1, ow=(wp - ekw) // sw + 1, group=group,
-                padded=int(pt + pl + pb + pr > 0))
+                pl=pl, hp=hp, wp=wp, oh=oh, ow=ow, group=group, padded=int(pt + pl + pb + pr > 0),
+                out_shape=out_shape)
 
 
 def _slots(cout: int, parallel: bool) -> int:
@@ -171,12 +188,12 @@ def _plan(prepared: PreparedConv, x_shape: tuple, attrs: dict, parallel: bool) -
     plan = prepared.plans.get(key)
     if plan is not None and plan.attrs == attrs:
         return plan
-    g = _geometry(x_shape, prepared.shape, attrs)
+    g = geometry(x_shape, prepared.shape, attrs)
     if g["group"] != prepared.group:
         raise InputError(f"conv: attribute group {g['group']} differs from the prepared weight's {prepared.group}")
     geo, nbytes, im2col = _layout(g, prepared.kind, parallel)
     frozen = {k: (list(v) if isinstance(v, (list, tuple)) else v) for k, v in attrs.items()}
-    plan = _Plan(frozen, (g["nb"], g["cout"], g["oh"], g["ow"]), geo, nbytes, im2col)
+    plan = _Plan(frozen, g["out_shape"], geo, nbytes, im2col)
     if len(prepared.plans) >= _PLAN_CACHE_SIZE:
         prepared.plans.clear()
     prepared.plans[key] = plan
@@ -184,9 +201,8 @@ def _plan(prepared: PreparedConv, x_shape: tuple, attrs: dict, parallel: bool) -
 
 
 def conv_output_shape(x_shape: tuple, w_shape: tuple, attrs: dict) -> tuple:
-    """(N, cout, OH, OW) of ONNX Conv for these shapes and attributes."""
-    g = _geometry(x_shape, w_shape, attrs)
-    return (g["nb"], g["cout"], g["oh"], g["ow"])
+    """(N, cout, OH, OW), or (N, cout, OW) for a 1-D convolution, of ONNX Conv for these shapes and attributes."""
+    return geometry(x_shape, w_shape, attrs)["out_shape"]
 
 
 def conv_scratch_bytes(x_shape: tuple, w_shape: tuple, attrs: dict, prepared: PreparedConv | None = None,
@@ -194,17 +210,18 @@ def conv_scratch_bytes(x_shape: tuple, w_shape: tuple, attrs: dict, prepared: Pr
     """Scratch bytes `conv` needs. Without `prepared` the answer covers every weight kind (an upper bound)."""
     if prepared is not None:
         return _plan(prepared, x_shape, attrs, parallel).scratch_bytes
-    g = _geometry(x_shape, w_shape, attrs)
+    g = geometry(x_shape, w_shape, attrs)
     return max(_layout(g, kind, parallel)[1] for kind in ("dense", "sparse"))
 
 
 # ------------------------------------------------------------------------------------------------ load-time re-lay
 
 def prepare_conv(weight, group: int) -> PreparedConv:
-    """Re-lay a constant Conv weight (cout, cin/group, kh, kw) for the kernels of this file."""
+    """Re-lay a constant Conv weight (cout, cin/group, kh, kw), or (cout, cin/group, k) for 1-D, for the kernels of
+    this file (the same (cout, cols) rows either way: a 1-D kernel is a 2-D one with kh = 1)."""
     shape = tuple(int(d) for d in getattr(weight, "shape", ()))
-    if len(shape) != 4:
-        raise UnsupportedError(f"conv: only 2-D convolution is supported, weight shape {shape}")
+    if len(shape) not in (3, 4):
+        raise UnsupportedError(f"conv: only 1-D and 2-D convolution is supported, weight shape {shape}")
     cout = shape[0]
     group = int(group)
     if group < 1 or cout % group != 0:
@@ -538,8 +555,8 @@ def bind_conv(x: np.ndarray, prepared: PreparedConv, bias, attrs: dict, out: np.
     """Check everything once and return (fn, args) such that every fn(*args) computes `conv` from the current
     contents of x into out (the executor's per-plan steps). x and out must be C-contiguous; bias is read now (a
     constant); scratch is carved now (None: allocated now)."""
-    if type(x) is not np.ndarray or x.dtype != np.float32 or x.ndim != 4:
-        raise InputError(f"conv: x expected float32 (N, C, H, W), found "
+    if type(x) is not np.ndarray or x.dtype != np.float32 or x.ndim not in (3, 4):
+        raise InputError(f"conv: x expected float32 (N, C, H, W) or (N, C, W), found "
                          f"{getattr(x, 'dtype', type(x).__name__)} {getattr(x, 'shape', '')}")
     if not x.flags.c_contiguous:
         raise InputError(f"conv: x must be C-contiguous, found strides {x.strides} for shape {x.shape}")
@@ -574,7 +591,7 @@ def bind_conv(x: np.ndarray, prepared: PreparedConv, bias, attrs: dict, out: np.
     geo = plan.geo
     ep = epilogue(act)
     if plan.im2col:
-        cols, npos = int(geo[_COLS]), plan.out_shape[2] * plan.out_shape[3]
+        cols, npos = int(geo[_COLS]), int(geo[_OH] * geo[_OW])
         col = scratch[: plan.scratch_bytes].view(np.float32).reshape(cols, npos)
         finish = bias_v.shape[0] != 0 or (act is not None and act[0] != ACT_NONE)
         if (geo[_KH] == 1 and geo[_KW] == 1 and geo[_SH] == 1 and geo[_SW] == 1 and geo[_PADDED] == 0):
@@ -598,10 +615,10 @@ def bind_conv(x: np.ndarray, prepared: PreparedConv, bias, attrs: dict, out: np.
 def conv(x: np.ndarray, prepared: PreparedConv, bias, attrs: dict, out: np.ndarray,
          scratch: np.ndarray | None = None, parallel: bool = False, act: tuple | None = None) -> np.ndarray:
     """ONNX Conv: out (N, cout, OH, OW) float32 <- act(x (N, C, H, W) float32 convolved with the prepared weight
-    plus bias (cout,) or None). `scratch`: a 1-D C-contiguous buffer of at least
+    plus bias (cout,) or None); 1-D: out (N, cout, OW) <- x (N, C, W). `scratch`: a 1-D C-contiguous buffer of at least
     conv_scratch_bytes(x.shape, prepared.shape, attrs, prepared, parallel) bytes, or None to allocate.
     act: a fused activation (runtime/ops/elementwise.activation) or None. Returns out."""
-    if type(x) is np.ndarray and x.dtype == np.float32 and x.ndim == 4 and not x.flags.c_contiguous:
+    if type(x) is np.ndarray and x.dtype == np.float32 and x.ndim in (3, 4) and not x.flags.c_contiguous:
         x = np.ascontiguousarray(x)
     fn, args = bind_conv(x, prepared, bias, attrs, out, scratch, parallel, act)
     fn(*args)

@@ -1,6 +1,7 @@
-"""Elementwise ops: activations (Relu, LeakyRelu, Clip, Sigmoid, HardSigmoid, HardSwish, Tanh) as Numba kernels
-over flat buffers, and Add, Sub, Mul, Div with numpy broadcasting. All may run in place (output buffer == input).
-Also the epilogue vector by which Gemm / Conv kernels apply a fused Relu, LeakyRelu or Clip (`epilogue`).
+"""Elementwise ops: activations (Relu, LeakyRelu, Clip, Sigmoid, HardSigmoid, HardSwish, Tanh, and PRelu with its
+slope broadcast) as Numba kernels over flat buffers; Add, Sub, Mul, Div and the variadic Max, Min with numpy
+broadcasting; Exp, Log, Neg, Abs, Reciprocal, Floor, Ceil as numpy ufuncs. All may run in place (output buffer ==
+input). Also the epilogue vector by which Gemm / Conv kernels apply a fused Relu, LeakyRelu or Clip (`epilogue`).
 """
 from __future__ import annotations
 
@@ -118,6 +119,20 @@ def _tanh_kernel(x, out):
         out[i] = math.tanh(x[i])
 
 
+@njit(cache=True)
+def _prelu_kernel(x, slope, out):
+    # x, out: (outer, mid, inner); slope: (mid,), the same slope along outer and inner
+    outer, mid, inner = x.shape
+    for o in range(outer):
+        for m in range(mid):
+            a = slope[m]
+            xr = x[o, m]
+            orow = out[o, m]
+            for i in range(inner):
+                v = xr[i]
+                orow[i] = v * a if v < 0 else v
+
+
 def apply_activation(out: np.ndarray, act: tuple | None) -> None:
     """Apply an activation from activation() to `out` in place (the unfused kernels, for paths without an
     epilogue)."""
@@ -177,6 +192,46 @@ def _infer_binary(input_shapes, attrs, consts):
         raise FormatError(f"input shapes {a} and {b} do not broadcast (numpy rules)") from None
 
 
+def _infer_variadic(input_shapes, attrs, consts):
+    # Max, Min: one or more inputs (ONNX allows up to 2^31 - 1), multidirectional (numpy) broadcasting
+    if not input_shapes:
+        raise FormatError("expects 1 or more inputs, found 0")
+    if any(s is None for s in input_shapes):
+        raise FormatError("an input is omitted; every input of this op is required")
+    shapes = [tuple(s) for s in input_shapes]
+    try:
+        return [tuple(np.broadcast_shapes(*shapes))]
+    except ValueError:
+        raise FormatError(f"input shapes {', '.join(map(str, shapes))} do not broadcast (numpy rules)") from None
+
+
+def _prelu_layout(x_shape: tuple, slope_shape: tuple) -> tuple[int, int, int] | None:
+    """(outer, mid, inner) such that x viewed as (outer, mid, inner) meets the slope as (mid,): the slope's
+    dimensions other than 1, right-aligned to x, must be consecutive. None when they are not (e.g. slope (C, 1, W)
+    on (N, C, H, W)): the runner then broadcasts with numpy."""
+    rank = len(x_shape)
+    s = (1,) * (rank - len(slope_shape)) + tuple(slope_shape)
+    big = [i for i, d in enumerate(s) if d != 1]
+    if not big:
+        return math.prod(x_shape), 1, 1
+    lo, hi = big[0], big[-1] + 1
+    if any(s[i] == 1 and x_shape[i] != 1 for i in range(lo, hi)):
+        return None
+    return math.prod(x_shape[:lo]), math.prod(x_shape[lo:hi]), math.prod(x_shape[hi:])
+
+
+def _infer_prelu(input_shapes, attrs, consts):
+    check_arity(input_shapes, 2)
+    x, slope = tuple(input_shapes[0]), tuple(input_shapes[1])
+    # unidirectional broadcasting: the slope broadcasts to x, never the other way
+    ok = len(slope) <= len(x) and all(d in (1, xd) for d, xd in zip(reversed(slope), reversed(x)))
+    if not ok:
+        raise FormatError(f"slope (input 1) of shape {slope} does not broadcast to the input's shape {x} "
+                          f"(unidirectional broadcasting: each slope dimension must be 1 or the input's, aligned "
+                          f"from the right)")
+    return [x]
+
+
 # ---- runners ----
 
 def _run_relu(inputs, attrs, outputs):
@@ -214,6 +269,90 @@ def _run_hard_swish(inputs, attrs, outputs):
 
 def _run_tanh(inputs, attrs, outputs):
     _apply(_tanh_kernel, inputs[0], outputs[0])
+
+
+def _prelu_views(x, slope, out):
+    layout = _prelu_layout(x.shape, slope.shape)
+    if layout is None or not (x.flags.c_contiguous and out.flags.c_contiguous):
+        return None
+    slope = slope.reshape(-1)
+    if slope.dtype != np.float32 or not slope.flags.c_contiguous:
+        return None
+    return x.reshape(layout), slope, out.reshape(layout)
+
+
+def _run_prelu(inputs, attrs, outputs):
+    x, slope, out = inputs[0], inputs[1], outputs[0]
+    views = _prelu_views(x, slope, out)
+    if views is not None:
+        _prelu_kernel(*views)
+        return
+    # slope dimensions that are not consecutive, or a strided or non-float32 operand: numpy's broadcasting
+    with np.errstate(all="ignore"):
+        scaled = x * slope.astype(np.float32, copy=False)
+        np.copyto(out, np.where(x < 0, scaled, x))
+
+
+def _bind_prelu(inputs, attrs, outputs):
+    # the views stay the same buffers whose contents change: a constant slope or one computed at run time alike
+    views = _prelu_views(inputs[0], inputs[1], outputs[0])
+    return None if views is None else (_prelu_kernel, views)
+
+
+_run_prelu.bind = _bind_prelu
+
+
+def _fold(ufunc, first, rest, out):
+    ufunc(first, rest[0], out=out)
+    for b in rest[1:]:
+        ufunc(out, b, out=out)
+
+
+def _variadic_runner(ufunc):
+    """Max / Min: the ufunc folded over the inputs into out (NaN propagates, as in onnxruntime). The input that
+    shares the output's buffer (an in-place run) is folded first, before out is written."""
+    def order(inputs, out):
+        ins = list(inputs)
+        for i, a in enumerate(ins):
+            if i and np.shares_memory(a, out):
+                ins.insert(0, ins.pop(i))
+                break
+        return ins
+
+    def run(inputs, attrs, outputs):
+        out = outputs[0]
+        ins = order(inputs, out)
+        with np.errstate(all="ignore"):
+            if len(ins) == 1:
+                np.copyto(out, ins[0])
+            else:
+                _fold(ufunc, ins[0], ins[1:], out)
+
+    def bind(inputs, attrs, outputs):
+        out = outputs[0]
+        ins = order(inputs, out)
+        if len(ins) == 1:
+            return np.copyto, (out, ins[0])
+        if len(ins) == 2:
+            return ufunc, (ins[0], ins[1], out)
+        return _fold, (ufunc, ins[0], ins[1:], out)
+
+    run.__name__ = f"_run_{ufunc.__name__}"
+    run.bind = bind
+    return run
+
+
+def _unary_ufunc_runner(ufunc):
+    """Exp, Log, Neg, Abs, Reciprocal, Floor, Ceil: the numpy ufunc into out (IEEE results: Log(0) = -inf, Log(-1)
+    = NaN, Reciprocal(0) = inf, without warnings)."""
+    def run(inputs, attrs, outputs):
+        with np.errstate(all="ignore"):
+            ufunc(inputs[0], out=outputs[0], casting="unsafe")
+    run.__name__ = f"_run_{ufunc.__name__}"
+    # bound: the ufunc itself on the plan's views (executor.execute holds the errstate for the whole run)
+    run.bind = lambda inputs, attrs, outputs: (
+        (ufunc, (inputs[0], outputs[0])) if inputs[0].dtype == outputs[0].dtype else None)
+    return run
 
 
 # ---- plan-time binding: the executor calls `run.bind(inputs, attrs, outputs)` once per plan (arena views of fixed
@@ -265,4 +404,14 @@ OPS = (
     OpDef("Sub", _infer_binary, _binary_runner(np.subtract), inplace_ok=True),
     OpDef("Mul", _infer_binary, _binary_runner(np.multiply), inplace_ok=True),
     OpDef("Div", _infer_binary, _binary_runner(np.divide), inplace_ok=True),
+    OpDef("PRelu", _infer_prelu, _run_prelu, inplace_ok=True),
+    OpDef("Max", _infer_variadic, _variadic_runner(np.maximum), inplace_ok=True),
+    OpDef("Min", _infer_variadic, _variadic_runner(np.minimum), inplace_ok=True),
+    OpDef("Exp", _infer_unary, _unary_ufunc_runner(np.exp), inplace_ok=True),
+    OpDef("Log", _infer_unary, _unary_ufunc_runner(np.log), inplace_ok=True),
+    OpDef("Neg", _infer_unary, _unary_ufunc_runner(np.negative), inplace_ok=True),
+    OpDef("Abs", _infer_unary, _unary_ufunc_runner(np.absolute), inplace_ok=True),
+    OpDef("Reciprocal", _infer_unary, _unary_ufunc_runner(np.reciprocal), inplace_ok=True),
+    OpDef("Floor", _infer_unary, _unary_ufunc_runner(np.floor), inplace_ok=True),
+    OpDef("Ceil", _infer_unary, _unary_ufunc_runner(np.ceil), inplace_ok=True),
 )

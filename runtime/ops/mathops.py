@@ -1,5 +1,6 @@
-"""Math ops that LayerNorm and GELU are spelled with in exported graphs: ReduceMean (axes as attribute or input,
-keepdims, noop_with_empty_axes), Pow (numpy broadcasting), Sqrt, and Erf as a Numba kernel (numpy has no erf).
+"""Math ops that LayerNorm and GELU are spelled with in exported graphs: ReduceMean and ReduceMax (axes as attribute
+or input, keepdims, noop_with_empty_axes), Pow (numpy broadcasting), Sqrt, and Erf as a Numba kernel (numpy has no
+erf).
 (Named mathops, not math, so that it does not shadow the standard library's module.)
 """
 from __future__ import annotations
@@ -96,7 +97,7 @@ def _reduce_axes(input_shapes, attrs, consts) -> tuple[tuple[int, ...], bool] | 
     return tuple(sorted(norm)), keepdims
 
 
-def _infer_reduce_mean(input_shapes, attrs, consts):
+def _infer_reduce(input_shapes, attrs, consts):
     check_arity(input_shapes, 1, 2)
     shape = tuple(input_shapes[0])
     r = _reduce_axes(input_shapes, attrs, consts)
@@ -104,46 +105,48 @@ def _infer_reduce_mean(input_shapes, attrs, consts):
         return [shape]
     axes, keepdims = r
     if any(shape[a] == 0 for a in axes):
-        raise FormatError(f"cannot average over an empty axis: axes {list(axes)} of {shape}")
+        raise FormatError(f"cannot reduce over an empty axis: axes {list(axes)} of {shape}")
     if keepdims:
         return [tuple(1 if i in axes else d for i, d in enumerate(shape))]
     return [tuple(d for i, d in enumerate(shape) if i not in axes)]
 
 
-def _run_reduce_mean(inputs, attrs, outputs):
-    x, out = inputs[0], outputs[0]
-    shapes = [None if a is None else a.shape for a in inputs]
-    r = _reduce_axes(shapes, attrs, inputs)
-    if r is None:
-        np.copyto(out, x)
-        return
-    axes, _ = r
-    kept = tuple(1 if i in axes else d for i, d in enumerate(x.shape))
-    np.mean(x, axis=axes, keepdims=True, out=out.reshape(kept))
+def _reduce_runner(fn):
+    """ReduceMean (np.mean), ReduceMax (np.max): fn over the axes into out, kept dimensions as 1."""
+    def run(inputs, attrs, outputs):
+        x, out = inputs[0], outputs[0]
+        shapes = [None if a is None else a.shape for a in inputs]
+        r = _reduce_axes(shapes, attrs, inputs)
+        if r is None:
+            np.copyto(out, x)
+            return
+        axes, _ = r
+        kept = tuple(1 if i in axes else d for i, d in enumerate(x.shape))
+        fn(x, axis=axes, keepdims=True, out=out.reshape(kept))
 
+    def step(x, axes, out):
+        fn(x, axis=axes, keepdims=True, out=out)
 
-def _mean_step(x, axes, out):
-    np.mean(x, axis=axes, keepdims=True, out=out)
+    def bind(inputs, attrs, outputs):
+        # the axes are attributes or constants: resolved once per plan instead of at every run
+        x, out = inputs[0], outputs[0]
+        r = _reduce_axes([None if a is None else a.shape for a in inputs], attrs, inputs)
+        if r is None:
+            return np.copyto, (out, x)
+        kept = tuple(1 if i in r[0] else d for i, d in enumerate(x.shape))
+        view = out.reshape(kept)
+        if not np.shares_memory(view, out):  # reshape copied (never for the arena's contiguous views): run plainly
+            return None
+        return step, (x, r[0], view)
 
-
-def _bind_reduce_mean(inputs, attrs, outputs):
-    # the axes are attributes or constants: resolved once per plan instead of at every run
-    x, out = inputs[0], outputs[0]
-    r = _reduce_axes([None if a is None else a.shape for a in inputs], attrs, inputs)
-    if r is None:
-        return np.copyto, (out, x)
-    kept = tuple(1 if i in r[0] else d for i, d in enumerate(x.shape))
-    view = out.reshape(kept)
-    if not np.shares_memory(view, out):  # reshape copied (never for the arena's contiguous views): run plainly
-        return None
-    return _mean_step, (x, r[0], view)
-
-
-_run_reduce_mean.bind = _bind_reduce_mean
+    run.__name__ = f"_run_reduce_{fn.__name__}"
+    run.bind = bind
+    return run
 
 
 OPS = (
-    OpDef("ReduceMean", _infer_reduce_mean, _run_reduce_mean),
+    OpDef("ReduceMean", _infer_reduce, _reduce_runner(np.mean)),
+    OpDef("ReduceMax", _infer_reduce, _reduce_runner(np.max)),
     OpDef("Pow", _infer_pow, _run_pow, inplace_ok=True),
     OpDef("Sqrt", _infer_unary, _run_sqrt, inplace_ok=True),
     OpDef("Erf", _infer_unary, _run_erf, inplace_ok=True),

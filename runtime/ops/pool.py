@@ -1,5 +1,6 @@
 """Pooling ops: MaxPool and AveragePool (1-D and 2-D; pads, strides, dilations, ceil_mode, auto_pad,
-count_include_pad) and GlobalAveragePool, as Numba kernels over NCHW buffers (1-D runs as H = 1).
+count_include_pad), GlobalAveragePool and GlobalMaxPool (any rank >= 3), as Numba kernels over NCHW buffers (1-D
+runs as H = 1).
 """
 from __future__ import annotations
 
@@ -110,6 +111,16 @@ def _mean_rows_kernel(x, out):
         for c in range(cols):
             acc += x[r, c]
         out[r] = acc / cols
+
+
+@njit(cache=True)
+def _max_rows_kernel(x, out):
+    rows, cols = x.shape
+    for r in range(rows):
+        acc = x[r, 0]
+        for c in range(1, cols):
+            acc = max(acc, x[r, c])  # the same max() as the MaxPool kernels
+        out[r] = acc
 
 
 def _geometry(shape, attrs):
@@ -236,7 +247,7 @@ def _run_avgpool(inputs, attrs, outputs):
                           bool(attrs.get("count_include_pad", 0)))
 
 
-def _infer_global_avgpool(input_shapes, attrs, consts):
+def _infer_global_pool(input_shapes, attrs, consts):
     check_arity(input_shapes, 1)
     shape = tuple(input_shapes[0])
     if len(shape) < 3:
@@ -246,14 +257,30 @@ def _infer_global_avgpool(input_shapes, attrs, consts):
     return [shape[:2] + (1,) * (len(shape) - 2)]
 
 
-def _run_global_avgpool(inputs, attrs, outputs):
-    x = np.ascontiguousarray(inputs[0])
-    rows = x.shape[0] * x.shape[1]
-    _mean_rows_kernel(x.reshape(rows, math.prod(x.shape[2:])), outputs[0].reshape(rows))
+def _global_runner(kernel):
+    def run(inputs, attrs, outputs):
+        x = np.ascontiguousarray(inputs[0])
+        rows = x.shape[0] * x.shape[1]
+        kernel(x.reshape(rows, math.prod(x.shape[2:])), outputs[0].reshape(rows))
+
+    def bind(inputs, attrs, outputs):
+        x, out = inputs[0], outputs[0]
+        if not (x.flags.c_contiguous and out.flags.c_contiguous):
+            return None
+        rows = x.shape[0] * x.shape[1]
+        return kernel, (x.reshape(rows, math.prod(x.shape[2:])), out.reshape(rows))
+
+    run.bind = bind
+    return run
+
+
+_run_global_avgpool = _global_runner(_mean_rows_kernel)
+_run_global_maxpool = _global_runner(_max_rows_kernel)
 
 
 OPS = (
     OpDef("MaxPool", _infer_maxpool, _run_maxpool),
     OpDef("AveragePool", _infer_avgpool, _run_avgpool),
-    OpDef("GlobalAveragePool", _infer_global_avgpool, _run_global_avgpool),
+    OpDef("GlobalAveragePool", _infer_global_pool, _run_global_avgpool),
+    OpDef("GlobalMaxPool", _infer_global_pool, _run_global_maxpool),
 )
