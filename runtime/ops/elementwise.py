@@ -302,6 +302,10 @@ def _bind_prelu(inputs, attrs, outputs):
 _run_prelu.bind = _bind_prelu
 
 
+def _pair(ufunc, a, b, out):
+    ufunc(a, b, out=out)
+
+
 def _fold(ufunc, first, rest, out):
     ufunc(first, rest[0], out=out)
     for b in rest[1:]:
@@ -333,8 +337,8 @@ def _variadic_runner(ufunc):
         ins = order(inputs, out)
         if len(ins) == 1:
             return np.copyto, (out, ins[0])
-        if len(ins) == 2:
-            return ufunc, (ins[0], ins[1], out)
+        if len(ins) == 2:  # (np.maximum / np.minimum deprecate a positional out)
+            return _pair, (ufunc, ins[0], ins[1], out)
         return _fold, (ufunc, ins[0], ins[1:], out)
 
     run.__name__ = f"_run_{ufunc.__name__}"
