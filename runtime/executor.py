@@ -147,10 +147,12 @@ def make_plan(program: Program, input_shapes: dict[str, tuple]) -> ExecPlan:
     scratch, owner = 0, None
     for n in program.nodes:
         layer = program.layers.get(n["name"])
-        if layer is None:
+        # an op whose runner declares scratch_bytes(input shapes, attrs) gets a view of the shared scratch in bind
+        sized = None if layer is not None else getattr(registry.get(n["op"], n["name"]).run, "scratch_bytes", None)
+        if layer is None and sized is None:
             continue
         in_shapes = [None if not i else shapes[i] if i in shapes else program.const_shapes[i] for i in n["inputs"]]
-        need = layer.scratch_bytes(in_shapes)
+        need = layer.scratch_bytes(in_shapes) if layer is not None else sized(in_shapes, n["attrs"])
         if need > scratch:
             scratch, owner = need, n["name"]
     return ExecPlan(dict(input_shapes), shapes, arena, lives, scratch, owner)
@@ -180,7 +182,10 @@ def bind(program: Program, plan: ExecPlan, arena_buf: np.ndarray, scratch_buf: n
             continue
         run = registry.get(n["op"], n["name"]).run
         binder = getattr(run, "bind", None)
-        step = binder(ins, n["attrs"], outs) if binder is not None else None
+        if binder is not None and hasattr(run, "scratch_bytes"):
+            step = binder(ins, n["attrs"], outs, scratch)
+        else:
+            step = binder(ins, n["attrs"], outs) if binder is not None else None
         steps.append(step if step is not None else (run, (ins, n["attrs"], outs)))
     outputs = []
     for name in program.outputs:

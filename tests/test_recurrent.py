@@ -66,7 +66,7 @@ def reference(op, inputs, attrs, n_out, opset=14, outputs=None):
             graph_inputs.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, a.shape))
             feeds[name] = a
     outs = outputs if outputs is not None else [f"out{i}" for i in range(n_out)]
-    node = helper.make_node(op, names, outs, **attrs)
+    node = helper.make_node(op, names, outs, name="rnn", **attrs)
     graph = helper.make_graph([node], "g", graph_inputs,
                               [helper.make_tensor_value_info(o, TensorProto.FLOAT, None) for o in outs if o], inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
@@ -294,6 +294,10 @@ def test_packed_end_to_end(tmp_path, op, outputs):
     assert set(got) == set(want)
     for k in want:
         np.testing.assert_allclose(got[k], want[k], rtol=1e-5, atol=3e-6)
+    # the projections W x_t (directions x steps x gates x hidden) and the state live in the plan's counted scratch
+    hid, seq, gates = 16, 7, GATES[op]
+    assert model.plan.scratch_bytes == 4 * (2 * seq * gates * hid + (6 if op == "LSTM" else 5) * hid)
+    assert model.plan.scratch_owner == "rnn"
     got2 = model.run(x)  # the bound plan, run again: same numbers
     for k in want:
         np.testing.assert_array_equal(got[k], got2[k])

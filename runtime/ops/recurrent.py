@@ -4,9 +4,11 @@ Y_h / Y_c hold its last state), initial_h, initial_c and peepholes; `clip`, `inp
 (opset 14); GRU's `linear_before_reset` 0 and 1; any of Y, Y_h, Y_c omitted. Activations: Sigmoid, Tanh, Relu,
 Softsign and Softplus (the parameter-free ones); others are refused by name.
 
-One kernel per op runs every direction and batch row: per time step the gate pre-activations are the biases plus
-W x_t plus R h_{t-1} (dot products over contiguous weight rows), then the cell update in place. The state and
-gate buffers are a few hidden sizes of float32, allocated once per plan (bind) or per call (plain run).
+The input part of every gate at every step, W x_t, is one BLAS product per direction before the recurrence; then one
+kernel per op runs every direction and batch row: per step the gate pre-activations are that plus the biases plus
+R h_{t-1} (dot products over contiguous weight rows), then the cell update in place. The projections and the state
+(directions x steps x batch x gates x hidden, plus a few hidden sizes, float32) live in the executor's shared
+scratch, which the memory plan counts (run.scratch_bytes); the plain runner allocates them per call.
 W and R arrive dense: the loader expands compressed constants of ops other than Gemm/MatMul/Conv.
 """
 from __future__ import annotations
@@ -59,19 +61,18 @@ def _dot_kernel(a, b):
 
 
 @njit(cache=True)
-def _lstm_kernel(x, w, r, b, lens, h0, c0, p, acts, clip, input_forget, reverse0, layout, y, yh, yc, has_y,
-                 has_yh, has_yc, scratch):
-    """x: [S, N, I] (layout 0) or [N, S, I]; w [D, 4H, I], r [D, 4H, H] (gate rows i, o, f, c); b [D, 8H] (Wb, Rb);
-    lens [N] int64; h0, c0: [D, N, H] (layout 0) or [N, D, H]; p [D, 3H] (i, o, f); acts [D, 3] (f, g, h codes);
-    y: [S, D, N, H] or [N, S, D, H]; yh, yc like h0; scratch float32 >= 6H. Direction d runs in reverse when
-    d == 1 or reverse0."""
-    n_dir, g4, n_in = w.shape
-    hid = r.shape[2]
-    seq = x.shape[0] if layout == 0 else x.shape[1]
-    batch = x.shape[1] if layout == 0 else x.shape[0]
-    h = scratch[0:hid]
-    c = scratch[hid:2 * hid]
-    g = scratch[2 * hid:2 * hid + g4]
+def _lstm_kernel(xw, r, b, lens, h0, c0, p, acts, clip, input_forget, reverse0, layout, y, yh, yc, has_y, has_yh,
+                 has_yc, state):
+    """xw [D, S*N, 4H]: W x_t of every step (row t*N + n for layout 0, n*S + t for layout 1); r [D, 4H, H] (gate
+    rows i, o, f, c); b [D, 8H] (Wb, Rb); lens [N] int64; h0, c0: [D, N, H] (layout 0) or [N, D, H]; p [D, 3H]
+    (i, o, f); acts [D, 3] (f, g, h codes); y: [S, D, N, H] or [N, S, D, H]; yh, yc like h0; state float32 >= 6H.
+    Direction d runs in reverse when d == 1 or reverse0."""
+    n_dir, g4, hid = r.shape
+    batch = lens.shape[0]
+    seq = xw.shape[1] // batch if batch else 0
+    h = state[0:hid]
+    c = state[hid:2 * hid]
+    g = state[2 * hid:2 * hid + g4]
     for d in range(n_dir):
         rev = d == 1 or reverse0
         fa, ga, ha = acts[d, 0], acts[d, 1], acts[d, 2]
@@ -86,9 +87,9 @@ def _lstm_kernel(x, w, r, b, lens, h0, c0, p, acts, clip, input_forget, reverse0
             steps = lens[n]
             for s in range(steps):
                 t = steps - 1 - s if rev else s
-                xt = x[t, n] if layout == 0 else x[n, t]
+                xt = xw[d, t * batch + n] if layout == 0 else xw[d, n * seq + t]
                 for k in range(g4):
-                    g[k] = b[d, k] + b[d, g4 + k] + _dot_kernel(w[d, k], xt) + _dot_kernel(r[d, k], h)
+                    g[k] = xt[k] + b[d, k] + b[d, g4 + k] + _dot_kernel(r[d, k], h)
                 for j in range(hid):
                     cp = c[j]
                     gi = _act_kernel(fa, _clip_kernel(g[j] + p[d, j] * cp, clip))
@@ -128,18 +129,15 @@ def _lstm_kernel(x, w, r, b, lens, h0, c0, p, acts, clip, input_forget, reverse0
 
 
 @njit(cache=True)
-def _gru_kernel(x, w, r, b, lens, h0, acts, clip, linear_before_reset, reverse0, layout, y, yh, has_y, has_yh,
-                scratch):
-    """x as for LSTM; w [D, 3H, I], r [D, 3H, H] (gate rows z, r, h); b [D, 6H] (Wb, Rb); acts [D, 2] (f, g);
-    scratch float32 >= 8H."""
-    n_dir, g3, n_in = w.shape
-    hid = r.shape[2]
-    seq = x.shape[0] if layout == 0 else x.shape[1]
-    batch = x.shape[1] if layout == 0 else x.shape[0]
-    h = scratch[0:hid]
-    gx = scratch[hid:hid + g3]
-    gh = scratch[hid + g3:hid + 2 * g3]
-    rh = scratch[hid + 2 * g3:2 * hid + 2 * g3]
+def _gru_kernel(xw, r, b, lens, h0, acts, clip, linear_before_reset, reverse0, layout, y, yh, has_y, has_yh, state):
+    """xw [D, S*N, 3H] as for LSTM; r [D, 3H, H] (gate rows z, r, h); b [D, 6H] (Wb, Rb); acts [D, 2] (f, g);
+    state float32 >= 5H."""
+    n_dir, g3, hid = r.shape
+    batch = lens.shape[0]
+    seq = xw.shape[1] // batch if batch else 0
+    h = state[0:hid]
+    gh = state[hid:hid + g3]
+    rh = state[hid + g3:2 * hid + g3]
     for d in range(n_dir):
         rev = d == 1 or reverse0
         fa, ga = acts[d, 0], acts[d, 1]
@@ -149,13 +147,10 @@ def _gru_kernel(x, w, r, b, lens, h0, acts, clip, linear_before_reset, reverse0,
             steps = lens[n]
             for s in range(steps):
                 t = steps - 1 - s if rev else s
-                xt = x[t, n] if layout == 0 else x[n, t]
-                for k in range(g3):
-                    gx[k] = b[d, k] + _dot_kernel(w[d, k], xt)
-                for k in range(2 * hid):
-                    gh[k] = b[d, g3 + k] + _dot_kernel(r[d, k], h)
-                for j in range(hid):  # the reset gate, kept in gh's r part
-                    gh[hid + j] = _act_kernel(fa, _clip_kernel(gx[hid + j] + gh[hid + j], clip))
+                xt = xw[d, t * batch + n] if layout == 0 else xw[d, n * seq + t]
+                for k in range(2 * hid):  # update and reset gates
+                    gh[k] = _act_kernel(fa, _clip_kernel(xt[k] + b[d, k] + b[d, g3 + k] + _dot_kernel(r[d, k], h),
+                                                         clip))
                 if linear_before_reset:
                     for j in range(hid):
                         k = 2 * hid + j
@@ -167,8 +162,8 @@ def _gru_kernel(x, w, r, b, lens, h0, acts, clip, linear_before_reset, reverse0,
                         k = 2 * hid + j
                         gh[k] = _dot_kernel(r[d, k], rh) + b[d, g3 + k]
                 for j in range(hid):
-                    z = _act_kernel(fa, _clip_kernel(gx[j] + gh[j], clip))
-                    ht = _act_kernel(ga, _clip_kernel(gx[2 * hid + j] + gh[2 * hid + j], clip))
+                    z = gh[j]
+                    ht = _act_kernel(ga, _clip_kernel(xt[2 * hid + j] + b[d, 2 * hid + j] + gh[2 * hid + j], clip))
                     h[j] = (1.0 - z) * ht + z * h[j]
                 if has_y:
                     for j in range(hid):
@@ -314,33 +309,68 @@ def _f32(a) -> np.ndarray:
     return np.ascontiguousarray(a, dtype=np.float32)
 
 
-def _prepare(op: str, inputs, attrs, outputs):
-    """(kernel, args) for one node; everything the kernel reads made contiguous float32 (constants: once)."""
+def _scratch_floats(op: str, input_shapes) -> tuple[int, int]:
+    """(floats of the input projections W x_t, floats of the state) for these input shapes (infer() accepted)."""
+    x, r = input_shapes[0], input_shapes[2]
+    n_dir, gh, hid = (int(d) for d in r)
+    return n_dir * int(x[0]) * int(x[1]) * gh, (6 if op == "LSTM" else 5) * hid
+
+
+def _scratch_bytes(op: str):
+    def scratch_bytes(input_shapes, attrs) -> int:
+        return 4 * sum(_scratch_floats(op, input_shapes))
+    return scratch_bytes
+
+
+def _project(x2, w, xw):
+    """xw[d] = x2 @ w[d]^T for every direction: the input part of every gate at every step, one BLAS call each."""
+    for d in range(w.shape[0]):
+        np.matmul(x2, w[d].T, out=xw[d])
+
+
+def _lstm_step(x2, w, xw, *args):
+    _project(x2, w, xw)
+    _lstm_kernel(xw, *args)
+
+
+def _gru_step(x2, w, xw, *args):
+    _project(x2, w, xw)
+    _gru_kernel(xw, *args)
+
+
+def _prepare(op: str, inputs, attrs, outputs, scratch=None):
+    """(step, args) for one node; everything the kernel reads made contiguous float32 (constants: once); the
+    projections and the state carved from `scratch` (uint8, the executor's shared buffer) or allocated now."""
     shapes = [None if a is None else a.shape for a in inputs]
     g = _geometry(op, shapes, attrs, inputs)
     gates = 4 if op == "LSTM" else 3
-    state = (g.n_dir, g.batch, g.hid) if g.layout == 0 else (g.batch, g.n_dir, g.hid)
+    state_shape = (g.n_dir, g.batch, g.hid) if g.layout == 0 else (g.batch, g.n_dir, g.hid)
 
     def opt(i, shape):
         return _f32(inputs[i]) if _present(inputs, i) else np.zeros(shape, np.float32)
 
     x, w, r = _f32(inputs[0]), _f32(inputs[1]), _f32(inputs[2])
+    n_proj, n_state = _scratch_floats(op, shapes)
+    if scratch is None:
+        scratch = np.empty(4 * (n_proj + n_state), np.uint8)
+    floats = scratch[:4 * (n_proj + n_state)].view(np.float32)
+    xw = floats[:n_proj].reshape(g.n_dir, g.seq * g.batch, gates * g.hid)
+    state = floats[n_proj:]
     b = opt(3, (g.n_dir, 2 * gates * g.hid))
     lens = g.lens if g.lens is not None else np.full(g.batch, g.seq, np.int64)
-    h0 = opt(5, state)
+    h0 = opt(5, state_shape)
     outs = list(outputs) + [None] * (3 - len(outputs))
     dummy4, dummy3 = np.zeros((0, 0, 0, 0), np.float32), np.zeros((0, 0, 0), np.float32)
     y = outs[0] if outs[0] is not None else dummy4
     yh = outs[1] if outs[1] is not None else dummy3
+    x2 = x.reshape(g.seq * g.batch, g.n_in)
     if op == "LSTM":
-        c0, p = opt(6, state), opt(7, (g.n_dir, 3 * g.hid))
+        c0, p = opt(6, state_shape), opt(7, (g.n_dir, 3 * g.hid))
         yc = outs[2] if outs[2] is not None else dummy3
-        scratch = np.empty(6 * g.hid, np.float32)
-        return _lstm_kernel, (x, w, r, b, lens, h0, c0, p, g.acts, g.clip, g.extra, g.reverse0, g.layout, y, yh, yc,
-                              outs[0] is not None, outs[1] is not None, outs[2] is not None, scratch)
-    scratch = np.empty(8 * g.hid, np.float32)
-    return _gru_kernel, (x, w, r, b, lens, h0, g.acts, g.clip, g.extra, g.reverse0, g.layout, y, yh,
-                         outs[0] is not None, outs[1] is not None, scratch)
+        return _lstm_step, (x2, w, xw, r, b, lens, h0, c0, p, g.acts, g.clip, g.extra, g.reverse0, g.layout, y, yh,
+                            yc, outs[0] is not None, outs[1] is not None, outs[2] is not None, state)
+    return _gru_step, (x2, w, xw, r, b, lens, h0, g.acts, g.clip, g.extra, g.reverse0, g.layout, y, yh,
+                       outs[0] is not None, outs[1] is not None, state)
 
 
 def _bindable(inputs, outputs) -> bool:
@@ -360,16 +390,17 @@ def _run_gru(inputs, attrs, outputs):
     fn(*args)
 
 
-def _bind_lstm(inputs, attrs, outputs):
-    return _prepare("LSTM", inputs, attrs, outputs) if _bindable(inputs, outputs) else None
+def _bind_lstm(inputs, attrs, outputs, scratch=None):
+    return _prepare("LSTM", inputs, attrs, outputs, scratch) if _bindable(inputs, outputs) else None
 
 
-def _bind_gru(inputs, attrs, outputs):
-    return _prepare("GRU", inputs, attrs, outputs) if _bindable(inputs, outputs) else None
+def _bind_gru(inputs, attrs, outputs, scratch=None):
+    return _prepare("GRU", inputs, attrs, outputs, scratch) if _bindable(inputs, outputs) else None
 
 
-_run_lstm.bind = _bind_lstm
-_run_gru.bind = _bind_gru
+# the executor counts scratch_bytes in the plan's shared scratch and hands bind() a view of it
+_run_lstm.bind, _run_lstm.scratch_bytes = _bind_lstm, _scratch_bytes("LSTM")
+_run_gru.bind, _run_gru.scratch_bytes = _bind_gru, _scratch_bytes("GRU")
 
 OPS = (
     OpDef("LSTM", _infer_lstm, _run_lstm),
