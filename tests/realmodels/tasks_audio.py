@@ -19,7 +19,8 @@ pipeline, onnxruntime on the original melspectrogram and embedding models) are t
 model under test answers; only the recurrent state of silero-vad comes from the model under test, as it does in
 deployment. Input sets are cached per (task, entry, n, seed), so the second run does not remake them.
 
-The shapes the packages really feed (and the corpus packs with, see corpus.py):
+The shapes the packages really feed, which corpus.py must pack with (a task whose entry declares another shape
+raises TaskInputError naming the entry line to write):
   silero-vad 6.2.3 (utils_vad.OnnxWrapper): 512 new samples per call PLUS the last 64 samples of the previous call
     prepended (a zero context on the first call): input=1,576, state=2,1,128, sr=16000.
   openWakeWord 0.4.0 (utils.AudioFeatures._streaming_melspectrogram): per 1280-sample (80 ms) step the
@@ -142,9 +143,9 @@ def speech_like(rng, seconds: float):
     while pos < n:
         for _ in range(rng.integers(1, 4)):  # a "word": a few voiced / fricative segments back to back
             if rng.random() < 0.75:
-                m, kind, seg = int(rng.uniform(0.15, 0.7) * SR), 1, None
+                m, kind = int(rng.uniform(0.15, 0.7) * SR), 1
             else:
-                m, kind, seg = int(rng.uniform(0.05, 0.15) * SR), 2, None
+                m, kind = int(rng.uniform(0.05, 0.15) * SR), 2
             m = min(m, n - pos)
             if m < 64:
                 break
