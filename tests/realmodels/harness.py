@@ -19,20 +19,23 @@ with IoU >= 0.95 and the same class; class equal; decision equal.
 
 Runners: `ort_runner(onnx_path)` (onnxruntime on the original, one thread), `runtime_runner(epk_path, **load_kwargs)`
 (edgepack's device runtime: `runtime.load(...).run(feeds)`, which returns {output name: array}). Both return all the
-model's outputs by name.
+model's outputs by name, and pass on only the feeds their model declares (a task may feed an input that the packed
+file has specialised away with --input-value, e.g. silero's `sr`).
 
 `agreement(entry, ref_run, test_run, n, seed)` -> (fraction of units that agree, number of units, up to five examples
 of disagreement as (unit index, reference answer, test answer)). The same seed gives both sides the same inputs.
+`compare(...)` is the same with both sides' answers kept (a Comparison).
 
 `pack_entry(entry, out_path, *extra_flags)` runs `edgepack pack ORIGINAL -o out_path` with `corpus.pack_args(entry)`
 and the extra flags (e.g. "--sparsity", "0", "--bits", "8"), as a user would, and returns the seconds it took;
-`PackFailed` carries the command's last error line. `unpack_file(epk, onnx_out)` runs `edgepack unpack`.
+`PackFailed` carries the command's last error line. `unpack_file(epk, onnx_out)` runs `edgepack unpack`. Both call the
+console script's main in-process. `paired_runner(ref, test)` runs two models on the task's own inputs and records
+their relative error (max over outputs of ||test - ref|| / ||ref||) per run.
 """
 from __future__ import annotations
 
-import subprocess
-import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -78,9 +81,10 @@ def ort_runner(onnx_path) -> Run:
     opts.log_severity_level = 3
     sess = ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
     names = [o.name for o in sess.get_outputs()]
+    wanted = {i.name for i in sess.get_inputs()}
 
     def run(feeds: dict) -> dict:
-        return dict(zip(names, sess.run(names, feeds)))
+        return dict(zip(names, sess.run(names, {k: v for k, v in feeds.items() if k in wanted})))
 
     return run
 
@@ -90,9 +94,10 @@ def runtime_runner(epk_path, **load_kwargs) -> Run:
     import runtime
 
     model = runtime.load(str(epk_path), **load_kwargs)
+    wanted = {name for name, _ in model.inputs}
 
     def run(feeds: dict) -> dict:
-        return model.run(feeds)
+        return model.run({k: v for k, v in feeds.items() if k in wanted})
 
     return run
 
@@ -103,22 +108,52 @@ def task_for(entry: Entry):
     return TASKS[entry.task]
 
 
-def agreement(entry: Entry, ref_run: Run, test_run: Run, n: int, seed: int = 0):
-    """(fraction of units whose answers agree, units, up to 5 (index, reference, test) disagreements)."""
+@dataclass
+class Comparison:
+    """Both sides' answers on the same n inputs, and how far they agree."""
+
+    reference: list
+    test: list
+    fraction: float  # of units whose answers agree (1.0 when there are none)
+    disagreements: list  # every (unit index, reference answer, test answer) that does not
+
+    @property
+    def units(self) -> int:
+        return len(self.reference)
+
+
+def compare(entry: Entry, ref_run: Run, test_run: Run, n: int, seed: int = 0) -> Comparison:
     task = task_for(entry)
     a = task.answers(entry, ref_run, n, seed)
     b = task.answers(entry, test_run, n, seed)
     if len(a) != len(b):
-        return 0.0, max(len(a), len(b)), [(-1, f"{len(a)} answers", f"{len(b)} answers")]
+        return Comparison(a, b, 0.0, [(-1, f"{len(a)} answers", f"{len(b)} answers")])
     bad = [(i, x, y) for i, (x, y) in enumerate(zip(a, b)) if not task.agree(x, y)]
-    return (1.0 - len(bad) / len(a)) if a else 1.0, len(a), bad[:5]
+    return Comparison(a, b, (1.0 - len(bad) / len(a)) if a else 1.0, bad)
+
+
+def agreement(entry: Entry, ref_run: Run, test_run: Run, n: int, seed: int = 0):
+    """(fraction of units whose answers agree, units, up to 5 (index, reference, test) disagreements)."""
+    c = compare(entry, ref_run, test_run, n, seed)
+    return c.fraction, c.units, c.disagreements[:5]
 
 
 def _edgepack(args: list[str]) -> None:
-    r = subprocess.run([sys.executable, "-m", "packer.cli", *args], capture_output=True, text=True)
-    if r.returncode:
-        lines = (r.stderr or r.stdout).strip().splitlines()
-        raise PackFailed(lines[-1] if lines else f"edgepack {args[0]} exited with {r.returncode}")
+    """`edgepack ARGS` in this process (the console script's main; no interpreter start-up per call)."""
+    import contextlib
+    import io
+
+    from packer.cli import main
+
+    err, out = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(out):
+        try:
+            rc = main(args)
+        except SystemExit as e:  # argparse
+            rc = e.code if isinstance(e.code, int) else 2
+    if rc:
+        lines = (err.getvalue() or out.getvalue()).strip().splitlines()
+        raise PackFailed(lines[-1] if lines else f"edgepack {args[0]} exited with {rc}")
 
 
 def pack_entry(entry: Entry, out_path, *extra_flags: str) -> float:
@@ -132,6 +167,20 @@ def unpack_file(epk_path, onnx_out) -> Path:
     """`edgepack unpack epk -o onnx_out`: the dense ONNX equivalent of the packed file."""
     _edgepack(["unpack", str(epk_path), "-o", str(onnx_out)])
     return Path(onnx_out)
+
+
+def paired_runner(ref_run: Run, test_run: Run):
+    """(run, errors): run(feeds) runs both models on the same feeds, appends relative_error(ref, test) to errors and
+    returns the reference's outputs, so that a task drives both with realistic inputs (and stateful tasks follow the
+    reference's state)."""
+    errors: list[float] = []
+
+    def run(feeds: dict) -> dict:
+        ref = ref_run(feeds)
+        errors.append(relative_error(ref, test_run(feeds)))
+        return ref
+
+    return run, errors
 
 
 def random_feeds(entry: Entry, seed: int = 0) -> dict[str, np.ndarray]:
