@@ -117,9 +117,9 @@ def _mean_rows_kernel(x, out):
 def _max_rows_kernel(x, out):
     rows, cols = x.shape
     for r in range(rows):
-        acc = x[r, 0]
-        for c in range(1, cols):
-            acc = max(acc, x[r, c])  # the same max() as the MaxPool kernels
+        acc = -np.inf
+        for c in range(cols):
+            acc = max(acc, x[r, c])  # as the MaxPool kernels: a NaN never wins (onnxruntime skips it too)
         out[r] = acc
 
 
