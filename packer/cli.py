@@ -25,7 +25,8 @@ def cmd_pack(a: argparse.Namespace) -> int:
 
     report = pack(a.model, a.output, sparsity=a.sparsity, bits=a.bits, config=a.config, quiet=a.quiet,
                   quality=a.quality, huffman=False if a.no_huffman else None, init=a.init,
-                  input_shapes=a.input_shape, low_rank=a.low_rank, max_error=a.max_error,
+                  input_shapes=a.input_shape, input_values=a.input_value, low_rank=a.low_rank,
+                  max_error=a.max_error,
                   calib=_read_inputs(a.calib) if a.calib else None)
     if a.json:
         print(json.dumps(_json_info(report.info), indent=2))
@@ -276,6 +277,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--no-huffman", action="store_true", help="store every stream b-bit packed")
     s.add_argument("--input-shape", action="append", metavar="NAME=D0,D1,...",
                    help="fix an input's shape, e.g. x=1,3,224,224 (repeatable): shape arithmetic is folded away")
+    s.add_argument("--input-value", action="append", metavar="NAME=V[,V...]",
+                   help="fix an input's value where it is fixed in deployment, e.g. sr=16000 (repeatable): it "
+                        "becomes a constant of its declared type and shape, and an If branching on it is replaced "
+                        "by its branch")
     s.add_argument("--low-rank", type=float, metavar="ENERGY",
                    help="factorise fully connected and 1x1 conv weights by truncated SVD, keeping this fraction "
                         "(0..1] of each one's energy, where that saves parameters")

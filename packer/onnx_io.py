@@ -61,6 +61,8 @@ def _all_tensors(g: onnx.GraphProto):
         for a in n.attribute:
             if a.type == onnx.AttributeProto.TENSOR:
                 yield a.t
+            elif a.type == onnx.AttributeProto.GRAPH:  # If / Loop / Scan bodies hold tensors too
+                yield from _all_tensors(a.g)
 
 
 def from_onnx(model: onnx.ModelProto, where: str = "<model>") -> Graph:
@@ -70,8 +72,34 @@ def from_onnx(model: onnx.ModelProto, where: str = "<model>") -> Graph:
     if opset is None:
         raise UnsupportedError(f"{where}: model has no default-domain opset import")
     inits = {t.name: numpy_helper.to_array(t) for t in g.initializer}
-    nodes = []
-    for i, n in enumerate(g.node):
+    nodes, sub_params = _convert_nodes(g.node, inits, where, opset)
+    init_names = set(inits)
+    inputs = [_value_info(v) for v in g.input if v.name not in init_names]
+    outputs = [_value_info(v) for v in g.output]
+    params = sum(int(v.size) for v in inits.values() if v.dtype.kind == "f") + sub_params
+    graph = Graph(g.name or "model", inputs, outputs, nodes, inits, opset, params)
+    _unique_node_names(graph)
+    tidy(graph)
+    return graph
+
+
+def tidy(graph: Graph) -> None:
+    """The importer's clean-up passes; run again after control flow has been inlined (packer/control_flow.py)."""
+    _remove_passthrough(graph)
+    _fold_batchnorm(graph)
+    _normalise_linear(graph)
+    _fuse_bias_add(graph)
+    _drop_unused(graph)
+
+
+def _convert_nodes(protos, inits: dict, where: str, opset: int) -> tuple[list[Node], int]:
+    """NodeProtos -> IR nodes; Constant nodes become entries of `inits`. A GRAPH attribute (If / Loop / Scan) becomes
+    ("graph", Graph) and the names its body reads from outside are appended to the node's inputs (see
+    packer/control_flow.py). Also returns the float parameters held inside such bodies."""
+    from .control_flow import attach_subgraphs
+
+    nodes, sub_params = [], 0
+    for i, n in enumerate(protos):
         name = n.name or f"{n.op_type}_{i}"
         if n.domain not in ("", "ai.onnx"):
             raise UnsupportedError(f"{where}: node '{name}' uses op '{n.op_type}' of domain '{n.domain}'")
@@ -81,9 +109,14 @@ def from_onnx(model: onnx.ModelProto, where: str = "<model>") -> Graph:
         attrs = {}
         for a in n.attribute:
             if a.type == onnx.AttributeProto.TENSOR:
-                # e.g. ConstantOfShape's value: kept in the IR; folding usually removes the node, and the writer
+                # e.g. ConstantOfShape's value: kept in the IR; folding usually removes the node, and the packer
                 # refuses a graph that still holds one (the format has no tensor attributes)
                 attrs[a.name] = ("tensor", numpy_helper.to_array(a.t))
+                continue
+            if a.type == onnx.AttributeProto.GRAPH:
+                body, params = _subgraph(a.g, f"{where}: node '{name}' ({n.op_type}) attribute '{a.name}'", opset)
+                attrs[a.name] = ("graph", body)
+                sub_params += params
                 continue
             if a.type not in _ATTR_KIND:
                 raise UnsupportedError(f"{where}: node '{name}' ({n.op_type}): attribute '{a.name}' of type "
@@ -98,19 +131,20 @@ def from_onnx(model: onnx.ModelProto, where: str = "<model>") -> Graph:
             elif a.type == onnx.AttributeProto.INTS:
                 value = [int(v) for v in value]
             attrs[a.name] = (_ATTR_KIND[a.type], value)
-        nodes.append(Node(n.op_type, name, list(n.input), list(n.output), attrs))
-    init_names = set(inits)
-    inputs = [_value_info(v) for v in g.input if v.name not in init_names]
-    outputs = [_value_info(v) for v in g.output]
-    params = sum(int(v.size) for v in inits.values() if v.dtype.kind == "f")
-    graph = Graph(g.name or "model", inputs, outputs, nodes, inits, opset, params)
-    _unique_node_names(graph)
-    _remove_passthrough(graph)
-    _fold_batchnorm(graph)
-    _normalise_linear(graph)
-    _fuse_bias_add(graph)
-    _drop_unused(graph)
-    return graph
+        node = Node(n.op_type, name, list(n.input), list(n.output), attrs)
+        attach_subgraphs(node)
+        nodes.append(node)
+    return nodes, sub_params
+
+
+def _subgraph(g: onnx.GraphProto, where: str, opset: int) -> tuple[Graph, int]:
+    """A body graph in the IR: its Constants as initializers, its value infos with dtype / shape None when the
+    exporter left them out. Returns it with the float parameters it holds (nested bodies included)."""
+    inits = {t.name: numpy_helper.to_array(t) for t in g.initializer}
+    nodes, sub_params = _convert_nodes(g.node, inits, where, opset)
+    params = sum(int(v.size) for v in inits.values() if v.dtype.kind == "f") + sub_params
+    vis = lambda items: [_value_info(v, loose=True) for v in items]  # noqa: E731
+    return Graph(g.name or "body", vis(g.input), vis(g.output), nodes, inits, opset, params), params
 
 
 def _constant_value(n: onnx.NodeProto, name: str, where: str) -> np.ndarray:
@@ -126,12 +160,18 @@ def _constant_value(n: onnx.NodeProto, name: str, where: str) -> np.ndarray:
     raise UnsupportedError(f"{where}: Constant node '{name}': attribute '{a.name}' is not supported")
 
 
-def _value_info(v: onnx.ValueInfoProto) -> ValueInfo:
+def _value_info(v: onnx.ValueInfoProto, loose: bool = False) -> ValueInfo:
+    """loose (body graphs): a dtype or shape the exporter left out is None instead of float32 / rank 0."""
     t = v.type.tensor_type
-    dtype = np.dtype(helper.tensor_dtype_to_np_dtype(t.elem_type)).name if t.elem_type else "float32"
+    dtype = np.dtype(helper.tensor_dtype_to_np_dtype(t.elem_type)).name if t.elem_type else \
+        (None if loose else "float32")
+    if loose and not t.HasField("shape"):
+        return ValueInfo(v.name, dtype, None)
     shape = []
     for i, d in enumerate(t.shape.dim):
-        shape.append(d.dim_value if d.HasField("dim_value") else (d.dim_param or f"{v.name}_dim{i}"))
+        # a negative dim_value is how some exporters (paddle2onnx) write a dynamic dimension
+        shape.append(d.dim_value if d.HasField("dim_value") and d.dim_value >= 0
+                     else (d.dim_param or f"{v.name}_dim{i}"))
     return ValueInfo(v.name, dtype, shape)
 
 
@@ -144,8 +184,9 @@ def _unique_node_names(graph: Graph) -> None:
 
 
 def _rename_input(graph: Graph, old: str, new: str) -> None:
-    for n in graph.nodes:
-        n.inputs = [new if i == old else i for i in n.inputs]
+    from .control_flow import rename_reads
+
+    rename_reads(graph.nodes, {old: new})
 
 
 def _remove_passthrough(graph: Graph) -> None:
@@ -297,10 +338,7 @@ def graph_to_onnx(graph: Graph, weights: dict[str, np.ndarray] | None = None) ->
     values = dict(graph.initializers)
     if weights:
         values.update(weights)
-    nodes = []
-    for n in graph.nodes:
-        attrs = {k: (numpy_helper.from_array(v) if kind == "tensor" else v) for k, (kind, v) in n.attrs.items()}
-        nodes.append(helper.make_node(n.op, n.inputs, n.outputs, name=n.name, **attrs))
+    nodes = [_node_proto(n) for n in graph.nodes]
     inits = [numpy_helper.from_array(np.asarray(values[name]), name) for name in values]
     g = helper.make_graph(nodes, graph.name, [_make_vi(v) for v in graph.inputs],
                           [_make_vi(v) for v in graph.outputs], inits)
@@ -309,9 +347,29 @@ def graph_to_onnx(graph: Graph, weights: dict[str, np.ndarray] | None = None) ->
     return model
 
 
+def _node_proto(n: Node) -> onnx.NodeProto:
+    from .control_flow import explicit_inputs, is_private
+
+    attrs = {k: _attr_for_onnx(kind, v) for k, (kind, v) in n.attrs.items() if not is_private(k)}
+    return helper.make_node(n.op, explicit_inputs(n), n.outputs, name=n.name, **attrs)
+
+
+def _attr_for_onnx(kind: str, value):
+    """An IR attribute value as helper.make_node takes it: tensors and body graphs become protos."""
+    if kind == "tensor":
+        return numpy_helper.from_array(np.asarray(value))
+    if kind == "graph":
+        inits = [numpy_helper.from_array(np.asarray(v), k) for k, v in value.initializers.items()]
+        return helper.make_graph([_node_proto(m) for m in value.nodes], value.name,
+                                 [_make_vi(v) for v in value.inputs], [_make_vi(v) for v in value.outputs], inits)
+    return value
+
+
 def _make_vi(v: ValueInfo) -> onnx.ValueInfoProto:
+    if v.dtype is None:  # a body graph's value the exporter left untyped
+        return helper.make_value_info(v.name, onnx.TypeProto())
     elem = helper.np_dtype_to_tensor_dtype(np.dtype(v.dtype))
-    return helper.make_tensor_value_info(v.name, elem, [d if d is not None else None for d in v.shape])
+    return helper.make_tensor_value_info(v.name, elem, None if v.shape is None else list(v.shape))
 
 
 def save_onnx(graph: Graph, path: str | os.PathLike, weights: dict[str, np.ndarray] | None = None) -> None:
@@ -331,7 +389,7 @@ def evaluate_node(node: Node, inputs: list[np.ndarray | None], opset: int) -> li
     names = ["" if a is None else f"in{i}" for i, a in enumerate(inputs)]
     feeds = {nm: np.asarray(a) for nm, a in zip(names, inputs) if nm}
     outs = [f"out{i}" if o else "" for i, o in enumerate(node.outputs)]
-    attrs = {k: v for k, (kind, v) in node.attrs.items()}
+    attrs = {k: _attr_for_onnx(kind, v) for k, (kind, v) in node.attrs.items()}
     untyped = lambda nm: helper.make_value_info(nm, onnx.TypeProto())  # noqa: E731
     try:
         proto = helper.make_node(node.op, names, outs, name=node.name, **attrs)

@@ -140,22 +140,27 @@ def _file_outputs(n, taken: set) -> list[str]:
 
 def pack(model_path: str | os.PathLike, out_path: str | os.PathLike, *, sparsity: float | None = None,
          bits: int | None = None, config: str | os.PathLike | dict | None = None, quiet: bool = True,
-         input_shapes: dict | list[str] | None = None, low_rank: float | dict | None = None,
+         input_shapes: dict | list[str] | None = None, input_values: dict | list[str] | None = None,
+         low_rank: float | dict | None = None,
          max_error: float | None = None, calib: dict | np.ndarray | None = None, check_fidelity: bool = True,
          **overrides) -> PackReport:
     """Pack an ONNX model into an edgepack file; return the report (per-layer table, sizes, ratio).
-    input_shapes ({name: dims} or ["NAME=D0,D1,..."]) fixes input shapes (packer/shapes.py); constants are folded
-    either way. low_rank (energy, or {tensor: rank or energy}) factorises layers first (packer/lowrank.py).
+    input_shapes ({name: dims} or ["NAME=D0,D1,..."]) fixes input shapes (packer/shapes.py); input_values
+    ({name: value} or ["NAME=V"], e.g. {"sr": 16000}) makes inputs that are fixed in deployment constants, so that an
+    If branching on them is replaced by its branch (packer/control_flow.py); constants are folded either way.
+    low_rank (energy, or {tensor: rank or energy}) factorises layers first (packer/lowrank.py).
     max_error: raise the precision of the layers that cause the error until the worst output's relative L2 error on
     `calib` (random inputs of the declared shapes when None) is at most this (packer/fidelity.py); without it the
     error on random inputs is still measured and a warning added when it is large (check_fidelity=False skips)."""
     warnings: list[str] = []
     from .onnx_io import file_sha256, load_onnx
-    from .shapes import fold_constants, parse_input_shapes, specialise
+    from .shapes import check_storable, fold_constants, parse_input_shapes, parse_input_values, specialise
 
     graph = load_onnx(model_path)
     shapes = parse_input_shapes(input_shapes)
-    graph = specialise(graph, shapes) if shapes else fold_constants(graph)
+    values = parse_input_values(input_values)
+    graph = specialise(graph, shapes, values) if shapes or values else fold_constants(graph)
+    check_storable(graph)
     factorised = None
     if low_rank is not None:
         from .lowrank import factorise
@@ -193,6 +198,8 @@ def pack(model_path: str | os.PathLike, out_path: str | os.PathLike, *, sparsity
     }
     if shapes:
         meta["settings"]["input_shapes"] = shapes
+    if values:
+        meta["settings"]["input_values"] = {k: np.asarray(v).tolist() for k, v in values.items()}
     if factorised is not None:
         meta["settings"]["low_rank"] = factorised
     if fidelity is not None and fidelity.changes:

@@ -18,8 +18,9 @@ NONDETERMINISTIC = frozenset({"RandomNormal", "RandomUniform", "RandomNormalLike
                               "Multinomial", "Bernoulli"})
 # Ops whose value is a function of the input's shape only: folded as soon as that shape is static.
 SHAPE_OPS = frozenset({"Shape", "Size"})
-# Folding can make more shapes known (a Reshape whose target was computed); a handful of rounds reaches the fixpoint.
-MAX_ROUNDS = 8
+# Folding can make more shapes known (a Reshape whose target was computed) and If conditions constant (each inlined
+# branch may hold more Ifs); a handful of rounds reaches the fixpoint.
+MAX_ROUNDS = 32
 
 
 def parse_input_shapes(spec: Mapping[str, Iterable[int]] | Iterable[str] | None) -> dict[str, list[int]]:
@@ -55,13 +56,73 @@ def parse_input_shapes(spec: Mapping[str, Iterable[int]] | Iterable[str] | None)
     return out
 
 
-def specialise(graph: Graph, input_shapes: Mapping[str, Iterable[int]] | Iterable[str]) -> Graph:
-    """A copy of `graph` with the given inputs' shapes fixed and every constant computation folded. A dimension
-    left dynamic is kept as it is unless a node needs it static (a Shape on it): then UnsupportedError names the
-    input to give."""
+def parse_input_values(spec: Mapping[str, object] | Iterable[str] | None) -> dict[str, object]:
+    """{name: value} from a mapping (numbers, lists, arrays), or from strings "NAME=V" / "NAME=V0,V1,..." as
+    `--input-value` takes them (repeatable). Values are checked against the input's declaration by `specialise`."""
+    if spec is None:
+        return {}
+    if isinstance(spec, Mapping):
+        return {str(k): v for k, v in spec.items()}
+    if isinstance(spec, str):
+        spec = [spec]
+    out: dict[str, object] = {}
+    for text in spec:
+        name, eq, vals = str(text).strip().partition("=")
+        if not eq or not name or not vals.strip():
+            raise ValueError(f"input value '{text}': expected NAME=VALUE or NAME=V0,V1,... (e.g. sr=16000)")
+        if name in out:
+            raise ValueError(f"input value '{text}': input '{name}' is given twice")
+        parts = [p.strip() for p in vals.split(",")]
+        out[name] = parts if len(parts) > 1 else parts[0]
+    return out
+
+
+def _input_constant(v: ValueInfo, value: object, where: str) -> np.ndarray:
+    """`value` as an array of the input's declared dtype and shape; ValueError when it does not fit exactly."""
+    dtype = np.dtype(v.dtype)
+    raw = np.asarray(value)
+    try:
+        if raw.dtype.kind in "USO":  # from the command line: text
+            words = [str(w).strip().lower() for w in raw.reshape(-1)]
+            if dtype == np.bool_:
+                table = {"true": True, "false": False, "1": True, "0": False}
+                arr = np.array([table[w] for w in words], np.bool_)
+            elif dtype.kind in "iu":
+                arr = np.array([int(w) for w in words], dtype)
+            else:
+                arr = np.array([float(w) for w in words], dtype)
+            arr = arr.reshape(raw.shape)
+        else:
+            arr = raw.astype(dtype)
+            if not np.array_equal(arr.astype(raw.dtype), raw):
+                raise ValueError
+    except (ValueError, KeyError, OverflowError):
+        raise ValueError(f"{where}: {value!r} is not a value of the input's type {v.dtype}") from None
+    shape = list(v.shape)
+    if any(not isinstance(d, int) for d in shape):
+        raise ValueError(f"{where}: the model declares input '{v.name}' with dynamic shape {_show(shape)}; give its "
+                         f"shape too (--input-shape {v.name}=...)")
+    count = math.prod(shape)
+    if arr.size != count:
+        raise ValueError(f"{where}: input '{v.name}' has shape {_show(shape)} ({count} element(s)); "
+                         f"{arr.size} value(s) given")
+    return np.asarray(arr.reshape(shape), order="C")
+
+
+def specialise(graph: Graph, input_shapes: Mapping[str, Iterable[int]] | Iterable[str] | None,
+               input_values: Mapping[str, object] | Iterable[str] | None = None) -> Graph:
+    """A copy of `graph` with the given inputs' shapes fixed, the inputs given values (`--input-value`) turned into
+    constants of their declared dtype and shape, every constant computation folded and every If whose condition
+    became constant inlined (packer/control_flow.py). A dimension left dynamic is kept as it is unless a node needs
+    it static (a Shape on it): then UnsupportedError names the input to give."""
     shapes = parse_input_shapes(input_shapes)
+    values = parse_input_values(input_values)
     g = _copy(graph)
     by_name = {v.name: v for v in g.inputs}
+    for name in values:
+        if name not in by_name:
+            raise ValueError(f"input value given for '{name}', which is not an input of the model; its inputs: "
+                             f"{', '.join(x.name for x in g.inputs) or '(none)'}")
     for name, dims in shapes.items():
         v = by_name.get(name)
         if v is None:
@@ -75,6 +136,9 @@ def specialise(graph: Graph, input_shapes: Mapping[str, Iterable[int]] | Iterabl
                 raise ValueError(f"input '{name}': dimension {i} = {want}, but the model fixes it to {have} "
                                  f"(declared shape {_show(v.shape)})")
         v.shape = list(dims)
+    for name, value in values.items():
+        g.initializers[name] = _input_constant(by_name[name], value, f"input value for '{name}'")
+    g.inputs = [v for v in g.inputs if v.name not in values]
     g = fold_constants(g, strict=True)
     _set_output_shapes(g)
     return g
@@ -84,9 +148,11 @@ def fold_constants(graph: Graph, strict: bool = False) -> Graph:
     """A copy of `graph` where every node whose inputs are all constants, and every Shape/Size of a tensor whose
     shape is static, is replaced by an initializer. Safe on any graph: only static facts are used. strict: a
     Shape/Size left on a tensor of unknown shape is an error naming the dynamic input behind it."""
+    from .control_flow import inline_constant_ifs
+
     g = _copy(graph)
     values: dict[str, ValueInfo] = {}
-    folded_any = False
+    folded_any = inlined_any = False
     for _ in range(MAX_ROUNDS):
         if _needs_shapes(g):
             from .onnx_io import infer_value_shapes
@@ -94,10 +160,21 @@ def fold_constants(graph: Graph, strict: bool = False) -> Graph:
             values = infer_value_shapes(g)
             _explicit_splits(g, values)
         changed = _fold_pass(g, values)
+        inlined = inline_constant_ifs(g)
         folded_any |= changed
-        if not changed:
+        inlined_any |= inlined
+        if not changed and not inlined:
             break
-    if folded_any:
+    if inlined_any:
+        from .onnx_io import tidy
+
+        tidy(g)  # the Identity per inlined If output, and batch norms / biases the branches brought along
+        if _needs_shapes(g):  # tidying can leave a Shape whose input is now a known tensor
+            from .onnx_io import infer_value_shapes
+
+            values = infer_value_shapes(g)
+            _fold_pass(g, values)
+    elif folded_any:
         from .onnx_io import normalise_linear
 
         normalise_linear(g)
@@ -109,9 +186,49 @@ def fold_constants(graph: Graph, strict: bool = False) -> Graph:
     return g
 
 
+def check_storable(g: Graph) -> None:
+    """UnsupportedError for the first node that format v1 cannot hold after folding: a body graph (If / Loop /
+    Scan, packer/control_flow.py) or a tensor attribute (ConstantOfShape's value), saying why it is still there."""
+    from .control_flow import refuse_control_flow, upstream_inputs
+    from .onnx_io import evaluate_node
+
+    refuse_control_flow(g)
+    for n in g.nodes:
+        kept = [k for k, (kind, _) in n.attrs.items() if kind == "tensor"]
+        if not kept:
+            continue
+        what = (f"node '{n.name}' ({n.op}): attribute '{kept[0]}' holds a tensor, which format v1 cannot store, "
+                f"and the node could not be folded into a constant")
+        if all(not i or i in g.initializers for i in n.inputs):
+            try:
+                evaluate_node(n, [g.initializers[i] if i else None for i in n.inputs], g.opset)
+                reason = "its value is of a type format v1 cannot store"
+            except UnsupportedError as e:
+                reason = str(e)
+            raise UnsupportedError(f"{what}: its inputs are constant but evaluating it failed ({reason})")
+        values, shaped = [], []
+        for i in n.inputs:
+            if i and i not in g.initializers:
+                v, s = upstream_inputs(g, i)
+                values += [x for x in v if x not in values]
+                shaped += [x for x in s if x not in shaped]
+        dynamic = [v for v in shaped if any(not isinstance(d, int) for d in v.shape)]
+        if dynamic and not values:
+            flags = " ".join(f"--input-shape {v.name}=" + ",".join(str(d) if isinstance(d, int) else "1"
+                                                                 for d in v.shape) for v in dynamic)
+            raise UnsupportedError(f"{what}: it depends on input dimensions left dynamic; give them with {flags}")
+        if values:
+            decl = ", ".join(f"'{v.name}' {_show(v.shape)}" for v in values)
+            raise UnsupportedError(f"{what}: it depends on the data of input(s) {decl}, known only at run time")
+        raise UnsupportedError(f"{what}, although everything it depends on is static")
+
+
 # ---- one folding pass ----
 
 def _fold_pass(g: Graph, values: dict[str, ValueInfo]) -> bool:
+    """One pass in node order. If / Loop / Scan are never evaluated: an If whose condition is constant is inlined
+    by packer/control_flow.py instead."""
+    from .control_flow import has_body
     from .onnx_io import evaluate_node
 
     consts = g.initializers
@@ -120,7 +237,7 @@ def _fold_pass(g: Graph, values: dict[str, ValueInfo]) -> bool:
     changed = False
     for n in g.nodes:
         # a graph output stays computed by a node: an output that is an initializer is not a model output in ONNX
-        if any(o in graph_outputs for o in n.outputs) or n.op in NONDETERMINISTIC:
+        if any(o in graph_outputs for o in n.outputs) or n.op in NONDETERMINISTIC or has_body(n):
             kept.append(n)
             continue
         if n.op in SHAPE_OPS and n.inputs and n.inputs[0] and n.inputs[0] not in consts:
@@ -255,7 +372,11 @@ def _set_output_shapes(g: Graph) -> None:
 
 def _copy(graph: Graph) -> Graph:
     """Nodes, value infos and the initializer table copied; the arrays themselves shared (never written)."""
+    from .control_flow import copy_body
+
     vi = lambda v: ValueInfo(v.name, v.dtype, list(v.shape))  # noqa: E731
-    nodes = [Node(n.op, n.name, list(n.inputs), list(n.outputs), dict(n.attrs)) for n in graph.nodes]
+    nodes = [Node(n.op, n.name, list(n.inputs), list(n.outputs),
+                  {k: (kind, copy_body(v) if kind == "graph" else v) for k, (kind, v) in n.attrs.items()})
+             for n in graph.nodes]
     return Graph(graph.name, [vi(v) for v in graph.inputs], [vi(v) for v in graph.outputs], nodes,
                  dict(graph.initializers), graph.opset, graph.source_params)

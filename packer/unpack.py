@@ -17,7 +17,7 @@ def packed_to_graph(source) -> Graph:
     nodes = [Node(n["op"], n["name"], list(n["inputs"]), list(n["outputs"]),
                   {k: (kind, v) for k, (kind, v) in n["attrs"].items()}) for n in g["nodes"]]
     vis = lambda items: [ValueInfo(v["name"], v["dtype"], list(v["shape"])) for v in items]  # noqa: E731
-    weights = {name: np.ascontiguousarray(a) for name, a in dense_weights(model).items()}
+    weights = dense_weights(model)
     return Graph(g["name"], vis(g["inputs"]), vis(g["outputs"]), nodes, weights, g["opset"])
 
 

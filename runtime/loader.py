@@ -51,4 +51,4 @@ def attrs_plain(attrs: dict) -> dict:
 
 def dense_weights(model: PackedModel) -> dict[str, np.ndarray]:
     """Every tensor decoded to a dense array of its declared dtype (the reference view of the file)."""
-    return {name: np.ascontiguousarray(w.to_dense()) for name, w in model.weights.items()}
+    return {name: np.asarray(w.to_dense(), order="C") for name, w in model.weights.items()}  # 0-d stays 0-d
