@@ -4,7 +4,8 @@ before the rest of the import (packer/onnx_io.py calls :func:`dequantize_dynamic
 ``quantize_dynamic`` stores each weight as int8/uint8 with a scale and a zero point, and quantises the activation
 at run time. The blocks it writes, and what they become here:
 
-* ``DynamicQuantizeLinear(x) -> (x_q, x_scale, x_zp)`` feeding ``MatMulInteger(x_q, W_q, x_zp, W_zp)`` or
+* ``DynamicQuantizeLinear(x) -> (x_q, x_scale, x_zp)`` (for opset <= 10: ``QuantizeLinear(x, x_scale, x_zp)``
+  with both computed from ReduceMin(x) / ReduceMax(x)) feeding ``MatMulInteger(x_q, W_q, x_zp, W_zp)`` or
   ``ConvInteger(x_q, W_q, x_zp, W_zp)``, then ``Cast(to=float)`` and a multiplication by ``x_scale * W_scale``
   (the two scales multiplied first, as onnxruntime writes it, or one after the other). Older onnxruntime versions
   add the bias in the integer domain before the Cast: ``Add(int_out, Reshape(Cast(Floor(Div(b, x_scale *
@@ -221,13 +222,7 @@ class _Rewriter:
         conv = n.op_type == "ConvInteger"
         ins = list(n.input) + [""] * (4 - len(n.input))
         a, b, a_zp, b_zp = ins[:4]
-        d = self.producer.get(a)
-        if d is None or d.op_type != "DynamicQuantizeLinear" or d.domain not in _DEFAULT_DOMAINS:
-            raise _Refused(f"its input '{a}' does not come from a DynamicQuantizeLinear")
-        if a_zp != d.output[2]:
-            raise _Refused(f"its input zero point '{a_zp}' is not the one DynamicQuantizeLinear "
-                           f"'{d.name}' computes")
-        x, x_scale = d.input[0], d.output[1]
+        x, x_scale = self.activation_source(a, a_zp)
         w_q = self.const(b)
         if w_q is None or w_q.dtype not in (np.int8, np.uint8):
             raise _Refused(f"its weight '{b}' is not a constant int8/uint8 tensor")
@@ -298,6 +293,54 @@ class _Rewriter:
         self.replace[id(final)] = new
         for k in chain + out[:-1]:
             self.dropped.add(id(k))
+
+    def activation_source(self, a: str, a_zp: str) -> tuple[str, str]:
+        """The float activation x and its scale, for an integer input quantised from x at run time over x's whole
+        range: DynamicQuantizeLinear(x), or (models of opset <= 10) QuantizeLinear(x, scale, zero point) with the
+        scale and zero point computed from ReduceMin(x) / ReduceMax(x)."""
+        d = self.producer.get(a)
+        if d is not None and d.op_type == "DynamicQuantizeLinear" and d.domain in _DEFAULT_DOMAINS:
+            if a_zp != d.output[2]:
+                raise _Refused(f"its input zero point '{a_zp}' is not the one DynamicQuantizeLinear "
+                               f"'{d.name}' computes")
+            return d.input[0], d.output[1]
+        if d is not None and d.op_type == "QuantizeLinear" and d.domain in _DEFAULT_DOMAINS and len(d.input) == 3:
+            x, scale, zp = d.input
+            if a_zp != zp:
+                raise _Refused(f"its input zero point '{a_zp}' is not the one QuantizeLinear '{d.name}' uses")
+            if self.from_range_of(x, scale) and self.from_range_of(x, zp):
+                return x, scale
+            raise _Refused(f"its input comes from QuantizeLinear '{d.name}' whose scale and zero point are not "
+                           f"computed from the whole range of '{x}' at run time (static quantisation)")
+        if d is not None and d.op_type in ("Gather", "Transpose"):
+            raise _Refused(f"its input '{a}' comes from {d.op_type} '{d.name}' of an integer tensor, not from a "
+                           f"DynamicQuantizeLinear (quantised embedding tables are not dequantised: quantise with "
+                           f"op_types_to_quantize=['MatMul', 'Conv', 'LSTM'])")
+        raise _Refused(f"its input '{a}' does not come from a DynamicQuantizeLinear")
+
+    def from_range_of(self, x: str, value: str) -> bool:
+        """Whether `value` is computed only from constants and the minimum / maximum over all of x (the arithmetic
+        onnxruntime writes for dynamic quantisation in opset <= 10), reading x at least once."""
+        seen, stack, reads_x = set(), [value], False
+        while stack:
+            v = stack.pop()
+            if v in seen or self.const(v) is not None:
+                continue
+            seen.add(v)
+            p = self.producer.get(v)
+            if p is None or p.domain not in _DEFAULT_DOMAINS or len(seen) > 64 or p.op_type not in (
+                    "ReduceMin", "ReduceMax", "Sub", "Div", "Mul", "Add", "Abs", "Max", "Min", "Floor", "Round",
+                    "Cast", "Clip"):
+                return False
+            if p.op_type in ("ReduceMin", "ReduceMax"):
+                if list(p.input) != [x] or _attr(p, "axes") is not None or _attr(p, "keepdims") != 0:
+                    return False
+                reads_x = True
+                continue
+            if x in p.input:
+                return False
+            stack.extend(i for i in p.input if i)
+        return reads_x
 
     def output_scale(self, m: onnx.NodeProto, cur: str, x_scale: str) -> tuple[np.ndarray, list]:
         """The weight scale of ``Mul(cur, Mul(x_scale, W_scale))`` or ``Mul(Mul(cur, x_scale), W_scale)`` (either

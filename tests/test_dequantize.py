@@ -97,6 +97,42 @@ def test_matmul(tmp_path, per_channel, weight_type):
     np.testing.assert_array_equal(yr, yf)
 
 
+@pytest.mark.parametrize("weight_type", [QuantType.QInt8, QuantType.QUInt8], ids=lambda t: t.name)
+def test_opset10_quantize_linear_from_range(tmp_path, weight_type):
+    """For opset <= 10 onnxruntime quantises the activation with QuantizeLinear, its scale and zero point computed
+    from ReduceMin / ReduceMax of the activation: rewritten the same way, and the range arithmetic goes too."""
+    rng = np.random.default_rng(8)
+    w, wc = _f32(rng, 16, 8), _f32(rng, 3, 2, 3, 3)
+    fm = _model([helper.make_node("MatMul", ["x", "W"], ["y"], name="fc"),
+                 helper.make_node("Conv", ["x4", "Wc"], ["c"], name="conv")],
+                {"W": w, "Wc": wc}, {"x": [2, 16], "x4": [1, 2, 5, 5]}, ["y", "c"], opset=10)
+    fm.ir_version = 7
+    qm = _quantize(fm, tmp_path, False, weight_type)
+    assert {"QuantizeLinear", "ReduceMin", "MatMulInteger", "ConvInteger"} <= _ops(qm)
+    rm = dequantize_dynamic(qm, "q")
+    assert sorted(n.op_type for n in rm.graph.node) == ["Conv", "MatMul"]
+    feeds = {"x": _f32(rng, 2, 16), "x4": _f32(rng, 1, 2, 5, 5)}
+    (yq, cq), (yr, cr) = _run(qm, feeds), _run(rm, feeds)
+    # the zero point is floored, not rounded: x is off its grid by up to one step (scale = range / 255)
+    s_x, s_x4 = (np.ptp(feeds[k]) / 255 for k in ("x", "x4"))
+    assert np.all(np.abs(yq - yr) <= s_x * np.abs(w).sum(axis=0) * 1.05 + 1e-5)
+    assert np.all(np.abs(cq - cr) <= s_x4 * np.abs(wc).sum(axis=(1, 2, 3))[None, :, None, None] * 1.05 + 1e-5)
+
+
+def test_refuses_static_quantize_linear():
+    """QuantizeLinear with a constant scale may saturate: x is not what the integer op sees, so no rewrite."""
+    nodes = [helper.make_node("QuantizeLinear", ["x", "xs", "xzp"], ["xq"], name="ql"),
+             helper.make_node("MatMulInteger", ["xq", "wq", "xzp", "wzp"], ["yi"], name="mmi"),
+             helper.make_node("Cast", ["yi"], ["yf"], to=TensorProto.FLOAT),
+             helper.make_node("Mul", ["xs", "ws"], ["s"]),
+             helper.make_node("Mul", ["yf", "s"], ["y"])]
+    m = _model(nodes, {"xs": np.float32(0.01), "xzp": np.uint8(128), "wq": np.ones((4, 2), np.int8),
+                       "wzp": np.int8(0), "ws": np.float32(0.1)}, {"x": [1, 4]}, ["y"], opset=10)
+    with pytest.raises(UnsupportedError, match=r"'mmi'.*QuantizeLinear 'ql' whose scale and zero point are not "
+                                               r"computed from the whole range of 'x' at run time"):
+        dequantize_dynamic(m, "m.onnx")
+
+
 def test_shared_input_and_float_path_kept(tmp_path):
     """One DynamicQuantizeLinear feeding two MatMulIntegers goes once both are rewritten; a float use of the same
     activation stays."""
@@ -281,6 +317,20 @@ def test_refuses_scale_that_is_not_per_channel():
         dequantize_dynamic(m, "m.onnx")
 
 
+def test_refuses_quantised_embedding(tmp_path):
+    """quantize_dynamic also quantises a Gather's table and feeds the integer rows straight to MatMulInteger; that
+    activation has no float source to rewrite to, so the MatMulInteger is refused with what to do instead."""
+    rng = np.random.default_rng(9)
+    fm = _model([helper.make_node("Gather", ["E", "ids"], ["e"], name="emb"),
+                 helper.make_node("MatMul", ["e", "W"], ["y"], name="fc")],
+                {"E": _f32(rng, 10, 16), "W": _f32(rng, 16, 8)}, {}, ["y"])
+    fm.graph.input.append(helper.make_tensor_value_info("ids", TensorProto.INT64, [2, 3]))
+    qm = _quantize(fm, tmp_path, False, QuantType.QUInt8)
+    with pytest.raises(UnsupportedError, match=r"node 'fc_quant' \(op 'MatMulInteger'.*comes from Gather 'emb'.*"
+                                               r"op_types_to_quantize"):
+        dequantize_dynamic(qm, "m.onnx")
+
+
 def test_refuses_quantised_activation_used_elsewhere(tmp_path):
     rng = np.random.default_rng(7)
     qm = _quantize(_model([helper.make_node("MatMul", ["x", "W"], ["y"], name="fc")], {"W": _f32(rng, 4, 3)},
@@ -294,9 +344,36 @@ def test_refuses_quantised_activation_used_elsewhere(tmp_path):
 
 # --- the real model --------------------------------------------------------------------------------------------
 
+# 5 x 7 bitmaps, for drawing text without PIL
+_GLYPHS = {
+    "0": "01110 10001 10011 10101 11001 10001 01110", "1": "00100 01100 00100 00100 00100 00100 01110",
+    "2": "01110 10001 00001 00010 00100 01000 11111", "3": "11110 00001 00001 01110 00001 00001 11110",
+    "4": "00010 00110 01010 10010 11111 00010 00010", "5": "11111 10000 11110 00001 00001 10001 01110",
+    "6": "00110 01000 10000 11110 10001 10001 01110", "7": "11111 00001 00010 00100 01000 01000 01000",
+    "8": "01110 10001 10001 01110 10001 10001 01110", "9": "01110 10001 10001 01111 00001 00010 01100",
+    "A": "01110 10001 10001 11111 10001 10001 10001", "E": "11111 10000 10000 11110 10000 10000 11111",
+    "H": "10001 10001 10001 11111 10001 10001 10001", "K": "10001 10010 10100 11000 10100 10010 10001",
+    "X": "10001 10001 01010 00100 01010 10001 10001",
+}
+
+
+def _bitmap_text(rng, bg: float, ink: float) -> np.ndarray:
+    a = np.full((64, 170), bg, np.float32)
+    sy, sx = int(rng.integers(4, 6)), int(rng.integers(3, 5))
+    x, y = int(rng.integers(2, 12)), int(rng.integers(2, 64 - 7 * sy - 1))
+    for ch in rng.choice(list(_GLYPHS), int(rng.integers(4, 7))):
+        g = np.kron(np.array([[c == "1" for c in row] for row in _GLYPHS[ch].split()]), np.ones((sy, sx), bool))
+        if x + g.shape[1] > 170:
+            break
+        top = min(max(y + int(rng.integers(-2, 3)), 0), 64 - g.shape[0])
+        a[top:top + g.shape[0], x:x + g.shape[1]][g] = ink
+        x += g.shape[1] + int(rng.integers(2, 6))
+    return a
+
+
 def _text_images(n: int, seed: int = 0) -> list[np.ndarray]:
     """Dark text on a light, noisy background, 64 x 170, normalised as ddddocr does ((x / 255 - 0.5) / 0.5). Drawn
-    with PIL's bundled font when PIL is there, else as random bright-on-dark pen strokes."""
+    with PIL's scalable default font (Pillow >= 10.1), else with the 5 x 7 bitmaps above."""
     rng = np.random.default_rng(seed)
     chars = "abcdefghijkmnpqrstuvwxyzABCDEFGHJKLMNPQRSTUVWXYZ23456789"
     try:
@@ -306,25 +383,15 @@ def _text_images(n: int, seed: int = 0) -> list[np.ndarray]:
         fonts = None
     out = []
     for _ in range(n):
-        bg = float(rng.integers(150, 256))
+        bg, ink = float(rng.integers(150, 256)), float(rng.integers(0, 90))
         if fonts is not None:
             im = Image.new("L", (170, 64), int(bg))
             ImageDraw.Draw(im).text((int(rng.integers(2, 15)), int(rng.integers(0, 10))),
                                     "".join(rng.choice(list(chars), int(rng.integers(4, 7)))),
-                                    fill=int(rng.integers(0, 90)), font=fonts[rng.integers(len(fonts))])
+                                    fill=int(ink), font=fonts[rng.integers(len(fonts))])
             a = np.asarray(im, np.float32)
         else:
-            a = np.full((64, 170), bg, np.float32)
-            for k in range(int(rng.integers(4, 7))):            # one glyph-like scribble per character
-                x0, y0 = 10 + 25 * k + rng.integers(0, 8), rng.integers(12, 40)
-                for _ in range(3):
-                    x1, y1 = x0 + rng.integers(-10, 11), y0 + rng.integers(-14, 15)
-                    t = np.linspace(0, 1, 40)
-                    xs = np.clip((x0 + (x1 - x0) * t).astype(int), 0, 169)
-                    ys = np.clip((y0 + (y1 - y0) * t).astype(int), 0, 63)
-                    for dy in (-1, 0, 1):
-                        a[np.clip(ys + dy, 0, 63), xs] = rng.integers(0, 80)
-                    x0, y0 = x1, y1
+            a = _bitmap_text(rng, bg, ink)
         a = a / 255 + rng.normal(0, 0.03, a.shape)
         out.append(((a - 0.5) / 0.5).astype(np.float32)[None, None])
     return out
@@ -351,7 +418,7 @@ def test_real_ddddocr_common_old():
     assert lstm.name == "LSTM_202" and _inits(rm)[lstm.input[1]].shape == (2, 2048, 512)
 
     sq, sr = session(qm), session(rm)
-    images = _text_images(24)
+    images = _text_images(32)
     same_seq = same_frames = frames = 0
     for x in images:
         dq, pq = _ctc(sq.run(None, {"input1": x})[0])
@@ -359,8 +426,9 @@ def test_real_ddddocr_common_old():
         same_seq += dq == dr
         same_frames += int((pq == pr).sum())
         frames += pq.size
-    # measured: 24/24 decoded sequences and > 99% of the frames' argmax agree
-    assert same_seq >= 22 and same_frames >= 0.98 * frames, (same_seq, same_frames, frames)
+    # measured on 200 PIL-drawn images: 197 decoded sequences and 99.8% of the frames' argmax agree (29/32 and 99.6%
+    # with the bitmap font); where a frame differs, its two best logits are within 0.01..4.2 (median margin 10)
+    assert same_seq >= 0.85 * len(images) and same_frames >= 0.98 * frames, (same_seq, same_frames, frames)
 
     graph = load_onnx(path)            # the packer's import takes it: float weights, standard ops only
     assert "LSTM" in {n.op for n in graph.nodes} and not {n.op for n in graph.nodes} & QUANT_OPS
