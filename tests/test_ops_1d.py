@@ -13,6 +13,8 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from onnx import TensorProto, helper, numpy_helper
 
 import runtime
@@ -27,7 +29,7 @@ from runtime.weights import DenseWeight, SparseCodebookWeight
 
 sys.path.insert(0, str(Path(__file__).parent))
 from realmodels.corpus import fetch  # noqa: E402
-from test_conv import KINDS, check_close, make_weight  # noqa: E402
+from test_conv import KINDS, check_close, make_weight, ref_conv  # noqa: E402
 
 R.register_all()
 for _op in runtime.layers.OPS:  # Conv's shape inference (the model loader registers these)
@@ -91,6 +93,27 @@ def test_conv1d_every_weight_kind_matches_onnxruntime(kind, case):
         check_close(out, expect.astype(np.float64))
 
 
+@settings(max_examples=40, deadline=None)
+@given(kind=st.sampled_from(KINDS), batch=st.integers(1, 3), cin_g=st.integers(1, 3), group=st.integers(1, 3),
+       per_group=st.integers(1, 3), w=st.integers(1, 40), k=st.integers(1, 7), s=st.integers(1, 5),
+       d=st.integers(1, 3), pads=st.lists(st.integers(0, 3), min_size=2, max_size=2), density=st.floats(0, 1),
+       seed=st.integers(0, 2**31))
+def test_random_conv1d_match_numpy(kind, batch, cin_g, group, per_group, w, k, s, d, pads, density, seed):
+    if w + sum(pads) < (k - 1) * d + 1:
+        return  # no output position: an error (test_conv_rank_errors_name_node_and_shapes)
+    rng = np.random.default_rng(seed)
+    weight = make_weight(kind, (group * per_group, cin_g, k), rng, density=density, fillers=0.1)
+    attrs = {"strides": [s], "pads": pads, "dilations": [d], "group": group}
+    x = rng.standard_normal((batch, cin_g * group, w)).astype(np.float32)
+    bias = rng.standard_normal(group * per_group).astype(np.float32)
+    prepared = prepare_conv(weight, group)
+    out = np.full(conv_output_shape(x.shape, weight.shape, attrs), np.nan, np.float32)
+    conv(x, prepared, bias, attrs, out)
+    want = ref_conv(x[:, :, None, :], weight.to_dense()[:, :, None, :], bias, (1, s), (0, pads[0], 0, pads[1]),
+                    (1, d), group)[:, :, 0, :]
+    check_close(out, want)
+
+
 @pytest.mark.parametrize("case", range(len(CASES_1D)))
 def test_conv1d_is_the_2d_conv_with_one_row(case):
     """One geometry: a 1-D case gives bit for bit the 2-D convolution of the same data with H = kh = 1, and the
@@ -120,6 +143,19 @@ def test_conv1d_is_the_2d_conv_with_one_row(case):
         conv(x, p1, None, attrs, o1)
         conv(np.ascontiguousarray(x4), p2, None, two, o2)
         np.testing.assert_array_equal(o1, o2[:, :, 0, :])
+
+
+def test_conv1d_with_a_weight_computed_at_run_time():
+    """The registry's runner (runtime/layers.py run_dynamic: a weight that is not a constant)."""
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal((2, 4, 15)).astype(np.float32)
+    w = rng.standard_normal((6, 2, 3)).astype(np.float32)
+    b = rng.standard_normal(6).astype(np.float32)
+    attrs = {"strides": [2], "pads": [1, 0], "group": 2}
+    shape = R.infer_node("Conv", "c", [x.shape, w.shape, b.shape], attrs, [None, None, None])[0]
+    out = np.full(shape, np.nan, np.float32)
+    R.get("Conv", "c").run([x, w, b], attrs, [out])
+    check_close(out, ort_conv(x, w, b, attrs).astype(np.float64))
 
 
 def test_conv_rank_errors_name_node_and_shapes():
