@@ -7,7 +7,10 @@ import os
 import numpy as np
 
 
-def nonzero_fractions(packed_path: str | os.PathLike, feeds: dict[str, np.ndarray]) -> dict[str, float]:
+def nonzero_fractions(packed_path: str | os.PathLike,
+                      feeds: dict[str, np.ndarray] | list[dict[str, np.ndarray]]) -> dict[str, float]:
+    """Per tensor, the fraction of nonzero values over the feeds (one dict, or a list of them, each one call of
+    the packed graph's shapes: a model with a fixed batch is measured on several calls)."""
     from onnx import helper
 
     from .onnx_io import graph_to_onnx
@@ -23,7 +26,13 @@ def nonzero_fractions(packed_path: str | os.PathLike, feeds: dict[str, np.ndarra
                 model.graph.output.append(helper.make_empty_tensor_value_info(o))
                 known.add(o)
     names = [o.name for o in model.graph.output]
-    values = session(model).run(names, feeds)
-    out = {name: float(np.count_nonzero(v)) / v.size for name, v in zip(names, values) if v.size}
-    out.update({k: float(np.count_nonzero(v)) / v.size for k, v in feeds.items() if v.size})
-    return out
+    sess = session(model)
+    calls = [feeds] if isinstance(feeds, dict) else list(feeds)
+    nonzero: dict[str, int] = {}
+    size: dict[str, int] = {}
+    for f in calls:
+        values = sess.run(names, f)
+        for name, v in [*zip(names, values), *f.items()]:
+            nonzero[name] = nonzero.get(name, 0) + int(np.count_nonzero(v))
+            size[name] = size.get(name, 0) + int(v.size)
+    return {name: nonzero[name] / size[name] for name in nonzero if size[name]}

@@ -232,24 +232,39 @@ def cmd_bench(a: argparse.Namespace) -> int:
 
     parts = ["edgepack", "bench", a.model, a.file]
     for flag, value in (("--data", a.data), ("--out", a.out), ("--batch", a.batch), ("--repeat", a.repeat),
-                        ("--samples", a.samples), ("--sram", a.sram), ("--table", a.table)):
+                        ("--samples", a.samples), ("--sram", a.sram), ("--table", a.table),
+                        ("--threads", getattr(a, "threads", None))):
         if value is not None:
             parts += [flag, str(value)]
+    for spec in a.input_shape or []:
+        parts += ["--input-shape", spec]
     parts += ["--smoke"] if a.smoke else []
     command = " ".join(shlex.quote(p) for p in parts)
     report = bench(a.model, a.file, data=a.data, out_dir=a.out, smoke=a.smoke, batch=a.batch, repeat=a.repeat,
-                   samples=a.samples, sram=a.sram or "256KiB", table=a.table, progress=not a.quiet, command=command)
-    lat = report["latency"]["engines"]
+                   samples=a.samples, sram=a.sram or "256KiB", table=a.table, progress=not a.quiet, command=command,
+                   input_shapes=a.input_shape, threads=getattr(a, "threads", None) or 1)
+    lat = report["latency"]
     size = report["size"]["variants"]
+    print(f"inputs: {'; '.join(report['inputs']['shapes'])}")
     print(f"size: ONNX {size['onnx']['bytes']:,} B, edgepack {size['edgepack']['bytes']:,} B "
           f"({size['onnx']['bytes'] / size['edgepack']['bytes']:.1f}x smaller)")
-    acc = report["accuracy"]["variants"]
-    key = "accuracy" if report["accuracy"]["labelled"] else "top1_agreement"
+    accuracy = report["accuracy"]
+    acc = accuracy["variants"]
+    key = "accuracy" if "accuracy" in acc["edgepack"] else "top1_agreement"
     if key in acc["edgepack"]:
         print(f"{key.replace('_', ' ')}: " + ", ".join(f"{k} {100 * v[key]:.2f}%" for k, v in acc.items()))
-    print("batch 1: " + ", ".join(f"{k} {v['batch1_us']:.1f} us" for k, v in lat.items()))
+    others = [k for k in acc if k != "original"]
+    print(f"relative L2 error vs the original on {accuracy['samples']} samples ({accuracy['source']}): "
+          + ", ".join(f"{k} {acc[k]['rel_l2_vs_original']:.3g}" for k in others))
+    print(f"batch {lat['batch1']}: " + ", ".join(f"{k} {v['batch1_us']:.1f} us" for k, v in lat["engines"].items()))
+    if lat["batch"]:
+        print(f"batch {lat['batch']}: " + ", ".join(f"{k} {v['throughput_per_s']:,.0f} samples/s"
+                                                   for k, v in lat["engines"].items() if v.get("throughput_per_s")))
+    for note in lat["skipped"]:
+        print(f"skipped: {note}")
     e = report["energy"]
-    print(f"energy per inference: original {e['original']['total_uj']:.4g} uJ, packed {e['packed']['total_uj']:.4g} uJ")
+    print(f"energy per inference: original {e['original']['total_uj']:.4g} uJ, packed {e['packed']['total_uj']:.4g} uJ "
+          f"(packed: compute {e['packed']['compute_uj']:.4g} + data movement {e['packed']['memory_uj']:.4g} uJ)")
     print(f"wrote {a.out}/report.md, report.json and {len(report['plots']) - 1 + len(report['plots']['weight_histograms'])} "
           f"plots")
     return 0
@@ -338,12 +353,20 @@ def build_parser() -> argparse.ArgumentParser:
                        "original in onnxruntime, gzip/zstd of it and int8 quantization; report.md, report.json, plots")
     s.add_argument("model", help="the original ONNX model")
     s.add_argument("file", help="the packed .epk made from it (edgepack pack)")
-    s.add_argument("--data", help="labelled data: 'mnist' or an .npz with x_test / y_test (default: random inputs "
-                   "of the declared shape, compared by top-1 agreement with the original)")
+    s.add_argument("--data", help="inputs: 'mnist'; an .npy (one input); an .npz keyed by input name, or with "
+                   "x / x_test and optional y / y_test labels; or a folder of .npy files (one sample or one batch "
+                   "each; labels in y.npy). With labels: accuracy; without: agreement with the original (top-1 for "
+                   "classifier outputs, relative error otherwise). Default: random inputs of the packed shapes")
+    s.add_argument("--input-shape", action="append", metavar="NAME=D0,D1,...",
+                   help="shape of an input whose dimensions the packed file leaves dynamic, as for pack "
+                        "(repeatable); static dimensions come from the packed file")
     s.add_argument("--out", default="edgepack-bench", help="output folder (default ./edgepack-bench)")
-    s.add_argument("--batch", type=int, help="N of the batch-N throughput (default 256; smoke 8)")
-    s.add_argument("--repeat", type=int, help="timed batch-1 calls per engine (default 1000; smoke 5)")
-    s.add_argument("--samples", type=int, help="samples for accuracy (default: the whole test set, or 1000 random)")
+    s.add_argument("--batch", type=int, help="N of the batch-N throughput, measured only when the batch dimension "
+                   "is free (default: up to 256, smaller for slow models; smoke 8)")
+    s.add_argument("--repeat", type=int, help="timed batch-1 calls per engine (default: as many as fit about 1 s, "
+                   "at most 1000; smoke 5)")
+    s.add_argument("--samples", type=int, help="samples for accuracy (default: all the data, or as many random "
+                   "ones as fit about 5 s, at most 1000)")
     s.add_argument("--sram", help="on-chip memory for the energy estimate (default 256KiB)")
     s.add_argument("--table", help="energy table (JSON or TOML) replacing the 45 nm defaults")
     s.add_argument("--smoke", action="store_true", help="tiny repeats and samples: a run of seconds")

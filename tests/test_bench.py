@@ -111,7 +111,7 @@ class _FakeInputs:
     def __init__(self, x, labels=None):
         self.x = {"x": x}
         self.labels = labels
-        self.fixed_batch = None
+        self.step = None  # the batch is free: calls of any number of rows
         self.source = "fake"
 
     @property
