@@ -29,7 +29,8 @@ DEFAULT_TABLE = {
 }
 REGISTER_FILE_ENTRIES = 64  # a codebook of at most this many entries is read from registers, else from SRAM
 
-WEIGHT_OPS = ("Gemm", "MatMul", "Conv")
+WEIGHT_OPS = ("Gemm", "MatMul", "Conv", "LSTM", "GRU")
+RECURRENT_OPS = ("LSTM", "GRU")  # one Layer per weight (W, R), each applied at every step of every sequence
 
 
 def load_table(path: str | None) -> dict:
@@ -194,6 +195,9 @@ def model_layers(model, packed, active: dict[str, float] | None = None) -> list[
         in_elems = sum(int(np.prod(shapes[i])) for i in ins if i in shapes)
         out_shape = shapes[n["outputs"][0]]
         out_elems = sum(int(np.prod(shapes[o])) for o in n["outputs"])
+        if n["op"] in RECURRENT_OPS:
+            out.extend(_recurrent_layers(n, shapes, weights, stored, in_elems, out_elems))
+            continue
         wname = n["inputs"][1] if n["op"] in WEIGHT_OPS and len(n["inputs"]) > 1 else None
         if wname in weights:
             w = weights[wname]
@@ -223,6 +227,30 @@ def model_layers(model, packed, active: dict[str, float] | None = None) -> list[
             layer = Layer(n["name"], n["op"], 0, in_elems=in_elems, out_elems=out_elems, elementwise_ops=ops)
         out.append(layer)
     return out
+
+
+def _recurrent_layers(n: dict, shapes: dict, weights: dict, stored: dict, in_elems: int, out_elems: int) -> list:
+    """An LSTM / GRU as one Layer per constant weight (W, then R): each row multiplies once per step and sequence
+    (seq x batch positions); the biases (Wb and Rb) are added at every position with W. The runtime holds these
+    weights expanded to dense float32 (runtime/ops/recurrent.py), so that is what a run reads."""
+    x = shapes.get(n["inputs"][0])
+    positions = int(x[0]) * int(x[1]) if x is not None and len(x) == 3 else 0
+    bname = n["inputs"][3] if len(n["inputs"]) > 3 and n["inputs"][3] in weights else None
+    layers = []
+    for role, idx in (("W", 1), ("R", 2)):
+        name = n["inputs"][idx] if len(n["inputs"]) > idx else ""
+        if name not in weights:
+            continue
+        first = not layers
+        with_bias = first and bname is not None
+        bias = int(np.prod(weights[bname].shape)) if with_bias else 0  # Wb and Rb: [directions, 2 x gate rows]
+        layer = weight_layer(f"{n['name']}:{role}", n["op"], weights[name], positions,
+                             stored[name] + (stored[bname] if with_bias else 0), bias,
+                             in_elems if first else 0, out_elems if first else 0)
+        layer.read_bytes = 4 * (layer.weights + bias)
+        layer.mode = "dense"
+        layers.append(layer)
+    return layers
 
 
 def estimate(model, packed, sram_bytes: int, table: dict | None = None,
