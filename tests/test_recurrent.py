@@ -385,3 +385,31 @@ def test_hey_mycroft(tmp_path):
         worst = max(worst, float(np.abs(got - original.run(None, {"input_1": x})[0]).max()))
     assert worst_exact < 2e-6, worst_exact
     assert worst < 0.01, worst  # 8-bit codebooks: measured 0.003 at most on scores 0.2-0.7
+
+
+def test_silero_vad_stream(tmp_path):
+    # Silero VAD v5 (spox export): its decoder LSTM (inside an If on the sample rate, folded by --input-value sr=16000)
+    # carries the state from chunk to chunk. With dense weights the packed file must follow onnxruntime through a
+    # stream: any error in the recurrence would compound over the chunks.
+    from realmodels.corpus import fetch
+
+    src = fetch("silero_vad")
+    out = tmp_path / "vad.epk"
+    packer.pack(src, out, config={"default": {"encoding": "dense"}}, input_shapes=["input=1,512", "state=2,1,128"],
+                input_values=["sr=16000"])
+    model = runtime.load(out)
+    assert any(n["op"] == "LSTM" for n in model._program.nodes)
+    sess = ort.InferenceSession(str(src), providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(3)
+    t = np.arange(512 * 12) / 16000
+    phase = 2 * np.pi * np.cumsum(140 * (1 + 0.2 * np.sin(2 * np.pi * t))) / 16000
+    audio = sum(np.sin(k * phase) / k for k in range(1, 15)) * 0.3 + rng.standard_normal(t.size) * 0.02
+    s_ref = np.zeros((2, 1, 128), np.float32)
+    s_got = s_ref.copy()
+    for i in range(12):
+        x = audio[i * 512:(i + 1) * 512].astype(np.float32)[None]
+        p_ref, s_ref = sess.run(None, {"input": x, "state": s_ref, "sr": np.array(16000, np.int64)})
+        r = model.run({"input": x, "state": s_got})
+        s_got = r["stateN"]
+        np.testing.assert_allclose(r["output"], p_ref, rtol=1e-4, atol=1e-6)
+        np.testing.assert_allclose(s_got, s_ref, rtol=1e-4, atol=5e-5)
