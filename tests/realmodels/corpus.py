@@ -70,10 +70,11 @@ ENTRIES: tuple[Entry, ...] = (
        "6faa8ea85a8c1a634e5050c4a138fca10f30194e0d7abbe9ade1fcd423af6ed6", "pytorch 1.9", "click_captcha_det"),
     _e(_SILERO, "silero_vad", "silero_vad/data/silero_vad.onnx",
        "1a153a22f4509e292a94e67d6f9b85e8deb25b4988682b7e174c65279d8788e3", "spox", "vad",
-       ["input=1,512", "state=2,1,128"], ["sr=16000"]),
+       ["input=1,576", "state=2,1,128"], ["sr=16000"],
+       notes="576 = 512 new samples + the 64-sample context silero-vad 6.2.3's wrapper prepends"),
     _e(_SILERO, "silero_vad_ifless", "silero_vad/data/silero_vad_op18_ifless.onnx",
        "7671cd04b004e9076da0d4a7b1a5aec36adf161c39230c1cb94a4fd5db6bbd28", "pytorch 2.9", "vad",
-       ["input=1,512", "state=2,1,128"], ["sr=16000"]),
+       ["input=1,576", "state=2,1,128"], ["sr=16000"]),
     _e(_RAPIDOCR, "ppocr_det", "rapidocr_onnxruntime/models/ch_PP-OCRv4_det_infer.onnx",
        "d2a7720d45a54257208b1e13e36a8479894cb74155a5efe29462512d42f49da9", "paddle2onnx", "text_det",
        ["x=1,3,320,320"]),
@@ -102,17 +103,23 @@ ENTRIES: tuple[Entry, ...] = (
        ["input_3=1,48,48,3"]),
     _e(_OWW, "oww_melspectrogram", "openwakeword/resources/models/melspectrogram.onnx",
        "ba2b0e0f8b7b875369a2c89cb13360ff53bac436f2895cced9f479fa65eb176f", "pytorch 1.11", "oww_melspec",
-       ["input=1,1280"]),
+       ["input=1,1760"], notes="1280 new samples + 480 of overlap, as openWakeWord 0.4.0 streams it"),
     _e(_OWW, "oww_embedding", "openwakeword/resources/models/embedding_model.onnx",
        "ba754db3cd768a524c655ea90655ee5e6055a43b8dfd29366a11e93716ae9e51", "tf2onnx 1.9.3 (Keras)",
        "oww_embedding", ["input_1=1,76,32,1"]),
     _e(_OWW, "oww_hey_mycroft", "openwakeword/resources/models/hey_mycroft_v0.1.onnx",
        "785bdf5655863ae47553b23793aa108c7b0152d4823f7869b41f2d2d765912fc", "tf2onnx 1.10.1 (Keras LSTM)",
        "oww_wakeword", ["input_1=1,16,96"]),
-    _e(_OWW, "oww_hey_jarvis", "openwakeword/resources/models/hey_jarvis_v0.1.onnx",
-       "94a13cfe60075b132f6a472e7e462e8123ee70861bc3fb58434a73712ee0d2cb", "pytorch 1.12", "oww_wakeword"),
+    _e(_OWW, "oww_hey_marvin", "openwakeword/resources/models/hey_marvin_v0.1.onnx",
+       "b6d4b794ddf2e1d6f29e9f45848e24858e2edd0d810b14e0c1c70dda9a1fcbf0", "pytorch 1.12", "oww_wakeword"),
 )
-BY_NAME = {e.name: e for e in ENTRIES}
+# Real files edgepack refuses, with the reason; tests check that the refusal is that clear line.
+REFUSED: tuple[tuple[Entry, str], ...] = (
+    (_e(_OWW, "oww_hey_jarvis", "openwakeword/resources/models/hey_jarvis_v0.1.onnx",
+        "94a13cfe60075b132f6a472e7e462e8123ee70861bc3fb58434a73712ee0d2cb", "pytorch 1.12", "oww_wakeword"),
+     "If"),  # branches on its own first score (a verifier sub-model): data-dependent control flow
+)
+BY_NAME = {e.name: e for e in ENTRIES + tuple(e for e, _ in REFUSED)}
 
 
 class CorpusError(RuntimeError):
