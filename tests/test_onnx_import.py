@@ -111,3 +111,75 @@ def test_killed_packer_leaves_no_file_or_a_valid_one(tmp_path):
         else:
             outcomes.add("none")
     assert "file" in outcomes  # the last run had time to finish
+
+
+# ---------------------------------------------------------------- dynamic dimensions written as -1
+
+def _neg_dim_model():
+    """paddle2onnx writes a dynamic dimension as dim_value -1 (no dim_param)."""
+    w = numpy_helper.from_array((np.arange(24, dtype=np.float32).reshape(2, 3, 2, 2) - 12) / 10, "w")
+    g = helper.make_graph([helper.make_node("Conv", ["x", "w"], ["c"], name="conv"),
+                           helper.make_node("Relu", ["c"], ["y"], name="relu")], "g",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, [-1, 3, -1, -1])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [-1, 2, -1, -1])], [w])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    return m
+
+
+def test_negative_dim_value_is_dynamic(tmp_path):
+    from packer.onnx_io import from_onnx
+    from packer.shapes import specialise
+
+    g = from_onnx(_neg_dim_model())
+    assert g.inputs[0].shape == ["x_dim0", 3, "x_dim2", "x_dim3"] and g.outputs[0].shape[1] == 2
+    assert specialise(g, {"x": [1, 3, 5, 6]}).inputs[0].shape == [1, 3, 5, 6]
+    src = tmp_path / "neg.onnx"
+    src.write_bytes(_neg_dim_model().SerializeToString())
+    pack(src, tmp_path / "a.epk")  # without shapes: numpy's "negative dimensions are not allowed" before
+    pack(src, tmp_path / "b.epk", input_shapes={"x": [1, 3, 5, 6]})
+
+
+def test_real_ppocr_cls_with_minus_one_dims():
+    from realmodels.corpus import fetch
+
+    from packer.shapes import check_storable, specialise
+
+    path = fetch("ppocr_cls")
+    declared = onnx.load(str(path)).graph.input[0].type.tensor_type.shape.dim
+    assert declared[0].dim_value == -1
+    g = load_onnx(path)
+    assert [isinstance(d, str) for d in g.inputs[0].shape] == [True, False, True, True]
+    s = specialise(g, {"x": [1, 3, 48, 192]})  # was: "dimension 0 = 1, but the model fixes it to -1"
+    check_storable(s)
+    assert s.inputs[0].shape == [1, 3, 48, 192] and "Shape" not in [n.op for n in s.nodes]
+
+
+# ---------------------------------------------------------------- 0-d constants stay 0-d
+
+def test_scalar_index_gather_keeps_its_rank_through_file_and_runtime(tmp_path):
+    """A Gather with a 0-d index removes its axis; a 0-d constant read back as shape (1,) would keep it, and
+    runtime.load refused the file the packer had just written."""
+    import runtime
+    from packer.unpack import packed_to_graph
+    from packer.verify import session
+    from runtime.loader import dense_weights, read_packed
+
+    g = helper.make_graph([helper.make_node("Gather", ["x", "i"], ["g"], axis=1, name="gather"),
+                           helper.make_node("Mul", ["g", "k"], ["y"], name="scale")], "g",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3, 4])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 4])],
+                          [numpy_helper.from_array(np.array(1, np.int64), "i"),
+                           numpy_helper.from_array(np.float32(3.0), "k")])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    src = tmp_path / "g.onnx"
+    src.write_bytes(m.SerializeToString())
+    pack(src, tmp_path / "g.epk")
+    assert {k: v.shape for k, v in dense_weights(read_packed(tmp_path / "g.epk")).items()} == {"i": (), "k": ()}
+    assert {k: v.shape for k, v in packed_to_graph(tmp_path / "g.epk").initializers.items()} == {"i": (), "k": ()}
+    x = np.random.default_rng(0).standard_normal((2, 3, 4)).astype(np.float32)
+    got = runtime.load(tmp_path / "g.epk").run({"x": x})["y"]
+    want = session(m).run(None, {"x": x})[0]
+    assert got.shape == (2, 4)
+    np.testing.assert_allclose(got, want, rtol=1e-6)

@@ -14,7 +14,7 @@ from onnx import TensorProto, helper, numpy_helper
 from packer.cli import main
 from packer.onnx_io import from_onnx, graph_to_onnx
 from packer.pipeline import pack
-from packer.shapes import fold_constants, parse_input_shapes, specialise
+from packer.shapes import check_storable, fold_constants, parse_input_shapes, specialise
 from packer.unpack import unpack
 from packer.verify import session
 from runtime.errors import UnsupportedError
@@ -274,3 +274,56 @@ def test_cli_input_shape(tmp_path, capsys):
     assert main(["pack", str(src), "-o", str(tmp_path / "e.epk"), "-q", "--input-shape", "x=1,2,3,5",
                  "--input-shape", "y=4"]) == 2
     assert "'y', which is not an input of the model" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- tensor attributes (ConstantOfShape's value)
+
+def _filled_net(value):
+    """y = x + ConstantOfShape(Shape(x), value): folds to a constant once x's shape is known."""
+    nodes = [helper.make_node("Shape", ["x"], ["s"], name="shape"),
+             helper.make_node("ConstantOfShape", ["s"], ["c"], name="fill",
+                              value=numpy_helper.from_array(np.array([value], np.float32))),
+             helper.make_node("Add", ["x", "c"], ["y"], name="add")]
+    return _model(nodes, [_x(["N", 3])], [_x(["N", 3], "y")], {})
+
+
+def test_constant_of_shape_with_a_value_folds():
+    m = _filled_net(1.5)
+    g = specialise(from_onnx(m), {"x": [2, 3]})
+    assert _ops(g) == ["Add"]
+    check_storable(g)
+    np.testing.assert_array_equal(g.initializers[g.nodes[0].inputs[1]], np.full((2, 3), 1.5, np.float32))
+    x = RNG.standard_normal((2, 3)).astype(np.float32)
+    np.testing.assert_array_equal(_run(graph_to_onnx(g), {"x": x}), _run(m, {"x": x}))
+
+
+def test_unfolded_tensor_attribute_says_why():
+    g = fold_constants(from_onnx(_filled_net(2.0)))  # no shapes: the fill stays, and so does its tensor attribute
+    with pytest.raises(UnsupportedError, match=r"node 'fill' \(ConstantOfShape\): attribute 'value' holds a tensor, "
+                                               r"which format v1 cannot store, and the node could not be folded into "
+                                               r"a constant: it depends on input dimensions left dynamic; give them "
+                                               r"with --input-shape x=1,3"):
+        check_storable(g)
+    # inputs constant but not evaluable: the evaluator's reason is given, not advice about shapes
+    g.initializers["s"] = np.array([-2, 3], np.int64)
+    g.nodes = [n for n in g.nodes if n.op != "Shape"]
+    with pytest.raises(UnsupportedError, match=r"its inputs are constant but evaluating it failed \(node 'fill' "
+                                               r"\(ConstantOfShape\): cannot be evaluated"):
+        check_storable(g)
+
+
+@pytest.mark.parametrize("name,shape", [("ddddocr_common", {"input1": [1, 1, 64, 170]}),
+                                        ("nudenet", {"images": [1, 3, 320, 320]})])
+def test_real_models_with_constant_of_shape_values_fold(name, shape):
+    """Both failed with "attribute 'value' holds a tensor ... give static input shapes" although shapes were given:
+    the folding evaluator was handed the tensor attribute as an array."""
+    from realmodels.corpus import fetch
+
+    from packer.onnx_io import load_onnx
+
+    g0 = load_onnx(str(fetch(name)))
+    assert any(n.op == "ConstantOfShape" and "value" in n.attrs for n in g0.nodes)
+    g = specialise(g0, shape)
+    check_storable(g)
+    assert not any(kind == "tensor" for n in g.nodes for kind, _ in n.attrs.values())
+    assert "ConstantOfShape" not in _ops(g) and "Shape" not in _ops(g)
