@@ -143,8 +143,10 @@ def _worst_row_error(w: np.ndarray, q: np.ndarray) -> float:
     return float((np.linalg.norm(a - b, axis=1)[ok] / norm[ok]).max())
 
 
-def encode_weight(w: np.ndarray, s: LayerSettings, default_bits: int) -> Encoded:
-    """Encode one float32 weight tensor (rows = output channels = w.shape[0]) following its settings."""
+def encode_weight(w: np.ndarray, s: LayerSettings, default_bits: int, stats=None) -> Encoded:
+    """Encode one float32 weight tensor (rows = output channels = w.shape[0]) following its settings.
+    stats: a calibration.LayerStats of the layer's inputs; codebook codes are then chosen with error compensation
+    (packer/compensate.py) instead of nearest-centroid."""
     w = np.ascontiguousarray(w, dtype=np.float32)
     if s.encoding in ("dense", "float16"):
         return dense(w, "float32" if s.encoding == "dense" else "float16")
@@ -160,6 +162,8 @@ def encode_weight(w: np.ndarray, s: LayerSettings, default_bits: int) -> Encoded
     scales = _row_scales(w, keep, bits, pruned, s)
     codebook, codes = cluster.quantize(w, keep, bits, reserve_zero=pruned, row_scales=scales, init=s.init,
                                        seed=s.seed)
+    if stats is not None:
+        codes = _compensated_codes(w, keep, codebook, scales, pruned, stats).astype(codes.dtype)
     reference = cluster.dequantize(codebook, codes, scales).reshape(w.shape)
     codebook_stored = codebook.astype(np.dtype(C.DTYPES[s.codebook_dtype]))
     if s.codebook_dtype != "float32":  # the file's codebook is what decodes; make the reference agree
@@ -206,6 +210,20 @@ def encode_weight(w: np.ndarray, s: LayerSettings, default_bits: int) -> Encoded
     if s.encoding == "auto" and size >= w.nbytes:
         return dense(w)  # compression does not pay for this tensor
     return Encoded(enc, reference.astype(np.float32), size, st)
+
+
+def _compensated_codes(w, keep, codebook, scales, pruned: bool, stats) -> np.ndarray:
+    """Codes chosen by compensate.assign on the (out, in) view of the weight (the transpose for MatMul's (in, out))."""
+    from .compensate import assign
+
+    rows = w.shape[0]
+    w2, k2 = w.reshape(rows, -1), keep.reshape(rows, -1)
+    sc = None if scales is None else scales.astype(np.float32)[:, None]
+    if stats.transpose:
+        codes = assign(w2.T, k2.T, codebook, None if sc is None else sc.T, stats.h, pruned).T
+    else:
+        codes = assign(w2, k2, codebook, sc, stats.h, pruned)
+    return codes.reshape(w.shape)
 
 
 def _chunk_starts(rows: int, per_chunk: int) -> np.ndarray:

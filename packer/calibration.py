@@ -1,0 +1,120 @@
+"""Second-order statistics of every weight layer's inputs on a calibration set, for error-compensated quantisation
+(packer/compensate.py): H = X^T X summed over the calibration batches, X holding one row per sample (Gemm), per
+sample and position (MatMul on 3-D inputs) or per output position (Conv: the im2col patches, one H per group).
+
+The graph runs in onnxruntime on the original weights with every layer input exposed as an output; memory is
+bounded by one batch's activations plus the H matrices (cols^2 doubles per layer and group).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .graph import Graph, Node
+
+
+@dataclass
+class LayerStats:
+    """H for one weight tensor, oriented for compensate.assign: rows of the weight matrix are output channels."""
+
+    h: np.ndarray  # (cols, cols) or (groups, cols, cols), float64
+    samples: int  # rows of X accumulated
+    transpose: bool = False  # the stored tensor is (in, out) (MatMul): assign on its transpose
+
+
+def _conv_patches(x: np.ndarray, node: Node, w_shape: tuple) -> np.ndarray:
+    """im2col of a Conv input: (groups, positions, cols) with cols ordered (c, kh, kw) like the weight's rows."""
+    if x.ndim == 3:  # 1-D convolution as 2-D with height 1
+        x = x[:, :, None, :]
+        w_shape = (w_shape[0], w_shape[1], 1, w_shape[2])
+    n, c, hgt, wid = x.shape
+    kh, kw = w_shape[2], w_shape[3]
+    group = int(node.attr("group", 1))
+    spatial = 2 if len(w_shape) == 4 else 1
+    strides = list(node.attr("strides", [1] * spatial))
+    dil = list(node.attr("dilations", [1] * spatial))
+    pads = list(node.attr("pads", [0] * 2 * spatial))
+    if spatial == 1 or len(strides) == 1:
+        strides, dil = [1] + strides[-1:], [1] + dil[-1:]
+        pads = [0, pads[0], 0, pads[-1]] if len(pads) == 2 else pads
+    auto = node.attr("auto_pad", "NOTSET")
+    auto = auto.decode() if isinstance(auto, bytes) else auto
+    if auto in ("SAME_UPPER", "SAME_LOWER"):
+        pads = [0, 0, 0, 0]
+        for i, (size, k) in enumerate(((hgt, kh), (wid, kw))):
+            out = -(-size // strides[i])
+            total = max(0, (out - 1) * strides[i] + (k - 1) * dil[i] + 1 - size)
+            lo = total // 2 if auto == "SAME_UPPER" else total - total // 2
+            pads[i], pads[i + 2] = lo, total - lo
+    elif auto == "VALID":
+        pads = [0, 0, 0, 0]
+    xp = np.pad(x, ((0, 0), (0, 0), (pads[0], pads[2]), (pads[1], pads[3])))
+    eh, ew = (kh - 1) * dil[0] + 1, (kw - 1) * dil[1] + 1
+    win = np.lib.stride_tricks.sliding_window_view(xp, (eh, ew), axis=(2, 3))
+    win = win[:, :, ::strides[0], ::strides[1], ::dil[0], ::dil[1]]  # n, c, oh, ow, kh, kw
+    n, c, oh, ow = win.shape[:4]
+    cg = c // group
+    win = win.reshape(n, group, cg, oh, ow, kh, kw).transpose(1, 0, 3, 4, 2, 5, 6)
+    return win.reshape(group, n * oh * ow, cg * kh * kw)
+
+
+def _rows_of_input(x: np.ndarray, node: Node, w: np.ndarray) -> tuple[np.ndarray, bool]:
+    """The layer input as (groups, samples, cols) and whether the weight is stored (in, out)."""
+    if node.op in ("Conv",):
+        return _conv_patches(x, node, w.shape), False
+    if node.op == "Gemm":
+        a = x.reshape(-1, x.shape[-1]) if x.ndim != 2 else x
+        if node.attr("transA", 0):
+            a = a.T
+        transposed = not node.attr("transB", 0)
+        return a[None], transposed
+    if node.op == "MatMul":
+        return x.reshape(-1, x.shape[-1])[None], True
+    raise ValueError(f"no input statistics for op {node.op}")
+
+
+def layer_statistics(graph: Graph, weights: dict[str, tuple[str, str]], batches: list[dict[str, np.ndarray]],
+                     progress=None) -> dict[str, LayerStats]:
+    """weights: tensor name -> (op, node name) as pipeline.weight_tensors gives; batches: feeds onnxruntime accepts
+    (each a dict input name -> array). Layers without statistics (ConvTranspose, recurrent ops) are left out."""
+    from onnx import helper
+
+    from .onnx_io import graph_to_onnx
+    from .verify import session
+
+    wanted: dict[str, tuple[Node, str]] = {}
+    for n in graph.nodes:
+        if n.op in ("Conv", "Gemm", "MatMul") and len(n.inputs) > 1 and n.inputs[1] in weights \
+                and n.inputs[1] not in {t for _, t in wanted.values()}:
+            if graph.initializers[n.inputs[1]].ndim >= 2 and n.inputs[0] not in graph.initializers:
+                wanted.setdefault(n.name, (n, n.inputs[1]))
+    model = graph_to_onnx(graph)
+    known = {o.name for o in model.graph.output}
+    names = []
+    for node, _ in wanted.values():
+        x = node.inputs[0]
+        if x not in names:
+            names.append(x)
+        if x not in known:
+            model.graph.output.append(helper.make_empty_tensor_value_info(x))
+            known.add(x)
+    sess = session(model)
+    stats: dict[str, LayerStats] = {}
+    for feeds in (progress(batches) if progress else batches):
+        values = dict(zip(names, sess.run(names, feeds)))
+        for node, wname in wanted.values():
+            w = graph.initializers[wname]
+            rows, transposed = _rows_of_input(values[node.inputs[0]].astype(np.float32), node, w)
+            h = np.einsum("gsi,gsj->gij", rows, rows, dtype=np.float64, optimize=True) if rows.shape[0] > 1 \
+                else (rows[0].T.astype(np.float64) @ rows[0].astype(np.float64))[None]
+            if wname in stats:
+                stats[wname].h += h
+                stats[wname].samples += rows.shape[1]
+            else:
+                stats[wname] = LayerStats(h, rows.shape[1], transposed)
+    for s in stats.values():
+        s.h /= max(1, s.samples)
+        if s.h.shape[0] == 1:
+            s.h = s.h[0]
+    return stats

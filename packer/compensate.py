@@ -1,0 +1,127 @@
+"""Error-compensated codebook assignment from calibration data (OBQ / GPTQ, Frantar & Alistarh 2022, Frantar et al.
+2023, applied to Deep Compression's shared codebooks): a layer's codes are chosen one input column at a time, and
+the rounding error of each column is pushed onto the columns not yet quantised through the inverse Hessian of the
+layer's inputs, H = X^T X (X: one row per input sample or output position, one column per weight column).
+
+The codebook itself comes from k-means (packer/cluster.py); this module only decides which entry each weight takes,
+so the file format is unchanged. Pruned entries (mask False) are forced to code 0 (the reserved 0.0) and their
+removal error is compensated like any rounding error (SparseGPT's update for a fixed mask).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+DAMP = 0.01  # dampening: H + DAMP * mean(diag H) * I, as GPTQ
+BLOCK = 128  # columns quantised together before the lazy update of the rest (GPTQ's block)
+
+
+class HessianError(ValueError):
+    """The accumulated statistics do not fit the weight they were meant for."""
+
+
+def inverse_cholesky(h: np.ndarray, damp: float = DAMP) -> tuple[np.ndarray, np.ndarray]:
+    """Upper Cholesky factor U of (H + damp*mean(diag)*I)^-1 (so that U^T U = H^-1), and the mask of dead columns
+    (inputs that were always zero: their weights cannot matter and are quantised without compensation)."""
+    h = np.array(h, dtype=np.float64)
+    dead = np.diag(h) <= 0
+    h[dead, dead] = 1.0
+    mean_diag = float(np.mean(np.diag(h)))
+    h[np.diag_indices_from(h)] += damp * (mean_diag if mean_diag > 0 else 1.0)
+    for _ in range(6):
+        try:
+            low = np.linalg.cholesky(h)
+            break
+        except np.linalg.LinAlgError:  # numerically indefinite: damp harder
+            h[np.diag_indices_from(h)] += damp * (mean_diag if mean_diag > 0 else 1.0)
+    else:
+        raise HessianError("the input statistics are not positive definite even after dampening")
+    inv_low = np.linalg.inv(low)  # H = L L^T -> H^-1 = L^-T L^-1
+    hinv = inv_low.T @ inv_low
+    return np.linalg.cholesky(hinv).T, dead
+
+
+def _nearest(v: np.ndarray, sorted_cb: np.ndarray, order: np.ndarray) -> np.ndarray:
+    """Index into the (unsorted) codebook of the entry nearest to each value of v."""
+    j = np.clip(np.searchsorted(sorted_cb, v), 1, sorted_cb.size - 1) if sorted_cb.size > 1 else np.zeros(
+        v.shape, np.int64)
+    if sorted_cb.size > 1:
+        left = sorted_cb[j - 1]
+        right = sorted_cb[j]
+        j = np.where(np.abs(v - left) <= np.abs(right - v), j - 1, j)
+    return order[j]
+
+
+def assign(w2: np.ndarray, keep2: np.ndarray, codebook: np.ndarray, scales: np.ndarray | None,
+           h: np.ndarray, reserve_zero: bool, damp: float = DAMP, block: int = BLOCK) -> np.ndarray:
+    """Codes (rows x cols, int64) for the weight matrix w2 (rows = output channels) given its codebook.
+
+    h: (cols, cols) Hessian of the layer's inputs (the same for every row), or (groups, cols, cols) when the rows
+    split into `groups` equal groups that each see their own inputs (grouped and depthwise convolutions).
+    scales: None, or the decode scale of every weight, broadcastable to (rows, cols): (rows, 1) for the format's
+    per-row scales, (1, cols) when the stored tensor is the transpose of w2.
+    With reserve_zero, codebook[0] is 0.0 reserved for pruned entries: kept entries take codes >= 1 only.
+    """
+    w2 = np.asarray(w2, dtype=np.float64)
+    rows, cols = w2.shape
+    h = np.asarray(h, dtype=np.float64)
+    if h.ndim == 2:
+        h = h[None]
+    groups = h.shape[0]
+    if h.shape[1:] != (cols, cols) or rows % groups:
+        raise HessianError(f"statistics of shape {h.shape} do not fit a weight of {rows} rows x {cols} columns")
+    cb = np.asarray(codebook, dtype=np.float32).astype(np.float64)
+    first = 1 if reserve_zero else 0
+    usable = cb[first:]
+    order = np.argsort(usable, kind="stable")
+    sorted_cb = usable[order]
+    order = order + first
+    sc = np.ones((rows, cols)) if scales is None else np.broadcast_to(
+        np.asarray(scales, np.float32).astype(np.float64), (rows, cols))
+    safe = np.where(sc > 0, sc, 1.0)
+    codes = np.zeros((rows, cols), dtype=np.int64)
+    per = rows // groups
+    for g in range(groups):
+        r0, r1 = g * per, (g + 1) * per
+        u, dead = inverse_cholesky(h[g], damp)
+        w = w2[r0:r1].copy()
+        keep = np.asarray(keep2[r0:r1], dtype=bool)
+        s = safe[r0:r1]
+        out = np.zeros((per, cols), dtype=np.int64)
+        zero_idx = _nearest(np.zeros(1), sorted_cb, order)[0]
+        w[:, dead] = np.where(keep[:, dead], w[:, dead], 0.0)
+        for c0 in range(0, cols, block):
+            c1 = min(cols, c0 + block)
+            err = np.zeros((per, c1 - c0))
+            for j in range(c0, c1):
+                col = w[:, j]
+                sj = s[:, j]
+                idx = _nearest(col / sj, sorted_cb, order)
+                kj = keep[:, j]
+                # pruned entries decode to 0.0 (reserved code 0) or are masked (nearest-to-zero code)
+                idx = np.where(kj, idx, 0 if reserve_zero else zero_idx)
+                q = np.where(kj, cb[idx] * sj, 0.0)
+                out[:, j] = idx
+                e = (col - q) / u[j, j]
+                err[:, j - c0] = e
+                if j + 1 < c1:
+                    w[:, j + 1:c1] -= np.outer(e, u[j, j + 1:c1])
+            if c1 < cols:
+                w[:, c1:] -= err @ u[c0:c1, c1:]
+        codes[r0:r1] = out
+    return codes
+
+
+def output_error(w2: np.ndarray, q2: np.ndarray, h: np.ndarray) -> float:
+    """Relative output error of the layer: tr(D H D^T) / tr(W H W^T) with D = W - Q (per group when h is 3-D)."""
+    w2 = np.asarray(w2, np.float64)
+    d = w2 - np.asarray(q2, np.float64)
+    h = np.asarray(h, np.float64)
+    if h.ndim == 2:
+        h = h[None]
+    per = w2.shape[0] // h.shape[0]
+    num = den = 0.0
+    for g in range(h.shape[0]):
+        dg, wg = d[g * per:(g + 1) * per], w2[g * per:(g + 1) * per]
+        num += float(np.einsum("ij,jk,ik->", dg, h[g], dg))
+        den += float(np.einsum("ij,jk,ik->", wg, h[g], wg))
+    return float(np.sqrt(num / den)) if den > 0 else 0.0

@@ -1,0 +1,140 @@
+"""Error-compensated codebook assignment (packer/compensate.py) and the layer-input statistics it uses
+(packer/calibration.py): the output error it reaches against nearest-centroid assignment on correlated inputs, the
+pruning mask kept, grouped statistics, and the im2col patches checked against onnxruntime's Conv."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from packer import cluster
+from packer.calibration import LayerStats, _conv_patches, layer_statistics
+from packer.compensate import HessianError, assign, output_error
+from packer.encode import LayerSettings, encode_weight
+from packer.graph import Node
+from packer.onnx_io import from_onnx
+from packer.verify import session
+
+
+def _correlated_inputs(n: int, cols: int, seed: int) -> np.ndarray:
+    """Inputs whose channels are strongly correlated and of very different energy, as real activations are."""
+    rng = np.random.default_rng(seed)
+    base = rng.standard_normal((n, cols // 4))
+    mix = rng.standard_normal((cols // 4, cols))
+    x = base @ mix + 0.1 * rng.standard_normal((n, cols))
+    return x * np.exp(rng.normal(0, 1, cols))
+
+
+@pytest.mark.parametrize("bits", [2, 3, 4, 6])
+def test_compensation_lowers_output_error(bits):
+    rng = np.random.default_rng(bits)
+    w = rng.standard_normal((48, 64)).astype(np.float32)
+    x = _correlated_inputs(2000, 64, bits)
+    h = x.T @ x / len(x)
+    keep = np.ones(w.shape, bool)
+    cb, codes = cluster.quantize(w, keep, bits, reserve_zero=False)
+    naive = output_error(w, cluster.dequantize(cb, codes), h)
+    comp = assign(w, keep, cb, None, h, reserve_zero=False)
+    got = output_error(w, cluster.dequantize(cb, comp), h)
+    assert got < 0.75 * naive, (bits, naive, got)
+    assert comp.min() >= 0 and comp.max() < cb.size
+
+
+def test_pruned_entries_keep_the_reserved_zero_and_their_error_is_compensated():
+    rng = np.random.default_rng(1)
+    w = rng.standard_normal((32, 40)).astype(np.float32)
+    x = _correlated_inputs(1000, 40, 2)
+    h = x.T @ x / len(x)
+    keep = np.abs(w) > np.quantile(np.abs(w), 0.5)
+    cb, codes = cluster.quantize(w, keep, 4, reserve_zero=True)
+    comp = assign(w, keep, cb, None, h, reserve_zero=True)
+    assert np.all(comp[~keep] == 0) and np.all(comp[keep] >= 1)
+    assert output_error(w, cluster.dequantize(cb, comp), h) < output_error(w, cluster.dequantize(cb, codes), h)
+
+
+def test_row_and_column_scales():
+    rng = np.random.default_rng(3)
+    w = (rng.standard_normal((16, 24)) * np.exp(rng.normal(0, 2, 16))[:, None]).astype(np.float32)
+    x = _correlated_inputs(800, 24, 4)
+    h = x.T @ x / len(x)
+    keep = np.ones(w.shape, bool)
+    scales = cluster.choose_row_scales(w)
+    cb, codes = cluster.quantize(w, keep, 4, reserve_zero=False, row_scales=scales)
+    comp = assign(w, keep, cb, scales[:, None], h, reserve_zero=False)
+    q = cluster.dequantize(cb, comp, scales)
+    assert output_error(w, q, h) < output_error(w, cluster.dequantize(cb, codes, scales), h)
+    # the transpose with (1, cols) scales is the same problem
+    comp_t = assign(w.T.copy(), keep.T, cb, scales[None, :], np.eye(16), reserve_zero=False)
+    assert comp_t.shape == (24, 16)
+
+
+def test_grouped_statistics_and_shape_errors():
+    rng = np.random.default_rng(5)
+    w = rng.standard_normal((8, 9)).astype(np.float32)  # depthwise 3x3: 8 groups of one row
+    hs = np.stack([(lambda x: x.T @ x)(rng.standard_normal((50, 9))) for _ in range(8)])
+    cb, codes = cluster.quantize(w, None, 3, reserve_zero=False)
+    comp = assign(w, np.ones(w.shape, bool), cb, None, hs, reserve_zero=False)
+    assert output_error(w, cluster.dequantize(cb, comp), hs) <= output_error(w, cluster.dequantize(cb, codes), hs)
+    with pytest.raises(HessianError):
+        assign(w, np.ones(w.shape, bool), cb, None, np.eye(5), reserve_zero=False)
+
+
+def test_dead_inputs_do_not_break_the_factorisation():
+    w = np.random.default_rng(0).standard_normal((4, 6)).astype(np.float32)
+    h = np.zeros((6, 6))
+    h[:3, :3] = np.eye(3)
+    cb, _ = cluster.quantize(w, None, 2, reserve_zero=False)
+    codes = assign(w, np.ones(w.shape, bool), cb, None, h, reserve_zero=False)
+    assert codes.shape == w.shape
+
+
+@pytest.mark.parametrize("attrs,shape,wshape", [
+    ({}, (2, 3, 9, 11), (4, 3, 3, 3)),
+    ({"pads": [1, 2, 0, 1], "strides": [2, 1], "dilations": [1, 2]}, (1, 4, 10, 12), (6, 4, 3, 2)),
+    ({"group": 2, "pads": [1, 1, 1, 1], "strides": [2, 2]}, (1, 4, 8, 8), (6, 2, 3, 3)),
+    ({"group": 4, "pads": [1, 1, 1, 1]}, (1, 4, 7, 7), (4, 1, 3, 3)),
+    ({"auto_pad": "SAME_UPPER", "strides": [2, 2]}, (1, 3, 9, 9), (5, 3, 3, 3)),
+    ({"pads": [2, 1], "strides": [2]}, (2, 3, 17), (4, 3, 5)),
+])
+def test_conv_patches_reproduce_onnxruntime_conv(attrs, shape, wshape):
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal(shape).astype(np.float32)
+    w = rng.standard_normal(wshape).astype(np.float32)
+    node = helper.make_node("Conv", ["x", "w"], ["y"], **attrs)
+    g = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                          [numpy_helper.from_array(w, "w")])
+    y = session(helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])).run(None, {"x": x})[0]
+    ir = from_onnx(helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)]))
+    conv = next(n for n in ir.nodes if n.op == "Conv")
+    patches = _conv_patches(x, conv, w.shape)  # groups, positions, cols
+    groups = patches.shape[0]
+    per = wshape[0] // groups
+    outs = [patches[gi] @ w[gi * per:(gi + 1) * per].reshape(per, -1).T for gi in range(groups)]
+    got = np.concatenate(outs, axis=1)  # (n * positions, out)
+    ref = np.moveaxis(y, 1, -1).reshape(-1, wshape[0])
+    np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-4)
+
+
+def test_layer_statistics_and_encode_on_a_small_model():
+    rng = np.random.default_rng(7)
+    w1 = rng.standard_normal((8, 3, 3, 3)).astype(np.float32)
+    w2 = rng.standard_normal((10, 8 * 6 * 6)).astype(np.float32) / 10
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["c"], pads=[1, 1, 1, 1], strides=[1, 1]),
+             helper.make_node("Relu", ["c"], ["r"]),
+             helper.make_node("Flatten", ["r"], ["f"]),
+             helper.make_node("Gemm", ["f", "w2"], ["y"], transB=1)]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 6, 6])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 10])],
+                          [numpy_helper.from_array(w1, "w1"), numpy_helper.from_array(w2, "w2")])
+    ir = from_onnx(helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)]))
+    batches = [{"x": rng.standard_normal((1, 3, 6, 6)).astype(np.float32)} for _ in range(12)]
+    stats = layer_statistics(ir, {"w1": ("Conv", "c"), "w2": ("Gemm", "g")}, batches)
+    assert stats["w1"].h.shape == (27, 27) and stats["w2"].h.shape == (288, 288)
+    assert isinstance(stats["w1"], LayerStats) and stats["w1"].samples == 12 * 36
+    s = LayerSettings(bits=3)
+    plain = encode_weight(ir.initializers["w2"], s, 5)
+    comp = encode_weight(ir.initializers["w2"], s, 5, stats=stats["w2"])
+    assert comp.encoding["type"] == plain.encoding["type"]
+    w = ir.initializers["w2"]
+    assert output_error(w, comp.reference, stats["w2"].h) < output_error(w, plain.reference, stats["w2"].h)
