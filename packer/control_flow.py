@@ -127,10 +127,9 @@ def copy_body(g: Graph) -> Graph:
                  g.opset, g.source_params)
 
 
-def _inline(g: Graph, n: Node, branch: Graph, used: set[str], targets: list[str] | None = None) -> list[Node]:
+def _inline(g: Graph, n: Node, branch: Graph, used: set[str]) -> list[Node]:
     """The branch's nodes with its own names made unique in g, its constants added to g's initializers, and an
-    Identity per If output (removed afterwards by the importer's clean-up, onnx_io.tidy) writing it to n's output
-    or, given `targets`, to those names."""
+    Identity per If output (removed afterwards by the importer's clean-up, onnx_io.tidy)."""
     if len(branch.outputs) != len(n.outputs):
         raise UnsupportedError(f"node '{n.name}' (If): the branch taken has {len(branch.outputs)} outputs, the node "
                                f"{len(n.outputs)}")
@@ -142,61 +141,10 @@ def _inline(g: Graph, n: Node, branch: Graph, used: set[str], targets: list[str]
     rename_reads(nodes, mapping)
     for k, v in branch.initializers.items():
         g.initializers[mapping[k]] = v
-    for i, (bo, io) in enumerate(zip(branch.outputs, targets or n.outputs)):
+    for i, (bo, io) in enumerate(zip(branch.outputs, n.outputs)):
         if io:
             nodes.append(Node("Identity", _fresh(f"{n.name}/output{i}", used), [mapping.get(bo.name, bo.name)], [io]))
     return nodes
-
-
-SELECT = ":select"  # name suffix of the Where nodes that stand for an If on data (see lower_data_ifs)
-
-
-def lower_data_ifs(g: Graph) -> bool:
-    """An If whose condition is computed from the data of inputs nobody would fix at pack time (a model that runs a
-    second-stage network only when its first score passes a threshold) becomes both branches, computed every run,
-    and one Where per output selecting the branch the condition picks: the same outputs, as long as both branches
-    give the same static shape and dtype (checked by ONNX shape inference; otherwise the If stays, and is refused).
-    Conditions that depend on fixable inputs or on dynamic shapes are left for --input-value / --input-shape."""
-    from .onnx_io import infer_value_shapes
-
-    changed = False
-    for n in [m for m in g.nodes if m.op == "If" and m.inputs and m.inputs[0] not in g.initializers]:
-        values, _ = upstream_inputs(g, n.inputs[0])
-        if not values or any(_fixable(v) for v in values) or \
-                any(n.attrs.get(k, ("", None))[0] != "graph" for k in ("then_branch", "else_branch")):
-            continue
-        trial = Graph(g.name, g.inputs, g.outputs, list(g.nodes), dict(g.initializers), g.opset, g.source_params)
-        used = _all_names(trial, skip=n)
-        picks = {b: [_fresh(f"{o}{SELECT}.{b[:4]}", used) if o else "" for o in n.outputs]
-                 for b in ("then_branch", "else_branch")}
-        nodes = _inline(trial, n, copy_body(n.attrs["then_branch"][1]), used, picks["then_branch"])
-        nodes += _inline(trial, n, copy_body(n.attrs["else_branch"][1]), used, picks["else_branch"])
-        cond = _fresh(f"{n.inputs[0]}{SELECT}.scalar", used)  # the one-element condition as a 0-d tensor, so that
-        # Where's broadcast gives each output the branches' shape
-        nodes.append(Node("Squeeze", _fresh(f"{n.name}{SELECT}.cond", used), [n.inputs[0]], [cond]))
-        for i, o in enumerate(n.outputs):
-            if o:
-                nodes.append(Node("Where", _fresh(f"{n.name}{SELECT}{i}", used),
-                                  [cond, picks["then_branch"][i], picks["else_branch"][i]], [o]))
-        at = next(i for i, m in enumerate(trial.nodes) if m is n)
-        trial.nodes[at:at + 1] = nodes
-        known = infer_value_shapes(trial)
-        ok = True
-        for t, e in zip(picks["then_branch"], picks["else_branch"]):
-            if not t:
-                continue
-            a, b = known.get(t), known.get(e)
-            ok &= (a is not None and b is not None and a.dtype == b.dtype and a.shape is not None
-                   and a.shape == b.shape and all(isinstance(d, int) for d in a.shape))
-        if ok:
-            g.nodes, g.initializers = trial.nodes, trial.initializers
-            changed = True
-    return changed
-
-
-def lowered_ifs(g: Graph) -> list[str]:
-    """Names of the Ifs lower_data_ifs replaced (for the pack report)."""
-    return sorted({n.name.rsplit(SELECT, 1)[0] for n in g.nodes if n.op == "Where" and SELECT in n.name})
 
 
 def _forget_params(g: Graph, n: Node, taken: Graph, dropped: Graph | None) -> None:
@@ -268,8 +216,7 @@ def _if_advice(g: Graph, n: Node) -> str:
                     f"VALUE}})")
         decl = ", ".join(f"'{v.name}' ({v.dtype}{_show(v.shape)})" for v in data)
         return (f"{what}; its condition '{cond}' is computed from the data of input(s) {decl}, so it is decided "
-                f"anew on every run and cannot be specialised away; nor can both branches be computed and one picked "
-                f"(Where), because their outputs' shapes or dtypes differ or are not static")
+                f"anew on every run and cannot be specialised away")
     if dynamic_shapes:
         flags = " ".join(f"--input-shape {v.name}=" + ",".join(str(d) if isinstance(d, int) else "1"
                                                              for d in v.shape) for v in dynamic_shapes)

@@ -161,10 +161,6 @@ def pack(model_path: str | os.PathLike, out_path: str | os.PathLike, *, sparsity
     values = parse_input_values(input_values)
     graph = specialise(graph, shapes, values) if shapes or values else fold_constants(graph)
     check_storable(graph)
-    from .control_flow import lowered_ifs
-
-    warnings += [f"node '{name}' (If) branches on data: both branches are computed on every run and Where picks "
-                 f"the result (the same outputs, more work)" for name in lowered_ifs(graph)]
     factorised = None
     if low_rank is not None:
         from .lowrank import factorise

@@ -148,7 +148,7 @@ def fold_constants(graph: Graph, strict: bool = False) -> Graph:
     """A copy of `graph` where every node whose inputs are all constants, and every Shape/Size of a tensor whose
     shape is static, is replaced by an initializer. Safe on any graph: only static facts are used. strict: a
     Shape/Size left on a tensor of unknown shape is an error naming the dynamic input behind it."""
-    from .control_flow import inline_constant_ifs, lower_data_ifs
+    from .control_flow import inline_constant_ifs
 
     g = _copy(graph)
     values: dict[str, ValueInfo] = {}
@@ -160,7 +160,7 @@ def fold_constants(graph: Graph, strict: bool = False) -> Graph:
             values = infer_value_shapes(g)
             _explicit_splits(g, values)
         changed = _fold_pass(g, values)
-        inlined = inline_constant_ifs(g) or (not changed and lower_data_ifs(g))
+        inlined = inline_constant_ifs(g)
         folded_any |= changed
         inlined_any |= inlined
         if not changed and not inlined:
