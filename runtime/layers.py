@@ -44,12 +44,17 @@ BLAS_GEMV_MAC_S = 0.045e-9  # float32 matrix-vector multiply-add
 BLAS_GEMM_MAC_S = 0.015e-9  # float32 matrix-matrix multiply-add
 CONV_TAP_S = 0.06e-9  # one weight tap at one output position, compact direct convolution (any stride: strided
 # ones read a phased copy of the input; measured 0.05-0.07e-9 on four 3x3 stride-2 layers, 15-80 us)
+CONV_TAP_FIXED_S = 2.3e-9  # one weight tap per output plane and sample, whatever the plane's size (the tap loop's
+# start): what a 1-D convolution with a long kernel and few outputs pays (openWakeWord's STFT, 257 x 512 taps at 5
+# positions: 0.68 ms measured where positions x CONV_TAP_S alone predicted 0.08)
 IM2COL_S = 0.5e-9  # one im2col element
 STREAM_SYMBOL_S = 2.0e-9  # one symbol of one stream decoded at run time
 STREAM_MAC_S = 1.0e-9  # one multiply-add of the CSR row-block kernel (csr and streamed), per sample
 STREAM_CHUNK_S = 0.3e-6  # per chunk: three stream starts
 STREAM_CONV_TAP_S = 0.15e-9  # one tap at one output position, streamed convolution
 STREAM_CONV_ROW_S = 3e-9  # one tap over one output row (loop overhead; short rows pay it)
+STREAM_CONV_TAP_FIXED_S = 40e-9  # one tap per sample, whatever the rows: its position from the column index
+# (integer divisions); measured 43 ns a tap on the same STFT streamed (12 ms; 1.5 ms predicted without it)
 DENSE_PENALTY = 1.25
 
 
@@ -1132,14 +1137,15 @@ class LayerSpec:
                     t = nb * cout * cols * positions * CONV_TAP_S
                 return DENSE_PENALTY * (CALL_S + t)
             if mode in ("streamed", "csr"):
-                taps = nb * _kept(w) * (positions * STREAM_CONV_TAP_S + oh * STREAM_CONV_ROW_S)
+                taps = nb * _kept(w) * (positions * STREAM_CONV_TAP_S + oh * STREAM_CONV_ROW_S
+                                        + STREAM_CONV_TAP_FIXED_S)
                 if mode == "csr":
                     return CALL_S + taps
                 s = layer.streamed
                 return (CALL_S + s.symbols_per_run() * STREAM_SYMBOL_S + len(s.row_starts) * STREAM_CHUNK_S
                         + taps)
             taps = _kept(w) if not isinstance(w, Int8Weight) else cout * cols
-            return CALL_S + nb * (taps * positions * CONV_TAP_S + cout * cols * 0.2e-9)
+            return CALL_S + nb * (taps * (positions * CONV_TAP_S + CONV_TAP_FIXED_S) + cout * cols * 0.2e-9)
         batch = math.prod(x_shape[:-1]) if self.op == "MatMul" else x_shape[1 if gemm_attrs(self.node["attrs"])[0]
                                                                                else 0]
         n, k = w.rows, w.cols  # the cost does not depend on which of them is the output
