@@ -105,8 +105,9 @@ def weight_histograms(plt, onnx_path: str, epk_path: str, out: Path) -> list[str
         note = ""
         if ref is None or ref.shape != dense.shape:
             ref, note = dense, " (original not in the ONNX under this name: packed values shown)"
-        ref = ref.reshape(dense.shape[0], -1).astype(np.float64)
-        kept = dense.reshape(dense.shape[0], -1) != 0
+        rows = w.rows  # the matrix the codebook (and its per-row scales) is defined on: prod(shape[:row_dims])
+        ref = ref.reshape(rows, -1).astype(np.float64)
+        kept = dense.reshape(rows, -1) != 0
         if w.row_scales is not None:
             scales = w.row_scales.astype(np.float64)[:, None]
             ref = np.divide(ref, scales, out=np.zeros_like(ref), where=scales != 0)
