@@ -109,6 +109,20 @@ def _input_constant(v: ValueInfo, value: object, where: str) -> np.ndarray:
     return np.asarray(arr.reshape(shape), order="C")
 
 
+def input_constants(graph: Graph, input_values: Mapping[str, object] | Iterable[str] | None) -> dict[str, np.ndarray]:
+    """{name: array} for `--input-value`s: each value as an array of the input's declared dtype and shape (shapes
+    given with --input-shape must already be set on `graph`); ValueError naming what does not fit."""
+    values = parse_input_values(input_values)
+    by_name = {v.name: v for v in graph.inputs}
+    out = {}
+    for name, value in values.items():
+        if name not in by_name:
+            raise ValueError(f"input value given for '{name}', which is not an input of the model; its inputs: "
+                             f"{', '.join(x.name for x in graph.inputs) or '(none)'}")
+        out[name] = _input_constant(by_name[name], value, f"input value for '{name}'")
+    return out
+
+
 def specialise(graph: Graph, input_shapes: Mapping[str, Iterable[int]] | Iterable[str] | None,
                input_values: Mapping[str, object] | Iterable[str] | None = None) -> Graph:
     """A copy of `graph` with the given inputs' shapes fixed, the inputs given values (`--input-value`) turned into
@@ -119,10 +133,6 @@ def specialise(graph: Graph, input_shapes: Mapping[str, Iterable[int]] | Iterabl
     values = parse_input_values(input_values)
     g = _copy(graph)
     by_name = {v.name: v for v in g.inputs}
-    for name in values:
-        if name not in by_name:
-            raise ValueError(f"input value given for '{name}', which is not an input of the model; its inputs: "
-                             f"{', '.join(x.name for x in g.inputs) or '(none)'}")
     for name, dims in shapes.items():
         v = by_name.get(name)
         if v is None:
@@ -136,8 +146,7 @@ def specialise(graph: Graph, input_shapes: Mapping[str, Iterable[int]] | Iterabl
                 raise ValueError(f"input '{name}': dimension {i} = {want}, but the model fixes it to {have} "
                                  f"(declared shape {_show(v.shape)})")
         v.shape = list(dims)
-    for name, value in values.items():
-        g.initializers[name] = _input_constant(by_name[name], value, f"input value for '{name}'")
+    g.initializers.update(input_constants(g, values))
     g.inputs = [v for v in g.inputs if v.name not in values]
     g = fold_constants(g, strict=True)
     _set_output_shapes(g)

@@ -55,6 +55,22 @@ def random_inputs(graph: Graph, batch: int, seed: int = 0) -> dict[str, np.ndarr
     return feeds
 
 
+def _fixed_inputs(original_onnx, packed_path) -> dict[str, np.ndarray]:
+    """The inputs the file was specialised on (`pack --input-value`), as the original model takes them."""
+    from runtime.loader import read_packed
+
+    settings = read_packed(packed_path).meta.get("settings") or {}
+    if not settings.get("input_values"):
+        return {}
+    from .onnx_io import load_onnx
+    from .shapes import input_constants
+
+    graph = load_onnx(original_onnx)
+    for v in graph.inputs:  # a value for an input of dynamic shape takes the shape it was packed with
+        v.shape = list((settings.get("input_shapes") or {}).get(v.name, v.shape))
+    return input_constants(graph, settings["input_values"])
+
+
 def compare(original_onnx: str | os.PathLike, packed_path: str | os.PathLike, feeds: dict[str, np.ndarray] | None
             = None, labels: np.ndarray | None = None, batch: int = 256, seed: int = 0) -> Agreement:
     from .onnx_io import graph_to_onnx
@@ -66,7 +82,7 @@ def compare(original_onnx: str | os.PathLike, packed_path: str | os.PathLike, fe
     a_sess = session(original_onnx)
     b_sess = session(graph_to_onnx(packed_graph))
     out_name = packed_graph.outputs[0].name
-    a = a_sess.run([out_name], feeds)[0].astype(np.float64)
+    a = a_sess.run([out_name], {**feeds, **_fixed_inputs(original_onnx, packed_path)})[0].astype(np.float64)
     b = b_sess.run([out_name], feeds)[0].astype(np.float64)
     diff = np.abs(a - b)
     rel = float(np.linalg.norm(a - b) / max(np.linalg.norm(a), 1e-30))

@@ -228,7 +228,8 @@ def test_cli_input_value_packs_and_unpacks_to_the_same_model(tmp_path, capsys):
     onnx.save(m, str(src))
     out = tmp_path / "b.epk"
     assert main(["pack", str(src), "-o", str(out), "-q", "--input-shape", "x=2,4", "--input-value", "mode=16000",
-                 "--config", str(_dense_config(tmp_path))]) == 0
+                 "--config", str(_dense_config(tmp_path)), "--check"]) == 0
+    assert "check against the original (onnxruntime, random inputs): 2 inputs: max |diff| 0" in capsys.readouterr().out
     assert read_packed(out).meta["settings"]["input_values"] == {"mode": "16000"}
     unpack(out, tmp_path / "u.onnx")
     x = RNG.standard_normal((2, 4)).astype(np.float32)
