@@ -183,3 +183,27 @@ def test_scalar_index_gather_keeps_its_rank_through_file_and_runtime(tmp_path):
     want = session(m).run(None, {"x": x})[0]
     assert got.shape == (2, 4)
     np.testing.assert_allclose(got, want, rtol=1e-6)
+
+
+def test_external_data_inside_an_if_branch_outside_folder_is_refused(tmp_path):
+    """Body graphs are searched too: a branch's tensor may not read a file outside the model's folder either."""
+    (tmp_path / "secret.bin").write_bytes(np.ones(16, np.float32).tobytes())
+    w = numpy_helper.from_array(np.ones((4, 4), np.float32), "w")
+    w.data_location = TensorProto.EXTERNAL
+    w.ClearField("raw_data")
+    entry = w.external_data.add()
+    entry.key, entry.value = "location", "../secret.bin"
+    then_g = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["t"])], "then", [],
+                               [helper.make_tensor_value_info("t", TensorProto.FLOAT, [1, 4])], [w])
+    else_g = helper.make_graph([helper.make_node("Neg", ["x"], ["e"])], "else", [],
+                               [helper.make_tensor_value_info("e", TensorProto.FLOAT, [1, 4])])
+    g = helper.make_graph([helper.make_node("If", ["c"], ["y"], then_branch=then_g, else_branch=else_g)], "g",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4]),
+                           helper.make_tensor_value_info("c", TensorProto.BOOL, [])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    path = tmp_path / "sub" / "m.onnx"
+    path.parent.mkdir()
+    path.write_bytes(m.SerializeToString())
+    with pytest.raises(FormatError, match="tensor 'w' has external data '../secret.bin' outside the model's folder"):
+        load_onnx(path)
