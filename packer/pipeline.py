@@ -17,7 +17,7 @@ from runtime.tables import read_table_file
 from . import __version__
 from .encode import Encoded, LayerSettings, default_bits, dense, encode_weight
 from .graph import Graph
-from .writer import build_file, write_atomic
+from .writer import build_file, format_minor, write_atomic
 
 WEIGHT_OPS = C.WEIGHT_INPUTS  # op -> the input indices that hold its compressible weights
 WARN_ERROR = 0.1  # relative L2 error on random inputs above which pack warns
@@ -89,16 +89,29 @@ def plan_settings(graph: Graph, cfg: dict, overrides: dict) -> dict[str, tuple[L
 def encode_tensors(graph: Graph, settings: dict[str, tuple[LayerSettings, int]], progress=None) -> dict[str, Encoded]:
     """Every initializer's encoding: weights by their settings, everything else dense."""
     encoded: dict[str, Encoded] = {}
+    row_dims = {name: C.WEIGHT_ROW_DIMS.get(op, 1) for name, (op, _) in weight_tensors(graph).items()}
     items = list(graph.initializers.items())
     for name, value in (progress(items) if progress else items):
         if name in settings:
             s, bits = settings[name]
-            encoded[name] = encode_weight(value, s, bits)
+            encoded[name] = encode_rows(value, s, bits, row_dims.get(name, 1))
         elif value.dtype.name in C.DTYPES:
             encoded[name] = dense(value)
         else:
             raise FormatError(f"initializer '{name}': dtype {value.dtype} cannot be stored in format v1")
     return encoded
+
+
+def encode_rows(w: np.ndarray, s: LayerSettings, bits: int, row_dims: int = 1) -> Encoded:
+    """encode_weight on the matrix whose rows are the first `row_dims` dimensions (spec section 6: `row_dims`), so
+    that an LSTM's row scales and chunks follow its gate rows rather than its directions."""
+    if row_dims <= 1 or w.ndim <= row_dims:
+        return encode_weight(w, s, bits)
+    e = encode_weight(w.reshape(int(np.prod(w.shape[:row_dims])), -1), s, bits)
+    e.reference = e.reference.reshape(w.shape)
+    if e.encoding["type"] in (C.ENC_INT8, C.ENC_CODEBOOK, C.ENC_SPARSE):
+        e.encoding["row_dims"] = row_dims
+    return e
 
 
 def graph_doc(graph: Graph, encoded: dict[str, Encoded]) -> dict:
@@ -191,7 +204,7 @@ def pack(model_path: str | os.PathLike, out_path: str | os.PathLike, *, sparsity
     doc = graph_doc(graph, encoded)
     meta = {
         "producer": f"edgepack {__version__}",
-        "format_version": f"{C.VERSION_MAJOR}.{C.VERSION_MINOR}",
+        "format_version": f"{C.VERSION_MAJOR}.{format_minor(doc)}",
         "source": {"file": os.path.basename(os.fspath(model_path)), "sha256": file_sha256(model_path),
                    "params": graph.source_params, "fp32_bytes": 4 * graph.source_params},
         "settings": {"cli": {k: v for k, v in over.items() if v is not None}, "config": cfg},

@@ -66,9 +66,16 @@ def _maybe_deflate(raw: bytes, deflate: bool) -> tuple[int, bytes]:
     return 0, raw
 
 
+def format_minor(graph: dict) -> int:
+    """The lowest format minor that describes `graph` (spec section 8): 1.1 added `row_dims` to the encodings."""
+    uses_rows = any(t.get("encoding", {}).get("row_dims", 1) != 1 for t in graph.get("tensors", []))
+    return 1 if uses_rows else 0
+
+
 def build_file(meta: dict, graph: dict, deflate: bool = True) -> bytes:
     """The file's bytes. `graph` may hold numpy arrays wherever a buffer reference belongs."""
     layout = DataLayout()
+    minor = format_minor(graph)
     graph = layout.resolve(graph)
     meta_b, graph_b = to_json_bytes(meta), to_json_bytes(graph)
     if len(meta_b) > C.MAX_META_BYTES or len(graph_b) > C.MAX_GRAPH_BYTES:
@@ -87,7 +94,7 @@ def build_file(meta: dict, graph: dict, deflate: bool = True) -> bytes:
             pad = align(pos) - pos
             body.append(b"\0" * pad)
             pos += pad
-    head = bytearray(_HEADER.pack(C.MAGIC, C.VERSION_MAJOR, C.VERSION_MINOR, count, pos, C.HEADER_SIZE, 0))
+    head = bytearray(_HEADER.pack(C.MAGIC, C.VERSION_MAJOR, minor, count, pos, C.HEADER_SIZE, 0))
     head += b"".join(entries)
     struct.pack_into("<I", head, 28, header_crc(bytes(head), count))
     return bytes(head) + b"".join(body)

@@ -2,7 +2,8 @@
 
 MAGIC = b"\x89EPK\r\n\x1a\n"  # PNG-style: catches text-mode mangling and 7-bit transfers
 VERSION_MAJOR = 1
-VERSION_MINOR = 0
+VERSION_MINOR = 1  # the newest minor this code reads and writes; a file states the lowest minor it needs
+# (packer/writer.py: format_minor): 1 when an encoding has `row_dims`, else 0
 
 HEADER_SIZE = 64
 SECTION_ENTRY_SIZE = 32
@@ -37,6 +38,10 @@ LENGTHS_BITS = 4  # Huffman code-length tables are stored 4-bit packed
 # Gemm / MatMul / Conv on them as stored (runtime/layers.py) and expands the others (ConvTranspose; LSTM and GRU's W
 # and R, [directions, gates x hidden, in]) to dense float32 at load, counted as constants in the memory plan.
 WEIGHT_INPUTS = {"Conv": (1,), "ConvTranspose": (1,), "Gemm": (1,), "MatMul": (1,), "LSTM": (1, 2), "GRU": (1, 2)}
+# The matrix view the packer gives those weights when it is not rows = shape[0] (the encodings' `row_dims`, spec
+# section 6): LSTM / GRU W and R [directions, gates x hidden, in] have a row per gate row of every direction, so that
+# row scales and chunks follow the gate rows.
+WEIGHT_ROW_DIMS = {"LSTM": 2, "GRU": 2}
 
 # Encodings of a tensor ("encoding" -> "type" in the graph section).
 ENC_DENSE = "dense"

@@ -81,7 +81,9 @@ def decode_tensor(t: dict, bufs: Buffers, where: str):
         raise FormatError(f"{w}: encoding '{kind}' holds float32 tensors only, tensor is {dtype}")
     if len(shape) < 1 or count == 0:
         raise FormatError(f"{w}: encoding '{kind}' needs a tensor of rank >= 1 with elements, shape {shape}")
-    rows = shape[0]
+    # the matrix view: rows = the first row_dims dimensions (1 unless given: 2 for LSTM / GRU gate rows)
+    row_dims = int_field(enc, "row_dims", w, 1, len(shape), optional=True) or 1
+    rows = math.prod(shape[:row_dims])
     cols = count // rows
     if kind == C.ENC_INT8:
         axis = field(enc, "axis", int, w, optional=True)
@@ -92,7 +94,7 @@ def decode_tensor(t: dict, bufs: Buffers, where: str):
         zp = bufs.view(field(enc, "zero_point", list, w), "int8", n, f"{w} zero_point")
         q = bufs.view(field(enc, "data", list, w), "int8", count, f"{w} data").reshape(rows, cols)
         _check_finite(scale, f"{w} scale")
-        return Int8Weight(shape, q, scale, zp)
+        return Int8Weight(shape, q, scale, zp, row_dims)
     if kind not in (C.ENC_CODEBOOK, C.ENC_SPARSE):
         raise UnsupportedError(f"{w}: encoding is not supported by this reader")
     cb_dtype = field(enc, "codebook_dtype", str, w)
@@ -115,7 +117,7 @@ def decode_tensor(t: dict, bufs: Buffers, where: str):
     if kind == C.ENC_CODEBOOK:
         codes = decode_stream(field(enc, "codes", dict, w), bufs, count, row_starts * cols, k, f"{w} codes")
         sparse.check_codes(codes, k, f"{w} codes")
-        return CodebookWeight(shape, codebook, codes.reshape(rows, cols), row_scales)
+        return CodebookWeight(shape, codebook, codes.reshape(rows, cols), row_scales, row_dims)
     if codebook[0] != 0.0:
         raise FormatError(f"{w}: codebook[0] must be 0.0 (it decodes filler entries), found {float(codebook[0])!r}")
     nnz = int_field(enc, "nnz", w, 0, count)
@@ -130,7 +132,8 @@ def decode_tensor(t: dict, bufs: Buffers, where: str):
     codes = decode_stream(field(enc, "codes", dict, w), bufs, nnz, bounds, k, f"{w} codes")
     sparse.check_codes(codes, k, f"{w} codes")
     columns = sparse.gaps_to_columns(indptr, gaps, cols, f"{w} gaps")
-    return SparseCodebookWeight(shape, codebook, indptr.astype(np.int32), columns, codes, row_scales)
+    return SparseCodebookWeight(shape, codebook, indptr.astype(np.int32), columns, codes, row_scales,
+                                row_dims)
 
 
 def decode_stream(s: dict, bufs: Buffers, count: int, boundaries: np.ndarray, k: int | None,

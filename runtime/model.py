@@ -77,7 +77,8 @@ def load(source: str | os.PathLike | bytes | bytearray | memoryview, memory_budg
         idx = WEIGHT_INPUT.get(n["op"])
         if idx is not None and len(n["inputs"]) > idx and n["inputs"][idx] in weights:
             w = weights[n["inputs"][idx]]
-            if n["op"] != "MatMul" or len(w.shape) == 2:
+            # the layers' kernels take rows = shape[0] (row_dims 1); another matrix view runs from a dense copy
+            if (n["op"] != "MatMul" or len(w.shape) == 2) and getattr(w, "row_dims", 1) == 1:
                 layer_weight[n["name"]] = n["inputs"][idx]
     needed = set()
     for n in nodes:

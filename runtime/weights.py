@@ -1,6 +1,7 @@
 """Constant tensors as the reader hands them out: dense arrays and the three compressed weight forms.
 
-A compressed weight is a matrix of `rows` x `cols` (rows = shape[0], cols = prod(shape[1:])); `to_dense()` is the
+A compressed weight is a matrix of `rows` x `cols` (rows = prod(shape[:row_dims]), cols = the rest; row_dims is 1
+but for LSTM / GRU weights [directions, gate rows, in], whose rows are the gate rows); `to_dense()` is the
 reference decode every kernel is tested against. Construction checks dtypes and shapes only (O(1) per array); the
 reader validates the content invariants (index ranges, monotone indptr, codes < codebook size) before building these.
 """
@@ -16,10 +17,12 @@ from runtime.errors import FormatError
 _CODE_DTYPES = (np.dtype(np.uint8), np.dtype(np.uint16))
 
 
-def _matrix_dims(kind: str, shape: tuple) -> tuple[int, int]:
+def _matrix_dims(kind: str, shape: tuple, row_dims: int = 1) -> tuple[int, int]:
     if len(shape) < 1 or any((not isinstance(d, (int, np.integer))) or d < 0 for d in shape):
         raise FormatError(f"{kind}: shape must be a non-empty tuple of non-negative ints, found {shape!r}")
-    return int(shape[0]), int(prod(int(d) for d in shape[1:]))
+    if isinstance(row_dims, bool) or not isinstance(row_dims, (int, np.integer)) or not 1 <= row_dims <= len(shape):
+        raise FormatError(f"{kind}: row_dims must be an int in 1..{len(shape)} (the rank), found {row_dims!r}")
+    return int(prod(int(d) for d in shape[:row_dims])), int(prod(int(d) for d in shape[row_dims:]))
 
 
 def _check_array(kind: str, field: str, a, dtypes, shape: tuple) -> None:
@@ -86,21 +89,22 @@ class CodebookWeight:
     codebook: np.ndarray
     codes: np.ndarray
     row_scales: np.ndarray | None = None
+    row_dims: int = 1
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "shape", tuple(int(d) for d in self.shape))
-        rows, cols = _matrix_dims("CodebookWeight", self.shape)
+        rows, cols = _matrix_dims("CodebookWeight", self.shape, self.row_dims)
         _check_codebook("CodebookWeight", self.codebook)
         _check_array("CodebookWeight", "codes", self.codes, _CODE_DTYPES, (rows, cols))
         _check_row_scales("CodebookWeight", self.row_scales, rows)
 
     @property
     def rows(self) -> int:
-        return self.shape[0]
+        return int(prod(self.shape[:self.row_dims]))
 
     @property
     def cols(self) -> int:
-        return int(prod(self.shape[1:]))
+        return int(prod(self.shape[self.row_dims:]))
 
     @property
     def nbytes(self) -> int:
@@ -127,11 +131,12 @@ class SparseCodebookWeight:
     columns: np.ndarray
     codes: np.ndarray
     row_scales: np.ndarray | None = None
+    row_dims: int = 1
 
     def __post_init__(self) -> None:
         kind = "SparseCodebookWeight"
         object.__setattr__(self, "shape", tuple(int(d) for d in self.shape))
-        rows, _ = _matrix_dims(kind, self.shape)
+        rows, _ = _matrix_dims(kind, self.shape, self.row_dims)
         _check_codebook(kind, self.codebook)
         if self.codebook[0] != 0.0:
             raise FormatError(f"{kind}: codebook[0] expected 0.0 (filler entries decode to it), "
@@ -147,11 +152,11 @@ class SparseCodebookWeight:
 
     @property
     def rows(self) -> int:
-        return self.shape[0]
+        return int(prod(self.shape[:self.row_dims]))
 
     @property
     def cols(self) -> int:
-        return int(prod(self.shape[1:]))
+        return int(prod(self.shape[self.row_dims:]))
 
     @property
     def nnz(self) -> int:
@@ -179,11 +184,12 @@ class Int8Weight:
     q: np.ndarray
     scale: np.ndarray
     zero_point: np.ndarray
+    row_dims: int = 1
 
     def __post_init__(self) -> None:
         kind = "Int8Weight"
         object.__setattr__(self, "shape", tuple(int(d) for d in self.shape))
-        rows, cols = _matrix_dims(kind, self.shape)
+        rows, cols = _matrix_dims(kind, self.shape, self.row_dims)
         _check_array(kind, "q", self.q, (np.int8,), (rows, cols))
         sshape = getattr(self.scale, "shape", None)
         if sshape not in ((rows,), (1,)):
@@ -193,11 +199,11 @@ class Int8Weight:
 
     @property
     def rows(self) -> int:
-        return self.shape[0]
+        return int(prod(self.shape[:self.row_dims]))
 
     @property
     def cols(self) -> int:
-        return int(prod(self.shape[1:]))
+        return int(prod(self.shape[self.row_dims:]))
 
     @property
     def nbytes(self) -> int:

@@ -11,9 +11,11 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+import craft
 import packer
 import runtime
 from runtime.errors import FormatError, UnsupportedError
+from runtime.loader import read_packed
 from runtime.ops import registry as R
 
 R.register_all()
@@ -294,6 +296,13 @@ def test_packed_end_to_end(tmp_path, op, outputs):
     assert set(got) == set(want)
     for k in want:
         np.testing.assert_allclose(got[k], want[k], rtol=1e-5, atol=3e-6)
+    # W and R are matrices of gate rows (row_dims 2: directions x gate rows), and the file says it needs format 1.1
+    packed = read_packed(out)
+    for name in ("in1", "in2"):
+        assert packed.graph["tensors"][[t["name"] for t in packed.graph["tensors"]].index(name)]["encoding"][
+            "row_dims"] == 2
+        assert packed.weights[name].rows == 2 * GATES[op] * 16
+    assert packed.meta["format_version"] == "1.1" and packed.container.version == (1, 1)
     # the projections W x_t (directions x steps x gates x hidden) and the state live in the plan's counted scratch
     hid, seq, gates = 16, 7, GATES[op]
     assert model.plan.scratch_bytes == 4 * (2 * seq * gates * hid + (6 if op == "LSTM" else 5) * hid)
@@ -301,6 +310,65 @@ def test_packed_end_to_end(tmp_path, op, outputs):
     got2 = model.run(x)  # the bound plan, run again: same numbers
     for k in want:
         np.testing.assert_array_equal(got[k], got2[k])
+
+
+def test_gate_rows_get_their_own_scales(tmp_path):
+    # gate rows whose magnitudes differ by orders (the input gate's rows x 300): with the matrix rows = gate rows,
+    # row scales let one codebook serve them all; rows = directions could not tell the gates apart
+    path, x = _model_file(tmp_path, "LSTM", ["y", "yh", "yc"], direction="forward")
+    m = onnx.load(str(path))
+    for init in m.graph.initializer:
+        if init.name == "in1":
+            w = numpy_helper.to_array(init).copy()
+            w[:, :16] *= 300.0
+            init.CopyFrom(numpy_helper.from_array(w, "in1"))
+    path.write_bytes(m.SerializeToString())
+    out = tmp_path / "m.epk"
+    rep = packer.pack(path, out, sparsity=0.0, bits=5)
+    enc = read_packed(out).graph["tensors"][[t["name"] for t in read_packed(out).graph["tensors"]].index("in1")]
+    assert enc["encoding"]["row_dims"] == 2 and enc["encoding"]["row_scales"][1] == 4 * 4 * 16  # float32 x 64 rows
+    ref = rep.references["in1"]
+    small = np.abs(w[:, 16:]).max()
+    assert np.abs(ref[:, 16:] - w[:, 16:]).max() < 0.05 * small  # the small gates keep their values
+
+
+@pytest.mark.parametrize("value", [0, 4, "2", 2.0, True])
+def test_row_dims_out_of_range_is_refused(tmp_path, value):
+    path, _ = _model_file(tmp_path, "LSTM", ["y"])
+    out = tmp_path / "m.epk"
+    packer.pack(path, out, sparsity=0.0, bits=6)
+
+    def bad(g):
+        next(t for t in g["tensors"] if t["name"] == "in1")["encoding"]["row_dims"] = value
+
+    with pytest.raises(FormatError, match=r"in1.*row_dims"):
+        read_packed(craft.edit_graph(out.read_bytes(), bad))
+
+
+def test_conv_weight_with_row_dims_runs_from_a_dense_copy(tmp_path):
+    # the layers' kernels take rows = output channels; a Conv weight stored with another matrix view still runs
+    from packer.encode import LayerSettings
+    from packer.pipeline import encode_rows, encode_tensors, graph_doc, plan_settings
+    from packer.writer import build_file
+    from packer.onnx_io import load_onnx
+
+    w = rand(4, 3, 3, 3)
+    node = helper.make_node("Conv", ["x", "w"], ["y"], name="conv", pads=[1, 1, 1, 1])
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 5, 5])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                              [numpy_helper.from_array(w, "w")])
+    src = tmp_path / "c.onnx"
+    src.write_bytes(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString())
+    g = load_onnx(src)
+    enc = encode_tensors(g, plan_settings(g, {}, {}))
+    enc["w"] = encode_rows(w, LayerSettings(bits=6, channel_scales=True), 8, row_dims=2)
+    assert enc["w"].encoding["row_dims"] == 2 and enc["w"].encoding["row_scales"].shape == (12,)
+    model = runtime.load(build_file({"producer": "test", "format_version": "1.1"}, graph_doc(g, enc)))
+    x = rand(1, 3, 5, 5)
+    m = onnx.load(str(src))
+    m.graph.initializer[0].CopyFrom(numpy_helper.from_array(enc["w"].reference, "w"))
+    want = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    np.testing.assert_allclose(model.run(x)["y"], want, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("op", ["LSTM", "GRU"])
