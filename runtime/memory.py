@@ -13,7 +13,7 @@ Accounting (bytes of numpy buffers; what `Model.plan` reports and what a budget 
   of a Relu / LeakyRelu / Clip fused into the Gemm or Conv before it, which never exists), laid out by
   runtime/planner.py; it depends on the input shapes.
 - scratch: the one buffer all steps share, as large as the largest single step needs (streamed chunk decoding,
-  im2col columns, batch tiles, a transposed Gemm input).
+  im2col columns, batch tiles, a transposed Gemm input, an LSTM / GRU's input projections and state).
 
 total = weights (RAM + mapped) + constants (RAM + mapped) + arena + scratch.
 
