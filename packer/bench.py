@@ -380,7 +380,8 @@ class Inputs:
         shapes = self.call_shapes()
         out = []
         for k in self.names:
-            given = "" if _dims(self.declared[k]) == _dims(list(shapes[k])) else f" (declared {_dims(self.declared[k])})"
+            decl = _dims(self.declared[k])
+            given = "" if decl == _dims(list(shapes[k])) else f" (declared {decl})"
             out.append(f"{k} float32{list(shapes[k])}{given}")
         return out
 
@@ -564,23 +565,30 @@ def median_time(fn, x, repeat: int | None = None, budget_s: float = 1.0, max_rep
     t0 = time.perf_counter()
     fn(x)  # the first call may compile or allocate: a warm-up call, never timed
     est = time.perf_counter() - t0
+    deadline = None
     if repeat is None:
         t0 = time.perf_counter()
         fn(x)
         est = min(est, time.perf_counter() - t0)
         warm = int(np.clip(0.1 * budget_s / max(est, 1e-9), 0, WARMUP - 2))
         repeat = int(np.clip(budget_s / max(est, 1e-9), 3, max_repeat))
+        deadline = time.perf_counter() + 2 * budget_s  # calls slower than estimated (a loaded machine): stop there
     else:
         warm = min(WARMUP, repeat) - 1
     for _ in range(warm):
         fn(x)
     t = np.empty(repeat)
+    done = 0
     for i in range(repeat):
         t0 = time.perf_counter()
         fn(x)
         t[i] = time.perf_counter() - t0
+        done += 1
+        if deadline is not None and done >= 3 and t0 > deadline:
+            break
+    t = t[:done]
     return {"median_s": float(np.median(t)), "min_s": float(t.min()), "p90_s": float(np.percentile(t, 90)),
-            "repeat": repeat}
+            "repeat": done}
 
 
 def latency(engines: dict, inputs: Inputs, batch: int | None, repeat: int | None, progress: bool,

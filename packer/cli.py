@@ -263,8 +263,8 @@ def cmd_bench(a: argparse.Namespace) -> int:
     for note in lat["skipped"]:
         print(f"skipped: {note}")
     e = report["energy"]
-    print(f"energy per inference: original {e['original']['total_uj']:.4g} uJ, packed {e['packed']['total_uj']:.4g} uJ "
-          f"(packed: compute {e['packed']['compute_uj']:.4g} + data movement {e['packed']['memory_uj']:.4g} uJ)")
+    print(f"energy per inference: original {e['original']['total_uj']:.4g} uJ, packed {e['packed']['total_uj']:.4g} "
+          f"uJ (packed: compute {e['packed']['compute_uj']:.4g} + data movement {e['packed']['memory_uj']:.4g} uJ)")
     print(f"wrote {a.out}/report.md, report.json and {len(report['plots']) - 1 + len(report['plots']['weight_histograms'])} "
           f"plots")
     return 0

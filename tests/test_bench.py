@@ -163,7 +163,7 @@ def test_missing_packed_file_says_how_to_make_it(tmp_path, capsys):
     assert "edgepack pack" in capsys.readouterr().err
 
 
-# ---- input shapes and data formats ------------------------------------------------------------------------------------
+# ---- input shapes and data formats -----------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
 def cnn_files(tmp_path_factory):
@@ -244,6 +244,41 @@ def test_data_formats_batch_free(cnn_files, tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(InputError, match="no .npy or .npz files"):
         load(tmp_path / "empty")
+
+
+def test_dynamic_dimensions_from_input_shape_or_data(tmp_path):
+    """x [N, T]: T has no value until --input-shape or the data gives one; the batch stays free."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    g = helper.make_graph([helper.make_node("Relu", ["x"], ["y"], name="relu")], "dyn",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", "T"])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", "T"])])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    src = str(tmp_path / "dyn.onnx")
+    onnx.save(m, src)
+    epk = str(tmp_path / "dyn.epk")
+    pack(src, epk)
+    with pytest.raises(InputError, match=r"input 'x': dimension 1 is dynamic.*--input-shape x="):
+        bench_mod.Inputs(src, epk, None, samples=4)
+    i = bench_mod.Inputs(src, epk, None, samples=4, input_shapes=["x=2,5"])
+    assert i.batch_free and i.unit == 2 and i.call_shapes() == {"x": (2, 5)} and i.call_shapes(16) == {"x": (16, 5)}
+    np.save(tmp_path / "d.npy", np.ones((3, 7), np.float32))
+    i = bench_mod.Inputs(src, epk, tmp_path / "d.npy")
+    assert i.count == 3 and i.call_shapes() == {"x": (1, 7)}
+
+
+def test_data_mnist_feeds_the_test_split(monkeypatch):
+    from packer import datasets
+
+    ds = datasets.synthetic_classification(n_train=4, n_test=6, n_features=784)
+    monkeypatch.setattr(datasets, "load_data", lambda spec, quiet=False: ds)
+    chunks, labels, source = bench_mod.read_data("mnist", ["input"])
+    assert source == "mnist" and np.array_equal(chunks[0]["input"], ds["x_test"])
+    assert np.array_equal(labels, ds["y_test"])
+    with pytest.raises(InputError, match="feeds one input; the model has 2"):
+        bench_mod.read_data("mnist", ["a", "b"])
 
 
 def test_fixed_batch_shapes_from_the_packed_file(cnn_files, tmp_path):
