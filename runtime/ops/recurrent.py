@@ -29,20 +29,24 @@ _DIRECTIONS = ("forward", "reverse", "bidirectional")
 
 @njit(cache=True)
 def _act_kernel(code, v):
+    """Activation `code` of a float32 value, in float32 (exp-based tanh: libm's tanhf is several times slower)."""
+    one = np.float32(1.0)
     if code == 0:
-        return 1.0 / (1.0 + math.exp(-v))
+        return one / (one + math.exp(-v))
     if code == 1:
-        return math.tanh(v)
+        return np.float32(2.0) / (one + math.exp(np.float32(-2.0) * v)) - one
     if code == 2:
-        return v if v > 0.0 else 0.0
+        return v if v > np.float32(0.0) else np.float32(0.0)
     if code == 3:
-        return v / (1.0 + abs(v))
-    return math.log1p(math.exp(v)) if v < 20.0 else v + math.log1p(math.exp(-v))
+        return v / (one + abs(v))
+    if v < np.float32(20.0):
+        return np.float32(math.log1p(math.exp(v)))
+    return v + np.float32(math.log1p(math.exp(-v)))
 
 
 @njit(cache=True)
 def _clip_kernel(v, clip):
-    if clip > 0.0:
+    if clip > np.float32(0.0):
         if v > clip:
             return clip
         if v < -clip:
@@ -94,7 +98,7 @@ def _lstm_kernel(xw, r, b, lens, h0, c0, p, acts, clip, input_forget, reverse0, 
                     cp = c[j]
                     gi = _act_kernel(fa, _clip_kernel(g[j] + p[d, j] * cp, clip))
                     if input_forget:
-                        gf = 1.0 - gi
+                        gf = np.float32(1.0) - gi
                     else:
                         gf = _act_kernel(fa, _clip_kernel(g[2 * hid + j] + p[d, 2 * hid + j] * cp, clip))
                     gc = _act_kernel(ga, _clip_kernel(g[3 * hid + j], clip))
@@ -164,7 +168,7 @@ def _gru_kernel(xw, r, b, lens, h0, acts, clip, linear_before_reset, reverse0, l
                 for j in range(hid):
                     z = gh[j]
                     ht = _act_kernel(ga, _clip_kernel(xt[2 * hid + j] + b[d, 2 * hid + j] + gh[2 * hid + j], clip))
-                    h[j] = (1.0 - z) * ht + z * h[j]
+                    h[j] = (np.float32(1.0) - z) * ht + z * h[j]
                 if has_y:
                     for j in range(hid):
                         if layout == 0:
@@ -364,12 +368,13 @@ def _prepare(op: str, inputs, attrs, outputs, scratch=None):
     y = outs[0] if outs[0] is not None else dummy4
     yh = outs[1] if outs[1] is not None else dummy3
     x2 = x.reshape(g.seq * g.batch, g.n_in)
+    clip = np.float32(g.clip)  # the kernels compute in float32 throughout
     if op == "LSTM":
         c0, p = opt(6, state_shape), opt(7, (g.n_dir, 3 * g.hid))
         yc = outs[2] if outs[2] is not None else dummy3
-        return _lstm_step, (x2, w, xw, r, b, lens, h0, c0, p, g.acts, g.clip, g.extra, g.reverse0, g.layout, y, yh,
-                            yc, outs[0] is not None, outs[1] is not None, outs[2] is not None, state)
-    return _gru_step, (x2, w, xw, r, b, lens, h0, g.acts, g.clip, g.extra, g.reverse0, g.layout, y, yh,
+        return _lstm_step, (x2, w, xw, r, b, lens, h0, c0, p, g.acts, clip, g.extra, g.reverse0, g.layout, y, yh, yc,
+                            outs[0] is not None, outs[1] is not None, outs[2] is not None, state)
+    return _gru_step, (x2, w, xw, r, b, lens, h0, g.acts, clip, g.extra, g.reverse0, g.layout, y, yh,
                        outs[0] is not None, outs[1] is not None, state)
 
 
