@@ -159,8 +159,9 @@ def test_gru_linear_before_reset(direction, layout):
 @pytest.mark.parametrize("direction", ["forward", "reverse", "bidirectional"])
 @pytest.mark.parametrize("layout", [0, 1])
 def test_shorter_sequence_lens(op, direction, layout):
-    # rows past a sequence's end are zero; Y_h / Y_c hold its last state; reverse starts at its last element
-    ins = make_inputs(op, seq=6, batch=4, direction=direction, layout=layout, lens=[6, 3, 1, 5])
+    # rows past a sequence's end are zero; Y_h / Y_c hold its last state (zero for an empty one, not the initial
+    # state); reverse starts at its last element
+    ins = make_inputs(op, seq=6, batch=5, direction=direction, layout=layout, lens=[6, 3, 1, 0, 5])
     check(op, ins, {"direction": direction, "layout": layout, "hidden_size": 6})
 
 

@@ -1,8 +1,8 @@
 """Recurrent ops: LSTM and GRU (ONNX opsets 7-22): directions forward, reverse and bidirectional; optional bias,
-sequence_lens (a constant; shorter sequences as onnxruntime treats them: outputs past a sequence's end are zero and
-Y_h / Y_c hold its last state), initial_h, initial_c and peepholes; `clip`, `input_forget`, `layout` 0 and 1
-(opset 14); GRU's `linear_before_reset` 0 and 1; any of Y, Y_h, Y_c omitted. Activations: Sigmoid, Tanh, Relu,
-Softsign and Softplus (the parameter-free ones); others are refused by name.
+sequence_lens (a constant; shorter sequences as onnxruntime treats them: outputs past a sequence's end are zero,
+Y_h / Y_c hold its last state, or zero for an empty one), initial_h, initial_c and peepholes; `clip`,
+`input_forget`, `layout` 0 and 1 (opset 14); GRU's `linear_before_reset` 0 and 1; any of Y, Y_h, Y_c omitted.
+Activations: Sigmoid, Tanh, Relu, Softsign and Softplus (the parameter-free ones); others are refused by name.
 
 The input part of every gate at every step, W x_t, is one BLAS product per direction before the recurrence; then one
 kernel per op runs every direction and batch row: per step the gate pre-activations are that plus the biases plus
@@ -119,6 +119,10 @@ def _lstm_kernel(xw, r, b, lens, h0, c0, p, acts, clip, input_forget, reverse0, 
                             y[t, d, n, j] = 0.0
                         else:
                             y[n, t, d, j] = 0.0
+            if steps == 0:  # an empty sequence: Y_h and Y_c are zero, not the initial state (as onnxruntime)
+                for j in range(hid):
+                    h[j] = 0.0
+                    c[j] = 0.0
             for j in range(hid):
                 if has_yh:
                     if layout == 0:
@@ -182,6 +186,9 @@ def _gru_kernel(xw, r, b, lens, h0, acts, clip, linear_before_reset, reverse0, l
                             y[t, d, n, j] = 0.0
                         else:
                             y[n, t, d, j] = 0.0
+            if steps == 0:  # an empty sequence: Y_h is zero, not the initial state (as onnxruntime)
+                for j in range(hid):
+                    h[j] = 0.0
             if has_yh:
                 for j in range(hid):
                     if layout == 0:
