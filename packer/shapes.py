@@ -210,11 +210,12 @@ def check_storable(g: Graph) -> None:
                 f"and the node could not be folded into a constant")
         if all(not i or i in g.initializers for i in n.inputs):
             try:
-                evaluate_node(n, [g.initializers[i] if i else None for i in n.inputs], g.opset)
-                reason = "its value is of a type format v1 cannot store"
+                results = evaluate_node(n, [g.initializers[i] if i else None for i in n.inputs], g.opset)
             except UnsupportedError as e:
-                reason = str(e)
-            raise UnsupportedError(f"{what}: its inputs are constant but evaluating it failed ({reason})")
+                raise UnsupportedError(f"{what}: its inputs are constant but evaluating it failed ({e})") from None
+            kinds = sorted({r.dtype.name for r in results if r is not None and r.dtype.name not in C.DTYPES})
+            raise UnsupportedError(f"{what}: its value is {', '.join(kinds) or 'of a type'}, which format v1 cannot "
+                                   f"store either")
         values, shaped = [], []
         for i in n.inputs:
             if i and i not in g.initializers:

@@ -327,3 +327,15 @@ def test_real_models_with_constant_of_shape_values_fold(name, shape):
     check_storable(g)
     assert not any(kind == "tensor" for n in g.nodes for kind, _ in n.attrs.values())
     assert "ConstantOfShape" not in _ops(g) and "Shape" not in _ops(g)
+
+
+def test_unfolded_tensor_attribute_of_an_unstorable_dtype_says_so():
+    nodes = [helper.make_node("Shape", ["x"], ["s"], name="shape"),
+             helper.make_node("ConstantOfShape", ["s"], ["c"], name="fill",
+                              value=numpy_helper.from_array(np.array([7], np.uint64))),
+             helper.make_node("Cast", ["c"], ["cf"], name="cast", to=TensorProto.FLOAT),
+             helper.make_node("Add", ["x", "cf"], ["y"], name="add")]
+    g = specialise(from_onnx(_model(nodes, [_x(["N", 3])], [_x(["N", 3], "y")], {})), {"x": [2, 3]})
+    with pytest.raises(UnsupportedError, match=r"node 'fill' \(ConstantOfShape\): .*could not be folded into a "
+                                               r"constant: its value is uint64, which format v1 cannot store either"):
+        check_storable(g)
