@@ -136,6 +136,18 @@ def test_shapes(shape):
         check(op, make_inputs(op, seq, batch, n_in, hid, peep=op == "LSTM"), {"hidden_size": hid})
 
 
+def test_empty_dimensions():
+    # no steps: Y is empty, Y_h / Y_c are zero (onnxruntime's answer); no input features: only R acts
+    for op in ("LSTM", "GRU"):
+        check(op, make_inputs(op, 0, 2, 3, 4, direction="bidirectional"), {"direction": "bidirectional",
+                                                                           "hidden_size": 4})
+    check("LSTM", make_inputs("LSTM", 3, 2, 0, 4), {"hidden_size": 4})
+    # an empty batch (onnxruntime aborts the process on it, so no reference): empty outputs, no error
+    for op in ("LSTM", "GRU"):
+        got, shapes = ours(op, make_inputs(op, 3, 0, 3, 4), {}, N_OUT[op])
+        assert shapes[0] == (3, 1, 0, 4) and all(g.size == 0 for g in got)
+
+
 @pytest.mark.parametrize("direction", ["forward", "bidirectional"])
 def test_clip_and_input_forget(direction):
     ins = make_inputs("LSTM", direction=direction, peep=True)
