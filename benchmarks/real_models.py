@@ -13,7 +13,8 @@ realistic, not a claim about the model); and two relative errors over min(n, 10)
 outputs of ||runtime - ort|| / ||ort||, norms over all the runs of that output): against the original (what 8-bit codebooks cost) and against the unpacked
 file (`edgepack unpack`: the runtime's own exactness, which should be ~1e-6).
 
-A model that fails at any stage keeps its row with the stage and the error; the script goes on with the next.
+A model that fails at any stage keeps its row with the stage and the error; the script goes on with the next. The
+corpus's REFUSED files (which edgepack cannot represent, e.g. data-dependent If) get a row too, marked as such.
 Writes real_models.md and real_models.json to --out, with the machine and the load average before and after.
 """
 from __future__ import annotations
@@ -38,7 +39,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 from packer.bench import json_default, machine_line  # noqa: E402
-from realmodels.corpus import BY_NAME, ENTRIES, fetch  # noqa: E402
+from realmodels.corpus import BY_NAME, ENTRIES, REFUSED, fetch  # noqa: E402
 from realmodels.harness import (compare, ort_runner, pack_entry, paired_runner, runtime_runner,  # noqa: E402
                                 task_for, unpack_file)
 
@@ -49,6 +50,20 @@ ERR_INPUTS = 10
 def _short(e: BaseException, limit: int = 300) -> str:
     msg = f"{type(e).__name__}: {e}".replace("\n", " ")
     return msg if len(msg) <= limit else msg[: limit - 3] + "..."
+
+
+def _is_boxes(v) -> bool:
+    return isinstance(v, tuple) and all(isinstance(d, tuple) and len(d) == 2 and len(d[1]) == 4 for d in v)
+
+
+def diff_note(a, b) -> str:
+    """A disagreement in a few words: for detections the box counts and the worst matched IoU, else both answers."""
+    if _is_boxes(a) and _is_boxes(b):
+        from realmodels.tasks_vision import iou
+
+        worst = min((max((iou(x[1], y[1]) for y in b if y[0] == x[0]), default=0.0) for x in a), default=1.0)
+        return f"{len(a)} vs {len(b)} boxes, worst IoU {worst:.2f}"
+    return f"{a!r:.60} vs {b!r:.60}"
 
 
 def ops_of(onnx_path) -> dict[str, int]:
@@ -72,6 +87,9 @@ def info_json(epk_path) -> dict:
 def measure(entry, n: int, seed: int, work: Path) -> dict:
     """One row; every stage that fails leaves 'stage' and 'error' and stops that model."""
     row = {"name": entry.name, "requirement": entry.requirement, "task": entry.task, "n": n}
+    refused = dict((e.name, op) for e, op in REFUSED).get(entry.name)
+    if refused:
+        row["refusal_expected"] = refused
     stage = "fetch"
     try:
         onnx_path = fetch(entry)
@@ -101,6 +119,7 @@ def measure(entry, n: int, seed: int, work: Path) -> dict:
         row["units"] = len(ref_answers)
         row["agree"] = 1.0 - len(bad) / max(1, len(ref_answers))
         row["disagreements"] = [(i, repr(a), repr(b)) for i, a, b in bad[:5]]
+        row["disagreement_notes"] = [f"#{i}: {diff_note(a, b)}" for i, a, b in bad[:5]]
         if hasattr(task, "truths"):
             truth = task.truths(entry, n, seed)
             right = getattr(task, "correct", lambda a, t: a == t)
@@ -137,9 +156,10 @@ def markdown(result: dict) -> str:
     for r in result["rows"]:
         ops = r.get("ops", {})
         note = f"{r['stage']}: {r['error']}" if "error" in r else ""
-        if r.get("disagreements"):
-            i, a, b = r["disagreements"][0]
-            note = (note + " " if note else "") + f"e.g. #{i}: {a[:60]} vs {b[:60]}"
+        if r.get("refusal_expected"):
+            note = f"(refused as expected: {r['refusal_expected']}) " + note
+        if r.get("disagreement_notes"):
+            note = (note + " " if note else "") + "e.g. " + "; ".join(r["disagreement_notes"][:2])
         right = r.get("reference_correct")
         lines.append(
             f"| {r['name']} | {r['task']} | {sum(ops.values())} nodes, {len(ops)} op types | "
@@ -168,7 +188,7 @@ def main(argv=None) -> int:
     unknown = [s for s in names if s not in BY_NAME]
     if unknown:
         ap.error(f"unknown corpus names {unknown}; known: {', '.join(BY_NAME)}")
-    entries = [BY_NAME[s] for s in names] if names else list(ENTRIES)
+    entries = [BY_NAME[s] for s in names] if names else [*ENTRIES, *(e for e, _ in REFUSED)]
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     load0 = [round(v, 2) for v in os.getloadavg()]
