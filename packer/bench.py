@@ -617,14 +617,15 @@ def latency(engines: dict, inputs: Inputs, batch: int | None, repeat: int | None
     elif batch is not None:
         n = batch
     else:
-        t1 = result["engines"]["edgepack"]["batch1_us"] * 1e-6 / max(unit, 1)
+        slowest = max(result["engines"], key=lambda k: result["engines"][k]["batch1_us"])
+        t1 = result["engines"][slowest]["batch1_us"] * 1e-6 / max(unit, 1)
         n = DEFAULTS["batch"]
         while n > 2 and n * t1 > BUDGET["call_s"]:
             n //= 2
         if n * t1 > BUDGET["call_s"] or n <= unit:
             result["skipped"].append(
                 f"throughput at a larger batch: not measured by default, because one sample takes "
-                f"{1e3 * t1:.1f} ms in the edgepack runtime (a batch would exceed the time budget of "
+                f"{1e3 * t1:.1f} ms in the slowest engine ({slowest}; a batch would exceed the time budget of "
                 f"{BUDGET['call_s']} s per call); give --batch N to measure it")
             n = None
     if n is not None and n == unit:
@@ -636,7 +637,7 @@ def latency(engines: dict, inputs: Inputs, batch: int | None, repeat: int | None
         rb = None if repeat is None else (max(3, repeat // 50) if repeat >= 3 else repeat)
         for key, run in tqdm(items, desc=f"batch {n}", unit="engine", file=sys.stderr, leave=False,
                              disable=not progress):
-            bn = median_time(run, xb, rb, budget_s, max_repeat=20)
+            bn = median_time(run, xb, rb, budget_s / 2, max_repeat=20)
             result["repeat_batchN"][key] = bn["repeat"]
             result["engines"][key].update({"batchN_ms": 1e3 * bn["median_s"], "batchN_min_ms": 1e3 * bn["min_s"],
                                            "throughput_per_s": n / bn["median_s"] if bn["median_s"] else None})
@@ -760,7 +761,13 @@ def energy(epk_path: str, sram: int, table_path: str | None, inputs: Inputs) -> 
     if inputs.source != "random":  # with data: zero activations as measured on it
         from .activations import nonzero_fractions
 
-        feeds = inputs.take(0, min(inputs.count, 256)) if inputs.batch_free else inputs.calls(ENERGY_CALLS)
+        if inputs.batch_free:  # up to 256 samples, in calls of at most ~4 MB of inputs (every activation is kept)
+            row = sum(4 * int(np.prod(inputs.tail[k])) for k in inputs.names)
+            step = int(np.clip((4 << 20) // max(row, 1), 1, 256))
+            n = min(inputs.count, 256)
+            feeds = [inputs.take(s, min(s + step, n)) for s in range(0, n, step)]
+        else:
+            feeds = inputs.calls(ENERGY_CALLS)
         active = nonzero_fractions(epk_path, feeds)
     model, budget = load_for_sram(epk_path, sram, inputs.unit or 1)
     r = estimate(model, read_packed(epk_path), sram, table, active)
@@ -877,14 +884,16 @@ def bench(onnx_path: str | os.PathLike, epk_path: str | os.PathLike, *, data=Non
             bar.set_postfix_str(name)
 
         step("size")
+        # before anything slow: the shapes the packed file takes, and whether the runtime can run it at all
+        auto_samples = data is None and samples is None
+        inputs = Inputs(onnx_path, epk_path, data, 1 if auto_samples else samples, input_shapes)
+        runtime.load(epk_path, batch=inputs.unit or 1)
         int8_path = os.path.join(tmp, "int8.onnx")
         int8_error = int8_dynamic(onnx_path, int8_path)
         report["size"] = sizes(onnx_path, epk_path, int8_path, int8_error)
         bar.update()
 
         step("accuracy")
-        auto_samples = data is None and samples is None
-        inputs = Inputs(onnx_path, epk_path, data, 1 if auto_samples else samples, input_shapes)
         report["inputs"] = {"shapes": inputs.describe(), "batch_free": inputs.batch_free,
                             "batch_note": inputs.batch_note, "source": inputs.source,
                             "dropped_samples": inputs.dropped}
