@@ -222,10 +222,11 @@ class Inputs:
             self.x = self._from_chunks(chunks)
             if labels is not None:
                 labels = np.asarray(labels)
-                if labels.ndim == 2 and labels.shape[1] > 1:  # one-hot
+                numeric = np.issubdtype(labels.dtype, np.integer) or np.issubdtype(labels.dtype, np.floating)
+                if numeric and labels.ndim == 2 and labels.shape[1] > 1:  # one-hot
                     labels = labels.argmax(1)
-                if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer) and not \
-                        np.all(np.mod(labels, 1) == 0):
+                if not numeric or labels.ndim != 1 or not np.all(np.isfinite(labels)) or \
+                        not np.all(np.mod(labels, 1) == 0):
                     raise InputError(f"data {self.source}: labels must be integer class indices (N,) or one-hot "
                                      f"(N, classes); found {labels.dtype}{list(labels.shape)}")
                 labels = labels.astype(np.int64)
@@ -240,14 +241,14 @@ class Inputs:
             if self.count == 0:
                 raise InputError(f"data {self.source}: no samples")
         else:
-            unknown = {n: i + (1 if self.batch_free else 0) for n, t in self.tail.items()
-                       for i, d in enumerate(t) if d is None}
-            if unknown:
-                n, i = next(iter(unknown.items()))
+            open_dims = {n: i + (1 if self.batch_free else 0) for n, t in self.tail.items()
+                         for i, d in enumerate(t) if d is None}
+            if open_dims:
+                n, i = next(iter(open_dims.items()))
                 raise InputError(f"input '{n}': dimension {i} is dynamic in the packed model (declared "
                                  f"{_dims(declared[n])}); give it with --input-shape {n}=d0,d1,... (as for "
                                  f"pack), or give --data")
-            self.x = self.random(samples or 1000, seed)
+            self.x = self.random(samples or DEFAULT_RANDOM_SAMPLES, seed)
 
     @staticmethod
     def _fixed_values(meta, missing, onnx_path, epk_path, sess) -> dict:
@@ -327,9 +328,12 @@ class Inputs:
         return None
 
     def random(self, n: int, seed: int) -> dict[str, np.ndarray]:
-        """n samples of standard normal inputs (fixed batch: n // samples-per-call calls, at least one)."""
+        """n samples of standard normal inputs (fixed batch: n // samples-per-call calls, at least one), no more
+        than BUDGET['accuracy_bytes'] of them."""
         rng = np.random.default_rng(seed)
         rows = n if self.batch_free else max(1, n // self.per_call)
+        row_bytes = sum(4 * int(np.prod(self.tail[k])) for k in self.names)
+        rows = max(1, min(rows, BUDGET["accuracy_bytes"] // max(row_bytes, 1)))
         return {name: rng.standard_normal((rows, *self.tail[name])).astype(np.float32) for name in self.names}
 
     # ---- calls ------------------------------------------------------------------------------------------------------
@@ -910,8 +914,6 @@ def bench(onnx_path: str | os.PathLike, epk_path: str | os.PathLike, *, data=Non
         chunk = batch or int(np.clip(BUDGET["call_s"] / max(per_sample, 1e-9), 1, DEFAULTS["batch"]))
         if auto_samples:  # as many random samples as the accuracy budget runs
             n = int(np.clip(BUDGET["accuracy_s"] / max(per_sample, 1e-9), 8, DEFAULT_RANDOM_SAMPLES))
-            row_bytes = sum(int(np.prod(inputs.tail[k])) * 4 for k in inputs.names)
-            n = max(1, min(n, BUDGET["accuracy_bytes"] // max(row_bytes, 1)))
             inputs.x = inputs.random(n, 0)
         try:
             report["accuracy"] = accuracy(acc_engines, inputs, chunk, progress, metric)
@@ -1207,9 +1209,11 @@ def markdown(r: dict) -> str:
     if words:
         L += [words, ""]
     if ratio:
-        L += [f"Packed model: {ratio:.2f}x less energy per inference than the original." if ratio >= 1 else
-              f"Packed model: {1 / ratio:.2f}x more energy per inference than the original (codebook lookups and "
-              f"decoding cost more than the weight bytes they save here).", ""]
+        o, pk = e["original"], e["packed"]
+        L += [(f"Packed model: {ratio:.2f}x less" if ratio >= 1 else f"Packed model: {1 / ratio:.2f}x more")
+              + f" energy per inference than the original: compute (with codebook lookups) {pk['compute_uj']:.4g} "
+                f"against {o['compute_uj']:.4g} uJ, data movement {pk['memory_uj']:.4g} against "
+                f"{o['memory_uj']:.4g} uJ.", ""]
     L += ["## Plots", ""]
     for key, path in r["plots"].items():
         if isinstance(path, list):
