@@ -77,33 +77,37 @@ def _lstm_kernel(xw, r, b, lens, h0, c0, p, acts, clip, input_forget, reverse0, 
     h = state[0:hid]
     c = state[hid:2 * hid]
     g = state[2 * hid:2 * hid + g4]
+    # absent optional inputs arrive as empty arrays: no bias, zero initial state, no peepholes
+    has_b, has_h0, has_c0, has_p = b.size != 0, h0.size != 0, c0.size != 0, p.size != 0
+    zero = np.float32(0.0)
     for d in range(n_dir):
         rev = d == 1 or reverse0
         fa, ga, ha = acts[d, 0], acts[d, 1], acts[d, 2]
         for n in range(batch):
             for j in range(hid):
                 if layout == 0:
-                    h[j] = h0[d, n, j]
-                    c[j] = c0[d, n, j]
+                    h[j] = h0[d, n, j] if has_h0 else zero
+                    c[j] = c0[d, n, j] if has_c0 else zero
                 else:
-                    h[j] = h0[n, d, j]
-                    c[j] = c0[n, d, j]
+                    h[j] = h0[n, d, j] if has_h0 else zero
+                    c[j] = c0[n, d, j] if has_c0 else zero
             steps = lens[n]
             for s in range(steps):
                 t = steps - 1 - s if rev else s
                 xt = xw[d, t * batch + n] if layout == 0 else xw[d, n * seq + t]
                 for k in range(g4):
-                    g[k] = xt[k] + b[d, k] + b[d, g4 + k] + _dot_kernel(r[d, k], h)
+                    g[k] = xt[k] + (b[d, k] + b[d, g4 + k] if has_b else zero) + _dot_kernel(r[d, k], h)
                 for j in range(hid):
                     cp = c[j]
-                    gi = _act_kernel(fa, _clip_kernel(g[j] + p[d, j] * cp, clip))
+                    pi, po, pf = (p[d, j], p[d, hid + j], p[d, 2 * hid + j]) if has_p else (zero, zero, zero)
+                    gi = _act_kernel(fa, _clip_kernel(g[j] + pi * cp, clip))
                     if input_forget:
                         gf = np.float32(1.0) - gi
                     else:
-                        gf = _act_kernel(fa, _clip_kernel(g[2 * hid + j] + p[d, 2 * hid + j] * cp, clip))
+                        gf = _act_kernel(fa, _clip_kernel(g[2 * hid + j] + pf * cp, clip))
                     gc = _act_kernel(ga, _clip_kernel(g[3 * hid + j], clip))
                     cn = gf * cp + gi * gc
-                    go = _act_kernel(fa, _clip_kernel(g[hid + j] + p[d, hid + j] * cn, clip))
+                    go = _act_kernel(fa, _clip_kernel(g[hid + j] + po * cn, clip))
                     c[j] = cn
                     h[j] = go * _act_kernel(ha, cn)
                 if has_y:
@@ -146,32 +150,35 @@ def _gru_kernel(xw, r, b, lens, h0, acts, clip, linear_before_reset, reverse0, l
     h = state[0:hid]
     gh = state[hid:hid + g3]
     rh = state[hid + g3:2 * hid + g3]
+    has_b, has_h0 = b.size != 0, h0.size != 0  # absent: no bias, zero initial state
+    zero = np.float32(0.0)
     for d in range(n_dir):
         rev = d == 1 or reverse0
         fa, ga = acts[d, 0], acts[d, 1]
         for n in range(batch):
             for j in range(hid):
-                h[j] = h0[d, n, j] if layout == 0 else h0[n, d, j]
+                h[j] = zero if not has_h0 else h0[d, n, j] if layout == 0 else h0[n, d, j]
             steps = lens[n]
             for s in range(steps):
                 t = steps - 1 - s if rev else s
                 xt = xw[d, t * batch + n] if layout == 0 else xw[d, n * seq + t]
                 for k in range(2 * hid):  # update and reset gates
-                    gh[k] = _act_kernel(fa, _clip_kernel(xt[k] + b[d, k] + b[d, g3 + k] + _dot_kernel(r[d, k], h),
-                                                         clip))
+                    bias = b[d, k] + b[d, g3 + k] if has_b else zero
+                    gh[k] = _act_kernel(fa, _clip_kernel(xt[k] + bias + _dot_kernel(r[d, k], h), clip))
                 if linear_before_reset:
                     for j in range(hid):
                         k = 2 * hid + j
-                        gh[k] = gh[hid + j] * (_dot_kernel(r[d, k], h) + b[d, g3 + k])
+                        gh[k] = gh[hid + j] * (_dot_kernel(r[d, k], h) + (b[d, g3 + k] if has_b else zero))
                 else:
                     for j in range(hid):
                         rh[j] = gh[hid + j] * h[j]
                     for j in range(hid):
                         k = 2 * hid + j
-                        gh[k] = _dot_kernel(r[d, k], rh) + b[d, g3 + k]
+                        gh[k] = _dot_kernel(r[d, k], rh) + (b[d, g3 + k] if has_b else zero)
                 for j in range(hid):
                     z = gh[j]
-                    ht = _act_kernel(ga, _clip_kernel(xt[2 * hid + j] + b[d, 2 * hid + j] + gh[2 * hid + j], clip))
+                    wb = b[d, 2 * hid + j] if has_b else zero
+                    ht = _act_kernel(ga, _clip_kernel(xt[2 * hid + j] + wb + gh[2 * hid + j], clip))
                     h[j] = (np.float32(1.0) - z) * ht + z * h[j]
                 if has_y:
                     for j in range(hid):
@@ -316,6 +323,8 @@ def _infer_gru(input_shapes, attrs, consts):
 
 # ---- runners ----
 
+_EMPTY = {rank: np.zeros((0,) * rank, np.float32) for rank in (2, 3, 4)}  # absent inputs and outputs
+
 def _f32(a) -> np.ndarray:
     return np.ascontiguousarray(a, dtype=np.float32)
 
@@ -355,10 +364,9 @@ def _prepare(op: str, inputs, attrs, outputs, scratch=None):
     shapes = [None if a is None else a.shape for a in inputs]
     g = _geometry(op, shapes, attrs, inputs)
     gates = 4 if op == "LSTM" else 3
-    state_shape = (g.n_dir, g.batch, g.hid) if g.layout == 0 else (g.batch, g.n_dir, g.hid)
 
-    def opt(i, shape):
-        return _f32(inputs[i]) if _present(inputs, i) else np.zeros(shape, np.float32)
+    def opt(i, rank):  # an absent optional input: an empty array, which the kernels read as zeros
+        return _f32(inputs[i]) if _present(inputs, i) else _EMPTY[rank]
 
     x, w, r = _f32(inputs[0]), _f32(inputs[1]), _f32(inputs[2])
     n_proj, n_state = _scratch_floats(op, shapes)
@@ -367,18 +375,17 @@ def _prepare(op: str, inputs, attrs, outputs, scratch=None):
     floats = scratch[:4 * (n_proj + n_state)].view(np.float32)
     xw = floats[:n_proj].reshape(g.n_dir, g.seq * g.batch, gates * g.hid)
     state = floats[n_proj:]
-    b = opt(3, (g.n_dir, 2 * gates * g.hid))
+    b = opt(3, 2)
     lens = g.lens if g.lens is not None else np.full(g.batch, g.seq, np.int64)
-    h0 = opt(5, state_shape)
+    h0 = opt(5, 3)
     outs = list(outputs) + [None] * (3 - len(outputs))
-    dummy4, dummy3 = np.zeros((0, 0, 0, 0), np.float32), np.zeros((0, 0, 0), np.float32)
-    y = outs[0] if outs[0] is not None else dummy4
-    yh = outs[1] if outs[1] is not None else dummy3
+    y = outs[0] if outs[0] is not None else _EMPTY[4]
+    yh = outs[1] if outs[1] is not None else _EMPTY[3]
     x2 = x.reshape(g.seq * g.batch, g.n_in)
     clip = np.float32(g.clip)  # the kernels compute in float32 throughout
     if op == "LSTM":
-        c0, p = opt(6, state_shape), opt(7, (g.n_dir, 3 * g.hid))
-        yc = outs[2] if outs[2] is not None else dummy3
+        c0, p = opt(6, 3), opt(7, 2)
+        yc = outs[2] if outs[2] is not None else _EMPTY[3]
         return _lstm_step, (x2, w, xw, r, b, lens, h0, c0, p, g.acts, clip, g.extra, g.reverse0, g.layout, y, yh, yc,
                             outs[0] is not None, outs[1] is not None, outs[2] is not None, state)
     return _gru_step, (x2, w, xw, r, b, lens, h0, g.acts, clip, g.extra, g.reverse0, g.layout, y, yh,
