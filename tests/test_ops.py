@@ -396,13 +396,13 @@ def test_concat_errors(shapes, attrs, msg):
 
 def test_unsupported_op_names_op_node_and_supported_list():
     with pytest.raises(UnsupportedError) as e:
-        R.get("LSTM", "rnn_layer_3")
+        R.get("StringNormalizer", "text_layer_3")
     msg = str(e.value)
-    assert msg.startswith("op 'LSTM' (node 'rnn_layer_3') is not supported by this runtime; supported: ")
+    assert msg.startswith("op 'StringNormalizer' (node 'text_layer_3') is not supported by this runtime; supported: ")
     for op in ("Add", "MaxPool", "Reshape", "Softmax"):
         assert op in msg
-    with pytest.raises(UnsupportedError, match=r"op 'LSTM' \(node 'n'\)"):
-        R.infer_node("LSTM", "n", [(1, 2, 3)], {}, [None])
+    with pytest.raises(UnsupportedError, match=r"op 'StringNormalizer' \(node 'n'\)"):
+        R.infer_node("StringNormalizer", "n", [(1, 2, 3)], {}, [None])
 
 
 def test_register_all_is_idempotent_and_checks_modules():
