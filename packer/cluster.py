@@ -53,6 +53,51 @@ def _initial_centroids(x: np.ndarray, u: np.ndarray, k: int, init: str, seed: in
     return np.unique(c)
 
 
+RESEED_ROUNDS = 3
+
+
+def _lloyd(u: np.ndarray, weighted: np.ndarray, fcounts: np.ndarray, c: np.ndarray, max_iter: int,
+           tol: float) -> np.ndarray:
+    """Lloyd's updates on distinct sorted values u (weighted = u * counts); empty clusters are dropped."""
+    for _ in range(max_iter):
+        b = _segment_bounds(u, c)
+        starts = b[:-1][b[1:] > b[:-1]]  # empty clusters are dropped here
+        # Consecutive non-empty segments tile u, so reduceat over their starts sums each one exactly once.
+        new_c = np.add.reduceat(weighted, starts) / np.add.reduceat(fcounts, starts)
+        converged = new_c.size == c.size and float(np.max(np.abs(new_c - c))) <= tol
+        c = new_c
+        if converged:
+            break
+    return c
+
+
+def _split_worst(u: np.ndarray, weighted: np.ndarray, fcounts: np.ndarray, c: np.ndarray, m: int) -> np.ndarray:
+    """c plus up to m new centroids, placed inside the clusters with the largest squared error (each chosen
+    cluster of n distinct values gets its extra centroids at evenly spaced quantiles of its members)."""
+    b = _segment_bounds(u, c)
+    sse = np.empty(c.size)
+    for j in range(c.size):
+        lo, hi = b[j], b[j + 1]
+        sse[j] = float(np.dot(fcounts[lo:hi], (u[lo:hi] - c[j]) ** 2)) if hi - lo > 1 else 0.0
+    extra = np.zeros(c.size, dtype=np.int64)
+    room = np.diff(b) - 1  # a cluster of n distinct values can use n - 1 more centroids
+    share = sse.copy()
+    for _ in range(m):
+        j = int(np.argmax(np.where(extra < room, share, -1.0)))
+        if share[j] <= 0 or extra[j] >= room[j]:
+            break
+        extra[j] += 1
+        share[j] = sse[j] / (extra[j] + 1) ** 2  # splitting in e+1 parts divides the error about (e+1)^2
+    new = [c[extra == 0]]  # a split cluster's centroid is replaced by its extra + 1 quantile points
+    for j in np.flatnonzero(extra):
+        lo, hi = b[j], b[j + 1]
+        q = (np.arange(extra[j] + 1) + 0.5) / (extra[j] + 1)
+        cum = np.cumsum(fcounts[lo:hi])
+        pts = u[lo:hi][np.minimum(np.searchsorted(cum, q * cum[-1]), hi - lo - 1)]
+        new.append(pts)
+    return np.unique(np.concatenate(new))
+
+
 def kmeans_1d(
     values: np.ndarray,
     k: int,
@@ -60,11 +105,15 @@ def kmeans_1d(
     seed: int = 0,
     max_iter: int = 50,
     tol: float = 0.0,
+    reseed: bool = True,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Lloyd's k-means on 1-D data; returns (centroids float32 sorted ascending, labels int64 shaped like values).
 
-    - At most k centroids come back: a cluster that ends up empty is dropped (not re-seeded), so the result can
-      be shorter than k. Every returned centroid has at least one member.
+    - At most k centroids come back. A cluster that ends up empty (linear initialisation leaves many in the empty
+      range between a few outliers and the bulk) is dropped, and with `reseed` its entry is given back inside the
+      clusters with the largest squared error, then Lloyd runs again (up to RESEED_ROUNDS times), so the codebook
+      keeps linear initialisation's centroids for the rare large weights and still spends every entry. Every
+      returned centroid has at least one member.
     - With at most k distinct values there is one centroid per distinct value (exact when values are float32).
     - Labels are the nearest returned (float32) centroid; a value exactly between two goes to the lower one.
     - Stops after max_iter updates or when no centroid moves by more than tol. Sums are in float64.
@@ -96,15 +145,11 @@ def kmeans_1d(
         weighted = u * counts
         fcounts = counts.astype(np.float64)
         c = _initial_centroids(x.ravel(), u, k, init, seed)
-        for _ in range(int(max_iter)):
-            b = _segment_bounds(u, c)
-            starts = b[:-1][b[1:] > b[:-1]]  # empty clusters are dropped here
-            # Consecutive non-empty segments tile u, so reduceat over their starts sums each one exactly once.
-            new_c = np.add.reduceat(weighted, starts) / np.add.reduceat(fcounts, starts)
-            converged = new_c.size == c.size and float(np.max(np.abs(new_c - c))) <= tol
-            c = new_c
-            if converged:
+        c = _lloyd(u, weighted, fcounts, c, int(max_iter), tol)
+        for _ in range(RESEED_ROUNDS if reseed else 0):
+            if c.size >= k:
                 break
+            c = _lloyd(u, weighted, fcounts, _split_worst(u, weighted, fcounts, c, k - c.size), int(max_iter), tol)
 
     # Label against the float32 centroids actually returned, so that codebook[label] is the nearest entry.
     c32 = np.unique(c.astype(np.float32))
