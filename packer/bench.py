@@ -862,10 +862,12 @@ def bench(onnx_path: str | os.PathLike, epk_path: str | os.PathLike, *, data=Non
             raise InputError(f"{name} must be an integer >= 1, found {v!r}")
     if metric is not None and not callable(metric):
         raise InputError(f"metric must be a callable (ref_outputs, test_outputs) -> float, found {metric!r}")
+    auto_samples = data is None and samples is None  # random inputs, as many as the time budget runs
     if smoke:
         batch = batch or SMOKE["batch"]
         repeat = repeat or SMOKE["repeat"]
-        samples = samples if samples is not None else SMOKE["samples"]
+        if samples is None and data is not None:
+            samples = SMOKE["samples"]
     sram_bytes = parse_size(sram)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -889,7 +891,6 @@ def bench(onnx_path: str | os.PathLike, epk_path: str | os.PathLike, *, data=Non
 
         step("size")
         # before anything slow: the shapes the packed file takes, and whether the runtime can run it at all
-        auto_samples = data is None and samples is None
         inputs = Inputs(onnx_path, epk_path, data, 1 if auto_samples else samples, input_shapes)
         runtime.load(epk_path, batch=inputs.unit or 1)
         int8_path = os.path.join(tmp, "int8.onnx")
@@ -912,8 +913,10 @@ def bench(onnx_path: str | os.PathLike, epk_path: str | os.PathLike, *, data=Non
                 report["size"]["int8_error"] = f"runs: {type(e).__name__}: {e}"
         per_sample = _call_seconds(acc_engines, inputs)  # also the first (compiling) call of each engine
         chunk = batch or int(np.clip(BUDGET["call_s"] / max(per_sample, 1e-9), 1, DEFAULTS["batch"]))
-        if auto_samples:  # as many random samples as the accuracy budget runs
-            n = int(np.clip(BUDGET["accuracy_s"] / max(per_sample, 1e-9), 8, DEFAULT_RANDOM_SAMPLES))
+        if auto_samples:  # as many random samples as the accuracy budget runs (smoke: a fifth, at most 64)
+            cap = SMOKE["samples"] if smoke else DEFAULT_RANDOM_SAMPLES
+            budget = BUDGET["accuracy_s"] / (5 if smoke else 1)
+            n = int(np.clip(budget / max(per_sample, 1e-9), 8, cap))
             inputs.x = inputs.random(n, 0)
         try:
             report["accuracy"] = accuracy(acc_engines, inputs, chunk, progress, metric)
