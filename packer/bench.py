@@ -983,14 +983,14 @@ def _call_seconds(engines: dict, inputs: Inputs) -> float:
 
 
 def _load_runtime(epk_path: str, threads: int, batch: int):
-    """The edgepack runtime with `threads` threads: its own option when it has one, else Numba's parallel kernels
-    with Numba's thread count set."""
+    """The edgepack runtime with `threads` threads (its parallel kernels and numpy's BLAS): its own option when it
+    has one, else Numba's parallel kernels with Numba's thread count set."""
     import inspect
 
+    if "threads" in inspect.signature(runtime.load).parameters:
+        return runtime.load(epk_path, batch=batch, parallel=threads > 1, threads=threads)
     if threads == 1:
         return runtime.load(epk_path, batch=batch)
-    if "threads" in inspect.signature(runtime.load).parameters:
-        return runtime.load(epk_path, batch=batch, threads=threads)
     import numba
 
     numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))

