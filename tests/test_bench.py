@@ -296,6 +296,17 @@ def test_fixed_batch_shapes_from_the_packed_file(cnn_files, tmp_path):
         assert np.array_equal(i.take(2, 3)["x"][0], x[2])
     with pytest.raises(InputError, match="fixes it to 1"):
         bench_mod.Inputs(src, fixed, None, input_shapes=["x=2,1,12,12"])
+    # a fixed batch of 2: samples are grouped two per call, the one left over is dropped with its label
+    two = str(tmp_path / "two.epk")
+    pack(src, two, sparsity=0.5, bits=6, input_shapes=["x=2,1,12,12"])
+    x5 = np.random.default_rng(2).standard_normal((5, 1, 12, 12)).astype(np.float32)
+    np.savez(tmp_path / "five.npz", x=x5, y=np.arange(5))
+    i = bench_mod.Inputs(src, two, tmp_path / "five.npz")
+    assert i.per_call == 2 and i.count == 2 and i.samples == 4 and i.dropped == 1
+    assert np.array_equal(i.take(1, 2)["x"], x5[2:4]) and np.array_equal(i.labels, np.arange(4))
+    r = bench_mod.accuracy({"original": lambda f: {"y": f["x"].reshape(2, -1)[:, :10]}}, i, 8, progress=False)
+    assert r["samples"] == 4 and r["variants"]["original"]["accuracy"] == pytest.approx(
+        np.mean(x5[:4].reshape(4, -1)[:, :10].argmax(1) == np.arange(4)))
     with pytest.raises(InputError, match="not an input"):
         bench_mod.Inputs(src, fixed, None, input_shapes=["y=1,1,12,12"])
 
