@@ -59,7 +59,7 @@ def load(source: str | os.PathLike | bytes | bytearray | memoryview, memory_budg
     g = packed.graph
     where = packed.source
     nodes = [{"op": n["op"], "name": n["name"], "inputs": list(n["inputs"]), "outputs": list(n["outputs"]),
-              "attrs": attrs_plain(n["attrs"])} for n in g["nodes"]]
+              "attrs": {**attrs_plain(n["attrs"]), registry.OPSET_KEY: g["opset"]}} for n in g["nodes"]]
     weights = packed.weights
     decls = []
     for vi in g["inputs"]:

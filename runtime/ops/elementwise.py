@@ -11,7 +11,8 @@ import numpy as np
 from numba import njit
 
 from runtime.errors import FormatError
-from runtime.ops.registry import OpDef, check_arity, float_attr
+from runtime.ops.registry import (OpDef, check_arity, check_legacy_broadcast, float_attr, opset_of,
+                                  refuse_opset)
 
 _F32 = np.float32
 
@@ -36,7 +37,7 @@ def activation(op: str, attrs: dict, inputs: list, consts: dict) -> tuple[int, f
     if op != "Clip":
         return None
     bounds = []
-    for i, key, default in ((1, "min", -math.inf), (2, "max", math.inf)):
+    for i, (key, default) in enumerate(_clip_attr_defaults(attrs), 1):
         name = inputs[i] if i < len(inputs) else ""
         if not name:
             bounds.append(float(_F32(attrs.get(key, default))))
@@ -172,20 +173,32 @@ def _infer_hard_sigmoid(input_shapes, attrs, consts):
     return _infer_unary(input_shapes, attrs, consts)
 
 
+_FLT_MAX = float(np.finfo(np.float32).max)
+
+
+def _clip_attr_defaults(attrs) -> tuple[tuple[str, float], tuple[str, float]]:
+    """((attribute, default) for min, for max). Before opset 11 the bounds are attributes defaulting to the float32
+    range (Clip-6: Clip(inf) = FLT_MAX, as onnxruntime computes); from 11 they are inputs, an omitted one unbounded."""
+    if opset_of(attrs) < 11:
+        return ("min", -_FLT_MAX), ("max", _FLT_MAX)
+    return ("min", -math.inf), ("max", math.inf)
+
+
 def _infer_clip(input_shapes, attrs, consts):
     check_arity(input_shapes, 1, 3)
     for i, role in ((1, "min"), (2, "max")):
         if i < len(input_shapes) and input_shapes[i] is not None and math.prod(input_shapes[i]) != 1:
             raise FormatError(f"input {i} ('{role}') must be a scalar, found shape {tuple(input_shapes[i])}")
     # opset < 11 carries min/max as attributes
-    float_attr(attrs, "min", -math.inf)
-    float_attr(attrs, "max", math.inf)
+    for key, default in _clip_attr_defaults(attrs):
+        float_attr(attrs, key, default)
     return [tuple(input_shapes[0])]
 
 
 def _infer_binary(input_shapes, attrs, consts):
     check_arity(input_shapes, 2)
     a, b = tuple(input_shapes[0]), tuple(input_shapes[1])
+    check_legacy_broadcast(a, b, attrs)
     try:
         return [tuple(np.broadcast_shapes(a, b))]
     except ValueError:
@@ -223,6 +236,9 @@ def _prelu_layout(x_shape: tuple, slope_shape: tuple) -> tuple[int, int, int] | 
 def _infer_prelu(input_shapes, attrs, consts):
     check_arity(input_shapes, 2)
     x, slope = tuple(input_shapes[0]), tuple(input_shapes[1])
+    if opset_of(attrs) < 7 and math.prod(slope) != 1:
+        raise refuse_opset(f"a slope of shape {slope} applies per channel (PRelu-6); opset 7 broadcasts it "
+                           f"numpy-style", opset_of(attrs))
     # unidirectional broadcasting: the slope broadcasts to x, never the other way
     ok = len(slope) <= len(x) and all(d in (1, xd) for d, xd in zip(reversed(slope), reversed(x)))
     if not ok:
@@ -249,8 +265,9 @@ def _clip_bound(inputs, i, attrs, key, default):
 
 
 def _run_clip(inputs, attrs, outputs):
-    lo = _clip_bound(inputs, 1, attrs, "min", -math.inf)
-    hi = _clip_bound(inputs, 2, attrs, "max", math.inf)
+    (lo_key, lo_default), (hi_key, hi_default) = _clip_attr_defaults(attrs)
+    lo = _clip_bound(inputs, 1, attrs, lo_key, lo_default)
+    hi = _clip_bound(inputs, 2, attrs, hi_key, hi_default)
     _apply(_clip_kernel, inputs[0], outputs[0], lo, hi)
 
 
@@ -373,8 +390,8 @@ def _unary_binder(kernel, scalars):
 
 _run_relu.bind = _unary_binder(_relu_kernel, lambda inputs, attrs: ())
 _run_leaky_relu.bind = _unary_binder(_leaky_relu_kernel, lambda inputs, attrs: (_F32(attrs.get("alpha", 0.01)),))
-_clip_binder = _unary_binder(_clip_kernel, lambda inputs, attrs: (
-    _F32(attrs.get("min", -math.inf)), _F32(attrs.get("max", math.inf))))
+_clip_binder = _unary_binder(_clip_kernel, lambda inputs, attrs: tuple(
+    _F32(attrs.get(key, default)) for key, default in _clip_attr_defaults(attrs)))
 # bounds given as inputs may be computed at run time: read them at every run (the plain runner)
 _run_clip.bind = lambda inputs, attrs, outputs: (
     None if any(i is not None for i in inputs[1:]) else _clip_binder(inputs, attrs, outputs))

@@ -11,7 +11,7 @@ import numpy as np
 from numba import njit
 
 from runtime.errors import FormatError, UnsupportedError
-from runtime.ops.registry import OpDef, check_arity, int_attr, int_list, normalize_axis
+from runtime.ops.registry import OpDef, check_arity, check_legacy_broadcast, int_attr, int_list, normalize_axis
 
 
 @njit(cache=True)
@@ -46,6 +46,7 @@ def _run_sqrt(inputs, attrs, outputs):
 def _infer_pow(input_shapes, attrs, consts):
     check_arity(input_shapes, 2)
     a, b = tuple(input_shapes[0]), tuple(input_shapes[1])
+    check_legacy_broadcast(a, b, attrs)
     try:
         return [tuple(np.broadcast_shapes(a, b))]
     except ValueError:

@@ -10,7 +10,7 @@ import numpy as np
 from numba import njit
 
 from runtime.errors import FormatError, UnsupportedError
-from runtime.ops.registry import OpDef, check_arity, float_attr, int_attr, normalize_axis
+from runtime.ops.registry import OpDef, check_arity, float_attr, int_attr, normalize_axis, opset_of, refuse_opset
 
 
 @njit(cache=True, error_model="numpy")  # a division never raises inside the kernel
@@ -87,6 +87,9 @@ def _infer_batch_norm(input_shapes, attrs, consts):
     float_attr(attrs, "epsilon", 1e-5)
     if int_attr(attrs, "training_mode", 0, (0, 1)):
         raise UnsupportedError("training_mode = 1 (batch statistics) is not supported; export in eval mode")
+    if opset_of(attrs) < 7 and not int_attr(attrs, "is_test", 0, (0, 1)):
+        raise refuse_opset("'is_test' = 0 (the default) normalises with the batch's statistics (training mode); "
+                           "set is_test = 1 or export in eval mode at opset >= 7", opset_of(attrs))
     if int_attr(attrs, "spatial", 1, (0, 1)) != 1:
         raise UnsupportedError("spatial = 0 (opset < 9 per-element statistics) is not supported")
     shape = tuple(input_shapes[0])

@@ -43,6 +43,25 @@ class OpDef:
     inplace_ok: bool = False
 
 
+# The graph's ONNX opset, which runtime/model.py adds to every node's attrs under this key (a private name: ONNX
+# attribute names do not start with "__"). Ops whose semantics changed between opsets read it with opset_of().
+OPSET_KEY = "__opset"
+# What an op sees when the caller gave no opset (direct calls in tests): the newest semantics the runtime implements.
+LATEST_OPSET = 1000
+
+
+def opset_of(attrs: dict[str, Any]) -> int:
+    """The ONNX default-domain opset the node's semantics follow."""
+    return int(attrs.get(OPSET_KEY, LATEST_OPSET))
+
+
+def refuse_opset(what_changed: str, opset: int) -> UnsupportedError:
+    """The one-line refusal for semantics of an older opset that the runtime does not implement (infer_node adds
+    the op and node)."""
+    return UnsupportedError(f"at opset {opset} {what_changed}; this runtime does not implement that older "
+                            f"behaviour (convert the model to a newer opset, e.g. onnx.version_converter)")
+
+
 REGISTRY: dict[str, OpDef] = {}
 _loaded_modules: set[str] = set()
 
@@ -160,3 +179,17 @@ def float_attr(attrs: dict[str, Any], key: str, default: float) -> float:
     if not isinstance(value, (int, float, np.integer, np.floating)) or isinstance(value, bool):
         raise FormatError(f"attribute '{key}' must be a float, found {value!r}")
     return float(value)
+
+
+def check_legacy_broadcast(a: tuple, b: tuple, attrs) -> None:
+    """Before opset 7, Add/Sub/Mul/Div/Pow broadcast only with `broadcast` = 1, B's dimensions matched against
+    A's from `axis` on (default: right-aligned); numpy's right-aligned rules compute the same for the default axis
+    and for an axis that right-aligns B; any other axis is refused by name."""
+    opset = opset_of(attrs)
+    if opset >= 7 or not attrs.get("broadcast", 0) or "axis" not in attrs:
+        return
+    axis = attrs["axis"]
+    if not isinstance(axis, int) or (axis + len(a) if axis < 0 else axis) != len(a) - len(b):
+        raise refuse_opset(f"attribute 'broadcast' = 1 with 'axis' = {axis!r} matches input 1 of shape {b} "
+                           f"against dimension {axis!r} onwards of input 0 {a} (legacy broadcasting; opset 7 "
+                           f"aligns shapes from the right)", opset)

@@ -8,7 +8,7 @@ import math
 import numpy as np
 
 from runtime.errors import FormatError, UnsupportedError
-from runtime.ops.registry import OpDef, check_arity, int_attr, int_list, normalize_axis
+from runtime.ops.registry import OpDef, check_arity, int_attr, int_list, normalize_axis, opset_of
 
 
 def _infer_flatten(input_shapes, attrs, consts):
@@ -19,10 +19,16 @@ def _infer_flatten(input_shapes, attrs, consts):
 
 
 def _infer_reshape(input_shapes, attrs, consts):
-    check_arity(input_shapes, 2)
+    if opset_of(attrs) < 5:  # Reshape-1: the target shape is the attribute 'shape'
+        check_arity(input_shapes, 1)
+        target = int_list(attrs, "shape", None)
+        if target is None:
+            raise FormatError("attribute 'shape' is required (Reshape before opset 5)")
+    else:
+        check_arity(input_shapes, 2)
+        target = consts[1] if len(consts) > 1 else None
     shape = tuple(input_shapes[0])
-    allowzero = int_attr(attrs, "allowzero", 0, (0, 1))
-    target = consts[1] if len(consts) > 1 else None
+    allowzero = int_attr(attrs, "allowzero", 0, (0, 1))  # opset 14; absent (0) before
     if target is None:
         raise UnsupportedError("the target shape (input 1) must be a constant; a computed shape is not supported")
     target = np.asarray(target)
@@ -82,11 +88,9 @@ def _infer_concat(input_shapes, attrs, consts):
         raise FormatError("expects at least 1 input, found 0")
     if any(s is None for s in input_shapes):
         raise FormatError("every input is required; found an omitted one")
-    if "axis" not in attrs:
-        raise FormatError("attribute 'axis' is required")
     shapes = [tuple(s) for s in input_shapes]
     rank = len(shapes[0])
-    axis = normalize_axis(attrs["axis"], rank)
+    axis = normalize_axis(_concat_axis(attrs), rank)
     for i, s in enumerate(shapes):
         if len(s) != rank or s[:axis] + s[axis + 1:] != shapes[0][:axis] + shapes[0][axis + 1:]:
             raise FormatError(f"input {i} has shape {s}; expected rank {rank} and the dims of input 0 "
@@ -94,8 +98,17 @@ def _infer_concat(input_shapes, attrs, consts):
     return [shapes[0][:axis] + (sum(s[axis] for s in shapes),) + shapes[0][axis + 1:]]
 
 
+def _concat_axis(attrs):
+    """'axis': required from opset 4; before, optional with default 1 (Concat-1)."""
+    if "axis" in attrs:
+        return attrs["axis"]
+    if opset_of(attrs) < 4:
+        return 1
+    raise FormatError("attribute 'axis' is required")
+
+
 def _run_concat(inputs, attrs, outputs):
-    np.concatenate(inputs, axis=attrs["axis"], out=outputs[0])
+    np.concatenate(inputs, axis=_concat_axis(attrs), out=outputs[0])
 
 
 OPS = (

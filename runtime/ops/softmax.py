@@ -1,5 +1,6 @@
-"""Softmax with opset >= 13 semantics (normalise along `axis`, default -1) as a Numba kernel over an
-(outer, axis, inner) view; may run in place.
+"""Softmax as a Numba kernel over an (outer, axis, inner) view; may run in place. From opset 13 it normalises
+along `axis` (default -1); before 13 (opsets 1 and 11) the input is coerced to 2-D at `axis` (default 1) and each
+row of prod(shape[axis:]) elements is normalised as one: the same kernel over an (outer, rest, 1) view.
 """
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import math
 
 from numba import njit
 
-from runtime.ops.registry import OpDef, check_arity, normalize_axis
+from runtime.ops.registry import OpDef, check_arity, normalize_axis, opset_of
 
 
 @njit(cache=True, error_model="numpy")  # a division never raises inside the kernel
@@ -32,17 +33,25 @@ def _softmax_kernel(x, out):
                 out[o, j, i] = out[o, j, i] * inv
 
 
+def _view(shape: tuple, attrs) -> tuple[int, int, int]:
+    """(outer, n, inner): the lines of n elements that are normalised, per the node's opset."""
+    if opset_of(attrs) >= 13:
+        axis = normalize_axis(attrs.get("axis", -1), len(shape))
+        return math.prod(shape[:axis]), shape[axis], math.prod(shape[axis + 1:])
+    axis = normalize_axis(attrs.get("axis", 1), len(shape))
+    return math.prod(shape[:axis]), math.prod(shape[axis:]), 1
+
+
 def _infer_softmax(input_shapes, attrs, consts):
     check_arity(input_shapes, 1)
     shape = tuple(input_shapes[0])
-    normalize_axis(attrs.get("axis", -1), len(shape))
+    _view(shape, attrs)
     return [shape]
 
 
 def _run_softmax(inputs, attrs, outputs):
     x, out = inputs[0], outputs[0]
-    axis = attrs.get("axis", -1) % x.ndim
-    view = (math.prod(x.shape[:axis]), x.shape[axis], math.prod(x.shape[axis + 1:]))
+    view = _view(x.shape, attrs)
     _softmax_kernel(x.reshape(view), out.reshape(view))
 
 

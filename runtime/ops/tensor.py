@@ -9,7 +9,7 @@ import math
 import numpy as np
 
 from runtime.errors import FormatError, UnsupportedError
-from runtime.ops.registry import OpDef, check_arity, int_attr, int_list, normalize_axis
+from runtime.ops.registry import OpDef, check_arity, int_attr, int_list, normalize_axis, opset_of, refuse_opset
 
 # ONNX TensorProto element types the runtime can represent in a float32 buffer exactly enough (value-wise).
 CAST_TYPES = {1: np.float32, 2: np.uint8, 3: np.int8, 4: np.uint16, 5: np.int16, 6: np.int32, 7: np.int64,
@@ -147,8 +147,12 @@ def _pad_params(input_shapes, attrs, consts):
     shape = tuple(input_shapes[0])
     rank = len(shape)
     mode = attrs.get("mode", "constant")
-    if mode not in _PAD_MODES:
-        raise FormatError(f"attribute 'mode' must be one of {list(_PAD_MODES)}, found {mode!r}")
+    opset = opset_of(attrs)
+    if mode not in _PAD_MODES or (mode == "wrap" and opset < 19):
+        modes = [m for m in _PAD_MODES if opset >= 19 or m != "wrap"]
+        raise FormatError(f"attribute 'mode' must be one of {modes} at opset {opset}, found {mode!r}")
+    if opset < 2 and "pads" not in attrs:
+        raise refuse_opset("Pad-1 takes its pads as the attribute 'paddings'", opset)
     if _present(input_shapes, 1):  # opset >= 11
         pads = _const_ints(input_shapes, consts, 1, "pads")
         axes = _const_ints(input_shapes, consts, 3, "axes")
@@ -297,6 +301,8 @@ def _infer_cast(input_shapes, attrs, consts):
     check_arity(input_shapes, 1)
     if "to" not in attrs:
         raise FormatError("attribute 'to' is required")
+    if opset_of(attrs) < 6 and isinstance(attrs["to"], str):
+        raise refuse_opset(f"Cast-1 names its target type as a string ('to' = {attrs['to']!r})", opset_of(attrs))
     to = int_attr(attrs, "to", 1)
     if to not in CAST_TYPES:
         raise UnsupportedError(f"cast to ONNX element type {to} is not supported; supported: "

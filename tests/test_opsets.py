@@ -1,0 +1,179 @@
+"""Op semantics that changed between ONNX opsets: each model is built with onnx.helper at the old opset, packed
+(packer.pipeline.pack), loaded and run by the runtime, and compared with onnxruntime running the same model at that
+opset. Older semantics the runtime does not implement are refused by name (op, node, opset, what changed). The
+runtime's ops read the graph's opset from their attrs (runtime/ops/registry.py: OPSET_KEY, opset_of).
+"""
+from __future__ import annotations
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+import runtime
+from packer.pipeline import pack
+from runtime.errors import UnsupportedError
+
+RNG = np.random.default_rng(13)
+
+
+def _model(nodes, inputs, tensors, opset, outputs=("y",)):
+    """inputs: {name: shape} (float32 graph inputs); tensors: {name: array} (initializers)."""
+    inits = [numpy_helper.from_array(np.asarray(v), k) for k, v in tensors.items()]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info(k, TensorProto.FLOAT, list(s))
+                                       for k, s in inputs.items()],
+                          [helper.make_tensor_value_info(o, TensorProto.FLOAT, None) for o in outputs], inits)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)])
+    m.ir_version = 7  # onnxruntime 1.x reads IR 7 at every opset used here
+    return m
+
+
+def _ort(m, feeds):
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = 1
+    so.log_severity_level = 3
+    sess = ort.InferenceSession(m.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    return sess.run(None, feeds)
+
+
+def _ours(m, feeds, tmp_path):
+    src, out = tmp_path / "m.onnx", tmp_path / "m.epk"
+    src.write_bytes(m.SerializeToString())
+    pack(src, out, check_fidelity=False)
+    model = runtime.load(out)
+    res = model.run(feeds)
+    return [res[o] for o in model.outputs]
+
+
+def _check(m, feeds, tmp_path, rtol=1e-5, atol=1e-6):
+    want = _ort(m, feeds)
+    got = _ours(m, feeds, tmp_path)
+    assert len(got) == len(want)
+    for g, w in zip(got, want):
+        assert g.shape == w.shape
+        np.testing.assert_allclose(g, w, rtol=rtol, atol=atol)
+    return got
+
+
+def _x(*shape):
+    return np.asarray(RNG.standard_normal(shape) * 2, np.float32)
+
+
+# ---- Softmax: before 13 the input is coerced to 2-D at axis (default 1) ----
+
+@pytest.mark.parametrize("opset", [11, 12, 13])
+@pytest.mark.parametrize("axis", [None, 0, 1, -2, -1, 2])
+def test_softmax_coerces_to_2d_before_opset_13(opset, axis, tmp_path):
+    attrs = {} if axis is None else {"axis": axis}
+    m = _model([helper.make_node("Softmax", ["x"], ["y"], name="sm", **attrs)], {"x": (2, 3, 4)}, {}, opset)
+    x = _x(2, 3, 4)
+    (y,) = _check(m, {"x": x}, tmp_path)
+    if opset < 13 and axis in (None, 1):  # rows of 12 elements sum to 1, not lines of 4
+        np.testing.assert_allclose(y.reshape(2, 12).sum(axis=1), 1.0, rtol=1e-5)
+
+
+def test_softmax_opset_1_rank_4(tmp_path):
+    m = _model([helper.make_node("Softmax", ["x"], ["y"], name="sm")], {"x": (1, 2, 3, 5)}, {}, 9)
+    _check(m, {"x": _x(1, 2, 3, 5)}, tmp_path)
+
+
+# ---- Clip: min / max attributes before 11, defaulting to the float32 range ----
+
+@pytest.mark.parametrize("attrs", [{"min": -0.5, "max": 1.5}, {"min": 0.0}, {}])
+def test_clip_attributes_before_opset_11(attrs, tmp_path):
+    m = _model([helper.make_node("Clip", ["x"], ["y"], name="clip", **attrs)], {"x": (2, 5)}, {}, 10)
+    x = _x(2, 5)
+    x[0, 0], x[1, 1] = np.inf, -np.inf  # Clip-6 bounds infinities to the float32 range
+    src, out = tmp_path / "m.onnx", tmp_path / "m.epk"
+    src.write_bytes(m.SerializeToString())
+    pack(src, out, check_fidelity=False)
+    got = runtime.load(out).run({"x": x}, check_finite=False)["y"]
+    np.testing.assert_array_equal(got, _ort(m, {"x": x})[0])
+
+
+def test_clip_fused_into_gemm_before_opset_11(tmp_path):
+    # the Clip runs in the Gemm's epilogue (runtime/ops/elementwise.activation): the same bounds
+    nodes = [helper.make_node("Gemm", ["x", "w", "b"], ["h"], name="fc", transB=1),  # C required before 11
+             helper.make_node("Clip", ["h"], ["y"], name="clip", max=0.5)]
+    m = _model(nodes, {"x": (2, 4)}, {"w": _x(3, 4), "b": _x(3)}, 10)
+    _check(m, {"x": _x(2, 4)}, tmp_path, rtol=1e-4, atol=1e-5)
+
+
+# ---- attributes that became inputs: Split (13), Squeeze / Unsqueeze (13), Pad (11), Slice (10), ReduceMean (18)
+
+def test_split_sizes_attribute_before_opset_13(tmp_path):
+    node = helper.make_node("Split", ["x"], ["a", "b"], name="split", axis=1, split=[1, 3])
+    m = _model([node], {"x": (2, 4)}, {}, 11, outputs=("a", "b"))
+    _check(m, {"x": _x(2, 4)}, tmp_path)
+
+
+def test_split_equal_parts_by_output_count_before_opset_13(tmp_path):
+    node = helper.make_node("Split", ["x"], ["a", "b"], name="split", axis=-1)
+    m = _model([node], {"x": (2, 6)}, {}, 11, outputs=("a", "b"))
+    _check(m, {"x": _x(2, 6)}, tmp_path)
+
+
+def test_squeeze_unsqueeze_axes_attribute_before_opset_13(tmp_path):
+    nodes = [helper.make_node("Squeeze", ["x"], ["s"], name="sq", axes=[1]),
+             helper.make_node("Unsqueeze", ["s"], ["y"], name="unsq", axes=[0, 3])]
+    m = _model(nodes, {"x": (2, 1, 3)}, {}, 11)
+    _check(m, {"x": _x(2, 1, 3)}, tmp_path)
+
+
+@pytest.mark.parametrize("mode", ["constant", "reflect", "edge"])
+def test_pad_attributes_before_opset_11(mode, tmp_path):
+    attrs = {"pads": [0, 1, 0, 2], "mode": mode} | ({"value": 1.5} if mode == "constant" else {})
+    m = _model([helper.make_node("Pad", ["x"], ["y"], name="pad", **attrs)], {"x": (2, 4)}, {}, 10)
+    _check(m, {"x": _x(2, 4)}, tmp_path)
+
+
+def test_slice_attributes_before_opset_10(tmp_path):
+    node = helper.make_node("Slice", ["x"], ["y"], name="sl", starts=[1, -3], ends=[100, -1], axes=[0, 2])
+    m = _model([node], {"x": (3, 2, 5)}, {}, 9)
+    _check(m, {"x": _x(3, 2, 5)}, tmp_path)
+
+
+@pytest.mark.parametrize("opset", [13, 18])
+def test_reduce_mean_axes_attribute_and_input(opset, tmp_path):
+    if opset < 18:
+        node, tensors = helper.make_node("ReduceMean", ["x"], ["y"], name="rm", axes=[-1], keepdims=0), {}
+    else:
+        node = helper.make_node("ReduceMean", ["x", "axes"], ["y"], name="rm", keepdims=0)
+        tensors = {"axes": np.array([-1], np.int64)}
+    m = _model([node], {"x": (2, 3, 4)}, tensors, opset)
+    _check(m, {"x": _x(2, 3, 4)}, tmp_path)
+
+
+# ---- Concat's axis: optional (default 1) before opset 4 ----
+
+def test_concat_default_axis_before_opset_4(tmp_path):
+    # onnxruntime runs opset 7 and later only: the reference is numpy at axis 1
+    m = _model([helper.make_node("Concat", ["a", "b"], ["y"], name="cat")], {"a": (2, 3), "b": (2, 1)}, {}, 3)
+    a, b = _x(2, 3), _x(2, 1)
+    (got,) = _ours(m, {"a": a, "b": b}, tmp_path)
+    np.testing.assert_array_equal(got, np.concatenate([a, b], axis=1))
+
+
+# ---- refusals, each naming op, node, opset and what changed ----
+
+def _refused(m, tmp_path, *words):
+    src, out = tmp_path / "m.onnx", tmp_path / "m.epk"
+    src.write_bytes(m.SerializeToString())
+    pack(src, out, check_fidelity=False)
+    with pytest.raises(UnsupportedError) as e:
+        runtime.load(out)
+    for w in words:
+        assert w in str(e.value)
+
+
+def test_legacy_broadcast_axis_is_refused(tmp_path):
+    # Add-6: B (3,) matched against axis 1 of A (2, 3, 4); numpy would align it with the last axis
+    node = helper.make_node("Add", ["a", "b"], ["y"], name="add", broadcast=1, axis=1)
+    m = _model([node], {"a": (2, 3, 4)}, {"b": np.ones(3, np.float32)}, 6)
+    _refused(m, tmp_path, "'Add'", "'add'", "opset 6", "broadcast")
+
+
+def test_prelu_per_channel_slope_before_opset_7_is_refused(tmp_path):
+    node = helper.make_node("PRelu", ["x", "s"], ["y"], name="prelu")
+    m = _model([node], {"x": (1, 3, 2, 2)}, {"s": np.ones(3, np.float32)}, 6)
+    _refused(m, tmp_path, "'PRelu'", "'prelu'", "opset 6", "per channel")
