@@ -177,3 +177,43 @@ def test_prelu_per_channel_slope_before_opset_7_is_refused(tmp_path):
     node = helper.make_node("PRelu", ["x", "s"], ["y"], name="prelu")
     m = _model([node], {"x": (1, 3, 2, 2)}, {"s": np.ones(3, np.float32)}, 6)
     _refused(m, tmp_path, "'PRelu'", "'prelu'", "opset 6", "per channel")
+
+
+def test_batchnorm_training_default_before_opset_7_is_refused(tmp_path):
+    c = 3
+    tensors = {k: np.ones(c, np.float32) for k in ("g", "b", "m", "v")}
+    node = helper.make_node("BatchNormalization", ["x", "g", "b", "m", "v"], ["y"], name="bn")
+    m = _model([node], {"x": (1, c, 2, 2)}, tensors, 6)
+    _refused(m, tmp_path, "'BatchNormalization'", "'bn'", "opset 6", "is_test")
+
+
+# ---- ops whose later versions only added attributes, inputs or types: the old opset gives the same result ----
+
+@pytest.mark.parametrize("opset,node,shape,tensors", [
+    (7, helper.make_node("AveragePool", ["x"], ["y"], name="ap", kernel_shape=[3, 3], pads=[1, 1, 1, 1],
+                         count_include_pad=1), (1, 2, 5, 5), {}),
+    (10, helper.make_node("AveragePool", ["x"], ["y"], name="ap", kernel_shape=[2, 2], strides=[2, 2],
+                          ceil_mode=1), (1, 2, 5, 5), {}),
+    (8, helper.make_node("MaxPool", ["x"], ["y"], name="mp", kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1]),
+     (1, 2, 6, 6), {}),
+    (10, helper.make_node("ConvTranspose", ["x", "w"], ["y"], name="ct", strides=[2, 2], auto_pad="SAME_UPPER"),
+     (1, 2, 3, 4), {"w": _x(2, 3, 3, 3)}),
+    (10, helper.make_node("ConvTranspose", ["x", "w"], ["y"], name="ct", strides=[2, 2], output_shape=[7, 8]),
+     (1, 2, 3, 4), {"w": _x(2, 3, 3, 3)}),
+    (7, helper.make_node("Pow", ["x", "e"], ["y"], name="pow"), (2, 3), {"e": np.float32([2.0, 3.0, 0.5])}),
+    (8, helper.make_node("Max", ["x", "c"], ["y"], name="max"), (2, 3), {"c": _x(3)}),
+    (7, helper.make_node("PRelu", ["x", "s"], ["y"], name="prelu"), (2, 3, 4), {"s": _x(3, 1)}),
+    (9, helper.make_node("Flatten", ["x"], ["y"], name="fl", axis=2), (2, 3, 4), {}),
+    (10, helper.make_node("Resize", ["x", "sc"], ["y"], name="rs", mode="linear"), (1, 1, 3, 4),
+     {"sc": np.float32([1, 1, 2, 1.5])}),
+    (11, helper.make_node("Resize", ["x", "roi", "sc"], ["y"], name="rs", mode="nearest",
+                          coordinate_transformation_mode="tf_half_pixel_for_nn"), (1, 1, 3, 4),
+     {"roi": np.zeros(0, np.float32), "sc": np.float32([1, 1, 2, 1.5])}),
+    (13, helper.make_node("Reshape", ["x", "s"], ["y"], name="rs"), (2, 3, 4), {"s": np.int64([0, -1])}),
+], ids=lambda v: v.op_type if hasattr(v, "op_type") else None)
+def test_unchanged_semantics_at_old_opsets(opset, node, shape, tensors, tmp_path):
+    m = _model([node], {"x": shape}, tensors, opset)
+    x = _x(*shape)
+    if node.op_type == "Pow":
+        x = np.abs(x)
+    _check(m, {"x": x}, tmp_path, rtol=1e-5, atol=1e-5)
