@@ -76,14 +76,24 @@ def compare(original_onnx: str | os.PathLike, packed_path: str | os.PathLike, fe
     from .onnx_io import graph_to_onnx
     from .unpack import packed_to_graph
 
+    from .fidelity import batches, calibration_inputs
+
     packed_graph = packed_to_graph(packed_path)
     if feeds is None:
         feeds = random_inputs(packed_graph, batch, seed)
+    # in runs the packed model's shapes take (one sample at a time when its batch dimension is fixed to 1)
+    runs = batches(packed_graph, calibration_inputs(packed_graph, feeds))
+    fixed = _fixed_inputs(original_onnx, packed_path)
     a_sess = session(original_onnx)
     b_sess = session(graph_to_onnx(packed_graph))
     out_name = packed_graph.outputs[0].name
-    a = a_sess.run([out_name], {**feeds, **_fixed_inputs(original_onnx, packed_path)})[0].astype(np.float64)
-    b = b_sess.run([out_name], feeds)[0].astype(np.float64)
+
+    def outputs(sess, extra: dict) -> np.ndarray:
+        outs = [np.asarray(sess.run([out_name], {**run, **extra})[0], dtype=np.float64) for run in runs]
+        return outs[0] if len(outs) == 1 else np.concatenate([o.reshape(1) if o.ndim == 0 else o for o in outs])
+
+    a = outputs(a_sess, fixed)
+    b = outputs(b_sess, {})
     diff = np.abs(a - b)
     rel = float(np.linalg.norm(a - b) / max(np.linalg.norm(a), 1e-30))
     top1 = None
