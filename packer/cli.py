@@ -115,7 +115,8 @@ def cmd_run(a: argparse.Namespace) -> int:
     first = x if isinstance(x, np.ndarray) else next(iter(x.values()), np.zeros(1))
     batch = int(first.shape[0]) if first.ndim >= 1 and first.shape[0] >= 1 else 1
     t0 = time.perf_counter()
-    model = runtime.load(a.file, memory_budget=a.budget, parallel=a.parallel, batch=batch)
+    parallel = a.parallel or (a.threads or 1) > 1
+    model = runtime.load(a.file, memory_budget=a.budget, parallel=parallel, batch=batch, threads=a.threads)
     t_load = time.perf_counter() - t0
     t0 = time.perf_counter()
     outputs = model.run(x)
@@ -135,7 +136,7 @@ def cmd_run(a: argparse.Namespace) -> int:
             top = y.argmax(axis=1)
             more = " ..." if top.size > 16 else ""
             print(f"  argmax per row: {' '.join(str(int(i)) for i in top[:16])}{more}")
-    threads = f"{model.threads} threads" if a.parallel else "1 thread"
+    threads = f"{model.threads} thread{'s' if model.threads > 1 else ''}"
     print(f"load {1e3 * t_load:.1f} ms; first run {1e3 * t_first:.3f} ms (includes loading or compiling the "
           f"Numba kernels)")
     if times:
@@ -299,7 +300,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--low-rank", type=float, metavar="ENERGY",
                    help="factorise fully connected and 1x1 conv weights by truncated SVD, keeping this fraction "
                         "(0..1] of each one's energy, where that saves parameters")
-    s.add_argument("--max-error", type=float, metavar="E",
+    s.add_argument("--max-error", type=_max_error, metavar="E",
                    help="raise the precision of the layers that cause it (prune less, more bits, per-channel "
                         "scales, float16, float32: the step that removes the most error per byte first) until every "
                         "output's relative L2 error against the original is <= E on the calibration inputs")
@@ -324,7 +325,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--output", help="write the outputs: .npy (one output) or .npz")
     s.add_argument("--budget", help="memory budget for weights as held + arena + scratch, e.g. 256KiB")
     s.add_argument("--repeat", type=int, default=20, help="timed runs after the first (default 20)")
-    s.add_argument("--parallel", action="store_true", help="use the Numba-parallel kernels")
+    s.add_argument("--parallel", action="store_true", help="use the Numba-parallel kernels (on every core unless "
+                   "--threads says otherwise)")
+    s.add_argument("--threads", type=_threads, metavar="N", help="at most N threads, numpy's BLAS included (default 1; "
+                   "N > 1 uses the Numba-parallel kernels on N threads)")
     s.set_defaults(func=cmd_run)
 
     s = sub.add_parser("verify", help="check a packed file completely without running it (exit 2 on any problem)")
@@ -385,6 +389,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .cli_train import add_train_commands  # compress, sensitivity, distill, ticket (import numpy only)
 
     add_train_commands(sub)
+    _add_threads_flags(sub)
     return p
 
 
@@ -392,7 +397,18 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     a = parser.parse_args(argv)
     try:
-        return a.func(a)
+        try:
+            if getattr(a, "threads_scope", False):  # pack, compress, training: BLAS and Numba within --threads
+                from runtime.threads import limit_process
+
+                with limit_process(a.threads):
+                    code = a.func(a)
+            else:
+                code = a.func(a)
+            sys.stdout.flush()  # a closed pipe shows here, not in the interpreter's exit
+            return code
+        except BrokenPipeError:
+            return _broken_pipe()
     except EdgepackError as e:
         print(f"edgepack {a.command}: error: {e}", file=sys.stderr)
         return 2
@@ -403,6 +419,57 @@ def main(argv: list[str] | None = None) -> int:
         print(f"edgepack {a.command}: error: {e}. The packer needs its extras: pip install 'edgepack[packer]'",
               file=sys.stderr)
         return 2
+
+
+def _broken_pipe() -> int:
+    """The reader of our output went away (`edgepack info x.epk --json | head`): stop quietly, as Unix tools do
+    (status 128 + SIGPIPE). stdout goes to /dev/null so that the interpreter's final flush does not fail again."""
+    import os
+    import signal
+
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):  # stdout without a file descriptor (captured): nothing left to flush
+        pass
+    return 128 + getattr(signal, "SIGPIPE", 13)
+
+
+def _threads(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, found {text!r}")
+    return n
+
+
+def _max_error(text: str) -> float:
+    import math
+
+    try:
+        e = float(text)
+    except ValueError:
+        e = math.nan
+    if not math.isfinite(e) or e < 0:
+        raise argparse.ArgumentTypeError(f"must be a finite relative L2 error >= 0 (e.g. 0.01), found {text!r}")
+    return e
+
+
+def _add_threads_flags(sub) -> None:
+    """--threads on the workstation commands that compute for long (pack, compress, the trainers, demo): at most
+    that many threads for numpy's BLAS and Numba, default the cores this process may use."""
+    from runtime.threads import cores
+
+    for name in ("pack", "compress", "sensitivity", "distill", "ticket", "demo"):
+        s = sub.choices.get(name)
+        if s is None:
+            continue
+        s.add_argument("--threads", type=_threads, default=cores(), metavar="N",
+                       help=f"at most N threads for numpy's BLAS and Numba (default: the cores, here {cores()})")
+        s.set_defaults(threads_scope=True)
 
 
 if __name__ == "__main__":

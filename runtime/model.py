@@ -13,6 +13,7 @@ from runtime import executor, layers, memory
 from runtime.errors import BudgetError, InputError, UnsupportedError
 from runtime.loader import attrs_plain, read_packed
 from runtime.ops import registry
+from runtime.threads import ThreadLimit, check_threads
 
 # Weight input index of the ops that become layers.
 WEIGHT_INPUT = {"Gemm": 1, "MatMul": 1, "Conv": 1}
@@ -34,7 +35,8 @@ def supported_ops() -> list[str]:
 
 
 def load(source: str | os.PathLike | bytes | bytearray | memoryview, memory_budget: int | str | None = None,
-         parallel: bool = False, *, batch: int = 1, layer_modes: str | dict | None = None) -> "Model":
+         parallel: bool = False, *, batch: int = 1, layer_modes: str | dict | None = None,
+         threads: int | None = None) -> "Model":
     """Read, validate and prepare a packed model.
 
     memory_budget: bytes (int, or text such as "256KiB") for weights as held + constants + arena + scratch at
@@ -44,13 +46,25 @@ def load(source: str | os.PathLike | bytes | bytearray | memoryview, memory_budg
         per shape (a dense copy for large batches would multiply the weight's RAM 8-30x; the compact kernels
         have a batched path of their own). BudgetError states the smallest budget that would fit.
     parallel: use the Numba-parallel kernels of runtime/ops (streamed layers stay serial); default single-threaded
-        Numba kernels, bit-identical run to run. (numpy's BLAS, used by dense float32 layers and batched decode,
-        follows its own threading: set OPENBLAS_NUM_THREADS=1 before starting Python for one thread there too.)
+        Numba kernels, bit-identical run to run.
+    threads: the most threads a run (and the load) uses, numpy's BLAS included (dense float32 layers and batched
+        decode call it): BLAS is held to it during each run and restored after (runtime/threads.py), and parallel
+        kernels run on min(threads, NUMBA_NUM_THREADS) Numba threads. Default: 1; with parallel=True, Numba's
+        current thread count (all cores unless set otherwise).
     batch: the value every dynamic first dimension of an input takes for validation and for the plan (other
         dynamic dimensions take 1); `run` accepts other values and plans for them on first use.
     layer_modes: force how weights are held: one mode for every layer that has it ("compact", "csr", "dense",
         "streamed"; layers without it keep their choice), or {node name: mode} (an unavailable mode is an error).
     """
+    if threads is None:
+        threads = int(get_num_threads()) if parallel else 1
+    limit = ThreadLimit(check_threads(threads), parallel)
+    with limit:
+        model = _load(source, memory_budget, parallel, batch, layer_modes, limit)
+    return model
+
+
+def _load(source, memory_budget, parallel: bool, batch: int, layer_modes, limit: ThreadLimit) -> "Model":
     _register_ops()
     budget = None if memory_budget is None else memory.parse_size(memory_budget)
     if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
@@ -129,7 +143,7 @@ def load(source: str | os.PathLike | bytes | bytearray | memoryview, memory_budg
                         f"model {where} at batch {batch}")
     for spec, opt in zip(specs, result.choice):
         program.layers[spec.name] = spec.build(opt.mode)
-    model = Model(program, decls, packed, budget, parallel, (c_ram, c_mapped), specs, result)
+    model = Model(program, decls, packed, budget, parallel, (c_ram, c_mapped), specs, result, limit)
     model.plan = model.plan_for(input_shapes)
     return model
 
@@ -169,8 +183,9 @@ class Model:
     `plan_for(shapes)` at others. One arena and one scratch buffer serve every cached plan; they grow to the
     largest shape run so far (within the budget, when there is one) and are kept."""
 
-    def __init__(self, program, decls, packed, budget, parallel, consts_bytes, specs, fit):
+    def __init__(self, program, decls, packed, budget, parallel, consts_bytes, specs, fit, limit=None):
         self._program = program
+        self._limit = limit if limit is not None else ThreadLimit(1, parallel)
         self.inputs = [(name, shape) for name, shape in decls]  # (name, declared shape; str = dynamic dim)
         self.outputs = list(program.outputs)
         self.source = packed.source
@@ -198,7 +213,8 @@ class Model:
 
     @property
     def threads(self) -> int:
-        return int(get_num_threads()) if self.parallel else 1
+        """The most threads a run uses (Numba's parallel kernels and numpy's BLAS): the `threads` of load."""
+        return self._limit.threads
 
     # ---- plans ----
     def _exec_plan(self, input_shapes: dict[str, tuple]) -> executor.ExecPlan:
@@ -270,7 +286,16 @@ class Model:
             wherever its name appears (a new shape is planned, checked against the budget and cached).
         NaN / infinity: refused (InputError naming the input and the first bad element) unless check_finite is
             False, in which case they propagate by IEEE rules. The check is one pass over the input.
+        threads: at most the model's `threads` (see load), numpy's BLAS included, for the duration of the call.
         """
+        limit = self._limit
+        prev = limit.enter()
+        try:
+            return self._run(inputs, check_finite)
+        finally:
+            limit.exit(prev)
+
+    def _run(self, inputs, check_finite: bool) -> dict[str, np.ndarray]:
         fast = self._fast
         if fast:
             # The common call: one float32 C-contiguous array of a shape already planned. Every check of the path

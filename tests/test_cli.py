@@ -75,3 +75,53 @@ def test_verify(tmp_path, capsys):
     bad.write_bytes(bytes(data))
     assert main(["verify", str(bad)]) == 2
     assert "CRC-32 mismatch" in capsys.readouterr().err
+
+
+def test_broken_pipe_is_quiet(tmp_path):
+    """`edgepack info x.epk --json | head`: the reader has gone; exit quietly as Unix tools do (128 + SIGPIPE), no
+    '[Errno 32] Broken pipe', no traceback. The pipe's read end is closed before the command writes anything."""
+    import os
+
+    src = zoo.save(zoo.mlp(), tmp_path / "m.onnx")
+    out = tmp_path / "m.epk"
+    assert main(["pack", src, "-o", str(out), "-q"]) == 0
+    for args in (["info", str(out), "--json"], ["info", str(out)], ["verify", str(out)]):
+        r, w = os.pipe()
+        os.close(r)
+        try:
+            p = subprocess.run([sys.executable, "-m", "packer.cli", *args], stdout=w, stderr=subprocess.PIPE,
+                               timeout=300)
+        finally:
+            os.close(w)
+        assert p.returncode == 141, p.stderr
+        assert p.stderr == b"", p.stderr.decode()
+
+
+def test_threads_flags(tmp_path, capsys):
+    import numpy as np
+    import pytest
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    src = zoo.save(zoo.mlp(), tmp_path / "m.onnx")
+    out = tmp_path / "m.epk"
+    blas = lambda: [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"]  # noqa: E731
+    with threadpool_limits(limits=2, user_api="blas"):
+        before = blas()
+        assert main(["pack", src, "-o", str(out), "-q", "--threads", "1"]) == 0
+        assert blas() == before  # the limit held for the command only
+    np.save(tmp_path / "x.npy", np.ones((3, 64), np.float32))
+    capsys.readouterr()
+    assert main(["run", str(out), "--input", str(tmp_path / "x.npy"), "--repeat", "2"]) == 0
+    assert "(1 thread)" in capsys.readouterr().out  # the default
+    assert main(["run", str(out), "--input", str(tmp_path / "x.npy"), "--repeat", "2", "--threads", "2"]) == 0
+    assert "(2 threads)" in capsys.readouterr().out
+    for bad in (["run", str(out), "--input", str(tmp_path / "x.npy"), "--threads", "0"],
+                ["pack", src, "-o", str(tmp_path / "n.epk"), "--threads", "-2"],
+                ["pack", src, "-o", str(tmp_path / "n.epk"), "--max-error", "nan"],
+                ["pack", src, "-o", str(tmp_path / "n.epk"), "--max-error", "-0.1"]):
+        with pytest.raises(SystemExit) as e:
+            main(bad)
+        assert e.value.code == 2
+        err = capsys.readouterr().err
+        assert "--threads: must be a whole number >= 1" in err or "--max-error: must be a finite" in err
+    assert not (tmp_path / "n.epk").exists()
