@@ -156,9 +156,10 @@ def run_entry(entry, out: Path, samples: int, task_n: int, random_run: bool) -> 
     d = out / entry.name
     d.mkdir(parents=True, exist_ok=True)
     epk = d / f"{entry.name}.epk"
-    onnx_path = fetch(entry)
-    stage = "pack"
+    stage = "fetch"
     try:
+        onnx_path = fetch(entry)
+        stage = "pack"
         row["pack_seconds"] = round(pack_entry(entry, epk, *PACK_FLAGS), 1)
         row["pack_command"] = " ".join(["edgepack pack", entry.member.rsplit("/", 1)[-1], "-o", epk.name,
                                         *PACK_FLAGS, *pack_args(entry)])
@@ -251,17 +252,17 @@ def markdown(res: dict) -> str:
          f"Latency: batch 1, median. Memory: the runtime's plan (weights as held + arena + scratch) and the measured "
          f"resident growth of a second instance loaded and run beside the first (the model's own memory). Energy: "
          f"the 45 nm estimate per inference at 256 KiB of SRAM: the original, the packed model with its weights as the "
-         f"runtime's plan holds them (the plan that fits 256 KiB when one does, else the unbudgeted one, which may hold "
-         f"them decoded: dense float32), and with its weights read as stored in the file; compute share: of the packed "
-         f"model as held (the rest is data movement: SRAM and DRAM reads and writes of weights and activations), at "
-         f"256 KiB and from the smallest to the largest SRAM of the sweep (4 KiB to 64 MiB).", ""]
+         f"runtime's plan holds them (the plan that fits 256 KiB when one does, else the unbudgeted one, which may "
+         f"hold them decoded: dense float32), and with its weights read as stored in the file; compute share: of the "
+         f"packed model as held (the rest is data movement: SRAM and DRAM reads and writes of weights and "
+         f"activations), at 256 KiB and from the smallest to the largest SRAM of the sweep (4 KiB to 64 MiB).", ""]
     L += ["| model | ONNX | gzip -9 | zstd -19 | ORT int8 | edgepack | agreement (int8) | task | edgepack us | "
           "ORT 1t us | ORT / edgepack | plan | 2nd instance edgepack / ORT | "
           "energy uJ orig. / packed as held / as stored | compute share (sweep) |",
           "|" + "---|" * 15]
     for r in rows:
         if r["status"] != "ok":
-            L.append(f"| {r['name']} | failed at {r['stage']}: {r['error']} |" + " |" * 14)
+            L.append(f"| {r['name']} | failed at {r['stage']}: {r['error']} |" + " |" * 13)
             continue
         b, ra = r["bytes"], r["ratio"]
         int8_agree = (f"top-1 {100 * r['int8_top1']:.0f}%" if r.get("int8_top1") is not None else
