@@ -26,7 +26,7 @@ def cmd_pack(a: argparse.Namespace) -> int:
     report = pack(a.model, a.output, sparsity=a.sparsity, bits=a.bits, config=a.config, quiet=a.quiet,
                   quality=a.quality, huffman=False if a.no_huffman else None, init=a.init,
                   input_shapes=a.input_shape, input_values=a.input_value, low_rank=a.low_rank,
-                  max_error=a.max_error,
+                  max_error=a.max_error, compensate=False if a.no_compensate else None,
                   calib=_read_inputs(a.calib) if a.calib else None)
     if a.json:
         print(json.dumps(_json_info(report.info), indent=2))
@@ -304,8 +304,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="raise the precision of the layers that cause it (prune less, more bits, per-channel "
                         "scales, float16, float32: the step that removes the most error per byte first) until every "
                         "output's relative L2 error against the original is <= E on the calibration inputs")
-    s.add_argument("--calib", help="calibration inputs (.npy, or .npz by input name); default: random inputs of "
-                   "the declared shapes")
+    s.add_argument("--calib", help="calibration inputs (.npy, or .npz by input name): each layer's codebook codes "
+                   "are then chosen with error compensation from the layer's inputs (GPTQ-style), and --max-error "
+                   "is measured on them; default: random inputs of the declared shapes, no compensation")
+    s.add_argument("--no-compensate", action="store_true",
+                   help="with --calib: nearest-centroid codes, as without a calibration set")
     s.add_argument("--check", action="store_true", help="compare with the original in onnxruntime afterwards")
     s.add_argument("--json", action="store_true", help="print the report as JSON")
     s.add_argument("-q", "--quiet", action="store_true", help="no progress bar")

@@ -259,20 +259,24 @@ def _upgrades(s: LayerSettings, enc: Encoded, default_bits: int, w: np.ndarray) 
     return out
 
 
-def _encode_rung(w: np.ndarray, s2: LayerSettings, dbits: int) -> Encoded | None:
+def _encode_rung(encoder, name: str, s2: LayerSettings, dbits: int) -> Encoded | None:
     """The tensor encoded at this rung, or None when the rung cannot hold it (e.g. float16 and a value out of its
     range): such a rung is skipped, the ladder goes on with the others."""
     try:
-        return encode_weight(w, s2, dbits)
+        return encoder(name, s2, dbits)
     except ValueError:
         return None
 
 
 def guard(graph: Graph, encoded: dict[str, Encoded], settings: dict[str, tuple[LayerSettings, int]],
-          feeds: dict[str, np.ndarray], bound: float | None) -> GuardReport:
+          feeds: dict[str, np.ndarray], bound: float | None, encoder=None) -> GuardReport:
     """Raise precision where it pays until the worst output's relative L2 error is <= bound (None: measure only).
     `encoded` and `settings` (tensor -> (settings, default bits)) are updated in place. Every trial measures the
-    tensor exactly as the rung would write it (the encoder's reference: what the file decodes to)."""
+    tensor exactly as the rung would write it (the encoder's reference: what the file decodes to). encoder(name,
+    settings, default bits) encodes a tensor as the pack does (pipeline.tensor_encoder; plain encode_weight when
+    None)."""
+    if encoder is None:
+        encoder = lambda name, s2, dbits: encode_weight(graph.initializers[name], s2, dbits)  # noqa: E731
     check_bound(bound)
     ev = Evaluator(graph, feeds, list(settings))
 
@@ -289,7 +293,7 @@ def guard(graph: Graph, encoded: dict[str, Encoded], settings: dict[str, tuple[L
     def encode(name: str, s2: LayerSettings, dbits: int) -> Encoded | None:
         key = (name, dbits, repr(s2))
         if key not in rungs:
-            rungs[key] = _encode_rung(graph.initializers[name], s2, dbits)
+            rungs[key] = _encode_rung(encoder, name, s2, dbits)
         return rungs[key]
 
     # Lazy greedy: every rung's gain (error removed per added byte) is measured once against the model as it was

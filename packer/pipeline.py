@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from runtime import constants as C
-from runtime.errors import FormatError, UnsupportedError
+from runtime.errors import FormatError, InputError, UnsupportedError
 from runtime.summary import format_table, layer_table
 from runtime.loader import read_packed
 from runtime.tables import read_table_file
@@ -86,15 +86,31 @@ def plan_settings(graph: Graph, cfg: dict, overrides: dict) -> dict[str, tuple[L
             for name, (op, node) in weight_tensors(graph).items()}
 
 
-def encode_tensors(graph: Graph, settings: dict[str, tuple[LayerSettings, int]], progress=None) -> dict[str, Encoded]:
-    """Every initializer's encoding: weights by their settings, everything else dense."""
-    encoded: dict[str, Encoded] = {}
+def tensor_encoder(graph: Graph, stats: dict | None = None):
+    """The one way a weight of this graph is encoded: encoder(name, settings, default bits) -> Encoded, with its
+    rows as the format lays them out (row_dims) and, when calibration statistics are given (calibration.LayerStats
+    by tensor name), codebook codes chosen with error compensation. The first encoding and every rung the fidelity
+    guard tries go through it."""
     row_dims = {name: C.WEIGHT_ROW_DIMS.get(op, 1) for name, (op, _) in weight_tensors(graph).items()}
+    stats = stats or {}
+
+    def encoder(name: str, s: LayerSettings, bits: int) -> Encoded:
+        return encode_rows(graph.initializers[name], s, bits, row_dims.get(name, 1), stats.get(name))
+
+    return encoder
+
+
+def encode_tensors(graph: Graph, settings: dict[str, tuple[LayerSettings, int]], progress=None,
+                   encoder=None) -> dict[str, Encoded]:
+    """Every initializer's encoding: weights by their settings (through `encoder`, tensor_encoder(graph) when
+    None), everything else dense."""
+    encoder = encoder or tensor_encoder(graph)
+    encoded: dict[str, Encoded] = {}
     items = list(graph.initializers.items())
     for name, value in (progress(items) if progress else items):
         if name in settings:
             s, bits = settings[name]
-            encoded[name] = encode_rows(value, s, bits, row_dims.get(name, 1))
+            encoded[name] = encoder(name, s, bits)
         elif value.dtype.name in C.DTYPES:
             encoded[name] = dense(value)
         else:
@@ -102,11 +118,11 @@ def encode_tensors(graph: Graph, settings: dict[str, tuple[LayerSettings, int]],
     return encoded
 
 
-def encode_rows(w: np.ndarray, s: LayerSettings, bits: int, row_dims: int = 1) -> Encoded:
+def encode_rows(w: np.ndarray, s: LayerSettings, bits: int, row_dims: int = 1, stats=None) -> Encoded:
     """encode_weight on the matrix whose rows are the first `row_dims` dimensions (spec section 6: `row_dims`), so
     that an LSTM's row scales and chunks follow its gate rows rather than its directions."""
     if row_dims <= 1 or w.ndim <= row_dims:
-        return encode_weight(w, s, bits)
+        return encode_weight(w, s, bits, stats=stats)
     e = encode_weight(w.reshape(int(np.prod(w.shape[:row_dims])), -1), s, bits)
     e.reference = e.reference.reshape(w.shape)
     if e.encoding["type"] in (C.ENC_INT8, C.ENC_CODEBOOK, C.ENC_SPARSE):
@@ -156,7 +172,7 @@ def pack(model_path: str | os.PathLike, out_path: str | os.PathLike, *, sparsity
          input_shapes: dict | list[str] | None = None, input_values: dict | list[str] | None = None,
          low_rank: float | dict | None = None,
          max_error: float | None = None, calib: dict | np.ndarray | None = None, check_fidelity: bool = True,
-         **overrides) -> PackReport:
+         compensate: bool | None = None, **overrides) -> PackReport:
     """Pack an ONNX model into an edgepack file; return the report (per-layer table, sizes, ratio).
     input_shapes ({name: dims} or ["NAME=D0,D1,..."]) fixes input shapes (packer/shapes.py); input_values
     ({name: value} or ["NAME=V"], e.g. {"sr": 16000}) makes inputs that are fixed in deployment constants, so that an
@@ -164,7 +180,9 @@ def pack(model_path: str | os.PathLike, out_path: str | os.PathLike, *, sparsity
     low_rank (energy, or {tensor: rank or energy}) factorises layers first (packer/lowrank.py).
     max_error: raise the precision of the layers that cause the error until the worst output's relative L2 error on
     `calib` (random inputs of the declared shapes when None) is at most this (packer/fidelity.py); without it the
-    error on random inputs is still measured and a warning added when it is large (check_fidelity=False skips)."""
+    error on random inputs is still measured and a warning added when it is large (check_fidelity=False skips).
+    compensate (default: on when `calib` is given): choose every codebook's codes with error compensation from the
+    calibration set's layer inputs (packer/compensate.py, GPTQ-style) instead of nearest-centroid."""
     warnings: list[str] = []
     from .onnx_io import file_sha256, load_onnx
     from .shapes import check_storable, fold_constants, parse_input_shapes, parse_input_values, specialise
@@ -184,14 +202,24 @@ def pack(model_path: str | os.PathLike, out_path: str | os.PathLike, *, sparsity
     over = {"sparsity": sparsity, "bits": bits, **overrides}
     progress = None if quiet else _progress
     settings = plan_settings(graph, cfg, over)
-    encoded = encode_tensors(graph, settings, progress)
+    stats = None
+    if compensate or (compensate is None and calib is not None):
+        if calib is None:
+            raise InputError("compensation needs a calibration set: give calib (--calib X.npy)")
+        from .calibration import layer_statistics
+        from .fidelity import batches, calibration_inputs
+
+        stats = layer_statistics(graph, weight_tensors(graph), batches(graph, calibration_inputs(graph, calib)),
+                                 progress=None if quiet else _progress_batches)
+    encoder = tensor_encoder(graph, stats)
+    encoded = encode_tensors(graph, settings, progress, encoder)
     fidelity = None
     if check_fidelity or max_error is not None:
         from .fidelity import calibration_inputs, guard
 
         feeds = calibration_inputs(graph, calib)
         try:
-            fidelity = guard(graph, encoded, settings, feeds, max_error)
+            fidelity = guard(graph, encoded, settings, feeds, max_error, encoder)
         except Exception as e:  # the check must not stop a pack that onnxruntime cannot evaluate
             if max_error is not None:
                 raise
@@ -244,6 +272,12 @@ def _warn_dynamic(graph: Graph, warnings: list[str]) -> None:
     warnings.append(f"{len(left)} shape-arithmetic node(s) stay in the graph ({left[0].op} '{left[0].name}'"
                     f"{', ...' if len(left) > 1 else ''}) because input dimensions are dynamic; the runtime cannot run "
                     f"them. Give static shapes: {hint or '--input-shape NAME=D0,D1,...'}")
+
+
+def _progress_batches(items):
+    from tqdm import tqdm
+
+    return tqdm(items, desc="calibration statistics", unit="batch", file=sys.stderr, leave=False)
 
 
 def _progress(items):

@@ -114,7 +114,8 @@ def test_rung_that_cannot_hold_the_tensor_is_skipped(tmp_path):
     enc = encode_weight(w, s, 5)
     assert fits_float16(enc.reference) and not fits_float16(w)
     assert not [x for x in _upgrades(s, enc, 5, w) if x[0] == "dense float16"]  # what is checked is what is written
-    assert _encode_rung(w, LayerSettings(encoding="float16"), 5) is None  # and a rung that fails is skipped
+    encoder = lambda name, s2, dbits: encode_weight(w, s2, dbits)  # noqa: E731
+    assert _encode_rung(encoder, "w1", LayerSettings(encoding="float16"), 5) is None  # a rung that fails is skipped
     r = pack(tmp_path / "tiny.onnx", tmp_path / "t.epk", bits=2, max_error=1e-3)
     assert r.fidelity.met and r.fidelity.after.rel_l2 <= 1e-3
     assert compare(tmp_path / "tiny.onnx", tmp_path / "t.epk", batch=16, seed=0).rel_l2_error <= 1e-3 + 1e-6
