@@ -42,7 +42,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 from packer.bench import bench, energy_words, json_default, machine, machine_line  # noqa: E402
 from realmodels.corpus import ENTRIES, fetch, pack_args  # noqa: E402
-from realmodels.harness import compare, ort_runner, pack_entry, runtime_runner  # noqa: E402
+from realmodels.harness import compare, ort_runner, pack_entry, recorder, runtime_runner  # noqa: E402
 from runtime.loader import read_packed  # noqa: E402
 
 PACK_FLAGS = ("--sparsity", "0", "--bits", "8")
@@ -65,18 +65,6 @@ def loadavg() -> list[float]:
             return [float(v) for v in f.read().split()[:3]]
     except OSError:
         return [round(v, 2) for v in os.getloadavg()]
-
-
-def recorder(run, names: list[str], limit: int):
-    """(run', calls): run' passes feeds on to run and keeps a copy of the first `limit` calls' feeds of `names`."""
-    calls: list[dict] = []
-
-    def wrapped(feeds: dict) -> dict:
-        if len(calls) < limit:
-            calls.append({k: np.array(feeds[k], copy=True) for k in names})
-        return run(feeds)
-
-    return wrapped, calls
 
 
 def task_data(entry, epk_path: Path, data_path: Path, samples: int, task_n: int) -> dict:

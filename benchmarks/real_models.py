@@ -38,12 +38,15 @@ from pathlib import Path  # noqa: E402
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
+import numpy as np  # noqa: E402
+
 from packer.bench import json_default, machine_line  # noqa: E402
 from realmodels.corpus import BY_NAME, ENTRIES, REFUSED, fetch  # noqa: E402
-from realmodels.harness import (compare, ort_runner, pack_entry, paired_runner, runtime_runner,  # noqa: E402
-                                task_for, unpack_file)
+from realmodels.harness import (calibration_set, compare, ort_runner, pack_entry, paired_runner,  # noqa: E402
+                                runtime_runner, task_for, unpack_file)
 
 PACK_FLAGS = ("--sparsity", "0", "--bits", "8")
+CALIB_SEED = 1000
 ERR_INPUTS = 10
 
 
@@ -84,9 +87,11 @@ def info_json(epk_path) -> dict:
     return json.loads(out.getvalue())
 
 
-def measure(entry, n: int, seed: int, work: Path) -> dict:
-    """One row; every stage that fails leaves 'stage' and 'error' and stops that model."""
-    row = {"name": entry.name, "requirement": entry.requirement, "task": entry.task, "n": n}
+def measure(entry, n: int, seed: int, work: Path, calib: int = 0) -> dict:
+    """One row; every stage that fails leaves 'stage' and 'error' and stops that model. With calib > 0 the pack
+    also gets `--calib` of that many task inputs (seeds from 1000, disjoint from the judged ones), so its codebook
+    codes are chosen with error compensation."""
+    row = {"name": entry.name, "requirement": entry.requirement, "task": entry.task, "n": n, "calib": calib}
     refused = dict((e.name, op) for e, op in REFUSED).get(entry.name)
     if refused:
         row["refusal_expected"] = refused
@@ -97,7 +102,14 @@ def measure(entry, n: int, seed: int, work: Path) -> dict:
         row["ops"] = ops_of(onnx_path)
         stage = "pack"
         epk = work / f"{entry.name}.epk"
-        row["pack_seconds"] = round(pack_entry(entry, epk, *PACK_FLAGS), 2)
+        flags = PACK_FLAGS
+        if calib:
+            stage = "calibration set"
+            calib_path = work / f"{entry.name}_calib.npz"
+            np.savez(calib_path, **calibration_set(entry, calib, CALIB_SEED))
+            flags = (*PACK_FLAGS, "--calib", str(calib_path))
+            stage = "pack"
+        row["pack_seconds"] = round(pack_entry(entry, epk, *flags), 2)
         info = info_json(epk)
         row["file_bytes"] = epk.stat().st_size
         row["fp32_bytes"] = info["original_bytes"]
@@ -181,6 +193,8 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true", help="10 inputs per model")
     ap.add_argument("--only", default="", help="comma-separated corpus names")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--calib", type=int, default=0, metavar="N",
+                    help="also give pack --calib with N task inputs (other seeds): error-compensated codes")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "out"))
     a = ap.parse_args(argv)
     n = 10 if a.quick else a.n
@@ -197,7 +211,7 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         for e in entries:
             t = time.perf_counter()
-            r = measure(e, n, a.seed, Path(tmp))
+            r = measure(e, n, a.seed, Path(tmp), a.calib)
             rows.append(r)
             status = f"{r['stage']}: {r['error']}" if "error" in r else (
                 f"agree {r['agree']:.0%} of {r['units']}, ratio {r['ratio']:.2f}x, err {r['rel_err_original']:.1e}"
@@ -207,6 +221,7 @@ def main(argv=None) -> int:
     result = {"date": datetime.now(timezone.utc).strftime("%Y-%m-%d"), "machine": machine_line(),
               "load_average_start": load0, "load_average_end": [round(v, 2) for v in os.getloadavg()],
               "command": cmd.strip(), "seconds": time.perf_counter() - t0, "n": n, "pack_flags": list(PACK_FLAGS),
+              "calib": a.calib,
               "rows": rows}
     (out / "real_models.json").write_text(json.dumps(result, indent=1, default=json_default))
     (out / "real_models.md").write_text(markdown(result))

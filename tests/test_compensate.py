@@ -140,32 +140,17 @@ def test_layer_statistics_and_encode_on_a_small_model():
     assert output_error(w, comp.reference, stats["w2"].h) < output_error(w, plain.reference, stats["w2"].h)
 
 
-def _task_feeds(entry, n: int, seed: int) -> list[dict]:
-    """The feeds a corpus task gives its model (rendered inputs), recorded through onnxruntime."""
-    from realmodels.corpus import fetch
-    from realmodels.harness import ort_runner
-    from realmodels.tasks import TASKS
-
-    ref, rec = ort_runner(fetch(entry)), []
-
-    def recording(feeds):
-        rec.append({k: np.asarray(v) for k, v in feeds.items()})
-        return ref(feeds)
-
-    TASKS[entry.task].answers(entry, recording, n, seed)
-    return rec
-
-
 def test_pack_with_calibration_compensates_on_a_real_model(tmp_path):
     """PP-OCR's direction classifier (paddle2onnx) at 4 bits: with --calib the packed file's outputs on held-out
     rendered text lines are closer to the original's than without (compensation on by default with calib)."""
     from packer.pipeline import pack
     from realmodels.corpus import BY_NAME, fetch
+    from realmodels.harness import calibration_set
     from runtime import load
 
     entry = BY_NAME["ppocr_cls"]
-    calib = np.concatenate([f["x"] for f in _task_feeds(entry, 16, 100)])
-    held = _task_feeds(entry, 8, 200)
+    calib = calibration_set(entry, 16, 100)["x"]
+    held = [{"x": x} for x in calibration_set(entry, 8, 200)["x"]]
     src = fetch(entry)
     ref = session(str(src))
     errs = {}

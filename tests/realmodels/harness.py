@@ -214,3 +214,32 @@ def paired_runner(ref_run: Run, test_run: Run):
         return ref
 
     return run, log
+
+
+def recorder(run, names: list[str] | None, limit: int):
+    """(run', calls): run' passes feeds on to run and keeps a copy of the first `limit` calls' feeds (of `names`,
+    or all of them when None)."""
+    calls: list[dict] = []
+
+    def wrapped(feeds: dict) -> dict:
+        if len(calls) < limit:
+            calls.append({k: np.array(v, copy=True) for k, v in feeds.items() if names is None or k in names})
+        return run(feeds)
+
+    return wrapped, calls
+
+
+def calibration_set(entry: Entry, samples: int, seed: int) -> dict[str, np.ndarray]:
+    """`samples` feeds the entry's task gives its model (onnxruntime on the original, task inputs of `seed` and the
+    seeds after it), stacked on a new leading axis by input name, without the inputs fixed by --input-value: what
+    `edgepack pack --calib` takes as an .npz."""
+    fixed = {v.split("=", 1)[0] for v in entry.input_values}
+    run, calls = recorder(ort_runner(fetch(entry)), None, samples)
+    task = task_for(entry)
+    s = seed
+    while len(calls) < samples and s < seed + 16:
+        task.answers(entry, run, samples, s)
+        s += 1
+    if not calls:
+        raise RuntimeError(f"task {entry.task} ran the model 0 times")
+    return {k: np.stack([c[k] for c in calls]) for k in calls[0] if k not in fixed}
