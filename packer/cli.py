@@ -10,14 +10,20 @@ from runtime.errors import EdgepackError
 
 
 def _size(text: str) -> int:
-    """'256KiB', '1MiB', '65536', '64k' -> bytes."""
-    t = text.strip().lower().replace(" ", "")
-    units = {"kib": 1 << 10, "mib": 1 << 20, "gib": 1 << 30, "kb": 1000, "mb": 10**6, "gb": 10**9, "k": 1 << 10,
-             "m": 1 << 20, "g": 1 << 30, "b": 1}
-    for u, f in sorted(units.items(), key=lambda kv: -len(kv[0])):
-        if t.endswith(u):
-            return int(float(t[: -len(u)]) * f)
-    return int(t)
+    """'256KiB', '1MiB', '65536', '64k' -> bytes (runtime/memory.py parse_size, the one size parser)."""
+    from runtime.memory import parse_size
+
+    return parse_size(text)
+
+
+def _size_arg(text: str) -> str:
+    """argparse type of --budget / --sram: the text, once it is known to be a size (the message says what is wrong
+    before anything loads)."""
+    try:
+        _size(text)
+    except EdgepackError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return text
 
 
 def cmd_pack(a: argparse.Namespace) -> int:
@@ -27,7 +33,7 @@ def cmd_pack(a: argparse.Namespace) -> int:
                   quality=a.quality, huffman=False if a.no_huffman else None, init=a.init,
                   input_shapes=a.input_shape, input_values=a.input_value, low_rank=a.low_rank,
                   max_error=a.max_error, compensate=False if a.no_compensate else None,
-                  calib=_read_inputs(a.calib) if a.calib else None)
+                  calib=_read_inputs(a.calib, "--calib") if a.calib else None)
     if a.json:
         print(json.dumps(_json_info(report.info), indent=2))
     else:
@@ -94,14 +100,12 @@ def _runtime_check(path: str, budget: str | None) -> tuple[dict, object]:
     return {**out, "fits": True, "plan": model.plan.as_dict()}, model.plan
 
 
-def _read_inputs(path: str):
-    import numpy as np
+def _read_inputs(path: str, what: str = "input"):
+    """An .npy (one array) or .npz (name -> array), every header checked against the file's size before reading
+    (runtime/tables.py read_arrays: the one reader of user arrays)."""
+    from runtime.tables import read_arrays
 
-    data = np.load(path, allow_pickle=False)
-    if isinstance(data, np.ndarray):
-        return data
-    with data:
-        return {k: data[k] for k in data.files}
+    return read_arrays(path, what)
 
 
 def cmd_run(a: argparse.Namespace) -> int:
@@ -111,7 +115,7 @@ def cmd_run(a: argparse.Namespace) -> int:
 
     import runtime
 
-    x = _read_inputs(a.input)
+    x = _read_inputs(a.input, "--input")
     first = x if isinstance(x, np.ndarray) else next(iter(x.values()), np.zeros(1))
     batch = int(first.shape[0]) if first.ndim >= 1 and first.shape[0] >= 1 else 1
     t0 = time.perf_counter()
@@ -198,7 +202,7 @@ def cmd_energy(a: argparse.Namespace) -> int:
     active = None
     batch = 1
     if a.data:
-        x = _read_inputs(a.data)
+        x = _read_inputs(a.data, "--data")
         from .activations import nonzero_fractions  # needs onnxruntime: a workstation measurement
 
         model0 = read_packed(a.file)
@@ -317,8 +321,8 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("info", help="show what a packed file holds (per-layer compression table)")
     s.add_argument("file")
     s.add_argument("--json", action="store_true")
-    s.add_argument("--budget", help="show the runtime's memory plan within this budget, e.g. 256KiB (exit 2 if it "
-                   "does not fit)")
+    s.add_argument("--budget", type=_size_arg, help="show the runtime's memory plan within this budget, e.g. 256KiB "
+                   "(exit 2 if it does not fit)")
     s.set_defaults(func=cmd_info)
 
     s = sub.add_parser("run", help="run a packed model on an input (.npy, or .npz for several inputs) with the "
@@ -326,7 +330,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("file")
     s.add_argument("--input", required=True, help=".npy (one input) or .npz (name -> array)")
     s.add_argument("--output", help="write the outputs: .npy (one output) or .npz")
-    s.add_argument("--budget", help="memory budget for weights as held + arena + scratch, e.g. 256KiB")
+    s.add_argument("--budget", type=_size_arg,
+                   help="memory budget for weights as held + arena + scratch, e.g. 256KiB")
     s.add_argument("--repeat", type=int, default=20, help="timed runs after the first (default 20)")
     s.add_argument("--parallel", action="store_true", help="use the Numba-parallel kernels (on every core unless "
                    "--threads says otherwise)")
@@ -336,7 +341,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("verify", help="check a packed file completely without running it (exit 2 on any problem)")
     s.add_argument("file")
-    s.add_argument("--budget", help="also check that the model fits this memory budget, e.g. 64KiB")
+    s.add_argument("--budget", type=_size_arg, help="also check that the model fits this memory budget, e.g. 64KiB")
     s.set_defaults(func=cmd_verify)
 
     s = sub.add_parser("unpack", help="write the dense ONNX equivalent of a packed file")
@@ -347,7 +352,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("energy", help="estimated energy per inference: original fp32 vs packed, per layer, and a "
                        "sweep over on-chip memory sizes")
     s.add_argument("file")
-    s.add_argument("--sram", default="256KiB", help="on-chip memory size (default 256KiB)")
+    s.add_argument("--sram", default="256KiB", type=_size_arg, help="on-chip memory size (default 256KiB)")
     s.add_argument("--table", help="energy table (JSON or TOML, pJ per operation) replacing the 45 nm defaults")
     s.add_argument("--data", help="inputs (.npy / .npz) on which to measure zero activations (needs onnxruntime)")
     s.add_argument("--no-plan-budget", action="store_true", help="plan the runtime without a memory budget "
@@ -374,7 +379,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "at most 1000; smoke 5)")
     s.add_argument("--samples", type=int, help="samples for accuracy (default: all the data, or as many random "
                    "ones as fit about 5 s, at most 1000)")
-    s.add_argument("--sram", help="on-chip memory for the energy estimate (default 256KiB)")
+    s.add_argument("--sram", type=_size_arg, help="on-chip memory for the energy estimate (default 256KiB)")
     s.add_argument("--table", help="energy table (JSON or TOML) replacing the 45 nm defaults")
     s.add_argument("--threads", type=int, default=1, help="threads of edgepack's runtime and of onnxruntime, the "
                    "same for both (default 1)")

@@ -3,12 +3,14 @@ relative gaps, and per stream packed or Huffman, whichever is smaller. Returns t
 numpy arrays where buffers go (packer/writer.py lays them out) and the numbers the report needs."""
 from __future__ import annotations
 
+import difflib
 import math
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from runtime import constants as C
+from runtime.errors import InputError
 
 from . import bitpack, cluster, csr, huffman, prune
 
@@ -31,29 +33,65 @@ class LayerSettings:
 
     @classmethod
     def from_dict(cls, d: dict, where: str) -> "LayerSettings":
-        known = set(cls.__dataclass_fields__)
-        bad = set(d) - known
+        """Settings from a config table: every key known, every value of its type (a boolean is true or false, not
+        "no"; bits a whole number, not "4"), every value in range; InputError naming the key and what it takes."""
+        if not isinstance(d, dict):
+            raise InputError(f"{where}: expected a table of settings, found {_show(d)}")
+        known = list(cls.__dataclass_fields__)
+        bad = [k for k in d if k not in known]
         if bad:
-            raise ValueError(f"{where}: unknown setting(s) {sorted(bad)}; known: {sorted(known)}")
+            hints = [f"'{k}' (did you mean '{m[0]}'?)" if (m := difflib.get_close_matches(str(k), known, 1)) else
+                     f"'{k}'" for k in bad]
+            raise InputError(f"{where}: unknown setting(s) {', '.join(hints)}; known: {', '.join(known)}")
         s = cls(**d)
         s.check(where)
         return s
 
     def check(self, where: str) -> None:
-        if not 0.0 <= self.sparsity <= 1.0:
-            raise ValueError(f"{where}: sparsity {self.sparsity} must be in [0, 1]")
-        if self.bits is not None and not 1 <= self.bits <= C.MAX_CODE_BITS:
-            raise ValueError(f"{where}: bits {self.bits} must be in [1, {C.MAX_CODE_BITS}]")
-        if self.gap_bits is not None and not 1 <= self.gap_bits <= C.MAX_CODE_BITS:
-            raise ValueError(f"{where}: gap_bits {self.gap_bits} must be in [1, {C.MAX_CODE_BITS}]")
-        if self.init not in ("linear", "random", "density"):
-            raise ValueError(f"{where}: init '{self.init}' must be linear, random or density")
-        if self.encoding not in ("auto", C.ENC_SPARSE, C.ENC_CODEBOOK, "dense", "float16", C.ENC_INT8):
-            raise ValueError(f"{where}: encoding '{self.encoding}' is not known")
-        if self.codebook_dtype not in C.CODEBOOK_DTYPES:
-            raise ValueError(f"{where}: codebook_dtype must be one of {C.CODEBOOK_DTYPES}")
-        if self.channel_scales not in ("auto", True, False):
-            raise ValueError(f"{where}: channel_scales must be auto, true or false")
+        """Types first (so that a wrong type is named, not met as a TypeError deep in the encoder), then ranges."""
+        _number(where, "sparsity", self.sparsity, 0.0, 1.0)
+        if self.quality is not None:
+            _number(where, "quality", self.quality, 0.0, math.inf)
+        for key in ("bits", "gap_bits"):
+            if getattr(self, key) is not None:
+                _whole(where, key, getattr(self, key), 1, C.MAX_CODE_BITS)
+        _whole(where, "chunk_symbols", self.chunk_symbols, 1, 1 << 30)
+        _whole(where, "seed", self.seed, 0, (1 << 32) - 1)
+        if not isinstance(self.huffman, bool):
+            raise InputError(f"{where}: huffman must be true or false (a boolean), found {_show(self.huffman)}")
+        choices = {"init": ("linear", "random", "density"),
+                   "encoding": ("auto", C.ENC_SPARSE, C.ENC_CODEBOOK, "dense", "float16", C.ENC_INT8),
+                   "codebook_dtype": tuple(C.CODEBOOK_DTYPES)}
+        for key, allowed in choices.items():
+            v = getattr(self, key)
+            if not isinstance(v, str) or v not in allowed:
+                raise InputError(f"{where}: {key} must be one of {', '.join(allowed)}, found {_show(v)}")
+        if not (self.channel_scales == "auto" and isinstance(self.channel_scales, str)
+                or isinstance(self.channel_scales, bool)):
+            raise InputError(f"{where}: channel_scales must be \"auto\", true or false, found "
+                             f"{_show(self.channel_scales)}")
+
+
+def _show(v) -> str:
+    """A config value as the user wrote it, with its type: '"4" (text)', '1.5 (a number with a fraction)'."""
+    kind = {bool: "a boolean", str: "text", int: "a whole number", float: "a number", list: "a list",
+            dict: "a table", type(None): "nothing"}.get(type(v), type(v).__name__)
+    text = repr(v) if not isinstance(v, str) else '"' + v[:40] + ('..."' if len(v) > 40 else '"')
+    return f"{text} ({kind})"
+
+
+def _number(where: str, key: str, v, lo: float, hi: float) -> None:
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise InputError(f"{where}: {key} must be a number in [{lo:g}, {hi:g}], found {_show(v)}")
+    if not lo <= v <= hi or not math.isfinite(v):  # NaN fails too
+        raise InputError(f"{where}: {key} {v!r} must be in [{lo:g}, {hi:g}]")
+
+
+def _whole(where: str, key: str, v, lo: int, hi: int) -> None:
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise InputError(f"{where}: {key} must be a whole number in [{lo}, {hi}], found {_show(v)}")
+    if not lo <= v <= hi:
+        raise InputError(f"{where}: {key} {v} must be in [{lo}, {hi}]")
 
 
 @dataclass

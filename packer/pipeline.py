@@ -2,6 +2,7 @@
 against the encoder's own reference bit for bit. `pack()` is the Python API behind `edgepack pack`."""
 from __future__ import annotations
 
+import math
 import os
 import sys
 from dataclasses import dataclass, field
@@ -31,6 +32,7 @@ class PackReport:
     references: dict[str, np.ndarray] = field(repr=False, default_factory=dict)
     fidelity: object = None  # packer.fidelity.GuardReport
     warnings: list[str] = field(default_factory=list)
+    allocation: object = None  # packer.allocate.Allocation (--target-ratio, or --max-error with --calib)
 
     @property
     def total_bytes(self) -> int:
@@ -42,6 +44,8 @@ class PackReport:
 
     def table(self) -> str:
         lines = [format_table(self.info)]
+        if self.allocation is not None:
+            lines += self.allocation.lines()
         if self.fidelity is not None:
             lines += self.fidelity.lines()
         lines += [f"warning: {w}" for w in self.warnings]
@@ -49,13 +53,53 @@ class PackReport:
 
 
 def load_config(path: str | os.PathLike | None) -> dict:
-    """Per-layer settings: {"default": {...}, "layers": {tensor or node name: {...}}} as JSON or TOML."""
+    """Per-layer settings: {"default": {...}, "layers": {tensor or node name: {...}}} as JSON or TOML; the shape
+    checked here, the settings themselves by LayerSettings.from_dict, the layer names against the graph by
+    check_layer_names."""
     if path is None:
         return {}
-    cfg = read_table_file(path)
-    if not isinstance(cfg, dict) or set(cfg) - {"default", "layers"}:
-        raise ValueError(f"{path}: config must be an object with keys 'default' and/or 'layers'")
+    return check_config(read_table_file(path), os.fspath(path))
+
+
+def check_config(cfg, where: str = "config") -> dict:
+    """The config's shape: a table with 'default' (a table of settings) and/or 'layers' (a table of tables)."""
+    if not isinstance(cfg, dict):
+        raise InputError(f"{where}: a config must be a table with keys 'default' and/or 'layers', found "
+                         f"{type(cfg).__name__}")
+    extra = [k for k in cfg if k not in ("default", "layers")]
+    if extra:
+        raise InputError(f"{where}: unknown key(s) {', '.join(repr(k) for k in extra)}; a config has 'default' "
+                         f"(settings for every layer) and 'layers' (settings by tensor or node name)")
+    if not isinstance(cfg.get("default", {}), dict):
+        raise InputError(f"{where}: 'default' must be a table of settings (e.g. default = {{bits = 5}}), found "
+                         f"{cfg['default']!r}")
+    layers = cfg.get("layers", {})
+    if not isinstance(layers, dict):
+        raise InputError(f"{where}: 'layers' must be a table of layer name -> settings, found {layers!r}")
+    for name, v in layers.items():
+        if not isinstance(v, dict):
+            raise InputError(f"{where}: layers.'{name}' must be a table of settings (e.g. {{bits = 4}}), found {v!r}")
+    LayerSettings.from_dict(cfg.get("default", {}), f"{where}: default")  # types and ranges, before any work
     return cfg
+
+
+def check_layer_names(cfg: dict, weights: dict[str, tuple[str, str]], where: str = "config") -> None:
+    """Every name under 'layers' is a compressible weight tensor or the node that reads it; a misspelt one is an
+    error naming the closest real names (silently ignoring it would pack that layer with the defaults)."""
+    import difflib
+
+    real = list(weights) + [node for _, node in weights.values()]
+    unknown = [k for k in cfg.get("layers", {}) if k not in real]
+    if not unknown:
+        return
+    parts = []
+    for k in unknown:
+        close = difflib.get_close_matches(k, real, 3, 0.5)
+        parts.append(f"'{k}'" + (f" (closest: {', '.join(repr(c) for c in close)})" if close else ""))
+    listed = ", ".join(repr(n) for n in list(weights)[:8]) + (", ..." if len(weights) > 8 else "")
+    raise InputError(f"{where}: layers {', '.join(parts)} name no compressible weight of this model; layers are "
+                     f"named by weight tensor or by node (Conv, Gemm, MatMul, ConvTranspose, LSTM, GRU); the weight "
+                     f"tensors are {listed or 'none'} (edgepack info on a packed file lists them)")
 
 
 def weight_tensors(graph: Graph) -> dict[str, str]:
@@ -72,6 +116,7 @@ def weight_tensors(graph: Graph) -> dict[str, str]:
 
 
 def settings_for(name: str, node: str, cfg: dict, overrides: dict) -> LayerSettings:
+    cfg = check_config(cfg) if cfg else {}
     d = dict(cfg.get("default", {}))
     layers = cfg.get("layers", {})
     d.update(layers.get(node, {}))
@@ -82,8 +127,10 @@ def settings_for(name: str, node: str, cfg: dict, overrides: dict) -> LayerSetti
 
 def plan_settings(graph: Graph, cfg: dict, overrides: dict) -> dict[str, tuple[LayerSettings, int]]:
     """Settings of every compressible weight: tensor name -> (settings, default codebook bits of its op)."""
+    weights = weight_tensors(graph)
+    check_layer_names(check_config(cfg) if cfg else {}, weights)
     return {name: (settings_for(name, node, cfg, overrides), default_bits(op))
-            for name, (op, node) in weight_tensors(graph).items()}
+            for name, (op, node) in weights.items()}
 
 
 def tensor_encoder(graph: Graph, stats: dict | None = None):
@@ -172,7 +219,7 @@ def pack(model_path: str | os.PathLike, out_path: str | os.PathLike, *, sparsity
          input_shapes: dict | list[str] | None = None, input_values: dict | list[str] | None = None,
          low_rank: float | dict | None = None,
          max_error: float | None = None, calib: dict | np.ndarray | None = None, check_fidelity: bool = True,
-         compensate: bool | None = None, **overrides) -> PackReport:
+         compensate: bool | None = None, target_ratio: float | None = None, **overrides) -> PackReport:
     """Pack an ONNX model into an edgepack file; return the report (per-layer table, sizes, ratio).
     input_shapes ({name: dims} or ["NAME=D0,D1,..."]) fixes input shapes (packer/shapes.py); input_values
     ({name: value} or ["NAME=V"], e.g. {"sr": 16000}) makes inputs that are fixed in deployment constants, so that an
@@ -182,7 +229,11 @@ def pack(model_path: str | os.PathLike, out_path: str | os.PathLike, *, sparsity
     `calib` (random inputs of the declared shapes when None) is at most this (packer/fidelity.py); without it the
     error on random inputs is still measured and a warning added when it is large (check_fidelity=False skips).
     compensate (default: on when `calib` is given): choose every codebook's codes with error compensation from the
-    calibration set's layer inputs (packer/compensate.py, GPTQ-style) instead of nearest-centroid."""
+    calibration set's layer inputs (packer/compensate.py, GPTQ-style) instead of nearest-centroid.
+    target_ratio: per-layer codebook bits chosen for the smallest error at a whole-file ratio >= target_ratio
+    (packer/allocate.py: layer errors from the calibration statistics, sensitivities measured on held-out
+    calibration runs); with `calib` and `max_error` but no bits given, the same allocation chooses the smallest file
+    within max_error and the guard backs off from there."""
     warnings: list[str] = []
     from .onnx_io import file_sha256, load_onnx
     from .shapes import check_storable, fold_constants, parse_input_shapes, parse_input_values, specialise
@@ -202,17 +253,34 @@ def pack(model_path: str | os.PathLike, out_path: str | os.PathLike, *, sparsity
     over = {"sparsity": sparsity, "bits": bits, **overrides}
     progress = None if quiet else _progress
     settings = plan_settings(graph, cfg, over)
+    _check_ratio(target_ratio)
+    allocating = target_ratio is not None or (max_error is not None and calib is not None and bits is None
+                                              and "bits" not in cfg.get("default", {}))
     stats = None
+    fit_feeds = held_feeds = None
+    if allocating:  # a quarter of the calibration runs held out for the model measurements
+        from .allocate import run_count, split_runs, take_runs
+        from .fidelity import calibration_inputs
+
+        all_feeds = calibration_inputs(graph, calib)
+        fit, held = split_runs(run_count(graph, all_feeds))
+        fit_feeds, held_feeds = take_runs(graph, all_feeds, fit), take_runs(graph, all_feeds, held)
     if compensate or (compensate is None and calib is not None):
         if calib is None:
             raise InputError("compensation needs a calibration set: give calib (--calib X.npy)")
         from .calibration import layer_statistics
         from .fidelity import batches, calibration_inputs
 
-        stats = layer_statistics(graph, weight_tensors(graph), batches(graph, calibration_inputs(graph, calib)),
+        stats = layer_statistics(graph, weight_tensors(graph),
+                                 batches(graph, fit_feeds if fit_feeds is not None else calibration_inputs(graph, calib)),
                                  progress=None if quiet else _progress_batches)
     encoder = tensor_encoder(graph, stats)
-    encoded = encode_tensors(graph, settings, progress, encoder)
+    allocation = None
+    if allocating:
+        allocation, encoded = _allocate(graph, settings, encoder, stats, held_feeds, target_ratio, max_error, quiet,
+                                        over, cfg, model_path)
+    else:
+        encoded = encode_tensors(graph, settings, progress, encoder)
     fidelity = None
     if check_fidelity or max_error is not None:
         from .fidelity import calibration_inputs, guard
@@ -243,6 +311,9 @@ def pack(model_path: str | os.PathLike, out_path: str | os.PathLike, *, sparsity
         meta["settings"]["input_values"] = {k: np.asarray(v).tolist() for k, v in values.items()}
     if factorised is not None:
         meta["settings"]["low_rank"] = factorised
+    if allocation is not None:
+        meta["settings"]["allocation"] = {"steps": allocation.point, "predicted_error": round(
+            allocation.predicted_at(allocation.point), 6)}
     if fidelity is not None and fidelity.changes:
         meta["settings"]["fidelity"] = {"max_error": max_error, "changes": [
             {"tensor": c.tensor, "change": c.what} for c in fidelity.changes]}
@@ -255,7 +326,62 @@ def pack(model_path: str | os.PathLike, out_path: str | os.PathLike, *, sparsity
         if got.shape != references[name].shape or not np.array_equal(got, references[name], equal_nan=True):
             raise RuntimeError(f"internal error: tensor '{name}' does not decode to what was encoded")
     info = layer_table(packed)
-    return PackReport(os.fspath(out_path), info, meta["settings"], references, fidelity, warnings)
+    if target_ratio is not None and info["ratio"] < target_ratio:
+        warnings.append(f"--target-ratio {target_ratio:g} not reached: {info['ratio']:.2f}x"
+                        + (" (the fidelity guard raised precision for --max-error)" if fidelity and fidelity.changes
+                           else " at the fewest bits the allocation tries"))
+    return PackReport(os.fspath(out_path), info, meta["settings"], references, fidelity, warnings, allocation)
+
+
+def _check_ratio(r) -> None:
+    if r is None:
+        return
+    if isinstance(r, bool) or not isinstance(r, (int, float, np.floating, np.integer)) or not math.isfinite(r) \
+            or r <= 0:
+        raise InputError(f"--target-ratio {r!r} is not a compression ratio: give a finite number > 0, e.g. 8")
+
+
+def _allocate(graph: Graph, settings: dict, encoder, stats, held_feeds, target_ratio, max_error, quiet: bool,
+              over: dict, cfg: dict, model_path) -> tuple:
+    """Per-layer bits (packer/allocate.py), then, for a ratio, further steps down the allocation's path while the
+    file as built (graph and metadata included) is larger than the ratio allows. Updates `settings` in place;
+    returns (allocation, every tensor's encoding)."""
+    import dataclasses
+
+    from .allocate import allocate
+
+    scanned = {k for k, (s, _) in settings.items() if s.encoding in ("auto", "codebook", "sparse_codebook")}
+    encoded = encode_tensors(graph, {k: v for k, v in settings.items() if k not in scanned}, None, encoder)
+    weights_fixed = sum(e.nbytes for k, e in encoded.items() if k not in scanned)
+    fp32 = 4 * graph.source_params
+    # overhead of the container, graph and metadata sections: measured once on the file with dense weights,
+    # corrected by building the real file below
+    stub = {"producer": f"edgepack {__version__}", "source": {"file": os.path.basename(os.fspath(model_path)),
+            "sha256": "0" * 64, "params": graph.source_params, "fp32_bytes": fp32},
+            "settings": {"cli": {k: v for k, v in over.items() if v is not None}, "config": cfg,
+                         "allocation": {"steps": 0, "predicted_error": 0.0}}}
+
+    def file_bytes(enc: dict) -> int:
+        doc = graph_doc(graph, enc)
+        return len(build_file({**stub, "format_version": f"{C.VERSION_MAJOR}.{format_minor(doc)}"}, doc))
+
+    overhead = file_bytes(encoded) - sum(e.nbytes for e in encoded.values())
+    alloc = allocate(graph, settings, encoder, stats, held_feeds, fixed_bytes=weights_fixed + overhead,
+                     fp32_bytes=fp32, target_ratio=target_ratio, max_error=max_error,
+                     naive_encoder=tensor_encoder(graph, None) if stats else None, quiet=quiet)
+
+    def apply() -> None:
+        for k, layer in alloc.layers.items():
+            s, dbits = settings[k]
+            settings[k] = (dataclasses.replace(s, bits=layer.chosen.bits), dbits)
+            encoded[k] = layer.chosen.encoded
+
+    apply()
+    if target_ratio is not None:
+        while alloc.point < len(alloc.steps) and file_bytes(encoded) > fp32 / target_ratio:
+            alloc.set_point(alloc.point + 1)
+            apply()
+    return alloc, {k: encoded[k] for k in graph.initializers}
 
 
 SHAPE_OPS = ("Shape", "Size", "ConstantOfShape", "Range", "Expand")

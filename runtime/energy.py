@@ -9,6 +9,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
+from .errors import InputError
 from .tables import read_table_file
 from .weights import CodebookWeight, DenseWeight, Int8Weight, SparseCodebookWeight
 
@@ -41,13 +42,13 @@ def load_table(path: str | None) -> dict:
     user = read_table_file(path)
     unknown = set(user) - set(DEFAULT_TABLE)
     if unknown:
-        raise ValueError(f"{path}: unknown energy table keys {sorted(unknown)}; known: {sorted(DEFAULT_TABLE)}")
+        raise InputError(f"{path}: unknown energy table keys {sorted(unknown)}; known: {sorted(DEFAULT_TABLE)}")
     for k, v in user.items():
         if k == "process":
             if not isinstance(v, str):
-                raise ValueError(f"{path}: 'process' must be a string")
+                raise InputError(f"{path}: 'process' must be a string")
         elif isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
-            raise ValueError(f"{path}: '{k}' must be a finite number of pJ >= 0, found {v!r}")
+            raise InputError(f"{path}: '{k}' must be a finite number of pJ >= 0, found {v!r}")
     table.update(user)
     return table
 
@@ -257,7 +258,13 @@ def estimate(model, packed, sram_bytes: int, table: dict | None = None,
              active: dict[str, float] | None = None) -> dict:
     """The report: original fp32 model vs packed model per inference (batch of the model's load shapes), per layer,
     and a sweep over SRAM sizes."""
+    sram_bytes = _sram(sram_bytes)
     table = table or dict(DEFAULT_TABLE)
+    if active is not None:
+        bad = {k: v for k, v in active.items() if isinstance(v, bool) or not isinstance(v, (int, float))
+               or not 0.0 <= v <= 1.0}
+        if bad:
+            raise InputError(f"active fractions must be numbers in [0, 1]; found {bad}")
     layers = model_layers(model, packed, active)
     arena = model.plan.arena_bytes
     result = {"process": table["process"], "table": table, "sram_bytes": sram_bytes, "arena_bytes": arena}
@@ -298,10 +305,18 @@ def load_for_sram(source, sram_bytes: int, batch: int = 1):
     from .errors import BudgetError
     from .model import load
 
+    sram_bytes = _sram(sram_bytes)
     try:
         return load(source, memory_budget=sram_bytes, batch=batch), sram_bytes
     except BudgetError:
         return load(source, batch=batch), None
+
+
+def _sram(value) -> int:
+    """An SRAM size as bytes: an int >= 0, or text such as '256KiB' (memory.parse_size)."""
+    from .memory import parse_size
+
+    return parse_size(value)
 
 
 def format_report(r: dict) -> str:

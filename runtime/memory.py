@@ -32,7 +32,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field, replace
 
-from runtime.errors import BudgetError
+from runtime.errors import BudgetError, InputError
 
 COUNT_MAPPED = True  # see the module docstring
 
@@ -164,30 +164,24 @@ def kib(n: int) -> str:
 
 
 def parse_size(value) -> int:
-    """A budget as an int of bytes, or text: '256KiB', '1MiB', '64k' (binary), '64kB' (decimal), '65536'."""
-    if isinstance(value, bool):
-        raise ValueError(f"memory budget must be a number of bytes or a size such as '256KiB', found {value!r}")
+    """A size as an int of bytes, or text: '256KiB', '1MiB', '64k' (binary), '64kB' (decimal), '65536'. The one
+    parser of sizes (memory budgets, --sram); InputError (a ValueError) when it is not a finite size >= 0."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise InputError(f"a size must be a number of bytes or text such as '256KiB', found {value!r}")
     if isinstance(value, (int, float)):
         n = value
     else:
-        t = str(value).strip().lower().replace(" ", "")
+        t = value.strip().lower().replace(" ", "").replace("_", "")
         units = {"kib": 1 << 10, "mib": 1 << 20, "gib": 1 << 30, "kb": 1000, "mb": 10**6, "gb": 10**9,
                  "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "b": 1}
-        n = None
-        for u, f in sorted(units.items(), key=lambda kv: -len(kv[0])):
-            if t.endswith(u):
-                try:
-                    n = float(t[: -len(u)]) * f
-                except ValueError:
-                    n = None
-                break
-        if n is None:
-            try:
-                n = float(t)
-            except ValueError:
-                raise ValueError(f"memory budget {value!r} is not a size (expected bytes or e.g. '256KiB')") from None
+        unit = next((u for u in sorted(units, key=len, reverse=True) if t.endswith(u)), "")
+        try:
+            n = float(t[: len(t) - len(unit)]) * units.get(unit, 1)
+        except ValueError:
+            raise InputError(f"size {value!r} is not a size: expected bytes or a number with a unit, e.g. "
+                             f"'65536', '256KiB', '1MiB', '64kB'") from None
     if not math.isfinite(n) or n < 0:
-        raise ValueError(f"memory budget must be a non-negative size, found {value!r}")
+        raise InputError(f"size {value!r} must be a finite number of bytes >= 0")
     return int(n)
 
 
