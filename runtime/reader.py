@@ -4,8 +4,8 @@ tensor payloads are decoded and checked by runtime/decode.py."""
 from __future__ import annotations
 
 import json
-import mmap
 import os
+import stat
 import struct
 import zlib
 from dataclasses import dataclass
@@ -54,16 +54,69 @@ def header_crc(buf: bytes | memoryview, count: int) -> int:
 
 
 def open_bytes(source: str | os.PathLike | bytes | bytearray | memoryview) -> tuple[np.ndarray, str]:
-    """Map a file (read-only, zero-copy) or wrap bytes; return a uint8 view and a name for messages."""
-    if isinstance(source, (bytes, bytearray, memoryview)):
+    """Read a file, or take bytes, into memory this process alone owns; return a read-only uint8 view and a name for
+    messages.
+
+    The file is read once, not mapped: a model loaded from it keeps the bytes it was validated with, so that writing
+    into the file, truncating it, replacing or deleting it afterwards changes nothing in the loaded model (a mapped
+    file that shrinks raises SIGBUS in the next run that touches it, and one overwritten in place would run on
+    unvalidated bytes). Immutable `bytes` are used as they are; a bytearray or memoryview, which its owner may still
+    change, is copied. Only regular files are read: a FIFO, device or directory is refused without opening it for a
+    blocking read."""
+    if isinstance(source, bytes):
         return np.frombuffer(source, dtype=np.uint8), "<bytes>"
-    path = os.fspath(source)
-    with open(path, "rb") as f:
-        size = os.fstat(f.fileno()).st_size
+    if isinstance(source, (bytearray, memoryview)):
+        try:
+            raw = memoryview(source).tobytes()  # a copy, in C order whatever the view's layout
+        except (TypeError, ValueError, BufferError) as e:
+            raise FormatError(f"<bytes>: cannot read the buffer's bytes ({e})") from None
+        return np.frombuffer(raw, dtype=np.uint8), "<bytes>"
+    try:
+        path = os.fspath(source)
+    except TypeError:
+        raise FormatError(f"expected a path, bytes, bytearray or memoryview, found {type(source).__name__}") from None
+    return read_file(path), path
+
+
+def read_file(path: str, cap: int | None = None) -> np.ndarray:
+    """The whole of a regular file as a read-only uint8 array owned by this process (see open_bytes). O_NONBLOCK
+    keeps the open of a FIFO from waiting for a writer; what is not a regular file is then refused by its kind."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise FormatError(f"{path}: is {_file_kind(st.st_mode)}, not a regular file (packed models are read from "
+                              f"regular files)")
+        size = st.st_size
         if size == 0:
             raise FormatError(f"{path}: file is empty (expected at least {C.HEADER_SIZE} bytes)")
-        mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-    return np.frombuffer(mm, dtype=np.uint8), path
+        if cap is not None and size > cap:
+            raise FormatError(f"{path}: file is {size:,} bytes, more than the cap of {cap:,}")
+        out = np.empty(size, dtype=np.uint8)
+        view = memoryview(out)
+        got = 0
+        with os.fdopen(os.dup(fd), "rb", buffering=0) as f:
+            while got < size:
+                n = f.readinto(view[got:])
+                if not n:
+                    break
+                got += n
+        if got != size:
+            raise FormatError(f"{path}: file shrank while it was read ({got:,} of {size:,} bytes); read it again "
+                              f"when no one is writing it")
+    finally:
+        os.close(fd)
+    out.flags.writeable = False
+    return out
+
+
+def _file_kind(mode: int) -> str:
+    for test, name in ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
+                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+                       (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return name
+    return "not a regular file"
 
 
 def read_container(buf: np.ndarray, where: str = "<bytes>") -> Container:
