@@ -74,7 +74,7 @@ def from_onnx(model: onnx.ModelProto, where: str = "<model>") -> Graph:
     inits = {t.name: numpy_helper.to_array(t) for t in g.initializer}
     nodes, sub_params = _convert_nodes(g.node, inits, where, opset)
     init_names = set(inits)
-    inputs = [_value_info(v) for v in g.input if v.name not in init_names]
+    inputs = [_value_info(v, unknown_rank=True) for v in g.input if v.name not in init_names]
     outputs = [_value_info(v) for v in g.output]
     params = sum(int(v.size) for v in inits.values() if v.dtype.kind == "f") + sub_params
     graph = Graph(g.name or "model", inputs, outputs, nodes, inits, opset, params)
@@ -160,12 +160,14 @@ def _constant_value(n: onnx.NodeProto, name: str, where: str) -> np.ndarray:
     raise UnsupportedError(f"{where}: Constant node '{name}': attribute '{a.name}' is not supported")
 
 
-def _value_info(v: onnx.ValueInfoProto, loose: bool = False) -> ValueInfo:
-    """loose (body graphs): a dtype or shape the exporter left out is None instead of float32 / rank 0."""
+def _value_info(v: onnx.ValueInfoProto, loose: bool = False, unknown_rank: bool = False) -> ValueInfo:
+    """loose (body graphs): a dtype or shape the exporter left out is None instead of float32 / rank 0.
+    unknown_rank (graph inputs): no shape at all is shape None, an unknown rank that --input-shape must give
+    (shapes.require_input_shapes), not a scalar."""
     t = v.type.tensor_type
     dtype = np.dtype(helper.tensor_dtype_to_np_dtype(t.elem_type)).name if t.elem_type else \
         (None if loose else "float32")
-    if loose and not t.HasField("shape"):
+    if (loose or unknown_rank) and not t.HasField("shape"):
         return ValueInfo(v.name, dtype, None)
     shape = []
     for i, d in enumerate(t.shape.dim):
@@ -260,7 +262,7 @@ def _normalise_linear(graph: Graph) -> None:
     """Constant Gemm weights become (out, in) with transB = 1; MatMul of a 2-D input by a constant 2-D weight
     becomes such a Gemm. Rows of every compressed matrix are then output channels."""
     consumers = graph.consumers()
-    ranks = {v.name: len(v.shape) for v in graph.inputs}
+    ranks = {v.name: len(v.shape) for v in graph.inputs if v.shape is not None}  # None: rank unknown
     for n in graph.nodes:
         if n.op == "Gemm" and n.inputs[1] in graph.initializers and n.attr("transB", 0) == 0:
             w = graph.initializers[n.inputs[1]]

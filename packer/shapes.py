@@ -9,7 +9,7 @@ from collections.abc import Iterable, Mapping
 import numpy as np
 
 from runtime import constants as C
-from runtime.errors import UnsupportedError
+from runtime.errors import InputError, UnsupportedError
 
 from .graph import Graph, Node, ValueInfo
 
@@ -141,7 +141,7 @@ def specialise(graph: Graph, input_shapes: Mapping[str, Iterable[int]] | Iterabl
         if v.shape and len(v.shape) != len(dims):
             raise ValueError(f"input '{name}': shape {dims} has {len(dims)} dimensions; the model declares "
                              f"{len(v.shape)}: {_show(v.shape)}")
-        for i, (have, want) in enumerate(zip(v.shape, dims)):
+        for i, (have, want) in enumerate(zip(v.shape or (), dims)):
             if isinstance(have, int) and have != want:
                 raise ValueError(f"input '{name}': dimension {i} = {want}, but the model fixes it to {have} "
                                  f"(declared shape {_show(v.shape)})")
@@ -153,12 +153,22 @@ def specialise(graph: Graph, input_shapes: Mapping[str, Iterable[int]] | Iterabl
     return g
 
 
+def require_input_shapes(graph: Graph) -> None:
+    """An input the ONNX file declares without a shape has an unknown rank (onnx_io: shape None): the packer cannot
+    guess it (a scalar would refuse every real input), so the user gives it."""
+    for v in graph.inputs:
+        if v.shape is None:
+            raise InputError(f"input '{v.name}' has no shape in the ONNX file (its rank is unknown); give it: "
+                             f"--input-shape {v.name}=D0,D1,... (Python: input_shapes={{'{v.name}': [...]}})")
+
+
 def fold_constants(graph: Graph, strict: bool = False) -> Graph:
     """A copy of `graph` where every node whose inputs are all constants, and every Shape/Size of a tensor whose
     shape is static, is replaced by an initializer. Safe on any graph: only static facts are used. strict: a
     Shape/Size left on a tensor of unknown shape is an error naming the dynamic input behind it."""
     from .control_flow import inline_constant_ifs
 
+    require_input_shapes(graph)
     g = _copy(graph)
     values: dict[str, ValueInfo] = {}
     folded_any = inlined_any = False
@@ -384,7 +394,7 @@ def _copy(graph: Graph) -> Graph:
     """Nodes, value infos and the initializer table copied; the arrays themselves shared (never written)."""
     from .control_flow import copy_body
 
-    vi = lambda v: ValueInfo(v.name, v.dtype, list(v.shape))  # noqa: E731
+    vi = lambda v: ValueInfo(v.name, v.dtype, None if v.shape is None else list(v.shape))  # noqa: E731
     nodes = [Node(n.op, n.name, list(n.inputs), list(n.outputs),
                   {k: (kind, copy_body(v) if kind == "graph" else v) for k, (kind, v) in n.attrs.items()})
              for n in graph.nodes]

@@ -9,6 +9,8 @@ import numpy as np
 
 from .graph import Graph
 
+RANDOM_INPUT_BYTES = 256 << 20  # random inputs made for a check, per input
+
 
 @dataclass
 class Agreement:
@@ -46,8 +48,18 @@ def random_inputs(graph: Graph, batch: int, seed: int = 0) -> dict[str, np.ndarr
     """Inputs of the declared shapes (dynamic dimensions: `batch` for the first, 1 elsewhere)."""
     rng = np.random.default_rng(seed)
     feeds = {}
+    from .shapes import require_input_shapes
+
+    require_input_shapes(graph)
     for v in graph.inputs:
         shape = [d if isinstance(d, int) else (batch if i == 0 else 1) for i, d in enumerate(v.shape)]
+        nbytes = int(np.prod(shape, dtype=object)) * np.dtype(v.dtype).itemsize
+        if nbytes > RANDOM_INPUT_BYTES:
+            from runtime.errors import InputError
+
+            raise InputError(f"input '{v.name}' of shape {shape} ({v.dtype}) would take {nbytes / 2**30:,.1f} GiB "
+                             f"of random test inputs; at most {RANDOM_INPUT_BYTES >> 20} MiB are made. Check the "
+                             f"shape (--input-shape {v.name}=...) or give calibration inputs (--calib)")
         if v.dtype.startswith("float"):
             feeds[v.name] = rng.standard_normal(shape).astype(v.dtype)
         else:

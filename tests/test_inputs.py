@@ -1,0 +1,160 @@
+"""User arrays and sizes (issue 14 items 8, 9, 13): one reader of .npy/.npz (runtime/tables.py read_arrays) that
+checks every header against the bytes the file holds before reading; one size parser; huge --input-shape and
+shape-less ONNX inputs refused by name. Every failure is an InputError naming the file or input, and the CLI exits
+2 without a traceback."""
+from __future__ import annotations
+
+import io
+import zipfile
+
+import numpy as np
+import onnx
+import pytest
+
+import zoo
+from packer.cli import main
+from packer.pipeline import pack
+from runtime.errors import InputError
+from runtime.memory import parse_size
+from runtime.tables import read_arrays
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    d = tmp_path_factory.mktemp("inputs")
+    onnx_path = zoo.save(zoo.mlp(), d / "mlp.onnx")
+    pack(onnx_path, d / "mlp.epk", check_fidelity=False)
+    return {"onnx": onnx_path, "epk": str(d / "mlp.epk"), "dir": d}
+
+
+def _npy(a) -> bytes:
+    b = io.BytesIO()
+    np.save(b, a)
+    return b.getvalue()
+
+
+GOOD = _npy(np.ones((4, 64), np.float32))
+BAD_FILES = {
+    "empty": (b"", "the file is empty"),
+    "magic_only": (GOOD[:4], "truncated inside the .npy magic"),
+    "header_cut": (GOOD[:40], "not a readable .npy array"),
+    "data_cut": (GOOD[:-5], r"the header says shape \(4, 64\) of float32 \(1,024 bytes\) but the file holds 1,019"),
+    "huge_header": (GOOD.replace(b"(4, 64)", b"(100000000000, 32)"), r"shape \(100000000000, 32\)"),
+    "object_dtype": (GOOD.replace(b"'<f4'", b"'|O' "), "holds Python objects"),
+    "text": (b"1 2 3\n", "neither an .npy nor an .npz"),
+    "zip_cut": (None, "not a readable .npz archive"),
+}
+
+
+def _bad_bytes(kind: str) -> bytes:
+    data, _ = BAD_FILES[kind]
+    if data is None:
+        b = io.BytesIO()
+        np.savez(b, x=np.ones((4, 64), np.float32))
+        data = b.getvalue()[:60]
+    return data
+
+
+@pytest.mark.parametrize("kind", sorted(BAD_FILES))
+def test_read_arrays_refuses_by_name(tmp_path, kind):
+    p = tmp_path / "x.npy"
+    p.write_bytes(_bad_bytes(kind))
+    with pytest.raises(InputError, match=BAD_FILES[kind][1]):
+        read_arrays(p)
+
+
+def test_read_arrays_npz_members_checked(tmp_path):
+    p = tmp_path / "x.npz"
+    with zipfile.ZipFile(p, "w") as z:
+        z.writestr("x.npy", GOOD.replace(b"(4, 64)", b"(100000000000, 32)"))
+    with pytest.raises(InputError, match=r"array 'x'.*shape \(100000000000, 32\)"):
+        read_arrays(p)
+    with zipfile.ZipFile(p, "w") as z:
+        z.writestr("x.npy", GOOD)
+        z.writestr("y.npy", _npy(np.arange(3)))
+    got = read_arrays(p)
+    assert sorted(got) == ["x", "y"] and got["x"].shape == (4, 64) and got["y"].tolist() == [0, 1, 2]
+
+
+def test_read_arrays_round_trips(tmp_path):
+    for a in (np.arange(12.0).reshape(3, 4), np.asfortranarray(np.arange(12.0).reshape(3, 4)), np.array(3.5),
+              np.zeros((0, 3), np.int64), np.array([True, False])):
+        np.save(tmp_path / "a.npy", a)
+        got = read_arrays(tmp_path / "a.npy")
+        assert got.dtype == a.dtype and got.shape == a.shape and np.array_equal(got, a)
+    np.savez_compressed(tmp_path / "b.npz", x=np.ones((2, 2), np.float32), y=np.arange(5))
+    got = read_arrays(tmp_path / "b.npz")
+    assert np.array_equal(got["y"], np.arange(5)) and got["x"].dtype == np.float32
+    for path, match in ((tmp_path / "missing.npy", "cannot open"), (tmp_path, "a folder"), ("a\0b", "cannot open")):
+        with pytest.raises(InputError, match=match):
+            read_arrays(path)
+
+
+@pytest.mark.parametrize("kind", ["empty", "data_cut", "huge_header", "zip_cut"])
+def test_cli_run_and_calib_refuse_bad_arrays(files, tmp_path, capsys, kind):
+    p = tmp_path / "x.npy"
+    p.write_bytes(_bad_bytes(kind))
+    assert main(["run", files["epk"], "--input", str(p), "--repeat", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "--input" in err and str(p) in err and "Traceback" not in err
+    assert main(["pack", files["onnx"], "-o", str(tmp_path / "m.epk"), "--calib", str(p), "-q"]) == 2
+    err = capsys.readouterr().err
+    assert "--calib" in err and str(p) in err
+    assert not (tmp_path / "m.epk").exists()
+
+
+@pytest.mark.parametrize("text", ["garbage", "infKiB", "nan", "-1k", "1e400", "12 parsecs", ""])
+def test_sizes_refused_by_name(files, capsys, text):
+    with pytest.raises(InputError):
+        parse_size(text)
+    for argv in (["energy", files["epk"], f"--sram={text}"], ["info", files["epk"], f"--budget={text}"],
+                 ["run", files["epk"], "--input", "x.npy", f"--budget={text}"]):
+        with pytest.raises(SystemExit) as e:  # argparse: exit 2 with the message, before anything loads
+            main(argv)
+        assert e.value.code == 2
+        err = capsys.readouterr().err
+        assert "invalid literal" not in err and ("is not a size" in err or "finite number of bytes" in err)
+
+
+def test_sizes_parse():
+    assert parse_size("256KiB") == 262144 and parse_size("1.5MiB") == 3 << 19 and parse_size("64kB") == 64000
+    assert parse_size(" 4096 ") == 4096 and parse_size("1_000") == 1000 and parse_size(0) == 0
+    for bad in (True, None, [1], float("inf"), -1):
+        with pytest.raises(InputError):
+            parse_size(bad)
+
+
+def test_energy_api_checks_its_sram(files):
+    import runtime
+    from runtime.energy import estimate, load_for_sram
+    from runtime.loader import read_packed
+
+    model = runtime.load(files["epk"])
+    for bad in (float("inf"), -5, "lots", None):
+        with pytest.raises(InputError):
+            estimate(model, read_packed(files["epk"]), bad)
+        with pytest.raises(InputError):
+            load_for_sram(files["epk"], bad)
+    assert estimate(model, read_packed(files["epk"]), "256KiB")["sram_bytes"] == 262144
+
+
+def test_huge_input_shape_is_refused_before_allocating(files, tmp_path, capsys):
+    argv = ["pack", files["onnx"], "-o", str(tmp_path / "m.epk"), "--input-shape", "x=100000000,64", "-q"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "input 'x' of shape [100000000, 64]" in err and "GiB" in err and "MemoryError" not in err
+
+
+def test_shapeless_onnx_input_asks_for_its_shape(files, tmp_path, capsys):
+    m = onnx.load(files["onnx"])
+    m.graph.input[0].type.tensor_type.ClearField("shape")
+    src = str(tmp_path / "noshape.onnx")
+    onnx.save(m, src)
+    out = str(tmp_path / "m.epk")
+    assert main(["pack", src, "-o", out, "-q"]) == 2
+    assert "input 'x' has no shape in the ONNX file (its rank is unknown); give it: --input-shape x=" \
+        in capsys.readouterr().err
+    assert main(["pack", src, "-o", out, "-q", "--input-shape", "x=3,64"]) == 0
+    np.save(tmp_path / "x.npy", np.ones((3, 64), np.float32))
+    assert main(["run", out, "--input", str(tmp_path / "x.npy"), "--repeat", "0"]) == 0
+    assert "output y: float32[3, 10]" in capsys.readouterr().out
