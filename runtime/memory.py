@@ -32,6 +32,7 @@ no layer keeps before it returns.
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass, field, replace
 
 from runtime.errors import BudgetError, InputError
@@ -186,6 +187,25 @@ def parse_size(value) -> int:
     if not math.isfinite(n) or n < 0:
         raise InputError(f"size {value!r} must be a finite number of bytes >= 0")
     return int(n)
+
+
+def physical_bytes() -> int:
+    """This machine's memory (bytes); a very large number where the platform does not say."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 1 << 62
+
+
+def allocate(nbytes: int, what: str):
+    """np.empty(nbytes, uint8), or BudgetError naming `what` and the size instead of numpy's MemoryError."""
+    import numpy as np
+
+    try:
+        return np.empty(int(nbytes), dtype=np.uint8)
+    except (MemoryError, ValueError) as e:
+        raise BudgetError(f"{what} needs {int(nbytes):,} B ({int(nbytes) / 2**30:,.1f} GiB), which cannot be "
+                          f"allocated ({e}); run smaller batches or inputs") from None
 
 
 def held(option) -> int:

@@ -135,7 +135,7 @@ def _load(source, memory_budget, parallel: bool, batch: int, layer_modes, limit:
         specs.append(spec)
     _apply_forced_modes(specs, layer_modes, where)
 
-    base_plan = executor.make_plan(program, input_shapes)  # dynamic layers only: their scratch is fixed
+    base_plan = executor.make_plan(program, input_shapes, shapes)  # dynamic layers only: their scratch is fixed
     layer_biases = {id(s.bias) for s in specs if s.bias is not None}
     c_ram, c_mapped = layers.split_bytes([a for a in consts.values() if id(a) not in layer_biases],
                                          packed.container.data)
@@ -145,6 +145,7 @@ def _load(source, memory_budget, parallel: bool, batch: int, layer_modes, limit:
     for spec, opt in zip(specs, result.choice):
         program.layers[spec.name] = spec.build(opt.mode)
     model = Model(program, decls, packed, budget, parallel, (c_ram, c_mapped), specs, result, limit)
+    model._known_shapes[tuple(input_shapes[name] for name, _ in decls)] = shapes  # inferred once per load
     model.plan = model.plan_for(input_shapes)
     return model
 
@@ -159,9 +160,13 @@ def _declared_shapes(decls, batch: int) -> dict[str, tuple]:
 def _apply_forced_modes(specs, layer_modes, where: str) -> None:
     if layer_modes is None:
         return
+    if not isinstance(layer_modes, (str, dict)) or isinstance(layer_modes, dict) and not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in layer_modes.items()):
+        raise InputError(f"{where}: layer_modes must be a mode ({', '.join(layers.MODES)}) or a dict of layer name "
+                         f"-> mode, found {layer_modes!r}"[:400])
     if isinstance(layer_modes, str):
         if layer_modes not in layers.MODES:
-            raise ValueError(f"layer_modes '{layer_modes}' is not one of {layers.MODES}")
+            raise InputError(f"layer_modes '{layer_modes}' is not one of {layers.MODES}")
         for s in specs:
             kept = [o for o in s.options if o.mode == layer_modes]
             if kept:
@@ -170,7 +175,7 @@ def _apply_forced_modes(specs, layer_modes, where: str) -> None:
     by_name = {s.name: s for s in specs}
     for name, mode in layer_modes.items():
         if name not in by_name:
-            raise ValueError(f"{where}: layer_modes names '{name}', which is not a weight-bearing layer "
+            raise InputError(f"{where}: layer_modes names '{name}', which is not a weight-bearing layer "
                              f"(layers: {', '.join(by_name) or 'none'})")
         kept = [o for o in by_name[name].options if o.mode == mode]
         if not kept:
@@ -207,6 +212,7 @@ class Model:
         self._nodes = {n["name"]: n for n in program.nodes}
         self.minimum_budget = fit.minimum  # smallest total any choice of modes reaches, at the load shapes
         self._plans: dict[tuple, executor.ExecPlan] = {}
+        self._known_shapes: dict[tuple, dict] = {}  # input shapes -> every tensor's shape, inferred by load
         # Model.run's fast path (single-input models): input shape -> (the input's flat arena view, steps, outputs)
         # of a plan bound to the current arena; rebuilt when a plan is (re)bound, emptied when the buffers change.
         self._fast: dict[tuple, tuple] = {}
@@ -232,7 +238,7 @@ class Model:
         plan = self._plans.get(key)
         if plan is None:
             try:
-                plan = executor.make_plan(self._program, input_shapes)
+                plan = executor.make_plan(self._program, input_shapes, self._known_shapes.pop(key, None))
             except (UnsupportedError, ValueError) as e:
                 raise InputError(f"{self.source}: the model cannot run on input shapes "
                                  f"{ {k: tuple(v) for k, v in input_shapes.items()} }: {e}") from e
@@ -247,11 +253,17 @@ class Model:
                 old = self._plans.pop(next(iter(self._plans)))
                 self._fast.pop(tuple(old.input_shapes.get(self._fast_name, ())), None)
             self._plans[key] = plan
+        if self._arena.nbytes < plan.arena.arena_bytes or self._scratch.nbytes < plan.scratch_bytes:
+            need = max(self._arena.nbytes, plan.arena.arena_bytes) + max(self._scratch.nbytes, plan.scratch_bytes)
+            if need > memory.physical_bytes():
+                raise BudgetError(f"{self.source}: input shapes {dict(input_shapes)} need {need:,} B of arena and "
+                                  f"scratch ({need / 2**30:,.1f} GiB), more than this machine's memory "
+                                  f"({memory.physical_bytes() / 2**30:,.1f} GiB); run smaller batches")
         if self._arena.nbytes < plan.arena.arena_bytes:
-            self._arena = np.empty(plan.arena.arena_bytes, dtype=np.uint8)
+            self._arena = memory.allocate(plan.arena.arena_bytes, f"{self.source}: the activation arena")
             self._fast.clear()
         if self._scratch.nbytes < plan.scratch_bytes:
-            self._scratch = np.empty(plan.scratch_bytes, dtype=np.uint8)
+            self._scratch = memory.allocate(plan.scratch_bytes, f"{self.source}: the scratch buffer")
             self._fast.clear()
         executor.bind(self._program, plan, self._arena, self._scratch)
         if self._fast_name is not None:

@@ -158,3 +158,29 @@ def test_shapeless_onnx_input_asks_for_its_shape(files, tmp_path, capsys):
     np.save(tmp_path / "x.npy", np.ones((3, 64), np.float32))
     assert main(["run", out, "--input", str(tmp_path / "x.npy"), "--repeat", "0"]) == 0
     assert "output y: float32[3, 10]" in capsys.readouterr().out
+
+
+def test_api_failures_are_edgepack_errors(files):
+    """Issue 14 item 10: every documented failure of the API is one of the project's own errors, cause named."""
+    import runtime
+    from runtime.errors import BudgetError, EdgepackError
+
+    model = runtime.load(files["epk"])
+    with pytest.raises(BudgetError, match=r"input shapes \{'x': \(1000000000000, 64\)\} need .* more than this "
+                                          r"machine's memory"):
+        model.plan_for((10**12, 64))
+    with pytest.raises(BudgetError, match="run smaller batches"):
+        runtime.load(files["epk"], batch=10**12)
+    assert model.plan_for((1000, 64)).arena_bytes > 0  # the model still works after a refused shape
+    assert model.run(np.ones((2, 64), np.float32))["y"].shape == (2, 10)
+    for modes, match in ((["dense"], "layer_modes must be a mode"), ("fast", "is not one of"),
+                         ({"fc1": 3}, "layer_modes must be"), ({"nope": "dense"}, "not a weight-bearing layer")):
+        with pytest.raises(InputError, match=match):
+            runtime.load(files["epk"], layer_modes=modes)
+    for budget in ("lots", [1], float("nan"), "-3k"):
+        with pytest.raises(InputError):
+            runtime.load(files["epk"], memory_budget=budget)
+    data = open(files["epk"], "rb").read()
+    for source in (np.frombuffer(data, np.uint8), io.BytesIO(data), 5, memoryview(data)[::2]):
+        with pytest.raises(EdgepackError):
+            runtime.load(source)
