@@ -324,3 +324,68 @@ def test_read_only_weights_and_inputs(kind):
     x.flags.writeable = False
     for attrs in ({}, {"pads": [1, 1, 1, 1]}):
         check_close(run_conv(w, x, None, attrs), reference_for(x, w, None, attrs))
+
+
+# -------------------------------------------------------------------------------------- im2col bands, subnormals
+
+@pytest.mark.parametrize("case", range(len(CASES)))
+@pytest.mark.parametrize("band_rows", [1, 2])
+def test_im2col_in_bands_matches_numpy(monkeypatch, case, band_rows):
+    """Dense group-1 convolutions run im2col + BLAS one band of output rows at a time: bands of one row and of
+    two rows (a shorter last band when the rows are odd) give the unbanded answer, fused activation too."""
+    from runtime.ops import conv as conv_mod
+    from runtime.ops.elementwise import ACT_CLIP
+    x_shape, w_shape, attrs = CASES[case]
+    ow = conv_output_shape(x_shape, w_shape, attrs)[3]
+    monkeypatch.setattr(conv_mod, "IM2COL_BAND_FLOATS", 1)
+    monkeypatch.setattr(conv_mod, "IM2COL_BAND_MIN_POSITIONS", band_rows * ow)
+    rng = np.random.default_rng([case, band_rows])
+    w = make_weight("dense", w_shape, rng, density=0.7)
+    x = rng.standard_normal(x_shape).astype(np.float32)
+    bias = rng.standard_normal(w_shape[0]).astype(np.float32)
+    ref = reference_for(x, w, bias, attrs)
+    check_close(run_conv(w, x, bias, attrs), ref)
+    prepared = prepare_conv(w, attrs.get("group", 1))
+    out = np.full(ref.shape, np.nan, np.float32)
+    conv(x, prepared, bias, attrs, out, None, False, (ACT_CLIP, 0.0, 6.0))
+    check_close(out, np.clip(ref, 0.0, 6.0))
+
+
+def test_im2col_band_layout_on_a_real_shape():
+    """PP-OCRv4 det's neck conv (96 -> 24 channels, 3x3, pad 1) at 40x40: 864 columns -> bands of 7 rows (the last
+    of 5), scratch for one band only, same answer as the float64 reference."""
+    from runtime.ops import conv as conv_mod
+    rng = np.random.default_rng(11)
+    w = make_weight("dense", (24, 96, 3, 3), rng, density=1.0)
+    x = rng.standard_normal((1, 96, 40, 40)).astype(np.float32)
+    attrs = {"pads": [1, 1, 1, 1]}
+    prepared = prepare_conv(w, 1)
+    plan = conv_mod._plan(prepared, x.shape, attrs, False)
+    assert plan.im2col and plan.geo[conv_mod._CROWS] == 7
+    assert plan.scratch_bytes == 4 * 864 * 7 * 40
+    check_close(run_conv(w, x, None, attrs), reference_for(x, w, None, attrs))
+
+
+@pytest.mark.parametrize("kind", ["dense", "codebook", "sparse"])
+def test_subnormal_weights_are_flushed_at_prepare(kind):
+    """Subnormal weight values (|w| < 1.2e-38, which packed codebooks times row scales can produce; PP-OCRv4 rec
+    at 8 bits) are held as 0: each multiply reading one is a microcode assist (a 1x1 conv 20x slower). Outputs
+    stay within the usual tolerance of the exact convolution, and the caller's arrays are not modified."""
+    rng = np.random.default_rng(12)
+    tiny = np.finfo(np.float32).tiny
+    w = make_weight(kind, (6, 4, 3, 3), rng, density=0.8, wide_scales=False)
+    if kind == "dense":
+        arr = w.array.copy()
+        arr.reshape(-1)[::5] = tiny / 8
+        w = DenseWeight(arr)
+        held = prepare_conv(w, 1).arrays["w2d"]
+        original = w.array
+    else:
+        w.codebook[2] = -tiny / 4
+        held = prepare_conv(w, 1).arrays["codebook"]
+        original = w.codebook
+    assert not ((held != 0) & (np.abs(held) < tiny)).any()
+    assert ((original != 0) & (np.abs(original) < tiny)).any()  # the weight object keeps its values
+    x = rng.standard_normal((1, 4, 9, 8)).astype(np.float32)
+    attrs = {"pads": [1, 1, 1, 1]}
+    check_close(run_conv(w, x, None, attrs), reference_for(x, w, None, attrs))
