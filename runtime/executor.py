@@ -140,8 +140,10 @@ class ExecPlan:
     bound_to: tuple | None = None
 
 
-def make_plan(program: Program, input_shapes: dict[str, tuple]) -> ExecPlan:
-    shapes = infer_shapes(program, input_shapes)
+def make_plan(program: Program, input_shapes: dict[str, tuple], shapes: dict[str, tuple] | None = None) -> ExecPlan:
+    """The plan for these input shapes; `shapes`: infer_shapes' result for them when the caller has it already."""
+    if shapes is None:
+        shapes = infer_shapes(program, input_shapes)
     lives = lifetimes(program, shapes)
     arena = plan_arena(lives)
     scratch, owner = 0, None

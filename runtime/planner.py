@@ -3,6 +3,8 @@ Micro's greedy planner), with optional in-place reuse of an input that dies at t
 """
 from __future__ import annotations
 
+import bisect
+import heapq
 from dataclasses import dataclass, field
 
 from runtime.errors import FormatError
@@ -88,42 +90,124 @@ def _peak(blocks: list[tuple[int, int, int]]) -> int:
     return peak
 
 
+# Greedy by size compares each block with every placed block whose lifetime intersects its own. Up to this many
+# intersecting pairs it does (what real models have: a few per tensor); beyond it (tens of thousands of tensors alive
+# at once, e.g. a graph with 100,000 outputs), blocks are placed in step order into the lowest free gap instead, in
+# O(n log n + gaps) time.
+MAX_GREEDY_PAIRS = 2_000_000
+
+
 def plan_arena(tensors: list[TensorLife], alignment: int = ALIGNMENT) -> ArenaPlan:
-    """Place every tensor in one arena so that no two tensors with intersecting lifetimes overlap in memory."""
+    """Place every tensor in one arena so that no two tensors with intersecting lifetimes overlap in memory.
+    Near-linear in the number of tensors: O(n log n + intersecting pairs) (see MAX_GREEDY_PAIRS)."""
     tensors = list(tensors)
     _validate(tensors, alignment)
     aliases = _resolve_aliases(tensors)
 
-    def root(name: str) -> str:
-        while name in aliases:
-            name = aliases[name]
-        return name
-
-    # a block is one buffer: a tensor and the chain of tensors that reuse it in place
+    # a block is one buffer: a tensor and the chain of tensors that reuse it in place. Aliases point to tensors made
+    # at an earlier step, so resolving in step order finds every root in one pass (no walk per tensor).
+    roots: dict[str, str] = {}
+    for t in sorted(tensors, key=lambda t: (t.first, t.name)):
+        src = aliases.get(t.name)
+        roots[t.name] = roots.get(src, src) if src is not None else t.name
     members: dict[str, list[TensorLife]] = {}
     for t in tensors:
-        members.setdefault(root(t.name), []).append(t)
+        members.setdefault(roots[t.name], []).append(t)
     blocks = []  # (aligned size, first, last, root name)
     for name, ts in members.items():
         blocks.append((_align(ts[0].nbytes, alignment), min(t.first for t in ts), max(t.last for t in ts), name))
 
-    placed: list[tuple[int, int, int, int]] = []  # (offset, end, first, last)
+    adjacency = _intersections(blocks, MAX_GREEDY_PAIRS)
+    block_offset = _greedy_by_size(blocks, adjacency) if adjacency is not None else _in_step_order(blocks)
+
+    offsets = {t.name: block_offset[roots[t.name]] for t in tensors}
+    arena = max((block_offset[b[3]] + b[0] for b in blocks), default=0)
+    return ArenaPlan(offsets=offsets, arena_bytes=arena, peak_live_bytes=_peak([b[:3] for b in blocks]),
+                     alignment=alignment, aliases=aliases, tensors=tuple(tensors))
+
+
+def _intersections(blocks: list[tuple], cap: int) -> list[list[int]] | None:
+    """For each block (with bytes), the indices of the other blocks with bytes whose lifetimes intersect its own; None
+    when there are more than `cap` such pairs. A sweep over steps: O(n log n + pairs)."""
+    order = sorted((i for i, b in enumerate(blocks) if b[0]), key=lambda i: blocks[i][1])
+    adjacency: list[list[int]] = [[] for _ in blocks]
+    live: list[tuple[int, int]] = []  # heap of (last, index)
+    pairs = 0
+    for i in order:
+        first = blocks[i][1]
+        while live and live[0][0] < first:
+            heapq.heappop(live)
+        pairs += len(live)
+        if pairs > cap:
+            return None
+        for _, j in live:
+            adjacency[i].append(j)
+            adjacency[j].append(i)
+        heapq.heappush(live, (blocks[i][2], i))
+    return adjacency
+
+
+def _greedy_by_size(blocks: list[tuple], adjacency: list[list[int]]) -> dict[str, int]:
+    """Largest block first, each at the lowest offset where it overlaps no placed block it shares a step with
+    (TFLite Micro's greedy planner)."""
+    offset_of: list[int | None] = [None] * len(blocks)
     block_offset: dict[str, int] = {}
-    for size, first, last, name in sorted(blocks, key=lambda b: (-b[0], b[3])):
+    for i in sorted(range(len(blocks)), key=lambda i: (-blocks[i][0], blocks[i][3])):
+        size, name = blocks[i][0], blocks[i][3]
         offset = 0
         if size:
-            conflicts = sorted((o, e) for o, e, f, la in placed if f <= last and first <= la)
+            conflicts = sorted((offset_of[j], offset_of[j] + blocks[j][0]) for j in adjacency[i]
+                               if offset_of[j] is not None)
             for o, e in conflicts:
                 if offset + size <= o:
                     break  # the gap below this neighbour fits
                 offset = max(offset, e)
-            placed.append((offset, offset + size, first, last))
+            offset_of[i] = offset
         block_offset[name] = offset
+    return block_offset
 
-    offsets = {t.name: block_offset[root(t.name)] for t in tensors}
-    arena = max((o + s for o, s in ((block_offset[b[3]], b[0]) for b in blocks)), default=0)
-    return ArenaPlan(offsets=offsets, arena_bytes=arena, peak_live_bytes=_peak([b[:3] for b in blocks]),
-                     alignment=alignment, aliases=aliases, tensors=tuple(tensors))
+
+def _in_step_order(blocks: list[tuple]) -> dict[str, int]:
+    """Blocks in order of their first step, each into the lowest free gap that holds it (freed blocks' space is
+    merged with its free neighbours), else at the top of the arena."""
+    block_offset: dict[str, int] = {}
+    free: list[tuple[int, int]] = []  # sorted, disjoint, non-adjacent (offset, end) gaps below `top`
+    top = 0
+    live: list[tuple[int, int, int]] = []  # heap of (last, offset, size)
+
+    def release(o: int, e: int) -> None:
+        nonlocal top
+        k = bisect.bisect_left(free, (o, e))
+        if k > 0 and free[k - 1][1] == o:
+            k -= 1
+            o = free.pop(k)[0]
+        if k < len(free) and free[k][0] == e:
+            e = free.pop(k)[1]
+        if e == top:
+            top = o
+        else:
+            free.insert(k, (o, e))
+
+    for size, first, last, name in sorted(blocks, key=lambda b: (b[1], -b[0], b[3])):
+        if not size:
+            block_offset[name] = 0
+            continue
+        while live and live[0][0] < first:
+            _, o, sz = heapq.heappop(live)
+            release(o, o + sz)
+        for k, (o, e) in enumerate(free):
+            if e - o >= size:
+                if e - o == size:
+                    free.pop(k)
+                else:
+                    free[k] = (o + size, e)
+                break
+        else:
+            o = top
+            top += size
+        block_offset[name] = o
+        heapq.heappush(live, (last, o, size))
+    return block_offset
 
 
 def format_plan(plan: ArenaPlan) -> str:
