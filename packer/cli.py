@@ -49,7 +49,7 @@ def cmd_pack(a: argparse.Namespace) -> int:
 
 def cmd_info(a: argparse.Namespace) -> int:
     from runtime.loader import read_packed
-    from runtime.summary import format_table, layer_table
+    from runtime.summary import format_table, layer_table, printable
 
     model = read_packed(a.file)
     info = layer_table(model)
@@ -58,21 +58,22 @@ def cmd_info(a: argparse.Namespace) -> int:
         print(json.dumps({**_json_info(info), "meta": model.meta, "runtime": runtime_info}, indent=2))
         return 0 if runtime_info.get("fits", True) else 2
     g = model.graph
-    print(f"{a.file}: edgepack format {model.container.version[0]}.{model.container.version[1]}, "
-          f"{model.meta.get('producer', '?')}; graph '{g['name']}' opset {g['opset']}, {len(g['nodes'])} nodes")
-    ins = ", ".join(f"{v['name']} {v['dtype']}{v['shape']}" for v in g["inputs"])
-    outs = ", ".join(f"{v['name']} {v['dtype']}{v['shape']}" for v in g["outputs"])
+    p = printable  # names come from the file: control characters are shown escaped, not sent to the terminal
+    print(f"{p(a.file)}: edgepack format {model.container.version[0]}.{model.container.version[1]}, "
+          f"{p(model.meta.get('producer', '?'))}; graph '{p(g['name'])}' opset {g['opset']}, {len(g['nodes'])} nodes")
+    ins = ", ".join(f"{p(v['name'])} {v['dtype']}{v['shape']}" for v in g["inputs"])
+    outs = ", ".join(f"{p(v['name'])} {v['dtype']}{v['shape']}" for v in g["outputs"])
     print(f"inputs: {ins}\noutputs: {outs}")
     print(format_table(info))
     settings = model.meta.get("settings") if isinstance(model.meta.get("settings"), dict) else {}
     low_rank = settings.get("low_rank")
     if isinstance(low_rank, dict) and low_rank:
-        print("low-rank factorised: " + ", ".join(f"{k} -> rank {v}" for k, v in low_rank.items()))
+        print("low-rank factorised: " + ", ".join(f"{p(k)} -> rank {p(v)}" for k, v in low_rank.items()))
     if runtime_info["supported"]:
         print(f"runtime: the model loads (every op supported, shapes checked); at batch 1 it needs at least "
               f"{runtime_info['minimum_budget']:,} B (weights as held + arena + scratch)")
     else:
-        print(f"runtime: cannot run this model: {runtime_info['error']}")
+        print(f"runtime: cannot run this model: {p(runtime_info['error'])}")
     if plan is not None:
         print(plan.table())
     if not runtime_info.get("fits", True):

@@ -142,6 +142,13 @@ def tensor_encoder(graph: Graph, stats: dict | None = None):
     stats = stats or {}
 
     def encoder(name: str, s: LayerSettings, bits: int) -> Encoded:
+        w = graph.initializers[name]
+        if s.encoding not in ("dense", "float16") and not np.isfinite(w).all():
+            bad = np.flatnonzero(~np.isfinite(w.reshape(-1)))
+            at = tuple(int(i) for i in np.unravel_index(int(bad[0]), w.shape))
+            raise InputError(f"weight '{name}' holds {bad.size} NaN/inf value(s) (the first at {at}: "
+                             f"{w.reshape(-1)[bad[0]]}), which pruning and codebooks cannot represent; fix the model, "
+                             f"or keep this tensor as it is with a config: layers.'{name}'.encoding = \"dense\"")
         return encode_rows(graph.initializers[name], s, bits, row_dims.get(name, 1), stats.get(name))
 
     return encoder

@@ -75,6 +75,8 @@ def open_bytes(source: str | os.PathLike | bytes | bytearray | memoryview) -> tu
         path = os.fspath(source)
     except TypeError:
         raise FormatError(f"expected a path, bytes, bytearray or memoryview, found {type(source).__name__}") from None
+    if "\0" in (path if isinstance(path, str) else path.decode("latin-1")):
+        raise FormatError(f"{path!r}: a file name cannot contain a null byte (\\0)")
     return read_file(path), path
 
 

@@ -9,6 +9,16 @@ from .loader import PackedModel
 from .weights import CodebookWeight, SparseCodebookWeight
 
 
+def printable(text) -> str:
+    """A name from a file as a terminal may show it: control characters (escape sequences, newlines, bells) and other
+    unprintable ones written as Python escapes (\\x1b, \\n), so that a crafted name cannot move the cursor, change
+    the window title or fake a line of the report."""
+    text = str(text)
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 def _buffer_bytes(obj) -> int:
     if isinstance(obj, dict):
         return sum(_buffer_bytes(v) for v in obj.values())
@@ -99,7 +109,8 @@ def format_table(info: dict) -> str:
     for r in info["layers"]:
         kept = f"{100 * r['kept'] / r['weights']:6.1f}%" if r["weights"] else "     -"
         lines.append(
-            f"{r['name'][:24]:<24} {r['op'][:6]:<6} {r['encoding'][:16]:<16} {r['weights']:>9} {kept:>7} "
+            f"{printable(r['name'])[:24]:<24} {printable(r['op'])[:6]:<6} {printable(r['encoding'])[:16]:<16} "
+            f"{r['weights']:>9} {kept:>7} "
             f"{r['k'] if r['k'] else '-':>4} {_fmt_bits(r['weight_bits']):>15} {_fmt_bits(r['index_bits']):>15} "
             f"{r['bytes']:>9} {r['rate']:>6.1f}x")
     lines.append("-" * len(head))

@@ -184,3 +184,92 @@ def test_api_failures_are_edgepack_errors(files):
     for source in (np.frombuffer(data, np.uint8), io.BytesIO(data), 5, memoryview(data)[::2]):
         with pytest.raises(EdgepackError):
             runtime.load(source)
+
+
+# ------------------------------------------------------------------------ item 13: messages that name the problem
+
+def _graph_model(nodes, inputs, outputs, inits=()):
+    from onnx import helper
+
+    g = helper.make_graph(nodes, "g", inputs, outputs, list(inits))
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_identity_only_graph_packs_loads_and_runs(tmp_path):
+    """The packer keeps an Identity whose output copies a graph input; the runtime runs it (was: refused at load)."""
+    from onnx import TensorProto, helper
+
+    import runtime
+    from packer.verify import session
+
+    m = _graph_model([helper.make_node("Identity", ["x"], ["y"], name="id")],
+                     [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3])],
+                     [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])])
+    src = str(tmp_path / "id.onnx")
+    onnx.save(m, src)
+    pack(src, tmp_path / "id.epk")
+    x = np.arange(12, dtype=np.float32).reshape(4, 3)
+    want = session(src).run(None, {"x": x})[0]
+    model = runtime.load(str(tmp_path / "id.epk"))
+    for _ in range(2):  # the planned (fast) path too
+        got = model.run(x)["y"]
+        assert np.array_equal(got, want) and got is not x
+
+
+def test_nonfinite_weight_is_named(files, tmp_path):
+    from onnx import numpy_helper
+
+    m = onnx.load(files["onnx"])
+    t = next(t for t in m.graph.initializer if t.name == "w2")
+    a = numpy_helper.to_array(t).copy()
+    a[1, 2], a[3, 3] = np.nan, np.inf
+    t.CopyFrom(numpy_helper.from_array(a, "w2"))
+    src = str(tmp_path / "nan.onnx")
+    onnx.save(m, src)
+    with pytest.raises(InputError, match=r"weight 'w2' holds 2 NaN/inf value\(s\) "
+                                         r"\(the first at \(\d+, \d+\): (nan|inf)\)"):
+        pack(src, tmp_path / "m.epk", check_fidelity=False)
+    # kept dense, the file means what the model means, NaN included
+    pack(src, tmp_path / "m.epk", check_fidelity=False, config={"layers": {"w2": {"encoding": "dense"}}})
+
+
+def test_null_byte_in_a_model_path_is_named():
+    import runtime
+    from runtime.errors import FormatError
+
+    with pytest.raises(FormatError, match="cannot contain a null byte"):
+        runtime.load("a\0b.epk")
+
+
+def test_run_fast_path_prints_no_numpy_warnings(files):
+    import warnings
+
+    import runtime
+
+    model = runtime.load(files["epk"])
+    x = np.full((2, 64), 3e38, np.float32)  # finite, but the products overflow: IEEE inf/NaN as onnxruntime gives
+    before = np.geterr()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for _ in range(3):
+            y = model.run(x)["y"]
+    assert not np.isfinite(y).all() and np.geterr() == before
+
+
+def test_info_escapes_control_characters(tmp_path, capsys):
+    from onnx import TensorProto, helper, numpy_helper
+
+    bad = "w\x1b[2J\n\x07"
+    w = numpy_helper.from_array(np.ones((4, 3), np.float32), bad)
+    m = _graph_model([helper.make_node("Gemm", ["x\x1b]0;t\x07", bad], ["y\r"], name="g", transB=1)],
+                     [helper.make_tensor_value_info("x\x1b]0;t\x07", TensorProto.FLOAT, [2, 3])],
+                     [helper.make_tensor_value_info("y\r", TensorProto.FLOAT, [2, 4])], [w])
+    src = str(tmp_path / "ctrl.onnx")
+    onnx.save(m, src)
+    out = str(tmp_path / "ctrl.epk")
+    assert main(["pack", src, "-o", out, "-q"]) == 0
+    capsys.readouterr()
+    assert main(["info", out]) == 0
+    text = capsys.readouterr().out
+    assert "\x1b" not in text and "\x07" not in text and "\r" not in text
+    assert "x\\x1b]0;t\\x07" in text and "w\\x1b[2J\\n\\x07" in text and "y\\r" in text

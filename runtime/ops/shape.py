@@ -1,4 +1,5 @@
-"""Layout ops: Flatten, Reshape (target shape from a constant input), Transpose and Concat. Flatten and Reshape
+"""Layout ops: Identity, Flatten, Reshape (target shape from a constant input), Transpose and Concat. The packer removes
+Identity except where a graph output is a copy of a graph input or of a constant. Identity, Flatten and Reshape
 copy nothing when the planner gives them their input's buffer (numpy skips a copy onto identical memory).
 """
 from __future__ import annotations
@@ -9,6 +10,11 @@ import numpy as np
 
 from runtime.errors import FormatError, UnsupportedError
 from runtime.ops.registry import OpDef, check_arity, int_attr, int_list, normalize_axis, opset_of
+
+
+def _infer_identity(input_shapes, attrs, consts):
+    check_arity(input_shapes, 1)
+    return [tuple(input_shapes[0])]
 
 
 def _infer_flatten(input_shapes, attrs, consts):
@@ -112,6 +118,7 @@ def _run_concat(inputs, attrs, outputs):
 
 
 OPS = (
+    OpDef("Identity", _infer_identity, _run_copy_reshaped, inplace_ok=True),
     OpDef("Flatten", _infer_flatten, _run_copy_reshaped, inplace_ok=True),
     OpDef("Reshape", _infer_reshape, _run_copy_reshaped, inplace_ok=True),
     OpDef("Transpose", _infer_transpose, _run_transpose),
