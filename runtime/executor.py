@@ -10,7 +10,9 @@ from dataclasses import dataclass, field
 import numpy as np
 from numba import njit
 
+from runtime import constants as C
 from runtime.errors import FormatError, UnsupportedError
+from runtime.layers import fuse_conv_epilogues
 from runtime.ops import registry
 from runtime.ops.elementwise import FUSABLE_OPS, activation
 from runtime.planner import ArenaPlan, TensorLife, plan_arena
@@ -69,6 +71,7 @@ def fuse_activations(program: Program, layer_names) -> None:
         if act is not None:
             program.fused[n["name"]] = Fusion(a["name"], a["outputs"][0], act)
             program.absorbed.add(a["name"])
+    fuse_conv_epilogues(program, layer_names, Fusion)  # a Conv also runs the elementwise chain after it
 
 
 def _node_outputs(program: Program, n: dict) -> list[str]:
@@ -80,6 +83,8 @@ def _node_outputs(program: Program, n: dict) -> list[str]:
 def infer_shapes(program: Program, input_shapes: dict[str, tuple]) -> dict[str, tuple]:
     """Shape of every activation (graph inputs and node outputs) for these input shapes; errors name op and node."""
     shapes = {name: tuple(int(d) for d in input_shapes[name]) for name in program.inputs}
+    for name, shape in shapes.items():
+        _check_elements(shape, f"input '{name}'")
     for n in program.nodes:
         in_shapes = [None if not i else shapes[i] if i in shapes else program.const_shapes[i] for i in n["inputs"]]
         consts = [program.consts.get(i) if i else None for i in n["inputs"]]
@@ -87,8 +92,20 @@ def infer_shapes(program: Program, input_shapes: dict[str, tuple]) -> dict[str, 
         for name, shape in zip(n["outputs"], outs):
             if any(d < 0 for d in shape):
                 raise FormatError(f"op '{n['op']}' (node '{n['name']}'): inferred a negative dimension {shape}")
+            _check_elements(shape, f"op '{n['op']}' (node '{n['name']}'): output '{name}'")
             shapes[name] = shape
     return shapes
+
+
+def _check_elements(shape: tuple, what: str) -> None:
+    """Every tensor the runtime would hold is bounded (a Pad of 2^40, an input of 100000 x 100000): the format's cap
+    on elements per tensor, checked as shapes are inferred, before any arena is sized or allocated."""
+    n = 1
+    for d in shape:
+        n *= d
+    if n > C.MAX_ELEMENTS:
+        raise UnsupportedError(f"{what}: shape {list(shape)} has {n:,} elements, more than the {C.MAX_ELEMENTS:,} "
+                               f"a tensor may hold in this runtime")
 
 
 def lifetimes(program: Program, shapes: dict[str, tuple]) -> list[TensorLife]:

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .constants import DTYPES
 from .decode import Buffers, decode_tensor
 from .reader import Container, open_bytes, read_container
 
@@ -50,5 +51,20 @@ def attrs_plain(attrs: dict) -> dict:
 
 
 def dense_weights(model: PackedModel) -> dict[str, np.ndarray]:
-    """Every tensor decoded to a dense array of its declared dtype (the reference view of the file)."""
+    """Every tensor decoded to a dense array of its declared dtype (the reference view of the file). What the
+    expansions take is checked against this machine's memory before any is made (BudgetError naming the largest)."""
+    from .memory import check_allocation
+
+    sizes = {}
+    for t in model.graph["tensors"]:
+        if t["encoding"]["type"] != "dense":
+            n = np.dtype(DTYPES[t["dtype"]]).itemsize
+            for d in t["shape"]:
+                n *= int(d)
+            sizes[t["name"]] = n
+    if sizes:
+        name = max(sizes, key=sizes.get)
+        check_allocation(sizes[name], f"{model.source}: tensor '{name}' (shape {list(model.weights[name].shape)}) "
+                                      f"decoded to dense")
+        check_allocation(sum(sizes.values()), f"{model.source}: the {len(sizes)} compressed tensors decoded to dense")
     return {name: np.asarray(w.to_dense(), order="C") for name, w in model.weights.items()}  # 0-d stays 0-d

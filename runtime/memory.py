@@ -26,8 +26,7 @@ compressed streams of layers that hold a decoded form), which the model's copy o
 last line states the file's size beside what runs read); the Python interpreter, numpy and numba with their JIT
 code; Python objects (graph description, plan tables); the arrays `Model.run` returns (the caller's); per-layer
 bookkeeping arrays of a few dozen bytes (geometry vectors, error slots); and the transient peak of `load` itself,
-which decodes every tensor once to validate it and releases what
-no layer keeps before it returns.
+which decodes every tensor once to validate it and releases what no layer keeps before it returns.
 """
 from __future__ import annotations
 
@@ -161,6 +160,36 @@ class MemoryPlan:
 
     def __str__(self) -> str:
         return self.table()
+
+
+def memory_limit() -> int:
+    """The most bytes this process can expect to allocate: physical memory (physical_bytes), or the address-space
+    limit (ulimit -v) when that is lower."""
+    limit = physical_bytes()
+    try:
+        import resource
+
+        soft, _ = resource.getrlimit(resource.RLIMIT_AS)
+        if soft != resource.RLIM_INFINITY and soft > 0:
+            limit = min(limit, int(soft))
+    except (ImportError, OSError, ValueError):
+        pass
+    return limit
+
+
+def check_allocation(nbytes: int, what: str, budget: int | None = None) -> None:
+    """BudgetError naming `what` if `nbytes` exceed the budget or what this machine can allocate (memory_limit):
+    for sizes decoded from a file (dense expansions of compressed tensors), checked before anything is allocated."""
+    if budget is not None and nbytes > budget:
+        raise BudgetError(f"{what} needs {nbytes:,} B ({gib(nbytes)}), more than the memory budget {budget:,} B")
+    limit = memory_limit()
+    if nbytes > limit:
+        raise BudgetError(f"{what} needs {nbytes:,} B ({gib(nbytes)}), more than this machine can allocate "
+                          f"({limit:,} B: physical memory, or ulimit -v if lower)")
+
+
+def gib(n: int) -> str:
+    return f"{n / (1 << 30):.2f} GiB"
 
 
 def kib(n: int) -> str:

@@ -100,6 +100,15 @@ def _load(source, memory_budget, parallel: bool, batch: int, layer_modes, limit:
         skip = WEIGHT_INPUT[n["op"]] if n["name"] in layer_weight else -1
         needed.update(i for j, i in enumerate(n["inputs"]) if i in weights and j != skip)
     needed.update(o["name"] for o in g["outputs"] if o["name"] in weights)
+    # Compressed constants read as dense: their sizes come from the file (a few bytes may declare 2^31 elements),
+    # so they are checked against the budget and the machine before anything is expanded.
+    tensors = {t["name"]: t for t in g["tensors"]}
+    expanded = {name: _expanded_bytes(tensors[name]) for name in needed}
+    for name, nbytes in sorted(expanded.items(), key=lambda kv: -kv[1])[:1]:
+        memory.check_allocation(nbytes, f"{where}: tensor '{name}' ({tensors[name]['encoding']['type']}, shape "
+                                        f"{list(tensors[name]['shape'])}) decoded to dense", budget)
+    memory.check_allocation(sum(expanded.values()), f"{where}: the {len(expanded)} constants decoded to dense",
+                            budget)
     # (reshaped: ascontiguousarray makes a 0-d scalar constant 1-d, which a scalar op's 0-d output cannot hold)
     consts = {name: np.ascontiguousarray(weights[name].to_dense()).reshape(weights[name].shape)
               for name in sorted(needed)}
@@ -118,7 +127,6 @@ def _load(source, memory_budget, parallel: bool, batch: int, layer_modes, limit:
 
     # Options per layer, then the fit, then the layers in their chosen modes.
     specs = []
-    tensors = {t["name"]: t for t in g["tensors"]}
     for n in nodes:
         if n["op"] not in WEIGHT_INPUT:
             continue
@@ -132,6 +140,7 @@ def _load(source, memory_budget, parallel: bool, batch: int, layer_modes, limit:
                                 consts.get(bias_name) if bias_name else None, in_shapes, shapes[n["outputs"][0]],
                                 packed.container.data, parallel)
         spec.make_options()
+        _drop_unallocatable(spec, where)
         specs.append(spec)
     _apply_forced_modes(specs, layer_modes, where)
 
@@ -148,6 +157,28 @@ def _load(source, memory_budget, parallel: bool, batch: int, layer_modes, limit:
     model._known_shapes[tuple(input_shapes[name] for name, _ in decls)] = shapes  # inferred once per load
     model.plan = model.plan_for(input_shapes)
     return model
+
+
+def _expanded_bytes(tensor: dict) -> int:
+    """Bytes a tensor of the graph section takes decoded to dense (0 when it is stored dense and used as stored)."""
+    if tensor["encoding"]["type"] == "dense":
+        return 0
+    n = 4
+    for d in tensor["shape"]:
+        n *= int(d)
+    return n
+
+
+def _drop_unallocatable(spec, where: str) -> None:
+    """A layer's ways of holding its weight that need more RAM than this machine has are not offered (a crafted file
+    may declare a weight whose dense form is 8 GiB); BudgetError when none is left."""
+    limit = memory.memory_limit()
+    kept = [o for o in spec.options if o.ram_bytes <= limit]
+    if not kept:
+        smallest = min(spec.options, key=lambda o: o.ram_bytes)
+        memory.check_allocation(smallest.ram_bytes,
+                                f"{where}: layer '{spec.name}' (weight '{spec.weight_name}') held {smallest.mode}")
+    spec.options = kept
 
 
 def _declared_shapes(decls, batch: int) -> dict[str, tuple]:

@@ -2,7 +2,10 @@
 node cap, every intermediate size bounded by shape inference, every decoded size checked before it is allocated."""
 from __future__ import annotations
 
+import os
 import random
+import subprocess
+import sys
 import time
 
 import numpy as np
@@ -94,3 +97,94 @@ def test_load_fan_out():
     out = model.run(x)
     assert len(out) == n and np.array_equal(out["t123"], np.maximum(x, 0))
     assert took < 30, f"load of a {n}-output fan-out took {took:.1f} s"
+
+
+# ------------------------------------------------------------------------------------------ items 4, 5: sizes
+
+def _sparse_nothing(shape) -> dict:
+    """A sparse_codebook tensor of `shape` (2 rows) with nnz = 0: a few bytes that declare shape's elements."""
+    import craft
+
+    enc = {"type": "sparse_codebook", "codebook_dtype": "float32", "k": 1, "codebook": np.zeros(1, np.float32),
+           "rows_per_chunk": 1, "nnz": 0, "row_counts": craft.packed([0, 0], 1), "gaps": craft.packed([], 1),
+           "codes": craft.packed([], 1)}
+    return craft.tensor("big", shape, enc)
+
+
+def _int64(name, values) -> dict:
+    return {"name": name, "dtype": "int64", "shape": [len(values)],
+            "encoding": {"type": "dense", "dtype": "int64", "data": np.array(values, np.int64)}}
+
+
+BIG = [2, 1 << 30]  # 2^31 elements: 8 GiB as float32
+
+
+def _big_file(use: str) -> bytes:
+    if use == "slice":  # read by an op: a constant the runtime would expand
+        nodes = [{"op": "Slice", "name": "sl", "inputs": ["big", "st", "en"], "outputs": ["s"], "attrs": {}},
+                 {"op": "Add", "name": "add", "inputs": ["x", "s"], "outputs": ["y"], "attrs": {}}]
+        g = _graph(nodes, ["y"], inputs=(("x", [1, 1]),), tensors=[_sparse_nothing(BIG), _int64("st", [0]),
+                                                                   _int64("en", [1])])
+    else:  # unused: only unpack expands it
+        g = _graph([{"op": "Relu", "name": "r", "inputs": ["x"], "outputs": ["y"], "attrs": {}}], ["y"],
+                   tensors=[_sparse_nothing(BIG)])
+    return build_file(META, g, deflate=False)
+
+
+def test_a_declared_size_is_checked_before_it_is_expanded(tmp_path, monkeypatch):
+    from runtime import memory
+    from runtime.errors import BudgetError
+
+    data = _big_file("slice")
+    assert len(data) < 5000
+    monkeypatch.setattr(memory, "memory_limit", lambda: 1 << 30)  # a machine of 1 GiB
+    with pytest.raises(BudgetError, match=r"tensor 'big' \(sparse_codebook, shape \[2, 1073741824\]\) decoded"):
+        runtime.load(data)
+    monkeypatch.undo()
+    with pytest.raises(BudgetError, match="tensor 'big'.*memory budget"):
+        runtime.load(data, memory_budget="64MiB")
+
+
+@pytest.mark.parametrize("command", ["info", "verify", "unpack"])
+@pytest.mark.parametrize("use", ["slice", "unused"])
+def test_commands_under_a_memory_limit_name_the_tensor(tmp_path, command, use):
+    """Under ulimit -v 3 GiB (where numpy's 8 GiB would be a MemoryError traceback) every command exits 0, or 2
+    with a message naming the tensor."""
+    path = tmp_path / "big.epk"
+    path.write_bytes(_big_file(use))
+    args = [command, str(path)] + (["-o", str(tmp_path / "out.onnx")] if command == "unpack" else [])
+    code = (f"import resource, sys; resource.setrlimit(resource.RLIMIT_AS, (3 << 30, resource.RLIM_INFINITY)); "
+            f"from packer.cli import main; sys.exit(main({args!r}))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600,
+                       env={**os.environ, "OPENBLAS_NUM_THREADS": "1"})
+    assert "Traceback" not in r.stderr and "MemoryError" not in r.stderr, r.stderr[-2000:]
+    if use == "unused" and command != "unpack":
+        assert r.returncode == 0, r.stderr
+    elif command == "info":  # info reports a model the runtime cannot load, and exits 0
+        assert r.returncode == 0 and "cannot run this model" in r.stdout and "'big'" in r.stdout, r.stdout
+    else:
+        assert r.returncode == 2 and "'big'" in r.stderr, r.stderr
+
+
+def _pad_file(pads) -> bytes:
+    nodes = [{"op": "Pad", "name": "pad", "inputs": ["x", "pads"], "outputs": ["y"], "attrs": {}}]
+    return build_file(META, _graph(nodes, ["y"], tensors=[_int64("pads", pads)]), deflate=False)
+
+
+@pytest.mark.parametrize("pads", [[0, 0, 0, 1 << 40], [1 << 20, 1 << 20, 1 << 20, 1 << 20]])
+def test_shape_inference_bounds_every_tensor(pads):
+    from runtime.errors import UnsupportedError
+
+    with pytest.raises(UnsupportedError, match=r"node 'pad'\): output 'y'.*elements, more than"):
+        runtime.load(_pad_file(pads))
+
+
+def test_an_input_too_large_is_refused_by_name(tmp_path):
+    from runtime.errors import EdgepackError, InputError
+
+    nodes = [{"op": "Relu", "name": "r", "inputs": ["x"], "outputs": ["y"], "attrs": {}}]
+    with pytest.raises(EdgepackError, match="input 'x'.*100000"):
+        runtime.load(build_file(META, _graph(nodes, ["y"], inputs=(("x", [100000, 100000]),))))
+    model = runtime.load(build_file(META, _graph(nodes, ["y"], inputs=(("x", ["N", 4]),))))
+    with pytest.raises(InputError, match="elements, more than"):
+        model.plan_for((1 << 30, 4))
