@@ -31,27 +31,29 @@ def parse_input_shapes(spec: Mapping[str, Iterable[int]] | Iterable[str] | None)
     if isinstance(spec, Mapping):
         items = [(str(k), v, f"input_shapes['{k}']") for k, v in spec.items()]
     else:
+        if not isinstance(spec, (str, Iterable)):
+            raise InputError(f"input_shapes: expected {{name: dims}} or a list of 'NAME=D0,D1,...', found {spec!r}")
         if isinstance(spec, str):
             spec = [spec]
         items = []
         for text in spec:
             name, eq, dims = str(text).strip().rpartition("=")
             if not eq or not name:
-                raise ValueError(f"input shape '{text}': expected NAME=D0,D1,... (e.g. x=1,3,224,224)")
+                raise InputError(f"input shape '{text}': expected NAME=D0,D1,... (e.g. x=1,3,224,224)")
             try:
                 values = [int(d) for d in dims.split(",")] if dims.strip() else []
             except ValueError:
-                raise ValueError(f"input shape '{text}': dimensions must be integers separated by commas, "
+                raise InputError(f"input shape '{text}': dimensions must be integers separated by commas, "
                                  f"found '{dims}'") from None
             items.append((name, values, f"input shape '{text}'"))
     for name, dims, where in items:
         if isinstance(dims, (str, bytes)) or not isinstance(dims, Iterable):
-            raise ValueError(f"{where}: expected a list of dimensions, found {dims!r}")
+            raise InputError(f"{where}: expected a list of dimensions, found {dims!r}")
         dims = list(dims)
         if not all(isinstance(d, (int, np.integer)) and not isinstance(d, bool) and d >= 1 for d in dims):
-            raise ValueError(f"{where}: dimensions must be integers >= 1, found {dims}")
+            raise InputError(f"{where}: dimensions must be integers >= 1, found {dims}")
         if name in out:
-            raise ValueError(f"{where}: input '{name}' is given twice")
+            raise InputError(f"{where}: input '{name}' is given twice")
         out[name] = [int(d) for d in dims]
     return out
 
@@ -63,15 +65,17 @@ def parse_input_values(spec: Mapping[str, object] | Iterable[str] | None) -> dic
         return {}
     if isinstance(spec, Mapping):
         return {str(k): v for k, v in spec.items()}
+    if not isinstance(spec, (str, Iterable)):
+        raise InputError(f"input_values: expected {{name: value}} or a list of 'NAME=V', found {spec!r}")
     if isinstance(spec, str):
         spec = [spec]
     out: dict[str, object] = {}
     for text in spec:
         name, eq, vals = str(text).strip().partition("=")
         if not eq or not name or not vals.strip():
-            raise ValueError(f"input value '{text}': expected NAME=VALUE or NAME=V0,V1,... (e.g. sr=16000)")
+            raise InputError(f"input value '{text}': expected NAME=VALUE or NAME=V0,V1,... (e.g. sr=16000)")
         if name in out:
-            raise ValueError(f"input value '{text}': input '{name}' is given twice")
+            raise InputError(f"input value '{text}': input '{name}' is given twice")
         parts = [p.strip() for p in vals.split(",")]
         out[name] = parts if len(parts) > 1 else parts[0]
     return out
@@ -97,14 +101,14 @@ def _input_constant(v: ValueInfo, value: object, where: str) -> np.ndarray:
             if not np.array_equal(arr.astype(raw.dtype), raw):
                 raise ValueError
     except (ValueError, KeyError, OverflowError):
-        raise ValueError(f"{where}: {value!r} is not a value of the input's type {v.dtype}") from None
+        raise InputError(f"{where}: {value!r} is not a value of the input's type {v.dtype}") from None
     shape = list(v.shape)
     if any(not isinstance(d, int) for d in shape):
-        raise ValueError(f"{where}: the model declares input '{v.name}' with dynamic shape {_show(shape)}; give its "
+        raise InputError(f"{where}: the model declares input '{v.name}' with dynamic shape {_show(shape)}; give its "
                          f"shape too (--input-shape {v.name}=...)")
     count = math.prod(shape)
     if arr.size != count:
-        raise ValueError(f"{where}: input '{v.name}' has shape {_show(shape)} ({count} element(s)); "
+        raise InputError(f"{where}: input '{v.name}' has shape {_show(shape)} ({count} element(s)); "
                          f"{arr.size} value(s) given")
     return np.asarray(arr.reshape(shape), order="C")
 
@@ -117,7 +121,7 @@ def input_constants(graph: Graph, input_values: Mapping[str, object] | Iterable[
     out = {}
     for name, value in values.items():
         if name not in by_name:
-            raise ValueError(f"input value given for '{name}', which is not an input of the model; its inputs: "
+            raise InputError(f"input value given for '{name}', which is not an input of the model; its inputs: "
                              f"{', '.join(x.name for x in graph.inputs) or '(none)'}")
         out[name] = _input_constant(by_name[name], value, f"input value for '{name}'")
     return out
@@ -136,14 +140,14 @@ def specialise(graph: Graph, input_shapes: Mapping[str, Iterable[int]] | Iterabl
     for name, dims in shapes.items():
         v = by_name.get(name)
         if v is None:
-            raise ValueError(f"input shape given for '{name}', which is not an input of the model; its inputs: "
+            raise InputError(f"input shape given for '{name}', which is not an input of the model; its inputs: "
                              f"{', '.join(x.name for x in g.inputs) or '(none)'}")
         if v.shape and len(v.shape) != len(dims):
-            raise ValueError(f"input '{name}': shape {dims} has {len(dims)} dimensions; the model declares "
+            raise InputError(f"input '{name}': shape {dims} has {len(dims)} dimensions; the model declares "
                              f"{len(v.shape)}: {_show(v.shape)}")
         for i, (have, want) in enumerate(zip(v.shape or (), dims)):
             if isinstance(have, int) and have != want:
-                raise ValueError(f"input '{name}': dimension {i} = {want}, but the model fixes it to {have} "
+                raise InputError(f"input '{name}': dimension {i} = {want}, but the model fixes it to {have} "
                                  f"(declared shape {_show(v.shape)})")
         v.shape = list(dims)
     g.initializers.update(input_constants(g, values))

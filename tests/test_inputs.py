@@ -273,3 +273,13 @@ def test_info_escapes_control_characters(tmp_path, capsys):
     text = capsys.readouterr().out
     assert "\x1b" not in text and "\x07" not in text and "\r" not in text
     assert "x\\x1b]0;t\\x07" in text and "w\\x1b[2J\\n\\x07" in text and "y\\r" in text
+
+
+def test_input_shape_and_value_arguments_are_input_errors(files, tmp_path):
+    for kwargs, match in (({"input_shapes": 5}, "input_shapes: expected"), ({"input_shapes": ["x"]}, "NAME=D0"),
+                          ({"input_shapes": {"x": "abc"}}, "expected a list of dimensions"),
+                          ({"input_shapes": {"nope": [1, 64]}}, "not an input of the model"),
+                          ({"input_values": 5}, "input_values: expected"),
+                          ({"input_shapes": {"x": [1, 64]}, "input_values": {"x": [1, 2]}}, "2 value")):
+        with pytest.raises(InputError, match=match):
+            pack(files["onnx"], tmp_path / "m.epk", check_fidelity=False, **kwargs)
