@@ -12,6 +12,7 @@ from numba import njit
 
 from runtime import constants as C
 from runtime.errors import FormatError, UnsupportedError
+from runtime.layers import fuse_conv_epilogues
 from runtime.ops import registry
 from runtime.ops.elementwise import FUSABLE_OPS, activation
 from runtime.planner import ArenaPlan, TensorLife, plan_arena
@@ -70,6 +71,7 @@ def fuse_activations(program: Program, layer_names) -> None:
         if act is not None:
             program.fused[n["name"]] = Fusion(a["name"], a["outputs"][0], act)
             program.absorbed.add(a["name"])
+    fuse_conv_epilogues(program, layer_names, Fusion)  # a Conv also runs the elementwise chain after it
 
 
 def _node_outputs(program: Program, n: dict) -> list[str]:

@@ -17,8 +17,8 @@ from runtime import constants as C
 from runtime.errors import FormatError, InputError
 from runtime.ops import conv as conv_ops
 from runtime.ops import linear as linear_ops
-from runtime.ops.elementwise import (ACT_CLIP, ACT_LEAKY, EP_ACT, EP_ALPHA, EP_BETA, EP_P0, EP_P1, apply_activation,
-                                     epilogue)
+from runtime.ops.elementwise import (ACT_CLIP, ACT_LEAKY, EP_ACT, EP_ALPHA, EP_BETA, EP_P0, EP_P1,
+                                     activation, apply_activation, epilogue)
 from runtime.ops.registry import OpDef, check_arity, float_attr, int_attr
 from runtime.weights import CodebookWeight, DenseWeight, Int8Weight, SparseCodebookWeight
 
@@ -926,7 +926,12 @@ class ConvLayer(Layer):
         fn(*args)
 
     def _bind_rows(self, x, out, bias_vec, scratch, act):
-        """The csr / streamed row kernel and its arguments."""
+        """The csr / streamed row kernel and its arguments; an epilogue chain runs after it, plane by plane."""
+        if isinstance(act, conv_ops.EpilogueChain):
+            fn, args = self._bind_rows(x, out, bias_vec, scratch, None)
+            planes = out.reshape(-1, math.prod(out.shape[2:]))
+            # the save row: made when the plan is bound (one output plane), not at each run
+            return _rows_then_chain, (fn, args, planes, np.empty(planes.shape[1], np.float32), act.steps)
         s = self.streamed
         ep = epilogue(act)
         x2, out2 = x.reshape(x.shape[0], -1), out.reshape(out.shape[0], -1)
@@ -941,6 +946,121 @@ class ConvLayer(Layer):
                                                    s.codebook, s.scales, bias_vec, ep, out2, cnt_buf, gap_buf,
                                                    code_buf, self.info)
         return _run_checked, (kernel, args, s, self.info, f"layer '{self.name}'")
+
+
+def _rows_then_chain(fn, args, planes, save, steps) -> None:
+    fn(*args)
+    _chain_planes_kernel(planes, save, steps)
+
+
+@njit(cache=True)
+def _chain_planes_kernel(planes, save, steps):
+    for i in range(planes.shape[0]):
+        conv_ops._chain_kernel(planes[i], save, steps)
+
+
+# ---- epilogue chains: the elementwise nodes after a Conv that its kernels run (runtime/ops/conv.py CH_*) ----
+
+_CHAIN_UNARY = {"Sigmoid": conv_ops.CH_SIGMOID, "Tanh": conv_ops.CH_TANH}
+_CHAIN_BINARY = {"Add": (conv_ops.CH_ADD, conv_ops.CH_ADD), "Mul": (conv_ops.CH_MUL, conv_ops.CH_MUL),
+                 "Sub": (conv_ops.CH_SUB, conv_ops.CH_RSUB), "Div": (conv_ops.CH_DIV, conv_ops.CH_RDIV)}
+
+
+def _chain_step(n: dict, t: str, consts: dict, rank: int) -> list | None:
+    """The chain step [op, a, b, c] of node n applied to tensor t (its only non-constant input), or None."""
+    op, ins = n["op"], n["inputs"]
+    if len(n["outputs"]) != 1 or not ins or t in ins[1:] and op not in _CHAIN_BINARY:
+        return None
+    if op in ("Relu", "LeakyRelu", "Clip"):
+        act = activation(op, n["attrs"], ins, consts) if ins[0] == t else None
+        return None if act is None else [conv_ops.CH_ACT, act[0], act[1], act[2]]
+    if op in _CHAIN_UNARY:
+        return [_CHAIN_UNARY[op], 0, 0, 0] if ins == [t] else None
+    if op == "HardSigmoid" and ins == [t]:
+        return [conv_ops.CH_HARD_SIGMOID, np.float32(n["attrs"].get("alpha", 0.2)),
+                np.float32(n["attrs"].get("beta", 0.5)), 0]
+    if op == "HardSwish" and ins == [t]:
+        return [conv_ops.CH_HARD_SWISH, np.float32(1.0 / 6.0), np.float32(0.5), 0]
+    if op in _CHAIN_BINARY and len(ins) == 2 and (ins[0] == t) != (ins[1] == t):
+        c = consts.get(ins[1] if ins[0] == t else ins[0])
+        if c is None or c.dtype != np.float32 or c.size != 1 or c.ndim > rank:
+            return None  # a tensor, a per-channel or broadcasting constant: not an elementwise step here
+        return [_CHAIN_BINARY[op][0 if ins[0] == t else 1], c.reshape(-1)[0], 0, 0]
+    return None
+
+
+def _match_chain(t: str, readers: dict, consts: dict, outputs: set, rank: int):
+    """Steps and nodes of the longest chain that starts at tensor t, and the tensor it ends with. A link is one
+    single-reader elementwise step, or a gate: t read by exactly a Mul / Add (t, u) and the head of a run of
+    single-reader steps from t that ends in u (x * Sigmoid(x), x * Clip(x + 3, 0, 6), ...)."""
+    steps, nodes = [], []
+    while t not in outputs:
+        rs = readers.get(t, [])
+        if len(rs) == 1:
+            step = _chain_step(rs[0], t, consts, rank)
+            if step is None:
+                break
+            steps.append(step)
+            nodes.append(rs[0])
+            t = rs[0]["outputs"][0]
+            continue
+        if len(rs) != 2:
+            break
+        for gate, head in ((rs[0], rs[1]), (rs[1], rs[0])):
+            gi = gate["inputs"]
+            if gate["op"] not in ("Mul", "Add") or len(gi) != 2 or len(gate["outputs"]) != 1 or (gi[0] == t) == (gi[1] == t):
+                continue
+            u = gi[1] if gi[0] == t else gi[0]
+            bsteps, bnodes, cur, n = [], [], t, head
+            while True:  # the branch from t through head must end in u, one reader per link
+                step = _chain_step(n, cur, consts, rank)
+                if step is None:
+                    break
+                bsteps.append(step)
+                bnodes.append(n)
+                cur = n["outputs"][0]
+                if cur == u or cur in outputs or len(readers.get(cur, [])) != 1:
+                    break
+                n = readers[cur][0]
+            if cur == u and bsteps and u not in outputs and len(readers.get(u, [])) == 1:
+                combine = conv_ops.CH_MUL_SAVED if gate["op"] == "Mul" else conv_ops.CH_ADD_SAVED
+                steps += [[conv_ops.CH_SAVE, 0, 0, 0]] + bsteps + [[combine, 0, 0, 0]]
+                nodes += bnodes + [gate]
+                t = gate["outputs"][0]
+                break
+        else:
+            break
+    return steps, nodes, t
+
+
+def fuse_conv_epilogues(program, layer_names, fusion_cls) -> None:
+    """Let each Conv of `layer_names` run the elementwise chain after it (runtime/ops/conv.py EpilogueChain) when
+    every tensor inside the chain is read only by the chain and is not a graph output; a Relu / LeakyRelu / Clip
+    already fused (executor.fuse_activations) becomes the chain's first step. program.fused and absorbed change
+    as fuse_activations does it; the graph (program.nodes) is unchanged."""
+    readers: dict[str, list[dict]] = {}
+    for n in program.nodes:
+        for i in n["inputs"]:
+            if i:
+                readers.setdefault(i, []).append(n)
+    outputs = set(program.outputs)
+    consts = {k: np.asarray(v) for k, v in program.consts.items()}
+    for n in program.nodes:
+        if n["op"] != "Conv" or n["name"] not in layer_names or len(n["outputs"]) != 1 or len(n["inputs"]) < 2:
+            continue
+        rank = len(program.const_shapes.get(n["inputs"][1], ()))
+        f = program.fused.get(n["name"])
+        if f is not None and not isinstance(f.act, tuple):
+            continue
+        first = [[conv_ops.CH_ACT, f.act[0], f.act[1], f.act[2]]] if f is not None else []
+        steps, nodes, end = _match_chain(f.output if f is not None else n["outputs"][0], readers, consts, outputs,
+                                         rank)
+        if not steps:
+            continue
+        names = ((f.node,) if f is not None else ()) + tuple(m["name"] for m in nodes)
+        chain = conv_ops.EpilogueChain(np.array(first + steps, dtype=np.float32), names)
+        program.fused[n["name"]] = fusion_cls(names[-1], end, chain)
+        program.absorbed.update(names)
 
 
 def conv_geometry(x_shape: tuple, w_shape: tuple, attrs: dict) -> np.ndarray:

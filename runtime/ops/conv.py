@@ -16,11 +16,33 @@ import numpy as np
 from numba import get_num_threads, njit, prange
 
 from runtime.errors import InputError, UnsupportedError
-from runtime.ops.elementwise import ACT_CLIP, ACT_LEAKY, ACT_NONE, EP_ACT, EP_P0, EP_P1, epilogue
+from runtime.ops.elementwise import (ACT_CLIP, ACT_LEAKY, ACT_NONE, EP_ACT, EP_P0, EP_P1, _hard_sigmoid_kernel,
+                                     _hard_swish_kernel, _sigmoid_kernel, _tanh_kernel, epilogue)
 from runtime.weights import CodebookWeight, DenseWeight, Int8Weight, SparseCodebookWeight
 
 _EMPTY_F32 = np.zeros(0, dtype=np.float32)
 _AUTO_PADS = ("NOTSET", "VALID", "SAME_UPPER", "SAME_LOWER")
+
+# An epilogue chain: the elementwise nodes exporters put after a Conv (HardSwish as x * Clip(x + 3, 0, 6) / 6, SiLU
+# as x * Sigmoid(x), Paddle's learnable affine x * a + b, ...) run by the Conv on each output plane or band while it
+# is in cache, instead of one pass over memory per node (runtime/layers.py fuse_conv_epilogues finds them). Steps:
+# rows [op, a, b, c] of a float32 (n, 4) array, each bit for bit what the node's own kernel computes in float32.
+# CH_SAVE keeps the current values (the x of a gate x * f(x)); CH_MUL_SAVED / CH_ADD_SAVED combine with them.
+(CH_SAVE, CH_ADD, CH_SUB, CH_RSUB, CH_MUL, CH_DIV, CH_RDIV, CH_ACT, CH_SIGMOID, CH_HARD_SIGMOID, CH_HARD_SWISH,
+ CH_TANH, CH_MUL_SAVED, CH_ADD_SAVED) = range(1, 15)
+_EMPTY_CHAIN = np.zeros((0, 4), dtype=np.float32)
+_EMPTY_CHAIN.flags.writeable = False
+
+
+@dataclass(frozen=True, eq=False)
+class EpilogueChain:
+    """A fused epilogue chain (see CH_*): steps (n, 4) float32; nodes: the names of the nodes it runs."""
+
+    steps: np.ndarray
+    nodes: tuple
+
+    def __post_init__(self) -> None:
+        self.steps.flags.writeable = False
 _PLAN_CACHE_SIZE = 8  # input shapes remembered per prepared weight
 
 # The int64 geometry vector the kernels receive (one array instead of 26 scalar arguments): the convolution's
@@ -180,7 +202,7 @@ def _layout(g: dict, kind: str, parallel: bool) -> tuple[np.ndarray, int, bool]:
         ow = max(1, g["ow"])
         want = max(IM2COL_BAND_FLOATS // max(1, cols), IM2COL_BAND_MIN_POSITIONS)
         geo[_CROWS] = crows = max(1, min(g["oh"], want // ow))
-        return geo, 4 * cols * crows * g["ow"], True
+        return geo, 4 * (cols + 1) * crows * g["ow"], True  # the band, then one band row for an epilogue chain
     pos = 0
     for off, size in ((_TAB_OFF, 8 * cols), (_OBUF_OFF, 8 * slots * cols),
                       (_XPAD_OFF, 4 * slots * int(geo[_PLEN])),
@@ -394,8 +416,59 @@ def _activate_kernel(v, kind, p0, p1):
 
 
 @njit(cache=True)
-def _store_kernel(acc, geo, scale, bias_v, out, b, co, kind, p0, p1):
-    """out[b, co] = act(acc * scale + bias_v), dropping the wide-plane columns."""
+def _chain_kernel(o, save, chain):
+    """Run an epilogue chain (CH_* steps) in place on the contiguous values o; save: scratch of o's length. Each
+    step is one loop over o (vectorised; o is a plane or a band row, still in cache)."""
+    n = o.shape[0]
+    sv = save[:n]
+    for s in range(chain.shape[0]):
+        op = np.int64(chain[s, 0])
+        a, b, c = chain[s, 1], chain[s, 2], chain[s, 3]
+        if op == CH_SAVE:
+            for i in range(n):
+                sv[i] = o[i]
+        elif op == CH_ADD:
+            for i in range(n):
+                o[i] = o[i] + a
+        elif op == CH_SUB:
+            for i in range(n):
+                o[i] = o[i] - a
+        elif op == CH_RSUB:
+            for i in range(n):
+                o[i] = a - o[i]
+        elif op == CH_MUL:
+            for i in range(n):
+                o[i] = o[i] * a
+        elif op == CH_DIV:
+            for i in range(n):
+                o[i] = o[i] / a
+        elif op == CH_RDIV:
+            for i in range(n):
+                o[i] = a / o[i]
+        elif op == CH_ACT:
+            kind = np.int64(a)
+            for i in range(n):
+                o[i] = _activate_kernel(o[i], kind, b, c)
+        elif op == CH_SIGMOID:
+            _sigmoid_kernel(o, o)
+        elif op == CH_HARD_SIGMOID:
+            _hard_sigmoid_kernel(o, o, a, b)
+        elif op == CH_HARD_SWISH:
+            _hard_swish_kernel(o, o, a, b)
+        elif op == CH_TANH:
+            _tanh_kernel(o, o)
+        elif op == CH_MUL_SAVED:
+            for i in range(n):
+                o[i] = sv[i] * o[i]
+        elif op == CH_ADD_SAVED:
+            for i in range(n):
+                o[i] = sv[i] + o[i]
+
+
+@njit(cache=True)
+def _store_kernel(acc, geo, scale, bias_v, out, b, co, kind, p0, p1, chain):
+    """out[b, co] = act(acc * scale + bias_v), dropping the wide-plane columns; then the epilogue chain on the
+    plane (acc, no longer needed, keeps its saved values)."""
     oh, ow = geo[_OH], geo[_OW]
     aw = geo[_PITCH]
     o0 = co * oh * ow
@@ -408,6 +481,8 @@ def _store_kernel(acc, geo, scale, bias_v, out, b, co, kind, p0, p1):
         else:
             for ox in range(ow):
                 o[ox] = _activate_kernel(a[ox] * scale + bias_v, kind, p0, p1)
+    if chain.shape[0] != 0:
+        _chain_kernel(out[b, o0: o0 + oh * ow], acc, chain)
 
 
 @njit(cache=True)
@@ -429,7 +504,7 @@ def _bias_act_kernel(out, bias, ep):
 # sample) in ONE parallel region per call; every channel is summed in the same order either way, so serial and
 # parallel give the same bits.
 
-def _conv_sparse(x, geo, group_of, indptr, columns, codes, codebook, scales, bias, ep, out, scratch):
+def _conv_sparse(x, geo, group_of, indptr, columns, codes, codebook, scales, bias, ep, chain, out, scratch):
     tab, obuf, xpad, acc, wbuf = _scratch_views_kernel(scratch, geo)
     cout, cols, slots, alen, gstride = group_of.shape[0], geo[_COLS], geo[_SLOTS], geo[_ACC_LEN], geo[_GSTRIDE]
     plen = geo[_PLEN]
@@ -449,10 +524,10 @@ def _conv_sparse(x, geo, group_of, indptr, columns, codes, codebook, scales, bia
                     n += 1
                 _taps_kernel(src, group_of[co] * gstride, wb, ob, n, ac, geo)
                 _store_kernel(ac, geo, scales[co] if has_scales else np.float32(1.0),
-                              bias[co] if has_bias else np.float32(0.0), out, b, co, kind, p0, p1)
+                              bias[co] if has_bias else np.float32(0.0), out, b, co, kind, p0, p1, chain)
 
 
-def _conv_codebook(x, geo, group_of, codes, codebook, scales, bias, ep, out, scratch):
+def _conv_codebook(x, geo, group_of, codes, codebook, scales, bias, ep, chain, out, scratch):
     tab, obuf, xpad, acc, wbuf = _scratch_views_kernel(scratch, geo)
     cout, cols, slots, alen, gstride = group_of.shape[0], geo[_COLS], geo[_SLOTS], geo[_ACC_LEN], geo[_GSTRIDE]
     plen = geo[_PLEN]
@@ -474,10 +549,10 @@ def _conv_codebook(x, geo, group_of, codes, codebook, scales, bias, ep, out, scr
                         n += 1
                 _taps_kernel(src, group_of[co] * gstride, wb, ob, n, ac, geo)
                 _store_kernel(ac, geo, scales[co] if has_scales else np.float32(1.0),
-                              bias[co] if has_bias else np.float32(0.0), out, b, co, kind, p0, p1)
+                              bias[co] if has_bias else np.float32(0.0), out, b, co, kind, p0, p1, chain)
 
 
-def _conv_int8(x, geo, group_of, q, zp, scales, bias, ep, out, scratch):
+def _conv_int8(x, geo, group_of, q, zp, scales, bias, ep, chain, out, scratch):
     tab, obuf, xpad, acc, wbuf = _scratch_views_kernel(scratch, geo)
     cout, cols, slots, alen, gstride = group_of.shape[0], geo[_COLS], geo[_SLOTS], geo[_ACC_LEN], geo[_GSTRIDE]
     plen = geo[_PLEN]
@@ -499,10 +574,10 @@ def _conv_int8(x, geo, group_of, q, zp, scales, bias, ep, out, scratch):
                         n += 1
                 _taps_kernel(src, group_of[co] * gstride, wb, ob, n, ac, geo)
                 _store_kernel(ac, geo, scales[co], bias[co] if has_bias else np.float32(0.0), out, b, co,
-                              kind, p0, p1)
+                              kind, p0, p1, chain)
 
 
-def _conv_dense_direct(x, geo, group_of, w2d, bias, ep, out, scratch):
+def _conv_dense_direct(x, geo, group_of, w2d, bias, ep, chain, out, scratch):
     """Dense weights with groups (depthwise included), where im2col + BLAS would multiply tiny matrices."""
     tab, obuf, xpad, acc, wbuf = _scratch_views_kernel(scratch, geo)
     cout, cols, slots, alen, gstride = group_of.shape[0], geo[_COLS], geo[_SLOTS], geo[_ACC_LEN], geo[_GSTRIDE]
@@ -524,7 +599,7 @@ def _conv_dense_direct(x, geo, group_of, w2d, bias, ep, out, scratch):
                         n += 1
                 _taps_kernel(src, group_of[co] * gstride, wb, ob, n, ac, geo)
                 _store_kernel(ac, geo, np.float32(1.0), bias[co] if has_bias else np.float32(0.0), out, b, co,
-                              kind, p0, p1)
+                              kind, p0, p1, chain)
 
 
 _conv_sparse_kernel, _conv_sparse_parallel_kernel = _serial_and_parallel(_conv_sparse)
@@ -573,8 +648,8 @@ def _im2col_kernel(x, b, geo, oy0, oy1, col):
 
 
 @njit(cache=True)
-def _bias_act_band_kernel(out, b, p0, p1, bias, ep):
-    """out[b, :, p0:p1] <- act(out + bias[co]) for one band of positions, while it is still in cache."""
+def _bias_act_band_kernel(out, b, p0, p1, bias, ep, chain, save):
+    """out[b, :, p0:p1] <- chain(act(out + bias[co])) for one band of positions, while it is still in cache."""
     has_bias = bias.shape[0] != 0
     kind, a0, a1 = np.int64(ep[EP_ACT]), ep[EP_P0], ep[EP_P1]
     for co in range(out.shape[1]):
@@ -583,11 +658,13 @@ def _bias_act_band_kernel(out, b, p0, p1, bias, ep):
         for i in range(o.shape[0]):
             v = o[i] + bv if has_bias else o[i]
             o[i] = _activate_kernel(v, kind, a0, a1)
+        if chain.shape[0] != 0:
+            _chain_kernel(o, save, chain)
 
 
 # ------------------------------------------------------------------------------------------------------- wrappers
 
-def _im2col_run(x2, geo, bands, w2d, out3, bias_v, ep, finish) -> None:
+def _im2col_run(x2, geo, bands, w2d, out3, bias_v, ep, chain, save, finish) -> None:
     # bands: (oy0, oy1, p0, p1, col view, out view) made at bind time; out view = out3[b][:, p0:p1] (row stride
     # OH*OW: BLAS writes it through its leading dimension)
     for b in range(x2.shape[0]):
@@ -595,7 +672,15 @@ def _im2col_run(x2, geo, bands, w2d, out3, bias_v, ep, finish) -> None:
             _im2col_kernel(x2, b, geo, oy0, oy1, col)
             np.matmul(w2d, col, out=dst)
             if finish:
-                _bias_act_band_kernel(out3, b, p0, p1, bias_v, ep)
+                _bias_act_band_kernel(out3, b, p0, p1, bias_v, ep, chain, save)
+
+
+def _gemm_1x1_bands_run(bands, w2d, out3, bias_v, ep, chain, save) -> None:
+    # a 1x1 convolution with stride 1 and no padding whose epilogue has a chain: BLAS per band of positions
+    # (src = x3[b][:, p0:p1], dst = out3[b][:, p0:p1], strided views), the chain while the band is in cache
+    for b, p0, p1, src, dst in bands:
+        np.matmul(w2d, src, out=dst)
+        _bias_act_band_kernel(out3, b, p0, p1, bias_v, ep, chain, save)
 
 
 def _gemm_1x1_run(x3, w2d, out3, bias_v, ep, finish) -> None:
@@ -649,16 +734,25 @@ def bind_conv(x: np.ndarray, prepared: PreparedConv, bias, attrs: dict, out: np.
     out2 = out.reshape(nb, -1)
     a = prepared.arrays
     geo = plan.geo
+    chain = _EMPTY_CHAIN
+    if isinstance(act, EpilogueChain):
+        chain, act = act.steps, None
     ep = epilogue(act)
     if plan.im2col:
         cols, npos = int(geo[_COLS]), int(geo[_OH] * geo[_OW])
-        finish = bias_v.shape[0] != 0 or (act is not None and act[0] != ACT_NONE)
-        if (geo[_KH] == 1 and geo[_KW] == 1 and geo[_SH] == 1 and geo[_SW] == 1 and geo[_PADDED] == 0):
-            return _gemm_1x1_run, (x.reshape(nb, cols, npos), a["w2d"], out.reshape(nb, cout, npos), bias_v, ep,
-                                   finish)
-        out3 = out.reshape(nb, cout, npos)
+        finish = bias_v.shape[0] != 0 or (act is not None and act[0] != ACT_NONE) or chain.shape[0] != 0
         flat = scratch[: plan.scratch_bytes].view(np.float32)
         oh, ow, crows = int(geo[_OH]), int(geo[_OW]), int(geo[_CROWS])
+        save = flat[cols * crows * ow: (cols + 1) * crows * ow]
+        if (geo[_KH] == 1 and geo[_KW] == 1 and geo[_SH] == 1 and geo[_SW] == 1 and geo[_PADDED] == 0):
+            x3, out3 = x.reshape(nb, cols, npos), out.reshape(nb, cout, npos)
+            if chain.shape[0] == 0:
+                return _gemm_1x1_run, (x3, a["w2d"], out3, bias_v, ep, finish)
+            step = crows * ow
+            bands = tuple((b, p0, min(npos, p0 + step), x3[b][:, p0: p0 + step], out3[b][:, p0: p0 + step])
+                          for b in range(nb) for p0 in range(0, npos, step))
+            return _gemm_1x1_bands_run, (bands, a["w2d"], out3, bias_v, ep, chain, save)
+        out3 = out.reshape(nb, cout, npos)
         bands = []
         for b in range(nb):
             row = []
@@ -667,19 +761,19 @@ def bind_conv(x: np.ndarray, prepared: PreparedConv, bias, attrs: dict, out: np.
                 p0, p1 = oy0 * ow, oy1 * ow
                 row.append((oy0, oy1, p0, p1, flat[: cols * (p1 - p0)].reshape(cols, p1 - p0), out3[b][:, p0:p1]))
             bands.append(tuple(row))
-        return _im2col_run, (x2, geo, tuple(bands), a["w2d"], out3, bias_v, ep, finish)
+        return _im2col_run, (x2, geo, tuple(bands), a["w2d"], out3, bias_v, ep, chain, save, finish)
     if prepared.kind == "sparse":
         fn = _conv_sparse_parallel_kernel if parallel else _conv_sparse_kernel
         return fn, (x2, geo, a["group_of"], a["indptr"], a["columns"], a["codes"], a["codebook"], a["scales"],
-                    bias_v, ep, out2, scratch)
+                    bias_v, ep, chain, out2, scratch)
     if prepared.kind == "codebook":
         fn = _conv_codebook_parallel_kernel if parallel else _conv_codebook_kernel
-        return fn, (x2, geo, a["group_of"], a["codes"], a["codebook"], a["scales"], bias_v, ep, out2, scratch)
+        return fn, (x2, geo, a["group_of"], a["codes"], a["codebook"], a["scales"], bias_v, ep, chain, out2, scratch)
     if prepared.kind == "int8":
         fn = _conv_int8_parallel_kernel if parallel else _conv_int8_kernel
-        return fn, (x2, geo, a["group_of"], a["q"], a["zp"], a["scales"], bias_v, ep, out2, scratch)
+        return fn, (x2, geo, a["group_of"], a["q"], a["zp"], a["scales"], bias_v, ep, chain, out2, scratch)
     fn = _conv_dense_direct_parallel_kernel if parallel else _conv_dense_direct_kernel
-    return fn, (x2, geo, a["group_of"], a["w2d"], bias_v, ep, out2, scratch)
+    return fn, (x2, geo, a["group_of"], a["w2d"], bias_v, ep, chain, out2, scratch)
 
 
 def conv(x: np.ndarray, prepared: PreparedConv, bias, attrs: dict, out: np.ndarray,
@@ -687,7 +781,7 @@ def conv(x: np.ndarray, prepared: PreparedConv, bias, attrs: dict, out: np.ndarr
     """ONNX Conv: out (N, cout, OH, OW) float32 <- act(x (N, C, H, W) float32 convolved with the prepared weight
     plus bias (cout,) or None); 1-D: out (N, cout, OW) <- x (N, C, W). `scratch`: a 1-D C-contiguous buffer of at least
     conv_scratch_bytes(x.shape, prepared.shape, attrs, prepared, parallel) bytes, or None to allocate.
-    act: a fused activation (runtime/ops/elementwise.activation) or None. Returns out."""
+    act: a fused activation (runtime/ops/elementwise.activation), an EpilogueChain, or None. Returns out."""
     if type(x) is np.ndarray and x.dtype == np.float32 and x.ndim in (3, 4) and not x.flags.c_contiguous:
         x = np.ascontiguousarray(x)
     fn, args = bind_conv(x, prepared, bias, attrs, out, scratch, parallel, act)

