@@ -28,7 +28,9 @@ def _size_arg(text: str) -> str:
 
 def cmd_pack(a: argparse.Namespace) -> int:
     from .pipeline import pack
+    from .writer import output_path
 
+    output_path(a.output, [a.model, a.config, a.calib], "-o")  # before any work: not the input, not a device
     report = pack(a.model, a.output, sparsity=a.sparsity, bits=a.bits, config=a.config, quiet=a.quiet,
                   quality=a.quality, huffman=False if a.no_huffman else None, init=a.init,
                   input_shapes=a.input_shape, input_values=a.input_value, low_rank=a.low_rank,
@@ -116,6 +118,10 @@ def cmd_run(a: argparse.Namespace) -> int:
 
     import runtime
 
+    if a.output:
+        from .writer import output_path
+
+        output_path(a.output, [a.input, a.file], "--output")  # before any work: not the input, not a device
     x = _read_inputs(a.input, "--input")
     first = x if isinstance(x, np.ndarray) else next(iter(x.values()), np.zeros(1))
     batch = int(first.shape[0]) if first.ndim >= 1 and first.shape[0] >= 1 else 1
@@ -150,10 +156,17 @@ def cmd_run(a: argparse.Namespace) -> int:
               f"max {t.max():.1f} us; {batch / (np.median(t) * 1e-6):.0f} samples/s at batch {batch}")
     print(model.plan_for(shapes).table())
     if a.output:
+        import io
+
+        from .writer import write_atomic
+
+        # written under exactly the name given (np.save would append .npy), atomically, never over an input
+        buf = io.BytesIO()
         if len(outputs) == 1 and not a.output.endswith(".npz"):
-            np.save(a.output, next(iter(outputs.values())))
+            np.save(buf, next(iter(outputs.values())), allow_pickle=False)
         else:
-            np.savez(a.output, **outputs)
+            np.savez(buf, **outputs)
+        write_atomic(a.output, [buf.getvalue()], inputs=[a.input, a.file])
         print(f"wrote {a.output}")
     return 0
 

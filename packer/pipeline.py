@@ -12,13 +12,12 @@ import numpy as np
 from runtime import constants as C
 from runtime.errors import FormatError, InputError, UnsupportedError
 from runtime.summary import format_table, layer_table
-from runtime.loader import read_packed
 from runtime.tables import read_table_file
 
 from . import __version__
 from .encode import Encoded, LayerSettings, default_bits, dense, encode_weight
 from .graph import Graph
-from .writer import build_file, format_minor, write_atomic
+from .writer import build_file, format_minor, write_packed
 
 WEIGHT_OPS = C.WEIGHT_INPUTS  # op -> the input indices that hold its compressible weights
 WARN_ERROR = 0.1  # relative L2 error on random inputs above which pack warns
@@ -325,8 +324,7 @@ def pack(model_path: str | os.PathLike, out_path: str | os.PathLike, *, sparsity
         meta["settings"]["fidelity"] = {"max_error": max_error, "changes": [
             {"tensor": c.tensor, "change": c.what} for c in fidelity.changes]}
     data = build_file(meta, doc)
-    write_atomic(out_path, [data])
-    packed = read_packed(out_path)
+    packed = write_packed(out_path, data, model_path)  # checked as the loader does before it replaces anything
     references = {name: e.reference for name, e in encoded.items()}
     for name, w in packed.weights.items():
         got = np.asarray(w.to_dense())

@@ -22,9 +22,13 @@ def packed_to_graph(source) -> Graph:
 
 
 def unpack(source: str | os.PathLike, out_path: str | os.PathLike) -> Graph:
-    """Write the dense ONNX equivalent of a packed file; return its graph."""
+    """Write the dense ONNX equivalent of a packed file; return its graph. The output is checked before anything is
+    decoded (writer.output_path: not the packed file itself, not a device or FIFO; a symlink's target is written)
+    and written atomically."""
     from .onnx_io import save_onnx
+    from .writer import output_path
 
+    output_path(out_path, [source], "-o")
     graph = packed_to_graph(source)
     save_onnx(graph, out_path)
     return graph

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import secrets
+import stat
 import struct
-import tempfile
 import zlib
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import numpy as np
 
 from runtime import constants as C
+from runtime.errors import InputError
 from runtime.reader import align, header_crc
 
 _HEADER = struct.Struct("<8sHHIQII32x")
@@ -100,21 +103,125 @@ def build_file(meta: dict, graph: dict, deflate: bool = True) -> bytes:
     return bytes(head) + b"".join(body)
 
 
-def write_atomic(path: str | os.PathLike, chunks: Iterable[bytes]) -> None:
-    """Write to a temporary file in the same folder, fsync, rename: readers see no file or the whole file."""
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp", dir=folder)
+TEMP_SUFFIX = ".edgepack-tmp"  # temporary files: .<target name>.<pid>-<random>.edgepack-tmp beside the target
+_TEMP = re.compile(r"^\.(?P<base>.+)\.(?P<pid>\d+)-[0-9a-z_]+" + re.escape(TEMP_SUFFIX) + "$")
+
+
+def output_path(path: str | os.PathLike, inputs: Iterable = (), what: str = "output") -> str:
+    """The file a write to `path` replaces, checked: a symlink is followed (the link stays, its target gets the new
+    bytes); anything existing there must be a regular file (a device, FIFO, socket or directory is refused, never
+    replaced); it must not be one of `inputs` (the files the command reads); its folder must exist. InputError
+    otherwise."""
+    try:
+        path = os.fspath(path)
+    except TypeError:
+        raise InputError(f"{what} must be a path, found {type(path).__name__}") from None
+    if not path or "\0" in path:
+        raise InputError(f"{what} path {path!r} is empty or holds a null byte")
+    target = os.path.realpath(path)
+    try:
+        st = os.stat(target)
+    except FileNotFoundError:
+        st = None
+    except OSError as e:
+        raise InputError(f"{what} {path}: cannot be checked ({e.strerror})") from None
+    if st is not None and not stat.S_ISREG(st.st_mode):
+        raise InputError(f"{what} {path}{'' if target == os.path.abspath(path) else f' (-> {target})'} is "
+                         f"{_kind(st.st_mode)}, not a regular file; edgepack writes only regular files (it would "
+                         f"replace it)")
+    folder = os.path.dirname(target)
+    if not os.path.isdir(folder):
+        raise InputError(f"{what} {path}: folder {os.path.dirname(os.path.abspath(path)) or '.'} does not exist")
+    if st is not None:
+        for src in inputs:
+            if src is None or isinstance(src, (bytes, bytearray, memoryview, dict)):
+                continue
+            try:
+                same = os.path.samefile(os.fspath(src), target)
+            except (OSError, TypeError, ValueError):
+                same = False
+            if same:
+                raise InputError(f"{what} {path} is the input {os.fspath(src)}: writing it would destroy what the "
+                                 f"command reads; give another {what} path")
+    return target
+
+
+def _kind(mode: int) -> str:
+    for test, name in ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
+                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+                       (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return name
+    return "not a regular file"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError, OverflowError, ValueError):
+        return True  # exists (another user's) or cannot tell: keep its file
+    return True
+
+
+def clean_stale_temps(folder: str, base: str) -> list[str]:
+    """Remove the temporary files that writes of `base` in `folder` left behind when their process was killed
+    (SIGKILL, power loss): those whose process id no longer runs. Returns the names removed."""
+    removed = []
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return removed
+    for name in names:
+        m = _TEMP.match(name)
+        if m is None or m.group("base") != base or _pid_alive(int(m.group("pid"))):
+            continue
+        try:
+            os.unlink(os.path.join(folder, name))
+            removed.append(name)
+        except OSError:
+            pass
+    return removed
+
+
+def write_atomic(path: str | os.PathLike, chunks: Iterable[bytes], check: Callable[[str], Any] | None = None,
+                 inputs: Iterable = ()) -> None:
+    """Write to a temporary file in the target's folder, fsync, (check it,) rename: readers see the old file or the
+    whole new one, never a part, and a write that fails (or whose `check(temp path)` raises) leaves the old file as
+    it was. The target is checked first (output_path: symlinks followed, devices and FIFOs refused, not one of
+    `inputs`). Temporary files are named .<name>.<pid>-<random>.edgepack-tmp, so that one left by a killed process is
+    removed by the next write of the same name (clean_stale_temps)."""
+    shown = os.fspath(path)
+    target = output_path(path, inputs)
+    folder, base = os.path.dirname(target), os.path.basename(target)
+    clean_stale_temps(folder, base)
+    tmp = None
+    for _ in range(100):
+        name = f".{base}.{os.getpid()}-{secrets.token_hex(4)}{TEMP_SUFFIX}"
+        try:
+            fd = os.open(os.path.join(folder, name), os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0),
+                         0o600)
+        except FileExistsError:
+            continue
+        except OSError as e:
+            raise InputError(f"output {shown}: cannot create a file in {folder} ({e.strerror})") from None
+        tmp = os.path.join(folder, name)
+        break
+    if tmp is None:
+        raise InputError(f"output {shown}: could not create a temporary file in {folder}")
     try:
         umask = os.umask(0)
         os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; the result should look like any new file
+        os.chmod(tmp, 0o666 & ~umask)  # created 0600; the result should look like any new file
         with os.fdopen(fd, "wb") as f:
             for chunk in chunks:
                 f.write(chunk)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
+        if check is not None:
+            check(tmp)
+        os.replace(tmp, target)
     except BaseException:
         try:
             os.unlink(tmp)
@@ -129,3 +236,20 @@ def write_atomic(path: str | os.PathLike, chunks: Iterable[bytes]) -> None:
             os.close(dfd)
     except OSError:
         pass  # some filesystems do not fsync directories; the rename itself is atomic
+
+
+def write_packed(path: str | os.PathLike, data: bytes, source: str | os.PathLike = "the model"):
+    """Check `data` (a whole .epk file) as the runtime's loader does, then write it with write_atomic: a file that
+    would not load is never written, so it never replaces a good one. Returns the loader's view of the bytes."""
+    from runtime.errors import EdgepackError
+    from runtime.loader import read_packed
+
+    try:
+        packed = read_packed(data)
+    except EdgepackError as e:
+        msg = str(e)
+        msg = msg[len("<bytes>: "):] if msg.startswith("<bytes>: ") else msg
+        raise type(e)(f"{os.fspath(source)}: the packed form breaks the format, so {os.fspath(path)} was not "
+                      f"written: {msg}") from e
+    write_atomic(path, [data])
+    return packed

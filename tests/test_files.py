@@ -98,3 +98,140 @@ def test_info_on_a_fifo_does_not_block(tmp_path, capsys):
 def test_a_directory_is_refused_by_kind(tmp_path):
     with pytest.raises(FormatError, match="directory"):
         runtime.load(tmp_path)
+
+
+# ------------------------------------------------------------------------------- what is written (items 11, 12)
+
+def _bad_onnx(path):
+    """A graph whose packed form breaks the format (an output name reused): the packer writes it, the loader refuses."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])
+    nodes = [helper.make_node("Relu", ["x"], ["y"], name="a"), helper.make_node("Relu", ["x"], ["y"], name="b")]
+    m = helper.make_model(helper.make_graph(nodes, "g", [x], [y]), opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    onnx.save(m, path)
+    return path
+
+
+def test_pack_of_an_invalid_graph_keeps_the_good_file(two, tmp_path, capsys):
+    out = tmp_path / "model.epk"
+    shutil.copyfile(two / "a.epk", out)
+    before = out.read_bytes()
+    assert main(["pack", str(_bad_onnx(tmp_path / "bad.onnx")), "-o", str(out), "-q"]) == 2
+    err = capsys.readouterr().err
+    assert "bad.onnx" in err and "not written" in err and "'y' is already defined" in err
+    assert out.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir() if "edgepack-tmp" in p.name] == []
+
+
+def _npy(path, batch=1):
+    np.save(path, _x(batch))
+    return path
+
+
+@pytest.mark.parametrize("command", ["pack", "unpack", "run"])
+def test_an_output_onto_the_input_is_refused(two, tmp_path, command, capsys):
+    if command == "pack":
+        src = tmp_path / "a.onnx"
+        shutil.copyfile(two / "a.onnx", src)
+        args = ["pack", str(src), "-o", str(src), "-q"]
+    elif command == "unpack":
+        src = tmp_path / "a.epk"
+        shutil.copyfile(two / "a.epk", src)
+        args = ["unpack", str(src), "-o", str(src)]
+    else:
+        src = _npy(tmp_path / "x.npy")
+        args = ["run", str(two / "a.epk"), "--input", str(src), "--output", str(src)]
+    before = src.read_bytes()
+    assert main(args) == 2
+    assert "is the input" in capsys.readouterr().err
+    assert src.read_bytes() == before
+    # the same file under another name (a symlink) is the same input
+    link = tmp_path / "link"
+    link.symlink_to(src)
+    args[args.index(str(src), 2 if command != "run" else 5)] = str(link)
+    assert main(args) == 2
+    assert src.read_bytes() == before and link.is_symlink()
+
+
+def test_run_output_is_written_under_the_name_given(two, tmp_path, capsys):
+    x = _npy(tmp_path / "x.npy")
+    out = tmp_path / "y.txt"
+    assert main(["run", str(two / "a.epk"), "--input", str(x), "--output", str(out)]) == 0
+    assert f"wrote {out}" in capsys.readouterr().out
+    assert not (tmp_path / "y.txt.npy").exists()
+    np.testing.assert_array_equal(np.load(out), runtime.load(two / "a.epk").run(np.load(x))["y"])
+
+
+def test_an_output_symlink_is_followed_not_replaced(two, tmp_path):
+    real = tmp_path / "real.onnx"
+    real.write_bytes(b"old")
+    link = tmp_path / "link.onnx"
+    link.symlink_to(real)
+    assert main(["unpack", str(two / "a.epk"), "-o", str(link)]) == 0
+    assert link.is_symlink() and os.readlink(link) == str(real)
+    assert real.read_bytes() != b"old" and real.stat().st_size > 1000
+
+
+def _device(tmp_path):
+    dev = tmp_path / "null"
+    try:
+        os.mknod(dev, stat.S_IFCHR | 0o666, os.makedev(1, 3))  # a /dev/null of our own
+    except (PermissionError, OSError, AttributeError):
+        pytest.skip("cannot make a device node here")
+    return dev
+
+
+@pytest.mark.parametrize("kind", ["device", "fifo", "directory"])
+@pytest.mark.parametrize("command", ["pack", "unpack", "run"])
+def test_an_output_that_is_not_a_regular_file_is_refused(two, tmp_path, kind, command, capsys):
+    if kind == "device":
+        target = _device(tmp_path)
+    elif kind == "fifo":
+        target = tmp_path / "fifo"
+        os.mkfifo(target)
+    else:
+        target = tmp_path / "dir"
+        target.mkdir()
+    args = {"pack": ["pack", str(two / "a.onnx"), "-o", str(target), "-q"],
+            "unpack": ["unpack", str(two / "a.epk"), "-o", str(target)],
+            "run": ["run", str(two / "a.epk"), "--input", str(_npy(tmp_path / "x.npy")), "--output", str(target)]}
+    mode = os.lstat(target).st_mode
+    assert main(args[command]) == 2
+    assert "not a regular file" in capsys.readouterr().err
+    assert os.lstat(target).st_mode == mode  # still the device / FIFO / folder it was
+
+
+def test_a_missing_output_folder_is_named(two, tmp_path, capsys):
+    assert main(["unpack", str(two / "a.epk"), "-o", str(tmp_path / "nope" / "a.onnx")]) == 2
+    assert f"folder {tmp_path / 'nope'} does not exist" in capsys.readouterr().err
+
+
+def test_temporary_files_of_a_killed_writer_are_cleaned(tmp_path):
+    """A writer killed with SIGKILL in the middle leaves its temporary file; the next write of that name removes it
+    (its process is gone) and leaves another live writer's alone."""
+    from packer.writer import TEMP_SUFFIX, write_atomic
+
+    target = tmp_path / "out.epk"
+    code = ("import sys, time; from packer.writer import write_atomic\n"
+            "def chunks():\n    yield b'x' * 1000\n    sys.stdout.write('started\\n'); sys.stdout.flush()\n"
+            "    time.sleep(60)\n    yield b'y'\n"
+            f"write_atomic({str(target)!r}, chunks())\n")
+    p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert p.stdout.readline().strip() == "started"
+    finally:
+        p.kill()
+        p.wait()
+    left = [q for q in tmp_path.iterdir() if q.name.endswith(TEMP_SUFFIX)]
+    assert len(left) == 1 and left[0].name.startswith(".out.epk.")
+    live = tmp_path / f".out.epk.{os.getpid()}-abcd{TEMP_SUFFIX}"  # a write in progress in a live process
+    live.write_bytes(b"")
+    other = tmp_path / f".other.epk.{p.pid}-abcd{TEMP_SUFFIX}"  # another file's: not this write's business
+    other.write_bytes(b"")
+    write_atomic(target, [b"done"])
+    assert target.read_bytes() == b"done"
+    assert sorted(q.name for q in tmp_path.iterdir()) == sorted(["out.epk", live.name, other.name])
