@@ -34,7 +34,7 @@ def cmd_pack(a: argparse.Namespace) -> int:
     report = pack(a.model, a.output, sparsity=a.sparsity, bits=a.bits, config=a.config, quiet=a.quiet,
                   quality=a.quality, huffman=False if a.no_huffman else None, init=a.init,
                   input_shapes=a.input_shape, input_values=a.input_value, low_rank=a.low_rank,
-                  max_error=a.max_error, compensate=False if a.no_compensate else None,
+                  max_error=a.max_error, compensate=False if a.no_compensate else None, target_ratio=a.target_ratio,
                   calib=_read_inputs(a.calib, "--calib") if a.calib else None)
     if a.json:
         print(json.dumps(_json_info(report.info), indent=2))
@@ -327,6 +327,11 @@ def build_parser() -> argparse.ArgumentParser:
                    "is measured on them; default: random inputs of the declared shapes, no compensation")
     s.add_argument("--no-compensate", action="store_true",
                    help="with --calib: nearest-centroid codes, as without a calibration set")
+    s.add_argument("--target-ratio", type=_ratio, metavar="R",
+                   help="choose every layer's codebook bits (8..3) for the smallest output error at a whole-file "
+                        "compression ratio >= R, from each layer's error at each width (its inputs from --calib) and "
+                        "its sensitivity measured on held-out calibration runs; with --calib and --max-error but no "
+                        "--bits, the same allocation gives the smallest file within the bound")
     s.add_argument("--check", action="store_true", help="compare with the original in onnxruntime afterwards")
     s.add_argument("--json", action="store_true", help="print the report as JSON")
     s.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
@@ -466,6 +471,19 @@ def _threads(text: str) -> int:
     if n < 1:
         raise argparse.ArgumentTypeError(f"must be a whole number >= 1, found {text!r}")
     return n
+
+
+def _ratio(text: str) -> float:
+    """argparse type of --target-ratio: a finite number > 0."""
+    import math
+
+    try:
+        r = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number, e.g. 8, found {text!r}") from None
+    if not math.isfinite(r) or r <= 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, e.g. 8, found {text!r}")
+    return r
 
 
 def _max_error(text: str) -> float:

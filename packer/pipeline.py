@@ -277,8 +277,8 @@ def pack(model_path: str | os.PathLike, out_path: str | os.PathLike, *, sparsity
         from .calibration import layer_statistics
         from .fidelity import batches, calibration_inputs
 
-        stats = layer_statistics(graph, weight_tensors(graph),
-                                 batches(graph, fit_feeds if fit_feeds is not None else calibration_inputs(graph, calib)),
+        fit = fit_feeds if fit_feeds is not None else calibration_inputs(graph, calib)
+        stats = layer_statistics(graph, weight_tensors(graph), batches(graph, fit),
                                  progress=None if quiet else _progress_batches)
     encoder = tensor_encoder(graph, stats)
     allocation = None
@@ -351,8 +351,6 @@ def _allocate(graph: Graph, settings: dict, encoder, stats, held_feeds, target_r
     """Per-layer bits (packer/allocate.py), then, for a ratio, further steps down the allocation's path while the
     file as built (graph and metadata included) is larger than the ratio allows. Updates `settings` in place;
     returns (allocation, every tensor's encoding)."""
-    import dataclasses
-
     from .allocate import allocate
 
     scanned = {k for k, (s, _) in settings.items() if s.encoding in ("auto", "codebook", "sparse_codebook")}
@@ -377,15 +375,24 @@ def _allocate(graph: Graph, settings: dict, encoder, stats, held_feeds, target_r
 
     def apply() -> None:
         for k, layer in alloc.layers.items():
-            s, dbits = settings[k]
-            settings[k] = (dataclasses.replace(s, bits=layer.chosen.bits), dbits)
+            settings[k] = (layer.chosen.settings, settings[k][1])
             encoded[k] = layer.chosen.encoded
 
     apply()
     if target_ratio is not None:
-        while alloc.point < len(alloc.steps) and file_bytes(encoded) > fp32 / target_ratio:
+        point, budget = alloc.point, fp32 / target_ratio
+        while alloc.point < len(alloc.steps) and file_bytes(encoded) > budget:
             alloc.set_point(alloc.point + 1)
             apply()
+        while alloc.point > 0:  # the estimate was high: give back the steps the file does not need
+            alloc.set_point(alloc.point - 1)
+            apply()
+            if file_bytes(encoded) > budget:
+                alloc.set_point(alloc.point + 1)
+                apply()
+                break
+        if alloc.point != point:
+            alloc.measured = alloc.measure(alloc.point)
     return alloc, {k: encoded[k] for k in graph.initializers}
 
 
