@@ -415,7 +415,7 @@ def _activate_kernel(v, kind, p0, p1):
     return v
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _chain_kernel(o, save, chain):
     """Run an epilogue chain (CH_* steps) in place on the contiguous values o; save: scratch of o's length. Each
     step is one loop over o (vectorised; o is a plane or a band row, still in cache)."""
