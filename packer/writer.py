@@ -30,6 +30,8 @@ class DataLayout:
 
     def add(self, arr: np.ndarray) -> list[int]:
         arr = np.ascontiguousarray(arr)
+        if arr.size == 0:  # holds nothing: [0, 0], and no padding (which would be left unclaimed at the end)
+            return [0, 0]
         if arr.dtype.byteorder == ">":
             arr = arr.astype(arr.dtype.newbyteorder("<"))
         pad = (-self.size) % max(arr.dtype.itemsize, 1)

@@ -74,6 +74,10 @@ def decode_tensor(t: dict, bufs: Buffers, where: str):
         if storage != dtype and not (dtype == "float32" and storage == "float16"):
             raise FormatError(f"{w}: storage dtype {storage} cannot hold a {dtype} tensor")
         arr = bufs.view(field(enc, "data", list, w), storage, count, f"{w} data").reshape(shape)
+        if storage == "bool" and arr.size and arr.view(np.uint8).max() > 1:
+            bad = int(np.flatnonzero(arr.reshape(-1).view(np.uint8) > 1)[0])
+            raise FormatError(f"{w} data: bool element {bad} is byte {int(arr.reshape(-1).view(np.uint8)[bad])} "
+                              f"(bool bytes must be 0 or 1)")
         if storage != dtype:
             arr = arr.astype(np.float32)
         return DenseWeight(arr)

@@ -189,6 +189,9 @@ def read_container(buf: np.ndarray, where: str = "<bytes>") -> Container:
     if data_s.length > C.MAX_DATA_BYTES:
         raise FormatError(f"{where}: section data: {data_s.length} bytes exceeds the cap {C.MAX_DATA_BYTES}")
     check_meta(meta, f"{where}: section meta")
+    if meta["format_version"] != f"{major}.{minor}":
+        raise FormatError(f"{where}: section meta: format_version {meta['format_version'][:20]!r} differs from the "
+                          f"header's version {major}.{minor} (they must be equal)")
     check_graph(graph, f"{where}: section graph")
     data = buf[data_s.offset: data_s.offset + data_s.length]
     return Container((major, minor), sections, meta, graph, data, size)
@@ -202,7 +205,7 @@ def _json_section(buf: np.ndarray, s: Section, cap: int, name: str, where: str) 
         raw = _inflate(raw, cap, f"{where}: section {name}")
     try:
         text = raw.decode("utf-8")
-        value = json.loads(text, parse_constant=_no_constant)
+        value = json.loads(text, parse_constant=_no_constant, object_pairs_hook=_unique_keys)
     except (ValueError, RecursionError) as e:  # ValueError: also ints over CPython's digit limit (>= 3.11)
         raise FormatError(f"{where}: section {name}: not valid UTF-8 JSON ({e})") from None
     if not isinstance(value, dict):
@@ -221,6 +224,17 @@ def _inflate(raw: bytes, cap: int, where: str) -> bytes:
         raise FormatError(f"{where}: inflates to more than the cap of {cap} bytes")
     if not d.eof or d.unused_data or d.unconsumed_tail:
         raise FormatError(f"{where}: zlib stream is truncated or followed by extra bytes")
+    return out
+
+
+def _unique_keys(pairs: list) -> dict:
+    """A JSON object whose keys are unique (spec section 1: a reader that kept the first or the last of two equal
+    keys would see another file than this one)."""
+    out = dict(pairs)
+    if len(out) != len(pairs):
+        seen = set()
+        dup = next(k for k, _ in pairs if k in seen or seen.add(k))
+        raise json.JSONDecodeError(f"key {dup[:80]!r} appears twice in one object", dup, 0)
     return out
 
 
@@ -332,7 +346,10 @@ def check_graph(graph: dict, where: str) -> None:
         if name in node_names or not name:
             raise FormatError(f"{w}: node name is empty or used twice")
         node_names.add(name)
-        field(n, "domain", str, w, optional=True)
+        domain = field(n, "domain", str, w, optional=True)
+        if domain not in (None, "", "ai.onnx"):
+            raise UnsupportedError(f"{w}: domain '{domain}' is not the ONNX default domain ('' or 'ai.onnx'), the "
+                                   f"only one format 1.x defines")
         for j, inp in enumerate(field(n, "inputs", list, w)):
             if not isinstance(inp, str):
                 raise FormatError(f"{w}: input {j} must be a string")

@@ -146,7 +146,7 @@ def rebuild(data: bytes, *, meta: Any = None, graph: Any = None, data_section: b
         d = bool(old.flags & DEFLATE) if deflate is None else deflate
         out.append(json_sec(kind, payload_text(old) if new is None else new, d))
     out.append(Sec(DATA, secs[DATA].payload if data_section is None else bytes(data_section)))
-    return assemble(out)
+    return assemble(out, version=(get_header(data, "version_major"), get_header(data, "version_minor")))
 
 
 def edit_graph(data: bytes, fn: Callable[[dict], Any]) -> bytes:

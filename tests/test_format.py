@@ -701,7 +701,9 @@ def test_every_reader_message_has_a_case():
 @pytest.mark.parametrize("make, match", [
     (lambda: craft.set_header(MIN, "header_crc", craft.get_header(MIN, "header_crc") ^ 1, fix=False),
      r"header CRC-32 mismatch \(stored 0x593edc23, computed 0x593edc22\)"),
-    (lambda: craft.xor_byte(MIN, 10, 0x01), "header CRC-32 mismatch"),  # the minor version
+    # the minor version 0 -> 1, in a file whose meta says 1.1 (meta and header must agree: spec section 3)
+    (lambda: craft.xor_byte(craft.rebuild(MIN, meta={"producer": "p", "format_version": "1.1"}), 10, 0x01),
+     "header CRC-32 mismatch"),
     (lambda: craft.xor_byte(MIN, 64 + 24, 0x01), "header CRC-32 mismatch"),  # a section CRC, in the table
     (lambda: craft.xor_byte(MIN, 0xCD, 0x01), "section meta: CRC-32 mismatch"),  # "spec example" -> "rpec example"
     (lambda: craft.xor_byte(MIN, 0x10A, 0x01), "section graph: CRC-32 mismatch"),  # "minimal" -> "mhnimal"
@@ -735,9 +737,12 @@ def test_data_section_cap(monkeypatch):
 # --- accepted edge cases ----------------------------------------------------------------------------------------------
 
 def test_any_minor_version_is_accepted():
-    for minor in (1, 7, 0xFFFF):
-        m = read_packed(craft.set_header(SPARSE, "version_minor", minor))
+    for minor in (1, 7, 0xFFFF):  # meta's format_version says the same (spec section 3)
+        base = craft.rebuild(SPARSE, meta={"producer": "spec example", "format_version": f"1.{minor}"})
+        m = read_packed(craft.set_header(base, "version_minor", minor))
         assert m.container.version == (1, minor)
+    with pytest.raises(FormatError, match=r"format_version '1.0' differs from the header's version 1.7"):
+        read_packed(craft.set_header(SPARSE, "version_minor", 7))
     with pytest.raises(ChecksumError):
         read_packed(craft.set_header(SPARSE, "version_minor", 7, fix=False))
 
@@ -927,6 +932,7 @@ def test_boundary_values_in_header_and_table(base_name, fix):
                 bad = craft.set_entry(base, i, name, v, fix=fix)
             with pytest.raises(EdgepackError):
                 read_all(bad)
-    for v in (0, 1, 2**16 - 1):  # any minor version is fine
-        assert clean(craft.set_header(base, "version_minor", v, fix=fix)) == ("ok" if fix or v == 0 else
+    for v in (0, 1, 2**16 - 1):  # any minor version is fine, when the meta section's format_version says it too
+        said = craft.rebuild(base, meta={"producer": "p", "format_version": f"1.{v}"})
+        assert clean(craft.set_header(said, "version_minor", v, fix=fix)) == ("ok" if fix or v == 0 else
                                                                              "ChecksumError")
