@@ -132,7 +132,7 @@ def _split_count(v, a: np.ndarray) -> int | None:
         bad = [i for i, (s, d) in enumerate(zip(shape, decl)) if isinstance(d, int) and d != s]
         if not bad:
             return None
-        multiple = decl[0] > 0 and shape[0] % decl[0] == 0
+        multiple = isinstance(decl[0], int) and decl[0] > 0 and shape[0] % decl[0] == 0
         if bad == [0] and multiple:
             return shape[0] // decl[0]
         i = bad[1] if bad[0] == 0 and multiple else bad[0]

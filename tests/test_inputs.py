@@ -5,6 +5,7 @@ shape-less ONNX inputs refused by name. Every failure is an InputError naming th
 from __future__ import annotations
 
 import io
+import re
 import zipfile
 
 import numpy as np
@@ -283,3 +284,14 @@ def test_input_shape_and_value_arguments_are_input_errors(files, tmp_path):
                           ({"input_shapes": {"x": [1, 64]}, "input_values": {"x": [1, 2]}}, "2 value")):
         with pytest.raises(InputError, match=match):
             pack(files["onnx"], tmp_path / "m.epk", check_fidelity=False, **kwargs)
+
+
+@pytest.mark.parametrize("shape,match", [((3, 5), r"dimension 1 is 5, the model declares \['N', 64\]"),
+                                         ((3,), "has rank 1"), ((2, 3, 4, 64), "has rank 4")])
+def test_calib_of_the_wrong_shape_names_the_dimension(files, tmp_path, capsys, shape, match):
+    """A dynamic first dimension and a wrong second one was a TypeError inside the check (issue 14 item 8)."""
+    p = tmp_path / "c.npy"
+    np.save(p, np.ones(shape, np.float32))
+    assert main(["pack", files["onnx"], "-o", str(tmp_path / "m.epk"), "--calib", str(p), "-q"]) == 2
+    err = capsys.readouterr().err
+    assert re.search(match, err) and "Traceback" not in err
