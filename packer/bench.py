@@ -102,12 +102,10 @@ def read_data(spec: str | os.PathLike, names: list[str]) -> tuple[list[dict], np
 
 
 def _load_array(path: Path):
-    import pickle
+    """An .npy array or an .npz's {name: array} (runtime/tables.py read_arrays: headers checked against the file)."""
+    from runtime.tables import read_arrays
 
-    try:
-        return np.load(path, allow_pickle=False)
-    except (OSError, ValueError, EOFError, pickle.UnpicklingError) as e:
-        raise InputError(f"data {path}: not a readable numpy file ({e})") from e
+    return read_arrays(path, "data")
 
 
 def _read_file(path: Path, names: list[str]) -> tuple[dict, np.ndarray | None]:
@@ -117,9 +115,8 @@ def _read_file(path: Path, names: list[str]) -> tuple[dict, np.ndarray | None]:
             raise InputError(f"data {path}: an .npy holds one array and the model has {len(names)} inputs "
                              f"({', '.join(names)}); give an .npz keyed by input name (or a folder of them)")
         return {names[0]: data}, None
-    with data:
-        keys = list(data.files)
-        arrays = {k: data[k] for k in keys}
+    arrays = data
+    keys = list(arrays)
     if all(n in arrays for n in names):
         labels = next((arrays[k] for k in LABEL_KEYS if k in arrays and k not in names), None)
         return {n: arrays[n] for n in names}, labels

@@ -73,24 +73,18 @@ def load_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"data set {path}: no such file")
-    try:
-        z = np.load(path, allow_pickle=False)
-    except (OSError, ValueError, EOFError, pickle.UnpicklingError) as e:
-        raise ValueError(f"data set {path}: not a readable .npz file ({e})") from e
-    if not isinstance(z, np.lib.npyio.NpzFile):
+    from runtime.tables import read_arrays  # headers checked against the file before anything is read
+
+    z = read_arrays(path, "data set")
+    if not isinstance(z, dict):
         raise ValueError(f"data set {path}: expected an .npz archive with {', '.join(KEYS)}, found a .npy array")
-    with z:
-        missing = [k for k in KEYS if k not in z.files]
-        if missing:
-            raise ValueError(
-                f"data set {path}: missing array(s) {', '.join(missing)}; expected {', '.join(KEYS)}, "
-                f"found {', '.join(z.files) or 'none'}"
-            )
-        try:
-            arrays = {k: z[k] for k in KEYS}
-        except (zipfile.BadZipFile, OSError, ValueError, EOFError) as e:
-            raise ValueError(f"data set {path}: cannot read its arrays ({e})") from e
-    return _check_arrays(arrays, str(path))
+    missing = [k for k in KEYS if k not in z]
+    if missing:
+        raise ValueError(
+            f"data set {path}: missing array(s) {', '.join(missing)}; expected {', '.join(KEYS)}, "
+            f"found {', '.join(z) or 'none'}"
+        )
+    return _check_arrays({k: z[k] for k in KEYS}, str(path))
 
 
 def load_data(spec: str | os.PathLike, *, cache_dir: str | os.PathLike | None = None, quiet: bool = False) -> dict:
