@@ -389,3 +389,25 @@ def test_subnormal_weights_are_flushed_at_prepare(kind):
     x = rng.standard_normal((1, 4, 9, 8)).astype(np.float32)
     attrs = {"pads": [1, 1, 1, 1]}
     check_close(run_conv(w, x, None, attrs), reference_for(x, w, None, attrs))
+
+
+@pytest.mark.parametrize("kind", ["sparse", "codebook", "int8", "dense"])
+@pytest.mark.parametrize("case", range(len(CASES)))
+def test_direct_kernels_in_row_tiles(monkeypatch, kind, case):
+    """The direct kernels sum taps over tiles of output rows (TAPS_TILE_FLOATS): tiles of one row and of three
+    rows (a shorter last tile) give the bits of the untiled plane, padded, strided (phased), dilated, grouped."""
+    from runtime.ops import conv as conv_mod
+    x_shape, w_shape, attrs = CASES[case]
+    attrs = dict(attrs, group=attrs.get("group", 1))
+    if kind == "dense" and attrs["group"] == 1:  # dense weights take the direct kernel when grouped: depthwise
+        w_shape, attrs = (w_shape[0] * x_shape[1], 1) + w_shape[2:], dict(attrs, group=x_shape[1])
+    rng = np.random.default_rng([case, 7])
+    w = make_weight(kind, w_shape, rng, density=0.6, fillers=0.2)
+    x = rng.standard_normal(x_shape).astype(np.float32)
+    bias = rng.standard_normal(w_shape[0]).astype(np.float32)
+    untiled = run_conv(w, x, bias, attrs)
+    for tile in (1, 3 * 64):
+        monkeypatch.setattr(conv_mod, "TAPS_TILE_FLOATS", tile)
+        tiled = run_conv(w, x, bias, attrs)
+        np.testing.assert_array_equal(tiled.view(np.uint32), untiled.view(np.uint32))
+    check_close(untiled, reference_for(x, w, bias, attrs))

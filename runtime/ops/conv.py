@@ -53,12 +53,14 @@ _PLAN_CACHE_SIZE = 8  # input shapes remembered per prepared weight
 # read; _PITCH: its row pitch; _PLEN: floats of one slot's padded or phased copy (0: the kernels read x directly).
 (_C, _H, _W, _HP, _WP, _OH, _OW, _KH, _KW, _SH, _SW, _DH, _DW, _PT, _PL, _CIN_G, _PADDED, _GSTRIDE, _COLS,
  _SLOTS, _ACC_LEN, _TAB_OFF, _OBUF_OFF, _XPAD_OFF, _ACC_OFF, _WBUF_OFF, _PHASED, _QH, _QW, _PLANE, _PITCH, _PLEN,
- _CROWS, _NGEO) = range(34)
+ _CROWS, _TROWS, _NGEO) = range(35)
 # im2col runs a band of _CROWS output rows at a time: the band's (cols, _CROWS * OW) matrix is sized to stay in the
 # L2 cache while BLAS reads it (a 3x3 conv of 96 channels at 80x80: 864 x 6400 floats = 22 MB in one piece, 4.6 ms
 # of matmul; in bands of 3 rows, 2.1 ms), and the scratch shrinks by the same factor.
 IM2COL_BAND_FLOATS = 1 << 18  # 1 MiB of float32 per band
 IM2COL_BAND_MIN_POSITIONS = 128  # below this BLAS's per-call cost dominates: take more rows
+# The direct kernels sum taps over tiles of _TROWS output rows of about this many floats (see _taps_kernel).
+TAPS_TILE_FLOATS = 2048
 
 
 def _serial_and_parallel(fn):
@@ -198,6 +200,7 @@ def _layout(g: dict, kind: str, parallel: bool) -> tuple[np.ndarray, int, bool]:
     geo[_PLEN] = g["c"] * plane if (g["padded"] or phased) else 0
     geo[_GSTRIDE] = g["cin_g"] * plane
     geo[_COLS], geo[_SLOTS], geo[_ACC_LEN] = cols, slots, acc_len
+    geo[_TROWS] = max(1, min(g["oh"], TAPS_TILE_FLOATS // max(1, pitch)))
     if im2col:
         ow = max(1, g["ow"])
         want = max(IM2COL_BAND_FLOATS // max(1, cols), IM2COL_BAND_MIN_POSITIONS)
@@ -362,11 +365,13 @@ def _source_kernel(x, b, geo, xpad):
                 src = x[b, (c * h + y) * w: (c * h + y) * w + w]
                 for px in range(sw):
                     d = c * plane + (py * sw + px) * qh * qw + qy * qw
-                    dst = xp[d: d + qw]
-                    for qx in range(qw):
-                        xx = qx * sw + px - pl
-                        if xx >= 0 and xx < w:
-                            dst[qx] = src[xx]
+                    # columns qx whose input column qx * sw + off lies in [0, w): one branch-free run
+                    off = px - pl
+                    lo = 0 if off >= 0 else min(qw, (sw - 1 - off) // sw)
+                    hi = max(lo, min(qw, (w - 1 - off) // sw + 1)) if w - 1 - off >= 0 else lo
+                    dst = xp[d + lo: d + hi]
+                    for j in range(hi - lo):
+                        dst[j] = src[(lo + j) * sw + off]
     return xp
 
 
@@ -376,28 +381,34 @@ def _taps_kernel(src, base, wbuf, obuf, ntaps, acc, geo):
 
     Each tap runs as ONE contiguous loop over a 'wide' plane of row pitch _PITCH (the columns past OW are computed
     and dropped) so short output rows still vectorise; strided convolutions read the phased copy (see _PHASED),
-    where a tap's window is contiguous as well."""
-    oh, ow, wp = geo[_OH], geo[_OW], geo[_PITCH]
-    n = (oh - 1) * wp + ow  # the last read is exactly the plane's last element: no overrun
-    a = acc[:n]
-    a[:] = 0.0
-    t = 0
-    # Four taps per pass load and store the accumulator a quarter as often (1.4x on LeNet-5 conv2); the
-    # additions stay in tap order, so the bits equal those of the one-tap loop.
-    while t + 4 <= ntaps:
-        w0, w1, w2, w3 = wbuf[t], wbuf[t + 1], wbuf[t + 2], wbuf[t + 3]
-        o0, o1, o2, o3 = base + obuf[t], base + obuf[t + 1], base + obuf[t + 2], base + obuf[t + 3]
-        s0, s1, s2, s3 = src[o0: o0 + n], src[o1: o1 + n], src[o2: o2 + n], src[o3: o3 + n]
-        for i in range(n):
-            a[i] = a[i] + w0 * s0[i] + w1 * s1[i] + w2 * s2[i] + w3 * s3[i]
-        t += 4
-    while t < ntaps:
-        w = wbuf[t]
-        off = base + obuf[t]
-        s = src[off: off + n]
-        for i in range(n):
-            a[i] += w * s[i]
-        t += 1
+    where a tap's window is contiguous as well. Large planes go in tiles of _TROWS output rows (every tap over one
+    tile, then the next) so that the accumulator and the four windows a pass reads stay in L1 (a 200 x 152 plane:
+    120 KB of accumulator per tap otherwise); each value still sums its taps in the same order."""
+    oh, ow, wp, trows = geo[_OH], geo[_OW], geo[_PITCH], geo[_TROWS]
+    for r0 in range(0, oh, trows):
+        r1 = min(oh, r0 + trows)
+        lo = r0 * wp
+        n = (r1 - 1 - r0) * wp + ow  # the last read is exactly the plane's last element: no overrun
+        a = acc[lo: lo + n]
+        a[:] = 0.0
+        t = 0
+        # Four taps per pass load and store the accumulator a quarter as often (1.4x on LeNet-5 conv2); the
+        # additions stay in tap order, so the bits equal those of the one-tap loop.
+        while t + 4 <= ntaps:
+            w0, w1, w2, w3 = wbuf[t], wbuf[t + 1], wbuf[t + 2], wbuf[t + 3]
+            o0, o1, o2, o3 = (base + lo + obuf[t], base + lo + obuf[t + 1], base + lo + obuf[t + 2],
+                              base + lo + obuf[t + 3])
+            s0, s1, s2, s3 = src[o0: o0 + n], src[o1: o1 + n], src[o2: o2 + n], src[o3: o3 + n]
+            for i in range(n):
+                a[i] = a[i] + w0 * s0[i] + w1 * s1[i] + w2 * s2[i] + w3 * s3[i]
+            t += 4
+        while t < ntaps:
+            w = wbuf[t]
+            off = base + lo + obuf[t]
+            s = src[off: off + n]
+            for i in range(n):
+                a[i] += w * s[i]
+            t += 1
 
 
 @njit(cache=True)
