@@ -18,15 +18,16 @@ Accounting (bytes of numpy buffers; what `Model.plan` reports and what a budget 
 total = weights (RAM + mapped) + constants (RAM + mapped) + arena + scratch.
 
 Mapped bytes COUNT against the budget (COUNT_MAPPED). "Mapped" names views into the file's bytes: `load` reads the
-file once into memory the model owns (runtime/reader.py open_bytes, so that a file changed on disk cannot change a
-loaded model), which on this runtime is RAM; a device that maps its flash into the address space (execute-in-place
-NOR flash) would not spend RAM on them, and for such a device the plan reports them apart ("mapped") so that they
-can be subtracted. Not counted: the bytes of the file that no run reads (the header and graph JSON, and the
-compressed streams of layers that hold a decoded form), which the model's copy of the file holds too (the plan's
-last line states the file's size beside what runs read); the Python interpreter, numpy and numba with their JIT
-code; Python objects (graph description, plan tables); the arrays `Model.run` returns (the caller's); per-layer
-bookkeeping arrays of a few dozen bytes (geometry vectors, error slots); and the transient peak of `load` itself,
-which decodes every tensor once to validate it and releases what no layer keeps before it returns.
+file once into memory (runtime/reader.py open_bytes), validates it, and then keeps a copy of only the parts that
+runs read, the views re-pointed at it (runtime/loader.py keep_needed_bytes), so that a file changed on disk cannot
+change a loaded model; on this runtime those bytes are RAM. A device that maps its flash into the address space
+(execute-in-place NOR flash) would not spend RAM on them, and for such a device the plan reports them apart
+("mapped") so that they can be subtracted. Not counted: the alignment padding between the parts kept (the plan's
+last line states what the model holds of the file beside what runs read); the Python interpreter, numpy and numba
+with their JIT code; Python objects (graph description, plan tables); the arrays `Model.run` returns (the caller's);
+per-layer bookkeeping arrays of a few dozen bytes (geometry vectors, error slots); and the transient peak of `load`
+itself, which holds the whole file and decodes every tensor once to validate it, and releases what no layer keeps
+before it returns.
 """
 from __future__ import annotations
 
@@ -74,7 +75,7 @@ class MemoryPlan:
     scratch_owner: str | None  # the node whose step needs the largest scratch
     budget: int | None
     input_shapes: dict = field(default_factory=dict)
-    file_bytes: int = 0
+    file_bytes: int = 0  # bytes of the file the model holds (the parts runs read, or the whole file)
 
     @property
     def weights_ram(self) -> int:
@@ -150,8 +151,8 @@ class MemoryPlan:
         lines.append(f"total      {self.total_bytes:>14,} B   ({kib(self.total_bytes)}: RAM {self.ram_bytes:,} B + "
                      f"mapped {self.mapped_bytes:,} B){fit}")
         if self.file_bytes:
-            lines.append(f"the model holds the file's {self.file_bytes:,} B (read at load); runs read the "
-                         f"{self.mapped_bytes:,} B counted above")
+            lines.append(f"of the file's bytes the model holds {self.file_bytes:,} B (copied at load); runs read "
+                         f"the {self.mapped_bytes:,} B counted above")
         notes = [f"  {l.name}: {l.note}" for l in self.layers if l.mode == "streamed" and l.note]
         if notes:
             lines.append("streamed layers decode, at every run, one chunk at a time:")

@@ -4,15 +4,18 @@ weight within the memory budget and plans memory; `Model.run` checks its inputs 
 (runtime/executor.py). Everything here is numpy + numba: no onnx, no packer."""
 from __future__ import annotations
 
+import gc
 import os
 import threading
+import weakref
+from dataclasses import replace
 
 import numpy as np
 from numba import get_num_threads
 
 from runtime import executor, layers, memory
 from runtime.errors import BudgetError, InputError, UnsupportedError
-from runtime.loader import attrs_plain, read_packed
+from runtime.loader import attrs_plain, file_root, keep_needed_bytes, read_packed
 from runtime.ops import registry
 from runtime.threads import ThreadLimit, check_threads
 
@@ -62,6 +65,7 @@ def load(source: str | os.PathLike | bytes | bytearray | memoryview, memory_budg
     limit = ThreadLimit(check_threads(threads), parallel)
     with limit:
         model = _load(source, memory_budget, parallel, batch, layer_modes, limit)
+    model._own_needed_bytes()
     return model
 
 
@@ -242,8 +246,9 @@ class Model:
     they are not multiplied per thread); taking the lock uncontended costs about 0.3 us per run (a LeNet-300-100 run
     takes ~30 us). For runs in parallel, load one Model per thread, or load with threads=N for parallel kernels
     inside each run.
-    Files: the model owns a copy of the file's bytes from `load` on (runtime/reader.py open_bytes); the file may be
-    overwritten, truncated or deleted afterwards without effect on runs."""
+    Files: the model owns a copy of the file's bytes from `load` on (runtime/reader.py open_bytes), and of them keeps
+    only the parts its runs read (_own_needed_bytes); the file may be overwritten, truncated or deleted afterwards
+    without effect on runs."""
 
     def __init__(self, program, decls, packed, budget, parallel, consts_bytes, specs, fit, limit=None):
         self._program = program
@@ -253,8 +258,9 @@ class Model:
         self.source = packed.source
         self.budget = budget
         self.parallel = parallel
-        self._container = packed.container  # keeps the mapping (weights' views) alive
-        self._file_bytes = packed.file_size
+        self._container = packed.container  # its `data`: the file's bytes that the weights' views read
+        self._whole_file = None
+        self._file_bytes = packed.file_size  # of the file's bytes, what the model holds (see _own_needed_bytes)
         self._consts_bytes = consts_bytes
         self._options = {s.name: (s.node["op"], s.weight_name, s.encoding["type"], tuple(s.options)) for s in specs}
         self._nodes = {n["name"]: n for n in program.nodes}
@@ -269,6 +275,32 @@ class Model:
         self._scratch = np.empty(0, dtype=np.uint8)
         self._lock = threading.Lock()  # arena, scratch, plans and their bound steps: one run at a time
         self.plan: memory.MemoryPlan | None = None
+
+    def _own_needed_bytes(self) -> None:
+        """Keep of the file's bytes (read once by load) only what runs read: those parts are copied into one buffer
+        (which becomes the container's `data`: the "mapped" bytes of the plan are views into it) and the arrays that
+        viewed them point at it (runtime/loader.py keep_needed_bytes); the whole file is then released. If anything
+        still holds the whole file (an array the walk did not reach), it is kept as well: every array sees the same
+        bytes either way. `bytes` passed to load are the caller's and stay as they are."""
+        root = file_root(self._container.data)
+        if root is None:
+            return
+        whole = weakref.ref(root)
+        # what runs read: the layers, the constants, and each plan's bound steps and outputs (not its shapes and
+        # lifetimes: at the node cap, walking those would cost seconds)
+        plans = list(self._plans.values())
+        holders = [self._program.layers, self._program.consts, [p.steps for p in plans], [p.outputs for p in plans],
+                   self._fast]
+        compact = keep_needed_bytes(root, holders)
+        self._container = replace(self._container, data=compact)
+        del root
+        if whole() is not None:
+            gc.collect()
+        kept = whole()
+        self._file_bytes = compact.nbytes + (kept.nbytes if kept is not None else 0)
+        self._whole_file = kept  # None unless something the walk did not reach still views it
+        if self.plan is not None:
+            self.plan = replace(self.plan, file_bytes=self._file_bytes)
 
     @property
     def layers(self) -> dict:
