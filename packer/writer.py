@@ -253,5 +253,5 @@ def write_packed(path: str | os.PathLike, data: bytes, source: str | os.PathLike
         msg = msg[len("<bytes>: "):] if msg.startswith("<bytes>: ") else msg
         raise type(e)(f"{os.fspath(source)}: the packed form breaks the format, so {os.fspath(path)} was not "
                       f"written: {msg}") from e
-    write_atomic(path, [data])
+    write_atomic(path, [data], inputs=[source])  # the API's pack(a.onnx, a.onnx) too, not only the CLI's
     return packed

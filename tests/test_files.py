@@ -269,3 +269,14 @@ def test_temporary_files_of_a_killed_writer_are_cleaned(tmp_path):
     write_atomic(target, [b"done"])
     assert target.read_bytes() == b"done"
     assert sorted(q.name for q in tmp_path.iterdir()) == sorted(["out.epk", live.name, other.name])
+
+
+def test_the_pack_api_does_not_overwrite_its_input(two, tmp_path):
+    from runtime.errors import InputError
+
+    src = tmp_path / "a.onnx"
+    shutil.copyfile(two / "a.onnx", src)
+    before = src.read_bytes()
+    with pytest.raises(InputError, match="is the input"):
+        pack(src, src, config=CONFIG, check_fidelity=False)
+    assert src.read_bytes() == before
