@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from . import constants as C
-from .errors import ChecksumError, FormatError, UnsupportedError
+from .errors import BudgetError, ChecksumError, FormatError, UnsupportedError
 
 _HEADER = struct.Struct("<8sHHIQII32x")
 _ENTRY = struct.Struct("<IIQQII")
@@ -94,7 +94,13 @@ def read_file(path: str, cap: int | None = None) -> np.ndarray:
             raise FormatError(f"{path}: file is empty (expected at least {C.HEADER_SIZE} bytes)")
         if cap is not None and size > cap:
             raise FormatError(f"{path}: file is {size:,} bytes, more than the cap of {cap:,}")
-        out = np.empty(size, dtype=np.uint8)
+        from .memory import check_allocation
+
+        check_allocation(size, f"{path}: reading the file")
+        try:
+            out = np.empty(size, dtype=np.uint8)
+        except MemoryError:
+            raise BudgetError(f"{path}: reading the file needs {size:,} B, which cannot be allocated") from None
         view = memoryview(out)
         got = 0
         with os.fdopen(os.dup(fd), "rb", buffering=0) as f:

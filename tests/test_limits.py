@@ -188,3 +188,16 @@ def test_an_input_too_large_is_refused_by_name(tmp_path):
     model = runtime.load(build_file(META, _graph(nodes, ["y"], inputs=(("x", ["N", 4]),))))
     with pytest.raises(InputError, match="elements, more than"):
         model.plan_for((1 << 30, 4))
+
+
+def test_a_file_larger_than_memory_is_refused_before_reading(tmp_path):
+    """A 5 GiB (sparse) file under ulimit -v 3 GiB: BudgetError naming the file, not numpy's MemoryError."""
+    path = tmp_path / "huge.epk"
+    with open(path, "wb") as f:
+        f.truncate(5 << 30)
+    code = ("import resource, sys; resource.setrlimit(resource.RLIMIT_AS, (3 << 30, resource.RLIM_INFINITY))\n"
+            "import runtime\nfrom runtime.errors import BudgetError\n"
+            f"try:\n    runtime.load({str(path)!r})\nexcept BudgetError as e:\n    print('BudgetError', e)\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600,
+                       env={**os.environ, "OPENBLAS_NUM_THREADS": "1"})
+    assert r.stdout.startswith("BudgetError") and "huge.epk: reading the file" in r.stdout, r.stdout + r.stderr
