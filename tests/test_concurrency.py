@@ -92,3 +92,25 @@ def test_plan_for_and_run_concurrently(packed):
     for t in ts:
         t.join()
     assert bad == []
+
+
+def test_loads_and_runs_in_several_threads(packed):
+    """Models loaded in four threads at once (each its own Model) run like one loaded alone."""
+    x = np.maximum(np.random.default_rng(2).standard_normal((2, 784)), 0).astype(np.float32)
+    modes = ("compact", "csr", "dense", "streamed")
+    want = {mode: runtime.load(packed, layer_modes=mode).run(x)["y"] for mode in modes}  # modes round differently
+    got: list = []
+
+    def work(mode) -> None:
+        try:
+            m = runtime.load(packed, layer_modes=mode)
+            got.append(all(np.array_equal(m.run(x)["y"], want[mode]) for _ in range(50)))
+        except Exception as e:  # noqa: BLE001 - reported below
+            got.append(f"{type(e).__name__}: {e}")
+
+    ts = [threading.Thread(target=work, args=(mode,)) for mode in modes]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    assert got == [True] * 4
