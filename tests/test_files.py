@@ -95,6 +95,27 @@ def test_a_model_keeps_only_the_bytes_its_runs_read(two, mode):
         np.testing.assert_array_equal(m.run(_x(batch))["y"], ref.run(_x(batch))["y"])
 
 
+def test_a_view_the_walk_cannot_reach_keeps_the_whole_file(two, monkeypatch):
+    """Safety of keep_needed_bytes: an array it cannot reach (here inside a deque) still views the file, so the model
+    keeps the whole file and every array reads the bytes it read before."""
+    import collections
+
+    from runtime import model as model_mod
+
+    original = model_mod.Model._own_needed_bytes
+
+    def hide_a_view(self):
+        layer = next(iter(self._program.layers.values()))
+        layer.hidden = collections.deque([self._container.data[:64]])
+        original(self)
+
+    monkeypatch.setattr(model_mod.Model, "_own_needed_bytes", hide_a_view)
+    m = runtime.load(two / "a.epk", layer_modes="streamed")
+    assert m._whole_file is not None and m.plan.file_bytes > (two / "a.epk").stat().st_size
+    np.testing.assert_array_equal(m.run(_x())["y"], runtime.load((two / "a.epk").read_bytes(),
+                                                                  layer_modes="streamed").run(_x())["y"])
+
+
 def test_real_model_keeps_only_what_it_reads(tmp_path):
     """PP-OCRv4 det (Resize nodes read an empty 'roi' constant: an empty view of the file kept all of it alive until
     empty views were replaced too): 1.1 MB file, ~40 KB kept, outputs equal to the model loaded from bytes."""
