@@ -3,6 +3,7 @@
 
     python benchmarks/calibration_compression.py [--only ppocr_det,mtcnn_onet] [--calib 32] [--ratios 5,7]
                                                  [--task-n 24] [--out DIR] [--readme benchmarks/README.md]
+                                                 [--skip-done] [--render]
 
 Per model: the calibration set is the first --calib feeds the corpus task gives its model (rendered text lines,
 pages, CAPTCHAs, scenes, audio; onnxruntime on the original through a recording runner, task seeds from 100); the
@@ -294,6 +295,7 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "out" / "calibration_compression"))
     ap.add_argument("--readme", help="replace the generated section of this README")
     ap.add_argument("--render", action="store_true", help="only rebuild table and plots from --out's results")
+    ap.add_argument("--skip-done", action="store_true", help="keep the results of models already in --out")
     a = ap.parse_args(argv)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -301,6 +303,8 @@ def main(argv=None) -> int:
     if not a.render:
         ratios = [float(r) for r in a.ratios.split(",")]
         for name in names:
+            if a.skip_done and (out / name / "result.json").is_file():
+                continue
             try:
                 run_model(name, out, a.calib, ratios, a.task_n)
             except Exception as e:
