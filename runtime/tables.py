@@ -85,8 +85,8 @@ def _npy_header(f, where: str, available: int):
                 fmt._read_array_header(f, version)
         else:
             raise ValueError(f"unknown .npy version {version}")
-    except (ValueError, EOFError, OSError, SyntaxError, TypeError) as e:
-        raise InputError(f"{where}: not a readable .npy array (header: {e})") from None
+    except Exception as e:  # numpy parses the header with tokenize and ast: any of their errors means "unreadable"
+        raise InputError(f"{where}: not a readable .npy array (header: {type(e).__name__}: {e})"[:600]) from None
     header = f.tell()
     if dtype.hasobject or dtype.itemsize == 0:
         raise InputError(f"{where}: dtype {dtype} holds Python objects or nothing; give numbers")
@@ -138,7 +138,7 @@ def _read_npz(f, where: str) -> dict:
         z = zipfile.ZipFile(f)
         out = {}
         for info in z.infolist():
-            if info.is_dir():
+            if not info.filename or info.filename.endswith("/"):
                 continue
             name = info.filename[:-4] if info.filename.endswith(".npy") else info.filename
             member = f"{where}, array {name!r}"
@@ -157,5 +157,5 @@ def _read_npz(f, where: str) -> dict:
         return out
     except InputError:
         raise
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, EOFError, OSError, NotImplementedError) as e:
-        raise InputError(f"{where}: not a readable .npz archive ({e})") from None
+    except Exception as e:  # zipfile on untrusted bytes raises many types (BadZipFile, IndexError, struct.error, ...)
+        raise InputError(f"{where}: not a readable .npz archive ({type(e).__name__}: {e})"[:600]) from None

@@ -300,3 +300,18 @@ def test_calib_of_the_wrong_shape_names_the_dimension(files, tmp_path, capsys, s
     assert main(["pack", files["onnx"], "-o", str(tmp_path / "m.epk"), "--calib", str(p), "-q"]) == 2
     err = capsys.readouterr().err
     assert re.search(match, err) and "Traceback" not in err
+
+
+def test_fuzz_findings_of_the_array_reader(tmp_path):
+    """fuzz/fuzz_config.py: numpy's header parser raised tokenize.TokenError on an unbalanced header, and zipfile an
+    IndexError on a member without a name."""
+    p = tmp_path / "t.npy"
+    header = b"{'descr': '<f4', 'fortran_order': False, 'shape': (2,".ljust(69) + b"\n"
+    p.write_bytes(b"\x93NUMPY\x01\x00" + len(header).to_bytes(2, "little") + header + bytes(8))
+    with pytest.raises(InputError, match="not a readable .npy array"):
+        read_arrays(p)
+    z = tmp_path / "e.npz"
+    with zipfile.ZipFile(z, "w") as f:
+        f.writestr(zipfile.ZipInfo(""), b"abc")
+        f.writestr("x.npy", _npy(np.arange(3)))
+    assert list(read_arrays(z)) == ["x"]
