@@ -138,8 +138,10 @@ def cmd_run(a: argparse.Namespace) -> int:
         model.run(x)
         times.append(time.perf_counter() - t0)
     shapes = {k: v.shape for k, v in x.items()} if isinstance(x, dict) else x.shape
+    from runtime.summary import printable
+
     for name, y in outputs.items():
-        line = f"output {name}: {y.dtype}{list(y.shape)}"
+        line = f"output {printable(name)}: {y.dtype}{list(y.shape)}"
         if y.size:
             line += f" min {float(y.min()):.6g} max {float(y.max()):.6g} mean {float(y.mean()):.6g}"
         print(line)

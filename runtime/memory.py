@@ -125,24 +125,27 @@ class MemoryPlan:
         }
 
     def table(self) -> str:
-        shapes = ", ".join(f"{k} {tuple(v)}" for k, v in self.input_shapes.items())
+        from runtime.summary import printable as p  # names come from the file: control characters shown escaped
+
+        shapes = ", ".join(f"{p(k)} {tuple(v)}" for k, v in self.input_shapes.items())
         budget = "no budget" if self.budget is None else f"budget {self.budget:,} B ({kib(self.budget)})"
         lines = [f"memory plan for {shapes}; {budget}; mapped file bytes "
                  f"{'count' if COUNT_MAPPED else 'do not count'} against the budget"]
-        w = max([5] + [len(l.name) for l in self.layers])
-        ww = max([6] + [len(l.weight) for l in self.layers])
+        w = max([5] + [len(p(l.name)) for l in self.layers])
+        ww = max([6] + [len(p(l.weight)) for l in self.layers])
         head = (f"{'layer':<{w}}  {'op':<6}  {'weight':<{ww}}  {'encoding':<15}  {'mode':<8}  {'RAM B':>9}  "
                 f"{'mapped B':>9}  {'scratch B':>9}  {'est. us':>8}")
         lines += [head, "-" * len(head)]
         for l in self.layers:
-            lines.append(f"{l.name:<{w}}  {l.op[:6]:<6}  {l.weight:<{ww}}  {l.encoding[:15]:<15}  {l.mode:<8}  "
+            lines.append(f"{p(l.name):<{w}}  {p(l.op)[:6]:<6}  {p(l.weight):<{ww}}  {l.encoding[:15]:<15}  "
+                         f"{l.mode:<8}  "
                          f"{l.ram_bytes:>9,}  {l.mapped_bytes:>9,}  {l.scratch_bytes:>9,}  {l.seconds * 1e6:>8.1f}")
         lines.append("-" * len(head))
         lines.append(f"weights    RAM {self.weights_ram:>10,} B   mapped {self.weights_mapped:>10,} B")
         lines.append(f"constants  RAM {self.constants_ram:>10,} B   mapped {self.constants_mapped:>10,} B")
         lines.append(f"arena      {self.arena_bytes:>14,} B   (peak live {self.peak_live_bytes:,} B, "
                      f"{self.tensors} tensors)")
-        owner = f"   (largest step: '{self.scratch_owner}')" if self.scratch_owner else ""
+        owner = f"   (largest step: '{p(self.scratch_owner)}')" if self.scratch_owner else ""
         lines.append(f"scratch    {self.scratch_bytes:>14,} B{owner}")
         fit = ""
         if self.budget is not None:
@@ -153,7 +156,7 @@ class MemoryPlan:
         if self.file_bytes:
             lines.append(f"of the file's bytes the model holds {self.file_bytes:,} B (copied at load); runs read "
                          f"the {self.mapped_bytes:,} B counted above")
-        notes = [f"  {l.name}: {l.note}" for l in self.layers if l.mode == "streamed" and l.note]
+        notes = [f"  {p(l.name)}: {p(l.note)}" for l in self.layers if l.mode == "streamed" and l.note]
         if notes:
             lines.append("streamed layers decode, at every run, one chunk at a time:")
             lines += notes

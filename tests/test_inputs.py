@@ -279,6 +279,11 @@ def test_info_escapes_control_characters(tmp_path, capsys):
     text = capsys.readouterr().out
     assert "\x1b" not in text and "\x07" not in text and "\r" not in text
     assert "x\\x1b]0;t\\x07" in text and "w\\x1b[2J\\n\\x07" in text and "y\\r" in text
+    assert main(["info", out, "--budget", "1MiB"]) == 0  # the memory plan's table too
+    np.save(tmp_path / "x.npy", np.ones((2, 3), np.float32))
+    assert main(["run", out, "--input", str(tmp_path / "x.npy"), "--repeat", "0"]) == 0  # output names, plan
+    text = capsys.readouterr().out
+    assert "\x1b" not in text and "\x07" not in text and "\r" not in text and "output y\\r: float32[2, 4]" in text
 
 
 def test_input_shape_and_value_arguments_are_input_errors(files, tmp_path):
