@@ -2,10 +2,11 @@
 the compressed weight forms.
 
 Compressed weights use a direct convolution vectorised over output positions: per output channel, each nonzero tap
-(cin, ky, kx) adds weight * (the shifted input plane) to the output plane. Dense weights with group 1 use
-im2col + BLAS. A fused activation (Relu, LeakyRelu, Clip) is applied as each output plane is stored. `bind_conv`
-checks once and returns the kernel with its arguments, for the executor's per-plan steps. Weight classes:
-runtime/weights.py.
+(cin, ky, kx) adds weight * (the shifted input plane) to the output plane, in tiles of output rows that stay in L1.
+Dense weights with group 1 use im2col + BLAS, one band of output rows at a time (sized for L2). A fused activation
+(Relu, LeakyRelu, Clip) or an epilogue chain (EpilogueChain: the elementwise nodes after the Conv) is applied to
+each output plane or band while it is in cache. `bind_conv` checks once and returns the kernel with its arguments,
+for the executor's per-plan steps. Weight classes: runtime/weights.py.
 """
 from __future__ import annotations
 
