@@ -81,10 +81,11 @@ def _show(v) -> str:
 
 
 def _number(where: str, key: str, v, lo: float, hi: float) -> None:
+    want = f"a finite number >= {lo:g}" if math.isinf(hi) else f"a number in [{lo:g}, {hi:g}]"
     if isinstance(v, bool) or not isinstance(v, (int, float)):
-        raise InputError(f"{where}: {key} must be a number in [{lo:g}, {hi:g}], found {_show(v)}")
+        raise InputError(f"{where}: {key} must be {want}, found {_show(v)}")
     if not lo <= v <= hi or not math.isfinite(v):  # NaN fails too
-        raise InputError(f"{where}: {key} {v!r} must be in [{lo:g}, {hi:g}]")
+        raise InputError(f"{where}: {key} {v!r} must be {want}")
 
 
 def _whole(where: str, key: str, v, lo: int, hi: int) -> None:
