@@ -193,10 +193,10 @@ def corpus_conv_nets(names, out: Path, rounds: int) -> list[dict]:
                "ort_1_thread_cpu_ms_median": 1e3 * float(np.median(c_ort)),
                "ratio_cpu_median": float(np.median(c_ort) / np.median(c_ep)), "loadavg": _loadavg()}
         rows.append(row)
+        cpu = (f"CPU time {row['edgepack_cpu_ms_median']:.1f} vs {row['ort_1_thread_cpu_ms_median']:.1f} ms: "
+               f"{row['ratio_cpu_median']:.2f}x")
         print(f"{name}: edgepack {ep_med:.1f} ms, ORT 1 thread {ort_med:.1f} ms (median of {rounds}): ORT/edgepack "
-              f"{row['ratio_median']:.2f}x (minimums {row['ratio_min']:.2f}x; CPU time {row['edgepack_cpu_ms_median']:.1f} vs "
-              f"{row['ort_1_thread_cpu_ms_median']:.1f} ms: {row['ratio_cpu_median']:.2f}x); loadavg {row['loadavg']}",
-              flush=True)
+              f"{row['ratio_median']:.2f}x (minimums {row['ratio_min']:.2f}x; {cpu}); loadavg {row['loadavg']}", flush=True)
     return rows
 
 

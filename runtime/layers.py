@@ -1008,7 +1008,8 @@ def _match_chain(t: str, readers: dict, consts: dict, outputs: set, rank: int):
             break
         for gate, head in ((rs[0], rs[1]), (rs[1], rs[0])):
             gi = gate["inputs"]
-            if gate["op"] not in ("Mul", "Add") or len(gi) != 2 or len(gate["outputs"]) != 1 or (gi[0] == t) == (gi[1] == t):
+            if (gate["op"] not in ("Mul", "Add") or len(gi) != 2 or len(gate["outputs"]) != 1
+                    or (gi[0] == t) == (gi[1] == t)):
                 continue
             u = gi[1] if gi[0] == t else gi[0]
             bsteps, bnodes, cur, n = [], [], t, head
