@@ -115,6 +115,17 @@ def test_chained_runs_equal_a_plain_run(chains_epk, mode):
         assert_close_to(reference(chains_epk, feeds), got)
 
 
+def test_chained_runs_with_parallel_kernels(chains_epk):
+    """The parallel builds (output channels split over threads, each with its own accumulator that the chain's
+    saved values use) give the same bits."""
+    model = runtime.load(chains_epk, parallel=True, threads=2, layer_modes="compact")
+    feeds = inputs_for(model, 2, seed=4, relu=False)
+    got = model.run(feeds)
+    want = plain_run(model, feeds)
+    for k in want:
+        assert_bits_equal(got[k], want[k])
+
+
 def test_chain_kernel_steps_match_numpy():
     """Each step of the chain kernel on one row, against numpy in float32."""
     rng = np.random.default_rng(3)
