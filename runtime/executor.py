@@ -100,12 +100,16 @@ def infer_shapes(program: Program, input_shapes: dict[str, tuple]) -> dict[str, 
 def _check_elements(shape: tuple, what: str) -> None:
     """Every tensor the runtime would hold is bounded (a Pad of 2^40, an input of 100000 x 100000): the format's cap
     on elements per tensor, checked as shapes are inferred, before any arena is sized or allocated."""
-    n = 1
+    n = span = 1
     for d in shape:
         n *= d
+        span *= max(d, 1)
     if n > C.MAX_ELEMENTS:
         raise UnsupportedError(f"{what}: shape {list(shape)} has {n:,} elements, more than the {C.MAX_ELEMENTS:,} "
                                f"a tensor may hold in this runtime")
+    if span > C.MAX_ELEMENTS:  # an empty tensor too: numpy refuses such a shape even with a 0 in it
+        raise UnsupportedError(f"{what}: shape {list(shape)}: its nonzero dimensions multiply to {span:,}, more than "
+                               f"the {C.MAX_ELEMENTS:,} elements a tensor may hold in this runtime")
 
 
 def lifetimes(program: Program, shapes: dict[str, tuple]) -> list[TensorLife]:

@@ -201,3 +201,13 @@ def test_a_file_larger_than_memory_is_refused_before_reading(tmp_path):
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600,
                        env={**os.environ, "OPENBLAS_NUM_THREADS": "1"})
     assert r.stdout.startswith("BudgetError") and "huge.epk: reading the file" in r.stdout, r.stdout + r.stderr
+
+
+def test_an_empty_tensor_with_huge_dimensions_is_refused():
+    """Found by fuzz/fuzz_graph.py: an input of shape [2^31, 2^31, 0] has no elements, but numpy refuses the shape
+    (ValueError 'array is too big' in bind); shape inference now refuses it by name."""
+    from runtime.errors import UnsupportedError
+
+    nodes = [{"op": "Relu", "name": "r", "inputs": ["x"], "outputs": ["y"], "attrs": {}}]
+    with pytest.raises(UnsupportedError, match="input 'x'.*nonzero dimensions multiply"):
+        runtime.load(build_file(META, _graph(nodes, ["y"], inputs=(("x", [1 << 31, 1 << 31, 0]),))))
