@@ -256,10 +256,11 @@ _F32_TINY = np.float32(np.finfo(np.float32).tiny)
 def _flush_subnormals(a: np.ndarray) -> np.ndarray:
     """`a` with its subnormal float32 values (0 < |v| < 1.2e-38) set to 0; `a` itself when it has none.
 
-    Quantised weights can hold them (a centroid times a subnormal row scale, 3.2e-40 in PP-OCRv4 rec at 8 bits, whose
-    dense-held layers get 15,406 of them where the original file has none) and every multiply that reads one takes a microcode assist: a 480 x 480 1x1 Conv ran
-    its BLAS product in 35 ms instead of 1.6 ms. A product w * x with |w| < 1.2e-38 is below the rounding of any
-    sum with a normal term, so the flush changes no output except sums made of such products alone."""
+    Quantised weights can hold them (a centroid times a subnormal row scale, 3.2e-40 in PP-OCRv4 rec at 8 bits,
+    whose dense-held layers get 15,406 of them where the original file has none), and every multiply that reads one
+    takes a microcode assist: a 480 x 480 1x1 Conv ran its BLAS product in 35 ms instead of 1.6 ms. A product w * x
+    with |w| < 1.2e-38 is below the rounding of any sum with a normal term, so the flush changes no output except
+    sums made of such products alone."""
     sub = (a != 0) & (np.abs(a) < _F32_TINY)
     if not sub.any():
         return a
