@@ -99,7 +99,7 @@ def ort_static_int8(src: Path, feeds: list[dict], out: Path) -> tuple[Path, dict
             ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
             return out, {"note": "; ".join(notes + [f"format {fmt.name}"])}
         except Exception as e:
-            notes.append(f"{fmt.name} refused: {_short(e, 120)}")
+            notes.append(f"{fmt.name} refused: {_short(e, 160).replace(str(out.parent) + os.sep, '')}")
     raise RuntimeError("; ".join(notes))
 
 
@@ -163,7 +163,8 @@ def run_model(name: str, out: Path, n_calib: int, ratios: list[float], task_n: i
             rep = pack(src, d / f"alloc{ratio:g}.epk", calib=calib, target_ratio=ratio, **kw)
             a = rep.allocation
             chosen.update({k: {"bits": layer.chosen.bits, "encoding": layer.chosen.settings.encoding,
-                               "codebook_dtype": layer.chosen.settings.codebook_dtype} for k, layer in a.layers.items()})
+                               "codebook_dtype": layer.chosen.settings.codebook_dtype}
+                           for k, layer in a.layers.items()})
             (d / f"alloc{ratio:g}.txt").write_text(rep.table())
             layers = [{"tensor": k, "label": layer.chosen.label, "bytes": layer.chosen.encoded.nbytes,
                        "weights": int(layer.chosen.encoded.reference.size), "error": layer.chosen.error,
@@ -191,8 +192,9 @@ def _pct(v) -> str:
 
 
 def markdown(res: dict) -> str:
-    lines = [f"Run {res['date']} on {res['machine']} (OPENBLAS_NUM_THREADS=1); load average {res['load_before']} "
-             f"before, {res['load_after']} after (a shared machine). Calibration: the first {res['calib']} feeds "
+    lines = [f"Rendered {res['date']} on {res['machine']} (OPENBLAS_NUM_THREADS=1); load average {res['load_before']} "
+             f"before the first model, {res['load_after']} after the most loaded (a shared machine). "
+             f"Calibration: the first {res['calib']} feeds "
              f"of each corpus task (seeds from {CALIB_SEED}); a quarter of them held out inside the allocation for "
              f"its sensitivity and error measurements. Task agreement: held-out task inputs (seed {HELD_SEED}) "
              f"against onnxruntime on the original. Ratio: original fp32 weights / file bytes (edgepack's ratio; "
@@ -315,7 +317,7 @@ def main(argv=None) -> int:
     res = {"date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "machine": machine_line(),
            "calib": a.calib, "models": models,
            "load_before": min((m.get("load_before", [0]) for m in models), default=[0]),
-           "load_after": loadavg()}
+           "load_after": max((m.get("load_after", [0]) for m in models), default=loadavg())}
     res["figures"] = plots(res)
     md = markdown(res) + "".join(f"\n![{f}](figures/{f})\n" for f in res["figures"])
     (out / "calibration_compression.json").write_text(json.dumps(res, indent=1, default=json_default))
