@@ -74,38 +74,80 @@ def _rows_of_input(x: np.ndarray, node: Node, w: np.ndarray) -> tuple[np.ndarray
     raise ValueError(f"no input statistics for op {node.op}")
 
 
+def _recurrent_rows(node: Node, which: int, values: dict, graph: Graph) -> np.ndarray | None:
+    """LSTM / GRU inputs as (groups, samples, cols): for W (which = 1) every step's x_t, one group; for R (which = 2)
+    the hidden state each step starts from, one group per direction (forward: the initial state and h_0..h_{T-2};
+    reverse: h_1..h_{T-1} and the initial state), read from the node's Y output. None when Y is not computed.
+    Layout 0 only: onnxruntime, which records the values, refuses layout 1 anyway."""
+    x = values[node.inputs[0]]
+    if which == 1:
+        return x.reshape(1, -1, x.shape[-1])
+    y_name = node.outputs[0] if node.outputs else ""
+    if not y_name or y_name not in values:
+        return None
+    y = values[y_name]  # (seq, dirs, batch, hidden)
+    seq, dirs, batch, hidden = y.shape
+    init_name = node.inputs[5] if len(node.inputs) > 5 and node.inputs[5] else ""
+    if init_name:
+        init = values[init_name] if init_name in values else graph.initializers[init_name]  # (dirs, batch, hidden)
+    else:
+        init = np.zeros((dirs, batch, hidden), np.float32)
+    direction = node.attr("direction", "forward")
+    direction = direction.decode() if isinstance(direction, bytes) else direction
+    groups = []
+    for d in range(dirs):
+        reverse = direction == "reverse" or (direction == "bidirectional" and d == 1)
+        steps = y[1:, d] if reverse else y[:-1, d]
+        groups.append(np.concatenate([init[d][None], steps]).reshape(-1, hidden))
+    return np.stack(groups)
+
+
 def layer_statistics(graph: Graph, weights: dict[str, tuple[str, str]], batches: list[dict[str, np.ndarray]],
                      progress=None) -> dict[str, LayerStats]:
     """weights: tensor name -> (op, node name) as pipeline.weight_tensors gives; batches: feeds onnxruntime accepts
-    (each a dict input name -> array). Layers without statistics (ConvTranspose, recurrent ops) are left out."""
+    (each a dict input name -> array). Conv, Gemm, MatMul, and LSTM / GRU (W from the input sequence, R from the
+    hidden states, per direction) get statistics; ConvTranspose does not."""
     from onnx import helper
 
     from .onnx_io import graph_to_onnx
     from .verify import session
 
-    wanted: dict[str, tuple[Node, str]] = {}
+    wanted: list[tuple[Node, str, int]] = []  # (node, weight tensor, which input of the node)
+    taken: set[str] = set()
     for n in graph.nodes:
-        if n.op in ("Conv", "Gemm", "MatMul") and len(n.inputs) > 1 and n.inputs[1] in weights \
-                and n.inputs[1] not in {t for _, t in wanted.values()}:
-            if graph.initializers[n.inputs[1]].ndim >= 2 and n.inputs[0] not in graph.initializers:
-                wanted.setdefault(n.name, (n, n.inputs[1]))
+        slots = (1, 2) if n.op in ("LSTM", "GRU") else (1,) if n.op in ("Conv", "Gemm", "MatMul") else ()
+        for i in slots:
+            if len(n.inputs) > i and n.inputs[i] in weights and n.inputs[i] not in taken \
+                    and graph.initializers[n.inputs[i]].ndim >= 2 and n.inputs[0] not in graph.initializers:
+                wanted.append((n, n.inputs[i], i))
+                taken.add(n.inputs[i])
     model = graph_to_onnx(graph)
     known = {o.name for o in model.graph.output}
-    names = []
-    for node, _ in wanted.values():
-        x = node.inputs[0]
-        if x not in names:
-            names.append(x)
-        if x not in known:
-            model.graph.output.append(helper.make_empty_tensor_value_info(x))
-            known.add(x)
+    names: list[str] = []
+    for node, _, which in wanted:
+        needed = [node.inputs[0]]
+        if node.op in ("LSTM", "GRU") and which == 2:
+            needed += [node.outputs[0]] if node.outputs and node.outputs[0] else []
+            if len(node.inputs) > 5 and node.inputs[5] and node.inputs[5] not in graph.initializers:
+                needed.append(node.inputs[5])
+        for x in needed:
+            if x not in names:
+                names.append(x)
+            if x not in known:
+                model.graph.output.append(helper.make_empty_tensor_value_info(x))
+                known.add(x)
     sess = session(model)
     stats: dict[str, LayerStats] = {}
     for feeds in (progress(batches) if progress else batches):
-        values = dict(zip(names, sess.run(names, feeds)))
-        for node, wname in wanted.values():
+        values = {k: v.astype(np.float32) for k, v in zip(names, sess.run(names, feeds))}
+        for node, wname, which in wanted:
             w = graph.initializers[wname]
-            rows, transposed = _rows_of_input(values[node.inputs[0]].astype(np.float32), node, w)
+            if node.op in ("LSTM", "GRU"):
+                rows, transposed = _recurrent_rows(node, which, values, graph), False
+                if rows is None:
+                    continue
+            else:
+                rows, transposed = _rows_of_input(values[node.inputs[0]], node, w)
             h = np.einsum("gsi,gsj->gij", rows, rows, dtype=np.float64, optimize=True) if rows.shape[0] > 1 \
                 else (rows[0].T.astype(np.float64) @ rows[0].astype(np.float64))[None]
             if wname in stats:

@@ -176,7 +176,7 @@ def encode_rows(w: np.ndarray, s: LayerSettings, bits: int, row_dims: int = 1, s
     that an LSTM's row scales and chunks follow its gate rows rather than its directions."""
     if row_dims <= 1 or w.ndim <= row_dims:
         return encode_weight(w, s, bits, stats=stats)
-    e = encode_weight(w.reshape(int(np.prod(w.shape[:row_dims])), -1), s, bits)
+    e = encode_weight(w.reshape(int(np.prod(w.shape[:row_dims])), -1), s, bits, stats=stats)
     e.reference = e.reference.reshape(w.shape)
     if e.encoding["type"] in (C.ENC_INT8, C.ENC_CODEBOOK, C.ENC_SPARSE):
         e.encoding["row_dims"] = row_dims
