@@ -816,8 +816,9 @@ class LinearLayer(Layer):
         return extra + linear_ops.linear_scratch_bytes(batch, self.prepared, self.parallel)
 
     def _as_2d(self, x, out):
-        if self.op == "MatMul":
-            return x.reshape(-1, self.k), out.reshape(-1, self.n)
+        if self.op == "MatMul":  # rows from the leading dimensions: -1 cannot be inferred when k or n is 0
+            rows = int(np.prod(x.shape[:-1], dtype=np.int64))
+            return x.reshape(rows, self.k), out.reshape(rows, self.n)
         return x, out
 
     def bind(self, inputs, outputs, scratch, act=None):

@@ -365,3 +365,28 @@ def test_read_only_weights_and_inputs(kind):
         x = relu_input(rng, batch, 11)
         x.flags.writeable = False
         check_close(run_linear(w, True, x, None), reference(x, w.to_dense(), None, 1.0, 1.0))
+
+
+@pytest.mark.parametrize("xshape,wshape", [((3,), (3, 0)), ((2, 3), (3, 0)), ((0, 3), (3, 4))])
+def test_matmul_with_an_empty_dimension_runs(tmp_path, xshape, wshape):
+    """A MatMul whose weight or input has a zero dimension binds and runs (found by fuzz/fuzz_graph.py: the
+    reshape to (-1, n) cannot infer -1 when n is 0) and gives onnxruntime's empty result."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from packer.pipeline import pack
+    from packer.verify import session
+    from runtime import load
+
+    w = np.ones(wshape, np.float32)
+    out_shape = list(xshape[:-1]) + [wshape[1]]
+    g = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "g",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(xshape))],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, out_shape)],
+                          [numpy_helper.from_array(w, "w")])
+    src = tmp_path / "m.onnx"
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)]), src)
+    pack(src, tmp_path / "m.epk", check_fidelity=False)
+    x = np.ones(xshape, np.float32)
+    got = load(tmp_path / "m.epk").run({"x": x})["y"]
+    np.testing.assert_array_equal(got, session(str(src)).run(None, {"x": x})[0])
