@@ -40,7 +40,7 @@ import numpy as np  # noqa: E402
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
-from packer.bench import bench, energy_words, json_default, machine, machine_line  # noqa: E402
+from packer.bench import bench, energy_words, json_default, loadavg, machine, machine_line  # noqa: E402
 from realmodels.corpus import ENTRIES, fetch, pack_args  # noqa: E402
 from realmodels.harness import compare, ort_runner, pack_entry, recorder, runtime_runner  # noqa: E402
 from runtime.loader import read_packed  # noqa: E402
@@ -57,14 +57,6 @@ FIGURES = ROOT / "benchmarks" / "figures"
 def _short(e: BaseException, limit: int = 240) -> str:
     msg = f"{type(e).__name__}: {e}".replace("\n", " ").replace("|", "/")
     return msg if len(msg) <= limit else msg[: limit - 3] + "..."
-
-
-def loadavg() -> list[float]:
-    try:
-        with open("/proc/loadavg") as f:
-            return [float(v) for v in f.read().split()[:3]]
-    except OSError:
-        return [round(v, 2) for v in os.getloadavg()]
 
 
 def task_data(entry, epk_path: Path, data_path: Path, samples: int, task_n: int) -> dict:

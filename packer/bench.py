@@ -455,6 +455,15 @@ def sizes(onnx_path: str, epk_path: str, int8_path: str, int8_error: str | None)
             "edgepack_ratio": table["ratio"], "layer_table": _clean(table)}
 
 
+def loadavg() -> list[float]:
+    """The 1, 5 and 15 minute load averages, printed beside every timing."""
+    try:
+        with open("/proc/loadavg") as f:
+            return [float(v) for v in f.read().split()[:3]]
+    except OSError:
+        return [round(v, 2) for v in os.getloadavg()]
+
+
 def machine_line() -> str:
     """machine() in one line, as the benchmark scripts print it: 'x86_64 AMD EPYC 2 cores'."""
     m = machine()

@@ -15,7 +15,7 @@ import numpy as np
 
 from runtime import constants as C
 from runtime.errors import InputError
-from runtime.reader import align, header_crc
+from runtime.reader import align, file_kind, header_crc
 
 _HEADER = struct.Struct("<8sHHIQII32x")
 _ENTRY = struct.Struct("<IIQQII")
@@ -129,7 +129,7 @@ def output_path(path: str | os.PathLike, inputs: Iterable = (), what: str = "out
         raise InputError(f"{what} {path}: cannot be checked ({e.strerror})") from None
     if st is not None and not stat.S_ISREG(st.st_mode):
         raise InputError(f"{what} {path}{'' if target == os.path.abspath(path) else f' (-> {target})'} is "
-                         f"{_kind(st.st_mode)}, not a regular file; edgepack writes only regular files (it would "
+                         f"{file_kind(st.st_mode)}, not a regular file; edgepack writes only regular files (it would "
                          f"replace it)")
     folder = os.path.dirname(target)
     if not os.path.isdir(folder):
@@ -146,15 +146,6 @@ def output_path(path: str | os.PathLike, inputs: Iterable = (), what: str = "out
                 raise InputError(f"{what} {path} is the input {os.fspath(src)}: writing it would destroy what the "
                                  f"command reads; give another {what} path")
     return target
-
-
-def _kind(mode: int) -> str:
-    for test, name in ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
-                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
-                       (stat.S_ISSOCK, "a socket")):
-        if test(mode):
-            return name
-    return "not a regular file"
 
 
 def _pid_alive(pid: int) -> bool:

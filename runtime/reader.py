@@ -87,7 +87,7 @@ def read_file(path: str, cap: int | None = None) -> np.ndarray:
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
-            raise FormatError(f"{path}: is {_file_kind(st.st_mode)}, not a regular file (packed models are read from "
+            raise FormatError(f"{path}: is {file_kind(st.st_mode)}, not a regular file (packed models are read from "
                               f"regular files)")
         size = st.st_size
         if size == 0:
@@ -118,7 +118,8 @@ def read_file(path: str, cap: int | None = None) -> np.ndarray:
     return out
 
 
-def _file_kind(mode: int) -> str:
+def file_kind(mode: int) -> str:
+    """What a non-regular file is, in words, for messages (shared with packer/writer.py)."""
     for test, name in ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
                        (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
                        (stat.S_ISSOCK, "a socket")):
