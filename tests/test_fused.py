@@ -23,6 +23,7 @@ from runtime.ops import elementwise as E
 from runtime.ops import registry
 from runtime.ops.conv import bind_conv, conv, conv_output_shape, conv_scratch_bytes, prepare_conv
 from runtime.ops.linear import bind_linear, linear, linear_scratch_bytes, prepare_linear
+from runtime.threads import ThreadLimit
 from test_conv import CASES
 from test_conv import make_weight as make_conv_weight
 from test_linear import make_weight, relu_input
@@ -245,7 +246,13 @@ def fusions(seed: int = 11):
 
 
 def plain_run(model: runtime.Model, feeds: dict) -> dict:
-    """Node by node on fresh arrays with the unbound runners: no arena, no binding, no fusion."""
+    """Node by node on fresh arrays with the unbound runners: no arena, no binding, no fusion; on one BLAS thread
+    like the model's runs (threads=1), since a BLAS product on more threads may sum in another order."""
+    with ThreadLimit(1, False):
+        return _plain_run(model, feeds)
+
+
+def _plain_run(model: runtime.Model, feeds: dict) -> dict:
     prog = model._program
     shapes = executor.infer_shapes(prog, {k: v.shape for k, v in feeds.items()})
     vals = {k: np.asarray(v, np.float32) for k, v in feeds.items()}
