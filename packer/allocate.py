@@ -212,30 +212,6 @@ def greedy_path(layers: dict[str, Layer]) -> list[str]:
         steps.append(best)
 
 
-def take_runs(graph: Graph, feeds: dict[str, np.ndarray], idx: list[int]) -> dict[str, np.ndarray]:
-    """The calibration runs `idx` of checked feeds (fidelity.calibration_inputs), as feeds of the same layout."""
-    from .fidelity import _split_count
-
-    out = {}
-    for v in graph.inputs:
-        a = feeds[v.name]
-        c = _split_count(v, a)
-        if c is None:
-            out[v.name] = a
-        elif a.ndim == len(v.shape) + 1:
-            out[v.name] = a[idx]
-        else:
-            k = a.shape[0] // c
-            out[v.name] = np.concatenate([a[i * k:(i + 1) * k] for i in idx])
-    return out
-
-
-def run_count(graph: Graph, feeds: dict[str, np.ndarray]) -> int:
-    from .fidelity import batches
-
-    return len(batches(graph, feeds))
-
-
 def split_runs(n: int) -> tuple[list[int], list[int]]:
     """(runs for the layer statistics, held-out runs for the model measurements): a quarter held out (at least one)
     from 4 runs on, the same runs for both below."""
@@ -251,7 +227,7 @@ def allocate(graph: Graph, settings: dict[str, tuple[LayerSettings, int]], encod
              naive_encoder=None, quiet: bool = True) -> Allocation:
     """Scan, measure sensitivities, walk and choose (module docstring). held_feeds: the held-out calibration runs
     the model is measured on; fixed_bytes: the file's bytes besides the scanned weights."""
-    from .fidelity import Evaluator
+    from .fidelity import Evaluator, run_count, take_runs
 
     if target_ratio is None and max_error is None:
         raise InputError("bit allocation needs a target: --target-ratio R or --max-error E")

@@ -145,27 +145,44 @@ def _split_count(v, a: np.ndarray) -> int | None:
                      f"(rank {len(decl)}; or rank {len(decl) + 1} with a leading axis of samples)")
 
 
+def _run_part(v, a: np.ndarray, count: int | None, i: int) -> np.ndarray:
+    """Run i's part of input v's calibration array (the whole array when it is one run as it is)."""
+    if count is None:
+        return a
+    if a.ndim == len(v.shape) + 1:
+        return a[i]
+    k = a.shape[0] // count
+    return a[i * k:(i + 1) * k]
+
+
+def run_count(graph: Graph, feeds: dict[str, np.ndarray]) -> int:
+    """How many runs `feeds` (checked by calibration_inputs) make."""
+    counts = [_split_count(v, feeds[v.name]) for v in graph.inputs]
+    return next((c for c in counts if c is not None), 1)
+
+
 def batches(graph: Graph, feeds: dict[str, np.ndarray]) -> list[dict[str, np.ndarray]]:
     """The runs that `feeds` (checked by calibration_inputs) make: the whole set at once where the model's shapes
     take it (a dynamic batch dimension), else sample by sample (a first dimension fixed, e.g. to 1)."""
     counts = {v.name: _split_count(v, feeds[v.name]) for v in graph.inputs}
-    n = next((c for c in counts.values() if c is not None), None)
-    if n is None:
+    if all(c is None for c in counts.values()):
         return [feeds]
-    runs = []
-    for i in range(n):
-        run = {}
-        for v in graph.inputs:
-            a, c = feeds[v.name], counts[v.name]
-            if c is None:
-                run[v.name] = a
-            elif a.ndim == len(v.shape) + 1:
-                run[v.name] = a[i]
-            else:
-                k = a.shape[0] // c
-                run[v.name] = a[i * k:(i + 1) * k]
-        runs.append(run)
-    return runs
+    return [{v.name: _run_part(v, feeds[v.name], counts[v.name], i) for v in graph.inputs}
+            for i in range(run_count(graph, feeds))]
+
+
+def take_runs(graph: Graph, feeds: dict[str, np.ndarray], idx: list[int]) -> dict[str, np.ndarray]:
+    """The calibration runs `idx` of checked feeds, as feeds of the same layout (fewer samples)."""
+    out = {}
+    for v in graph.inputs:
+        a = feeds[v.name]
+        c = _split_count(v, a)
+        if c is None:
+            out[v.name] = a
+            continue
+        parts = [_run_part(v, a, c, i) for i in idx]
+        out[v.name] = np.stack(parts) if a.ndim == len(v.shape) + 1 else np.concatenate(parts)
+    return out
 
 
 class Evaluator:

@@ -265,7 +265,8 @@ def pack(model_path: str | os.PathLike, out_path: str | os.PathLike, *, sparsity
     stats = None
     fit_feeds = held_feeds = None
     if allocating:  # a quarter of the calibration runs held out for the model measurements
-        from .allocate import run_count, split_runs, take_runs
+        from .allocate import split_runs
+        from .fidelity import run_count, take_runs
         from .fidelity import calibration_inputs
 
         all_feeds = calibration_inputs(graph, calib)
