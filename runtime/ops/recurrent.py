@@ -65,6 +65,17 @@ def _dot_kernel(a, b):
 
 
 @njit(cache=True)
+def _put_y_kernel(y, layout, t, d, n, h, count):
+    """Y[step t, direction d, sample n, :] = h[:count], zeros after it, in the node's layout."""
+    for j in range(y.shape[3]):
+        v = h[j] if j < count else np.float32(0.0)
+        if layout == 0:
+            y[t, d, n, j] = v
+        else:
+            y[n, t, d, j] = v
+
+
+@njit(cache=True)
 def _lstm_kernel(xw, r, b, lens, h0, c0, p, acts, clip, input_forget, reverse0, layout, y, yh, yc, has_y, has_yh,
                  has_yc, state):
     """xw [D, S*N, 4H]: W x_t of every step (row t*N + n for layout 0, n*S + t for layout 1); r [D, 4H, H] (gate
@@ -111,18 +122,10 @@ def _lstm_kernel(xw, r, b, lens, h0, c0, p, acts, clip, input_forget, reverse0, 
                     c[j] = cn
                     h[j] = go * _act_kernel(ha, cn)
                 if has_y:
-                    for j in range(hid):
-                        if layout == 0:
-                            y[t, d, n, j] = h[j]
-                        else:
-                            y[n, t, d, j] = h[j]
+                    _put_y_kernel(y, layout, t, d, n, h, hid)
             if has_y:
-                for t in range(steps, seq):
-                    for j in range(hid):
-                        if layout == 0:
-                            y[t, d, n, j] = 0.0
-                        else:
-                            y[n, t, d, j] = 0.0
+                for t in range(steps, seq):  # steps past the sequence's length are zero
+                    _put_y_kernel(y, layout, t, d, n, h, 0)
             if steps == 0:  # an empty sequence: Y_h and Y_c are zero, not the initial state (as onnxruntime)
                 for j in range(hid):
                     h[j] = 0.0
@@ -181,18 +184,10 @@ def _gru_kernel(xw, r, b, lens, h0, acts, clip, linear_before_reset, reverse0, l
                     ht = _act_kernel(ga, _clip_kernel(xt[2 * hid + j] + wb + gh[2 * hid + j], clip))
                     h[j] = (np.float32(1.0) - z) * ht + z * h[j]
                 if has_y:
-                    for j in range(hid):
-                        if layout == 0:
-                            y[t, d, n, j] = h[j]
-                        else:
-                            y[n, t, d, j] = h[j]
+                    _put_y_kernel(y, layout, t, d, n, h, hid)
             if has_y:
-                for t in range(steps, seq):
-                    for j in range(hid):
-                        if layout == 0:
-                            y[t, d, n, j] = 0.0
-                        else:
-                            y[n, t, d, j] = 0.0
+                for t in range(steps, seq):  # steps past the sequence's length are zero
+                    _put_y_kernel(y, layout, t, d, n, h, 0)
             if steps == 0:  # an empty sequence: Y_h is zero, not the initial state (as onnxruntime)
                 for j in range(hid):
                     h[j] = 0.0
