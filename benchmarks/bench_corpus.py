@@ -40,7 +40,8 @@ import numpy as np  # noqa: E402
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
-from packer.bench import bench, energy_words, json_default, loadavg, machine, machine_line  # noqa: E402
+from packer.bench import (bench, energy_words, json_default, loadavg, machine, machine_line,  # noqa: E402
+                          write_readme_section)
 from realmodels.corpus import ENTRIES, fetch, pack_args  # noqa: E402
 from realmodels.harness import compare, ort_runner, pack_entry, recorder, runtime_runner  # noqa: E402
 from runtime.loader import read_packed  # noqa: E402
@@ -337,17 +338,7 @@ def plots(res: dict) -> tuple[str | None, str | None]:
 
 
 def write_readme(path: Path, section: str) -> None:
-    text = path.read_text()
-    block = f"{BEGIN}\n\n{section.rstrip()}\n\n{END}"
-    if BEGIN in text and END in text:
-        head, rest = text.split(BEGIN, 1)
-        text = head + block + rest.split(END, 1)[1]
-    else:  # a new section before the run_all.sh generated part (the sections above it are by hand)
-        block = f"{TITLE}\n\n{block}"
-        marker = "<!-- run_all.sh:"
-        i = text.find(marker)
-        text = (text[:i] + block + "\n\n" + text[i:]) if i >= 0 else (text.rstrip() + "\n\n" + block + "\n")
-    path.write_text(text)
+    write_readme_section(path, section, BEGIN, END, TITLE)
 
 
 def render(out: Path, readme: str | None) -> int:

@@ -40,7 +40,7 @@ import numpy as np  # noqa: E402
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
-from packer.bench import json_default, loadavg, machine_line  # noqa: E402
+from packer.bench import json_default, loadavg, machine_line, write_readme_section  # noqa: E402
 from packer.pipeline import pack  # noqa: E402
 from realmodels.corpus import BY_NAME, fetch  # noqa: E402
 from realmodels.harness import compare, ort_runner, recorder, runtime_runner, task_for  # noqa: E402
@@ -268,16 +268,7 @@ def plots(res: dict) -> list[str]:
 
 
 def write_readme(path: Path, section: str) -> None:
-    text = path.read_text()
-    block = f"{BEGIN}\n\n{section.rstrip()}\n\n{END}"
-    if BEGIN in text and END in text:
-        head, rest = text.split(BEGIN, 1)
-        text = head + block + rest.split(END, 1)[1]
-    else:
-        marker = "<!-- run_all.sh:"
-        i = text.find(marker)
-        text = (text[:i] + block + "\n\n" + text[i:]) if i >= 0 else (text.rstrip() + "\n\n" + block + "\n")
-    path.write_text(text)
+    write_readme_section(path, section, BEGIN, END)
 
 
 def main(argv=None) -> int:

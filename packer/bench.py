@@ -464,6 +464,24 @@ def loadavg() -> list[float]:
         return [round(v, 2) for v in os.getloadavg()]
 
 
+def write_readme_section(path, section: str, begin: str, end: str, title: str = "") -> None:
+    """Put `section` between the markers begin / end of a README (benchmarks/README.md), replacing what a previous
+    run wrote there; the first time, as a new section (with `title`) before the run_all.sh generated part."""
+    from pathlib import Path
+
+    path = Path(path)
+    text = path.read_text()
+    block = f"{begin}\n\n{section.rstrip()}\n\n{end}"
+    if begin in text and end in text:
+        head, rest = text.split(begin, 1)
+        text = head + block + rest.split(end, 1)[1]
+    else:
+        block = f"{title}\n\n{block}" if title else block
+        i = text.find("<!-- run_all.sh:")
+        text = (text[:i] + block + "\n\n" + text[i:]) if i >= 0 else (text.rstrip() + "\n\n" + block + "\n")
+    path.write_text(text)
+
+
 def machine_line() -> str:
     """machine() in one line, as the benchmark scripts print it: 'x86_64 AMD EPYC 2 cores'."""
     m = machine()
