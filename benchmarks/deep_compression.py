@@ -32,16 +32,16 @@ from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-from packer.bench import json_default, machine_line  # noqa: E402
-from packer.datasets import load_data  # noqa: E402
-from packer.graph import Graph  # noqa: E402
-from packer.onnx_io import save_onnx  # noqa: E402
-from packer.pipeline import pack  # noqa: E402
-from packer.train.engine import Trainer, init_parameters  # noqa: E402
-from packer.train.models import lenet5_graph, lenet300_graph  # noqa: E402
-from packer.train.prune_retrain import prune_and_retrain, sensitivity_scan  # noqa: E402
-from packer.train.quantize_tune import quantize_and_tune  # noqa: E402
-from packer.verify import compare  # noqa: E402
+from edgepack.packer.bench import json_default, machine_line  # noqa: E402
+from edgepack.packer.datasets import load_data  # noqa: E402
+from edgepack.packer.graph import Graph  # noqa: E402
+from edgepack.packer.onnx_io import save_onnx  # noqa: E402
+from edgepack.packer.pipeline import pack  # noqa: E402
+from edgepack.packer.train.engine import Trainer, init_parameters  # noqa: E402
+from edgepack.packer.train.models import lenet5_graph, lenet300_graph  # noqa: E402
+from edgepack.packer.train.prune_retrain import prune_and_retrain, sensitivity_scan  # noqa: E402
+from edgepack.packer.train.quantize_tune import quantize_and_tune  # noqa: E402
+from edgepack.packer.verify import compare  # noqa: E402
 
 # Per model: the graph, its prunable weights (in the order --kept / --bits list them), the paper's numbers, the
 # issue's targets and the default settings.
@@ -80,7 +80,7 @@ def _per_layer(text: str, cast, layers: tuple) -> dict:
 
 def runtime_error_rate(epk: Path, x: np.ndarray, y: np.ndarray, batch: int = 500) -> float:
     """Test error of the packed file run by edgepack's runtime (compressed weights executed as stored)."""
-    import runtime
+    from edgepack import runtime
 
     model = runtime.load(epk, batch=batch)
     name, shape = model.inputs[0]
@@ -175,7 +175,7 @@ def main() -> None:
     ref_onnx = out / f"{tag}_reference.onnx"
     hist: dict = {}
     if a.reference:
-        from packer.onnx_io import load_onnx
+        from edgepack.packer.onnx_io import load_onnx
         reference: Graph = load_onnx(a.reference)
         ref_error = Trainer(reference).error_rate(ds["x_test"], ds["y_test"])
         print(f"[1/4] reference {a.reference}: test error {100 * ref_error:.2f}%")

@@ -43,13 +43,13 @@ from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-from packer.bench import json_default, machine_line  # noqa: E402
-from packer.datasets import load_data  # noqa: E402
-from packer.graph import Graph, Node  # noqa: E402
-from packer.onnx_io import save_onnx  # noqa: E402
-from packer.train.distill import distill  # noqa: E402
-from packer.train.engine import Trainer, init_parameters  # noqa: E402
-from packer.train.mlp import mlp_graph  # noqa: E402
+from edgepack.packer.bench import json_default, machine_line  # noqa: E402
+from edgepack.packer.datasets import load_data  # noqa: E402
+from edgepack.packer.graph import Graph, Node  # noqa: E402
+from edgepack.packer.onnx_io import save_onnx  # noqa: E402
+from edgepack.packer.train.distill import distill  # noqa: E402
+from edgepack.packer.train.engine import Trainer, init_parameters  # noqa: E402
+from edgepack.packer.train.mlp import mlp_graph  # noqa: E402
 
 PAPER_ERRORS = {"teacher": 67, "student": 146, "distilled": 74}  # Hinton et al. 2015, section 3, of 10 000
 SIDE = 28  # MNIST images are 28 x 28, stored flat as 784 values

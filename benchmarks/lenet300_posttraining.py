@@ -14,11 +14,11 @@ import platform
 import time
 from pathlib import Path
 
-from packer.datasets import load_data
-from packer.onnx_io import save_onnx
-from packer.pipeline import pack
-from packer.train.mlp import error_rate, mlp_graph, train_mlp
-from packer.verify import compare
+from edgepack.packer.datasets import load_data
+from edgepack.packer.onnx_io import save_onnx
+from edgepack.packer.pipeline import pack
+from edgepack.packer.train.mlp import error_rate, mlp_graph, train_mlp
+from edgepack.packer.verify import compare
 
 
 def main() -> None:

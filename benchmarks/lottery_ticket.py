@@ -37,11 +37,11 @@ from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-from packer.bench import json_default, machine_line  # noqa: E402
-from packer.datasets import load_data  # noqa: E402
-from packer.graph import Graph  # noqa: E402
-from packer.train.mlp import mlp_graph  # noqa: E402
-from packer.train.ticket import find_ticket, ticket_table  # noqa: E402
+from edgepack.packer.bench import json_default, machine_line  # noqa: E402
+from edgepack.packer.datasets import load_data  # noqa: E402
+from edgepack.packer.graph import Graph  # noqa: E402
+from edgepack.packer.train.mlp import mlp_graph  # noqa: E402
+from edgepack.packer.train.ticket import find_ticket, ticket_table  # noqa: E402
 
 LAYERS = ("fc1.weight", "fc2.weight", "fc3.weight")
 SHAPES = ((784, 300), (300, 100), (100, 10))

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path[:0] = [str(ROOT / "src"), str(ROOT)]
 
 # (kind, in channels, out channels, stride): the stem, then depthwise / pointwise pairs.
 RESOLUTION = 32
@@ -86,7 +86,7 @@ def build(path: str | Path, seed: int = 0, calibration: int = 256) -> Path:
     """Write the model to `path`: weights seeded, BN folded with statistics measured on `calibration` random inputs."""
     import onnx
 
-    from packer.verify import session
+    from edgepack.packer.verify import session
 
     rng = np.random.default_rng(seed)
     x = rng.standard_normal((calibration, 3, RESOLUTION, RESOLUTION)).astype(np.float32)
@@ -123,7 +123,7 @@ def main() -> None:
     p.add_argument("--bits", type=int, default=6)
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args()
-    from packer.pipeline import pack
+    from edgepack.packer.pipeline import pack
 
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -36,11 +36,11 @@ from datetime import datetime, timezone  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+sys.path[:0] = [str(ROOT / "src"), str(ROOT), str(ROOT / "tests")]
 
 import numpy as np  # noqa: E402
 
-from packer.bench import json_default, machine_line  # noqa: E402
+from edgepack.packer.bench import json_default, machine_line  # noqa: E402
 from realmodels.corpus import BY_NAME, ENTRIES, REFUSED, fetch  # noqa: E402
 from realmodels.harness import (calibration_set, compare, ort_runner, pack_entry, paired_runner,  # noqa: E402
                                 runtime_runner, task_for, unpack_file)
@@ -77,7 +77,7 @@ def ops_of(onnx_path) -> dict[str, int]:
 
 
 def info_json(epk_path) -> dict:
-    from packer.cli import main
+    from edgepack.cli import main
 
     out = io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(io.StringIO()):

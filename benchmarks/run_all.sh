@@ -71,9 +71,9 @@ L300=("$OUT/lenet300_reference.onnx" "$OUT/lenet300_compressed.epk")   # Deep Co
 [[ -f ${L300[1]} ]] || L300=("$OUT/lenet300.onnx" "$OUT/lenet300_dc.epk")   # runtime_vs_ort.py's pruned + retrained
 L5=("$OUT/lenet5_reference.onnx" "$OUT/lenet5_compressed.epk")         # a trained LeNet-5, once a script makes it
 [[ -f ${L5[1]} ]] || L5=("$OUT/lenet5.onnx" "$OUT/lenet5_dc.epk")        # runtime_vs_ort.py's: He-initialised
-step bench_lenet300 "$PY" -m packer.cli bench "${L300[@]}" --data mnist --out "$OUT/bench_lenet300" -q "${BENCH[@]}"
-step bench_lenet5 "$PY" -m packer.cli bench "${L5[@]}" --data mnist --out "$OUT/bench_lenet5" -q "${BENCH[@]}"
-step bench_mobilenet "$PY" -m packer.cli bench "$OUT/mobilenet.onnx" "$OUT/mobilenet.epk" --out "$OUT/bench_mobilenet" \
+step bench_lenet300 "$PY" -m edgepack bench "${L300[@]}" --data mnist --out "$OUT/bench_lenet300" -q "${BENCH[@]}"
+step bench_lenet5 "$PY" -m edgepack bench "${L5[@]}" --data mnist --out "$OUT/bench_lenet5" -q "${BENCH[@]}"
+step bench_mobilenet "$PY" -m edgepack bench "$OUT/mobilenet.onnx" "$OUT/mobilenet.epk" --out "$OUT/bench_mobilenet" \
   -q "${BENCH[@]}"
 
 # 3. the energy model against cachegrind

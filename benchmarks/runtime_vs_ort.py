@@ -31,15 +31,15 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # before numpy loads BLAS: t
 
 import numpy as np
 
-import runtime
-from packer.datasets import load_data
-from packer.graph import Graph, Node, ValueInfo
-from packer.onnx_io import save_onnx
-from packer.pipeline import pack
-from packer.prune import mask_by_sparsity
-from packer.train.mlp import error_rate, mlp_graph, train_mlp
-from packer.verify import session
-from runtime.errors import BudgetError
+from edgepack import runtime
+from edgepack.packer.datasets import load_data
+from edgepack.packer.graph import Graph, Node, ValueInfo
+from edgepack.packer.onnx_io import save_onnx
+from edgepack.packer.pipeline import pack
+from edgepack.packer.prune import mask_by_sparsity
+from edgepack.packer.train.mlp import error_rate, mlp_graph, train_mlp
+from edgepack.packer.verify import session
+from edgepack.runtime.errors import BudgetError
 
 
 def lenet300(ds, out: Path, epochs: int) -> tuple[Path, Path, dict]:

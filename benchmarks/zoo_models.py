@@ -29,12 +29,12 @@ from pathlib import Path  # noqa: E402
 import numpy as np  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+sys.path[:0] = [str(ROOT / "src"), str(ROOT), str(ROOT / "tests")]
 
 import realzoo  # noqa: E402
 import runtime  # noqa: E402
-from packer.pipeline import pack  # noqa: E402
-from packer.verify import session  # noqa: E402
+from edgepack.packer.pipeline import pack  # noqa: E402
+from edgepack.packer.verify import session  # noqa: E402
 
 CONFIGS = {"s0_b8_e0.01": {"sparsity": 0.0, "bits": 8, "max_error": 0.01},
            "s0.5_b6_e0.05": {"sparsity": 0.5, "bits": 6, "max_error": 0.05}}

@@ -21,16 +21,16 @@ import tempfile
 
 import atheris
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "src"))
 
 with atheris.instrument_imports():
-    from packer.cli import build_parser
-    from packer.encode import LayerSettings
-    from packer.pipeline import check_config, check_layer_names
-    from runtime.energy import load_table
-    from runtime.errors import EdgepackError
-    from runtime.memory import parse_size
-    from runtime.tables import read_arrays, read_table_file
+    from edgepack.cli import build_parser
+    from edgepack.packer.encode import LayerSettings
+    from edgepack.packer.pipeline import check_config, check_layer_names
+    from edgepack.runtime.energy import load_table
+    from edgepack.runtime.errors import EdgepackError
+    from edgepack.runtime.memory import parse_size
+    from edgepack.runtime.tables import read_arrays, read_table_file
 
 TMP = tempfile.mkdtemp(prefix="edgepack-fuzz-config-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None)
 WEIGHTS = {"conv1.w": ("Conv", "conv1"), "fc.w": ("Gemm", "fc"), "lstm.W": ("LSTM", "lstm")}

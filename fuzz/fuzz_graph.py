@@ -20,16 +20,16 @@ import sys
 
 import atheris
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "src"))
 
 import gc  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-import runtime  # noqa: E402
+from edgepack import runtime  # noqa: E402
 from numba.core.dispatcher import Dispatcher  # noqa: E402
-from packer.writer import build_file  # noqa: E402
-from runtime.errors import EdgepackError  # noqa: E402
+from edgepack.packer.writer import build_file  # noqa: E402
+from edgepack.runtime.errors import EdgepackError  # noqa: E402
 
 _kernels = [(d.py_func, d.py_func.__code__) for d in gc.get_objects() if isinstance(d, Dispatcher)]
 atheris.instrument_all()

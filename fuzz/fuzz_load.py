@@ -15,13 +15,13 @@ import sys
 
 import atheris
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "src"))
 
 import gc  # noqa: E402
 
-import runtime  # noqa: E402
+from edgepack import runtime  # noqa: E402
 from numba.core.dispatcher import Dispatcher  # noqa: E402
-from runtime.errors import EdgepackError  # noqa: E402
+from edgepack.runtime.errors import EdgepackError  # noqa: E402
 
 # atheris rewrites bytecode for coverage, which Numba cannot compile: instrument every loaded Python function, then
 # give the Numba kernels back their original code (their Python wrappers stay instrumented).

@@ -10,12 +10,12 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+sys.path[:0] = [str(ROOT / "src"), str(ROOT)]
 sys.path.insert(0, str(ROOT / "tests"))
 
 import zoo  # noqa: E402
 
-from packer.pipeline import pack  # noqa: E402
+from edgepack.packer.pipeline import pack  # noqa: E402
 
 SETTINGS = [
     ("mlp_sparse", zoo.mlp, dict(sparsity=0.7, bits=4, encoding="sparse_codebook")),

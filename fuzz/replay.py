@@ -26,7 +26,7 @@ def with_fixed_crcs(data: bytes) -> bytes:
 
 
 def run_once(data: bytes) -> None:
-    import runtime
+    from edgepack import runtime
 
     model = runtime.load(data)
     feeds = {}

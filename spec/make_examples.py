@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent
-sys.path.insert(0, str(ROOT.parent))
+sys.path.insert(0, str(ROOT.parent / "src"))
 
-from packer import bitpack, csr, huffman  # noqa: E402
-from packer.writer import build_file  # noqa: E402
+from edgepack.packer import bitpack, csr, huffman  # noqa: E402
+from edgepack.packer.writer import build_file  # noqa: E402
 
 META = {"producer": "spec example", "format_version": "1.0"}
 

@@ -226,7 +226,7 @@ def tensor_graph(tensors: list[dict]) -> dict:
 
 def tensor_file(*tensors: dict) -> bytes:
     """A file holding these tensors, laid out by the project's writer (plain JSON, so tests can read it)."""
-    from packer.writer import build_file
+    from edgepack.packer.writer import build_file
 
     return build_file({"producer": "craft", "format_version": "1.0"}, tensor_graph(list(tensors)), deflate=False)
 

@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 
 import zoo
-from packer.allocate import Layer, Option, greedy_path, scan, split_runs
-from packer.encode import Encoded, LayerSettings
-from packer.pipeline import pack
-from packer.verify import compare
-from runtime.errors import InputError
+from edgepack.packer.allocate import Layer, Option, greedy_path, scan, split_runs
+from edgepack.packer.encode import Encoded, LayerSettings
+from edgepack.packer.pipeline import pack
+from edgepack.packer.verify import compare
+from edgepack.runtime.errors import InputError
 
 SIZES = (192, 256, 128, 10)
 
@@ -45,9 +45,9 @@ def test_greedy_path_lowers_the_cheapest_error_first():
 
 
 def test_scan_gives_a_pareto_chain_with_exact_bytes(mlp):
-    from packer.calibration import layer_statistics
-    from packer.onnx_io import load_onnx
-    from packer.pipeline import plan_settings, tensor_encoder, weight_tensors
+    from edgepack.packer.calibration import layer_statistics
+    from edgepack.packer.onnx_io import load_onnx
+    from edgepack.packer.pipeline import plan_settings, tensor_encoder, weight_tensors
 
     g = load_onnx(mlp)
     stats = layer_statistics(g, weight_tensors(g), [{"x": _calib()}])
@@ -122,7 +122,7 @@ def test_bad_target_ratio_is_an_input_error(mlp, tmp_path, bad):
 
 
 def test_cli_target_ratio(mlp, tmp_path, capsys):
-    from packer.cli import main
+    from edgepack.cli import main
 
     np.save(tmp_path / "x.npy", _calib())
     out = tmp_path / "c.epk"

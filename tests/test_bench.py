@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 
 import zoo
-from packer import bench as bench_mod
-from packer.cli import main
-from packer.pipeline import pack
-from packer.verify import session
-from runtime.errors import InputError
+from edgepack.packer import bench as bench_mod
+from edgepack.cli import main
+from edgepack.packer.pipeline import pack
+from edgepack.packer.verify import session
+from edgepack.runtime.errors import InputError
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 MD_HEADINGS = ("## Machine", "## Command", "## Size", "## Accuracy", "## Latency and throughput", "## Memory",
@@ -270,7 +270,7 @@ def test_dynamic_dimensions_from_input_shape_or_data(tmp_path):
 
 
 def test_data_mnist_feeds_the_test_split(monkeypatch):
-    from packer import datasets
+    from edgepack.packer import datasets
 
     ds = datasets.synthetic_classification(n_train=4, n_test=6, n_features=784)
     monkeypatch.setattr(datasets, "load_data", lambda spec, quiet=False: ds)

@@ -15,9 +15,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from packer import datasets
-from packer.datasets import synthetic_classification
-from packer.train.engine import Trainer
+from edgepack.packer import datasets
+from edgepack.packer.datasets import synthetic_classification
+from edgepack.packer.train.engine import Trainer
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -72,8 +72,8 @@ def test_jitter_trainer_without_jitter_matches_the_trainer():
 
 def test_dropout_teacher_exports_to_onnx_and_runs_as_the_engine(tmp_path):
     pytest.importorskip("onnxruntime")
-    from packer.onnx_io import save_onnx
-    from packer.train.distill import teacher_logits
+    from edgepack.packer.onnx_io import save_onnx
+    from edgepack.packer.train.distill import teacher_logits
 
     g = kd.mlp((12, 8), 0, 0.2, 0.5)
     assert [n.op for n in g.nodes].count("Dropout") == 3

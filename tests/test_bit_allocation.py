@@ -8,12 +8,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from packer.cluster import quantize
-from packer.datasets import synthetic_classification
-from packer.train.bit_allocation import CONV_BITS, FC_BITS, BitsScan, bits_scan, candidate_bits
-from packer.train.engine import Trainer, init_parameters
-from packer.train.mlp import mlp_graph
-from packer.train.models import lenet5_graph
+from edgepack.packer.cluster import quantize
+from edgepack.packer.datasets import synthetic_classification
+from edgepack.packer.train.bit_allocation import CONV_BITS, FC_BITS, BitsScan, bits_scan, candidate_bits
+from edgepack.packer.train.engine import Trainer, init_parameters
+from edgepack.packer.train.mlp import mlp_graph
+from edgepack.packer.train.models import lenet5_graph
 
 
 @pytest.fixture(scope="module")

@@ -3,9 +3,9 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from packer.bitpack import pack
-from runtime.bitpack import check_stream, packed_nbytes, unpack, unpack_range
-from runtime.errors import FormatError
+from edgepack.packer.bitpack import pack
+from edgepack.runtime.bitpack import check_stream, packed_nbytes, unpack, unpack_range
+from edgepack.runtime.errors import FormatError
 
 
 def ref_pack(values, bits):

@@ -10,14 +10,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import runtime
+from edgepack import runtime
 import zoo
-from packer.cli import main
-from packer.pipeline import pack
-from runtime import layers, memory
-from runtime.errors import BudgetError, InputError
-from runtime.loader import read_packed
-from runtime.summary import layer_table
+from edgepack.cli import main
+from edgepack.packer.pipeline import pack
+from edgepack.runtime import layers, memory
+from edgepack.runtime.errors import BudgetError, InputError
+from edgepack.runtime.loader import read_packed
+from edgepack.runtime.summary import layer_table
 from test_model import inputs_for, lenet300
 
 DC_CONFIG = {"default": {"bits": 6}, "layers": {"ip1": {"sparsity": 0.92}, "ip2": {"sparsity": 0.91},

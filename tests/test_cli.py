@@ -5,9 +5,10 @@ import json
 import subprocess
 import sys
 
+import pytest
 
 import zoo
-from packer.cli import _size, main
+from edgepack.cli import _size, main
 
 
 def test_pack_info_unpack(tmp_path, capsys):
@@ -53,11 +54,45 @@ def test_info_runs_without_onnx(tmp_path):
             "    def find_spec(self, name, path=None, target=None):\n"
             "        if name.split('.')[0] in ('onnx', 'onnxruntime'): raise ImportError('blocked ' + name)\n"
             "sys.meta_path.insert(0, Block())\n"
-            "from packer.cli import main\n"
+            "from edgepack.cli import main\n"
             f"sys.exit(main(['info', {str(out)!r}]))\n")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     assert "ratio" in r.stdout
+
+
+@pytest.mark.parametrize("blocked, command, extra", [
+    (("onnx", "onnxruntime"), "pack", "packer"),
+    (("zstandard", "matplotlib"), "bench", "bench"),
+])
+def test_missing_extra_is_named(tmp_path, blocked, command, extra):
+    """On a device install (no onnx) or without the bench extras, a command that needs them says which extra to
+    install, in one line, status 2, no traceback."""
+    src = zoo.save(zoo.mlp(), tmp_path / "m.onnx")
+    out = tmp_path / "m.epk"
+    assert main(["pack", src, "-o", str(out), "-q"]) == 0
+    args = ["pack", src, "-o", str(tmp_path / "n.epk")] if command == "pack" else ["bench", src, str(out)]
+    code = ("import sys\n"
+            "class Block:\n"
+            "    def find_spec(self, name, path=None, target=None):\n"
+            f"        if name.split('.')[0] in {blocked!r}: raise ModuleNotFoundError('No module named ' + repr(name), name=name)\n"
+            "sys.meta_path.insert(0, Block())\n"
+            "from edgepack.cli import main\n"
+            f"sys.exit(main({args!r}))\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2, r.stderr
+    assert f"pip install 'edgepack[{extra}]'" in r.stderr and "Traceback" not in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_error_message_escapes_control_characters(tmp_path, capsys):
+    """A file name with an escape sequence or a newline is quoted in the error, not sent to the terminal raw."""
+    bad = tmp_path / "evil\x1b]0;pwned\x07\nfake line.epk"
+    bad.write_bytes(b"EPK")
+    assert main(["info", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert "\x1b" not in err and "\x07" not in err and err.count("\n") == 1
+    assert "\\x1b]0;pwned\\x07\\nfake line.epk" in err
 
 
 def test_verify(tmp_path, capsys):
@@ -89,7 +124,7 @@ def test_broken_pipe_is_quiet(tmp_path):
         r, w = os.pipe()
         os.close(r)
         try:
-            p = subprocess.run([sys.executable, "-m", "packer.cli", *args], stdout=w, stderr=subprocess.PIPE,
+            p = subprocess.run([sys.executable, "-m", "edgepack.cli", *args], stdout=w, stderr=subprocess.PIPE,
                                timeout=300)
         finally:
             os.close(w)

@@ -8,12 +8,12 @@ import argparse
 import numpy as np
 import pytest
 
-from packer.cli_train import add_train_commands
-from packer.datasets import synthetic_classification
-from packer.onnx_io import load_onnx, save_onnx
-from packer.train.compress import compress
-from packer.train.engine import Trainer, init_parameters
-from packer.train.mlp import mlp_graph
+from edgepack.packer.cli_train import add_train_commands
+from edgepack.packer.datasets import synthetic_classification
+from edgepack.packer.onnx_io import load_onnx, save_onnx
+from edgepack.packer.train.compress import compress
+from edgepack.packer.train.engine import Trainer, init_parameters
+from edgepack.packer.train.mlp import mlp_graph
 
 
 def _parser():
@@ -45,7 +45,7 @@ def files(tmp_path_factory):
 
 
 def _packed_error(epk, data):
-    from packer.unpack import packed_to_graph
+    from edgepack.packer.unpack import packed_to_graph
 
     g = packed_to_graph(epk)
     return Trainer(g).error_rate(data["x_test"], data["y_test"]), g

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from packer.cluster import choose_row_scales, dequantize, kmeans_1d, quantize
-from packer.prune import mask_by_sparsity
+from edgepack.packer.cluster import choose_row_scales, dequantize, kmeans_1d, quantize
+from edgepack.packer.prune import mask_by_sparsity
 
 
 def _nearest(x: np.ndarray, c: np.ndarray) -> np.ndarray:

@@ -7,13 +7,13 @@ import numpy as np
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from packer import cluster
-from packer.calibration import LayerStats, _conv_patches, layer_statistics
-from packer.compensate import HessianError, assign, output_error
-from packer.encode import LayerSettings, encode_weight
-from packer.graph import Node
-from packer.onnx_io import from_onnx
-from packer.verify import session
+from edgepack.packer import cluster
+from edgepack.packer.calibration import LayerStats, _conv_patches, layer_statistics
+from edgepack.packer.compensate import HessianError, assign, output_error
+from edgepack.packer.encode import LayerSettings, encode_weight
+from edgepack.packer.graph import Node
+from edgepack.packer.onnx_io import from_onnx
+from edgepack.packer.verify import session
 
 
 def _correlated_inputs(n: int, cols: int, seed: int) -> np.ndarray:
@@ -143,10 +143,10 @@ def test_layer_statistics_and_encode_on_a_small_model():
 def test_pack_with_calibration_compensates_on_a_real_model(tmp_path):
     """PP-OCR's direction classifier (paddle2onnx) at 4 bits: with --calib the packed file's outputs on held-out
     rendered text lines are closer to the original's than without (compensation on by default with calib)."""
-    from packer.pipeline import pack
+    from edgepack.packer.pipeline import pack
     from realmodels.corpus import BY_NAME, fetch
     from realmodels.harness import calibration_set
-    from runtime import load
+    from edgepack.runtime import load
 
     entry = BY_NAME["ppocr_cls"]
     calib = calibration_set(entry, 16, 100)["x"]
@@ -166,9 +166,9 @@ def test_pack_with_calibration_compensates_on_a_real_model(tmp_path):
 
 
 def test_compensate_without_calibration_is_an_error(tmp_path):
-    from packer.pipeline import pack
+    from edgepack.packer.pipeline import pack
     from realmodels.corpus import BY_NAME, fetch
-    from runtime.errors import InputError
+    from edgepack.runtime.errors import InputError
 
     entry = BY_NAME["ppocr_cls"]
     with pytest.raises(InputError, match="calibration set"):
@@ -180,8 +180,8 @@ def test_recurrent_statistics_compensate_lstm_weights(tmp_path, direction, layou
     """LSTM W gets the statistics of the input steps, R those of the hidden states each step starts from (one group
     per direction, the initial state included): at 3 bits the packed LSTM's outputs on held-out sequences are closer
     to onnxruntime's on the original with them than without."""
-    from packer.pipeline import pack
-    from runtime import load
+    from edgepack.packer.pipeline import pack
+    from edgepack.runtime import load
 
     rng = np.random.default_rng(3)
     dirs, hidden, feat, seq = (2 if direction == "bidirectional" else 1), 24, 16, 12

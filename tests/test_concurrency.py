@@ -8,9 +8,9 @@ import threading
 import numpy as np
 import pytest
 
-import runtime
+from edgepack import runtime
 import zoo
-from packer.pipeline import pack
+from edgepack.packer.pipeline import pack
 from test_model import lenet300
 
 CONFIG = {"default": {"bits": 6}, "layers": {"ip1": {"sparsity": 0.9}, "ip2": {"sparsity": 0.9}}}

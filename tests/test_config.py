@@ -7,10 +7,10 @@ import json
 import pytest
 
 import zoo
-from packer.cli import main
-from packer.encode import LayerSettings
-from packer.pipeline import check_config, pack
-from runtime.errors import InputError
+from edgepack.cli import main
+from edgepack.packer.encode import LayerSettings
+from edgepack.packer.pipeline import check_config, pack
+from edgepack.runtime.errors import InputError
 
 
 @pytest.fixture(scope="module")

@@ -9,15 +9,15 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from packer.cli import main
-from packer.control_flow import has_body
-from packer.onnx_io import from_onnx, graph_to_onnx, load_onnx
-from packer.pipeline import pack
-from packer.shapes import check_storable, fold_constants, parse_input_values, specialise
-from packer.unpack import unpack
-from packer.verify import session
-from runtime.errors import UnsupportedError
-from runtime.loader import read_packed
+from edgepack.cli import main
+from edgepack.packer.control_flow import has_body
+from edgepack.packer.onnx_io import from_onnx, graph_to_onnx, load_onnx
+from edgepack.packer.pipeline import pack
+from edgepack.packer.shapes import check_storable, fold_constants, parse_input_values, specialise
+from edgepack.packer.unpack import unpack
+from edgepack.packer.verify import session
+from edgepack.runtime.errors import UnsupportedError
+from edgepack.runtime.loader import read_packed
 
 RNG = np.random.default_rng(11)
 

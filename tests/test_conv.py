@@ -4,9 +4,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from runtime.errors import InputError, UnsupportedError
-from runtime.ops.conv import conv, conv_output_shape, conv_scratch_bytes, prepare_conv
-from runtime.weights import CodebookWeight, DenseWeight, Int8Weight, SparseCodebookWeight
+from edgepack.runtime.errors import InputError, UnsupportedError
+from edgepack.runtime.ops.conv import conv, conv_output_shape, conv_scratch_bytes, prepare_conv
+from edgepack.runtime.weights import CodebookWeight, DenseWeight, Int8Weight, SparseCodebookWeight
 
 KINDS = ("dense", "sparse", "codebook", "int8")
 
@@ -333,8 +333,8 @@ def test_read_only_weights_and_inputs(kind):
 def test_im2col_in_bands_matches_numpy(monkeypatch, case, band_rows):
     """Dense group-1 convolutions run im2col + BLAS one band of output rows at a time: bands of one row and of
     two rows (a shorter last band when the rows are odd) give the unbanded answer, fused activation too."""
-    from runtime.ops import conv as conv_mod
-    from runtime.ops.elementwise import ACT_CLIP
+    from edgepack.runtime.ops import conv as conv_mod
+    from edgepack.runtime.ops.elementwise import ACT_CLIP
     x_shape, w_shape, attrs = CASES[case]
     ow = conv_output_shape(x_shape, w_shape, attrs)[3]
     monkeypatch.setattr(conv_mod, "IM2COL_BAND_FLOATS", 1)
@@ -354,7 +354,7 @@ def test_im2col_in_bands_matches_numpy(monkeypatch, case, band_rows):
 def test_im2col_band_layout_on_a_real_shape():
     """PP-OCRv4 det's neck conv (96 -> 24 channels, 3x3, pad 1) at 40x40: 864 columns -> bands of 7 rows (the last
     of 5), scratch for one band only, same answer as the float64 reference."""
-    from runtime.ops import conv as conv_mod
+    from edgepack.runtime.ops import conv as conv_mod
     rng = np.random.default_rng(11)
     w = make_weight("dense", (24, 96, 3, 3), rng, density=1.0)
     x = rng.standard_normal((1, 96, 40, 40)).astype(np.float32)
@@ -396,7 +396,7 @@ def test_subnormal_weights_are_flushed_at_prepare(kind):
 def test_direct_kernels_in_row_tiles(monkeypatch, kind, case):
     """The direct kernels sum taps over tiles of output rows (TAPS_TILE_FLOATS): tiles of one row and of three
     rows (a shorter last tile) give the bits of the untiled plane, padded, strided (phased), dilated, grouped."""
-    from runtime.ops import conv as conv_mod
+    from edgepack.runtime.ops import conv as conv_mod
     x_shape, w_shape, attrs = CASES[case]
     attrs = dict(attrs, group=attrs.get("group", 1))
     if kind == "dense" and attrs["group"] == 1:  # dense weights take the direct kernel when grouped: depthwise

@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 from onnx import TensorProto, helper
 
-import runtime
+from edgepack import runtime
 import zoo
-from packer.pipeline import pack
+from edgepack.packer.pipeline import pack
 from realmodels.corpus import BY_NAME
 from realmodels.harness import pack_entry
-from runtime.ops import conv as C
+from edgepack.runtime.ops import conv as C
 from test_fused import assert_bits_equal, plain_run
 from test_model import _finish, assert_close_to, inputs_for, reference
 
@@ -159,7 +159,7 @@ def test_real_model_chains(tmp_path, name):
 def test_sigmoid_kernel_blocks_accuracy_and_limits(n):
     """The vectorised Sigmoid kernel (runtime/ops/elementwise.py, which chains and the Sigmoid op share): within
     3 ulp of the float64 sigmoid across block boundaries, in place equal to out of place, NaN kept, the limits."""
-    from runtime.ops.elementwise import _sigmoid_kernel
+    from edgepack.runtime.ops.elementwise import _sigmoid_kernel
     x = (np.random.default_rng(n).standard_normal(n) * 8).astype(np.float32)
     out = np.full(n, np.nan, np.float32)
     _sigmoid_kernel(x, out)

@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from packer.cluster import choose_row_scales, dequantize, quantize
-from packer.csr import choose_gap_bits, cost_bits, encode
-from runtime.errors import FormatError
-from runtime.sparse import check_codes, check_indptr, csr_to_dense, gaps_to_columns
+from edgepack.packer.cluster import choose_row_scales, dequantize, quantize
+from edgepack.packer.csr import choose_gap_bits, cost_bits, encode
+from edgepack.runtime.errors import FormatError
+from edgepack.runtime.sparse import check_codes, check_indptr, csr_to_dense, gaps_to_columns
 
 
 def _reference_encode(keep, codes, gap_bits):

@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from packer import datasets
+from edgepack.packer import datasets
 
 SPLITS = (("train", 5), ("valid", 3), ("test", 4))
 

@@ -11,10 +11,10 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 from onnxruntime.quantization import QuantType, quantize_dynamic
 
-from packer.dequantize import dequantize_dynamic
-from packer.onnx_io import from_onnx, load_onnx
-from packer.verify import session
-from runtime.errors import UnsupportedError
+from edgepack.packer.dequantize import dequantize_dynamic
+from edgepack.packer.onnx_io import from_onnx, load_onnx
+from edgepack.packer.verify import session
+from edgepack.runtime.errors import UnsupportedError
 
 OPSET = 17
 QUANT_OPS = {"DynamicQuantizeLinear", "MatMulInteger", "ConvInteger", "DynamicQuantizeLSTM"}

@@ -8,12 +8,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from packer.datasets import synthetic_classification
-from packer.graph import Node, ValueInfo
-from packer.onnx_io import save_onnx
-from packer.train.distill import distill, distillation_loss, teacher_logits
-from packer.train.engine import Trainer, copy_graph, init_parameters
-from packer.train.mlp import mlp_graph
+from edgepack.packer.datasets import synthetic_classification
+from edgepack.packer.graph import Node, ValueInfo
+from edgepack.packer.onnx_io import save_onnx
+from edgepack.packer.train.distill import distill, distillation_loss, teacher_logits
+from edgepack.packer.train.engine import Trainer, copy_graph, init_parameters
+from edgepack.packer.train.mlp import mlp_graph
 
 
 def _reference_loss(s, t, y, T, alpha):
@@ -61,7 +61,7 @@ def test_limits():
     assert loss1 == pytest.approx(0.0, abs=1e-12)
     np.testing.assert_allclose(g1, 0.0, atol=1e-15)
     # the engine's backward sees the same gradient as its own cross-entropy for alpha = 0
-    from packer.train.ops import softmax_cross_entropy
+    from edgepack.packer.train.ops import softmax_cross_entropy
     ref_loss, ref_g = softmax_cross_entropy(s, y)
     assert loss0 == pytest.approx(ref_loss)
     np.testing.assert_allclose(g0, ref_g, rtol=1e-12)
@@ -78,7 +78,7 @@ def test_rejects_bad_parameters(bad):
 
 def test_student_parameter_gradient_matches_finite_differences():
     """The whole chain through the engine's backward (float64): d loss / d weights against central differences."""
-    from packer.train.distill import _DistillTrainer
+    from edgepack.packer.train.distill import _DistillTrainer
 
     rng = np.random.default_rng(3)
     g = _graph(((5, 6), (6, 3)), 1)

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from runtime.energy import DEFAULT_TABLE, Layer, fits_at, layer_cost, load_table, model_cost
+from edgepack.runtime.energy import DEFAULT_TABLE, Layer, fits_at, layer_cost, load_table, model_cost
 
 T = DEFAULT_TABLE
 

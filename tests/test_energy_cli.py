@@ -6,8 +6,8 @@ import json
 import numpy as np
 
 import zoo
-from packer.cli import main
-from packer.pipeline import pack
+from edgepack.cli import main
+from edgepack.packer.pipeline import pack
 
 
 def test_energy_json_and_data(tmp_path, capsys):
@@ -34,10 +34,10 @@ def test_energy_json_and_data(tmp_path, capsys):
 def test_packed_weights_cost_what_the_plan_reads(tmp_path):
     """Held modes are charged their held bytes, a streamed weight its stored bytes; the as-stored variant always
     charges the file's bytes (the cachegrind check found the stored-bytes rule 3x low for a held plan)."""
-    import runtime
-    from runtime.energy import estimate, load_for_sram
-    from runtime.loader import read_packed
-    from runtime.summary import layer_table
+    from edgepack import runtime
+    from edgepack.runtime.energy import estimate, load_for_sram
+    from edgepack.runtime.loader import read_packed
+    from edgepack.runtime.summary import layer_table
 
     src = zoo.save(zoo.mlp(), tmp_path / "m.onnx")
     out = tmp_path / "m.epk"

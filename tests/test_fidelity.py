@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 
 import zoo
-from packer.pipeline import pack
-from packer.verify import compare
+from edgepack.packer.pipeline import pack
+from edgepack.packer.verify import compare
 
 
 @pytest.fixture(scope="module")
@@ -22,7 +22,7 @@ def test_max_error_bound_is_met(spread, tmp_path):
     # the bound holds on the calibration inputs (random, seed 0, 16 samples: the default) ...
     assert compare(spread, out, batch=16, seed=0).rel_l2_error <= 0.01 + 1e-6
     # ... and the file records what was changed
-    from runtime.loader import read_packed
+    from edgepack.runtime.loader import read_packed
     assert read_packed(out).meta["settings"]["fidelity"]["changes"]
 
 
@@ -48,7 +48,7 @@ def test_warning_without_bound(spread, tmp_path):
 
 
 def test_float16_never_overflows():
-    from packer.encode import dense, fits_float16
+    from edgepack.packer.encode import dense, fits_float16
     assert not fits_float16(np.float32([1e6]))
     with pytest.raises(ValueError, match="float16 cannot hold"):
         dense(np.float32([1e6, 1.0]), "float16")
@@ -69,8 +69,8 @@ def test_guard_prunes_less_when_pruning_causes_the_error(spread, tmp_path):
 def test_prune_less_rungs():
     import dataclasses
 
-    from packer.encode import LayerSettings, encode_weight
-    from packer.fidelity import _upgrades
+    from edgepack.packer.encode import LayerSettings, encode_weight
+    from edgepack.packer.fidelity import _upgrades
 
     w = np.random.default_rng(0).standard_normal((16, 32)).astype(np.float32)
     s = LayerSettings(sparsity=0.96, bits=8, encoding="sparse_codebook")
@@ -105,9 +105,9 @@ def _tiny_mlp(tmp_path):
 
 
 def test_rung_that_cannot_hold_the_tensor_is_skipped(tmp_path):
-    from packer.encode import LayerSettings, encode_weight, fits_float16
-    from packer.fidelity import _encode_rung, _upgrades
-    from packer.onnx_io import load_onnx
+    from edgepack.packer.encode import LayerSettings, encode_weight, fits_float16
+    from edgepack.packer.fidelity import _encode_rung, _upgrades
+    from edgepack.packer.onnx_io import load_onnx
 
     w = load_onnx(_tiny_mlp(tmp_path)).initializers["w1"]
     s = LayerSettings(bits=2)
@@ -122,10 +122,10 @@ def test_rung_that_cannot_hold_the_tensor_is_skipped(tmp_path):
 
 
 def _batch1_cnn(tmp_path):
-    from packer.onnx_io import save_onnx
-    from packer.shapes import specialise
+    from edgepack.packer.onnx_io import save_onnx
+    from edgepack.packer.shapes import specialise
 
-    from packer.onnx_io import load_onnx
+    from edgepack.packer.onnx_io import load_onnx
 
     src = zoo.save(zoo.cnn(), tmp_path / "cnn.onnx")
     return src, specialise(load_onnx(src), {"x": [1, 1, 12, 12]})
@@ -133,7 +133,7 @@ def _batch1_cnn(tmp_path):
 
 def test_calibration_runs_in_batches_the_model_takes(tmp_path):
     """A model specialised to batch 1 and 6 calibration samples: run one at a time, error over all of them."""
-    from packer.fidelity import Evaluator, batches, calibration_inputs
+    from edgepack.packer.fidelity import Evaluator, batches, calibration_inputs
 
     src, g = _batch1_cnn(tmp_path)
     x = np.random.default_rng(3).standard_normal((6, 1, 12, 12)).astype(np.float32)
@@ -160,7 +160,7 @@ def test_calibration_runs_in_batches_the_model_takes(tmp_path):
     ({"y": np.zeros((1, 1, 12, 12), np.float32)}, r"missing \['x'\], unknown \['y'\]"),
 ])
 def test_bad_calibration_is_a_clear_error(tmp_path, calib, match):
-    from runtime.errors import InputError
+    from edgepack.runtime.errors import InputError
 
     src, _ = _batch1_cnn(tmp_path)
     with pytest.raises(InputError, match=match) as e:
@@ -170,7 +170,7 @@ def test_bad_calibration_is_a_clear_error(tmp_path, calib, match):
 
 @pytest.mark.parametrize("bound", [float("nan"), -0.1, float("inf")])
 def test_bad_bound_is_a_clear_error(spread, tmp_path, bound):
-    from runtime.errors import InputError
+    from edgepack.runtime.errors import InputError
 
     with pytest.raises(InputError, match="--max-error"):
         pack(spread, tmp_path / "m.epk", bits=4, max_error=bound)

@@ -13,11 +13,11 @@ import threading
 import numpy as np
 import pytest
 
-import runtime
+from edgepack import runtime
 import zoo
-from packer.cli import main
-from packer.pipeline import pack
-from runtime.errors import FormatError
+from edgepack.cli import main
+from edgepack.packer.pipeline import pack
+from edgepack.runtime.errors import FormatError
 from test_model import lenet300
 
 CONFIG = {"default": {"bits": 6}, "layers": {"ip1": {"sparsity": 0.9}, "ip2": {"sparsity": 0.9}}}
@@ -100,7 +100,7 @@ def test_a_view_the_walk_cannot_reach_keeps_the_whole_file(two, monkeypatch):
     keeps the whole file and every array reads the bytes it read before."""
     import collections
 
-    from runtime import model as model_mod
+    from edgepack.runtime import model as model_mod
 
     original = model_mod.Model._own_needed_bytes
 
@@ -268,10 +268,10 @@ def test_a_missing_output_folder_is_named(two, tmp_path, capsys):
 def test_temporary_files_of_a_killed_writer_are_cleaned(tmp_path):
     """A writer killed with SIGKILL in the middle leaves its temporary file; the next write of that name removes it
     (its process is gone) and leaves another live writer's alone."""
-    from packer.writer import TEMP_SUFFIX, write_atomic
+    from edgepack.packer.writer import TEMP_SUFFIX, write_atomic
 
     target = tmp_path / "out.epk"
-    code = ("import sys, time; from packer.writer import write_atomic\n"
+    code = ("import sys, time; from edgepack.packer.writer import write_atomic\n"
             "def chunks():\n    yield b'x' * 1000\n    sys.stdout.write('started\\n'); sys.stdout.flush()\n"
             "    time.sleep(60)\n    yield b'y'\n"
             f"write_atomic({str(target)!r}, chunks())\n")
@@ -293,7 +293,7 @@ def test_temporary_files_of_a_killed_writer_are_cleaned(tmp_path):
 
 
 def test_the_pack_api_does_not_overwrite_its_input(two, tmp_path):
-    from runtime.errors import InputError
+    from edgepack.runtime.errors import InputError
 
     src = tmp_path / "a.onnx"
     shutil.copyfile(two / "a.onnx", src)

@@ -17,8 +17,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import craft
-from runtime.errors import ChecksumError, EdgepackError, FormatError, UnsupportedError
-from runtime.loader import read_packed
+from edgepack.runtime.errors import ChecksumError, EdgepackError, FormatError, UnsupportedError
+from edgepack.runtime.loader import read_packed
 
 SPEC = Path(__file__).resolve().parent.parent / "spec"
 MIN = (SPEC / "examples" / "minimal.epk").read_bytes()
@@ -725,12 +725,12 @@ def test_crc_mismatch(make, match):
 
 def test_data_section_cap(monkeypatch):
     """The 2^34-byte cap needs a 16 GiB file to reach; a lowered cap shows the check is there and where it runs."""
-    import runtime.constants
+    from edgepack.runtime import constants
 
-    monkeypatch.setattr(runtime.constants, "MAX_DATA_BYTES", 37)
+    monkeypatch.setattr(constants, "MAX_DATA_BYTES", 37)
     with pytest.raises(FormatError, match="section data: 38 bytes exceeds the cap 37"):
         read_packed(SPARSE)
-    monkeypatch.setattr(runtime.constants, "MAX_DATA_BYTES", 38)
+    monkeypatch.setattr(constants, "MAX_DATA_BYTES", 38)
     assert clean(SPARSE) == "ok"
 
 
@@ -794,7 +794,7 @@ def test_accepted_corner_cases():
 @pytest.fixture(scope="module")
 def packed_mlp(tmp_path_factory) -> bytes:
     import zoo
-    from packer.pipeline import pack
+    from edgepack.packer.pipeline import pack
 
     d = tmp_path_factory.mktemp("format")
     onnx_path = zoo.save(zoo.mlp(), d / "mlp.onnx")
@@ -806,7 +806,7 @@ def packed_mlp(tmp_path_factory) -> bytes:
 def packed_sparse_mlp(tmp_path_factory) -> bytes:
     """The same model forced to sparse_codebook, so the sweeps reach row_counts and gaps streams too."""
     import zoo
-    from packer.pipeline import pack
+    from edgepack.packer.pipeline import pack
 
     d = tmp_path_factory.mktemp("format_sparse")
     onnx_path = zoo.save(zoo.mlp(seed=1), d / "mlp.onnx")

@@ -14,16 +14,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from onnx import TensorProto, helper
 
-import runtime
+from edgepack import runtime
 import zoo
-from packer.pipeline import pack
-from runtime import executor
-from runtime.errors import InputError
-from runtime.ops import elementwise as E
-from runtime.ops import registry
-from runtime.ops.conv import bind_conv, conv, conv_output_shape, conv_scratch_bytes, prepare_conv
-from runtime.ops.linear import bind_linear, linear, linear_scratch_bytes, prepare_linear
-from runtime.threads import ThreadLimit
+from edgepack.packer.pipeline import pack
+from edgepack.runtime import executor
+from edgepack.runtime.errors import InputError
+from edgepack.runtime.ops import elementwise as E
+from edgepack.runtime.ops import registry
+from edgepack.runtime.ops.conv import bind_conv, conv, conv_output_shape, conv_scratch_bytes, prepare_conv
+from edgepack.runtime.ops.linear import bind_linear, linear, linear_scratch_bytes, prepare_linear
+from edgepack.runtime.threads import ThreadLimit
 from test_conv import CASES
 from test_conv import make_weight as make_conv_weight
 from test_linear import make_weight, relu_input

@@ -13,7 +13,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import craft  # noqa: E402
 from fuzz.replay import run_once  # noqa: E402
-from runtime.errors import EdgepackError  # noqa: E402
+from edgepack.runtime.errors import EdgepackError  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -49,9 +49,9 @@ def test_malformed_corpus_with_boundscheck(tmp_path):
             f.write(len(data).to_bytes(4, "little") + data)
     script = (
         "import sys\n"
-        f"sys.path[:0] = [{str(ROOT)!r}, {str(HERE)!r}]\n"
+        f"sys.path[:0] = [{str(ROOT / 'src')!r}, {str(HERE)!r}]\n"
         "from fuzz.replay import run_once\n"
-        "from runtime.errors import EdgepackError\n"
+        "from edgepack.runtime.errors import EdgepackError\n"
         f"raw = open({str(blob)!r}, 'rb').read()\n"
         "at = n = ok = 0\n"
         "while at < len(raw):\n"

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from packer.huffman import code_lengths, encode, encoded_bits
-from runtime.errors import FormatError
-from runtime.huffman import build_decode_table, canonical_codes, check_lengths, decode
+from edgepack.packer.huffman import code_lengths, encode, encoded_bits
+from edgepack.runtime.errors import FormatError
+from edgepack.runtime.huffman import build_decode_table, canonical_codes, check_lengths, decode
 
 
 # ---------------------------------------------------------------- references

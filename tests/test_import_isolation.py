@@ -10,20 +10,20 @@ from pathlib import Path
 import numpy as np
 
 import zoo
-from packer.pipeline import pack
+from edgepack.packer.pipeline import pack
 
 ROOT = Path(__file__).resolve().parents[1]
 
 CHILD = """
 import json, sys
 import numpy as np
-import runtime
+from edgepack import runtime
 model = runtime.load(sys.argv[1], memory_budget="1MiB")
 y = model.run(np.load(sys.argv[2]))["y"]
 np.save(sys.argv[3], y)
 streamed = runtime.load(sys.argv[1], layer_modes="streamed").run(np.load(sys.argv[2]))["y"]
 assert np.allclose(streamed, y, rtol=1e-6, atol=1e-6)
-bad = sorted(m for m in sys.modules if m.split(".")[0] in ("onnx", "onnxruntime", "packer"))
+bad = sorted(m for m in sys.modules if m.split(".")[0] in ("onnx", "onnxruntime") or m.startswith("edgepack.packer"))
 print(json.dumps({"bad": bad, "numba": "numba" in sys.modules}))
 """
 

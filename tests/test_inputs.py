@@ -13,11 +13,11 @@ import onnx
 import pytest
 
 import zoo
-from packer.cli import main
-from packer.pipeline import pack
-from runtime.errors import InputError
-from runtime.memory import parse_size
-from runtime.tables import read_arrays
+from edgepack.cli import main
+from edgepack.packer.pipeline import pack
+from edgepack.runtime.errors import InputError
+from edgepack.runtime.memory import parse_size
+from edgepack.runtime.tables import read_arrays
 
 
 @pytest.fixture(scope="module")
@@ -126,9 +126,9 @@ def test_sizes_parse():
 
 
 def test_energy_api_checks_its_sram(files):
-    import runtime
-    from runtime.energy import estimate, load_for_sram
-    from runtime.loader import read_packed
+    from edgepack import runtime
+    from edgepack.runtime.energy import estimate, load_for_sram
+    from edgepack.runtime.loader import read_packed
 
     model = runtime.load(files["epk"])
     for bad in (float("inf"), -5, "lots", None):
@@ -163,8 +163,8 @@ def test_shapeless_onnx_input_asks_for_its_shape(files, tmp_path, capsys):
 
 def test_api_failures_are_edgepack_errors(files, monkeypatch):
     """Issue 14 item 10: every documented failure of the API is one of the project's own errors, cause named."""
-    import runtime
-    from runtime.errors import BudgetError, EdgepackError
+    from edgepack import runtime
+    from edgepack.runtime.errors import BudgetError, EdgepackError
 
     model = runtime.load(files["epk"])
     # refused by the element cap of shape inference, or by the machine's memory (BudgetError)
@@ -205,8 +205,8 @@ def test_identity_only_graph_packs_loads_and_runs(tmp_path):
     """The packer keeps an Identity whose output copies a graph input; the runtime runs it (was: refused at load)."""
     from onnx import TensorProto, helper
 
-    import runtime
-    from packer.verify import session
+    from edgepack import runtime
+    from edgepack.packer.verify import session
 
     m = _graph_model([helper.make_node("Identity", ["x"], ["y"], name="id")],
                      [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3])],
@@ -240,8 +240,8 @@ def test_nonfinite_weight_is_named(files, tmp_path):
 
 
 def test_null_byte_in_a_model_path_is_named():
-    import runtime
-    from runtime.errors import FormatError
+    from edgepack import runtime
+    from edgepack.runtime.errors import FormatError
 
     with pytest.raises(FormatError, match="cannot contain a null byte"):
         runtime.load("a\0b.epk")
@@ -250,7 +250,7 @@ def test_null_byte_in_a_model_path_is_named():
 def test_run_fast_path_prints_no_numpy_warnings(files):
     import warnings
 
-    import runtime
+    from edgepack import runtime
 
     model = runtime.load(files["epk"])
     x = np.full((2, 64), 3e38, np.float32)  # finite, but the products overflow: IEEE inf/NaN as onnxruntime gives

@@ -11,11 +11,11 @@ import time
 import numpy as np
 import pytest
 
-import runtime
-from packer.writer import build_file
-from runtime import constants as C
-from runtime import planner
-from runtime.planner import TensorLife, plan_arena
+from edgepack import runtime
+from edgepack.packer.writer import build_file
+from edgepack.runtime import constants as C
+from edgepack.runtime import planner
+from edgepack.runtime.planner import TensorLife, plan_arena
 
 META = {"producer": "craft", "format_version": "1.0"}
 
@@ -132,8 +132,8 @@ def _big_file(use: str) -> bytes:
 
 
 def test_a_declared_size_is_checked_before_it_is_expanded(tmp_path, monkeypatch):
-    from runtime import memory
-    from runtime.errors import BudgetError
+    from edgepack.runtime import memory
+    from edgepack.runtime.errors import BudgetError
 
     data = _big_file("slice")
     assert len(data) < 5000
@@ -154,7 +154,7 @@ def test_commands_under_a_memory_limit_name_the_tensor(tmp_path, command, use):
     path.write_bytes(_big_file(use))
     args = [command, str(path)] + (["-o", str(tmp_path / "out.onnx")] if command == "unpack" else [])
     code = (f"import resource, sys; resource.setrlimit(resource.RLIMIT_AS, (3 << 30, resource.RLIM_INFINITY)); "
-            f"from packer.cli import main; sys.exit(main({args!r}))")
+            f"from edgepack.cli import main; sys.exit(main({args!r}))")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600,
                        env={**os.environ, "OPENBLAS_NUM_THREADS": "1"})
     assert "Traceback" not in r.stderr and "MemoryError" not in r.stderr, r.stderr[-2000:]
@@ -173,14 +173,14 @@ def _pad_file(pads) -> bytes:
 
 @pytest.mark.parametrize("pads", [[0, 0, 0, 1 << 40], [1 << 20, 1 << 20, 1 << 20, 1 << 20]])
 def test_shape_inference_bounds_every_tensor(pads):
-    from runtime.errors import UnsupportedError
+    from edgepack.runtime.errors import UnsupportedError
 
     with pytest.raises(UnsupportedError, match=r"node 'pad'\): output 'y'.*elements, more than"):
         runtime.load(_pad_file(pads))
 
 
 def test_an_input_too_large_is_refused_by_name(tmp_path):
-    from runtime.errors import EdgepackError, InputError
+    from edgepack.runtime.errors import EdgepackError, InputError
 
     nodes = [{"op": "Relu", "name": "r", "inputs": ["x"], "outputs": ["y"], "attrs": {}}]
     with pytest.raises(EdgepackError, match="input 'x'.*100000"):
@@ -196,7 +196,7 @@ def test_a_file_larger_than_memory_is_refused_before_reading(tmp_path):
     with open(path, "wb") as f:
         f.truncate(5 << 30)
     code = ("import resource, sys; resource.setrlimit(resource.RLIMIT_AS, (3 << 30, resource.RLIM_INFINITY))\n"
-            "import runtime\nfrom runtime.errors import BudgetError\n"
+            "from edgepack import runtime\nfrom edgepack.runtime.errors import BudgetError\n"
             f"try:\n    runtime.load({str(path)!r})\nexcept BudgetError as e:\n    print('BudgetError', e)\n")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600,
                        env={**os.environ, "OPENBLAS_NUM_THREADS": "1"})
@@ -206,7 +206,7 @@ def test_a_file_larger_than_memory_is_refused_before_reading(tmp_path):
 def test_an_empty_tensor_with_huge_dimensions_is_refused():
     """Found by fuzz/fuzz_graph.py: an input of shape [2^31, 2^31, 0] has no elements, but numpy refuses the shape
     (ValueError 'array is too big' in bind); shape inference now refuses it by name."""
-    from runtime.errors import UnsupportedError
+    from edgepack.runtime.errors import UnsupportedError
 
     nodes = [{"op": "Relu", "name": "r", "inputs": ["x"], "outputs": ["y"], "attrs": {}}]
     with pytest.raises(UnsupportedError, match="input 'x'.*nonzero dimensions multiply"):

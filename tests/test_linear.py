@@ -4,10 +4,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from runtime.errors import FormatError, InputError, UnsupportedError
-from runtime.ops import linear as L
-from runtime.ops.linear import linear, linear_scratch_bytes, matmul, matmul_output_shape, prepare_linear
-from runtime.weights import CodebookWeight, DenseWeight, Int8Weight, SparseCodebookWeight
+from edgepack.runtime.errors import FormatError, InputError, UnsupportedError
+from edgepack.runtime.ops import linear as L
+from edgepack.runtime.ops.linear import linear, linear_scratch_bytes, matmul, matmul_output_shape, prepare_linear
+from edgepack.runtime.weights import CodebookWeight, DenseWeight, Int8Weight, SparseCodebookWeight
 
 KINDS = ("dense", "sparse", "codebook", "int8")
 
@@ -374,9 +374,9 @@ def test_matmul_with_an_empty_dimension_runs(tmp_path, xshape, wshape):
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
-    from packer.pipeline import pack
-    from packer.verify import session
-    from runtime import load
+    from edgepack.packer.pipeline import pack
+    from edgepack.packer.verify import session
+    from edgepack.runtime import load
 
     w = np.ones(wshape, np.float32)
     out_shape = list(xshape[:-1]) + [wshape[1]]

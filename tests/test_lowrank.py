@@ -11,13 +11,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from onnx import TensorProto, helper, numpy_helper
 
-from packer.cli import main
-from packer.lowrank import eligible, factor, factorise, rank_for_energy
-from packer.onnx_io import from_onnx, graph_to_onnx
-from packer.pipeline import pack
-from packer.unpack import unpack
-from packer.verify import session
-from runtime.loader import read_packed
+from edgepack.cli import main
+from edgepack.packer.lowrank import eligible, factor, factorise, rank_for_energy
+from edgepack.packer.onnx_io import from_onnx, graph_to_onnx
+from edgepack.packer.pipeline import pack
+from edgepack.packer.unpack import unpack
+from edgepack.packer.verify import session
+from edgepack.runtime.loader import read_packed
 
 RNG = np.random.default_rng(11)
 

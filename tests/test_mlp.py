@@ -7,10 +7,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from packer.datasets import synthetic_classification
-from packer.graph import Graph
-from packer.train import error_rate, mlp_graph, predict_mlp, train_mlp
-from packer.train.mlp import _forward_backward
+from edgepack.packer.datasets import synthetic_classification
+from edgepack.packer.graph import Graph
+from edgepack.packer.train import error_rate, mlp_graph, predict_mlp, train_mlp
+from edgepack.packer.train.mlp import _forward_backward
 
 
 @pytest.fixture(scope="module")
@@ -217,7 +217,7 @@ def test_mlp_graph_structure():
 
 def test_mlp_graph_runs_in_onnxruntime():
     ort = pytest.importorskip("onnxruntime")
-    onnx_io = pytest.importorskip("packer.onnx_io")
+    onnx_io = pytest.importorskip("edgepack.packer.onnx_io")
     layers = _random_layers([12, 8, 5, 3], seed=5)
     model = onnx_io.graph_to_onnx(mlp_graph(layers, name="small"))
     sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])

@@ -9,14 +9,14 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-import runtime
+from edgepack import runtime
 import zoo
-from packer.cli import main
-from packer.onnx_io import graph_to_onnx
-from packer.pipeline import pack
-from packer.unpack import packed_to_graph
-from packer.verify import session
-from runtime.errors import FormatError, InputError, UnsupportedError
+from edgepack.cli import main
+from edgepack.packer.onnx_io import graph_to_onnx
+from edgepack.packer.pipeline import pack
+from edgepack.packer.unpack import packed_to_graph
+from edgepack.packer.verify import session
+from edgepack.runtime.errors import FormatError, InputError, UnsupportedError
 
 
 
@@ -325,9 +325,9 @@ def test_plans_are_cached_per_shape(packed):
 
 def _write(tmp_path, nodes, inputs, outputs, tensors, name="m.epk", opset=17):
     """An edgepack file straight from the IR: lets a test write graphs onnx.checker would refuse."""
-    from packer.graph import Graph, Node, ValueInfo
-    from packer.pipeline import encode_tensors, graph_doc, plan_settings
-    from packer.writer import build_file, write_atomic
+    from edgepack.packer.graph import Graph, Node, ValueInfo
+    from edgepack.packer.pipeline import encode_tensors, graph_doc, plan_settings
+    from edgepack.packer.writer import build_file, write_atomic
 
     g = Graph("t", [ValueInfo(*v) for v in inputs], [ValueInfo(*v) for v in outputs],
               [Node(op, nm, ins, outs, attrs) for op, nm, ins, outs, attrs in nodes], tensors, opset)

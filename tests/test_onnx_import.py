@@ -7,9 +7,9 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import zoo
-from packer.onnx_io import load_onnx
-from packer.pipeline import pack
-from runtime.errors import FormatError, UnsupportedError
+from edgepack.packer.onnx_io import load_onnx
+from edgepack.packer.pipeline import pack
+from edgepack.runtime.errors import FormatError, UnsupportedError
 
 
 def _external_model(tmp_path, location):
@@ -67,7 +67,7 @@ def test_custom_domain_is_unsupported(tmp_path):
 
 def test_failed_write_leaves_no_file(tmp_path, monkeypatch):
     """A write that fails midway (a full disk) leaves neither the output nor a temporary file."""
-    import packer.writer as writer
+    import edgepack.packer.writer as writer
 
     src = zoo.save(zoo.mlp(), tmp_path / "m.onnx")
     real_fsync = writer.os.fsync
@@ -89,7 +89,7 @@ def test_killed_packer_leaves_no_file_or_a_valid_one(tmp_path):
     import sys
     import time
 
-    from runtime.loader import read_packed
+    from edgepack.runtime.loader import read_packed
 
     src = zoo.save(zoo.mlp(sizes=(784, 300, 100, 10)), tmp_path / "m.onnx")
     out = tmp_path / "m.epk"
@@ -97,7 +97,7 @@ def test_killed_packer_leaves_no_file_or_a_valid_one(tmp_path):
     for delay in (0.3, 0.8, 1.2, 1.6, 2.0, 2.5, 30.0):
         if out.exists():
             out.unlink()
-        p = subprocess.Popen([sys.executable, "-m", "packer.cli", "pack", src, "-o", str(out), "-q",
+        p = subprocess.Popen([sys.executable, "-m", "edgepack.cli", "pack", src, "-o", str(out), "-q",
                               "--sparsity", "0.9"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         t0 = time.monotonic()
         while p.poll() is None and time.monotonic() - t0 < delay:
@@ -128,8 +128,8 @@ def _neg_dim_model():
 
 
 def test_negative_dim_value_is_dynamic(tmp_path):
-    from packer.onnx_io import from_onnx
-    from packer.shapes import specialise
+    from edgepack.packer.onnx_io import from_onnx
+    from edgepack.packer.shapes import specialise
 
     g = from_onnx(_neg_dim_model())
     assert g.inputs[0].shape == ["x_dim0", 3, "x_dim2", "x_dim3"] and g.outputs[0].shape[1] == 2
@@ -143,7 +143,7 @@ def test_negative_dim_value_is_dynamic(tmp_path):
 def test_real_ppocr_cls_with_minus_one_dims():
     from realmodels.corpus import fetch
 
-    from packer.shapes import check_storable, specialise
+    from edgepack.packer.shapes import check_storable, specialise
 
     path = fetch("ppocr_cls")
     declared = onnx.load(str(path)).graph.input[0].type.tensor_type.shape.dim
@@ -160,10 +160,10 @@ def test_real_ppocr_cls_with_minus_one_dims():
 def test_scalar_index_gather_keeps_its_rank_through_file_and_runtime(tmp_path):
     """A Gather with a 0-d index removes its axis; a 0-d constant read back as shape (1,) would keep it, and
     runtime.load refused the file the packer had just written."""
-    import runtime
-    from packer.unpack import packed_to_graph
-    from packer.verify import session
-    from runtime.loader import dense_weights, read_packed
+    from edgepack import runtime
+    from edgepack.packer.unpack import packed_to_graph
+    from edgepack.packer.verify import session
+    from edgepack.runtime.loader import dense_weights, read_packed
 
     g = helper.make_graph([helper.make_node("Gather", ["x", "i"], ["g"], axis=1, name="gather"),
                            helper.make_node("Mul", ["g", "k"], ["y"], name="scale")], "g",

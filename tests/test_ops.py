@@ -10,8 +10,8 @@ from hypothesis import given, settings
 from hypothesis.extra import numpy as hnp
 from onnx import TensorProto, helper, numpy_helper
 
-from runtime.errors import FormatError, UnsupportedError
-from runtime.ops import registry as R
+from edgepack.runtime.errors import FormatError, UnsupportedError
+from edgepack.runtime.ops import registry as R
 
 MY_MODULES = ("elementwise", "pool", "shape", "softmax")
 R.register_all(MY_MODULES)

@@ -17,15 +17,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from onnx import TensorProto, helper, numpy_helper
 
-import runtime
-from packer.onnx_io import graph_to_onnx
-from packer.pipeline import pack
-from packer.unpack import packed_to_graph
-from runtime.errors import FormatError, InputError, UnsupportedError
-from runtime.layers import conv_geometry, infer_conv
-from runtime.ops import registry as R
-from runtime.ops.conv import conv, conv_output_shape, conv_scratch_bytes, geometry, prepare_conv
-from runtime.weights import DenseWeight, SparseCodebookWeight
+from edgepack import runtime
+from edgepack.packer.onnx_io import graph_to_onnx
+from edgepack.packer.pipeline import pack
+from edgepack.packer.unpack import packed_to_graph
+from edgepack.runtime.errors import FormatError, InputError, UnsupportedError
+from edgepack.runtime.layers import conv_geometry, infer_conv
+from edgepack.runtime.ops import registry as R
+from edgepack.runtime.ops.conv import conv, conv_output_shape, conv_scratch_bytes, geometry, prepare_conv
+from edgepack.runtime.weights import DenseWeight, SparseCodebookWeight
 
 sys.path.insert(0, str(Path(__file__).parent))
 from realmodels.corpus import fetch  # noqa: E402

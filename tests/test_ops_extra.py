@@ -11,8 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from onnx import TensorProto, helper, numpy_helper
 
-from runtime.errors import FormatError, UnsupportedError
-from runtime.ops import registry as R
+from edgepack.runtime.errors import FormatError, UnsupportedError
+from edgepack.runtime.ops import registry as R
 
 MY_MODULES = ("conv_transpose", "resize", "tensor", "mathops", "normalization")
 R.register_all(MY_MODULES + ("elementwise", "softmax"))
@@ -122,7 +122,7 @@ def test_conv_transpose_weight_as_runtime_input():
 
 
 def test_conv_transpose_weight_object_and_repeated_runs():
-    from runtime.weights import CodebookWeight
+    from edgepack.runtime.weights import CodebookWeight
 
     x = rand(1, 2, 3, 3)
     codebook = f32(-0.5, 0.0, 0.25, 1.0)
@@ -634,7 +634,7 @@ def test_softmax_any_axis(axis):
 
 
 def _matmul_registered():
-    layers = pytest.importorskip("runtime.layers")
+    layers = pytest.importorskip("edgepack.runtime.layers")
     for op in layers.OPS:
         R.register(op)
 

@@ -17,12 +17,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from onnx import TensorProto, helper, numpy_helper
 
-import runtime
-from packer.onnx_io import graph_to_onnx
-from packer.pipeline import pack
-from packer.unpack import packed_to_graph
-from runtime.errors import FormatError
-from runtime.ops import registry as R
+from edgepack import runtime
+from edgepack.packer.onnx_io import graph_to_onnx
+from edgepack.packer.pipeline import pack
+from edgepack.packer.unpack import packed_to_graph
+from edgepack.runtime.errors import FormatError
+from edgepack.runtime.ops import registry as R
 
 sys.path.insert(0, str(Path(__file__).parent))
 from realmodels.corpus import fetch  # noqa: E402

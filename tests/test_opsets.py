@@ -10,9 +10,9 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-import runtime
-from packer.pipeline import pack
-from runtime.errors import UnsupportedError
+from edgepack import runtime
+from edgepack.packer.pipeline import pack
+from edgepack.runtime.errors import UnsupportedError
 
 RNG = np.random.default_rng(13)
 

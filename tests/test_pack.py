@@ -8,12 +8,12 @@ import onnx
 import pytest
 
 import zoo
-from packer.encode import LayerSettings, encode_weight
-from packer.onnx_io import load_onnx
-from packer.pipeline import pack
-from packer.unpack import packed_to_graph, unpack
-from packer.verify import compare, random_inputs, session
-from runtime.loader import dense_weights, read_packed
+from edgepack.packer.encode import LayerSettings, encode_weight
+from edgepack.packer.onnx_io import load_onnx
+from edgepack.packer.pipeline import pack
+from edgepack.packer.unpack import packed_to_graph, unpack
+from edgepack.packer.verify import compare, random_inputs, session
+from edgepack.runtime.loader import dense_weights, read_packed
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +32,7 @@ def _numpy_reference(graph, weights, feeds):
     """The unpacked graph evaluated by onnx's reference evaluator (independent of onnxruntime)."""
     from onnx.reference import ReferenceEvaluator
 
-    from packer.onnx_io import graph_to_onnx
+    from edgepack.packer.onnx_io import graph_to_onnx
     return ReferenceEvaluator(graph_to_onnx(graph, weights)).run(None, feeds)[0]
 
 
@@ -70,9 +70,9 @@ def test_8bit_codebooks_keep_top1(models, tmp_path, name):
 
 
 def test_8bit_mlp_trained_keeps_top1(tmp_path):
-    from packer.datasets import synthetic_classification
-    from packer.onnx_io import save_onnx
-    from packer.train.mlp import mlp_graph, train_mlp
+    from edgepack.packer.datasets import synthetic_classification
+    from edgepack.packer.onnx_io import save_onnx
+    from edgepack.packer.train.mlp import mlp_graph, train_mlp
 
     data = synthetic_classification(3000, 1000, 64, 10, seed=0)
     layers = train_mlp(data, hidden=(64, 32), epochs=8, seed=0, progress=False)
@@ -119,7 +119,7 @@ def test_import_folds_bn_and_drops_passthrough(models):
 
 def test_import_keeps_function(models, tmp_path):
     """The imported (folded, normalised) graph computes what the ONNX file computes."""
-    from packer.onnx_io import graph_to_onnx
+    from edgepack.packer.onnx_io import graph_to_onnx
     for name in ("mlp", "cnn_const", "cnn_spread"):
         g = load_onnx(models[name])
         feeds = random_inputs(g, 8)

@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from runtime.errors import FormatError
-from runtime.planner import ALIGNMENT, ArenaPlan, TensorLife, format_plan, plan_arena
+from edgepack.runtime.errors import FormatError
+from edgepack.runtime.planner import ALIGNMENT, ArenaPlan, TensorLife, format_plan, plan_arena
 
 
 def aligned(n: int) -> int:

@@ -4,7 +4,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 from hypothesis.extra import numpy as hnp
 
-from packer.prune import mask_by_sparsity, mask_by_std, sparsity_of
+from edgepack.packer.prune import mask_by_sparsity, mask_by_std, sparsity_of
 
 
 def _reference_mask(w: np.ndarray, sparsity: float) -> np.ndarray:

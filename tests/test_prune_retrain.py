@@ -8,12 +8,12 @@ import math
 import numpy as np
 import pytest
 
-from packer.datasets import synthetic_classification
-from packer.graph import Node
-from packer.train.engine import Trainer, init_parameters
-from packer.train.mlp import mlp_graph
-from packer.train.ops import dropout_ratio
-from packer.train.prune_retrain import (
+from edgepack.packer.datasets import synthetic_classification
+from edgepack.packer.graph import Node
+from edgepack.packer.train.engine import Trainer, init_parameters
+from edgepack.packer.train.mlp import mlp_graph
+from edgepack.packer.train.ops import dropout_ratio
+from edgepack.packer.train.prune_retrain import (
     SensitivityScan, adjusted_dropout, auto_prune, cubic_sparsity, dropout_layers, prune_and_retrain,
     resolve_sparsity, sensitivity_scan, update_masks, weight_layers)
 
@@ -103,7 +103,7 @@ def test_gradual_follows_the_cubic_schedule(trained, data):
         kept.append(float(np.mean(trainer.masks["fc1.weight"])))
         return out
 
-    import packer.train.prune_retrain as pr
+    import edgepack.packer.train.prune_retrain as pr
     pr.update_masks = spy
     try:
         prune_and_retrain(trained, data, {"fc1.weight": 0.9}, schedule="gradual", epochs=2, prune_end=0.5,

@@ -9,14 +9,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from packer.datasets import synthetic_classification
-from packer.onnx_io import save_onnx
-from packer.pipeline import pack
-from packer.train.engine import Trainer, init_parameters
-from packer.train.mlp import mlp_graph
-from packer.train.prune_retrain import prune_and_retrain
-from packer.train.quantize_tune import SharedWeights, grouped_gradient, quantize_and_tune, resolve_bits
-from packer.unpack import packed_to_graph
+from edgepack.packer.datasets import synthetic_classification
+from edgepack.packer.onnx_io import save_onnx
+from edgepack.packer.pipeline import pack
+from edgepack.packer.train.engine import Trainer, init_parameters
+from edgepack.packer.train.mlp import mlp_graph
+from edgepack.packer.train.prune_retrain import prune_and_retrain
+from edgepack.packer.train.quantize_tune import SharedWeights, grouped_gradient, quantize_and_tune, resolve_bits
+from edgepack.packer.unpack import packed_to_graph
 
 
 @pytest.fixture(scope="module")

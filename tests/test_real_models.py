@@ -11,13 +11,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import realzoo
-import runtime
-from packer.cli import main
-from packer.onnx_io import load_onnx
-from packer.pipeline import pack, weight_tensors
-from packer.unpack import unpack
-from packer.verify import session
-from runtime.loader import read_packed
+from edgepack import runtime
+from edgepack.cli import main
+from edgepack.packer.onnx_io import load_onnx
+from edgepack.packer.pipeline import pack, weight_tensors
+from edgepack.packer.unpack import unpack
+from edgepack.packer.verify import session
+from edgepack.runtime.loader import read_packed
 
 BATCH = 8
 BOUND = 0.01
@@ -97,7 +97,7 @@ def test_resnet_folded_channel_scales_span_twelve_orders(name, files):
         assert col.max() / col.min() > 1e11
     # ... and the small channels matter: rounding to zero those a shared 8-bit codebook cannot resolve (below 1/256
     # of the largest) changes the output far beyond the bound
-    from packer.onnx_io import graph_to_onnx
+    from edgepack.packer.onnx_io import graph_to_onnx
     w2 = w.copy()
     w2[peak < peak.max() / 256] = 0
     feeds = _calib(name)

@@ -12,11 +12,11 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import craft
-import packer
-import runtime
-from runtime.errors import FormatError, UnsupportedError
-from runtime.loader import read_packed
-from runtime.ops import registry as R
+import edgepack
+from edgepack import runtime
+from edgepack.runtime.errors import FormatError, UnsupportedError
+from edgepack.runtime.loader import read_packed
+from edgepack.runtime.ops import registry as R
 
 R.register_all()
 
@@ -297,7 +297,7 @@ def _model_file(tmp_path, op, outputs, direction="bidirectional", hid=16, n_in=2
 def test_packed_end_to_end(tmp_path, op, outputs):
     path, x = _model_file(tmp_path, op, outputs)
     out = tmp_path / "m.epk"
-    rep = packer.pack(path, out, sparsity=0.5, bits=6)
+    rep = edgepack.pack(path, out, sparsity=0.5, bits=6)
     kinds = {r["name"]: r["encoding"] for r in rep.info["layers"]}
     assert kinds["in1"] != "dense" and kinds["in2"] != "dense"  # W and R compressed
     model = runtime.load(out)
@@ -341,7 +341,7 @@ def test_gate_rows_get_their_own_scales(tmp_path):
             init.CopyFrom(numpy_helper.from_array(w, "in1"))
     path.write_bytes(m.SerializeToString())
     out = tmp_path / "m.epk"
-    rep = packer.pack(path, out, sparsity=0.0, bits=5)
+    rep = edgepack.pack(path, out, sparsity=0.0, bits=5)
     enc = read_packed(out).graph["tensors"][[t["name"] for t in read_packed(out).graph["tensors"]].index("in1")]
     assert enc["encoding"]["row_dims"] == 2 and enc["encoding"]["row_scales"][1] == 4 * 4 * 16  # float32 x 64 rows
     ref = rep.references["in1"]
@@ -353,7 +353,7 @@ def test_gate_rows_get_their_own_scales(tmp_path):
 def test_row_dims_out_of_range_is_refused(tmp_path, value):
     path, _ = _model_file(tmp_path, "LSTM", ["y"])
     out = tmp_path / "m.epk"
-    packer.pack(path, out, sparsity=0.0, bits=6)
+    edgepack.pack(path, out, sparsity=0.0, bits=6)
 
     def bad(g):
         next(t for t in g["tensors"] if t["name"] == "in1")["encoding"]["row_dims"] = value
@@ -364,10 +364,10 @@ def test_row_dims_out_of_range_is_refused(tmp_path, value):
 
 def test_conv_weight_with_row_dims_runs_from_a_dense_copy(tmp_path):
     # the layers' kernels take rows = output channels; a Conv weight stored with another matrix view still runs
-    from packer.encode import LayerSettings
-    from packer.pipeline import encode_rows, encode_tensors, graph_doc, plan_settings
-    from packer.writer import build_file
-    from packer.onnx_io import load_onnx
+    from edgepack.packer.encode import LayerSettings
+    from edgepack.packer.pipeline import encode_rows, encode_tensors, graph_doc, plan_settings
+    from edgepack.packer.writer import build_file
+    from edgepack.packer.onnx_io import load_onnx
 
     w = rand(4, 3, 3, 3)
     node = helper.make_node("Conv", ["x", "w"], ["y"], name="conv", pads=[1, 1, 1, 1])
@@ -390,12 +390,12 @@ def test_conv_weight_with_row_dims_runs_from_a_dense_copy(tmp_path):
 
 @pytest.mark.parametrize("op", ["LSTM", "GRU"])
 def test_energy_counts_recurrent_macs(tmp_path, op):
-    from runtime.energy import estimate
-    from runtime.loader import read_packed
+    from edgepack.runtime.energy import estimate
+    from edgepack.runtime.loader import read_packed
 
     path, _ = _model_file(tmp_path, op, ["y", "yh"])
     out = tmp_path / "m.epk"
-    packer.pack(path, out, sparsity=0.0, bits=8)
+    edgepack.pack(path, out, sparsity=0.0, bits=8)
     r = estimate(runtime.load(out), read_packed(out), 1 << 30)
     by_name = {l["name"]: l for l in r["layers"]}
     d, g, hid, n_in, seq = 2, GATES[op], 16, 24, 7  # _model_file's shapes, batch 1
@@ -408,8 +408,8 @@ def test_energy_counts_recurrent_macs(tmp_path, op):
 
 
 def test_weight_table_shared():
-    from runtime import constants as C
-    from packer import pipeline
+    from edgepack.runtime import constants as C
+    from edgepack.packer import pipeline
 
     assert pipeline.WEIGHT_OPS is C.WEIGHT_INPUTS
     assert C.WEIGHT_INPUTS["LSTM"] == (1, 2) and C.WEIGHT_INPUTS["GRU"] == (1, 2)
@@ -450,7 +450,7 @@ def test_hey_mycroft(tmp_path):
 
     src = fetch("oww_hey_mycroft")
     out = tmp_path / "mycroft.epk"
-    rep = packer.pack(src, out, sparsity=0.0, bits=8, input_shapes=["input_1=1,16,96"])
+    rep = edgepack.pack(src, out, sparsity=0.0, bits=8, input_shapes=["input_1=1,16,96"])
     kinds = {r["name"]: r["encoding"] for r in rep.info["layers"]}
     assert all(kinds[w] == "codebook" for w in ("W__200", "R__201", "W__164", "R__165"))
     model = runtime.load(out)
@@ -480,7 +480,7 @@ def test_silero_vad_stream(tmp_path):
 
     src = fetch("silero_vad")
     out = tmp_path / "vad.epk"
-    packer.pack(src, out, config={"default": {"encoding": "dense"}}, input_shapes=["input=1,512", "state=2,1,128"],
+    edgepack.pack(src, out, config={"default": {"encoding": "dense"}}, input_shapes=["input=1,512", "state=2,1,128"],
                 input_values=["sr=16000"])
     model = runtime.load(out)
     assert any(n["op"] == "LSTM" for n in model._program.nodes)

@@ -11,14 +11,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from onnx import TensorProto, helper, numpy_helper
 
-from packer.cli import main
-from packer.onnx_io import from_onnx, graph_to_onnx
-from packer.pipeline import pack
-from packer.shapes import check_storable, fold_constants, parse_input_shapes, specialise
-from packer.unpack import unpack
-from packer.verify import session
-from runtime.errors import UnsupportedError
-from runtime.loader import read_packed
+from edgepack.cli import main
+from edgepack.packer.onnx_io import from_onnx, graph_to_onnx
+from edgepack.packer.pipeline import pack
+from edgepack.packer.shapes import check_storable, fold_constants, parse_input_shapes, specialise
+from edgepack.packer.unpack import unpack
+from edgepack.packer.verify import session
+from edgepack.runtime.errors import UnsupportedError
+from edgepack.runtime.loader import read_packed
 
 RNG = np.random.default_rng(7)
 
@@ -319,7 +319,7 @@ def test_real_models_with_constant_of_shape_values_fold(name, shape):
     the folding evaluator was handed the tensor attribute as an array."""
     from realmodels.corpus import fetch
 
-    from packer.onnx_io import load_onnx
+    from edgepack.packer.onnx_io import load_onnx
 
     g0 = load_onnx(str(fetch(name)))
     assert any(n.op == "ConstantOfShape" and "value" in n.attrs for n in g0.nodes)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from runtime.loader import read_packed
+from edgepack.runtime.loader import read_packed
 
 SPEC = Path(__file__).resolve().parent.parent / "spec"
 

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 import craft
-from runtime.errors import EdgepackError
-from runtime.loader import dense_weights, read_packed
+from edgepack.runtime.errors import EdgepackError
+from edgepack.runtime.loader import dense_weights, read_packed
 
 SPEC = Path(__file__).resolve().parent.parent / "spec"
 INVALID = json.loads((SPEC / "invalid" / "manifest.json").read_text())
@@ -99,7 +99,7 @@ def test_manifests_cover_the_new_rules():
 def test_writer_gives_empty_buffers_no_padding():
     """An empty tensor after an odd-sized buffer: the writer used to pad for it and leave the padding unclaimed at the
     end of the data section, a file its own reader refused (spec section 5: zero-length buffers)."""
-    from packer.writer import build_file
+    from edgepack.packer.writer import build_file
 
     graph = craft.tensor_graph([
         {"name": "a", "dtype": "uint8", "shape": [3], "encoding": {"type": "dense", "dtype": "uint8",

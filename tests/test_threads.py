@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 from threadpoolctl import threadpool_info, threadpool_limits
 
-import runtime
+from edgepack import runtime
 import zoo
-from packer.pipeline import pack
-from runtime import threads as T
-from runtime.errors import InputError
+from edgepack.packer.pipeline import pack
+from edgepack.runtime import threads as T
+from edgepack.runtime.errors import InputError
 
 
 def _blas_threads() -> list[int]:

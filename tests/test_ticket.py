@@ -8,10 +8,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from packer.datasets import synthetic_classification
-from packer.train.engine import Trainer, init_parameters
-from packer.train.mlp import mlp_graph
-from packer.train.ticket import find_ticket, parse_rewind, prune_survivors, rewound, ticket_table
+from edgepack.packer.datasets import synthetic_classification
+from edgepack.packer.train.engine import Trainer, init_parameters
+from edgepack.packer.train.mlp import mlp_graph
+from edgepack.packer.train.ticket import find_ticket, parse_rewind, prune_survivors, rewound, ticket_table
 
 LAYERS = ("fc1.weight", "fc2.weight", "fc3.weight")
 

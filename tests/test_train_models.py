@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from packer.train.engine import Trainer, init_parameters
-from packer.train.models import lenet5_graph, lenet300_graph
+from edgepack.packer.train.engine import Trainer, init_parameters
+from edgepack.packer.train.models import lenet5_graph, lenet300_graph
 
 ort = pytest.importorskip("onnxruntime")
 
@@ -16,7 +16,7 @@ ort = pytest.importorskip("onnxruntime")
     (lenet5_graph, 431_080, (1, 28, 28)),  # the paper's 431K parameters
 ])
 def test_graph_matches_onnxruntime_and_learns(build, n_params, in_shape, tmp_path):
-    from packer.onnx_io import save_onnx
+    from edgepack.packer.onnx_io import save_onnx
 
     g = init_parameters(build(), seed=3, scheme="lecun_uniform")
     assert sum(v.size for v in g.initializers.values()) == n_params

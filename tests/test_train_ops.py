@@ -8,16 +8,16 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from packer.datasets import synthetic_classification
-from packer.graph import Graph, Node, ValueInfo
-from packer.onnx_io import graph_to_onnx
-from packer.train import kernels
-from packer.train.engine import Trainer, copy_graph, init_parameters, trainable_parameters
-from packer.train.mlp import mlp_graph
-from packer.train.ops import OPS, Context, softmax_cross_entropy
-from packer.train.optim import SGD, Adam, cosine, make_schedule, step_decay
-from packer.verify import session
-from runtime.errors import UnsupportedError
+from edgepack.packer.datasets import synthetic_classification
+from edgepack.packer.graph import Graph, Node, ValueInfo
+from edgepack.packer.onnx_io import graph_to_onnx
+from edgepack.packer.train import kernels
+from edgepack.packer.train.engine import Trainer, copy_graph, init_parameters, trainable_parameters
+from edgepack.packer.train.mlp import mlp_graph
+from edgepack.packer.train.ops import OPS, Context, softmax_cross_entropy
+from edgepack.packer.train.optim import SGD, Adam, cosine, make_schedule, step_decay
+from edgepack.packer.verify import session
+from edgepack.runtime.errors import UnsupportedError
 
 EPS = 1e-6
 

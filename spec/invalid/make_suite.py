@@ -19,7 +19,7 @@ import numpy as np
 
 SPEC = Path(__file__).resolve().parent.parent
 ROOT = SPEC.parent
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+sys.path[:0] = [str(ROOT / "src"), str(ROOT / "tests")]
 
 import craft  # noqa: E402
 
@@ -179,7 +179,7 @@ def valid_cases(tf) -> list[dict]:
 
 
 def _values(data: bytes) -> dict:
-    from runtime.loader import dense_weights, read_packed
+    from edgepack.runtime.loader import dense_weights, read_packed
 
     out = {}
     for name, a in dense_weights(read_packed(data)).items():

@@ -93,7 +93,7 @@ def ort_runner(onnx_path) -> Run:
 
 def runtime_runner(epk_path, **load_kwargs) -> Run:
     """run(feeds) -> {output name: array} with edgepack's device runtime on the packed file."""
-    import runtime
+    from edgepack import runtime
 
     model = runtime.load(str(epk_path), **load_kwargs)
     wanted = {name for name, _ in model.inputs}
@@ -145,7 +145,7 @@ def _edgepack(args: list[str]) -> None:
     import contextlib
     import io
 
-    from packer.cli import main
+    from edgepack.cli import main
 
     err, out = io.StringIO(), io.StringIO()
     with contextlib.redirect_stderr(err), contextlib.redirect_stdout(out):

@@ -1,8 +1,0 @@
-"""edgepack's device runtime (numpy + numba only): `load(path_or_bytes, memory_budget=None, parallel=False)` -> Model;
-`Model.run(x | {name: x})` -> {output name: array}; `Model.plan` is the memory plan (runtime/memory.py)."""
-from runtime.errors import BudgetError, EdgepackError, FormatError, InputError, UnsupportedError
-from runtime.memory import MemoryPlan
-from runtime.model import Model, load, supported_ops
-
-__all__ = ["load", "Model", "MemoryPlan", "supported_ops", "EdgepackError", "FormatError", "UnsupportedError",
-           "BudgetError", "InputError"]

@@ -1,0 +1,4 @@
+"""`python -m edgepack ...` is the `edgepack` command."""
+from edgepack.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,283 @@
+"""Chooses and builds the encoding of one tensor (spec/format.md section 6): prune, weight-share, CSR with
+relative gaps, and per stream packed or Huffman, whichever is smaller. Returns the graph-section encoding with
+numpy arrays where buffers go (packer/writer.py lays them out) and the numbers the report needs."""
+from __future__ import annotations
+
+import difflib
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from edgepack.runtime import constants as C
+from edgepack.runtime.errors import InputError
+
+from . import bitpack, cluster, csr, huffman, prune
+
+
+@dataclass
+class LayerSettings:
+    """How one weight tensor is packed. `sparsity` (fraction removed) or `quality` (Han: |w| <= q * std removed)."""
+
+    sparsity: float = 0.0
+    quality: float | None = None
+    bits: int | None = None  # codebook bits; None: 8 for Conv, 5 for fully connected layers
+    gap_bits: int | None = None  # None: the width with the smallest packed size
+    init: str = "linear"
+    channel_scales: str | bool = "auto"
+    encoding: str = "auto"  # auto | sparse_codebook | codebook | dense | float16 | int8
+    codebook_dtype: str = "float32"
+    huffman: bool = True
+    chunk_symbols: int = 4096  # about this many symbols per independently decodable chunk
+    seed: int = 0
+
+    @classmethod
+    def from_dict(cls, d: dict, where: str) -> "LayerSettings":
+        """Settings from a config table: every key known, every value of its type (a boolean is true or false, not
+        "no"; bits a whole number, not "4"), every value in range; InputError naming the key and what it takes."""
+        if not isinstance(d, dict):
+            raise InputError(f"{where}: expected a table of settings, found {_show(d)}")
+        known = list(cls.__dataclass_fields__)
+        bad = [k for k in d if k not in known]
+        if bad:
+            hints = [f"'{k}' (did you mean '{m[0]}'?)" if (m := difflib.get_close_matches(str(k), known, 1)) else
+                     f"'{k}'" for k in bad]
+            raise InputError(f"{where}: unknown setting(s) {', '.join(hints)}; known: {', '.join(known)}")
+        s = cls(**d)
+        s.check(where)
+        return s
+
+    def check(self, where: str) -> None:
+        """Types first (so that a wrong type is named, not met as a TypeError deep in the encoder), then ranges."""
+        _number(where, "sparsity", self.sparsity, 0.0, 1.0)
+        if self.quality is not None:
+            _number(where, "quality", self.quality, 0.0, math.inf)
+        for key in ("bits", "gap_bits"):
+            if getattr(self, key) is not None:
+                _whole(where, key, getattr(self, key), 1, C.MAX_CODE_BITS)
+        _whole(where, "chunk_symbols", self.chunk_symbols, 1, 1 << 30)
+        _whole(where, "seed", self.seed, 0, (1 << 32) - 1)
+        if not isinstance(self.huffman, bool):
+            raise InputError(f"{where}: huffman must be true or false (a boolean), found {_show(self.huffman)}")
+        choices = {"init": ("linear", "random", "density"),
+                   "encoding": ("auto", C.ENC_SPARSE, C.ENC_CODEBOOK, "dense", "float16", C.ENC_INT8),
+                   "codebook_dtype": tuple(C.CODEBOOK_DTYPES)}
+        for key, allowed in choices.items():
+            v = getattr(self, key)
+            if not isinstance(v, str) or v not in allowed:
+                raise InputError(f"{where}: {key} must be one of {', '.join(allowed)}, found {_show(v)}")
+        if not (self.channel_scales == "auto" and isinstance(self.channel_scales, str)
+                or isinstance(self.channel_scales, bool)):
+            raise InputError(f"{where}: channel_scales must be \"auto\", true or false, found "
+                             f"{_show(self.channel_scales)}")
+
+
+def _show(v) -> str:
+    """A config value as the user wrote it, with its type: '"4" (text)', '1.5 (a number with a fraction)'."""
+    kind = {bool: "a boolean", str: "text", int: "a whole number", float: "a number", list: "a list",
+            dict: "a table", type(None): "nothing"}.get(type(v), type(v).__name__)
+    text = repr(v) if not isinstance(v, str) else '"' + v[:40] + ('..."' if len(v) > 40 else '"')
+    return f"{text} ({kind})"
+
+
+def _number(where: str, key: str, v, lo: float, hi: float) -> None:
+    want = f"a finite number >= {lo:g}" if math.isinf(hi) else f"a number in [{lo:g}, {hi:g}]"
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise InputError(f"{where}: {key} must be {want}, found {_show(v)}")
+    if not lo <= v <= hi or not math.isfinite(v):  # NaN fails too
+        raise InputError(f"{where}: {key} {v!r} must be {want}")
+
+
+def _whole(where: str, key: str, v, lo: int, hi: int) -> None:
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise InputError(f"{where}: {key} must be a whole number in [{lo}, {hi}], found {_show(v)}")
+    if not lo <= v <= hi:
+        raise InputError(f"{where}: {key} {v} must be in [{lo}, {hi}]")
+
+
+@dataclass
+class Encoded:
+    """One tensor's encoding (arrays inline) and its dense reference (what the file decodes to)."""
+
+    encoding: dict
+    reference: np.ndarray
+    nbytes: int
+    stats: dict = field(default_factory=dict)
+
+
+def fits_float16(w: np.ndarray) -> bool:
+    """float16 holds these values without overflow (|w| <= 65504) and without flushing nonzeros to zero."""
+    a = np.abs(w[np.isfinite(w)])
+    nz = a[a > 0]
+    return bool(a.size == 0 or (a.max() <= 65504.0 and (nz.size == 0 or nz.min() >= 6e-8)))
+
+
+def dense(w: np.ndarray, storage: str | None = None) -> Encoded:
+    storage = storage or w.dtype.name
+    if storage == "float16" and not fits_float16(w):
+        raise ValueError(f"float16 cannot hold this tensor (values up to {float(np.abs(w).max()):.3g}); "
+                         f"use encoding 'dense' or a codebook")
+    data = np.asarray(w, dtype=np.dtype(C.DTYPES[storage]), order="C")  # keeps 0-d scalars 0-d
+    ref = data.astype(w.dtype) if storage != w.dtype.name else data
+    return Encoded({"type": C.ENC_DENSE, "dtype": storage, "data": data.reshape(-1)}, ref, data.nbytes,
+                   {"encoding": "dense" if storage == w.dtype.name else storage})
+
+
+def int8(w: np.ndarray) -> Encoded:
+    rows = w.shape[0]
+    m = w.reshape(rows, -1).astype(np.float64)
+    lo, hi = np.minimum(m.min(axis=1), 0.0), np.maximum(m.max(axis=1), 0.0)
+    scale = np.where(hi > lo, (hi - lo) / 255.0, 1.0).astype(np.float32)
+    zp = np.clip(np.round(-128 - lo / scale), -128, 127).astype(np.int8)
+    q = np.clip(np.round(m / scale[:, None]) + zp[:, None], -128, 127).astype(np.int8)
+    ref = ((q.astype(np.float32) - zp[:, None].astype(np.float32)) * scale[:, None]).reshape(w.shape)
+    enc = {"type": C.ENC_INT8, "axis": 0, "scale": scale, "zero_point": zp, "data": q.reshape(-1)}
+    return Encoded(enc, ref.astype(np.float32), q.nbytes + 5 * rows, {"encoding": "int8", "weight_bits": 8})
+
+
+def encode_stream(symbols: np.ndarray, bits: int, boundaries: np.ndarray, allow_huffman: bool) -> tuple[dict, dict]:
+    """Packed or chunked Huffman, whichever takes fewer bytes in the file (tables and offsets included)."""
+    n = int(symbols.size)
+    packed_bytes = -(-n * bits // 8)
+    best = ({"coding": C.CODING_PACKED, "bits": bits, "data": bitpack.pack(symbols, bits)}, packed_bytes)
+    huff_bytes = None
+    if allow_huffman and bits <= C.MAX_CODE_BITS and n > 0:
+        freqs = np.bincount(symbols.astype(np.int64), minlength=1 << bits)
+        lengths = huffman.code_lengths(freqs, C.MAX_CODE_LEN)
+        data, offsets = huffman.encode(symbols, lengths, boundaries)
+        table = bitpack.pack(lengths, C.LENGTHS_BITS)
+        huff_bytes = int(data.size + table.size + offsets.nbytes)
+        if huff_bytes < packed_bytes:
+            best = ({"coding": C.CODING_HUFFMAN, "bits": bits, "lengths": table, "offsets": offsets.astype("<u4"),
+                     "data": data}, huff_bytes)
+    stats = {"count": n, "bits": bits, "packed_bytes": packed_bytes, "huffman_bytes": huff_bytes,
+             "bytes": best[1], "coding": best[0]["coding"]}
+    return best[0], stats
+
+
+def _row_scales(w: np.ndarray, keep: np.ndarray, bits: int, reserve: bool, s: LayerSettings) -> np.ndarray | None:
+    """Per-output-channel scales when the channels' magnitudes differ so much that one codebook loses rows."""
+    if s.channel_scales is False or w.shape[0] < 2:
+        return None
+    scales = cluster.choose_row_scales(w * keep)
+    if s.channel_scales is True:
+        return scales
+    nz = scales[scales > 0]
+    if nz.size < 2 or nz.max() <= 4 * nz.min():
+        return None
+    errs = []
+    for rs in (None, scales):
+        cb, codes = cluster.quantize(w, keep, bits, reserve_zero=reserve, row_scales=rs, init=s.init, seed=s.seed)
+        errs.append(_worst_row_error(w * keep, cluster.dequantize(cb, codes, rs)))
+    return scales if errs[1] < 0.5 * errs[0] and errs[0] > 0.01 else None
+
+
+def _worst_row_error(w: np.ndarray, q: np.ndarray) -> float:
+    a = w.reshape(w.shape[0], -1).astype(np.float64)
+    b = q.reshape(q.shape[0], -1).astype(np.float64)
+    norm = np.linalg.norm(a, axis=1)
+    ok = norm > 0
+    if not ok.any():
+        return 0.0
+    return float((np.linalg.norm(a - b, axis=1)[ok] / norm[ok]).max())
+
+
+def encode_weight(w: np.ndarray, s: LayerSettings, default_bits: int, stats=None) -> Encoded:
+    """Encode one float32 weight tensor (rows = output channels = w.shape[0]) following its settings.
+    stats: a calibration.LayerStats of the layer's inputs; codebook codes are then chosen with error compensation
+    (packer/compensate.py) instead of nearest-centroid."""
+    w = np.ascontiguousarray(w, dtype=np.float32)
+    if s.encoding in ("dense", "float16"):
+        return dense(w, "float32" if s.encoding == "dense" else "float16")
+    if s.encoding == C.ENC_INT8:
+        return int8(w)
+    if w.ndim < 1 or w.size == 0:
+        return dense(w)
+    bits = s.bits or default_bits
+    keep = prune.mask_by_std(w, s.quality) if s.quality is not None else prune.mask_by_sparsity(w, s.sparsity)
+    pruned = not keep.all()
+    rows = w.shape[0]
+    cols = w.size // rows
+    scales = _row_scales(w, keep, bits, pruned, s)
+    codebook, codes = cluster.quantize(w, keep, bits, reserve_zero=pruned, row_scales=scales, init=s.init,
+                                       seed=s.seed)
+    if stats is not None:
+        codes = _compensated_codes(w, keep, codebook, scales, pruned, stats).astype(codes.dtype)
+    reference = cluster.dequantize(codebook, codes, scales).reshape(w.shape)
+    codebook_stored = codebook.astype(np.dtype(C.DTYPES[s.codebook_dtype]))
+    if s.codebook_dtype != "float32":  # the file's codebook is what decodes; make the reference agree
+        codebook = codebook_stored.astype(np.float32)
+        reference = cluster.dequantize(codebook, codes, scales).reshape(w.shape)
+    k = int(codebook.size)
+    code_bits = max(1, (k - 1).bit_length())  # a codebook that came out smaller needs fewer bits
+    base = {"codebook_dtype": s.codebook_dtype, "k": k, "codebook": codebook_stored}
+    if scales is not None:
+        base["row_scales"] = scales.astype(np.float32)
+    fixed = codebook_stored.nbytes + (scales.nbytes if scales is not None else 0)
+    keep2 = keep.reshape(rows, cols)
+    codes2 = codes.reshape(rows, cols)
+    kept = int(keep.sum())
+    stats = {"weights": int(w.size), "kept": kept, "k": k, "row_scales": scales is not None}
+    candidates = []
+    if s.encoding in ("auto", C.ENC_CODEBOOK):
+        per_chunk = _rows_per_chunk(rows, cols, s.chunk_symbols)
+        stream, st = encode_stream(codes2.reshape(-1), code_bits, _chunk_starts(rows, per_chunk) * cols, s.huffman)
+        enc = {"type": C.ENC_CODEBOOK, **base, "rows_per_chunk": per_chunk, "codes": stream}
+        candidates.append((fixed + st["bytes"], enc, {**stats, "encoding": C.ENC_CODEBOOK, "codes": st}))
+    if s.encoding in ("auto", C.ENC_SPARSE) and pruned:
+        gap_bits = s.gap_bits or csr.choose_gap_bits(keep2, code_bits)
+        indptr, gaps, entry_codes = csr.encode(keep2, codes2, gap_bits)
+        nnz = int(indptr[-1])
+        per_chunk = _rows_per_chunk(rows, max(1, nnz // rows), s.chunk_symbols)
+        bounds = indptr[_chunk_starts(rows, per_chunk)].astype(np.int64)
+        gstream, gst = encode_stream(gaps, gap_bits, bounds, s.huffman)
+        cstream, cst = encode_stream(entry_codes, code_bits, bounds, s.huffman)
+        counts = np.diff(indptr.astype(np.int64))
+        count_bits = max(1, int(counts.max()).bit_length()) if rows else 1
+        if count_bits > C.MAX_PACKED_BITS:
+            raise ValueError(f"a row holds {int(counts.max())} entries: more than sparse_codebook can count "
+                             f"(< 2**{C.MAX_PACKED_BITS}); use encoding 'codebook' for this tensor")
+        rstream, rst = encode_stream(counts, count_bits, _chunk_starts(rows, per_chunk), s.huffman)
+        enc = {"type": C.ENC_SPARSE, **base, "rows_per_chunk": per_chunk, "nnz": nnz,
+               "row_counts": rstream, "gaps": gstream, "codes": cstream}
+        size = fixed + rst["bytes"] + gst["bytes"] + cst["bytes"]
+        candidates.append((size, enc, {**stats, "encoding": C.ENC_SPARSE, "nnz": nnz, "fillers": nnz - kept,
+                                       "gap_bits": gap_bits, "row_counts": rst, "gaps": gst, "codes": cst}))
+    if s.encoding == C.ENC_SPARSE and not pruned:
+        raise ValueError("encoding 'sparse_codebook' needs pruning (sparsity > 0 or a quality threshold)")
+    size, enc, st = min(candidates, key=lambda c: c[0])
+    if s.encoding == "auto" and size >= w.nbytes:
+        return dense(w)  # compression does not pay for this tensor
+    return Encoded(enc, reference.astype(np.float32), size, st)
+
+
+def _compensated_codes(w, keep, codebook, scales, pruned: bool, stats) -> np.ndarray:
+    """Codes chosen by compensate.assign on the (out, in) view of the weight (the transpose for MatMul's (in, out))."""
+    from .compensate import assign
+
+    rows = w.shape[0]
+    w2, k2 = w.reshape(rows, -1), keep.reshape(rows, -1)
+    sc = None if scales is None else scales.astype(np.float32)[:, None]
+    if stats.transpose:
+        codes = assign(w2.T, k2.T, codebook, None if sc is None else sc.T, stats.h, pruned).T
+    else:
+        codes = assign(w2, k2, codebook, sc, stats.h, pruned)
+    return codes.reshape(w.shape)
+
+
+def _chunk_starts(rows: int, per_chunk: int) -> np.ndarray:
+    """First row of every chunk, and `rows` at the end (spec: n_chunks = ceil(rows / rows_per_chunk))."""
+    return np.minimum(np.arange(-(-rows // per_chunk) + 1, dtype=np.int64) * per_chunk, rows)
+
+
+def _rows_per_chunk(rows: int, symbols_per_row: int, target: int) -> int:
+    return max(1, min(rows, target // max(1, symbols_per_row)))
+
+
+def default_bits(op: str) -> int:
+    """Deep Compression's defaults: 8-bit codebooks for convolutions, 5-bit for fully connected layers."""
+    return 8 if op in ("Conv", "ConvTranspose") else 5
+
+
+def ratio(original_bytes: int, packed_bytes: int) -> float:
+    return original_bytes / packed_bytes if packed_bytes else math.inf

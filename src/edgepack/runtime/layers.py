@@ -1,0 +1,1301 @@
+"""Weight-bearing layers (Gemm, MatMul, Conv whose weight is a constant) and how each holds its weight: "compact"
+(decoded codes re-laid for runtime/ops/linear.py and conv.py), "csr" (a sparse weight's row counts, gaps and codes
+decoded to bytes: Deep Compression's relative-index CSR, about 2 bytes per entry, run by the row kernels of this
+file), "dense" (float32), or "streamed" (the file's chunks, decoded block of rows by block of rows into scratch at
+every run by the same row kernels); plus the ops' shape inference and a plain numpy path for a non-constant weight.
+spec/format.md section 6 describes gaps, codes and chunks."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+from numba import njit
+
+from edgepack.runtime import bitpack, huffman
+from edgepack.runtime import constants as C
+from edgepack.runtime.errors import FormatError, InputError
+from edgepack.runtime.ops import conv as conv_ops
+from edgepack.runtime.ops import linear as linear_ops
+from edgepack.runtime.ops.elementwise import (ACT_CLIP, ACT_LEAKY, EP_ACT, EP_ALPHA, EP_BETA, EP_P0, EP_P1,
+                                     activation, apply_activation, epilogue)
+from edgepack.runtime.ops.registry import OpDef, check_arity, float_attr, int_attr
+from edgepack.runtime.weights import CodebookWeight, DenseWeight, Int8Weight, SparseCodebookWeight
+
+MODES = ("compact", "csr", "dense", "streamed")
+
+# Lookup bits of the Huffman tables a streamed layer keeps: 2**9 uint16 = 1 KiB per stream instead of the reader's
+# 4 KiB (LOOKUP_BITS = 11); longer codes (rare) finish with the canonical walk.
+STREAM_LOOKUP_BITS = 9
+
+# Cost model (seconds) behind the planner's "least time" choice: rough fits to the kernels as measured on the dev VM
+# (2-core EPYC Zen 4; LeNet-300-100 and LeNet-5 layers, batch 1 and 64). Only the ranking of one layer's modes
+# depends on them. Dense estimates are multiplied by DENSE_PENALTY: a float32 copy is 8-30x the bytes of the
+# compact form, and on a board with small caches it streams from DRAM at every run, which a fit on a machine with
+# a 1 MiB L2 does not see; dense must therefore win clearly.
+CALL_S = 0.5e-6  # one bound step: the kernel's dispatch, its arguments prepared when the plan was made
+SPARSE_MAC_S = 0.25e-9  # one multiply-add of the compact CSC scatter kernel (batch < SPARSE_TILED_MIN_BATCH);
+# measured: LeNet-300-100 at 10% kept runs compact in 7.1 us, where 0.6e-9 made the planner pick dense (16 us, 1 MB)
+SKIP_INPUT_S = 0.3e-9  # per input feature and sample: the zero test of the scatter kernels
+SPARSE_TILED_MAC_S = 0.07e-9  # per multiply-add and sample in the tiled kernel (larger batches)
+CODES_MAC_S = 0.6e-9  # dense-codes (codebook) multiply-add, batch 1
+DECODE_ELEMENT_S = 1.5e-9  # per weight element when codes are expanded block by block for BLAS (batch >= 2)
+BLAS_GEMV_MAC_S = 0.045e-9  # float32 matrix-vector multiply-add
+BLAS_GEMM_MAC_S = 0.015e-9  # float32 matrix-matrix multiply-add
+CONV_TAP_S = 0.06e-9  # one weight tap at one output position, compact direct convolution (any stride: strided
+# ones read a phased copy of the input; measured 0.05-0.07e-9 on four 3x3 stride-2 layers, 15-80 us)
+CONV_TAP_FIXED_S = 2.3e-9  # one weight tap per output plane and sample, whatever the plane's size (the tap loop's
+# start): what a 1-D convolution with a long kernel and few outputs pays (openWakeWord's STFT, 257 x 512 taps at 5
+# positions: 0.68 ms measured where positions x CONV_TAP_S alone predicted 0.08)
+IM2COL_S = 0.5e-9  # one im2col element
+STREAM_SYMBOL_S = 2.0e-9  # one symbol of one stream decoded at run time
+STREAM_MAC_S = 1.0e-9  # one multiply-add of the CSR row-block kernel (csr and streamed), per sample
+STREAM_CHUNK_S = 0.3e-6  # per chunk: three stream starts
+STREAM_CONV_TAP_S = 0.15e-9  # one tap at one output position, streamed convolution
+STREAM_CONV_ROW_S = 3e-9  # one tap over one output row (loop overhead; short rows pay it)
+STREAM_CONV_TAP_FIXED_S = 40e-9  # one tap per sample, whatever the rows: its position from the column index
+# (integer divisions); measured 43 ns a tap on the same STFT streamed (12 ms; 1.5 ms predicted without it)
+DENSE_PENALTY = 1.25
+
+
+@dataclass(frozen=True)
+class Option:
+    """One way to hold a layer's weight: bytes kept in RAM, bytes read from the mapped file, scratch at the plan's
+    shapes, and the estimated time of one run."""
+
+    mode: str
+    ram_bytes: int
+    mapped_bytes: int
+    scratch_bytes: int
+    seconds: float
+    note: str = ""
+
+
+def split_bytes(arrays, base: np.ndarray | None) -> tuple[int, int]:
+    """(RAM bytes, mapped bytes) of distinct arrays: mapped = a view into `base` (the file's data section)."""
+    seen: set[tuple[int, int]] = set()
+    ram = mapped = 0
+    for a in arrays:
+        if a is None or not isinstance(a, np.ndarray) or a.nbytes == 0:
+            continue
+        key = (a.__array_interface__["data"][0], a.nbytes)
+        if key in seen:
+            continue
+        seen.add(key)
+        if base is not None and np.may_share_memory(a, base):
+            mapped += a.nbytes
+        else:
+            ram += a.nbytes
+    return ram, mapped
+
+
+# ================================================================================================ streamed kernels
+
+# stream coding as the kernels see it (params[0])
+_PACKED, _HUFFMAN = 0, 1
+# error codes of the streamed kernels
+ERR_OK, ERR_STREAM, ERR_RANGE = 0, 1, 2  # ERR_RANGE: a decoded column or code out of range
+
+
+@njit(cache=True)
+def _reader_start_kernel(data, offs, params, c, start):
+    """Bit reader state (pos, end, bitbuf, bitcount) at the first symbol of chunk c, which is stream symbol
+    `start`: a packed stream is randomly accessible, a Huffman chunk starts on a byte of its own (spec 6.5)."""
+    if params[0] == _PACKED:
+        p = start * params[1]
+        pos = p >> 3
+        end = np.int64(data.shape[0])
+        if pos >= end:
+            return pos, end, np.int64(0), np.int64(0)
+        return pos + 1, end, np.int64(data[pos]) >> (p & 7), np.int64(8 - (p & 7))
+    return np.int64(offs[c]), min(np.int64(offs[c + 1]), np.int64(data.shape[0])), np.int64(0), np.int64(0)
+
+
+@njit(cache=True)
+def _walk_kernel(tab, symbols, code, bitbuf, bitcount, lookup_bits, max_len):
+    """A Huffman code longer than the lookup: the canonical walk of runtime/huffman.py, resumed after the lookup's
+    bits. Returns (symbol, length), or (-1, 0) when the bits begin no code."""
+    for ln in range(lookup_bits + 1, max_len + 1):
+        if ln > bitcount:
+            return -1, 0
+        code = (code << 1) | ((bitbuf >> (ln - 1)) & 1)
+        d = code - np.int64(tab[1, ln])
+        if 0 <= d < np.int64(tab[0, ln]):
+            return np.int64(symbols[np.int64(tab[2, ln]) + d]), ln
+    return -1, 0
+
+
+# The decode loops below spell the per-symbol step out (refill, then a packed read or a Huffman lookup): a helper
+# taking the arrays costs reference counting at every call, 10x the step itself. Two streams read in one loop give
+# the CPU two independent dependency chains: 1.7x the throughput of reading them one after the other.
+
+@njit(cache=True)
+def _decode_one_kernel(s, c, start, n, out):
+    """Symbols of chunk c of stream s (stream symbols [start, start + n)) into out[:n]; 0, or 1 when the bytes
+    do not decode (they were validated at load: only a file changed under the mapping does that)."""
+    data, offs, lookup, tab, symbols, params = s
+    pos, end, buf, cnt = _reader_start_kernel(data, offs, params, c, start)
+    packed = params[0] == _PACKED
+    bits = params[1]
+    lb = params[2]
+    mask = (1 << (bits if packed else lb)) - 1
+    for i in range(n):
+        if cnt < 16:
+            while cnt <= 48 and pos < end:
+                buf |= np.int64(data[pos]) << cnt
+                pos += 1
+                cnt += 8
+        if packed:
+            sym = buf & mask
+            ln = bits
+        else:
+            e = np.int64(lookup[buf & mask])
+            ln = e & 15
+            sym = e >> 4
+            if ln == 0:
+                sym, ln = _walk_kernel(tab, symbols, sym, buf, cnt, lb, params[3])
+        if ln == 0 or ln > cnt:
+            return 1
+        out[i] = sym
+        buf >>= ln
+        cnt -= ln
+    return 0
+
+
+@njit(cache=True)
+def _decode_two_kernel(s, t, c, start, n, out_s, out_t):
+    """_decode_one_kernel for two streams with the same symbol ranges (gaps and codes), in one loop."""
+    sd, so, sl, st, ss, sp = s
+    td, to, tl, tt, ts, tp = t
+    spos, send, sbuf, scnt = _reader_start_kernel(sd, so, sp, c, start)
+    tpos, tend, tbuf, tcnt = _reader_start_kernel(td, to, tp, c, start)
+    s_packed = sp[0] == _PACKED
+    t_packed = tp[0] == _PACKED
+    s_bits = sp[1]
+    t_bits = tp[1]
+    slb = sp[2]
+    tlb = tp[2]
+    smask = (1 << (s_bits if s_packed else slb)) - 1
+    tmask = (1 << (t_bits if t_packed else tlb)) - 1
+    for i in range(n):
+        if scnt < 16:
+            while scnt <= 48 and spos < send:
+                sbuf |= np.int64(sd[spos]) << scnt
+                spos += 1
+                scnt += 8
+        if tcnt < 16:
+            while tcnt <= 48 and tpos < tend:
+                tbuf |= np.int64(td[tpos]) << tcnt
+                tpos += 1
+                tcnt += 8
+        if s_packed:
+            sym = sbuf & smask
+            ln = s_bits
+        else:
+            e = np.int64(sl[sbuf & smask])
+            ln = e & 15
+            sym = e >> 4
+            if ln == 0:
+                sym, ln = _walk_kernel(st, ss, sym, sbuf, scnt, slb, sp[3])
+        if ln == 0 or ln > scnt:
+            return 1
+        out_s[i] = sym
+        sbuf >>= ln
+        scnt -= ln
+        if t_packed:
+            sym = tbuf & tmask
+            ln = t_bits
+        else:
+            e = np.int64(tl[tbuf & tmask])
+            ln = e & 15
+            sym = e >> 4
+            if ln == 0:
+                sym, ln = _walk_kernel(tt, ts, sym, tbuf, tcnt, tlb, tp[3])
+        if ln == 0 or ln > tcnt:
+            return 1
+        out_t[i] = sym
+        tbuf >>= ln
+        tcnt -= ln
+    return 0
+
+
+@njit(cache=True)
+def _decode_block_kernel(sparse, cnt, gap, code, c, r0, nrows, s0, ns, cnt_buf, gap_buf, code_buf):
+    """Decode chunk c's row counts, gaps and codes (dense codes: codes only) into the scratch buffers."""
+    if not sparse:
+        return _decode_one_kernel(code, c, s0, ns, code_buf)
+    if _decode_one_kernel(cnt, c, r0, nrows, cnt_buf) != 0:
+        return 1
+    return _decode_two_kernel(gap, code, c, s0, ns, gap_buf, code_buf)
+
+
+@njit(cache=True)
+def _activate_kernel(v, kind, p0, p1):
+    """The fused activation (runtime/ops/elementwise.py's epilogue vector; its ACT_* values are fixed there) on one
+    float32 value: bit for bit what the unfused elementwise kernel gives."""
+    if kind == ACT_CLIP:
+        if v < p0:
+            v = p0
+        if v > p1:
+            v = p1
+    elif kind == ACT_LEAKY:
+        if v < 0:
+            v = v * p0
+    return v
+
+
+# Row-block kernels: rows [r0, r0 + nrows) of a weight given as row counts, gaps and codes (a chunk decoded into
+# scratch, or the whole weight held decoded); with sparse False, every row has `cols` entries and no gaps.
+# The drivers below run them over the chunks of a streamed weight or once over a decoded (csr) one.
+
+@njit(cache=True)
+def _linear_rows_kernel(x, rows_out, sparse, r0, nrows, ns, cols, cnt, gaps, codes, codebook, scales, bias, ep,
+                        out, info):
+    """out (B, n) of y = act(alpha * x (B, k) @ W^T + beta * bias), for the block's rows of W (alpha, beta and the
+    fused activation: the epilogue vector `ep` of runtime/ops/elementwise.py).
+
+    rows_out: the rows are outputs (W (n, k), Gemm transB = 1): one dot product per row in column order, as the
+    compact kernel sums (the results agree bit for bit); scaled and biased here. Else the rows are inputs
+    (B (k, n)): each scatters into out, which the caller zeroed and finishes. Returns ERR_*; info = (-, row)."""
+    bsz = x.shape[0]
+    n_out = out.shape[1]
+    ncode = codebook.shape[0]
+    has_s = scales.shape[0] != 0
+    has_b = bias.shape[0] != 0
+    alpha, beta, kind, p0, p1 = ep[EP_ALPHA], ep[EP_BETA], np.int64(ep[EP_ACT]), ep[EP_P0], ep[EP_P1]
+    e = 0
+    for i in range(nrows):
+        r = r0 + i
+        m = np.int64(cnt[i]) if sparse else cols
+        if e + m > ns:
+            info[1] = r
+            return 2
+        if rows_out:
+            for b in range(bsz):
+                # float32 accumulator: every sum rounds as the compact kernel's float32 array does
+                acc = np.float32(0.0)
+                col = -1
+                for j in range(e, e + m):
+                    col += (np.int64(gaps[j]) + 1) if sparse else 1
+                    k = np.int64(codes[j])
+                    if col >= cols or k >= ncode:
+                        info[1] = r
+                        return 2
+                    w = codebook[k]
+                    if w != 0.0:  # filler entries (and zero centroids): the compact form drops them too
+                        acc += w * x[b, col]
+                v = acc
+                if has_s:
+                    v *= scales[r]
+                v *= alpha
+                if has_b:
+                    v += beta * bias[r]
+                out[b, r] = _activate_kernel(v, kind, p0, p1)
+        else:
+            for b in range(bsz):
+                xk = x[b, r]
+                if xk == 0.0:
+                    continue
+                if has_s:
+                    xk *= scales[r]
+                col = -1
+                for j in range(e, e + m):
+                    col += (np.int64(gaps[j]) + 1) if sparse else 1
+                    k = np.int64(codes[j])
+                    if col >= n_out or k >= ncode:
+                        info[1] = r
+                        return 2
+                    w = codebook[k]
+                    if w != 0.0:
+                        out[b, col] += w * xk
+        e += m
+    if e != ns:
+        info[1] = r0
+        return 2
+    return 0
+
+
+@njit(cache=True)
+def _scatter_finish_kernel(out, bias, ep, start):
+    """Rows-are-inputs products: zero out (start) or apply alpha, beta * bias and the activation (not start)."""
+    has_b = bias.shape[0] != 0
+    alpha, beta, kind, p0, p1 = ep[EP_ALPHA], ep[EP_BETA], np.int64(ep[EP_ACT]), ep[EP_P0], ep[EP_P1]
+    for b in range(out.shape[0]):
+        for n in range(out.shape[1]):
+            if start:
+                out[b, n] = 0.0
+            else:
+                v = out[b, n] * alpha
+                if has_b:
+                    v += beta * bias[n]
+                out[b, n] = _activate_kernel(v, kind, p0, p1)
+
+
+@njit(cache=True)
+def _streamed_linear_kernel(x, rows_out, sparse, cnt, gap, code, row_starts, sym_starts, cols, codebook, scales,
+                            bias, ep, out, cnt_buf, gap_buf, code_buf, info):
+    """The linear product with W decoded chunk by chunk into the scratch buffers. Returns ERR_*; info = (chunk,
+    row)."""
+    if not rows_out:
+        _scatter_finish_kernel(out, bias, ep, True)
+    for c in range(row_starts.shape[0] - 1):
+        r0 = row_starts[c]
+        nrows = row_starts[c + 1] - r0
+        s0 = sym_starts[c]
+        ns = sym_starts[c + 1] - s0
+        info[0] = c
+        if _decode_block_kernel(sparse, cnt, gap, code, c, r0, nrows, s0, ns, cnt_buf, gap_buf, code_buf) != 0:
+            info[1] = r0
+            return 1
+        err = _linear_rows_kernel(x, rows_out, sparse, r0, nrows, ns, cols, cnt_buf, gap_buf, code_buf, codebook,
+                                  scales, bias, ep, out, info)
+        if err != 0:
+            return err
+    if not rows_out:
+        _scatter_finish_kernel(out, bias, ep, False)
+    return 0
+
+
+@njit(cache=True)
+def _csr_linear_kernel(x, rows_out, cnt, gaps, codes, cols, codebook, scales, bias, ep, out, info):
+    """The linear product with W held decoded (row counts, gaps, codes). Returns ERR_*; info = (-, row)."""
+    if not rows_out:
+        _scatter_finish_kernel(out, bias, ep, True)
+    err = _linear_rows_kernel(x, rows_out, True, 0, cnt.shape[0], codes.shape[0], cols, cnt, gaps, codes, codebook,
+                              scales, bias, ep, out, info)
+    if err == 0 and not rows_out:
+        _scatter_finish_kernel(out, bias, ep, False)
+    return err
+
+
+# geometry vector of the conv kernels of this file
+_G_C, _G_H, _G_W, _G_OH, _G_OW, _G_KH, _G_KW, _G_SH, _G_SW, _G_DH, _G_DW, _G_PT, _G_PL, _G_CING, _G_COUTG = range(15)
+
+
+@njit(cache=True, error_model="numpy")  # integer divisions never raise
+def _conv_rows_kernel(x, geo, sparse, r0, nrows, ns, cols, cnt, gaps, codes, codebook, scales, bias, ep, out,
+                      info):
+    """Direct convolution for output channels [r0, r0 + nrows): x (N, C*H*W) -> out (N, cout*OH*OW) (samples
+    flat), the weight (cout, cin/g, kh, kw) given by rows. Each tap adds weight * (the input plane, shifted) to
+    the output plane, taps in column order, then out = out * scale + bias, as runtime/ops/conv.py computes it.
+    Returns ERR_*; info = (-, row)."""
+    nb = x.shape[0]
+    h_, w_, oh_, ow_ = geo[_G_H], geo[_G_W], geo[_G_OH], geo[_G_OW]
+    kh, kw, sh, sw = geo[_G_KH], geo[_G_KW], geo[_G_SH], geo[_G_SW]
+    dh, dw, pt, pl = geo[_G_DH], geo[_G_DW], geo[_G_PT], geo[_G_PL]
+    cin_g, cout_g = geo[_G_CING], geo[_G_COUTG]
+    plane_in = h_ * w_
+    plane_out = oh_ * ow_
+    ncode = codebook.shape[0]
+    has_s = scales.shape[0] != 0
+    has_b = bias.shape[0] != 0
+    kind, p0, p1 = np.int64(ep[EP_ACT]), ep[EP_P0], ep[EP_P1]
+    kk = kh * kw
+    e = 0
+    for i in range(nrows):
+        co = r0 + i
+        m = np.int64(cnt[i]) if sparse else cols
+        if e + m > ns:
+            info[1] = co
+            return 2
+        cbase = (co // cout_g) * cin_g
+        obase = co * plane_out
+        for b in range(nb):
+            xb = x[b]
+            ob = out[b]
+            for p in range(obase, obase + plane_out):
+                ob[p] = 0.0
+            col = -1
+            for j in range(e, e + m):
+                col += (np.int64(gaps[j]) + 1) if sparse else 1
+                k = np.int64(codes[j])
+                if col >= cols or k >= ncode:
+                    info[1] = co
+                    return 2
+                w = codebook[k]
+                if w == 0.0:
+                    continue
+                ci = col // kk
+                ky = (col - ci * kk) // kw
+                kx = col - ci * kk - ky * kw
+                xbase = (cbase + ci) * plane_in
+                off = kx * dw - pl
+                # output columns whose input column ox * sw + off lies inside the row
+                lo = 0 if off >= 0 else (sw - 1 - off) // sw
+                last = w_ - 1 - off
+                hi = 0 if last < 0 else min(ow_, last // sw + 1)
+                for oy in range(oh_):
+                    iy = oy * sh - pt + ky * dh
+                    if iy < 0 or iy >= h_:
+                        continue
+                    xo = xbase + iy * w_ + off + lo * sw
+                    oo = obase + oy * ow_ + lo
+                    orow = ob[oo: oo + hi - lo]
+                    # loops from 0 over row slices: numba then drops the negative-index test and LLVM
+                    # vectorises (3x the speed of indexing the flat sample with oo + ox)
+                    if sw == 1:
+                        xrow = xb[xo: xo + hi - lo]
+                        for t in range(hi - lo):
+                            orow[t] += w * xrow[t]
+                    else:
+                        for t in range(hi - lo):
+                            orow[t] += w * xb[xo + t * sw]
+            s = scales[co] if has_s else np.float32(1.0)
+            bv = bias[co] if has_b else np.float32(0.0)
+            for p in range(obase, obase + plane_out):
+                ob[p] = _activate_kernel(ob[p] * s + bv, kind, p0, p1)
+        e += m
+    if e != ns:
+        info[1] = r0
+        return 2
+    return 0
+
+
+@njit(cache=True)
+def _streamed_conv_kernel(x, geo, sparse, cnt, gap, code, row_starts, sym_starts, cols, codebook, scales, bias,
+                          ep, out, cnt_buf, gap_buf, code_buf, info):
+    """Conv with the weight decoded chunk by chunk into the scratch buffers. Returns ERR_*; info = (chunk, row)."""
+    for c in range(row_starts.shape[0] - 1):
+        r0 = row_starts[c]
+        nrows = row_starts[c + 1] - r0
+        s0 = sym_starts[c]
+        ns = sym_starts[c + 1] - s0
+        info[0] = c
+        if _decode_block_kernel(sparse, cnt, gap, code, c, r0, nrows, s0, ns, cnt_buf, gap_buf, code_buf) != 0:
+            info[1] = r0
+            return 1
+        err = _conv_rows_kernel(x, geo, sparse, r0, nrows, ns, cols, cnt_buf, gap_buf, code_buf, codebook, scales,
+                                bias, ep, out, info)
+        if err != 0:
+            return err
+    return 0
+
+
+# ================================================================================================ streamed weights
+
+_EMPTY_U8 = np.zeros(0, dtype=np.uint8)
+_EMPTY_U16 = np.zeros(0, dtype=np.uint16)
+_EMPTY_U32 = np.zeros(0, dtype=np.uint32)
+_EMPTY_TAB = np.zeros((3, 16), dtype=np.int32)
+_EMPTY_F32 = np.zeros(0, dtype=np.float32)
+for _a in (_EMPTY_U8, _EMPTY_U16, _EMPTY_U32, _EMPTY_TAB, _EMPTY_F32):
+    _a.flags.writeable = False
+
+
+def _sym_dtype(bits: int):
+    return np.uint8 if bits <= 8 else np.uint16
+
+
+@dataclass(eq=False)
+class Stream:
+    """One stream of a tensor as stored: its bytes stay in the mapped file; a Huffman stream adds decode tables."""
+
+    arrays: tuple  # (data u8, offsets u32, lookup u16, tab int32 (3, 16), symbols u16, params int64) for kernels
+    bits: int
+    coding: str
+
+    @property
+    def dtype(self):
+        return _sym_dtype(self.bits)
+
+    def __post_init__(self) -> None:
+        self.arrays = tuple(_ro(a) for a in self.arrays)
+
+    @staticmethod
+    def absent() -> "Stream":
+        return Stream((_EMPTY_U8, _EMPTY_U32, _EMPTY_U16, _EMPTY_TAB, _EMPTY_U16,
+                       np.array([_PACKED, 1, 0, 0], np.int64)), 1, "absent")
+
+    @staticmethod
+    def from_json(s: dict, data: np.ndarray, where: str) -> "Stream":
+        """A stream the reader has already validated (spec/format.md 6.5): only views and tables are made here."""
+        def view(ref, dtype):
+            off, length = ref
+            return data[off: off + length].view(dtype)
+
+        bits = int(s["bits"])
+        if s["coding"] == C.CODING_PACKED:
+            return Stream((view(s["data"], np.uint8), _EMPTY_U32, _EMPTY_U16, _EMPTY_TAB, _EMPTY_U16,
+                           np.array([_PACKED, bits, 0, 0], np.int64)), bits, s["coding"])
+        lengths = bitpack.unpack(view(s["lengths"], np.uint8), C.LENGTHS_BITS, 1 << bits, f"{where} lengths")
+        table = huffman.build_decode_table(lengths, STREAM_LOOKUP_BITS)
+        tab = np.stack([table.counts, table.first_code, table.first_index]).astype(np.int32)
+        return Stream((view(s["data"], np.uint8), view(s["offsets"], np.uint32), table.lookup, tab,
+                       table.symbols.astype(np.uint16), np.array([_HUFFMAN, bits, table.lookup_bits, table.max_len],
+                                                                 np.int64)), bits, s["coding"])
+
+
+@dataclass(eq=False)
+class StreamedWeight:
+    """A codebook or sparse_codebook weight kept as in the file, with what decoding it block by block needs."""
+
+    sparse: bool
+    rows: int
+    cols: int
+    codebook: np.ndarray
+    scales: np.ndarray
+    row_starts: np.ndarray  # int64 (n_chunks + 1): first row of every chunk
+    sym_starts: np.ndarray  # int64 (n_chunks + 1): first gap/code symbol of every chunk
+    cnt: Stream
+    gap: Stream
+    code: Stream
+    rows_per_chunk: int
+    _carved: tuple | None = None
+
+    @staticmethod
+    def from_weight(weight, encoding: dict, data: np.ndarray, where: str) -> "StreamedWeight":
+        sparse = isinstance(weight, SparseCodebookWeight)
+        rows, cols = weight.rows, weight.cols
+        per_chunk = int(encoding["rows_per_chunk"])
+        row_starts = np.minimum(np.arange(-(-rows // per_chunk) + 1, dtype=np.int64) * per_chunk, rows)
+        if sparse:
+            sym_starts = weight.indptr[row_starts].astype(np.int64)
+            cnt = Stream.from_json(encoding["row_counts"], data, f"{where} row_counts")
+            gap = Stream.from_json(encoding["gaps"], data, f"{where} gaps")
+        else:
+            sym_starts = row_starts * cols
+            cnt = gap = Stream.absent()
+        code = Stream.from_json(encoding["codes"], data, f"{where} codes")
+        scales = _ro(weight.row_scales) if weight.row_scales is not None else _EMPTY_F32
+        return StreamedWeight(sparse, rows, cols, _ro(weight.codebook), scales, _ro(row_starts), _ro(sym_starts),
+                              cnt, gap, code, per_chunk)
+
+    @property
+    def chunk_rows(self) -> int:
+        return int(np.diff(self.row_starts).max(initial=0))
+
+    @property
+    def chunk_symbols(self) -> int:
+        return int(np.diff(self.sym_starts).max(initial=0))
+
+    def arrays(self) -> list:
+        out = [self.codebook, self.scales, self.row_starts, self.sym_starts]
+        for s in (self.cnt, self.gap, self.code):
+            out.extend(s.arrays)
+        return out
+
+    def scratch_layout(self) -> list[tuple[int, object]]:
+        """(count, dtype) of the per-chunk buffers: row counts, gaps, codes."""
+        n = self.chunk_symbols
+        if not self.sparse:
+            return [(0, np.uint8), (0, np.uint8), (n, self.code.dtype)]
+        return [(self.chunk_rows, self.cnt.dtype), (n, self.gap.dtype), (n, self.code.dtype)]
+
+    def scratch_bytes(self) -> int:
+        return sum(_align8(n * np.dtype(dt).itemsize) for n, dt in self.scratch_layout())
+
+    def buffers(self, scratch: np.ndarray, offset: int = 0) -> list[np.ndarray]:
+        """The per-chunk buffers carved from scratch[offset:]; cached per scratch buffer (views cost ~2 us each)."""
+        hit = self._carved
+        if hit is not None and hit[0] is scratch and hit[1] == offset:
+            return hit[2]
+        bufs, pos = [], offset
+        raw = scratch.view(np.uint8)
+        for n, dt in self.scratch_layout():
+            size = n * np.dtype(dt).itemsize
+            bufs.append(raw[pos: pos + size].view(dt))
+            pos += _align8(size)
+        self._carved = (scratch, offset, bufs)
+        return bufs
+
+    def symbols_per_run(self) -> int:
+        n = int(self.sym_starts[-1])
+        return 2 * n + self.rows if self.sparse else n
+
+    def check(self, err: int, info: np.ndarray, where: str) -> None:
+        if err != ERR_OK:
+            what = "does not decode" if err == ERR_STREAM else "decodes to an out-of-range column or code"
+            raise FormatError(f"{where}: streamed chunk {int(info[0])} (row {int(info[1])}) {what}; the file "
+                              f"changed after it was validated")
+
+
+@dataclass(eq=False)
+class CsrWeight:
+    """A sparse_codebook weight held decoded as the file defines it (spec 6.4): row counts, gaps (filler entries
+    kept) and codes, each in the smallest unsigned type of its stream's width."""
+
+    rows: int
+    cols: int
+    codebook: np.ndarray
+    scales: np.ndarray
+    cnt: np.ndarray
+    gaps: np.ndarray
+    codes: np.ndarray
+
+    @staticmethod
+    def from_weight(weight: SparseCodebookWeight, encoding: dict) -> "CsrWeight":
+        counts = np.diff(weight.indptr)
+        cols = weight.columns.astype(np.int64)
+        prev = np.empty_like(cols)
+        prev[1:] = cols[:-1]
+        prev[weight.indptr[:-1][counts > 0]] = -1  # every row's first gap is counted from column -1
+        gaps = (cols - prev - 1).astype(_sym_dtype(int(encoding["gaps"]["bits"])))
+        cnt = counts.astype(_sym_dtype(int(encoding["row_counts"]["bits"])))
+        scales = _ro(weight.row_scales) if weight.row_scales is not None else _EMPTY_F32
+        return CsrWeight(weight.rows, weight.cols, _ro(weight.codebook), scales, _ro(cnt), _ro(gaps),
+                         _ro(weight.codes))
+
+    def arrays(self) -> list:
+        return [self.codebook, self.scales, self.cnt, self.gaps, self.codes]
+
+    def check(self, err: int, info: np.ndarray, where: str) -> None:
+        if err != ERR_OK:
+            raise FormatError(f"{where}: row {int(info[1])} holds an out-of-range column or code")
+
+
+def _align8(n: int) -> int:
+    return -(-n // 8) * 8
+
+
+def _ro(a: np.ndarray) -> np.ndarray:
+    """A read-only view. Numba compiles a kernel once per argument type and read-only is part of the type: giving
+    every constant array as read-only (mapped views are) keeps it to one compilation per dtype combination."""
+    v = a.view()
+    v.flags.writeable = False
+    return v
+
+
+# ================================================================================================ attribute helpers
+
+def _bias_vector(bias, n: int, beta: float) -> tuple[np.ndarray, np.ndarray | None]:
+    """(n,) float32 bias for the kernels, or an empty one plus an array to add afterwards when it broadcasts."""
+    if bias is None or beta == 0.0:
+        return _EMPTY_F32, None
+    b = np.asarray(bias)
+    if b.size == n and (b.ndim <= 1 or b.shape[-1] == n):
+        return _ro(np.ascontiguousarray(b.reshape(n), dtype=np.float32)), None
+    if b.size == 1:
+        return _ro(np.full(n, b.reshape(()), dtype=np.float32)), None
+    return _EMPTY_F32, b
+
+
+def gemm_attrs(attrs: dict) -> tuple[int, int, float, float]:
+    trans_a = int_attr(attrs, "transA", 0, (0, 1))
+    trans_b = int_attr(attrs, "transB", 0, (0, 1))
+    return trans_a, trans_b, float_attr(attrs, "alpha", 1.0), float_attr(attrs, "beta", 1.0)
+
+
+def _unidirectional(shape: tuple, target: tuple) -> bool:
+    try:
+        return np.broadcast_shapes(tuple(shape), tuple(target)) == tuple(target)
+    except ValueError:
+        return False
+
+
+# ================================================================================================ shape inference
+
+def infer_gemm(input_shapes, attrs, consts):
+    check_arity(input_shapes, 2, 3)
+    trans_a, trans_b, _, _ = gemm_attrs(attrs)
+    a, b = tuple(input_shapes[0]), tuple(input_shapes[1])
+    if len(a) != 2 or len(b) != 2:
+        raise FormatError(f"inputs A and B must be 2-D, found shapes {a} and {b}")
+    m, k = (a[1], a[0]) if trans_a else a
+    kb, n = (b[1], b[0]) if trans_b else b
+    if k != kb:
+        raise FormatError(f"A {a} (transA={trans_a}) and B {b} (transB={trans_b}) disagree on K: {k} != {kb}")
+    if len(input_shapes) > 2 and input_shapes[2] is not None and not _unidirectional(input_shapes[2], (m, n)):
+        raise FormatError(f"C {tuple(input_shapes[2])} does not broadcast to the output ({m}, {n})")
+    return [(m, n)]
+
+
+def infer_matmul(input_shapes, attrs, consts):
+    check_arity(input_shapes, 2)
+    a, b = tuple(input_shapes[0]), tuple(input_shapes[1])
+    if not a or not b:
+        raise FormatError(f"inputs must have rank >= 1, found shapes {a} and {b}")
+    a2 = (1,) + a if len(a) == 1 else a
+    b2 = b + (1,) if len(b) == 1 else b
+    if a2[-1] != b2[-2]:
+        raise FormatError(f"shapes {a} and {b} disagree on K: {a2[-1]} != {b2[-2]}")
+    try:
+        batch = np.broadcast_shapes(a2[:-2], b2[:-2])
+    except ValueError:
+        raise FormatError(f"batch dimensions of {a} and {b} do not broadcast") from None
+    out = tuple(batch) + (a2[-2], b2[-1])
+    if len(a) == 1:
+        out = out[:-2] + out[-1:]
+    if len(b) == 1:
+        out = out[:-1]
+    return [out]
+
+
+def infer_conv(input_shapes, attrs, consts):
+    check_arity(input_shapes, 2, 3)
+    x, w = tuple(input_shapes[0]), tuple(input_shapes[1])
+    try:
+        shape = conv_ops.conv_output_shape(x, w, attrs)
+    except InputError as e:
+        raise FormatError(str(e)) from None
+    if len(input_shapes) > 2 and input_shapes[2] is not None and tuple(input_shapes[2]) != (w[0],):
+        raise FormatError(f"bias must have shape ({w[0]},), found {tuple(input_shapes[2])}")
+    return [shape]
+
+
+# ================================================================================================ built layers
+
+class Layer:
+    """A Gemm/MatMul/Conv node ready to run: run(inputs, outputs, scratch, act) with inputs as arrays in node order,
+    act a fused activation (runtime/ops/elementwise.activation) or None; bind(...) with the same arguments returns
+    (fn, args) whose every call fn(*args) is such a run, with all checks done once (the executor's per-plan steps:
+    inputs, outputs and scratch are then arena and scratch views whose contents change, not their shapes)."""
+
+    name: str
+    op: str
+    mode: str = "dynamic"
+    weight_name: str | None = None
+
+    def arrays(self) -> list:
+        return []
+
+    def scratch_bytes(self, in_shapes: list) -> int:
+        return 0
+
+    def run(self, inputs: list, outputs: list, scratch: np.ndarray, act: tuple | None = None) -> None:
+        raise NotImplementedError
+
+    def bind(self, inputs: list, outputs: list, scratch: np.ndarray, act: tuple | None = None):
+        return self.run, (inputs, outputs, scratch, act)
+
+
+def _run_checked(kernel, args, weight, info, where, out=None, bias_late=None, beta=None, act=None) -> None:
+    """A row kernel (csr and streamed modes), its error code turned into FormatError; then a bias that is not one
+    value per output, and the activation after it."""
+    err = kernel(*args)
+    if err:
+        weight.check(err, info, where)
+    if bias_late is not None:
+        out += beta * bias_late.astype(np.float32)
+        apply_activation(out, act)
+
+
+class LinearLayer(Layer):
+    """Gemm (any transA, weight B constant) or MatMul (constant 2-D B), its weight held in one of the MODES.
+    `streamed` holds a StreamedWeight or a CsrWeight (the modes run by this file's row kernels)."""
+
+    def __init__(self, node: dict, mode: str, weight_name: str, prepared=None,
+                 streamed: StreamedWeight | CsrWeight | None = None, bias: np.ndarray | None = None,
+                 parallel: bool = False):
+        self.name, self.op, self.mode, self.weight_name = node["name"], node["op"], mode, weight_name
+        attrs = node["attrs"]
+        if self.op == "Gemm":
+            self.trans_a, trans_b, self.alpha, self.beta = gemm_attrs(attrs)
+        else:
+            self.trans_a, trans_b, self.alpha, self.beta = 0, 0, 1.0, 0.0
+        self.rows_out = bool(trans_b)
+        self.prepared = prepared
+        self.streamed = streamed
+        self.bias = bias  # a constant C (None: absent or computed at run time)
+        self.parallel = parallel
+        self.info = np.zeros(2, dtype=np.int64)
+        if streamed is not None:
+            self.n, self.k = (streamed.rows, streamed.cols) if self.rows_out else (streamed.cols, streamed.rows)
+        else:
+            self.n, self.k = prepared.n, prepared.k
+        self._bias = _bias_vector(bias, self.n, self.beta)
+
+    def arrays(self) -> list:
+        held = [self.bias, self._bias[0]]
+        if self.prepared is not None:
+            held += list(self.prepared.arrays.values())
+        if self.streamed is not None:
+            held += self.streamed.arrays()
+        return held
+
+    def _batch(self, x_shape) -> int:
+        return math.prod(x_shape[:-1]) if self.op == "MatMul" else x_shape[1 if self.trans_a else 0]
+
+    def scratch_bytes(self, in_shapes: list) -> int:
+        x_shape = tuple(in_shapes[0])
+        batch = self._batch(x_shape)
+        extra = _align8(4 * batch * self.k) if self.trans_a else 0
+        if isinstance(self.streamed, CsrWeight):
+            return extra
+        if self.streamed is not None:
+            return extra + self.streamed.scratch_bytes()
+        return extra + linear_ops.linear_scratch_bytes(batch, self.prepared, self.parallel)
+
+    def _as_2d(self, x, out):
+        if self.op == "MatMul":  # rows from the leading dimensions: -1 cannot be inferred when k or n is 0
+            rows = int(np.prod(x.shape[:-1], dtype=np.int64))
+            return x.reshape(rows, self.k), out.reshape(rows, self.n)
+        return x, out
+
+    def bind(self, inputs, outputs, scratch, act=None):
+        computed_bias = self.op == "Gemm" and self.bias is None and len(inputs) > 2 and inputs[2] is not None
+        if self.trans_a or computed_bias:  # a transposed copy, or a bias read, at every run
+            return self.run, (inputs, outputs, scratch, act)
+        x, out = self._as_2d(inputs[0], outputs[0])
+        bias = None if self.op == "MatMul" else self.bias
+        if self.streamed is None:
+            return linear_ops.bind_linear(x, self.prepared, bias, self.alpha, self.beta, out, scratch, self.parallel,
+                                          act)
+        return self._bind_rows(x, out, bias, scratch, 0, act)
+
+    def run(self, inputs, outputs, scratch, act=None):
+        x, out = self._as_2d(inputs[0], outputs[0])
+        if self.op == "MatMul":
+            bias = None
+        else:
+            bias = self.bias if self.bias is not None else (inputs[2] if len(inputs) > 2 else None)
+        used = 0
+        if self.trans_a:
+            m = x.shape[1]
+            xt = scratch[: 4 * m * self.k].view(np.float32).reshape(m, self.k)
+            np.copyto(xt, x.T)
+            x = xt
+            used = _align8(4 * m * self.k)
+        if self.streamed is None:
+            linear_ops.linear(x, self.prepared, bias, self.alpha, self.beta, out, scratch[used:], self.parallel, act)
+            return
+        fn, args = self._bind_rows(x, out, bias, scratch, used, act)
+        fn(*args)
+
+    def _bind_rows(self, x, out, bias, scratch, used, act):
+        """The csr / streamed row kernel and its arguments."""
+        s = self.streamed
+        bias_vec, bias_late = self._bias if bias is self.bias else _bias_vector(bias, self.n, self.beta)
+        ep = epilogue(act if bias_late is None else None, self.alpha, self.beta)
+        if isinstance(s, CsrWeight):
+            kernel, args = _csr_linear_kernel, (x, self.rows_out, s.cnt, s.gaps, s.codes, s.cols, s.codebook,
+                                                s.scales, bias_vec, ep, out, self.info)
+        else:
+            cnt_buf, gap_buf, code_buf = s.buffers(scratch, used)
+            kernel, args = _streamed_linear_kernel, (x, self.rows_out, s.sparse, s.cnt.arrays, s.gap.arrays,
+                                                     s.code.arrays, s.row_starts, s.sym_starts, s.cols, s.codebook,
+                                                     s.scales, bias_vec, ep, out, cnt_buf, gap_buf, code_buf,
+                                                     self.info)
+        return _run_checked, (kernel, args, s, self.info, f"layer '{self.name}'", out, bias_late,
+                              np.float32(self.beta), act)
+
+
+class ConvLayer(Layer):
+    """Conv with a constant weight held in one of the MODES (`streamed` as in LinearLayer)."""
+
+    def __init__(self, node: dict, mode: str, weight_name: str, prepared=None,
+                 streamed: StreamedWeight | CsrWeight | None = None, bias: np.ndarray | None = None,
+                 w_shape: tuple = (), parallel: bool = False):
+        self.name, self.op, self.mode, self.weight_name = node["name"], node["op"], mode, weight_name
+        self.attrs = node["attrs"]
+        self.prepared = prepared
+        self.streamed = streamed
+        self.bias = bias
+        self.w_shape = tuple(w_shape)
+        self.group = int(self.attrs.get("group", 1))
+        self.parallel = parallel
+        self.info = np.zeros(2, dtype=np.int64)
+        self._geo: dict = {}
+        self._bias = _conv_bias(bias)
+
+    def arrays(self) -> list:
+        held = [self.bias, self._bias]
+        if self.prepared is not None:
+            held += list(self.prepared.arrays.values())
+        if self.streamed is not None:
+            held += self.streamed.arrays()
+        return held
+
+    def scratch_bytes(self, in_shapes: list) -> int:
+        if isinstance(self.streamed, CsrWeight):
+            return 0
+        if self.streamed is not None:
+            return self.streamed.scratch_bytes()
+        return conv_ops.conv_scratch_bytes(tuple(in_shapes[0]), self.w_shape, self.attrs, self.prepared,
+                                           self.parallel)
+
+    def _geometry(self, x_shape: tuple) -> np.ndarray:
+        geo = self._geo.get(x_shape)
+        if geo is None:
+            geo = self._geo[x_shape] = conv_geometry(x_shape, self.w_shape, self.attrs)
+        return geo
+
+    def bind(self, inputs, outputs, scratch, act=None):
+        if self.bias is None and len(inputs) > 2 and inputs[2] is not None:  # a bias computed at run time
+            return self.run, (inputs, outputs, scratch, act)
+        if self.streamed is None:
+            return conv_ops.bind_conv(inputs[0], self.prepared, self.bias, self.attrs, outputs[0], scratch,
+                                      self.parallel, act)
+        return self._bind_rows(inputs[0], outputs[0], self._bias, scratch, act)
+
+    def run(self, inputs, outputs, scratch, act=None):
+        x, out = inputs[0], outputs[0]
+        bias = self.bias if self.bias is not None else (inputs[2] if len(inputs) > 2 else None)
+        if self.streamed is None:
+            conv_ops.conv(x, self.prepared, bias, self.attrs, out, scratch, self.parallel, act)
+            return
+        fn, args = self._bind_rows(x, out, self._bias if bias is self.bias else _conv_bias(bias), scratch, act)
+        fn(*args)
+
+    def _bind_rows(self, x, out, bias_vec, scratch, act):
+        """The csr / streamed row kernel and its arguments; an epilogue chain runs after it, plane by plane."""
+        if isinstance(act, conv_ops.EpilogueChain):
+            fn, args = self._bind_rows(x, out, bias_vec, scratch, None)
+            planes = out.reshape(-1, math.prod(out.shape[2:]))
+            # the save row: made when the plan is bound (one output plane), not at each run
+            return _rows_then_chain, (fn, args, planes, np.empty(planes.shape[1], np.float32), act.steps)
+        s = self.streamed
+        ep = epilogue(act)
+        x2, out2 = x.reshape(x.shape[0], -1), out.reshape(out.shape[0], -1)
+        if isinstance(s, CsrWeight):
+            kernel, args = _conv_rows_kernel, (x2, self._geometry(x.shape), True, 0, s.rows, s.codes.shape[0],
+                                               s.cols, s.cnt, s.gaps, s.codes, s.codebook, s.scales, bias_vec, ep,
+                                               out2, self.info)
+        else:
+            cnt_buf, gap_buf, code_buf = s.buffers(scratch)
+            kernel, args = _streamed_conv_kernel, (x2, self._geometry(x.shape), s.sparse, s.cnt.arrays,
+                                                   s.gap.arrays, s.code.arrays, s.row_starts, s.sym_starts, s.cols,
+                                                   s.codebook, s.scales, bias_vec, ep, out2, cnt_buf, gap_buf,
+                                                   code_buf, self.info)
+        return _run_checked, (kernel, args, s, self.info, f"layer '{self.name}'")
+
+
+def _rows_then_chain(fn, args, planes, save, steps) -> None:
+    fn(*args)
+    _chain_planes_kernel(planes, save, steps)
+
+
+@njit(cache=True)
+def _chain_planes_kernel(planes, save, steps):
+    for i in range(planes.shape[0]):
+        conv_ops._chain_kernel(planes[i], save, steps)
+
+
+# ---- epilogue chains: the elementwise nodes after a Conv that its kernels run (runtime/ops/conv.py CH_*) ----
+
+_CHAIN_UNARY = {"Sigmoid": conv_ops.CH_SIGMOID, "Tanh": conv_ops.CH_TANH}
+_CHAIN_BINARY = {"Add": (conv_ops.CH_ADD, conv_ops.CH_ADD), "Mul": (conv_ops.CH_MUL, conv_ops.CH_MUL),
+                 "Sub": (conv_ops.CH_SUB, conv_ops.CH_RSUB), "Div": (conv_ops.CH_DIV, conv_ops.CH_RDIV)}
+
+
+def _chain_step(n: dict, t: str, consts: dict, rank: int) -> list | None:
+    """The chain step [op, a, b, c] of node n applied to tensor t (its only non-constant input), or None."""
+    op, ins = n["op"], n["inputs"]
+    if len(n["outputs"]) != 1 or not ins or t in ins[1:] and op not in _CHAIN_BINARY:
+        return None
+    if op in ("Relu", "LeakyRelu", "Clip"):
+        act = activation(op, n["attrs"], ins, consts) if ins[0] == t else None
+        return None if act is None else [conv_ops.CH_ACT, act[0], act[1], act[2]]
+    if op in _CHAIN_UNARY:
+        return [_CHAIN_UNARY[op], 0, 0, 0] if ins == [t] else None
+    if op == "HardSigmoid" and ins == [t]:
+        return [conv_ops.CH_HARD_SIGMOID, np.float32(n["attrs"].get("alpha", 0.2)),
+                np.float32(n["attrs"].get("beta", 0.5)), 0]
+    if op == "HardSwish" and ins == [t]:
+        return [conv_ops.CH_HARD_SWISH, np.float32(1.0 / 6.0), np.float32(0.5), 0]
+    if op in _CHAIN_BINARY and len(ins) == 2 and (ins[0] == t) != (ins[1] == t):
+        c = consts.get(ins[1] if ins[0] == t else ins[0])
+        if c is None or c.dtype != np.float32 or c.size != 1 or c.ndim > rank:
+            return None  # a tensor, a per-channel or broadcasting constant: not an elementwise step here
+        return [_CHAIN_BINARY[op][0 if ins[0] == t else 1], c.reshape(-1)[0], 0, 0]
+    return None
+
+
+def _match_chain(t: str, readers: dict, consts: dict, outputs: set, rank: int):
+    """Steps and nodes of the longest chain that starts at tensor t, and the tensor it ends with. A link is one
+    single-reader elementwise step, or a gate: t read by exactly a Mul / Add (t, u) and the head of a run of
+    single-reader steps from t that ends in u (x * Sigmoid(x), x * Clip(x + 3, 0, 6), ...)."""
+    steps, nodes = [], []
+    while t not in outputs:
+        rs = readers.get(t, [])
+        if len(rs) == 1:
+            step = _chain_step(rs[0], t, consts, rank)
+            if step is None:
+                break
+            steps.append(step)
+            nodes.append(rs[0])
+            t = rs[0]["outputs"][0]
+            continue
+        if len(rs) != 2:
+            break
+        for gate, head in ((rs[0], rs[1]), (rs[1], rs[0])):
+            gi = gate["inputs"]
+            if (gate["op"] not in ("Mul", "Add") or len(gi) != 2 or len(gate["outputs"]) != 1
+                    or (gi[0] == t) == (gi[1] == t)):
+                continue
+            u = gi[1] if gi[0] == t else gi[0]
+            bsteps, bnodes, cur, n = [], [], t, head
+            while True:  # the branch from t through head must end in u, one reader per link
+                step = _chain_step(n, cur, consts, rank)
+                if step is None:
+                    break
+                bsteps.append(step)
+                bnodes.append(n)
+                cur = n["outputs"][0]
+                if cur == u or cur in outputs or len(readers.get(cur, [])) != 1:
+                    break
+                n = readers[cur][0]
+            if cur == u and bsteps and u not in outputs and len(readers.get(u, [])) == 1:
+                combine = conv_ops.CH_MUL_SAVED if gate["op"] == "Mul" else conv_ops.CH_ADD_SAVED
+                steps += [[conv_ops.CH_SAVE, 0, 0, 0]] + bsteps + [[combine, 0, 0, 0]]
+                nodes += bnodes + [gate]
+                t = gate["outputs"][0]
+                break
+        else:
+            break
+    return steps, nodes, t
+
+
+def fuse_conv_epilogues(program, layer_names, fusion_cls) -> None:
+    """Let each Conv of `layer_names` run the elementwise chain after it (runtime/ops/conv.py EpilogueChain) when
+    every tensor inside the chain is read only by the chain and is not a graph output; a Relu / LeakyRelu / Clip
+    already fused (executor.fuse_activations) becomes the chain's first step. program.fused and absorbed change
+    as fuse_activations does it; the graph (program.nodes) is unchanged."""
+    readers: dict[str, list[dict]] = {}
+    for n in program.nodes:
+        for i in n["inputs"]:
+            if i:
+                readers.setdefault(i, []).append(n)
+    outputs = set(program.outputs)
+    consts = {k: np.asarray(v) for k, v in program.consts.items()}
+    for n in program.nodes:
+        if n["op"] != "Conv" or n["name"] not in layer_names or len(n["outputs"]) != 1 or len(n["inputs"]) < 2:
+            continue
+        rank = len(program.const_shapes.get(n["inputs"][1], ()))
+        f = program.fused.get(n["name"])
+        if f is not None and not isinstance(f.act, tuple):
+            continue
+        first = [[conv_ops.CH_ACT, f.act[0], f.act[1], f.act[2]]] if f is not None else []
+        steps, nodes, end = _match_chain(f.output if f is not None else n["outputs"][0], readers, consts, outputs,
+                                         rank)
+        if not steps:
+            continue
+        names = ((f.node,) if f is not None else ()) + tuple(m["name"] for m in nodes)
+        chain = conv_ops.EpilogueChain(np.array(first + steps, dtype=np.float32), names)
+        program.fused[n["name"]] = fusion_cls(names[-1], end, chain)
+        program.absorbed.update(names)
+
+
+def conv_geometry(x_shape: tuple, w_shape: tuple, attrs: dict) -> np.ndarray:
+    """The streamed conv kernel's geometry vector (see _G_*), read from edgepack.runtime/ops/conv.py's geometry (1-D
+    convolutions there are 2-D ones with H = kh = 1); attributes were validated by infer_conv."""
+    g = conv_ops.geometry(tuple(x_shape), tuple(w_shape), attrs)
+    return np.array([g["c"], g["h"], g["w"], g["oh"], g["ow"], g["kh"], g["kw"], g["sh"], g["sw"], g["dh"], g["dw"],
+                     g["pt"], g["pl"], g["cin_g"], g["cout"] // g["group"]], dtype=np.int64)
+
+
+def _conv_bias(bias) -> np.ndarray:
+    return _EMPTY_F32 if bias is None else _ro(np.ascontiguousarray(bias, dtype=np.float32).reshape(-1))
+
+
+class DynamicLayer(Layer):
+    """Gemm / MatMul / Conv whose weight is computed at run time: plain numpy (Conv: the dense conv kernel)."""
+
+    def __init__(self, node: dict, parallel: bool = False):
+        self.name, self.op = node["name"], node["op"]
+        self.attrs = node["attrs"]
+        self.parallel = parallel
+
+    def scratch_bytes(self, in_shapes: list) -> int:
+        if self.op != "Conv":
+            return 0
+        return conv_ops.conv_scratch_bytes(tuple(in_shapes[0]), tuple(in_shapes[1]), self.attrs, None,
+                                           self.parallel)
+
+    def run(self, inputs, outputs, scratch, act=None):
+        run_dynamic(self.op, inputs, self.attrs, outputs, scratch, self.parallel)
+        apply_activation(outputs[0], act)
+
+
+def run_dynamic(op: str, inputs: list, attrs: dict, outputs: list, scratch=None, parallel: bool = False) -> None:
+    out = outputs[0]
+    if op == "MatMul":
+        np.matmul(inputs[0], inputs[1], out=out)
+    elif op == "Gemm":
+        trans_a, trans_b, alpha, beta = gemm_attrs(attrs)
+        a = inputs[0].T if trans_a else inputs[0]
+        b = inputs[1].T if trans_b else inputs[1]
+        np.matmul(a, b, out=out)
+        if alpha != 1.0:
+            out *= np.float32(alpha)
+        if len(inputs) > 2 and inputs[2] is not None and beta != 0.0:
+            out += np.float32(beta) * np.asarray(inputs[2], dtype=np.float32)
+    else:
+        w = inputs[1]
+        prepared = conv_ops.prepare_conv(DenseWeight(np.ascontiguousarray(w, dtype=np.float32)),
+                                         int(attrs.get("group", 1)))
+        bias = inputs[2] if len(inputs) > 2 else None
+        conv_ops.conv(inputs[0], prepared, bias, attrs, out, scratch, parallel)
+
+
+def _run_dynamic_opdef(op):
+    def run(inputs, attrs, outputs):
+        run_dynamic(op, inputs, attrs, outputs)
+    run.__name__ = f"_run_{op.lower()}"
+    return run
+
+
+# The executor runs these ops through Layer objects (they need scratch and, for constant weights, a mode); the
+# registry entries give shape inference, the supported-op list and a standalone runner for a computed weight.
+OPS = (
+    OpDef("Gemm", infer_gemm, _run_dynamic_opdef("Gemm")),
+    OpDef("MatMul", infer_matmul, _run_dynamic_opdef("MatMul")),
+    OpDef("Conv", infer_conv, _run_dynamic_opdef("Conv")),
+)
+
+
+# ================================================================================================ layer specs
+
+@dataclass(eq=False)
+class LayerSpec:
+    """A weight-bearing node before its mode is chosen: the options it has, and build(mode)."""
+
+    node: dict
+    weight_name: str
+    weight: object  # runtime/weights.py object
+    encoding: dict  # the tensor's encoding in the graph section
+    bias: np.ndarray | None
+    in_shapes: list  # at the plan's shapes
+    out_shape: tuple
+    data: np.ndarray  # the file's data section (to tell mapped from RAM bytes)
+    parallel: bool = False
+    options: list = field(default_factory=list)
+    _compact: object = None
+
+    @property
+    def name(self) -> str:
+        return self.node["name"]
+
+    @property
+    def op(self) -> str:
+        return self.node["op"]
+
+    @property
+    def is_conv(self) -> bool:
+        return self.op == "Conv"
+
+    def _trans_b(self) -> bool:
+        return self.op == "Gemm" and gemm_attrs(self.node["attrs"])[1] == 1
+
+    def _prepare(self, weight):
+        if self.is_conv:
+            return conv_ops.prepare_conv(weight, int(self.node["attrs"].get("group", 1)))
+        return linear_ops.prepare_linear(weight, self._trans_b())
+
+    def build(self, mode: str) -> Layer:
+        w = self.weight
+        streamed = prepared = None
+        if mode == "streamed":
+            streamed = StreamedWeight.from_weight(w, self.encoding, self.data, f"layer '{self.name}'")
+        elif mode == "csr":
+            streamed = CsrWeight.from_weight(w, self.encoding)
+        elif mode == "dense":
+            prepared = self._prepare(w if isinstance(w, DenseWeight) else DenseWeight(w.to_dense()))
+        else:
+            if self._compact is None:
+                self._compact = self._prepare(w)
+            prepared = self._compact
+        if self.is_conv:
+            return ConvLayer(self.node, mode, self.weight_name, prepared, streamed, self.bias, w.shape, self.parallel)
+        return LinearLayer(self.node, mode, self.weight_name, prepared, streamed, self.bias, self.parallel)
+
+    def modes(self) -> tuple[str, ...]:
+        w = self.weight
+        if isinstance(w, DenseWeight):
+            return ("dense",)
+        if isinstance(w, Int8Weight):
+            return ("compact", "dense")
+        if isinstance(w, CodebookWeight):
+            return ("compact", "dense", "streamed")  # csr of dense codes would be compact's codes again
+        return MODES
+
+    def make_options(self) -> list[Option]:
+        """Every mode this weight can be held in, with exact bytes (compact and streamed are built to count
+        them; dense is counted from its shape) and the cost model's time."""
+        opts = []
+        for mode in self.modes():
+            if mode == "dense" and not isinstance(self.weight, DenseWeight):
+                layer = None
+                ram, mapped = self._dense_bytes()
+            else:
+                layer = self.build(mode)
+                ram, mapped = split_bytes(layer.arrays(), self.data)
+            scratch = self._scratch(mode, layer)
+            note = ""
+            if mode == "streamed":
+                s = layer.streamed
+                note = (f"chunks of {s.chunk_rows} rows / {s.chunk_symbols:,} symbols (rows_per_chunk "
+                        f"{s.rows_per_chunk})")
+            opts.append(Option(mode, ram, mapped, scratch, self._seconds(mode, layer), note))
+        self.options = opts
+        return opts
+
+    def _dense_bytes(self) -> tuple[int, int]:
+        w = self.weight
+        ram = 4 * w.rows * w.cols
+        if self.is_conv:
+            ram += 4 * w.rows  # group_of
+        bram, bmapped = split_bytes([self.bias], self.data)
+        if self.is_conv:
+            return ram + bram, bmapped
+        return ram + bram, bmapped
+
+    def _scratch(self, mode: str, layer: Layer | None) -> int:
+        if layer is not None:
+            return layer.scratch_bytes(self.in_shapes)
+        w = self.weight
+        if self.is_conv:
+            fake = conv_ops.PreparedConv("dense", tuple(w.shape), int(self.node["attrs"].get("group", 1)), {})
+            return conv_ops.conv_scratch_bytes(tuple(self.in_shapes[0]), tuple(w.shape), self.node["attrs"], fake,
+                                               self.parallel)
+        tb = self._trans_b()
+        n, k = (w.rows, w.cols) if tb else (w.cols, w.rows)
+        fake = linear_ops.PreparedLinear("dense", n, k, {})
+        layer = LinearLayer(self.node, "dense", self.weight_name, fake, None, self.bias, self.parallel)
+        return layer.scratch_bytes(self.in_shapes)
+
+    # ---- cost model ----
+    def _seconds(self, mode: str, layer: Layer | None) -> float:
+        w = self.weight
+        x_shape = tuple(self.in_shapes[0])
+        if self.is_conv:
+            nb = x_shape[0]
+            oh = self.out_shape[2] if len(self.out_shape) == 4 else 1  # output rows (a 1-D conv has one)
+            positions = math.prod(self.out_shape[2:])
+            cout, cols = w.rows, w.cols
+            if mode == "dense":
+                if int(self.node["attrs"].get("group", 1)) == 1:
+                    t = nb * positions * cols * (IM2COL_S + cout * BLAS_GEMM_MAC_S)
+                else:
+                    t = nb * cout * cols * positions * CONV_TAP_S
+                return DENSE_PENALTY * (CALL_S + t)
+            if mode in ("streamed", "csr"):
+                taps = nb * _kept(w) * (positions * STREAM_CONV_TAP_S + oh * STREAM_CONV_ROW_S
+                                        + STREAM_CONV_TAP_FIXED_S)
+                if mode == "csr":
+                    return CALL_S + taps
+                s = layer.streamed
+                return (CALL_S + s.symbols_per_run() * STREAM_SYMBOL_S + len(s.row_starts) * STREAM_CHUNK_S
+                        + taps)
+            taps = _kept(w) if not isinstance(w, Int8Weight) else cout * cols
+            return CALL_S + nb * (taps * (positions * CONV_TAP_S + CONV_TAP_FIXED_S) + cout * cols * 0.2e-9)
+        batch = math.prod(x_shape[:-1]) if self.op == "MatMul" else x_shape[1 if gemm_attrs(self.node["attrs"])[0]
+                                                                               else 0]
+        n, k = w.rows, w.cols  # the cost does not depend on which of them is the output
+        mac = BLAS_GEMV_MAC_S if batch == 1 else BLAS_GEMM_MAC_S
+        if mode == "dense":
+            return DENSE_PENALTY * (CALL_S + batch * n * k * mac)
+        if mode == "csr":
+            return CALL_S + batch * w.nnz * STREAM_MAC_S
+        if mode == "streamed":
+            s = layer.streamed
+            return (CALL_S + s.symbols_per_run() * STREAM_SYMBOL_S + len(s.row_starts) * STREAM_CHUNK_S
+                    + batch * _kept(w) * STREAM_MAC_S)
+        if isinstance(w, SparseCodebookWeight):
+            if batch < linear_ops.SPARSE_TILED_MIN_BATCH:
+                return CALL_S + batch * (_kept(w) * SPARSE_MAC_S + k * SKIP_INPUT_S)
+            return CALL_S + batch * _kept(w) * SPARSE_TILED_MAC_S
+        decode_min = linear_ops.DECODE_MIN_BATCH
+        if isinstance(decode_min, dict):
+            decode_min = decode_min.get("int8" if isinstance(w, Int8Weight) else "codebook", 2)
+        if batch < decode_min:
+            return CALL_S + batch * n * k * CODES_MAC_S
+        return CALL_S + n * k * DECODE_ELEMENT_S + batch * n * k * mac
+
+
+def _kept(w) -> int:
+    """Multiply-adds a compressed weight really does (filler entries and zero centroids excluded)."""
+    if isinstance(w, SparseCodebookWeight):
+        return int(np.count_nonzero(w.codebook[w.codes]))
+    if isinstance(w, CodebookWeight):
+        return int(np.count_nonzero(w.codebook[w.codes]))
+    return w.rows * w.cols

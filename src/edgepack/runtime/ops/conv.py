@@ -1,0 +1,801 @@
+"""ONNX Conv (NCHW, 2-D, and NCW 1-D run as 2-D with H = 1: strides, pads, dilations, groups, auto_pad) run on
+the compressed weight forms.
+
+Compressed weights use a direct convolution vectorised over output positions: per output channel, each nonzero tap
+(cin, ky, kx) adds weight * (the shifted input plane) to the output plane, in tiles of output rows that stay in L1.
+Dense weights with group 1 use im2col + BLAS, one band of output rows at a time (sized for L2). A fused activation
+(Relu, LeakyRelu, Clip) or an epilogue chain (EpilogueChain: the elementwise nodes after the Conv) is applied to
+each output plane or band while it is in cache. `bind_conv` checks once and returns the kernel with its arguments,
+for the executor's per-plan steps. Weight classes: runtime/weights.py.
+"""
+from __future__ import annotations
+
+import types
+from dataclasses import dataclass, field
+
+import numpy as np
+from numba import get_num_threads, njit, prange
+
+from edgepack.runtime.errors import InputError, UnsupportedError
+from edgepack.runtime.ops.elementwise import (ACT_CLIP, ACT_LEAKY, ACT_NONE, EP_ACT, EP_P0, EP_P1, _sigmoid_kernel,
+                                     _tanh_kernel, epilogue)
+from edgepack.runtime.weights import CodebookWeight, DenseWeight, Int8Weight, SparseCodebookWeight
+
+_EMPTY_F32 = np.zeros(0, dtype=np.float32)
+_AUTO_PADS = ("NOTSET", "VALID", "SAME_UPPER", "SAME_LOWER")
+
+# An epilogue chain: the elementwise nodes exporters put after a Conv (HardSwish as x * Clip(x + 3, 0, 6) / 6, SiLU
+# as x * Sigmoid(x), Paddle's learnable affine x * a + b, ...) run by the Conv on each output plane or band while it
+# is in cache, instead of one pass over memory per node (runtime/layers.py fuse_conv_epilogues finds them). Steps:
+# rows [op, a, b, c] of a float32 (n, 4) array, each bit for bit what the node's own kernel computes in float32.
+# CH_SAVE keeps the current values (the x of a gate x * f(x)); CH_MUL_SAVED / CH_ADD_SAVED combine with them.
+(CH_SAVE, CH_ADD, CH_SUB, CH_RSUB, CH_MUL, CH_DIV, CH_RDIV, CH_ACT, CH_SIGMOID, CH_HARD_SIGMOID, CH_HARD_SWISH,
+ CH_TANH, CH_MUL_SAVED, CH_ADD_SAVED) = range(1, 15)
+_EMPTY_CHAIN = np.zeros((0, 4), dtype=np.float32)
+_EMPTY_CHAIN.flags.writeable = False
+
+
+@dataclass(frozen=True, eq=False)
+class EpilogueChain:
+    """A fused epilogue chain (see CH_*): steps (n, 4) float32; nodes: the names of the nodes it runs."""
+
+    steps: np.ndarray
+    nodes: tuple
+
+    def __post_init__(self) -> None:
+        self.steps.flags.writeable = False
+_PLAN_CACHE_SIZE = 8  # input shapes remembered per prepared weight
+
+# The int64 geometry vector the kernels receive (one array instead of 26 scalar arguments): the convolution's
+# sizes, then the scratch layout (byte offsets; int64 parts first so every part is aligned to its item size).
+# Strided direct convolutions read a "phased" copy of each sample: per channel, sh * sw planes of QH x QW, plane
+# (py, px) holding the padded input's rows py, py + sh, ... and columns px, px + sw, ...; every tap then reads one
+# contiguous window of one plane (pitch QW), as at stride 1. _PLANE: floats per channel of the source the kernels
+# read; _PITCH: its row pitch; _PLEN: floats of one slot's padded or phased copy (0: the kernels read x directly).
+(_C, _H, _W, _HP, _WP, _OH, _OW, _KH, _KW, _SH, _SW, _DH, _DW, _PT, _PL, _CIN_G, _PADDED, _GSTRIDE, _COLS,
+ _SLOTS, _ACC_LEN, _TAB_OFF, _OBUF_OFF, _XPAD_OFF, _ACC_OFF, _WBUF_OFF, _PHASED, _QH, _QW, _PLANE, _PITCH, _PLEN,
+ _CROWS, _TROWS, _NGEO) = range(35)
+# im2col runs a band of _CROWS output rows at a time: the band's (cols, _CROWS * OW) matrix is sized to stay in the
+# L2 cache while BLAS reads it (a 3x3 conv of 96 channels at 80x80: 864 x 6400 floats = 22 MB in one piece, 4.6 ms
+# of matmul; in bands of 3 rows, 2.1 ms), and the scratch shrinks by the same factor.
+IM2COL_BAND_FLOATS = 1 << 18  # 1 MiB of float32 per band
+IM2COL_BAND_MIN_POSITIONS = 128  # below this BLAS's per-call cost dominates: take more rows
+# The direct kernels sum taps over tiles of _TROWS output rows of about this many floats (see _taps_kernel).
+TAPS_TILE_FLOATS = 2048
+
+
+def _serial_and_parallel(fn):
+    """Compile one undecorated kernel twice. The twin gets its own qualname because Numba's cache index ignores
+    target options: without it the parallel build would load the serial machine code from the cache."""
+    twin = types.FunctionType(fn.__code__, fn.__globals__, fn.__name__ + "_parallel", fn.__defaults__,
+                              fn.__closure__)
+    twin.__qualname__ = fn.__qualname__ + "_parallel"
+    return njit(cache=True)(fn), njit(cache=True, parallel=True)(twin)
+
+
+@dataclass(frozen=True, eq=False)
+class PreparedConv:
+    """A Conv weight (cout, cin/group, kh, kw) re-laid for the kernels of this file.
+
+    kind "dense": w2d (cout, cols) float32.  kind "sparse": CSR indptr/columns/codes without filler entries.
+    kind "codebook": codes (cout, cols).  kind "int8": q (cout, cols), zp (cout,) float32.
+    scales (cout,) multiply output channels (empty when absent); group_of (cout,) is each channel's group.
+    `plans` caches the geometry per input shape (the executor calls with the same shapes every run).
+    """
+
+    kind: str
+    shape: tuple
+    group: int
+    arrays: dict = field(repr=False)
+    plans: dict = field(default_factory=dict, repr=False)
+
+    @property
+    def nbytes(self) -> int:
+        return int(sum(a.nbytes for a in self.arrays.values()))
+
+
+@dataclass(frozen=True, eq=False)
+class _Plan:
+    attrs: dict  # a copy of the attributes it was built for
+    out_shape: tuple
+    geo: np.ndarray
+    scratch_bytes: int
+    im2col: bool
+
+
+# ------------------------------------------------------------------------------------------ attributes, geometry
+
+def _ints(attrs: dict, key: str, default: list, n: int, nsp: int) -> list:
+    v = attrs.get(key)
+    v = default if v is None else [int(i) for i in v]
+    if len(v) != n:
+        raise UnsupportedError(f"conv: attribute '{key}' expected {n} values ({nsp}-D conv), found {v}")
+    return v
+
+
+def geometry(x_shape: tuple, w_shape: tuple, attrs: dict) -> dict:
+    """The validated geometry of ONNX Conv, 1-D or 2-D, in 2-D terms: a 1-D convolution (x (N, C, W), weight
+    (cout, cin/group, K), one stride / dilation, pads [begin, end]) is the 2-D one with H = kh = 1, which every
+    kernel runs unchanged on the same flat buffers. `out_shape` has the input's rank. The one implementation of
+    Conv's window arithmetic: the streamed kernels' vector (runtime/layers.py conv_geometry) is read from it."""
+    x_shape, w_shape = tuple(x_shape), tuple(w_shape)
+    nsp = len(w_shape) - 2
+    if nsp not in (1, 2):
+        raise UnsupportedError(f"conv: only 1-D and 2-D convolution is supported, weight shape {w_shape} "
+                               f"(rank {len(w_shape)})")
+    if len(x_shape) != len(w_shape):
+        want = "(N, C, W)" if nsp == 1 else "(N, C, H, W)"
+        raise InputError(f"conv: x expected {len(w_shape)}-D {want} for weight shape {w_shape}, found shape "
+                         f"{x_shape}")
+    if nsp == 1:  # H = kh = 1: one row, one kernel row, no vertical stride, dilation or padding
+        x_shape, w_shape = x_shape[:2] + (1,) + x_shape[2:], w_shape[:2] + (1,) + w_shape[2:]
+    cout, cin_g, kh, kw = (int(d) for d in w_shape)
+    nb, c, h, w = (int(d) for d in x_shape)
+    group = int(attrs.get("group", 1) or 1)
+    if group < 1 or cin_g * group != c or cout % group != 0:
+        raise InputError(f"conv: x has {c} channels; weight {tuple(w_shape)} with group {group} expects "
+                         f"{cin_g * group} channels and cout divisible by the group")
+    ks = attrs.get("kernel_shape")
+    if ks is not None and [int(i) for i in ks] != [kh, kw][2 - nsp:]:
+        raise InputError(f"conv: kernel_shape {list(ks)} does not match weight shape {tuple(w_shape)}")
+    one = [1] * (2 - nsp)  # the implicit H axis of a 1-D convolution
+    sh, sw = one + _ints(attrs, "strides", [1] * nsp, nsp, nsp)
+    dh, dw = one + _ints(attrs, "dilations", [1] * nsp, nsp, nsp)
+    if min(sh, sw, dh, dw) < 1:
+        raise UnsupportedError(f"conv: strides and dilations must be >= 1, found {[sh, sw][2 - nsp:]} and "
+                               f"{[dh, dw][2 - nsp:]}")
+    auto_pad = attrs.get("auto_pad", "NOTSET") or "NOTSET"
+    if isinstance(auto_pad, bytes):
+        auto_pad = auto_pad.decode()
+    if auto_pad not in _AUTO_PADS:
+        raise UnsupportedError(f"conv: auto_pad expected one of {_AUTO_PADS}, found {auto_pad!r}")
+    ekh, ekw = (kh - 1) * dh + 1, (kw - 1) * dw + 1  # extent of the dilated kernel
+    if auto_pad == "NOTSET":
+        pads = _ints(attrs, "pads", [0] * 2 * nsp, 2 * nsp, nsp)
+        if min(pads) < 0:
+            raise UnsupportedError(f"conv: negative pads are not supported, found {pads}")
+        pt, pl, pb, pr = pads if nsp == 2 else (0, pads[0], 0, pads[1])
+    elif auto_pad == "VALID":
+        pt = pl = pb = pr = 0
+    else:  # SAME_*: output = ceil(input / stride); the odd pad goes to the end (UPPER) or the start (LOWER)
+        pads = []
+        for size, s, ek in ((h, sh, ekh), (w, sw, ekw)):
+            total = max(0, (-(-size // s) - 1) * s + ek - size)
+            small, big = total // 2, total - total // 2
+            pads.append((small, big) if auto_pad == "SAME_UPPER" else (big, small))
+        (pt, pb), (pl, pr) = pads
+    hp, wp = h + pt + pb, w + pl + pr
+    if hp < ekh or wp < ekw:
+        size, pad, ext = (f"{h}x{w}", [pt, pl, pb, pr], f"{ekh}x{ekw}") if nsp == 2 else (w, [pl, pr], ekw)
+        raise InputError(f"conv: input {size} with pads {pad} is smaller than the dilated kernel {ext}")
+    oh, ow = (hp - ekh) // sh + 1, (wp - ekw) // sw + 1
+    out_shape = (nb, cout, oh, ow) if nsp == 2 else (nb, cout, ow)
+    return dict(nb=nb, c=c, h=h, w=w, cout=cout, cin_g=cin_g, kh=kh, kw=kw, sh=sh, sw=sw, dh=dh, dw=dw, pt=pt,
+                pl=pl, hp=hp, wp=wp, oh=oh, ow=ow, group=group, padded=int(pt + pl + pb + pr > 0),
+                out_shape=out_shape)
+
+
+def _slots(cout: int, parallel: bool) -> int:
+    return max(1, min(int(get_num_threads()), cout)) if parallel else 1
+
+
+def _layout(g: dict, kind: str, parallel: bool) -> tuple[np.ndarray, int, bool]:
+    """The geometry vector (with the scratch layout filled in), the scratch bytes, and whether im2col is used.
+
+    im2col needs one (cols, OH*OW) float32 matrix. The direct kernels need tap offsets (int64, per call) and per
+    slot a padded copy of one sample (when padding), an accumulator plane and one decoded row (values, offsets)."""
+    cols = g["cin_g"] * g["kh"] * g["kw"]
+    im2col = kind == "dense" and g["group"] == 1
+    slots = _slots(g["cout"], parallel)
+    sh, sw = g["sh"], g["sw"]
+    phased = int(not im2col and (sh, sw) != (1, 1))
+    qh, qw = -(-g["hp"] // sh), -(-g["wp"] // sw)
+    plane, pitch = (sh * sw * qh * qw, qw) if phased else (g["hp"] * g["wp"], g["wp"])
+    acc_len = g["oh"] * pitch
+    geo = np.zeros(_NGEO, dtype=np.int64)
+    for i, key in ((_C, "c"), (_H, "h"), (_W, "w"), (_HP, "hp"), (_WP, "wp"), (_OH, "oh"), (_OW, "ow"),
+                   (_KH, "kh"), (_KW, "kw"), (_SH, "sh"), (_SW, "sw"), (_DH, "dh"), (_DW, "dw"), (_PT, "pt"),
+                   (_PL, "pl"), (_CIN_G, "cin_g"), (_PADDED, "padded")):
+        geo[i] = g[key]
+    geo[_PHASED], geo[_QH], geo[_QW], geo[_PLANE], geo[_PITCH] = phased, qh, qw, plane, pitch
+    geo[_PLEN] = g["c"] * plane if (g["padded"] or phased) else 0
+    geo[_GSTRIDE] = g["cin_g"] * plane
+    geo[_COLS], geo[_SLOTS], geo[_ACC_LEN] = cols, slots, acc_len
+    geo[_TROWS] = max(1, min(g["oh"], TAPS_TILE_FLOATS // max(1, pitch)))
+    if im2col:
+        ow = max(1, g["ow"])
+        want = max(IM2COL_BAND_FLOATS // max(1, cols), IM2COL_BAND_MIN_POSITIONS)
+        geo[_CROWS] = crows = max(1, min(g["oh"], want // ow))
+        return geo, 4 * (cols + 1) * crows * g["ow"], True  # the band, then one band row for an epilogue chain
+    pos = 0
+    for off, size in ((_TAB_OFF, 8 * cols), (_OBUF_OFF, 8 * slots * cols),
+                      (_XPAD_OFF, 4 * slots * int(geo[_PLEN])),
+                      (_ACC_OFF, 4 * slots * acc_len),
+                      (_WBUF_OFF, 4 * slots * cols)):
+        geo[off] = pos
+        pos += size
+    return geo, pos, False
+
+
+def _plan(prepared: PreparedConv, x_shape: tuple, attrs: dict, parallel: bool) -> _Plan:
+    key = (tuple(x_shape), bool(parallel))
+    plan = prepared.plans.get(key)
+    if plan is not None and plan.attrs == attrs:
+        return plan
+    g = geometry(x_shape, prepared.shape, attrs)
+    if g["group"] != prepared.group:
+        raise InputError(f"conv: attribute group {g['group']} differs from the prepared weight's {prepared.group}")
+    geo, nbytes, im2col = _layout(g, prepared.kind, parallel)
+    frozen = {k: (list(v) if isinstance(v, (list, tuple)) else v) for k, v in attrs.items()}
+    plan = _Plan(frozen, g["out_shape"], geo, nbytes, im2col)
+    if len(prepared.plans) >= _PLAN_CACHE_SIZE:
+        prepared.plans.clear()
+    prepared.plans[key] = plan
+    return plan
+
+
+def conv_output_shape(x_shape: tuple, w_shape: tuple, attrs: dict) -> tuple:
+    """(N, cout, OH, OW), or (N, cout, OW) for a 1-D convolution, of ONNX Conv for these shapes and attributes."""
+    return geometry(x_shape, w_shape, attrs)["out_shape"]
+
+
+def conv_scratch_bytes(x_shape: tuple, w_shape: tuple, attrs: dict, prepared: PreparedConv | None = None,
+                       parallel: bool = False) -> int:
+    """Scratch bytes `conv` needs. Without `prepared` the answer covers every weight kind (an upper bound)."""
+    if prepared is not None:
+        return _plan(prepared, x_shape, attrs, parallel).scratch_bytes
+    g = geometry(x_shape, w_shape, attrs)
+    return max(_layout(g, kind, parallel)[1] for kind in ("dense", "sparse"))
+
+
+# ------------------------------------------------------------------------------------------------ load-time re-lay
+
+_F32_TINY = np.float32(np.finfo(np.float32).tiny)
+
+
+def _flush_subnormals(a: np.ndarray) -> np.ndarray:
+    """`a` with its subnormal float32 values (0 < |v| < 1.2e-38) set to 0; `a` itself when it has none.
+
+    Quantised weights can hold them (a centroid times a subnormal row scale, 3.2e-40 in PP-OCRv4 rec at 8 bits,
+    whose dense-held layers get 15,406 of them where the original file has none), and every multiply that reads one
+    takes a microcode assist: a 480 x 480 1x1 Conv ran its BLAS product in 35 ms instead of 1.6 ms. A product w * x
+    with |w| < 1.2e-38 is below the rounding of any sum with a normal term, so the flush changes no output except
+    sums made of such products alone."""
+    sub = (a != 0) & (np.abs(a) < _F32_TINY)
+    if not sub.any():
+        return a
+    out = a.copy()
+    out[sub] = 0
+    return out
+
+
+def prepare_conv(weight, group: int) -> PreparedConv:
+    """Re-lay a constant Conv weight (cout, cin/group, kh, kw), or (cout, cin/group, k) for 1-D, for the kernels of
+    this file (the same (cout, cols) rows either way: a 1-D kernel is a 2-D one with kh = 1)."""
+    shape = tuple(int(d) for d in getattr(weight, "shape", ()))
+    if len(shape) not in (3, 4):
+        raise UnsupportedError(f"conv: only 1-D and 2-D convolution is supported, weight shape {shape}")
+    cout = shape[0]
+    group = int(group)
+    if group < 1 or cout % group != 0:
+        raise InputError(f"conv: group {group} must be >= 1 and divide cout {cout}")
+    group_of = (np.arange(cout, dtype=np.int64) // (cout // group)).astype(np.int32)
+    if isinstance(weight, DenseWeight):
+        if weight.array.dtype.kind != "f":
+            raise UnsupportedError(f"conv: dense weight dtype expected a float type, found "
+                                   f"{weight.array.dtype.name}")
+        w2d = _flush_subnormals(np.ascontiguousarray(weight.array, dtype=np.float32).reshape(cout, -1))
+        return PreparedConv("dense", shape, group, {"w2d": w2d, "group_of": group_of})
+    if isinstance(weight, SparseCodebookWeight):
+        codebook = _flush_subnormals(weight.codebook)
+        keep = codebook[weight.codes] != 0.0  # filler entries do no work
+        if keep.all():
+            indptr, columns, codes = weight.indptr, weight.columns, weight.codes
+        else:
+            row_of = np.repeat(np.arange(cout), np.diff(weight.indptr))[keep]
+            indptr = np.zeros(cout + 1, dtype=np.int32)
+            np.cumsum(np.bincount(row_of, minlength=cout), out=indptr[1:])
+            columns, codes = weight.columns[keep], weight.codes[keep]
+        arrays = {"indptr": indptr, "columns": columns, "codes": codes, "codebook": codebook}
+        scales, kind = weight.row_scales, "sparse"
+    elif isinstance(weight, CodebookWeight):
+        arrays = {"codes": weight.codes, "codebook": _flush_subnormals(weight.codebook)}
+        scales, kind = weight.row_scales, "codebook"
+    elif isinstance(weight, Int8Weight):
+        zp = weight.zero_point.astype(np.float32)
+        scales = weight.scale.astype(np.float32)
+        if scales.shape[0] != cout:  # per-tensor
+            zp, scales = np.full(cout, zp[0], np.float32), np.full(cout, scales[0], np.float32)
+        arrays, kind = {"q": weight.q, "zp": zp}, "int8"
+    else:
+        raise UnsupportedError(f"conv: unknown weight class {type(weight).__name__}")
+    arrays["scales"] = _EMPTY_F32 if scales is None else scales
+    arrays["group_of"] = group_of
+    return PreparedConv(kind, shape, group, arrays)
+
+
+# -------------------------------------------------------------------------------------------------------- kernels
+# Hot loops index slices from 0 (a[i], not a[off + i]): Numba cannot prove off + i >= 0, keeps its negative-index
+# wraparound per element, and LLVM then does not vectorise (measured 5x slower on the dev VM). Sizes come in
+# precomputed: an integer division by a run-time value adds a zero-divisor check that slowed a loop nest 3x.
+
+@njit(cache=True)
+def _scratch_views_kernel(scratch, geo):
+    cols, slots = geo[_COLS], geo[_SLOTS]
+    tab = scratch[geo[_TAB_OFF]: geo[_TAB_OFF] + 8 * cols].view(np.int64)
+    obuf = scratch[geo[_OBUF_OFF]: geo[_OBUF_OFF] + 8 * slots * cols].view(np.int64)
+    xpad = scratch[geo[_XPAD_OFF]: geo[_ACC_OFF]].view(np.float32)
+    acc = scratch[geo[_ACC_OFF]: geo[_ACC_OFF] + 4 * slots * geo[_ACC_LEN]].view(np.float32)
+    wbuf = scratch[geo[_WBUF_OFF]: geo[_WBUF_OFF] + 4 * slots * cols].view(np.float32)
+    kh, kw, pitch, plane = geo[_KH], geo[_KW], geo[_PITCH], geo[_PLANE]
+    sh, sw, qplane = geo[_SH], geo[_SW], geo[_QH] * geo[_QW]
+    for c in range(geo[_CIN_G]):  # tab[(c * kh + ky) * kw + kx]: offset of that tap in its group's input
+        for ky in range(kh):
+            for kx in range(kw):
+                oy, ox = ky * geo[_DH], kx * geo[_DW]  # the tap's offset in the padded input
+                if geo[_PHASED]:  # in plane (oy % sh, ox % sw), at (oy // sh, ox // sw)
+                    t = c * plane + ((oy % sh) * sw + ox % sw) * qplane + (oy // sh) * pitch + ox // sw
+                else:
+                    t = c * plane + oy * pitch + ox
+                tab[(c * kh + ky) * kw + kx] = t
+    return tab, obuf, xpad, acc, wbuf
+
+
+@njit(cache=True)
+def _source_kernel(x, b, geo, xpad):
+    """Sample b as the kernels read it: x[b] itself, a zero-padded (C, Hp, Wp) copy, or (strided) the phased copy
+    in xpad (see _PHASED)."""
+    if geo[_PLEN] == 0:
+        return x[b]
+    c_in, h, w, hp, wp, pt, pl = geo[_C], geo[_H], geo[_W], geo[_HP], geo[_WP], geo[_PT], geo[_PL]
+    xp = xpad[: geo[_PLEN]]
+    if geo[_PHASED] == 0:  # only the borders are zeroed: the interior is written once (no memset pass first)
+        pr = wp - pl - w
+        for c in range(c_in):
+            c0 = c * hp * wp
+            xp[c0: c0 + pt * wp] = 0.0
+            xp[c0 + (pt + h) * wp: c0 + hp * wp] = 0.0
+            for y in range(h):
+                r = c0 + (y + pt) * wp
+                xp[r: r + pl] = 0.0
+                xp[r + pl + w: r + pl + w + pr] = 0.0
+                s = (c * h + y) * w
+                xp[r + pl: r + pl + w] = x[b, s: s + w]
+        return xp
+    xp[:] = 0.0  # the borders; a slot pads each of its samples into its own copy
+    sh, sw, qh, qw, plane = geo[_SH], geo[_SW], geo[_QH], geo[_QW], geo[_PLANE]
+    for c in range(c_in):
+        for py in range(sh):
+            for qy in range(qh):
+                y = qy * sh + py - pt  # the input row that lands there
+                if y < 0 or y >= h:
+                    continue
+                src = x[b, (c * h + y) * w: (c * h + y) * w + w]
+                for px in range(sw):
+                    d = c * plane + (py * sw + px) * qh * qw + qy * qw
+                    # columns qx whose input column qx * sw + off lies in [0, w): one branch-free run
+                    off = px - pl
+                    lo = 0 if off >= 0 else min(qw, (sw - 1 - off) // sw)
+                    hi = max(lo, min(qw, (w - 1 - off) // sw + 1)) if w - 1 - off >= 0 else lo
+                    dst = xp[d + lo: d + hi]
+                    for j in range(hi - lo):
+                        dst[j] = src[(lo + j) * sw + off]
+    return xp
+
+
+@njit(cache=True)
+def _taps_kernel(src, base, wbuf, obuf, ntaps, acc, geo):
+    """acc <- sum over taps t of wbuf[t] * (the input plane seen from offset base + obuf[t]).
+
+    Each tap runs as ONE contiguous loop over a 'wide' plane of row pitch _PITCH (the columns past OW are computed
+    and dropped) so short output rows still vectorise; strided convolutions read the phased copy (see _PHASED),
+    where a tap's window is contiguous as well. Large planes go in tiles of _TROWS output rows (every tap over one
+    tile, then the next) so that the accumulator and the four windows a pass reads stay in L1 (a 200 x 152 plane:
+    120 KB of accumulator per tap otherwise); each value still sums its taps in the same order."""
+    oh, ow, wp, trows = geo[_OH], geo[_OW], geo[_PITCH], geo[_TROWS]
+    for r0 in range(0, oh, trows):
+        r1 = min(oh, r0 + trows)
+        lo = r0 * wp
+        n = (r1 - 1 - r0) * wp + ow  # the last read is exactly the plane's last element: no overrun
+        a = acc[lo: lo + n]
+        a[:] = 0.0
+        t = 0
+        # Four taps per pass load and store the accumulator a quarter as often (1.4x on LeNet-5 conv2); the
+        # additions stay in tap order, so the bits equal those of the one-tap loop.
+        while t + 4 <= ntaps:
+            w0, w1, w2, w3 = wbuf[t], wbuf[t + 1], wbuf[t + 2], wbuf[t + 3]
+            o0, o1, o2, o3 = (base + lo + obuf[t], base + lo + obuf[t + 1], base + lo + obuf[t + 2],
+                              base + lo + obuf[t + 3])
+            s0, s1, s2, s3 = src[o0: o0 + n], src[o1: o1 + n], src[o2: o2 + n], src[o3: o3 + n]
+            for i in range(n):
+                a[i] = a[i] + w0 * s0[i] + w1 * s1[i] + w2 * s2[i] + w3 * s3[i]
+            t += 4
+        while t < ntaps:
+            w = wbuf[t]
+            off = base + lo + obuf[t]
+            s = src[off: off + n]
+            for i in range(n):
+                a[i] += w * s[i]
+            t += 1
+
+
+@njit(cache=True)
+def _activate_kernel(v, kind, p0, p1):
+    """The fused activation (runtime/ops/elementwise.py's epilogue vector) on one float32 value: bit for bit
+    what the unfused elementwise kernel gives."""
+    if kind == ACT_CLIP:
+        if v < p0:
+            v = p0
+        if v > p1:
+            v = p1
+    elif kind == ACT_LEAKY:
+        if v < 0:
+            v = v * p0
+    return v
+
+
+@njit(cache=True, error_model="numpy")
+def _chain_kernel(o, save, chain):
+    """Run an epilogue chain (CH_* steps) in place on the contiguous values o; save: scratch of o's length. Each
+    step is one loop over o (vectorised; o is a plane or a band row, still in cache)."""
+    n = o.shape[0]
+    sv = save[:n]
+    for s in range(chain.shape[0]):
+        op = np.int64(chain[s, 0])
+        a, b, c = chain[s, 1], chain[s, 2], chain[s, 3]
+        if op == CH_SAVE:
+            for i in range(n):
+                sv[i] = o[i]
+        elif op == CH_ADD:
+            for i in range(n):
+                o[i] = o[i] + a
+        elif op == CH_SUB:
+            for i in range(n):
+                o[i] = o[i] - a
+        elif op == CH_RSUB:
+            for i in range(n):
+                o[i] = a - o[i]
+        elif op == CH_MUL:
+            for i in range(n):
+                o[i] = o[i] * a
+        elif op == CH_DIV:
+            for i in range(n):
+                o[i] = o[i] / a
+        elif op == CH_RDIV:
+            for i in range(n):
+                o[i] = a / o[i]
+        elif op == CH_ACT:
+            kind = np.int64(a)
+            for i in range(n):
+                o[i] = _activate_kernel(o[i], kind, b, c)
+        elif op == CH_SIGMOID:
+            _sigmoid_kernel(o, o)
+        elif op == CH_HARD_SIGMOID or op == CH_HARD_SWISH:
+            # elementwise.py's _hard_sigmoid_kernel / _hard_swish_kernel value for value (v in float32: its clamps
+            # to 0 and 1 are exact, and x * v rounded once is the same float32 either way), written here in one
+            # array: called with out = x those kernels see two arrays that overlap and LLVM keeps them scalar
+            swish = op == CH_HARD_SWISH
+            for i in range(n):
+                xv = o[i]
+                v = xv * a + b
+                v = np.float32(0.0) if v < 0 else v
+                v = np.float32(1.0) if v > 1 else v
+                o[i] = xv * v if swish else v
+        elif op == CH_TANH:
+            _tanh_kernel(o, o)
+        elif op == CH_MUL_SAVED:
+            for i in range(n):
+                o[i] = sv[i] * o[i]
+        elif op == CH_ADD_SAVED:
+            for i in range(n):
+                o[i] = sv[i] + o[i]
+
+
+@njit(cache=True)
+def _store_kernel(acc, geo, scale, bias_v, out, b, co, kind, p0, p1, chain):
+    """out[b, co] = act(acc * scale + bias_v), dropping the wide-plane columns; then the epilogue chain on the
+    plane (acc, no longer needed, keeps its saved values)."""
+    oh, ow = geo[_OH], geo[_OW]
+    aw = geo[_PITCH]
+    o0 = co * oh * ow
+    for oy in range(oh):
+        a = acc[oy * aw: oy * aw + ow]
+        o = out[b, o0 + oy * ow: o0 + oy * ow + ow]
+        if kind == ACT_NONE:
+            for ox in range(ow):
+                o[ox] = a[ox] * scale + bias_v
+        else:
+            for ox in range(ow):
+                o[ox] = _activate_kernel(a[ox] * scale + bias_v, kind, p0, p1)
+    if chain.shape[0] != 0:
+        _chain_kernel(out[b, o0: o0 + oh * ow], acc, chain)
+
+
+@njit(cache=True)
+def _bias_act_kernel(out, bias, ep):
+    """out (N, cout, positions) <- act(out + bias[co]) after the im2col products."""
+    has_bias = bias.shape[0] != 0
+    kind, p0, p1 = np.int64(ep[EP_ACT]), ep[EP_P0], ep[EP_P1]
+    for b in range(out.shape[0]):
+        for co in range(out.shape[1]):
+            o = out[b, co]
+            bv = bias[co] if has_bias else np.float32(0.0)
+            for i in range(o.shape[0]):
+                v = o[i] + bv if has_bias else o[i]
+                o[i] = _activate_kernel(v, kind, p0, p1)
+
+
+# One driver per weight kind; they differ only in how a weight row is decoded into (value, offset) taps.
+# The parallel build splits the output channels over threads (slot t takes channels t, t + slots, ... of every
+# sample) in ONE parallel region per call; every channel is summed in the same order either way, so serial and
+# parallel give the same bits.
+
+def _conv_sparse(x, geo, group_of, indptr, columns, codes, codebook, scales, bias, ep, chain, out, scratch):
+    tab, obuf, xpad, acc, wbuf = _scratch_views_kernel(scratch, geo)
+    cout, cols, slots, alen, gstride = group_of.shape[0], geo[_COLS], geo[_SLOTS], geo[_ACC_LEN], geo[_GSTRIDE]
+    plen = geo[_PLEN]
+    has_scales = scales.shape[0] != 0
+    has_bias = bias.shape[0] != 0
+    kind, p0, p1 = np.int64(ep[EP_ACT]), ep[EP_P0], ep[EP_P1]
+    for t in prange(slots):
+        wb, ob = wbuf[t * cols: t * cols + cols], obuf[t * cols: t * cols + cols]
+        ac, xp = acc[t * alen: t * alen + alen], xpad[t * plen: t * plen + plen]
+        for b in range(x.shape[0]):
+            src = _source_kernel(x, b, geo, xp)
+            for co in range(t, cout, slots):
+                n = 0
+                for j in range(indptr[co], indptr[co + 1]):
+                    wb[n] = codebook[codes[j]]
+                    ob[n] = tab[columns[j]]
+                    n += 1
+                _taps_kernel(src, group_of[co] * gstride, wb, ob, n, ac, geo)
+                _store_kernel(ac, geo, scales[co] if has_scales else np.float32(1.0),
+                              bias[co] if has_bias else np.float32(0.0), out, b, co, kind, p0, p1, chain)
+
+
+def _conv_codebook(x, geo, group_of, codes, codebook, scales, bias, ep, chain, out, scratch):
+    tab, obuf, xpad, acc, wbuf = _scratch_views_kernel(scratch, geo)
+    cout, cols, slots, alen, gstride = group_of.shape[0], geo[_COLS], geo[_SLOTS], geo[_ACC_LEN], geo[_GSTRIDE]
+    plen = geo[_PLEN]
+    has_scales = scales.shape[0] != 0
+    has_bias = bias.shape[0] != 0
+    kind, p0, p1 = np.int64(ep[EP_ACT]), ep[EP_P0], ep[EP_P1]
+    for t in prange(slots):
+        wb, ob = wbuf[t * cols: t * cols + cols], obuf[t * cols: t * cols + cols]
+        ac, xp = acc[t * alen: t * alen + alen], xpad[t * plen: t * plen + plen]
+        for b in range(x.shape[0]):
+            src = _source_kernel(x, b, geo, xp)
+            for co in range(t, cout, slots):
+                n = 0
+                for c in range(cols):
+                    w = codebook[codes[co, c]]
+                    if w != 0.0:
+                        wb[n] = w
+                        ob[n] = tab[c]
+                        n += 1
+                _taps_kernel(src, group_of[co] * gstride, wb, ob, n, ac, geo)
+                _store_kernel(ac, geo, scales[co] if has_scales else np.float32(1.0),
+                              bias[co] if has_bias else np.float32(0.0), out, b, co, kind, p0, p1, chain)
+
+
+def _conv_int8(x, geo, group_of, q, zp, scales, bias, ep, chain, out, scratch):
+    tab, obuf, xpad, acc, wbuf = _scratch_views_kernel(scratch, geo)
+    cout, cols, slots, alen, gstride = group_of.shape[0], geo[_COLS], geo[_SLOTS], geo[_ACC_LEN], geo[_GSTRIDE]
+    plen = geo[_PLEN]
+    has_bias = bias.shape[0] != 0
+    kind, p0, p1 = np.int64(ep[EP_ACT]), ep[EP_P0], ep[EP_P1]
+    for t in prange(slots):
+        wb, ob = wbuf[t * cols: t * cols + cols], obuf[t * cols: t * cols + cols]
+        ac, xp = acc[t * alen: t * alen + alen], xpad[t * plen: t * plen + plen]
+        for b in range(x.shape[0]):
+            src = _source_kernel(x, b, geo, xp)
+            for co in range(t, cout, slots):
+                n = 0
+                z = zp[co]
+                for c in range(cols):
+                    w = np.float32(q[co, c]) - z  # exact; the scale is applied once per output
+                    if w != 0.0:
+                        wb[n] = w
+                        ob[n] = tab[c]
+                        n += 1
+                _taps_kernel(src, group_of[co] * gstride, wb, ob, n, ac, geo)
+                _store_kernel(ac, geo, scales[co], bias[co] if has_bias else np.float32(0.0), out, b, co,
+                              kind, p0, p1, chain)
+
+
+def _conv_dense_direct(x, geo, group_of, w2d, bias, ep, chain, out, scratch):
+    """Dense weights with groups (depthwise included), where im2col + BLAS would multiply tiny matrices."""
+    tab, obuf, xpad, acc, wbuf = _scratch_views_kernel(scratch, geo)
+    cout, cols, slots, alen, gstride = group_of.shape[0], geo[_COLS], geo[_SLOTS], geo[_ACC_LEN], geo[_GSTRIDE]
+    plen = geo[_PLEN]
+    has_bias = bias.shape[0] != 0
+    kind, p0, p1 = np.int64(ep[EP_ACT]), ep[EP_P0], ep[EP_P1]
+    for t in prange(slots):
+        wb, ob = wbuf[t * cols: t * cols + cols], obuf[t * cols: t * cols + cols]
+        ac, xp = acc[t * alen: t * alen + alen], xpad[t * plen: t * plen + plen]
+        for b in range(x.shape[0]):
+            src = _source_kernel(x, b, geo, xp)
+            for co in range(t, cout, slots):
+                n = 0
+                for c in range(cols):
+                    w = w2d[co, c]
+                    if w != 0.0:
+                        wb[n] = w
+                        ob[n] = tab[c]
+                        n += 1
+                _taps_kernel(src, group_of[co] * gstride, wb, ob, n, ac, geo)
+                _store_kernel(ac, geo, np.float32(1.0), bias[co] if has_bias else np.float32(0.0), out, b, co,
+                              kind, p0, p1, chain)
+
+
+_conv_sparse_kernel, _conv_sparse_parallel_kernel = _serial_and_parallel(_conv_sparse)
+_conv_codebook_kernel, _conv_codebook_parallel_kernel = _serial_and_parallel(_conv_codebook)
+_conv_int8_kernel, _conv_int8_parallel_kernel = _serial_and_parallel(_conv_int8)
+_conv_dense_direct_kernel, _conv_dense_direct_parallel_kernel = _serial_and_parallel(_conv_dense_direct)
+
+
+@njit(cache=True)
+def _im2col_kernel(x, b, geo, oy0, oy1, col):
+    """col[(c * kh + ky) * kw + kx, (oy - oy0) * OW + ox] = padded input of sample b at that tap and output
+    position, for output rows oy0 <= oy < oy1 (one band). (Clipped contiguous runs per row instead of the per-value
+    test measured 1.5-3x slower: rows are short and each run costs four slices.)"""
+    c_in, h, w = geo[_C], geo[_H], geo[_W]
+    ow, kh, kw = geo[_OW], geo[_KH], geo[_KW]
+    sh, sw, dh, dw, pt, pl = geo[_SH], geo[_SW], geo[_DH], geo[_DW], geo[_PT], geo[_PL]
+    for c in range(c_in):
+        for ky in range(kh):
+            for kx in range(kw):
+                r = (c * kh + ky) * kw + kx
+                for oy in range(oy0, oy1):
+                    iy = oy * sh - pt + ky * dh
+                    d0 = (oy - oy0) * ow
+                    dst = col[r, d0: d0 + ow]
+                    if iy < 0 or iy >= h:
+                        dst[:] = 0.0
+                        continue
+                    row = x[b, (c * h + iy) * w: (c * h + iy) * w + w]
+                    for ox in range(ow):
+                        ix = ox * sw - pl + kx * dw
+                        dst[ox] = row[ix] if 0 <= ix < w else np.float32(0.0)
+
+
+@njit(cache=True)
+def _bias_act_band_kernel(out, b, p0, p1, bias, ep, chain, save):
+    """out[b, :, p0:p1] <- chain(act(out + bias[co])) for one band of positions, while it is still in cache."""
+    has_bias = bias.shape[0] != 0
+    kind, a0, a1 = np.int64(ep[EP_ACT]), ep[EP_P0], ep[EP_P1]
+    for co in range(out.shape[1]):
+        o = out[b, co, p0:p1]
+        bv = bias[co] if has_bias else np.float32(0.0)
+        for i in range(o.shape[0]):
+            v = o[i] + bv if has_bias else o[i]
+            o[i] = _activate_kernel(v, kind, a0, a1)
+        if chain.shape[0] != 0:
+            _chain_kernel(o, save, chain)
+
+
+# ------------------------------------------------------------------------------------------------------- wrappers
+
+def _im2col_run(x2, geo, bands, w2d, out3, bias_v, ep, chain, save, finish) -> None:
+    # bands: (oy0, oy1, p0, p1, col view, out view) made at bind time; out view = out3[b][:, p0:p1] (row stride
+    # OH*OW: BLAS writes it through its leading dimension)
+    for b in range(x2.shape[0]):
+        for oy0, oy1, p0, p1, col, dst in bands[b]:
+            _im2col_kernel(x2, b, geo, oy0, oy1, col)
+            np.matmul(w2d, col, out=dst)
+            if finish:
+                _bias_act_band_kernel(out3, b, p0, p1, bias_v, ep, chain, save)
+
+
+def _gemm_1x1_bands_run(bands, w2d, out3, bias_v, ep, chain, save) -> None:
+    # a 1x1 convolution with stride 1 and no padding whose epilogue has a chain: BLAS per band of positions
+    # (src = x3[b][:, p0:p1], dst = out3[b][:, p0:p1], strided views), the chain while the band is in cache
+    for b, p0, p1, src, dst in bands:
+        np.matmul(w2d, src, out=dst)
+        _bias_act_band_kernel(out3, b, p0, p1, bias_v, ep, chain, save)
+
+
+def _gemm_1x1_run(x3, w2d, out3, bias_v, ep, finish) -> None:
+    # a 1x1 convolution with stride 1 and no padding: its im2col matrix is the sample itself
+    for b in range(x3.shape[0]):
+        np.matmul(w2d, x3[b], out=out3[b])
+    if finish:
+        _bias_act_kernel(out3, bias_v, ep)
+
+
+def _noop() -> None:
+    return None
+
+
+def bind_conv(x: np.ndarray, prepared: PreparedConv, bias, attrs: dict, out: np.ndarray,
+              scratch: np.ndarray | None = None, parallel: bool = False, act: tuple | None = None):
+    """Check everything once and return (fn, args) such that every fn(*args) computes `conv` from the current
+    contents of x into out (the executor's per-plan steps). x and out must be C-contiguous; bias is read now (a
+    constant); scratch is carved now (None: allocated now)."""
+    if type(x) is not np.ndarray or x.dtype != np.float32 or x.ndim not in (3, 4):
+        raise InputError(f"conv: x expected float32 (N, C, H, W) or (N, C, W), found "
+                         f"{getattr(x, 'dtype', type(x).__name__)} {getattr(x, 'shape', '')}")
+    if not x.flags.c_contiguous:
+        raise InputError(f"conv: x must be C-contiguous, found strides {x.strides} for shape {x.shape}")
+    plan = _plan(prepared, x.shape, attrs, parallel)
+    if type(out) is not np.ndarray or out.dtype != np.float32 or out.shape != plan.out_shape \
+            or not out.flags.c_contiguous:
+        raise InputError(f"conv: out expected C-contiguous float32 {plan.out_shape}, found "
+                         f"{getattr(out, 'dtype', '?')} {getattr(out, 'shape', '?')}")
+    nb, cout = plan.out_shape[0], plan.out_shape[1]
+    if bias is None:
+        bias_v = _EMPTY_F32
+    elif (type(bias) is np.ndarray and bias.dtype == np.float32 and bias.shape == (cout,)
+          and bias.flags.c_contiguous):
+        bias_v = bias
+    else:
+        bias_v = np.asarray(bias)
+        if bias_v.size != cout:
+            raise InputError(f"conv: bias expected {cout} values, found shape {bias_v.shape}")
+        bias_v = np.ascontiguousarray(bias_v.reshape(cout), dtype=np.float32)
+    if scratch is None:
+        scratch = np.empty(plan.scratch_bytes, dtype=np.uint8)
+    elif type(scratch) is not np.ndarray or scratch.ndim != 1 or not scratch.flags.c_contiguous:
+        raise InputError("conv: scratch must be a 1-D C-contiguous numpy array")
+    elif scratch.nbytes < plan.scratch_bytes:
+        raise InputError(f"conv: scratch too small: {scratch.nbytes} bytes < {plan.scratch_bytes} needed")
+    if out.size == 0:
+        return _noop, ()
+    scratch = scratch.view(np.uint8)
+    x2 = x.reshape(nb, -1)
+    out2 = out.reshape(nb, -1)
+    a = prepared.arrays
+    geo = plan.geo
+    chain = _EMPTY_CHAIN
+    if isinstance(act, EpilogueChain):
+        chain, act = act.steps, None
+    ep = epilogue(act)
+    if plan.im2col:
+        cols, npos = int(geo[_COLS]), int(geo[_OH] * geo[_OW])
+        finish = bias_v.shape[0] != 0 or (act is not None and act[0] != ACT_NONE) or chain.shape[0] != 0
+        flat = scratch[: plan.scratch_bytes].view(np.float32)
+        oh, ow, crows = int(geo[_OH]), int(geo[_OW]), int(geo[_CROWS])
+        save = flat[cols * crows * ow: (cols + 1) * crows * ow]
+        if (geo[_KH] == 1 and geo[_KW] == 1 and geo[_SH] == 1 and geo[_SW] == 1 and geo[_PADDED] == 0):
+            x3, out3 = x.reshape(nb, cols, npos), out.reshape(nb, cout, npos)
+            if chain.shape[0] == 0:
+                return _gemm_1x1_run, (x3, a["w2d"], out3, bias_v, ep, finish)
+            step = crows * ow
+            bands = tuple((b, p0, min(npos, p0 + step), x3[b][:, p0: p0 + step], out3[b][:, p0: p0 + step])
+                          for b in range(nb) for p0 in range(0, npos, step))
+            return _gemm_1x1_bands_run, (bands, a["w2d"], out3, bias_v, ep, chain, save)
+        out3 = out.reshape(nb, cout, npos)
+        bands = []
+        for b in range(nb):
+            row = []
+            for oy0 in range(0, oh, crows):
+                oy1 = min(oh, oy0 + crows)
+                p0, p1 = oy0 * ow, oy1 * ow
+                row.append((oy0, oy1, p0, p1, flat[: cols * (p1 - p0)].reshape(cols, p1 - p0), out3[b][:, p0:p1]))
+            bands.append(tuple(row))
+        return _im2col_run, (x2, geo, tuple(bands), a["w2d"], out3, bias_v, ep, chain, save, finish)
+    if prepared.kind == "sparse":
+        fn = _conv_sparse_parallel_kernel if parallel else _conv_sparse_kernel
+        return fn, (x2, geo, a["group_of"], a["indptr"], a["columns"], a["codes"], a["codebook"], a["scales"],
+                    bias_v, ep, chain, out2, scratch)
+    if prepared.kind == "codebook":
+        fn = _conv_codebook_parallel_kernel if parallel else _conv_codebook_kernel
+        return fn, (x2, geo, a["group_of"], a["codes"], a["codebook"], a["scales"], bias_v, ep, chain, out2, scratch)
+    if prepared.kind == "int8":
+        fn = _conv_int8_parallel_kernel if parallel else _conv_int8_kernel
+        return fn, (x2, geo, a["group_of"], a["q"], a["zp"], a["scales"], bias_v, ep, chain, out2, scratch)
+    fn = _conv_dense_direct_parallel_kernel if parallel else _conv_dense_direct_kernel
+    return fn, (x2, geo, a["group_of"], a["w2d"], bias_v, ep, chain, out2, scratch)
+
+
+def conv(x: np.ndarray, prepared: PreparedConv, bias, attrs: dict, out: np.ndarray,
+         scratch: np.ndarray | None = None, parallel: bool = False, act: tuple | None = None) -> np.ndarray:
+    """ONNX Conv: out (N, cout, OH, OW) float32 <- act(x (N, C, H, W) float32 convolved with the prepared weight
+    plus bias (cout,) or None); 1-D: out (N, cout, OW) <- x (N, C, W). `scratch`: a 1-D C-contiguous buffer of at least
+    conv_scratch_bytes(x.shape, prepared.shape, attrs, prepared, parallel) bytes, or None to allocate.
+    act: a fused activation (runtime/ops/elementwise.activation), an EpilogueChain, or None. Returns out."""
+    if type(x) is np.ndarray and x.dtype == np.float32 and x.ndim in (3, 4) and not x.flags.c_contiguous:
+        x = np.ascontiguousarray(x)
+    fn, args = bind_conv(x, prepared, bias, attrs, out, scratch, parallel, act)
+    fn(*args)
+    return out

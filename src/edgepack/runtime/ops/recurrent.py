@@ -1,0 +1,422 @@
+"""Recurrent ops: LSTM and GRU (ONNX opsets 7-22): directions forward, reverse and bidirectional; optional bias,
+sequence_lens (a constant; shorter sequences as onnxruntime treats them: outputs past a sequence's end are zero,
+Y_h / Y_c hold its last state, or zero for an empty one), initial_h, initial_c and peepholes; `clip`,
+`input_forget`, `layout` 0 and 1 (opset 14); GRU's `linear_before_reset` 0 and 1; any of Y, Y_h, Y_c omitted.
+Activations: Sigmoid, Tanh, Relu, Softsign and Softplus (the parameter-free ones); others are refused by name.
+
+The input part of every gate at every step, W x_t, is one BLAS product per direction before the recurrence; then one
+kernel per op runs every direction and batch row: per step the gate pre-activations are that plus the biases plus
+R h_{t-1} (dot products over contiguous weight rows), then the cell update in place. The projections and the state
+(directions x steps x batch x gates x hidden, plus a few hidden sizes, float32) live in the executor's shared
+scratch, which the memory plan counts (run.scratch_bytes); the plain runner allocates them per call.
+W and R arrive dense: the loader expands compressed constants of ops other than Gemm/MatMul/Conv.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import njit
+
+from edgepack.runtime.errors import FormatError, UnsupportedError
+from edgepack.runtime.ops.registry import OpDef, check_arity, float_attr, int_attr
+
+# activation codes of the kernels
+_ACTS = {"sigmoid": 0, "tanh": 1, "relu": 2, "softsign": 3, "softplus": 4}
+_ACT_NAMES = ("Sigmoid", "Tanh", "Relu", "Softsign", "Softplus")
+_DIRECTIONS = ("forward", "reverse", "bidirectional")
+
+
+@njit(cache=True)
+def _act_kernel(code, v):
+    """Activation `code` of a float32 value, in float32 (exp-based tanh: libm's tanhf is several times slower)."""
+    one = np.float32(1.0)
+    if code == 0:
+        return one / (one + math.exp(-v))
+    if code == 1:
+        return np.float32(2.0) / (one + math.exp(np.float32(-2.0) * v)) - one
+    if code == 2:
+        return v if v > np.float32(0.0) else np.float32(0.0)
+    if code == 3:
+        return v / (one + abs(v))
+    if v < np.float32(20.0):
+        return np.float32(math.log1p(math.exp(v)))
+    return v + np.float32(math.log1p(math.exp(-v)))
+
+
+@njit(cache=True)
+def _clip_kernel(v, clip):
+    if clip > np.float32(0.0):
+        if v > clip:
+            return clip
+        if v < -clip:
+            return -clip
+    return v
+
+
+@njit(cache=True, fastmath={"reassoc", "contract"})
+def _dot_kernel(a, b):
+    """Dot product of two contiguous float32 vectors; reassociation lets it run in SIMD (4-8x faster than the
+    strict left-to-right sum; the order is still fixed at compile time, so runs are bit-identical)."""
+    acc = np.float32(0.0)
+    for i in range(a.shape[0]):
+        acc += a[i] * b[i]
+    return acc
+
+
+@njit(cache=True)
+def _put_y_kernel(y, layout, t, d, n, h, count):
+    """Y[step t, direction d, sample n, :] = h[:count], zeros after it, in the node's layout."""
+    for j in range(y.shape[3]):
+        v = h[j] if j < count else np.float32(0.0)
+        if layout == 0:
+            y[t, d, n, j] = v
+        else:
+            y[n, t, d, j] = v
+
+
+@njit(cache=True)
+def _lstm_kernel(xw, r, b, lens, h0, c0, p, acts, clip, input_forget, reverse0, layout, y, yh, yc, has_y, has_yh,
+                 has_yc, state):
+    """xw [D, S*N, 4H]: W x_t of every step (row t*N + n for layout 0, n*S + t for layout 1); r [D, 4H, H] (gate
+    rows i, o, f, c); b [D, 8H] (Wb, Rb); lens [N] int64; h0, c0: [D, N, H] (layout 0) or [N, D, H]; p [D, 3H]
+    (i, o, f); acts [D, 3] (f, g, h codes); y: [S, D, N, H] or [N, S, D, H]; yh, yc like h0; state float32 >= 6H.
+    Direction d runs in reverse when d == 1 or reverse0."""
+    n_dir, g4, hid = r.shape
+    batch = lens.shape[0]
+    seq = xw.shape[1] // batch if batch else 0
+    h = state[0:hid]
+    c = state[hid:2 * hid]
+    g = state[2 * hid:2 * hid + g4]
+    # absent optional inputs arrive as empty arrays: no bias, zero initial state, no peepholes
+    has_b, has_h0, has_c0, has_p = b.size != 0, h0.size != 0, c0.size != 0, p.size != 0
+    zero = np.float32(0.0)
+    for d in range(n_dir):
+        rev = d == 1 or reverse0
+        fa, ga, ha = acts[d, 0], acts[d, 1], acts[d, 2]
+        for n in range(batch):
+            for j in range(hid):
+                if layout == 0:
+                    h[j] = h0[d, n, j] if has_h0 else zero
+                    c[j] = c0[d, n, j] if has_c0 else zero
+                else:
+                    h[j] = h0[n, d, j] if has_h0 else zero
+                    c[j] = c0[n, d, j] if has_c0 else zero
+            steps = lens[n]
+            for s in range(steps):
+                t = steps - 1 - s if rev else s
+                xt = xw[d, t * batch + n] if layout == 0 else xw[d, n * seq + t]
+                for k in range(g4):
+                    g[k] = xt[k] + (b[d, k] + b[d, g4 + k] if has_b else zero) + _dot_kernel(r[d, k], h)
+                for j in range(hid):
+                    cp = c[j]
+                    pi, po, pf = (p[d, j], p[d, hid + j], p[d, 2 * hid + j]) if has_p else (zero, zero, zero)
+                    gi = _act_kernel(fa, _clip_kernel(g[j] + pi * cp, clip))
+                    if input_forget:
+                        gf = np.float32(1.0) - gi
+                    else:
+                        gf = _act_kernel(fa, _clip_kernel(g[2 * hid + j] + pf * cp, clip))
+                    gc = _act_kernel(ga, _clip_kernel(g[3 * hid + j], clip))
+                    cn = gf * cp + gi * gc
+                    go = _act_kernel(fa, _clip_kernel(g[hid + j] + po * cn, clip))
+                    c[j] = cn
+                    h[j] = go * _act_kernel(ha, cn)
+                if has_y:
+                    _put_y_kernel(y, layout, t, d, n, h, hid)
+            if has_y:
+                for t in range(steps, seq):  # steps past the sequence's length are zero
+                    _put_y_kernel(y, layout, t, d, n, h, 0)
+            if steps == 0:  # an empty sequence: Y_h and Y_c are zero, not the initial state (as onnxruntime)
+                for j in range(hid):
+                    h[j] = 0.0
+                    c[j] = 0.0
+            for j in range(hid):
+                if has_yh:
+                    if layout == 0:
+                        yh[d, n, j] = h[j]
+                    else:
+                        yh[n, d, j] = h[j]
+                if has_yc:
+                    if layout == 0:
+                        yc[d, n, j] = c[j]
+                    else:
+                        yc[n, d, j] = c[j]
+
+
+@njit(cache=True)
+def _gru_kernel(xw, r, b, lens, h0, acts, clip, linear_before_reset, reverse0, layout, y, yh, has_y, has_yh, state):
+    """xw [D, S*N, 3H] as for LSTM; r [D, 3H, H] (gate rows z, r, h); b [D, 6H] (Wb, Rb); acts [D, 2] (f, g);
+    state float32 >= 5H."""
+    n_dir, g3, hid = r.shape
+    batch = lens.shape[0]
+    seq = xw.shape[1] // batch if batch else 0
+    h = state[0:hid]
+    gh = state[hid:hid + g3]
+    rh = state[hid + g3:2 * hid + g3]
+    has_b, has_h0 = b.size != 0, h0.size != 0  # absent: no bias, zero initial state
+    zero = np.float32(0.0)
+    for d in range(n_dir):
+        rev = d == 1 or reverse0
+        fa, ga = acts[d, 0], acts[d, 1]
+        for n in range(batch):
+            for j in range(hid):
+                h[j] = zero if not has_h0 else h0[d, n, j] if layout == 0 else h0[n, d, j]
+            steps = lens[n]
+            for s in range(steps):
+                t = steps - 1 - s if rev else s
+                xt = xw[d, t * batch + n] if layout == 0 else xw[d, n * seq + t]
+                for k in range(2 * hid):  # update and reset gates
+                    bias = b[d, k] + b[d, g3 + k] if has_b else zero
+                    gh[k] = _act_kernel(fa, _clip_kernel(xt[k] + bias + _dot_kernel(r[d, k], h), clip))
+                if linear_before_reset:
+                    for j in range(hid):
+                        k = 2 * hid + j
+                        gh[k] = gh[hid + j] * (_dot_kernel(r[d, k], h) + (b[d, g3 + k] if has_b else zero))
+                else:
+                    for j in range(hid):
+                        rh[j] = gh[hid + j] * h[j]
+                    for j in range(hid):
+                        k = 2 * hid + j
+                        gh[k] = _dot_kernel(r[d, k], rh) + (b[d, g3 + k] if has_b else zero)
+                for j in range(hid):
+                    z = gh[j]
+                    wb = b[d, 2 * hid + j] if has_b else zero
+                    ht = _act_kernel(ga, _clip_kernel(xt[2 * hid + j] + wb + gh[2 * hid + j], clip))
+                    h[j] = (np.float32(1.0) - z) * ht + z * h[j]
+                if has_y:
+                    _put_y_kernel(y, layout, t, d, n, h, hid)
+            if has_y:
+                for t in range(steps, seq):  # steps past the sequence's length are zero
+                    _put_y_kernel(y, layout, t, d, n, h, 0)
+            if steps == 0:  # an empty sequence: Y_h is zero, not the initial state (as onnxruntime)
+                for j in range(hid):
+                    h[j] = 0.0
+            if has_yh:
+                for j in range(hid):
+                    if layout == 0:
+                        yh[d, n, j] = h[j]
+                    else:
+                        yh[n, d, j] = h[j]
+
+
+# ---- attributes and shapes ----
+
+class _Geometry:
+    """What infer() established, in the form run() needs."""
+
+    def __init__(self, op, seq, batch, n_in, hid, n_dir, layout, reverse0, acts, clip, lens, extra):
+        self.op, self.seq, self.batch, self.n_in, self.hid, self.n_dir = op, seq, batch, n_in, hid, n_dir
+        self.layout, self.reverse0, self.acts, self.clip, self.lens, self.extra = layout, reverse0, acts, clip, lens, \
+            extra
+
+
+def _present(seq, i) -> bool:
+    return i < len(seq) and seq[i] is not None
+
+
+def _activations(attrs, n_dir: int, per_dir: int, defaults: tuple[str, ...]) -> np.ndarray:
+    names = attrs.get("activations")
+    if names is None:
+        names = list(defaults) * n_dir
+    if not isinstance(names, (list, tuple)) or not all(isinstance(a, str) for a in names):
+        raise FormatError(f"attribute 'activations' must be a list of strings, found {names!r}")
+    if len(names) != per_dir * n_dir:
+        raise FormatError(f"attribute 'activations' must name {per_dir} functions per direction ({per_dir * n_dir} "
+                          f"for {n_dir} direction(s)), found {len(names)}: {list(names)}")
+    codes = np.empty((n_dir, per_dir), np.int64)
+    for k, a in enumerate(names):
+        code = _ACTS.get(a.lower())
+        if code is None:
+            raise UnsupportedError(f"activation '{a}' is not supported; supported: {', '.join(_ACT_NAMES)} "
+                                   f"(activations with alpha/beta parameters are not)")
+        codes[k // per_dir, k % per_dir] = code
+    return codes
+
+
+def _geometry(op: str, input_shapes, attrs, consts) -> _Geometry:
+    gates = 4 if op == "LSTM" else 3
+    n_max = 8 if op == "LSTM" else 6
+    check_arity(input_shapes, 3, n_max)
+    x, w, r = (tuple(input_shapes[i]) for i in range(3))
+    direction = attrs.get("direction", "forward")
+    if direction not in _DIRECTIONS:
+        raise FormatError(f"attribute 'direction' must be one of {list(_DIRECTIONS)}, found {direction!r}")
+    n_dir = 2 if direction == "bidirectional" else 1
+    layout = int_attr(attrs, "layout", 0, (0, 1))
+    if len(x) != 3:
+        raise FormatError(f"input 0 ('X') must have rank 3, found shape {x}")
+    seq, batch = (x[0], x[1]) if layout == 0 else (x[1], x[0])
+    n_in = x[2]
+    if len(r) != 3 or r[0] != n_dir or r[1] != gates * r[2]:
+        raise FormatError(f"input 2 ('R') must have shape [{n_dir}, {gates} x hidden_size, hidden_size], found {r}")
+    hid = r[2]
+    if "hidden_size" in attrs and int_attr(attrs, "hidden_size", hid) != hid:
+        raise FormatError(f"attribute 'hidden_size' = {attrs['hidden_size']} disagrees with R's shape {r}")
+    if w != (n_dir, gates * hid, n_in):
+        raise FormatError(f"input 1 ('W') must have shape {[n_dir, gates * hid, n_in]} (directions, {gates} x "
+                          f"hidden_size, input size), found {w}")
+    if _present(input_shapes, 3) and tuple(input_shapes[3]) != (n_dir, 2 * gates * hid):
+        raise FormatError(f"input 3 ('B') must have shape {[n_dir, 2 * gates * hid]}, found "
+                          f"{tuple(input_shapes[3])}")
+    state = (n_dir, batch, hid) if layout == 0 else (batch, n_dir, hid)
+    state_inputs = (5, 6) if op == "LSTM" else (5,)
+    for i in state_inputs:
+        if _present(input_shapes, i) and tuple(input_shapes[i]) != state:
+            role = "initial_h" if i == 5 else "initial_c"
+            raise FormatError(f"input {i} ('{role}') must have shape {list(state)} (layout {layout}), found "
+                              f"{tuple(input_shapes[i])}")
+    if op == "LSTM" and _present(input_shapes, 7) and tuple(input_shapes[7]) != (n_dir, 3 * hid):
+        raise FormatError(f"input 7 ('P') must have shape {[n_dir, 3 * hid]}, found {tuple(input_shapes[7])}")
+    lens = None
+    if _present(input_shapes, 4):
+        if tuple(input_shapes[4]) != (batch,):
+            raise FormatError(f"input 4 ('sequence_lens') must have shape [{batch}], found {tuple(input_shapes[4])}")
+        value = consts[4] if len(consts) > 4 else None
+        if value is None:
+            raise UnsupportedError("input 4 ('sequence_lens') must be a constant; computed sequence lengths are not "
+                                   "supported (pack with --input-shape so that shape arithmetic is folded, or omit "
+                                   "it when every sequence has the full length)")
+        value = np.asarray(value)
+        if value.dtype.kind not in "iuf" or (value.size and (not np.all(np.isfinite(value)) or
+                                                             np.any(value != np.round(value)))):
+            raise FormatError(f"input 4 ('sequence_lens') must hold integers, found {value.dtype} "
+                              f"{value.reshape(-1)[:8].tolist()}")
+        if value.size and (value.min() < 0 or value.max() > seq):
+            raise FormatError(f"input 4 ('sequence_lens') values must be in [0, {seq}] (the sequence length), found "
+                              f"{value.reshape(-1)[:8].tolist()}")
+        lens = value.astype(np.int64).reshape(-1)
+    clip = 0.0
+    if "clip" in attrs:
+        clip = float_attr(attrs, "clip", 0.0)
+        if not clip > 0.0 or not math.isfinite(clip):
+            raise FormatError(f"attribute 'clip' must be a positive finite float, found {attrs['clip']!r}")
+    if op == "LSTM":
+        acts = _activations(attrs, n_dir, 3, ("Sigmoid", "Tanh", "Tanh"))
+        extra = bool(int_attr(attrs, "input_forget", 0, (0, 1)))
+    else:
+        acts = _activations(attrs, n_dir, 2, ("Sigmoid", "Tanh"))
+        extra = bool(int_attr(attrs, "linear_before_reset", 0, (0, 1)))
+    for key in ("activation_alpha", "activation_beta"):
+        if attrs.get(key):
+            raise UnsupportedError(f"attribute '{key}' is not supported (no supported activation takes parameters)")
+    return _Geometry(op, seq, batch, n_in, hid, n_dir, layout, direction == "reverse", acts, clip, lens, extra)
+
+
+def _out_shapes(g: _Geometry) -> list[tuple]:
+    y = (g.seq, g.n_dir, g.batch, g.hid) if g.layout == 0 else (g.batch, g.seq, g.n_dir, g.hid)
+    state = (g.n_dir, g.batch, g.hid) if g.layout == 0 else (g.batch, g.n_dir, g.hid)
+    return [y, state, state] if g.op == "LSTM" else [y, state]
+
+
+def _infer_lstm(input_shapes, attrs, consts):
+    return _out_shapes(_geometry("LSTM", input_shapes, attrs, consts))
+
+
+def _infer_gru(input_shapes, attrs, consts):
+    return _out_shapes(_geometry("GRU", input_shapes, attrs, consts))
+
+
+# ---- runners ----
+
+_EMPTY = {rank: np.zeros((0,) * rank, np.float32) for rank in (2, 3, 4)}  # absent inputs and outputs
+
+def _f32(a) -> np.ndarray:
+    return np.ascontiguousarray(a, dtype=np.float32)
+
+
+def _scratch_floats(op: str, input_shapes) -> tuple[int, int]:
+    """(floats of the input projections W x_t, floats of the state) for these input shapes (infer() accepted)."""
+    x, r = input_shapes[0], input_shapes[2]
+    n_dir, gh, hid = (int(d) for d in r)
+    return n_dir * int(x[0]) * int(x[1]) * gh, (6 if op == "LSTM" else 5) * hid
+
+
+def _scratch_bytes(op: str):
+    def scratch_bytes(input_shapes, attrs) -> int:
+        return 4 * sum(_scratch_floats(op, input_shapes))
+    return scratch_bytes
+
+
+def _project(x2, w, xw):
+    """xw[d] = x2 @ w[d]^T for every direction: the input part of every gate at every step, one BLAS call each."""
+    for d in range(w.shape[0]):
+        np.matmul(x2, w[d].T, out=xw[d])
+
+
+def _lstm_step(x2, w, xw, *args):
+    _project(x2, w, xw)
+    _lstm_kernel(xw, *args)
+
+
+def _gru_step(x2, w, xw, *args):
+    _project(x2, w, xw)
+    _gru_kernel(xw, *args)
+
+
+def _prepare(op: str, inputs, attrs, outputs, scratch=None):
+    """(step, args) for one node; everything the kernel reads made contiguous float32 (constants: once); the
+    projections and the state carved from `scratch` (uint8, the executor's shared buffer) or allocated now."""
+    shapes = [None if a is None else a.shape for a in inputs]
+    g = _geometry(op, shapes, attrs, inputs)
+    gates = 4 if op == "LSTM" else 3
+
+    def opt(i, rank):  # an absent optional input: an empty array, which the kernels read as zeros
+        return _f32(inputs[i]) if _present(inputs, i) else _EMPTY[rank]
+
+    x, w, r = _f32(inputs[0]), _f32(inputs[1]), _f32(inputs[2])
+    n_proj, n_state = _scratch_floats(op, shapes)
+    if scratch is None:
+        scratch = np.empty(4 * (n_proj + n_state), np.uint8)
+    floats = scratch[:4 * (n_proj + n_state)].view(np.float32)
+    xw = floats[:n_proj].reshape(g.n_dir, g.seq * g.batch, gates * g.hid)
+    state = floats[n_proj:]
+    b = opt(3, 2)
+    lens = g.lens if g.lens is not None else np.full(g.batch, g.seq, np.int64)
+    h0 = opt(5, 3)
+    outs = list(outputs) + [None] * (3 - len(outputs))
+    y = outs[0] if outs[0] is not None else _EMPTY[4]
+    yh = outs[1] if outs[1] is not None else _EMPTY[3]
+    x2 = x.reshape(g.seq * g.batch, g.n_in)
+    clip = np.float32(g.clip)  # the kernels compute in float32 throughout
+    if op == "LSTM":
+        c0, p = opt(6, 3), opt(7, 2)
+        yc = outs[2] if outs[2] is not None else _EMPTY[3]
+        return _lstm_step, (x2, w, xw, r, b, lens, h0, c0, p, g.acts, clip, g.extra, g.reverse0, g.layout, y, yh, yc,
+                            outs[0] is not None, outs[1] is not None, outs[2] is not None, state)
+    return _gru_step, (x2, w, xw, r, b, lens, h0, g.acts, clip, g.extra, g.reverse0, g.layout, y, yh,
+                       outs[0] is not None, outs[1] is not None, state)
+
+
+def _bindable(inputs, outputs) -> bool:
+    # arena views are float32 C-contiguous: a bound step reads them in place; anything else would be copied once
+    # at bind time and go stale, so such a node runs through the plain runner
+    return all(a is None or (a.dtype == np.float32 and a.flags.c_contiguous)
+               for i, a in enumerate(list(inputs) + list(outputs)) if i != 4)
+
+
+def _run_lstm(inputs, attrs, outputs):
+    fn, args = _prepare("LSTM", inputs, attrs, outputs)
+    fn(*args)
+
+
+def _run_gru(inputs, attrs, outputs):
+    fn, args = _prepare("GRU", inputs, attrs, outputs)
+    fn(*args)
+
+
+def _bind_lstm(inputs, attrs, outputs, scratch=None):
+    return _prepare("LSTM", inputs, attrs, outputs, scratch) if _bindable(inputs, outputs) else None
+
+
+def _bind_gru(inputs, attrs, outputs, scratch=None):
+    return _prepare("GRU", inputs, attrs, outputs, scratch) if _bindable(inputs, outputs) else None
+
+
+# the executor counts scratch_bytes in the plan's shared scratch and hands bind() a view of it
+_run_lstm.bind, _run_lstm.scratch_bytes = _bind_lstm, _scratch_bytes("LSTM")
+_run_gru.bind, _run_gru.scratch_bytes = _bind_gru, _scratch_bytes("GRU")
+
+OPS = (
+    OpDef("LSTM", _infer_lstm, _run_lstm),
+    OpDef("GRU", _infer_gru, _run_gru),
+)
