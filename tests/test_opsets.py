@@ -184,7 +184,12 @@ def test_batchnorm_training_default_before_opset_7_is_refused(tmp_path):
     tensors = {k: np.ones(c, np.float32) for k in ("g", "b", "m", "v")}
     node = helper.make_node("BatchNormalization", ["x", "g", "b", "m", "v"], ["y"], name="bn")
     m = _model([node], {"x": (1, c, 2, 2)}, tensors, 6)
-    _refused(m, tmp_path, "'BatchNormalization'", "'bn'", "opset 6", "is_test")
+    # the importer applies the runtime's rule (check_batch_norm_mode) to every BatchNormalization: refused at pack
+    _pack_refused(m, tmp_path, "'BatchNormalization'", "'bn'", "opset 6", "is_test")
+    # and by the runtime itself, for a file another writer made
+    from edgepack.runtime.ops import registry as R
+    with pytest.raises(UnsupportedError, match=r"node 'bn'.*opset 6 'is_test' = 0"):
+        R.infer_node("BatchNormalization", "bn", [(1, c, 2, 2)] + [(c,)] * 4, {R.OPSET_KEY: 6}, [None] * 5)
 
 
 # ---- ops whose later versions only added attributes, inputs or types: the old opset gives the same result ----
@@ -217,3 +222,138 @@ def test_unchanged_semantics_at_old_opsets(opset, node, shape, tensors, tmp_path
     if node.op_type == "Pow":
         x = np.abs(x)
     _check(m, {"x": x}, tmp_path, rtol=1e-5, atol=1e-5)
+
+
+# ---- what the importer removes or folds (packer/onnx_io.py): Dropout and BatchNormalization in training mode ------
+# Removing a Dropout or folding a BatchNormalization is right only at inference; in training mode the packer refuses
+# by node and attribute instead of writing the inference result in silence.
+
+def _pack_refused(m, tmp_path, *words):
+    src, out = tmp_path / "m.onnx", tmp_path / "m.epk"
+    src.write_bytes(m.SerializeToString())
+    with pytest.raises(UnsupportedError) as e:
+        pack(src, out, check_fidelity=False)
+    for w in words:
+        assert w in str(e.value)
+    assert not out.exists()
+
+
+def _bool(value):
+    return numpy_helper.from_array(np.array(value, np.bool_), "train")
+
+
+def test_dropout_training_mode_true_is_refused(tmp_path):
+    node = helper.make_node("Dropout", ["x", "r", "train"], ["y"], name="drop")
+    m = _model([node], {"x": (2, 3)}, {"r": np.float32(0.5)}, 13)
+    m.graph.initializer.append(_bool(True))
+    _pack_refused(m, tmp_path, "'drop'", "Dropout", "training_mode", "true")
+
+
+def test_dropout_training_mode_from_a_graph_input_is_refused(tmp_path):
+    node = helper.make_node("Dropout", ["x", "", "train"], ["y"], name="drop")
+    m = _model([node], {"x": (2, 3)}, {}, 12)
+    m.graph.input.append(helper.make_tensor_value_info("train", TensorProto.BOOL, []))
+    _pack_refused(m, tmp_path, "'drop'", "training_mode", "'train'")
+
+
+@pytest.mark.parametrize("opset", [1, 6])
+def test_dropout_default_training_before_opset_7_is_refused(opset, tmp_path):
+    node = helper.make_node("Dropout", ["x"], ["y"], name="drop", ratio=0.3)
+    m = _model([node], {"x": (2, 3)}, {}, opset)
+    _pack_refused(m, tmp_path, "'drop'", "is_test", f"opset {opset}")
+
+
+@pytest.mark.parametrize("opset,train", [(10, None), (12, None), (13, False)])
+def test_dropout_at_inference_is_removed(opset, train, tmp_path):
+    # ratio 0.5 without training mode does nothing: onnxruntime returns the input, and so does the packed model
+    inputs = ["h", "r", "train"] if train is not None else (["h", "r"] if opset >= 12 else ["h"])
+    attrs = {"ratio": 0.5} if opset < 12 else {}
+    nodes = [helper.make_node("Relu", ["x"], ["h"], name="relu"),
+             helper.make_node("Dropout", inputs, ["y"], name="drop", **attrs)]
+    m = _model(nodes, {"x": (2, 3)}, {"r": np.float32(0.5)} if opset >= 12 else {}, opset)
+    if train is not None:
+        m.graph.initializer.append(_bool(train))
+    x = _x(2, 3)
+    (y,) = _check(m, {"x": x}, tmp_path)
+    np.testing.assert_array_equal(y, np.maximum(x, 0))
+
+
+def test_dropout_is_test_before_opset_7_is_removed(tmp_path):
+    # onnxruntime runs Dropout from opset 7 only: the reference is the identity Dropout-6 is with is_test = 1
+    nodes = [helper.make_node("Relu", ["x"], ["h"], name="relu"),
+             helper.make_node("Dropout", ["h"], ["y"], name="drop", is_test=1, ratio=0.5)]
+    m = _model(nodes, {"x": (2, 3)}, {}, 6)
+    x = _x(2, 3)
+    (y,) = _ours(m, {"x": x}, tmp_path)
+    np.testing.assert_array_equal(y, np.maximum(x, 0))
+
+
+def _conv_bn(opset, **bn_attrs):
+    c = 3
+    tensors = {"w": _x(c, 2, 3, 3), "g": _x(c), "b": _x(c), "m": _x(c), "v": np.abs(_x(c)) + 0.5}
+    nodes = [helper.make_node("Conv", ["x", "w"], ["h"], name="conv", pads=[1, 1, 1, 1]),
+             helper.make_node("BatchNormalization", ["h", "g", "b", "m", "v"], ["y"], name="bn", **bn_attrs)]
+    return _model(nodes, {"x": (2, 2, 4, 4)}, tensors, opset), tensors
+
+
+@pytest.mark.parametrize("opset,attrs,words", [
+    (14, {"training_mode": 1}, ["training_mode"]),
+    (15, {"training_mode": 1}, ["training_mode"]),
+    (8, {"spatial": 0}, ["spatial"]),
+    (7, {"spatial": 0}, ["spatial"]),
+    (6, {}, ["is_test", "opset 6"]),
+    (6, {"is_test": 0}, ["is_test", "opset 6"]),
+])
+def test_batchnorm_training_semantics_after_conv_are_refused_not_folded(opset, attrs, words, tmp_path):
+    m, _ = _conv_bn(opset, **attrs)
+    _pack_refused(m, tmp_path, "'bn'", "BatchNormalization", *words)
+
+
+@pytest.mark.parametrize("opset,attrs", [(14, {"training_mode": 0}), (15, {}), (9, {}), (8, {"spatial": 1}),
+                                         (7, {})])
+def test_batchnorm_at_inference_is_folded_into_conv(opset, attrs, tmp_path):
+    m, _ = _conv_bn(opset, **attrs)
+    _check(m, {"x": _x(2, 2, 4, 4)}, tmp_path, rtol=1e-4, atol=1e-4)
+
+
+def test_batchnorm_is_test_before_opset_7_is_folded(tmp_path):
+    # onnxruntime runs BatchNormalization from opset 7: the reference is the same model stamped opset 7
+    m6, _ = _conv_bn(6, is_test=1)
+    m7, _ = _conv_bn(7)
+    for a, b in zip(m6.graph.initializer, m7.graph.initializer):
+        b.CopyFrom(a)
+    x = _x(2, 2, 4, 4)
+    (got,) = _ours(m6, {"x": x}, tmp_path)
+    np.testing.assert_allclose(got, _ort(m7, {"x": x})[0], rtol=1e-4, atol=1e-4)
+
+
+# ---- the bias Add the importer fuses into a Gemm: Add-6 broadcasts B only with broadcast = 1, aligned at 'axis' ----
+
+def _matmul_add(opset, **add_attrs):
+    tensors = {"w": _x(4, 3), "b": _x(3)}
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["h"], name="mm"),
+             helper.make_node("Add", ["h", "b"], ["y"], name="add", **add_attrs)]
+    return _model(nodes, {"x": (3, 4)}, tensors, opset), tensors
+
+
+def test_legacy_add_aligned_at_axis_0_is_not_fused_as_a_column_bias(tmp_path):
+    # B (3,) against axis 0 of A (3, 3) adds per row; fused as Gemm's C it would add per column, in silence
+    m, _ = _matmul_add(6, broadcast=1, axis=0)
+    _refused(m, tmp_path, "'Add'", "'add'", "opset 6", "broadcast")
+
+
+def test_legacy_add_with_suffix_broadcast_is_fused(tmp_path):
+    m, t = _matmul_add(6, broadcast=1)
+    x = _x(3, 4)
+    (got,) = _ours(m, {"x": x}, tmp_path)
+    np.testing.assert_allclose(got, x @ t["w"] + t["b"], rtol=1e-5, atol=1e-5)
+
+
+# ---- MatMul -> Gemm only for a 2-D left side: the rank through a MatMul that broadcasts batch dimensions ----
+
+def test_matmul_after_batched_matmul_is_not_made_a_gemm(tmp_path):
+    # x (2, 16) @ z (3, 16, 8) is (3, 2, 8): the MatMul by the constant w that follows is not a 2-D Gemm
+    nodes = [helper.make_node("MatMul", ["x", "z"], ["h"], name="mm0"),
+             helper.make_node("MatMul", ["h", "w"], ["y"], name="mm1")]
+    m = _model(nodes, {"x": (2, 16), "z": (3, 16, 8)}, {"w": _x(8, 4)}, 13)
+    _check(m, {"x": _x(2, 16), "z": _x(3, 16, 8)}, tmp_path, rtol=1e-4, atol=1e-4)

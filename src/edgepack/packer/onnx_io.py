@@ -12,6 +12,8 @@ import onnx
 from onnx import helper, numpy_helper
 
 from edgepack.runtime.errors import FormatError, UnsupportedError
+from edgepack.runtime.ops.normalization import check_batch_norm_mode
+from edgepack.runtime.ops.registry import OPSET_KEY, refuse_opset
 
 from .dequantize import dequantize_dynamic
 from .graph import Graph, Node, ValueInfo
@@ -192,10 +194,13 @@ def _rename_input(graph: Graph, old: str, new: str) -> None:
 
 
 def _remove_passthrough(graph: Graph) -> None:
-    """Identity, and Dropout at inference (its first output is its input), are removed."""
+    """Identity, and Dropout at inference (its first output is its input), are removed; a Dropout in training mode
+    is refused (_check_dropout_inference)."""
     outputs = {v.name for v in graph.outputs}
     kept = []
     for n in graph.nodes:
+        if n.op == "Dropout":
+            _check_dropout_inference(graph, n)
         if n.op in ("Identity", "Dropout") and n.inputs and n.inputs[0]:
             src, dst = n.inputs[0], n.outputs[0]
             if n.op == "Dropout" and len(n.outputs) > 1 and any(n.outputs[1] in m.inputs for m in graph.nodes):
@@ -216,14 +221,48 @@ def _remove_passthrough(graph: Graph) -> None:
     graph.nodes = kept
 
 
+def _check_dropout_inference(graph: Graph, n: Node) -> None:
+    """Dropout is the identity only at inference. Before opset 7 its attribute 'is_test' says so (default 0:
+    training); from opset 12 its optional input 'training_mode' (default false), which must then be a constant.
+    Opsets 7 to 11 have no training switch (the runtime decides: inference here). A training-mode Dropout (random
+    zeros, the rest scaled by 1 / (1 - ratio)) is refused with node and attribute named."""
+    what = f"node '{n.name}' (Dropout)"
+    if graph.opset < 7 and not n.attr("is_test", 0):
+        raise UnsupportedError(f"{what}: " + str(refuse_opset(
+            f"'is_test' = {n.attr('is_test', 0)} (the default is 0) drops random elements (training mode); set "
+            f"is_test = 1 or export in eval mode at opset >= 7", graph.opset)))
+    mode = n.inputs[2] if graph.opset >= 12 and len(n.inputs) > 2 else ""
+    if not mode:
+        return
+    if mode not in graph.initializers:
+        raise UnsupportedError(f"{what}: input 'training_mode' is '{mode}', computed when the model runs, so "
+                               f"whether it drops random elements (training mode) is not known when packing; "
+                               f"export in eval mode (training_mode omitted or a constant false)")
+    value = np.asarray(graph.initializers[mode])
+    if value.size != 1:
+        raise FormatError(f"{what}: input 'training_mode' ('{mode}') must be a scalar, found shape "
+                          f"{list(value.shape)}")
+    if bool(value.reshape(-1)[0]):
+        raise UnsupportedError(f"{what}: input 'training_mode' ('{mode}') is true: Dropout drops random elements "
+                               f"(training mode); export in eval mode (training_mode omitted or false)")
+
+
 def _fold_batchnorm(graph: Graph) -> None:
-    """y = gamma * (conv(x) + b - mean) / sqrt(var + eps) + beta folded into the Conv/Gemm weights and bias."""
+    """y = gamma * (conv(x) + b - mean) / sqrt(var + eps) + beta folded into the Conv/Gemm weights and bias. Every
+    BatchNormalization is first checked for inference semantics by the runtime's rule (check_batch_norm_mode:
+    training_mode, is_test, spatial), so a folded one is refused exactly when a computed one would be."""
     consumers = graph.consumers()
     outputs = {v.name for v in graph.outputs}
     producers = graph.producers()
     removed = set()
     for bn in graph.nodes:
-        if bn.op != "BatchNormalization" or len(bn.outputs) != 1:
+        if bn.op != "BatchNormalization":
+            continue
+        try:
+            check_batch_norm_mode({**{k: v for k, (_, v) in bn.attrs.items()}, OPSET_KEY: graph.opset})
+        except (FormatError, UnsupportedError) as e:
+            raise type(e)(f"op 'BatchNormalization' (node '{bn.name}'): {e}") from None
+        if len(bn.outputs) != 1:
             continue
         prev = producers.get(bn.inputs[0])
         if prev is None or prev.op not in ("Conv", "Gemm") or bn.inputs[0] in outputs:
@@ -290,8 +329,11 @@ def _out_rank(n: Node, ranks: dict, graph: Graph) -> int | None:
     if n.op in ("Relu", "LeakyRelu", "Sigmoid", "Tanh", "Clip", "HardSigmoid", "HardSwish", "Softmax", "Dropout",
                 "Identity", "BatchNormalization"):
         return ranks.get(n.inputs[0])
-    if n.op == "MatMul":
-        return ranks.get(n.inputs[0])
+    if n.op == "MatMul":  # numpy matmul: a 1-D side loses its dimension, else the larger rank (batch broadcast)
+        ra, rb = (ranks.get(i, graph.initializers[i].ndim if i in graph.initializers else None) for i in n.inputs[:2])
+        if ra is None or rb is None or ra == 0 or rb == 0:
+            return None
+        return ra + rb - 2 if ra == 1 or rb == 1 else max(ra, rb)
     if n.op == "Reshape" and n.inputs[1] in graph.initializers:
         return int(graph.initializers[n.inputs[1]].size)
     return None
@@ -312,6 +354,8 @@ def _fuse_bias_add(graph: Graph) -> None:
             continue
         add = users[0]
         other = add.inputs[1] if add.inputs[0] == n.outputs[0] else add.inputs[0]
+        if graph.opset < 7 and (other == add.inputs[0] or "axis" in add.attrs or not add.attr("broadcast", 0)):
+            continue  # Add-6 broadcasts only B, only with broadcast = 1, aligned at 'axis': left to the runtime
         b = graph.initializers.get(other)
         if b is None or b.dtype != np.float32 or b.size != w.shape[0] or b.ndim > 2 or (b.ndim == 2 and
                                                                                           b.shape[0] != 1):

@@ -82,9 +82,11 @@ def _run_layer_norm(inputs, attrs, outputs):
 
 # ---- BatchNormalization (inference) ----
 
-def _infer_batch_norm(input_shapes, attrs, consts):
-    check_arity(input_shapes, 5)
-    float_attr(attrs, "epsilon", 1e-5)
+def check_batch_norm_mode(attrs) -> None:
+    """Refuse the attributes that make BatchNormalization compute something else than inference with the stored
+    statistics: training_mode = 1 (opset 14), is_test = 0 before opset 7 (the default: training mode), spatial = 0
+    (before opset 9: statistics per element). The importer (packer/onnx_io.py) applies it before folding one into
+    a Conv / Gemm, so a folded node follows the same rules as one the runtime computes."""
     if int_attr(attrs, "training_mode", 0, (0, 1)):
         raise UnsupportedError("training_mode = 1 (batch statistics) is not supported; export in eval mode")
     if opset_of(attrs) < 7 and not int_attr(attrs, "is_test", 0, (0, 1)):
@@ -92,6 +94,12 @@ def _infer_batch_norm(input_shapes, attrs, consts):
                            "set is_test = 1 or export in eval mode at opset >= 7", opset_of(attrs))
     if int_attr(attrs, "spatial", 1, (0, 1)) != 1:
         raise UnsupportedError("spatial = 0 (opset < 9 per-element statistics) is not supported")
+
+
+def _infer_batch_norm(input_shapes, attrs, consts):
+    check_arity(input_shapes, 5)
+    float_attr(attrs, "epsilon", 1e-5)
+    check_batch_norm_mode(attrs)
     shape = tuple(input_shapes[0])
     if len(shape) < 2:
         raise FormatError(f"input 0 must be (N, C, ...), found shape {shape}")
