@@ -124,7 +124,7 @@ def test_broken_pipe_is_quiet(tmp_path):
         r, w = os.pipe()
         os.close(r)
         try:
-            p = subprocess.run([sys.executable, "-m", "edgepack.cli", *args], stdout=w, stderr=subprocess.PIPE,
+            p = subprocess.run([sys.executable, "-m", "edgepack", *args], stdout=w, stderr=subprocess.PIPE,
                                timeout=300)
         finally:
             os.close(w)
@@ -152,6 +152,7 @@ def test_threads_flags(tmp_path, capsys):
     assert "(2 threads)" in capsys.readouterr().out
     for bad in (["run", str(out), "--input", str(tmp_path / "x.npy"), "--threads", "0"],
                 ["pack", src, "-o", str(tmp_path / "n.epk"), "--threads", "-2"],
+                ["bench", src, str(out), "--threads", "0"], ["bench", src, str(out), "--threads", "two"],
                 ["pack", src, "-o", str(tmp_path / "n.epk"), "--max-error", "nan"],
                 ["pack", src, "-o", str(tmp_path / "n.epk"), "--max-error", "-0.1"]):
         with pytest.raises(SystemExit) as e:

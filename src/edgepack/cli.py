@@ -402,7 +402,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "ones as fit about 5 s, at most 1000)")
     s.add_argument("--sram", type=_size_arg, help="on-chip memory for the energy estimate (default 256KiB)")
     s.add_argument("--table", help="energy table (JSON or TOML) replacing the 45 nm defaults")
-    s.add_argument("--threads", type=int, default=1, help="threads of edgepack's runtime and of onnxruntime, the "
+    s.add_argument("--threads", type=_threads, default=1, help="threads of edgepack's runtime and of onnxruntime, the "
                    "same for both (default 1)")
     s.add_argument("--smoke", action="store_true", help="tiny repeats and samples: a run of seconds")
     s.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
