@@ -216,3 +216,50 @@ def test_recurrent_statistics_compensate_lstm_weights(tmp_path, direction, layou
         errs[comp] = np.mean([np.linalg.norm(m.run(f)["y"] - ref.run(None, f)[0]) /
                               np.linalg.norm(ref.run(None, f)[0]) for f in held])
     assert errs[True] < 0.8 * errs[False], errs
+
+
+def _reference_gptq(w, cb, h, order, damp=0.01):
+    """Optimal Brain Quantization one column at a time with the explicit inverse Hessian (no Cholesky, no blocks):
+    quantise column q to its nearest codebook entry, move the error onto the columns left through H^-1, remove q
+    from H^-1 (Frantar & Alistarh 2022, eq. 2-3) — the update assign computes through the Cholesky factor."""
+    w = w.astype(np.float64).copy()
+    h = h + damp * np.mean(np.diag(h)) * np.eye(len(h))
+    hinv = np.linalg.inv(h)
+    codes = np.zeros(w.shape, np.int64)
+    left = list(order)
+    for q in order:
+        codes[:, q] = np.argmin(np.abs(w[:, q][:, None] - cb[None, :]), axis=1)
+        err = (w[:, q] - cb[codes[:, q]]) / hinv[q, q]
+        left.remove(q)
+        w[:, left] -= np.outer(err, hinv[q, left])
+        hinv = hinv - np.outer(hinv[:, q], hinv[q, :]) / hinv[q, q]
+    return codes
+
+
+@pytest.mark.parametrize("act_order", [False, True])
+def test_assign_matches_a_reference_obq(act_order):
+    rng = np.random.default_rng(7)
+    w = rng.standard_normal((12, 20))
+    x = _correlated_inputs(400, 20, 8)
+    h = x.T @ x / len(x)
+    cb = np.linspace(-2.5, 2.5, 8).astype(np.float32)  # codebook values exact in float32
+    order = np.argsort(-np.diag(h), kind="stable") if act_order else np.arange(20)
+    ref = _reference_gptq(w, cb.astype(np.float64), h, order)
+    got = assign(w, np.ones(w.shape, bool), cb, None, h, reserve_zero=False, block=6, act_order=act_order)
+    assert np.mean(got == ref) > 0.99, np.mean(got == ref)
+
+
+def test_act_order_lowers_output_error_on_uneven_inputs():
+    """Inputs of very different energy (real activations): quantising the strong columns first, while many columns
+    are left to absorb their error, gives a smaller output error than the stored order: under half of it on each of
+    these layers (about a fifth at 3 bits)."""
+    for seed in range(6):
+        rng = np.random.default_rng(seed)
+        w = rng.standard_normal((32, 48)).astype(np.float32)
+        x = _correlated_inputs(1500, 48, seed + 20)
+        h = x.T @ x / len(x)
+        cb, _ = cluster.quantize(w, None, 3, reserve_zero=False)
+        keep = np.ones(w.shape, bool)
+        e = [output_error(w, cluster.dequantize(cb, assign(w, keep, cb, None, h, False, act_order=a)), h)
+             for a in (False, True)]
+        assert e[1] < 0.5 * e[0], (seed, e)

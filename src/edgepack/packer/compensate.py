@@ -13,6 +13,7 @@ import numpy as np
 
 DAMP = 0.01  # dampening: H + DAMP * mean(diag H) * I, as GPTQ
 BLOCK = 128  # columns quantised together before the lazy update of the rest (GPTQ's block)
+ACT_ORDER = True  # quantise the columns by decreasing Hessian diagonal (GPTQ's "act-order")
 
 
 class HessianError(ValueError):
@@ -51,8 +52,16 @@ def _nearest(v: np.ndarray, sorted_cb: np.ndarray, order: np.ndarray) -> np.ndar
     return order[j]
 
 
+def column_order(h: np.ndarray, act_order: bool = ACT_ORDER) -> np.ndarray:
+    """The order in which assign quantises the columns: by decreasing diag(H) (the inputs with the most energy first,
+    while the most unquantised columns are left to absorb their error; ties keep the column order), or as stored."""
+    d = np.diag(h)
+    return np.argsort(-d, kind="stable") if act_order else np.arange(d.size)
+
+
 def assign(w2: np.ndarray, keep2: np.ndarray, codebook: np.ndarray, scales: np.ndarray | None,
-           h: np.ndarray, reserve_zero: bool, damp: float = DAMP, block: int = BLOCK) -> np.ndarray:
+           h: np.ndarray, reserve_zero: bool, damp: float = DAMP, block: int = BLOCK,
+           act_order: bool = ACT_ORDER) -> np.ndarray:
     """Codes (rows x cols, int64) for the weight matrix w2 (rows = output channels) given its codebook.
 
     h: (cols, cols) Hessian of the layer's inputs (the same for every row), or (groups, cols, cols) when the rows
@@ -60,6 +69,7 @@ def assign(w2: np.ndarray, keep2: np.ndarray, codebook: np.ndarray, scales: np.n
     scales: None, or the decode scale of every weight, broadcastable to (rows, cols): (rows, 1) for the format's
     per-row scales, (1, cols) when the stored tensor is the transpose of w2.
     With reserve_zero, codebook[0] is 0.0 reserved for pruned entries: kept entries take codes >= 1 only.
+    act_order: columns in column_order (per group); the codes come back in the stored order either way.
     """
     w2 = np.asarray(w2, dtype=np.float64)
     rows, cols = w2.shape
@@ -82,10 +92,11 @@ def assign(w2: np.ndarray, keep2: np.ndarray, codebook: np.ndarray, scales: np.n
     per = rows // groups
     for g in range(groups):
         r0, r1 = g * per, (g + 1) * per
-        u, dead = inverse_cholesky(h[g], damp)
-        w = w2[r0:r1].copy()
-        keep = np.asarray(keep2[r0:r1], dtype=bool)
-        s = safe[r0:r1]
+        perm = column_order(h[g], act_order)
+        u, dead = inverse_cholesky(h[g][np.ix_(perm, perm)], damp)
+        w = w2[r0:r1][:, perm]
+        keep = np.asarray(keep2[r0:r1], dtype=bool)[:, perm]
+        s = safe[r0:r1][:, perm]
         out = np.zeros((per, cols), dtype=np.int64)
         zero_idx = _nearest(np.zeros(1), sorted_cb, order)[0]
         w[:, dead] = np.where(keep[:, dead], w[:, dead], 0.0)
@@ -107,7 +118,7 @@ def assign(w2: np.ndarray, keep2: np.ndarray, codebook: np.ndarray, scales: np.n
                     w[:, j + 1:c1] -= np.outer(e, u[j, j + 1:c1])
             if c1 < cols:
                 w[:, c1:] -= err @ u[c0:c1, c1:]
-        codes[r0:r1] = out
+        codes[r0:r1, perm] = out
     return codes
 
 
