@@ -20,7 +20,7 @@ RunFn = Callable[[list, dict, list], None]
 # kernels (linear.py, conv.py) run on weights held per layer, so runtime/layers.py defines their OpDefs and the
 # model loader registers them next to these.
 OP_MODULES: tuple[str, ...] = ("elementwise", "pool", "shape", "softmax", "conv_transpose", "resize", "tensor",
-                               "mathops", "normalization", "recurrent")
+                               "mathops", "normalization", "recurrent", "quantize")
 
 
 @dataclass(frozen=True)
