@@ -151,3 +151,24 @@ def test_real_model_mtcnn_onet_at_7x(tmp_path):
     assert r.ratio >= 7
     c = task_compare(entry, ort_runner(src), runtime_runner(r.path), 12, 1000)
     assert c.fraction >= 0.97, c.disagreements[:3]
+
+
+def test_layer_error_of_recurrent_weights_uses_the_gate_rows():
+    """LSTM W (dirs, 4 x hidden, input) with one H over the input columns, and R with one H per direction: the
+    error is the output error of the (dirs x 4 x hidden, cols) view the statistics were taken on (it crashed on the
+    (dirs, rest) view before)."""
+    from edgepack.packer.allocate import layer_error
+    from edgepack.packer.calibration import LayerStats
+    from edgepack.packer.compensate import output_error
+
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((2, 12, 5)).astype(np.float32)
+    q = w + 0.1 * rng.standard_normal(w.shape).astype(np.float32)
+    x = rng.standard_normal((40, 5))
+    h = x.T @ x
+    got = layer_error(w, q, LayerStats(h, 40))
+    d = (w - q).reshape(-1, 5).astype(np.float64)
+    want = np.sqrt(np.einsum("ij,jk,ik->", d, h, d) / np.einsum("ij,jk,ik->", w.reshape(-1, 5), h, w.reshape(-1, 5)))
+    assert got == pytest.approx(want, rel=1e-9)
+    hs = np.stack([h, 2 * h])  # R: one group per direction
+    assert layer_error(w, q, LayerStats(hs, 40)) == pytest.approx(output_error(w.reshape(24, 5), q.reshape(24, 5), hs))

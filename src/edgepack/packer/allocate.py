@@ -138,6 +138,9 @@ def layer_error(w: np.ndarray, q: np.ndarray, stats) -> float:
         return float(np.linalg.norm((w2 - q2).astype(np.float64))) / den if den > 0 else 0.0
     if stats.transpose:
         w2, q2 = w2.T, q2.T
+    else:  # rows as the statistics see them: LSTM / GRU (dirs, gates x hidden, cols) is dirs x gates x hidden rows
+        cols = stats.h.shape[-1]
+        w2, q2 = w.reshape(-1, cols), q.reshape(-1, cols)
     return output_error(w2, q2, stats.h)
 
 
