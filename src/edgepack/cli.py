@@ -418,6 +418,9 @@ def build_parser() -> argparse.ArgumentParser:
     from edgepack.packer.cli_train import add_train_commands  # compress, sensitivity, distill, ticket (import numpy only)
 
     add_train_commands(sub)
+    from edgepack.runtime.warm import add_warm_command  # warm: fill the Numba cache on the device (imports nothing heavy)
+
+    add_warm_command(sub, _size_arg, _threads)
     _add_threads_flags(sub)
     return p
 
