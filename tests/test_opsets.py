@@ -357,3 +357,46 @@ def test_matmul_after_batched_matmul_is_not_made_a_gemm(tmp_path):
              helper.make_node("MatMul", ["h", "w"], ["y"], name="mm1")]
     m = _model(nodes, {"x": (2, 16), "z": (3, 16, 8)}, {"w": _x(8, 4)}, 13)
     _check(m, {"x": _x(2, 16), "z": _x(3, 16, 8)}, tmp_path, rtol=1e-4, atol=1e-4)
+
+
+# ---- the ONNX the packer writes back (unpack; the fidelity check's session) is valid at the model's opset ---------
+# The IR is looser than ONNX: a MatMul made a Gemm has no C, which Gemm requires before opset 11 (and before 7 C
+# broadcasts only with broadcast = 1); an output the file declares without a shape is not a scalar.
+
+def _linear_model(opset, bias, low_rank=False):
+    # low_rank: a rank-4 weight, which packer/lowrank.py splits into two Gemms (the first without C)
+    w = (_x(32, 4) @ _x(4, 24)).astype(np.float32) if low_rank else _x(16, 8)
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["h" if bias else "y"], name="mm")]
+    tensors = {"w": w}
+    if bias:
+        nodes.append(helper.make_node("Add", ["h", "b"], ["y"], name="add", **({"broadcast": 1} if opset < 7 else {})))
+        tensors["b"] = _x(w.shape[1])
+    return _model(nodes, {"x": (2, w.shape[0])}, tensors, opset), w.shape
+
+
+@pytest.mark.parametrize("opset", [6, 7, 9, 10, 11, 13])
+@pytest.mark.parametrize("bias,low_rank", [(False, False), (True, False), (False, True)])
+def test_unpacked_linear_layers_are_valid_at_their_opset(opset, bias, low_rank, tmp_path):
+    import onnx
+
+    from edgepack.packer.unpack import unpack
+    from edgepack.runtime.loader import read_packed
+
+    m, (k, n) = _linear_model(opset, bias, low_rank)
+    src, out, back = tmp_path / "m.onnx", tmp_path / "m.epk", tmp_path / "back.onnx"
+    src.write_bytes(m.SerializeToString())
+    report = pack(src, out, low_rank=0.99 if low_rank else None)
+    if opset >= 7:  # onnxruntime runs opset 7 and later: the fidelity check ran on the packer's own ONNX
+        assert not any("could not measure" in w for w in report.warnings), report.warnings
+    assert read_packed(str(out)).graph["outputs"][0]["shape"] == [2, n]  # declared without a shape: inferred
+    unpack(out, back)
+    model = onnx.load(str(back))
+    onnx.checker.check_model(model, full_check=True)  # every node's inputs per its schema at this opset; shapes
+    gemms = [g for g in model.graph.node if g.op_type == "Gemm"]
+    assert len(gemms) == (2 if low_rank else 1)
+    assert all(len(g.input) == 3 for g in gemms) or opset >= 11
+    if opset >= 7:
+        x = _x(2, k)
+        want = runtime.load(out).run({"x": x})["y"]
+        (got,) = _ort(model, {"x": x})
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)

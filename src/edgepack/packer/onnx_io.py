@@ -77,7 +77,7 @@ def from_onnx(model: onnx.ModelProto, where: str = "<model>") -> Graph:
     nodes, sub_params = _convert_nodes(g.node, inits, where, opset)
     init_names = set(inits)
     inputs = [_value_info(v, unknown_rank=True) for v in g.input if v.name not in init_names]
-    outputs = [_value_info(v) for v in g.output]
+    outputs = [_value_info(v, unknown_rank=True) for v in g.output]  # no shape: None, shapes.py infers it
     params = sum(int(v.size) for v in inits.values() if v.dtype.kind == "f") + sub_params
     graph = Graph(g.name or "model", inputs, outputs, nodes, inits, opset, params)
     _unique_node_names(graph)
@@ -164,8 +164,9 @@ def _constant_value(n: onnx.NodeProto, name: str, where: str) -> np.ndarray:
 
 def _value_info(v: onnx.ValueInfoProto, loose: bool = False, unknown_rank: bool = False) -> ValueInfo:
     """loose (body graphs): a dtype or shape the exporter left out is None instead of float32 / rank 0.
-    unknown_rank (graph inputs): no shape at all is shape None, an unknown rank that --input-shape must give
-    (shapes.require_input_shapes), not a scalar."""
+    unknown_rank (graph inputs and outputs): no shape at all is shape None, an unknown rank, not a scalar: an input's
+    --input-shape must give (shapes.require_input_shapes), an output's shape inference finds
+    (shapes._set_output_shapes)."""
     t = v.type.tensor_type
     dtype = np.dtype(helper.tensor_dtype_to_np_dtype(t.elem_type)).name if t.elem_type else \
         (None if loose else "float32")
@@ -384,13 +385,42 @@ def graph_to_onnx(graph: Graph, weights: dict[str, np.ndarray] | None = None) ->
     values = dict(graph.initializers)
     if weights:
         values.update(weights)
-    nodes = [_node_proto(n) for n in graph.nodes]
+    nodes = [_node_proto(n) for n in _legal_at_opset(graph.nodes, values, graph.opset)]
     inits = [numpy_helper.from_array(np.asarray(values[name]), name) for name in values]
     g = helper.make_graph(nodes, graph.name, [_make_vi(v) for v in graph.inputs],
                           [_make_vi(v) for v in graph.outputs], inits)
     model = helper.make_model(g, opset_imports=[helper.make_opsetid("", graph.opset)], producer_name="edgepack")
     model.ir_version = min(model.ir_version, 10)
     return model
+
+
+def _legal_at_opset(nodes: list[Node], values: dict[str, np.ndarray], opset: int) -> list[Node]:
+    """The nodes as ONNX requires them at `opset`, where the IR is looser. A Gemm without C (a MatMul the importer
+    made a Gemm, low-rank's first factor) is valid from opset 11 only: before, it gets a C of zeros (float32, one per
+    output column, or one element when B is not a constant), added to `values`. Before opset 7, C broadcasts only
+    with broadcast = 1 (for a C of the full output shape it changes nothing). Returns copies; the IR is unchanged."""
+    if opset >= 11:
+        return nodes
+    taken = set(values) | {o for n in nodes for o in n.outputs}
+    out = []
+    for n in nodes:
+        if n.op != "Gemm":
+            out.append(n)
+            continue
+        n = Node(n.op, n.name, list(n.inputs), list(n.outputs), dict(n.attrs))
+        if len(n.inputs) < 3 or not n.inputs[2]:
+            b = values.get(n.inputs[1]) if len(n.inputs) > 1 else None
+            cols = (b.shape[0] if n.attr("transB", 0) else b.shape[1]) if b is not None and b.ndim == 2 else 1
+            name = f"{n.name}.zero_c"
+            while name in taken:
+                name += "_"
+            taken.add(name)
+            values[name] = np.zeros(cols, b.dtype if b is not None and b.dtype.kind == "f" else np.float32)
+            n.inputs = n.inputs[:2] + [name]
+        if opset < 7:
+            n.attrs["broadcast"] = ("int", 1)
+        out.append(n)
+    return out
 
 
 def _node_proto(n: Node) -> onnx.NodeProto:
@@ -405,8 +435,10 @@ def _attr_for_onnx(kind: str, value):
     if kind == "tensor":
         return numpy_helper.from_array(np.asarray(value))
     if kind == "graph":
-        inits = [numpy_helper.from_array(np.asarray(v), k) for k, v in value.initializers.items()]
-        return helper.make_graph([_node_proto(m) for m in value.nodes], value.name,
+        values = dict(value.initializers)
+        nodes = [_node_proto(m) for m in _legal_at_opset(value.nodes, values, value.opset)]
+        inits = [numpy_helper.from_array(np.asarray(v), k) for k, v in values.items()]
+        return helper.make_graph(nodes, value.name,
                                  [_make_vi(v) for v in value.inputs], [_make_vi(v) for v in value.outputs], inits)
     return value
 

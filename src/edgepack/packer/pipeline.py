@@ -197,7 +197,9 @@ def graph_doc(graph: Graph, encoded: dict[str, Encoded]) -> dict:
     taken = set(graph.initializers) | {v.name for v in graph.inputs} | {o for n in graph.nodes for o in n.outputs}
     nodes = [{"op": n.op, "name": n.name, "inputs": n.inputs, "outputs": _file_outputs(n, taken),
               "attrs": {k: [kind, v] for k, (kind, v) in n.attrs.items()}} for n in graph.nodes]
-    vi = lambda v: {"name": v.name, "dtype": v.dtype, "shape": list(v.shape)}  # noqa: E731
+    # an output whose rank even shape inference could not tell (shapes._set_output_shapes) is written as rank 0, as
+    # before: the runtime infers every output's shape itself and does not read this one
+    vi = lambda v: {"name": v.name, "dtype": v.dtype, "shape": [] if v.shape is None else list(v.shape)}  # noqa: E731
     return {"name": graph.name, "opset": graph.opset, "inputs": [vi(v) for v in graph.inputs],
             "outputs": [vi(v) for v in graph.outputs], "nodes": nodes, "tensors": tensors}
 

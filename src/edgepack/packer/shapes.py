@@ -206,6 +206,7 @@ def fold_constants(graph: Graph, strict: bool = False) -> Graph:
             if n.op in SHAPE_OPS and n.inputs and n.inputs[0] not in g.initializers \
                     and _shape_value(n, values) is None:
                 raise _dynamic_error(g, n, values)
+    _set_output_shapes(g, unknown_rank_only=True)
     return g
 
 
@@ -380,18 +381,26 @@ def _show(shape) -> str:
     return "[" + ", ".join(str(d) if isinstance(d, int) else repr(d) for d in shape) + "]"
 
 
-def _set_output_shapes(g: Graph) -> None:
-    """Dynamic output dimensions that the fixed input shapes determine become numbers (the runtime plans with them)."""
-    if not any(not isinstance(d, int) for v in g.outputs for d in v.shape):
+def _set_output_shapes(g: Graph, unknown_rank_only: bool = False) -> None:
+    """Dynamic output dimensions that the fixed input shapes determine become numbers (the runtime plans with them).
+    An output the ONNX file declares without a shape (rank unknown: onnx_io reads it as None) gets the inferred
+    shape, a dimension inference cannot tell named '<output>_dim<i>', so that the packed file and an unpacked model
+    declare its true rank, not a scalar. unknown_rank_only: those outputs only."""
+    pending = [v for v in g.outputs if v.shape is None
+               or (not unknown_rank_only and any(not isinstance(d, int) for d in v.shape))]
+    if not pending:
         return
     from .onnx_io import infer_value_shapes
 
     values = infer_value_shapes(g)
-    for v in g.outputs:
+    for v in pending:
         got = values.get(v.name)
-        if got is None or got.shape is None or len(got.shape) != len(v.shape):
+        if got is None or got.shape is None:
             continue
-        v.shape = [w if not isinstance(d, int) and isinstance(w, int) else d for d, w in zip(v.shape, got.shape)]
+        if v.shape is None:
+            v.shape = [f"{v.name}_dim{i}" if w is None else w for i, w in enumerate(got.shape)]
+        elif len(got.shape) == len(v.shape):
+            v.shape = [w if not isinstance(d, int) and isinstance(w, int) else d for d, w in zip(v.shape, got.shape)]
 
 
 def _copy(graph: Graph) -> Graph:
