@@ -1,8 +1,10 @@
-"""packer/dequantize.py: models quantised by onnxruntime's quantize_dynamic (the tool users run) turned back into
-float models. Each rewritten model is compared in onnxruntime with (1) the quantised original, within the error its
-run-time activation quantisation explains, and (2) a float model built here with the weights dequantised
-independently, exactly. The real ddddocr common_old.onnx (onnxruntime-quantised ConvInteger, MatMulInteger and
-DynamicQuantizeLSTM) is compared on rendered text by its CTC decoding."""
+"""packer/dequantize.py: models quantised by onnxruntime's quantize_dynamic (the tool users run) turned into float
+ops that keep the run-time activation quantisation (DynamicQuantizeLinear + DequantizeLinear in front of MatMul /
+Conv / LSTM). Each rewritten model is compared in onnxruntime with (1) the quantised original: to float rounding for
+MatMulInteger / ConvInteger (integer bias included), within what the unquantised hidden state explains for LSTM, and
+(2) a float model built here with the weights dequantised independently, exactly. The real ddddocr common_old.onnx
+(onnxruntime-quantised ConvInteger, MatMulInteger and DynamicQuantizeLSTM) is compared layer by layer and on
+rendered text by its CTC decoding."""
 from __future__ import annotations
 
 import numpy as np
@@ -18,6 +20,9 @@ from edgepack.runtime.errors import UnsupportedError
 
 OPSET = 17
 QUANT_OPS = {"DynamicQuantizeLinear", "MatMulInteger", "ConvInteger", "DynamicQuantizeLSTM"}
+INTEGER_OPS = {"MatMulInteger", "ConvInteger", "DynamicQuantizeLSTM"}   # what the rewrite removes
+FAKE_QUANT = [helper.make_node("DynamicQuantizeLinear", ["x"], ["xq", "xs", "xzp"]),
+              helper.make_node("DequantizeLinear", ["xq", "xs", "xzp"], ["xd"])]
 SETTINGS = [(pc, wt) for pc in (False, True) for wt in (QuantType.QInt8, QuantType.QUInt8)]
 SETTING_IDS = [f"{'per_channel' if pc else 'per_tensor'}-{wt.name}" for pc, wt in SETTINGS]
 
@@ -67,6 +72,11 @@ def _quant_node(model: onnx.ModelProto, op: str) -> onnx.NodeProto:
     return next(n for n in model.graph.node if n.op_type == op)
 
 
+def _same_as_quantised(yr: np.ndarray, yq: np.ndarray) -> None:
+    """The integer op's sums are exact; the float op's differ by float32 rounding only."""
+    np.testing.assert_allclose(yr, yq, rtol=0, atol=2e-6 * np.abs(yq).max() + 1e-7)
+
+
 # --- MatMul ----------------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("per_channel,weight_type", SETTINGS, ids=SETTING_IDS)
@@ -77,23 +87,21 @@ def test_matmul(tmp_path, per_channel, weight_type):
     qm = _quantize(fm, tmp_path, per_channel, weight_type)
     assert "MatMulInteger" in _ops(qm)
     rm = dequantize_dynamic(qm, "q")
-    assert not _ops(rm) & QUANT_OPS and _ops(rm) == {"MatMul"}
+    assert _ops(rm) == {"DynamicQuantizeLinear", "DequantizeLinear", "MatMul"}
     onnx.checker.check_model(rm)
 
     x = _f32(rng, 3, 16)
     yq, = _run(qm, {"x": x})
     yr, = _run(rm, {"x": x})
-    # the quantised model multiplies x rounded to its uint8 grid: |x - x~| <= scale/2, scale = range/255
-    s_x = (max(x.max(), 0) - min(x.min(), 0)) / 255
-    bound = s_x / 2 * np.abs(w).sum(axis=0) * 1.05 + 1e-5
-    assert np.all(np.abs(yq - yr) <= bound)
+    _same_as_quantised(yr, yq)
 
     # exactly the float model with the weights dequantised here
     n, qi = _quant_node(qm, "MatMulInteger"), _inits(qm)
     scale = next(qi[i] for i in qi if i.endswith("_scale"))
     wd = _dequant(qi[n.input[1]], qi[n.input[3]], scale, axis=1)
     assert np.abs(wd - w).max() <= np.abs(scale).max()           # the dequantised weights are the float ones, rounded
-    yf, = _run(_model([helper.make_node("MatMul", ["x", "W"], ["y"])], {"W": wd}, {"x": [3, 16]}, ["y"]), {"x": x})
+    yf, = _run(_model(FAKE_QUANT + [helper.make_node("MatMul", ["xd", "W"], ["y"])], {"W": wd}, {"x": [3, 16]},
+                      ["y"]), {"x": x})
     np.testing.assert_array_equal(yr, yf)
 
 
@@ -134,8 +142,8 @@ def test_refuses_static_quantize_linear():
 
 
 def test_shared_input_and_float_path_kept(tmp_path):
-    """One DynamicQuantizeLinear feeding two MatMulIntegers goes once both are rewritten; a float use of the same
-    activation stays."""
+    """One DynamicQuantizeLinear feeding two MatMulIntegers: one DequantizeLinear feeds both MatMuls; a float use
+    of the same activation stays on the unrounded activation."""
     rng = np.random.default_rng(1)
     fm = _model([helper.make_node("MatMul", ["x", "W1"], ["a"], name="fc1"),
                  helper.make_node("MatMul", ["x", "W2"], ["b"], name="fc2"),
@@ -144,13 +152,17 @@ def test_shared_input_and_float_path_kept(tmp_path):
     qm = _quantize(fm, tmp_path, False, QuantType.QInt8)
     assert sum(n.op_type == "DynamicQuantizeLinear" for n in qm.graph.node) == 1
     rm = dequantize_dynamic(qm, "q")
-    assert sorted(n.op_type for n in rm.graph.node) == ["MatMul", "MatMul", "Relu"]
-    assert {n.name for n in rm.graph.node} == {"fc1", "fc2", "relu"}       # the float layers' names come back
+    assert sorted(n.op_type for n in rm.graph.node) == ["DequantizeLinear", "DynamicQuantizeLinear", "MatMul",
+                                                         "MatMul", "Relu"]
+    assert {"fc1", "fc2", "relu"} <= {n.name for n in rm.graph.node}     # the float layers' names come back
+    dq = _quant_node(rm, "DequantizeLinear").output[0]
+    assert [n.input[0] for n in rm.graph.node if n.op_type == "MatMul"] == [dq, dq]
+    assert _quant_node(rm, "Relu").input[0] == "x"
     assert not {t.name for t in rm.graph.initializer} & {i for n in qm.graph.node for i in n.input
                                                          if n.op_type == "MatMulInteger"}   # int weights gone
     x = _f32(rng, 2, 8)
     for yq, yr in zip(_run(qm, {"x": x}), _run(rm, {"x": x})):
-        assert np.abs(yq - yr).max() < 0.1
+        _same_as_quantised(yr, yq)
 
 
 def test_float_model_untouched():
@@ -169,21 +181,20 @@ def test_conv(tmp_path, per_channel, weight_type):
     qm = _quantize(fm, tmp_path, per_channel, weight_type)
     assert "ConvInteger" in _ops(qm)
     rm = dequantize_dynamic(qm, "q")
-    assert not _ops(rm) & QUANT_OPS and "Conv" in _ops(rm)
+    assert not _ops(rm) & INTEGER_OPS and {"Conv", "DynamicQuantizeLinear", "DequantizeLinear"} <= _ops(rm)
     conv = _quant_node(rm, "Conv")
     assert conv.name == "conv" and [a.ints for a in conv.attribute if a.name == "strides"] == [[2, 1]]
+    assert conv.input[0] == _quant_node(rm, "DequantizeLinear").output[0]
 
     x = _f32(rng, 1, 3, 7, 6)
     yq, = _run(qm, {"x": x})
     yr, = _run(rm, {"x": x})
-    s_x = (max(x.max(), 0) - min(x.min(), 0)) / 255
-    bound = s_x / 2 * np.abs(w).sum(axis=(1, 2, 3))[None, :, None, None] * 1.05 + 1e-5
-    assert np.all(np.abs(yq - yr) <= bound)
+    _same_as_quantised(yr, yq)
 
     n, qi = _quant_node(qm, "ConvInteger"), _inits(qm)
     scale = next(qi[i] for i in qi if i.endswith("_scale"))
     wd = _dequant(qi[n.input[1]], qi[n.input[3]], scale, axis=0)
-    ref = _model([helper.make_node("Conv", ["x", "W", "b"], ["y"], pads=[1, 1, 1, 1], strides=[2, 1])],
+    ref = _model(FAKE_QUANT + [helper.make_node("Conv", ["xd", "W", "b"], ["y"], pads=[1, 1, 1, 1], strides=[2, 1])],
                  {"W": wd, "b": b}, {"x": [1, 3, 7, 6]}, ["y"])
     np.testing.assert_array_equal(yr, _run(ref, {"x": x})[0])
 
@@ -214,20 +225,20 @@ def test_conv_integer_bias_old_onnxruntime():
     w_zp, w_scale, b = np.array(121, np.uint8), np.array(0.01, np.float32), _f32(rng, 3)
     qm = _old_style_conv(w_q, w_zp, w_scale, b)
     rm = dequantize_dynamic(qm, "old")
-    assert [n.op_type for n in rm.graph.node] == ["Conv"]
-    conv = rm.graph.node[0]
-    assert conv.name == "Conv_0" and conv.input[2] == "b"
+    assert not _ops(rm) & INTEGER_OPS
+    conv = _quant_node(rm, "Conv")
+    assert conv.name == "Conv_0" and len(conv.input) == 2 and conv.input[0] == _quant_node(rm, "DequantizeLinear").output[0]
+    # the bias is added as the quantised model adds it: floor(b / (x_scale * w_scale)) * x_scale * w_scale
+    for x in (_f32(rng, 1, 2, 5, 5), _f32(rng, 1, 2, 5, 5) * 30, np.abs(_f32(rng, 1, 2, 5, 5)) * 1e-3):
+        yq, = _run(qm, {"x": x})
+        yr, = _run(rm, {"x": x})
+        _same_as_quantised(yr, yq)
     x = _f32(rng, 1, 2, 5, 5)
-    yq, = _run(qm, {"x": x})
-    yr, = _run(rm, {"x": x})
-    s_x = (max(x.max(), 0) - min(x.min(), 0)) / 255
     wd = _dequant(w_q, w_zp, w_scale, axis=0)
-    # activation rounding, plus the bias floored to a multiple of s_x * w_scale
-    bound = s_x / 2 * np.abs(wd).sum(axis=(1, 2, 3))[None, :, None, None] * 1.05 + s_x * w_scale + 1e-5
-    assert np.all(np.abs(yq - yr) <= bound)
-    ref = _model([helper.make_node("Conv", ["x", "W", "b"], ["y"], pads=[1, 1, 1, 1])], {"W": wd, "b": b},
-                 {"x": [1, 2, 5, 5]}, ["y"])
-    np.testing.assert_array_equal(yr, _run(ref, {"x": x})[0])
+    s = np.float32((max(x.max(), 0) - min(x.min(), 0)) / np.float32(255)) * w_scale
+    ref = _model(FAKE_QUANT + [helper.make_node("Conv", ["xd", "W", "b"], ["y"], pads=[1, 1, 1, 1])],
+                 {"W": wd, "b": (np.floor(b / s) * s).astype(np.float32)}, {"x": [1, 2, 5, 5]}, ["y"])
+    np.testing.assert_allclose(_run(rm, {"x": x})[0], _run(ref, {"x": x})[0], rtol=0, atol=1e-6)
 
 
 # --- LSTM ------------------------------------------------------------------------------------------------------
@@ -245,16 +256,20 @@ def test_lstm(tmp_path, per_channel, weight_type, direction):
     qm = _quantize(fm, tmp_path, per_channel, weight_type)
     assert "DynamicQuantizeLSTM" in _ops(qm)
     rm = dequantize_dynamic(qm, "q")
-    assert [(n.op_type, n.domain, n.name) for n in rm.graph.node] == [("LSTM", "", "lstm")]
+    assert [(n.op_type, n.domain) for n in rm.graph.node] == [("DynamicQuantizeLinear", ""),
+                                                              ("DequantizeLinear", ""), ("LSTM", "")]
+    lstm = rm.graph.node[2]
+    assert lstm.name == "lstm" and lstm.input[0] == rm.graph.node[1].output[0]
     onnx.checker.check_model(rm)
 
     x = _f32(rng, steps, batch, size)
     outs_q = _run(qm, {"x": x})
     outs_r = _run(rm, {"x": x})
-    # the contrib op quantises x and every hidden state to uint8 (scale <= 2/255 for h in (-1, 1)); over 7 steps
-    # the gates move by at most a few hundredths
+    # the contrib op quantises x (kept here) and, at every step, the hidden state (not kept: the float LSTM's h is
+    # not rounded to its 256 levels, scale <= 2/255 for h in (-1, 1)); over 7 steps the gates move by at most a
+    # few thousandths
     for yq, yr in zip(outs_q, outs_r):
-        assert np.abs(yq - yr).max() < 0.05
+        assert np.abs(yq - yr).max() < 0.02
 
     # exactly the float LSTM with W, R dequantised here from the contrib op's [nd, size, 4*hidden] layout
     n, qi = _quant_node(qm, "DynamicQuantizeLSTM"), _inits(qm)
@@ -264,7 +279,9 @@ def test_lstm(tmp_path, per_channel, weight_type, direction):
         assert q.shape[1:] == ((size if k == 1 else hidden), 4 * hidden)
         deq.append(np.stack([_dequant(q[d], zp[d], s[d], axis=1).T for d in range(nd)]))
     assert np.abs(deq[0] - w).max() < 0.05 and np.abs(deq[1] - r).max() < 0.05    # the layouts line up
-    ref = _model([node], {"W": deq[0], "R": deq[1], "B": b, "h0": h0}, {"x": [steps, batch, size]},
+    ref_node = helper.make_node("LSTM", ["xd", "W", "R", "B", "", "h0"], ["y", "yh", "yc"], hidden_size=hidden,
+                                direction=direction)
+    ref = _model(FAKE_QUANT + [ref_node], {"W": deq[0], "R": deq[1], "B": b, "h0": h0}, {"x": [steps, batch, size]},
                  ["y", "yh", "yc"])
     for yr, yf in zip(outs_r, _run(ref, {"x": x})):
         np.testing.assert_array_equal(yr, yf)
@@ -278,7 +295,7 @@ def test_import_goes_through(tmp_path):
                 {"W": _f32(rng, 4, 3, 3, 3), "b": _f32(rng, 4)}, {"x": [1, 3, 6, 6]}, ["y"])
     qm = _quantize(fm, tmp_path, False, QuantType.QUInt8)
     graph = from_onnx(qm, "q.onnx")
-    assert not {n.op for n in graph.nodes} & QUANT_OPS and "Conv" in {n.op for n in graph.nodes}
+    assert not {n.op for n in graph.nodes} & INTEGER_OPS and "Conv" in {n.op for n in graph.nodes}
     assert graph.initializers[next(n for n in graph.nodes if n.op == "Conv").inputs[1]].dtype == np.float32
 
 
@@ -331,15 +348,21 @@ def test_refuses_quantised_embedding(tmp_path):
         dequantize_dynamic(qm, "m.onnx")
 
 
-def test_refuses_quantised_activation_used_elsewhere(tmp_path):
+def test_quantised_activation_used_elsewhere_kept(tmp_path):
+    """The DynamicQuantizeLinear stays (its DequantizeLinear feeds the MatMul), so another reader of its uint8
+    output still reads it."""
     rng = np.random.default_rng(7)
     qm = _quantize(_model([helper.make_node("MatMul", ["x", "W"], ["y"], name="fc")], {"W": _f32(rng, 4, 3)},
                           {"x": [2, 4]}, ["y"]), tmp_path, False, QuantType.QInt8)
     dql = _quant_node(qm, "DynamicQuantizeLinear")
     qm.graph.node.append(helper.make_node("Cast", [dql.output[0]], ["xq_f"], name="peek", to=TensorProto.FLOAT))
     qm.graph.output.append(helper.make_tensor_value_info("xq_f", TensorProto.FLOAT, None))
-    with pytest.raises(UnsupportedError, match=r"'DynamicQuantizeLinear'.*its outputs feed 'peek'"):
-        dequantize_dynamic(qm, "m.onnx")
+    rm = dequantize_dynamic(qm, "m.onnx")
+    assert not _ops(rm) & INTEGER_OPS and _quant_node(rm, "Cast").input[0] == dql.output[0]
+    x = _f32(rng, 2, 4)
+    (yq, pq), (yr, pr) = _run(qm, {"x": x}), _run(rm, {"x": x})
+    _same_as_quantised(yr, yq)
+    np.testing.assert_array_equal(pr, pq)
 
 
 # --- the real model --------------------------------------------------------------------------------------------
@@ -412,10 +435,28 @@ def test_real_ddddocr_common_old():
            {(n.domain, n.op_type) for n in qm.graph.node}
     rm = dequantize_dynamic(qm, str(path))
     ops = {(n.domain, n.op_type) for n in rm.graph.node}
-    assert not {op for _, op in ops} & QUANT_OPS and all(d == "" for d, _ in ops)
-    assert sum(n.op_type == "Conv" for n in rm.graph.node) == 21 and ("", "LSTM") in ops
+    assert not {op for _, op in ops} & INTEGER_OPS and all(d == "" for d, _ in ops)
+    count = lambda op: sum(n.op_type == op for n in rm.graph.node)  # noqa: E731
+    assert count("Conv") == 21 and count("LSTM") == 1 and count("DynamicQuantizeLinear") == 23 \
+        and count("DequantizeLinear") == 23
     lstm = _quant_node(rm, "LSTM")
     assert lstm.name == "LSTM_202" and _inits(rm)[lstm.input[1]].shape == (2, 2048, 512)
+
+    # the rewrite computes what the quantised model computes, to float rounding: the first convolution's output (the
+    # same name in both graphs; later layers see inputs that already differ by rounding, see below)
+    probe = [n.output[0] for n in rm.graph.node if n.op_type == "Add" and n.input[0].endswith("_nobias")][:1]
+    assert probe == ["390"]
+
+    def with_outputs(m):
+        m2 = onnx.ModelProto()
+        m2.CopyFrom(m)
+        m2.graph.output.extend([helper.make_empty_tensor_value_info(nm) for nm in probe])
+        return session(m2)
+
+    for x in _text_images(4, seed=1):
+        a, = with_outputs(qm).run(probe, {"input1": x})
+        b, = with_outputs(rm).run(probe, {"input1": x})
+        assert np.abs(b - a).max() <= 2e-6 * np.abs(a).max()
 
     sq, sr = session(qm), session(rm)
     images = _text_images(32)
@@ -426,9 +467,11 @@ def test_real_ddddocr_common_old():
         same_seq += dq == dr
         same_frames += int((pq == pr).sum())
         frames += pq.size
-    # measured on 200 PIL-drawn images: 197 decoded sequences and 99.8% of the frames' argmax agree (29/32 and 99.6%
-    # with the bitmap font); where a frame differs, its two best logits are within 0.01..4.2 (median margin 10)
+    # end to end the two part: a float32 rounding difference (1e-7) that moves one activation across a rounding
+    # boundary changes it by a whole uint8 step, and such changes grow through the layers (onnxruntime on the
+    # quantised model itself, its input perturbed by 1e-7, moves its output by 2e-2); so the same decoding, not
+    # the same numbers, is checked here (measured on 200 of these images: 197 sequences, 99.8% of the frames)
     assert same_seq >= 0.85 * len(images) and same_frames >= 0.98 * frames, (same_seq, same_frames, frames)
 
     graph = load_onnx(path)            # the packer's import takes it: float weights, standard ops only
-    assert "LSTM" in {n.op for n in graph.nodes} and not {n.op for n in graph.nodes} & QUANT_OPS
+    assert "LSTM" in {n.op for n in graph.nodes} and not {n.op for n in graph.nodes} & INTEGER_OPS

@@ -1,6 +1,6 @@
 """runtime/ops/quantize.py (DynamicQuantizeLinear, DequantizeLinear) against onnxruntime on one- and two-node
 models: bit for bit on random tensors of every sign mix and scale (the rounding half to even, the zero point's
-clipping, the all-zero tensor), per-axis DequantizeLinear."""
+clipping, the all-zero tensor), per-axis DequantizeLinear, and through runtime.load on a packed file."""
 from __future__ import annotations
 
 import numpy as np
@@ -8,6 +8,8 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from edgepack import runtime
+from edgepack.packer.pipeline import pack
 from edgepack.runtime.errors import FormatError, UnsupportedError
 from edgepack.runtime.ops import registry as R
 
@@ -98,3 +100,30 @@ def test_shape_errors_name_the_node():
     with pytest.raises(UnsupportedError, match=r"node 'dq'.*'block_size' = 2"):
         R.infer_node("DequantizeLinear", "dq", [(2, 4), (2, 2)], {"block_size": 2}, [None, None])
     assert R.infer_node("DynamicQuantizeLinear", "q", [(2, 3)], {}, [None], 3) == [(2, 3), (), ()]
+
+
+def test_packed_file_runs_like_onnxruntime(tmp_path):
+    """x -> fake quantisation -> MatMul by a constant: packed (its weight compressed like any other) and run by the
+    device runtime, the same as onnxruntime on the file's dense form (the weight as the packed file decodes it)."""
+    rng = np.random.default_rng(3)
+    w = rng.standard_normal((16, 8)).astype(np.float32)
+    nodes = [helper.make_node("DynamicQuantizeLinear", ["x"], ["q", "s", "z"], name="quant"),
+             helper.make_node("DequantizeLinear", ["q", "s", "z"], ["xd"], name="dequant"),
+             helper.make_node("MatMul", ["xd", "W"], ["y"], name="fc")]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 16])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, 8])],
+                          [numpy_helper.from_array(w, "W")])
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+    src, out = tmp_path / "m.onnx", tmp_path / "m.epk"
+    src.write_bytes(model.SerializeToString())
+    pack(src, out, sparsity=0.0, bits=8)
+    m = runtime.load(str(out))
+    from edgepack.runtime.loader import dense_weights, read_packed
+    wd = dense_weights(read_packed(str(out)))["W"]
+    g.initializer[0].CopyFrom(numpy_helper.from_array(np.asarray(wd, np.float32), "W"))
+    sess = _session(model)
+    for _ in range(5):
+        x = (rng.standard_normal((4, 16)) * 3).astype(np.float32)
+        got = m.run({"x": x})["y"]
+        want, = sess.run(None, {"x": x})
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())

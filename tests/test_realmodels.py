@@ -15,6 +15,7 @@ error, so they show up as XPASS the day they work. The corpus fetch works offlin
 """
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from realmodels.corpus import ENTRIES, REFUSED, fetch
@@ -96,7 +97,33 @@ def test_runtime_matches_unpacked(entry, packed, tmp_path):
     task_for(entry).answers(entry, run, 2, 1)
     assert log.runs, f"{entry.name}: the task ran no model"
     err = log.relative()
-    assert err <= REL_TOL, f"{entry.name}: runtime vs onnxruntime on the unpacked file: {err:.2e} over {log.runs} runs"
+    tol = REL_TOL if err <= REL_TOL else max(REL_TOL, NOISE_FACTOR * noise_floor(entry, dense))
+    assert err <= tol, (f"{entry.name}: runtime vs onnxruntime on the unpacked file: {err:.2e} over {log.runs} runs "
+                        f"(tolerance {tol:.1e})")
+
+
+# A graph that rounds activations to uint8 at run time (DynamicQuantizeLinear: ddddocr_common_old, kept so from
+# onnxruntime's quantize_dynamic) turns a float32 rounding difference into a whole quantisation step wherever a value
+# sits on a rounding boundary, and those steps grow through the layers: no two implementations agree there to 1e-4.
+# Such a graph is held to NOISE_FACTOR times onnxruntime's own spread when its inputs move by 1e-7 relative
+# (measured: 2.1e-2 for ddddocr_common_old, ~1e-6 for the float models, so they stay at REL_TOL).
+NOISE_FACTOR = 3.0
+NOISE = 1e-7
+
+
+def noise_floor(entry, onnx_path) -> float:
+    """ErrorLog.relative() of onnxruntime against itself with every float input scaled by (1 + 1e-7 N(0, 1)), on the
+    inputs test_runtime_matches_unpacked uses."""
+    ref = ort_runner(onnx_path)
+    rng = np.random.default_rng(0)
+
+    def nudged(feeds):
+        return ref({k: (v * (1 + NOISE * rng.standard_normal(v.shape))).astype(v.dtype)
+                    if v.dtype == np.float32 else v for k, v in feeds.items()})
+
+    run, log = paired_runner(ref, nudged)
+    task_for(entry).answers(entry, run, 2, 1)
+    return log.relative()
 
 
 @pytest.mark.parametrize("entry,op", [pytest.param(e, op, id=e.name) for e, op in REFUSED])

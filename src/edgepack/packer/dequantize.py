@@ -1,26 +1,39 @@
-"""Models quantised by onnxruntime's ``quantize_dynamic`` turned back into float models, on the onnx.ModelProto,
-before the rest of the import (packer/onnx_io.py calls :func:`dequantize_dynamic` first).
+"""Models quantised by onnxruntime's ``quantize_dynamic`` turned into float ops that compute what the quantised
+model computes, on the onnx.ModelProto, before the rest of the import (packer/onnx_io.py calls
+:func:`dequantize_dynamic` first).
 
 ``quantize_dynamic`` stores each weight as int8/uint8 with a scale and a zero point, and quantises the activation
-at run time. The blocks it writes, and what they become here:
+to uint8 at run time. The integer product ``(x_q - x_zp)(W_q - W_zp) * x_scale * W_scale`` equals the float product
+of the dequantised activation ``(x_q - x_zp) * x_scale`` and the dequantised weight, so the rewrite keeps the
+activation's quantisation as standard ops (``DynamicQuantizeLinear`` then ``DequantizeLinear``, which the runtime
+runs: runtime/ops/quantize.py) and turns only the weights into float, which the packer then compresses like any
+other. The blocks it writes, and what they become here:
 
-* ``DynamicQuantizeLinear(x) -> (x_q, x_scale, x_zp)`` (for opset <= 10: ``QuantizeLinear(x, x_scale, x_zp)``
-  with both computed from ReduceMin(x) / ReduceMax(x)) feeding ``MatMulInteger(x_q, W_q, x_zp, W_zp)`` or
+* ``DynamicQuantizeLinear(x) -> (x_q, x_scale, x_zp)`` feeding ``MatMulInteger(x_q, W_q, x_zp, W_zp)`` or
   ``ConvInteger(x_q, W_q, x_zp, W_zp)``, then ``Cast(to=float)`` and a multiplication by ``x_scale * W_scale``
-  (the two scales multiplied first, as onnxruntime writes it, or one after the other). Older onnxruntime versions
-  add the bias in the integer domain before the Cast: ``Add(int_out, Reshape(Cast(Floor(Div(b, x_scale *
-  W_scale)))))``. The block becomes ``MatMul(x, W)`` / ``Conv(x, W, b)`` with ``W = (W_q - W_zp) * W_scale``
-  (per tensor, or per output column / output channel as the ops allow) and the float bias ``b``.
+  (the two scales multiplied first, as onnxruntime writes it, or one after the other). The DynamicQuantizeLinear
+  stays; one ``DequantizeLinear(x_q, x_scale, x_zp)`` right after it feeds ``MatMul(., W)`` / ``Conv(., W)`` with
+  ``W = (W_q - W_zp) * W_scale`` (per tensor, or per output column / output channel as the ops allow). Older
+  onnxruntime versions add the bias in the integer domain before the Cast: ``Add(int_out, Reshape(Cast(Floor(Div(b,
+  x_scale * W_scale)))))``; that integer bias stays too and is added as ``Cast(to=float)`` times ``x_scale *
+  W_scale`` (reshaped as before), so b is rounded down to a multiple of the scales at run time as it was.
+  For opset <= 10 the activation is quantised by ``QuantizeLinear(x, x_scale, x_zp)`` with both computed from
+  ReduceMin(x) / ReduceMax(x); that arithmetic is not kept: the float op reads x unrounded.
 * ``com.microsoft::DynamicQuantizeLSTM(X, W_q, R_q, B, seq_lens, h0, c0, P, W_scale, W_zp, R_scale, R_zp)``
-  becomes the standard ``LSTM`` with ``W = transpose((W_q - W_zp) * W_scale)``: the contrib op stores W as
-  [num_directions, input_size, 4*hidden] and R as [num_directions, hidden, 4*hidden], with scale and zero point
-  per direction ([num_directions]) or per gate row ([num_directions, 4*hidden]).
+  becomes ``DynamicQuantizeLinear`` + ``DequantizeLinear`` of X (the contrib kernel quantises X, all steps at
+  once, before its product with W) and the standard ``LSTM`` with ``W = transpose((W_q - W_zp) * W_scale)``: the
+  contrib op stores W as [num_directions, input_size, 4*hidden] and R as [num_directions, hidden, 4*hidden], with
+  scale and zero point per direction ([num_directions]) or per gate row ([num_directions, 4*hidden]). The kernel
+  also quantises the hidden state at every step before its product with R; ONNX's LSTM cannot, so that rounding is
+  not kept (in tests/test_dequantize.py the outputs move by ~2e-3 over 7 steps).
 
-The float model computes what the quantised one approximates: the two differ only by the rounding of the
-activations (and of the integer bias), which the quantised model does at run time and the float model does not.
-The weights keep exactly the values the quantised model multiplies by, so the packer compresses them like any
-other float weight. Nodes left without a consumer by the rewrite (the DynamicQuantizeLinear, the scale
-multiplications, the integer bias) are removed; every other node is kept as it was.
+Layer by layer the result equals the quantised model to float32 rounding. End to end it need not: a rounding
+difference of 1e-7 that moves one activation across a uint8 rounding boundary changes it by a whole step, and the
+changes grow through the layers (onnxruntime on ddddocr's common_old.onnx, its input perturbed by 1e-7 relative,
+moves its output by 2e-2 and changes about 4% of its decoded strings), so two implementations of the same quantised graph
+agree on the answers, not on every digit. Nodes left without a consumer by the rewrite (the integer ops, the scale
+multiplications) are removed; every other node is kept as it was. A DynamicQuantizeLinear read only by
+DequantizeLinear nodes (a model already in this form) is kept as it is.
 
 A node in another domain, or a quantised node in a form this module does not recognise exactly, is refused with
 one line naming the node, its op and domain, and what the packer accepts.
@@ -39,8 +52,8 @@ _QUANT_OPS = ("MatMulInteger", "ConvInteger", "DynamicQuantizeLinear", "DynamicQ
 _LSTM_ATTRS = ("activation_alpha", "activation_beta", "activations", "clip", "direction", "hidden_size",
                "input_forget")
 _ACCEPTS = ("edgepack packs float ONNX models (ops of the default domain), and models quantised by onnxruntime's "
-            "quantize_dynamic (MatMulInteger, ConvInteger, com.microsoft DynamicQuantizeLSTM), which it dequantises "
-            "to float")
+            "quantize_dynamic (MatMulInteger, ConvInteger, com.microsoft DynamicQuantizeLSTM), whose weights it "
+            "dequantises to float")
 
 
 class _Refused(Exception):
@@ -48,7 +61,8 @@ class _Refused(Exception):
 
 
 def dequantize_dynamic(model: onnx.ModelProto, where: str = "<model>") -> onnx.ModelProto:
-    """The model with onnxruntime's dynamic-quantised MatMul/Conv/LSTM blocks replaced by their float ops.
+    """The model with onnxruntime's dynamic-quantised MatMul/Conv/LSTM blocks replaced by their float ops, the
+    activation quantisation kept (module docstring).
 
     Returns ``model`` itself when it holds no quantised node (and nothing in another domain); otherwise a rewritten
     copy (the argument is not modified). Raises UnsupportedError for a node in a non-default domain or a quantised
@@ -85,6 +99,9 @@ class _Rewriter:
         self.new_inits = []
         self.replace = {}        # id(node) -> list of nodes that take its place
         self.dropped = set()     # id(node) of nodes removed without replacement
+        self.after = {}          # id(node) -> nodes inserted right after it (the DequantizeLinear of a quantiser)
+        self.kept = set()        # id(node) of DynamicQuantizeLinear nodes kept: their DequantizeLinear reads them
+        self.fake = {}           # quantised activation -> its DequantizeLinear output
 
     # --- constants and names ----------------------------------------------------------------------------------
 
@@ -147,6 +164,7 @@ class _Rewriter:
                 nodes.extend(self.replace[id(n)])
             elif id(n) not in self.dropped:
                 nodes.append(n)
+            nodes.extend(self.after.get(id(n), []))
         removed = [n for n in self.g.node if id(n) in self.replace or id(n) in self.dropped]
         nodes = self.drop_dead(nodes, removed)
         users = {}
@@ -166,7 +184,7 @@ class _Rewriter:
                                                      and n.op_type == "DynamicQuantizeLSTM"):
             raise UnsupportedError(f"{self.where}: node '{name}' uses op '{n.op_type}' of domain '{domain}'; "
                                    f"{_ACCEPTS}")
-        if n.op_type in _QUANT_OPS:
+        if n.op_type in _QUANT_OPS and id(n) not in self.kept and not self.fake_quantiser(n, users):
             why = reasons.get(id(n))
             if why is None:   # a DynamicQuantizeLinear still used by something that was not rewritten
                 to = [repr(u.name or u.op_type) for o in n.output for u in users.get(o, [])]
@@ -174,6 +192,14 @@ class _Rewriter:
                       f"block that can be dequantised"
             raise UnsupportedError(f"{self.where}: node '{name}' (op '{n.op_type}' of domain '{domain}') is not in "
                                    f"the form onnxruntime's quantize_dynamic writes: {why}; {_ACCEPTS}")
+
+    @staticmethod
+    def fake_quantiser(n: onnx.NodeProto, users: dict) -> bool:
+        """A DynamicQuantizeLinear read only by DequantizeLinear nodes: a float op (the activation rounded to 256
+        levels) that the runtime runs as it is."""
+        readers = [u for o in n.output if o for u in users.get(o, [])]
+        return n.op_type == "DynamicQuantizeLinear" and n.domain in _DEFAULT_DOMAINS and bool(readers) and all(
+            u.op_type == "DequantizeLinear" and u.domain in _DEFAULT_DOMAINS for u in readers)
 
     def drop_dead(self, nodes: list, removed: list) -> list:
         """Remove, transitively, the producers that the removed nodes leave without any consumer."""
@@ -222,7 +248,7 @@ class _Rewriter:
         conv = n.op_type == "ConvInteger"
         ins = list(n.input) + [""] * (4 - len(n.input))
         a, b, a_zp, b_zp = ins[:4]
-        x, x_scale = self.activation_source(a, a_zp)
+        x, x_scale, quantiser = self.activation_source(a, a_zp)
         w_q = self.const(b)
         if w_q is None or w_q.dtype not in (np.int8, np.uint8):
             raise _Refused(f"its weight '{b}' is not a constant int8/uint8 tensor")
@@ -249,8 +275,8 @@ class _Rewriter:
         c = self.sole_consumer(cur, "its output")
         bias = None
         if c.op_type == "Add" and c.domain in _DEFAULT_DOMAINS:
-            other = c.input[1] if c.input[0] == cur else c.input[0]
-            bias, bias_scale = self.integer_bias(other, x_scale, conv, rows, w_q.ndim)
+            bias = c.input[1] if c.input[0] == cur else c.input[0]
+            bias_scale, scales, bias, bias_shape = self.integer_bias(bias, x_scale, conv, rows, w_q.ndim)
             chain.append(c)
             cur = c.output[0]
             c = self.sole_consumer(cur, "its biased output")
@@ -280,36 +306,45 @@ class _Rewriter:
         wname = self.float_weight((b, b_zp, scale.tobytes(), scale.shape, n.op_type), b, w)
         name = self.node_name(n)
         final = out[-1]
-        if conv:
-            attrs = {a.name: helper.get_attribute_value(a) for a in n.attribute}
-            inputs = [x, wname] + ([bias] if bias is not None else [])
-            new = [helper.make_node("Conv", inputs, [final.output[0]], name, **attrs)]
-        elif bias is not None:
-            mid = self.fresh(final.output[0] + "_matmul")
-            new = [helper.make_node("MatMul", [x, wname], [mid], name),
-                   helper.make_node("Add", [mid, bias], [final.output[0]], self.fresh(name + "_bias"))]
+        x_in = self.fake_quantised(quantiser) if quantiser is not None else x
+        attrs = {a.name: helper.get_attribute_value(a) for a in n.attribute} if conv else {}
+        if bias is None:
+            new = [helper.make_node(n.op_type[: -len("Integer")], [x_in, wname], [final.output[0]], name, **attrs)]
         else:
-            new = [helper.make_node("MatMul", [x, wname], [final.output[0]], name)]
+            # the integer bias as the quantised model adds it: b rounded to a multiple of x_scale * W_scale
+            mid, b_int, b_f = (self.fresh(final.output[0] + t) for t in ("_nobias", "_bias_int", "_bias"))
+            new = [helper.make_node(n.op_type[: -len("Integer")], [x_in, wname], [mid], name, **attrs),
+                   helper.make_node("Cast", [bias], [b_int], self.fresh(name + "_bias_cast"),
+                                    to=onnx.TensorProto.FLOAT),
+                   helper.make_node("Mul", [b_int, scales], [b_f], self.fresh(name + "_bias_scale"))]
+            if bias_shape is not None:
+                b_r = self.fresh(final.output[0] + "_bias_reshaped")
+                new.append(helper.make_node("Reshape", [b_f, bias_shape], [b_r], self.fresh(name + "_bias_reshape")))
+                b_f = b_r
+            new.append(helper.make_node("Add", [mid, b_f], [final.output[0]], self.fresh(name + "_bias")))
         self.replace[id(final)] = new
         for k in chain + out[:-1]:
             self.dropped.add(id(k))
 
-    def activation_source(self, a: str, a_zp: str) -> tuple[str, str]:
-        """The float activation x and its scale, for an integer input quantised from x at run time over x's whole
-        range: DynamicQuantizeLinear(x), or (models of opset <= 10) QuantizeLinear(x, scale, zero point) with the
-        scale and zero point computed from ReduceMin(x) / ReduceMax(x)."""
+    def activation_source(self, a: str, a_zp: str) -> tuple[str, str, onnx.NodeProto | None]:
+        """(x, x_scale, quantiser) for an integer input quantised from the float activation x at run time over x's
+        whole range: DynamicQuantizeLinear(x) (the quantiser, whose rounding the rewrite keeps), or (models of opset
+        <= 10) QuantizeLinear(x, scale, zero point) with both computed from ReduceMin(x) / ReduceMax(x) (quantiser
+        None: that arithmetic is not carried over, the float op reads the unrounded activation)."""
         d = self.producer.get(a)
         if d is not None and d.op_type == "DynamicQuantizeLinear" and d.domain in _DEFAULT_DOMAINS:
             if a_zp != d.output[2]:
                 raise _Refused(f"its input zero point '{a_zp}' is not the one DynamicQuantizeLinear "
                                f"'{d.name}' computes")
-            return d.input[0], d.output[1]
+            if a != d.output[0]:
+                raise _Refused(f"its input '{a}' is not the quantised output of DynamicQuantizeLinear '{d.name}'")
+            return d.input[0], d.output[1], d
         if d is not None and d.op_type == "QuantizeLinear" and d.domain in _DEFAULT_DOMAINS and len(d.input) == 3:
             x, scale, zp = d.input
             if a_zp != zp:
                 raise _Refused(f"its input zero point '{a_zp}' is not the one QuantizeLinear '{d.name}' uses")
             if self.from_range_of(x, scale) and self.from_range_of(x, zp):
-                return x, scale
+                return x, scale, None
             raise _Refused(f"its input comes from QuantizeLinear '{d.name}' whose scale and zero point are not "
                            f"computed from the whole range of '{x}' at run time (static quantisation)")
         if d is not None and d.op_type in ("Gather", "Transpose"):
@@ -317,6 +352,18 @@ class _Rewriter:
                            f"DynamicQuantizeLinear (quantised embedding tables are not dequantised: quantise with "
                            f"op_types_to_quantize=['MatMul', 'Conv', 'LSTM'])")
         raise _Refused(f"its input '{a}' does not come from a DynamicQuantizeLinear")
+
+    def fake_quantised(self, d: onnx.NodeProto) -> str:
+        """The output of ``DequantizeLinear(q, scale, zero point)`` of DynamicQuantizeLinear node d's outputs, made
+        once per quantiser: the activation rounded to the 256 levels the integer op multiplies."""
+        if d.output[0] not in self.fake:
+            out = self.fresh(d.input[0] + "_fake_quantized")
+            node = helper.make_node("DequantizeLinear", list(d.output[:3]), [out],
+                                    self.fresh((d.name or "DynamicQuantizeLinear") + "_dequantize"))
+            self.after.setdefault(id(d), []).append(node)
+            self.kept.add(id(d))
+            self.fake[d.output[0]] = out
+        return self.fake[d.output[0]]
 
     def from_range_of(self, x: str, value: str) -> bool:
         """Whether `value` is computed only from constants and the minimum / maximum over all of x (the arithmetic
@@ -375,9 +422,11 @@ class _Rewriter:
                        f"weight scale")
 
     def integer_bias(self, value: str, x_scale: str, conv: bool, rows: int, rank: int):
-        """The name of the constant float bias b of an integer bias
-        ``[Reshape(]Cast(Floor|Round(Div(b, Mul(x_scale, W_scale))))[)]``, and its weight scale."""
+        """Of an integer bias ``[Reshape(]Cast(Floor|Round(Div(b, Mul(x_scale, W_scale))))[, shape)]`` with b a
+        constant float32 bias: (W_scale, the name of x_scale * W_scale, the name of the Cast's int32 output, the
+        Reshape's shape input or None)."""
         p = self.producer.get(value)
+        shape_name = None
         if conv:
             if p is None or p.op_type != "Reshape":
                 raise _Refused(f"its integer bias '{value}' does not come from a Reshape")
@@ -385,9 +434,11 @@ class _Rewriter:
             if shape is None or list(shape.reshape(-1)) not in ([1, -1] + [1] * (rank - 2), [1, rows] + [1] *
                                                                  (rank - 2)):
                 raise _Refused(f"its integer bias is reshaped to '{p.input[1]}', expected one value per channel")
+            shape_name = p.input[1]
             p = self.producer.get(p.input[0])
         if p is None or p.op_type != "Cast" or _attr(p, "to") != onnx.TensorProto.INT32:
             raise _Refused(f"its integer bias '{value}' does not come from Cast(to=int32)")
+        cast = p
         p = self.producer.get(p.input[0])
         if p is None or p.op_type not in ("Floor", "Round"):
             raise _Refused(f"its integer bias '{value}' is not a rounded division by the scales")
@@ -403,7 +454,7 @@ class _Rewriter:
         w_scale = self.const(s.input[1] if s.input[0] == x_scale else s.input[0])
         if w_scale is None or w_scale.dtype != np.float32:
             raise _Refused(f"its integer bias '{value}' is divided by a weight scale that is not a float32 constant")
-        return p.input[0], w_scale
+        return w_scale, s.output[0], cast.output[0], shape_name
 
     # --- DynamicQuantizeLSTM ----------------------------------------------------------------------------------
 
@@ -446,7 +497,18 @@ class _Rewriter:
         while new_inputs and not new_inputs[-1]:
             new_inputs.pop()
         attrs = {a.name: helper.get_attribute_value(a) for a in n.attribute}
-        self.replace[id(n)] = [helper.make_node("LSTM", new_inputs, list(n.output), self.node_name(n), **attrs)]
+        name = self.node_name(n)
+        # the contrib kernel quantises X (all steps at once) to uint8 as DynamicQuantizeLinear does before its
+        # integer product with W; the float LSTM reads X rounded the same way
+        q, x_scale, x_zp, x_in = (self.fresh(f"{ins[0]}_{t}") for t in ("quantized", "scale", "zero_point",
+                                                                         "fake_quantized"))
+        quantise = helper.make_node("DynamicQuantizeLinear", [ins[0]], [q, x_scale, x_zp],
+                                    self.fresh(name + "_quantize_x"))
+        self.kept.add(id(quantise))
+        self.replace[id(n)] = [
+            quantise,
+            helper.make_node("DequantizeLinear", [q, x_scale, x_zp], [x_in], self.fresh(name + "_dequantize_x")),
+            helper.make_node("LSTM", [x_in] + new_inputs[1:], list(n.output), name, **attrs)]
 
 
 def _attr(n: onnx.NodeProto, name: str):
