@@ -400,3 +400,12 @@ def test_unpacked_linear_layers_are_valid_at_their_opset(opset, bias, low_rank, 
         want = runtime.load(out).run({"x": x})["y"]
         (got,) = _ort(model, {"x": x})
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("opset", [7, 13])
+def test_dropout_from_input_to_output_is_a_copy(opset, tmp_path):
+    # the copy an inference Dropout makes is kept as an Identity when the graph output must keep its name
+    m = _model([helper.make_node("Dropout", ["x"], ["y"], name="drop")], {"x": (2, 3)}, {}, opset)
+    x = _x(2, 3)
+    (y,) = _check(m, {"x": x}, tmp_path)
+    np.testing.assert_array_equal(y, x)

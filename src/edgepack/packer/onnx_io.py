@@ -209,7 +209,8 @@ def _remove_passthrough(graph: Graph) -> None:
                 continue
             if dst in outputs:
                 if src in outputs or any(src == v.name for v in graph.inputs) or src in graph.initializers:
-                    kept.append(n)  # an output that is a copy of an input or constant: keep the Identity
+                    # an output that is a copy of an input or constant: keep the copy, as an Identity
+                    kept.append(n if n.op == "Identity" else Node("Identity", n.name, [src], [dst], {}))
                     continue
                 # rename the producer's output instead, so that the graph output keeps its name
                 for m in kept:
