@@ -20,27 +20,43 @@ _AUTO_PADS = ("NOTSET", "VALID", "SAME_UPPER", "SAME_LOWER")
 # to 4x faster than testing every tap of every window on 56x56 planes, on par on tiny ones.
 
 @njit(cache=True)
-def _maxpool2d_kernel(x, out, kh, kw, sh, sw, dh, dw, ph, pw):
+def _maxpool2d_kernel(x, out, row, kh, kw, sh, sw, dh, dw, ph, pw):
+    """MaxPool as two 1-D passes (a max over a rectangle is the max over its rows of the max over its columns): per
+    output row, row[:W] <- the max of its kh input rows (long unit-stride loops that vectorise), then each of the
+    kw taps sweeps the output row. kh * W + kw * OW comparisons instead of kh * kw * OW (SPP's 13x13 window on a
+    13x13 plane: 7x fewer). row: scratch of W floats. Bit for bit the window-by-window max: every max() keeps its
+    accumulator first and the accumulators start at -inf, so a NaN never wins, as before."""
     planes, h_, w_ = x.shape
     oh_, ow_ = out.shape[1], out.shape[2]
+    t = row[:w_]
     for p in range(planes):
         for oh in range(oh_):
             orow = out[p, oh]
             for ow in range(ow_):
                 orow[ow] = -np.inf  # padding never wins; a window holding no input element (dilation) stays -inf
             h0 = oh * sh - ph
+            any_row = False
             for i in range(kh):
                 h = h0 + i * dh
                 if h < 0 or h >= h_:
                     continue
                 xrow = x[p, h]
-                for j in range(kw):
-                    off = j * dw - pw
-                    lo = 0 if off >= 0 else (sw - 1 - off) // sw
-                    last = w_ - 1 - off
-                    hi = 0 if last < 0 else min(ow_, last // sw + 1)
-                    for ow in range(lo, hi):
-                        orow[ow] = max(orow[ow], xrow[ow * sw + off])
+                if not any_row:
+                    for k in range(w_):
+                        t[k] = max(np.float32(-np.inf), xrow[k])
+                    any_row = True
+                else:
+                    for k in range(w_):
+                        t[k] = max(t[k], xrow[k])
+            if not any_row:
+                continue
+            for j in range(kw):
+                off = j * dw - pw
+                lo = 0 if off >= 0 else (sw - 1 - off) // sw
+                last = w_ - 1 - off
+                hi = 0 if last < 0 else min(ow_, last // sw + 1)
+                for ow in range(lo, hi):
+                    orow[ow] = max(orow[ow], t[ow * sw + off])
 
 
 @njit(cache=True, error_model="numpy")  # a division never raises inside the kernel
@@ -226,14 +242,37 @@ def _infer_avgpool(input_shapes, attrs, consts):
     return _infer_pool(input_shapes, attrs, consts)
 
 
-def _run_maxpool(inputs, attrs, outputs):
-    g = _cached_geometry(inputs[0].shape, attrs)
-    x, out = _planes(inputs[0]), _planes(outputs[0])
+def _maxpool_scratch_bytes(in_shapes, attrs) -> int:
+    return 4 * int(in_shapes[0][-1])  # one row of the input's width (_maxpool2d_kernel)
+
+
+def _bind_maxpool(inputs, attrs, outputs, scratch=None):
+    """The kernel and its arguments over these (C-contiguous) arrays; scratch: the plan's shared scratch (at least
+    _maxpool_scratch_bytes), or None to allocate one row (the plain runner)."""
+    x, out = inputs[0], outputs[0]
+    if not (x.flags.c_contiguous and out.flags.c_contiguous):
+        return None
+    g = _cached_geometry(x.shape, attrs)
+    x, out = _planes(x), _planes(out)
     if _is_plain_2x2(g, x):
-        _pool2x2_kernel(x, out, True)
-    else:
-        kh, kw, sh, sw, dh, dw, ph, pw = g[:8]
-        _maxpool2d_kernel(x, out, kh, kw, sh, sw, dh, dw, ph, pw)
+        return _pool2x2_kernel, (x, out, True)
+    need = _maxpool_scratch_bytes([x.shape], attrs)
+    row = np.empty(need // 4, np.float32) if scratch is None else scratch[:need].view(np.float32)
+    kh, kw, sh, sw, dh, dw, ph, pw = g[:8]
+    return _maxpool2d_kernel, (x, out, row, kh, kw, sh, sw, dh, dw, ph, pw)
+
+
+def _run_maxpool(inputs, attrs, outputs):
+    out = outputs[0]
+    dst = out if out.flags.c_contiguous else np.empty(out.shape, out.dtype)
+    fn, args = _bind_maxpool([np.ascontiguousarray(inputs[0])], attrs, [dst])
+    fn(*args)
+    if dst is not out:
+        out[...] = dst
+
+
+# the executor counts scratch_bytes in the plan's shared scratch and hands bind() a view of it
+_run_maxpool.bind, _run_maxpool.scratch_bytes = _bind_maxpool, _maxpool_scratch_bytes
 
 
 def _run_avgpool(inputs, attrs, outputs):

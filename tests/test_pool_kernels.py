@@ -1,0 +1,60 @@
+"""MaxPool's two-pass kernel (runtime/ops/pool.py _maxpool2d_kernel) against a window-by-window numpy reference:
+SPP's large stride-1 windows, strides, dilations, uneven pads, ceil_mode, NaN (never wins, as onnxruntime), and
+the bound step using the plan's scratch."""
+import numpy as np
+import pytest
+
+from edgepack.runtime.ops import pool
+
+
+def _reference(x, kh, kw, sh, sw, dh, dw, ph, pw, oh, ow):
+    n, c, h, w = x.shape
+    out = np.full((n, c, oh, ow), -np.inf, np.float32)
+    for y in range(oh):
+        for z in range(ow):
+            for i in range(kh):
+                for j in range(kw):
+                    iy, ix = y * sh - ph + i * dh, z * sw - pw + j * dw
+                    if 0 <= iy < h and 0 <= ix < w:
+                        v = x[:, :, iy, ix]
+                        out[:, :, y, z] = np.where(v > out[:, :, y, z], v, out[:, :, y, z])  # NaN never wins
+    return out
+
+
+CASES = [
+    ((1, 3, 13, 13), {"kernel_shape": [5, 5], "pads": [2, 2, 2, 2]}),
+    ((1, 3, 13, 13), {"kernel_shape": [9, 9], "pads": [4, 4, 4, 4]}),
+    ((1, 3, 13, 13), {"kernel_shape": [13, 13], "pads": [6, 6, 6, 6]}),
+    ((2, 2, 11, 9), {"kernel_shape": [3, 3], "strides": [2, 2], "pads": [1, 1, 1, 1]}),
+    ((1, 2, 12, 10), {"kernel_shape": [3, 2], "strides": [2, 3], "pads": [2, 1, 0, 1], "ceil_mode": 1}),
+    ((1, 2, 10, 11), {"kernel_shape": [2, 3], "dilations": [2, 3], "pads": [1, 1, 1, 1]}),
+    ((1, 1, 3, 4), {"kernel_shape": [3, 3], "dilations": [2, 2], "pads": [2, 2, 2, 2]}),  # windows of padding only
+    ((1, 2, 1, 17), {"kernel_shape": [1, 5], "strides": [1, 2], "pads": [0, 2, 0, 2]}),
+]
+
+
+@pytest.mark.parametrize("shape,attrs", CASES)
+def test_maxpool_matches_window_reference(shape, attrs):
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal(shape).astype(np.float32)
+    x.flat[::7] = np.nan
+    (out_shape,) = pool._infer_maxpool([shape], attrs, [None])
+    got = np.empty(out_shape, np.float32)
+    pool._run_maxpool([x], attrs, [got])
+    g = pool._geometry(shape, attrs)
+    kh, kw, sh, sw, dh, dw, ph, pw = g[:8]
+    ref = _reference(x, kh, kw, sh, sw, dh, dw, ph, pw, g[10], g[11])
+    np.testing.assert_array_equal(got, ref)
+
+
+def test_maxpool_bound_step_reads_its_scratch_row():
+    attrs = {"kernel_shape": [5, 5], "pads": [2, 2, 2, 2]}
+    x = np.random.default_rng(1).standard_normal((1, 4, 6, 7)).astype(np.float32)
+    need = pool._run_maxpool.scratch_bytes([x.shape], attrs)
+    assert need == 4 * 7
+    scratch = np.full(need + 8, 255, np.uint8)  # garbage, and more than needed
+    got = np.empty((1, 4, 6, 7), np.float32)
+    fn, args = pool._run_maxpool.bind([x], attrs, [got], scratch)
+    fn(*args)
+    np.testing.assert_array_equal(got, _reference(x, 5, 5, 1, 1, 1, 1, 2, 2, 6, 7))
+    assert (scratch[need:] == 255).all()
