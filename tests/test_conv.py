@@ -339,6 +339,7 @@ def test_im2col_in_bands_matches_numpy(monkeypatch, case, band_rows):
     ow = conv_output_shape(x_shape, w_shape, attrs)[3]
     monkeypatch.setattr(conv_mod, "IM2COL_BAND_FLOATS", 1)
     monkeypatch.setattr(conv_mod, "IM2COL_BAND_MIN_POSITIONS", band_rows * ow)
+    monkeypatch.setattr(conv_mod, "BLOCK_MIN_POSITIONS", 1 << 30)  # every plane "small": im2col
     rng = np.random.default_rng([case, band_rows])
     w = make_weight("dense", w_shape, rng, density=0.7)
     x = rng.standard_normal(x_shape).astype(np.float32)
@@ -352,17 +353,18 @@ def test_im2col_in_bands_matches_numpy(monkeypatch, case, band_rows):
 
 
 def test_im2col_band_layout_on_a_real_shape():
-    """PP-OCRv4 det's neck conv (96 -> 24 channels, 3x3, pad 1) at 40x40: 864 columns -> bands of 7 rows (the last
-    of 5), scratch for one band only, same answer as the float64 reference."""
+    """PP-OCRv4 det's neck conv (96 -> 24 channels, 3x3, pad 1) at 30x30 (a plane below BLOCK_MIN_POSITIONS, so
+    im2col + BLAS): 864 columns -> bands of 10 rows, scratch for one band only, same answer as the float64
+    reference."""
     from edgepack.runtime.ops import conv as conv_mod
     rng = np.random.default_rng(11)
     w = make_weight("dense", (24, 96, 3, 3), rng, density=1.0)
-    x = rng.standard_normal((1, 96, 40, 40)).astype(np.float32)
+    x = rng.standard_normal((1, 96, 30, 30)).astype(np.float32)
     attrs = {"pads": [1, 1, 1, 1]}
     prepared = prepare_conv(w, 1)
     plan = conv_mod._plan(prepared, x.shape, attrs, False)
-    assert plan.im2col and plan.geo[conv_mod._CROWS] == 7
-    assert plan.scratch_bytes == 4 * (864 + 1) * 7 * 40  # the band and one row for an epilogue chain
+    assert plan.im2col and plan.geo[conv_mod._CROWS] == 10
+    assert plan.scratch_bytes == 4 * (864 + 1) * 10 * 30  # the band and one row for an epilogue chain
     check_close(run_conv(w, x, None, attrs), reference_for(x, w, None, attrs))
 
 

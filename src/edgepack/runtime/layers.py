@@ -42,6 +42,8 @@ CODES_MAC_S = 0.6e-9  # dense-codes (codebook) multiply-add, batch 1
 DECODE_ELEMENT_S = 1.5e-9  # per weight element when codes are expanded block by block for BLAS (batch >= 2)
 BLAS_GEMV_MAC_S = 0.045e-9  # float32 matrix-vector multiply-add
 BLAS_GEMM_MAC_S = 0.015e-9  # float32 matrix-matrix multiply-add
+BLOCKED_TAP_S = 0.025e-9  # one tap at one output position, blocked direct convolution (four output channels a
+# pass, runtime/ops/conv_blocked.py; ~80 GFLOP/s measured on the 3x3 layers of ddddocr's detector, like BLAS)
 CONV_TAP_S = 0.06e-9  # one weight tap at one output position, compact direct convolution (any stride: strided
 # ones read a phased copy of the input; measured 0.05-0.07e-9 on four 3x3 stride-2 layers, 15-80 us)
 CONV_TAP_FIXED_S = 2.3e-9  # one weight tap per output plane and sample, whatever the plane's size (the tap loop's
@@ -1253,10 +1255,11 @@ class LayerSpec:
             positions = math.prod(self.out_shape[2:])
             cout, cols = w.rows, w.cols
             if mode == "dense":
-                if int(self.node["attrs"].get("group", 1)) == 1:
+                path = conv_ops.conv_path(x_shape, w.shape, self.node["attrs"], "dense")
+                if path == "im2col":
                     t = nb * positions * cols * (IM2COL_S + cout * BLAS_GEMM_MAC_S)
                 else:
-                    t = nb * cout * cols * positions * CONV_TAP_S
+                    t = nb * cout * cols * positions * (BLOCKED_TAP_S if path == "blocked" else CONV_TAP_S)
                 return DENSE_PENALTY * (CALL_S + t)
             if mode in ("streamed", "csr"):
                 taps = nb * _kept(w) * (positions * STREAM_CONV_TAP_S + oh * STREAM_CONV_ROW_S
@@ -1267,6 +1270,9 @@ class LayerSpec:
                 return (CALL_S + s.symbols_per_run() * STREAM_SYMBOL_S + len(s.row_starts) * STREAM_CHUNK_S
                         + taps)
             taps = _kept(w) if not isinstance(w, Int8Weight) else cout * cols
+            kind = "sparse" if isinstance(w, SparseCodebookWeight) else "codebook"
+            if conv_ops.conv_path(x_shape, w.shape, self.node["attrs"], kind) == "blocked":
+                return CALL_S + nb * (cout * cols * positions * BLOCKED_TAP_S + cout * cols * 0.2e-9)
             return CALL_S + nb * (taps * (positions * CONV_TAP_S + CONV_TAP_FIXED_S) + cout * cols * 0.2e-9)
         batch = math.prod(x_shape[:-1]) if self.op == "MatMul" else x_shape[1 if gemm_attrs(self.node["attrs"])[0]
                                                                                else 0]

@@ -1,9 +1,11 @@
 """ONNX Conv (NCHW, 2-D, and NCW 1-D run as 2-D with H = 1: strides, pads, dilations, groups, auto_pad) run on
 the compressed weight forms.
 
-Compressed weights use a direct convolution vectorised over output positions: per output channel, each nonzero tap
-(cin, ky, kx) adds weight * (the shifted input plane) to the output plane, in tiles of output rows that stay in L1.
-Dense weights with group 1 use im2col + BLAS, one band of output rows at a time (sized for L2). A fused activation
+Weights run a direct convolution vectorised over output positions: each nonzero tap (cin, ky, kx) adds weight *
+(the shifted input plane) to the output plane, in tiles of output rows that stay in L1. Dense, codebook and int8
+weights do it four output channels at a time (_conv_blocked, conv_blocked.py: each window read feeds four channels),
+sparse ones and depthwise convolutions one channel at a time. Dense weights with group 1 use im2col + BLAS instead
+for 1x1 convolutions and small output planes, one band of output rows at a time (sized for L2). A fused activation
 (Relu, LeakyRelu, Clip) or an epilogue chain (EpilogueChain: the elementwise nodes after the Conv) is applied to
 each output plane or band while it is in cache. `bind_conv` checks once and returns the kernel with its arguments,
 for the executor's per-plan steps. Weight classes: runtime/weights.py.
@@ -17,11 +19,15 @@ import numpy as np
 from numba import get_num_threads, njit, prange
 
 from edgepack.runtime.errors import InputError, UnsupportedError
+from edgepack.runtime.ops.conv_blocked import BLOCK, block_taps_kernel
 from edgepack.runtime.ops.elementwise import (ACT_CLIP, ACT_LEAKY, ACT_NONE, EP_ACT, EP_P0, EP_P1, _sigmoid_kernel,
                                      _tanh_kernel, epilogue)
 from edgepack.runtime.weights import CodebookWeight, DenseWeight, Int8Weight, SparseCodebookWeight
 
 _EMPTY_F32 = np.zeros(0, dtype=np.float32)
+_EMPTY_W2D = np.zeros((0, 0), dtype=np.float32)  # the weight arrays a blocked call does not read
+_EMPTY_CODES = np.zeros((0, 0), dtype=np.uint8)
+_EMPTY_Q = np.zeros((0, 0), dtype=np.int8)
 _AUTO_PADS = ("NOTSET", "VALID", "SAME_UPPER", "SAME_LOWER")
 
 # An epilogue chain: the elementwise nodes exporters put after a Conv (HardSwish as x * Clip(x + 3, 0, 6) / 6, SiLU
@@ -54,7 +60,7 @@ _PLAN_CACHE_SIZE = 8  # input shapes remembered per prepared weight
 # read; _PITCH: its row pitch; _PLEN: floats of one slot's padded or phased copy (0: the kernels read x directly).
 (_C, _H, _W, _HP, _WP, _OH, _OW, _KH, _KW, _SH, _SW, _DH, _DW, _PT, _PL, _CIN_G, _PADDED, _GSTRIDE, _COLS,
  _SLOTS, _ACC_LEN, _TAB_OFF, _OBUF_OFF, _XPAD_OFF, _ACC_OFF, _WBUF_OFF, _PHASED, _QH, _QW, _PLANE, _PITCH, _PLEN,
- _CROWS, _TROWS, _NGEO) = range(35)
+ _CROWS, _TROWS, _BLOCKED, _COUT_G, _WBLEN, _NGEO) = range(38)
 # im2col runs a band of _CROWS output rows at a time: the band's (cols, _CROWS * OW) matrix is sized to stay in the
 # L2 cache while BLAS reads it (a 3x3 conv of 96 channels at 80x80: 864 x 6400 floats = 22 MB in one piece, 4.6 ms
 # of matmul; in bands of 3 rows, 2.1 ms), and the scratch shrinks by the same factor.
@@ -62,6 +68,13 @@ IM2COL_BAND_FLOATS = 1 << 18  # 1 MiB of float32 per band
 IM2COL_BAND_MIN_POSITIONS = 128  # below this BLAS's per-call cost dominates: take more rows
 # The direct kernels sum taps over tiles of _TROWS output rows of about this many floats (see _taps_kernel).
 TAPS_TILE_FLOATS = 2048
+# The blocked kernel (four output channels at once, conv_blocked.py) keeps four accumulator tiles of about this many
+# floats each (16 KiB in all: they and the three windows a pass reads stay in L1; 256 and 512 measured slower).
+BLOCK_TILE_FLOATS = 1024
+# Below this many output positions a dense group-1 convolution runs im2col + BLAS instead: the blocked kernel's passes
+# get short (192 -> 384 channels, 3x3 stride 2, 13x13 outputs: 0.8x of BLAS; 96 -> 96 at 52x52: on par; 12 -> 24 at
+# 208x208 and the 3-channel first layers: 1.2-2.7x faster; dev VM, interleaved, benchmarks/conv_kernels.py).
+BLOCK_MIN_POSITIONS = 1024
 
 
 def _serial_and_parallel(fn):
@@ -179,14 +192,38 @@ def _slots(cout: int, parallel: bool) -> int:
     return max(1, min(int(get_num_threads()), cout)) if parallel else 1
 
 
+def _path(g: dict, kind: str) -> str:
+    """Which kernel runs a convolution of geometry g with a weight of this kind: "im2col" (+ BLAS), "blocked"
+    (_conv_blocked) or "taps" (the one-channel drivers).
+
+    Dense group-1 weights run im2col + BLAS when 1x1 with stride 1 and no padding (the sample is its own im2col
+    matrix) or the output plane is small (BLOCK_MIN_POSITIONS); every other weight of a kind that decodes to one
+    value per (output channel, tap) runs the blocked kernel when a group has >= BLOCK output channels; depthwise
+    and sparse weights run the one-channel tap kernels."""
+    one = g["kh"] == 1 and g["kw"] == 1 and g["sh"] == 1 and g["sw"] == 1 and not g["padded"]
+    if kind == "dense" and g["group"] == 1 and (one or g["oh"] * g["ow"] < BLOCK_MIN_POSITIONS):
+        return "im2col"
+    if kind in ("dense", "codebook", "int8") and g["cout"] // g["group"] >= BLOCK:
+        return "blocked"
+    return "taps"
+
+
+def conv_path(x_shape: tuple, w_shape: tuple, attrs: dict, kind: str) -> str:
+    """_path for these shapes and attributes (the planner's cost model asks which kernel a held form runs)."""
+    return _path(geometry(x_shape, w_shape, attrs), kind)
+
+
 def _layout(g: dict, kind: str, parallel: bool) -> tuple[np.ndarray, int, bool]:
     """The geometry vector (with the scratch layout filled in), the scratch bytes, and whether im2col is used.
 
     im2col needs one (cols, OH*OW) float32 matrix. The direct kernels need tap offsets (int64, per call) and per
     slot a padded copy of one sample (when padding), an accumulator plane and one decoded row (values, offsets)."""
     cols = g["cin_g"] * g["kh"] * g["kw"]
-    im2col = kind == "dense" and g["group"] == 1
-    slots = _slots(g["cout"], parallel)
+    cout_g = g["cout"] // g["group"]
+    path = _path(g, kind)
+    im2col, blocked = path == "im2col", path == "blocked"
+    nblocks = g["group"] * -(-cout_g // BLOCK)
+    slots = _slots(nblocks if blocked else g["cout"], parallel)
     sh, sw = g["sh"], g["sw"]
     phased = int(not im2col and (sh, sw) != (1, 1))
     qh, qw = -(-g["hp"] // sh), -(-g["wp"] // sw)
@@ -200,8 +237,13 @@ def _layout(g: dict, kind: str, parallel: bool) -> tuple[np.ndarray, int, bool]:
     geo[_PHASED], geo[_QH], geo[_QW], geo[_PLANE], geo[_PITCH] = phased, qh, qw, plane, pitch
     geo[_PLEN] = g["c"] * plane if (g["padded"] or phased) else 0
     geo[_GSTRIDE] = g["cin_g"] * plane
+    geo[_TROWS] = max(1, min(g["oh"], (BLOCK_TILE_FLOATS if blocked else TAPS_TILE_FLOATS) // max(1, pitch)))
+    if blocked:  # BLOCK accumulator tiles of _TROWS rows each, one decoded block of weights (cols, BLOCK)
+        acc_len, wblen = BLOCK * int(geo[_TROWS]) * pitch, BLOCK * cols
+    else:
+        wblen = cols
+    geo[_BLOCKED], geo[_COUT_G], geo[_WBLEN] = int(blocked), cout_g, wblen
     geo[_COLS], geo[_SLOTS], geo[_ACC_LEN] = cols, slots, acc_len
-    geo[_TROWS] = max(1, min(g["oh"], TAPS_TILE_FLOATS // max(1, pitch)))
     if im2col:
         ow = max(1, g["ow"])
         want = max(IM2COL_BAND_FLOATS // max(1, cols), IM2COL_BAND_MIN_POSITIONS)
@@ -211,7 +253,7 @@ def _layout(g: dict, kind: str, parallel: bool) -> tuple[np.ndarray, int, bool]:
     for off, size in ((_TAB_OFF, 8 * cols), (_OBUF_OFF, 8 * slots * cols),
                       (_XPAD_OFF, 4 * slots * int(geo[_PLEN])),
                       (_ACC_OFF, 4 * slots * acc_len),
-                      (_WBUF_OFF, 4 * slots * cols)):
+                      (_WBUF_OFF, 4 * slots * wblen)):
         geo[off] = pos
         pos += size
     return geo, pos, False
@@ -245,7 +287,7 @@ def conv_scratch_bytes(x_shape: tuple, w_shape: tuple, attrs: dict, prepared: Pr
     if prepared is not None:
         return _plan(prepared, x_shape, attrs, parallel).scratch_bytes
     g = geometry(x_shape, w_shape, attrs)
-    return max(_layout(g, kind, parallel)[1] for kind in ("dense", "sparse"))
+    return max(_layout(g, kind, parallel)[1] for kind in ("dense", "sparse", "codebook"))
 
 
 # ------------------------------------------------------------------------------------------------ load-time re-lay
@@ -326,7 +368,7 @@ def _scratch_views_kernel(scratch, geo):
     obuf = scratch[geo[_OBUF_OFF]: geo[_OBUF_OFF] + 8 * slots * cols].view(np.int64)
     xpad = scratch[geo[_XPAD_OFF]: geo[_ACC_OFF]].view(np.float32)
     acc = scratch[geo[_ACC_OFF]: geo[_ACC_OFF] + 4 * slots * geo[_ACC_LEN]].view(np.float32)
-    wbuf = scratch[geo[_WBUF_OFF]: geo[_WBUF_OFF] + 4 * slots * cols].view(np.float32)
+    wbuf = scratch[geo[_WBUF_OFF]: geo[_WBUF_OFF] + 4 * slots * geo[_WBLEN]].view(np.float32)
     kh, kw, pitch, plane = geo[_KH], geo[_KW], geo[_PITCH], geo[_PLANE]
     sh, sw, qplane = geo[_SH], geo[_SW], geo[_QH] * geo[_QW]
     for c in range(geo[_CIN_G]):  # tab[(c * kh + ky) * kw + kx]: offset of that tap in its group's input
@@ -492,23 +534,29 @@ def _chain_kernel(o, save, chain):
 
 
 @njit(cache=True)
-def _store_kernel(acc, geo, scale, bias_v, out, b, co, kind, p0, p1, chain):
-    """out[b, co] = act(acc * scale + bias_v), dropping the wide-plane columns; then the epilogue chain on the
-    plane (acc, no longer needed, keeps its saved values)."""
-    oh, ow = geo[_OH], geo[_OW]
-    aw = geo[_PITCH]
-    o0 = co * oh * ow
-    for oy in range(oh):
-        a = acc[oy * aw: oy * aw + ow]
-        o = out[b, o0 + oy * ow: o0 + oy * ow + ow]
+def _store_rows_kernel(acc, pitch, nrows, ow, scale, bias_v, o, kind, p0, p1, chain):
+    """o[:nrows * OW] (consecutive output rows of one channel) = act(acc * scale + bias_v), acc in the wide layout
+    (row pitch `pitch`, the columns past OW dropped); then the epilogue chain on o (acc, no longer needed, keeps its
+    saved values)."""
+    for oy in range(nrows):
+        a = acc[oy * pitch: oy * pitch + ow]
+        d = o[oy * ow: oy * ow + ow]
         if kind == ACT_NONE:
             for ox in range(ow):
-                o[ox] = a[ox] * scale + bias_v
+                d[ox] = a[ox] * scale + bias_v
         else:
             for ox in range(ow):
-                o[ox] = _activate_kernel(a[ox] * scale + bias_v, kind, p0, p1)
+                d[ox] = _activate_kernel(a[ox] * scale + bias_v, kind, p0, p1)
     if chain.shape[0] != 0:
-        _chain_kernel(out[b, o0: o0 + oh * ow], acc, chain)
+        _chain_kernel(o[: nrows * ow], acc, chain)
+
+
+@njit(cache=True)
+def _store_kernel(acc, geo, scale, bias_v, out, b, co, kind, p0, p1, chain):
+    """out[b, co] = act(acc * scale + bias_v) for the whole plane, then its epilogue chain."""
+    oh, ow = geo[_OH], geo[_OW]
+    o0 = co * oh * ow
+    _store_rows_kernel(acc, geo[_PITCH], oh, ow, scale, bias_v, out[b, o0: o0 + oh * ow], kind, p0, p1, chain)
 
 
 @njit(cache=True)
@@ -628,6 +676,78 @@ def _conv_dense_direct(x, geo, group_of, w2d, bias, ep, chain, out, scratch):
                               kind, p0, p1, chain)
 
 
+# The blocked driver: dense, codebook and int8 weights alike, decoded one block of BLOCK output channels at a time
+# into (taps, BLOCK) float32 rows (taps zero for every channel of the block are dropped), then summed by
+# conv_blocked.block_taps_kernel tile by tile and stored while the tile is in cache. W_DENSE / W_CODEBOOK / W_INT8
+# say which of the weight arrays the gather reads (the others are empty).
+W_DENSE, W_CODEBOOK, W_INT8 = 0, 1, 2
+
+
+@njit(cache=True)
+def _gather_block_kernel(wkind, co0, nco, w2d, codes, codebook, q, zp, tab, wb, ob):
+    """wb[t, j] = the weight of output channel co0 + j (0 for j >= nco) at the t-th kept tap, ob[t] = its offset
+    (tab); returns the number of kept taps."""
+    n = 0
+    for c in range(tab.shape[0]):
+        keep = False
+        for j in range(BLOCK):
+            w = np.float32(0.0)
+            if j < nco:
+                if wkind == W_DENSE:
+                    w = w2d[co0 + j, c]
+                elif wkind == W_CODEBOOK:
+                    w = codebook[codes[co0 + j, c]]
+                else:
+                    w = np.float32(q[co0 + j, c]) - zp[co0 + j]  # exact; the scale is applied once per output
+            wb[n, j] = w
+            keep = keep or w != 0.0
+        if keep:
+            ob[n] = tab[c]
+            n += 1
+    return n
+
+
+def _conv_blocked(x, geo, wkind, w2d, codes, codebook, q, zp, scales, bias, ep, chain, out, scratch):
+    tab, obuf, xpad, acc, wbuf = _scratch_views_kernel(scratch, geo)
+    cols, slots, alen, gstride, plen = geo[_COLS], geo[_SLOTS], geo[_ACC_LEN], geo[_GSTRIDE], geo[_PLEN]
+    oh, ow, pitch, trows, cout_g = geo[_OH], geo[_OW], geo[_PITCH], geo[_TROWS], geo[_COUT_G]
+    ngroups = geo[_C] // geo[_CIN_G]
+    per_group = (cout_g + BLOCK - 1) // BLOCK
+    nblocks = ngroups * per_group
+    tl = trows * pitch  # one accumulator tile
+    has_scales = scales.shape[0] != 0
+    has_bias = bias.shape[0] != 0
+    kind, p0, p1 = np.int64(ep[EP_ACT]), ep[EP_P0], ep[EP_P1]
+    for t in prange(slots):
+        wb = wbuf[t * BLOCK * cols: (t + 1) * BLOCK * cols].reshape(cols, BLOCK)
+        ob = obuf[t * cols: t * cols + cols]
+        ac, xp = acc[t * alen: t * alen + alen], xpad[t * plen: t * plen + plen]
+        for b in range(x.shape[0]):
+            src = _source_kernel(x, b, geo, xp)
+            for blk in range(t, nblocks, slots):
+                g = blk // per_group
+                co0 = g * cout_g + (blk - g * per_group) * BLOCK
+                nco = min(BLOCK, (g + 1) * cout_g - co0)
+                ntaps = _gather_block_kernel(wkind, co0, nco, w2d, codes, codebook, q, zp, tab, wb, ob)
+                for r0 in range(0, oh, trows):
+                    r1 = min(oh, r0 + trows)
+                    n = (r1 - 1 - r0) * pitch + ow  # the last read is the plane's last element: no overrun
+                    a0, a1, a2, a3 = ac[0: n], ac[tl: tl + n], ac[2 * tl: 2 * tl + n], ac[3 * tl: 3 * tl + n]
+                    a0[:] = 0.0
+                    a1[:] = 0.0
+                    a2[:] = 0.0
+                    a3[:] = 0.0
+                    block_taps_kernel(src, g * gstride + r0 * pitch, wb, ob, ntaps, a0, a1, a2, a3, n)
+                    for j in range(nco):
+                        co = co0 + j
+                        o0 = (co * oh + r0) * ow
+                        _store_rows_kernel(ac[j * tl: j * tl + n], pitch, r1 - r0, ow,
+                                           scales[co] if has_scales else np.float32(1.0),
+                                           bias[co] if has_bias else np.float32(0.0),
+                                           out[b, o0: o0 + (r1 - r0) * ow], kind, p0, p1, chain)
+
+
+_conv_blocked_kernel, _conv_blocked_parallel_kernel = _serial_and_parallel(_conv_blocked)
 _conv_sparse_kernel, _conv_sparse_parallel_kernel = _serial_and_parallel(_conv_sparse)
 _conv_codebook_kernel, _conv_codebook_parallel_kernel = _serial_and_parallel(_conv_codebook)
 _conv_int8_kernel, _conv_int8_parallel_kernel = _serial_and_parallel(_conv_int8)
@@ -774,6 +894,16 @@ def bind_conv(x: np.ndarray, prepared: PreparedConv, bias, attrs: dict, out: np.
                 row.append((oy0, oy1, p0, p1, flat[: cols * (p1 - p0)].reshape(cols, p1 - p0), out3[b][:, p0:p1]))
             bands.append(tuple(row))
         return _im2col_run, (x2, geo, tuple(bands), a["w2d"], out3, bias_v, ep, chain, save, finish)
+    if geo[_BLOCKED]:
+        fn = _conv_blocked_parallel_kernel if parallel else _conv_blocked_kernel
+        e2, e8 = _EMPTY_CODES, _EMPTY_Q
+        if prepared.kind == "dense":
+            wargs = (W_DENSE, a["w2d"], e2, _EMPTY_F32, e8, _EMPTY_F32, _EMPTY_F32)
+        elif prepared.kind == "codebook":
+            wargs = (W_CODEBOOK, _EMPTY_W2D, a["codes"], a["codebook"], e8, _EMPTY_F32, a["scales"])
+        else:
+            wargs = (W_INT8, _EMPTY_W2D, e2, _EMPTY_F32, a["q"], a["zp"], a["scales"])
+        return fn, (x2, geo) + wargs + (bias_v, ep, chain, out2, scratch)
     if prepared.kind == "sparse":
         fn = _conv_sparse_parallel_kernel if parallel else _conv_sparse_kernel
         return fn, (x2, geo, a["group_of"], a["indptr"], a["columns"], a["codes"], a["codebook"], a["scales"],

