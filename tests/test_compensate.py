@@ -263,3 +263,26 @@ def test_act_order_lowers_output_error_on_uneven_inputs():
         e = [output_error(w, cluster.dequantize(cb, assign(w, keep, cb, None, h, False, act_order=a)), h)
              for a in (False, True)]
         assert e[1] < 0.5 * e[0], (seed, e)
+
+
+def test_corrected_weight_is_the_least_squares_fit_to_the_original_outputs():
+    """W* = argmin ||X W^T - X_q V^T|| (numpy's lstsq) when undamped; per group on grouped statistics."""
+    from edgepack.packer.compensate import corrected_weight
+
+    rng = np.random.default_rng(11)
+    x = _correlated_inputs(300, 16, 12)
+    xq = x + 0.05 * rng.standard_normal(x.shape) * x.std(0)  # the inputs as a quantised model computes them
+    w = rng.standard_normal((6, 16))
+    want = np.linalg.lstsq(xq, x @ w.T, rcond=None)[0].T
+    got = corrected_weight(w, xq.T @ xq, x.T @ xq, damp=0.0)
+    assert np.allclose(got, want, rtol=1e-6, atol=1e-8)
+    assert np.linalg.norm(x @ w.T - xq @ got.T) < np.linalg.norm(x @ w.T - xq @ w.T)
+    # no input error: the weight itself
+    assert np.allclose(corrected_weight(w, x.T @ x, x.T @ x, damp=0.0), w)
+    # two groups of three rows, each with its own inputs
+    x2 = _correlated_inputs(300, 16, 13)
+    xq2 = 1.1 * x2
+    hs, cs = np.stack([xq.T @ xq, xq2.T @ xq2]), np.stack([x.T @ xq, x2.T @ xq2])
+    got = corrected_weight(w, hs, cs, damp=0.0)
+    assert np.allclose(got[:3], want[:3], rtol=1e-6, atol=1e-8)
+    assert np.allclose(got[3:], w[3:] / 1.1)

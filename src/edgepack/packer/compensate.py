@@ -13,7 +13,7 @@ import numpy as np
 
 DAMP = 0.01  # dampening: H + DAMP * mean(diag H) * I, as GPTQ
 BLOCK = 128  # columns quantised together before the lazy update of the rest (GPTQ's block)
-ACT_ORDER = True  # quantise the columns by decreasing Hessian diagonal (GPTQ's "act-order")
+ACT_ORDER = False  # quantise the columns by decreasing Hessian diagonal (GPTQ's "act-order") when True
 
 
 class HessianError(ValueError):
@@ -120,6 +120,29 @@ def assign(w2: np.ndarray, keep2: np.ndarray, codebook: np.ndarray, scales: np.n
                 w[:, c1:] -= err @ u[c0:c1, c1:]
         codes[r0:r1, perm] = out
     return codes
+
+
+def corrected_weight(w2: np.ndarray, h: np.ndarray, cross: np.ndarray, damp: float = DAMP) -> np.ndarray:
+    """The weight that, fed the quantised model's inputs X_q, best reproduces the original layer's outputs W X:
+    argmin_V ||X W^T - X_q V^T|| = W C (H + damp)^-1 with H = X_q^T X_q and C = X^T X_q (per group when h is 3-D;
+    dampened like inverse_cholesky, so that a few samples do not make it chase noise). assign then quantises it
+    under H."""
+    w2 = np.asarray(w2, np.float64)
+    h = np.asarray(h, np.float64)
+    c = np.asarray(cross, np.float64)
+    if h.ndim == 2:
+        h, c = h[None], c[None]
+    per = w2.shape[0] // h.shape[0]
+    out = np.empty_like(w2)
+    for g in range(h.shape[0]):
+        hg = h[g].copy()
+        dead = np.diag(hg) <= 0
+        hg[dead, dead] = 1.0
+        mean_diag = float(np.mean(np.diag(hg)))
+        hg[np.diag_indices_from(hg)] += damp * (mean_diag if mean_diag > 0 else 1.0)
+        wg = w2[g * per:(g + 1) * per]
+        out[g * per:(g + 1) * per] = np.linalg.solve(hg, c[g].T @ wg.T).T  # (C H^-1)^T = H^-1 C^T, H symmetric
+    return out
 
 
 def output_error(w2: np.ndarray, q2: np.ndarray, h: np.ndarray) -> float:
