@@ -2,7 +2,8 @@
 (`edgepack pack --calib X --target-ratio R`, packer/allocate.py) against uniform k-means and onnxruntime's static int8.
 
     python benchmarks/calibration_compression.py [--only ppocr_det,mtcnn_onet] [--calib 32] [--ratios 5,7]
-                                                 [--task-n 24] [--out DIR] [--readme benchmarks/README.md]
+                                                 [--task-n 24] [--variants int8,kmeans,alloc,nearest]
+                                                 [--out DIR] [--readme benchmarks/README.md]
                                                  [--skip-done] [--render]
 
 Per model: the calibration set is the first --calib feeds the corpus task gives its model (rendered text lines,
@@ -106,7 +107,11 @@ def _short(e: BaseException, limit: int = 200) -> str:
     return msg if len(msg) <= limit else msg[: limit - 3] + "..."
 
 
-def run_model(name: str, out: Path, n_calib: int, ratios: list[float], task_n: int | None) -> dict:
+VARIANTS = ("int8", "kmeans", "alloc", "nearest")
+
+
+def run_model(name: str, out: Path, n_calib: int, ratios: list[float], task_n: int | None,
+              variants: tuple[str, ...] = VARIANTS) -> dict:
     entry = BY_NAME[name]
     src = fetch(entry)
     d = out / name
@@ -142,13 +147,14 @@ def run_model(name: str, out: Path, n_calib: int, ratios: list[float], task_n: i
     def int8():
         return ort_static_int8(src, feeds, d / "static_int8.onnx")
 
-    row("ort int8 static", int8)
-    for b in (8, 4):
+    if "int8" in variants:
+        row("ort int8 static", int8)
+    for b in ((8, 4) if "kmeans" in variants else ()):
         def kmeans(b=b):
             rep = pack(src, d / f"kmeans{b}.epk", sparsity=0, bits=b, **kw)
             return rep.path, {"ratio": rep.ratio}
         row(f"k-means {b} bits", kmeans)
-    for ratio in ratios:
+    for ratio in (ratios if "alloc" in variants else ()):
         chosen = {}
 
         def alloc(ratio=ratio):
@@ -166,7 +172,7 @@ def run_model(name: str, out: Path, n_calib: int, ratios: list[float], task_n: i
                               "predicted_error": a.predicted_at(a.point), "layers": layers}
 
         r = row(f"alloc {ratio:g}", alloc)
-        if "error" in r:
+        if "error" in r or "nearest" not in variants:
             continue
 
         def naive(ratio=ratio):
@@ -277,6 +283,8 @@ def main(argv=None) -> int:
     ap.add_argument("--calib", type=int, default=32, help="calibration feeds per model (default 32)")
     ap.add_argument("--ratios", default="5,7", help="target ratios (default 5,7)")
     ap.add_argument("--task-n", type=int, help="held-out task inputs per model (default per model, 24)")
+    ap.add_argument("--variants", default=",".join(VARIANTS),
+                    help="rows to measure, of " + ",".join(VARIANTS) + " (default all; nearest needs alloc)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "out" / "calibration_compression"))
     ap.add_argument("--readme", help="replace the generated section of this README")
     ap.add_argument("--render", action="store_true", help="only rebuild table and plots from --out's results")
@@ -291,7 +299,7 @@ def main(argv=None) -> int:
             if a.skip_done and (out / name / "result.json").is_file():
                 continue
             try:
-                run_model(name, out, a.calib, ratios, a.task_n)
+                run_model(name, out, a.calib, ratios, a.task_n, tuple(a.variants.split(",")))
             except Exception as e:
                 traceback.print_exc()
                 (out / name).mkdir(parents=True, exist_ok=True)

@@ -172,3 +172,42 @@ def test_layer_error_of_recurrent_weights_uses_the_gate_rows():
     assert got == pytest.approx(want, rel=1e-9)
     hs = np.stack([h, 2 * h])  # R: one group per direction
     assert layer_error(w, q, LayerStats(hs, 40)) == pytest.approx(output_error(w.reshape(24, 5), q.reshape(24, 5), hs))
+
+
+def test_sensitivity_is_the_model_error_measured_at_every_option(mlp):
+    """Each option of each layer, alone in the model: the error recorded is the one a separate onnxruntime session
+    on the graph with that tensor replaced gives (made non-decreasing along the chain)."""
+    import copy
+
+    from edgepack.packer.allocate import measure_sensitivity
+    from edgepack.packer.calibration import layer_statistics
+    from edgepack.packer.fidelity import Evaluator
+    from edgepack.packer.onnx_io import graph_to_onnx, load_onnx
+    from edgepack.packer.pipeline import plan_settings, tensor_encoder, weight_tensors
+    from edgepack.packer.verify import session
+
+    g = load_onnx(mlp)
+    stats = layer_statistics(g, weight_tensors(g), [{"x": _calib()}])
+    layers = scan(g, plan_settings(g, {}, {}), tensor_encoder(g, stats), stats)
+    held = _calib(16, seed=5)
+    measure_sensitivity(g, layers, Evaluator(g, {"x": held}, list(layers)))
+    ref = session(graph_to_onnx(g)).run(None, {"x": held})[0].astype(np.float64)
+    for name, layer in layers.items():
+        raw = []
+        for o in layer.options:
+            g2 = copy.copy(g)
+            g2.initializers = {**g.initializers, name: o.encoded.reference}
+            y = session(graph_to_onnx(g2)).run(None, {"x": held})[0].astype(np.float64)
+            raw.append(np.linalg.norm(y - ref) / np.linalg.norm(ref))
+        assert layer.measured == pytest.approx(list(np.maximum.accumulate(raw)), rel=1e-6, abs=1e-9)
+        assert layer.measured[-1] > layer.measured[0]
+        assert layer.model_error(len(layer.options) - 1) == layer.measured[-1]
+
+
+def test_greedy_path_follows_the_measured_model_errors():
+    # the layer errors say a is the cheaper to lower; the measured model errors say b
+    a = Layer("a", [_opt(8, 1000, 0.001), _opt(4, 500, 0.002)], sensitivity=1.0)
+    b = Layer("b", [_opt(8, 1000, 0.001), _opt(4, 500, 0.02)], sensitivity=1.0)
+    assert greedy_path({"a": a, "b": b})[0] == "a"
+    a.measured, b.measured = [0.001, 0.5], [0.001, 0.01]
+    assert greedy_path({"a": a, "b": b})[0] == "b"

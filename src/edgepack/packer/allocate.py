@@ -6,8 +6,12 @@
    and its layer-output error e = ||(W - Q) X|| / ||W X|| from the layer's input statistics H = X^T X
    (compensate.output_error; the relative weight error where a layer has no statistics: LSTM/GRU, ConvTranspose).
 2. Sensitivity: the whole model runs in onnxruntime (fidelity.Evaluator) on held-out calibration samples with one
-   layer at its fewest bits and the others as in the original; the model's output error m there gives the layer's
-   sensitivity s = (m / e)^2, so that the predicted model error of a setting is sqrt(sum_l s_l e_l^2).
+   layer at one of its options and the others as in the original, for every option of every layer: the model's
+   output error m_l(option) is measured, not extrapolated from a layer-error proxy (a layer's output error predicts
+   the model's poorly where the model is not linear in it: at 3 bits a layer may break the model outright, at
+   5 bits be harmless). The predicted model error of a setting is sqrt(sum_l m_l^2) (independent errors add in
+   squares); m_l is made non-decreasing along each layer's chain (a measured dip is noise). The reported
+   sensitivity s = (m / e)^2 at the fewest bits relates the two.
 3. Walk: from every layer at its most precise width, each step lowers the one layer whose next width saves the most
    file bytes per unit of predicted squared error added (the greedy path of packer/train/bit_allocation.py, with
    exact bytes and measured sensitivities instead of code bits and test errors).
@@ -15,6 +19,13 @@
    point whose measured error on the held-out samples is within it (bisection on the path), which the fidelity
    guard then backs off where needed (it raises the precision of the layers that add most error).
 
+5. Refine (asymmetric calibration, GPTAQ-style; when the statistics know their calibration runs): in graph order,
+   REFINE_STAGE tensors at a time, the layer inputs are recorded again from the model running the weights chosen so
+   far (refined ones before, the allocation's after), and each tensor is re-encoded at its chosen settings aiming at
+   the original model's outputs (compensate.corrected_weight under H of the quantised inputs): a layer corrects the
+   error its inputs bring instead of passing it on. Kept only if the model's error on the held-out runs drops.
+
+Cost: one onnxruntime pass over SENSITIVITY_RUNS samples per option of every layer (about 7 per layer).
 Memory: the encodings of the candidate widths (about len(WIDTHS) x the model's fp32 weights) and the statistics
 pipeline.pack already holds; one onnxruntime session.
 """
@@ -35,6 +46,7 @@ from .graph import Graph
 WIDTHS = (8, 7, 6, 5, 4, 3)  # candidate codebook bits, most precise first
 SENSITIVITY_RUNS = 8  # held-out runs the sensitivity scan measures on (the final check uses all held-out runs)
 FLOOR = 1e-12  # a step that adds no predicted error still ranks by the bytes it saves
+REFINE_STAGE = 4  # tensors re-encoded per recording of the quantised model's layer inputs (1: fully sequential)
 
 
 @dataclass
@@ -57,12 +69,19 @@ class Layer:
     options: list[Option]  # most precise first, strictly fewer bytes each
     sensitivity: float = 1.0
     probe_error: float | None = None  # the model's measured error with this layer alone at its fewest bits
+    measured: list[float] | None = None  # the model's error with this layer alone at each option (non-decreasing)
     level: int = 0  # index into options of the chosen width
     naive_error: float | None = None  # layer-output error of nearest-centroid codes at the chosen width
 
     @property
     def chosen(self) -> Option:
         return self.options[self.level]
+
+    def model_error(self, level: int) -> float:
+        """The model's error with this layer alone at options[level]: measured, else sensitivity x layer error."""
+        if self.measured is not None:
+            return self.measured[level]
+        return math.sqrt(self.sensitivity) * self.options[level].error
 
 
 @dataclass
@@ -91,7 +110,7 @@ class Allocation:
 
     def predicted_at(self, point: int) -> float:
         lv = self.levels_at(point)
-        return math.sqrt(sum(layer.sensitivity * layer.options[lv[k]].error ** 2 for k, layer in self.layers.items()))
+        return math.sqrt(sum(layer.model_error(lv[k]) ** 2 for k, layer in self.layers.items()))
 
     def set_point(self, point: int) -> None:
         self.point = point
@@ -177,24 +196,25 @@ def scan(graph: Graph, settings: dict[str, tuple[LayerSettings, int]], encoder, 
 
 
 def measure_sensitivity(graph: Graph, layers: dict[str, Layer], evaluator, progress=None) -> None:
-    """s_l = (model error with layer l alone at its fewest bits / its layer error there)^2, measured."""
+    """The model's error with each layer alone at each of its options (the others as in the original), made
+    non-decreasing along the chain; s_l = (error at the fewest bits / layer error there)^2 for the report."""
     items = list(layers.items())
     for name, layer in (progress(items) if progress else items):
-        low = layer.options[-1]
         if len(layer.options) == 1:
-            layer.sensitivity = 0.0
+            layer.sensitivity, layer.measured = 0.0, [0.0]
             continue
-        m = evaluator.measure({name: low.encoded.reference}).rel_l2
-        layer.probe_error = m
-        if not math.isfinite(m):
-            layer.sensitivity = 1e12  # NaN or inf outputs: this layer must not go that low
-        else:
-            layer.sensitivity = (m / low.error) ** 2 if low.error > 0 else 0.0
+        m = [evaluator.measure({name: o.encoded.reference}).rel_l2 for o in layer.options]
+        m = [v if math.isfinite(v) else 1e6 for v in m]  # NaN or inf outputs: this layer must not go that low
+        layer.measured = list(np.maximum.accumulate(m))
+        layer.probe_error = m[-1]
+        low = layer.options[-1]
+        layer.sensitivity = (m[-1] / low.error) ** 2 if low.error > 0 else 0.0
 
 
 def greedy_path(layers: dict[str, Layer]) -> list[str]:
     """From every layer at its most precise option to every layer at its fewest bits: each step lowers the layer
-    whose next option saves the most bytes per predicted squared error added (ties: the order of the layers)."""
+    whose next option saves the most bytes per predicted squared model error added (Layer.model_error; ties: the
+    order of the layers)."""
     level = {k: 0 for k in layers}
     steps: list[str] = []
     while True:
@@ -205,7 +225,7 @@ def greedy_path(layers: dict[str, Layer]) -> list[str]:
                 continue
             a, b = layer.options[i], layer.options[i + 1]
             saved = a.encoded.nbytes - b.encoded.nbytes
-            added = layer.sensitivity * (b.error ** 2 - a.error ** 2)
+            added = layer.model_error(i + 1) ** 2 - layer.model_error(i) ** 2
             score = saved / max(added, FLOOR)
             if score > best_score:
                 best, best_score = k, score
@@ -213,6 +233,64 @@ def greedy_path(layers: dict[str, Layer]) -> list[str]:
             return steps
         level[best] += 1
         steps.append(best)
+
+
+def refine(graph: Graph, alloc: Allocation, settings: dict[str, tuple[LayerSettings, int]], stats, measure,
+           stage: int = REFINE_STAGE, progress=None) -> None:
+    """Step 5 of the module docstring, on the chosen point: replaces the chosen options' encodings (and errors,
+    still against the original statistics) when the measured model error drops; a note says what it did."""
+    import copy
+
+    from .calibration import layer_statistics
+    from .compensate import corrected_weight
+    from .pipeline import tensor_encoder, weight_tensors
+
+    batches = getattr(stats, "batches", None)
+    if not batches:
+        return
+    layers = alloc.layers
+    order = [t for n in graph.nodes for t in n.inputs[1:3] if t in layers and t in stats]
+    order = list(dict.fromkeys(order))
+    current = {k: layer.chosen.encoded.reference for k, layer in layers.items()}
+    before = measure(current)
+    new: dict[str, tuple[object, float]] = {}
+    wt = weight_tensors(graph)
+    stages = [order[i:i + stage] for i in range(0, len(order), stage)]
+    for names in (progress(stages) if progress else stages):
+        qstats = layer_statistics(graph, {k: wt[k] for k in names}, batches, quantized=current)
+        g2 = copy.copy(graph)
+        g2.initializers = dict(graph.initializers)
+        for k in names:
+            st = qstats.get(k)
+            if st is None or st.cross is None:
+                continue
+            w = graph.initializers[k]
+            if st.transpose:
+                w2 = w.reshape(w.shape[0], -1).T
+                g2.initializers[k] = corrected_weight(w2, st.h, st.cross).T.reshape(w.shape).astype(w.dtype)
+            else:
+                w2 = w.reshape(-1, st.h.shape[-1])
+                g2.initializers[k] = corrected_weight(w2, st.h, st.cross).reshape(w.shape).astype(w.dtype)
+        enc = tensor_encoder(g2, qstats)
+        for k in names:
+            if k not in qstats or qstats[k].cross is None:
+                continue
+            o = layers[k].chosen
+            e = enc(k, o.settings, settings[k][1])
+            if e.encoding["type"] == "dense":
+                continue
+            new[k] = (e, layer_error(graph.initializers[k], e.reference, stats.get(k)))
+            current[k] = e.reference
+    after = measure(current)
+    if after.rel_l2 < before.rel_l2:
+        for k, (e, err) in new.items():
+            o = layers[k].chosen
+            layers[k].options[layers[k].level] = dataclasses.replace(o, encoded=e, error=err)
+        alloc.notes.append(f"refined {len(new)} tensor(s) on the quantised model's inputs: held-out error "
+                           f"{before.rel_l2:.4g} -> {after.rel_l2:.4g}")
+    else:
+        alloc.notes.append(f"refinement on the quantised model's inputs not kept: held-out error "
+                           f"{before.rel_l2:.4g} -> {after.rel_l2:.4g}")
 
 
 def split_runs(n: int) -> tuple[list[int], list[int]]:
@@ -268,6 +346,8 @@ def allocate(graph: Graph, settings: dict[str, tuple[LayerSettings, int]], encod
                     hi = mid - 1
             point = lo
     alloc.set_point(point)
+    if stats is not None:
+        refine(graph, alloc, settings, stats, full.measure, progress=bar("refine"))
     alloc.measure = measure
     alloc.measured = measure(point)
     if naive_encoder is not None:

@@ -4,6 +4,13 @@ sample and position (MatMul on 3-D inputs) or per output position (Conv: the im2
 
 The graph runs in onnxruntime on the original weights with every layer input exposed as an output; memory is
 bounded by one batch's activations plus the H matrices (cols^2 doubles per layer and group).
+
+With `quantized` weights given (asymmetric calibration, as GPTAQ, Li et al. 2025), the same layer inputs are also
+recorded from the model running those weights, X_q (a second session), and the statistics become H = X_q^T X_q and
+the cross term C = X^T X_q: the inputs the layer meets in the quantised model, and how they relate to the original
+ones, so that compensate.corrected_weight can aim each layer at the original model's outputs (W X), not at its own
+(W X_q) -- the errors of the layers before it are corrected, not carried on. Memory: two batches' activations, and
+C beside H.
 """
 from __future__ import annotations
 
@@ -21,6 +28,14 @@ class LayerStats:
     h: np.ndarray  # (cols, cols) or (groups, cols, cols), float64
     samples: int  # rows of X accumulated
     transpose: bool = False  # the stored tensor is (in, out) (MatMul): assign on its transpose
+    cross: np.ndarray | None = None  # C = X^T X_q when recorded against quantised weights (h is then X_q^T X_q)
+
+
+class Statistics(dict):
+    """tensor name -> LayerStats, and the calibration runs they were accumulated over (`batches`), so that they can
+    be recorded again against quantised weights (packer/allocate.py's refinement)."""
+
+    batches: list = []
 
 
 def _conv_patches(x: np.ndarray, node: Node, w_shape: tuple) -> np.ndarray:
@@ -103,10 +118,11 @@ def _recurrent_rows(node: Node, which: int, values: dict, graph: Graph) -> np.nd
 
 
 def layer_statistics(graph: Graph, weights: dict[str, tuple[str, str]], batches: list[dict[str, np.ndarray]],
-                     progress=None) -> dict[str, LayerStats]:
+                     progress=None, quantized: dict[str, np.ndarray] | None = None) -> Statistics:
     """weights: tensor name -> (op, node name) as pipeline.weight_tensors gives; batches: feeds onnxruntime accepts
     (each a dict input name -> array). Conv, Gemm, MatMul, and LSTM / GRU (W from the input sequence, R from the
-    hidden states, per direction) get statistics; ConvTranspose does not."""
+    hidden states, per direction) get statistics; ConvTranspose does not. quantized: tensor name -> the weights the
+    second session runs (any weight tensors of the graph), for H = X_q^T X_q and C = X^T X_q (module docstring)."""
     from onnx import helper
 
     from .onnx_io import graph_to_onnx
@@ -137,26 +153,52 @@ def layer_statistics(graph: Graph, weights: dict[str, tuple[str, str]], batches:
                 model.graph.output.append(helper.make_empty_tensor_value_info(x))
                 known.add(x)
     sess = session(model)
-    stats: dict[str, LayerStats] = {}
+    qsess, qfeeds = None, {}
+    if quantized:
+        qmodel = graph_to_onnx(graph)
+        qmodel.graph.output.extend(model.graph.output[len(qmodel.graph.output):])
+        for name, q in quantized.items():  # overridable initializers: the quantised values are fed
+            qmodel.graph.input.append(helper.make_tensor_value_info(
+                name, helper.np_dtype_to_tensor_dtype(graph.initializers[name].dtype), list(q.shape)))
+            qfeeds[name] = np.ascontiguousarray(q, dtype=graph.initializers[name].dtype)
+        qsess = session(qmodel)
+    stats = Statistics()
+    stats.batches = batches
     for feeds in (progress(batches) if progress else batches):
         values = {k: v.astype(np.float32) for k, v in zip(names, sess.run(names, feeds))}
+        qvalues = values if qsess is None else {
+            k: v.astype(np.float32) for k, v in zip(names, qsess.run(names, {**feeds, **qfeeds}))}
         for node, wname, which in wanted:
             w = graph.initializers[wname]
             if node.op in ("LSTM", "GRU"):
                 rows, transposed = _recurrent_rows(node, which, values, graph), False
+                qrows = _recurrent_rows(node, which, qvalues, graph)
                 if rows is None:
                     continue
             else:
                 rows, transposed = _rows_of_input(values[node.inputs[0]], node, w)
-            h = np.einsum("gsi,gsj->gij", rows, rows, dtype=np.float64, optimize=True) if rows.shape[0] > 1 \
-                else (rows[0].T.astype(np.float64) @ rows[0].astype(np.float64))[None]
+                qrows = _rows_of_input(qvalues[node.inputs[0]], node, w)[0]
+            h = _gram(qrows, qrows)
+            cross = None if qsess is None else _gram(rows, qrows)
             if wname in stats:
                 stats[wname].h += h
                 stats[wname].samples += rows.shape[1]
+                if cross is not None:
+                    stats[wname].cross += cross
             else:
-                stats[wname] = LayerStats(h, rows.shape[1], transposed)
+                stats[wname] = LayerStats(h, rows.shape[1], transposed, cross)
     for s in stats.values():
         s.h /= max(1, s.samples)
+        if s.cross is not None:
+            s.cross /= max(1, s.samples)
         if s.h.shape[0] == 1:
             s.h = s.h[0]
+            s.cross = None if s.cross is None else s.cross[0]
     return stats
+
+
+def _gram(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """a^T b per group, (groups, cols, cols) float64, from (groups, samples, cols)."""
+    if a.shape[0] > 1:
+        return np.einsum("gsi,gsj->gij", a, b, dtype=np.float64, optimize=True)
+    return (a[0].T.astype(np.float64) @ b[0].astype(np.float64))[None]
