@@ -60,7 +60,7 @@ _PLAN_CACHE_SIZE = 8  # input shapes remembered per prepared weight
 # read; _PITCH: its row pitch; _PLEN: floats of one slot's padded or phased copy (0: the kernels read x directly).
 (_C, _H, _W, _HP, _WP, _OH, _OW, _KH, _KW, _SH, _SW, _DH, _DW, _PT, _PL, _CIN_G, _PADDED, _GSTRIDE, _COLS,
  _SLOTS, _ACC_LEN, _TAB_OFF, _OBUF_OFF, _XPAD_OFF, _ACC_OFF, _WBUF_OFF, _PHASED, _QH, _QW, _PLANE, _PITCH, _PLEN,
- _CROWS, _TROWS, _BLOCKED, _COUT_G, _WBLEN, _NGEO) = range(38)
+ _CROWS, _TROWS, _BLOCKED, _COUT_G, _WBLEN, _PERCH, _NGEO) = range(39)
 # im2col runs a band of _CROWS output rows at a time: the band's (cols, _CROWS * OW) matrix is sized to stay in the
 # L2 cache while BLAS reads it (a 3x3 conv of 96 channels at 80x80: 864 x 6400 floats = 22 MB in one piece, 4.6 ms
 # of matmul; in bands of 3 rows, 2.1 ms), and the scratch shrinks by the same factor.
@@ -235,7 +235,10 @@ def _layout(g: dict, kind: str, parallel: bool) -> tuple[np.ndarray, int, bool]:
                    (_PL, "pl"), (_CIN_G, "cin_g"), (_PADDED, "padded")):
         geo[i] = g[key]
     geo[_PHASED], geo[_QH], geo[_QW], geo[_PLANE], geo[_PITCH] = phased, qh, qw, plane, pitch
-    geo[_PLEN] = g["c"] * plane if (g["padded"] or phased) else 0
+    # one input channel per group (depthwise) on the one-channel kernels: the source is copied channel by channel
+    perch = int(path == "taps" and g["cin_g"] == 1 and bool(g["padded"] or phased))
+    geo[_PERCH] = perch
+    geo[_PLEN] = (plane if perch else g["c"] * plane) if (g["padded"] or phased) else 0
     geo[_GSTRIDE] = g["cin_g"] * plane
     geo[_TROWS] = max(1, min(g["oh"], (BLOCK_TILE_FLOATS if blocked else TAPS_TILE_FLOATS) // max(1, pitch)))
     if blocked:  # BLOCK accumulator tiles of _TROWS rows each, one decoded block of weights (cols, BLOCK)
@@ -384,45 +387,88 @@ def _scratch_views_kernel(scratch, geo):
 
 
 @njit(cache=True)
+def _source_channel_kernel(x, b, c, geo, xp):
+    """Channel c of sample b as the kernels read it, into xp[:_PLANE]: zero-padded (Hp, Wp), or (strided) phased
+    (see _PHASED)."""
+    h, w, hp, wp, pt, pl = geo[_H], geo[_W], geo[_HP], geo[_WP], geo[_PT], geo[_PL]
+    # Explicit loops over slices taken from 0 (slice assignment per row, and a gather with a run-time stride, were
+    # 3x and 2x slower on 112 x 112 planes)
+    if geo[_PHASED] == 0:  # only the borders are zeroed: the interior is written once (no memset pass first)
+        for i in range(pt * wp):
+            xp[i] = 0.0
+        for i in range((pt + h) * wp, hp * wp):
+            xp[i] = 0.0
+        for y in range(h):
+            d = xp[(y + pt) * wp: (y + pt + 1) * wp]
+            s = x[b, (c * h + y) * w: (c * h + y) * w + w]
+            for j in range(pl):
+                d[j] = 0.0
+            dd = d[pl: pl + w]
+            for j in range(w):
+                dd[j] = s[j]
+            for j in range(pl + w, wp):
+                d[j] = 0.0
+        return
+    sh, sw, qh, qw = geo[_SH], geo[_SW], geo[_QH], geo[_QW]
+    xp[: geo[_PLANE]] = 0.0  # the borders
+    if sw == 2:  # each input row de-interleaved into its two column phases in one loop
+        half = w // 2
+        for y in range(h):
+            py, qy = (y + pt) % sh, (y + pt) // sh
+            s = x[b, (c * h + y) * w: (c * h + y) * w + w]
+            r0 = (py * 2 * qh + qy) * qw  # column phase 0
+            r1 = ((py * 2 + 1) * qh + qy) * qw  # column phase 1
+            # padded column 2k + pl (input column 2k) is in phase pl % 2; 2k + 1 + pl in the other
+            e0, o0 = (r0 + pl // 2, r1 + pl // 2) if pl % 2 == 0 else (r1 + (pl - 1) // 2, r0 + (pl + 1) // 2)
+            de, do = xp[e0: e0 + half], xp[o0: o0 + half]
+            for k in range(half):
+                de[k] = s[2 * k]
+                do[k] = s[2 * k + 1]
+            if w % 2:
+                pc = w - 1 + pl
+                xp[(r0 if pc % 2 == 0 else r1) + pc // 2] = s[w - 1]
+        return
+    for py in range(sh):
+        for qy in range(qh):
+            y = qy * sh + py - pt  # the input row that lands there
+            if y < 0 or y >= h:
+                continue
+            src = x[b, (c * h + y) * w: (c * h + y) * w + w]
+            for px in range(sw):
+                d = (py * sw + px) * qh * qw + qy * qw
+                # columns qx whose input column qx * sw + off lies in [0, w): one branch-free run
+                off = px - pl
+                lo = 0 if off >= 0 else min(qw, (sw - 1 - off) // sw)
+                hi = max(lo, min(qw, (w - 1 - off) // sw + 1)) if w - 1 - off >= 0 else lo
+                dst = xp[d + lo: d + hi]
+                for j in range(hi - lo):
+                    dst[j] = src[(lo + j) * sw + off]
+
+
+@njit(cache=True)
 def _source_kernel(x, b, geo, xpad):
-    """Sample b as the kernels read it: x[b] itself, a zero-padded (C, Hp, Wp) copy, or (strided) the phased copy
-    in xpad (see _PHASED)."""
+    """Sample b as the kernels read it: x[b] itself, or its channels padded / phased into xpad; with _PERCH the
+    copy is made one channel at a time by _channel_base_kernel instead (xpad is returned unfilled)."""
     if geo[_PLEN] == 0:
         return x[b]
-    c_in, h, w, hp, wp, pt, pl = geo[_C], geo[_H], geo[_W], geo[_HP], geo[_WP], geo[_PT], geo[_PL]
     xp = xpad[: geo[_PLEN]]
-    if geo[_PHASED] == 0:  # only the borders are zeroed: the interior is written once (no memset pass first)
-        pr = wp - pl - w
-        for c in range(c_in):
-            c0 = c * hp * wp
-            xp[c0: c0 + pt * wp] = 0.0
-            xp[c0 + (pt + h) * wp: c0 + hp * wp] = 0.0
-            for y in range(h):
-                r = c0 + (y + pt) * wp
-                xp[r: r + pl] = 0.0
-                xp[r + pl + w: r + pl + w + pr] = 0.0
-                s = (c * h + y) * w
-                xp[r + pl: r + pl + w] = x[b, s: s + w]
-        return xp
-    xp[:] = 0.0  # the borders; a slot pads each of its samples into its own copy
-    sh, sw, qh, qw, plane = geo[_SH], geo[_SW], geo[_QH], geo[_QW], geo[_PLANE]
-    for c in range(c_in):
-        for py in range(sh):
-            for qy in range(qh):
-                y = qy * sh + py - pt  # the input row that lands there
-                if y < 0 or y >= h:
-                    continue
-                src = x[b, (c * h + y) * w: (c * h + y) * w + w]
-                for px in range(sw):
-                    d = c * plane + (py * sw + px) * qh * qw + qy * qw
-                    # columns qx whose input column qx * sw + off lies in [0, w): one branch-free run
-                    off = px - pl
-                    lo = 0 if off >= 0 else min(qw, (sw - 1 - off) // sw)
-                    hi = max(lo, min(qw, (w - 1 - off) // sw + 1)) if w - 1 - off >= 0 else lo
-                    dst = xp[d + lo: d + hi]
-                    for j in range(hi - lo):
-                        dst[j] = src[(lo + j) * sw + off]
+    if geo[_PERCH] == 0:
+        plane = geo[_PLANE]
+        for c in range(geo[_C]):
+            _source_channel_kernel(x, b, c, geo, xp[c * plane: (c + 1) * plane])
     return xp
+
+
+@njit(cache=True)
+def _channel_base_kernel(x, b, g, geo, xp, last):
+    """(offset of group g's input in the source, the group now in xp). With _PERCH (one input channel per group and
+    a padded or phased source) only that channel is copied, into xp, when it changes: the copy is then read while in
+    L1 / L2 (a depthwise 3x3 stride-2 layer of 32 x 112 x 112 spent 75% of its time copying the whole sample)."""
+    if geo[_PERCH] == 0:
+        return g * geo[_GSTRIDE], last
+    if g != last:
+        _source_channel_kernel(x, b, g, geo, xp)
+    return 0, g
 
 
 @njit(cache=True)
@@ -580,7 +626,7 @@ def _bias_act_kernel(out, bias, ep):
 
 def _conv_sparse(x, geo, group_of, indptr, columns, codes, codebook, scales, bias, ep, chain, out, scratch):
     tab, obuf, xpad, acc, wbuf = _scratch_views_kernel(scratch, geo)
-    cout, cols, slots, alen, gstride = group_of.shape[0], geo[_COLS], geo[_SLOTS], geo[_ACC_LEN], geo[_GSTRIDE]
+    cout, cols, slots, alen = group_of.shape[0], geo[_COLS], geo[_SLOTS], geo[_ACC_LEN]
     plen = geo[_PLEN]
     has_scales = scales.shape[0] != 0
     has_bias = bias.shape[0] != 0
@@ -590,20 +636,22 @@ def _conv_sparse(x, geo, group_of, indptr, columns, codes, codebook, scales, bia
         ac, xp = acc[t * alen: t * alen + alen], xpad[t * plen: t * plen + plen]
         for b in range(x.shape[0]):
             src = _source_kernel(x, b, geo, xp)
+            last = -1
             for co in range(t, cout, slots):
+                base, last = _channel_base_kernel(x, b, group_of[co], geo, xp, last)
                 n = 0
                 for j in range(indptr[co], indptr[co + 1]):
                     wb[n] = codebook[codes[j]]
                     ob[n] = tab[columns[j]]
                     n += 1
-                _taps_kernel(src, group_of[co] * gstride, wb, ob, n, ac, geo)
+                _taps_kernel(src, base, wb, ob, n, ac, geo)
                 _store_kernel(ac, geo, scales[co] if has_scales else np.float32(1.0),
                               bias[co] if has_bias else np.float32(0.0), out, b, co, kind, p0, p1, chain)
 
 
 def _conv_codebook(x, geo, group_of, codes, codebook, scales, bias, ep, chain, out, scratch):
     tab, obuf, xpad, acc, wbuf = _scratch_views_kernel(scratch, geo)
-    cout, cols, slots, alen, gstride = group_of.shape[0], geo[_COLS], geo[_SLOTS], geo[_ACC_LEN], geo[_GSTRIDE]
+    cout, cols, slots, alen = group_of.shape[0], geo[_COLS], geo[_SLOTS], geo[_ACC_LEN]
     plen = geo[_PLEN]
     has_scales = scales.shape[0] != 0
     has_bias = bias.shape[0] != 0
@@ -613,7 +661,9 @@ def _conv_codebook(x, geo, group_of, codes, codebook, scales, bias, ep, chain, o
         ac, xp = acc[t * alen: t * alen + alen], xpad[t * plen: t * plen + plen]
         for b in range(x.shape[0]):
             src = _source_kernel(x, b, geo, xp)
+            last = -1
             for co in range(t, cout, slots):
+                base, last = _channel_base_kernel(x, b, group_of[co], geo, xp, last)
                 n = 0
                 for c in range(cols):
                     w = codebook[codes[co, c]]
@@ -621,14 +671,14 @@ def _conv_codebook(x, geo, group_of, codes, codebook, scales, bias, ep, chain, o
                         wb[n] = w
                         ob[n] = tab[c]
                         n += 1
-                _taps_kernel(src, group_of[co] * gstride, wb, ob, n, ac, geo)
+                _taps_kernel(src, base, wb, ob, n, ac, geo)
                 _store_kernel(ac, geo, scales[co] if has_scales else np.float32(1.0),
                               bias[co] if has_bias else np.float32(0.0), out, b, co, kind, p0, p1, chain)
 
 
 def _conv_int8(x, geo, group_of, q, zp, scales, bias, ep, chain, out, scratch):
     tab, obuf, xpad, acc, wbuf = _scratch_views_kernel(scratch, geo)
-    cout, cols, slots, alen, gstride = group_of.shape[0], geo[_COLS], geo[_SLOTS], geo[_ACC_LEN], geo[_GSTRIDE]
+    cout, cols, slots, alen = group_of.shape[0], geo[_COLS], geo[_SLOTS], geo[_ACC_LEN]
     plen = geo[_PLEN]
     has_bias = bias.shape[0] != 0
     kind, p0, p1 = np.int64(ep[EP_ACT]), ep[EP_P0], ep[EP_P1]
@@ -637,7 +687,9 @@ def _conv_int8(x, geo, group_of, q, zp, scales, bias, ep, chain, out, scratch):
         ac, xp = acc[t * alen: t * alen + alen], xpad[t * plen: t * plen + plen]
         for b in range(x.shape[0]):
             src = _source_kernel(x, b, geo, xp)
+            last = -1
             for co in range(t, cout, slots):
+                base, last = _channel_base_kernel(x, b, group_of[co], geo, xp, last)
                 n = 0
                 z = zp[co]
                 for c in range(cols):
@@ -646,7 +698,7 @@ def _conv_int8(x, geo, group_of, q, zp, scales, bias, ep, chain, out, scratch):
                         wb[n] = w
                         ob[n] = tab[c]
                         n += 1
-                _taps_kernel(src, group_of[co] * gstride, wb, ob, n, ac, geo)
+                _taps_kernel(src, base, wb, ob, n, ac, geo)
                 _store_kernel(ac, geo, scales[co], bias[co] if has_bias else np.float32(0.0), out, b, co,
                               kind, p0, p1, chain)
 
@@ -654,7 +706,7 @@ def _conv_int8(x, geo, group_of, q, zp, scales, bias, ep, chain, out, scratch):
 def _conv_dense_direct(x, geo, group_of, w2d, bias, ep, chain, out, scratch):
     """Dense weights with groups (depthwise included), where im2col + BLAS would multiply tiny matrices."""
     tab, obuf, xpad, acc, wbuf = _scratch_views_kernel(scratch, geo)
-    cout, cols, slots, alen, gstride = group_of.shape[0], geo[_COLS], geo[_SLOTS], geo[_ACC_LEN], geo[_GSTRIDE]
+    cout, cols, slots, alen = group_of.shape[0], geo[_COLS], geo[_SLOTS], geo[_ACC_LEN]
     plen = geo[_PLEN]
     has_bias = bias.shape[0] != 0
     kind, p0, p1 = np.int64(ep[EP_ACT]), ep[EP_P0], ep[EP_P1]
@@ -663,7 +715,9 @@ def _conv_dense_direct(x, geo, group_of, w2d, bias, ep, chain, out, scratch):
         ac, xp = acc[t * alen: t * alen + alen], xpad[t * plen: t * plen + plen]
         for b in range(x.shape[0]):
             src = _source_kernel(x, b, geo, xp)
+            last = -1
             for co in range(t, cout, slots):
+                base, last = _channel_base_kernel(x, b, group_of[co], geo, xp, last)
                 n = 0
                 for c in range(cols):
                     w = w2d[co, c]
@@ -671,7 +725,7 @@ def _conv_dense_direct(x, geo, group_of, w2d, bias, ep, chain, out, scratch):
                         wb[n] = w
                         ob[n] = tab[c]
                         n += 1
-                _taps_kernel(src, group_of[co] * gstride, wb, ob, n, ac, geo)
+                _taps_kernel(src, base, wb, ob, n, ac, geo)
                 _store_kernel(ac, geo, np.float32(1.0), bias[co] if has_bias else np.float32(0.0), out, b, co,
                               kind, p0, p1, chain)
 
@@ -724,14 +778,17 @@ def _conv_blocked(x, geo, wkind, w2d, codes, codebook, q, zp, scales, bias, ep, 
         ac, xp = acc[t * alen: t * alen + alen], xpad[t * plen: t * plen + plen]
         for b in range(x.shape[0]):
             src = _source_kernel(x, b, geo, xp)
-            for blk in range(t, nblocks, slots):
-                g = blk // per_group
-                co0 = g * cout_g + (blk - g * per_group) * BLOCK
-                nco = min(BLOCK, (g + 1) * cout_g - co0)
-                ntaps = _gather_block_kernel(wkind, co0, nco, w2d, codes, codebook, q, zp, tab, wb, ob)
-                for r0 in range(0, oh, trows):
-                    r1 = min(oh, r0 + trows)
-                    n = (r1 - 1 - r0) * pitch + ow  # the last read is the plane's last element: no overrun
+            # tiles outside, blocks inside: a tile's rows of the source stay in L2 while every block reads them
+            # (blocks outside streamed the whole source from L3 once per block: 48 -> 96 channels, 3x3 stride 2 at
+            # 104x104 went 5.2 -> 3.5 ms); a block's weights are decoded again per tile, 1/n of its multiply-adds
+            for r0 in range(0, oh, trows):
+                r1 = min(oh, r0 + trows)
+                n = (r1 - 1 - r0) * pitch + ow  # the last read is the plane's last element: no overrun
+                for blk in range(t, nblocks, slots):
+                    g = blk // per_group
+                    co0 = g * cout_g + (blk - g * per_group) * BLOCK
+                    nco = min(BLOCK, (g + 1) * cout_g - co0)
+                    ntaps = _gather_block_kernel(wkind, co0, nco, w2d, codes, codebook, q, zp, tab, wb, ob)
                     a0, a1, a2, a3 = ac[0: n], ac[tl: tl + n], ac[2 * tl: 2 * tl + n], ac[3 * tl: 3 * tl + n]
                     a0[:] = 0.0
                     a1[:] = 0.0
