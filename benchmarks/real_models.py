@@ -16,6 +16,11 @@ file (`edgepack unpack`: the runtime's own exactness, which should be ~1e-6).
 A model that fails at any stage keeps its row with the stage and the error; the script goes on with the next. The
 corpus's REFUSED files (which edgepack cannot represent, e.g. data-dependent If) get a row too, marked as such.
 Writes real_models.md and real_models.json to --out, with the machine and the load average before and after.
+
+With --rounding, each model's original is also run by onnxruntime with its Conv / ConvTranspose / Gemm / MatMul
+weights rounded by simple references (float16; int8 symmetric per output channel, round to nearest) and judged on the
+same inputs against the same answers: how much any weight rounding moves the task's answers, beside what the 8-bit
+codebooks do.
 """
 from __future__ import annotations
 
@@ -87,7 +92,7 @@ def info_json(epk_path) -> dict:
     return json.loads(out.getvalue())
 
 
-def measure(entry, n: int, seed: int, work: Path, calib: int = 0) -> dict:
+def measure(entry, n: int, seed: int, work: Path, calib: int = 0, rounding: bool = False) -> dict:
     """One row; every stage that fails leaves 'stage' and 'error' and stops that model. With calib > 0 the pack
     also gets `--calib` of that many task inputs (seeds from 1000, disjoint from the judged ones), so its codebook
     codes are chosen with error compensation."""
@@ -132,6 +137,10 @@ def measure(entry, n: int, seed: int, work: Path, calib: int = 0) -> dict:
         row["agree"] = 1.0 - len(bad) / max(1, len(ref_answers))
         row["disagreements"] = [(i, repr(a), repr(b)) for i, a, b in bad[:5]]
         row["disagreement_notes"] = [f"#{i}: {diff_note(a, b)}" for i, a, b in bad[:5]]
+        if rounding:
+            stage = "rounding references"
+            row["rounding_agree"] = rounding_agreement(entry, onnx_path, ref_answers, n, seed, work)
+            stage = "task"
         if hasattr(task, "truths"):
             truth = task.truths(entry, n, seed)
             right = getattr(task, "correct", lambda a, t: a == t)
@@ -153,6 +162,54 @@ def measure(entry, n: int, seed: int, work: Path, calib: int = 0) -> dict:
     except Exception as e:  # noqa: BLE001 - the row reports it and the benchmark goes on
         row["stage"], row["error"] = stage, _short(e)
     return row
+
+
+ROUNDINGS = ("float16", "int8 per channel")
+
+
+def rounded_weights(w: np.ndarray, how: str) -> np.ndarray:
+    """w rounded as `how` (one of ROUNDINGS) and back to float32."""
+    if how == "float16":
+        return w.astype(np.float16).astype(np.float32)
+    rows = w.reshape(w.shape[0], -1).astype(np.float32)
+    scale = np.abs(rows).max(axis=1, keepdims=True) / 127
+    scale[scale == 0] = 1
+    return (np.round(rows / scale) * scale).reshape(w.shape).astype(np.float32)
+
+
+def rounded_model(onnx_path, how: str, out_path) -> int:
+    """The ONNX file with every float32 weight of a Conv / ConvTranspose / Gemm / MatMul (initializer or Constant
+    node) rounded by rounded_weights; returns how many tensors were rounded."""
+    import onnx
+    from onnx import numpy_helper
+
+    m = onnx.load(str(onnx_path))
+    names = {n.input[1] for n in m.graph.node if n.op_type in ("Conv", "ConvTranspose", "Gemm", "MatMul")
+             and len(n.input) > 1}
+    tensors = [t for t in m.graph.initializer if t.name in names]
+    tensors += [a.t for n in m.graph.node if n.op_type == "Constant" and n.output[0] in names
+                for a in n.attribute if a.name == "value"]
+    count = 0
+    for t in tensors:
+        if t.data_type == onnx.TensorProto.FLOAT and len(t.dims) >= 2:
+            t.CopyFrom(numpy_helper.from_array(rounded_weights(numpy_helper.to_array(t), how), t.name))
+            count += 1
+    onnx.save(m, str(out_path))
+    return count
+
+
+def rounding_agreement(entry, onnx_path, ref_answers, n: int, seed: int, work: Path) -> dict:
+    """{rounding: fraction of the task's answers that match ref_answers} for each of ROUNDINGS."""
+    task = task_for(entry)
+    out = {}
+    for how in ROUNDINGS:
+        path = work / f"{entry.name}_{how.replace(' ', '_')}.onnx"
+        if not rounded_model(onnx_path, how, path):
+            continue
+        answers = task.answers(entry, ort_runner(path), n, seed)
+        same = sum(bool(task.agree(a, b)) for a, b in zip(ref_answers, answers))
+        out[how] = same / max(1, len(ref_answers)) if len(answers) == len(ref_answers) else 0.0
+    return out
 
 
 def _f(v, fmt: str, unit: str = "") -> str:
@@ -180,6 +237,15 @@ def markdown(result: dict) -> str:
             f"{_f(r.get('ort_seconds'), '.1f')} / {_f(r.get('runtime_seconds'), '.1f')} | "
             f"{_f(r.get('rel_err_original'), '.1e')} | {_f(r.get('rel_err_unpacked'), '.1e')} | "
             f"{note.replace('|', '/')} |")
+    if any(r.get("rounding_agree") for r in result["rows"]):
+        lines += ["", "Task agreement of the same inputs with the original's weights rounded by simple references "
+                  "(onnxruntime, `--rounding`):", "",
+                  "| model | 8-bit codebooks (edgepack) | " + " | ".join(ROUNDINGS) + " |",
+                  "|---|---|" + "---|" * len(ROUNDINGS)]
+        for r in result["rows"]:
+            if r.get("rounding_agree"):
+                lines.append(f"| {r['name']} | {_f(r.get('agree'), '.0%')} | " + " | ".join(
+                    _f(r["rounding_agree"].get(k), ".0%") for k in ROUNDINGS) + " |")
     lines += ["", "Op types per model (node counts):", ""]
     for r in result["rows"]:
         if r.get("ops"):
@@ -195,6 +261,8 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--calib", type=int, default=0, metavar="N",
                     help="also give pack --calib with N task inputs (other seeds): error-compensated codes")
+    ap.add_argument("--rounding", action="store_true",
+                    help="also judge the original with its weights rounded to float16 and to int8 per channel")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "out"))
     a = ap.parse_args(argv)
     n = 10 if a.quick else a.n
@@ -211,11 +279,13 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         for e in entries:
             t = time.perf_counter()
-            r = measure(e, n, a.seed, Path(tmp), a.calib)
+            r = measure(e, n, a.seed, Path(tmp), a.calib, a.rounding)
             rows.append(r)
             status = f"{r['stage']}: {r['error']}" if "error" in r else (
                 f"agree {r['agree']:.0%} of {r['units']}, ratio {r['ratio']:.2f}x, err {r['rel_err_original']:.1e}"
                 f" / {r['rel_err_unpacked']:.1e}")
+            if r.get("rounding_agree"):
+                status += "; " + ", ".join(f"{k} {v:.0%}" for k, v in r["rounding_agree"].items())
             print(f"{e.name:22s} {time.perf_counter() - t:6.1f} s  {status}", flush=True)
     cmd = "python benchmarks/real_models.py " + " ".join(argv if argv is not None else sys.argv[1:])
     result = {"date": datetime.now(timezone.utc).strftime("%Y-%m-%d"), "machine": machine_line(),
