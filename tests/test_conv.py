@@ -413,3 +413,24 @@ def test_direct_kernels_in_row_tiles(monkeypatch, kind, case):
         tiled = run_conv(w, x, bias, attrs)
         np.testing.assert_array_equal(tiled.view(np.uint32), untiled.view(np.uint32))
     check_close(untiled, reference_for(x, w, bias, attrs))
+
+
+@pytest.mark.parametrize("rows", [1, 3])
+def test_plain_1x1_runs_blas_in_bands_with_bias_and_clip(monkeypatch, rows):
+    """A dense 1x1 convolution (stride 1, no padding) is BLAS on x itself, in bands of positions sized by input plus
+    output channels; bias and a fused Clip run on each band (one row, three rows with a shorter last band), batch 2:
+    the reference's answer; the scratch is one band row."""
+    from edgepack.runtime.ops import conv as conv_mod
+    from edgepack.runtime.ops.elementwise import ACT_CLIP
+    rng = np.random.default_rng(rows)
+    w = make_weight("dense", (6, 5, 1, 1), rng, density=1.0)
+    x = rng.standard_normal((2, 5, 7, 9)).astype(np.float32)
+    bias = rng.standard_normal(6).astype(np.float32)
+    monkeypatch.setattr(conv_mod, "IM2COL_BAND_FLOATS", 1)
+    monkeypatch.setattr(conv_mod, "IM2COL_BAND_MIN_POSITIONS", rows * 9)
+    prepared = prepare_conv(w, 1)
+    plan = conv_mod._plan(prepared, x.shape, {}, False)
+    assert plan.im2col and plan.geo[conv_mod._CROWS] == rows and plan.scratch_bytes == 4 * rows * 9
+    out = np.full((2, 6, 7, 9), np.nan, np.float32)
+    conv(x, prepared, bias, {}, out, None, False, (ACT_CLIP, -0.5, 0.5))
+    check_close(out, np.clip(reference_for(x, w, bias, {}), -0.5, 0.5))

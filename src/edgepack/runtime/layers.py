@@ -1256,8 +1256,9 @@ class LayerSpec:
             cout, cols = w.rows, w.cols
             if mode == "dense":
                 path = conv_ops.conv_path(x_shape, w.shape, self.node["attrs"], "dense")
-                if path == "im2col":
-                    t = nb * positions * cols * (IM2COL_S + cout * BLAS_GEMM_MAC_S)
+                if path == "im2col":  # a plain 1x1 convolution has no im2col copy: x[b] is its matrix
+                    copy = 0.0 if conv_ops.is_plain_1x1(x_shape, w.shape, self.node["attrs"]) else IM2COL_S
+                    t = nb * positions * cols * (copy + cout * BLAS_GEMM_MAC_S)
                 else:
                     t = nb * cout * cols * positions * (BLOCKED_TAP_S if path == "blocked" else CONV_TAP_S)
                 return DENSE_PENALTY * (CALL_S + t)

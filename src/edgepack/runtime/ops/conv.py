@@ -192,6 +192,15 @@ def _slots(cout: int, parallel: bool) -> int:
     return max(1, min(int(get_num_threads()), cout)) if parallel else 1
 
 
+def _plain_1x1(g: dict) -> bool:
+    return g["kh"] == 1 and g["kw"] == 1 and g["sh"] == 1 and g["sw"] == 1 and not g["padded"]
+
+
+def is_plain_1x1(x_shape: tuple, w_shape: tuple, attrs: dict) -> bool:
+    """A 1x1 convolution with stride 1 and no padding (its im2col matrix is the input itself)."""
+    return _plain_1x1(geometry(x_shape, w_shape, attrs))
+
+
 def _path(g: dict, kind: str) -> str:
     """Which kernel runs a convolution of geometry g with a weight of this kind: "im2col" (+ BLAS), "blocked"
     (_conv_blocked) or "taps" (the one-channel drivers).
@@ -200,8 +209,7 @@ def _path(g: dict, kind: str) -> str:
     matrix) or the output plane is small (BLOCK_MIN_POSITIONS); every other weight of a kind that decodes to one
     value per (output channel, tap) runs the blocked kernel when a group has >= BLOCK output channels; depthwise
     and sparse weights run the one-channel tap kernels."""
-    one = g["kh"] == 1 and g["kw"] == 1 and g["sh"] == 1 and g["sw"] == 1 and not g["padded"]
-    if kind == "dense" and g["group"] == 1 and (one or g["oh"] * g["ow"] < BLOCK_MIN_POSITIONS):
+    if kind == "dense" and g["group"] == 1 and (_plain_1x1(g) or g["oh"] * g["ow"] < BLOCK_MIN_POSITIONS):
         return "im2col"
     if kind in ("dense", "codebook", "int8") and g["cout"] // g["group"] >= BLOCK:
         return "blocked"
@@ -249,6 +257,13 @@ def _layout(g: dict, kind: str, parallel: bool) -> tuple[np.ndarray, int, bool]:
     geo[_COLS], geo[_SLOTS], geo[_ACC_LEN] = cols, slots, acc_len
     if im2col:
         ow = max(1, g["ow"])
+        if _plain_1x1(g):
+            # no im2col matrix: bands of positions whose input and output (cols + cout floats a position) fit the
+            # band size, so that the epilogue reads a band BLAS has just written (a large output, 16 -> 32 channels
+            # at 112x112: 1.6 MB, would not be in L2 any more); scratch: one band row for an epilogue chain
+            want = max(IM2COL_BAND_FLOATS // max(1, cols + g["cout"]), IM2COL_BAND_MIN_POSITIONS)
+            geo[_CROWS] = crows = max(1, min(g["oh"], want // ow))
+            return geo, 4 * crows * g["ow"], True
         want = max(IM2COL_BAND_FLOATS // max(1, cols), IM2COL_BAND_MIN_POSITIONS)
         geo[_CROWS] = crows = max(1, min(g["oh"], want // ow))
         return geo, 4 * (cols + 1) * crows * g["ow"], True  # the band, then one band row for an epilogue chain
@@ -605,20 +620,6 @@ def _store_kernel(acc, geo, scale, bias_v, out, b, co, kind, p0, p1, chain):
     _store_rows_kernel(acc, geo[_PITCH], oh, ow, scale, bias_v, out[b, o0: o0 + oh * ow], kind, p0, p1, chain)
 
 
-@njit(cache=True)
-def _bias_act_kernel(out, bias, ep):
-    """out (N, cout, positions) <- act(out + bias[co]) after the im2col products."""
-    has_bias = bias.shape[0] != 0
-    kind, p0, p1 = np.int64(ep[EP_ACT]), ep[EP_P0], ep[EP_P1]
-    for b in range(out.shape[0]):
-        for co in range(out.shape[1]):
-            o = out[b, co]
-            bv = bias[co] if has_bias else np.float32(0.0)
-            for i in range(o.shape[0]):
-                v = o[i] + bv if has_bias else o[i]
-                o[i] = _activate_kernel(v, kind, p0, p1)
-
-
 # One driver per weight kind; they differ only in how a weight row is decoded into (value, offset) taps.
 # The parallel build splits the output channels over threads (slot t takes channels t, t + slots, ... of every
 # sample) in ONE parallel region per call; every channel is summed in the same order either way, so serial and
@@ -872,12 +873,12 @@ def _gemm_1x1_bands_run(bands, w2d, out3, bias_v, ep, chain, save) -> None:
         _bias_act_band_kernel(out3, b, p0, p1, bias_v, ep, chain, save)
 
 
-def _gemm_1x1_run(x3, w2d, out3, bias_v, ep, finish) -> None:
+def _gemm_1x1_run(x3, w2d, out3, bias_v, ep, chain, save, finish) -> None:
     # a 1x1 convolution with stride 1 and no padding: its im2col matrix is the sample itself
     for b in range(x3.shape[0]):
         np.matmul(w2d, x3[b], out=out3[b])
-    if finish:
-        _bias_act_kernel(out3, bias_v, ep)
+        if finish:
+            _bias_act_band_kernel(out3, b, 0, out3.shape[2], bias_v, ep, chain, save)
 
 
 def _noop() -> None:
@@ -932,15 +933,16 @@ def bind_conv(x: np.ndarray, prepared: PreparedConv, bias, attrs: dict, out: np.
         finish = bias_v.shape[0] != 0 or (act is not None and act[0] != ACT_NONE) or chain.shape[0] != 0
         flat = scratch[: plan.scratch_bytes].view(np.float32)
         oh, ow, crows = int(geo[_OH]), int(geo[_OW]), int(geo[_CROWS])
-        save = flat[cols * crows * ow: (cols + 1) * crows * ow]
         if (geo[_KH] == 1 and geo[_KW] == 1 and geo[_SH] == 1 and geo[_SW] == 1 and geo[_PADDED] == 0):
             x3, out3 = x.reshape(nb, cols, npos), out.reshape(nb, cout, npos)
-            if chain.shape[0] == 0:
-                return _gemm_1x1_run, (x3, a["w2d"], out3, bias_v, ep, finish)
+            save = flat[: crows * ow]
+            if not finish or crows >= oh:  # one band: the product, then the epilogue over the whole output
+                return _gemm_1x1_run, (x3, a["w2d"], out3, bias_v, ep, chain, save, finish)
             step = crows * ow
             bands = tuple((b, p0, min(npos, p0 + step), x3[b][:, p0: p0 + step], out3[b][:, p0: p0 + step])
                           for b in range(nb) for p0 in range(0, npos, step))
             return _gemm_1x1_bands_run, (bands, a["w2d"], out3, bias_v, ep, chain, save)
+        save = flat[cols * crows * ow: (cols + 1) * crows * ow]
         out3 = out.reshape(nb, cout, npos)
         bands = []
         for b in range(nb):
