@@ -1,7 +1,7 @@
 """The Conv kernels on the layer shapes of the real-model corpus, batch 1, one thread: which path each weight kind
 takes (runtime/ops/conv.py _path), its time, and onnxruntime's (intra_op_num_threads=1) on the same single Conv +
-Relu node; the two alternate round by round in one process, CPU time of the calling thread (what time slicing on a
-shared machine does not inflate), medians, with /proc/loadavg.
+Clip(0, 6) node (fused into both); the two alternate round by round in one process, CPU time of the calling thread
+(what time slicing on a shared machine does not inflate), medians, with /proc/loadavg.
 
     OPENBLAS_NUM_THREADS=1 python benchmarks/conv_kernels.py [--rounds 5] [--kinds dense,codebook] [--force im2col]
 
@@ -34,10 +34,11 @@ SHAPES = [(96, 52, 96, 3, 1, 1, 1), (12, 208, 24, 3, 1, 1, 1), (64, 40, 64, 3, 1
 
 def ort_session(w, b, attrs):
     node = helper.make_node("Conv", ["x", "W", "B"], ["y"], kernel_shape=list(w.shape[2:]), **attrs)
-    relu = helper.make_node("Clip", ["y", "lo", "hi"], ["z"])
+    clip = helper.make_node("Clip", ["y", "lo", "hi"], ["z"])
     consts = [numpy_helper.from_array(w, "W"), numpy_helper.from_array(b, "B"),
-              numpy_helper.from_array(np.array(0, np.float32), "lo"), numpy_helper.from_array(np.array(6, np.float32), "hi")]
-    g = helper.make_graph([node, relu], "conv", [helper.make_tensor_value_info("x", TensorProto.FLOAT, None)],
+              numpy_helper.from_array(np.array(0, np.float32), "lo"),
+              numpy_helper.from_array(np.array(6, np.float32), "hi")]
+    g = helper.make_graph([node, clip], "conv", [helper.make_tensor_value_info("x", TensorProto.FLOAT, None)],
                           [helper.make_tensor_value_info("z", TensorProto.FLOAT, None)], consts)
     so = ort.SessionOptions()
     so.intra_op_num_threads = so.inter_op_num_threads = 1
