@@ -620,7 +620,8 @@ def _store_kernel(acc, geo, scale, bias_v, out, b, co, kind, p0, p1, chain):
     _store_rows_kernel(acc, geo[_PITCH], oh, ow, scale, bias_v, out[b, o0: o0 + oh * ow], kind, p0, p1, chain)
 
 
-# One driver per weight kind; they differ only in how a weight row is decoded into (value, offset) taps.
+# The one-channel drivers: _conv_sparse (CSR rows) and _conv_taps (dense, codebook and int8 rows, _weight_kernel)
+# decode a weight row into (value, offset) taps without the zeros, sum them with _taps_kernel and store the plane.
 # The parallel build splits the output channels over threads (slot t takes channels t, t + slots, ... of every
 # sample) in ONE parallel region per call; every channel is summed in the same order either way, so serial and
 # parallel give the same bits.
@@ -650,7 +651,22 @@ def _conv_sparse(x, geo, group_of, indptr, columns, codes, codebook, scales, bia
                               bias[co] if has_bias else np.float32(0.0), out, b, co, kind, p0, p1, chain)
 
 
-def _conv_codebook(x, geo, group_of, codes, codebook, scales, bias, ep, chain, out, scratch):
+# W_DENSE / W_CODEBOOK / W_INT8: which of the weight arrays _weight_kernel reads (the drivers get all of them,
+# the others empty), so that one driver runs every held form.
+W_DENSE, W_CODEBOOK, W_INT8 = 0, 1, 2
+
+
+@njit(cache=True)
+def _weight_kernel(wkind, co, c, w2d, codes, codebook, q, zp):
+    """The weight of output channel co at column c, before its row scale."""
+    if wkind == W_DENSE:
+        return w2d[co, c]
+    if wkind == W_CODEBOOK:
+        return codebook[codes[co, c]]
+    return np.float32(q[co, c]) - zp[co]  # exact; the scale is applied once per output
+
+
+def _conv_taps(x, geo, group_of, wkind, w2d, codes, codebook, q, zp, scales, bias, ep, chain, out, scratch):
     tab, obuf, xpad, acc, wbuf = _scratch_views_kernel(scratch, geo)
     cout, cols, slots, alen = group_of.shape[0], geo[_COLS], geo[_SLOTS], geo[_ACC_LEN]
     plen = geo[_PLEN]
@@ -667,7 +683,7 @@ def _conv_codebook(x, geo, group_of, codes, codebook, scales, bias, ep, chain, o
                 base, last = _channel_base_kernel(x, b, group_of[co], geo, xp, last)
                 n = 0
                 for c in range(cols):
-                    w = codebook[codes[co, c]]
+                    w = _weight_kernel(wkind, co, c, w2d, codes, codebook, q, zp)
                     if w != 0.0:
                         wb[n] = w
                         ob[n] = tab[c]
@@ -677,66 +693,9 @@ def _conv_codebook(x, geo, group_of, codes, codebook, scales, bias, ep, chain, o
                               bias[co] if has_bias else np.float32(0.0), out, b, co, kind, p0, p1, chain)
 
 
-def _conv_int8(x, geo, group_of, q, zp, scales, bias, ep, chain, out, scratch):
-    tab, obuf, xpad, acc, wbuf = _scratch_views_kernel(scratch, geo)
-    cout, cols, slots, alen = group_of.shape[0], geo[_COLS], geo[_SLOTS], geo[_ACC_LEN]
-    plen = geo[_PLEN]
-    has_bias = bias.shape[0] != 0
-    kind, p0, p1 = np.int64(ep[EP_ACT]), ep[EP_P0], ep[EP_P1]
-    for t in prange(slots):
-        wb, ob = wbuf[t * cols: t * cols + cols], obuf[t * cols: t * cols + cols]
-        ac, xp = acc[t * alen: t * alen + alen], xpad[t * plen: t * plen + plen]
-        for b in range(x.shape[0]):
-            src = _source_kernel(x, b, geo, xp)
-            last = -1
-            for co in range(t, cout, slots):
-                base, last = _channel_base_kernel(x, b, group_of[co], geo, xp, last)
-                n = 0
-                z = zp[co]
-                for c in range(cols):
-                    w = np.float32(q[co, c]) - z  # exact; the scale is applied once per output
-                    if w != 0.0:
-                        wb[n] = w
-                        ob[n] = tab[c]
-                        n += 1
-                _taps_kernel(src, base, wb, ob, n, ac, geo)
-                _store_kernel(ac, geo, scales[co], bias[co] if has_bias else np.float32(0.0), out, b, co,
-                              kind, p0, p1, chain)
-
-
-def _conv_dense_direct(x, geo, group_of, w2d, bias, ep, chain, out, scratch):
-    """Dense weights with groups (depthwise included), where im2col + BLAS would multiply tiny matrices."""
-    tab, obuf, xpad, acc, wbuf = _scratch_views_kernel(scratch, geo)
-    cout, cols, slots, alen = group_of.shape[0], geo[_COLS], geo[_SLOTS], geo[_ACC_LEN]
-    plen = geo[_PLEN]
-    has_bias = bias.shape[0] != 0
-    kind, p0, p1 = np.int64(ep[EP_ACT]), ep[EP_P0], ep[EP_P1]
-    for t in prange(slots):
-        wb, ob = wbuf[t * cols: t * cols + cols], obuf[t * cols: t * cols + cols]
-        ac, xp = acc[t * alen: t * alen + alen], xpad[t * plen: t * plen + plen]
-        for b in range(x.shape[0]):
-            src = _source_kernel(x, b, geo, xp)
-            last = -1
-            for co in range(t, cout, slots):
-                base, last = _channel_base_kernel(x, b, group_of[co], geo, xp, last)
-                n = 0
-                for c in range(cols):
-                    w = w2d[co, c]
-                    if w != 0.0:
-                        wb[n] = w
-                        ob[n] = tab[c]
-                        n += 1
-                _taps_kernel(src, base, wb, ob, n, ac, geo)
-                _store_kernel(ac, geo, np.float32(1.0), bias[co] if has_bias else np.float32(0.0), out, b, co,
-                              kind, p0, p1, chain)
-
-
 # The blocked driver: dense, codebook and int8 weights alike, decoded one block of BLOCK output channels at a time
 # into (taps, BLOCK) float32 rows (taps zero for every channel of the block are dropped), then summed by
-# conv_blocked.block_taps_kernel tile by tile and stored while the tile is in cache. W_DENSE / W_CODEBOOK / W_INT8
-# say which of the weight arrays the gather reads (the others are empty).
-W_DENSE, W_CODEBOOK, W_INT8 = 0, 1, 2
-
+# conv_blocked.block_taps_kernel tile by tile and stored while the tile is in cache.
 
 @njit(cache=True)
 def _gather_block_kernel(wkind, co0, nco, w2d, codes, codebook, q, zp, tab, wb, ob):
@@ -746,14 +705,7 @@ def _gather_block_kernel(wkind, co0, nco, w2d, codes, codebook, q, zp, tab, wb, 
     for c in range(tab.shape[0]):
         keep = False
         for j in range(BLOCK):
-            w = np.float32(0.0)
-            if j < nco:
-                if wkind == W_DENSE:
-                    w = w2d[co0 + j, c]
-                elif wkind == W_CODEBOOK:
-                    w = codebook[codes[co0 + j, c]]
-                else:
-                    w = np.float32(q[co0 + j, c]) - zp[co0 + j]  # exact; the scale is applied once per output
+            w = _weight_kernel(wkind, co0 + j, c, w2d, codes, codebook, q, zp) if j < nco else np.float32(0.0)
             wb[n, j] = w
             keep = keep or w != 0.0
         if keep:
@@ -807,9 +759,7 @@ def _conv_blocked(x, geo, wkind, w2d, codes, codebook, q, zp, scales, bias, ep, 
 
 _conv_blocked_kernel, _conv_blocked_parallel_kernel = _serial_and_parallel(_conv_blocked)
 _conv_sparse_kernel, _conv_sparse_parallel_kernel = _serial_and_parallel(_conv_sparse)
-_conv_codebook_kernel, _conv_codebook_parallel_kernel = _serial_and_parallel(_conv_codebook)
-_conv_int8_kernel, _conv_int8_parallel_kernel = _serial_and_parallel(_conv_int8)
-_conv_dense_direct_kernel, _conv_dense_direct_parallel_kernel = _serial_and_parallel(_conv_dense_direct)
+_conv_taps_kernel, _conv_taps_parallel_kernel = _serial_and_parallel(_conv_taps)
 
 
 @njit(cache=True)
@@ -953,28 +903,22 @@ def bind_conv(x: np.ndarray, prepared: PreparedConv, bias, attrs: dict, out: np.
                 row.append((oy0, oy1, p0, p1, flat[: cols * (p1 - p0)].reshape(cols, p1 - p0), out3[b][:, p0:p1]))
             bands.append(tuple(row))
         return _im2col_run, (x2, geo, tuple(bands), a["w2d"], out3, bias_v, ep, chain, save, finish)
-    if geo[_BLOCKED]:
-        fn = _conv_blocked_parallel_kernel if parallel else _conv_blocked_kernel
-        e2, e8 = _EMPTY_CODES, _EMPTY_Q
-        if prepared.kind == "dense":
-            wargs = (W_DENSE, a["w2d"], e2, _EMPTY_F32, e8, _EMPTY_F32, _EMPTY_F32)
-        elif prepared.kind == "codebook":
-            wargs = (W_CODEBOOK, _EMPTY_W2D, a["codes"], a["codebook"], e8, _EMPTY_F32, a["scales"])
-        else:
-            wargs = (W_INT8, _EMPTY_W2D, e2, _EMPTY_F32, a["q"], a["zp"], a["scales"])
-        return fn, (x2, geo) + wargs + (bias_v, ep, chain, out2, scratch)
     if prepared.kind == "sparse":
         fn = _conv_sparse_parallel_kernel if parallel else _conv_sparse_kernel
         return fn, (x2, geo, a["group_of"], a["indptr"], a["columns"], a["codes"], a["codebook"], a["scales"],
                     bias_v, ep, chain, out2, scratch)
-    if prepared.kind == "codebook":
-        fn = _conv_codebook_parallel_kernel if parallel else _conv_codebook_kernel
-        return fn, (x2, geo, a["group_of"], a["codes"], a["codebook"], a["scales"], bias_v, ep, chain, out2, scratch)
-    if prepared.kind == "int8":
-        fn = _conv_int8_parallel_kernel if parallel else _conv_int8_kernel
-        return fn, (x2, geo, a["group_of"], a["q"], a["zp"], a["scales"], bias_v, ep, chain, out2, scratch)
-    fn = _conv_dense_direct_parallel_kernel if parallel else _conv_dense_direct_kernel
-    return fn, (x2, geo, a["group_of"], a["w2d"], bias_v, ep, chain, out2, scratch)
+    e2, e8 = _EMPTY_CODES, _EMPTY_Q
+    if prepared.kind == "dense":
+        wargs = (W_DENSE, a["w2d"], e2, _EMPTY_F32, e8, _EMPTY_F32, _EMPTY_F32)
+    elif prepared.kind == "codebook":
+        wargs = (W_CODEBOOK, _EMPTY_W2D, a["codes"], a["codebook"], e8, _EMPTY_F32, a["scales"])
+    else:
+        wargs = (W_INT8, _EMPTY_W2D, e2, _EMPTY_F32, a["q"], a["zp"], a["scales"])
+    if geo[_BLOCKED]:
+        fn = _conv_blocked_parallel_kernel if parallel else _conv_blocked_kernel
+        return fn, (x2, geo) + wargs + (bias_v, ep, chain, out2, scratch)
+    fn = _conv_taps_parallel_kernel if parallel else _conv_taps_kernel
+    return fn, (x2, geo, a["group_of"]) + wargs + (bias_v, ep, chain, out2, scratch)
 
 
 def conv(x: np.ndarray, prepared: PreparedConv, bias, attrs: dict, out: np.ndarray,
