@@ -11,7 +11,7 @@
 # builds the wheel and packs the models), chosen by $EDGEPACK_HOST_PYTHON, else `python` on PATH.
 #
 # The arm64 Debian root (python3, python3-venv, and a wheelhouse of aarch64 wheels from PyPI: numpy, numba,
-# llvmlite, threadpoolctl, pytest, hypothesis) is built once with debootstrap (~10 min, ~800 MB) and cached as a
+# llvmlite, threadpoolctl, pytest, hypothesis) is built once with debootstrap (10-20 min; ~400 MB, a 200 MB tarball) and cached as a
 # tarball outside the repository: $EDGEPACK_ARM64_CACHE, else ~/.cache/edgepack/arm64/. Each run unpacks a fresh
 # copy of it, so runs do not see each other's venvs or Numba caches.
 #
@@ -103,7 +103,7 @@ build_root() {
     t0=$(date +%s)
     mkdir -p "$CACHE"
     rm -rf --one-file-system "$tmp"
-    say "debootstrap --arch=arm64 $SUITE from $(mirror) (once; ~10 min)"
+    say "debootstrap --arch=arm64 $SUITE from $(mirror) (once; 10-20 min)"
     debootstrap --arch=arm64 --variant=minbase --include=python3,python3-venv,ca-certificates \
         "$SUITE" "$tmp" "$(mirror)" > "$CACHE/debootstrap.log" 2>&1 \
         || die "debootstrap failed; see $CACHE/debootstrap.log"
@@ -240,4 +240,4 @@ if [ "$PARITY_RC" != 0 ] || [ "$P_FAILED" != 0 ]; then
     echo "arm64 check: FAIL — $P_FAILED of $P_RUNS parity runs differ from x86 beyond rtol 1e-5 (see $OUT/logs/parity.log); $VERSIONS; ${SECS} s"
     exit 1
 fi
-echo "arm64 check: PASS — $N_TESTS runtime tests passed, $P_MODELS models x $P_RUNS runs (layer modes default/compact/streamed/budget) equal to x86 within rtol 1e-5 of each output's max (max rel diff $P_REL, max abs $P_ABS; $P_IDENT of $P_RUNS bit-identical), $VERSIONS, NUMBA_CPU_NAME=$CPU, ${SECS} s (results: $OUT)"
+echo "arm64 check: PASS — $N_TESTS runtime tests passed, $P_MODELS models in $P_RUNS model x layer-mode runs (default/compact/streamed/budget) equal to x86 within rtol 1e-5 of each output's max (max rel diff $P_REL, max abs $P_ABS; $P_IDENT of $P_RUNS bit-identical), $VERSIONS, NUMBA_CPU_NAME=$CPU, ${SECS} s (results: $OUT)"
