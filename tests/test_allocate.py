@@ -199,7 +199,7 @@ def test_sensitivity_is_the_model_error_measured_at_every_option(mlp):
             g2.initializers = {**g.initializers, name: o.encoded.reference}
             y = session(graph_to_onnx(g2)).run(None, {"x": held})[0].astype(np.float64)
             raw.append(np.linalg.norm(y - ref) / np.linalg.norm(ref))
-        assert layer.measured == pytest.approx(list(np.maximum.accumulate(raw)), rel=1e-6, abs=1e-9)
+        assert layer.measured == pytest.approx(list(np.maximum.accumulate(raw)), rel=1e-4, abs=1e-7)  # float32 sums
         assert layer.measured[-1] > layer.measured[0]
         assert layer.model_error(len(layer.options) - 1) == layer.measured[-1]
 
@@ -211,3 +211,35 @@ def test_greedy_path_follows_the_measured_model_errors():
     assert greedy_path({"a": a, "b": b})[0] == "a"
     a.measured, b.measured = [0.001, 0.5], [0.001, 0.01]
     assert greedy_path({"a": a, "b": b})[0] == "b"
+
+
+def test_scan_offers_per_row_scales_on_the_pareto_chain(mlp):
+    """Each width with and without per-row scales (the "auto" test only looks at weight errors and declines rows
+    within 4x of each other): the chain holds exactly the options no other of the two families beats in both bytes
+    and layer error, re-encoded here independently."""
+    import copy
+
+    from edgepack.packer.allocate import layer_error
+    from edgepack.packer.calibration import layer_statistics
+    from edgepack.packer.encode import fits_float16
+    from edgepack.packer.onnx_io import load_onnx
+    from edgepack.packer.pipeline import plan_settings, tensor_encoder, weight_tensors
+
+    g = copy.copy(load_onnx(mlp))
+    w1 = g.initializers["w1"]
+    rows = np.exp(np.linspace(0, np.log(3.5), w1.shape[0])).astype(np.float32)  # rows within 4x
+    g.initializers = {**g.initializers, "w1": w1 * rows[:, None]}
+    stats = layer_statistics(g, weight_tensors(g), [{"x": _calib()}])
+    settings = plan_settings(g, {}, {})
+    enc = tensor_encoder(g, stats)
+    layers = scan(g, {"w1": settings["w1"]}, enc, stats, widths=(4, 3))
+    s, dbits = settings["w1"]
+    half = "float16" if fits_float16(g.initializers["w1"]) else s.codebook_dtype
+    cands = [enc("w1", LayerSettings(encoding="int8"), dbits)]
+    cands += [enc("w1", LayerSettings(bits=b, codebook_dtype=half, channel_scales=c), dbits)
+              for b in (4, 3) for c in ("auto", True)]
+    pts = {(e.nbytes, layer_error(g.initializers["w1"], e.reference, stats["w1"])) for e in cands}
+    pareto = {p for p in pts if not any(q != p and q[0] <= p[0] and q[1] <= p[1] for q in pts)}
+    got = {(o.encoded.nbytes, o.error) for o in layers["w1"].options}
+    assert got == pareto
+    assert any(o.encoded.stats.get("row_scales") for o in layers["w1"].options)
