@@ -240,4 +240,5 @@ if [ "$PARITY_RC" != 0 ] || [ "$P_FAILED" != 0 ]; then
     echo "arm64 check: FAIL — $P_FAILED of $P_RUNS parity runs differ from x86 beyond rtol 1e-5 (see $OUT/logs/parity.log); $VERSIONS; ${SECS} s"
     exit 1
 fi
-echo "arm64 check: PASS — $N_TESTS runtime tests passed, $P_MODELS models in $P_RUNS model x layer-mode runs (default/compact/streamed/budget) equal to x86 within rtol 1e-5 of each output's max (max rel diff $P_REL, max abs $P_ABS; $P_IDENT of $P_RUNS bit-identical), $VERSIONS, NUMBA_CPU_NAME=$CPU, ${SECS} s (results: $OUT)"
+if [ "$N_TESTS" = skipped ]; then TESTS_PART="runtime tests skipped (--skip-tests)"; else TESTS_PART="$N_TESTS runtime tests passed"; fi
+echo "arm64 check: PASS — $TESTS_PART, $P_MODELS models in $P_RUNS model x layer-mode runs (default/compact/streamed/budget) equal to x86 within rtol 1e-5 of each output's max (max rel diff $P_REL, max abs $P_ABS; $P_IDENT of $P_RUNS bit-identical), $VERSIONS, NUMBA_CPU_NAME=$CPU, ${SECS} s (results: $OUT)"
