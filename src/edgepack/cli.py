@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 
 from edgepack.runtime.errors import EdgepackError
@@ -476,71 +477,27 @@ def _broken_pipe() -> int:
     return 128 + getattr(signal, "SIGPIPE", 13)
 
 
-def _positive(text: str) -> int:
-    try:
-        n = int(text)
-    except ValueError:
-        n = 0
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, found {text!r}")
-    return n
+def _arg_type(cast, ok, need: str):
+    """An argparse type: `cast` the text (int or float), keep it if ok(value), else an argparse error that says what
+    the flag needs and what it was given (argparse prefixes the flag's name)."""
+    def parse(text: str):
+        try:
+            value = cast(text)
+        except ValueError:
+            value = None
+        if value is None or not ok(value):
+            raise argparse.ArgumentTypeError(f"must be {need}, found {text!r}")
+        return value
+
+    return parse
 
 
-def _count(text: str) -> int:
-    """argparse type of a count that may be 0 (--repeat)."""
-    try:
-        n = int(text)
-    except ValueError:
-        n = -1
-    if n < 0:
-        raise argparse.ArgumentTypeError(f"must be a whole number >= 0, found {text!r}")
-    return n
-
-
-def _fraction(text: str) -> float:
-    """argparse type of demo's --sparsity: checked before minutes of training, not after."""
-    try:
-        f = float(text)
-    except ValueError:
-        f = float("nan")
-    if not 0 <= f < 1:
-        raise argparse.ArgumentTypeError(f"must be a number in [0, 1), found {text!r}")
-    return f
-
-
-def _bits(text: str) -> int:
-    try:
-        b = int(text)
-    except ValueError:
-        b = 0
-    if not 1 <= b <= 16:
-        raise argparse.ArgumentTypeError(f"must be a whole number in 1..16, found {text!r}")
-    return b
-
-
-def _ratio(text: str) -> float:
-    """argparse type of --target-ratio: a finite number > 0."""
-    import math
-
-    try:
-        r = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a number, e.g. 8, found {text!r}") from None
-    if not math.isfinite(r) or r <= 0:
-        raise argparse.ArgumentTypeError(f"must be a finite number > 0, e.g. 8, found {text!r}")
-    return r
-
-
-def _max_error(text: str) -> float:
-    import math
-
-    try:
-        e = float(text)
-    except ValueError:
-        e = math.nan
-    if not math.isfinite(e) or e < 0:
-        raise argparse.ArgumentTypeError(f"must be a finite relative L2 error >= 0 (e.g. 0.01), found {text!r}")
-    return e
+_positive = _arg_type(int, lambda n: n >= 1, "a whole number >= 1")
+_count = _arg_type(int, lambda n: n >= 0, "a whole number >= 0")  # --repeat: 0 is one untimed run
+_fraction = _arg_type(float, lambda f: 0 <= f < 1, "a number in [0, 1)")  # demo's --sparsity, before any training
+_bits = _arg_type(int, lambda b: 1 <= b <= 16, "a whole number in 1..16")
+_ratio = _arg_type(float, lambda r: math.isfinite(r) and r > 0, "a finite number > 0, e.g. 8")  # --target-ratio
+_max_error = _arg_type(float, lambda e: math.isfinite(e) and e >= 0, "a finite relative L2 error >= 0 (e.g. 0.01)")
 
 
 def _add_threads_flags(sub) -> None:
