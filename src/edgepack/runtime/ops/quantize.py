@@ -84,8 +84,9 @@ def _run_dequantize(inputs, attrs, outputs):
     x, scale = inputs[0], inputs[1]
     zp = inputs[2] if len(inputs) > 2 else None
     out = outputs[0]
-    axis = _dequantize_axis([a if a is None else a.shape for a in inputs], attrs)
-    if axis is not None:
+    # infer() validated the shapes and attributes (OpDef: run does not re-validate); per-axis iff a 1-D scale of > 1
+    if scale.ndim == 1 and scale.shape[0] != 1:
+        axis = normalize_axis(int_attr(attrs, "axis", 1), x.ndim)
         shape = [1] * x.ndim
         shape[axis] = -1
         scale = scale.reshape(shape)
