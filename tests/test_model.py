@@ -452,3 +452,25 @@ def test_cli_run(tmp_path, packed, capsys):
     capsys.readouterr()
     assert main(["run", path, "--input", str(tmp_path / "x.npy"), "--budget", "1KiB"]) == 2
     assert "too small" in capsys.readouterr().err
+
+
+def test_profile_times_every_step(tmp_path, packed, capsys):
+    """Model.profile: one row per step in run order (a fused activation is part of its layer's step), positive
+    medians, the inputs checked as in run; `edgepack run --profile N` prints the op totals and the N slowest."""
+    path = packed("lenet300", 0.92, 6)
+    model = runtime.load(path)
+    x = inputs_for(model, 2, seed=3)["x"]
+    rows = model.profile(x, repeat=3)
+    steps = [n for n in model._program.nodes if n["name"] not in model._program.absorbed]
+    assert [r[0] for r in rows] == [n["name"] for n in steps]
+    assert all(s > 0 for _, _, s in rows)
+    assert any("+" in op for _, op, _ in rows)  # LeNet's Gemm runs the Relu after it
+    np.testing.assert_array_equal(model.run(x)["y"], runtime.load(path).run(x)["y"])  # profiling left no trace
+    with pytest.raises(InputError, match="repeat"):
+        model.profile(x, repeat=0)
+    with pytest.raises(InputError):
+        model.profile(np.full_like(x, np.nan))
+    np.save(tmp_path / "x.npy", x)
+    assert main(["run", path, "--input", str(tmp_path / "x.npy"), "--repeat", "2", "--profile", "2"]) == 0
+    text = capsys.readouterr().out
+    assert f"profile: {len(rows)} steps" in text and "slowest 2 steps:" in text and "Gemm" in text

@@ -112,6 +112,23 @@ def _read_inputs(path: str, what: str = "input"):
     return read_arrays(path, what)
 
 
+def _print_profile(rows: list[tuple], top: int) -> None:
+    from edgepack.runtime.summary import printable
+
+    total = sum(s for _, _, s in rows) or 1e-12
+    print(f"profile: {len(rows)} steps, {1e3 * total:.3f} ms in all (median per step)")
+    by_op: dict[str, list] = {}
+    for _, op, s in rows:
+        e = by_op.setdefault(op.split("+")[0], [0, 0.0])
+        e[0] += 1
+        e[1] += s
+    for op, (n, s) in sorted(by_op.items(), key=lambda kv: -kv[1][1]):
+        print(f"  {printable(op):<24} {n:4d} steps {1e3 * s:9.3f} ms {100 * s / total:5.1f}%")
+    print(f"slowest {min(top, len(rows))} steps:")
+    for name, op, s in sorted(rows, key=lambda r: -r[2])[:top]:
+        print(f"  {1e3 * s:9.3f} ms {100 * s / total:5.1f}%  {printable(op)}  {printable(name)}")
+
+
 def cmd_run(a: argparse.Namespace) -> int:
     import time
 
@@ -158,6 +175,8 @@ def cmd_run(a: argparse.Namespace) -> int:
         print(f"latency over {len(times)} runs ({threads}): median {np.median(t):.1f} us, min {t.min():.1f} us, "
               f"max {t.max():.1f} us; {batch / (np.median(t) * 1e-6):.0f} samples/s at batch {batch}")
     print(model.plan_for(shapes).table())
+    if a.profile:
+        _print_profile(model.profile(x, repeat=max(1, a.repeat)), a.profile)
     if a.output:
         import io
 
@@ -359,6 +378,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "--threads says otherwise)")
     s.add_argument("--threads", type=_positive, metavar="N", help="at most N threads, numpy's BLAS included (default 1; "
                    "N > 1 uses the Numba-parallel kernels on N threads)")
+    s.add_argument("--profile", type=_positive, nargs="?", const=15, metavar="N",
+                   help="time every node (median of the --repeat runs) and print the N slowest (default 15) with "
+                   "the time per op type")
     s.set_defaults(func=cmd_run)
 
     s = sub.add_parser("verify", help="check a packed file completely without running it (exit 2 on any problem)")

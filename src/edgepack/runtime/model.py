@@ -428,6 +428,23 @@ class Model:
         plan = self._exec_plan({k: v.shape for k, v in feeds.items()})
         return executor.execute(self._program, plan, feeds)
 
+    def profile(self, inputs, *, repeat: int = 10) -> list[tuple]:
+        """Time every step of a run: [(node name, op, seconds: the median of `repeat` runs), ...] in run order. A
+        layer that runs the activation or elementwise chain after it is one step, its op written "Conv+name". The
+        inputs are checked as in run(); the threads are the model's, as in run()."""
+        if not isinstance(repeat, int) or isinstance(repeat, bool) or repeat < 1:
+            raise InputError(f"profile: repeat must be a whole number >= 1, got {repeat!r}")
+        limit = self._limit
+        with self._lock:
+            prev = limit.enter()
+            try:
+                feeds = self._check_inputs(inputs, True)
+                plan = self._exec_plan({k: v.shape for k, v in feeds.items()})
+                executor.execute(self._program, plan, feeds)  # the first run compiles or loads the kernels
+                return executor.profile(self._program, plan, feeds, repeat)
+            finally:
+                limit.exit(prev)
+
     def _check_inputs(self, inputs, check_finite: bool) -> dict[str, np.ndarray]:
         names = [name for name, _ in self.inputs]
         if not isinstance(inputs, dict):
