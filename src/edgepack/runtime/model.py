@@ -126,7 +126,7 @@ def _load(source, memory_budget, parallel: bool, batch: int, layer_modes, limit:
         if o["name"] not in consts and o["dtype"] != "float32":
             raise UnsupportedError(f"{where}: graph output '{o['name']}' is {o['dtype']}; this runtime computes in "
                                    f"float32 only")
-    input_shapes = _declared_shapes(decls, batch)
+    input_shapes = declared_shapes(decls, batch)
     shapes = executor.infer_shapes(program, input_shapes)
 
     # Options per layer, then the fit, then the layers in their chosen modes.
@@ -185,7 +185,9 @@ def _drop_unallocatable(spec, where: str) -> None:
     spec.options = kept
 
 
-def _declared_shapes(decls, batch: int) -> dict[str, tuple]:
+def declared_shapes(decls, batch: int) -> dict[str, tuple]:
+    """{input name: shape} for declared inputs [(name, dims)]: a named (dynamic) dimension becomes `batch` when it is
+    the first, else 1; the shapes a model is planned for when no input has been seen."""
     out = {}
     for name, shape in decls:
         out[name] = tuple(d if isinstance(d, int) else (batch if i == 0 else 1) for i, d in enumerate(shape))

@@ -21,11 +21,11 @@ def warm(source, memory_budget=None, *, layer_modes=None, parallel: bool = False
     own (FormatError, BudgetError, ...)."""
     import numpy as np
 
-    from edgepack.runtime.model import _declared_shapes, load
+    from edgepack.runtime.model import declared_shapes, load
 
     t0 = time.perf_counter()
     model = load(source, memory_budget, parallel, batch=batch, layer_modes=layer_modes, threads=threads)
-    shapes = _declared_shapes(model.inputs, batch)
+    shapes = declared_shapes(model.inputs, batch)
     model.run({name: np.zeros(shape, np.float32) for name, shape in shapes.items()}, check_finite=False)
     return time.perf_counter() - t0
 
