@@ -353,6 +353,50 @@ def test_thresholds_route_to_every_kernel():
     assert all(1 < v <= 13 for v in L.DECODE_MIN_BATCH.values())
 
 
+@pytest.mark.parametrize("n", [517, 518, 519, 520])  # every remainder of the kernel's four-row blocks
+@pytest.mark.parametrize("batch", [3, 4, 5, 22, 64])  # every remainder of its three-sample blocks, both ends
+def test_dense_dot_kernel_matches_numpy(n, batch):
+    """Mid-size float32 weights held as W (n, k) at batch 3..64 run in the dot-product kernel: alpha, beta, bias and
+    a fused Clip as numpy computes them; the parallel build gives the same bits; W is read, never written."""
+    from edgepack.runtime.ops.elementwise import ACT_CLIP
+    rng = np.random.default_rng(n * 100 + batch)
+    k = 260
+    w = make_weight("dense", n, k, rng, density=1.0)
+    w.array.flags.writeable = False
+    prepared = prepare_linear(w, True)
+    assert L.uses_dense_dot(batch, n, k)
+    x = rng.standard_normal((batch, k)).astype(np.float32)
+    bias = rng.standard_normal(n).astype(np.float32)
+    outs = []
+    for parallel in (False, True):
+        out = np.full((batch, n), np.nan, np.float32)
+        fn, _ = L.bind_linear(x, prepared, bias, 0.5, -2.0, out, None, parallel, (ACT_CLIP, -3.0, 4.0))
+        assert fn in (L._dense_dot_kernel, L._dense_dot_parallel_kernel)
+        linear(x, prepared, bias, 0.5, -2.0, out, None, parallel, (ACT_CLIP, -3.0, 4.0))
+        outs.append(out)
+    ref = np.clip(reference(x, w.array, bias, 0.5, -2.0), -3.0, 4.0)
+    check_close(outs[0], ref)
+    np.testing.assert_array_equal(outs[0], outs[1])
+
+
+def test_dense_dot_kernel_thresholds():
+    """Outside the dot kernel's batch range or below its weight count, dense layers go to BLAS / the row kernel, and
+    give the same result as numpy either way."""
+    rng = np.random.default_rng(21)
+    lo, hi = L.DENSE_DOT_BATCH
+    assert 1 < lo <= hi < 256
+    big = make_weight("dense", 520, 260, rng, density=1.0)
+    small = make_weight("dense", 30, 40, rng, density=1.0)
+    assert 520 * 260 >= L.DENSE_DOT_MIN_WEIGHTS > 30 * 40
+    for w, batch, expect_dot in ((big, lo - 1, False), (big, lo, True), (big, hi, True), (big, hi + 1, False),
+                                 (small, lo, False), (small, hi, False)):
+        x = rng.standard_normal((batch, w.cols)).astype(np.float32)
+        out = np.empty((batch, w.rows), np.float32)
+        fn, _ = L.bind_linear(x, prepare_linear(w, True), None, 1.0, 0.0, out)
+        assert (fn is L._dense_dot_kernel) == expect_dot, (w.shape, batch)
+        check_close(run_linear(w, True, x, None), reference(x, w.array, None, 1.0, 1.0))
+
+
 @pytest.mark.parametrize("kind", KINDS)
 def test_read_only_weights_and_inputs(kind):
     """The reader hands out read-only views of a memory-mapped file; kernels must accept them."""

@@ -136,6 +136,22 @@ def test_shapes(shape):
         check(op, make_inputs(op, seq, batch, n_in, hid, peep=op == "LSTM"), {"hidden_size": hid})
 
 
+@pytest.mark.parametrize("op", ["LSTM", "GRU"])
+@pytest.mark.parametrize("direction,layout", [("forward", 0), ("reverse", 1), ("bidirectional", 0),
+                                              ("bidirectional", 1)])
+@pytest.mark.parametrize("seq,batch", [(1, 1), (3, 1), (11, 2)])
+def test_wide_inputs_projection_kernels(op, direction, layout, seq, batch):
+    """Input weights wide enough for runtime/ops/linear.py's dot-product kernel (at 3..64 rows of steps x batch; BLAS
+    at one row) give onnxruntime's outputs."""
+    from edgepack.runtime.ops.linear import uses_dense_dot
+    hid, n_in = 48, 920
+    ins = make_inputs(op, seq, batch, n_in, hid, direction=direction, layout=layout)
+    ins[1] = ins[1] * np.float32(0.05)  # pre-activations of order 1, not saturated
+    ins[2] = ins[2] * np.float32(0.2)  # a contracting recurrence: rounding differences do not grow step by step
+    assert uses_dense_dot(seq * batch, GATES[op] * hid, n_in) == (seq * batch > 1)
+    check(op, ins, {"direction": direction, "hidden_size": hid, "layout": layout}, atol=1e-5)
+
+
 def test_empty_dimensions():
     # no steps: Y is empty, Y_h / Y_c are zero, as for a sequence_lens of 0 (onnxruntime returns uninitialised
     # memory for an LSTM and aborts the process for a GRU: no reference); no input features: only R acts.

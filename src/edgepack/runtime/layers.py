@@ -42,6 +42,9 @@ CODES_MAC_S = 0.6e-9  # dense-codes (codebook) multiply-add, batch 1
 DECODE_ELEMENT_S = 1.5e-9  # per weight element when codes are expanded block by block for BLAS (batch >= 2)
 BLAS_GEMV_MAC_S = 0.045e-9  # float32 matrix-vector multiply-add
 BLAS_GEMM_MAC_S = 0.015e-9  # float32 matrix-matrix multiply-add
+DENSE_DOT_MAC_S = 0.03e-9  # float32 multiply-add of linear.py's dot-product kernel (linear_ops.uses_dense_dot: 3-64
+# rows, weights too large for cache; 8210 x 1024 at 22 rows: 5.5-6.5 ms, where BLAS took 10-11 ms, not the 2.8 ms
+# BLAS_GEMM_MAC_S fits on LeNet's cached weights)
 BLOCKED_TAP_S = 0.025e-9  # one tap at one output position, blocked direct convolution (four output channels a
 # pass, runtime/ops/conv_blocked.py; ~80 GFLOP/s measured on the 3x3 layers of ddddocr's detector, like BLAS)
 CONV_TAP_S = 0.06e-9  # one weight tap at one output position, compact direct convolution (any stride: strided
@@ -1280,6 +1283,8 @@ class LayerSpec:
         n, k = w.rows, w.cols  # the cost does not depend on which of them is the output
         mac = BLAS_GEMV_MAC_S if batch == 1 else BLAS_GEMM_MAC_S
         if mode == "dense":
+            if self._trans_b() and linear_ops.uses_dense_dot(batch, n, k):  # held as W (n, k)
+                mac = DENSE_DOT_MAC_S
             return DENSE_PENALTY * (CALL_S + batch * n * k * mac)
         if mode == "csr":
             return CALL_S + batch * w.nnz * STREAM_MAC_S

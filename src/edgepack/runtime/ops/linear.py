@@ -31,19 +31,26 @@ DECODE_ROWS = 64
 # Dense float32 layers up to this many multiply-adds per call run in a Numba kernel instead of BLAS, whose call
 # alone costs about a microsecond: W (n, k) rows are summed four at a time, W^T (k, n) columns in SIMD.
 DENSE_KERNEL_MAX_MACS = {"w": 4096, "wt": 32768}
+# Float32 layers held as W (n, k) with at least DENSE_DOT_MIN_WEIGHTS weights run in the dot-product kernel at batch
+# sizes DENSE_DOT_BATCH[0]..[1]: there numpy's BLAS repacks W at every call (measured on the dev VM for 300 x 784 to
+# 8210 x 1024: 1.1-3x slower at batch 3..64; at batch 1-2 BLAS's own vector paths and from batch ~128 its packed
+# kernels win; smaller weights stay in cache and BLAS wins).
+DENSE_DOT_BATCH = (3, 64)
+DENSE_DOT_MIN_WEIGHTS = 1 << 17
 # Batch rows per BLAS call in the decode path: bounds the scratch for any batch size.
 DECODE_BATCH_CHUNK = 256
 
 _EMPTY_F32 = np.zeros(0, dtype=np.float32)
 
 
-def _serial_and_parallel(fn):
+def _serial_and_parallel(fn, fastmath=()):
     """Compile one undecorated kernel twice. The twin gets its own qualname because Numba's cache index ignores
     target options: without it the parallel build would load the serial machine code from the cache."""
     twin = types.FunctionType(fn.__code__, fn.__globals__, fn.__name__ + "_parallel", fn.__defaults__,
                               fn.__closure__)
     twin.__qualname__ = fn.__qualname__ + "_parallel"
-    return njit(cache=True)(fn), njit(cache=True, parallel=True)(twin)
+    fm = set(fastmath) if fastmath else False
+    return njit(cache=True, fastmath=fm)(fn), njit(cache=True, parallel=True, fastmath=fm)(twin)
 
 
 _KERNEL_ARGS = {
@@ -442,6 +449,54 @@ def _dense_rows_kernel(x, w, bias, ep, out):
         _dense_epilogue_kernel(o, bias, ep)
 
 
+def _dense_dot(x, w, bias, ep, out, nblocks):
+    """Mid-size float32 layers held as W (n, k): out[b, n] = act(alpha * dot(x[b], w[n]) + beta * bias[n]) as 4
+    weight rows x 3 samples of dot products at a time, their 12 sums vectorised over k (reassociated: the order is
+    fixed at compile time, so runs give the same bits). The 4 rows stay in L1 while every sample passes; W is read
+    once per call. Row and sample tails clamp their indices to the last one (recomputed, stored once). At 22 x 1024
+    -> 8210 (ddddocr's classifier) 1.9x numpy's BLAS on the dev VM, which repacks W on every call. Block p of
+    nblocks (weight rows p * 4 * ... in order) is independent: the parallel build runs blocks on threads."""
+    bsz, k_in = x.shape
+    n_out = w.shape[0]
+    quads = (n_out + 3) // 4
+    per = (quads + nblocks - 1) // nblocks
+    for p in prange(nblocks):
+        for q in range(p * per, min(quads, p * per + per)):
+            n = 4 * q
+            n1, n2, n3 = min(n + 1, n_out - 1), min(n + 2, n_out - 1), min(n + 3, n_out - 1)
+            w0, w1, w2, w3 = w[n], w[n1], w[n2], w[n3]
+            for b in range(0, bsz, 3):
+                b1, b2 = min(b + 1, bsz - 1), min(b + 2, bsz - 1)
+                x0, x1, x2 = x[b], x[b1], x[b2]
+                a00 = a01 = a02 = a10 = a11 = a12 = np.float32(0.0)
+                a20 = a21 = a22 = a30 = a31 = a32 = np.float32(0.0)
+                for i in range(k_in):
+                    u0, u1, u2 = x0[i], x1[i], x2[i]
+                    v0, v1, v2, v3 = w0[i], w1[i], w2[i], w3[i]
+                    a00 += u0 * v0
+                    a01 += u1 * v0
+                    a02 += u2 * v0
+                    a10 += u0 * v1
+                    a11 += u1 * v1
+                    a12 += u2 * v1
+                    a20 += u0 * v2
+                    a21 += u1 * v2
+                    a22 += u2 * v2
+                    a30 += u0 * v3
+                    a31 += u1 * v3
+                    a32 += u2 * v3
+                # duplicates (clamped indices) store the same value again
+                out[b, n], out[b1, n], out[b2, n] = a00, a01, a02
+                out[b, n1], out[b1, n1], out[b2, n1] = a10, a11, a12
+                out[b, n2], out[b1, n2], out[b2, n2] = a20, a21, a22
+                out[b, n3], out[b1, n3], out[b2, n3] = a30, a31, a32
+            for b in range(bsz):
+                _dense_epilogue_kernel(out[b, n: n + 4], bias[n: n + 4] if bias.shape[0] != 0 else bias, ep)
+
+
+_dense_dot_kernel, _dense_dot_parallel_kernel = _serial_and_parallel(_dense_dot, fastmath=("reassoc", "contract"))
+
+
 @njit(cache=True)
 def _dense_cols_kernel(x, wt, bias, ep, out):
     """Small float32 layers held as W^T (k, n): out[b] = act(alpha * sum_k x[b, k] * wt[k] + beta * bias),
@@ -527,6 +582,13 @@ def _slots(batch: int, parallel: bool) -> int:
     if not parallel:
         return 1
     return max(1, min(_num_threads(), (batch + TILE - 1) // TILE))
+
+
+def uses_dense_dot(batch: int, n: int, k: int) -> bool:
+    """Whether a float32 weight held as W (n, k) runs in the dot-product kernel at this batch size (else BLAS or,
+    below DENSE_KERNEL_MAX_MACS, the strict-order row kernel)."""
+    return (DENSE_DOT_BATCH[0] <= batch <= DENSE_DOT_BATCH[1] and n * k >= DENSE_DOT_MIN_WEIGHTS
+            and batch * n * k > DENSE_KERNEL_MAX_MACS["w"])
 
 
 def linear_scratch_bytes(batch: int, prepared: PreparedLinear, parallel: bool = False) -> int:
@@ -620,6 +682,10 @@ def bind_linear(x: np.ndarray, prepared: PreparedLinear, bias, alpha: float, bet
         if "w" in a:
             if macs <= DENSE_KERNEL_MAX_MACS["w"]:
                 return _dense_rows_kernel, (x, a["w"], bias_vec, ep, out)
+            if uses_dense_dot(bsz, prepared.n, prepared.k):
+                nblocks = max(1, min(_num_threads(), (prepared.n + 3) // 4)) if parallel else 1
+                fn = _dense_dot_parallel_kernel if parallel else _dense_dot_kernel
+                return fn, (x, a["w"], bias_vec, ep, out, nblocks)
             wmat = a["w"].T
         else:
             if macs <= DENSE_KERNEL_MAX_MACS["wt"]:

@@ -19,7 +19,9 @@ import numpy as np
 from numba import njit
 
 from edgepack.runtime.errors import FormatError, UnsupportedError
+from edgepack.runtime.ops.linear import bind_linear, prepare_linear
 from edgepack.runtime.ops.registry import OpDef, check_arity, float_attr, int_attr
+from edgepack.runtime.weights import DenseWeight
 
 # activation codes of the kernels
 _ACTS = {"sigmoid": 0, "tanh": 1, "relu": 2, "softsign": 3, "softplus": 4}
@@ -337,20 +339,26 @@ def _scratch_bytes(op: str):
     return scratch_bytes
 
 
-def _project(x2, w, xw):
-    """xw[d] = x2 @ w[d]^T for every direction: the input part of every gate at every step, one BLAS call each."""
-    for d in range(w.shape[0]):
-        np.matmul(x2, w[d].T, out=xw[d])
+def _bind_projection(x2, w, xw) -> tuple:
+    """xw[d] = x2 @ w[d]^T for every direction, the input part of every gate at every step: one bound product of
+    runtime/ops/linear.py per direction (its dot-product kernel or BLAS, whichever is faster at this many rows)."""
+    return tuple(bind_linear(x2, prepare_linear(DenseWeight(w[d]), True), None, 1.0, 0.0, xw[d])
+                 for d in range(w.shape[0]))
 
 
-def _lstm_step(x2, w, xw, *args):
-    _project(x2, w, xw)
-    _lstm_kernel(xw, *args)
+def _project(products) -> None:
+    for fn, args in products:
+        fn(*args)
 
 
-def _gru_step(x2, w, xw, *args):
-    _project(x2, w, xw)
-    _gru_kernel(xw, *args)
+def _lstm_step(products, *args):
+    _project(products)
+    _lstm_kernel(*args)
+
+
+def _gru_step(products, *args):
+    _project(products)
+    _gru_kernel(*args)
 
 
 def _prepare(op: str, inputs, attrs, outputs, scratch=None):
@@ -376,14 +384,14 @@ def _prepare(op: str, inputs, attrs, outputs, scratch=None):
     outs = list(outputs) + [None] * (3 - len(outputs))
     y = outs[0] if outs[0] is not None else _EMPTY[4]
     yh = outs[1] if outs[1] is not None else _EMPTY[3]
-    x2 = x.reshape(g.seq * g.batch, g.n_in)
+    products = _bind_projection(x.reshape(g.seq * g.batch, g.n_in), w, xw)
     clip = np.float32(g.clip)  # the kernels compute in float32 throughout
     if op == "LSTM":
         c0, p = opt(6, 3), opt(7, 2)
         yc = outs[2] if outs[2] is not None else _EMPTY[3]
-        return _lstm_step, (x2, w, xw, r, b, lens, h0, c0, p, g.acts, clip, g.extra, g.reverse0, g.layout, y, yh, yc,
+        return _lstm_step, (products, xw, r, b, lens, h0, c0, p, g.acts, clip, g.extra, g.reverse0, g.layout, y, yh, yc,
                             outs[0] is not None, outs[1] is not None, outs[2] is not None, state)
-    return _gru_step, (x2, w, xw, r, b, lens, h0, g.acts, clip, g.extra, g.reverse0, g.layout, y, yh,
+    return _gru_step, (products, xw, r, b, lens, h0, g.acts, clip, g.extra, g.reverse0, g.layout, y, yh,
                        outs[0] is not None, outs[1] is not None, state)
 
 
