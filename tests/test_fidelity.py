@@ -50,8 +50,28 @@ def test_warning_without_bound(spread, tmp_path):
 def test_float16_never_overflows():
     from edgepack.packer.encode import dense, fits_float16
     assert not fits_float16(np.float32([1e6]))
-    with pytest.raises(ValueError, match="float16 cannot hold"):
+    with pytest.raises(ValueError, match="float16 cannot hold this tensor: values up to 1e[+]06 exceed"):
         dense(np.float32([1e6, 1.0]), "float16")
+
+
+def test_float16_judged_per_row_by_its_rounding_error():
+    """A trained weight with a few values below float16's subnormals (flushed to zero, an error far below the row's
+    own rounding) is held; a row whose values all lie in the subnormal range is not, and the error names it."""
+    from edgepack.packer.encode import FLOAT16_REL_ERROR, dense, fits_float16
+
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((6, 50)).astype(np.float32)
+    w[:, :3] = 1e-9
+    assert fits_float16(w)
+    rows = w.reshape(6, -1).astype(np.float64)
+    err = np.linalg.norm(rows.astype(np.float16).astype(np.float64) - rows, axis=1) / np.linalg.norm(rows, axis=1)
+    assert err.max() <= FLOAT16_REL_ERROR
+    np.testing.assert_array_equal(dense(w, "float16").reference, w.astype(np.float16).astype(np.float32))
+    w[4] = rng.standard_normal(50).astype(np.float32) * 1e-6
+    assert not fits_float16(w)
+    with pytest.raises(ValueError, match="row 4's values"):
+        dense(w, "float16")
+    assert fits_float16(np.zeros((3, 3), np.float32)) and fits_float16(np.float32([np.inf, 1.0]))
 
 
 def test_guard_prunes_less_when_pruning_causes_the_error(spread, tmp_path):
@@ -91,15 +111,15 @@ def test_prune_less_rungs():
 # --- the ladder on tensors float16 cannot hold; calibration sets; bad bounds ---------------------------------------
 
 def _tiny_mlp(tmp_path):
-    """An MLP whose first weight holds nonzeros below float16's smallest subnormal (6e-8): its codebook reference fits
-    float16, the original that a float16 rung would encode does not."""
+    """An MLP whose first weight has four rows of nonzeros below float16's smallest subnormal (6e-8): pruned, its
+    codebook reference fits float16, the original that a float16 rung would encode does not."""
     import onnx
 
     m = zoo.mlp()
     for init in m.graph.initializer:
         if init.name == "w1":
             w = onnx.numpy_helper.to_array(init).copy()
-            w[:, :4] = 1e-9
+            w[:4, :] = 1e-9
             init.CopyFrom(onnx.numpy_helper.from_array(w, "w1"))
     return zoo.save(m, tmp_path / "tiny.onnx")
 
@@ -110,13 +130,13 @@ def test_rung_that_cannot_hold_the_tensor_is_skipped(tmp_path):
     from edgepack.packer.onnx_io import load_onnx
 
     w = load_onnx(_tiny_mlp(tmp_path)).initializers["w1"]
-    s = LayerSettings(bits=2)
+    s = LayerSettings(bits=2, sparsity=0.5)  # the tiny rows are pruned: the reference holds zeros there
     enc = encode_weight(w, s, 5)
     assert fits_float16(enc.reference) and not fits_float16(w)
     assert not [x for x in _upgrades(s, enc, 5, w) if x[0] == "dense float16"]  # what is checked is what is written
     encoder = lambda name, s2, dbits: encode_weight(w, s2, dbits)  # noqa: E731
     assert _encode_rung(encoder, "w1", LayerSettings(encoding="float16"), 5) is None  # a rung that fails is skipped
-    r = pack(tmp_path / "tiny.onnx", tmp_path / "t.epk", bits=2, max_error=1e-3)
+    r = pack(tmp_path / "tiny.onnx", tmp_path / "t.epk", sparsity=0.5, bits=2, max_error=1e-3)
     assert r.fidelity.met and r.fidelity.after.rel_l2 <= 1e-3
     assert compare(tmp_path / "tiny.onnx", tmp_path / "t.epk", batch=16, seed=0).rel_l2_error <= 1e-3 + 1e-6
 

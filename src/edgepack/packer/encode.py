@@ -105,18 +105,41 @@ class Encoded:
     stats: dict = field(default_factory=dict)
 
 
+FLOAT16_MAX = 65504.0
+FLOAT16_REL_ERROR = 1e-3  # float16 rounds to nearest with 2^-11 relative error; twice that per row is its promise
+
+
+def float16_loss(w: np.ndarray) -> str | None:
+    """Why float16 cannot stand in for w, or None when it can: a finite value beyond float16's range (65504), or a
+    row (the first dimension, as the file's rows; the whole tensor if 1-D) whose relative L2 rounding error exceeds
+    FLOAT16_REL_ERROR, which happens only when the row's values are all down in float16's subnormal range (below
+    6.1e-5). Single tiny values in a row of normal ones may flush to zero: their error is below the row's rounding."""
+    a = np.asarray(w, dtype=np.float64)
+    a = np.where(np.isfinite(a), a, 0.0)
+    big = float(np.abs(a).max()) if a.size else 0.0
+    if big > FLOAT16_MAX:
+        return f"values up to {big:.3g} exceed float16's largest, {FLOAT16_MAX:g}"
+    rows = a.reshape(a.shape[0], -1) if a.ndim >= 2 else a.reshape(1, -1)
+    norm = np.sqrt((rows * rows).sum(axis=1))
+    err = np.sqrt(((rows.astype(np.float16).astype(np.float64) - rows) ** 2).sum(axis=1))
+    bad = np.flatnonzero(err > FLOAT16_REL_ERROR * norm)
+    if bad.size:
+        r = int(bad[0])
+        return (f"row {r}'s values (largest {float(np.abs(rows[r]).max()):.3g}) are below float16's normal range "
+                f"(6.1e-5): rounding them moves the row by {float(err[r] / norm[r]):.2g} relative")
+    return None
+
+
 def fits_float16(w: np.ndarray) -> bool:
-    """float16 holds these values without overflow (|w| <= 65504) and without flushing nonzeros to zero."""
-    a = np.abs(w[np.isfinite(w)])
-    nz = a[a > 0]
-    return bool(a.size == 0 or (a.max() <= 65504.0 and (nz.size == 0 or nz.min() >= 6e-8)))
+    """float16 holds w to its promised precision (float16_loss says why not)."""
+    return float16_loss(w) is None
 
 
 def dense(w: np.ndarray, storage: str | None = None) -> Encoded:
     storage = storage or w.dtype.name
-    if storage == "float16" and not fits_float16(w):
-        raise ValueError(f"float16 cannot hold this tensor (values up to {float(np.abs(w).max()):.3g}); "
-                         f"use encoding 'dense' or a codebook")
+    loss = float16_loss(w) if storage == "float16" else None
+    if loss:
+        raise ValueError(f"float16 cannot hold this tensor: {loss}; use encoding 'dense' or a codebook")
     data = np.asarray(w, dtype=np.dtype(C.DTYPES[storage]), order="C")  # keeps 0-d scalars 0-d
     ref = data.astype(w.dtype) if storage != w.dtype.name else data
     return Encoded({"type": C.ENC_DENSE, "dtype": storage, "data": data.reshape(-1)}, ref, data.nbytes,
