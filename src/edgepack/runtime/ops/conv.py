@@ -5,7 +5,9 @@ Weights run a direct convolution vectorised over output positions: each nonzero 
 (the shifted input plane) to the output plane, in tiles of output rows that stay in L1. Dense, codebook and int8
 weights do it four output channels at a time (_conv_blocked, conv_blocked.py: each window read feeds four channels),
 sparse ones and depthwise convolutions one channel at a time. Dense weights with group 1 use im2col + BLAS instead
-for 1x1 convolutions and small output planes, one band of output rows at a time (sized for L2). A fused activation
+for 1x1 convolutions and small output planes, one band of output rows at a time (sized for L2); dense 3x3 stride-1
+ones that the planner prepared in Winograd form (conv_winograd.py: the weight transformed once, 16/9 of its bytes)
+run Winograd F(2x2, 3x3) with BLAS. A fused activation
 (Relu, LeakyRelu, Clip) or an epilogue chain (EpilogueChain: the elementwise nodes after the Conv) is applied to
 each output plane or band while it is in cache. `bind_conv` checks once and returns the kernel with its arguments,
 for the executor's per-plan steps. Weight classes: runtime/weights.py.
@@ -92,6 +94,7 @@ class PreparedConv:
 
     kind "dense": w2d (cout, cols) float32.  kind "sparse": CSR indptr/columns/codes without filler entries.
     kind "codebook": codes (cout, cols).  kind "int8": q (cout, cols), zp (cout,) float32.
+    kind "winograd": u (16, cout, cin) float32, a dense 3x3 weight transformed (conv_winograd.prepare_winograd).
     scales (cout,) multiply output channels (empty when absent); group_of (cout,) is each channel's group.
     `plans` caches the geometry per input shape (the executor calls with the same shapes every run).
     """
@@ -203,12 +206,14 @@ def is_plain_1x1(x_shape: tuple, w_shape: tuple, attrs: dict) -> bool:
 
 def _path(g: dict, kind: str) -> str:
     """Which kernel runs a convolution of geometry g with a weight of this kind: "im2col" (+ BLAS), "blocked"
-    (_conv_blocked) or "taps" (the one-channel drivers).
+    (_conv_blocked), "taps" (the one-channel drivers) or "winograd" (the kind's own: conv_winograd.py).
 
     Dense group-1 weights run im2col + BLAS when 1x1 with stride 1 and no padding (the sample is its own im2col
     matrix) or the output plane is small (BLOCK_MIN_POSITIONS); every other weight of a kind that decodes to one
     value per (output channel, tap) runs the blocked kernel when a group has >= BLOCK output channels; depthwise
     and sparse weights run the one-channel tap kernels."""
+    if kind == "winograd":
+        return "winograd"
     if kind == "dense" and g["group"] == 1 and (_plain_1x1(g) or g["oh"] * g["ow"] < BLOCK_MIN_POSITIONS):
         return "im2col"
     if kind in ("dense", "codebook", "int8") and g["cout"] // g["group"] >= BLOCK:
@@ -225,7 +230,8 @@ def _layout(g: dict, kind: str, parallel: bool) -> tuple[np.ndarray, int, bool]:
     """The geometry vector (with the scratch layout filled in), the scratch bytes, and whether im2col is used.
 
     im2col needs one (cols, OH*OW) float32 matrix. The direct kernels need tap offsets (int64, per call) and per
-    slot a padded copy of one sample (when padding), an accumulator plane and one decoded row (values, offsets)."""
+    slot a padded copy of one sample (when padding), an accumulator plane and one decoded row (values, offsets).
+    Winograd: conv_winograd.layout's scratch (the vector holds only the geometry)."""
     cols = g["cin_g"] * g["kh"] * g["kw"]
     cout_g = g["cout"] // g["group"]
     path = _path(g, kind)
@@ -243,6 +249,13 @@ def _layout(g: dict, kind: str, parallel: bool) -> tuple[np.ndarray, int, bool]:
                    (_PL, "pl"), (_CIN_G, "cin_g"), (_PADDED, "padded")):
         geo[i] = g[key]
     geo[_PHASED], geo[_QH], geo[_QW], geo[_PLANE], geo[_PITCH] = phased, qh, qw, plane, pitch
+    if path == "winograd":
+        from edgepack.runtime.ops import conv_winograd  # it builds on this module
+        if not conv_winograd.eligible(g):
+            raise UnsupportedError(f"conv: a Winograd-prepared weight runs 3x3 kernels at stride 1, dilation 1, "
+                                   f"group 1 only; found kernel {g['kh']}x{g['kw']}, strides {[sh, sw]}, dilations "
+                                   f"{[g['dh'], g['dw']]}, group {g['group']}")
+        return geo, conv_winograd.layout(g, parallel)[1], False
     # one input channel per group (depthwise) on the one-channel kernels: the source is copied channel by channel
     perch = int(path == "taps" and g["cin_g"] == 1 and bool(g["padded"] or phased))
     geo[_PERCH] = perch
@@ -878,6 +891,10 @@ def bind_conv(x: np.ndarray, prepared: PreparedConv, bias, attrs: dict, out: np.
     if isinstance(act, EpilogueChain):
         chain, act = act.steps, None
     ep = epilogue(act)
+    if prepared.kind == "winograd":
+        from edgepack.runtime.ops import conv_winograd
+        return conv_winograd.bind(x, prepared, geometry(x.shape, prepared.shape, attrs), bias_v, ep, chain, out,
+                                  scratch, parallel)
     if plan.im2col:
         cols, npos = int(geo[_COLS]), int(geo[_OH] * geo[_OW])
         finish = bias_v.shape[0] != 0 or (act is not None and act[0] != ACT_NONE) or chain.shape[0] != 0

@@ -1,0 +1,284 @@
+"""Winograd F(2x2, 3x3) convolution (Lavin & Gray 2016) for dense 3x3 stride-1 group-1 Conv layers: each 2x2 block
+of outputs ("tile") is computed from the 4x4 input patch under it with 16 multiplies per (input channel, output
+channel) instead of 36, the multiplies done as 16 BLAS products.
+
+    U[k] = (G g G^T)[k]       (16, cout, cin)  once, when the layer is prepared (16/9 of the dense weight's bytes)
+    V[k] = (B^T d B)[k]       (16, cin, tiles) per band of tile rows (_input_transform)
+    M[k] = U[k] @ V[k]        (16, cout, tiles) np.matmul: BLAS, its threads limited by runtime/threads.py
+    Y    = A^T m A            2x2 outputs per tile (_output_transform), then bias, activation and the epilogue chain
+                              by runtime/ops/conv.py's _store_rows_kernel (the same epilogue every conv path runs)
+
+Tiles go in bands of whole tile rows sized so that a band's V and M (16 * (cin + cout) floats a tile) stay in L2
+between the transforms and the products (WINO_BAND_FLOATS). The transforms use only additions and subtractions
+(B and A are 0 / +-1; G's halves are applied once, to the weight, in float64): the rounding is a few float32 ulps of
+the partial sums, far inside the runtime's 1e-4 agreement with onnxruntime (tests/test_conv_winograd.py measures it
+against float64 references). F(4x4, 3x3) would take 36 products per 4x4 tile instead of 64, but its transforms
+carry factors up to 8 and fractions such as 1/6 and 1/24 in G, so its rounding grows with the values; it is not
+implemented (its error against the 1e-4 tolerance was not measured).
+
+Padding, partial tiles (odd OH / OW) and auto_pad come from conv.py's geometry: the input rows of a band are copied,
+zero-padded, into a per-slot row buffer (even and odd columns apart, so that every transform loop is a contiguous,
+vectorised run over the tiles of a row); outputs past OH / OW are computed and dropped. The parallel build splits the
+channels of each transform over threads (slot t takes channels t, t + slots, ...; the same arithmetic per value, so
+the same bits as the serial one); the products use BLAS's threads.
+"""
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+from edgepack.runtime.errors import InputError, UnsupportedError
+from edgepack.runtime.ops import conv as conv_ops
+from edgepack.runtime.ops.conv import _store_rows_kernel
+from edgepack.runtime.ops.elementwise import EP_ACT, EP_P0, EP_P1
+from edgepack.runtime.weights import DenseWeight
+
+# A band's V and M together: about this many floats (1 MiB of float32, the L2 of one core of the dev VM). Measured
+# (1 thread, benchmarks/conv_kernels.py shapes): 96 -> 96 at 52x52 ran its products at 110 GFLOP/s in bands of 78
+# tiles, 94 in bands of 156 (2 MiB) and 91 in bands of one tile row (26: BLAS's N too short); 96 -> 96 at 104x104
+# 105 in bands of one row (52 tiles), 87 in 156
+WINO_BAND_FLOATS = 1 << 18
+
+_G = np.array([[1.0, 0.0, 0.0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0.0, 0.0, 1.0]])
+
+
+def eligible(g: dict) -> bool:
+    """Whether a convolution of geometry g (conv.geometry) can run Winograd F(2x2, 3x3): a 2-D 3x3 kernel, stride 1,
+    dilation 1, group 1."""
+    return (g["kh"] == 3 and g["kw"] == 3 and g["sh"] == 1 and g["sw"] == 1 and g["dh"] == 1 and g["dw"] == 1
+            and g["group"] == 1 and len(g["out_shape"]) == 4)
+
+
+def tiles(g: dict) -> tuple[int, int]:
+    """(tile rows, tiles per row) of one output plane."""
+    return -(-g["oh"] // 2), -(-g["ow"] // 2)
+
+
+def weight_bytes(w_shape: tuple) -> int:
+    """Bytes of the transformed weight (16, cout, cin) float32."""
+    return 4 * 16 * int(w_shape[0]) * int(w_shape[1])
+
+
+def prepare_winograd(weight) -> conv_ops.PreparedConv:
+    """The Winograd form of a dense 3x3 Conv weight (cout, cin, 3, 3): U (16, cout, cin) float32, U[4i + j] =
+    (G g G^T)[i, j] computed in float64."""
+    if not isinstance(weight, DenseWeight):
+        raise UnsupportedError(f"conv winograd: expected a dense weight, found {type(weight).__name__}")
+    w = np.asarray(weight.array)
+    if w.ndim != 4 or w.shape[2:] != (3, 3) or w.dtype.kind != "f":
+        raise UnsupportedError(f"conv winograd: expected a float (cout, cin, 3, 3) weight, found {w.dtype.name} "
+                               f"{w.shape}")
+    g = conv_ops._flush_subnormals(np.ascontiguousarray(w, dtype=np.float32)).astype(np.float64)
+    u = np.einsum("ia,oxab,jb->ijox", _G, g, _G).reshape(16, w.shape[0], w.shape[1])
+    u = conv_ops._flush_subnormals(np.ascontiguousarray(u, dtype=np.float32))
+    return conv_ops.PreparedConv("winograd", tuple(int(d) for d in w.shape), 1, {"u": u})
+
+
+def layout(g: dict, parallel: bool) -> tuple[int, int]:
+    """(tile rows per band, scratch bytes): one band's V and M, and per slot the band's padded input rows and their
+    column transform (_input_transform) and one channel's output rows of the band with the partial sums
+    (_output_transform)."""
+    nty, ntx = tiles(g)
+    per_tile = 16 * (g["c"] + g["cout"])
+    brows = max(1, min(nty, WINO_BAND_FLOATS // max(1, per_tile * ntx)))
+    slots = conv_ops._slots(max(g["c"], g["cout"]), parallel)
+    nt = brows * ntx
+    rlen, alen = _slot_sizes(g, brows)
+    return brows, 4 * (per_tile * nt + slots * (rlen + alen))
+
+
+def _slot_sizes(g: dict, brows: int) -> tuple[int, int]:
+    ntx = tiles(g)[1]
+    return (2 * brows + 6) * 2 * (ntx + 1), 2 * brows * 2 * ntx + 10 * ntx
+
+
+# ---------------------------------------------------------------------------------------------------------- kernels
+
+@njit(cache=True, inline="always")
+def _diff_kernel(a, b, out, n):
+    for i in range(n):
+        out[i] = a[i] - b[i]
+
+
+@njit(cache=True, inline="always")
+def _sum_kernel(a, b, out, n):
+    for i in range(n):
+        out[i] = a[i] + b[i]
+
+
+@njit(cache=True, inline="always")
+def _sum3_kernel(a, b, c, out, n):
+    for i in range(n):
+        out[i] = a[i] + b[i] + c[i]
+
+
+@njit(cache=True, inline="always")
+def _diff3_kernel(a, b, c, out, n):
+    for i in range(n):
+        out[i] = a[i] - b[i] - c[i]
+
+
+@njit(cache=True, inline="always")
+def _interleave_kernel(e, o, out, n):
+    for i in range(n):
+        out[2 * i] = e[i]
+        out[2 * i + 1] = o[i]
+
+
+# The transforms are sequences of one-operation loops over the tiles of a tile row (each two or three contiguous
+# loads and one store: LLVM vectorises them; a loop writing four or sixteen streams at once it left scalar).
+
+@njit(cache=True)
+def _fill_row_kernel(src, w, pl, half, ev, od):
+    """ev[k] = src[2k - pl], od[k] = src[2k + 1 - pl] (0 outside src): one padded input row, its even and odd
+    columns apart."""
+    # k where both columns are inside: 2k - pl >= 0 and 2k + 1 - pl <= w - 1
+    lo = min(half, (pl + 1) // 2)
+    hi = max(lo, min(half, (w + pl) // 2))
+    for k in range(lo):
+        ix = 2 * k - pl
+        ev[k] = src[ix] if 0 <= ix < w else np.float32(0.0)
+        od[k] = src[ix + 1] if 0 <= ix + 1 < w else np.float32(0.0)
+    n = hi - lo
+    s = src[2 * lo - pl: 2 * lo - pl + 2 * n]
+    e, o = ev[lo: hi], od[lo: hi]
+    for k in range(n):
+        e[k] = s[2 * k]
+        o[k] = s[2 * k + 1]
+    for k in range(hi, half):
+        ix = 2 * k - pl
+        ev[k] = src[ix] if 0 <= ix < w else np.float32(0.0)
+        od[k] = src[ix + 1] if 0 <= ix + 1 < w else np.float32(0.0)
+
+
+def _input_transform(x, b, c_in, h, w, pt, pl, ntx, ty0, ty1, v, nt, rows, slots, rlen):
+    """v[(k * c_in + c) * nt + (ty - ty0) * ntx + tx] = (B^T d B)[k] for the 4x4 padded-input patch d of tile
+    (ty, tx), every channel c and tile rows ty0 <= ty < ty1 (nt: the band's tiles). rows: per slot the band's
+    2 (ty1 - ty0) + 2 padded input rows, then 4 rows of B^T applied down the columns, each of 2 (ntx + 1) floats,
+    even columns first, then odd ones."""
+    half = ntx + 1
+    wb = 2 * half
+    nr = 2 * (ty1 - ty0) + 2
+    step = c_in * nt
+    for s in prange(slots):
+        rb = rows[s * rlen: s * rlen + rlen]
+        tb = rb[nr * wb: (nr + 4) * wb]
+        t0, t1, t2, t3 = tb[0: wb], tb[wb: 2 * wb], tb[2 * wb: 3 * wb], tb[3 * wb: 4 * wb]
+        for c in range(s, c_in, slots):
+            for r in range(nr):
+                d = rb[r * wb: r * wb + wb]
+                iy = 2 * ty0 - pt + r
+                if iy < 0 or iy >= h:
+                    d[:] = 0.0
+                else:
+                    _fill_row_kernel(x[b, (c * h + iy) * w: (c * h + iy) * w + w], w, pl, half, d[0: half],
+                                     d[half: wb])
+            for ty in range(ty0, ty1):
+                r = 2 * (ty - ty0) * wb
+                d0, d1, d2, d3 = rb[r: r + wb], rb[r + wb: r + 2 * wb], rb[r + 2 * wb: r + 3 * wb], \
+                    rb[r + 3 * wb: r + 4 * wb]
+                # B^T down the columns: rows d0 - d2, d1 + d2, d2 - d1, d1 - d3
+                _diff_kernel(d0, d2, t0, wb)
+                _sum_kernel(d1, d2, t1, wb)
+                _diff_kernel(d2, d1, t2, wb)
+                _diff_kernel(d1, d3, t3, wb)
+                base = (ty - ty0) * ntx
+                for i in range(4):  # B along the rows: columns 2tx .. 2tx + 3 are E[tx], O[tx], E[tx + 1], O[tx + 1]
+                    t = tb[i * wb: (i + 1) * wb]
+                    e0, o0, e1, o1 = t[0: ntx], t[half: half + ntx], t[1: 1 + ntx], t[half + 1: half + 1 + ntx]
+                    k0 = ((4 * i) * c_in + c) * nt + base
+                    _diff_kernel(e0, e1, v[k0: k0 + ntx], ntx)
+                    _sum_kernel(o0, e1, v[k0 + step: k0 + step + ntx], ntx)
+                    _diff_kernel(e1, o0, v[k0 + 2 * step: k0 + 2 * step + ntx], ntx)
+                    _diff_kernel(o0, o1, v[k0 + 3 * step: k0 + 3 * step + ntx], ntx)
+
+
+def _output_transform(m, b, cout, oh, ow, ntx, ty0, ty1, nt, acc, slots, alen, bias, ep, chain, out):
+    """out[b, co, output rows of tile rows ty0 .. ty1) = chain(act(A^T m A + bias[co])) for every output channel
+    co, m[(k * cout + co) * nt + tile] (nt: the band's tiles); acc: per slot alen floats (the band's output rows of one
+    channel, pitch 2 * ntx, then 10 rows of ntx for the partial sums)."""
+    has_bias = bias.shape[0] != 0
+    kind, p0, p1 = np.int64(ep[EP_ACT]), ep[EP_P0], ep[EP_P1]
+    pitch = 2 * ntx
+    r0 = 2 * ty0
+    nrows = min(2 * ty1, oh) - r0
+    ylen = 2 * (ty1 - ty0) * pitch
+    step = cout * nt
+    for s in prange(slots):
+        ac = acc[s * alen: s * alen + alen]
+        tmp = ac[alen - 10 * ntx: alen]
+        for co in range(s, cout, slots):
+            for ty in range(ty0, ty1):
+                k0 = co * nt + (ty - ty0) * ntx
+                # A^T down the columns: s0j = m0j + m1j + m2j, s1j = m1j - m2j - m3j (j = 0..3)
+                for j in range(4):
+                    a = k0 + j * step
+                    m0, m1 = m[a: a + ntx], m[a + 4 * step: a + 4 * step + ntx]
+                    m2, m3 = m[a + 8 * step: a + 8 * step + ntx], m[a + 12 * step: a + 12 * step + ntx]
+                    _sum3_kernel(m0, m1, m2, tmp[j * ntx: (j + 1) * ntx], ntx)
+                    _diff3_kernel(m1, m2, m3, tmp[(4 + j) * ntx: (5 + j) * ntx], ntx)
+                # then along the rows: y_r0 = s_r0 + s_r1 + s_r2, y_r1 = s_r1 - s_r2 - s_r3, interleaved
+                e, o = tmp[8 * ntx: 9 * ntx], tmp[9 * ntx: 10 * ntx]
+                for r in range(2):
+                    q = tmp[4 * r * ntx: (4 * r + 4) * ntx]
+                    _sum3_kernel(q[0: ntx], q[ntx: 2 * ntx], q[2 * ntx: 3 * ntx], e, ntx)
+                    _diff3_kernel(q[ntx: 2 * ntx], q[2 * ntx: 3 * ntx], q[3 * ntx: 4 * ntx], o, ntx)
+                    y = (2 * (ty - ty0) + r) * pitch
+                    _interleave_kernel(e, o, ac[y: y + pitch], ntx)
+            o0 = (co * oh + r0) * ow
+            _store_rows_kernel(ac[:ylen], pitch, nrows, ow, np.float32(1.0),
+                               bias[co] if has_bias else np.float32(0.0), out[b, o0: o0 + nrows * ow], kind, p0, p1,
+                               chain)
+
+
+_input_transform_kernel, _input_transform_parallel_kernel = conv_ops._serial_and_parallel(_input_transform)
+_output_transform_kernel, _output_transform_parallel_kernel = conv_ops._serial_and_parallel(_output_transform)
+
+
+# --------------------------------------------------------------------------------------------------------- wrappers
+
+def bind(x: np.ndarray, prepared: conv_ops.PreparedConv, g: dict, bias_v: np.ndarray, ep: np.ndarray,
+         chain: np.ndarray, out: np.ndarray, scratch: np.ndarray, parallel: bool):
+    """(fn, args) running the Winograd convolution of x (N, C, H, W) into out (N, cout, OH, OW); the caller
+    (conv.bind_conv) has checked x, out, bias and the scratch's size (layout(g, parallel)[1] bytes)."""
+    if not eligible(g):
+        raise UnsupportedError(f"conv winograd: needs a 3x3 kernel, stride 1, dilation 1, group 1; found kernel "
+                               f"{g['kh']}x{g['kw']}, strides {[g['sh'], g['sw']]}, dilations "
+                               f"{[g['dh'], g['dw']]}, group {g['group']}")
+    u = prepared.arrays["u"]
+    c_in, cout = g["c"], g["cout"]
+    if u.shape != (16, cout, c_in):
+        raise InputError(f"conv winograd: prepared weight {u.shape} does not match {cout} x {c_in} channels")
+    nty, ntx = tiles(g)
+    brows, nbytes = layout(g, parallel)
+    if scratch.nbytes < nbytes:
+        raise InputError(f"conv winograd: scratch too small: {scratch.nbytes} bytes < {nbytes} needed")
+    flat = scratch[:nbytes].view(np.float32)
+    nt = brows * ntx
+    vbuf, mbuf = flat[: 16 * c_in * nt], flat[16 * c_in * nt: 16 * (c_in + cout) * nt]
+    slots = conv_ops._slots(max(c_in, cout), parallel)
+    rlen, alen = _slot_sizes(g, brows)
+    pos = 16 * (c_in + cout) * nt
+    rows = flat[pos: pos + slots * rlen]
+    acc = flat[pos + slots * rlen: pos + slots * (rlen + alen)]
+    bands = []
+    for ty0 in range(0, nty, brows):
+        ty1 = min(nty, ty0 + brows)
+        n = (ty1 - ty0) * ntx
+        bands.append((ty0, ty1, n, vbuf[: 16 * c_in * n], mbuf[: 16 * cout * n],
+                      vbuf[: 16 * c_in * n].reshape(16, c_in, n), mbuf[: 16 * cout * n].reshape(16, cout, n)))
+    xin = _input_transform_parallel_kernel if parallel else _input_transform_kernel
+    xout = _output_transform_parallel_kernel if parallel else _output_transform_kernel
+    nb = x.shape[0]
+    geo = (c_in, g["h"], g["w"], g["pt"], g["pl"], ntx, cout, g["oh"], g["ow"], slots, rlen, alen)
+    return _run_winograd, (x.reshape(nb, -1), u, tuple(bands), rows, acc, xin, xout, out.reshape(nb, -1), bias_v,
+                           ep, chain, geo)
+
+
+def _run_winograd(x2, u, bands, rows, acc, xin, xout, out2, bias, ep, chain, geo) -> None:
+    c_in, h, w, pt, pl, ntx, cout, oh, ow, slots, rlen, alen = geo
+    for b in range(x2.shape[0]):
+        for ty0, ty1, nt, v, m, v3, m3 in bands:
+            xin(x2, b, c_in, h, w, pt, pl, ntx, ty0, ty1, v, nt, rows, slots, rlen)
+            np.matmul(u, v3, out=m3)
+            xout(m, b, cout, oh, ow, ntx, ty0, ty1, nt, acc, slots, alen, bias, ep, chain, out2)
