@@ -126,7 +126,8 @@ def float16_loss(w: np.ndarray) -> str | None:
     if bad.size:
         r = int(bad[0])
         return (f"row {r}'s values (largest {float(np.abs(rows[r]).max()):.3g}) are below float16's normal range "
-                f"(6.1e-5): rounding them moves the row by {float(err[r] / norm[r]):.2g} relative")
+                f"(6.1e-5): rounding them moves the row by {float(err[r] / norm[r]):.3g} relative, more than "
+                f"{FLOAT16_REL_ERROR:g}")
     return None
 
 
