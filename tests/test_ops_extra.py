@@ -131,7 +131,7 @@ def test_conv_transpose_weight_object_and_repeated_runs():
     dense = codebook[codes].reshape(2, 3, 2, 2)
     attrs = {"strides": [2, 2]}
     (want,) = ours("ConvTranspose", [x, dense], attrs, const_idx=(1,))
-    for _ in range(2):  # the decoded weight is cached per object
+    for _ in range(2):  # the weight object is decoded on each direct call
         out = np.full(want.shape, np.nan, np.float32)
         R.get("ConvTranspose", "ct").run([x, w], attrs, [out])
         np.testing.assert_allclose(out, want, rtol=1e-6)
@@ -141,6 +141,28 @@ def test_conv_transpose_weight_object_and_repeated_runs():
     w2 *= 2
     (b,) = ours("ConvTranspose", [x, w2], attrs)
     np.testing.assert_allclose(b, 2 * a, rtol=1e-6)
+
+
+@pytest.mark.parametrize("xs,ws,attrs", [((1, 4, 5, 6), (4, 3, 3, 3), {"strides": [2, 2]}),
+                                          ((2, 8, 4, 4), (8, 2, 2, 2), {"group": 4, "strides": [2, 2]}),
+                                          ((1, 3, 7), (3, 5, 4), {"strides": [3], "pads": [1, 0]})])
+def test_conv_transpose_scratch_is_the_plans(xs, ws, attrs):
+    """The column buffer of the BLAS path is a view of the plan's scratch, sized by scratch_bytes (the executor counts
+    it in the memory plan); the bound step computes what the plain run does."""
+    x, w = rand(*xs), rand(*ws)
+    opdef = R.get("ConvTranspose", "ct")
+    (want,) = ours("ConvTranspose", [x, w], attrs, const_idx=(1,))
+    need = opdef.run.scratch_bytes([x.shape, w.shape], attrs)
+    scratch = np.zeros(need + 64, np.uint8)
+    out = np.full(want.shape, np.nan, np.float32)
+    fn, args = opdef.run.bind([x, w], attrs, [out], scratch)
+    fn(*args)
+    np.testing.assert_array_equal(out, want)
+    cols = [a for a in args if isinstance(a, np.ndarray) and a.ndim == 2]
+    if need:
+        assert cols and np.shares_memory(cols[0], scratch) and cols[0].nbytes == need
+    else:  # the direct path (few channels per group) needs none
+        assert not cols
 
 
 def test_conv_transpose_hand_computed():

@@ -134,27 +134,36 @@ def _infer_conv_transpose(input_shapes, attrs, consts):
     return [(x[0], g["cout"]) + tuple(g["out"][-g["nsp"]:])]
 
 
-# Dense float32 values of weights given as weight objects (runtime/weights.py, immutable), decoded once and kept
-# with the object (holding it keeps its id from being reused). Arrays are never cached: an arena view may hold a
-# different weight on the next run.
-_dense_cache: dict[int, tuple[object, np.ndarray]] = {}
-
-
 def _dense_weight(w, nsp: int) -> np.ndarray:
-    if isinstance(w, np.ndarray):
-        dense = np.ascontiguousarray(w, dtype=np.float32)
-    else:
-        hit = _dense_cache.get(id(w))
-        if hit is None or hit[0] is not w:
-            if len(_dense_cache) >= 1024:
-                _dense_cache.clear()
-            _dense_cache[id(w)] = hit = (w, np.ascontiguousarray(w.to_dense(), dtype=np.float32))
-        dense = hit[1]
+    """The weight as float32 (C, M/group, kh, kw) for the kernels: an array as it is (a constant or an arena view),
+    a weight object of runtime/weights.py (direct calls only: the model holds ConvTranspose weights as dense
+    constants, counted in its memory plan) decoded."""
+    dense = np.ascontiguousarray(w if isinstance(w, np.ndarray) else w.to_dense(), dtype=np.float32)
     return dense.reshape(dense.shape[0], dense.shape[1], 1, dense.shape[2]) if nsp == 1 else dense
 
 
-def _prepare(inputs, attrs, outputs):
-    """Everything a run needs that depends only on shapes, attributes and the weight: the step (function, args)."""
+def _uses_cols(g: dict, cin: int) -> bool:
+    group = g["group"]
+    return not (group > 1 and (cin // group) * (g["cout"] // group) < _DIRECT_MAX_CHANNELS)
+
+
+def _cols_floats(x_shape: tuple, g: dict) -> int:
+    """Floats of the column buffer (cout/group * kh * kw, input positions) the BLAS path needs, else 0."""
+    if not _uses_cols(g, x_shape[1]):
+        return 0
+    kh, kw = g["kernel"]
+    positions = x_shape[2] if g["nsp"] == 1 else x_shape[2] * x_shape[3]
+    return (g["cout"] // g["group"]) * kh * kw * positions
+
+
+def _scratch_bytes(in_shapes, attrs) -> int:
+    x, w = tuple(in_shapes[0]), tuple(in_shapes[1])
+    return 4 * _cols_floats(x, _geometry(x, w, attrs))
+
+
+def _prepare(inputs, attrs, outputs, scratch=None):
+    """Everything a run needs that depends only on shapes, attributes and the weight: the step (function, args).
+    scratch: the plan's shared scratch (at least _scratch_bytes), or None to allocate the column buffer."""
     x, w, out = inputs[0], inputs[1], outputs[0]
     bias = inputs[2] if len(inputs) > 2 else None
     g = _geometry(x.shape, w.shape, attrs)
@@ -169,10 +178,14 @@ def _prepare(inputs, attrs, outputs):
     bias4 = None if bias is None else np.ascontiguousarray(bias, np.float32).reshape(1, cout, 1, 1)
     geo = (*g["strides"], *g["dilations"], *g["pads"])
     cin_g, cout_g = cin // group, cout // group
-    if group > 1 and cin_g * cout_g < _DIRECT_MAX_CHANNELS:
+    if not _uses_cols(g, cin):
         return _step_direct, (x4, dense, o4, bias4, group, geo)
     kh, kw = g["kernel"]
-    cols = np.empty((cout_g * kh * kw, h_ * w_), np.float32)
+    size = cout_g * kh * kw * h_ * w_
+    if scratch is None:
+        cols = np.empty((cout_g * kh * kw, h_ * w_), np.float32)
+    else:
+        cols = scratch[: 4 * size].view(np.float32).reshape(cout_g * kh * kw, h_ * w_)
     # W_g^T as a transposed view: BLAS reads it in place
     w_t = [dense[gi * cin_g:(gi + 1) * cin_g].reshape(cin_g, -1).T for gi in range(group)]
     return _step_cols, (x4, w_t, o4, bias4, cols, cin_g, cout_g, kh, kw, geo)
@@ -207,17 +220,17 @@ def _run_conv_transpose(inputs, attrs, outputs):
     fn(*args)
 
 
-def _bind_conv_transpose(inputs, attrs, outputs):
-    # bound once per plan: the views stay the same buffers, so the geometry and the dense weight are reused; an input
-    # that is not a float32 C-contiguous view would be copied by _prepare and left stale: run the plain path then
+def _bind_conv_transpose(inputs, attrs, outputs, scratch):
+    # bound once per plan: the views stay the same buffers, so the geometry, the dense weight and the column
+    # buffer (a view of the plan's scratch) are reused; an input that is not a float32 C-contiguous view would be
+    # copied by _prepare and left stale: run the plain path then
     x = inputs[0]
     if not (isinstance(x, np.ndarray) and x.dtype == np.float32 and x.flags.c_contiguous):
         return None
-    fn, args = _prepare(inputs, attrs, outputs)
-    return fn, args
+    return _prepare(inputs, attrs, outputs, scratch)
 
 
-_run_conv_transpose.bind = _bind_conv_transpose
+_run_conv_transpose.bind, _run_conv_transpose.scratch_bytes = _bind_conv_transpose, _scratch_bytes
 
 
 OPS = (OpDef("ConvTranspose", _infer_conv_transpose, _run_conv_transpose),)

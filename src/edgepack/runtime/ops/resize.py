@@ -212,23 +212,6 @@ def _tables(shape, attrs, consts_shapes, consts):
     return mode, out, tables
 
 
-# Tables per (attrs object, input shape, constant inputs): a Resize runs with the same ones every time.
-_cache: dict[tuple, tuple] = {}
-
-
-def _cached_tables(inputs, attrs):
-    key = (id(attrs), inputs[0].shape) + tuple(id(a) for a in inputs[1:])
-    hit = _cache.get(key)
-    if hit is not None and hit[0] is attrs and all(h is a for h, a in zip(hit[1], inputs[1:])):
-        return hit[2]
-    shapes = [None if a is None else a.shape for a in inputs]
-    value = _tables(inputs[0].shape, attrs, shapes, inputs)
-    if len(_cache) >= 1024:
-        _cache.clear()
-    _cache[key] = (attrs, list(inputs[1:]), value)
-    return value
-
-
 def _identity_table(mode, n):
     idx = np.arange(n, dtype=np.int64)
     if mode == "nearest":
@@ -236,9 +219,24 @@ def _identity_table(mode, n):
     return idx, idx, np.ones(n, np.float32), np.zeros(n, np.float32)
 
 
+def _tables_of(inputs, attrs):
+    return _tables(inputs[0].shape, attrs, [None if a is None else a.shape for a in inputs], inputs)
+
+
 def _run_resize(inputs, attrs, outputs):
-    x, out = inputs[0], outputs[0]
-    mode, out_shape, tables = _cached_tables(inputs, attrs)
+    _resize(inputs[0], outputs[0], *_tables_of(inputs, attrs))
+
+
+def _bind_resize(inputs, attrs, outputs):
+    """Bound once per plan: the scales / sizes are constants (infer() refuses others), so the tables are made here
+    once."""
+    return _resize, (inputs[0], outputs[0], *_tables_of(inputs, attrs))
+
+
+_run_resize.bind = _bind_resize
+
+
+def _resize(x, out, mode, out_shape, tables):
     rank = x.ndim
     if not tables:
         np.copyto(out, x)

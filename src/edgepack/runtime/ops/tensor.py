@@ -277,22 +277,20 @@ def _infer_gather(input_shapes, attrs, consts):
     return [shape[:axis] + idx.shape + shape[axis + 1:]]
 
 
-# The normalised indices that infer() checked, kept with the indices array they came from (constants live as long
-# as the model; holding the array keeps its id from being reused).
-_gather_cache: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
-
-
 def _run_gather(inputs, attrs, outputs):
     x, raw = inputs[0], inputs[1]
-    axis = attrs.get("axis", 0) % x.ndim
-    key = (id(raw), x.shape[axis])
-    hit = _gather_cache.get(key)
-    if hit is None or hit[0] is not raw:
-        _, idx = _gather_indices([x.shape, raw.shape], attrs, [x, raw])
-        if len(_gather_cache) >= 4096:
-            _gather_cache.clear()
-        _gather_cache[key] = hit = (raw, idx)
-    np.take(x, hit[1], axis=axis, out=outputs[0])
+    axis, idx = _gather_indices([x.shape, raw.shape], attrs, [x, raw])
+    np.take(x, idx, axis, outputs[0])
+
+
+def _bind_gather(inputs, attrs, outputs):
+    """Bound once per plan: the indices are a constant (infer() refuses others), normalised here once."""
+    x, raw = inputs[0], inputs[1]
+    axis, idx = _gather_indices([x.shape, raw.shape], attrs, [x, raw])
+    return np.take, (x, idx, axis, outputs[0])
+
+
+_run_gather.bind = _bind_gather
 
 
 # ---- Cast ----
