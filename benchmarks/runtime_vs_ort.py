@@ -10,6 +10,9 @@ batch-1 latency, batch-256 throughput, the smallest memory budget each model loa
 engines alternate run by run in one process and the ratio (ORT time / edgepack time; > 1: edgepack faster) is what to
 compare, printed with /proc/loadavg; medians and minimums of the rounds are both recorded, and the CPU time of the
 calling thread (both engines compute in it at 1 thread), which time slicing on a loaded machine does not inflate.
+With --pruned-density D (default 0.3; 0 skips it) each net is also packed at `--sparsity 1-D --bits 8` (magnitude
+pruning without retraining: its answers change, its work is what is measured) and its runtime joins the alternation:
+the speed of a pruned model against its dense self, each in the held form the runtime's planner chooses.
 
 Models: LeNet-300-100 trained on MNIST with numpy, pruned to 8% / 9% / 26% kept (the paper's densities) and retrained,
 6/6/5-bit codebooks; LeNet-5 (Caffe variant) with He-initialised weights pruned to the paper's densities
@@ -150,9 +153,10 @@ def _loadavg() -> str:
         return "n/a"
 
 
-def corpus_conv_nets(names, out: Path, rounds: int) -> list[dict]:
+def corpus_conv_nets(names, out: Path, rounds: int, pruned_density: float = 0.0) -> list[dict]:
     """Pack each corpus net (--sparsity 0 --bits 8 + its flags), then alternate edgepack (1 thread) and onnxruntime
-    (1 thread) runs on one random image-like input of the packed shapes; one row per model."""
+    (1 thread) runs on one random image-like input of the packed shapes; one row per model. With pruned_density,
+    the net packed at that density runs in the alternation too."""
     root = Path(__file__).resolve().parents[1]
     sys.path[:0] = [str(root / "tests")]
     from realmodels.corpus import BY_NAME, fetch
@@ -163,6 +167,11 @@ def corpus_conv_nets(names, out: Path, rounds: int) -> list[dict]:
         epk = out / f"{name}.epk"
         pack_entry(entry, epk, "--sparsity", "0", "--bits", "8")
         model = runtime.load(epk, threads=1)
+        pruned = None
+        if pruned_density:
+            epk_p = out / f"{name}_density{pruned_density:g}.epk"
+            pack_entry(entry, epk_p, "--sparsity", f"{1 - pruned_density:g}", "--bits", "8")
+            pruned = runtime.load(epk_p, threads=1)
         ort1 = session(str(fetch(entry)), threads=1)
         rng = np.random.default_rng(0)
         feeds = {k: rng.random(v).astype(np.float32) for k, v in model.plan.input_shapes.items()}
@@ -171,13 +180,18 @@ def corpus_conv_nets(names, out: Path, rounds: int) -> list[dict]:
         for _ in range(3):  # warm-up: compiles, caches, the plan
             model.run(feeds)
             ort1.run(None, ort_feeds)
-        t_ep, t_ort, c_ep, c_ort = [], [], [], []
+            if pruned is not None:
+                pruned.run(feeds)
+        t_ep, t_ort, c_ep, c_ort, t_pr = [], [], [], [], []
         for _ in range(rounds):
             c0, t0 = time.thread_time(), time.perf_counter()
             model.run(feeds)
             c1, t1 = time.thread_time(), time.perf_counter()
             ort1.run(None, ort_feeds)
             c2, t2 = time.thread_time(), time.perf_counter()
+            if pruned is not None:
+                pruned.run(feeds)
+                t_pr.append(time.perf_counter() - t2)
             t_ep.append(t1 - t0)
             t_ort.append(t2 - t1)
             c_ep.append(c1 - c0)
@@ -192,11 +206,20 @@ def corpus_conv_nets(names, out: Path, rounds: int) -> list[dict]:
                "edgepack_cpu_ms_median": 1e3 * float(np.median(c_ep)),
                "ort_1_thread_cpu_ms_median": 1e3 * float(np.median(c_ort)),
                "ratio_cpu_median": float(np.median(c_ort) / np.median(c_ep)), "loadavg": _loadavg()}
+        if pruned is not None:
+            pr_med = 1e3 * float(np.median(t_pr))
+            modes = pruned.plan.modes()
+            row.update({"pruned_density": pruned_density, "pruned_ms_median": pr_med,
+                        "pruned_speedup": ep_med / pr_med,
+                        "pruned_modes": {m: list(modes.values()).count(m) for m in sorted(set(modes.values()))}})
         rows.append(row)
         cpu = (f"CPU time {row['edgepack_cpu_ms_median']:.1f} vs {row['ort_1_thread_cpu_ms_median']:.1f} ms: "
                f"{row['ratio_cpu_median']:.2f}x")
         print(f"{name}: edgepack {ep_med:.1f} ms, ORT 1 thread {ort_med:.1f} ms (median of {rounds}): ORT/edgepack "
               f"{row['ratio_median']:.2f}x (minimums {row['ratio_min']:.2f}x; {cpu}); loadavg {row['loadavg']}", flush=True)
+        if pruned is not None:
+            print(f"  pruned to density {pruned_density:g}: {row['pruned_ms_median']:.1f} ms, "
+                  f"{row['pruned_speedup']:.2f}x its dense self (layers held {row['pruned_modes']})", flush=True)
     return rows
 
 
@@ -207,20 +230,27 @@ README_END = "<!-- runtime_vs_ort.py --corpus: end -->"
 
 def corpus_section(res: dict) -> str:
     """The README section of a --corpus run: one row per model."""
+    pruned = [r for r in res["models"] if "pruned_ms_median" in r]
     lines = [f"Measured {res.get('date', '?')}. Machine: {res['machine']}. Command: `{res['command']}` "
              f"(OPENBLAS_NUM_THREADS=1; edgepack "
              f"`threads=1`, onnxruntime `intra_op_num_threads=1`; the two alternate run by run in one process). "
              f"Ratio = ORT time / edgepack time (> 1: edgepack faster); CPU = the calling thread's CPU time, which "
-             f"time slicing on a shared machine does not inflate. Load average at each row.", "",
+             f"time slicing on a shared machine does not inflate. Load average at each row."
+             + (f" Pruned: the same net packed at density {pruned[0]['pruned_density']:g} (`--sparsity "
+                f"{1 - pruned[0]['pruned_density']:g} --bits 8`, no retraining) in the same alternation; "
+                f"vs dense self = dense-self time / pruned time (> 1: pruning made it faster); held as = the "
+                f"planner's choice per layer." if pruned else ""), "",
              "| model | input | edgepack ms (median / min) | ORT 1 thread ms (median / min) | ratio median | "
-             "ratio min | ratio CPU | load |",
-             "|---|---|---|---|---|---|---|---|"]
+             "ratio min | ratio CPU | load |" + (" pruned ms | pruned vs dense self | pruned held as |" if pruned else ""),
+             "|---|---|---|---|---|---|---|---|" + ("---|---|---|" if pruned else "")]
     for r in res["models"]:
         shapes = ", ".join("x".join(str(d) for d in v) for v in r["input_shapes"].values())
         lines.append(f"| {r['model']} | {shapes} | {r['edgepack_ms_median']:.1f} / {r['edgepack_ms_min']:.1f} | "
                      f"{r['ort_1_thread_ms_median']:.1f} / {r['ort_1_thread_ms_min']:.1f} | "
                      f"{r['ratio_median']:.2f}x | {r['ratio_min']:.2f}x | {r['ratio_cpu_median']:.2f}x | "
-                     f"{r['loadavg']} |")
+                     f"{r['loadavg']} |" + (f" {r['pruned_ms_median']:.1f} | {r['pruned_speedup']:.2f}x | "
+                                            + ", ".join(f"{k} {v}" for k, v in r["pruned_modes"].items()) + " |"
+                                            if "pruned_ms_median" in r else (" | | |" if pruned else "")))
     return "\n".join(lines)
 
 
@@ -232,15 +262,22 @@ def main() -> None:
                    help=f"the corpus conv nets instead (default all: {' '.join(CORPUS_CONV_NETS)})")
     p.add_argument("--rounds", type=int, default=15, help="--corpus: alternated runs per model")
     p.add_argument("--readme", action="store_true", help="--corpus: write the table into benchmarks/README.md")
+    p.add_argument("--pruned-density", type=float, default=0.3, metavar="D",
+                   help="--corpus: also time each net pruned to density D against its dense self (default 0.3; 0: "
+                   "skip)")
     a = p.parse_args()
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     if a.corpus is not None:
-        rows = corpus_conv_nets(a.corpus or CORPUS_CONV_NETS, out, max(1, a.rounds))
+        if not 0 <= a.pruned_density < 1:
+            p.error(f"--pruned-density must be in [0, 1), got {a.pruned_density}")
+        rows = corpus_conv_nets(a.corpus or CORPUS_CONV_NETS, out, max(1, a.rounds), a.pruned_density)
         from edgepack.packer.bench import machine_line
         res = {"machine": f"{machine_line()}, numpy {np.__version__}",
                "command": ("python benchmarks/runtime_vs_ort.py --corpus " + " ".join(a.corpus)).rstrip()
-               + (f" --rounds {a.rounds}" if a.rounds != 15 else ""), "date": time.strftime("%Y-%m-%d"),
+               + (f" --rounds {a.rounds}" if a.rounds != 15 else "")
+               + (f" --pruned-density {a.pruned_density:g}" if a.pruned_density != 0.3 else ""),
+               "date": time.strftime("%Y-%m-%d"),
                "models": rows}
         (out / "runtime_vs_ort_corpus.json").write_text(json.dumps(res, indent=2, default=str))
         if a.readme:
