@@ -30,6 +30,10 @@ CASES = [
     ((1, 2, 10, 11), {"kernel_shape": [2, 3], "dilations": [2, 3], "pads": [1, 1, 1, 1]}),
     ((1, 1, 3, 4), {"kernel_shape": [3, 3], "dilations": [2, 2], "pads": [2, 2, 2, 2]}),  # windows of padding only
     ((1, 2, 1, 17), {"kernel_shape": [1, 5], "strides": [1, 2], "pads": [0, 2, 0, 2]}),
+    ((1, 4, 46, 46), {"kernel_shape": [3, 3], "strides": [2, 2]}),  # MTCNN O-Net: rows long enough to vectorise
+    ((1, 2, 21, 21), {"kernel_shape": [3, 3], "strides": [2, 2], "ceil_mode": 1}),  # the last window hangs over
+    ((1, 2, 9, 70), {"kernel_shape": [3, 3], "strides": [3, 3], "pads": [1, 1, 1, 1]}),  # stride 3
+    ((2, 3, 5, 81), {"kernel_shape": [2, 4], "strides": [1, 1], "pads": [1, 3, 0, 2]}),  # stride 1, uneven pads
 ]
 
 
@@ -51,10 +55,24 @@ def test_maxpool_bound_step_reads_its_scratch_row():
     attrs = {"kernel_shape": [5, 5], "pads": [2, 2, 2, 2]}
     x = np.random.default_rng(1).standard_normal((1, 4, 6, 7)).astype(np.float32)
     need = pool._run_maxpool.scratch_bytes([x.shape], attrs)
-    assert need == 4 * 7
+    assert need == 4 * (7 + 4 + 7)  # the padded row the 5-wide windows read (2 + 7 + 2), and the 7 window maxima
     scratch = np.full(need + 8, 255, np.uint8)  # garbage, and more than needed
     got = np.empty((1, 4, 6, 7), np.float32)
     fn, args = pool._run_maxpool.bind([x], attrs, [got], scratch)
     fn(*args)
     np.testing.assert_array_equal(got, _reference(x, 5, 5, 1, 1, 1, 1, 2, 2, 6, 7))
     assert (scratch[need:] == 255).all()
+
+
+@pytest.mark.parametrize("shape", [(1, 200, 2, 96), (2, 3, 7, 7), (1, 5, 1), (1, 4, 3, 1000), (3, 2, 1, 1)])
+def test_global_average_pool_matches_float64_mean(shape):
+    """GlobalAveragePool's row means (float64 sums in SIMD lanes) against numpy's float64 mean, with values of mixed
+    magnitudes; the output is the float32 rounding of the exact mean to within one float32 rounding."""
+    rng = np.random.default_rng(len(shape) + shape[-1])
+    x = (rng.standard_normal(shape) * 10.0 ** rng.uniform(-3, 3, shape)).astype(np.float32)
+    out = np.full(shape[:2] + (1,) * (len(shape) - 2), np.nan, np.float32)
+    pool._run_global_avgpool([x], {}, [out])
+    want = x.astype(np.float64).reshape(shape[0] * shape[1], -1).mean(axis=1)
+    got = out.reshape(-1).astype(np.float64)
+    scale = np.abs(x.astype(np.float64)).reshape(shape[0] * shape[1], -1).max(axis=1)
+    assert (np.abs(got - want) <= 1e-7 * scale + np.abs(want) * 2 ** -23).all()

@@ -415,39 +415,63 @@ def _scratch_views_kernel(scratch, geo):
 
 
 @njit(cache=True)
-def _source_channel_kernel(x, b, c, geo, xp):
+def _source_channel_kernel(x, b, c, geo, xp, borders=True):
     """Channel c of sample b as the kernels read it, into xp[:_PLANE]: zero-padded (Hp, Wp), or (strided) phased
-    (see _PHASED)."""
+    (see _PHASED). borders=False writes the input's values only: the zeros around them are those of an earlier
+    call on the same xp (the padding and phase layout are the same for every channel)."""
     h, w, hp, wp, pt, pl = geo[_H], geo[_W], geo[_HP], geo[_WP], geo[_PT], geo[_PL]
+    xc = x[b, c * h * w: (c + 1) * h * w]  # the channel (1-D slices of it per row: cheaper than 2-D ones)
     # Explicit loops over slices taken from 0 (slice assignment per row, and a gather with a run-time stride, were
     # 3x and 2x slower on 112 x 112 planes)
     if geo[_PHASED] == 0:  # only the borders are zeroed: the interior is written once (no memset pass first)
-        for i in range(pt * wp):
-            xp[i] = 0.0
-        for i in range((pt + h) * wp, hp * wp):
-            xp[i] = 0.0
+        if borders:
+            for i in range(pt * wp):
+                xp[i] = 0.0
+            for i in range((pt + h) * wp, hp * wp):
+                xp[i] = 0.0
+            for y in range(h):
+                d = xp[(y + pt) * wp: (y + pt + 1) * wp]
+                for j in range(pl):
+                    d[j] = 0.0
+                for j in range(pl + w, wp):
+                    d[j] = 0.0
         for y in range(h):
-            d = xp[(y + pt) * wp: (y + pt + 1) * wp]
-            s = x[b, (c * h + y) * w: (c * h + y) * w + w]
-            for j in range(pl):
-                d[j] = 0.0
-            dd = d[pl: pl + w]
+            dd = xp[(y + pt) * wp + pl: (y + pt) * wp + pl + w]
+            s = xc[y * w: y * w + w]
             for j in range(w):
                 dd[j] = s[j]
-            for j in range(pl + w, wp):
-                d[j] = 0.0
         return
     sh, sw, qh, qw = geo[_SH], geo[_SW], geo[_QH], geo[_QW]
-    xp[: geo[_PLANE]] = 0.0  # the borders
+    if borders:
+        xp[: geo[_PLANE]] = 0.0  # the borders
+    # input row y lands in row phase py = (y + pt) % sh, at row qy = (y + pt) // sh of it: counted row by row (no
+    # division by the run-time stride per row)
+    py0, qy0 = pt % sh, pt // sh
+    if sw == 1:  # rows only are phased (PP-LCNet's stride (2, 1)): each input row is one contiguous copy
+        py, qy = py0, qy0
+        for y in range(h):
+            d0 = (py * qh + qy) * qw + pl
+            d = xp[d0: d0 + w]
+            s = xc[y * w: y * w + w]
+            for j in range(w):
+                d[j] = s[j]
+            py += 1
+            if py == sh:
+                py, qy = 0, qy + 1
+        return
     if sw == 2:  # each input row de-interleaved into its two column phases in one loop
         half = w // 2
+        py, qy = py0, qy0
+        # padded column 2k + pl (input column 2k) is in phase pl % 2; 2k + 1 + pl in the other
+        podd, ph = pl % 2, pl // 2
         for y in range(h):
-            py, qy = (y + pt) % sh, (y + pt) // sh
-            s = x[b, (c * h + y) * w: (c * h + y) * w + w]
+            s = xc[y * w: y * w + w]
             r0 = (py * 2 * qh + qy) * qw  # column phase 0
-            r1 = ((py * 2 + 1) * qh + qy) * qw  # column phase 1
-            # padded column 2k + pl (input column 2k) is in phase pl % 2; 2k + 1 + pl in the other
-            e0, o0 = (r0 + pl // 2, r1 + pl // 2) if pl % 2 == 0 else (r1 + (pl - 1) // 2, r0 + (pl + 1) // 2)
+            r1 = r0 + qh * qw  # column phase 1
+            if podd == 0:
+                e0, o0 = r0 + ph, r1 + ph
+            else:
+                e0, o0 = r1 + ph, r0 + ph + 1
             de, do = xp[e0: e0 + half], xp[o0: o0 + half]
             for k in range(half):
                 de[k] = s[2 * k]
@@ -455,13 +479,16 @@ def _source_channel_kernel(x, b, c, geo, xp):
             if w % 2:
                 pc = w - 1 + pl
                 xp[(r0 if pc % 2 == 0 else r1) + pc // 2] = s[w - 1]
+            py += 1
+            if py == sh:
+                py, qy = 0, qy + 1
         return
     for py in range(sh):
         for qy in range(qh):
             y = qy * sh + py - pt  # the input row that lands there
             if y < 0 or y >= h:
                 continue
-            src = x[b, (c * h + y) * w: (c * h + y) * w + w]
+            src = xc[y * w: y * w + w]
             for px in range(sw):
                 d = (py * sw + px) * qh * qw + qy * qw
                 # columns qx whose input column qx * sw + off lies in [0, w): one branch-free run
@@ -491,11 +518,13 @@ def _source_kernel(x, b, geo, xpad):
 def _channel_base_kernel(x, b, g, geo, xp, last):
     """(offset of group g's input in the source, the group now in xp). With _PERCH (one input channel per group and
     a padded or phased source) only that channel is copied, into xp, when it changes: the copy is then read while in
-    L1 / L2 (a depthwise 3x3 stride-2 layer of 32 x 112 x 112 spent 75% of its time copying the whole sample)."""
+    L1 / L2 (a depthwise 3x3 stride-2 layer of 32 x 112 x 112 spent 75% of its time copying the whole sample). The
+    zero borders are written by the first copy (last < 0) only: the next channels overwrite the input's values
+    (208 channels of 2 x 96, 5x5 pads 2: 26 -> 10 us of copying)."""
     if geo[_PERCH] == 0:
         return g * geo[_GSTRIDE], last
     if g != last:
-        _source_channel_kernel(x, b, g, geo, xp)
+        _source_channel_kernel(x, b, g, geo, xp, last < 0)
     return 0, g
 
 
@@ -933,6 +962,10 @@ def bind_conv(x: np.ndarray, prepared: PreparedConv, bias, attrs: dict, out: np.
         wargs = (W_INT8, _EMPTY_W2D, e2, _EMPTY_F32, a["q"], a["zp"], a["scales"])
     if geo[_BLOCKED]:
         fn = _conv_blocked_parallel_kernel if parallel else _conv_blocked_kernel
+        return fn, (x2, geo) + wargs + (bias_v, ep, chain, out2, scratch)
+    from edgepack.runtime.ops import conv_depthwise  # it builds on this module
+    if conv_depthwise.runs(geo):  # 3x3 / 5x5 depthwise: every tap of a channel in registers, same scratch
+        fn = conv_depthwise.kernel(parallel)
         return fn, (x2, geo) + wargs + (bias_v, ep, chain, out2, scratch)
     fn = _conv_taps_parallel_kernel if parallel else _conv_taps_kernel
     return fn, (x2, geo, a["group_of"]) + wargs + (bias_v, ep, chain, out2, scratch)

@@ -1,0 +1,175 @@
+"""The depthwise kernels (runtime/ops/conv_depthwise.py: 3x3 and 5x5, one channel per group, every tap in registers)
+against a float64 numpy convolution and onnxruntime: strides 1, 2, (2, 1), (1, 2) and 3, symmetric and uneven pads,
+auto_pad SAME_UPPER / SAME_LOWER / VALID, dilation, odd sizes, 1-pixel images, batch > 1, dense, codebook and int8
+weights, a fused activation and an epilogue chain; row tiles and the parallel build give the same bits; only the
+shapes it is for are dispatched to it, and it stays inside its scratch."""
+import numpy as np
+import pytest
+
+from edgepack.runtime.ops import conv as C
+from edgepack.runtime.ops import conv_depthwise as D
+from edgepack.runtime.ops.elementwise import ACT_CLIP
+from test_conv import check_close, make_weight, onnx_pads, ref_conv, reference_for, run_conv
+
+DW_KINDS = ("dense", "codebook", "int8")
+
+# (x shape, attrs without group); the weight is (C, 1, k, k)
+GEOMETRIES = [
+    ((1, 6, 9, 11), {"pads": "k//2"}),
+    ((2, 5, 10, 7), {"strides": [2, 2], "pads": [1, 0, 2, 1]}),
+    ((1, 4, 7, 13), {"strides": [2, 1], "pads": "k//2"}),  # PP-LCNet's stride (2, 1)
+    ((1, 3, 8, 9), {"strides": [1, 2], "pads": [0, 2, 1, 1]}),
+    ((1, 3, 11, 10), {"strides": [3, 3], "pads": "k//2"}),  # phased with three row and column phases
+    ((1, 3, 12, 12), {"dilations": [2, 2], "pads": "k-1"}),
+    ((1, 4, 9, 8), {"strides": [2, 2], "auto_pad": "SAME_UPPER"}),
+    ((1, 4, 9, 8), {"auto_pad": "SAME_LOWER"}),
+    ((1, 4, 9, 8), {"auto_pad": "VALID"}),
+    ((1, 3, 9, 8), {"strides": [2, 2], "auto_pad": "SAME_LOWER"}),
+    ((1, 3, 1, 1), {"pads": "k//2"}),  # one pixel: every tap but the centre reads padding
+    ((2, 3, 1, 1), {"strides": [2, 2], "pads": "k//2"}),
+    ((3, 8, 5, 6), {"pads": "k//2"}),  # batch 3
+    ((1, 2, 40, 70), {"pads": "k//2"}),  # several row tiles (TAPS_TILE_FLOATS)
+]
+
+
+def attrs_for(x_shape, k, attrs):
+    attrs = dict(attrs, group=x_shape[1])
+    if attrs.get("pads") == "k//2":
+        attrs["pads"] = [k // 2] * 4
+    elif attrs.get("pads") == "k-1":
+        attrs["pads"] = [k - 1] * 4
+    return attrs
+
+
+def bound_kernel(w, x, attrs, parallel=False):
+    prepared = C.prepare_conv(w, attrs["group"])
+    out = np.empty(C.conv_output_shape(x.shape, w.shape, attrs), np.float32)
+    return C.bind_conv(x, prepared, None, attrs, out, None, parallel)[0]
+
+
+@pytest.mark.parametrize("k", [3, 5])
+@pytest.mark.parametrize("kind", DW_KINDS)
+@pytest.mark.parametrize("case", range(len(GEOMETRIES)))
+def test_depthwise_matches_float64_numpy(k, kind, case):
+    x_shape, attrs = GEOMETRIES[case]
+    attrs = attrs_for(x_shape, k, attrs)
+    rng = np.random.default_rng([case, k, DW_KINDS.index(kind)])
+    w = make_weight(kind, (x_shape[1], 1, k, k), rng, density=0.7)
+    x = rng.standard_normal(x_shape).astype(np.float32)
+    bias = rng.standard_normal(x_shape[1]).astype(np.float32)
+    assert bound_kernel(w, x, attrs) is D._conv_depthwise_kernel
+    assert bound_kernel(w, x, attrs, parallel=True) is D._conv_depthwise_parallel_kernel
+    check_close(run_conv(w, x, bias, attrs), reference_for(x, w, bias, attrs))
+    check_close(run_conv(w, x, None, attrs), reference_for(x, w, None, attrs))
+
+
+@pytest.mark.parametrize("k", [3, 5])
+def test_fused_activation_and_epilogue_chain(k):
+    """A fused Clip, and HardSwish as exporters write it (x * Clip(x + 3, 0, 6) / 6) as an epilogue chain, on the
+    stored planes: the float64 reference with the same steps."""
+    rng = np.random.default_rng(k)
+    x = (rng.standard_normal((2, 5, 9, 7)) * 3).astype(np.float32)
+    w = make_weight("codebook", (5, 1, k, k), rng, density=1.0, wide_scales=False)
+    bias = rng.standard_normal(5).astype(np.float32)
+    attrs = {"group": 5, "pads": [k // 2] * 4, "strides": [2, 1]}
+    ref = reference_for(x, w, bias, attrs)
+    prepared = C.prepare_conv(w, 5)
+    out = np.full(ref.shape, np.nan, np.float32)
+    C.conv(x, prepared, bias, attrs, out, None, False, (ACT_CLIP, -0.5, 0.75))
+    check_close(out, np.clip(ref, -0.5, 0.75))
+    steps = np.float32([[C.CH_SAVE, 0, 0, 0], [C.CH_ADD, 3, 0, 0], [C.CH_ACT, ACT_CLIP, 0, 6],
+                        [C.CH_MUL_SAVED, 0, 0, 0], [C.CH_DIV, 6, 0, 0]])
+    out[...] = np.nan
+    C.conv(x, prepared, bias, attrs, out, None, False, C.EpilogueChain(steps, ("hardswish",)))
+    check_close(out, ref * np.clip(ref + 3, 0, 6) / 6)
+
+
+@pytest.mark.parametrize("k", [3, 5])
+@pytest.mark.parametrize("strides", [[1, 1], [2, 2], [2, 1]])
+def test_row_tiles_and_parallel_give_the_same_bits(monkeypatch, k, strides):
+    """Tiles of one row and of three rows (a shorter last tile) and the parallel build (channels over threads) sum
+    every output in the same order: the bits of the one-tile serial run."""
+    rng = np.random.default_rng(k + strides[0])
+    x = rng.standard_normal((2, 6, 17, 23)).astype(np.float32)
+    w = make_weight("int8", (6, 1, k, k), rng, density=0.8)
+    bias = rng.standard_normal(6).astype(np.float32)
+    attrs = {"group": 6, "pads": [k // 2] * 4, "strides": strides}
+    whole = run_conv(w, x, bias, attrs)
+    assert not np.isnan(whole).any()
+    np.testing.assert_array_equal(run_conv(w, x, bias, attrs, parallel=True).view(np.uint32), whole.view(np.uint32))
+    for tile in (1, 3 * 25):
+        monkeypatch.setattr(C, "TAPS_TILE_FLOATS", tile)
+        np.testing.assert_array_equal(run_conv(w, x, bias, attrs).view(np.uint32), whole.view(np.uint32))
+    check_close(whole, reference_for(x, w, bias, attrs))
+
+
+@pytest.mark.parametrize("w_shape,kind,attrs", [
+    ((8, 1, 3, 3), "dense", {"group": 4}),  # channel multiplier 2
+    ((4, 1, 7, 7), "dense", {"group": 4, "pads": [3, 3, 3, 3]}),  # 7x7
+    ((4, 1, 3, 1), "codebook", {"group": 4, "pads": [1, 0, 1, 0]}),  # 3x1
+    ((4, 1, 3, 3), "sparse", {"group": 4, "pads": [1, 1, 1, 1]}),  # CSR rows: the sparse driver
+    ((4, 2, 3, 3), "dense", {"group": 2}),  # two input channels per group
+])
+def test_other_grouped_convolutions_keep_their_drivers(w_shape, kind, attrs):
+    rng = np.random.default_rng(w_shape[0] * w_shape[2])
+    cin = w_shape[1] * attrs["group"]
+    x = rng.standard_normal((2, cin, 9, 10)).astype(np.float32)
+    w = make_weight(kind, w_shape, rng, density=0.6)
+    assert bound_kernel(w, x, attrs) not in (D._conv_depthwise_kernel, D._conv_depthwise_parallel_kernel)
+    check_close(run_conv(w, x, None, attrs), reference_for(x, w, None, attrs))
+
+
+@pytest.mark.parametrize("k", [3, 5])
+def test_stays_inside_its_scratch(k):
+    """The plan's scratch, handed over with a guard tail of 0xFF bytes: the tail is never written, and garbage in
+    the scratch (a second call on it, borders of another geometry) does not reach the output."""
+    rng = np.random.default_rng(11 + k)
+    w = make_weight("dense", (5, 1, k, k), rng, density=1.0)
+    bias = rng.standard_normal(5).astype(np.float32)
+    prepared = C.prepare_conv(w, 5)
+    for x_shape, attrs in (((2, 5, 13, 9), {"group": 5, "pads": [k // 2] * 4, "strides": [2, 2]}),
+                           ((1, 5, 6, 15), {"group": 5, "pads": [k // 2, 0, 1, k // 2]})):
+        x = rng.standard_normal(x_shape).astype(np.float32)
+        need = C.conv_scratch_bytes(x_shape, w.shape, attrs, prepared)
+        scratch = np.full(need + 64, 0xFF, np.uint8)  # NaN floats everywhere before the first call
+        out = np.full(C.conv_output_shape(x_shape, w.shape, attrs), np.nan, np.float32)
+        for _ in range(2):
+            C.conv(x, prepared, bias, attrs, out, scratch)
+            check_close(out, reference_for(x, w, bias, attrs))
+        assert (scratch[need:] == 0xFF).all()
+
+
+@pytest.mark.parametrize("k,attrs", [
+    (3, {"pads": [1, 1, 1, 1]}),
+    (3, {"strides": [2, 2], "pads": [1, 1, 1, 1]}),
+    (5, {"strides": [2, 1], "pads": [2, 2, 2, 2]}),
+    (5, {"strides": [2, 2], "auto_pad": "SAME_UPPER"}),
+    (3, {"strides": [2, 2], "auto_pad": "SAME_LOWER"}),
+    (5, {"dilations": [2, 1], "pads": [4, 2, 4, 2]}),
+])
+def test_matches_onnxruntime(k, attrs):
+    ort = pytest.importorskip("onnxruntime")
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(k * 7 + len(attrs))
+    c = 7
+    x = rng.standard_normal((2, c, 15, 12)).astype(np.float32)
+    w = rng.standard_normal((c, 1, k, k)).astype(np.float32)
+    bias = rng.standard_normal(c).astype(np.float32)
+    node_attrs = dict(attrs, group=c, kernel_shape=[k, k])
+    node = helper.make_node("Conv", ["x", "w", "b"], ["y"], **node_attrs)
+    graph = helper.make_graph([node], "dw", [helper.make_tensor_value_info("x", TensorProto.FLOAT, x.shape)],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                              [numpy_helper.from_array(w, "w"), numpy_helper.from_array(bias, "b")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    want = sess.run(None, {"x": x})[0]
+    from edgepack.runtime.weights import DenseWeight
+    dw = DenseWeight(w)
+    assert bound_kernel(dw, x, dict(node_attrs)) is D._conv_depthwise_kernel
+    got = run_conv(dw, x, bias, dict(node_attrs))
+    assert got.shape == want.shape
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5 * float(np.abs(want).max()))
+    ref = ref_conv(x, w, bias, node_attrs.get("strides", [1, 1]), onnx_pads(x.shape, w.shape, node_attrs),
+                   node_attrs.get("dilations", [1, 1]), c)
+    check_close(got, ref)
