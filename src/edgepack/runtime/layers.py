@@ -54,12 +54,13 @@ CONV_TAP_FIXED_S = 2.3e-9  # one weight tap per output plane and sample, whateve
 # start): what a 1-D convolution with a long kernel and few outputs pays (openWakeWord's STFT, 257 x 512 taps at 5
 # positions: 0.68 ms measured where positions x CONV_TAP_S alone predicted 0.08)
 IM2COL_S = 0.5e-9  # one im2col element
-# Winograd F(2x2, 3x3) (runtime/ops/conv_winograd.py), fitted on 18 layer shapes of the corpus (benchmarks/
-# conv_kernels.py; dev VM, 1 thread): its 16 BLAS products ran 90-110 GFLOP/s, each transform (input or output)
-# ~3 ns per tile and channel plus ~80 ns per tile row and channel (the per-row loops are short: 7-104 tiles)
-WINO_MAC_S = 0.019e-9  # one multiply-add of the products (16 per tile and channel pair)
-WINO_TILE_S = 3e-9  # one tile of one channel, input or output transform
-WINO_ROW_S = 80e-9  # one tile row of one channel, input or output transform
+# Winograd F(2x2, 3x3) (runtime/ops/conv_winograd.py), fitted on 13 layer shapes of the corpus (3x3 stride 1,
+# 3 -> 32 at 48x48 to 96 -> 96 at 104x104; dev VM, 1 thread, CPU time): its 16 BLAS products ran 90-110 GFLOP/s
+# (58 with 3 input channels), each transform (input or output) ~2.5 ns per tile and channel plus ~150 ns per band
+# of tile rows and channel (the loops' starts: 96 -> 96 at 104x104 runs 52 bands of one tile row)
+WINO_MAC_S = 0.019e-9  # one multiply-add of the products (16 per tile and channel pair, dropped tiles included)
+WINO_TILE_S = 2.5e-9  # one tile of one channel through the input or the output transform
+WINO_BAND_S = 150e-9  # one band of one channel through the input or the output transform
 STREAM_SYMBOL_S = 2.0e-9  # one symbol of one stream decoded at run time
 STREAM_MAC_S = 1.0e-9  # one multiply-add of the CSR row-block kernel (csr and streamed), per sample
 STREAM_CHUNK_S = 0.3e-6  # per chunk: three stream starts
@@ -1277,8 +1278,9 @@ class LayerSpec:
         if not conv_winograd.eligible(g):
             return t, None
         nty, ntx = conv_winograd.tiles(g)
-        chans = g["c"] + cout
-        wino = nb * (16 * cout * g["c"] * nty * ntx * WINO_MAC_S + chans * nty * (ntx * WINO_TILE_S + WINO_ROW_S))
+        bands = -(-nty // conv_winograd.layout(g, self.parallel)[0])
+        wino = nb * (16 * cout * g["c"] * nty * (ntx + 1) * WINO_MAC_S
+                     + (g["c"] + cout) * (nty * ntx * WINO_TILE_S + bands * WINO_BAND_S))
         return t, wino
 
     def _winograd(self) -> bool:

@@ -17,8 +17,11 @@ carry factors up to 8 and fractions such as 1/6 and 1/24 in G, so its rounding g
 implemented (its error against the 1e-4 tolerance was not measured).
 
 Padding, partial tiles (odd OH / OW) and auto_pad come from conv.py's geometry: the input rows of a band are copied,
-zero-padded, into a per-slot row buffer (even and odd columns apart, so that every transform loop is a contiguous,
-vectorised run over the tiles of a row); outputs past OH / OW are computed and dropped. The parallel build splits the
+zero-padded, into four per-slot planes (even / odd rows x even / odd columns) so that every transform step is one
+contiguous, vectorised loop over all the tiles of the band (see the comment above the kernels: one dropped tile per
+tile row); outputs past OH / OW are computed and dropped. Measured (1 thread, CPU time) on 96 -> 96 at 52x52: input
+transform 0.34 ms, products 1.87 ms (111 GFLOP/s), output transform 0.25 ms; 2.7 ms in all against 5.8 ms for the
+blocked direct kernel. The parallel build splits the
 channels of each transform over threads (slot t takes channels t, t + slots, ...; the same arithmetic per value, so
 the same bits as the serial one); the products use BLAS's threads.
 """
@@ -76,20 +79,21 @@ def prepare_winograd(weight) -> conv_ops.PreparedConv:
 
 def layout(g: dict, parallel: bool) -> tuple[int, int]:
     """(tile rows per band, scratch bytes): one band's V and M, and per slot the band's padded input rows and their
-    column transform (_input_transform) and one channel's output rows of the band with the partial sums
+    column transform (_input_transform), the partial sums and one channel's output rows of the band
     (_output_transform)."""
     nty, ntx = tiles(g)
     per_tile = 16 * (g["c"] + g["cout"])
-    brows = max(1, min(nty, WINO_BAND_FLOATS // max(1, per_tile * ntx)))
+    brows = max(1, min(nty, WINO_BAND_FLOATS // max(1, per_tile * (ntx + 1))))
     slots = conv_ops._slots(max(g["c"], g["cout"]), parallel)
-    nt = brows * ntx
-    rlen, alen = _slot_sizes(g, brows)
-    return brows, 4 * (per_tile * nt + slots * (rlen + alen))
+    rlen, alen = _slot_sizes(ntx, brows)
+    return brows, 4 * (per_tile * brows * (ntx + 1) + slots * (rlen + alen))
 
 
-def _slot_sizes(g: dict, brows: int) -> tuple[int, int]:
-    ntx = tiles(g)[1]
-    return (2 * brows + 6) * 2 * (ntx + 1), 2 * brows * 2 * ntx + 10 * ntx
+def _slot_sizes(ntx: int, brows: int) -> tuple[int, int]:
+    """Per-slot floats of the input transform's planes and of the output transform's sums and rows."""
+    half = ntx + 1
+    nq = brows * half
+    return 4 * (brows + 1) * half + 8 * (nq + 1), 12 * nq + 2 * brows * 2 * ntx
 
 
 # ---------------------------------------------------------------------------------------------------------- kernels
@@ -125,8 +129,23 @@ def _interleave_kernel(e, o, out, n):
         out[2 * i + 1] = o[i]
 
 
-# The transforms are sequences of one-operation loops over the tiles of a tile row (each two or three contiguous
-# loads and one store: LLVM vectorises them; a loop writing four or sixteen streams at once it left scalar).
+@njit(cache=True, inline="always")
+def _tail_kernel(a, b, out, n):
+    for i in range(n):
+        out[i] = a[i] - b[i + 1]
+
+
+@njit(cache=True, inline="always")
+def _rdiff_kernel(a, b, out, n):
+    for i in range(n):
+        out[i] = a[i + 1] - b[i]
+
+
+@njit(cache=True, inline="always")
+def _rsum_kernel(a, b, out, n):
+    for i in range(n):
+        out[i] = a[i] + b[i + 1]
+
 
 @njit(cache=True)
 def _fill_row_kernel(src, w, pl, half, ev, od):
@@ -151,84 +170,101 @@ def _fill_row_kernel(src, w, pl, half, ev, od):
         od[k] = src[ix + 1] if 0 <= ix + 1 < w else np.float32(0.0)
 
 
-def _input_transform(x, b, c_in, h, w, pt, pl, ntx, ty0, ty1, v, nt, rows, slots, rlen):
-    """v[(k * c_in + c) * nt + (ty - ty0) * ntx + tx] = (B^T d B)[k] for the 4x4 padded-input patch d of tile
-    (ty, tx), every channel c and tile rows ty0 <= ty < ty1 (nt: the band's tiles). rows: per slot the band's
-    2 (ty1 - ty0) + 2 padded input rows, then 4 rows of B^T applied down the columns, each of 2 (ntx + 1) floats,
-    even columns first, then odd ones."""
+# The transforms run over a band at once: tile (ty, tx) of the band is column q = ty * half + tx of V and M, half =
+# ntx + 1 (one dropped column per tile row, 1/half of the products), so that every transform step is ONE contiguous
+# loop over the band's tiles (two or three loads, one store: vectorised), not one short loop per tile row. The padded
+# input rows are held as four planes, [even | odd] rows x [even | odd] columns, each (tile rows + 1, half): the patch
+# of tile q then starts at q in each plane, its next row pair at q + half and its next column pair at q + 1.
+
+def _input_transform(x, b, c_in, h, w, pt, pl, ntx, ty0, ty1, v, rows, slots, rlen):
+    """v[(k * c_in + c) * nq + q] = (B^T d B)[k] for the 4x4 padded-input patch d of the tile at column q (see above;
+    nq = (ty1 - ty0) * half), every channel c. rows: per slot rlen floats, the four planes of the band's padded rows
+    then the eight planes of B^T applied down the columns."""
     half = ntx + 1
-    wb = 2 * half
-    nr = 2 * (ty1 - ty0) + 2
-    step = c_in * nt
+    nbr = ty1 - ty0
+    nq = nbr * half
+    plane = (nbr + 1) * half
+    tq = nq + 1
+    step = c_in * nq
     for s in prange(slots):
         rb = rows[s * rlen: s * rlen + rlen]
-        tb = rb[nr * wb: (nr + 4) * wb]
-        t0, t1, t2, t3 = tb[0: wb], tb[wb: 2 * wb], tb[2 * wb: 3 * wb], tb[3 * wb: 4 * wb]
+        pee, peo = rb[0: plane], rb[plane: 2 * plane]  # even rows: even, odd columns
+        poe, poo = rb[2 * plane: 3 * plane], rb[3 * plane: 4 * plane]  # odd rows
+        t = rb[4 * plane: 4 * plane + 8 * tq]
         for c in range(s, c_in, slots):
-            for r in range(nr):
-                d = rb[r * wb: r * wb + wb]
-                iy = 2 * ty0 - pt + r
-                if iy < 0 or iy >= h:
-                    d[:] = 0.0
-                else:
-                    _fill_row_kernel(x[b, (c * h + iy) * w: (c * h + iy) * w + w], w, pl, half, d[0: half],
-                                     d[half: wb])
-            for ty in range(ty0, ty1):
-                r = 2 * (ty - ty0) * wb
-                d0, d1, d2, d3 = rb[r: r + wb], rb[r + wb: r + 2 * wb], rb[r + 2 * wb: r + 3 * wb], \
-                    rb[r + 3 * wb: r + 4 * wb]
-                # B^T down the columns: rows d0 - d2, d1 + d2, d2 - d1, d1 - d3
-                _diff_kernel(d0, d2, t0, wb)
-                _sum_kernel(d1, d2, t1, wb)
-                _diff_kernel(d2, d1, t2, wb)
-                _diff_kernel(d1, d3, t3, wb)
-                base = (ty - ty0) * ntx
-                for i in range(4):  # B along the rows: columns 2tx .. 2tx + 3 are E[tx], O[tx], E[tx + 1], O[tx + 1]
-                    t = tb[i * wb: (i + 1) * wb]
-                    e0, o0, e1, o1 = t[0: ntx], t[half: half + ntx], t[1: 1 + ntx], t[half + 1: half + 1 + ntx]
-                    k0 = ((4 * i) * c_in + c) * nt + base
-                    _diff_kernel(e0, e1, v[k0: k0 + ntx], ntx)
-                    _sum_kernel(o0, e1, v[k0 + step: k0 + step + ntx], ntx)
-                    _diff_kernel(e1, o0, v[k0 + 2 * step: k0 + 2 * step + ntx], ntx)
-                    _diff_kernel(o0, o1, v[k0 + 3 * step: k0 + 3 * step + ntx], ntx)
+            for m in range(nbr + 1):
+                for par in range(2):
+                    iy = 2 * (ty0 + m) - pt + par
+                    ev = (poe if par else pee)[m * half: m * half + half]
+                    od = (poo if par else peo)[m * half: m * half + half]
+                    if iy < 0 or iy >= h:
+                        ev[:] = 0.0
+                        od[:] = 0.0
+                    else:
+                        _fill_row_kernel(x[b, (c * h + iy) * w: (c * h + iy) * w + w], w, pl, half, ev, od)
+            # B^T down the columns: d0 - d2, d1 + d2, d2 - d1, d1 - d3 with d0, d1 = rows 2ty, 2ty + 1 (plane rows
+            # ty of the even and odd planes) and d2, d3 = the next pair (q + half); for both column planes
+            for col in range(2):
+                pe = pee if col == 0 else peo
+                po = poe if col == 0 else poo
+                t0, t1 = t[(0 + col) * tq: (0 + col) * tq + nq], t[(2 + col) * tq: (2 + col) * tq + nq]
+                t2, t3 = t[(4 + col) * tq: (4 + col) * tq + nq], t[(6 + col) * tq: (6 + col) * tq + nq]
+                pe2, po2 = pe[half: half + nq], po[half: half + nq]
+                _diff_kernel(pe, pe2, t0, nq)
+                _sum_kernel(po, pe2, t1, nq)
+                _diff_kernel(pe2, po, t2, nq)
+                _diff_kernel(po, po2, t3, nq)
+            for i in range(8):  # the read one past the last column (a dropped tile's)
+                t[i * tq + nq] = 0.0
+            # B along the rows: columns 2tx .. 2tx + 3 are E[q], O[q], E[q + 1], O[q + 1]
+            for i in range(4):
+                te, to = t[2 * i * tq: 2 * i * tq + tq], t[(2 * i + 1) * tq: (2 * i + 1) * tq + tq]
+                k0 = (4 * i * c_in + c) * nq
+                _tail_kernel(te, te, v[k0: k0 + nq], nq)
+                _rsum_kernel(to, te, v[k0 + step: k0 + step + nq], nq)
+                _rdiff_kernel(te, to, v[k0 + 2 * step: k0 + 2 * step + nq], nq)
+                _tail_kernel(to, to, v[k0 + 3 * step: k0 + 3 * step + nq], nq)
 
 
-def _output_transform(m, b, cout, oh, ow, ntx, ty0, ty1, nt, acc, slots, alen, bias, ep, chain, out):
+def _output_transform(m, b, cout, oh, ow, ntx, ty0, ty1, acc, slots, alen, bias, ep, chain, out):
     """out[b, co, output rows of tile rows ty0 .. ty1) = chain(act(A^T m A + bias[co])) for every output channel
-    co, m[(k * cout + co) * nt + tile] (nt: the band's tiles); acc: per slot alen floats (the band's output rows of one
-    channel, pitch 2 * ntx, then 10 rows of ntx for the partial sums)."""
+    co, m[(k * cout + co) * nq + q] (q: the tile's column, see above); acc: per slot alen floats, 12 planes of nq
+    for the partial sums, then the band's output rows of one channel (pitch 2 * ntx)."""
     has_bias = bias.shape[0] != 0
     kind, p0, p1 = np.int64(ep[EP_ACT]), ep[EP_P0], ep[EP_P1]
+    half = ntx + 1
+    nbr = ty1 - ty0
+    nq = nbr * half
     pitch = 2 * ntx
     r0 = 2 * ty0
     nrows = min(2 * ty1, oh) - r0
-    ylen = 2 * (ty1 - ty0) * pitch
-    step = cout * nt
+    step = cout * nq
     for s in prange(slots):
         ac = acc[s * alen: s * alen + alen]
-        tmp = ac[alen - 10 * ntx: alen]
+        sp = ac[0: 12 * nq]
+        y = ac[12 * nq: 12 * nq + 2 * nbr * pitch]
         for co in range(s, cout, slots):
-            for ty in range(ty0, ty1):
-                k0 = co * nt + (ty - ty0) * ntx
-                # A^T down the columns: s0j = m0j + m1j + m2j, s1j = m1j - m2j - m3j (j = 0..3)
-                for j in range(4):
-                    a = k0 + j * step
-                    m0, m1 = m[a: a + ntx], m[a + 4 * step: a + 4 * step + ntx]
-                    m2, m3 = m[a + 8 * step: a + 8 * step + ntx], m[a + 12 * step: a + 12 * step + ntx]
-                    _sum3_kernel(m0, m1, m2, tmp[j * ntx: (j + 1) * ntx], ntx)
-                    _diff3_kernel(m1, m2, m3, tmp[(4 + j) * ntx: (5 + j) * ntx], ntx)
-                # then along the rows: y_r0 = s_r0 + s_r1 + s_r2, y_r1 = s_r1 - s_r2 - s_r3, interleaved
-                e, o = tmp[8 * ntx: 9 * ntx], tmp[9 * ntx: 10 * ntx]
-                for r in range(2):
-                    q = tmp[4 * r * ntx: (4 * r + 4) * ntx]
-                    _sum3_kernel(q[0: ntx], q[ntx: 2 * ntx], q[2 * ntx: 3 * ntx], e, ntx)
-                    _diff3_kernel(q[ntx: 2 * ntx], q[2 * ntx: 3 * ntx], q[3 * ntx: 4 * ntx], o, ntx)
-                    y = (2 * (ty - ty0) + r) * pitch
-                    _interleave_kernel(e, o, ac[y: y + pitch], ntx)
+            # A^T down the columns: s0j = m0j + m1j + m2j, s1j = m1j - m2j - m3j (j = 0..3)
+            for j in range(4):
+                a = co * nq + j * step
+                m0, m1 = m[a: a + nq], m[a + 4 * step: a + 4 * step + nq]
+                m2, m3 = m[a + 8 * step: a + 8 * step + nq], m[a + 12 * step: a + 12 * step + nq]
+                _sum3_kernel(m0, m1, m2, sp[j * nq: (j + 1) * nq], nq)
+                _diff3_kernel(m1, m2, m3, sp[(4 + j) * nq: (5 + j) * nq], nq)
+            # then along the rows: y_r0 = s_r0 + s_r1 + s_r2, y_r1 = s_r1 - s_r2 - s_r3, interleaved per tile row
+            for r in range(2):
+                q0, q1 = sp[(4 * r) * nq: (4 * r + 1) * nq], sp[(4 * r + 1) * nq: (4 * r + 2) * nq]
+                q2, q3 = sp[(4 * r + 2) * nq: (4 * r + 3) * nq], sp[(4 * r + 3) * nq: (4 * r + 4) * nq]
+                e, o = sp[(8 + 2 * r) * nq: (9 + 2 * r) * nq], sp[(9 + 2 * r) * nq: (10 + 2 * r) * nq]
+                _sum3_kernel(q0, q1, q2, e, nq)
+                _diff3_kernel(q1, q2, q3, o, nq)
+                for ty in range(nbr):
+                    d = (2 * ty + r) * pitch
+                    _interleave_kernel(e[ty * half: ty * half + ntx], o[ty * half: ty * half + ntx],
+                                       y[d: d + pitch], ntx)
             o0 = (co * oh + r0) * ow
-            _store_rows_kernel(ac[:ylen], pitch, nrows, ow, np.float32(1.0),
-                               bias[co] if has_bias else np.float32(0.0), out[b, o0: o0 + nrows * ow], kind, p0, p1,
-                               chain)
+            _store_rows_kernel(y, pitch, nrows, ow, np.float32(1.0), bias[co] if has_bias else np.float32(0.0),
+                               out[b, o0: o0 + nrows * ow], kind, p0, p1, chain)
 
 
 _input_transform_kernel, _input_transform_parallel_kernel = conv_ops._serial_and_parallel(_input_transform)
@@ -254,17 +290,17 @@ def bind(x: np.ndarray, prepared: conv_ops.PreparedConv, g: dict, bias_v: np.nda
     if scratch.nbytes < nbytes:
         raise InputError(f"conv winograd: scratch too small: {scratch.nbytes} bytes < {nbytes} needed")
     flat = scratch[:nbytes].view(np.float32)
-    nt = brows * ntx
+    nt = brows * (ntx + 1)
     vbuf, mbuf = flat[: 16 * c_in * nt], flat[16 * c_in * nt: 16 * (c_in + cout) * nt]
     slots = conv_ops._slots(max(c_in, cout), parallel)
-    rlen, alen = _slot_sizes(g, brows)
+    rlen, alen = _slot_sizes(ntx, brows)
     pos = 16 * (c_in + cout) * nt
     rows = flat[pos: pos + slots * rlen]
     acc = flat[pos + slots * rlen: pos + slots * (rlen + alen)]
     bands = []
     for ty0 in range(0, nty, brows):
         ty1 = min(nty, ty0 + brows)
-        n = (ty1 - ty0) * ntx
+        n = (ty1 - ty0) * (ntx + 1)
         bands.append((ty0, ty1, n, vbuf[: 16 * c_in * n], mbuf[: 16 * cout * n],
                       vbuf[: 16 * c_in * n].reshape(16, c_in, n), mbuf[: 16 * cout * n].reshape(16, cout, n)))
     xin = _input_transform_parallel_kernel if parallel else _input_transform_kernel
@@ -279,6 +315,6 @@ def _run_winograd(x2, u, bands, rows, acc, xin, xout, out2, bias, ep, chain, geo
     c_in, h, w, pt, pl, ntx, cout, oh, ow, slots, rlen, alen = geo
     for b in range(x2.shape[0]):
         for ty0, ty1, nt, v, m, v3, m3 in bands:
-            xin(x2, b, c_in, h, w, pt, pl, ntx, ty0, ty1, v, nt, rows, slots, rlen)
+            xin(x2, b, c_in, h, w, pt, pl, ntx, ty0, ty1, v, rows, slots, rlen)
             np.matmul(u, v3, out=m3)
-            xout(m, b, cout, oh, ow, ntx, ty0, ty1, nt, acc, slots, alen, bias, ep, chain, out2)
+            xout(m, b, cout, oh, ow, ntx, ty0, ty1, acc, slots, alen, bias, ep, chain, out2)
