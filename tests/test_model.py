@@ -232,6 +232,31 @@ def test_runs_are_bit_identical_and_outputs_are_fresh(packed):
             assert not np.array_equal(first[k], other[k])
 
 
+def test_fast_path_calls_kernels_directly_and_holds_the_limit_when_needed(packed, monkeypatch):
+    """From the second run of a shape on, Model.run calls each bound Numba kernel's compiled entry point (same bits).
+    The thread limit is entered only for plans that need it: a serial plan of kernels alone skips it, a plan with a
+    BLAS step (dense float32 weights at batch 1) or parallel kernels holds it on every run."""
+    path = packed("lenet300", 0.92, 6)
+    cases = ((runtime.load(path), False), (runtime.load(path, layer_modes="dense"), True),
+             (runtime.load(path, parallel=True, threads=2), True))
+    for model, needs_limit in cases:
+        feeds = inputs_for(model, 1, seed=3)
+        runs = [model.run(feeds) for _ in range(2)]  # the first plans and compiles, the second takes the fast path
+        entered = []
+        enter = model._limit.enter
+        monkeypatch.setattr(model._limit, "enter", lambda: entered.append(1) or enter())
+        runs += [model.run(feeds) for _ in range(2)]
+        monkeypatch.undo()
+        for r in runs[1:]:
+            for k in r:
+                np.testing.assert_array_equal(r[k], runs[0][k])
+        (dst, steps, outputs, limited, direct), = model._fast.values()
+        assert direct and limited == needs_limit and len(entered) == (2 if needs_limit else 0)
+        assert not any(hasattr(fn, "overloads") for fn, _ in steps)  # no dispatcher left
+        if not needs_limit:
+            assert all(type(fn).__name__ == "builtin_function_or_method" for fn, _ in steps)
+
+
 def test_parallel_kernels_agree(packed):
     path = packed("cnn", 0.5, 8)
     serial, par = runtime.load(path), runtime.load(path, parallel=True)
