@@ -314,7 +314,8 @@ def conv_output_shape(x_shape: tuple, w_shape: tuple, attrs: dict) -> tuple:
 
 def conv_scratch_bytes(x_shape: tuple, w_shape: tuple, attrs: dict, prepared: PreparedConv | None = None,
                        parallel: bool = False) -> int:
-    """Scratch bytes `conv` needs. Without `prepared` the answer covers every weight kind (an upper bound)."""
+    """Scratch bytes `conv` needs. Without `prepared` the answer covers every weight kind prepare_conv makes (an
+    upper bound); the Winograd form (conv_winograd.py) is asked about with its prepared weight."""
     if prepared is not None:
         return _plan(prepared, x_shape, attrs, parallel).scratch_bytes
     g = geometry(x_shape, w_shape, attrs)
