@@ -131,3 +131,28 @@ def test_refused_with_reason(entry, op, tmp_path):
     """The corpus's refused files fail to pack with edgepack's own error naming the node's op, not a crash."""
     with pytest.raises(PackFailed, match=rf"edgepack pack: error: node '[^']+' \({op}\)"):
         pack_entry(entry, tmp_path / f"{entry.name}.epk", *PACK_FLAGS)
+
+
+def test_max_error_with_calibration_set_on_a_real_model(tmp_path):
+    """`edgepack pack --sparsity 0 --bits 8 --max-error E --calib SET` on mtcnn_onet (keras2onnx, batch fixed to 1)
+    with 16 of its task's own inputs, E below what 8 bits give (2.5e-3), so the fidelity guard must raise layers: the
+    file is within E on those inputs by an independent measure (edgepack's runtime on the file against onnxruntime on
+    the original), and says what the guard did."""
+    from edgepack.runtime.loader import read_packed
+    from realmodels.corpus import BY_NAME
+    from realmodels.harness import calibration_set
+
+    entry, bound = BY_NAME["mtcnn_onet"], 1e-3
+    feeds = calibration_set(entry, 16, 1000)
+    np.savez(tmp_path / "calib.npz", **feeds)
+    out = tmp_path / "onet.epk"
+    pack_entry(entry, out, *PACK_FLAGS, "--max-error", str(bound), "--calib", str(tmp_path / "calib.npz"))
+    fid = read_packed(out).meta["settings"]["fidelity"]
+    assert fid["error_before"] > bound >= fid["error_after"] and fid["raised"] > 0
+    ref, test = ort_runner(fetch(entry)), runtime_runner(out)
+    run, log = paired_runner(ref, test)
+    (name,) = feeds
+    for x in feeds[name]:
+        run({name: x})
+    assert log.runs == 16
+    assert log.relative() <= bound * (1 + 1e-3), f"runtime vs original on the calibration inputs: {log.relative()}"

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from edgepack.runtime import constants as C
-from edgepack.runtime.errors import FormatError, InputError, UnsupportedError
+from edgepack.runtime.errors import EdgepackError, FormatError, InputError, UnsupportedError
 from edgepack.runtime.summary import format_table, layer_table
 from edgepack.runtime.tables import read_table_file
 
@@ -296,7 +296,8 @@ def pack(model_path: str | os.PathLike, out_path: str | os.PathLike, *, sparsity
 
         feeds = calibration_inputs(graph, calib)
         try:
-            fidelity = guard(graph, encoded, settings, feeds, max_error, encoder)
+            fidelity = guard(graph, encoded, settings, feeds, max_error, encoder,
+                             progress=None if quiet else (lambda line: print(f"fidelity: {line}", file=sys.stderr)))
         except Exception as e:  # the check must not stop a pack that onnxruntime cannot evaluate
             if max_error is not None:
                 raise
@@ -304,8 +305,10 @@ def pack(model_path: str | os.PathLike, out_path: str | os.PathLike, *, sparsity
         if fidelity is not None and max_error is None and fidelity.after.rel_l2 > WARN_ERROR:
             warnings.append(f"the packed model's outputs differ from the original's by {fidelity.after.summary()} "
                             f"on random inputs; consider fewer pruned weights, more bits, or --max-error")
-        if fidelity is not None and not fidelity.met:
-            warnings.append(f"--max-error {max_error} could not be met: {fidelity.after.summary()}")
+        if fidelity is not None and not fidelity.met:  # before anything is written: out_path stays as it was
+            raise EdgepackError(f"--max-error {max_error} could not be met: {fidelity.after.summary()} on the "
+                                f"calibration inputs after {fidelity.rounds} round(s) of raised precision; no file "
+                                f"written")
     doc = graph_doc(graph, encoded)
     meta = {
         "producer": f"edgepack {__version__}",
@@ -323,9 +326,14 @@ def pack(model_path: str | os.PathLike, out_path: str | os.PathLike, *, sparsity
     if allocation is not None:
         meta["settings"]["allocation"] = {"steps": allocation.point, "predicted_error": round(
             allocation.predicted_at(allocation.point), 6)}
-    if fidelity is not None and fidelity.changes:
+    if fidelity is not None and (fidelity.changes or max_error is not None):
         meta["settings"]["fidelity"] = {"max_error": max_error, "changes": [
             {"tensor": c.tensor, "change": c.what} for c in fidelity.changes]}
+        if max_error is not None:  # what the guard measured on the calibration inputs, before and after its changes
+            num = lambda x: round(x, 6) if math.isfinite(x) else None  # noqa: E731 - NaN / inf outputs: null
+            meta["settings"]["fidelity"].update(
+                error_before=num(fidelity.before.rel_l2), error_after=num(fidelity.after.rel_l2),
+                raised=len(fidelity.raised), bytes_added=sum(c.bytes_added for c in fidelity.changes))
     data = build_file(meta, doc)
     packed = write_packed(out_path, data, model_path)  # checked as the loader does before it replaces anything
     references = {name: e.reference for name, e in encoded.items()}
