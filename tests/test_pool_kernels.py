@@ -76,3 +76,59 @@ def test_global_average_pool_matches_float64_mean(shape):
     got = out.reshape(-1).astype(np.float64)
     scale = np.abs(x.astype(np.float64)).reshape(shape[0] * shape[1], -1).max(axis=1)
     assert (np.abs(got - want) <= 1e-7 * scale + np.abs(want) * 2 ** -23).all()
+
+
+def _avg_reference(x, kh, kw, sh, sw, dh, dw, ph, pw, oh, ow, h_lim, w_lim, include_pad):
+    """Window by window in float64: the mean over the window's input elements, or with include_pad the sum over its
+    elements inside the padded input (h_lim, w_lim: input plus end pads)."""
+    n, c, h, w = x.shape
+    out = np.zeros((n, c, oh, ow))
+    for y in range(oh):
+        for z in range(ow):
+            total, inside, padded = np.zeros((n, c)), 0, 0
+            for i in range(kh):
+                for j in range(kw):
+                    iy, ix = y * sh - ph + i * dh, z * sw - pw + j * dw
+                    if iy < h_lim and ix < w_lim:
+                        padded += 1
+                    if 0 <= iy < h and 0 <= ix < w:
+                        total += x[:, :, iy, ix]
+                        inside += 1
+            d = padded if include_pad else inside
+            out[:, :, y, z] = total / d if d else 0.0
+    return out
+
+
+AVG_CASES = [
+    ((1, 480, 3, 80), {"kernel_shape": [3, 2], "strides": [3, 2]}),  # PP-OCRv4 rec
+    ((2, 3, 11, 9), {"kernel_shape": [3, 3], "strides": [2, 2], "pads": [1, 1, 1, 1]}),
+    ((2, 3, 11, 9), {"kernel_shape": [3, 3], "strides": [2, 2], "pads": [1, 1, 1, 1], "count_include_pad": 1}),
+    ((1, 2, 12, 10), {"kernel_shape": [3, 2], "strides": [2, 3], "pads": [2, 1, 0, 1], "ceil_mode": 1}),
+    ((1, 2, 12, 10), {"kernel_shape": [3, 2], "strides": [2, 3], "pads": [2, 1, 0, 1], "ceil_mode": 1,
+                      "count_include_pad": 1}),
+    ((1, 2, 10, 40), {"kernel_shape": [2, 3], "dilations": [2, 3], "pads": [1, 1, 1, 1]}),
+    ((1, 2, 1, 17), {"kernel_shape": [1, 5], "strides": [1, 2], "pads": [0, 2, 0, 2], "count_include_pad": 1}),
+]
+
+
+@pytest.mark.parametrize("shape,attrs", AVG_CASES)
+def test_avgpool_matches_window_reference(shape, attrs):
+    """AveragePool's two-pass kernel against the float64 window mean, with and without count_include_pad, ceil_mode
+    windows hanging past the end, dilations; through the plain runner and the bound step on the plan's scratch."""
+    rng = np.random.default_rng(len(attrs) + shape[-1])
+    x = rng.standard_normal(shape).astype(np.float32)
+    (out_shape,) = pool._infer_avgpool([shape], attrs, [None])
+    g = pool._geometry(shape, attrs)
+    kh, kw, sh, sw, dh, dw, ph, pw, ph_end, pw_end = g[:10]
+    ref = _avg_reference(x, kh, kw, sh, sw, dh, dw, ph, pw, g[10], g[11], shape[2] + ph_end, shape[3] + pw_end,
+                         bool(attrs.get("count_include_pad", 0)))
+    got = np.full(out_shape, np.nan, np.float32)
+    pool._run_avgpool([x], attrs, [got])
+    np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-6)
+    need = pool._run_avgpool.scratch_bytes([x.shape], attrs)
+    scratch = np.full(need + 8, 255, np.uint8)
+    bound = np.full(out_shape, np.nan, np.float32)
+    fn, args = pool._run_avgpool.bind([x], attrs, [bound], scratch)
+    fn(*args)
+    np.testing.assert_array_equal(bound, got)
+    assert (scratch[need:] == 255).all()

@@ -27,7 +27,7 @@ def _maxpool2d_kernel(x, out, row, kh, kw, sh, sw, dh, dw, ph, pw):
     13x13 plane: 7x fewer). row: scratch of _maxpool_row_floats: tp (the padded row: -inf in the padding, written
     once, so no tap needs a bounds test) and u. Every loop runs unit-stride over slices taken from 0 with an explicit
     `v > acc` select (numba's max() and a run-time stride each kept LLVM from vectorising: 3x3 stride 2 on 32 planes
-    of 46x46 went 60 -> 10 us). Bit for bit the window-by-window max: each comparison keeps its accumulator unless
+    of 46x46 went 59 -> 39 us). Bit for bit the window-by-window max: each comparison keeps its accumulator unless
     the new value is greater and the accumulators start at -inf, so a NaN never wins, as before."""
     planes, h_, w_ = x.shape
     oh_, ow_ = out.shape[1], out.shape[2]
@@ -83,15 +83,43 @@ def _maxpool2d_kernel(x, out, row, kh, kw, sh, sw, dh, dw, ph, pw):
 
 
 @njit(cache=True, error_model="numpy")  # a division never raises inside the kernel
-def _avgpool2d_kernel(x, out, kh, kw, sh, sw, dh, dw, ph, pw, h_lim, w_lim, include_pad):
-    # h_lim = H + end pad: with ceil_mode a window may hang past the padded input; those taps never count
+def _avgpool2d_kernel(x, out, row, kh, kw, sh, sw, dh, dw, ph, pw, h_lim, w_lim, include_pad):
+    """AveragePool in MaxPool's two passes (_maxpool2d_kernel): per output row, tp <- the sum of its kh input rows
+    (the padded row: zeros in the padding, written once), u <- the sum of the kw taps at every column, then every
+    sw-th value of u over its window's count; all loops unit-stride over slices from 0 (the tap-by-tap sweep with a
+    run-time stride was scalar: PP-OCRv4 rec's 3x2 stride-(3, 2) pool of 480 x 3 x 80 took ~190 us). row: scratch of
+    _avgpool_row_floats. The count: the window's input elements, or with include_pad its elements inside the padded
+    input (h_lim = H + end pad: with ceil_mode a window may hang past it; those taps never count)."""
     planes, h_, w_ = x.shape
     oh_, ow_ = out.shape[1], out.shape[2]
+    if ow_ == 0:
+        return
+    nu = (ow_ - 1) * sw + 1
+    ext = nu + (kw - 1) * dw  # tp[i] holds input column i - pw
+    tp, u = row[:ext], row[ext: ext + nu]
+    cols_in, cols_padded = row[ext + nu: ext + nu + ow_], row[ext + nu + ow_: ext + nu + 2 * ow_]
+    for k in range(ow_):  # the columns of each window inside the input / the padded input
+        w0 = k * sw - pw
+        ci = 0
+        cp = 0
+        for j in range(kw):
+            w = w0 + j * dw
+            if w < w_lim:
+                cp += 1
+                if w >= 0 and w < w_:
+                    ci += 1
+        cols_in[k] = ci
+        cols_padded[k] = cp
+    c0, c1 = min(pw, ext), min(ext, pw + w_)
+    for i in range(c0):
+        tp[i] = 0.0
+    for i in range(max(c0, c1), ext):
+        tp[i] = 0.0
+    tv = tp[c0: max(c0, c1)]
+    nv = tv.shape[0]
     for p in range(planes):
         for oh in range(oh_):
             orow = out[p, oh]
-            for ow in range(ow_):
-                orow[ow] = 0.0
             h0 = oh * sh - ph
             rows_in = 0
             rows_padded = 0
@@ -101,27 +129,29 @@ def _avgpool2d_kernel(x, out, kh, kw, sh, sw, dh, dw, ph, pw, h_lim, w_lim, incl
                     rows_padded += 1
                 if h < 0 or h >= h_:
                     continue
-                rows_in += 1
                 xrow = x[p, h]
-                for j in range(kw):
-                    off = j * dw - pw
-                    lo = 0 if off >= 0 else (sw - 1 - off) // sw
-                    last = w_ - 1 - off
-                    hi = 0 if last < 0 else min(ow_, last // sw + 1)
-                    for ow in range(lo, hi):
-                        orow[ow] += xrow[ow * sw + off]
-            for ow in range(ow_):
-                w0 = ow * sw - pw
-                cols_in = 0
-                cols_padded = 0
-                for j in range(kw):
-                    w = w0 + j * dw
-                    if w < w_lim:
-                        cols_padded += 1
-                        if w >= 0 and w < w_:
-                            cols_in += 1
-                d = rows_padded * cols_padded if include_pad else rows_in * cols_in
-                orow[ow] = orow[ow] / d if d > 0 else 0.0
+                if rows_in == 0:
+                    for k in range(nv):
+                        tv[k] = xrow[k]
+                else:
+                    for k in range(nv):
+                        tv[k] = tv[k] + xrow[k]
+                rows_in += 1
+            if rows_in == 0:  # no input element: 0 (as 0 / count before)
+                for k in range(ow_):
+                    orow[k] = 0.0
+                continue
+            for k in range(nu):
+                u[k] = tp[k]
+            for j in range(1, kw):
+                s = tp[j * dw: j * dw + nu]
+                for k in range(nu):
+                    u[k] = u[k] + s[k]
+            cnt = cols_padded if include_pad else cols_in
+            rows = np.float64(rows_padded if include_pad else rows_in)
+            for k in range(ow_):
+                d = rows * cnt[k]
+                orow[k] = u[k * sw] / d if d > 0 else 0.0
 
 
 @njit(cache=True)
@@ -307,15 +337,42 @@ def _run_maxpool(inputs, attrs, outputs):
 _run_maxpool.bind, _run_maxpool.scratch_bytes = _bind_maxpool, _maxpool_scratch_bytes
 
 
-def _run_avgpool(inputs, attrs, outputs):
-    g = _cached_geometry(inputs[0].shape, attrs)
-    x, out = _planes(inputs[0]), _planes(outputs[0])
+def _avgpool_row_floats(g) -> int:
+    """Scratch floats of _avgpool2d_kernel for geometry g: MaxPool's padded row and window sums, and two column
+    counts per output column."""
+    return _maxpool_row_floats(g) + 2 * max(g[11], 1)
+
+
+def _avgpool_scratch_bytes(in_shapes, attrs) -> int:
+    return 4 * _avgpool_row_floats(_cached_geometry(tuple(in_shapes[0]), attrs))
+
+
+def _bind_avgpool(inputs, attrs, outputs, scratch=None):
+    """As _bind_maxpool: the kernel and its arguments, scratch from the plan (or allocated when None)."""
+    x, out = inputs[0], outputs[0]
+    if not (x.flags.c_contiguous and out.flags.c_contiguous):
+        return None
+    g = _cached_geometry(x.shape, attrs)
+    x, out = _planes(x), _planes(out)
     if _is_plain_2x2(g, x):  # no padding, so count_include_pad cannot matter
-        _pool2x2_kernel(x, out, False)
-    else:
-        kh, kw, sh, sw, dh, dw, ph, pw, ph_end, pw_end = g[:10]
-        _avgpool2d_kernel(x, out, kh, kw, sh, sw, dh, dw, ph, pw, x.shape[1] + ph_end, x.shape[2] + pw_end,
-                          bool(attrs.get("count_include_pad", 0)))
+        return _pool2x2_kernel, (x, out, False)
+    need = 4 * _avgpool_row_floats(g)
+    row = np.empty(need // 4, np.float32) if scratch is None else scratch[:need].view(np.float32)
+    kh, kw, sh, sw, dh, dw, ph, pw, ph_end, pw_end = g[:10]
+    return _avgpool2d_kernel, (x, out, row, kh, kw, sh, sw, dh, dw, ph, pw, x.shape[1] + ph_end, x.shape[2] + pw_end,
+                               bool(attrs.get("count_include_pad", 0)))
+
+
+def _run_avgpool(inputs, attrs, outputs):
+    out = outputs[0]
+    dst = out if out.flags.c_contiguous else np.empty(out.shape, out.dtype)
+    fn, args = _bind_avgpool([np.ascontiguousarray(inputs[0])], attrs, [dst])
+    fn(*args)
+    if dst is not out:
+        out[...] = dst
+
+
+_run_avgpool.bind, _run_avgpool.scratch_bytes = _bind_avgpool, _avgpool_scratch_bytes
 
 
 def _infer_global_pool(input_shapes, attrs, consts):
