@@ -360,7 +360,7 @@ def test_dense_dot_kernel_matches_numpy(n, batch):
     a fused Clip as numpy computes them; the parallel build gives the same bits; W is read, never written."""
     from edgepack.runtime.ops.elementwise import ACT_CLIP
     rng = np.random.default_rng(n * 100 + batch)
-    k = 260
+    k = 520
     w = make_weight("dense", n, k, rng, density=1.0)
     w.array.flags.writeable = False
     prepared = prepare_linear(w, True)
@@ -385,11 +385,13 @@ def test_dense_dot_kernel_thresholds():
     rng = np.random.default_rng(21)
     lo, hi = L.DENSE_DOT_BATCH
     assert 1 < lo <= hi < 256
-    big = make_weight("dense", 520, 260, rng, density=1.0)
+    big = make_weight("dense", 300, 520, rng, density=1.0)
     small = make_weight("dense", 30, 40, rng, density=1.0)
-    assert 520 * 260 >= L.DENSE_DOT_MIN_WEIGHTS > 30 * 40
+    short = make_weight("dense", 2100, 64, rng, density=1.0)  # rows too short for many samples
+    assert 300 * 520 >= L.DENSE_DOT_MIN_WEIGHTS > 30 * 40 and 2100 * 64 >= L.DENSE_DOT_MIN_WEIGHTS
+    assert hi * L.DENSE_DOT_K_PER_ROW <= 520 and lo * L.DENSE_DOT_K_PER_ROW <= 64 < 22 * L.DENSE_DOT_K_PER_ROW
     for w, batch, expect_dot in ((big, lo - 1, False), (big, lo, True), (big, hi, True), (big, hi + 1, False),
-                                 (small, lo, False), (small, hi, False)):
+                                 (small, lo, False), (small, hi, False), (short, lo, True), (short, 22, False)):
         x = rng.standard_normal((batch, w.cols)).astype(np.float32)
         out = np.empty((batch, w.rows), np.float32)
         fn, _ = L.bind_linear(x, prepare_linear(w, True), None, 1.0, 0.0, out)

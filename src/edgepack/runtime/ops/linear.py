@@ -32,11 +32,13 @@ DECODE_ROWS = 64
 # alone costs about a microsecond: W (n, k) rows are summed four at a time, W^T (k, n) columns in SIMD.
 DENSE_KERNEL_MAX_MACS = {"w": 4096, "wt": 32768}
 # Float32 layers held as W (n, k) with at least DENSE_DOT_MIN_WEIGHTS weights run in the dot-product kernel at batch
-# sizes DENSE_DOT_BATCH[0]..[1]: there numpy's BLAS repacks W at every call (measured on the dev VM for 300 x 784 to
-# 8210 x 1024: 1.1-3x slower at batch 3..64; at batch 1-2 BLAS's own vector paths and from batch ~128 its packed
-# kernels win; smaller weights stay in cache and BLAS wins).
+# sizes DENSE_DOT_BATCH[0]..[1] up to k / DENSE_DOT_K_PER_ROW: there numpy's BLAS repacks W at every call (measured on
+# the dev VM for 300 x 784 to 8210 x 1024: 1.1-3x slower at batch 3..64; at batch 1-2 BLAS's own vector paths and
+# from batch ~128 its packed kernels win; smaller weights stay in cache and BLAS wins; with short rows the kernel's
+# per-output horizontal sums weigh more: k = 128 wins at batch 4, loses at 22; k = 256 wins at 22, loses at 64).
 DENSE_DOT_BATCH = (3, 64)
 DENSE_DOT_MIN_WEIGHTS = 1 << 17
+DENSE_DOT_K_PER_ROW = 8
 # Batch rows per BLAS call in the decode path: bounds the scratch for any batch size.
 DECODE_BATCH_CHUNK = 256
 
@@ -588,7 +590,7 @@ def uses_dense_dot(batch: int, n: int, k: int) -> bool:
     """Whether a float32 weight held as W (n, k) runs in the dot-product kernel at this batch size (else BLAS or,
     below DENSE_KERNEL_MAX_MACS, the strict-order row kernel)."""
     return (DENSE_DOT_BATCH[0] <= batch <= DENSE_DOT_BATCH[1] and n * k >= DENSE_DOT_MIN_WEIGHTS
-            and batch * n * k > DENSE_KERNEL_MAX_MACS["w"])
+            and batch * DENSE_DOT_K_PER_ROW <= k and batch * n * k > DENSE_KERNEL_MAX_MACS["w"])
 
 
 def linear_scratch_bytes(batch: int, prepared: PreparedLinear, parallel: bool = False) -> int:

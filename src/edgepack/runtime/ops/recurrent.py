@@ -4,11 +4,13 @@ Y_h / Y_c hold its last state, or zero for an empty one), initial_h, initial_c a
 `input_forget`, `layout` 0 and 1 (opset 14); GRU's `linear_before_reset` 0 and 1; any of Y, Y_h, Y_c omitted.
 Activations: Sigmoid, Tanh, Relu, Softsign and Softplus (the parameter-free ones); others are refused by name.
 
-The input part of every gate at every step, W x_t, is one BLAS product per direction before the recurrence; then one
-kernel per op runs every direction and batch row: per step the gate pre-activations are that plus the biases plus
-R h_{t-1} (dot products over contiguous weight rows), then the cell update in place. The projections and the state
-(directions x steps x batch x gates x hidden, plus a few hidden sizes, float32) live in the executor's shared
-scratch, which the memory plan counts (run.scratch_bytes); the plain runner allocates them per call.
+The input part of every gate at every step, W x_t, is one matrix product per direction before the recurrence (bound
+through runtime/ops/linear.py: its dot-product kernel or BLAS); then one kernel per op runs every direction and batch
+row: per step the gate pre-activations are that plus the biases plus R h_{t-1} (dot products over contiguous weight
+rows), then the cell update in place. At batch 1 the steps are bound by reading R (ddddocr's 2 x 4 MiB: from L3 at
+every step, ~60 GB/s on the dev VM). The projections and the state (directions x steps x batch x gates x hidden,
+plus a few hidden sizes, float32) live in the executor's shared scratch, which the memory plan counts
+(run.scratch_bytes); the plain runner allocates them per call.
 W and R arrive dense: the loader expands compressed constants of ops other than Gemm/MatMul/Conv.
 """
 from __future__ import annotations
