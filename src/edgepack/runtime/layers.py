@@ -38,7 +38,11 @@ CALL_S = 0.5e-6  # one bound step: the kernel's dispatch, its arguments prepared
 SPARSE_MAC_S = 0.25e-9  # one multiply-add of the compact CSC scatter kernel (batch < SPARSE_TILED_MIN_BATCH);
 # measured: LeNet-300-100 at 10% kept runs compact in 7.1 us, where 0.6e-9 made the planner pick dense (16 us, 1 MB)
 SKIP_INPUT_S = 0.3e-9  # per input feature and sample: the zero test of the scatter kernels
-SPARSE_TILED_MAC_S = 0.07e-9  # per multiply-add and sample in the tiled kernel (larger batches)
+SPARSE_TILED_MAC_S = 0.12e-9  # per multiply-add and sample in the tiled kernel (larger batches), plus per entry
+SPARSE_TILED_ENTRY_S = 1.5e-9  # and tile of up to linear_ops.TILE samples (its weight, row and loop): fitted to CPU
+# times for 300 x 784 to 8210 x 1024 at 8-30% density, batch 8 / 22 / 64 (2.8 / 5.3 / 8-12 ns an entry, dev VM at
+# load ~8); ddddocr's classifier at density 0.3 and 22 rows: 11.4 ms, where 0.07 ns a MAC predicted 3.9 (and the
+# dense dot kernel's 6.4 ms lost to it)
 CODES_MAC_S = 0.6e-9  # dense-codes (codebook) multiply-add, batch 1
 DECODE_ELEMENT_S = 1.5e-9  # per weight element when codes are expanded block by block for BLAS (batch >= 2)
 BLAS_GEMV_MAC_S = 0.045e-9  # float32 matrix-vector multiply-add
@@ -1335,7 +1339,8 @@ class LayerSpec:
         if isinstance(w, SparseCodebookWeight):
             if batch < linear_ops.SPARSE_TILED_MIN_BATCH:
                 return CALL_S + batch * (_kept(w) * SPARSE_MAC_S + k * SKIP_INPUT_S)
-            return CALL_S + batch * _kept(w) * SPARSE_TILED_MAC_S
+            tiles = -(-batch // linear_ops.TILE)
+            return CALL_S + _kept(w) * (tiles * SPARSE_TILED_ENTRY_S + batch * SPARSE_TILED_MAC_S)
         decode_min = linear_ops.DECODE_MIN_BATCH
         if isinstance(decode_min, dict):
             decode_min = decode_min.get("int8" if isinstance(w, Int8Weight) else "codebook", 2)
