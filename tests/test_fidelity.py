@@ -271,9 +271,28 @@ def _nan_model(tmp_path):
     return zoo.save(m, tmp_path / "nan.onnx")
 
 
-def test_unmet_bound_is_an_error_and_leaves_the_file(tmp_path):
-    """A bound no encoding can meet: pack says so, naming the bound and the error reached, and the file already at
-    the output path is left as it was (never replaced by one that does not meet the bound)."""
+def test_unmet_bound_is_an_error_and_leaves_the_file(tmp_path, monkeypatch):
+    """A bound the guard cannot reach (here every measurement made to read at least 0.5): pack says so, naming the
+    bound and the error reached, and the file already at the output path is left as it was (never replaced by one
+    that does not meet the bound)."""
+    from edgepack.packer import fidelity
+    from edgepack.runtime.errors import EdgepackError
+
+    src = zoo.save(zoo.cnn(), tmp_path / "cnn.onnx")
+    out = tmp_path / "m.epk"
+    pack(src, out, bits=8, check_fidelity=False)
+    before = out.read_bytes()
+    real = fidelity._rel_l2
+    monkeypatch.setattr(fidelity, "_rel_l2", lambda ref, got: max(0.5, real(ref, got)))
+    with pytest.raises(EdgepackError, match=r"--max-error 0\.01 could not be met: relative L2 error 0\.5\b") as e:
+        pack(src, out, bits=8, max_error=0.01)
+    assert "no file written" in str(e.value)
+    assert out.read_bytes() == before
+
+
+def test_original_that_gives_nan_is_a_clear_error(tmp_path):
+    """The original itself gives NaN on the calibration inputs: no relative error can be measured; pack says which
+    output and run, and leaves the file at the output path as it was."""
     from edgepack.runtime.errors import EdgepackError
 
     src = _nan_model(tmp_path)
@@ -281,9 +300,9 @@ def test_unmet_bound_is_an_error_and_leaves_the_file(tmp_path):
     pack(src, out, bits=4, check_fidelity=False)
     before = out.read_bytes()
     x = np.random.default_rng(1).standard_normal((6, 8)).astype(np.float32)
-    with pytest.raises(EdgepackError, match=r"--max-error 0\.01 could not be met: relative L2 error inf") as e:
+    with pytest.raises(EdgepackError, match=r"--max-error 0\.01: the original model's output 'y' is NaN or inf on "
+                                            r"calibration run 0"):
         pack(src, out, bits=4, max_error=0.01, calib=x)
-    assert "no file written" in str(e.value)
     assert out.read_bytes() == before
 
 

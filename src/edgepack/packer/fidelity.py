@@ -366,6 +366,8 @@ def guard(graph: Graph, encoded: dict[str, Encoded], settings: dict[str, tuple[L
     def current() -> dict[str, np.ndarray]:
         return {name: encoded[name].reference for name in settings}
 
+    if bound is not None:
+        _check_reference(graph, ev, bound)
     before = ev.measure(current())
     report = GuardReport(bound, before, before)
     if bound is None or before.rel_l2 <= bound:
@@ -520,6 +522,17 @@ def guard(graph: Graph, encoded: dict[str, Encoded], settings: dict[str, tuple[L
     report.raised = [n for n in settings if encoded[n] is not first[n][1]]
     report.seconds, report.model_runs = time.perf_counter() - t0, ev.model_runs
     return report
+
+
+def _check_reference(graph: Graph, ev: Evaluator, bound: float) -> None:
+    """A relative error needs finite reference outputs: the original's own NaN / inf on a calibration input is an
+    error naming the output and the run (no encoding could be measured within the bound)."""
+    for j, ref_runs in enumerate(ev.ref):
+        for i, a in enumerate(ref_runs):
+            if not np.isfinite(a).all():
+                raise EdgepackError(f"--max-error {bound}: the original model's output '{graph.outputs[j].name}' is "
+                                    f"NaN or inf on calibration run {i}, so no error relative to it can be measured; "
+                                    f"give calibration inputs the model is meant for; no file written")
 
 
 def _budget(sq: dict[str, np.ndarray], errs: np.ndarray, aim: float) -> tuple[np.ndarray, np.ndarray]:
