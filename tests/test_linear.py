@@ -297,6 +297,26 @@ def test_scratch_size_is_exact_upper_bound(kind, batch):
         check_close(out, reference(x, w.to_dense(), None, 1.0, 1.0))
 
 
+@pytest.mark.parametrize("kind", ["codebook", "int8"])
+@pytest.mark.parametrize("n", [96 * L.DECODE_ROWS_SHARE + 5, L.DECODE_ROWS_MAX * L.DECODE_ROWS_SHARE + 3])
+def test_wide_layers_decode_larger_blocks(kind, n):
+    """Wide dense-code / int8 layers decode more rows a block (up to DECODE_ROWS_MAX, the last block partial): the
+    products match numpy, and the scratch (a slot of an arena, canaries around it) is exactly what they use."""
+    rng = np.random.default_rng(n)
+    batch, k = 13, 24  # the decode path for both kinds (DECODE_MIN_BATCH)
+    assert batch >= max(L.DECODE_MIN_BATCH.values()) and L._decode_rows(n) > L.DECODE_ROWS and n % L._decode_rows(n) != 0
+    w = make_weight(kind, n, k, rng, density=0.7)
+    prepared = prepare_linear(w, True)
+    need = linear_scratch_bytes(batch, prepared)
+    assert need == 4 * L._decode_rows(n) * (k + batch)
+    arena = np.full(8 + need + 64, 0xA5, np.uint8)
+    x = relu_input(rng, batch, k)
+    out = np.full((batch, n), np.nan, np.float32)
+    linear(x, prepared, None, 1.0, 0.0, out, arena[8: 8 + need])
+    assert np.all(arena[8 + need:] == 0xA5) and np.all(arena[:8] == 0xA5)
+    check_close(out, reference(x, w.to_dense(), None, 1.0, 1.0))
+
+
 def test_prepared_nbytes_counts_held_arrays():
     rng = np.random.default_rng(10)
     w = make_sparse(300, 784, rng, 0.08, 64, None)

@@ -28,6 +28,11 @@ SPARSE_TILED_MIN_BATCH = 8
 # Crossovers measured on the dev VM for a 784 -> 300 layer (the codebook lookup is a gather, int8 converts in SIMD).
 DECODE_MIN_BATCH = {"codebook": 3, "int8": 12}
 DECODE_ROWS = 64
+# Wide layers decode up to DECODE_ROWS_MAX rows a block, at most 1/DECODE_ROWS_SHARE of the output rows (scratch of
+# at most an eighth of the 8-bit codes' bytes): fewer, larger BLAS calls, which repack x and the block at every call
+# (ddddocr's 1024 -> 8210 classifier held compact, 22 rows: 15.6 ms at 64 rows a block, 8.9 ms at 256).
+DECODE_ROWS_MAX = 256
+DECODE_ROWS_SHARE = 32
 # Dense float32 layers up to this many multiply-adds per call run in a Numba kernel instead of BLAS, whose call
 # alone costs about a microsecond: W (n, k) rows are summed four at a time, W^T (k, n) columns in SIMD.
 DENSE_KERNEL_MAX_MACS = {"w": 4096, "wt": 32768}
@@ -593,12 +598,17 @@ def uses_dense_dot(batch: int, n: int, k: int) -> bool:
             and batch * DENSE_DOT_K_PER_ROW <= k and batch * n * k > DENSE_KERNEL_MAX_MACS["w"])
 
 
+def _decode_rows(n: int) -> int:
+    """Output rows decoded per block by _decoded_blocks."""
+    return min(n, max(DECODE_ROWS, min(DECODE_ROWS_MAX, n // DECODE_ROWS_SHARE)))
+
+
 def linear_scratch_bytes(batch: int, prepared: PreparedLinear, parallel: bool = False) -> int:
     """Bytes of scratch `linear` needs for this batch size (0 when it needs none)."""
     if prepared.kind == "sparse" and batch >= SPARSE_TILED_MIN_BATCH:
         return 4 * _slots(batch, parallel) * TILE * (prepared.k + prepared.n)
     if prepared.kind in DECODE_MIN_BATCH and batch >= DECODE_MIN_BATCH[prepared.kind]:
-        rows = min(DECODE_ROWS, prepared.n)
+        rows = _decode_rows(prepared.n)
         return 4 * rows * (prepared.k + min(batch, DECODE_BATCH_CHUNK))
     return 0
 
@@ -730,11 +740,11 @@ def linear(x: np.ndarray, prepared: PreparedLinear, bias, alpha: float, beta: fl
 
 
 def _decoded_blocks(x, prepared, bias_vec, ep, out, buf) -> None:
-    """Dense-code and int8 weights at batch >= DECODE_MIN_BATCH[kind]: decode DECODE_ROWS output rows into a float32
-    block, let BLAS multiply, write the block's columns of out. The weight is never decoded whole."""
+    """Dense-code and int8 weights at batch >= DECODE_MIN_BATCH[kind]: decode _decode_rows(n) output rows into a
+    float32 block, let BLAS multiply, write the block's columns of out. The weight is never decoded whole."""
     a = prepared.arrays
     bsz, k_in, n_out = x.shape[0], prepared.k, prepared.n
-    rows = min(DECODE_ROWS, n_out)
+    rows = _decode_rows(n_out)
     chunk = min(bsz, DECODE_BATCH_CHUNK)
     for n0 in range(0, n_out, rows):
         n1 = min(n_out, n0 + rows)
