@@ -106,3 +106,13 @@ def test_dense_small_planes_and_depthwise_are_not_blocked():
     assert _is_blocked(small, (1, 8, 40, 40), {"pads": [1, 1, 1, 1]})
     dw = DenseWeight(rng.standard_normal((8, 1, 3, 3)).astype(np.float32))
     assert not _is_blocked(dw, (1, 8, 40, 40), {"pads": [1, 1, 1, 1], "group": 8})
+
+
+def test_accumulator_tiles_do_not_alias_modulo_4k():
+    """The four accumulator tiles start 1088 bytes apart modulo 4 KiB (tile_stride), whatever the tile's length,
+    and no closer than the tile's length."""
+    from edgepack.runtime.ops.conv_blocked import tile_stride
+
+    for n in (1, 271, 272, 273, 1007, 1024, 1296, 2048, 2120, 5000):
+        s = tile_stride(n)
+        assert n <= s < n + 1024 and (4 * s) % 4096 == 1088

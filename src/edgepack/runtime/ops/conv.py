@@ -21,7 +21,7 @@ import numpy as np
 from numba import get_num_threads, njit, prange
 
 from edgepack.runtime.errors import InputError, UnsupportedError
-from edgepack.runtime.ops.conv_blocked import BLOCK, block_taps_kernel
+from edgepack.runtime.ops.conv_blocked import BLOCK, block_taps_kernel, tile_stride
 from edgepack.runtime.ops.elementwise import (ACT_CLIP, ACT_LEAKY, ACT_NONE, EP_ACT, EP_P0, EP_P1, _sigmoid_kernel,
                                      _tanh_kernel, epilogue)
 from edgepack.runtime.weights import CodebookWeight, DenseWeight, Int8Weight, SparseCodebookWeight
@@ -71,8 +71,9 @@ IM2COL_BAND_MIN_POSITIONS = 128  # below this BLAS's per-call cost dominates: ta
 # The direct kernels sum taps over tiles of _TROWS output rows of about this many floats (see _taps_kernel).
 TAPS_TILE_FLOATS = 2048
 # The blocked kernel (four output channels at once, conv_blocked.py) keeps four accumulator tiles of about this many
-# floats each (16 KiB in all: they and the three windows a pass reads stay in L1; 256 and 512 measured slower).
-BLOCK_TILE_FLOATS = 1024
+# floats each (with six taps a pass: 2048 measured 0-15% faster than 1024 and 512 on six 3x3 layers of ddddocr_det
+# and nudenet, stride 1 and 2, 16 -> 32 to 96 -> 192 channels; dev VM, 1 thread, CPU time, load 6)
+BLOCK_TILE_FLOATS = 2048
 # Below this many output positions a dense group-1 convolution runs im2col + BLAS instead: the blocked kernel's passes
 # get short (192 -> 384 channels, 3x3 stride 2, 13x13 outputs: 0.8x of BLAS; 96 -> 96 at 52x52: on par; 12 -> 24 at
 # 208x208 and the 3-channel first layers: 1.2-2.7x faster; dev VM, interleaved, benchmarks/conv_kernels.py).
@@ -229,8 +230,9 @@ def conv_path(x_shape: tuple, w_shape: tuple, attrs: dict, kind: str) -> str:
 def _layout(g: dict, kind: str, parallel: bool) -> tuple[np.ndarray, int, bool]:
     """The geometry vector (with the scratch layout filled in), the scratch bytes, and whether im2col is used.
 
-    im2col needs one (cols, OH*OW) float32 matrix. The direct kernels need tap offsets (int64, per call) and per
-    slot a padded copy of one sample (when padding), an accumulator plane and one decoded row (values, offsets).
+    im2col needs one band of its (cols, OH*OW) float32 matrix, the tap offsets and the padded or phased sample it is
+    copied from. The direct kernels need tap offsets (int64, per call) and per slot a padded copy of one sample
+    (when padding), an accumulator plane and one decoded row (values, offsets).
     Winograd: conv_winograd.layout's scratch (the vector holds only the geometry)."""
     cols = g["cin_g"] * g["kh"] * g["kw"]
     cout_g = g["cout"] // g["group"]
@@ -239,7 +241,7 @@ def _layout(g: dict, kind: str, parallel: bool) -> tuple[np.ndarray, int, bool]:
     nblocks = g["group"] * -(-cout_g // BLOCK)
     slots = _slots(nblocks if blocked else g["cout"], parallel)
     sh, sw = g["sh"], g["sw"]
-    phased = int(not im2col and (sh, sw) != (1, 1))
+    phased = int((sh, sw) != (1, 1))
     qh, qw = -(-g["hp"] // sh), -(-g["wp"] // sw)
     plane, pitch = (sh * sw * qh * qw, qw) if phased else (g["hp"] * g["wp"], g["wp"])
     acc_len = g["oh"] * pitch
@@ -263,7 +265,7 @@ def _layout(g: dict, kind: str, parallel: bool) -> tuple[np.ndarray, int, bool]:
     geo[_GSTRIDE] = g["cin_g"] * plane
     geo[_TROWS] = max(1, min(g["oh"], (BLOCK_TILE_FLOATS if blocked else TAPS_TILE_FLOATS) // max(1, pitch)))
     if blocked:  # BLOCK accumulator tiles of _TROWS rows each, one decoded block of weights (cols, BLOCK)
-        acc_len, wblen = BLOCK * int(geo[_TROWS]) * pitch, BLOCK * cols
+        acc_len, wblen = BLOCK * int(tile_stride(int(geo[_TROWS]) * pitch)), BLOCK * cols
     else:
         wblen = cols
     geo[_BLOCKED], geo[_COUT_G], geo[_WBLEN] = int(blocked), cout_g, wblen
@@ -279,7 +281,8 @@ def _layout(g: dict, kind: str, parallel: bool) -> tuple[np.ndarray, int, bool]:
             return geo, 4 * crows * g["ow"], True
         want = max(IM2COL_BAND_FLOATS // max(1, cols), IM2COL_BAND_MIN_POSITIONS)
         geo[_CROWS] = crows = max(1, min(g["oh"], want // ow))
-        return geo, 4 * (cols + 1) * crows * g["ow"], True  # the band, then one band row for an epilogue chain
+        # the tap offsets (int64), the band, one band row for an epilogue chain, the padded / phased sample
+        return geo, 8 * cols + 4 * ((cols + 1) * crows * g["ow"] + int(geo[_PLEN])), True
     pos = 0
     for off, size in ((_TAB_OFF, 8 * cols), (_OBUF_OFF, 8 * slots * cols),
                       (_XPAD_OFF, 4 * slots * int(geo[_PLEN])),
@@ -401,9 +404,16 @@ def _scratch_views_kernel(scratch, geo):
     xpad = scratch[geo[_XPAD_OFF]: geo[_ACC_OFF]].view(np.float32)
     acc = scratch[geo[_ACC_OFF]: geo[_ACC_OFF] + 4 * slots * geo[_ACC_LEN]].view(np.float32)
     wbuf = scratch[geo[_WBUF_OFF]: geo[_WBUF_OFF] + 4 * slots * geo[_WBLEN]].view(np.float32)
+    _tap_offsets_kernel(geo, tab)
+    return tab, obuf, xpad, acc, wbuf
+
+
+@njit(cache=True)
+def _tap_offsets_kernel(geo, tab):
+    """tab[(c * kh + ky) * kw + kx] = the offset of that tap's window in its group's source (padded, phased or x)."""
     kh, kw, pitch, plane = geo[_KH], geo[_KW], geo[_PITCH], geo[_PLANE]
     sh, sw, qplane = geo[_SH], geo[_SW], geo[_QH] * geo[_QW]
-    for c in range(geo[_CIN_G]):  # tab[(c * kh + ky) * kw + kx]: offset of that tap in its group's input
+    for c in range(geo[_CIN_G]):
         for ky in range(kh):
             for kx in range(kw):
                 oy, ox = ky * geo[_DH], kx * geo[_DW]  # the tap's offset in the padded input
@@ -412,7 +422,6 @@ def _scratch_views_kernel(scratch, geo):
                 else:
                     t = c * plane + oy * pitch + ox
                 tab[(c * kh + ky) * kw + kx] = t
-    return tab, obuf, xpad, acc, wbuf
 
 
 @njit(cache=True)
@@ -764,7 +773,7 @@ def _conv_blocked(x, geo, wkind, w2d, codes, codebook, q, zp, scales, bias, ep, 
     ngroups = geo[_C] // geo[_CIN_G]
     per_group = (cout_g + BLOCK - 1) // BLOCK
     nblocks = ngroups * per_group
-    tl = trows * pitch  # one accumulator tile
+    tl = tile_stride(trows * pitch)  # one accumulator tile, and the gap to the next
     has_scales = scales.shape[0] != 0
     has_bias = bias.shape[0] != 0
     kind, p0, p1 = np.int64(ep[EP_ACT]), ep[EP_P0], ep[EP_P1]
@@ -806,28 +815,22 @@ _conv_taps_kernel, _conv_taps_parallel_kernel = _serial_and_parallel(_conv_taps)
 
 
 @njit(cache=True)
-def _im2col_kernel(x, b, geo, oy0, oy1, col):
-    """col[(c * kh + ky) * kw + kx, (oy - oy0) * OW + ox] = padded input of sample b at that tap and output
-    position, for output rows oy0 <= oy < oy1 (one band). (Clipped contiguous runs per row instead of the per-value
-    test measured 1.5-3x slower: rows are short and each run costs four slices.)"""
-    c_in, h, w = geo[_C], geo[_H], geo[_W]
-    ow, kh, kw = geo[_OW], geo[_KH], geo[_KW]
-    sh, sw, dh, dw, pt, pl = geo[_SH], geo[_SW], geo[_DH], geo[_DW], geo[_PT], geo[_PL]
-    for c in range(c_in):
-        for ky in range(kh):
-            for kx in range(kw):
-                r = (c * kh + ky) * kw + kx
-                for oy in range(oy0, oy1):
-                    iy = oy * sh - pt + ky * dh
-                    d0 = (oy - oy0) * ow
-                    dst = col[r, d0: d0 + ow]
-                    if iy < 0 or iy >= h:
-                        dst[:] = 0.0
-                        continue
-                    row = x[b, (c * h + iy) * w: (c * h + iy) * w + w]
-                    for ox in range(ow):
-                        ix = ox * sw - pl + kx * dw
-                        dst[ox] = row[ix] if 0 <= ix < w else np.float32(0.0)
+def _im2col_kernel(src, tab, geo, oy0, oy1, col):
+    """col[r, (oy - oy0) * OW + ox] = the input under tap r = (c * kh + ky) * kw + kx at output position (oy, ox),
+    for output rows oy0 <= oy < oy1 (one band), read from the sample as the direct kernels read it (src: x[b], or its
+    padded or, strided, phased copy; tab: _tap_offsets_kernel): there every tap's window row is one contiguous run
+    of OW values at src[tab[r] + oy * _PITCH], so each row is a plain copy. The per-value gather from x with its
+    bounds test that this replaced took 0.7-1.2 ns an element on 3x3 stride-2 layers (24 -> 48 at 208x208 to
+    192 -> 384 at 26x26), this 0.24-0.62 with the phased copy included; 0.32 -> 0.22 on a padded stride-1 one (dev
+    VM, 1 thread, CPU time); the same values."""
+    ow, pitch = geo[_OW], geo[_PITCH]
+    for r in range(col.shape[0]):
+        t = tab[r]
+        for oy in range(oy0, oy1):
+            s0, d0 = t + oy * pitch, (oy - oy0) * ow
+            s, d = src[s0: s0 + ow], col[r, d0: d0 + ow]
+            for ox in range(ow):
+                d[ox] = s[ox]
 
 
 @njit(cache=True)
@@ -847,12 +850,15 @@ def _bias_act_band_kernel(out, b, p0, p1, bias, ep, chain, save):
 
 # ------------------------------------------------------------------------------------------------------- wrappers
 
-def _im2col_run(x2, geo, bands, w2d, out3, bias_v, ep, chain, save, finish) -> None:
+def _im2col_run(x2, geo, bands, w2d, out3, bias_v, ep, chain, save, finish, tab, xpad) -> None:
     # bands: (oy0, oy1, p0, p1, col view, out view) made at bind time; out view = out3[b][:, p0:p1] (row stride
-    # OH*OW: BLAS writes it through its leading dimension)
+    # OH*OW: BLAS writes it through its leading dimension); tab, xpad: scratch views for the tap offsets and the
+    # padded or phased sample
+    _tap_offsets_kernel(geo, tab)
     for b in range(x2.shape[0]):
+        src = _source_kernel(x2, b, geo, xpad)
         for oy0, oy1, p0, p1, col, dst in bands[b]:
-            _im2col_kernel(x2, b, geo, oy0, oy1, col)
+            _im2col_kernel(src, tab, geo, oy0, oy1, col)
             np.matmul(w2d, col, out=dst)
             if finish:
                 _bias_act_band_kernel(out3, b, p0, p1, bias_v, ep, chain, save)
@@ -939,7 +945,10 @@ def bind_conv(x: np.ndarray, prepared: PreparedConv, bias, attrs: dict, out: np.
             bands = tuple((b, p0, min(npos, p0 + step), x3[b][:, p0: p0 + step], out3[b][:, p0: p0 + step])
                           for b in range(nb) for p0 in range(0, npos, step))
             return _gemm_1x1_bands_run, (bands, a["w2d"], out3, bias_v, ep, chain, save)
+        tab = scratch[: 8 * cols].view(np.int64)
+        flat = scratch[8 * cols: plan.scratch_bytes].view(np.float32)
         save = flat[cols * crows * ow: (cols + 1) * crows * ow]
+        xpad = flat[(cols + 1) * crows * ow: (cols + 1) * crows * ow + int(geo[_PLEN])]
         out3 = out.reshape(nb, cout, npos)
         bands = []
         for b in range(nb):
@@ -949,7 +958,7 @@ def bind_conv(x: np.ndarray, prepared: PreparedConv, bias, attrs: dict, out: np.
                 p0, p1 = oy0 * ow, oy1 * ow
                 row.append((oy0, oy1, p0, p1, flat[: cols * (p1 - p0)].reshape(cols, p1 - p0), out3[b][:, p0:p1]))
             bands.append(tuple(row))
-        return _im2col_run, (x2, geo, tuple(bands), a["w2d"], out3, bias_v, ep, chain, save, finish)
+        return _im2col_run, (x2, geo, tuple(bands), a["w2d"], out3, bias_v, ep, chain, save, finish, tab, xpad)
     if prepared.kind == "sparse":
         fn = _conv_sparse_parallel_kernel if parallel else _conv_sparse_kernel
         return fn, (x2, geo, a["group_of"], a["indptr"], a["columns"], a["codes"], a["codebook"], a["scales"],
