@@ -40,11 +40,13 @@ SHAPES = [(96, 52, 96, 3, 1, 1, 1), (12, 208, 24, 3, 1, 1, 1), (64, 40, 64, 3, 1
 
 
 def dense_choice(x, w, attrs) -> str:
-    """The dense holding the planner picks (runtime/layers.py cost model): the dense path or "winograd"."""
+    """The dense holding the planner picks without a budget (runtime/layers.py cost model): the dense path or
+    "winograd"."""
     node = {"name": "conv", "op": "Conv", "attrs": attrs, "inputs": ["x", "W", "B"], "outputs": ["y"]}
     spec = layers.LayerSpec(node, "W", DenseWeight(w), {}, None, [x.shape, w.shape],
                             conv_mod.conv_output_shape(x.shape, w.shape, attrs), np.zeros(0, np.uint8))
-    return "winograd" if spec._winograd() else conv_mod.conv_path(x.shape, w.shape, attrs, "dense")
+    best = min(spec.make_options(), key=lambda o: o.seconds)
+    return best.form or conv_mod.conv_path(x.shape, w.shape, attrs, "dense")
 
 
 def ort_session(w, b, attrs):

@@ -202,3 +202,53 @@ def test_cli_info_budget(lenet, capsys):
     import json
     info = json.loads(capsys.readouterr().out)
     assert info["runtime"]["fits"] and info["runtime"]["plan"]["total_bytes"] <= 65536
+
+
+# ------------------------------------------------------------------------------------ Conv: both dense forms
+
+
+def test_fit_takes_plain_dense_when_the_winograd_form_does_not_fit():
+    """A Conv's two dense options (plain, and Winograd at 16/9 of its bytes) are separate choices: a budget that
+    fits the plain one but not the Winograd one gets the plain one, not the slower compact holding."""
+    opts = [_opt("compact", 100, 0, 3.0), layers.Option("dense", 900, 0, 0, 2.0),
+            layers.Option("dense", 1600, 0, 0, 1.0, "Winograd F(2x2, 3x3) form", "winograd")]
+    for budget, want in ((1600, "winograd"), (1599, ""), (900, ""), (899, None)):
+        choice = memory.fit([("conv", opts)], 0, 0, budget).choice[0]
+        assert (choice.mode, choice.form) == (("compact", "") if want is None else ("dense", want))
+    assert memory.fit([("conv", opts)], 0, 0, None).choice[0].form == "winograd"
+
+
+def test_conv_offers_both_dense_forms_and_a_budget_chooses(tmp_path):
+    """A codebook 3x3 stride-1 Conv (64 -> 64 at 40x40) is offered compact, plain dense (the blocked kernel) and the
+    Winograd form, each with the bytes and scratch of what it builds; unlimited it runs Winograd; with a budget
+    that fits plain dense but not the Winograd form it runs plain dense (not compact); the memory plan reports the
+    form held; every holding computes the same outputs."""
+    from test_conv_winograd import _one_conv_model
+
+    cin = cout = 64
+    hw, pads = 40, [1, 1, 1, 1]
+    src, out = tmp_path / "one.onnx", tmp_path / "one.epk"
+    _one_conv_model(src, cin, cout, hw, pads)
+    pack(str(src), str(out), sparsity=0.0, bits=8)
+    free = runtime.load(str(out), threads=1)
+    row = next(r for r in free.plan.layers if r.name == "conv")
+    by = {(o.mode, o.form): o for o in row.options}
+    plain, wino, compact = by[("dense", "")], by[("dense", "winograd")], by[("compact", "")]
+    assert wino.seconds < plain.seconds < compact.seconds  # the cost model's order at these shapes
+    assert wino.ram_bytes - plain.ram_bytes == 16 * cout * cin * 4 - (9 * cout * cin * 4 + 4 * cout)
+    assert free.layers["conv"].prepared.kind == "winograd"
+    assert (row.mode, row.ram_bytes, row.note) == ("dense", wino.ram_bytes, wino.note)
+
+    assert free.plan.scratch_owner == "conv"  # the plan's scratch is the layer's
+    budget = free.plan.total_bytes - (wino.ram_bytes + wino.scratch_bytes) + plain.ram_bytes + plain.scratch_bytes
+    assert budget < free.plan.total_bytes
+    tight = runtime.load(str(out), threads=1, memory_budget=budget)
+    layer = tight.layers["conv"]
+    assert (layer.mode, layer.form, layer.prepared.kind) == ("dense", "", "dense")
+    row = next(r for r in tight.plan.layers if r.name == "conv")
+    assert (row.ram_bytes, row.scratch_bytes) == (plain.ram_bytes, layer.scratch_bytes([(1, cin, hw, hw)]))
+    assert tight.plan.total_bytes <= budget
+    x = np.random.default_rng(3).standard_normal((1, cin, hw, hw)).astype(np.float32)
+    ref = runtime.load(str(out), threads=1, layer_modes="compact").run({"x": x})["z"].astype(np.float64)
+    for model in (free, tight):
+        np.testing.assert_allclose(model.run({"x": x})["z"], ref, rtol=1e-4, atol=1e-4 * np.abs(ref).max())

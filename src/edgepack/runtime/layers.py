@@ -14,7 +14,7 @@ from numba import njit
 
 from edgepack.runtime import bitpack, huffman
 from edgepack.runtime import constants as C
-from edgepack.runtime.errors import FormatError, InputError
+from edgepack.runtime.errors import FormatError, InputError, UnsupportedError
 from edgepack.runtime.ops import conv as conv_ops
 from edgepack.runtime.ops import conv_winograd
 from edgepack.runtime.ops import linear as linear_ops
@@ -31,9 +31,10 @@ STREAM_LOOKUP_BITS = 9
 
 # Cost model (seconds) behind the planner's "least time" choice: rough fits to the kernels as measured on the dev VM
 # (2-core EPYC Zen 4; LeNet-300-100 and LeNet-5 layers, batch 1 and 64). Only the ranking of one layer's modes
-# depends on them. Dense estimates are multiplied by DENSE_PENALTY: a float32 copy is 8-30x the bytes of the
-# compact form, and on a board with small caches it streams from DRAM at every run, which a fit on a machine with
-# a 1 MiB L2 does not see; dense must therefore win clearly.
+# depends on them. Dense Gemm / MatMul estimates are multiplied by DENSE_PENALTY: a float32 copy is 8-30x the bytes
+# of the compact form, and on a board with small caches it streams from DRAM at every run, which a fit on a machine
+# with a 1 MiB L2 does not see; dense must therefore win clearly. Dense Conv estimates add the weight's read instead
+# (DENSE_CONV_READ_BYTE_S).
 CALL_S = 0.5e-6  # one bound step: the kernel's dispatch, its arguments prepared when the plan was made
 SPARSE_MAC_S = 0.25e-9  # one multiply-add of the compact CSC scatter kernel (batch < SPARSE_TILED_MIN_BATCH);
 # measured: LeNet-300-100 at 10% kept runs compact in 7.1 us, where 0.6e-9 made the planner pick dense (16 us, 1 MB)
@@ -57,7 +58,7 @@ CONV_TAP_S = 0.06e-9  # one weight tap at one output position, compact direct co
 CONV_TAP_FIXED_S = 2.3e-9  # one weight tap per output plane and sample, whatever the plane's size (the tap loop's
 # start): what a 1-D convolution with a long kernel and few outputs pays (openWakeWord's STFT, 257 x 512 taps at 5
 # positions: 0.68 ms measured where positions x CONV_TAP_S alone predicted 0.08)
-IM2COL_S = 0.5e-9  # one im2col element
+IM2COL_S = 0.3e-9  # one im2col element (copied from the padded or phased sample: 0.22-0.62 ns measured)
 # Winograd F(2x2, 3x3) (runtime/ops/conv_winograd.py), fitted on 13 layer shapes of the corpus (3x3 stride 1,
 # 3 -> 32 at 48x48 to 96 -> 96 at 104x104; dev VM, 1 thread, CPU time): its 16 BLAS products ran 90-110 GFLOP/s
 # (58 with 3 input channels), each transform (input or output) ~2.5 ns per tile and channel plus ~150 ns per band
@@ -73,12 +74,20 @@ STREAM_CONV_ROW_S = 3e-9  # one tap over one output row (loop overhead; short ro
 STREAM_CONV_TAP_FIXED_S = 40e-9  # one tap per sample, whatever the rows: its position from the column index
 # (integer divisions); measured 43 ns a tap on the same STFT streamed (12 ms; 1.5 ms predicted without it)
 DENSE_PENALTY = 1.25
+# A Conv's dense holding pays, instead of DENSE_PENALTY, one read of its weight from memory per run (bytes at the
+# single-thread DRAM read rate of the dev VM, 24 GB/s measured: a 256 MB float32 sum): a Conv reuses each weight at
+# every output position, so the weight's bytes are a small part of its time (ddddocr_det's 192 -> 384 3x3 stride-2
+# layer: 2.6 MB of dense weight, 0.11 ms to read, against ~3 ms of multiply-adds), where the flat 25% charged 0.6 ms
+# and kept layers on the codebook kernel that measured slower (48 -> 96 stride 2 at 104x104: dense 3.3-3.5 ms,
+# codebook 3.5-4.5 ms; benchmarks/conv_kernels.py --shapes 4)
+DENSE_CONV_READ_BYTE_S = 1 / 24e9
 
 
 @dataclass(frozen=True)
 class Option:
     """One way to hold a layer's weight: bytes kept in RAM, bytes read from the mapped file, scratch at the plan's
-    shapes, and the estimated time of one run."""
+    shapes, and the estimated time of one run. form: which of the mode's forms ("" its own; "winograd": a Conv's
+    dense weight in Winograd form, runtime/ops/conv_winograd.py), built by LayerSpec.build(mode, form)."""
 
     mode: str
     ram_bytes: int
@@ -86,6 +95,7 @@ class Option:
     scratch_bytes: int
     seconds: float
     note: str = ""
+    form: str = ""
 
 
 def split_bytes(arrays, base: np.ndarray | None) -> tuple[int, int]:
@@ -761,6 +771,7 @@ class Layer:
     op: str
     mode: str = "dynamic"
     weight_name: str | None = None
+    form: str = ""  # which of a mode's forms (Option.form): "winograd" for a Conv's Winograd dense holding
 
     def arrays(self) -> list:
         return []
@@ -903,6 +914,7 @@ class ConvLayer(Layer):
         self.info = np.zeros(2, dtype=np.int64)
         self._geo: dict = {}
         self._bias = _conv_bias(bias)
+        self.form = "winograd" if prepared is not None and prepared.kind == "winograd" else ""
 
     def arrays(self) -> list:
         held = [self.bias, self._bias]
@@ -1167,7 +1179,6 @@ class LayerSpec:
     parallel: bool = False
     options: list = field(default_factory=list)
     _compact: object = None
-    _wino: object = None  # Conv: whether the dense holding is the Winograd form (see _winograd)
 
     @property
     def name(self) -> str:
@@ -1189,8 +1200,12 @@ class LayerSpec:
             return conv_ops.prepare_conv(weight, int(self.node["attrs"].get("group", 1)))
         return linear_ops.prepare_linear(weight, self._trans_b())
 
-    def build(self, mode: str) -> Layer:
+    def build(self, mode: str, form: str = "") -> Layer:
+        """The layer holding the weight in `mode` (and `form`, Option.form: "winograd" for a Conv's dense weight in
+        Winograd form)."""
         w = self.weight
+        if form not in ("", "winograd") or form == "winograd" and not (mode == "dense" and self._winograd_eligible()):
+            raise UnsupportedError(f"layer '{self.name}': no form '{form}' of mode '{mode}'")
         streamed = prepared = None
         if mode == "streamed":
             streamed = StreamedWeight.from_weight(w, self.encoding, self.data, f"layer '{self.name}'")
@@ -1198,7 +1213,7 @@ class LayerSpec:
             streamed = CsrWeight.from_weight(w, self.encoding)
         elif mode == "dense":
             dense = w if isinstance(w, DenseWeight) else DenseWeight(w.to_dense())
-            prepared = conv_winograd.prepare_winograd(dense) if self._winograd() else self._prepare(dense)
+            prepared = conv_winograd.prepare_winograd(dense) if form == "winograd" else self._prepare(dense)
         else:
             if self._compact is None:
                 self._compact = self._prepare(w)
@@ -1219,44 +1234,45 @@ class LayerSpec:
 
     def make_options(self) -> list[Option]:
         """Every mode this weight can be held in, with exact bytes (compact and streamed are built to count
-        them; dense is counted from its shape) and the cost model's time."""
+        them; dense is counted from its shape) and the cost model's time. A Conv that can run Winograd F(2x2, 3x3)
+        has two dense options, its plain dense weight and the Winograd form (16/9 of its bytes): the memory fit
+        (runtime/memory.py) takes the Winograd one where it is faster and fits, else the plain one if that fits."""
         opts = []
         for mode in self.modes():
-            if mode == "dense" and not isinstance(self.weight, DenseWeight):
-                layer = None
-                ram, mapped = self._dense_bytes()
-            else:
-                layer = self.build(mode)
-                ram, mapped = split_bytes(layer.arrays(), self.data)
-            scratch = self._scratch(mode, layer)
-            note = ""
-            if mode == "streamed":
-                s = layer.streamed
-                note = (f"chunks of {s.chunk_rows} rows / {s.chunk_symbols:,} symbols (rows_per_chunk "
-                        f"{s.rows_per_chunk})")
-            elif mode == "dense" and self._winograd():
-                note = "Winograd F(2x2, 3x3) form"
-            opts.append(Option(mode, ram, mapped, scratch, self._seconds(mode, layer), note))
+            for form in (("", "winograd") if mode == "dense" and self._winograd_eligible() else ("",)):
+                if mode == "dense" and (form or not isinstance(self.weight, DenseWeight)):
+                    layer = None
+                    ram, mapped = self._dense_bytes(form)
+                else:
+                    layer = self.build(mode)
+                    ram, mapped = split_bytes(layer.arrays(), self.data)
+                scratch = self._scratch(mode, layer, form)
+                note = ""
+                if mode == "streamed":
+                    s = layer.streamed
+                    note = (f"chunks of {s.chunk_rows} rows / {s.chunk_symbols:,} symbols (rows_per_chunk "
+                            f"{s.rows_per_chunk})")
+                elif form == "winograd":
+                    note = "Winograd F(2x2, 3x3) form"
+                opts.append(Option(mode, ram, mapped, scratch, self._seconds(mode, layer, form), note, form))
         self.options = opts
         return opts
 
-    def _dense_bytes(self) -> tuple[int, int]:
+    def _dense_bytes(self, form: str = "") -> tuple[int, int]:
         w = self.weight
         ram = 4 * w.rows * w.cols
         if self.is_conv:
             # the Winograd form (16 values per 3x3 kernel, no group_of), or the weight and group_of
-            ram = conv_winograd.weight_bytes(w.shape) if self._winograd() else ram + 4 * w.rows
+            ram = conv_winograd.weight_bytes(w.shape) if form == "winograd" else ram + 4 * w.rows
         bram, bmapped = split_bytes([self.bias], self.data)
-        if self.is_conv:
-            return ram + bram, bmapped
         return ram + bram, bmapped
 
-    def _scratch(self, mode: str, layer: Layer | None) -> int:
+    def _scratch(self, mode: str, layer: Layer | None, form: str = "") -> int:
         if layer is not None:
             return layer.scratch_bytes(self.in_shapes)
         w = self.weight
         if self.is_conv:
-            fake = conv_ops.PreparedConv("winograd" if self._winograd() else "dense", tuple(w.shape),
+            fake = conv_ops.PreparedConv("winograd" if form == "winograd" else "dense", tuple(w.shape),
                                          int(self.node["attrs"].get("group", 1)), {})
             return conv_ops.conv_scratch_bytes(tuple(self.in_shapes[0]), tuple(w.shape), self.node["attrs"], fake,
                                                self.parallel)
@@ -1287,18 +1303,15 @@ class LayerSpec:
                      + (g["c"] + cout) * (nty * ntx * WINO_TILE_S + bands * WINO_BAND_S))
         return t, wino
 
-    def _winograd(self) -> bool:
-        """Whether this Conv's dense holding is the Winograd form (runtime/ops/conv_winograd.py): a 3x3 stride-1
-        group-1 kernel estimated faster that way at the plan's shapes than on the dense weight's own path."""
-        if self._wino is None:
-            if not self.is_conv:
-                self._wino = False
-            else:
-                t, wino = self._dense_conv_seconds()
-                self._wino = wino is not None and wino < t
-        return self._wino
+    def _winograd_eligible(self) -> bool:
+        """Whether this Conv can hold its dense weight in Winograd form (runtime/ops/conv_winograd.py): a 2-D 3x3
+        stride-1 dilation-1 group-1 kernel."""
+        if not self.is_conv or len(self.weight.shape) != 4:
+            return False
+        return conv_winograd.eligible(conv_ops.geometry(tuple(self.in_shapes[0]), tuple(self.weight.shape),
+                                                        self.node["attrs"]))
 
-    def _seconds(self, mode: str, layer: Layer | None) -> float:
+    def _seconds(self, mode: str, layer: Layer | None, form: str = "") -> float:
         w = self.weight
         x_shape = tuple(self.in_shapes[0])
         if self.is_conv:
@@ -1306,9 +1319,9 @@ class LayerSpec:
             oh = self.out_shape[2] if len(self.out_shape) == 4 else 1  # output rows (a 1-D conv has one)
             positions = math.prod(self.out_shape[2:])
             cout, cols = w.rows, w.cols
-            if mode == "dense":
+            if mode == "dense":  # not DENSE_PENALTY: see DENSE_CONV_READ_BYTE_S
                 t, wino = self._dense_conv_seconds()
-                return DENSE_PENALTY * (CALL_S + (wino if self._winograd() else t))
+                return CALL_S + (wino if form == "winograd" else t) + self._dense_bytes(form)[0] * DENSE_CONV_READ_BYTE_S
             if mode in ("streamed", "csr"):
                 taps = nb * _kept(w) * (positions * STREAM_CONV_TAP_S + oh * STREAM_CONV_ROW_S
                                         + STREAM_CONV_TAP_FIXED_S)

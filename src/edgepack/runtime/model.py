@@ -157,7 +157,7 @@ def _load(source, memory_budget, parallel: bool, batch: int, layer_modes, limit:
     result = memory.fit([(s.name, s.options) for s in specs], fixed, base_plan.scratch_bytes, budget,
                         f"model {where} at batch {batch}")
     for spec, opt in zip(specs, result.choice):
-        program.layers[spec.name] = spec.build(opt.mode)
+        program.layers[spec.name] = spec.build(opt.mode, opt.form)
     model = Model(program, decls, packed, budget, parallel, (c_ram, c_mapped), specs, result, limit)
     model._known_shapes[tuple(input_shapes[name] for name, _ in decls)] = shapes  # inferred once per load
     model.plan = model.plan_for(input_shapes)
@@ -380,7 +380,7 @@ class Model:
             if name not in self._options:
                 continue
             op, wname, encoding, options = self._options[name]
-            opt = next(o for o in options if o.mode == layer.mode)
+            opt = next(o for o in options if o.mode == layer.mode and o.form == layer.form)
             node = self._nodes[name]
             in_shapes = [None if not i else plan.shapes[i] if i in plan.shapes else self._program.const_shapes[i]
                          for i in node["inputs"]]
