@@ -42,6 +42,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT / "src"), str(ROOT), str(ROOT / "tests")]
 
 from edgepack.packer.bench import json_default, loadavg, machine_line, write_readme_section  # noqa: E402
+from edgepack.packer.allocate import MarginFidelity  # noqa: E402
 from edgepack.packer.pipeline import pack  # noqa: E402
 from realmodels.corpus import BY_NAME, fetch  # noqa: E402
 from realmodels.harness import compare, ort_runner, recorder, runtime_runner, task_for  # noqa: E402
@@ -169,6 +170,7 @@ def run_model(name: str, out: Path, n_calib: int, ratios: list[float], task_n: i
                        "naive_error": layer.naive_error, "sensitivity": layer.sensitivity}
                       for k, layer in a.layers.items()]
             return rep.path, {"ratio": rep.ratio, "held_out_error": a.measured.rel_l2 if a.measured else None,
+                              "held_out_measure": "margin" if isinstance(a.measured, MarginFidelity) else "rel. L2",
                               "predicted_error": a.predicted_at(a.point), "layers": layers}
 
         r = row(f"alloc {ratio:g}", alloc)
@@ -196,8 +198,10 @@ def markdown(res: dict) -> str:
              f"of each corpus task (seeds from {CALIB_SEED}); a quarter of them held out inside the allocation for "
              f"its sensitivity and error measurements. Task agreement: held-out task inputs (seed {HELD_SEED}) "
              f"against onnxruntime on the original. Ratio: original fp32 weights / file bytes (edgepack's ratio; "
-             f"for the onnxruntime file: ONNX bytes / its bytes).", "",
-             "| model | ONNX | variant | file | ratio | task agreement | units | held-out rel. L2 (alloc) | note |",
+             f"for the onnxruntime file: ONNX bytes / its bytes). Held-out error: the allocation's model error on its "
+             f"held-out calibration runs, the margin error of class scores (CTC heads, many-class softmax; "
+             f"packer/allocate.py margin_error) or the relative L2 error of the outputs.", "",
+             "| model | ONNX | variant | file | ratio | task agreement | units | held-out error (alloc) | note |",
              "|---|---:|---|---:|---:|---:|---:|---:|---|"]
     for m in res["models"]:
         if "error" in m:
@@ -210,7 +214,8 @@ def markdown(res: dict) -> str:
             lines.append(f"| {m['name']} | {m['onnx_bytes'] / 1e6:.2f} MB | {r['variant']} | "
                          f"{r['bytes'] / 1e3:.0f} kB | {r['ratio']:.2f}x | {_pct(r.get('agreement'))} | "
                          f"{r.get('units', '-')} | "
-                         f"{'-' if r.get('held_out_error') is None else format(r['held_out_error'], '.3g')} | "
+                         f"{'-' if r.get('held_out_error') is None else format(r['held_out_error'], '.3g')}"
+                         f"{' (' + r['held_out_measure'] + ')' if r.get('held_out_measure') else ''} | "
                          f"{note} |" if "agreement" in r else
                          f"| {m['name']} | {m['onnx_bytes'] / 1e6:.2f} MB | {r['variant']} | - | - | - | - | - | "
                          f"{note} |")

@@ -243,3 +243,97 @@ def test_scan_offers_per_row_scales_on_the_pareto_chain(mlp):
     got = {(o.encoded.nbytes, o.error) for o in layers["w1"].options}
     assert got == pareto
     assert any(o.encoded.stats.get("row_scales") for o in layers["w1"].options)
+
+
+def _margin_reference(ref: list[np.ndarray], got: list[np.ndarray], axis: int) -> tuple[float, float]:
+    """margin_error position by position, in plain Python loops."""
+    pos_ref = [r for a in ref for r in np.moveaxis(a, axis, -1).reshape(-1, a.shape[axis]).tolist()]
+    pos_got = [r for a in got for r in np.moveaxis(a, axis, -1).reshape(-1, a.shape[axis]).tolist()]
+    margins, margins2, same = [], [], 0
+    for z, q in zip(pos_ref, pos_got):
+        a = max(range(len(z)), key=lambda i: (z[i], -i))
+        margins.append(z[a] - max(v for i, v in enumerate(z) if i != a))
+        margins2.append(q[a] - max(v for i, v in enumerate(q) if i != a))
+        same += max(range(len(q)), key=lambda i: (q[i], -i)) == a
+    tau = 0.05 * sorted(margins)[len(margins) // 2] if len(margins) % 2 else \
+        0.05 * 0.5 * (sorted(margins)[len(margins) // 2 - 1] + sorted(margins)[len(margins) // 2])
+    sq = [((m - m2) / (m + tau)) ** 2 for m, m2 in zip(margins, margins2)]
+    return (sum(sq) / len(sq)) ** 0.5, same / len(pos_ref)
+
+
+@pytest.mark.parametrize("axis", [-1, 1])
+def test_margin_error_against_a_loop(axis):
+    from edgepack.packer.allocate import margin_error
+
+    rng = np.random.default_rng(7)
+    ref = [rng.standard_normal((2, 70, 5)) for _ in range(3)]
+    ref = [np.moveaxis(a, 1, axis) for a in ref]
+    got = [a + 0.05 * rng.standard_normal(a.shape) for a in ref]
+    err, top1 = margin_error(ref, got, axis)
+    want = _margin_reference(ref, got, axis)
+    assert err == pytest.approx(want[0], rel=1e-9) and top1 == pytest.approx(want[1])
+    assert 0 < err and top1 < 1  # some positions near a tie flip under this noise
+    # a flip eats the whole margin: the error at that position is at least m / (m + tau) (close to 1)
+    z = np.array([[[3.0, 1.0, 0.0], [0.0, 2.0, 1.9]]])
+    q = z.copy()
+    q[0, 0] = [1.0, 3.0, 0.0]  # the top class of position 0 changes
+    err, top1 = margin_error([z], [q], -1)
+    assert top1 == 0.5 and err == pytest.approx(_margin_reference([z], [q], -1)[0]) and err > 0.6
+    assert margin_error([z], [z], -1) == (0.0, 1.0)
+
+
+def test_class_outputs_are_found_by_what_produces_them(tmp_path):
+    """A linear head of >= MIN_CLASSES outputs (MatMul + bias Add), a Softmax over them; not a 10-way head."""
+    from onnx import helper
+
+    from edgepack.packer.allocate import MIN_CLASSES, class_outputs
+    from edgepack.packer.onnx_io import load_onnx
+
+    m = zoo.mlp(seed=1, sizes=(32, 24, 16, MIN_CLASSES + 16))
+    assert class_outputs(load_onnx(zoo.save(m, tmp_path / "head.onnx"))) == {"y": (-1, MIN_CLASSES + 16)}
+    assert class_outputs(load_onnx(zoo.save(zoo.mlp(seed=1), tmp_path / "small.onnx"))) == {}
+    m.graph.node.append(helper.make_node("Softmax", ["y"], ["p"], name="sm", axis=1))
+    m.graph.output[0].name = "p"
+    assert class_outputs(load_onnx(zoo.save(m, tmp_path / "softmax.onnx"))) == {"p": (1, 0)}
+
+
+def test_target_ratio_measures_a_class_head_by_its_margins(tmp_path):
+    """With class scores as the output the allocation's sensitivities and its held-out error are margin errors
+    (a 96-way head): the report says so, and the error it reports is margin_error of onnxruntime's outputs."""
+    from edgepack.packer.allocate import margin_error
+    from edgepack.packer.onnx_io import graph_to_onnx, load_onnx
+    from edgepack.packer.verify import session
+
+    path = zoo.save(zoo.mlp(seed=2, sizes=(SIZES[0], 128, 64, 96)), tmp_path / "head.onnx")
+    x = _calib(64)
+    rep = pack(path, tmp_path / "head.epk", calib=x[:, None], target_ratio=6, check_fidelity=False)  # 64 runs
+    a = rep.allocation
+    assert any("margin error" in n for n in a.notes) and a.measured.summary().startswith("margin error")
+    g = load_onnx(path)
+    s = session(graph_to_onnx(g))
+    q = session(graph_to_onnx(g, {k: layer.chosen.encoded.reference for k, layer in a.layers.items()}))
+    xs = x[split_runs(len(x))[1]]  # the allocation's held-out runs, one sample each
+    err, _ = margin_error([s.run(None, {"x": xs})[0]], [q.run(None, {"x": xs})[0]], -1)
+    assert a.measured.rel_l2 == pytest.approx(err, rel=1e-3)
+
+
+def test_fill_budget_spends_what_the_first_point_leaves():
+    """The path ends with a big layer's step; the first point within the budget is past it and leaves bytes that
+    the small layer's earlier steps fit in: they are undone, the path stays a path, the bytes stay within the
+    budget, the predicted error drops, and nothing else fits afterwards."""
+    from edgepack.packer.allocate import Allocation, fill_budget
+
+    big = Layer("big", [_opt(8, 8000, 0.0), _opt(6, 6000, 0.0), _opt(4, 4000, 0.0)])
+    small = Layer("small", [_opt(8, 900, 0.0), _opt(6, 700, 0.0), _opt(4, 500, 0.0)])
+    big.measured, small.measured = [0.001, 0.002, 0.1], [0.001, 0.01, 0.02]
+    alloc = Allocation({"big": big, "small": small}, greedy_path({"big": big, "small": small}), 100, 40000)
+    assert alloc.steps == ["big", "small", "small", "big"]
+    budget = 5000  # the first point within it is the last (4600 bytes): 400 spare
+    point = next(i for i in range(len(alloc.steps) + 1) if alloc.bytes_at(i) <= budget)
+    assert point == 4
+    before = alloc.predicted_at(point)
+    point2 = fill_budget(alloc, point, budget)
+    assert point2 == 2 and alloc.levels_at(point2) == {"big": 2, "small": 0}
+    assert alloc.bytes_at(point2) == 5000 and alloc.predicted_at(point2) < before
+    assert alloc.steps == ["big", "big", "small", "small"]  # a path: each layer's steps in order, every step kept
+    assert alloc.levels_at(len(alloc.steps)) == {"big": 2, "small": 2}

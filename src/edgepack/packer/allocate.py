@@ -12,6 +12,13 @@
    5 bits be harmless). The predicted model error of a setting is sqrt(sum_l m_l^2) (independent errors add in
    squares); m_l is made non-decreasing along each layer's chain (a measured dip is noise). The reported
    sensitivity s = (m / e)^2 at the fewest bits relates the two.
+   The model error is the relative L2 error of the outputs, except, for a ratio, on outputs that are class scores
+   (class_outputs: a Softmax, or a linear head of >= MIN_CLASSES outputs such as a CTC head's logits, which the
+   application decodes by argmax): there it is the margin error (margin_error: how much of each position's margin
+   between its top class and the runner-up the perturbation eats, near-ties weighing most). The relative L2 error
+   of 8210 logits or 6625 probabilities is dominated by scores no decision depends on, not by the argmax flips
+   that change the decoded text. (--max-error bounds the relative L2 error, which the fidelity guard checks: there
+   the allocation measures that.)
 3. Walk: from every layer at its most precise width, each step lowers the one layer whose next width saves the most
    file bytes per unit of predicted squared error added (the greedy path of packer/train/bit_allocation.py, with
    exact bytes and measured sensitivities instead of code bits and test errors).
@@ -50,6 +57,9 @@ SENSITIVITY_RUNS = 8  # held-out runs the sensitivity scan measures on (the fina
 FLOOR = 1e-12  # a step that adds no predicted error still ranks by the bytes it saves
 REFINE_STAGE = 4  # tensors re-encoded per recording of the quantised model's layer inputs (1: fully sequential)
 REFINE = False  # step 5 of the module docstring (see there why it is off)
+MIN_CLASSES = 64  # a class axis this long makes an output class scores (the margin measure, ClassScores)
+MARGIN_TAU = 0.05  # margins are measured relative to (reference margin + MARGIN_TAU x the median margin)
+RESHAPES = ("Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose", "Identity")
 
 
 @dataclass
@@ -148,6 +158,100 @@ class Allocation:
         return out
 
 
+def class_outputs(graph: Graph) -> dict[str, tuple[int, int]]:
+    """Outputs that are class scores, by name -> (class axis, classes): a Softmax / LogSoftmax output, or the output
+    of a linear layer (Gemm, MatMul, with its bias Add) reached through reshapes only, whose last axis holds its
+    output features (e.g. a CTC head's logits, which the application decodes by argmax); MIN_CLASSES classes or
+    more. 0 classes: the Softmax's axis length is read off the outputs."""
+    prod = {o: n for n in graph.nodes for o in n.outputs}
+    found: dict[str, tuple[int, int]] = {}
+    for v in graph.outputs:
+        n = prod.get(v.name)
+        if n is not None and n.op in ("Softmax", "LogSoftmax"):
+            found[v.name] = (int(n.attr("axis", -1 if graph.opset >= 13 else 1)), 0)
+            continue
+        while n is not None and n.op in RESHAPES:
+            n = prod.get(n.inputs[0])
+        if n is not None and n.op == "Add":
+            other = [x for x in n.inputs if x not in graph.initializers]
+            n = prod.get(other[0]) if len(other) == 1 else None
+        if n is None or n.op not in ("Gemm", "MatMul") or len(n.inputs) < 2 or n.inputs[1] not in graph.initializers:
+            continue
+        w = graph.initializers[n.inputs[1]]
+        if w.ndim != 2:
+            continue
+        feats = w.shape[0] if n.op == "Gemm" and n.attr("transB", 0) else w.shape[-1]
+        if feats >= MIN_CLASSES:
+            found[v.name] = (-1, int(feats))
+    return found
+
+
+@dataclass
+class MarginFidelity:
+    """The allocation's task-shaped model error (ClassScores.measure)."""
+
+    rel_l2: float  # the worst output's error: margin error on class scores, relative L2 on the others
+    top1: float | None  # positions whose top class is unchanged, over the class-score outputs
+
+    def summary(self) -> str:
+        s = f"margin error {self.rel_l2:.3g}"
+        return s + (f", top class unchanged at {100 * self.top1:.2f}% of positions" if self.top1 is not None else "")
+
+
+def margin_error(ref: list[np.ndarray], got: list[np.ndarray], axis: int) -> tuple[float, float]:
+    """(error, top-class agreement) of class scores over runs: at every position (every index of the other axes)
+    the reference's top class a and its margin m = z_a - max_{b != a} z_b, and the same margin in the test scores
+    m' = z'_a - max_{b != a} z'_b; error = sqrt(mean(((m - m') / (m + tau))^2)), tau = MARGIN_TAU x the median m:
+    the part of each position's margin the perturbation eats (a flip at 1 or more), the positions that are nearly
+    tied weighing most. Linear in small perturbations, so independent layers' errors add in squares as the
+    allocation assumes."""
+    def rows(a: np.ndarray) -> np.ndarray:
+        a = np.moveaxis(np.asarray(a, np.float64), axis, -1)
+        return a.reshape(-1, a.shape[-1])
+
+    z = np.concatenate([rows(a) for a in ref])
+    q = np.concatenate([rows(a) for a in got])
+    if z.shape[1] < 2 or z.shape[0] == 0:
+        return 0.0, 1.0
+    if not np.isfinite(q).all():
+        return math.inf, 0.0
+    idx = np.arange(z.shape[0])
+    top = z.argmax(1)
+
+    def margin(x: np.ndarray) -> np.ndarray:
+        rest = x.copy()
+        rest[idx, top] = -np.inf
+        return x[idx, top] - rest.max(1)
+
+    m, m2 = margin(z), margin(q)
+    tau = MARGIN_TAU * max(float(np.median(m)), 1e-12)
+    return float(np.sqrt(np.mean(np.square((m - m2) / (m + tau))))), float(np.mean(q.argmax(1) == top))
+
+
+def class_evaluator(graph: Graph, feeds: dict[str, np.ndarray], tensors, classes: dict[str, tuple[int, int]]):
+    """A fidelity.Evaluator whose measure is task-shaped: margin_error on the class-score outputs (class_outputs),
+    the relative L2 error on the others; the worst output counts."""
+    from .fidelity import Evaluator
+
+    class ClassScores(Evaluator):
+        def measure(self, weights: dict[str, np.ndarray]) -> MarginFidelity:
+            outs = self._run(weights)
+            worst, agree = 0.0, []
+            for v, ref_runs, runs in zip(self.graph.outputs, self.ref, outs):
+                axis, n = classes.get(v.name, (None, 0))
+                if axis is not None and ref_runs[0].ndim and ref_runs[0].shape[axis] >= max(n, MIN_CLASSES):
+                    err, top1 = margin_error(ref_runs, runs, axis)
+                    agree.append(top1)
+                else:
+                    num = math.fsum(float(np.sum(np.square(b - a))) for a, b in zip(ref_runs, runs))
+                    den = math.fsum(float(np.sum(np.square(a))) for a in ref_runs)
+                    err = math.sqrt(num) / max(math.sqrt(den), 1e-30) if math.isfinite(num) else math.inf
+                worst = max(worst, err if math.isfinite(err) else math.inf)
+            return MarginFidelity(worst, min(agree) if agree else None)
+
+    return ClassScores(graph, feeds, tensors)
+
+
 def layer_error(w: np.ndarray, q: np.ndarray, stats) -> float:
     """Relative layer-output error of the decoded weight q against w: from the input statistics when given
     (calibration.LayerStats, oriented as compensate.assign takes them), else the relative weight error."""
@@ -243,6 +347,31 @@ def greedy_path(layers: dict[str, Layer]) -> list[str]:
         steps.append(best)
 
 
+def fill_budget(alloc: Allocation, point: int, budget: float) -> int:
+    """The bytes the first point within the budget leaves unspent, given back to the layers: while one of the
+    prefix's steps can be undone within the budget, the one that removes the most predicted squared error per byte
+    it costs is moved to the end of the prefix and left out (point - 1). The path stays a path (a layer's steps keep
+    their order: only a layer's last step in the prefix moves), so the pipeline's exact byte check walks it as
+    before. Returns the new point. (The path's next step back may be a large tensor's: ddddocr's 8.4M-weight CTC
+    head at 6 -> 7 bits is 0.8 MB, so the first point left 220 kB of a 7x budget unused.)"""
+    while point > 0:
+        lv = alloc.levels_at(point)
+        spare = budget - alloc.bytes_at(point)
+        last = {name: i for i, name in enumerate(alloc.steps[:point])}
+        best, best_score = None, 0.0
+        for name, i in last.items():
+            layer, level = alloc.layers[name], lv[name]
+            cost = layer.options[level - 1].encoded.nbytes - layer.options[level].encoded.nbytes
+            gain = layer.model_error(level) ** 2 - layer.model_error(level - 1) ** 2
+            if cost <= spare and gain > 0 and gain / max(cost, 1) > best_score:
+                best, best_score = i, gain / max(cost, 1)
+        if best is None:
+            return point
+        alloc.steps.insert(point - 1, alloc.steps.pop(best))
+        point -= 1
+    return point
+
+
 def refine(graph: Graph, alloc: Allocation, settings: dict[str, tuple[LayerSettings, int]], stats, measure,
            stage: int = REFINE_STAGE, progress=None) -> None:
     """Step 5 of the module docstring, on the chosen point: replaces the chosen options' encodings (and errors,
@@ -324,11 +453,22 @@ def allocate(graph: Graph, settings: dict[str, tuple[LayerSettings, int]], encod
     layers = scan(graph, settings, encoder, stats, widths, bar("bits scan"))
     n_held = run_count(graph, held_feeds)
     sens_feeds = take_runs(graph, held_feeds, list(range(min(n_held, SENSITIVITY_RUNS))))
-    ev = Evaluator(graph, sens_feeds, list(layers))
+    # for a ratio, the model error is task-shaped where outputs are class scores (the bound of --max-error is the
+    # relative L2 error of the outputs, which the fidelity guard checks: there it stays that)
+    classes = class_outputs(graph) if target_ratio is not None else {}
+
+    def evaluator(feeds):
+        return (class_evaluator(graph, feeds, list(layers), classes) if classes
+                else Evaluator(graph, feeds, list(layers)))
+
+    ev = evaluator(sens_feeds)
     measure_sensitivity(graph, layers, ev, bar("sensitivity"))
     alloc = Allocation(layers, greedy_path(layers), fixed_bytes, fp32_bytes, target_ratio, max_error,
                        held_out=n_held)
-    full = ev if n_held <= SENSITIVITY_RUNS else Evaluator(graph, held_feeds, list(layers))
+    if classes:
+        alloc.notes.append("model error: margin error of the class scores of " + ", ".join(
+            f"'{k}'" for k in classes) + " (margin_error), relative L2 error of any other output")
+    full = ev if n_held <= SENSITIVITY_RUNS else evaluator(held_feeds)
 
     def measure(point: int):
         lv = alloc.levels_at(point)
@@ -341,6 +481,8 @@ def allocate(graph: Graph, settings: dict[str, tuple[LayerSettings, int]], encod
             point = len(alloc.steps)
             alloc.notes.append(f"ratio {target_ratio:g} not reachable with widths down to {min(widths)} bits: "
                                f"{fp32_bytes / alloc.bytes_at(point):.2f}x at the fewest bits")
+        else:
+            point = fill_budget(alloc, point, budget)
     else:
         lo, hi = 0, len(alloc.steps)  # invariant: every point <= lo is assumed within the bound once lo passed
         if measure(0).rel_l2 > max_error:
