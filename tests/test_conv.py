@@ -354,8 +354,8 @@ def test_im2col_in_bands_matches_numpy(monkeypatch, case, band_rows):
 
 def test_im2col_band_layout_on_a_real_shape():
     """PP-OCRv4 det's neck conv (96 -> 24 channels, 3x3, pad 1) at 30x30 (a plane below BLOCK_MIN_POSITIONS, so
-    im2col + BLAS): 864 columns -> bands of 10 rows, scratch for one band only, same answer as the float64
-    reference."""
+    im2col + BLAS): 864 columns -> bands of 20 rows (2 x IM2COL_BAND_FLOATS), scratch for one band only, same answer
+    as the float64 reference."""
     from edgepack.runtime.ops import conv as conv_mod
     rng = np.random.default_rng(11)
     w = make_weight("dense", (24, 96, 3, 3), rng, density=1.0)
@@ -363,9 +363,9 @@ def test_im2col_band_layout_on_a_real_shape():
     attrs = {"pads": [1, 1, 1, 1]}
     prepared = prepare_conv(w, 1)
     plan = conv_mod._plan(prepared, x.shape, attrs, False)
-    assert plan.im2col and plan.geo[conv_mod._CROWS] == 10
+    assert plan.im2col and plan.geo[conv_mod._CROWS] == 20
     # the tap offsets, the band, one row for an epilogue chain and the padded sample (32 x 32 per channel)
-    assert plan.scratch_bytes == 8 * 864 + 4 * ((864 + 1) * 10 * 30 + 96 * 32 * 32)
+    assert plan.scratch_bytes == 8 * 864 + 4 * ((864 + 1) * 20 * 30 + 96 * 32 * 32)
     check_close(run_conv(w, x, None, attrs), reference_for(x, w, None, attrs))
 
 

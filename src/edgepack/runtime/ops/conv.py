@@ -63,9 +63,12 @@ _PLAN_CACHE_SIZE = 8  # input shapes remembered per prepared weight
 (_C, _H, _W, _HP, _WP, _OH, _OW, _KH, _KW, _SH, _SW, _DH, _DW, _PT, _PL, _CIN_G, _PADDED, _GSTRIDE, _COLS,
  _SLOTS, _ACC_LEN, _TAB_OFF, _OBUF_OFF, _XPAD_OFF, _ACC_OFF, _WBUF_OFF, _PHASED, _QH, _QW, _PLANE, _PITCH, _PLEN,
  _CROWS, _TROWS, _BLOCKED, _COUT_G, _WBLEN, _PERCH, _NGEO) = range(39)
-# im2col runs a band of _CROWS output rows at a time: the band's (cols, _CROWS * OW) matrix is sized to stay in the
+# im2col runs a band of _CROWS output rows at a time: the band's (cols, _CROWS * OW) matrix is sized to stay near the
 # L2 cache while BLAS reads it (a 3x3 conv of 96 channels at 80x80: 864 x 6400 floats = 22 MB in one piece, 4.6 ms
-# of matmul; in bands of 3 rows, 2.1 ms), and the scratch shrinks by the same factor.
+# of matmul; in bands of 3 rows, 2.1 ms), and the scratch shrinks by the same factor. The im2col matrix takes
+# 2 x IM2COL_BAND_FLOATS (2 MiB): against 1 MiB, 3x3 stride-2 layers 192 -> 384 at 26x26 ran 2.7 instead of 3.0-3.2
+# ms (one band of 13 rows, not 11 + 2), 192 -> 192 1.4 instead of 1.5, 96 -> 24 at 80x80 stride 1 4.3 instead of
+# 4.4-4.7, the others equal (dev VM, 1 thread, CPU time); a plain 1x1 convolution's bands keep 1 MiB.
 IM2COL_BAND_FLOATS = 1 << 18  # 1 MiB of float32 per band
 IM2COL_BAND_MIN_POSITIONS = 128  # below this BLAS's per-call cost dominates: take more rows
 # The direct kernels sum taps over tiles of _TROWS output rows of about this many floats (see _taps_kernel).
@@ -279,7 +282,7 @@ def _layout(g: dict, kind: str, parallel: bool) -> tuple[np.ndarray, int, bool]:
             want = max(IM2COL_BAND_FLOATS // max(1, cols + g["cout"]), IM2COL_BAND_MIN_POSITIONS)
             geo[_CROWS] = crows = max(1, min(g["oh"], want // ow))
             return geo, 4 * crows * g["ow"], True
-        want = max(IM2COL_BAND_FLOATS // max(1, cols), IM2COL_BAND_MIN_POSITIONS)
+        want = max(2 * IM2COL_BAND_FLOATS // max(1, cols), IM2COL_BAND_MIN_POSITIONS)
         geo[_CROWS] = crows = max(1, min(g["oh"], want // ow))
         # the tap offsets (int64), the band, one band row for an epilogue chain, the padded / phased sample
         return geo, 8 * cols + 4 * ((cols + 1) * crows * g["ow"] + int(geo[_PLEN])), True
