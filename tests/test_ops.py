@@ -318,6 +318,43 @@ def test_softmax_is_stable_for_large_logits():
     np.testing.assert_allclose(got[1], [1 / 3] * 3, rtol=1e-6)
 
 
+@pytest.mark.parametrize("shape", [(40, 6625), (1, 3, 97), (2, 5)])
+def test_softmax_contiguous_lines_bound_and_plain(shape):
+    """The last-axis path (vectorised exp, a CTC head's 6625 classes per step): against float64 numpy, the bound step
+    on the plan's scratch (scratch_bytes) equal to the plain run, in place equal to out of place."""
+    x = rand(*shape, scale=8.0)
+    opdef = R.get("Softmax", "s")
+    want = np.exp(x.astype(np.float64) - x.max(-1, keepdims=True))
+    want /= want.sum(-1, keepdims=True)
+    plain = np.full(x.shape, np.nan, np.float32)
+    opdef.run([x], {}, [plain])
+    np.testing.assert_allclose(plain, want, rtol=2e-6, atol=1e-9)
+    need = opdef.run.scratch_bytes([x.shape], {})
+    assert need == 8 * shape[-1]
+    scratch = np.zeros(need, np.uint8)
+    bound = np.full(x.shape, np.nan, np.float32)
+    fn, args = opdef.run.bind([x], {}, [bound], scratch)
+    assert any(isinstance(a, np.ndarray) and np.shares_memory(a, scratch) for a in args)
+    fn(*args)
+    np.testing.assert_array_equal(bound, plain)
+    y = x.copy()
+    opdef.run([y], {}, [y])
+    np.testing.assert_array_equal(y, plain)
+    assert opdef.run.scratch_bytes([(2, 3, 4)], {"axis": 1}) == 0  # strided lines: the scalar kernel, no scratch
+
+
+def test_softmax_lines_special_values():
+    """NaN anywhere in a line makes the line NaN; -inf entries give 0; a line of -inf is NaN (0/0), as onnxruntime."""
+    x = np.array([[1.0, np.nan, 2.0], [-np.inf, 0.0, 1.0], [-np.inf] * 3, [-200.0, 0.0, 1.0]], np.float32)
+    got = ours("Softmax", [x], {})
+    assert np.isnan(got[0]).all() and np.isnan(got[2]).all()
+    np.testing.assert_allclose(got[1], [0.0, 0.26894143, 0.7310586], rtol=1e-6)
+    np.testing.assert_allclose(got[3], [0.0, 0.26894143, 0.7310586], rtol=1e-6)
+    want = reference("Softmax", [x], {})
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+    np.testing.assert_allclose(np.nan_to_num(got), np.nan_to_num(want), rtol=1e-6, atol=1e-12)
+
+
 def test_softmax_axis_out_of_range():
     with pytest.raises(FormatError, match=r"op 'Softmax' \(node 's'\): attribute 'axis' = 3 is out of range"):
         R.infer_node("Softmax", "s", [(2, 3, 4)], {"axis": 3}, [None])
