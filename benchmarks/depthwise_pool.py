@@ -85,21 +85,18 @@ def depthwise(rounds):
 
 
 def pools(rounds):
-    runners = {"MaxPool": pool._run_maxpool, "AveragePool": pool._run_avgpool}
+    ops = {o.name: o for o in pool.OPS}
     for op, shape, attrs in POOLS:
         x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+        opdef = ops[op]
         if op == "GlobalAveragePool":
             out = np.empty(shape[:2] + (1, 1), np.float32)
-            fn, args = pool._run_global_avgpool, ([x], attrs, [out])
+            fn, args = opdef.run, ([x], attrs, [out])
         else:
-            run = runners[op]
             (out_shape,) = pool._infer_pool([shape], attrs, [None])
             out = np.empty(out_shape, np.float32)
-            if hasattr(run, "bind"):
-                scratch = np.empty(run.scratch_bytes([shape], attrs), np.uint8)
-                fn, args = run.bind([x], attrs, [out], scratch)
-            else:  # a runtime whose op has no bound step (an older checkout): its runner
-                fn, args = run, ([x], attrs, [out])
+            scratch = np.empty(opdef.scratch_bytes([shape], attrs), np.uint8)
+            fn, args = opdef.bind([x], attrs, [out], scratch)
         sess = session([helper.make_node(op, ["x"], ["y"], **attrs)], [("x", shape)], {})
         compare(f"{op} {'x'.join(map(str, shape[1:]))} {attrs.get('kernel_shape', '')}", lambda: fn(*args), sess,
                 {"x": x}, rounds)

@@ -329,18 +329,18 @@ def test_softmax_contiguous_lines_bound_and_plain(shape):
     plain = np.full(x.shape, np.nan, np.float32)
     opdef.run([x], {}, [plain])
     np.testing.assert_allclose(plain, want, rtol=2e-6, atol=1e-9)
-    need = opdef.run.scratch_bytes([x.shape], {})
+    need = opdef.scratch_bytes([x.shape], {})
     assert need == 8 * shape[-1]
     scratch = np.zeros(need, np.uint8)
     bound = np.full(x.shape, np.nan, np.float32)
-    fn, args = opdef.run.bind([x], {}, [bound], scratch)
+    fn, args = opdef.bind([x], {}, [bound], scratch)
     assert any(isinstance(a, np.ndarray) and np.shares_memory(a, scratch) for a in args)
     fn(*args)
     np.testing.assert_array_equal(bound, plain)
     y = x.copy()
     opdef.run([y], {}, [y])
     np.testing.assert_array_equal(y, plain)
-    assert opdef.run.scratch_bytes([(2, 3, 4)], {"axis": 1}) == 0  # strided lines: the scalar kernel, no scratch
+    assert opdef.scratch_bytes([(2, 3, 4)], {"axis": 1}) == 0  # strided lines: the scalar kernel, no scratch
 
 
 def test_softmax_lines_special_values():
@@ -456,3 +456,21 @@ def test_register_rejects_a_second_definition():
     assert R.register(relu) is relu
     with pytest.raises(ValueError, match="'Relu' is already registered"):
         R.register(R.OpDef("Relu", relu.infer, lambda i, a, o: None))
+
+
+def test_registry_takes_bind_and_scratch_as_opdef_fields():
+    """One way to declare a bound step: OpDef.bind / OpDef.scratch_bytes. A runner carrying them as attributes, or
+    scratch without a bind, is refused at registration; every registered op follows it."""
+    def run(inputs, attrs, outputs):
+        pass
+
+    run.bind = lambda inputs, attrs, outputs: None
+    with pytest.raises(TypeError, match="as OpDef fields"):
+        R.register(R.OpDef("__TestOld", lambda s, a, c: s, run))
+    with pytest.raises(TypeError, match="needs a bind"):
+        R.register(R.OpDef("__TestScratch", lambda s, a, c: s, lambda i, a, o: None, scratch_bytes=lambda s, a: 0))
+    assert "__TestOld" not in R.REGISTRY and "__TestScratch" not in R.REGISTRY
+    R.register_all()
+    for op in R.REGISTRY.values():
+        assert not hasattr(op.run, "bind") and (op.scratch_bytes is None or op.bind is not None), op.name
+    assert R.REGISTRY["MaxPool"].scratch_bytes is not None and R.REGISTRY["Add"].bind is not None

@@ -152,10 +152,10 @@ def test_conv_transpose_scratch_is_the_plans(xs, ws, attrs):
     x, w = rand(*xs), rand(*ws)
     opdef = R.get("ConvTranspose", "ct")
     (want,) = ours("ConvTranspose", [x, w], attrs, const_idx=(1,))
-    need = opdef.run.scratch_bytes([x.shape, w.shape], attrs)
+    need = opdef.scratch_bytes([x.shape, w.shape], attrs)
     scratch = np.zeros(need + 64, np.uint8)
     out = np.full(want.shape, np.nan, np.float32)
-    fn, args = opdef.run.bind([x, w], attrs, [out], scratch)
+    fn, args = opdef.bind([x, w], attrs, [out], scratch)
     fn(*args)
     np.testing.assert_array_equal(out, want)
     cols = [a for a in args if isinstance(a, np.ndarray) and a.ndim == 2]

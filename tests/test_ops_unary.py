@@ -76,7 +76,7 @@ def ours(op, inputs, attrs=None, const_idx=(), inplace=None):
             out = ins[inplace]
         with warnings.catch_warnings():
             warnings.simplefilter("error")
-            step = opdef.run.bind(ins, attrs, [out]) if bound and hasattr(opdef.run, "bind") else None
+            step = opdef.bind(ins, attrs, [out]) if bound and opdef.bind is not None else None
             if step is not None:
                 with np.errstate(all="ignore"):  # the executor's errstate around a whole run
                     step[0](*step[1])

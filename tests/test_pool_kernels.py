@@ -54,11 +54,12 @@ def test_maxpool_matches_window_reference(shape, attrs):
 def test_maxpool_bound_step_reads_its_scratch_row():
     attrs = {"kernel_shape": [5, 5], "pads": [2, 2, 2, 2]}
     x = np.random.default_rng(1).standard_normal((1, 4, 6, 7)).astype(np.float32)
-    need = pool._run_maxpool.scratch_bytes([x.shape], attrs)
+    maxpool = next(o for o in pool.OPS if o.name == "MaxPool")
+    need = maxpool.scratch_bytes([x.shape], attrs)
     assert need == 4 * (7 + 4 + 7)  # the padded row the 5-wide windows read (2 + 7 + 2), and the 7 window maxima
     scratch = np.full(need + 8, 255, np.uint8)  # garbage, and more than needed
     got = np.empty((1, 4, 6, 7), np.float32)
-    fn, args = pool._run_maxpool.bind([x], attrs, [got], scratch)
+    fn, args = maxpool.bind([x], attrs, [got], scratch)
     fn(*args)
     np.testing.assert_array_equal(got, _reference(x, 5, 5, 1, 1, 1, 1, 2, 2, 6, 7))
     assert (scratch[need:] == 255).all()
@@ -71,7 +72,7 @@ def test_global_average_pool_matches_float64_mean(shape):
     rng = np.random.default_rng(len(shape) + shape[-1])
     x = (rng.standard_normal(shape) * 10.0 ** rng.uniform(-3, 3, shape)).astype(np.float32)
     out = np.full(shape[:2] + (1,) * (len(shape) - 2), np.nan, np.float32)
-    pool._run_global_avgpool([x], {}, [out])
+    next(o for o in pool.OPS if o.name == "GlobalAveragePool").run([x], {}, [out])
     want = x.astype(np.float64).reshape(shape[0] * shape[1], -1).mean(axis=1)
     got = out.reshape(-1).astype(np.float64)
     scale = np.abs(x.astype(np.float64)).reshape(shape[0] * shape[1], -1).max(axis=1)
@@ -125,10 +126,11 @@ def test_avgpool_matches_window_reference(shape, attrs):
     got = np.full(out_shape, np.nan, np.float32)
     pool._run_avgpool([x], attrs, [got])
     np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-6)
-    need = pool._run_avgpool.scratch_bytes([x.shape], attrs)
+    avgpool = next(o for o in pool.OPS if o.name == "AveragePool")
+    need = avgpool.scratch_bytes([x.shape], attrs)
     scratch = np.full(need + 8, 255, np.uint8)
     bound = np.full(out_shape, np.nan, np.float32)
-    fn, args = pool._run_avgpool.bind([x], attrs, [bound], scratch)
+    fn, args = avgpool.bind([x], attrs, [bound], scratch)
     fn(*args)
     np.testing.assert_array_equal(bound, got)
     assert (scratch[need:] == 255).all()

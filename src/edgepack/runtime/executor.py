@@ -171,8 +171,8 @@ def make_plan(program: Program, input_shapes: dict[str, tuple], shapes: dict[str
     scratch, owner = 0, None
     for n in program.nodes:
         layer = program.layers.get(n["name"])
-        # an op whose runner declares scratch_bytes(input shapes, attrs) gets a view of the shared scratch in bind
-        sized = None if layer is not None else getattr(registry.get(n["op"], n["name"]).run, "scratch_bytes", None)
+        # an op that declares scratch_bytes(input shapes, attrs) gets a view of the shared scratch in bind
+        sized = None if layer is not None else registry.get(n["op"], n["name"]).scratch_bytes
         if layer is None and sized is None:
             continue
         in_shapes = [None if not i else shapes[i] if i in shapes else program.const_shapes[i] for i in n["inputs"]]
@@ -184,8 +184,8 @@ def make_plan(program: Program, input_shapes: dict[str, tuple], shapes: dict[str
 
 def bind(program: Program, plan: ExecPlan, arena_buf: np.ndarray, scratch_buf: np.ndarray) -> None:
     """Make the plan's tensor views over `arena_buf` and its steps (again only if the buffers changed). Each step is
-    what its layer's or op's `bind` returns (a kernel and its arguments, checked here once); an op without `bind`
-    (or whose bind declines) runs through its plain runner."""
+    what its layer's or op's `bind` (OpDef.bind) returns (a kernel and its arguments, checked here once); an op
+    without `bind` (or whose bind declines) runs through its plain runner."""
     if plan.bound_to is not None and plan.bound_to[0] is arena_buf and plan.bound_to[1] is scratch_buf:
         return
     views = {}
@@ -205,13 +205,12 @@ def bind(program: Program, plan: ExecPlan, arena_buf: np.ndarray, scratch_buf: n
         if layer is not None:
             steps.append(layer.bind(ins, outs, scratch, f.act if f is not None else None))
             continue
-        run = registry.get(n["op"], n["name"]).run
-        binder = getattr(run, "bind", None)
-        if binder is not None and hasattr(run, "scratch_bytes"):
-            step = binder(ins, n["attrs"], outs, scratch)
-        else:
-            step = binder(ins, n["attrs"], outs) if binder is not None else None
-        steps.append(step if step is not None else (run, (ins, n["attrs"], outs)))
+        op = registry.get(n["op"], n["name"])
+        step = None
+        if op.bind is not None:
+            step = (op.bind(ins, n["attrs"], outs, scratch) if op.scratch_bytes is not None
+                    else op.bind(ins, n["attrs"], outs))
+        steps.append(step if step is not None else (op.run, (ins, n["attrs"], outs)))
     outputs = []
     for name in program.outputs:
         src = views.get(name)

@@ -230,7 +230,5 @@ def _bind_conv_transpose(inputs, attrs, outputs, scratch):
     return _prepare(inputs, attrs, outputs, scratch)
 
 
-_run_conv_transpose.bind, _run_conv_transpose.scratch_bytes = _bind_conv_transpose, _scratch_bytes
-
-
-OPS = (OpDef("ConvTranspose", _infer_conv_transpose, _run_conv_transpose),)
+OPS = (OpDef("ConvTranspose", _infer_conv_transpose, _run_conv_transpose, bind=_bind_conv_transpose,
+              scratch_bytes=_scratch_bytes),)

@@ -369,8 +369,6 @@ def _bind_prelu(inputs, attrs, outputs):
     return None if views is None else (_prelu_kernel, views)
 
 
-_run_prelu.bind = _bind_prelu
-
 
 def _pair(ufunc, a, b, out):
     ufunc(a, b, out=out)
@@ -382,8 +380,8 @@ def _fold(ufunc, first, rest, out):
         ufunc(out, b, out=out)
 
 
-def _variadic_runner(ufunc):
-    """Max / Min: the ufunc folded over the inputs into out (NaN propagates, as in onnxruntime). The input that
+def _variadic_op(ufunc) -> dict:
+    """run and bind of Max / Min: the ufunc folded over the inputs into out (NaN propagates, as in onnxruntime). The input that
     shares the output's buffer (an in-place run) is folded first, before out is written."""
     def order(inputs, out):
         ins = list(inputs)
@@ -412,25 +410,25 @@ def _variadic_runner(ufunc):
         return _fold, (ufunc, ins[0], ins[1:], out)
 
     run.__name__ = f"_run_{ufunc.__name__}"
-    run.bind = bind
-    return run
+    return {"run": run, "bind": bind}
 
 
-def _unary_ufunc_runner(ufunc):
-    """Exp, Log, Neg, Abs, Reciprocal, Floor, Ceil: the numpy ufunc into out (IEEE results: Log(0) = -inf, Log(-1)
+def _unary_ufunc_op(ufunc) -> dict:
+    """run and bind of Exp, Log, Neg, Abs, Reciprocal, Floor, Ceil: the numpy ufunc into out (IEEE results: Log(0) = -inf, Log(-1)
     = NaN, Reciprocal(0) = inf, without warnings)."""
     def run(inputs, attrs, outputs):
         with np.errstate(all="ignore"):
             ufunc(inputs[0], out=outputs[0], casting="unsafe")
     run.__name__ = f"_run_{ufunc.__name__}"
-    # bound: the ufunc itself on the plan's views (executor.execute holds the errstate for the whole run)
-    run.bind = lambda inputs, attrs, outputs: (
-        (ufunc, (inputs[0], outputs[0])) if inputs[0].dtype == outputs[0].dtype else None)
-    return run
+
+    def bind(inputs, attrs, outputs):
+        # the ufunc itself on the plan's views (executor.execute holds the errstate for the whole run)
+        return (ufunc, (inputs[0], outputs[0])) if inputs[0].dtype == outputs[0].dtype else None
+    return {"run": run, "bind": bind}
 
 
-# ---- plan-time binding: the executor calls `run.bind(inputs, attrs, outputs)` once per plan (arena views of fixed
-# shapes) and then only the returned (kernel, args) at every run; None keeps the plain runner.
+# ---- plan-time binding (OpDef.bind): the executor calls bind(inputs, attrs, outputs) once per plan (arena views of
+# fixed shapes) and then only the returned (kernel, args) at every run; None keeps the plain runner.
 
 def _unary_binder(kernel, scalars):
     def bind(inputs, attrs, outputs):
@@ -441,51 +439,58 @@ def _unary_binder(kernel, scalars):
     return bind
 
 
-_run_relu.bind = _unary_binder(_relu_kernel, lambda inputs, attrs: ())
-_run_leaky_relu.bind = _unary_binder(_leaky_relu_kernel, lambda inputs, attrs: (_F32(attrs.get("alpha", 0.01)),))
+_bind_relu = _unary_binder(_relu_kernel, lambda inputs, attrs: ())
+_bind_leaky_relu = _unary_binder(_leaky_relu_kernel, lambda inputs, attrs: (_F32(attrs.get("alpha", 0.01)),))
 _clip_binder = _unary_binder(_clip_kernel, lambda inputs, attrs: tuple(
     _F32(attrs.get(key, default)) for key, default in _clip_attr_defaults(attrs)))
-# bounds given as inputs may be computed at run time: read them at every run (the plain runner)
-_run_clip.bind = lambda inputs, attrs, outputs: (
-    None if any(i is not None for i in inputs[1:]) else _clip_binder(inputs, attrs, outputs))
-_run_sigmoid.bind = _unary_binder(_sigmoid_kernel, lambda inputs, attrs: ())
-_run_hard_sigmoid.bind = _unary_binder(_hard_sigmoid_kernel, lambda inputs, attrs: (
+
+
+def _bind_clip(inputs, attrs, outputs):
+    # bounds given as inputs may be computed at run time: read them at every run (the plain runner)
+    return None if any(i is not None for i in inputs[1:]) else _clip_binder(inputs, attrs, outputs)
+
+
+_bind_sigmoid = _unary_binder(_sigmoid_kernel, lambda inputs, attrs: ())
+_bind_hard_sigmoid = _unary_binder(_hard_sigmoid_kernel, lambda inputs, attrs: (
     _F32(attrs.get("alpha", 0.2)), _F32(attrs.get("beta", 0.5))))
-_run_hard_swish.bind = _unary_binder(_hard_swish_kernel, lambda inputs, attrs: (_F32(1.0 / 6.0), _F32(0.5)))
-_run_tanh.bind = _unary_binder(_tanh_kernel, lambda inputs, attrs: ())
+_bind_hard_swish = _unary_binder(_hard_swish_kernel, lambda inputs, attrs: (_F32(1.0 / 6.0), _F32(0.5)))
+_bind_tanh = _unary_binder(_tanh_kernel, lambda inputs, attrs: ())
 
 
-def _binary_runner(ufunc):
+def _binary_op(ufunc) -> dict:
+    """run and bind of Add, Sub, Mul, Div: the numpy ufunc with broadcasting."""
     def run(inputs, attrs, outputs):
         # IEEE results (inf, nan) without numpy warnings, as onnxruntime does
         with np.errstate(all="ignore"):
             ufunc(inputs[0], inputs[1], out=outputs[0])
     run.__name__ = f"_run_{ufunc.__name__}"
-    # bound: the ufunc itself on the plan's views (executor.execute holds the errstate for the whole run)
-    run.bind = lambda inputs, attrs, outputs: (ufunc, (inputs[0], inputs[1], outputs[0]))
-    return run
+
+    def bind(inputs, attrs, outputs):
+        # the ufunc itself on the plan's views (executor.execute holds the errstate for the whole run)
+        return ufunc, (inputs[0], inputs[1], outputs[0])
+    return {"run": run, "bind": bind}
 
 
 OPS = (
-    OpDef("Relu", _infer_unary, _run_relu, inplace_ok=True),
-    OpDef("LeakyRelu", _infer_leaky_relu, _run_leaky_relu, inplace_ok=True),
-    OpDef("Clip", _infer_clip, _run_clip, inplace_ok=True),
-    OpDef("Sigmoid", _infer_unary, _run_sigmoid, inplace_ok=True),
-    OpDef("HardSigmoid", _infer_hard_sigmoid, _run_hard_sigmoid, inplace_ok=True),
-    OpDef("HardSwish", _infer_unary, _run_hard_swish, inplace_ok=True),
-    OpDef("Tanh", _infer_unary, _run_tanh, inplace_ok=True),
-    OpDef("Add", _infer_binary, _binary_runner(np.add), inplace_ok=True),
-    OpDef("Sub", _infer_binary, _binary_runner(np.subtract), inplace_ok=True),
-    OpDef("Mul", _infer_binary, _binary_runner(np.multiply), inplace_ok=True),
-    OpDef("Div", _infer_binary, _binary_runner(np.divide), inplace_ok=True),
-    OpDef("PRelu", _infer_prelu, _run_prelu, inplace_ok=True),
-    OpDef("Max", _infer_variadic, _variadic_runner(np.maximum), inplace_ok=True),
-    OpDef("Min", _infer_variadic, _variadic_runner(np.minimum), inplace_ok=True),
-    OpDef("Exp", _infer_unary, _unary_ufunc_runner(np.exp), inplace_ok=True),
-    OpDef("Log", _infer_unary, _unary_ufunc_runner(np.log), inplace_ok=True),
-    OpDef("Neg", _infer_unary, _unary_ufunc_runner(np.negative), inplace_ok=True),
-    OpDef("Abs", _infer_unary, _unary_ufunc_runner(np.absolute), inplace_ok=True),
-    OpDef("Reciprocal", _infer_unary, _unary_ufunc_runner(np.reciprocal), inplace_ok=True),
-    OpDef("Floor", _infer_unary, _unary_ufunc_runner(np.floor), inplace_ok=True),
-    OpDef("Ceil", _infer_unary, _unary_ufunc_runner(np.ceil), inplace_ok=True),
+    OpDef("Relu", _infer_unary, _run_relu, inplace_ok=True, bind=_bind_relu),
+    OpDef("LeakyRelu", _infer_leaky_relu, _run_leaky_relu, inplace_ok=True, bind=_bind_leaky_relu),
+    OpDef("Clip", _infer_clip, _run_clip, inplace_ok=True, bind=_bind_clip),
+    OpDef("Sigmoid", _infer_unary, _run_sigmoid, inplace_ok=True, bind=_bind_sigmoid),
+    OpDef("HardSigmoid", _infer_hard_sigmoid, _run_hard_sigmoid, inplace_ok=True, bind=_bind_hard_sigmoid),
+    OpDef("HardSwish", _infer_unary, _run_hard_swish, inplace_ok=True, bind=_bind_hard_swish),
+    OpDef("Tanh", _infer_unary, _run_tanh, inplace_ok=True, bind=_bind_tanh),
+    OpDef("Add", _infer_binary, **_binary_op(np.add), inplace_ok=True),
+    OpDef("Sub", _infer_binary, **_binary_op(np.subtract), inplace_ok=True),
+    OpDef("Mul", _infer_binary, **_binary_op(np.multiply), inplace_ok=True),
+    OpDef("Div", _infer_binary, **_binary_op(np.divide), inplace_ok=True),
+    OpDef("PRelu", _infer_prelu, _run_prelu, inplace_ok=True, bind=_bind_prelu),
+    OpDef("Max", _infer_variadic, **_variadic_op(np.maximum), inplace_ok=True),
+    OpDef("Min", _infer_variadic, **_variadic_op(np.minimum), inplace_ok=True),
+    OpDef("Exp", _infer_unary, **_unary_ufunc_op(np.exp), inplace_ok=True),
+    OpDef("Log", _infer_unary, **_unary_ufunc_op(np.log), inplace_ok=True),
+    OpDef("Neg", _infer_unary, **_unary_ufunc_op(np.negative), inplace_ok=True),
+    OpDef("Abs", _infer_unary, **_unary_ufunc_op(np.absolute), inplace_ok=True),
+    OpDef("Reciprocal", _infer_unary, **_unary_ufunc_op(np.reciprocal), inplace_ok=True),
+    OpDef("Floor", _infer_unary, **_unary_ufunc_op(np.floor), inplace_ok=True),
+    OpDef("Ceil", _infer_unary, **_unary_ufunc_op(np.ceil), inplace_ok=True),
 )

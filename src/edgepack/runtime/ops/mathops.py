@@ -112,8 +112,8 @@ def _infer_reduce(input_shapes, attrs, consts):
     return [tuple(d for i, d in enumerate(shape) if i not in axes)]
 
 
-def _reduce_runner(fn):
-    """ReduceMean (np.mean), ReduceMax (np.max): fn over the axes into out, kept dimensions as 1."""
+def _reduce_op(fn) -> dict:
+    """run and bind of ReduceMean (np.mean), ReduceMax (np.max): fn over the axes into out, kept dimensions as 1."""
     def run(inputs, attrs, outputs):
         x, out = inputs[0], outputs[0]
         shapes = [None if a is None else a.shape for a in inputs]
@@ -141,13 +141,12 @@ def _reduce_runner(fn):
         return step, (x, r[0], view)
 
     run.__name__ = f"_run_reduce_{fn.__name__}"
-    run.bind = bind
-    return run
+    return {"run": run, "bind": bind}
 
 
 OPS = (
-    OpDef("ReduceMean", _infer_reduce, _reduce_runner(np.mean)),
-    OpDef("ReduceMax", _infer_reduce, _reduce_runner(np.max)),
+    OpDef("ReduceMean", _infer_reduce, **_reduce_op(np.mean)),
+    OpDef("ReduceMax", _infer_reduce, **_reduce_op(np.max)),
     OpDef("Pow", _infer_pow, _run_pow, inplace_ok=True),
     OpDef("Sqrt", _infer_unary, _run_sqrt, inplace_ok=True),
     OpDef("Erf", _infer_unary, _run_erf, inplace_ok=True),

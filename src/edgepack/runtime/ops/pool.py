@@ -333,9 +333,6 @@ def _run_maxpool(inputs, attrs, outputs):
         out[...] = dst
 
 
-# the executor counts scratch_bytes in the plan's shared scratch and hands bind() a view of it
-_run_maxpool.bind, _run_maxpool.scratch_bytes = _bind_maxpool, _maxpool_scratch_bytes
-
 
 def _avgpool_row_floats(g) -> int:
     """Scratch floats of _avgpool2d_kernel for geometry g: MaxPool's padded row and window sums, and two column
@@ -372,8 +369,6 @@ def _run_avgpool(inputs, attrs, outputs):
         out[...] = dst
 
 
-_run_avgpool.bind, _run_avgpool.scratch_bytes = _bind_avgpool, _avgpool_scratch_bytes
-
 
 def _infer_global_pool(input_shapes, attrs, consts):
     check_arity(input_shapes, 1)
@@ -385,7 +380,8 @@ def _infer_global_pool(input_shapes, attrs, consts):
     return [shape[:2] + (1,) * (len(shape) - 2)]
 
 
-def _global_runner(kernel):
+def _global_op(kernel) -> dict:
+    """run and bind of a global pool over (N * C, spatial) rows with `kernel`."""
     def run(inputs, attrs, outputs):
         x = np.ascontiguousarray(inputs[0])
         rows = x.shape[0] * x.shape[1]
@@ -398,17 +394,13 @@ def _global_runner(kernel):
         rows = x.shape[0] * x.shape[1]
         return kernel, (x.reshape(rows, math.prod(x.shape[2:])), out.reshape(rows))
 
-    run.bind = bind
-    return run
+    return {"run": run, "bind": bind}
 
 
-_run_global_avgpool = _global_runner(_mean_rows_kernel)
-_run_global_maxpool = _global_runner(_max_rows_kernel)
-
-
+# the executor counts scratch_bytes in the plan's shared scratch and hands bind() a view of it
 OPS = (
-    OpDef("MaxPool", _infer_maxpool, _run_maxpool),
-    OpDef("AveragePool", _infer_avgpool, _run_avgpool),
-    OpDef("GlobalAveragePool", _infer_global_pool, _run_global_avgpool),
-    OpDef("GlobalMaxPool", _infer_global_pool, _run_global_maxpool),
+    OpDef("MaxPool", _infer_maxpool, _run_maxpool, bind=_bind_maxpool, scratch_bytes=_maxpool_scratch_bytes),
+    OpDef("AveragePool", _infer_avgpool, _run_avgpool, bind=_bind_avgpool, scratch_bytes=_avgpool_scratch_bytes),
+    OpDef("GlobalAveragePool", _infer_global_pool, **_global_op(_mean_rows_kernel)),
+    OpDef("GlobalMaxPool", _infer_global_pool, **_global_op(_max_rows_kernel)),
 )

@@ -10,7 +10,7 @@ row: per step the gate pre-activations are that plus the biases plus R h_{t-1} (
 rows), then the cell update in place. At batch 1 the steps are bound by reading R (ddddocr's 2 x 4 MiB: from L3 at
 every step, ~60 GB/s on the dev VM). The projections and the state (directions x steps x batch x gates x hidden,
 plus a few hidden sizes, float32) live in the executor's shared scratch, which the memory plan counts
-(run.scratch_bytes); the plain runner allocates them per call.
+(OpDef.scratch_bytes); the plain runner allocates them per call.
 W and R arrive dense: the loader expands compressed constants of ops other than Gemm/MatMul/Conv.
 """
 from __future__ import annotations
@@ -422,11 +422,7 @@ def _bind_gru(inputs, attrs, outputs, scratch=None):
     return _prepare("GRU", inputs, attrs, outputs, scratch) if _bindable(inputs, outputs) else None
 
 
-# the executor counts scratch_bytes in the plan's shared scratch and hands bind() a view of it
-_run_lstm.bind, _run_lstm.scratch_bytes = _bind_lstm, _scratch_bytes("LSTM")
-_run_gru.bind, _run_gru.scratch_bytes = _bind_gru, _scratch_bytes("GRU")
-
 OPS = (
-    OpDef("LSTM", _infer_lstm, _run_lstm),
-    OpDef("GRU", _infer_gru, _run_gru),
+    OpDef("LSTM", _infer_lstm, _run_lstm, bind=_bind_lstm, scratch_bytes=_scratch_bytes("LSTM")),
+    OpDef("GRU", _infer_gru, _run_gru, bind=_bind_gru, scratch_bytes=_scratch_bytes("GRU")),
 )

@@ -35,12 +35,20 @@ class OpDef:
         inputs[i] is an ndarray (constants included), or None for an omitted optional input. It assumes infer()
         accepted the same shapes and attrs, so it does not re-validate.
     inplace_ok: outputs[0] may be the very same buffer (same start, same nbytes) as any input of equal nbytes.
+    bind(inputs, attrs, outputs[, scratch]) -> (fn, args) or None: called once per plan with the plan's arena views
+        (fixed buffers and shapes); every run then calls only fn(*args), so whatever depends on shapes, attributes
+        and constants is worked out here. None keeps `run` for this node. Without bind, every run calls `run`.
+    scratch_bytes(input_shapes, attrs) -> int: the scratch a bound step needs; the executor sizes the plan's shared
+        scratch (counted in the memory plan) by it and passes bind a view of it as `scratch`. A plain `run` call
+        allocates its own.
     """
 
     name: str
     infer: InferFn
     run: RunFn
     inplace_ok: bool = False
+    bind: Callable[..., tuple | None] | None = None
+    scratch_bytes: Callable[[list, dict], int] | None = None
 
 
 # The graph's ONNX opset, which runtime/model.py adds to every node's attrs under this key (a private name: ONNX
@@ -67,7 +75,13 @@ _loaded_modules: set[str] = set()
 
 
 def register(op: OpDef) -> OpDef:
-    """Add `op` to REGISTRY; registering the same OpDef twice is a no-op, a different one under a taken name is not."""
+    """Add `op` to REGISTRY; registering the same OpDef twice is a no-op, a different one under a taken name is not.
+    Binding and scratch are OpDef fields: a runner carrying them as attributes (an older way) is refused."""
+    if hasattr(op.run, "bind") or hasattr(op.run, "scratch_bytes"):
+        raise TypeError(f"op '{op.name}': give bind / scratch_bytes as OpDef fields, not as attributes of its run "
+                        f"function ({op.run.__module__})")
+    if op.scratch_bytes is not None and op.bind is None:
+        raise TypeError(f"op '{op.name}': scratch_bytes is given to bind; an OpDef with it needs a bind")
     old = REGISTRY.get(op.name)
     if old is not None and old != op:
         raise ValueError(f"op '{op.name}' is already registered (by {old.run.__module__}); "

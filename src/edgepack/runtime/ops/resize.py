@@ -233,9 +233,6 @@ def _bind_resize(inputs, attrs, outputs):
     return _resize, (inputs[0], outputs[0], *_tables_of(inputs, attrs))
 
 
-_run_resize.bind = _bind_resize
-
-
 def _resize(x, out, mode, out_shape, tables):
     rank = x.ndim
     if not tables:
@@ -268,4 +265,4 @@ def _resize(x, out, mode, out_shape, tables):
     np.copyto(out, cur)
 
 
-OPS = (OpDef("Resize", _infer_resize, _run_resize),)
+OPS = (OpDef("Resize", _infer_resize, _run_resize, bind=_bind_resize),)

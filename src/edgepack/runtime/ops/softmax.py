@@ -126,7 +126,5 @@ def _bind_softmax(inputs, attrs, outputs, scratch):
     return _softmax_lines_kernel, (*lines, bits, zb)
 
 
-_run_softmax.bind, _run_softmax.scratch_bytes = _bind_softmax, _scratch_bytes
-
-
-OPS = (OpDef("Softmax", _infer_softmax, _run_softmax, inplace_ok=True),)
+OPS = (OpDef("Softmax", _infer_softmax, _run_softmax, inplace_ok=True, bind=_bind_softmax,
+              scratch_bytes=_scratch_bytes),)

@@ -290,9 +290,6 @@ def _bind_gather(inputs, attrs, outputs):
     return np.take, (x, idx, axis, outputs[0])
 
 
-_run_gather.bind = _bind_gather
-
-
 # ---- Cast ----
 
 def _infer_cast(input_shapes, attrs, consts):
@@ -329,6 +326,6 @@ OPS = (
     OpDef("Pad", _infer_pad, _run_pad),
     OpDef("Squeeze", _infer_squeeze, _run_copy_reshaped, inplace_ok=True),
     OpDef("Unsqueeze", _infer_unsqueeze, _run_copy_reshaped, inplace_ok=True),
-    OpDef("Gather", _infer_gather, _run_gather),
+    OpDef("Gather", _infer_gather, _run_gather, bind=_bind_gather),
     OpDef("Cast", _infer_cast, _run_cast, inplace_ok=True),
 )
