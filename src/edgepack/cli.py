@@ -343,7 +343,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--max-error", type=_max_error, metavar="E",
                    help="raise the precision of the layers that cause it (prune less, more bits, per-channel "
                         "scales, float16, float32: the step that removes the most error per byte first) until every "
-                        "output's relative L2 error against the original is <= E on the calibration inputs")
+                        "output's relative L2 error against the original is <= E on the calibration inputs; a "
+                        "bound that cannot be met is an error naming the error reached, and nothing is written")
     s.add_argument("--calib", help="calibration inputs (.npy, or .npz by input name): each layer's codebook codes "
                    "are then chosen with error compensation from the layer's inputs (GPTQ-style), and --max-error "
                    "is measured on them; default: random inputs of the declared shapes, no compensation")
