@@ -499,3 +499,15 @@ def test_profile_times_every_step(tmp_path, packed, capsys):
     assert main(["run", path, "--input", str(tmp_path / "x.npy"), "--repeat", "2", "--profile", "2"]) == 0
     text = capsys.readouterr().out
     assert f"profile: {len(rows)} steps" in text and "slowest 2 steps:" in text and "Gemm" in text
+
+
+def test_flatten_on_its_input_buffer_is_no_step(packed):
+    """LeNet-5's Flatten gets pool2's buffer (the planner aliases an in-place op whose input dies there): its bound
+    step is left out of the plan, and the outputs stay onnxruntime's; a profile lists only the steps that run."""
+    path = packed("lenet5", 0.5, 6)
+    model = runtime.load(path)
+    x = inputs_for(model, 3, seed=2)["x"]
+    rows = model.profile(x, repeat=2)
+    names = [r[0] for r in rows]
+    assert "flatten" not in names and {"conv1", "pool1", "conv2", "pool2", "ip1", "ip2"} <= set(names)
+    assert_close_to(reference(path, {"x": x}), model.run(x))

@@ -474,3 +474,17 @@ def test_registry_takes_bind_and_scratch_as_opdef_fields():
     for op in R.REGISTRY.values():
         assert not hasattr(op.run, "bind") and (op.scratch_bytes is None or op.bind is not None), op.name
     assert R.REGISTRY["MaxPool"].scratch_bytes is not None and R.REGISTRY["Add"].bind is not None
+
+
+@pytest.mark.parametrize("op", ["Identity", "Flatten", "Reshape", "Squeeze", "Unsqueeze"])
+def test_copy_ops_bind_no_step_on_their_input_buffer(op):
+    """A copy op bound onto its input's own buffer is no step; onto another buffer, a copy of the values."""
+    R.register_all()
+    x = rand(2, 1, 3)
+    opdef = R.get(op, "c")
+    out = np.full(x.size, np.nan, np.float32)
+    fn, args = opdef.bind([x], {}, [out])
+    fn(*args)
+    np.testing.assert_array_equal(out.reshape(-1), x.reshape(-1))
+    assert opdef.bind([x], {}, [x.reshape(-1)]) is R.NO_STEP
+    assert opdef.bind([x.astype(np.float64)], {}, [out]) is None  # not the arena's float32: the plain run

@@ -198,10 +198,10 @@ def bind(program: Program, plan: ExecPlan, arena_buf: np.ndarray, scratch_buf: n
         if n["name"] in program.absorbed:
             continue
         f = program.fused.get(n["name"])
-        step_nodes.append((n["name"], n["op"] if f is None else f"{n['op']}+{f.node}"))
         ins = [views[i] if i in views else program.consts.get(i) if i else None for i in n["inputs"]]
         outs = [views[o] for o in _node_outputs(program, n)]
         layer = program.layers.get(n["name"])
+        step_nodes.append((n["name"], n["op"] if f is None else f"{n['op']}+{f.node}"))
         if layer is not None:
             steps.append(layer.bind(ins, outs, scratch, f.act if f is not None else None))
             continue
@@ -210,6 +210,9 @@ def bind(program: Program, plan: ExecPlan, arena_buf: np.ndarray, scratch_buf: n
         if op.bind is not None:
             step = (op.bind(ins, n["attrs"], outs, scratch) if op.scratch_bytes is not None
                     else op.bind(ins, n["attrs"], outs))
+        if step is registry.NO_STEP:
+            step_nodes.pop()
+            continue
         steps.append(step if step is not None else (op.run, (ins, n["attrs"], outs)))
     outputs = []
     for name in program.outputs:

@@ -37,7 +37,8 @@ class OpDef:
     inplace_ok: outputs[0] may be the very same buffer (same start, same nbytes) as any input of equal nbytes.
     bind(inputs, attrs, outputs[, scratch]) -> (fn, args) or None: called once per plan with the plan's arena views
         (fixed buffers and shapes); every run then calls only fn(*args), so whatever depends on shapes, attributes
-        and constants is worked out here. None keeps `run` for this node. Without bind, every run calls `run`.
+        and constants is worked out here. None keeps `run` for this node; NO_STEP leaves the node out of the
+        plan's steps (nothing to do). Without bind, every run calls `run`.
     scratch_bytes(input_shapes, attrs) -> int: the scratch a bound step needs; the executor sizes the plan's shared
         scratch (counted in the memory plan) by it and passes bind a view of it as `scratch`. A plain `run` call
         allocates its own.
@@ -69,6 +70,10 @@ def refuse_opset(what_changed: str, opset: int) -> UnsupportedError:
     return UnsupportedError(f"at opset {opset} {what_changed}; this runtime does not implement that older "
                             f"behaviour (convert the model to a newer opset, e.g. onnx.version_converter)")
 
+
+# What a bind returns for a node whose run does nothing in this plan (an Identity / Reshape given its input's
+# buffer): the executor leaves the step out.
+NO_STEP = ("no step",)
 
 REGISTRY: dict[str, OpDef] = {}
 _loaded_modules: set[str] = set()

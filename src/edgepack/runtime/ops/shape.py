@@ -1,15 +1,16 @@
 """Layout ops: Identity, Flatten, Reshape (target shape from a constant input), Transpose and Concat. The packer removes
 Identity except where a graph output is a copy of a graph input or of a constant. Identity, Flatten and Reshape
-copy nothing when the planner gives them their input's buffer (numpy skips a copy onto identical memory).
+copy nothing when the planner gives them their input's buffer: their bound step is then left out of the plan.
 """
 from __future__ import annotations
 
 import math
 
 import numpy as np
+from numba import njit
 
 from edgepack.runtime.errors import FormatError, UnsupportedError
-from edgepack.runtime.ops.registry import OpDef, check_arity, int_attr, int_list, normalize_axis, opset_of
+from edgepack.runtime.ops.registry import NO_STEP, OpDef, check_arity, int_attr, int_list, normalize_axis, opset_of
 
 
 def _infer_identity(input_shapes, attrs, consts):
@@ -66,9 +67,27 @@ def _infer_reshape(input_shapes, attrs, consts):
     return [tuple(dims)]
 
 
-def _run_copy_reshaped(inputs, attrs, outputs):
+def run_copy_reshaped(inputs, attrs, outputs):
+    """Identity, Flatten, Reshape, Squeeze, Unsqueeze: the input's values in the output's shape."""
     out = outputs[0]
     np.copyto(out, inputs[0].reshape(out.shape))
+
+
+@njit(cache=True)
+def _copy_kernel(src, dst):
+    for i in range(src.size):
+        dst[i] = src[i]
+
+
+def bind_copy_reshaped(inputs, attrs, outputs):
+    """No step when the planner gave the output its input's buffer; else a copy kernel over the flat arrays."""
+    x, out = inputs[0], outputs[0]
+    if not (isinstance(x, np.ndarray) and x.dtype == out.dtype == np.float32 and x.flags.c_contiguous
+            and out.flags.c_contiguous and x.size == out.size):
+        return None
+    if x.ctypes.data == out.ctypes.data:
+        return NO_STEP
+    return _copy_kernel, (x.reshape(-1), out.reshape(-1))
 
 
 def _perm(attrs, rank):
@@ -118,9 +137,9 @@ def _run_concat(inputs, attrs, outputs):
 
 
 OPS = (
-    OpDef("Identity", _infer_identity, _run_copy_reshaped, inplace_ok=True),
-    OpDef("Flatten", _infer_flatten, _run_copy_reshaped, inplace_ok=True),
-    OpDef("Reshape", _infer_reshape, _run_copy_reshaped, inplace_ok=True),
+    OpDef("Identity", _infer_identity, run_copy_reshaped, inplace_ok=True, bind=bind_copy_reshaped),
+    OpDef("Flatten", _infer_flatten, run_copy_reshaped, inplace_ok=True, bind=bind_copy_reshaped),
+    OpDef("Reshape", _infer_reshape, run_copy_reshaped, inplace_ok=True, bind=bind_copy_reshaped),
     OpDef("Transpose", _infer_transpose, _run_transpose),
     OpDef("Concat", _infer_concat, _run_concat),
 )

@@ -10,6 +10,7 @@ import numpy as np
 
 from edgepack.runtime.errors import FormatError, UnsupportedError
 from edgepack.runtime.ops.registry import OpDef, check_arity, int_attr, int_list, normalize_axis, opset_of, refuse_opset
+from edgepack.runtime.ops.shape import bind_copy_reshaped, run_copy_reshaped
 
 # ONNX TensorProto element types the runtime can represent in a float32 buffer exactly enough (value-wise).
 CAST_TYPES = {1: np.float32, 2: np.uint8, 3: np.int8, 4: np.uint16, 5: np.int16, 6: np.int32, 7: np.int64,
@@ -244,11 +245,6 @@ def _infer_unsqueeze(input_shapes, attrs, consts):
     return [tuple(1 if i in axes else next(dims) for i in range(rank))]
 
 
-def _run_copy_reshaped(inputs, attrs, outputs):
-    out = outputs[0]
-    np.copyto(out, inputs[0].reshape(out.shape))
-
-
 # ---- Gather ----
 
 def _gather_indices(input_shapes, attrs, consts) -> tuple[int, np.ndarray]:
@@ -324,8 +320,8 @@ OPS = (
     OpDef("Split", _infer_split, _run_split),
     OpDef("Slice", _infer_slice, _run_slice),
     OpDef("Pad", _infer_pad, _run_pad),
-    OpDef("Squeeze", _infer_squeeze, _run_copy_reshaped, inplace_ok=True),
-    OpDef("Unsqueeze", _infer_unsqueeze, _run_copy_reshaped, inplace_ok=True),
+    OpDef("Squeeze", _infer_squeeze, run_copy_reshaped, inplace_ok=True, bind=bind_copy_reshaped),
+    OpDef("Unsqueeze", _infer_unsqueeze, run_copy_reshaped, inplace_ok=True, bind=bind_copy_reshaped),
     OpDef("Gather", _infer_gather, _run_gather, bind=_bind_gather),
     OpDef("Cast", _infer_cast, _run_cast, inplace_ok=True),
 )
