@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import time
 
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
@@ -20,6 +19,7 @@ import numpy as np
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
+from conv_kernels import cpu_times  # noqa: E402 - the same timing as the conv kernel benchmark (benchmarks/)
 from edgepack.packer.bench import loadavg, machine_line
 from edgepack.runtime.ops import conv as conv_mod
 from edgepack.runtime.ops import pool
@@ -46,16 +46,6 @@ def session(nodes, inputs, consts):
                           [numpy_helper.from_array(v, k) for k, v in consts.items()])
     m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
     return ort.InferenceSession(m.SerializeToString(), so, providers=["CPUExecutionProvider"])
-
-
-def cpu_times(fn, n):
-    fn()
-    out = []
-    for _ in range(n):
-        t0 = time.thread_time()
-        fn()
-        out.append(time.thread_time() - t0)
-    return out
 
 
 def compare(label, fn, sess, feeds, rounds):
