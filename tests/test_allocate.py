@@ -295,6 +295,10 @@ def test_class_outputs_are_found_by_what_produces_them(tmp_path):
     m.graph.node.append(helper.make_node("Softmax", ["y"], ["p"], name="sm", axis=1))
     m.graph.output[0].name = "p"
     assert class_outputs(load_onnx(zoo.save(m, tmp_path / "softmax.onnx"))) == {"p": (1, 0)}
+    few = zoo.mlp(seed=1)  # a 10-way softmax of declared width: not class scores
+    few.graph.node.append(helper.make_node("Softmax", ["y"], ["p"], name="sm", axis=1))
+    few.graph.output[0].name = "p"
+    assert class_outputs(load_onnx(zoo.save(few, tmp_path / "few.onnx"))) == {}
 
 
 def test_target_ratio_measures_a_class_head_by_its_margins(tmp_path):

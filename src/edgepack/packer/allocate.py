@@ -168,7 +168,11 @@ def class_outputs(graph: Graph) -> dict[str, tuple[int, int]]:
     for v in graph.outputs:
         n = prod.get(v.name)
         if n is not None and n.op in ("Softmax", "LogSoftmax"):
-            found[v.name] = (int(n.attr("axis", -1 if graph.opset >= 13 else 1)), 0)
+            axis = int(n.attr("axis", -1 if graph.opset >= 13 else 1))
+            dims = v.shape or []
+            if -len(dims) <= axis < len(dims) and isinstance(dims[axis], int) and dims[axis] < MIN_CLASSES:
+                continue  # a few-way softmax (MTCNN's face / no face): its decisions are thresholds, not margins
+            found[v.name] = (axis, 0)
             continue
         while n is not None and n.op in RESHAPES:
             n = prod.get(n.inputs[0])
@@ -231,7 +235,7 @@ def margin_error(ref: list[np.ndarray], got: list[np.ndarray], axis: int) -> tup
 def class_evaluator(graph: Graph, feeds: dict[str, np.ndarray], tensors, classes: dict[str, tuple[int, int]]):
     """A fidelity.Evaluator whose measure is task-shaped: margin_error on the class-score outputs (class_outputs),
     the relative L2 error on the others; the worst output counts."""
-    from .fidelity import Evaluator
+    from .fidelity import Evaluator, Fidelity
 
     class ClassScores(Evaluator):
         def measure(self, weights: dict[str, np.ndarray]) -> MarginFidelity:
@@ -247,7 +251,7 @@ def class_evaluator(graph: Graph, feeds: dict[str, np.ndarray], tensors, classes
                     den = math.fsum(float(np.sum(np.square(a))) for a in ref_runs)
                     err = math.sqrt(num) / max(math.sqrt(den), 1e-30) if math.isfinite(num) else math.inf
                 worst = max(worst, err if math.isfinite(err) else math.inf)
-            return MarginFidelity(worst, min(agree) if agree else None)
+            return MarginFidelity(worst, min(agree)) if agree else Fidelity(worst, None)
 
     return ClassScores(graph, feeds, tensors)
 
