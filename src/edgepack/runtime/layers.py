@@ -1055,7 +1055,10 @@ def _match_chain(t: str, readers: dict, consts: dict, outputs: set, rank: int):
                 n = readers[cur][0]
             if cur == u and bsteps and u not in outputs and len(readers.get(u, [])) == 1:
                 combine = conv_ops.CH_MUL_SAVED if gate["op"] == "Mul" else conv_ops.CH_ADD_SAVED
-                steps += [[conv_ops.CH_SAVE, 0, 0, 0]] + bsteps + [[combine, 0, 0, 0]]
+                if combine == conv_ops.CH_MUL_SAVED and bsteps == [[conv_ops.CH_SIGMOID, 0, 0, 0]]:
+                    steps.append([conv_ops.CH_SILU, 0, 0, 0])  # x * Sigmoid(x): one pass, the same bits
+                else:
+                    steps += [[conv_ops.CH_SAVE, 0, 0, 0]] + bsteps + [[combine, 0, 0, 0]]
                 nodes += bnodes + [gate]
                 t = gate["outputs"][0]
                 break

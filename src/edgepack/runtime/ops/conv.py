@@ -23,7 +23,7 @@ from numba import get_num_threads, njit, prange
 from edgepack.runtime.errors import InputError, UnsupportedError
 from edgepack.runtime.ops.conv_blocked import BLOCK, block_taps_kernel, tile_stride
 from edgepack.runtime.ops.elementwise import (ACT_CLIP, ACT_LEAKY, ACT_NONE, EP_ACT, EP_P0, EP_P1, _sigmoid_kernel,
-                                     _tanh_kernel, epilogue)
+                                     _tanh_kernel, epilogue, silu_kernel)
 from edgepack.runtime.weights import CodebookWeight, DenseWeight, Int8Weight, SparseCodebookWeight
 
 _EMPTY_F32 = np.zeros(0, dtype=np.float32)
@@ -37,8 +37,9 @@ _AUTO_PADS = ("NOTSET", "VALID", "SAME_UPPER", "SAME_LOWER")
 # is in cache, instead of one pass over memory per node (runtime/layers.py fuse_conv_epilogues finds them). Steps:
 # rows [op, a, b, c] of a float32 (n, 4) array, each bit for bit what the node's own kernel computes in float32.
 # CH_SAVE keeps the current values (the x of a gate x * f(x)); CH_MUL_SAVED / CH_ADD_SAVED combine with them.
+# CH_SILU is CH_SAVE, CH_SIGMOID, CH_MUL_SAVED in one pass (the same bits).
 (CH_SAVE, CH_ADD, CH_SUB, CH_RSUB, CH_MUL, CH_DIV, CH_RDIV, CH_ACT, CH_SIGMOID, CH_HARD_SIGMOID, CH_HARD_SWISH,
- CH_TANH, CH_MUL_SAVED, CH_ADD_SAVED) = range(1, 15)
+ CH_TANH, CH_MUL_SAVED, CH_ADD_SAVED, CH_SILU) = range(1, 16)
 _EMPTY_CHAIN = np.zeros((0, 4), dtype=np.float32)
 _EMPTY_CHAIN.flags.writeable = False
 
@@ -628,6 +629,8 @@ def _chain_kernel(o, save, chain):
                 o[i] = _activate_kernel(o[i], kind, b, c)
         elif op == CH_SIGMOID:
             _sigmoid_kernel(o, o)
+        elif op == CH_SILU:
+            silu_kernel(o, o)
         elif op == CH_HARD_SIGMOID or op == CH_HARD_SWISH:
             # elementwise.py's _hard_sigmoid_kernel / _hard_swish_kernel value for value (v in float32: its clamps
             # to 0 and 1 are exact, and x * v rounded once is the same float32 either way), written here in one

@@ -125,6 +125,18 @@ def _sigmoid_kernel(x, out):
     """1 / (1 + exp(-v)) with exp from exp_block, per block of EXP_BLOCK values (the block is copied first, so out
     may be x); the numpy error model drops the zero-divisor test that kept a division scalar. Within 2 ulp of the
     exact sigmoid (relative 1.4e-7); v < -88 gives 0 and v > 87 gives 1; NaN stays NaN."""
+    _sigmoid_blocks(x, out, False)
+
+
+@njit(cache=True, error_model="numpy")
+def silu_kernel(x, out):
+    """v * sigmoid(v) (SiLU / swish: the Sigmoid-then-Mul chain exporters write after a conv) in one pass, bit for
+    bit _sigmoid_kernel's value times v in float32; out may be x."""
+    _sigmoid_blocks(x, out, True)
+
+
+@njit(cache=True, error_model="numpy")
+def _sigmoid_blocks(x, out, gate):
     f = np.float32
     bits = np.empty(EXP_BLOCK, np.int32)
     xb = np.empty(EXP_BLOCK, np.float32)
@@ -141,7 +153,8 @@ def _sigmoid_kernel(x, out):
             v = -xb[j]
             s = f(1.0) / (f(1.0) + eb[j])
             s = f(0.0) if v < f(-88.0) else s
-            os[j] = s if v == v else v
+            s = s if v == v else v
+            os[j] = v * s if gate else s
 
 
 @njit(cache=True)
