@@ -46,7 +46,7 @@ sys.path[:0] = [str(ROOT / "src"), str(ROOT), str(ROOT / "tests")]
 import numpy as np  # noqa: E402
 
 from edgepack.packer.bench import json_default, machine_line  # noqa: E402
-from realmodels.corpus import BY_NAME, ENTRIES, REFUSED, fetch  # noqa: E402
+from realmodels.corpus import ENTRIES, REFUSED, fetch, named  # noqa: E402
 from realmodels.harness import (calibration_set, compare, ort_runner, pack_entry, paired_runner,  # noqa: E402
                                 runtime_runner, task_for, unpack_file)
 
@@ -266,11 +266,10 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "out"))
     a = ap.parse_args(argv)
     n = 10 if a.quick else a.n
-    names = [s for s in a.only.split(",") if s]
-    unknown = [s for s in names if s not in BY_NAME]
-    if unknown:
-        ap.error(f"unknown corpus names {unknown}; known: {', '.join(BY_NAME)}")
-    entries = [BY_NAME[s] for s in names] if names else [*ENTRIES, *(e for e, _ in REFUSED)]
+    try:
+        entries = named(a.only, [*ENTRIES, *(e for e, _ in REFUSED)])
+    except ValueError as e:
+        ap.error(str(e))
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     load0 = [round(v, 2) for v in os.getloadavg()]

@@ -122,6 +122,16 @@ REFUSED: tuple[tuple[Entry, str], ...] = (
 BY_NAME = {e.name: e for e in ENTRIES + tuple(e for e, _ in REFUSED)}
 
 
+def named(only: str, default) -> list[Entry]:
+    """The entries a comma-separated `--only` names (in its order), or `default` when it names none; ValueError
+    naming the unknown names and the known ones."""
+    names = [s for s in only.split(",") if s]
+    unknown = [s for s in names if s not in BY_NAME]
+    if unknown:
+        raise ValueError(f"unknown corpus names {unknown}; known: {', '.join(BY_NAME)}")
+    return [BY_NAME[s] for s in names] if names else list(default)
+
+
 class CorpusError(RuntimeError):
     """A corpus file could not be fetched or did not match its pin."""
 
