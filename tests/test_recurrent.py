@@ -214,6 +214,23 @@ def test_lstm_activation_lists(acts):
                         "activations": acts + ["Sigmoid", "Tanh", "Relu"]}, atol=1e-5)
 
 
+@pytest.mark.parametrize("code", range(5))
+def test_activation_blocks_at_their_limits(code):
+    """The kernels' activations over a block (Sigmoid, Tanh, Relu, Softsign, Softplus) against float64 numpy across
+    exp's limits (|v| near 88), +-inf, +-0 and NaN; the block may be shorter than its scratch."""
+    from edgepack.runtime.ops.recurrent import _act_block
+    v = np.concatenate([np.linspace(-120, 120, 4801), [-88.5, -87.9, -44.1, 44.1, 87.9, 88.5, 1e-4, -1e-4, 0.0, -0.0,
+                                                         np.inf, -np.inf, np.nan]]).astype(np.float32)
+    x = v.astype(np.float64)
+    with np.errstate(over="ignore", invalid="ignore"):
+        want = [1 / (1 + np.exp(-x)), np.tanh(x), np.where(x > 0, x, 0.0), x / (1 + np.abs(x)),
+                np.logaddexp(0.0, x)][code]
+    got = v.copy()
+    _act_block(code, got, np.empty(v.size + 3, np.float32), np.empty(v.size + 3, np.int32))
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+    np.testing.assert_allclose(got, want, rtol=4e-6, atol=3e-7 if code == 1 else 1e-30)
+
+
 def test_gru_activation_list():
     ins = make_inputs("GRU")
     check("GRU", ins, {"hidden_size": 6, "activations": ["Sigmoid", "Relu"]}, atol=1e-5)
@@ -338,7 +355,7 @@ def test_packed_end_to_end(tmp_path, op, outputs):
     assert packed.meta["format_version"] == "1.1" and packed.container.version == (1, 1)
     # the projections W x_t (directions x steps x gates x hidden) and the state live in the plan's counted scratch
     hid, seq, gates = 16, 7, GATES[op]
-    assert model.plan.scratch_bytes == 4 * (2 * seq * gates * hid + (6 if op == "LSTM" else 5) * hid)
+    assert model.plan.scratch_bytes == 4 * (2 * seq * gates * hid + (8 if op == "LSTM" else 9) * hid)
     assert model.plan.scratch_owner == "rnn"
     got2 = model.run(x)  # the bound plan, run again: same numbers
     for k in want:
