@@ -678,35 +678,11 @@ def _store_kernel(acc, geo, scale, bias_v, out, b, co, kind, p0, p1, chain):
     _store_rows_kernel(acc, geo[_PITCH], oh, ow, scale, bias_v, out[b, o0: o0 + oh * ow], kind, p0, p1, chain)
 
 
-# The one-channel drivers: _conv_sparse (CSR rows) and _conv_taps (dense, codebook and int8 rows, _weight_kernel)
-# decode a weight row into (value, offset) taps without the zeros, sum them with _taps_kernel and store the plane.
-# The parallel build splits the output channels over threads (slot t takes channels t, t + slots, ... of every
-# sample) in ONE parallel region per call; every channel is summed in the same order either way, so serial and
-# parallel give the same bits.
-
-def _conv_sparse(x, geo, group_of, indptr, columns, codes, codebook, scales, bias, ep, chain, out, scratch):
-    tab, obuf, xpad, acc, wbuf = _scratch_views_kernel(scratch, geo)
-    cout, cols, slots, alen = group_of.shape[0], geo[_COLS], geo[_SLOTS], geo[_ACC_LEN]
-    plen = geo[_PLEN]
-    has_scales = scales.shape[0] != 0
-    has_bias = bias.shape[0] != 0
-    kind, p0, p1 = np.int64(ep[EP_ACT]), ep[EP_P0], ep[EP_P1]
-    for t in prange(slots):
-        wb, ob = wbuf[t * cols: t * cols + cols], obuf[t * cols: t * cols + cols]
-        ac, xp = acc[t * alen: t * alen + alen], xpad[t * plen: t * plen + plen]
-        for b in range(x.shape[0]):
-            src = _source_kernel(x, b, geo, xp)
-            last = -1
-            for co in range(t, cout, slots):
-                base, last = _channel_base_kernel(x, b, group_of[co], geo, xp, last)
-                n = 0
-                for j in range(indptr[co], indptr[co + 1]):
-                    wb[n] = codebook[codes[j]]
-                    ob[n] = tab[columns[j]]
-                    n += 1
-                _taps_kernel(src, base, wb, ob, n, ac, geo)
-                _store_kernel(ac, geo, scales[co] if has_scales else np.float32(1.0),
-                              bias[co] if has_bias else np.float32(0.0), out, b, co, kind, p0, p1, chain)
+# The one-channel driver _conv_taps (dense, codebook and int8 rows, _weight_kernel) decodes a weight row into
+# (value, offset) taps without the zeros, sums them with _taps_kernel and stores the plane. The parallel build
+# splits the output channels over threads (slot t takes channels t, t + slots, ... of every sample) in ONE parallel
+# region per call; every channel is summed in the same order either way, so serial and parallel give the same bits.
+# Sparse (CSR) weights run conv_sparse.py's driver on the same scratch layout.
 
 
 # W_DENSE / W_CODEBOOK / W_INT8: which of the weight arrays _weight_kernel reads (the drivers get all of them,
@@ -816,7 +792,6 @@ def _conv_blocked(x, geo, wkind, w2d, codes, codebook, q, zp, scales, bias, ep, 
 
 
 _conv_blocked_kernel, _conv_blocked_parallel_kernel = _serial_and_parallel(_conv_blocked)
-_conv_sparse_kernel, _conv_sparse_parallel_kernel = _serial_and_parallel(_conv_sparse)
 _conv_taps_kernel, _conv_taps_parallel_kernel = _serial_and_parallel(_conv_taps)
 
 
@@ -966,7 +941,8 @@ def bind_conv(x: np.ndarray, prepared: PreparedConv, bias, attrs: dict, out: np.
             bands.append(tuple(row))
         return _im2col_run, (x2, geo, tuple(bands), a["w2d"], out3, bias_v, ep, chain, save, finish, tab, xpad)
     if prepared.kind == "sparse":
-        fn = _conv_sparse_parallel_kernel if parallel else _conv_sparse_kernel
+        from edgepack.runtime.ops import conv_sparse  # it builds on this module
+        fn = conv_sparse.kernel(parallel)
         return fn, (x2, geo, a["group_of"], a["indptr"], a["columns"], a["codes"], a["codebook"], a["scales"],
                     bias_v, ep, chain, out2, scratch)
     e2, e8 = _EMPTY_CODES, _EMPTY_Q

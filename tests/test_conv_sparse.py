@@ -1,0 +1,156 @@
+"""The sparse (CSR + codebook) Conv driver, runtime/ops/conv_sparse.py: against a float64 numpy convolution and
+onnxruntime, on the cases its loops split differently (entries per row around its 8 / 4 / 1 passes, empty rows, no
+entries at all, tiles of rows outside and channels inside, depthwise channels outside, groups, strides, padding,
+dilation, 1-D, batches, scales, bias, fused activation, epilogue chain) and serial = parallel bit for bit."""
+import numpy as np
+import pytest
+
+from edgepack.runtime.ops import conv as C
+from edgepack.runtime.ops import conv_sparse as S
+from edgepack.runtime.ops.elementwise import ACT_CLIP
+from edgepack.runtime.weights import SparseCodebookWeight
+from test_conv import check_close, make_weight, reference_for, run_conv
+
+
+def reference(x, w, bias, attrs):
+    """test_conv.reference_for, a 1-D convolution as the 2-D one with H = 1."""
+    if x.ndim == 4:
+        return reference_for(x, w, bias, attrs)
+    d = w.to_dense()[:, :, None, :]
+    w2 = SparseCodebookWeight(d.shape, w.codebook, w.indptr, w.columns, w.codes, w.row_scales)
+    pads = attrs.get("pads", [0, 0])
+    a2 = dict(attrs, pads=[0, pads[0], 0, pads[1]], strides=[1] + list(attrs.get("strides", [1])))
+    return reference_for(x[:, :, None, :], w2, bias, a2)[:, :, 0, :]
+
+
+def weight_with_counts(shape, counts, rng, scales=True):
+    """A sparse weight whose row r holds exactly counts[r] entries (random columns, nonzero codes)."""
+    cout, cols = shape[0], int(np.prod(shape[1:]))
+    codebook = np.concatenate([[0.0], rng.standard_normal(15)]).astype(np.float32)
+    indptr = np.zeros(cout + 1, np.int32)
+    np.cumsum(counts, out=indptr[1:])
+    columns = np.concatenate([np.sort(rng.choice(cols, k, replace=False)) for k in counts]).astype(np.int32)
+    codes = rng.integers(1, 16, int(indptr[-1])).astype(np.uint8)
+    s = (10.0 ** rng.uniform(-2, 2, cout)).astype(np.float32) if scales else None
+    return SparseCodebookWeight(shape, codebook, indptr, columns, codes, s)
+
+
+# (x shape, weight shape, attrs)
+CASES = [
+    ((1, 16, 9, 11), (6, 16, 3, 3), {"pads": [1, 1, 1, 1]}),
+    ((2, 12, 10, 10), (5, 12, 1, 1), {}),
+    ((1, 8, 13, 12), (4, 8, 3, 3), {"strides": [2, 2], "pads": [1, 0, 1, 1]}),
+    ((1, 6, 12, 12), (6, 2, 3, 3), {"group": 3, "pads": [1, 1, 1, 1], "dilations": [2, 1]}),
+    ((1, 7, 11, 9), (7, 1, 5, 5), {"group": 7, "pads": [2, 2, 2, 2]}),  # depthwise: channels outside
+    ((1, 5, 10, 10), (5, 1, 3, 3), {"group": 5, "strides": [2, 2], "pads": [1, 1, 1, 1]}),
+    ((2, 9, 17), (4, 9, 5), {"pads": [2, 1], "strides": [2]}),  # 1-D
+]
+
+
+@pytest.mark.parametrize("case", range(len(CASES)))
+@pytest.mark.parametrize("counts", ["passes", "empty", "one"])
+def test_entries_per_row_around_the_passes(case, counts):
+    """Rows of 0, 1, 3, 4, 5, 7, 8, 9, 12, 17 entries (every mix of the 8-, 4- and 1-entry passes), rows with no
+    entry (bias only), a single entry in the whole weight."""
+    x_shape, w_shape, attrs = CASES[case]
+    rng = np.random.default_rng([case, len(counts)])
+    cout, cols = w_shape[0], int(np.prod(w_shape[1:]))
+    if counts == "passes":
+        n = [min(cols, k) for k in (0, 1, 3, 4, 5, 7, 8, 9, 12, 17)]
+        per_row = [n[i % len(n)] for i in range(cout)]
+    elif counts == "empty":
+        per_row = [0 if i % 2 else min(cols, 9) for i in range(cout)]
+    else:
+        per_row = [0] * cout
+        per_row[cout // 2] = 1
+    w = weight_with_counts(w_shape, per_row, rng)
+    x = rng.standard_normal(x_shape).astype(np.float32)
+    bias = rng.standard_normal(cout).astype(np.float32)
+    check_close(run_conv(w, x, bias, attrs), reference(x, w, bias, attrs))
+    # serial and parallel: the same bits (each output sums its entries in the same order)
+    np.testing.assert_array_equal(run_conv(w, x, bias, attrs).view(np.uint32),
+                                  run_conv(w, x, bias, attrs, parallel=True).view(np.uint32))
+
+
+def test_no_entries_at_all_gives_the_bias():
+    rng = np.random.default_rng(1)
+    w = weight_with_counts((5, 4, 3, 3), [0] * 5, rng)
+    x = rng.standard_normal((2, 4, 7, 6)).astype(np.float32)
+    bias = rng.standard_normal(5).astype(np.float32)
+    out = run_conv(w, x, bias, {"pads": [1, 1, 1, 1]})
+    np.testing.assert_array_equal(out, np.broadcast_to(bias[None, :, None, None], out.shape))
+    assert np.all(run_conv(w, x, None, {"pads": [1, 1, 1, 1]}) == 0)
+
+
+@pytest.mark.parametrize("case", range(len(CASES)))
+@pytest.mark.parametrize("tile", [1, 2 * 64])
+def test_tiles_outside_give_the_untiled_bits(monkeypatch, case, tile):
+    """Tiles of output rows (conv.py TAPS_TILE_FLOATS: one row, or a few rows with a shorter last tile) with the
+    channels inside give the bits of one tile per plane."""
+    x_shape, w_shape, attrs = CASES[case]
+    rng = np.random.default_rng([case, 3])
+    w = make_weight("sparse", w_shape, rng, density=0.3, fillers=0.2)
+    x = rng.standard_normal(x_shape).astype(np.float32)
+    bias = rng.standard_normal(w_shape[0]).astype(np.float32)
+    whole = run_conv(w, x, bias, attrs)
+    monkeypatch.setattr(C, "TAPS_TILE_FLOATS", tile)
+    for parallel in (False, True):
+        tiled = run_conv(w, x, bias, attrs, parallel)
+        np.testing.assert_array_equal(tiled.view(np.uint32), whole.view(np.uint32))
+    check_close(whole, reference(x, w, bias, attrs))
+
+
+def test_fused_clip_and_chain_match_unfused():
+    rng = np.random.default_rng(5)
+    w = make_weight("sparse", (8, 6, 3, 3), rng, density=0.3)
+    x = rng.standard_normal((1, 6, 20, 20)).astype(np.float32)
+    bias = rng.standard_normal(8).astype(np.float32)
+    attrs = {"pads": [1, 1, 1, 1]}
+    plain = run_conv(w, x, bias, attrs)
+    prepared = C.prepare_conv(w, 1)
+    out = np.empty_like(plain)
+    C.conv(x, prepared, bias, attrs, out, act=(ACT_CLIP, np.float32(-0.5), np.float32(0.5)))
+    np.testing.assert_array_equal(out, np.clip(plain, np.float32(-0.5), np.float32(0.5)))
+    chain = C.EpilogueChain(np.array([[C.CH_MUL, 2.0, 0, 0], [C.CH_ADD, 1.0, 0, 0]], np.float32), ("m", "a"))
+    C.conv(x, prepared, bias, attrs, out, act=chain)
+    np.testing.assert_array_equal(out, plain * np.float32(2.0) + np.float32(1.0))
+
+
+def test_bind_runs_the_sparse_driver():
+    rng = np.random.default_rng(2)
+    w = make_weight("sparse", (4, 3, 3, 3), rng, density=0.3)
+    x = rng.standard_normal((1, 3, 8, 8)).astype(np.float32)
+    out = np.empty((1, 4, 6, 6), np.float32)
+    fn, _ = C.bind_conv(x, C.prepare_conv(w, 1), None, {}, out)
+    assert fn is S.kernel(False)
+    fn, _ = C.bind_conv(x, C.prepare_conv(w, 1), None, {}, out, parallel=True)
+    assert fn is S.kernel(True)
+
+
+def test_pruned_magnitude_weight_matches_onnxruntime():
+    """A 3x3 weight pruned to 30% by magnitude (as the packer prunes), 8-bit codebook, against onnxruntime on the
+    decoded weight."""
+    ort = pytest.importorskip("onnxruntime")
+    from onnx import TensorProto, helper, numpy_helper
+    rng = np.random.default_rng(9)
+    dense = rng.standard_normal((24, 16, 3, 3)).astype(np.float32)
+    flat = dense.reshape(24, -1)
+    keep = np.abs(flat) >= np.quantile(np.abs(flat), 0.7)
+    codebook = np.concatenate([[0.0], np.linspace(-3, 3, 255)]).astype(np.float32)
+    r, c = np.nonzero(keep)
+    codes = (np.abs(codebook[1:, None] - flat[r, c][None, :]).argmin(axis=0) + 1).astype(np.uint8)
+    indptr = np.zeros(25, np.int32)
+    np.cumsum(keep.sum(axis=1), out=indptr[1:])
+    w = SparseCodebookWeight(dense.shape, codebook, indptr, c.astype(np.int32), codes)
+    x = rng.standard_normal((1, 16, 30, 26)).astype(np.float32)
+    bias = rng.standard_normal(24).astype(np.float32)
+    attrs = {"pads": [1, 1, 1, 1], "strides": [1, 2]}
+    node = helper.make_node("Conv", ["x", "W", "B"], ["y"], kernel_shape=[3, 3], pads=[1, 1, 1, 1], strides=[1, 2])
+    g = helper.make_graph([node], "c", [helper.make_tensor_value_info("x", TensorProto.FLOAT, None)],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                          [numpy_helper.from_array(w.to_dense(), "W"), numpy_helper.from_array(bias, "B")])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+    sess = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+    want = sess.run(None, {"x": x})[0]
+    got = run_conv(w, x, bias, attrs)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * float(np.abs(want).max()))
