@@ -1,8 +1,9 @@
 """The depthwise kernels (runtime/ops/conv_depthwise.py: 3x3 and 5x5, one channel per group, every tap in registers)
 against a float64 numpy convolution and onnxruntime: strides 1, 2, (2, 1), (1, 2) and 3, symmetric and uneven pads,
 auto_pad SAME_UPPER / SAME_LOWER / VALID, dilation, odd sizes, 1-pixel images, batch > 1, dense, codebook and int8
-weights, a fused activation and an epilogue chain; row tiles and the parallel build give the same bits; only the
-shapes it is for are dispatched to it, and it stays inside its scratch."""
+weights, a fused activation and an epilogue chain; row tiles and the parallel build give the same bits; the row-pair
+kernels of stride 1 give the bits of the one-row ones; only the shapes it is for are dispatched to it, and it stays
+inside its scratch."""
 import numpy as np
 import pytest
 
@@ -63,15 +64,17 @@ def test_depthwise_matches_float64_numpy(k, kind, case):
     check_close(run_conv(w, x, None, attrs), reference_for(x, w, None, attrs))
 
 
+@pytest.mark.parametrize("strides", [[2, 1], [1, 1]])
 @pytest.mark.parametrize("k", [3, 5])
-def test_fused_activation_and_epilogue_chain(k):
+def test_fused_activation_and_epilogue_chain(k, strides):
     """A fused Clip, and HardSwish as exporters write it (x * Clip(x + 3, 0, 6) / 6) as an epilogue chain, on the
-    stored planes: the float64 reference with the same steps."""
+    stored planes (stride 1: the row-pair kernels, an odd number of rows): the float64 reference with the same
+    steps."""
     rng = np.random.default_rng(k)
     x = (rng.standard_normal((2, 5, 9, 7)) * 3).astype(np.float32)
     w = make_weight("codebook", (5, 1, k, k), rng, density=1.0, wide_scales=False)
     bias = rng.standard_normal(5).astype(np.float32)
-    attrs = {"group": 5, "pads": [k // 2] * 4, "strides": [2, 1]}
+    attrs = {"group": 5, "pads": [k // 2] * 4, "strides": strides}
     ref = reference_for(x, w, bias, attrs)
     prepared = C.prepare_conv(w, 5)
     out = np.full(ref.shape, np.nan, np.float32)
@@ -101,6 +104,52 @@ def test_row_tiles_and_parallel_give_the_same_bits(monkeypatch, k, strides):
         monkeypatch.setattr(C, "TAPS_TILE_FLOATS", tile)
         np.testing.assert_array_equal(run_conv(w, x, bias, attrs).view(np.uint32), whole.view(np.uint32))
     check_close(whole, reference_for(x, w, bias, attrs))
+
+
+@pytest.mark.parametrize("k", [3, 5])
+@pytest.mark.parametrize("hw", [(1, 1), (2, 3), (7, 7), (9, 20), (14, 14), (12, 37)])
+def test_row_pairs_sum_as_the_one_row_kernels(k, hw):
+    """_pair9_kernel / _pair25_kernel (two output rows a pass from the even / odd rows of the padded plane) give the
+    bits of _dw9_kernel / _dw25_kernel (one row at a time, the taps in the same order) on every row they store."""
+    rng = np.random.default_rng([k, hw[0], hw[1]])
+    h, w = hw
+    p = k // 2
+    hp, wp = h + 2 * p, w + 2 * p
+    plane = np.zeros((hp, wp), np.float32)
+    plane[p: p + h, p: p + w] = rng.standard_normal((h, w)).astype(np.float32) * 10
+    wt = rng.standard_normal(k * k).astype(np.float32)
+    n1 = (h - 1) * wp + w
+    one = np.full(n1, np.nan, np.float32)
+    tab = np.array([ky * wp + kx for ky in range(k) for kx in range(k)], np.int64)
+    (D._dw9_kernel if k == 3 else D._dw25_kernel)(plane.reshape(-1), 0, tab, wt, one, n1)
+    qh = hp // 2 + 1  # as pair_layout lays it out: a zero row past the last one the odd rows of an odd h read
+    phased = np.zeros((2, qh, wp), np.float32)
+    phased[0, : (hp + 1) // 2] = plane[0::2]
+    phased[1, : hp // 2] = plane[1::2]
+    pairs = (h + 1) // 2
+    n2 = (pairs - 1) * wp + w
+    ae, ao = np.full(n2, np.nan, np.float32), np.full(n2, np.nan, np.float32)
+    (D._pair9_kernel if k == 3 else D._pair25_kernel)(phased.reshape(-1), 0, qh * wp, wp, wt, ae, ao, n2)
+    for r in range(h):
+        acc = ae if r % 2 == 0 else ao
+        got = acc[(r // 2) * wp: (r // 2) * wp + w]
+        np.testing.assert_array_equal(got.view(np.uint32), one[r * wp: r * wp + w].view(np.uint32))
+
+
+def test_row_pairs_are_the_stride_one_layout():
+    """Stride-1 3x3 / 5x5 depthwise convolutions (dense, codebook, int8) get the row-pair layout (a per-channel copy
+    even without padding), the others and sparse weights the one-row one."""
+    def plan(kind, k, attrs):
+        w = make_weight(kind, (4, 1, k, k), np.random.default_rng(0), density=0.8)
+        return C._plan(C.prepare_conv(w, 4), (1, 4, 9, 10), dict(attrs, group=4), False)
+
+    for kind in DW_KINDS:
+        for k in (3, 5):
+            geo = plan(kind, k, {}).geo  # VALID: no padding
+            assert geo[C._PERCH] == 1 and geo[C._PLEN] == 2 * (9 // 2 + 1) * 10
+    assert plan("sparse", 3, {}).geo[C._PLEN] == 0
+    assert plan("dense", 3, {"strides": [2, 1], "pads": [1, 1, 1, 1]}).geo[C._PLEN] == 2 * 6 * 12
+    assert plan("dense", 3, {"dilations": [2, 2], "pads": [2, 2, 2, 2]}).geo[C._PLEN] == 13 * 14
 
 
 @pytest.mark.parametrize("w_shape,kind,attrs", [
@@ -141,6 +190,8 @@ def test_stays_inside_its_scratch(k):
 
 @pytest.mark.parametrize("k,attrs", [
     (3, {"pads": [1, 1, 1, 1]}),
+    (5, {"pads": [2, 2, 2, 2]}),
+    (5, {"pads": [0, 2, 1, 1]}),
     (3, {"strides": [2, 2], "pads": [1, 1, 1, 1]}),
     (5, {"strides": [2, 1], "pads": [2, 2, 2, 2]}),
     (5, {"strides": [2, 2], "auto_pad": "SAME_UPPER"}),

@@ -272,6 +272,11 @@ def _layout(g: dict, kind: str, parallel: bool) -> tuple[np.ndarray, int, bool]:
         acc_len, wblen = BLOCK * int(tile_stride(int(geo[_TROWS]) * pitch)), BLOCK * cols
     else:
         wblen = cols
+    if path == "taps" and kind != "sparse":
+        from edgepack.runtime.ops import conv_depthwise  # it builds on this module
+        pair = conv_depthwise.pair_layout(g)
+        if pair is not None:  # stride-1 3x3 / 5x5 depthwise: two output rows a pass from a row-phased channel copy
+            geo[_PERCH], geo[_PLEN], geo[_TROWS], acc_len = pair
     geo[_BLOCKED], geo[_COUT_G], geo[_WBLEN] = int(blocked), cout_g, wblen
     geo[_COLS], geo[_SLOTS], geo[_ACC_LEN] = cols, slots, acc_len
     if im2col:

@@ -11,16 +11,26 @@ _channel_base_kernel), the "wide plane" layout (row pitch _PITCH, the columns pa
 short rows still vectorise), tiles of _TROWS output rows, the weight decode (_weight_kernel: dense, codebook and
 int8 rows alike), the store with its fused activation and epilogue chain (_store_rows_kernel), and the scratch (the
 one-channel drivers' layout, conv.py _layout). Sparse (CSR) depthwise weights stay on conv.py's sparse driver.
+
+Stride-1 convolutions (no dilation) compute two output rows a pass (_pair9_kernel, _pair25_kernel): the channel is
+copied split into its even and odd padded rows (conv.py's phased layout for strides (2, 1), pair_layout), so output
+rows 2q and 2q + 1 are two contiguous wide runs over q that read the same phase rows: a 5x5 reads 30 windows for 50
+taps instead of 50 (3x3: 12 for 18), and each phase row is one slice read at offsets 0..kw-1 (one pointer, not kw).
+Each output is summed as the one-row kernels sum it: the same bits. benchmarks/depthwise_pool.py (1 thread, CPU
+time, load ~7): 240 x 12 x 80 5x5 264 -> 184 us, 480 x 6 x 80 282 -> 211, 208 x 2 x 96 60 -> 50, 16 x 112 x 112 3x3
+111 -> 98, 256 x 14 x 14 5x5 106 -> 98; planes of 7 x 7 and 64 x 56 x 56 within noise (their time is the per-channel
+copy and store, not the taps).
 """
 from __future__ import annotations
 
 import numpy as np
 from numba import njit, prange
 
-from edgepack.runtime.ops.conv import (_ACC_LEN, _C, _CIN_G, _COLS, _COUT_G, _KH, _KW, _OH, _OW, _PITCH, _PLEN,
-                                       _SLOTS, _TROWS, EP_ACT, EP_P0, EP_P1, _channel_base_kernel,
-                                       _scratch_views_kernel, _serial_and_parallel, _source_kernel, _store_rows_kernel,
-                                       _weight_kernel)
+from edgepack.runtime.ops.conv import (_ACC_LEN, _C, _CIN_G, _COLS, _COUT_G, _DH, _DW, _HP, _KH, _KW, _OH, _OW,
+                                       _PHASED, _PITCH, _PLANE, _PLEN, _QH, _QW, _SH, _SLOTS, _SW, _TROWS, _WP,
+                                       ACT_NONE, EP_ACT, EP_P0, EP_P1, _activate_kernel, _chain_kernel, _channel_base_kernel,
+                                       _scratch_views_kernel, _serial_and_parallel, _source_channel_kernel,
+                                       _source_kernel, _store_rows_kernel, _weight_kernel)
 
 KERNELS = ((3, 3), (5, 5))  # the kernel shapes this file runs
 
@@ -29,6 +39,23 @@ def runs(geo: np.ndarray) -> bool:
     """Whether the one-channel convolution of this geometry vector (conv.py _layout; dense, codebook or int8 weight)
     runs here: one input and one output channel per group, a 3x3 or 5x5 kernel (any strides, pads, dilations)."""
     return int(geo[_CIN_G]) == 1 and int(geo[_COUT_G]) == 1 and (int(geo[_KH]), int(geo[_KW])) in KERNELS
+
+
+def pair_layout(g: dict) -> tuple[int, int, int, int] | None:
+    """For conv.py _layout: (_PERCH, _PLEN, _TROWS, accumulator floats per slot) of a convolution of geometry g
+    (conv.geometry) that runs two output rows a pass (_pairs), else None. The source is the row-phased copy of one
+    channel (_pair_source_geo: QH = HP // 2 + 1 rows per phase, one past what the odd rows of an odd OH read, kept
+    zero); _TROWS counts row pairs a tile, each of the two accumulators TAPS_TILE_FLOATS long at most."""
+    if not (_pairs_ok(g["cin_g"], g["cout"] // g["group"], g["kh"], g["kw"], g["sh"], g["sw"], g["dh"], g["dw"])):
+        return None
+    from edgepack.runtime.ops import conv  # the tile size is conv.py's (tests change it there)
+    pitch = g["wp"]
+    tq = max(1, min((g["oh"] + 1) // 2, conv.TAPS_TILE_FLOATS // max(1, pitch)))
+    return 1, 2 * (g["hp"] // 2 + 1) * pitch, tq, 2 * tq * pitch
+
+
+def _pairs_ok(cin_g, cout_g, kh, kw, sh, sw, dh, dw) -> bool:
+    return (cin_g == 1 and cout_g == 1 and (kh, kw) in KERNELS and sh == 1 and sw == 1 and dh == 1 and dw == 1)
 
 
 def kernel(parallel: bool):
@@ -70,6 +97,104 @@ def _dw25_kernel(src, base, tab, w, a, n):
                 a[i] = a[i] + w0 * s0[i] + w1 * s1[i] + w2 * s2[i] + w3 * s3[i] + w4 * s4[i]
 
 
+@njit(cache=True, fastmath={"contract"})
+def _pair9_kernel(src, e, o, p, w, ae, ao, n):
+    """Two output rows of a 3x3 stride-1 kernel from the row-phased source: ae[:n] (even rows) and ao[:n] (odd rows),
+    windows read from the four phase rows E0 (src[e:]), O0 (src[o:]), E1, O1 (a row pitch p further). Even rows sum
+    kernel rows 0, 1, 2 over E0, O0, E1; odd rows over O0, E1, O1: twelve windows for eighteen taps (_dw9_kernel
+    reads nine for nine), each output summed as _dw9_kernel sums it (the same bits)."""
+    w0, w1, w2, w3, w4, w5, w6, w7, w8 = w[0], w[1], w[2], w[3], w[4], w[5], w[6], w[7], w[8]
+    e0, o0, e1, o1 = src[e: e + n + 2], src[o: o + n + 2], src[e + p: e + p + n + 2], src[o + p: o + p + n + 2]
+    for i in range(n):
+        ae[i] = (w0 * e0[i] + w1 * e0[i + 1] + w2 * e0[i + 2] + w3 * o0[i] + w4 * o0[i + 1] + w5 * o0[i + 2]
+                 + w6 * e1[i] + w7 * e1[i + 1] + w8 * e1[i + 2])
+        ao[i] = (w0 * o0[i] + w1 * o0[i + 1] + w2 * o0[i + 2] + w3 * e1[i] + w4 * e1[i + 1] + w5 * e1[i + 2]
+                 + w6 * o1[i] + w7 * o1[i + 1] + w8 * o1[i + 2])
+
+
+@njit(cache=True, fastmath={"contract"})
+def _pair25_kernel(src, e, o, p, w, ae, ao, n):
+    """Two output rows of a 5x5 stride-1 kernel from the row-phased source (see _pair9_kernel): one pass per phase
+    row E0, O0, E1, O1, E2, O2 (src[e:], src[o:], then a row pitch p further each), the even rows adding kernel row j
+    on phase row j, the odd rows kernel row j - 1: thirty windows and 21 accumulator loads and stores for fifty taps
+    (_dw25_kernel: 35 for 25). Each pass reads its row as one slice (five windows at offsets 0..4: one pointer, not
+    five). Each output is summed as _dw25_kernel sums it (the same bits)."""
+    for j in range(6):
+        r0 = (e if j % 2 == 0 else o) + (j // 2) * p
+        s = src[r0: r0 + n + 4]
+        k = 5 * j
+        if j == 0:
+            u0, u1, u2, u3, u4 = w[0], w[1], w[2], w[3], w[4]
+            for i in range(n):
+                ae[i] = u0 * s[i] + u1 * s[i + 1] + u2 * s[i + 2] + u3 * s[i + 3] + u4 * s[i + 4]
+        elif j == 1:
+            u0, u1, u2, u3, u4 = w[5], w[6], w[7], w[8], w[9]
+            t0, t1, t2, t3, t4 = w[0], w[1], w[2], w[3], w[4]
+            for i in range(n):
+                s0, s1, s2, s3, s4 = s[i], s[i + 1], s[i + 2], s[i + 3], s[i + 4]
+                ae[i] = ae[i] + u0 * s0 + u1 * s1 + u2 * s2 + u3 * s3 + u4 * s4
+                ao[i] = t0 * s0 + t1 * s1 + t2 * s2 + t3 * s3 + t4 * s4
+        elif j == 5:
+            t0, t1, t2, t3, t4 = w[20], w[21], w[22], w[23], w[24]
+            for i in range(n):
+                ao[i] = ao[i] + t0 * s[i] + t1 * s[i + 1] + t2 * s[i + 2] + t3 * s[i + 3] + t4 * s[i + 4]
+        else:
+            u0, u1, u2, u3, u4 = w[k], w[k + 1], w[k + 2], w[k + 3], w[k + 4]
+            t0, t1, t2, t3, t4 = w[k - 5], w[k - 4], w[k - 3], w[k - 2], w[k - 1]
+            for i in range(n):
+                s0, s1, s2, s3, s4 = s[i], s[i + 1], s[i + 2], s[i + 3], s[i + 4]
+                ae[i] = ae[i] + u0 * s0 + u1 * s1 + u2 * s2 + u3 * s3 + u4 * s4
+                ao[i] = ao[i] + t0 * s0 + t1 * s1 + t2 * s2 + t3 * s3 + t4 * s4
+
+
+@njit(cache=True)
+def _pair_source_geo(geo):
+    """The geometry vector _source_channel_kernel fills the paired kernels' source by: the padded channel split into
+    its even and odd rows (conv.py's phased layout for strides (2, 1)), HP // 2 + 1 rows of pitch WP each."""
+    sg = geo.copy()
+    qh = geo[_HP] // 2 + 1
+    sg[_SH], sg[_SW], sg[_PHASED], sg[_QH], sg[_QW], sg[_PITCH] = 2, 1, 1, qh, geo[_WP], geo[_WP]
+    sg[_PLANE] = 2 * qh * geo[_WP]
+    return sg
+
+
+@njit(cache=True)
+def _pair_channel_kernel(src, geo, wb, ac, scale, bv, o, kind, p0, p1, chain):
+    """One channel of a stride-1 convolution on the paired kernels: o (its OH x OW plane) from src (the channel's
+    row-phased copy), tile by tile (_TROWS row pairs), each tile stored (act(acc * scale + bias)) row by row from the
+    two accumulators, then its epilogue chain over the tile's rows (ac, consumed, holds the saved values)."""
+    oh, ow, pitch, tq, kh = geo[_OH], geo[_OW], geo[_WP], geo[_TROWS], geo[_KH]
+    podd = (geo[_HP] // 2 + 1) * pitch  # the odd phase
+    ae, ao = ac[: tq * pitch], ac[tq * pitch: 2 * tq * pitch]
+    pairs = (oh + 1) // 2
+    for q0 in range(0, pairs, tq):
+        q1 = min(pairs, q0 + tq)
+        n = (q1 - 1 - q0) * pitch + ow  # the last read is the last phase row's last element: no overrun
+        if kh == 3:
+            _pair9_kernel(src, q0 * pitch, podd + q0 * pitch, pitch, wb, ae, ao, n)
+        else:
+            _pair25_kernel(src, q0 * pitch, podd + q0 * pitch, pitch, wb, ae, ao, n)
+        r1 = min(oh, 2 * q1)
+        _pair_store_kernel(ae, ao, pitch, r1 - 2 * q0, ow, scale, bv, o[2 * q0 * ow: r1 * ow], kind, p0, p1)
+        if chain.shape[0] != 0:
+            _chain_kernel(o[2 * q0 * ow: r1 * ow], ac, chain)
+
+
+@njit(cache=True)
+def _pair_store_kernel(ae, ao, pitch, nrows, ow, scale, bias_v, o, kind, p0, p1):
+    """o[:nrows * OW] (consecutive output rows, the first even) = act(acc * scale + bias_v), row 2k from ae's row k,
+    row 2k + 1 from ao's (row pitch `pitch`): conv.py _store_rows_kernel's values, rows taken alternately."""
+    for r in range(nrows):
+        a = ae[(r // 2) * pitch: (r // 2) * pitch + ow] if r % 2 == 0 else ao[(r // 2) * pitch: (r // 2) * pitch + ow]
+        d = o[r * ow: r * ow + ow]
+        if kind == ACT_NONE:
+            for ox in range(ow):
+                d[ox] = a[ox] * scale + bias_v
+        else:
+            for ox in range(ow):
+                d[ox] = _activate_kernel(a[ox] * scale + bias_v, kind, p0, p1)
+
+
 # The driver: per slot (the parallel build splits the channels over threads, slot t taking channels t, t + slots, ...
 # in ONE parallel region), per sample and channel: the channel's source, its decoded weights, then per tile of
 # output rows the sum and the store. Each output is summed in the same order however the rows are tiled and the
@@ -81,6 +206,8 @@ def _conv_depthwise(x, geo, wkind, w2d, codes, codebook, q, zp, scales, bias, ep
     has_scales = scales.shape[0] != 0
     has_bias = bias.shape[0] != 0
     kind, p0, p1 = np.int64(ep[EP_ACT]), ep[EP_P0], ep[EP_P1]
+    paired = geo[_SH] == 1 and geo[_SW] == 1 and geo[_DH] == 1 and geo[_DW] == 1  # pair_layout's layout
+    sgeo = _pair_source_geo(geo)
     for t in prange(slots):
         wb = wbuf[t * cols: t * cols + cols]
         ac, xp = acc[t * alen: t * alen + alen], xpad[t * plen: t * plen + plen]
@@ -88,11 +215,17 @@ def _conv_depthwise(x, geo, wkind, w2d, codes, codebook, q, zp, scales, bias, ep
             src = _source_kernel(x, b, geo, xp)
             last = -1
             for co in range(t, cout, slots):
-                base, last = _channel_base_kernel(x, b, co, geo, xp, last)
                 for c in range(cols):
                     wb[c] = _weight_kernel(wkind, co, c, w2d, codes, codebook, q, zp)
                 scale = scales[co] if has_scales else np.float32(1.0)
                 bv = bias[co] if has_bias else np.float32(0.0)
+                if paired:
+                    _source_channel_kernel(x, b, co, sgeo, xp, last < 0)
+                    last = co
+                    _pair_channel_kernel(xp, geo, wb, ac, scale, bv, out[b, co * oh * ow: (co + 1) * oh * ow],
+                                         kind, p0, p1, chain)
+                    continue
+                base, last = _channel_base_kernel(x, b, co, geo, xp, last)
                 for r0 in range(0, oh, trows):
                     r1 = min(oh, r0 + trows)
                     n = (r1 - 1 - r0) * pitch + ow  # the last read is the plane's last element: no overrun
