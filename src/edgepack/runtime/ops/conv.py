@@ -598,15 +598,69 @@ def _activate_kernel(v, kind, p0, p1):
     return v
 
 
+@njit(cache=True)
+def _saved_read_later(chain, s):
+    """Whether a step from s on reads the saved values before a CH_SAVE replaces them."""
+    for t in range(s, chain.shape[0]):
+        op = np.int64(chain[t, 0])
+        if op == CH_SAVE:
+            return False
+        if op == CH_MUL_SAVED or op == CH_ADD_SAVED:
+            return True
+    return False
+
+
+@njit(cache=True, error_model="numpy")
+def _chain_run_kernel(o, sv, chain, s):
+    """Run the steps from s that form one of the runs exporters write as ONE loop over o: an affine x * a + b
+    (CH_MUL, CH_ADD: Paddle's learnable affine, a folded scale and shift), or a gate x * act(x + a) / c
+    (CH_SAVE, CH_ADD, CH_ACT, CH_MUL_SAVED, CH_DIV or CH_MUL: HardSwish as x * Clip(x + 3, 0, 6) / 6); each value
+    goes through the steps' operations in their order, rounded to float32 after each (no contraction): the bits of
+    the steps one loop each, with one load and store of o instead of one per step (PP-OCRv4 rec runs nine steps
+    after every Conv). Returns the number of steps run (0: none of these runs starts at s)."""
+    m = chain.shape[0] - s
+    n = o.shape[0]
+    op = np.int64(chain[s, 0])
+    if op == CH_MUL and m >= 2 and np.int64(chain[s + 1, 0]) == CH_ADD:
+        a, b = chain[s, 1], chain[s + 1, 1]
+        for i in range(n):
+            o[i] = o[i] * a + b
+        return 2
+    if (op == CH_SAVE and m >= 5 and np.int64(chain[s + 1, 0]) == CH_ADD and np.int64(chain[s + 2, 0]) == CH_ACT
+            and np.int64(chain[s + 3, 0]) == CH_MUL_SAVED
+            and (np.int64(chain[s + 4, 0]) == CH_DIV or np.int64(chain[s + 4, 0]) == CH_MUL)):
+        if _saved_read_later(chain, s + 5):
+            return 0
+        a, kind, lo, hi, c = chain[s + 1, 1], np.int64(chain[s + 2, 1]), chain[s + 2, 2], chain[s + 2, 3], \
+            chain[s + 4, 1]
+        if np.int64(chain[s + 4, 0]) == CH_DIV:
+            for i in range(n):
+                v = o[i]
+                o[i] = (v * _activate_kernel(v + a, kind, lo, hi)) / c
+        else:
+            for i in range(n):
+                v = o[i]
+                o[i] = (v * _activate_kernel(v + a, kind, lo, hi)) * c
+        return 5
+    return 0
+
+
 @njit(cache=True, error_model="numpy")
 def _chain_kernel(o, save, chain):
     """Run an epilogue chain (CH_* steps) in place on the contiguous values o; save: scratch of o's length. Each
-    step is one loop over o (vectorised; o is a plane or a band row, still in cache)."""
+    step is one loop over o (vectorised; o is a plane or a band row, still in cache), but for the runs that
+    _chain_run_kernel runs as one."""
     n = o.shape[0]
     sv = save[:n]
-    for s in range(chain.shape[0]):
+    s = 0
+    while s < chain.shape[0]:
+        done = _chain_run_kernel(o, sv, chain, s)
+        if done:
+            s += done
+            continue
         op = np.int64(chain[s, 0])
         a, b, c = chain[s, 1], chain[s, 2], chain[s, 3]
+        s += 1
         if op == CH_SAVE:
             for i in range(n):
                 sv[i] = o[i]
