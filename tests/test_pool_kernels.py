@@ -51,18 +51,52 @@ def test_maxpool_matches_window_reference(shape, attrs):
     np.testing.assert_array_equal(got, ref)
 
 
-def test_maxpool_bound_step_reads_its_scratch_row():
-    attrs = {"kernel_shape": [5, 5], "pads": [2, 2, 2, 2]}
+@pytest.mark.parametrize("strides,kernel,need", [
+    ([1, 1], "_maxpool_s1_kernel", 2 * 10 * 11 - 4 + 6 * 11),  # the padded plane (6 + 4) x (7 + 4), hm, vm
+    ([2, 2], "_maxpool2d_kernel", 7 + 4 + 7)])  # the padded row the 5-wide windows read (every 2nd of 7), u
+def test_maxpool_bound_step_reads_its_scratch(strides, kernel, need):
+    attrs = {"kernel_shape": [5, 5], "pads": [2, 2, 2, 2], "strides": strides}
     x = np.random.default_rng(1).standard_normal((1, 4, 6, 7)).astype(np.float32)
     maxpool = next(o for o in pool.OPS if o.name == "MaxPool")
-    need = maxpool.scratch_bytes([x.shape], attrs)
-    assert need == 4 * (7 + 4 + 7)  # the padded row the 5-wide windows read (2 + 7 + 2), and the 7 window maxima
-    scratch = np.full(need + 8, 255, np.uint8)  # garbage, and more than needed
-    got = np.empty((1, 4, 6, 7), np.float32)
+    assert maxpool.scratch_bytes([x.shape], attrs) == 4 * need
+    scratch = np.full(4 * need + 8, 255, np.uint8)  # garbage, and more than needed
+    (out_shape,) = pool._infer_maxpool([x.shape], attrs, [None])
+    got = np.empty(out_shape, np.float32)
     fn, args = maxpool.bind([x], attrs, [got], scratch)
+    assert fn is getattr(pool, kernel)
     fn(*args)
-    np.testing.assert_array_equal(got, _reference(x, 5, 5, 1, 1, 1, 1, 2, 2, 6, 7))
-    assert (scratch[need:] == 255).all()
+    fn(*args)  # again on the same scratch: the padding written by the first call is still -inf
+    np.testing.assert_array_equal(got, _reference(x, 5, 5, *strides, 1, 1, 2, 2, *out_shape[2:]))
+    assert (scratch[4 * need:] == 255).all()
+
+
+@pytest.mark.parametrize("shape,attrs", [
+    ((1, 128, 10, 10), {"kernel_shape": [5, 5], "pads": [2, 2, 2, 2]}),  # YOLOv8's SPPF
+    ((1, 3, 1, 1), {"kernel_shape": [3, 3], "pads": [1, 1, 1, 1]}),  # a 1-pixel plane
+    ((2, 3, 1, 9), {"kernel_shape": [1, 4], "pads": [0, 3, 0, 0]}),  # one row, pads at the start only
+    ((1, 2, 7, 5), {"kernel_shape": [1, 1]}),  # 1x1: a copy (NaN -> -inf, as the other kernels)
+    ((1, 2, 8, 9), {"kernel_shape": [4, 2], "pads": [0, 0, 3, 1], "ceil_mode": 1}),  # pads at the end only
+    ((1, 3, 17), {"kernel_shape": [4], "pads": [1, 2]}),  # 1-D
+])
+def test_maxpool_stride1_kernel_equals_the_row_kernel(shape, attrs):
+    """The whole-plane stride-1 kernel gives the bits of the row-by-row two-pass kernel (and of the window
+    reference), NaN and all-NaN windows included."""
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal(shape).astype(np.float32)
+    x.flat[::5] = np.nan
+    x.reshape(-1)[: x.shape[-1]] = np.nan  # a whole row
+    g = pool._geometry(shape, attrs)
+    assert pool._is_stride1(g)
+    (out_shape,) = pool._infer_maxpool([shape], attrs, [None])
+    got = np.full(out_shape, 7.0, np.float32)
+    pool._run_maxpool([x], attrs, [got])
+    want = np.full(out_shape, 7.0, np.float32)
+    xp, wp = pool._planes(x), pool._planes(want)
+    kh, kw, sh, sw, dh, dw, ph, pw = g[:8]
+    pool._maxpool2d_kernel(xp, wp, np.empty(pool._maxpool_row_floats(g), np.float32), kh, kw, sh, sw, dh, dw, ph, pw)
+    np.testing.assert_array_equal(got.view(np.uint32), want.view(np.uint32))
+    if len(shape) == 4:
+        np.testing.assert_array_equal(got, _reference(x, kh, kw, sh, sw, dh, dw, ph, pw, g[10], g[11]))
 
 
 @pytest.mark.parametrize("shape", [(1, 200, 2, 96), (2, 3, 7, 7), (1, 5, 1), (1, 4, 3, 1000), (3, 2, 1, 1)])

@@ -82,6 +82,54 @@ def _maxpool2d_kernel(x, out, row, kh, kw, sh, sw, dh, dw, ph, pw):
                     orow[k] = u[k * sw]
 
 
+@njit(cache=True)
+def _maxpool_s1_kernel(x, out, buf, kh, kw, ph, pw):
+    """MaxPool with strides and dilations 1 (SPP / SPPF's 5x5, 9x9, 13x13 windows on 10x10 to 20x20 planes), each
+    pass ONE loop over a whole plane instead of one per output row: the plane is copied into t (OH + kh - 1 rows of
+    pitch OW + kw - 1, -inf around it, written once per call), hm <- the max of the kw taps along the rows at every
+    position of t, vm <- the max of the kh taps down the columns of hm, and the output rows are vm's rows (the
+    columns past OW computed and dropped). buf: _maxpool_s1_floats. Bit for bit _maxpool2d_kernel: every value is
+    compared as `v > acc` against an accumulator that starts at -inf, so a NaN never wins."""
+    planes, h_, w_ = x.shape
+    oh_, ow_ = out.shape[1], out.shape[2]
+    if oh_ == 0 or ow_ == 0:
+        return
+    hp, wp = oh_ + kh - 1, ow_ + kw - 1
+    nt, nv = hp * wp, oh_ * wp
+    nh = nt - (kw - 1)  # positions of t whose kw taps are all inside t
+    t, hm, vm = buf[:nt], buf[nt: nt + nh], buf[nt + nh: nt + nh + nv]
+    ninf = np.float32(-np.inf)
+    r1, c1 = min(hp, ph + h_), min(wp, pw + w_)  # t's rows / columns [ph, r1) x [pw, c1) hold the input
+    for i in range(nt):
+        t[i] = ninf
+    for p in range(planes):
+        for r in range(ph, r1):
+            src = x[p, r - ph]
+            d = t[r * wp + pw: r * wp + c1]
+            for k in range(c1 - pw):
+                v = src[k]
+                d[k] = v if v > ninf else ninf  # NaN -> -inf: it never wins
+        for i in range(nh):
+            hm[i] = t[i]
+        for j in range(1, kw):
+            s = t[j: j + nh]
+            for i in range(nh):
+                v = s[i]
+                hm[i] = v if v > hm[i] else hm[i]
+        for i in range(nv):
+            vm[i] = hm[i]
+        for r in range(1, kh):
+            s = hm[r * wp: r * wp + nv]
+            for i in range(nv):
+                v = s[i]
+                vm[i] = v if v > vm[i] else vm[i]
+        for oy in range(oh_):
+            a = vm[oy * wp: oy * wp + ow_]
+            o = out[p, oy]
+            for k in range(ow_):
+                o[k] = a[k]
+
+
 @njit(cache=True, error_model="numpy")  # a division never raises inside the kernel
 def _avgpool2d_kernel(x, out, row, kh, kw, sh, sw, dh, dw, ph, pw, h_lim, w_lim, include_pad):
     """AveragePool in MaxPool's two passes (_maxpool2d_kernel): per output row, tp <- the sum of its kh input rows
@@ -304,8 +352,21 @@ def _maxpool_row_floats(g) -> int:
     return 2 * nu + (kw - 1) * dw
 
 
+def _is_stride1(g) -> bool:
+    """Strides and dilations 1, 2-D: _maxpool_s1_kernel's case."""
+    return g[2] == g[3] == g[4] == g[5] == 1
+
+
+def _maxpool_s1_floats(g) -> int:
+    """Scratch floats of _maxpool_s1_kernel: the padded plane t, hm and vm (see there)."""
+    kh, kw, oh, ow = g[0], g[1], max(g[10], 1), max(g[11], 1)
+    hp, wp = oh + kh - 1, ow + kw - 1
+    return 2 * hp * wp - (kw - 1) + oh * wp
+
+
 def _maxpool_scratch_bytes(in_shapes, attrs) -> int:
-    return 4 * _maxpool_row_floats(_cached_geometry(tuple(in_shapes[0]), attrs))
+    g = _cached_geometry(tuple(in_shapes[0]), attrs)
+    return 4 * (_maxpool_s1_floats(g) if _is_stride1(g) else _maxpool_row_floats(g))
 
 
 def _bind_maxpool(inputs, attrs, outputs, scratch=None):
@@ -318,6 +379,10 @@ def _bind_maxpool(inputs, attrs, outputs, scratch=None):
     x, out = _planes(x), _planes(out)
     if _is_plain_2x2(g, x):
         return _pool2x2_kernel, (x, out, True)
+    if _is_stride1(g):
+        need = 4 * _maxpool_s1_floats(g)
+        buf = np.empty(need // 4, np.float32) if scratch is None else scratch[:need].view(np.float32)
+        return _maxpool_s1_kernel, (x, out, buf, g[0], g[1], g[6], g[7])
     need = 4 * _maxpool_row_floats(g)
     row = np.empty(need // 4, np.float32) if scratch is None else scratch[:need].view(np.float32)
     kh, kw, sh, sw, dh, dw, ph, pw = g[:8]
