@@ -169,8 +169,9 @@ def test_empty_dimensions():
 
 
 @pytest.mark.parametrize("direction", ["forward", "bidirectional"])
-def test_clip_and_input_forget(direction):
-    ins = make_inputs("LSTM", direction=direction, peep=True)
+@pytest.mark.parametrize("peep", [True, False])  # without peepholes the kernel activates gates i, o, f in one pass
+def test_clip_and_input_forget(direction, peep):
+    ins = make_inputs("LSTM", direction=direction, peep=peep)
     ins[0] = ins[0] * 4
     check("LSTM", ins, {"direction": direction, "hidden_size": 6, "clip": 0.7})
     check("LSTM", ins, {"direction": direction, "hidden_size": 6, "input_forget": 1})
@@ -355,7 +356,7 @@ def test_packed_end_to_end(tmp_path, op, outputs):
     assert packed.meta["format_version"] == "1.1" and packed.container.version == (1, 1)
     # the projections W x_t (directions x steps x gates x hidden) and the state live in the plan's counted scratch
     hid, seq, gates = 16, 7, GATES[op]
-    assert model.plan.scratch_bytes == 4 * (2 * seq * gates * hid + (8 if op == "LSTM" else 9) * hid)
+    assert model.plan.scratch_bytes == 4 * (2 * seq * gates * hid + (12 if op == "LSTM" else 9) * hid)
     assert model.plan.scratch_owner == "rnn"
     got2 = model.run(x)  # the bound plan, run again: same numbers
     for k in want:

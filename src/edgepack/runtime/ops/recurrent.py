@@ -103,7 +103,7 @@ def _lstm_kernel(xw, r, b, lens, h0, c0, p, acts, clip, input_forget, reverse0, 
                  has_yc, state):
     """xw [D, S*N, 4H]: W x_t of every step (row t*N + n for layout 0, n*S + t for layout 1); r [D, 4H, H] (gate
     rows i, o, f, c); b [D, 8H] (Wb, Rb); lens [N] int64; h0, c0: [D, N, H] (layout 0) or [N, D, H]; p [D, 3H]
-    (i, o, f); acts [D, 3] (f, g, h codes); y: [S, D, N, H] or [N, S, D, H]; yh, yc like h0; state float32 >= 8H.
+    (i, o, f); acts [D, 3] (f, g, h codes); y: [S, D, N, H] or [N, S, D, H]; yh, yc like h0; state float32 >= 12H.
     Direction d runs in reverse when d == 1 or reverse0. Per step: the 4H gate pre-activations (a dot product per
     row of R), then the cell update in passes over the hidden units, each activation one _act_block call."""
     n_dir, g4, hid = r.shape
@@ -112,8 +112,8 @@ def _lstm_kernel(xw, r, b, lens, h0, c0, p, acts, clip, input_forget, reverse0, 
     h = state[0:hid]
     c = state[hid:2 * hid]
     g = state[2 * hid:2 * hid + g4]
-    e = state[2 * hid + g4:3 * hid + g4]
-    bits = state[3 * hid + g4:4 * hid + g4].view(np.int32)
+    e = state[2 * hid + g4:5 * hid + g4]
+    bits = state[5 * hid + g4:8 * hid + g4].view(np.int32)
     gi, go, gf, gc = g[0:hid], g[hid:2 * hid], g[2 * hid:3 * hid], g[3 * hid:4 * hid]
     # absent optional inputs arrive as empty arrays: no bias, zero initial state, no peepholes
     has_b, has_h0, has_c0, has_p = b.size != 0, h0.size != 0, c0.size != 0, p.size != 0
@@ -145,20 +145,22 @@ def _lstm_kernel(xw, r, b, lens, h0, c0, p, acts, clip, input_forget, reverse0, 
                         gi[j] = _clip_kernel(gi[j], clip)
                         gf[j] = _clip_kernel(gf[j], clip)
                         gc[j] = _clip_kernel(gc[j], clip)
-                _act_block(fa, gi, e, bits)
-                if not input_forget:
-                    _act_block(fa, gf, e, bits)
+                        if not has_p:
+                            go[j] = _clip_kernel(go[j], clip)
+                if has_p:  # o's peephole reads the new cell state: o waits for it
+                    _act_block(fa, gi, e, bits)
+                    if not input_forget:
+                        _act_block(fa, gf, e, bits)
+                else:  # gates i, o, f (contiguous) in one pass: at small hidden sizes the calls weigh
+                    _act_block(fa, g[0:3 * hid], e, bits)
                 _act_block(ga, gc, e, bits)
                 for j in range(hid):
                     f = one - gi[j] if input_forget else gf[j]
                     c[j] = f * c[j] + gi[j] * gc[j]
                 if has_p:
                     for j in range(hid):
-                        go[j] += p[d, hid + j] * c[j]
-                if clip > zero:
-                    for j in range(hid):
-                        go[j] = _clip_kernel(go[j], clip)
-                _act_block(fa, go, e, bits)
+                        go[j] = _clip_kernel(go[j] + p[d, hid + j] * c[j], clip)
+                    _act_block(fa, go, e, bits)
                 for j in range(hid):
                     h[j] = c[j]
                 _act_block(ha, h, e, bits)
@@ -377,7 +379,7 @@ def _scratch_floats(op: str, input_shapes) -> tuple[int, int]:
     """(floats of the input projections W x_t, floats of the state) for these input shapes (infer() accepted)."""
     x, r = input_shapes[0], input_shapes[2]
     n_dir, gh, hid = (int(d) for d in r)
-    return n_dir * int(x[0]) * int(x[1]) * gh, (8 if op == "LSTM" else 9) * hid
+    return n_dir * int(x[0]) * int(x[1]) * gh, (12 if op == "LSTM" else 9) * hid
 
 
 def _scratch_bytes(op: str):
