@@ -227,7 +227,8 @@ def pack(model_path: str | os.PathLike, out_path: str | os.PathLike, *, sparsity
          input_shapes: dict | list[str] | None = None, input_values: dict | list[str] | None = None,
          low_rank: float | dict | None = None,
          max_error: float | None = None, calib: dict | np.ndarray | None = None, check_fidelity: bool = True,
-         compensate: bool | None = None, target_ratio: float | None = None, **overrides) -> PackReport:
+         compensate: bool | None = None, target_ratio: float | None = None, bias_correction: bool = True,
+         **overrides) -> PackReport:
     """Pack an ONNX model into an edgepack file; return the report (per-layer table, sizes, ratio).
     input_shapes ({name: dims} or ["NAME=D0,D1,..."]) fixes input shapes (packer/shapes.py); input_values
     ({name: value} or ["NAME=V"], e.g. {"sr": 16000}) makes inputs that are fixed in deployment constants, so that an
@@ -241,7 +242,10 @@ def pack(model_path: str | os.PathLike, out_path: str | os.PathLike, *, sparsity
     target_ratio: per-layer codebook bits chosen for the smallest error at a whole-file ratio >= target_ratio
     (packer/allocate.py: layer errors from the calibration statistics, sensitivities measured on held-out
     calibration runs); with `calib` and `max_error` but no bits given, the same allocation chooses the smallest file
-    within max_error and the guard backs off from there."""
+    within max_error and the guard backs off from there.
+    bias_correction: on the data-free path (no calibration statistics, no max_error), every Conv bias whose input
+    traces to a batch norm of the original gets the mean shift its quantised weight causes removed
+    (packer/bias_correction.py); the fidelity numbers are measured before it."""
     warnings: list[str] = []
     from .onnx_io import file_sha256, load_onnx
     from .shapes import check_storable, fold_constants, parse_input_shapes, parse_input_values, specialise
@@ -309,6 +313,9 @@ def pack(model_path: str | os.PathLike, out_path: str | os.PathLike, *, sparsity
             raise EdgepackError(f"--max-error {max_error} could not be met: {fidelity.after.summary()} on the "
                                 f"calibration inputs after {fidelity.rounds} round(s) of raised precision; no file "
                                 f"written")
+    corrected = 0
+    if bias_correction and stats is None and max_error is None:
+        corrected = _correct_biases(graph, encoded, settings, model_path)
     doc = graph_doc(graph, encoded)
     meta = {
         "producer": f"edgepack {__version__}",
@@ -317,6 +324,8 @@ def pack(model_path: str | os.PathLike, out_path: str | os.PathLike, *, sparsity
                    "params": graph.source_params, "fp32_bytes": 4 * graph.source_params},
         "settings": {"cli": {k: v for k, v in over.items() if v is not None}, "config": cfg},
     }
+    if corrected:
+        meta["settings"]["bias_correction"] = {"corrected": corrected}
     if shapes:
         meta["settings"]["input_shapes"] = shapes
     if values:
@@ -347,6 +356,24 @@ def pack(model_path: str | os.PathLike, out_path: str | os.PathLike, *, sparsity
                         + (" (the fidelity guard raised precision for --max-error)" if fidelity and fidelity.changes
                            else " at the fewest bits the allocation tries"))
     return PackReport(os.fspath(out_path), info, meta["settings"], references, fidelity, warnings, allocation)
+
+
+def _correct_biases(graph: Graph, encoded: dict[str, Encoded], settings: dict, model_path) -> int:
+    """Data-free bias correction (packer/bias_correction.py) of the Conv biases behind quantised weights; replaces
+    their encodings (dense float32) and returns how many were corrected."""
+    from .bias_correction import batchnorm_stats, bias_corrections
+
+    quantised = {k: encoded[k].reference for k in settings
+                 if k in encoded and not np.array_equal(encoded[k].reference, graph.initializers[k])}
+    if not quantised:
+        return 0
+    stats = batchnorm_stats(model_path)
+    if not stats:
+        return 0
+    fixed = bias_corrections(graph, quantised, stats)
+    for name, b in fixed.items():
+        encoded[name] = dense(b)
+    return len(fixed)
 
 
 def _check_ratio(r) -> None:
