@@ -58,6 +58,18 @@ CONV_TAP_S = 0.06e-9  # one weight tap at one output position, compact direct co
 CONV_TAP_FIXED_S = 2.3e-9  # one weight tap per output plane and sample, whatever the plane's size (the tap loop's
 # start): what a 1-D convolution with a long kernel and few outputs pays (openWakeWord's STFT, 257 x 512 taps at 5
 # positions: 0.68 ms measured where positions x CONV_TAP_S alone predicted 0.08)
+# A sparse (CSR + codebook) Conv held compact with more than one input channel per group (runtime/ops/conv_sparse.py:
+# tiles of output rows outside, channels inside): per kept entry and output position, per kept entry (its value and
+# window gathered, once a pass and tile), per output value (the store). Fitted so that its ratio to the dense
+# estimate of the same layer (the holding the planner would take instead) matches the measured ratio, on the 207
+# group-1 Conv layers of the 9 corpus conv nets pruned to density 0.3 (benchmarks/sparse_conv.py --json; dev VM, 1
+# thread, CPU time, load 9): the dense constants read low where a large plane makes both memory-bound, so a fit to
+# sparse times alone kept dense there. The former estimate (CONV_TAP_S per entry and position) ranked 88 of the 207
+# layers right, these 171; the layers as chosen: 116 -> 93 ms (each layer's faster holding: 92 ms). Depthwise sparse
+# weights (channels outside) keep the CONV_TAP_S estimate, which ranks them as well as a fit of this form.
+SPARSE_CONV_MAC_S = 0.0325e-9
+SPARSE_CONV_ENTRY_S = 2.4e-9
+SPARSE_CONV_OUT_S = 0.08e-9
 IM2COL_S = 0.3e-9  # one im2col element (copied from the padded or phased sample: 0.22-0.62 ns measured)
 # Winograd F(2x2, 3x3) (runtime/ops/conv_winograd.py), fitted on 13 layer shapes of the corpus (3x3 stride 1,
 # 3 -> 32 at 48x48 to 96 -> 96 at 104x104; dev VM, 1 thread, CPU time): its 16 BLAS products ran 90-110 GFLOP/s
@@ -1335,6 +1347,9 @@ class LayerSpec:
                         + taps)
             taps = _kept(w) if not isinstance(w, Int8Weight) else cout * cols
             kind = "sparse" if isinstance(w, SparseCodebookWeight) else "codebook"
+            if kind == "sparse" and w.shape[1] > 1:  # conv_sparse.py, tiles outside: see SPARSE_CONV_MAC_S
+                return CALL_S + nb * (taps * (positions * SPARSE_CONV_MAC_S + SPARSE_CONV_ENTRY_S)
+                                      + cout * positions * SPARSE_CONV_OUT_S)
             if conv_ops.conv_path(x_shape, w.shape, self.node["attrs"], kind) == "blocked":
                 return CALL_S + nb * (cout * cols * positions * BLOCKED_TAP_S + cout * cols * 0.2e-9)
             return CALL_S + nb * (taps * (positions * CONV_TAP_S + CONV_TAP_FIXED_S) + cout * cols * 0.2e-9)
