@@ -136,10 +136,18 @@ def _run_concat(inputs, attrs, outputs):
     np.concatenate(inputs, axis=_concat_axis(attrs), out=outputs[0])
 
 
+def _bind_concat(inputs, attrs, outputs):
+    """Bound once per plan: each input copied into its slab of the output (views.py)."""
+    from edgepack.runtime.ops.views import bind_copies, slabs  # it builds on this module
+    out = outputs[0]
+    axis = normalize_axis(_concat_axis(attrs), out.ndim)
+    return bind_copies(list(inputs), slabs(out, axis, [a.shape[axis] for a in inputs]))
+
+
 OPS = (
     OpDef("Identity", _infer_identity, run_copy_reshaped, inplace_ok=True, bind=bind_copy_reshaped),
     OpDef("Flatten", _infer_flatten, run_copy_reshaped, inplace_ok=True, bind=bind_copy_reshaped),
     OpDef("Reshape", _infer_reshape, run_copy_reshaped, inplace_ok=True, bind=bind_copy_reshaped),
     OpDef("Transpose", _infer_transpose, _run_transpose),
-    OpDef("Concat", _infer_concat, _run_concat),
+    OpDef("Concat", _infer_concat, _run_concat, bind=_bind_concat),
 )

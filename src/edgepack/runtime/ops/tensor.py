@@ -11,6 +11,7 @@ import numpy as np
 from edgepack.runtime.errors import FormatError, UnsupportedError
 from edgepack.runtime.ops.registry import OpDef, check_arity, int_attr, int_list, normalize_axis, opset_of, refuse_opset
 from edgepack.runtime.ops.shape import bind_copy_reshaped, run_copy_reshaped
+from edgepack.runtime.ops.views import bind_copies, slabs
 
 # ONNX TensorProto element types the runtime can represent in a float32 buffer exactly enough (value-wise).
 CAST_TYPES = {1: np.float32, 2: np.uint8, 3: np.int8, 4: np.uint16, 5: np.int16, 6: np.int32, 7: np.int64,
@@ -86,6 +87,13 @@ def _run_split(inputs, attrs, outputs):
         start += n
 
 
+def _bind_split(inputs, attrs, outputs):
+    """Bound once per plan: each output copied from its slab of the input (views.py)."""
+    x = inputs[0]
+    axis, sizes = _split_sizes([None if a is None else a.shape for a in inputs], attrs, inputs)
+    return bind_copies(slabs(x, axis, sizes), list(outputs))
+
+
 # ---- Slice ----
 
 def _slice_params(input_shapes, attrs, consts):
@@ -136,6 +144,13 @@ def _run_slice(inputs, attrs, outputs):
     shapes = [None if a is None else a.shape for a in inputs]
     slices, _ = _slice_params(shapes, attrs, inputs)
     np.copyto(outputs[0], inputs[0][slices])
+
+
+def _bind_slice(inputs, attrs, outputs):
+    """Bound once per plan: the output copied from the input's strided view (views.py)."""
+    shapes = [None if a is None else a.shape for a in inputs]
+    slices, _ = _slice_params(shapes, attrs, inputs)
+    return bind_copies([inputs[0][slices]], [outputs[0]])
 
 
 # ---- Pad ----
@@ -317,8 +332,8 @@ def _run_cast(inputs, attrs, outputs):
 
 
 OPS = (
-    OpDef("Split", _infer_split, _run_split),
-    OpDef("Slice", _infer_slice, _run_slice),
+    OpDef("Split", _infer_split, _run_split, bind=_bind_split),
+    OpDef("Slice", _infer_slice, _run_slice, bind=_bind_slice),
     OpDef("Pad", _infer_pad, _run_pad),
     OpDef("Squeeze", _infer_squeeze, run_copy_reshaped, inplace_ok=True, bind=bind_copy_reshaped),
     OpDef("Unsqueeze", _infer_unsqueeze, run_copy_reshaped, inplace_ok=True, bind=bind_copy_reshaped),
