@@ -408,10 +408,16 @@ def test_dense_dot_kernel_thresholds():
     big = make_weight("dense", 300, 520, rng, density=1.0)
     small = make_weight("dense", 30, 40, rng, density=1.0)
     short = make_weight("dense", 2100, 64, rng, density=1.0)  # rows too short for many samples
+    # fewer weights (openWakeWord's LSTM projection 96 -> 256): the kernel from batch DENSE_DOT_WIDE_BATCH on only
+    mid = make_weight("dense", 256, 96, rng, density=1.0)
+    wide = L.DENSE_DOT_WIDE_BATCH
     assert 300 * 520 >= L.DENSE_DOT_MIN_WEIGHTS > 30 * 40 and 2100 * 64 >= L.DENSE_DOT_MIN_WEIGHTS
+    assert L.DENSE_DOT_MIN_WEIGHTS > 256 * 96 >= L.DENSE_DOT_MIN_WEIGHTS_WIDE > 30 * 40 and lo < wide <= 22 <= hi
     assert hi * L.DENSE_DOT_K_PER_ROW <= 520 and lo * L.DENSE_DOT_K_PER_ROW <= 64 < 22 * L.DENSE_DOT_K_PER_ROW
+    assert 22 * L.DENSE_DOT_K_PER_ROW <= 96 < hi * L.DENSE_DOT_K_PER_ROW
     for w, batch, expect_dot in ((big, lo - 1, False), (big, lo, True), (big, hi, True), (big, hi + 1, False),
-                                 (small, lo, False), (small, hi, False), (short, lo, True), (short, 22, False)):
+                                 (small, lo, False), (small, hi, False), (short, lo, True), (short, 22, False),
+                                 (mid, wide - 1, False), (mid, wide, True), (mid, 22, True), (mid, hi, False)):
         x = rng.standard_normal((batch, w.cols)).astype(np.float32)
         out = np.empty((batch, w.rows), np.float32)
         fn, _ = L.bind_linear(x, prepare_linear(w, True), None, 1.0, 0.0, out)

@@ -36,14 +36,20 @@ DECODE_ROWS_SHARE = 32
 # Dense float32 layers up to this many multiply-adds per call run in a Numba kernel instead of BLAS, whose call
 # alone costs about a microsecond: W (n, k) rows are summed four at a time, W^T (k, n) columns in SIMD.
 DENSE_KERNEL_MAX_MACS = {"w": 4096, "wt": 32768}
-# Float32 layers held as W (n, k) with at least DENSE_DOT_MIN_WEIGHTS weights run in the dot-product kernel at batch
-# sizes DENSE_DOT_BATCH[0]..[1] up to k / DENSE_DOT_K_PER_ROW: there numpy's BLAS repacks W at every call (measured on
-# the dev VM for 300 x 784 to 8210 x 1024: 1.1-3x slower at batch 3..64; at batch 1-2 BLAS's own vector paths and
-# from batch ~128 its packed kernels win; smaller weights stay in cache and BLAS wins; with short rows the kernel's
-# per-output horizontal sums weigh more: k = 128 wins at batch 4, loses at 22; k = 256 wins at 22, loses at 64).
+# Float32 layers held as W (n, k) run in the dot-product kernel at batch sizes DENSE_DOT_BATCH[0]..[1] up to
+# k / DENSE_DOT_K_PER_ROW, with at least DENSE_DOT_MIN_WEIGHTS weights below batch DENSE_DOT_WIDE_BATCH and
+# DENSE_DOT_MIN_WEIGHTS_WIDE from it on: there numpy's BLAS repacks W at every call. benchmarks/dense_dot_sweep.py
+# (1 thread, load 8.5, after the kernel's epilogue moved out of its row loop): BLAS / kernel 1.1-8.5x where these
+# hold, e.g. openWakeWord's LSTM projections 16 x 96 -> 256 and 16 x 128 -> 128 1.4-1.7x, ddddocr's 22 x 512 ->
+# 2048 1.9x; the one loss there is batch 4 at 256 x 512 (0.64x: the kernel's 3-sample blocks compute 6 for 4; at
+# 1024 rows it wins 4.4x). At batch 1-2 BLAS's own vector paths and from batch ~128 its packed kernels win; with
+# fewer weights BLAS wins at batch 4 and 8 (0.65-0.85x at 128-256 rows); with short rows the kernel's per-output
+# horizontal sums weigh more (k = 64 loses at batch 32, k = 128 at 64).
 DENSE_DOT_BATCH = (3, 64)
 DENSE_DOT_MIN_WEIGHTS = 1 << 17
-DENSE_DOT_K_PER_ROW = 8
+DENSE_DOT_WIDE_BATCH = 16
+DENSE_DOT_MIN_WEIGHTS_WIDE = 1 << 14
+DENSE_DOT_K_PER_ROW = 4
 # Batch rows per BLAS call in the decode path: bounds the scratch for any batch size.
 DECODE_BATCH_CHUNK = 256
 
@@ -598,7 +604,8 @@ def _slots(batch: int, parallel: bool) -> int:
 def uses_dense_dot(batch: int, n: int, k: int) -> bool:
     """Whether a float32 weight held as W (n, k) runs in the dot-product kernel at this batch size (else BLAS or,
     below DENSE_KERNEL_MAX_MACS, the strict-order row kernel)."""
-    return (DENSE_DOT_BATCH[0] <= batch <= DENSE_DOT_BATCH[1] and n * k >= DENSE_DOT_MIN_WEIGHTS
+    least = DENSE_DOT_MIN_WEIGHTS_WIDE if batch >= DENSE_DOT_WIDE_BATCH else DENSE_DOT_MIN_WEIGHTS
+    return (DENSE_DOT_BATCH[0] <= batch <= DENSE_DOT_BATCH[1] and n * k >= least
             and batch * DENSE_DOT_K_PER_ROW <= k and batch * n * k > DENSE_KERNEL_MAX_MACS["w"])
 
 
