@@ -182,7 +182,7 @@ def corpus_conv_nets(names, out: Path, rounds: int, pruned_density: float = 0.0)
             ort1.run(None, ort_feeds)
             if pruned is not None:
                 pruned.run(feeds)
-        t_ep, t_ort, c_ep, c_ort, t_pr = [], [], [], [], []
+        t_ep, t_ort, c_ep, c_ort, t_pr, c_pr = [], [], [], [], [], []
         for _ in range(rounds):
             c0, t0 = time.thread_time(), time.perf_counter()
             model.run(feeds)
@@ -190,8 +190,10 @@ def corpus_conv_nets(names, out: Path, rounds: int, pruned_density: float = 0.0)
             ort1.run(None, ort_feeds)
             c2, t2 = time.thread_time(), time.perf_counter()
             if pruned is not None:
+                c3 = time.thread_time()
                 pruned.run(feeds)
                 t_pr.append(time.perf_counter() - t2)
+                c_pr.append(time.thread_time() - c3)
             t_ep.append(t1 - t0)
             t_ort.append(t2 - t1)
             c_ep.append(c1 - c0)
@@ -211,6 +213,8 @@ def corpus_conv_nets(names, out: Path, rounds: int, pruned_density: float = 0.0)
             modes = pruned.plan.modes()
             row.update({"pruned_density": pruned_density, "pruned_ms_median": pr_med,
                         "pruned_speedup": ep_med / pr_med,
+                        "pruned_cpu_ms_median": 1e3 * float(np.median(c_pr)),
+                        "pruned_speedup_cpu": float(np.median(c_ep) / np.median(c_pr)),
                         "pruned_modes": {m: list(modes.values()).count(m) for m in sorted(set(modes.values()))}})
         rows.append(row)
         cpu = (f"CPU time {row['edgepack_cpu_ms_median']:.1f} vs {row['ort_1_thread_cpu_ms_median']:.1f} ms: "
@@ -219,7 +223,8 @@ def corpus_conv_nets(names, out: Path, rounds: int, pruned_density: float = 0.0)
               f"{row['ratio_median']:.2f}x (minimums {row['ratio_min']:.2f}x; {cpu}); loadavg {row['loadavg']}", flush=True)
         if pruned is not None:
             print(f"  pruned to density {pruned_density:g}: {row['pruned_ms_median']:.1f} ms, "
-                  f"{row['pruned_speedup']:.2f}x its dense self (layers held {row['pruned_modes']})", flush=True)
+                  f"{row['pruned_speedup']:.2f}x its dense self (CPU time {row['pruned_cpu_ms_median']:.1f} ms: "
+                  f"{row['pruned_speedup_cpu']:.2f}x; layers held {row['pruned_modes']})", flush=True)
     return rows
 
 
@@ -238,19 +243,23 @@ def corpus_section(res: dict) -> str:
              f"time slicing on a shared machine does not inflate. Load average at each row."
              + (f" Pruned: the same net packed at density {pruned[0]['pruned_density']:g} (`--sparsity "
                 f"{1 - pruned[0]['pruned_density']:g} --bits 8`, no retraining) in the same alternation; "
-                f"vs dense self = dense-self time / pruned time (> 1: pruning made it faster); held as = the "
+                f"vs dense self = dense-self time / pruned time (> 1: pruning made it faster), median and CPU "
+                f"time; held as = the "
                 f"planner's choice per layer." if pruned else ""), "",
              "| model | input | edgepack ms (median / min) | ORT 1 thread ms (median / min) | ratio median | "
-             "ratio min | ratio CPU | load |" + (" pruned ms | pruned vs dense self | pruned held as |" if pruned else ""),
-             "|---|---|---|---|---|---|---|---|" + ("---|---|---|" if pruned else "")]
+             "ratio min | ratio CPU | load |" + (" pruned ms | pruned vs dense self | pruned vs dense self CPU | "
+                                                 "pruned held as |" if pruned else ""),
+             "|---|---|---|---|---|---|---|---|" + ("---|---|---|---|" if pruned else "")]
     for r in res["models"]:
         shapes = ", ".join("x".join(str(d) for d in v) for v in r["input_shapes"].values())
         lines.append(f"| {r['model']} | {shapes} | {r['edgepack_ms_median']:.1f} / {r['edgepack_ms_min']:.1f} | "
                      f"{r['ort_1_thread_ms_median']:.1f} / {r['ort_1_thread_ms_min']:.1f} | "
                      f"{r['ratio_median']:.2f}x | {r['ratio_min']:.2f}x | {r['ratio_cpu_median']:.2f}x | "
                      f"{r['loadavg']} |" + (f" {r['pruned_ms_median']:.1f} | {r['pruned_speedup']:.2f}x | "
+                                            + (f"{r['pruned_speedup_cpu']:.2f}x | " if "pruned_speedup_cpu" in r
+                                               else " | ")
                                             + ", ".join(f"{k} {v}" for k, v in r["pruned_modes"].items()) + " |"
-                                            if "pruned_ms_median" in r else (" | | |" if pruned else "")))
+                                            if "pruned_ms_median" in r else (" | | | |" if pruned else "")))
     return "\n".join(lines)
 
 
