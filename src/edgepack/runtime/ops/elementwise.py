@@ -114,10 +114,10 @@ def fma32(typingctx, a, b, c):
 
 
 @njit(cache=True, inline="always", error_model="numpy")
-def expf(z):
-    """exp(z) in float32, for loops that vectorise: 2^n * p(r) (Cephes expf: n = round(z / ln 2), r = z - n ln 2 in
-    two parts, a degree-5 polynomial, its multiply-adds as FMAs), 2^n made from its exponent bits. Within 2 ulp of
-    exp; z < -87 gives 0, z > 88 gives exp(88); NaN stays NaN."""
+def _expf_core(z):
+    """exp(z) in float32 for z in [-87, 88]: 2^n * p(r) (Cephes expf: n = round(z / ln 2), r = z - n ln 2 in two
+    parts, a degree-5 polynomial, its multiply-adds as FMAs), 2^n made from its exponent bits; z is clamped to that
+    range first (NaN -> -87: the callers restore it)."""
     f = np.float32
     v = z if z > f(-87.0) else f(-87.0)
     v = v if v < f(88.0) else f(88.0)
@@ -130,8 +130,15 @@ def expf(z):
     p = fma32(p, r, f(4.1665795894e-2))
     p = fma32(p, r, f(1.6666665459e-1))
     p = fma32(p, r, f(5.0000001201e-1))
-    e = (fma32(p * r, r, r) + f(1.0)) * scale
-    e = f(0.0) if z < f(-87.0) else e
+    return (fma32(p * r, r, r) + f(1.0)) * scale
+
+
+@njit(cache=True, inline="always", error_model="numpy")
+def expf(z):
+    """exp(z) in float32, for loops that vectorise (_expf_core): within 2 ulp of exp; z < -87 gives 0, z > 88
+    gives exp(88); NaN stays NaN."""
+    e = _expf_core(z)
+    e = np.float32(0.0) if z < np.float32(-87.0) else e
     return e if z == z else z
 
 
@@ -145,10 +152,11 @@ def exp_block(z, m, bits, out):
 
 @njit(cache=True, inline="always", error_model="numpy")
 def _sigmoid_value(v):
-    """1 / (1 + expf(-v)): within 2 ulp of the exact sigmoid (relative 1.4e-7); v < -88 gives 0 and v > 87 gives
-    1; NaN stays NaN."""
+    """1 / (1 + exp(-v)): within 2 ulp of the exact sigmoid (relative 1.4e-7); v < -88 gives 0 and v > 87 gives
+    1; NaN stays NaN. _expf_core without expf's two selects: for v > 87 its exp(-87) (1.6e-38) vanishes in 1 + e as
+    expf's 0 does, and NaN is restored here (two of the loop's ~36 instructions)."""
     f = np.float32
-    s = f(1.0) / (f(1.0) + expf(-v))
+    s = f(1.0) / (f(1.0) + _expf_core(-v))
     s = f(0.0) if v < f(-88.0) else s
     return s if v == v else v
 
