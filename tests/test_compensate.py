@@ -286,3 +286,86 @@ def test_corrected_weight_is_the_least_squares_fit_to_the_original_outputs():
     got = corrected_weight(w, hs, cs, damp=0.0)
     assert np.allclose(got[:3], want[:3], rtol=1e-6, atol=1e-8)
     assert np.allclose(got[3:], w[3:] / 1.1)
+
+
+def _adversarial_hessians(cols: int, seed: int) -> list[np.ndarray]:
+    """H that compensation handles badly: rank-deficient (fewer samples than inputs), a spectrum spanning twelve
+    orders of magnitude, one input dominating, nearly collinear inputs, and a dead input."""
+    rng = np.random.default_rng(seed)
+    few = rng.standard_normal((cols // 4, cols))
+    q, _ = np.linalg.qr(rng.standard_normal((cols, cols)))
+    spread = (q * np.logspace(0, -12, cols)) @ q.T
+    dominant = np.eye(cols) * 1e-4
+    dominant[0, 0] = 1e4
+    base = rng.standard_normal((200, 1))
+    collinear = base + 1e-6 * rng.standard_normal((200, cols))
+    dead = _correlated_inputs(300, cols, seed)
+    dead[:, 3] = 0.0
+    return [few.T @ few, spread, dominant, collinear.T @ collinear, dead.T @ dead / 300]
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_best_assign_is_never_worse_than_nearest_or_any_candidate_row_by_row(seed):
+    """best_assign's error per row is at most nearest-centroid's and each candidate assignment's, on random and
+    adversarial H, with and without pruning and row scales; the layer's error is at most the least of theirs."""
+    from edgepack.packer.compensate import CANDIDATES, best_assign, nearest_codes, row_errors
+
+    rng = np.random.default_rng(seed)
+    rows, cols = 24, 32
+    w = (rng.standard_normal((rows, cols)) * np.exp(rng.normal(0, 1, rows))[:, None]).astype(np.float32)
+    x = _correlated_inputs(500, cols, seed + 40)
+    for h in [x.T @ x / len(x)] + _adversarial_hessians(cols, seed):
+        for pruned in (False, True):
+            keep = np.abs(w) > np.quantile(np.abs(w), 0.4) if pruned else np.ones(w.shape, bool)
+            for scales in (None, cluster.choose_row_scales(w * keep)):
+                cb, near_q = cluster.quantize(w, keep, 3, reserve_zero=pruned, row_scales=scales)
+                sc = None if scales is None else scales[:, None]
+
+                def dec(codes):
+                    return np.where(keep, cluster.dequantize(cb, codes, scales), 0.0)
+
+                got = best_assign(w, keep, cb, sc, h, pruned)
+                assert got.shape == w.shape and got.min() >= 0 and got.max() < cb.size
+                if pruned:
+                    assert np.all(got[~keep] == 0) and np.all(got[keep] >= 1)
+                e = row_errors(w, dec(got), h)
+                tol = 1e-9 * np.abs(row_errors(w, np.zeros_like(w), h)) + 1e-300
+                rivals = [nearest_codes(w, keep, cb, sc, pruned), near_q.astype(np.int64)] + [
+                    assign(w, keep, cb, sc, h, pruned, damp=d, act_order=a) for a, d in CANDIDATES]
+                for i, r in enumerate(rivals[:1] + rivals[2:]):
+                    assert np.all(e <= row_errors(w, dec(r), h) + tol), (i, pruned, scales is None)
+                least = min(output_error(w, dec(r), h) for r in rivals[:1] + rivals[2:])
+                assert output_error(w, dec(got), h) <= least + 1e-12
+
+
+def test_nearest_codes_are_the_quantizers_codes():
+    """nearest_codes is nearest-centroid rounding as cluster.quantize labels the weights (row scales, pruned
+    entries on the reserved 0.0 or on the centroid nearest zero)."""
+    from edgepack.packer.compensate import nearest_codes
+
+    rng = np.random.default_rng(5)
+    w = (rng.standard_normal((20, 30)) * np.exp(rng.normal(0, 1, 20))[:, None]).astype(np.float32)
+    keep = np.abs(w) > np.quantile(np.abs(w), 0.5)
+    for pruned, k in ((False, np.ones(w.shape, bool)), (True, keep)):
+        for scales in (None, cluster.choose_row_scales(w * k)):
+            cb, codes = cluster.quantize(w, k, 4, reserve_zero=pruned, row_scales=scales)
+            got = nearest_codes(w, k, cb, None if scales is None else scales[:, None], pruned)
+            same = (np.where(k, cluster.dequantize(cb, got, scales), 0)
+                    == np.where(k, cluster.dequantize(cb, codes, scales), 0))
+            assert same.mean() > 0.999, same.mean()  # a value midway between two centroids may round either way
+
+
+def test_best_assign_is_deterministic_and_beats_both_orders_on_real_like_inputs():
+    from edgepack.packer.compensate import best_assign
+
+    rng = np.random.default_rng(2)
+    w = rng.standard_normal((40, 48)).astype(np.float32)
+    x = _correlated_inputs(1500, 48, 21)
+    h = x.T @ x / len(x)
+    cb, _ = cluster.quantize(w, None, 3, reserve_zero=False)
+    keep = np.ones(w.shape, bool)
+    a = best_assign(w, keep, cb, None, h, False)
+    assert np.array_equal(a, best_assign(w.copy(), keep, cb.copy(), None, h.copy(), False))
+    e = output_error(w, cluster.dequantize(cb, a), h)
+    for act in (False, True):
+        assert e <= output_error(w, cluster.dequantize(cb, assign(w, keep, cb, None, h, False, act_order=act)), h)

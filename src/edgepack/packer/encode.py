@@ -276,16 +276,17 @@ def encode_weight(w: np.ndarray, s: LayerSettings, default_bits: int, stats=None
 
 
 def _compensated_codes(w, keep, codebook, scales, pruned: bool, stats) -> np.ndarray:
-    """Codes chosen by compensate.assign on the (out, in) view of the weight (the transpose for MatMul's (in, out))."""
-    from .compensate import assign
+    """Codes chosen by compensate.best_assign on the (out, in) view of the weight (the transpose for MatMul's
+    (in, out)): per output channel the least layer-output error of nearest-centroid and compensated codes."""
+    from .compensate import best_assign
 
     rows = w.shape[0]
     w2, k2 = w.reshape(rows, -1), keep.reshape(rows, -1)
     sc = None if scales is None else scales.astype(np.float32)[:, None]
     if stats.transpose:
-        codes = assign(w2.T, k2.T, codebook, None if sc is None else sc.T, stats.h, pruned).T
+        codes = best_assign(w2.T, k2.T, codebook, None if sc is None else sc.T, stats.h, pruned).T
     else:
-        codes = assign(w2, k2, codebook, sc, stats.h, pruned)
+        codes = best_assign(w2, k2, codebook, sc, stats.h, pruned)
     return codes.reshape(w.shape)
 
 
