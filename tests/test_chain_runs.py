@@ -2,7 +2,8 @@
 gate x * act(x + a) / c or * c that exporters write HardSwish as) give, value for value, the bits of the steps
 applied one at a time in float32 by numpy, on ordinary values and on NaN, +-inf, +-0, subnormals and values at the
 clamps; runs that are cut short, interleaved with other steps, or whose saved values a later step reads are left to
-the one-step loops and still give those bits."""
+the one-step loops and still give those bits; the stores that run a leading affine with the bias and activation
+(conv.py _affine_head) give the bits of the steps after them."""
 import numpy as np
 import pytest
 
@@ -65,6 +66,7 @@ CHAINS = {
     # the saved x is read again after the gate: the gate must not be run in one loop without keeping it
     "saved read later": HSWISH + [[ADDS, 0, 0, 0]],
     "two gates": HSWISH + HSWISH + [[MUL, 3, 0, 0], [ADD, 1, 0, 0]],
+    "gate, affine, gate": HSWISH[:4] + [[MUL, 0.5, 0, 0], [MUL, 3, 0, 0], [ADD, 1, 0, 0]] + HSWISH,
 }
 
 
@@ -85,8 +87,49 @@ def test_runs_are_recognised():
     o, sv = np.ones(4, np.float32), np.zeros(4, np.float32)
     chain = np.array(CHAINS["ppocr_rec"], dtype=np.float32)
     assert C._chain_run_kernel(o.copy(), sv, chain, 0) == 2
-    assert C._chain_run_kernel(o.copy(), sv, chain, 2) == 5
+    assert C._chain_run_kernel(o.copy(), sv, chain, 2) == 7  # the gate and the affine after it
     assert C._chain_run_kernel(o.copy(), sv, chain, 7) == 2
+    assert C._chain_run_kernel(o.copy(), sv, np.array(HSWISH, np.float32), 0) == 5
     assert C._chain_run_kernel(o.copy(), sv, chain, 3) == 0
     assert C._chain_run_kernel(o.copy(), sv, np.array(CHAINS["saved read later"], np.float32), 0) == 0
     assert C._chain_run_kernel(o.copy(), sv, np.array(CHAINS["cut short"], np.float32), 2) == 0
+
+
+@pytest.mark.parametrize("act", [None, (ACT_CLIP, -1.0, 4.0), (ACT_LEAKY, 0.1, 0.0)])
+@pytest.mark.parametrize("name", ["ppocr_rec", "affine", "hardswish / 6", "mul then sub"])
+def test_stores_run_the_leading_affine_with_the_bias(name, act):
+    """_store_rows_kernel (every direct conv path's store) and _bias_act_band_kernel (the BLAS paths' epilogue) run a
+    chain's leading affine in their own loop: the bits of scale, bias, activation, then the steps one at a time."""
+    chain = np.array(CHAINS[name], dtype=np.float32)
+    kind, p0, p1 = act if act is not None else (0, 0.0, 0.0)
+    rng = np.random.default_rng(len(name))
+    rows, ow, pitch = 3, 7, 9
+    acc = values(rows * pitch, 3).reshape(rows, pitch)
+    scale, bias = np.float32(1.3), np.float32(-0.7)
+    with np.errstate(all="ignore"):
+        v = (acc[:, :ow] * scale + bias).astype(np.float32).reshape(-1)
+        if kind == ACT_CLIP:
+            v = np.where(v < np.float32(p0), np.float32(p0), v)
+            v = np.where(v > np.float32(p1), np.float32(p1), v)
+        elif kind == ACT_LEAKY:
+            v = np.where(v < 0, v * np.float32(p0), v).astype(np.float32)
+    want = numpy_steps(v, chain)
+    o = np.full(rows * ow, np.nan, np.float32)
+    C._store_rows_kernel(acc.reshape(-1).copy(), pitch, rows, ow, scale, bias, o, np.int64(kind), np.float32(p0),
+                         np.float32(p1), chain)
+    np.testing.assert_array_equal(o.view(np.uint32), want.view(np.uint32))
+
+    from edgepack.runtime.ops.elementwise import epilogue
+    out = (rng.standard_normal((1, 2, 11)) * 4).astype(np.float32)
+    out[0, 0, :5] = [np.nan, np.inf, -np.inf, -0.0, 1e-40]
+    b2 = np.float32([0.25, -3.0])
+    with np.errstate(all="ignore"):
+        v2 = (out + b2[None, :, None]).astype(np.float32)
+        if kind == ACT_CLIP:
+            v2 = np.where(v2 < np.float32(p0), np.float32(p0), v2)
+            v2 = np.where(v2 > np.float32(p1), np.float32(p1), v2)
+        elif kind == ACT_LEAKY:
+            v2 = np.where(v2 < 0, v2 * np.float32(p0), v2).astype(np.float32)
+    want2 = np.stack([numpy_steps(v2[0, c], chain) for c in range(2)])[None]
+    C._bias_act_band_kernel(out, 0, 0, 11, b2, epilogue(act), chain, np.zeros(11, np.float32))
+    np.testing.assert_array_equal(out.view(np.uint32), want2.view(np.uint32))

@@ -614,7 +614,8 @@ def _saved_read_later(chain, s):
 def _chain_run_kernel(o, sv, chain, s):
     """Run the steps from s that form one of the runs exporters write as ONE loop over o: an affine x * a + b
     (CH_MUL, CH_ADD: Paddle's learnable affine, a folded scale and shift), or a gate x * act(x + a) / c
-    (CH_SAVE, CH_ADD, CH_ACT, CH_MUL_SAVED, CH_DIV or CH_MUL: HardSwish as x * Clip(x + 3, 0, 6) / 6); each value
+    (CH_SAVE, CH_ADD, CH_ACT, CH_MUL_SAVED, CH_DIV or CH_MUL: HardSwish as x * Clip(x + 3, 0, 6) / 6), with an
+    affine after it in the same loop; each value
     goes through the steps' operations in their order, rounded to float32 after each (no contraction): the bits of
     the steps one loop each, with one load and store of o instead of one per step (PP-OCRv4 rec runs nine steps
     after every Conv). Returns the number of steps run (0: none of these runs starts at s)."""
@@ -633,7 +634,20 @@ def _chain_run_kernel(o, sv, chain, s):
             return 0
         a, kind, lo, hi, c = chain[s + 1, 1], np.int64(chain[s + 2, 1]), chain[s + 2, 2], chain[s + 2, 3], \
             chain[s + 4, 1]
-        if np.int64(chain[s + 4, 0]) == CH_DIV:
+        div = np.int64(chain[s + 4, 0]) == CH_DIV
+        # an affine after the gate (PP-OCRv4 rec: affine, HardSwish, affine) in the same loop
+        if m >= 7 and np.int64(chain[s + 5, 0]) == CH_MUL and np.int64(chain[s + 6, 0]) == CH_ADD:
+            am, ab = chain[s + 5, 1], chain[s + 6, 1]
+            if div:
+                for i in range(n):
+                    v = o[i]
+                    o[i] = ((v * _activate_kernel(v + a, kind, lo, hi)) / c) * am + ab
+            else:
+                for i in range(n):
+                    v = o[i]
+                    o[i] = ((v * _activate_kernel(v + a, kind, lo, hi)) * c) * am + ab
+            return 7
+        if div:
             for i in range(n):
                 v = o[i]
                 o[i] = (v * _activate_kernel(v + a, kind, lo, hi)) / c
@@ -716,17 +730,34 @@ def _store_rows_kernel(acc, pitch, nrows, ow, scale, bias_v, o, kind, p0, p1, ch
     """o[:nrows * OW] (consecutive output rows of one channel) = act(acc * scale + bias_v), acc in the wide layout
     (row pitch `pitch`, the columns past OW dropped); then the epilogue chain on o (acc, no longer needed, keeps its
     saved values)."""
+    m, c, skip = _affine_head(chain)
     for oy in range(nrows):
         a = acc[oy * pitch: oy * pitch + ow]
         d = o[oy * ow: oy * ow + ow]
-        if kind == ACT_NONE:
+        if kind == ACT_NONE and skip == 0:
             for ox in range(ow):
                 d[ox] = a[ox] * scale + bias_v
-        else:
+        elif kind == ACT_NONE:
+            for ox in range(ow):
+                d[ox] = (a[ox] * scale + bias_v) * m + c
+        elif skip == 0:
             for ox in range(ow):
                 d[ox] = _activate_kernel(a[ox] * scale + bias_v, kind, p0, p1)
-    if chain.shape[0] != 0:
-        _chain_kernel(o[: nrows * ow], acc, chain)
+        else:
+            for ox in range(ow):
+                d[ox] = _activate_kernel(a[ox] * scale + bias_v, kind, p0, p1) * m + c
+    if chain.shape[0] > skip:
+        _chain_kernel(o[: nrows * ow], acc, chain[skip:])
+
+
+@njit(cache=True)
+def _affine_head(chain):
+    """(a, b, 2) when the chain starts with the affine run CH_MUL a, CH_ADD b (Paddle's learnable affine after a
+    Conv), else (1, 0, 0): the stores run it in their own loop, v * a + b after the bias and activation, rounded
+    after each operation as the chain's loop rounds it (one pass over the output less, the same bits)."""
+    if chain.shape[0] >= 2 and np.int64(chain[0, 0]) == CH_MUL and np.int64(chain[1, 0]) == CH_ADD:
+        return chain[0, 1], chain[1, 1], 2
+    return np.float32(1.0), np.float32(0.0), 0
 
 
 @njit(cache=True)
@@ -878,14 +909,20 @@ def _bias_act_band_kernel(out, b, p0, p1, bias, ep, chain, save):
     """out[b, :, p0:p1] <- chain(act(out + bias[co])) for one band of positions, while it is still in cache."""
     has_bias = bias.shape[0] != 0
     kind, a0, a1 = np.int64(ep[EP_ACT]), ep[EP_P0], ep[EP_P1]
+    m, c, skip = _affine_head(chain)  # the chain's leading affine in the same loop (_store_rows_kernel)
     for co in range(out.shape[1]):
         o = out[b, co, p0:p1]
         bv = bias[co] if has_bias else np.float32(0.0)
-        for i in range(o.shape[0]):
-            v = o[i] + bv if has_bias else o[i]
-            o[i] = _activate_kernel(v, kind, a0, a1)
-        if chain.shape[0] != 0:
-            _chain_kernel(o, save, chain)
+        if skip == 0:
+            for i in range(o.shape[0]):
+                v = o[i] + bv if has_bias else o[i]
+                o[i] = _activate_kernel(v, kind, a0, a1)
+        else:
+            for i in range(o.shape[0]):
+                v = o[i] + bv if has_bias else o[i]
+                o[i] = _activate_kernel(v, kind, a0, a1) * m + c
+        if chain.shape[0] > skip:
+            _chain_kernel(o, save, chain[skip:])
 
 
 # ------------------------------------------------------------------------------------------------------- wrappers
