@@ -154,3 +154,23 @@ def test_pruned_magnitude_weight_matches_onnxruntime():
     want = sess.run(None, {"x": x})[0]
     got = run_conv(w, x, bias, attrs)
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * float(np.abs(want).max()))
+
+
+def _planner_pick(w, x_shape):
+    """The holding the planner picks for a Conv with this weight and input, without a budget (runtime/layers.py)."""
+    from edgepack.runtime import layers
+    node = {"name": "conv", "op": "Conv", "attrs": {}, "inputs": ["x", "W"], "outputs": ["y"]}
+    out_shape = C.conv_output_shape(x_shape, w.shape, {})
+    spec = layers.LayerSpec(node, "W", w, {}, None, [x_shape, w.shape], out_shape, np.zeros(0, np.uint8))
+    # the two holdings in question (make_options would also build csr and streamed, which need the file's encoding)
+    dense = min(spec._seconds("dense", None, form) for form in ("", "winograd") if form == "" or
+                spec._winograd_eligible())
+    return "compact" if spec._seconds("compact", spec.build("compact")) < dense else "dense"
+
+
+def test_planner_holds_pruned_1x1_compact_on_large_planes_dense_on_small():
+    """At density 0.3 the sparse kernel beat BLAS on 1x1 convolutions with a few thousand output positions and lost
+    on 7x7 planes (benchmarks/sparse_conv.py on the corpus nets); the cost model ranks them so."""
+    rng = np.random.default_rng(4)
+    assert _planner_pick(make_weight("sparse", (64, 64, 1, 1), rng, density=0.3), (1, 64, 56, 56)) == "compact"
+    assert _planner_pick(make_weight("sparse", (512, 256, 1, 1), rng, density=0.3), (1, 256, 7, 7)) == "dense"
