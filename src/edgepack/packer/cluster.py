@@ -1,12 +1,20 @@
 """Weight sharing (Deep Compression step 2): 1-D k-means per tensor, optional per-row scales, the codebook + codes.
 
-Centroid initialisations follow Han et al. 2016, section 3.2 (linear, random/Forgy, density).
+Centroid initialisations follow Han et al. 2016, section 3.2 (linear, random/Forgy, density), plus "companded":
+the point density that minimises the squared error of a fine quantiser, proportional to p(x)^(1/3) (Panter and Dite
+1951), with p estimated over bins of equal mass; and "auto" (the default of the packer): both linear and companded
+starts, the one whose converged codebook has the smaller squared error kept. Linear initialisation spends entries
+evenly over the range, so on the heavy-tailed weights of trained convolutions (max |w| 10-20 standard deviations) the
+tails get most of them and Lloyd cannot move them back to the bulk: on PP layout_cdla's 1x1 convolutions, 256 entries
+give 0.7-0.9% relative weight error from a linear start and 0.6-0.65% from a companded one.
 """
 from __future__ import annotations
 
 import numpy as np
 
-_INITS = ("linear", "random", "density")
+INITS = ("linear", "random", "density", "companded", "auto")
+_INITS = INITS
+COMPANDED_BINS = 1024  # equal-mass bins that estimate the density (at least 4 distinct values each)
 
 
 def _segment_bounds(u: np.ndarray, c: np.ndarray) -> np.ndarray:
@@ -41,8 +49,25 @@ def _linear_skipping_hole(u: np.ndarray, k: int) -> np.ndarray:
     return np.where(t <= left, u[0] + t, hi + (t - left))
 
 
-def _initial_centroids(x: np.ndarray, u: np.ndarray, k: int, init: str, seed: int) -> np.ndarray:
-    if init == "linear":
+def _companded(u: np.ndarray, counts: np.ndarray, k: int) -> np.ndarray:
+    """k points spread with density proportional to p^(1/3): the values are cut into m bins of equal mass (count),
+    in which the density is 1 / (m * width); a bin then gets a share of the points proportional to p^(1/3) * width,
+    i.e. to width^(2/3), placed evenly inside it (the inverse of the piecewise-linear cumulative share)."""
+    m = int(min(COMPANDED_BINS, max(1, u.size // 4)))
+    cum = np.cumsum(counts)
+    pos = np.searchsorted(cum, np.linspace(0.0, 1.0, m + 1)[1:-1] * cum[-1], side="left")
+    edges = np.concatenate([u[:1], u[np.minimum(pos, u.size - 1)], u[-1:]])
+    share = np.concatenate([[0.0], np.cumsum(np.diff(edges) ** (2.0 / 3.0))])
+    if share[-1] <= 0:
+        return np.unique(u[:1])
+    return np.interp((np.arange(k) + 0.5) / k * share[-1], share, edges)
+
+
+def _initial_centroids(x: np.ndarray, u: np.ndarray, counts: np.ndarray, k: int, init: str, seed: int
+                       ) -> np.ndarray:
+    if init == "companded":
+        c = _companded(u, counts, k)
+    elif init == "linear":
         c = _linear_skipping_hole(u, k)
     elif init == "random":
         rng = np.random.default_rng(seed)
@@ -98,6 +123,13 @@ def _split_worst(u: np.ndarray, weighted: np.ndarray, fcounts: np.ndarray, c: np
     return np.unique(np.concatenate(new))
 
 
+def _sse(u: np.ndarray, fcounts: np.ndarray, c: np.ndarray) -> float:
+    """Squared error of the distinct values u (with multiplicities) against their nearest of the sorted c."""
+    b = _segment_bounds(u, c)
+    lab = np.repeat(np.arange(c.size), np.diff(b))
+    return float(np.dot(fcounts, (u - c[lab]) ** 2))
+
+
 def kmeans_1d(
     values: np.ndarray,
     k: int,
@@ -108,6 +140,9 @@ def kmeans_1d(
     reseed: bool = True,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Lloyd's k-means on 1-D data; returns (centroids float32 sorted ascending, labels int64 shaped like values).
+
+    - init: where Lloyd starts (see the module docstring); "auto" runs from "linear" and from "companded" and keeps
+      the result with the smaller squared error (the linear one on a tie), so it is never worse than "linear".
 
     - At most k centroids come back. A cluster that ends up empty (linear initialisation leaves many in the empty
       range between a few outliers and the bulk) is dropped, and with `reseed` its entry is given back inside the
@@ -144,12 +179,18 @@ def kmeans_1d(
     else:
         weighted = u * counts
         fcounts = counts.astype(np.float64)
-        c = _initial_centroids(x.ravel(), u, k, init, seed)
-        c = _lloyd(u, weighted, fcounts, c, int(max_iter), tol)
-        for _ in range(RESEED_ROUNDS if reseed else 0):
-            if c.size >= k:
-                break
-            c = _lloyd(u, weighted, fcounts, _split_worst(u, weighted, fcounts, c, k - c.size), int(max_iter), tol)
+        best = None
+        for start in (("linear", "companded") if init == "auto" else (init,)):
+            c = _initial_centroids(x.ravel(), u, counts, k, start, seed)
+            c = _lloyd(u, weighted, fcounts, c, int(max_iter), tol)
+            for _ in range(RESEED_ROUNDS if reseed else 0):
+                if c.size >= k:
+                    break
+                c = _lloyd(u, weighted, fcounts, _split_worst(u, weighted, fcounts, c, k - c.size), int(max_iter),
+                           tol)
+            if best is None or (init == "auto" and _sse(u, fcounts, c) < _sse(u, fcounts, best)):
+                best = c
+        c = best
 
     # Label against the float32 centroids actually returned, so that codebook[label] is the nearest entry.
     c32 = np.unique(c.astype(np.float32))

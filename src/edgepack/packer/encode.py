@@ -59,7 +59,7 @@ class LayerSettings:
         _whole(where, "seed", self.seed, 0, (1 << 32) - 1)
         if not isinstance(self.huffman, bool):
             raise InputError(f"{where}: huffman must be true or false (a boolean), found {_show(self.huffman)}")
-        choices = {"init": ("linear", "random", "density"),
+        choices = {"init": cluster.INITS,
                    "encoding": ("auto", C.ENC_SPARSE, C.ENC_CODEBOOK, "dense", "float16", C.ENC_INT8),
                    "codebook_dtype": tuple(C.CODEBOOK_DTYPES)}
         for key, allowed in choices.items():
