@@ -341,3 +341,80 @@ def test_fill_budget_spends_what_the_first_point_leaves():
     assert alloc.bytes_at(point2) == 5000 and alloc.predicted_at(point2) < before
     assert alloc.steps == ["big", "big", "small", "small"]  # a path: each layer's steps in order, every step kept
     assert alloc.levels_at(len(alloc.steps)) == {"big": 2, "small": 2}
+
+
+def _detector(tmp_path, box_scale: float = 100.0):
+    """A YOLOv8-shaped head: x (n, 32) -> boxes (n, 4) = box_scale * relu(x W1), scores (n, 12) = sigmoid(x W2),
+    joined by a Concat on axis 1 into (n, 16)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(4)
+    w1 = rng.standard_normal((32, 4)).astype(np.float32) * 0.3
+    w2 = (rng.standard_normal((32, 12)) * 0.3 - 0.2).astype(np.float32)
+    nodes = [helper.make_node("MatMul", ["x", "w1"], ["b0"], name="mm1"),
+             helper.make_node("Relu", ["b0"], ["b1"], name="relu"),
+             helper.make_node("Mul", ["b1", "k"], ["boxes"], name="scale"),
+             helper.make_node("MatMul", ["x", "w2"], ["s0"], name="mm2"),
+             helper.make_node("Sigmoid", ["s0"], ["scores"], name="sig"),
+             helper.make_node("Concat", ["boxes", "scores"], ["y"], name="cat", axis=1)]
+    g = helper.make_graph(nodes, "det", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 32])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 16])],
+                          [numpy_helper.from_array(w1, "w1"), numpy_helper.from_array(w2, "w2"),
+                           numpy_helper.from_array(np.array(box_scale, np.float32), "k")])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+    m.ir_version = 8
+    path = tmp_path / "det.onnx"
+    path.write_bytes(m.SerializeToString())
+    return path
+
+
+def test_output_parts_and_part_error(tmp_path):
+    """A Concat output's parts are found with their sizes; part_error is the worst part's relative L2 error over
+    runs (a loop), the whole output's when the runs' shape is not as inferred; parts_differ tells pixels from
+    probabilities and not two parts of one scale."""
+    from edgepack.packer.allocate import output_parts, part_error, parts_differ
+    from edgepack.packer.onnx_io import load_onnx
+
+    assert output_parts(load_onnx(_detector(tmp_path))) == {"y": (1, [4, 12])}
+    assert output_parts(load_onnx(zoo.save(zoo.mlp(seed=1), tmp_path / "mlp.onnx"))) == {}
+    rng = np.random.default_rng(0)
+    ref = [np.concatenate([100 * rng.random((1, 4, 7)), 0.01 * rng.random((1, 12, 7))], axis=1) for _ in range(3)]
+    got = [a + 0.001 * rng.standard_normal(a.shape) for a in ref]
+    boxes = np.sqrt(sum(np.sum((b[:, :4] - a[:, :4]) ** 2) for a, b in zip(ref, got))
+                    / sum(np.sum(a[:, :4] ** 2) for a in ref))
+    scores = np.sqrt(sum(np.sum((b[:, 4:] - a[:, 4:]) ** 2) for a, b in zip(ref, got))
+                     / sum(np.sum(a[:, 4:] ** 2) for a in ref))
+    whole = np.sqrt(sum(np.sum((b - a) ** 2) for a, b in zip(ref, got)) / sum(np.sum(a ** 2) for a in ref))
+    assert part_error(ref, got, 1, [4, 12]) == pytest.approx(max(boxes, scores), rel=1e-12)
+    assert scores > 100 * whole  # what the whole output's error hides
+    assert part_error(ref, got, 1, [4, 10]) == pytest.approx(whole, rel=1e-12)  # not as inferred
+    assert parts_differ(ref, 1, [4, 12])
+    same = [rng.standard_normal((2, 1, 8)) for _ in range(2)]  # stacked h and c of one scale
+    assert not parts_differ(same, 0, [1, 1])
+    assert not parts_differ(ref, 1, [4, 10])
+    assert part_error(ref, ref, 1, [4, 12]) == 0.0
+    assert part_error(ref, [a * np.inf for a in ref], 1, [4, 12]) == np.inf
+
+
+def test_target_ratio_measures_a_joined_output_by_its_worst_part(tmp_path):
+    """The allocation's held-out error on a boxes + scores output is the scores' relative L2 error (which the
+    boxes' scale hides from the whole output's), as onnxruntime's outputs give it; the report says so."""
+    from edgepack.packer.allocate import part_error
+    from edgepack.packer.onnx_io import graph_to_onnx, load_onnx
+    from edgepack.packer.verify import session
+
+    path = _detector(tmp_path)
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((32, 1, 32)).astype(np.float32)
+    rep = pack(path, tmp_path / "det.epk", calib=x, target_ratio=5, check_fidelity=False)
+    a = rep.allocation
+    assert any("worst part" in n and "'y' (parts of 4+12 along axis 1)" in n for n in a.notes), a.notes
+    g = load_onnx(path)
+    s = session(graph_to_onnx(g))
+    q = session(graph_to_onnx(g, {k: layer.chosen.encoded.reference for k, layer in a.layers.items()}))
+    held = split_runs(len(x))[1]
+    ref = [s.run(None, {"x": x[i]})[0] for i in held]
+    got = [q.run(None, {"x": x[i]})[0] for i in held]
+    assert a.measured.rel_l2 == pytest.approx(part_error(ref, got, 1, [4, 12]), rel=1e-6)
+    whole = np.sqrt(sum(np.sum((b - r) ** 2) for r, b in zip(ref, got)) / sum(np.sum(r ** 2) for r in ref))
+    assert a.measured.rel_l2 > whole

@@ -17,8 +17,12 @@
    application decodes by argmax): there it is the margin error (margin_error: how much of each position's margin
    between its top class and the runner-up the perturbation eats, near-ties weighing most). The relative L2 error
    of 8210 logits or 6625 probabilities is dominated by scores no decision depends on, not by the argmax flips
-   that change the decoded text. (--max-error bounds the relative L2 error, which the fidelity guard checks: there
-   the allocation measures that.)
+   that change the decoded text. An output that a Concat joins from parts (output_parts: YOLOv8's (1, 4 + classes,
+   anchors) of pixel box coordinates and sigmoid class scores) is measured part by part where the parts differ in
+   scale (parts_differ), the worst part's relative L2 error counting: over the whole, the boxes' hundreds of pixels
+   hide the scores (nudenet at 8 bits: 0.004-0.008 whole, 0.05-0.34 on the scores), whose threshold crossings add
+   and drop detections. (--max-error bounds the
+   relative L2 error, which the fidelity guard checks: there the allocation measures that.)
 3. Walk: from every layer at its most precise width, each step lowers the one layer whose next width saves the most
    file bytes per unit of predicted squared error added (the greedy path of packer/train/bit_allocation.py, with
    exact bytes and measured sensitivities instead of code bits and test errors).
@@ -58,6 +62,7 @@ FLOOR = 1e-12  # a step that adds no predicted error still ranks by the bytes it
 REFINE_STAGE = 4  # tensors re-encoded per recording of the quantised model's layer inputs (1: fully sequential)
 REFINE = False  # step 5 of the module docstring (see there why it is off)
 MIN_CLASSES = 64  # a class axis this long makes an output class scores (the margin measure, ClassScores)
+PART_SCALE = 10.0  # parts of an output this much apart in scale are measured one by one (parts_differ)
 MARGIN_TAU = 0.05  # margins are measured relative to (reference margin + MARGIN_TAU x the median margin)
 RESHAPES = ("Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose", "Identity")
 
@@ -190,6 +195,72 @@ def class_outputs(graph: Graph) -> dict[str, tuple[int, int]]:
     return found
 
 
+def output_parts(graph: Graph) -> dict[str, tuple[int, list[int]]]:
+    """Outputs that a Concat joins from parts, by name -> (axis, the parts' sizes along it), where shape inference
+    tells every part's size; an output of class scores (class_outputs) is measured as such instead."""
+    prod = {o: n for n in graph.nodes for o in n.outputs}
+    joined = {v.name: prod[v.name] for v in graph.outputs
+              if v.name in prod and prod[v.name].op == "Concat" and len(prod[v.name].inputs) > 1}
+    if not joined:
+        return {}
+    from .onnx_io import infer_value_shapes
+
+    shapes = infer_value_shapes(graph)
+    classes = class_outputs(graph)
+    found: dict[str, tuple[int, list[int]]] = {}
+    for name, n in joined.items():
+        axis = int(n.attr("axis", 0))
+        sizes = []
+        for x in n.inputs:
+            dims = shapes[x].shape if x in shapes else None
+            if not dims or not -len(dims) <= axis < len(dims) or not isinstance(dims[axis], int) or dims[axis] < 1:
+                break
+            sizes.append(int(dims[axis]))
+        else:
+            if name not in classes:
+                found[name] = (axis, sizes)
+    return found
+
+
+def _part_sums(ref: list[np.ndarray], got: list[np.ndarray], axis: int, sizes: list[int]):
+    """Per part: the squared error and the squared reference, summed over runs; None where a run's output is not
+    as inferred."""
+    if any(np.ndim(a) == 0 or not -np.ndim(a) <= axis < np.ndim(a) or np.shape(a)[axis] != sum(sizes) for a in ref):
+        return None
+    bounds = np.cumsum(sizes)[:-1]
+    num = np.zeros(len(sizes))
+    den = np.zeros(len(sizes))
+    for a, b in zip(ref, got):
+        for i, (pa, pb) in enumerate(zip(np.split(np.asarray(a, np.float64), bounds, axis),
+                                         np.split(np.asarray(b, np.float64), bounds, axis))):
+            num[i] += float(np.sum(np.square(pb - pa)))
+            den[i] += float(np.sum(np.square(pa)))
+    return num, den
+
+
+def parts_differ(ref: list[np.ndarray], axis: int, sizes: list[int]) -> bool:
+    """The parts' reference values differ in scale (root mean square) by more than PART_SCALE: YOLOv8's box pixels
+    and class probabilities do (about 1e4), an LSTM's stacked h and c states do not."""
+    sums = _part_sums(ref, ref, axis, sizes)
+    if sums is None:
+        return False
+    rms = np.sqrt(sums[1] / np.asarray(sizes, np.float64))
+    return bool(rms.max() > PART_SCALE * rms.min())
+
+
+def part_error(ref: list[np.ndarray], got: list[np.ndarray], axis: int, sizes: list[int]) -> float:
+    """The worst part's relative L2 error over runs, the parts being consecutive slices of `sizes` along `axis`
+    (output_parts); the whole output's where a run's output is not as inferred."""
+    sums = _part_sums(ref, got, axis, sizes)
+    if sums is None:
+        ref, got = [np.reshape(a, (1, -1)) for a in ref], [np.reshape(b, (1, -1)) for b in got]
+        sums = _part_sums(ref, got, 0, [1])
+    num, den = sums
+    if not np.isfinite(num).all():
+        return math.inf
+    return float(np.max(np.sqrt(num) / np.maximum(np.sqrt(den), 1e-30)))
+
+
 @dataclass
 class MarginFidelity:
     """The allocation's task-shaped model error (ClassScores.measure)."""
@@ -232,12 +303,20 @@ def margin_error(ref: list[np.ndarray], got: list[np.ndarray], axis: int) -> tup
     return float(np.sqrt(np.mean(np.square((m - m2) / (m + tau))))), float(np.mean(q.argmax(1) == top))
 
 
-def class_evaluator(graph: Graph, feeds: dict[str, np.ndarray], tensors, classes: dict[str, tuple[int, int]]):
+def class_evaluator(graph: Graph, feeds: dict[str, np.ndarray], tensors, classes: dict[str, tuple[int, int]],
+                    parts: dict[str, tuple[int, list[int]]] | None = None):
     """A fidelity.Evaluator whose measure is task-shaped: margin_error on the class-score outputs (class_outputs),
-    the relative L2 error on the others; the worst output counts."""
+    the worst part's relative L2 error on outputs joined from parts (output_parts), the relative L2 error on the
+    others; the worst output counts."""
+    parts = parts or {}
     from .fidelity import Evaluator, Fidelity
 
     class ClassScores(Evaluator):
+        def __init__(self, *args):
+            super().__init__(*args)
+            self.parts = {v.name: parts[v.name] for v, ref in zip(self.graph.outputs, self.ref)
+                          if v.name in parts and parts_differ(ref, *parts[v.name])}
+
         def measure(self, weights: dict[str, np.ndarray]) -> MarginFidelity:
             outs = self._run(weights)
             worst, agree = 0.0, []
@@ -246,6 +325,8 @@ def class_evaluator(graph: Graph, feeds: dict[str, np.ndarray], tensors, classes
                 if axis is not None and ref_runs[0].ndim and ref_runs[0].shape[axis] >= max(n, MIN_CLASSES):
                     err, top1 = margin_error(ref_runs, runs, axis)
                     agree.append(top1)
+                elif v.name in self.parts:
+                    err = part_error(ref_runs, runs, *self.parts[v.name])
                 else:
                     num = math.fsum(float(np.sum(np.square(b - a))) for a, b in zip(ref_runs, runs))
                     den = math.fsum(float(np.sum(np.square(a))) for a in ref_runs)
@@ -460,9 +541,10 @@ def allocate(graph: Graph, settings: dict[str, tuple[LayerSettings, int]], encod
     # for a ratio, the model error is task-shaped where outputs are class scores (the bound of --max-error is the
     # relative L2 error of the outputs, which the fidelity guard checks: there it stays that)
     classes = class_outputs(graph) if target_ratio is not None else {}
+    parts = output_parts(graph) if target_ratio is not None else {}
 
     def evaluator(feeds):
-        return (class_evaluator(graph, feeds, list(layers), classes) if classes
+        return (class_evaluator(graph, feeds, list(layers), classes, parts) if classes or parts
                 else Evaluator(graph, feeds, list(layers)))
 
     ev = evaluator(sens_feeds)
@@ -472,6 +554,9 @@ def allocate(graph: Graph, settings: dict[str, tuple[LayerSettings, int]], encod
     if classes:
         alloc.notes.append("model error: margin error of the class scores of " + ", ".join(
             f"'{k}'" for k in classes) + " (margin_error), relative L2 error of any other output")
+    if getattr(ev, "parts", None):
+        alloc.notes.append("model error: the worst part's relative L2 error on " + ", ".join(
+            f"'{k}' (parts of {'+'.join(map(str, p))} along axis {a})" for k, (a, p) in ev.parts.items()))
     full = ev if n_held <= SENSITIVITY_RUNS else evaluator(held_feeds)
 
     def measure(point: int):
