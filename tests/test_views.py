@@ -96,3 +96,17 @@ def test_pairs_refuse_other_dtypes():
     """An int64 input (a shape tensor) has no kernel here: bind declines and the runner runs."""
     assert views.bind_copies([np.zeros(3, np.int64)], [np.zeros(3, np.float32)]) is None
     assert registry.NO_STEP != views.bind_copies([np.zeros(3, np.float32)], [np.zeros(3, np.float32)])
+
+
+def test_views_outside_their_base_are_refused():
+    """The strided kernel does no bounds test: a view that is not inside the base it is said to come from gets no
+    kernel (bind declines)."""
+    base = np.zeros((2, 8, 4, 4), np.float32)
+    other = np.zeros((2, 8, 4, 4), np.float32)
+    dst = np.empty((2, 4, 4, 4), np.float32)
+    assert views.bind_copies([other[:, ::2]], [dst], src_base=base) is None
+    assert views.bind_copies([base[:, ::2]], [dst], src_base=None) is None
+    fn, args = views.bind_copies([base[:, ::2]], [dst], src_base=base)
+    base[...] = _rand(base.shape)
+    fn(*args)
+    np.testing.assert_array_equal(dst, base[:, ::2])

@@ -141,7 +141,7 @@ def _bind_concat(inputs, attrs, outputs):
     from edgepack.runtime.ops.views import bind_copies, slabs  # it builds on this module
     out = outputs[0]
     axis = normalize_axis(_concat_axis(attrs), out.ndim)
-    return bind_copies(list(inputs), slabs(out, axis, [a.shape[axis] for a in inputs]))
+    return bind_copies(list(inputs), slabs(out, axis, [a.shape[axis] for a in inputs]), dst_base=out)
 
 
 OPS = (

@@ -91,7 +91,7 @@ def _bind_split(inputs, attrs, outputs):
     """Bound once per plan: each output copied from its slab of the input (views.py)."""
     x = inputs[0]
     axis, sizes = _split_sizes([None if a is None else a.shape for a in inputs], attrs, inputs)
-    return bind_copies(slabs(x, axis, sizes), list(outputs))
+    return bind_copies(slabs(x, axis, sizes), list(outputs), src_base=x)
 
 
 # ---- Slice ----
@@ -150,7 +150,7 @@ def _bind_slice(inputs, attrs, outputs):
     """Bound once per plan: the output copied from the input's strided view (views.py)."""
     shapes = [None if a is None else a.shape for a in inputs]
     slices, _ = _slice_params(shapes, attrs, inputs)
-    return bind_copies([inputs[0][slices]], [outputs[0]])
+    return bind_copies([inputs[0][slices]], [outputs[0]], src_base=inputs[0])
 
 
 # ---- Pad ----
