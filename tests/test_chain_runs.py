@@ -3,7 +3,7 @@ gate x * act(x + a) / c or * c that exporters write HardSwish as) give, value fo
 applied one at a time in float32 by numpy, on ordinary values and on NaN, +-inf, +-0, subnormals and values at the
 clamps; runs that are cut short, interleaved with other steps, or whose saved values a later step reads are left to
 the one-step loops and still give those bits; the stores that run a leading affine with the bias and activation
-(conv.py _affine_head) give the bits of the steps after them."""
+(conv.py _chain_head: an affine, HardSwish, HardSigmoid) give the bits of the steps after them."""
 import numpy as np
 import pytest
 
@@ -27,6 +27,11 @@ def numpy_steps(x: np.ndarray, chain: np.ndarray) -> np.ndarray:
                 o = o * a
             elif op == C.CH_DIV:
                 o = o / a
+            elif op in (C.CH_HARD_SWISH, C.CH_HARD_SIGMOID):
+                v = (o * a + b).astype(np.float32)
+                v = np.where(v < 0, np.float32(0), v)
+                v = np.where(v > 1, np.float32(1), v)
+                o = o * v if op == C.CH_HARD_SWISH else v
             elif op == C.CH_ACT and int(a) == ACT_CLIP:
                 o = np.where(o < b, b, o)
                 o = np.where(o > c, c, o)
@@ -66,6 +71,8 @@ CHAINS = {
     # the saved x is read again after the gate: the gate must not be run in one loop without keeping it
     "saved read later": HSWISH + [[ADDS, 0, 0, 0]],
     "two gates": HSWISH + HSWISH + [[MUL, 3, 0, 0], [ADD, 1, 0, 0]],
+    "HardSwish op": [[C.CH_HARD_SWISH, np.float32(1 / 6), 0.5, 0], [MUL, 2, 0, 0]],
+    "HardSigmoid op": [[C.CH_HARD_SIGMOID, 0.2, 0.5, 0]] + HSWISH,
     "gate, affine, gate": HSWISH[:4] + [[MUL, 0.5, 0, 0], [MUL, 3, 0, 0], [ADD, 1, 0, 0]] + HSWISH,
 }
 
@@ -96,8 +103,9 @@ def test_runs_are_recognised():
 
 
 @pytest.mark.parametrize("act", [None, (ACT_CLIP, -1.0, 4.0), (ACT_LEAKY, 0.1, 0.0)])
-@pytest.mark.parametrize("name", ["ppocr_rec", "affine", "hardswish / 6", "mul then sub"])
-def test_stores_run_the_leading_affine_with_the_bias(name, act):
+@pytest.mark.parametrize("name", ["ppocr_rec", "affine", "hardswish / 6", "mul then sub", "HardSwish op",
+                                  "HardSigmoid op"])
+def test_stores_run_the_chain_head_with_the_bias(name, act):
     """_store_rows_kernel (every direct conv path's store) and _bias_act_band_kernel (the BLAS paths' epilogue) run a
     chain's leading affine in their own loop: the bits of scale, bias, activation, then the steps one at a time."""
     chain = np.array(CHAINS[name], dtype=np.float32)

@@ -730,34 +730,55 @@ def _store_rows_kernel(acc, pitch, nrows, ow, scale, bias_v, o, kind, p0, p1, ch
     """o[:nrows * OW] (consecutive output rows of one channel) = act(acc * scale + bias_v), acc in the wide layout
     (row pitch `pitch`, the columns past OW dropped); then the epilogue chain on o (acc, no longer needed, keeps its
     saved values)."""
-    m, c, skip = _affine_head(chain)
+    hk, m, c, skip = _chain_head(chain)
     for oy in range(nrows):
         a = acc[oy * pitch: oy * pitch + ow]
         d = o[oy * ow: oy * ow + ow]
-        if kind == ACT_NONE and skip == 0:
+        if kind == ACT_NONE and hk == HEAD_NONE:
             for ox in range(ow):
                 d[ox] = a[ox] * scale + bias_v
-        elif kind == ACT_NONE:
-            for ox in range(ow):
-                d[ox] = (a[ox] * scale + bias_v) * m + c
-        elif skip == 0:
+        elif hk == HEAD_NONE:
             for ox in range(ow):
                 d[ox] = _activate_kernel(a[ox] * scale + bias_v, kind, p0, p1)
+        elif kind == ACT_NONE:
+            for ox in range(ow):
+                d[ox] = _head_kernel(a[ox] * scale + bias_v, hk, m, c)
         else:
             for ox in range(ow):
-                d[ox] = _activate_kernel(a[ox] * scale + bias_v, kind, p0, p1) * m + c
+                d[ox] = _head_kernel(_activate_kernel(a[ox] * scale + bias_v, kind, p0, p1), hk, m, c)
     if chain.shape[0] > skip:
         _chain_kernel(o[: nrows * ow], acc, chain[skip:])
 
 
+# The head of a chain that the stores run in their own loop, after the bias and activation (one pass over the output
+# less): an affine CH_MUL a, CH_ADD b (Paddle's learnable affine after a Conv), or CH_HARD_SWISH / CH_HARD_SIGMOID
+# (the HardSwish after every PP-LCNet conv); each value rounded after every operation as the chain's loops round it.
+HEAD_NONE, HEAD_AFFINE, HEAD_HARD_SWISH, HEAD_HARD_SIGMOID = range(4)
+
+
 @njit(cache=True)
-def _affine_head(chain):
-    """(a, b, 2) when the chain starts with the affine run CH_MUL a, CH_ADD b (Paddle's learnable affine after a
-    Conv), else (1, 0, 0): the stores run it in their own loop, v * a + b after the bias and activation, rounded
-    after each operation as the chain's loop rounds it (one pass over the output less, the same bits)."""
+def _chain_head(chain):
+    """(HEAD_*, a, b, steps it covers) for the start of the chain."""
     if chain.shape[0] >= 2 and np.int64(chain[0, 0]) == CH_MUL and np.int64(chain[1, 0]) == CH_ADD:
-        return chain[0, 1], chain[1, 1], 2
-    return np.float32(1.0), np.float32(0.0), 0
+        return HEAD_AFFINE, chain[0, 1], chain[1, 1], 2
+    if chain.shape[0] >= 1 and np.int64(chain[0, 0]) == CH_HARD_SWISH:
+        return HEAD_HARD_SWISH, chain[0, 1], chain[0, 2], 1
+    if chain.shape[0] >= 1 and np.int64(chain[0, 0]) == CH_HARD_SIGMOID:
+        return HEAD_HARD_SIGMOID, chain[0, 1], chain[0, 2], 1
+    return HEAD_NONE, np.float32(1.0), np.float32(0.0), 0
+
+
+@njit(cache=True, inline="always")
+def _head_kernel(x, hk, a, b):
+    """The head hk (HEAD_*) on one value: _chain_kernel's CH_MUL + CH_ADD, CH_HARD_SWISH or CH_HARD_SIGMOID."""
+    if hk == HEAD_AFFINE:
+        return x * a + b
+    if hk == HEAD_NONE:
+        return x
+    v = x * a + b
+    v = np.float32(0.0) if v < 0 else v
+    v = np.float32(1.0) if v > 1 else v
+    return x * v if hk == HEAD_HARD_SWISH else v
 
 
 @njit(cache=True)
@@ -909,18 +930,18 @@ def _bias_act_band_kernel(out, b, p0, p1, bias, ep, chain, save):
     """out[b, :, p0:p1] <- chain(act(out + bias[co])) for one band of positions, while it is still in cache."""
     has_bias = bias.shape[0] != 0
     kind, a0, a1 = np.int64(ep[EP_ACT]), ep[EP_P0], ep[EP_P1]
-    m, c, skip = _affine_head(chain)  # the chain's leading affine in the same loop (_store_rows_kernel)
+    hk, m, c, skip = _chain_head(chain)  # the chain's head in the same loop (_store_rows_kernel)
     for co in range(out.shape[1]):
         o = out[b, co, p0:p1]
         bv = bias[co] if has_bias else np.float32(0.0)
-        if skip == 0:
+        if hk == HEAD_NONE:
             for i in range(o.shape[0]):
                 v = o[i] + bv if has_bias else o[i]
                 o[i] = _activate_kernel(v, kind, a0, a1)
         else:
             for i in range(o.shape[0]):
                 v = o[i] + bv if has_bias else o[i]
-                o[i] = _activate_kernel(v, kind, a0, a1) * m + c
+                o[i] = _head_kernel(_activate_kernel(v, kind, a0, a1), hk, m, c)
         if chain.shape[0] > skip:
             _chain_kernel(o, save, chain[skip:])
 

@@ -28,9 +28,10 @@ from numba import njit, prange
 
 from edgepack.runtime.ops.conv import (_ACC_LEN, _C, _CIN_G, _COLS, _COUT_G, _DH, _DW, _HP, _KH, _KW, _OH, _OW,
                                        _PHASED, _PITCH, _PLANE, _PLEN, _QH, _QW, _SH, _SLOTS, _SW, _TROWS, _WP,
-                                       ACT_NONE, EP_ACT, EP_P0, EP_P1, _activate_kernel, _affine_head, _chain_kernel,
-                                       _channel_base_kernel, _scratch_views_kernel, _serial_and_parallel,
-                                       _source_channel_kernel, _source_kernel, _store_rows_kernel, _weight_kernel)
+                                       ACT_NONE, EP_ACT, EP_P0, EP_P1, HEAD_NONE, _activate_kernel, _chain_head,
+                                       _chain_kernel, _channel_base_kernel, _head_kernel, _scratch_views_kernel,
+                                       _serial_and_parallel, _source_channel_kernel, _source_kernel,
+                                       _store_rows_kernel, _weight_kernel)
 
 KERNELS = ((3, 3), (5, 5))  # the kernel shapes this file runs
 
@@ -175,33 +176,32 @@ def _pair_channel_kernel(src, geo, wb, ac, scale, bv, o, kind, p0, p1, chain):
         else:
             _pair25_kernel(src, q0 * pitch, podd + q0 * pitch, pitch, wb, ae, ao, n)
         r1 = min(oh, 2 * q1)
-        m, c, skip = _affine_head(chain)
-        _pair_store_kernel(ae, ao, pitch, r1 - 2 * q0, ow, scale, bv, o[2 * q0 * ow: r1 * ow], kind, p0, p1, m, c,
-                           skip)
+        hk, m, c, skip = _chain_head(chain)
+        _pair_store_kernel(ae, ao, pitch, r1 - 2 * q0, ow, scale, bv, o[2 * q0 * ow: r1 * ow], kind, p0, p1, hk, m, c)
         if chain.shape[0] > skip:
             _chain_kernel(o[2 * q0 * ow: r1 * ow], ac, chain[skip:])
 
 
 @njit(cache=True)
-def _pair_store_kernel(ae, ao, pitch, nrows, ow, scale, bias_v, o, kind, p0, p1, m, c, skip):
-    """o[:nrows * OW] (consecutive output rows, the first even) = act(acc * scale + bias_v), then * m + c when skip
-    (the chain's leading affine, conv.py _affine_head), row 2k from ae's row k, row 2k + 1 from ao's (row pitch
-    `pitch`): conv.py _store_rows_kernel's values, rows taken alternately."""
+def _pair_store_kernel(ae, ao, pitch, nrows, ow, scale, bias_v, o, kind, p0, p1, hk, m, c):
+    """o[:nrows * OW] (consecutive output rows, the first even) = act(acc * scale + bias_v), then the chain's head
+    hk (conv.py _chain_head), row 2k from ae's row k, row 2k + 1 from ao's (row pitch `pitch`): conv.py
+    _store_rows_kernel's values, rows taken alternately."""
     for r in range(nrows):
         a = ae[(r // 2) * pitch: (r // 2) * pitch + ow] if r % 2 == 0 else ao[(r // 2) * pitch: (r // 2) * pitch + ow]
         d = o[r * ow: r * ow + ow]
-        if kind == ACT_NONE and skip == 0:
+        if kind == ACT_NONE and hk == HEAD_NONE:
             for ox in range(ow):
                 d[ox] = a[ox] * scale + bias_v
-        elif kind == ACT_NONE:
-            for ox in range(ow):
-                d[ox] = (a[ox] * scale + bias_v) * m + c
-        elif skip == 0:
+        elif hk == HEAD_NONE:
             for ox in range(ow):
                 d[ox] = _activate_kernel(a[ox] * scale + bias_v, kind, p0, p1)
+        elif kind == ACT_NONE:
+            for ox in range(ow):
+                d[ox] = _head_kernel(a[ox] * scale + bias_v, hk, m, c)
         else:
             for ox in range(ow):
-                d[ox] = _activate_kernel(a[ox] * scale + bias_v, kind, p0, p1) * m + c
+                d[ox] = _head_kernel(_activate_kernel(a[ox] * scale + bias_v, kind, p0, p1), hk, m, c)
 
 
 # The driver: per slot (the parallel build splits the channels over threads, slot t taking channels t, t + slots, ...
