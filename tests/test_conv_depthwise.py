@@ -2,7 +2,7 @@
 against a float64 numpy convolution and onnxruntime: strides 1, 2, (2, 1), (1, 2) and 3, symmetric and uneven pads,
 auto_pad SAME_UPPER / SAME_LOWER / VALID, dilation, odd sizes, 1-pixel images, batch > 1, dense, codebook and int8
 weights, a fused activation and an epilogue chain; row tiles and the parallel build give the same bits; the row-pair
-kernels of stride 1 give the bits of the one-row ones; only the shapes it is for are dispatched to it, and it stays
+kernels of stride 1 and the row-slice kernels give the bits of the one-row, one-slice-a-tap ones; only the shapes it is for are dispatched to it, and it stays
 inside its scratch."""
 import numpy as np
 import pytest
@@ -134,6 +134,22 @@ def test_row_pairs_sum_as_the_one_row_kernels(k, hw):
         acc = ae if r % 2 == 0 else ao
         got = acc[(r // 2) * wp: (r // 2) * wp + w]
         np.testing.assert_array_equal(got.view(np.uint32), one[r * wp: r * wp + w].view(np.uint32))
+
+
+@pytest.mark.parametrize("k", [3, 5])
+@pytest.mark.parametrize("n", [1, 7, 16, 33, 250])
+def test_row_slice_kernels_sum_as_the_tap_kernels(k, n):
+    """_dw9_rows_kernel / _dw25_rows_kernel (one slice per kernel row, for column stride and dilation 1) give the
+    bits of _dw9_kernel / _dw25_kernel (one slice per tap) reading the same windows, up to the last element."""
+    rng = np.random.default_rng([k, n])
+    pitch = 11
+    tab = np.array([ky * pitch + kx for ky in range(k) for kx in range(k)], np.int64)
+    src = (rng.standard_normal(3 + int(tab[-1]) + n) * 10).astype(np.float32)  # ends at the last window's end
+    wt = rng.standard_normal(k * k).astype(np.float32)
+    want, got = np.full(n, np.nan, np.float32), np.full(n, np.nan, np.float32)
+    (D._dw9_kernel if k == 3 else D._dw25_kernel)(src, 3, tab, wt, want, n)
+    (D._dw9_rows_kernel if k == 3 else D._dw25_rows_kernel)(src, 3, tab, wt, got, n)
+    np.testing.assert_array_equal(got.view(np.uint32), want.view(np.uint32))
 
 
 def test_row_pairs_are_the_stride_one_layout():

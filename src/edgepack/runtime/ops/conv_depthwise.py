@@ -19,7 +19,8 @@ taps instead of 50 (3x3: 12 for 18), and each phase row is one slice read at off
 Each output is summed as the one-row kernels sum it: the same bits. benchmarks/depthwise_pool.py (1 thread, CPU
 time, load ~7): 240 x 12 x 80 5x5 264 -> 184 us, 480 x 6 x 80 282 -> 211, 208 x 2 x 96 60 -> 50, 16 x 112 x 112 3x3
 111 -> 98, 256 x 14 x 14 5x5 106 -> 98; planes of 7 x 7 and 64 x 56 x 56 within noise (their time is the per-channel
-copy and store, not the taps).
+copy and store, not the taps). Strided ones whose columns are not (strides (2, 1)) read each kernel row from one
+slice too (_dw9_rows_kernel, _dw25_rows_kernel): 480 x 6 x 80 5x5 at (2, 1) 175 -> 158 us.
 """
 from __future__ import annotations
 
@@ -96,6 +97,36 @@ def _dw25_kernel(src, base, tab, w, a, n):
         else:
             for i in range(n):
                 a[i] = a[i] + w0 * s0[i] + w1 * s1[i] + w2 * s2[i] + w3 * s3[i] + w4 * s4[i]
+
+
+@njit(cache=True, fastmath={"contract"})
+def _dw9_rows_kernel(src, base, tab, w, a, n):
+    """_dw9_kernel when a kernel row's taps lie at consecutive offsets (column stride and dilation 1): each kernel
+    row's three windows read from one slice at offsets 0, 1, 2 (one pointer, not three); the same sum, the same
+    bits."""
+    w0, w1, w2, w3, w4, w5, w6, w7, w8 = w[0], w[1], w[2], w[3], w[4], w[5], w[6], w[7], w[8]
+    r0, r1, r2 = base + tab[0], base + tab[3], base + tab[6]
+    s0, s1, s2 = src[r0: r0 + n + 2], src[r1: r1 + n + 2], src[r2: r2 + n + 2]
+    for i in range(n):
+        a[i] = (w0 * s0[i] + w1 * s0[i + 1] + w2 * s0[i + 2] + w3 * s1[i] + w4 * s1[i + 1] + w5 * s1[i + 2]
+                + w6 * s2[i] + w7 * s2[i + 1] + w8 * s2[i + 2])
+
+
+@njit(cache=True, fastmath={"contract"})
+def _dw25_rows_kernel(src, base, tab, w, a, n):
+    """_dw25_kernel when a kernel row's taps lie at consecutive offsets (column stride and dilation 1): each pass
+    reads its kernel row's five windows from one slice at offsets 0..4; the same sum, the same bits."""
+    for r in range(5):
+        k = 5 * r
+        w0, w1, w2, w3, w4 = w[k], w[k + 1], w[k + 2], w[k + 3], w[k + 4]
+        r0 = base + tab[k]
+        s = src[r0: r0 + n + 4]
+        if r == 0:
+            for i in range(n):
+                a[i] = w0 * s[i] + w1 * s[i + 1] + w2 * s[i + 2] + w3 * s[i + 3] + w4 * s[i + 4]
+        else:
+            for i in range(n):
+                a[i] = a[i] + w0 * s[i] + w1 * s[i + 1] + w2 * s[i + 2] + w3 * s[i + 3] + w4 * s[i + 4]
 
 
 @njit(cache=True, fastmath={"contract"})
@@ -216,6 +247,7 @@ def _conv_depthwise(x, geo, wkind, w2d, codes, codebook, q, zp, scales, bias, ep
     has_bias = bias.shape[0] != 0
     kind, p0, p1 = np.int64(ep[EP_ACT]), ep[EP_P0], ep[EP_P1]
     paired = geo[_SH] == 1 and geo[_SW] == 1 and geo[_DH] == 1 and geo[_DW] == 1  # pair_layout's layout
+    rows = geo[_SW] == 1 and geo[_DW] == 1  # a kernel row's taps at consecutive offsets (padded or row-phased)
     sgeo = _pair_source_geo(geo)
     for t in prange(slots):
         wb = wbuf[t * cols: t * cols + cols]
@@ -238,8 +270,12 @@ def _conv_depthwise(x, geo, wkind, w2d, codes, codebook, q, zp, scales, bias, ep
                 for r0 in range(0, oh, trows):
                     r1 = min(oh, r0 + trows)
                     n = (r1 - 1 - r0) * pitch + ow  # the last read is the plane's last element: no overrun
-                    if kh == 3:
+                    if kh == 3 and rows:
+                        _dw9_rows_kernel(src, base + r0 * pitch, tab, wb, ac, n)
+                    elif kh == 3:
                         _dw9_kernel(src, base + r0 * pitch, tab, wb, ac, n)
+                    elif rows:
+                        _dw25_rows_kernel(src, base + r0 * pitch, tab, wb, ac, n)
                     else:
                         _dw25_kernel(src, base + r0 * pitch, tab, wb, ac, n)
                     o0 = (co * oh + r0) * ow
