@@ -4,6 +4,7 @@ call (microseconds: below the CPU clock's useful resolution), medians; prints BL
 kernel is faster), a '*' where linear.uses_dense_dot picks the kernel, and /proc/loadavg.
 
     OPENBLAS_NUM_THREADS=1 python benchmarks/dense_dot_sweep.py [--calls 300] [--k 32,64,...] [--n 128,256,1024]
+                                                       [--batches 2,3,...]
 """
 from __future__ import annotations
 
@@ -42,6 +43,7 @@ def main() -> None:
     p.add_argument("--calls", type=int, default=300)
     p.add_argument("--k", default="32,64,96,128,256,512")
     p.add_argument("--n", default="128,256,1024")
+    p.add_argument("--batches", default=",".join(map(str, BATCHES)))
     a = p.parse_args()
     print(f"{machine_line()}; OPENBLAS_NUM_THREADS={os.environ['OPENBLAS_NUM_THREADS']}; loadavg {loadavg()}")
     print("BLAS time / dot kernel time at batch b (b:ratio; * = uses_dense_dot picks the kernel)")
@@ -51,7 +53,7 @@ def main() -> None:
     for k in map(int, a.k.split(",")):
         for n in map(int, a.n.split(",")):
             cells = []
-            for b in BATCHES:
+            for b in map(int, a.batches.split(",")):
                 x = rng.standard_normal((b, k)).astype(np.float32)
                 w = rng.standard_normal((n, k)).astype(np.float32)
                 o1, o2 = np.empty((b, n), np.float32), np.empty((b, n), np.float32)

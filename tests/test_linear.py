@@ -373,10 +373,11 @@ def test_thresholds_route_to_every_kernel():
     assert all(1 < v <= 13 for v in L.DECODE_MIN_BATCH.values())
 
 
-@pytest.mark.parametrize("n", [517, 518, 519, 520])  # every remainder of the kernel's four-row blocks
-@pytest.mark.parametrize("batch", [3, 4, 5, 22, 64])  # every remainder of its three-sample blocks, both ends
+# every remainder of the kernel's four-row and three-sample blocks, both ends of its batch range (batch 2: tall W)
+@pytest.mark.parametrize("n,batch", [(n, b) for n in (517, 518, 519, 520) for b in (3, 4, 5, 22, 64)]
+                         + [(n, 2) for n in (1024, 1025, 1026, 1027)])
 def test_dense_dot_kernel_matches_numpy(n, batch):
-    """Mid-size float32 weights held as W (n, k) at batch 3..64 run in the dot-product kernel: alpha, beta, bias and
+    """Mid-size float32 weights held as W (n, k) at batch 2..64 run in the dot-product kernel: alpha, beta, bias and
     a fused Clip as numpy computes them; the parallel build gives the same bits; W is read, never written."""
     from edgepack.runtime.ops.elementwise import ACT_CLIP
     rng = np.random.default_rng(n * 100 + batch)
@@ -415,8 +416,12 @@ def test_dense_dot_kernel_thresholds():
     assert L.DENSE_DOT_MIN_WEIGHTS > 256 * 96 >= L.DENSE_DOT_MIN_WEIGHTS_WIDE > 30 * 40 and lo < wide <= 22 <= hi
     assert hi * L.DENSE_DOT_K_PER_ROW <= 520 and lo * L.DENSE_DOT_K_PER_ROW <= 64 < 22 * L.DENSE_DOT_K_PER_ROW
     assert 22 * L.DENSE_DOT_K_PER_ROW <= 96 < hi * L.DENSE_DOT_K_PER_ROW
-    for w, batch, expect_dot in ((big, lo - 1, False), (big, lo, True), (big, hi, True), (big, hi + 1, False),
-                                 (small, lo, False), (small, hi, False), (short, lo, True), (short, 22, False),
+    # batch 2 (below it BLAS): only from DENSE_DOT_PAIR_MIN_ROWS rows on, where numpy's OpenBLAS falls off a cliff
+    tall = make_weight("dense", L.DENSE_DOT_PAIR_MIN_ROWS, 128, rng, density=1.0)
+    assert lo == 2 and 300 < L.DENSE_DOT_PAIR_MIN_ROWS and L.DENSE_DOT_PAIR_MIN_ROWS * 128 >= L.DENSE_DOT_MIN_WEIGHTS
+    for w, batch, expect_dot in ((big, lo - 1, False), (big, lo, False), (big, 3, True), (big, hi, True),
+                                 (big, hi + 1, False), (tall, 1, False), (tall, 2, True), (tall, 3, True),
+                                 (small, lo, False), (small, hi, False), (short, 3, True), (short, 22, False),
                                  (mid, wide - 1, False), (mid, wide, True), (mid, 22, True), (mid, hi, False)):
         x = rng.standard_normal((batch, w.cols)).astype(np.float32)
         out = np.empty((batch, w.rows), np.float32)

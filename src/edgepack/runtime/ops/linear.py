@@ -42,10 +42,13 @@ DENSE_KERNEL_MAX_MACS = {"w": 4096, "wt": 32768}
 # (1 thread, load 8.5, after the kernel's epilogue moved out of its row loop): BLAS / kernel 1.1-8.5x where these
 # hold, e.g. openWakeWord's LSTM projections 16 x 96 -> 256 and 16 x 128 -> 128 1.4-1.7x, ddddocr's 22 x 512 ->
 # 2048 1.9x; the one loss there is batch 4 at 256 x 512 (0.64x: the kernel's 3-sample blocks compute 6 for 4; at
-# 1024 rows it wins 4.4x). At batch 1-2 BLAS's own vector paths and from batch ~128 its packed kernels win; with
-# fewer weights BLAS wins at batch 4 and 8 (0.65-0.85x at 128-256 rows); with short rows the kernel's per-output
-# horizontal sums weigh more (k = 64 loses at batch 32, k = 128 at 64).
-DENSE_DOT_BATCH = (3, 64)
+# 1024 rows it wins 4.4x). At batch 2 numpy's OpenBLAS falls off a cliff from about 1024 rows (BLAS / kernel 4-9x
+# over k 64-1024, n 1024-4096: a 2-step LSTM's 2 x 512 -> 2048 projection took 0.9 ms, 12x batch 3's; at 256-512
+# rows 0.7-0.9x), hence DENSE_DOT_PAIR_MIN_ROWS there. At batch 1 BLAS's own vector paths and from batch ~128 its
+# packed kernels win; with fewer weights BLAS wins at batch 4 and 8 (0.65-0.85x at 128-256 rows); with short rows
+# the kernel's per-output horizontal sums weigh more (k = 64 loses at batch 32, k = 128 at 64).
+DENSE_DOT_BATCH = (2, 64)
+DENSE_DOT_PAIR_MIN_ROWS = 1024
 DENSE_DOT_MIN_WEIGHTS = 1 << 17
 DENSE_DOT_WIDE_BATCH = 16
 DENSE_DOT_MIN_WEIGHTS_WIDE = 1 << 14
@@ -606,6 +609,7 @@ def uses_dense_dot(batch: int, n: int, k: int) -> bool:
     below DENSE_KERNEL_MAX_MACS, the strict-order row kernel)."""
     least = DENSE_DOT_MIN_WEIGHTS_WIDE if batch >= DENSE_DOT_WIDE_BATCH else DENSE_DOT_MIN_WEIGHTS
     return (DENSE_DOT_BATCH[0] <= batch <= DENSE_DOT_BATCH[1] and n * k >= least
+            and (batch != 2 or n >= DENSE_DOT_PAIR_MIN_ROWS)
             and batch * DENSE_DOT_K_PER_ROW <= k and batch * n * k > DENSE_KERNEL_MAX_MACS["w"])
 
 
