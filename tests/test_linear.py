@@ -416,13 +416,21 @@ def test_dense_dot_kernel_thresholds():
     assert L.DENSE_DOT_MIN_WEIGHTS > 256 * 96 >= L.DENSE_DOT_MIN_WEIGHTS_WIDE > 30 * 40 and lo < wide <= 22 <= hi
     assert hi * L.DENSE_DOT_K_PER_ROW <= 520 and lo * L.DENSE_DOT_K_PER_ROW <= 64 < 22 * L.DENSE_DOT_K_PER_ROW
     assert 22 * L.DENSE_DOT_K_PER_ROW <= 96 < hi * L.DENSE_DOT_K_PER_ROW
+    # batch 3-15 with fewer weights: DENSE_DOT_MIN_ROWS rows of DENSE_DOT_MIN_ROW_LEN or more (OpenBLAS's cliff)
+    rows = make_weight("dense", L.DENSE_DOT_MIN_ROWS, L.DENSE_DOT_MIN_ROW_LEN, rng, density=1.0)
+    narrow = make_weight("dense", 2 * L.DENSE_DOT_MIN_ROWS, L.DENSE_DOT_MIN_ROW_LEN - 8, rng, density=1.0)
+    assert L.DENSE_DOT_MIN_ROWS * L.DENSE_DOT_MIN_ROW_LEN < L.DENSE_DOT_MIN_WEIGHTS
+    assert 8 * L.DENSE_DOT_K_PER_ROW <= L.DENSE_DOT_MIN_ROW_LEN < 9 * L.DENSE_DOT_K_PER_ROW
+    assert 4 * L.DENSE_DOT_K_PER_ROW <= L.DENSE_DOT_MIN_ROW_LEN - 8
     # batch 2 (below it BLAS): only from DENSE_DOT_PAIR_MIN_ROWS rows on, where numpy's OpenBLAS falls off a cliff
     tall = make_weight("dense", L.DENSE_DOT_PAIR_MIN_ROWS, 128, rng, density=1.0)
     assert lo == 2 and 300 < L.DENSE_DOT_PAIR_MIN_ROWS and L.DENSE_DOT_PAIR_MIN_ROWS * 128 >= L.DENSE_DOT_MIN_WEIGHTS
     for w, batch, expect_dot in ((big, lo - 1, False), (big, lo, False), (big, 3, True), (big, hi, True),
                                  (big, hi + 1, False), (tall, 1, False), (tall, 2, True), (tall, 3, True),
                                  (small, lo, False), (small, hi, False), (short, 3, True), (short, 22, False),
-                                 (mid, wide - 1, False), (mid, wide, True), (mid, 22, True), (mid, hi, False)):
+                                 (mid, wide - 1, False), (mid, wide, True), (mid, 22, True), (mid, hi, False),
+                                 (rows, 2, False), (rows, 3, True), (rows, 8, True), (rows, 9, False),
+                                 (narrow, 4, False), (narrow, 3, False)):
         x = rng.standard_normal((batch, w.cols)).astype(np.float32)
         out = np.empty((batch, w.rows), np.float32)
         fn, _ = L.bind_linear(x, prepare_linear(w, True), None, 1.0, 0.0, out)

@@ -36,20 +36,23 @@ DECODE_ROWS_SHARE = 32
 # Dense float32 layers up to this many multiply-adds per call run in a Numba kernel instead of BLAS, whose call
 # alone costs about a microsecond: W (n, k) rows are summed four at a time, W^T (k, n) columns in SIMD.
 DENSE_KERNEL_MAX_MACS = {"w": 4096, "wt": 32768}
-# Float32 layers held as W (n, k) run in the dot-product kernel at batch sizes DENSE_DOT_BATCH[0]..[1] up to
-# k / DENSE_DOT_K_PER_ROW, with at least DENSE_DOT_MIN_WEIGHTS weights below batch DENSE_DOT_WIDE_BATCH and
-# DENSE_DOT_MIN_WEIGHTS_WIDE from it on: there numpy's BLAS repacks W at every call. benchmarks/dense_dot_sweep.py
-# (1 thread, load 8.5, after the kernel's epilogue moved out of its row loop): BLAS / kernel 1.1-8.5x where these
-# hold, e.g. openWakeWord's LSTM projections 16 x 96 -> 256 and 16 x 128 -> 128 1.4-1.7x, ddddocr's 22 x 512 ->
-# 2048 1.9x; the one loss there is batch 4 at 256 x 512 (0.64x: the kernel's 3-sample blocks compute 6 for 4; at
-# 1024 rows it wins 4.4x). At batch 2 numpy's OpenBLAS falls off a cliff from about 1024 rows (BLAS / kernel 4-9x
-# over k 64-1024, n 1024-4096: a 2-step LSTM's 2 x 512 -> 2048 projection took 0.9 ms, 12x batch 3's; at 256-512
-# rows 0.7-0.9x), hence DENSE_DOT_PAIR_MIN_ROWS there. At batch 1 BLAS's own vector paths and from batch ~128 its
-# packed kernels win; with fewer weights BLAS wins at batch 4 and 8 (0.65-0.85x at 128-256 rows); with short rows
-# the kernel's per-output horizontal sums weigh more (k = 64 loses at batch 32, k = 128 at 64).
+# Float32 layers held as W (n, k) run in the dot-product kernel (uses_dense_dot) at batch sizes DENSE_DOT_BATCH[0]..
+# [1] up to k / DENSE_DOT_K_PER_ROW, where numpy's BLAS repacks W at every call, given enough weights: at batch 2
+# DENSE_DOT_MIN_WEIGHTS in DENSE_DOT_PAIR_MIN_ROWS rows or more; at batch 3-15 DENSE_DOT_MIN_WEIGHTS, or
+# DENSE_DOT_MIN_ROWS rows of DENSE_DOT_MIN_ROW_LEN or more; from batch DENSE_DOT_WIDE_BATCH on
+# DENSE_DOT_MIN_WEIGHTS_WIDE. benchmarks/dense_dot_sweep.py (1 thread, load 4-8.5, after the kernel's epilogue
+# moved out of its row loop), BLAS / kernel: 1.1-10x where these hold, e.g. openWakeWord's LSTM projections
+# 16 x 96 -> 256 and 16 x 128 -> 128 1.4-1.7x, ddddocr's 22 x 512 -> 2048 1.9x; numpy's OpenBLAS falls off a cliff
+# at batch 2 from about 1024 rows and at batch 3-12 from 512 (4-9x at batch 2-3, 1.1-3.5x at 4-12, k >= 32); the
+# one loss where these hold is batch 4 at 256 x 512 (0.64x: the kernel's 3-sample blocks compute 6 for 4). BLAS wins
+# at batch 1 (its vector paths), from batch ~128 (its packed kernels), at batch 2 below 1024 rows (0.7-0.9x), at
+# batch 4 and 8 with fewer weights in 128-256 rows (0.65-0.85x) and at batch 4 with rows shorter than 32 (0.64-0.83x);
+# with short rows the kernel's per-output horizontal sums weigh more (k = 64 loses at batch 32, k = 128 at 64).
 DENSE_DOT_BATCH = (2, 64)
-DENSE_DOT_PAIR_MIN_ROWS = 1024
 DENSE_DOT_MIN_WEIGHTS = 1 << 17
+DENSE_DOT_PAIR_MIN_ROWS = 1024
+DENSE_DOT_MIN_ROWS = 512
+DENSE_DOT_MIN_ROW_LEN = 32
 DENSE_DOT_WIDE_BATCH = 16
 DENSE_DOT_MIN_WEIGHTS_WIDE = 1 << 14
 DENSE_DOT_K_PER_ROW = 4
@@ -607,10 +610,14 @@ def _slots(batch: int, parallel: bool) -> int:
 def uses_dense_dot(batch: int, n: int, k: int) -> bool:
     """Whether a float32 weight held as W (n, k) runs in the dot-product kernel at this batch size (else BLAS or,
     below DENSE_KERNEL_MAX_MACS, the strict-order row kernel)."""
-    least = DENSE_DOT_MIN_WEIGHTS_WIDE if batch >= DENSE_DOT_WIDE_BATCH else DENSE_DOT_MIN_WEIGHTS
-    return (DENSE_DOT_BATCH[0] <= batch <= DENSE_DOT_BATCH[1] and n * k >= least
-            and (batch != 2 or n >= DENSE_DOT_PAIR_MIN_ROWS)
-            and batch * DENSE_DOT_K_PER_ROW <= k and batch * n * k > DENSE_KERNEL_MAX_MACS["w"])
+    if (not DENSE_DOT_BATCH[0] <= batch <= DENSE_DOT_BATCH[1] or batch * DENSE_DOT_K_PER_ROW > k
+            or batch * n * k <= DENSE_KERNEL_MAX_MACS["w"]):
+        return False
+    if batch == 2:
+        return n >= DENSE_DOT_PAIR_MIN_ROWS and n * k >= DENSE_DOT_MIN_WEIGHTS
+    if batch < DENSE_DOT_WIDE_BATCH:
+        return n * k >= DENSE_DOT_MIN_WEIGHTS or (n >= DENSE_DOT_MIN_ROWS and k >= DENSE_DOT_MIN_ROW_LEN)
+    return n * k >= DENSE_DOT_MIN_WEIGHTS_WIDE
 
 
 def _decode_rows(n: int) -> int:
