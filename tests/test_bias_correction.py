@@ -118,7 +118,8 @@ def test_correction_is_the_weight_error_times_the_mean(tmp_path):
     s = np.abs(gamma)
     ex = beta * _norm_cdf(beta / s) + s * _norm_pdf(beta / s)
     want = g.initializers["b2"].astype(np.float64) - (q - w2).astype(np.float64).reshape(C_OUT, C_MID) @ ex
-    np.testing.assert_allclose(fixed["b2"], want, rtol=1e-5, atol=1e-3 * np.abs(q - w2).sum(axis=(1, 2, 3)).max() * s.max())
+    tol = 1e-3 * np.abs(q - w2).sum(axis=(1, 2, 3)).max() * s.max()
+    np.testing.assert_allclose(fixed["b2"], want, rtol=1e-5, atol=tol)
 
 
 def test_depthwise_groups(tmp_path):
@@ -203,7 +204,8 @@ def _relu_mean(m, s):
     return m * _norm_cdf(m / s) + s * _norm_pdf(m / s)
 
 
-STATS = {"a": (np.array([0.5, -1.0]), np.array([1.0, 2.0])), "b": (np.array([0.2, 0.3, -0.4]), np.array([0.5, 1.0, 3.0]))}
+STATS = {"a": (np.array([0.5, -1.0]), np.array([1.0, 2.0])),
+         "b": (np.array([0.2, 0.3, -0.4]), np.array([0.5, 1.0, 3.0]))}
 
 
 def test_concat_of_channels_keeps_each_distribution():
