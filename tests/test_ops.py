@@ -318,29 +318,48 @@ def test_softmax_is_stable_for_large_logits():
     np.testing.assert_allclose(got[1], [1 / 3] * 3, rtol=1e-6)
 
 
-@pytest.mark.parametrize("shape", [(40, 6625), (1, 3, 97), (2, 5)])
-def test_softmax_contiguous_lines_bound_and_plain(shape):
-    """The last-axis path (vectorised exp, a CTC head's 6625 classes per step): against float64 numpy, the bound step
-    on the plan's scratch (scratch_bytes) equal to the plain run, in place equal to out of place."""
+@pytest.mark.parametrize("shape,axis", [((40, 6625), -1), ((1, 3, 97), -1), ((2, 5), -1), ((1, 16, 4, 2100), 1),
+                                        ((2, 3, 4), 0), ((2, 3, 5), 1), ((3, 1, 7), 1), ((1, 2, 1), 1)])
+def test_softmax_bound_plain_and_in_place(shape, axis):
+    """Both layouts (contiguous lines: a CTC head's 6625 classes per step; strided: YOLOv8's DFL softmax over 16 bins)
+    against float64 numpy; the bound step on the plan's scratch (scratch_bytes) equal to the plain run, in place
+    equal to out of place."""
     x = rand(*shape, scale=8.0)
+    attrs = {"axis": axis}
     opdef = R.get("Softmax", "s")
-    want = np.exp(x.astype(np.float64) - x.max(-1, keepdims=True))
-    want /= want.sum(-1, keepdims=True)
+    want = np.exp(x.astype(np.float64) - x.max(axis, keepdims=True))
+    want /= want.sum(axis, keepdims=True)
     plain = np.full(x.shape, np.nan, np.float32)
-    opdef.run([x], {}, [plain])
+    opdef.run([x], attrs, [plain])
     np.testing.assert_allclose(plain, want, rtol=2e-6, atol=1e-9)
-    need = opdef.scratch_bytes([x.shape], {})
-    assert need == 8 * shape[-1]
+    inner = int(np.prod(shape[axis % len(shape) + 1:]))
+    need = opdef.scratch_bytes([x.shape], attrs)
+    assert need == (0 if inner == 1 else 12 * inner)
     scratch = np.zeros(need, np.uint8)
     bound = np.full(x.shape, np.nan, np.float32)
-    fn, args = opdef.bind([x], {}, [bound], scratch)
-    assert any(isinstance(a, np.ndarray) and np.shares_memory(a, scratch) for a in args)
+    fn, args = opdef.bind([x], attrs, [bound], scratch)
+    assert inner == 1 or any(isinstance(a, np.ndarray) and np.shares_memory(a, scratch) for a in args)
     fn(*args)
     np.testing.assert_array_equal(bound, plain)
     y = x.copy()
-    opdef.run([y], {}, [y])
+    opdef.run([y], attrs, [y])
     np.testing.assert_array_equal(y, plain)
-    assert opdef.scratch_bytes([(2, 3, 4)], {"axis": 1}) == 0  # strided lines: the scalar kernel, no scratch
+    y = x.copy()
+    fn, args = opdef.bind([y], attrs, [y], scratch)
+    fn(*args)
+    np.testing.assert_array_equal(y, plain)
+
+
+@pytest.mark.parametrize("axis", [-1, 0])
+def test_softmax_special_values_both_layouts(axis):
+    """NaN anywhere in a line makes the line NaN; -inf entries give 0; a line of -inf is NaN (0/0), as onnxruntime;
+    the same along a strided axis as along a contiguous one."""
+    x = np.array([[1.0, np.nan, 2.0], [-np.inf, 0.0, 1.0], [-np.inf] * 3, [-200.0, 0.0, 1.0]], np.float32)
+    x = x if axis == -1 else np.ascontiguousarray(x.T)
+    got = ours("Softmax", [x], {"axis": axis})
+    want = reference("Softmax", [x], {"axis": axis})
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+    np.testing.assert_allclose(np.nan_to_num(got), np.nan_to_num(want), rtol=1e-6, atol=1e-12)
 
 
 def test_softmax_lines_special_values():

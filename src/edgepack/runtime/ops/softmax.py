@@ -1,8 +1,10 @@
-"""Softmax as a Numba kernel over an (outer, axis, inner) view; may run in place. From opset 13 it normalises
-along `axis` (default -1); before 13 (opsets 1 and 11) the input is coerced to 2-D at `axis` (default 1) and each
-row of prod(shape[axis:]) elements is normalised as one: the same kernel over an (outer, rest, 1) view. Contiguous
-lines (inner = 1, the common last-axis case: a CTC head's 6625 classes per time step) take elementwise.exp_block's
-vectorised exp; strided lines the scalar one.
+"""Softmax over an (outer, axis, inner) view, as Numba kernels; may run in place. From opset 13 it normalises along
+`axis` (default -1); before 13 (opsets 1 and 11) the input is coerced to 2-D at `axis` (default 1) and each row of
+prod(shape[axis:]) elements is normalised as one: an (outer, rest, 1) view. Both layouts vectorise with
+elementwise.expf: contiguous lines (inner = 1: a CTC head's 6625 classes per time step) along the line; strided lines
+(inner > 1: YOLOv8's DFL softmax over 16 bins of 8400 anchors) across the inner axis, every pass a contiguous row of
+`inner` values with the running max and sum of each line in scratch. Sums in float64 (in any order along a line).
+In place is its own kernel (one array: LLVM's overlap test sends two equal pointers to its scalar loop).
 """
 from __future__ import annotations
 
@@ -11,30 +13,8 @@ import math
 import numpy as np
 from numba import njit
 
-from edgepack.runtime.ops.elementwise import exp_block
+from edgepack.runtime.ops.elementwise import expf
 from edgepack.runtime.ops.registry import OpDef, check_arity, normalize_axis, opset_of
-
-
-@njit(cache=True, error_model="numpy")  # a division never raises inside the kernel
-def _softmax_kernel(x, out):
-    # x, out: (outer, n, inner); every element of a line is read (max pass) before any is written, so out may be x
-    outer, n, inner = x.shape
-    if n == 0:
-        return
-    for o in range(outer):
-        for i in range(inner):
-            m = -math.inf
-            for j in range(n):
-                if x[o, j, i] > m:
-                    m = x[o, j, i]
-            s = 0.0
-            for j in range(n):
-                e = math.exp(x[o, j, i] - m)
-                out[o, j, i] = e
-                s += e
-            inv = 1.0 / s
-            for j in range(n):
-                out[o, j, i] = out[o, j, i] * inv
 
 
 @njit(cache=True, fastmath={"reassoc"})
@@ -57,22 +37,71 @@ def _max_kernel(a):
     return m
 
 
-@njit(cache=True, error_model="numpy")
-def _softmax_lines_kernel(x, out, bits, zb):
-    # x, out: (lines, n) C-contiguous; out may be x (a line's max is taken and the line copied before it is
-    # written); bits (int32), zb (float32): scratch of >= n each. The sum in float64 (in any order), as the scalar
-    # kernel's.
+@njit(cache=True, inline="always", error_model="numpy")
+def _lines_body(x, out):
+    # x, out: (lines, n) C-contiguous, out may be x: a line's max is taken before any of it is written, and each
+    # element is read before it is written at the same index
     lines, n = x.shape
     for o in range(lines):
         xl = x[o]
         ol = out[o]
         mf = np.float32(_max_kernel(xl))
         for j in range(n):
-            zb[j] = xl[j] - mf
-        exp_block(zb, n, bits, ol)
+            ol[j] = expf(xl[j] - mf)
         inv = np.float32(1.0 / _sum_kernel(ol, n))
         for j in range(n):
             ol[j] = ol[j] * inv
+
+
+@njit(cache=True, error_model="numpy")  # a division never raises inside the kernel
+def _softmax_lines_kernel(x, out):
+    _lines_body(x, out)
+
+
+@njit(cache=True, error_model="numpy")
+def _softmax_lines_inplace_kernel(a):
+    _lines_body(a, a)
+
+
+@njit(cache=True, inline="always", error_model="numpy")
+def _strided_body(x, out, m, s):
+    # x, out: (outer, n, inner) C-contiguous, out may be x; m: float32 x inner (the lines' max, then 1 / sum), s:
+    # float64 x inner (the lines' sums). A NaN is never the max (v > m is false), and gives its line a NaN sum.
+    outer, n, inner = x.shape
+    for o in range(outer):
+        xo = x[o]
+        oo = out[o]
+        for i in range(inner):
+            m[i] = -np.inf
+            s[i] = 0.0
+        for j in range(n):
+            xr = xo[j]
+            for i in range(inner):
+                v = xr[i]
+                m[i] = v if v > m[i] else m[i]
+        for j in range(n):
+            xr = xo[j]
+            orow = oo[j]
+            for i in range(inner):
+                e = expf(xr[i] - m[i])
+                orow[i] = e
+                s[i] += e
+        for i in range(inner):
+            m[i] = np.float32(1.0 / s[i])
+        for j in range(n):
+            orow = oo[j]
+            for i in range(inner):
+                orow[i] = orow[i] * m[i]
+
+
+@njit(cache=True, error_model="numpy")
+def _softmax_strided_kernel(x, out, m, s):
+    _strided_body(x, out, m, s)
+
+
+@njit(cache=True, error_model="numpy")
+def _softmax_strided_inplace_kernel(a, m, s):
+    _strided_body(a, a, m, s)
 
 
 def _view(shape: tuple, attrs) -> tuple[int, int, int]:
@@ -91,39 +120,46 @@ def _infer_softmax(input_shapes, attrs, consts):
     return [shape]
 
 
-def _lines(x, out, attrs):
-    """(x, out) as (lines, n) views when the normalised lines are contiguous, else None."""
-    outer, n, inner = _view(x.shape, attrs)
-    if inner != 1 or not (x.flags.c_contiguous and out.flags.c_contiguous):
-        return None
-    return x.reshape(outer, n), out.reshape(outer, n)
-
-
 def _scratch_bytes(in_shapes, attrs) -> int:
-    _, n, inner = _view(tuple(in_shapes[0]), attrs)
-    return 8 * n if inner == 1 else 0
+    """Strided lines: the running sum (float64) and max (float32) of each of the `inner` lines of a pass."""
+    _, _, inner = _view(tuple(in_shapes[0]), attrs)
+    return 0 if inner == 1 else 12 * inner
+
+
+def _step(x, out, attrs, scratch):
+    """(kernel, args) for C-contiguous x and out that are the same buffer or do not overlap."""
+    outer, n, inner = _view(x.shape, attrs)
+    same = x.__array_interface__["data"][0] == out.__array_interface__["data"][0]
+    if inner == 1:
+        a, b = x.reshape(outer, n), out.reshape(outer, n)
+        return (_softmax_lines_inplace_kernel, (b,)) if same else (_softmax_lines_kernel, (a, b))
+    s = scratch[: 8 * inner].view(np.float64)
+    m = scratch[8 * inner: 12 * inner].view(np.float32)
+    a, b = x.reshape(outer, n, inner), out.reshape(outer, n, inner)
+    return (_softmax_strided_inplace_kernel, (b, m, s)) if same else (_softmax_strided_kernel, (a, b, m, s))
 
 
 def _run_softmax(inputs, attrs, outputs):
     x, out = inputs[0], outputs[0]
-    lines = _lines(x, out, attrs)
-    if lines is not None:
-        n = lines[0].shape[1]
-        _softmax_lines_kernel(*lines, np.empty(n, np.int32), np.empty(n, np.float32))
-    else:
-        view = _view(x.shape, attrs)
-        _softmax_kernel(x.reshape(view), out.reshape(view))
+    target = out if out.flags.c_contiguous else np.empty(out.shape, np.float32)
+    same = x.__array_interface__["data"][0] == target.__array_interface__["data"][0]
+    if not x.flags.c_contiguous or (not same and np.shares_memory(x, target)):
+        x = np.ascontiguousarray(x).copy()
+    fn, args = _step(x, target, attrs, np.empty(_scratch_bytes([x.shape], attrs), np.uint8))
+    fn(*args)
+    if target is not out:
+        out[...] = target
 
 
 def _bind_softmax(inputs, attrs, outputs, scratch):
-    """Bound once per plan: contiguous lines on the plan's scratch (8 bytes per element of a line)."""
-    lines = _lines(inputs[0], outputs[0], attrs)
-    if lines is None:
+    """Bound once per plan, on the plan's scratch (_scratch_bytes), when input and output are C-contiguous and the
+    same buffer or apart."""
+    x, out = inputs[0], outputs[0]
+    if not (x.flags.c_contiguous and out.flags.c_contiguous):
         return None
-    n = lines[0].shape[1]
-    bits = scratch[: 4 * n].view(np.int32)
-    zb = scratch[4 * n: 8 * n].view(np.float32)
-    return _softmax_lines_kernel, (*lines, bits, zb)
+    if x.__array_interface__["data"][0] != out.__array_interface__["data"][0] and np.shares_memory(x, out):
+        return None
+    return _step(x, out, attrs, scratch)
 
 
 OPS = (OpDef("Softmax", _infer_softmax, _run_softmax, inplace_ok=True, bind=_bind_softmax,
