@@ -501,6 +501,39 @@ def test_profile_times_every_step(tmp_path, packed, capsys):
     assert f"profile: {len(rows)} steps" in text and "slowest 2 steps:" in text and "Gemm" in text
 
 
+def test_profile_cpu_clock_leaves_out_waiting(tmp_path, packed, capsys):
+    """clock="cpu" times what a step costs, not what it waited: a step that sleeps reads ~0 on the CPU clock and its
+    sleep on the wall clock (executor.profile on a two-step plan); Model.profile and `run --profile-clock cpu`."""
+    import time
+    from types import SimpleNamespace
+
+    from edgepack.runtime import executor
+
+    def busy():
+        t = time.thread_time()
+        while time.thread_time() - t < 0.01:
+            pass
+
+    plan = SimpleNamespace(steps=[(time.sleep, (0.03,)), (busy, ())], views={}, step_nodes=[("s", "Sleep"),
+                                                                                         ("b", "Busy")])
+    (_, _, wall_sleep), (_, _, wall_busy) = executor.profile(None, plan, {}, 3)
+    (_, _, cpu_sleep), (_, _, cpu_busy) = executor.profile(None, plan, {}, 3, time.thread_time)
+    assert wall_sleep >= 0.03 and cpu_sleep < 0.005
+    assert wall_busy >= 0.01 and cpu_busy >= 0.01
+    path = packed("lenet300", 0.92, 6)
+    model = runtime.load(path)
+    x = inputs_for(model, 2, seed=3)["x"]
+    rows = model.profile(x, repeat=3, clock="cpu")
+    assert len(rows) == len(model.profile(x, repeat=1)) and all(s >= 0 for _, _, s in rows)
+    assert sum(s for _, _, s in rows) > 0
+    with pytest.raises(InputError, match="clock"):
+        model.profile(x, clock="gpu")
+    np.save(tmp_path / "x.npy", x)
+    assert main(["run", path, "--input", str(tmp_path / "x.npy"), "--repeat", "2", "--profile", "2",
+                 "--profile-clock", "cpu"]) == 0
+    assert "median CPU time per step" in capsys.readouterr().out
+
+
 def test_flatten_on_its_input_buffer_is_no_step(packed):
     """LeNet-5's Flatten gets pool2's buffer (the planner aliases an in-place op whose input dies there): its bound
     step is left out of the plan, and the outputs stay onnxruntime's; a profile lists only the steps that run."""

@@ -112,11 +112,12 @@ def _read_inputs(path: str, what: str = "input"):
     return read_arrays(path, what)
 
 
-def _print_profile(rows: list[tuple], top: int) -> None:
+def _print_profile(rows: list[tuple], top: int, clock: str = "wall") -> None:
     from edgepack.runtime.summary import printable
 
     total = sum(s for _, _, s in rows) or 1e-12
-    print(f"profile: {len(rows)} steps, {1e3 * total:.3f} ms in all (median per step)")
+    what = "wall time" if clock == "wall" else "CPU time"
+    print(f"profile: {len(rows)} steps, {1e3 * total:.3f} ms in all (median {what} per step)")
     by_op: dict[str, list] = {}
     for _, op, s in rows:
         e = by_op.setdefault(op.split("+")[0], [0, 0.0])
@@ -176,7 +177,7 @@ def cmd_run(a: argparse.Namespace) -> int:
               f"max {t.max():.1f} us; {batch / (np.median(t) * 1e-6):.0f} samples/s at batch {batch}")
     print(model.plan_for(shapes).table())
     if a.profile:
-        _print_profile(model.profile(x, repeat=max(1, a.repeat)), a.profile)
+        _print_profile(model.profile(x, repeat=max(1, a.repeat), clock=a.profile_clock), a.profile, a.profile_clock)
     if a.output:
         import io
 
@@ -382,6 +383,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--profile", type=_positive, nargs="?", const=15, metavar="N",
                    help="time every node (median of the --repeat runs) and print the N slowest (default 15) with "
                    "the time per op type")
+    s.add_argument("--profile-clock", choices=("wall", "cpu"), default="wall",
+                   help="what --profile measures: elapsed time (default) or CPU time (steady on a machine shared "
+                        "with other work: what a step costs, not what it waited)")
     s.set_defaults(func=cmd_run)
 
     s = sub.add_parser("verify", help="check a packed file completely without running it (exit 2 on any problem)")
