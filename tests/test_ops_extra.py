@@ -293,6 +293,48 @@ def test_resize_tf_half_pixel_names_agree():
     np.testing.assert_array_equal(ours("Resize", [x, None, f32(1, 1, 1.7, 0.6)], attrs, const_idx=(1, 2))[0], a)
 
 
+@pytest.mark.parametrize("shape,scales", [((2, 3, 5, 7), (1, 1, 2, 2)), ((1, 4, 1, 1), (1, 1, 2, 2)),
+                                          ((1, 2, 3, 33), (1, 1, 3, 3)), ((1, 5, 4, 6), (1, 1, 2, 1)),
+                                          ((1, 5, 4, 6), (1, 1, 1, 2)), ((2, 3, 4), (1, 1, 2)), ((3, 5), (4, 2)),
+                                          ((1, 64, 20, 20), (1, 1, 2, 2))])
+@pytest.mark.parametrize("coord,nearest", [("asymmetric", "floor"), ("half_pixel", "round_prefer_floor")])
+def test_resize_whole_factor_upsampling(shape, scales, coord, nearest):
+    """Nearest upsampling by whole factors runs the row-widening kernels (resize._repeat_bind) in the bound step and
+    in run(): each value repeated, as numpy's repeat and onnxruntime have it, every output value written."""
+    x = rand(*shape)
+    x.reshape(-1)[:3] = [np.nan, np.inf, -0.0]  # bits copied as they are
+    attrs = {"mode": "nearest", "coordinate_transformation_mode": coord, "nearest_mode": nearest}
+    want = x
+    for a, s in enumerate(scales):
+        want = want.repeat(int(s), axis=a)
+    sc = f32(*scales)
+    got = ours("Resize", [x, None, sc], attrs, const_idx=(1, 2))[0]
+    np.testing.assert_array_equal(got.view(np.uint32), want.view(np.uint32))
+    np.testing.assert_array_equal(reference("Resize", [x, None, sc], attrs, const_idx=(1, 2))[0], want)
+    opdef = R.get("Resize", "r")
+    out = np.full(want.shape, np.nan, np.float32)
+    fn, args = opdef.bind([x, None, sc], attrs, [out])
+    assert fn.__name__ == ("_pairs_kernel" if scales[-1] == 2 else "_repeat2d_kernel")
+    fn(*args)
+    np.testing.assert_array_equal(out.view(np.uint32), want.view(np.uint32))
+
+
+def test_resize_upsampling_other_tables_keep_the_gather():
+    # 2x under asymmetric / round_prefer_ceil reads 0, 1, 1, 2, 2, ..., not i // 2; 1.5x is not whole: both keep
+    # the index-table kernel
+    x = rand(1, 2, 4, 6)
+    for attrs, sc in (({"mode": "nearest", "coordinate_transformation_mode": "asymmetric",
+                        "nearest_mode": "round_prefer_ceil"}, (1, 1, 2, 2)),
+                      ({"mode": "nearest"}, (1, 1, 1.5, 2))):
+        _resize(x, attrs, sc)
+        want = reference("Resize", [x, None, f32(*sc)], attrs, const_idx=(1, 2))[0]
+        out = np.empty(want.shape, np.float32)
+        fn, args = R.get("Resize", "r").bind([x, None, f32(*sc)], attrs, [out])
+        fn(*args)
+        assert fn.__name__ == "_resize"
+        np.testing.assert_array_equal(out, want)
+
+
 def test_resize_identity():
     x = rand(1, 2, 3, 3)
     (got,) = ours("Resize", [x, None, f32(1, 1, 1, 1)], {"mode": "linear"}, const_idx=(1, 2))
