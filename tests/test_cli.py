@@ -27,6 +27,25 @@ def test_pack_info_unpack(tmp_path, capsys):
     assert (tmp_path / "back.onnx").stat().st_size > 0
 
 
+def test_init_choices_are_the_packers(tmp_path, capsys):
+    """`pack --init` offers exactly packer.cluster.INITS (the CLI lists them without importing the packer), and the
+    choice reaches k-means: the file packed with --init auto differs from the linear one and neither fails."""
+    import argparse
+
+    from edgepack.cli import build_parser
+    from edgepack.packer.cluster import INITS
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    init = next(a for a in sub.choices["pack"]._actions if a.dest == "init")
+    assert tuple(init.choices) == INITS
+    src = zoo.save(zoo.cnn(), tmp_path / "cnn.onnx")
+    outs = {}
+    for how in ("linear", "auto"):
+        outs[how] = tmp_path / f"{how}.epk"
+        assert main(["pack", src, "-o", str(outs[how]), "--sparsity", "0", "--bits", "8", "-q", "--init", how]) == 0
+    assert outs["linear"].read_bytes() != outs["auto"].read_bytes()
+
+
 def test_errors_are_clean(tmp_path, capsys):
     bad = tmp_path / "bad.epk"
     bad.write_bytes(b"\x89EPK\r\n\x1a\n" + b"\0" * 10)

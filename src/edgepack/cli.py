@@ -329,7 +329,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--sparsity", type=float, help="fraction of each weight tensor removed (0..1)")
     s.add_argument("--quality", type=float, help="Han's rule instead: remove |w| <= QUALITY x std of the layer")
     s.add_argument("--bits", type=int, help="codebook bits for every layer (default: conv 8, fully connected 5)")
-    s.add_argument("--init", choices=["linear", "random", "density"], help="k-means initialisation")
+    s.add_argument("--init", choices=["linear", "random", "density", "companded", "auto"],  # packer.cluster.INITS
+                   help="k-means initialisation (default linear, Han's; auto: linear and companded, the smaller "
+                        "weight error kept: at 8 bits ~20%% less weight error for ~6%% more bytes)")
     s.add_argument("--config", help="per-layer settings (JSON or TOML: {default: {...}, layers: {name: {...}}})")
     s.add_argument("--no-huffman", action="store_true", help="store every stream b-bit packed")
     s.add_argument("--input-shape", action="append", metavar="NAME=D0,D1,...",
