@@ -475,3 +475,82 @@ def test_matmul_with_an_empty_dimension_runs(tmp_path, xshape, wshape):
     x = np.ones(xshape, np.float32)
     got = load(tmp_path / "m.epk").run({"x": x})["y"]
     np.testing.assert_array_equal(got, session(str(src)).run(None, {"x": x})[0])
+
+
+# -------------------------------------------------------------------------------- the rows form of a sparse W (n, k)
+
+def run_rows(weight, x, bias=None, alpha=1.0, beta=1.0, act=None):
+    prepared = prepare_linear(weight, True, "rows")
+    assert prepared.kind == "sparse_rows"
+    out = np.full((x.shape[0], prepared.n), np.nan, np.float32)
+    scratch = np.empty(linear_scratch_bytes(x.shape[0], prepared), np.uint8)
+    linear(x, prepared, bias, alpha, beta, out, scratch, act=act)
+    return out
+
+
+@pytest.mark.parametrize("batch", [1, 5, 22, 32, 33, 70])
+@pytest.mark.parametrize("density", [0.3, 0.05, 0.0])
+@pytest.mark.parametrize("k", [53, 600])  # one block of columns, three (ROWS_COL_BLOCK 256)
+def test_rows_form_matches_numpy(batch, density, k):
+    """Empty rows, filler entries, wide row scales, alpha / beta and a bias, tiles of 32 samples and a partial one,
+    inputs with zeros: against float64 numpy on the dense matrix."""
+    rng = np.random.default_rng([batch, int(density * 100), k])
+    w = make_sparse(37, k, rng, density, 16, (10.0 ** rng.uniform(-6, 3, 37)).astype(np.float32), fillers=0.2,
+                    empty_rows=(0, 5, 36))
+    x = relu_input(rng, batch, k)
+    bias = rng.standard_normal(37).astype(np.float32)
+    out = run_rows(w, x, bias, alpha=0.75, beta=-2.0)
+    check_close(out, reference(x, w.to_dense(), bias, 0.75, -2.0))
+    assert np.array_equal(out, run_linear(w, True, x, bias, 0.75, -2.0)) or density > 0  # all-zero: same bits
+
+
+def test_rows_form_samples_do_not_depend_on_the_batch():
+    """Each lane sums its own entries in a fixed order: a sample gives the same bits alone, in a partial tile and
+    in a full one; and the rows form agrees with the CSC kernels within float32 rounding."""
+    rng = np.random.default_rng(11)
+    w = make_sparse(300, 700, rng, 0.3, 200, None)
+    x = rng.standard_normal((70, 700)).astype(np.float32)
+    full = run_rows(w, x)
+    for lo, hi in ((0, 1), (31, 33), (64, 70), (5, 37)):
+        np.testing.assert_array_equal(run_rows(w, x[lo:hi]), full[lo:hi])
+    check_close(full, reference(x, w.to_dense(), None, 1.0, 1.0))
+    ref = run_linear(w, True, x)
+    assert np.abs(full - ref).max() <= 1e-5 * np.abs(ref).max()
+
+
+def test_rows_form_fused_activation_and_wide_indices():
+    """A fused clip activation in the epilogue; uint16 codes with a 1000-entry codebook; int32 columns when the
+    inputs exceed uint16."""
+    from edgepack.runtime.ops.elementwise import ACT_CLIP
+
+    rng = np.random.default_rng(12)
+    w = make_sparse(40, 60, rng, 0.3, 1000, None, code_dtype=np.uint16)
+    x = rng.standard_normal((22, 60)).astype(np.float32)
+    act = (ACT_CLIP, -0.5, 0.5)
+    out = run_rows(w, x, act=act)
+    np.testing.assert_allclose(out, np.clip(reference(x, w.to_dense(), None, 1.0, 1.0), -0.5, 0.5), atol=1e-5)
+    wide = make_sparse(3, 70000, rng, 0.001, 8, None)
+    p = prepare_linear(wide, True, "rows")
+    assert p.arrays["cols"].dtype == np.int32 and p.arrays["bptr"].shape == (-(-70000 // L.ROWS_COL_BLOCK), 4)
+    xw = rng.standard_normal((2, 70000)).astype(np.float32)
+    check_close(run_rows(wide, xw), reference(xw, wide.to_dense(), None, 1.0, 1.0))
+
+
+def test_rows_form_holds_only_what_it_reads_and_refuses_other_weights():
+    rng = np.random.default_rng(13)
+    w = make_sparse(50, 300, rng, 0.3, 16, None, fillers=0.2)
+    p = prepare_linear(w, True, "rows")
+    kept = int(np.count_nonzero(w.codebook[w.codes]))  # fillers dropped
+    assert p.arrays["cols"].size == p.arrays["codes"].size == kept and p.arrays["cols"].dtype == np.uint16
+    assert p.nbytes == sum(a.nbytes for a in p.arrays.values())
+    assert linear_scratch_bytes(22, p) == linear_scratch_bytes(1, p) == 4 * 32 * (300 + 50)
+    assert linear_scratch_bytes(0, p) == 0
+    x = rng.standard_normal((3, 300)).astype(np.float32)
+    with pytest.raises(InputError, match="scratch too small"):
+        linear(x, p, None, 1.0, 0.0, np.zeros((3, 50), np.float32), np.empty(100, np.uint8))
+    for weight, trans_b in ((w, False), (make_weight("codebook", 50, 300, rng), True),
+                            (make_weight("dense", 50, 300, rng), True)):
+        with pytest.raises(UnsupportedError, match="rows form"):
+            prepare_linear(weight, trans_b, "rows")
+    with pytest.raises(UnsupportedError, match="unknown form"):
+        prepare_linear(w, True, "tiles")

@@ -44,6 +44,9 @@ SPARSE_TILED_ENTRY_S = 1.5e-9  # and tile of up to linear_ops.TILE samples (its 
 # times for 300 x 784 to 8210 x 1024 at 8-30% density, batch 8 / 22 / 64 (2.8 / 5.3 / 8-12 ns an entry, dev VM at
 # load ~8); ddddocr's classifier at density 0.3 and 22 rows: 11.4 ms, where 0.07 ns a MAC predicted 3.9 (and the
 # dense dot kernel's 6.4 ms lost to it)
+SPARSE_ROWS_ENTRY_S = 1.2e-9  # per kept entry and tile of up to linear_ops.LANES (32) samples, the compact weight's
+# "rows" form (linear.py's _sparse_row_tiles_kernel): ddddocr's 8210 x 1024 classifier at density 0.3, 2.7 M
+# entries: 3.0-3.7 ms at 8-22 rows (CSC tiled kernel 6.3-10.7, dense dot 3.2-5.8), 2.7 ms at 1 row (CSC 2.0)
 CODES_MAC_S = 0.6e-9  # dense-codes (codebook) multiply-add, batch 1
 DECODE_ELEMENT_S = 1.5e-9  # per weight element when codes are expanded block by block for BLAS (batch >= 2)
 BLAS_GEMV_MAC_S = 0.045e-9  # float32 matrix-vector multiply-add
@@ -99,7 +102,8 @@ DENSE_CONV_READ_BYTE_S = 1 / 24e9
 class Option:
     """One way to hold a layer's weight: bytes kept in RAM, bytes read from the mapped file, scratch at the plan's
     shapes, and the estimated time of one run. form: which of the mode's forms ("" its own; "winograd": a Conv's
-    dense weight in Winograd form, runtime/ops/conv_winograd.py), built by LayerSpec.build(mode, form)."""
+    dense weight in Winograd form, runtime/ops/conv_winograd.py; "rows": a sparse Gemm W (n, k) held compact for
+    linear.py's output-stationary kernel), built by LayerSpec.build(mode, form)."""
 
     mode: str
     ram_bytes: int
@@ -824,6 +828,7 @@ class LinearLayer(Layer):
             self.trans_a, trans_b, self.alpha, self.beta = 0, 0, 1.0, 0.0
         self.rows_out = bool(trans_b)
         self.prepared = prepared
+        self.form = "rows" if prepared is not None and prepared.kind == "sparse_rows" else ""
         self.streamed = streamed
         self.bias = bias  # a constant C (None: absent or computed at run time)
         self.parallel = parallel
@@ -1194,6 +1199,7 @@ class LayerSpec:
     parallel: bool = False
     options: list = field(default_factory=list)
     _compact: object = None
+    _rows: object = None  # the compact weight's "rows" form (linear_ops.prepare_linear(..., "rows")), when built
 
     @property
     def name(self) -> str:
@@ -1210,6 +1216,12 @@ class LayerSpec:
     def _trans_b(self) -> bool:
         return self.op == "Gemm" and gemm_attrs(self.node["attrs"])[1] == 1
 
+    def _rows_eligible(self) -> bool:
+        """Whether the compact weight has a "rows" form (linear.py's output-stationary sparse kernel, serial): a
+        sparse W (n, k) of a Gemm with transB = 1."""
+        return (not self.is_conv and not self.parallel and self._trans_b()
+                and isinstance(self.weight, SparseCodebookWeight) and len(self.weight.shape) == 2)
+
     def _prepare(self, weight):
         if self.is_conv:
             return conv_ops.prepare_conv(weight, int(self.node["attrs"].get("group", 1)))
@@ -1219,7 +1231,9 @@ class LayerSpec:
         """The layer holding the weight in `mode` (and `form`, Option.form: "winograd" for a Conv's dense weight in
         Winograd form)."""
         w = self.weight
-        if form not in ("", "winograd") or form == "winograd" and not (mode == "dense" and self._winograd_eligible()):
+        if (form not in ("", "winograd", "rows") or form == "winograd" and not (mode == "dense"
+                                                                                and self._winograd_eligible())
+                or form == "rows" and not (mode == "compact" and self._rows_eligible())):
             raise UnsupportedError(f"layer '{self.name}': no form '{form}' of mode '{mode}'")
         streamed = prepared = None
         if mode == "streamed":
@@ -1229,6 +1243,10 @@ class LayerSpec:
         elif mode == "dense":
             dense = w if isinstance(w, DenseWeight) else DenseWeight(w.to_dense())
             prepared = conv_winograd.prepare_winograd(dense) if form == "winograd" else self._prepare(dense)
+        elif form == "rows":
+            if self._rows is None:
+                self._rows = linear_ops.prepare_linear(w, True, "rows")
+            prepared = self._rows
         else:
             if self._compact is None:
                 self._compact = self._prepare(w)
@@ -1254,12 +1272,13 @@ class LayerSpec:
         (runtime/memory.py) takes the Winograd one where it is faster and fits, else the plain one if that fits."""
         opts = []
         for mode in self.modes():
-            for form in (("", "winograd") if mode == "dense" and self._winograd_eligible() else ("",)):
+            for form in (("", "winograd") if mode == "dense" and self._winograd_eligible()
+                         else ("", "rows") if mode == "compact" and self._rows_eligible() else ("",)):
                 if mode == "dense" and (form or not isinstance(self.weight, DenseWeight)):
                     layer = None
                     ram, mapped = self._dense_bytes(form)
                 else:
-                    layer = self.build(mode)
+                    layer = self.build(mode, form)
                     ram, mapped = split_bytes(layer.arrays(), self.data)
                 scratch = self._scratch(mode, layer, form)
                 note = ""
@@ -1269,6 +1288,8 @@ class LayerSpec:
                             f"{s.rows_per_chunk})")
                 elif form == "winograd":
                     note = "Winograd F(2x2, 3x3) form"
+                elif form == "rows":
+                    note = f"rows form (CSR in blocks of {linear_ops.ROWS_COL_BLOCK} columns)"
                 opts.append(Option(mode, ram, mapped, scratch, self._seconds(mode, layer, form), note, form))
         self.options = opts
         return opts
@@ -1368,6 +1389,8 @@ class LayerSpec:
             return (CALL_S + s.symbols_per_run() * STREAM_SYMBOL_S + len(s.row_starts) * STREAM_CHUNK_S
                     + batch * _kept(w) * STREAM_MAC_S)
         if isinstance(w, SparseCodebookWeight):
+            if form == "rows":
+                return CALL_S + -(-batch // linear_ops.LANES) * _kept(w) * SPARSE_ROWS_ENTRY_S
             if batch < linear_ops.SPARSE_TILED_MIN_BATCH:
                 return CALL_S + batch * (_kept(w) * SPARSE_MAC_S + k * SKIP_INPUT_S)
             tiles = -(-batch // linear_ops.TILE)

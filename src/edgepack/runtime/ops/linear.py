@@ -15,6 +15,7 @@ from numba import get_num_threads, njit, prange
 from edgepack.runtime.errors import InputError, UnsupportedError
 from edgepack.runtime.ops.elementwise import (ACT_CLIP, ACT_LEAKY, ACT_NONE, EP_ACT, EP_ALPHA, EP_BETA, EP_P0, EP_P1,
                                      apply_activation, epilogue)
+from edgepack.runtime.ops.simd_rows import LANES, row_fma32
 from edgepack.runtime.weights import CodebookWeight, DenseWeight, Int8Weight, SparseCodebookWeight
 
 # Batch columns per tile in the batched sparse kernel; 64 was fastest of 8..256 for LeNet-300-100 on the dev VM
@@ -56,6 +57,11 @@ DENSE_DOT_MIN_ROW_LEN = 32
 DENSE_DOT_WIDE_BATCH = 16
 DENSE_DOT_MIN_WEIGHTS_WIDE = 1 << 14
 DENSE_DOT_K_PER_ROW = 4
+# The "rows" form of a sparse W (n, k) (prepare_linear(..., form="rows"), _sparse_row_tiles_kernel): its CSR split
+# into blocks of this many input columns, so that a block's lanes of the transposed tile (256 x 32 float32, 32 KiB)
+# stay in L1 while every row reads them; ddddocr's 8210 x 1024 classifier at density 0.3, 22 rows: 3.8 ms unsplit,
+# 3.5 / 3.0 / 2.9 ms in blocks of 64 / 128 / 256 columns (dense dot kernel: 5.5 ms).
+ROWS_COL_BLOCK = 256
 # Batch rows per BLAS call in the decode path: bounds the scratch for any batch size.
 DECODE_BATCH_CHUNK = 256
 
@@ -76,6 +82,7 @@ _KERNEL_ARGS = {
     "sparse": ("colptr", "rows", "codes", "codebook", "in_scales", "out_scales"),
     "codebook": ("codes_t", "codebook", "in_scales", "out_scales"),
     "int8": ("q_t", "in_scales", "in_zp", "out_scales", "out_zp"),
+    "sparse_rows": ("bptr", "cols", "codes", "codebook", "out_scales"),
 }
 
 
@@ -85,6 +92,8 @@ class PreparedLinear:
 
     kind "dense": w (n, k) or wt (k, n) float32 (whichever the file held, no copy).
     kind "sparse": CSC of W: colptr (k+1,), rows (nnz,) uint16 or int32, codes, codebook.
+    kind "sparse_rows" (the "rows" form of a W (n, k) held as CSR): bptr (blocks, n + 1), cols (nnz,) uint16 or
+    int32, codes, codebook: CSR split into blocks of ROWS_COL_BLOCK input columns (_sparse_row_tiles_kernel).
     kind "codebook": codes_t (k, n), codebook.  kind "int8": q_t (k, n) int8 with zero points as float32.
     Scales: out_scales (n,) multiply output rows, in_scales (k,) multiply inputs; empty when absent.
     """
@@ -113,11 +122,37 @@ def _as_f32(a) -> np.ndarray:
     return _EMPTY_F32 if a is None else np.ascontiguousarray(a, dtype=np.float32)
 
 
+def _kept_entries(w: SparseCodebookWeight) -> tuple:
+    """(row, column, code) of every entry that does work: filler entries (and any zero centroid) do none."""
+    row_of = np.repeat(np.arange(w.rows, dtype=np.int64), np.diff(w.indptr))
+    keep = w.codebook[w.codes] != 0.0
+    return row_of[keep], w.columns[keep], w.codes[keep]
+
+
+def _prepare_sparse_rows(w: SparseCodebookWeight) -> PreparedLinear:
+    """The "rows" form of W (n, k): the file's CSR, its entries regrouped by blocks of ROWS_COL_BLOCK columns
+    (within a block and row in column order)."""
+    n, k = w.rows, w.cols
+    row_of, columns, codes = _kept_entries(w)
+    nblk = max(1, -(-k // ROWS_COL_BLOCK))
+    cell = (columns.astype(np.int64) // ROWS_COL_BLOCK) * n + row_of
+    order = np.argsort(cell, kind="stable")  # stable: column order kept within a block's row
+    starts = np.zeros(nblk * n + 1, dtype=np.int64)
+    np.cumsum(np.bincount(cell, minlength=nblk * n), out=starts[1:])
+    bptr = starts[np.arange(nblk)[:, None] * n + np.arange(n + 1)[None, :]]
+    arrays = {
+        "bptr": np.ascontiguousarray(bptr, dtype=np.int32 if starts[-1] < 2 ** 31 else np.int64),
+        "cols": np.ascontiguousarray(columns[order], dtype=_narrow_index_dtype(k)),
+        "codes": np.ascontiguousarray(codes[order]),
+        "codebook": w.codebook,
+        "out_scales": _as_f32(w.row_scales),
+    }
+    return PreparedLinear("sparse_rows", n, k, arrays)
+
+
 def _prepare_sparse(w: SparseCodebookWeight, trans_b: bool) -> PreparedLinear:
     rows, cols = w.rows, w.cols
-    row_of = np.repeat(np.arange(rows, dtype=np.int64), np.diff(w.indptr))
-    keep = w.codebook[w.codes] != 0.0  # filler entries (and any zero centroid) do no work
-    row_of, columns, codes = row_of[keep], w.columns[keep], w.codes[keep]
+    row_of, columns, codes = _kept_entries(w)
     scales = _as_f32(w.row_scales)
     if trans_b:
         # The stored matrix is W (n, k): transpose CSR -> CSC. A stable sort keeps rows ascending per column.
@@ -189,9 +224,17 @@ def _prepare_dense(w: DenseWeight, trans_b: bool) -> PreparedLinear:
     return PreparedLinear("dense", a.shape[1], a.shape[0], {"wt": a})
 
 
-def prepare_linear(weight, trans_b: bool) -> PreparedLinear:
+def prepare_linear(weight, trans_b: bool, form: str = "") -> PreparedLinear:
     """Re-lay a constant Gemm/MatMul weight for the kernels. trans_b=True: the weight is W (n, k) (Gemm transB=1);
-    trans_b=False: it is B (k, n) (Gemm transB=0, MatMul)."""
+    trans_b=False: it is B (k, n) (Gemm transB=0, MatMul). form "rows": a sparse W (n, k) in the row form
+    (kind "sparse_rows", faster from a few samples on: layers.py's cost model chooses), else the default form."""
+    if form == "rows":
+        if not (isinstance(weight, SparseCodebookWeight) and trans_b and len(weight.shape) == 2):
+            raise UnsupportedError(f"linear: the rows form holds a 2-D sparse weight W (n, k) (trans_b), found "
+                                   f"{type(weight).__name__} {getattr(weight, 'shape', '?')} trans_b={trans_b}")
+        return _prepare_sparse_rows(weight)
+    if form:
+        raise UnsupportedError(f"linear: unknown form '{form}' (known: 'rows')")
     if isinstance(weight, DenseWeight):
         return _prepare_dense(weight, trans_b)
     if not isinstance(weight, (SparseCodebookWeight, CodebookWeight, Int8Weight)):
@@ -322,16 +365,17 @@ def _sparse_tile_kernel(x, b0, bt, colptr, rows, codes, codebook, in_scales, xt,
 
 
 @njit(cache=True)
-def _finish_tile_kernel(acc, b0, bt, out_scales, bias, ep, out):
-    """out[b0 + b, n] = act(alpha * acc[n * bt + b] * out_scales[n] + beta * bias[n]), the operations of
-    _finish_sample_kernel in its order (the tiled and per-sample paths give the same bits). Reads acc rows
-    contiguously (per sample, the strided reads cost a fifth of the layer's time)."""
+def _finish_tile_kernel(acc, b0, bt, out_scales, bias, ep, out, stride=0):
+    """out[b0 + b, n] = act(alpha * acc[n * stride + b] * out_scales[n] + beta * bias[n]) for b < bt (stride 0:
+    bt), the operations of _finish_sample_kernel in its order (the tiled and per-sample paths give the same bits).
+    Reads acc rows contiguously (per sample, the strided reads cost a fifth of the layer's time)."""
     has_os = out_scales.shape[0] != 0
     has_bias = bias.shape[0] != 0
     alpha, beta, kind, p0, p1 = ep[EP_ALPHA], ep[EP_BETA], np.int64(ep[EP_ACT]), ep[EP_P0], ep[EP_P1]
+    st = stride if stride else bt
     for n in range(out.shape[1]):
         s = out_scales[n] if has_os else np.float32(1.0)
-        a = acc[n * bt: n * bt + bt]
+        a = acc[n * st: n * st + bt]
         o = out[b0: b0 + bt, n]
         if has_bias:
             c = beta * bias[n]
@@ -360,6 +404,34 @@ def _sparse_tiled(x, colptr, rows, codes, codebook, in_scales, out_scales, bias,
 
 
 _sparse_tiled_kernel, _sparse_tiled_parallel_kernel = _serial_and_parallel(_sparse_tiled)
+
+
+@njit(cache=True)
+def _sparse_row_tiles_kernel(x, bptr, cols, codes, codebook, out_scales, bias, ep, out, xt, acc):
+    """The "rows" form (prepare_linear(..., form="rows")): W (n, k) as CSR split into blocks of ROWS_COL_BLOCK input
+    columns, bptr (blocks, n + 1) the entries of block j and row r at bptr[j, r]..bptr[j, r + 1]. Per tile of
+    LANES samples: xt (k * LANES) <- the tile transposed (lanes past the batch zero); for every block, every row:
+    acc[r * LANES:] += its entries' weights times their xt lanes (simd_rows.row_fma32: the sums in registers, no
+    store per entry; one block's lanes of xt, 32 KiB, stay in L1); then the epilogue. Output-stationary, where the
+    tiled kernel scatters every entry into a row of acc."""
+    bsz, k_in = x.shape
+    n_out = out.shape[1]
+    nblk = bptr.shape[0]
+    for b0 in range(0, bsz, LANES):
+        bt = min(LANES, bsz - b0)
+        for kk in range(k_in):
+            dst = xt[kk * LANES: kk * LANES + LANES]
+            for b in range(bt):
+                dst[b] = x[b0 + b, kk]
+            for b in range(bt, LANES):
+                dst[b] = 0.0
+        for i in range(n_out * LANES):
+            acc[i] = 0.0
+        for j in range(nblk):
+            for r in range(n_out):
+                row_fma32(xt, cols, codes, codebook, np.int64(bptr[j, r]), np.int64(bptr[j, r + 1]), acc,
+                          np.int64(r * LANES))
+        _finish_tile_kernel(acc, b0, bt, out_scales, bias, ep, out, LANES)
 
 
 def _codes_axpy(x, codes_t, codebook, in_scales, out_scales, bias, ep, out, nblocks, bw):
@@ -627,6 +699,8 @@ def _decode_rows(n: int) -> int:
 
 def linear_scratch_bytes(batch: int, prepared: PreparedLinear, parallel: bool = False) -> int:
     """Bytes of scratch `linear` needs for this batch size (0 when it needs none)."""
+    if prepared.kind == "sparse_rows":
+        return 4 * LANES * (prepared.k + prepared.n) if batch else 0
     if prepared.kind == "sparse" and batch >= SPARSE_TILED_MIN_BATCH:
         return 4 * _slots(batch, parallel) * TILE * (prepared.k + prepared.n)
     if prepared.kind in DECODE_MIN_BATCH and batch >= DECODE_MIN_BATCH[prepared.kind]:
@@ -727,6 +801,10 @@ def bind_linear(x: np.ndarray, prepared: PreparedLinear, bias, alpha: float, bet
             wmat = a["wt"]
         finish = alpha != 1.0 or bias_vec.shape[0] != 0 or (act is not None and act[0] != ACT_NONE)
         return _dense_blas, (x, wmat, bias_vec, ep, out, finish)
+    if kind == "sparse_rows":  # serial: one tile of LANES samples holds a model's batch
+        buf = _f32_scratch(scratch, linear_scratch_bytes(bsz, prepared))
+        xt, acc = buf[: LANES * prepared.k], buf[LANES * prepared.k: LANES * (prepared.k + prepared.n)]
+        return _sparse_row_tiles_kernel, (x, *prepared.kernel_args, bias_vec, ep, out, xt, acc)
     if kind == "sparse":
         if bsz < SPARSE_TILED_MIN_BATCH:
             return _sparse_rows_kernel, (x, *prepared.kernel_args, bias_vec, ep, out)
