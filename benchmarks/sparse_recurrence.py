@@ -17,14 +17,15 @@ as _lstm_kernel calls it):
   - mask+expand: a 16-bit mask per 16 columns + the kept values, expanded into lanes (sparse_recurrence_expand.py)
 --densities: R of direction 0 pruned further by magnitude, to find where a sparse form starts to pay.
 W and Gemms held as CSR of >= 2^20 weights: runtime/ops/linear.py's own kernels (bind_linear) on the sparse weight
-and on dense float32, at batch = steps, as the LSTM's projection and the executor bind them.
+(its CSC form "sparse" and, for W (n, k), its "rows" form) and on dense float32, at batch = steps, as the LSTM's
+projection and the executor bind them.
 
 Dev VM (AMD EPYC, AVX-512, 1 MiB L2 a core, 32 MiB L3), load 3.5-3.6, ddddocr_common at density 0.3: a 2048 x 512
 step reads dense R from L3 at ~0.2 cycles a weight (~60 us); the sparse forms spend more per kept weight on the
 index work (a gather of h per entry, or an expand per 16 columns) than the 3.3x fewer weights save: csr f32 0.46-0.54x,
 csr codes 0.26-0.30x, sell16 0.31-0.36x, mask+expand 0.86-0.88x dense. R pruned further: csr f32 0.69x at 0.20,
-0.72x at 0.15, 1.25x at 0.10, 1.87x at 0.05 (crossover ~0.12). W (22 x 512 -> 2048) sparse 0.41-0.43x; the
-classifier Gemm (22 x 1024 -> 8210, density 0.325) sparse 0.53x.
+0.72x at 0.15, 1.25x at 0.10, 1.87x at 0.05 (crossover ~0.12). W (22 x 512 -> 2048) CSC 0.43-0.44x, rows form
+1.0-1.25x; the classifier Gemm (22 x 1024 -> 8210, density 0.325) CSC 0.53x, rows form 1.99x (load 2.4-3.0).
 """
 from __future__ import annotations
 
@@ -262,6 +263,7 @@ def main() -> None:
                 sw = SparseCodebookWeight(w.shape, np.concatenate([[0.0], codebook]).astype(np.float32),
                                           indptr.astype(np.int32), cols.astype(np.int32), codes + np.uint8(1))
                 prepared["sparse"] = prepare_linear(sw, True)
+                prepared["rows"] = prepare_linear(sw, True, "rows")
             ref = x.astype(np.float64) @ w.T.astype(np.float64)
             time_linear(prepared, x, args.rounds, ref,
                         f"  W direction {d}: {args.steps} x {w.shape[1]} -> {w.shape[0]} (linear.py's kernels)")
@@ -270,7 +272,10 @@ def main() -> None:
         n, k = (w.rows, w.cols) if trans_b else (w.cols, w.rows)
         x = rng.standard_normal((args.steps, k)).astype(np.float32)
         ref = x.astype(np.float64) @ (dense.T if trans_b else dense).astype(np.float64)
-        time_linear({"dense": prepare_linear(DenseWeight(dense), trans_b), "sparse": prepare_linear(w, trans_b)},
+        forms = {"dense": prepare_linear(DenseWeight(dense), trans_b), "sparse": prepare_linear(w, trans_b)}
+        if trans_b:
+            forms["rows"] = prepare_linear(w, True, "rows")
+        time_linear(forms,
                     x, args.rounds, ref, f"Gemm '{name}': {args.steps} x {k} -> {n}, weight density "
                                          f"{w.nnz / (w.rows * w.cols):.3f} (linear.py's kernels)")
     print("loadavg after:", loadavg())

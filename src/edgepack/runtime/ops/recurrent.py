@@ -11,7 +11,10 @@ rows), then the cell update in place. At batch 1 the steps are bound by reading 
 every step, ~60 GB/s on the dev VM). The projections and the state (directions x steps x batch x gates x hidden,
 plus a few hidden sizes, float32) live in the executor's shared scratch, which the memory plan counts
 (OpDef.scratch_bytes); the plain runner allocates them per call.
-W and R arrive dense: the loader expands compressed constants of ops other than Gemm/MatMul/Conv.
+W and R arrive dense: the loader expands compressed constants of ops other than Gemm/MatMul/Conv. Held sparse, R
+would not pay at the densities pruning leaves: the dense matvec streams R at ~0.2 cycles a weight, and every sparse
+form tried spends more per kept weight (a gather of h, or an expand per 16 columns); benchmarks/sparse_recurrence.py
+on ddddocr's R: CSR 0.5x at density 0.3, break-even near 0.12, 1.9x at 0.05.
 """
 from __future__ import annotations
 
