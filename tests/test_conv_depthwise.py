@@ -2,8 +2,9 @@
 against a float64 numpy convolution and onnxruntime: strides 1, 2, (2, 1), (1, 2) and 3, symmetric and uneven pads,
 auto_pad SAME_UPPER / SAME_LOWER / VALID, dilation, odd sizes, 1-pixel images, batch > 1, dense, codebook and int8
 weights, a fused activation and an epilogue chain; row tiles and the parallel build give the same bits; the row-pair
-kernels of stride 1 and the row-slice kernels give the bits of the one-row, one-slice-a-tap ones; only the shapes it is for are dispatched to it, and it stays
-inside its scratch."""
+kernels of stride 1 and the row-slice kernels give the bits of the one-row, one-slice-a-tap ones; small planes run
+channel-blocked (16 channels a block, a partial last block, any strides, pads, dilation); only the shapes it is for
+are dispatched to it, and it stays inside its scratch."""
 import numpy as np
 import pytest
 
@@ -240,3 +241,41 @@ def test_matches_onnxruntime(k, attrs):
     ref = ref_conv(x, w, bias, node_attrs.get("strides", [1, 1]), onnx_pads(x.shape, w.shape, node_attrs),
                    node_attrs.get("dilations", [1, 1]), c)
     check_close(got, ref)
+
+
+@pytest.mark.parametrize("k", [3, 5])
+@pytest.mark.parametrize("x_shape,attrs", [
+    ((2, 37, 7, 7), {"pads": "k//2"}),  # 3 blocks, the last of 5 channels; batch 2
+    ((1, 16, 7, 7), {"pads": [0, 2, 1, 1]}),  # uneven pads, one full block
+    ((1, 20, 14, 14), {"strides": [2, 2], "pads": "k//2"}),  # strides (2, 2) up to 16 x 16
+    ((1, 18, 8, 8), {"dilations": [2, 2], "pads": "k-1"}),
+    ((1, 17, 5, 9), {"strides": [2, 1], "pads": [1, 2, 0, 1]}),
+    ((1, 3, 1, 1), {"pads": "k//2"}),  # one pixel, fewer channels than a block
+])
+def test_small_planes_run_channel_blocked(k, x_shape, attrs):
+    """Small planes take the channel-blocked layout (simd_taps.py): against float64 numpy with dense, codebook and
+    int8 weights, a fused activation and an epilogue chain; the parallel build (blocks over threads) gives the serial
+    bits."""
+    attrs = attrs_for(x_shape, k, attrs)
+    c = x_shape[1]
+    geo = C._plan(C.prepare_conv(make_weight("dense", (c, 1, k, k), np.random.default_rng(0), density=1.0), c),
+                  x_shape, attrs, False).geo
+    hp, wp = int(geo[C._HP]), int(geo[C._WP])
+    assert geo[C._PLEN] == D.LANES * hp * wp  # the blocked layout, not the pair or phased one
+    for kind in DW_KINDS:
+        rng = np.random.default_rng([k, c, DW_KINDS.index(kind)])
+        w = make_weight(kind, (c, 1, k, k), rng, density=0.7)
+        x = rng.standard_normal(x_shape).astype(np.float32)
+        bias = rng.standard_normal(c).astype(np.float32)
+        got = run_conv(w, x, bias, attrs)
+        check_close(got, reference_for(x, w, bias, attrs))
+        np.testing.assert_array_equal(run_conv(w, x, bias, attrs, parallel=True).view(np.uint32), got.view(np.uint32))
+    ref = reference_for(x, w, bias, attrs)
+    prepared = C.prepare_conv(w, c)
+    out = np.full(ref.shape, np.nan, np.float32)
+    C.conv(x, prepared, bias, attrs, out, None, False, (ACT_CLIP, -0.5, 0.75))
+    check_close(out, np.clip(ref, -0.5, 0.75))
+    steps = np.float32([[C.CH_SAVE, 0, 0, 0], [C.CH_ADD, 3, 0, 0], [C.CH_ACT, ACT_CLIP, 0, 6],
+                        [C.CH_MUL_SAVED, 0, 0, 0], [C.CH_DIV, 6, 0, 0]])
+    C.conv(x, prepared, bias, attrs, out, None, False, C.EpilogueChain(steps, ("hardswish",)))
+    check_close(out, ref * np.clip(ref + 3, 0, 6) / 6)

@@ -274,9 +274,9 @@ def _layout(g: dict, kind: str, parallel: bool) -> tuple[np.ndarray, int, bool]:
         wblen = cols
     if path == "taps" and kind != "sparse":
         from edgepack.runtime.ops import conv_depthwise  # it builds on this module
-        pair = conv_depthwise.pair_layout(g)
-        if pair is not None:  # stride-1 3x3 / 5x5 depthwise: two output rows a pass from a row-phased channel copy
-            geo[_PERCH], geo[_PLEN], geo[_TROWS], acc_len = pair
+        own = conv_depthwise.layout(g)
+        if own is not None:  # 3x3 / 5x5 depthwise: small planes channel-blocked; stride 1 two output rows a pass
+            geo[_PERCH], geo[_PLEN], geo[_TROWS], acc_len = own
     geo[_BLOCKED], geo[_COUT_G], geo[_WBLEN] = int(blocked), cout_g, wblen
     geo[_COLS], geo[_SLOTS], geo[_ACC_LEN] = cols, slots, acc_len
     if im2col:

@@ -27,12 +27,14 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from edgepack.runtime.ops.conv import (_ACC_LEN, _C, _CIN_G, _COLS, _COUT_G, _DH, _DW, _HP, _KH, _KW, _OH, _OW,
-                                       _PHASED, _PITCH, _PLANE, _PLEN, _QH, _QW, _SH, _SLOTS, _SW, _TROWS, _WP,
+from edgepack.runtime.ops.conv import (_ACC_LEN, _C, _CIN_G, _COLS, _COUT_G, _DH, _DW, _H, _HP, _KH, _KW, _OH,
+                                       _OW, _PHASED, _PITCH, _PL, _PLANE, _PLEN, _PT, _QH, _QW, _SH, _SLOTS, _SW,
+                                       _TROWS, _W, _WP,
                                        ACT_NONE, EP_ACT, EP_P0, EP_P1, HEAD_NONE, _activate_kernel, _chain_head,
                                        _chain_kernel, _channel_base_kernel, _head_kernel, _scratch_views_kernel,
                                        _serial_and_parallel, _source_channel_kernel, _source_kernel,
                                        _store_rows_kernel, _weight_kernel)
+from edgepack.runtime.ops.simd_taps import LANES, taps16x1, taps16x4
 
 KERNELS = ((3, 3), (5, 5))  # the kernel shapes this file runs
 
@@ -41,6 +43,46 @@ def runs(geo: np.ndarray) -> bool:
     """Whether the one-channel convolution of this geometry vector (conv.py _layout; dense, codebook or int8 weight)
     runs here: one input and one output channel per group, a 3x3 or 5x5 kernel (any strides, pads, dilations)."""
     return int(geo[_CIN_G]) == 1 and int(geo[_COUT_G]) == 1 and (int(geo[_KH]), int(geo[_KW])) in KERNELS
+
+
+# Small planes (7 x 7; up to 16 x 16 at strides (2, 2)) run channel-blocked: LANES (16) channels at a time are copied
+# side by side into one zero-padded plane (Hp x Wp x 16), and every output position of the block is one run of
+# 16-lane fused multiply-adds over the taps (simd_taps.py: four positions a call, the sums in registers), whatever
+# the strides. One channel at a time, such a plane is mostly per-channel work (its copy, the wide rows' dropped
+# columns, the loop set-up); onnxruntime runs these layers channel-blocked (NCHWc) too. benchmarks/depthwise_pool.py
+# (1 thread, CPU time, load 2-3): 512 x 7 x 7 5x5 105 -> 74 us, 256 x 14 x 14 5x5 at (2, 2) 82 -> 57 (onnxruntime 29,
+# 23: what is left is mostly the copy into the block and out of it, value by value). Larger planes stay one channel
+# at a time (256 x 14 x 14 at stride 1: 96 -> 107 us blocked; 128 x 28 x 28 at (2, 2) even). Each output still sums
+# its taps in order, one rounding each.
+BLOCKED_MAX_PLANE = 64  # input planes of at most this many values run blocked at any strides
+BLOCKED_MAX_PLANE_S2 = 256  # ... and at strides (2, 2) up to this many
+BLOCKED_MAX_PADDED = 1024  # the padded plane and the output plane at most this many values (bounds the scratch)
+
+
+def layout(g: dict) -> tuple[int, int, int, int] | None:
+    """For conv.py _layout: (_PERCH, _PLEN, _TROWS, accumulator floats per slot) of a depthwise convolution of
+    geometry g (conv.geometry) on a layout of this file's own (blocked_layout, pair_layout), else None."""
+    blocked = blocked_layout(g)
+    return blocked if blocked is not None else pair_layout(g)
+
+
+def blocked_layout(g: dict) -> tuple[int, int, int, int] | None:
+    """The channel-blocked layout: per slot one padded block (Hp x Wp x LANES), and as its "accumulator" the block's
+    sums (OH * OW x LANES), its planes one channel after another (LANES x OH * OW) and its weights (taps x LANES)."""
+    if not (g["cin_g"] == 1 and g["cout"] // g["group"] == 1 and (g["kh"], g["kw"]) in KERNELS
+            and _blocked_ok(g["h"], g["w"], g["hp"], g["wp"], g["oh"], g["ow"], g["sh"], g["sw"])):
+        return None
+    npos = g["oh"] * g["ow"]
+    return 1, LANES * g["hp"] * g["wp"], g["oh"], LANES * (2 * npos + g["kh"] * g["kw"])
+
+
+@njit(cache=True)
+def _blocked_ok(h, w, hp, wp, oh, ow, sh, sw):
+    """Whether the convolution runs channel-blocked (the driver asks too: the BLOCKED_* values are compile-time
+    constants there, change them in this file)."""
+    if hp * wp > BLOCKED_MAX_PADDED or oh * ow > BLOCKED_MAX_PADDED:
+        return False
+    return h * w <= BLOCKED_MAX_PLANE or (sh == 2 and sw == 2 and h * w <= BLOCKED_MAX_PLANE_S2)
 
 
 def pair_layout(g: dict) -> tuple[int, int, int, int] | None:
@@ -180,6 +222,66 @@ def _pair25_kernel(src, e, o, p, w, ae, ao, n):
 
 
 @njit(cache=True)
+def _blocked_tab_kernel(geo, tab):
+    """tab[ky * kw + kx] = the tap's offset in the padded block from its window's corner (LANES floats a value)."""
+    kh, kw, wp = geo[_KH], geo[_KW], geo[_WP]
+    for ky in range(kh):
+        for kx in range(kw):
+            tab[ky * kw + kx] = (ky * geo[_DH] * wp + kx * geo[_DW]) * LANES
+
+
+@njit(cache=True)
+def _blocked_source_kernel(x, b, c0, nc, geo, xp):
+    """Channels c0 .. c0 + nc - 1 of sample b side by side into the padded block xp (value (y, x) of channel c0 + j at
+    ((y + PT) * Wp + PL + x) * LANES + j); the borders (zero) and lanes past nc are left as they are."""
+    h, w, wp, pt, pl = geo[_H], geo[_W], geo[_WP], geo[_PT], geo[_PL]
+    hw = h * w
+    xb = x[b]
+    for y in range(h):
+        for i in range(w):
+            q = y * w + i
+            d0 = ((y + pt) * wp + pl + i) * LANES
+            d = xp[d0: d0 + LANES]
+            for j in range(nc):
+                d[j] = xb[(c0 + j) * hw + q]
+
+
+@njit(cache=True)
+def _blocked_taps_kernel(xp, tab, ntaps, wb, geo, ob):
+    """ob[q * LANES: (q + 1) * LANES] = the block's sums at output position q (row-major over OH x OW), four
+    positions a call."""
+    oh, ow, wp, sh, sw = geo[_OH], geo[_OW], geo[_WP], geo[_SH], geo[_SW]
+    npos = oh * ow
+    oy = ox = 0
+    q = 0
+    while q + 4 <= npos:
+        b0 = (oy * sh * wp + ox * sw) * LANES
+        ox += 1
+        if ox == ow:
+            oy, ox = oy + 1, 0
+        b1 = (oy * sh * wp + ox * sw) * LANES
+        ox += 1
+        if ox == ow:
+            oy, ox = oy + 1, 0
+        b2 = (oy * sh * wp + ox * sw) * LANES
+        ox += 1
+        if ox == ow:
+            oy, ox = oy + 1, 0
+        b3 = (oy * sh * wp + ox * sw) * LANES
+        ox += 1
+        if ox == ow:
+            oy, ox = oy + 1, 0
+        taps16x4(xp, tab, ntaps, wb, b0, b1, b2, b3, ob, q * LANES)
+        q += 4
+    while q < npos:
+        taps16x1(xp, tab, ntaps, wb, (oy * sh * wp + ox * sw) * LANES, ob, q * LANES)
+        ox += 1
+        if ox == ow:
+            oy, ox = oy + 1, 0
+        q += 1
+
+
+@njit(cache=True)
 def _pair_source_geo(geo):
     """The geometry vector _source_channel_kernel fills the paired kernels' source by: the padded channel split into
     its even and odd rows (conv.py's phased layout for strides (2, 1)), HP // 2 + 1 rows of pitch WP each."""
@@ -249,6 +351,36 @@ def _conv_depthwise(x, geo, wkind, w2d, codes, codebook, q, zp, scales, bias, ep
     paired = geo[_SH] == 1 and geo[_SW] == 1 and geo[_DH] == 1 and geo[_DW] == 1  # pair_layout's layout
     rows = geo[_SW] == 1 and geo[_DW] == 1  # a kernel row's taps at consecutive offsets (padded or row-phased)
     sgeo = _pair_source_geo(geo)
+    if _blocked_ok(geo[_H], geo[_W], geo[_HP], geo[_WP], oh, ow, geo[_SH], geo[_SW]):  # blocked_layout's layout
+        _blocked_tab_kernel(geo, tab)
+        npos, ntaps = oh * ow, geo[_KH] * geo[_KW]
+        nblk = (cout + LANES - 1) // LANES
+        for t in prange(slots):
+            xp, ac = xpad[t * plen: t * plen + plen], acc[t * alen: t * alen + alen]
+            ob, planes = ac[: LANES * npos], ac[LANES * npos: 2 * LANES * npos]
+            wb16 = ac[2 * LANES * npos: 2 * LANES * npos + LANES * ntaps]
+            for i in range(plen):  # the zero borders (each block writes the inside)
+                xp[i] = 0.0
+            for b in range(x.shape[0]):
+                for bi in range(t, nblk, slots):
+                    c0 = bi * LANES
+                    nc = min(LANES, cout - c0)
+                    _blocked_source_kernel(x, b, c0, nc, geo, xp)
+                    for k in range(ntaps):
+                        for j in range(LANES):
+                            wb16[k * LANES + j] = _weight_kernel(wkind, c0 + j, k, w2d, codes, codebook, q, zp) \
+                                if j < nc else np.float32(0.0)
+                    _blocked_taps_kernel(xp, tab, ntaps, wb16, geo, ob)
+                    for j in range(nc):
+                        co = c0 + j
+                        pj = planes[j * npos: (j + 1) * npos]
+                        for p in range(npos):
+                            pj[p] = ob[p * LANES + j]
+                        scale = scales[co] if has_scales else np.float32(1.0)
+                        bv = bias[co] if has_bias else np.float32(0.0)
+                        _store_rows_kernel(pj, ow, oh, ow, scale, bv, out[b, co * npos: (co + 1) * npos], kind, p0,
+                                           p1, chain)
+        return
     for t in prange(slots):
         wb = wbuf[t * cols: t * cols + cols]
         ac, xp = acc[t * alen: t * alen + alen], xpad[t * plen: t * plen + plen]

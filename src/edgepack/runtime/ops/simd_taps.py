@@ -1,0 +1,70 @@
+"""LLVM vector intrinsics for Numba kernels: the taps of output positions of 16 channels at once.
+
+taps16x1(src, tab, ntaps, w, b0, out, o0) sets out[o0: o0 + 16] to the sum over taps t < ntaps of
+w[16 t: 16 t + 16] * src[b0 + tab[t]: b0 + tab[t] + 16] (float32), src holding 16 channels side by side (a
+channel-interleaved block of planes: conv_depthwise.py's blocked layout), so every tap is one 16-lane fused
+multiply-add on contiguous lanes. taps16x4(src, tab, ntaps, w, b0, b1, b2, b3, out, o0) does it for four positions
+(bases b0..b3, sums into out[o0: o0 + 64]): four independent sums, so a tap's four fused multiply-adds do not wait on
+one another (one sum a call is bound by the FMA latency). Written as LLVM IR because Numba keeps a small local array
+in memory (a load and a store of the 16 sums per tap); here the sums stay in registers. The taps are summed in order,
+one rounding each (a fused multiply-add onto zero for the first): the same bits on every machine, whichever of
+AVX-512, AVX2 or SSE LLVM lowers the IR to.
+"""
+from __future__ import annotations
+
+from llvmlite import ir
+from numba import types
+from numba.core import cgutils
+from numba.extending import intrinsic
+
+LANES = 16
+
+
+def _signature(npos, src_t, tab_t, w_t, out_t):
+    for t in (src_t, w_t, out_t):
+        if not isinstance(t, types.Array) or t.dtype != types.float32 or t.layout != "C":
+            return None
+    if not isinstance(tab_t, types.Array) or tab_t.dtype != types.int64 or tab_t.layout != "C":
+        return None
+    return types.void(src_t, tab_t, types.int64, w_t, *([types.int64] * npos), out_t, types.int64)
+
+
+def _codegen(npos):
+    def codegen(context, builder, signature, args):
+        src, tab, ntaps, w = args[:4]
+        bases, out, o0 = args[4: 4 + npos], args[4 + npos], args[5 + npos]
+        f32, i64 = ir.FloatType(), ir.IntType(64)
+        v16 = ir.VectorType(f32, LANES)
+        sa, ta, wa, oa = (context.make_array(signature.args[i])(context, builder, v)
+                          for i, v in ((0, src), (1, tab), (3, w), (4 + npos, out)))
+
+        def vec_at(ptr, offset):
+            return builder.bitcast(builder.gep(ptr, [offset]), v16.as_pointer())
+
+        accs = [cgutils.alloca_once_value(builder, ir.Constant(v16, [0.0] * LANES)) for _ in bases]
+        with cgutils.for_range(builder, ntaps) as loop:
+            t = loop.index
+            off = builder.load(builder.gep(ta.data, [t]))
+            wv = builder.load(vec_at(wa.data, builder.mul(t, ir.Constant(i64, LANES))), align=4)
+            for b, acc in zip(bases, accs):
+                x = builder.load(vec_at(sa.data, builder.add(b, off)), align=4)
+                builder.store(builder.fadd(builder.load(acc), builder.fmul(wv, x, flags=("contract",)),
+                                           flags=("contract",)), acc)
+        for i, acc in enumerate(accs):
+            builder.store(builder.load(acc), vec_at(oa.data, builder.add(o0, ir.Constant(i64, LANES * i))),
+                          align=4)
+        return context.get_dummy_value()
+
+    return codegen
+
+
+@intrinsic
+def taps16x1(typingctx, src_t, tab_t, ntaps_t, w_t, b0_t, out_t, o0_t):
+    sig = _signature(1, src_t, tab_t, w_t, out_t)
+    return None if sig is None else (sig, _codegen(1))
+
+
+@intrinsic
+def taps16x4(typingctx, src_t, tab_t, ntaps_t, w_t, b0_t, b1_t, b2_t, b3_t, out_t, o0_t):
+    sig = _signature(4, src_t, tab_t, w_t, out_t)
+    return None if sig is None else (sig, _codegen(4))
