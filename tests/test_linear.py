@@ -488,7 +488,7 @@ def run_rows(weight, x, bias=None, alpha=1.0, beta=1.0, act=None):
     return out
 
 
-@pytest.mark.parametrize("batch", [1, 5, 22, 32, 33, 70])
+@pytest.mark.parametrize("batch", [1, 5, 22, 24, 25, 32, 33, 70])
 @pytest.mark.parametrize("density", [0.3, 0.05, 0.0])
 @pytest.mark.parametrize("k", [53, 600])  # one block of columns, three (ROWS_COL_BLOCK 256)
 def test_rows_form_matches_numpy(batch, density, k):
@@ -511,7 +511,7 @@ def test_rows_form_samples_do_not_depend_on_the_batch():
     w = make_sparse(300, 700, rng, 0.3, 200, None)
     x = rng.standard_normal((70, 700)).astype(np.float32)
     full = run_rows(w, x)
-    for lo, hi in ((0, 1), (31, 33), (64, 70), (5, 37)):
+    for lo, hi in ((0, 1), (31, 33), (64, 70), (5, 37), (40, 64), (3, 27)):  # 24- and 32-lane tiles alike
         np.testing.assert_array_equal(run_rows(w, x[lo:hi]), full[lo:hi])
     check_close(full, reference(x, w.to_dense(), None, 1.0, 1.0))
     ref = run_linear(w, True, x)
@@ -543,7 +543,8 @@ def test_rows_form_holds_only_what_it_reads_and_refuses_other_weights():
     kept = int(np.count_nonzero(w.codebook[w.codes]))  # fillers dropped
     assert p.arrays["cols"].size == p.arrays["codes"].size == kept and p.arrays["cols"].dtype == np.uint16
     assert p.nbytes == sum(a.nbytes for a in p.arrays.values())
-    assert linear_scratch_bytes(22, p) == linear_scratch_bytes(1, p) == 4 * 32 * (300 + 50)
+    assert linear_scratch_bytes(24, p) == linear_scratch_bytes(1, p) == 4 * 24 * (300 + 50)
+    assert linear_scratch_bytes(25, p) == linear_scratch_bytes(70, p) == 4 * 32 * (300 + 50)
     assert linear_scratch_bytes(0, p) == 0
     x = rng.standard_normal((3, 300)).astype(np.float32)
     with pytest.raises(InputError, match="scratch too small"):

@@ -44,9 +44,10 @@ SPARSE_TILED_ENTRY_S = 1.5e-9  # and tile of up to linear_ops.TILE samples (its 
 # times for 300 x 784 to 8210 x 1024 at 8-30% density, batch 8 / 22 / 64 (2.8 / 5.3 / 8-12 ns an entry, dev VM at
 # load ~8); ddddocr's classifier at density 0.3 and 22 rows: 11.4 ms, where 0.07 ns a MAC predicted 3.9 (and the
 # dense dot kernel's 6.4 ms lost to it)
-SPARSE_ROWS_ENTRY_S = 1.2e-9  # per kept entry and tile of up to linear_ops.LANES (32) samples, the compact weight's
-# "rows" form (linear.py's _sparse_row_tiles_kernel): ddddocr's 8210 x 1024 classifier at density 0.3, 2.7 M
-# entries: 3.0-3.7 ms at 8-22 rows (CSC tiled kernel 6.3-10.7, dense dot 3.2-5.8), 2.7 ms at 1 row (CSC 2.0)
+SPARSE_ROWS_ENTRY_S = {24: 0.9e-9, 32: 1.3e-9}  # per kept entry and tile (of 24 or 32 samples: linear_ops.rows_lanes),
+# the compact weight's "rows" form (linear.py's _sparse_row_tiles_kernel): ddddocr's 8210 x 1024 classifier at
+# density 0.3, 2.7 M entries: 2.3-2.4 ms at 8-22 rows in 24 lanes (CSC tiled kernel 6.3-10.7, dense dot 3.2-5.8),
+# 3.5-3.6 ms a tile of 32
 CODES_MAC_S = 0.6e-9  # dense-codes (codebook) multiply-add, batch 1
 DECODE_ELEMENT_S = 1.5e-9  # per weight element when codes are expanded block by block for BLAS (batch >= 2)
 BLAS_GEMV_MAC_S = 0.045e-9  # float32 matrix-vector multiply-add
@@ -1390,7 +1391,8 @@ class LayerSpec:
                     + batch * _kept(w) * STREAM_MAC_S)
         if isinstance(w, SparseCodebookWeight):
             if form == "rows":
-                return CALL_S + -(-batch // linear_ops.LANES) * _kept(w) * SPARSE_ROWS_ENTRY_S
+                lanes = linear_ops.rows_lanes(batch)
+                return CALL_S + -(-batch // lanes) * _kept(w) * SPARSE_ROWS_ENTRY_S[lanes]
             if batch < linear_ops.SPARSE_TILED_MIN_BATCH:
                 return CALL_S + batch * (_kept(w) * SPARSE_MAC_S + k * SKIP_INPUT_S)
             tiles = -(-batch // linear_ops.TILE)

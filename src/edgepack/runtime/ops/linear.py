@@ -15,7 +15,7 @@ from numba import get_num_threads, njit, prange
 from edgepack.runtime.errors import InputError, UnsupportedError
 from edgepack.runtime.ops.elementwise import (ACT_CLIP, ACT_LEAKY, ACT_NONE, EP_ACT, EP_ALPHA, EP_BETA, EP_P0, EP_P1,
                                      apply_activation, epilogue)
-from edgepack.runtime.ops.simd_rows import LANES, row_fma32
+from edgepack.runtime.ops.simd_rows import LANES, row_fma24, row_fma32
 from edgepack.runtime.weights import CodebookWeight, DenseWeight, Int8Weight, SparseCodebookWeight
 
 # Batch columns per tile in the batched sparse kernel; 64 was fastest of 8..256 for LeNet-300-100 on the dev VM
@@ -59,9 +59,11 @@ DENSE_DOT_MIN_WEIGHTS_WIDE = 1 << 14
 DENSE_DOT_K_PER_ROW = 4
 # The "rows" form of a sparse W (n, k) (prepare_linear(..., form="rows"), _sparse_row_tiles_kernel): its CSR split
 # into blocks of this many input columns, so that a block's lanes of the transposed tile (256 x 32 float32, 32 KiB)
-# stay in L1 while every row reads them; ddddocr's 8210 x 1024 classifier at density 0.3, 22 rows: 3.8 ms unsplit,
-# 3.5 / 3.0 / 2.9 ms in blocks of 64 / 128 / 256 columns (dense dot kernel: 5.5 ms).
+# stay in L1 while every row reads them; ddddocr's 8210 x 1024 classifier at density 0.3, 22 rows in 32 lanes: 3.8 ms
+# unsplit, 3.5 / 3.0 / 2.9 ms in blocks of 64 / 128 / 256 columns (dense dot kernel: 5.5 ms).
 ROWS_COL_BLOCK = 256
+# Up to this many samples the rows form runs one tile of 24 lanes (simd_rows.row_fma24), else tiles of LANES (32).
+ROWS_NARROW = 24
 # Batch rows per BLAS call in the decode path: bounds the scratch for any batch size.
 DECODE_BATCH_CHUNK = 256
 
@@ -409,29 +411,33 @@ _sparse_tiled_kernel, _sparse_tiled_parallel_kernel = _serial_and_parallel(_spar
 @njit(cache=True)
 def _sparse_row_tiles_kernel(x, bptr, cols, codes, codebook, out_scales, bias, ep, out, xt, acc):
     """The "rows" form (prepare_linear(..., form="rows")): W (n, k) as CSR split into blocks of ROWS_COL_BLOCK input
-    columns, bptr (blocks, n + 1) the entries of block j and row r at bptr[j, r]..bptr[j, r + 1]. Per tile of
-    LANES samples: xt (k * LANES) <- the tile transposed (lanes past the batch zero); for every block, every row:
-    acc[r * LANES:] += its entries' weights times their xt lanes (simd_rows.row_fma32: the sums in registers, no
-    store per entry; one block's lanes of xt, 32 KiB, stay in L1); then the epilogue. Output-stationary, where the
-    tiled kernel scatters every entry into a row of acc."""
+    columns, bptr (blocks, n + 1) the entries of block j and row r at bptr[j, r]..bptr[j, r + 1]. Per tile of lw
+    samples (24 up to 24 samples, else 32: simd_rows.py): xt (k * lw) <- the tile transposed (lanes past the batch
+    zero); for every block, every row: acc[r * lw:] += its entries' weights times their xt lanes (row_fma24/32: the
+    sums in registers, no store per entry; one block's lanes of xt, 24-32 KiB, stay in L1); then the epilogue.
+    Output-stationary, where the tiled kernel scatters every entry into a row of acc."""
     bsz, k_in = x.shape
     n_out = out.shape[1]
     nblk = bptr.shape[0]
-    for b0 in range(0, bsz, LANES):
-        bt = min(LANES, bsz - b0)
+    lw = ROWS_NARROW if bsz <= ROWS_NARROW else LANES
+    for b0 in range(0, bsz, lw):
+        bt = min(lw, bsz - b0)
         for kk in range(k_in):
-            dst = xt[kk * LANES: kk * LANES + LANES]
+            dst = xt[kk * lw: kk * lw + lw]
             for b in range(bt):
                 dst[b] = x[b0 + b, kk]
-            for b in range(bt, LANES):
+            for b in range(bt, lw):
                 dst[b] = 0.0
-        for i in range(n_out * LANES):
+        for i in range(n_out * lw):
             acc[i] = 0.0
         for j in range(nblk):
             for r in range(n_out):
-                row_fma32(xt, cols, codes, codebook, np.int64(bptr[j, r]), np.int64(bptr[j, r + 1]), acc,
-                          np.int64(r * LANES))
-        _finish_tile_kernel(acc, b0, bt, out_scales, bias, ep, out, LANES)
+                e0, e1 = np.int64(bptr[j, r]), np.int64(bptr[j, r + 1])
+                if lw == 24:
+                    row_fma24(xt, cols, codes, codebook, e0, e1, acc, np.int64(r * lw))
+                else:
+                    row_fma32(xt, cols, codes, codebook, e0, e1, acc, np.int64(r * lw))
+        _finish_tile_kernel(acc, b0, bt, out_scales, bias, ep, out, lw)
 
 
 def _codes_axpy(x, codes_t, codebook, in_scales, out_scales, bias, ep, out, nblocks, bw):
@@ -692,6 +698,11 @@ def uses_dense_dot(batch: int, n: int, k: int) -> bool:
     return n * k >= DENSE_DOT_MIN_WEIGHTS_WIDE
 
 
+def rows_lanes(batch: int) -> int:
+    """Samples a tile of the rows form holds at this batch size (what _sparse_row_tiles_kernel picks)."""
+    return ROWS_NARROW if batch <= ROWS_NARROW else LANES
+
+
 def _decode_rows(n: int) -> int:
     """Output rows decoded per block by _decoded_blocks."""
     return min(n, max(DECODE_ROWS, min(DECODE_ROWS_MAX, n // DECODE_ROWS_SHARE)))
@@ -700,7 +711,7 @@ def _decode_rows(n: int) -> int:
 def linear_scratch_bytes(batch: int, prepared: PreparedLinear, parallel: bool = False) -> int:
     """Bytes of scratch `linear` needs for this batch size (0 when it needs none)."""
     if prepared.kind == "sparse_rows":
-        return 4 * LANES * (prepared.k + prepared.n) if batch else 0
+        return 4 * rows_lanes(batch) * (prepared.k + prepared.n) if batch else 0
     if prepared.kind == "sparse" and batch >= SPARSE_TILED_MIN_BATCH:
         return 4 * _slots(batch, parallel) * TILE * (prepared.k + prepared.n)
     if prepared.kind in DECODE_MIN_BATCH and batch >= DECODE_MIN_BATCH[prepared.kind]:
@@ -801,9 +812,10 @@ def bind_linear(x: np.ndarray, prepared: PreparedLinear, bias, alpha: float, bet
             wmat = a["wt"]
         finish = alpha != 1.0 or bias_vec.shape[0] != 0 or (act is not None and act[0] != ACT_NONE)
         return _dense_blas, (x, wmat, bias_vec, ep, out, finish)
-    if kind == "sparse_rows":  # serial: one tile of LANES samples holds a model's batch
+    if kind == "sparse_rows":  # serial: one tile holds a model's batch
         buf = _f32_scratch(scratch, linear_scratch_bytes(bsz, prepared))
-        xt, acc = buf[: LANES * prepared.k], buf[LANES * prepared.k: LANES * (prepared.k + prepared.n)]
+        lw = rows_lanes(bsz)
+        xt, acc = buf[: lw * prepared.k], buf[lw * prepared.k: lw * (prepared.k + prepared.n)]
         return _sparse_row_tiles_kernel, (x, *prepared.kernel_args, bias_vec, ep, out, xt, acc)
     if kind == "sparse":
         if bsz < SPARSE_TILED_MIN_BATCH:
