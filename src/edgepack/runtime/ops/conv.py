@@ -82,6 +82,12 @@ BLOCK_TILE_FLOATS = 2048
 # get short (192 -> 384 channels, 3x3 stride 2, 13x13 outputs: 0.8x of BLAS; 96 -> 96 at 52x52: on par; 12 -> 24 at
 # 208x208 and the 3-channel first layers: 1.2-2.7x faster; dev VM, interleaved, benchmarks/conv_kernels.py).
 BLOCK_MIN_POSITIONS = 1024
+# From this many output positions and channels a dense plain 1x1 convolution runs conv_pointwise.py's register-tiled
+# kernel instead of BLAS (fewer: its tiles of 16 positions x 8 channels waste too much of themselves, 512 -> 512 at 7x7
+# 0.85x of BLAS, 96 -> 4 at 52x52 0.35x, and a 1x1 plane is a matrix-vector product; benchmarks/pointwise_conv.py).
+# Serial plans only: with threads, BLAS runs the product on all of them.
+POINTWISE_MIN_POSITIONS = 100
+POINTWISE_MIN_CHANNELS = 8
 
 
 def _serial_and_parallel(fn):
@@ -1037,6 +1043,11 @@ def bind_conv(x: np.ndarray, prepared: PreparedConv, bias, attrs: dict, out: np.
         if (geo[_KH] == 1 and geo[_KW] == 1 and geo[_SH] == 1 and geo[_SW] == 1 and geo[_PADDED] == 0):
             x3, out3 = x.reshape(nb, cols, npos), out.reshape(nb, cout, npos)
             save = flat[: crows * ow]
+            if not parallel and npos >= POINTWISE_MIN_POSITIONS and cout >= POINTWISE_MIN_CHANNELS:
+                # the register-tiled kernel, band by band (conv_pointwise.py; one thread: BLAS threads the product)
+                from edgepack.runtime.ops import conv_pointwise  # it builds on this module
+                return conv_pointwise.run, (x3, a["w2d"], out3, bias_v, ep, chain, save, finish,
+                                            max(1, crows * ow))
             if not finish or crows >= oh:  # one band: the product, then the epilogue over the whole output
                 return _gemm_1x1_run, (x3, a["w2d"], out3, bias_v, ep, chain, save, finish)
             step = crows * ow

@@ -1,0 +1,122 @@
+"""The register-tiled 1x1 convolution (runtime/ops/conv_pointwise.py) against float64 numpy and onnxruntime: edge
+shapes (fewer than a tile of channels or positions, tiles overlapping at the ends), bands, the epilogue, and the path
+bind_conv picks."""
+from __future__ import annotations
+
+import numba
+import numpy as np
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from edgepack.runtime.ops import conv as conv_mod
+from edgepack.runtime.ops import conv_pointwise
+from edgepack.runtime.ops.elementwise import ACT_CLIP
+from edgepack.runtime.weights import DenseWeight
+
+
+def _rand(rng, *shape):
+    return rng.standard_normal(shape).astype(np.float32)
+
+
+@pytest.mark.parametrize("cin", [1, 3, 32, 129])
+@pytest.mark.parametrize("cout", [1, 7, 8, 9, 17, 64])
+@pytest.mark.parametrize("npos", [1, 15, 16, 17, 100, 257])
+def test_kernel_matches_float64(cin, cout, npos):
+    rng = np.random.default_rng(cin * 1000 + cout * 10 + npos)
+    x, w = _rand(rng, cin, npos), _rand(rng, cout, cin)
+    out = np.full((cout, npos), np.nan, np.float32)
+    conv_pointwise.pointwise_kernel(x, w, out, 0, npos)
+    want = w.astype(np.float64) @ x.astype(np.float64)
+    np.testing.assert_allclose(out, want, rtol=1e-5, atol=1e-5 * np.sqrt(cin))
+
+
+def test_kernel_writes_only_its_range_and_bands_give_the_same_bits():
+    rng = np.random.default_rng(1)
+    cin, cout, npos = 40, 20, 300
+    x, w = _rand(rng, cin, npos), _rand(rng, cout, cin)
+    whole = np.empty((cout, npos), np.float32)
+    conv_pointwise.pointwise_kernel(x, w, whole, 0, npos)
+    part = np.full((cout, npos), np.nan, np.float32)
+    conv_pointwise.pointwise_kernel(x, w, part, 37, 150)
+    assert np.isnan(part[:, :37]).all() and np.isnan(part[:, 150:]).all()
+    np.testing.assert_array_equal(part[:, 37:150], whole[:, 37:150])  # tiles placed differently: the same sums
+    for p0, p1 in ((0, 7), (7, 23), (23, 300)):
+        conv_pointwise.pointwise_kernel(x, w, part, p0, p1)
+    np.testing.assert_array_equal(part, whole)
+
+
+def test_kernel_special_values():
+    rng = np.random.default_rng(2)
+    x, w = _rand(rng, 5, 40), _rand(rng, 9, 5)
+    x[0, 3], x[1, 20], w[4, 2] = np.inf, np.nan, 0.0
+    out = np.empty((9, 40), np.float32)
+    conv_pointwise.pointwise_kernel(x, w, out, 0, 40)
+    with np.errstate(invalid="ignore"):
+        want = (w.astype(np.float64) @ x.astype(np.float64)).astype(np.float32)
+    np.testing.assert_array_equal(np.isnan(out), np.isnan(want))
+    np.testing.assert_allclose(out[~np.isnan(out)], want[~np.isnan(want)], rtol=1e-5, atol=1e-5)
+
+
+def test_slp_setting_restored():
+    # the kernel is compiled with SLP on for its own compile only (conv_pointwise._compile_with_slp)
+    saved = numba.config.SLP_VECTORIZE
+    conv_pointwise._compile_with_slp(lambda a: None, "void(int64)")
+    assert numba.config.SLP_VECTORIZE == saved
+
+
+def _ort(x, w, b, act):
+    nodes = [helper.make_node("Conv", ["x", "W", "B"], ["c"], kernel_shape=[1, 1])]
+    if act == "silu":
+        nodes += [helper.make_node("Sigmoid", ["c"], ["s"]), helper.make_node("Mul", ["c", "s"], ["y"])]
+    elif act == "relu":
+        nodes += [helper.make_node("Relu", ["c"], ["y"])]
+    else:
+        nodes[0].output[0] = "y"
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, x.shape)],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                          [numpy_helper.from_array(w, "W"), numpy_helper.from_array(b, "B")])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = 1
+    return ort.InferenceSession(m.SerializeToString(), so, providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+
+
+@pytest.mark.parametrize("shape", [(1, 32, 80, 80), (2, 48, 13, 17), (1, 3, 10, 10), (1, 256, 10, 10)])
+@pytest.mark.parametrize("cout", [8, 18, 64])
+@pytest.mark.parametrize("act", [None, "relu", "silu"])
+def test_bind_conv_takes_the_tiled_kernel_and_matches_onnxruntime(shape, cout, act):
+    rng = np.random.default_rng(3)
+    x = _rand(rng, *shape)
+    w, b = _rand(rng, cout, shape[1], 1, 1), _rand(rng, cout)
+    prepared = conv_mod.prepare_conv(DenseWeight(w), 1)
+    out = np.full((shape[0], cout) + shape[2:], np.nan, np.float32)
+    fused = None
+    if act == "relu":
+        fused = (ACT_CLIP, 0.0, np.inf)
+    elif act == "silu":
+        fused = conv_mod.EpilogueChain(np.float32([[conv_mod.CH_SILU, 0, 0, 0]]), ("s", "m"))
+    fn, args = conv_mod.bind_conv(x, prepared, b, {}, out, act=fused)
+    assert fn is conv_pointwise.run  # 100+ positions, 8+ channels
+    fn(*args)
+    np.testing.assert_allclose(out, _ort(x, w, b, act), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("shape,cout", [((1, 512, 1, 1), 1280), ((1, 64, 7, 7), 64), ((1, 96, 52, 52), 4)])
+def test_small_planes_and_few_channels_keep_blas(shape, cout):
+    rng = np.random.default_rng(4)
+    x = _rand(rng, *shape)
+    w, b = _rand(rng, cout, shape[1], 1, 1), _rand(rng, cout)
+    out = np.empty((1, cout) + shape[2:], np.float32)
+    fn, args = conv_mod.bind_conv(x, conv_mod.prepare_conv(DenseWeight(w), 1), b, {}, out)
+    assert fn in (conv_mod._gemm_1x1_run, conv_mod._gemm_1x1_bands_run)
+    fn(*args)
+    np.testing.assert_allclose(out, _ort(x, w, b, None), rtol=1e-4, atol=1e-4)
+
+
+def test_parallel_plans_keep_blas():
+    rng = np.random.default_rng(5)
+    x, w = _rand(rng, 1, 32, 20, 20), _rand(rng, 16, 32, 1, 1)
+    out = np.empty((1, 16, 20, 20), np.float32)
+    fn, _ = conv_mod.bind_conv(x, conv_mod.prepare_conv(DenseWeight(w), 1), None, {}, out, parallel=True)
+    assert fn is not conv_pointwise.run
