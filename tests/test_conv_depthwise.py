@@ -52,8 +52,13 @@ def bound_kernel(w, x, attrs, parallel=False):
 @pytest.mark.parametrize("k", [3, 5])
 @pytest.mark.parametrize("kind", DW_KINDS)
 @pytest.mark.parametrize("case", range(len(GEOMETRIES)))
-def test_depthwise_matches_float64_numpy(k, kind, case):
+@pytest.mark.parametrize("wide", [False, True])
+def test_depthwise_matches_float64_numpy(k, kind, case, wide):
+    """Each geometry as listed (small planes: mostly the channel-blocked layout) and 65 columns wider (too wide to
+    block: the one-channel layouts)."""
     x_shape, attrs = GEOMETRIES[case]
+    if wide:
+        x_shape = x_shape[:3] + (x_shape[3] + 65,)
     attrs = attrs_for(x_shape, k, attrs)
     rng = np.random.default_rng([case, k, DW_KINDS.index(kind)])
     w = make_weight(kind, (x_shape[1], 1, k, k), rng, density=0.7)
@@ -61,6 +66,9 @@ def test_depthwise_matches_float64_numpy(k, kind, case):
     bias = rng.standard_normal(x_shape[1]).astype(np.float32)
     assert bound_kernel(w, x, attrs) is D._conv_depthwise_kernel
     assert bound_kernel(w, x, attrs, parallel=True) is D._conv_depthwise_parallel_kernel
+    if wide:
+        geo = C._plan(C.prepare_conv(w, x_shape[1]), x_shape, attrs, False).geo
+        assert geo[C._PLEN] != D.LANES * geo[C._HP] * geo[C._WP]
     check_close(run_conv(w, x, bias, attrs), reference_for(x, w, bias, attrs))
     check_close(run_conv(w, x, None, attrs), reference_for(x, w, None, attrs))
 
@@ -158,15 +166,15 @@ def test_row_pairs_are_the_stride_one_layout():
     even without padding), the others and sparse weights the one-row one."""
     def plan(kind, k, attrs):
         w = make_weight(kind, (4, 1, k, k), np.random.default_rng(0), density=0.8)
-        return C._plan(C.prepare_conv(w, 4), (1, 4, 9, 10), dict(attrs, group=4), False)
+        return C._plan(C.prepare_conv(w, 4), (1, 4, 9, 70), dict(attrs, group=4), False)  # too wide to block
 
     for kind in DW_KINDS:
         for k in (3, 5):
             geo = plan(kind, k, {}).geo  # VALID: no padding
-            assert geo[C._PERCH] == 1 and geo[C._PLEN] == 2 * (9 // 2 + 1) * 10
+            assert geo[C._PERCH] == 1 and geo[C._PLEN] == 2 * (9 // 2 + 1) * 70
     assert plan("sparse", 3, {}).geo[C._PLEN] == 0
-    assert plan("dense", 3, {"strides": [2, 1], "pads": [1, 1, 1, 1]}).geo[C._PLEN] == 2 * 6 * 12
-    assert plan("dense", 3, {"dilations": [2, 2], "pads": [2, 2, 2, 2]}).geo[C._PLEN] == 13 * 14
+    assert plan("dense", 3, {"strides": [2, 1], "pads": [1, 1, 1, 1]}).geo[C._PLEN] == 2 * 6 * 72
+    assert plan("dense", 3, {"dilations": [2, 2], "pads": [2, 2, 2, 2]}).geo[C._PLEN] == 13 * 74
 
 
 @pytest.mark.parametrize("w_shape,kind,attrs", [

@@ -34,7 +34,7 @@ from edgepack.runtime.ops.conv import (_ACC_LEN, _C, _CIN_G, _COLS, _COUT_G, _DH
                                        _chain_kernel, _channel_base_kernel, _head_kernel, _scratch_views_kernel,
                                        _serial_and_parallel, _source_channel_kernel, _source_kernel,
                                        _store_rows_kernel, _weight_kernel)
-from edgepack.runtime.ops.simd_taps import LANES, taps16x1, taps16x4
+from edgepack.runtime.ops.simd_taps import LANES, taps16x1, taps16x4, transpose16
 
 KERNELS = ((3, 3), (5, 5))  # the kernel shapes this file runs
 
@@ -45,18 +45,21 @@ def runs(geo: np.ndarray) -> bool:
     return int(geo[_CIN_G]) == 1 and int(geo[_COUT_G]) == 1 and (int(geo[_KH]), int(geo[_KW])) in KERNELS
 
 
-# Small planes (7 x 7; up to 16 x 16 at strides (2, 2)) run channel-blocked: LANES (16) channels at a time are copied
-# side by side into one zero-padded plane (Hp x Wp x 16), and every output position of the block is one run of
-# 16-lane fused multiply-adds over the taps (simd_taps.py: four positions a call, the sums in registers), whatever
-# the strides. One channel at a time, such a plane is mostly per-channel work (its copy, the wide rows' dropped
-# columns, the loop set-up); onnxruntime runs these layers channel-blocked (NCHWc) too. benchmarks/depthwise_pool.py
-# (1 thread, CPU time, load 2-3): 512 x 7 x 7 5x5 105 -> 74 us, 256 x 14 x 14 5x5 at (2, 2) 82 -> 57 (onnxruntime 29,
-# 23: what is left is mostly the copy into the block and out of it, value by value). Larger planes stay one channel
-# at a time (256 x 14 x 14 at stride 1: 96 -> 107 us blocked; 128 x 28 x 28 at (2, 2) even). Each output still sums
-# its taps in order, one rounding each.
-BLOCKED_MAX_PLANE = 64  # input planes of at most this many values run blocked at any strides
-BLOCKED_MAX_PLANE_S2 = 256  # ... and at strides (2, 2) up to this many
-BLOCKED_MAX_PADDED = 1024  # the padded plane and the output plane at most this many values (bounds the scratch)
+# Small planes (up to 256 values, up to 4096 at strides (2, 2), rows at most 64 wide) run channel-blocked: LANES (16)
+# channels at a time are moved side by side into one zero-padded plane (Hp x Wp x 16; simd_taps.transpose16, 16
+# values of 16 channels at a time), every output position of the block is one run of 16-lane fused multiply-adds over
+# the taps (simd_taps.taps16x4: four positions a call, the sums in registers), whatever the strides, and the sums are
+# moved back into one plane per channel for the usual store. One channel at a time, such a plane is mostly
+# per-channel work (its copy, the wide rows' dropped columns, the loop set-up); onnxruntime runs these layers
+# channel-blocked (NCHWc) too. benchmarks/depthwise_pool.py (1 thread, CPU time, load 2.2-2.6), one channel at a time
+# -> blocked: 512 x 7 x 7 5x5 105 -> 58-62 us (onnxruntime 29), 256 x 14 x 14 5x5 86-96 -> 86, at (2, 2) 82 -> 34-37
+# (24), 128 x 28 x 28 3x3 at (2, 2) 78 -> 34 (29), 64 x 56 x 56 at (2, 2) 87 -> 61 (48). Wide short planes stay one
+# channel at a time (200 x 2 x 96 5x5: 49 -> 64 us blocked). Each output still sums its taps in order, one rounding
+# each.
+BLOCKED_MAX_PLANE = 256  # input planes of at most this many values run blocked at any strides
+BLOCKED_MAX_PLANE_S2 = 4096  # ... and at strides (2, 2) up to this many
+BLOCKED_MAX_WIDTH = 64  # ... and rows at most this wide (wide short planes, 2 x 96: the row-pair kernels are faster)
+BLOCKED_MAX_PADDED = 4096  # the padded plane and the output plane at most this many values (bounds the scratch)
 
 
 def layout(g: dict) -> tuple[int, int, int, int] | None:
@@ -68,12 +71,13 @@ def layout(g: dict) -> tuple[int, int, int, int] | None:
 
 def blocked_layout(g: dict) -> tuple[int, int, int, int] | None:
     """The channel-blocked layout: per slot one padded block (Hp x Wp x LANES), and as its "accumulator" the block's
-    sums (OH * OW x LANES), its planes one channel after another (LANES x OH * OW) and its weights (taps x LANES)."""
+    sums (OH * OW x LANES), its planes one channel after another (LANES x OH * OW), its weights (taps x LANES) and two
+    int64 maps (where each input value goes in the block, where each channel's plane starts)."""
     if not (g["cin_g"] == 1 and g["cout"] // g["group"] == 1 and (g["kh"], g["kw"]) in KERNELS
             and _blocked_ok(g["h"], g["w"], g["hp"], g["wp"], g["oh"], g["ow"], g["sh"], g["sw"])):
         return None
     npos = g["oh"] * g["ow"]
-    return 1, LANES * g["hp"] * g["wp"], g["oh"], LANES * (2 * npos + g["kh"] * g["kw"])
+    return 1, LANES * g["hp"] * g["wp"], g["oh"], LANES * (2 * npos + g["kh"] * g["kw"]) + 2 * (g["h"] * g["w"] + LANES)
 
 
 @njit(cache=True)
@@ -81,6 +85,8 @@ def _blocked_ok(h, w, hp, wp, oh, ow, sh, sw):
     """Whether the convolution runs channel-blocked (the driver asks too: the BLOCKED_* values are compile-time
     constants there, change them in this file)."""
     if hp * wp > BLOCKED_MAX_PADDED or oh * ow > BLOCKED_MAX_PADDED:
+        return False
+    if w > BLOCKED_MAX_WIDTH:
         return False
     return h * w <= BLOCKED_MAX_PLANE or (sh == 2 and sw == 2 and h * w <= BLOCKED_MAX_PLANE_S2)
 
@@ -231,19 +237,32 @@ def _blocked_tab_kernel(geo, tab):
 
 
 @njit(cache=True)
-def _blocked_source_kernel(x, b, c0, nc, geo, xp):
-    """Channels c0 .. c0 + nc - 1 of sample b side by side into the padded block xp (value (y, x) of channel c0 + j at
-    ((y + PT) * Wp + PL + x) * LANES + j); the borders (zero) and lanes past nc are left as they are."""
+def _blocked_maps_kernel(geo, pmap, cmap):
+    """pmap[y * W + x] = where input value (y, x) goes in the padded block (lane 0); cmap[j] = j * OH * OW."""
     h, w, wp, pt, pl = geo[_H], geo[_W], geo[_WP], geo[_PT], geo[_PL]
-    hw = h * w
-    xb = x[b]
     for y in range(h):
         for i in range(w):
-            q = y * w + i
-            d0 = ((y + pt) * wp + pl + i) * LANES
-            d = xp[d0: d0 + LANES]
-            for j in range(nc):
-                d[j] = xb[(c0 + j) * hw + q]
+            pmap[y * w + i] = ((y + pt) * wp + pl + i) * LANES
+    for j in range(LANES):
+        cmap[j] = j * geo[_OH] * geo[_OW]
+
+
+@njit(cache=True)
+def _blocked_source_kernel(x, b, c0, nc, geo, xp, pmap):
+    """Channels c0 .. c0 + nc - 1 of sample b side by side into the padded block xp (value q of channel c0 + j at
+    pmap[q] + j): a full block 16 values at a time (transpose16), the rest one by one; the borders (zero) and lanes
+    past nc are left as they are."""
+    hw = geo[_H] * geo[_W]
+    xb = x[b]
+    q = 0
+    if nc == LANES:
+        while q + LANES <= hw:
+            transpose16(xb, c0 * hw + q, hw, xp, pmap, q, 0)
+            q += LANES
+    for p in range(q, hw):
+        d = xp[pmap[p]: pmap[p] + LANES]
+        for j in range(nc):
+            d[j] = xb[(c0 + j) * hw + p]
 
 
 @njit(cache=True)
@@ -359,22 +378,32 @@ def _conv_depthwise(x, geo, wkind, w2d, codes, codebook, q, zp, scales, bias, ep
             xp, ac = xpad[t * plen: t * plen + plen], acc[t * alen: t * alen + alen]
             ob, planes = ac[: LANES * npos], ac[LANES * npos: 2 * LANES * npos]
             wb16 = ac[2 * LANES * npos: 2 * LANES * npos + LANES * ntaps]
+            hw = geo[_H] * geo[_W]
+            m0 = LANES * (2 * npos + ntaps)
+            maps = ac[m0: m0 + 2 * (hw + LANES)].view(np.int64)
+            pmap, cmap = maps[:hw], maps[hw: hw + LANES]
+            _blocked_maps_kernel(geo, pmap, cmap)
             for i in range(plen):  # the zero borders (each block writes the inside)
                 xp[i] = 0.0
             for b in range(x.shape[0]):
                 for bi in range(t, nblk, slots):
                     c0 = bi * LANES
                     nc = min(LANES, cout - c0)
-                    _blocked_source_kernel(x, b, c0, nc, geo, xp)
+                    _blocked_source_kernel(x, b, c0, nc, geo, xp, pmap)
                     for k in range(ntaps):
                         for j in range(LANES):
                             wb16[k * LANES + j] = _weight_kernel(wkind, c0 + j, k, w2d, codes, codebook, q, zp) \
                                 if j < nc else np.float32(0.0)
                     _blocked_taps_kernel(xp, tab, ntaps, wb16, geo, ob)
+                    p0v = 0
+                    if nc == LANES:  # the block's sums into one plane per channel, 16 positions at a time
+                        while p0v + LANES <= npos:
+                            transpose16(ob, p0v * LANES, LANES, planes, cmap, 0, p0v)
+                            p0v += LANES
                     for j in range(nc):
                         co = c0 + j
                         pj = planes[j * npos: (j + 1) * npos]
-                        for p in range(npos):
+                        for p in range(p0v, npos):
                             pj[p] = ob[p * LANES + j]
                         scale = scales[co] if has_scales else np.float32(1.0)
                         bv = bias[co] if has_bias else np.float32(0.0)

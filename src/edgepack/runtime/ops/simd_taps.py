@@ -1,4 +1,5 @@
-"""LLVM vector intrinsics for Numba kernels: the taps of output positions of 16 channels at once.
+"""LLVM vector intrinsics for Numba kernels: the taps of output positions of 16 channels at once, and the 16 x 16
+transpose that moves channels into and out of such a block (transpose16).
 
 taps16x1(src, tab, ntaps, w, b0, out, o0) sets out[o0: o0 + 16] to the sum over taps t < ntaps of
 w[16 t: 16 t + 16] * src[b0 + tab[t]: b0 + tab[t] + 16] (float32), src holding 16 channels side by side (a
@@ -68,3 +69,45 @@ def taps16x1(typingctx, src_t, tab_t, ntaps_t, w_t, b0_t, out_t, o0_t):
 def taps16x4(typingctx, src_t, tab_t, ntaps_t, w_t, b0_t, b1_t, b2_t, b3_t, out_t, o0_t):
     sig = _signature(4, src_t, tab_t, w_t, out_t)
     return None if sig is None else (sig, _codegen(4))
+
+
+@intrinsic
+def transpose16(typingctx, src_t, s0_t, sstride_t, dst_t, dmap_t, m0_t, dbase_t):
+    """transpose16(src, s0, sstride, dst, dmap, m0, dbase): the 16 x 16 block whose row r is
+    src[s0 + r * sstride: ... + 16], transposed: its column i stored at dst[dbase + dmap[m0 + i]: ... + 16] (16
+    vector loads, 64 two-vector shuffles, 16 vector stores; conv_depthwise.py's copies into and out of a channel
+    block). Values are moved, not computed: the bits are the input's."""
+    for t in (src_t, dst_t):
+        if not isinstance(t, types.Array) or t.dtype != types.float32 or t.layout != "C":
+            return None
+    if not isinstance(dmap_t, types.Array) or dmap_t.dtype != types.int64 or dmap_t.layout != "C":
+        return None
+    sig = types.void(src_t, types.int64, types.int64, dst_t, dmap_t, types.int64, types.int64)
+
+    def codegen(context, builder, signature, args):
+        src, s0, sstride, dst, dmap, m0, dbase = args
+        f32, i32, i64 = ir.FloatType(), ir.IntType(32), ir.IntType(64)
+        v16 = ir.VectorType(f32, LANES)
+        sa, da, ma = (context.make_array(signature.args[i])(context, builder, v)
+                      for i, v in ((0, src), (3, dst), (4, dmap)))
+
+        def vec_at(ptr, offset):
+            return builder.bitcast(builder.gep(ptr, [offset]), v16.as_pointer())
+
+        half = LANES // 2
+        lo = ir.Constant(ir.VectorType(i32, LANES), [v for k in range(half) for v in (k, k + LANES)])
+        hi = ir.Constant(ir.VectorType(i32, LANES), [v for k in range(half, LANES) for v in (k, k + LANES)])
+        rows = [builder.load(vec_at(sa.data, builder.add(s0, builder.mul(sstride, ir.Constant(i64, r)))), align=4)
+                for r in range(LANES)]
+        for _ in range(4):  # log2(16) rounds of interleaving rows k and k + 8: the transpose
+            new = []
+            for k in range(half):
+                new.append(builder.shuffle_vector(rows[k], rows[k + half], lo))
+                new.append(builder.shuffle_vector(rows[k], rows[k + half], hi))
+            rows = new
+        for i, v in enumerate(rows):
+            off = builder.load(builder.gep(ma.data, [builder.add(m0, ir.Constant(i64, i))]))
+            builder.store(v, vec_at(da.data, builder.add(dbase, off)), align=4)
+        return context.get_dummy_value()
+
+    return sig, codegen
