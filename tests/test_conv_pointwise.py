@@ -46,6 +46,23 @@ def test_kernel_writes_only_its_range_and_bands_give_the_same_bits():
     np.testing.assert_array_equal(part, whole)
 
 
+def test_read_only_inputs_and_weights():
+    rng = np.random.default_rng(6)
+    x, w = _rand(rng, 1, 12, 10, 12), _rand(rng, 16, 12, 1, 1)
+    want = None
+    for ro_x in (False, True):
+        for ro_w in (False, True):
+            xs, ws = x.copy(), w.copy()
+            xs.flags.writeable, ws.flags.writeable = not ro_x, not ro_w
+            prepared = conv_mod.prepare_conv(DenseWeight(ws), 1)
+            out = np.empty((1, 16, 10, 12), np.float32)
+            fn, args = conv_mod.bind_conv(xs, prepared, None, {}, out)
+            assert fn is conv_pointwise.run
+            fn(*args)
+            want = out.copy() if want is None else want
+            np.testing.assert_array_equal(out, want)
+
+
 def test_kernel_special_values():
     rng = np.random.default_rng(2)
     x, w = _rand(rng, 5, 40), _rand(rng, 9, 5)

@@ -137,9 +137,14 @@ def _compile_with_slp(fn, sig):
         numba.config.SLP_VECTORIZE = saved
 
 
-# x (cin, P), w (cout, cin), out (cout, P), p0, p1
-pointwise_kernel = _compile_with_slp(_pointwise,
-                                     "void(float32[:, ::1], float32[:, ::1], float32[:, ::1], int64, int64)")
+def _signature(readonly_x, readonly_w):
+    x, w = (numba.types.Array(numba.float32, 2, "C", readonly=r) for r in (readonly_x, readonly_w))
+    return numba.void(x, w, numba.types.Array(numba.float32, 2, "C"), numba.int64, numba.int64)
+
+
+# x (cin, P), w (cout, cin), out (cout, P), p0, p1; x and w writable or read-only (a caller's input, weights mapped
+# from the file)
+pointwise_kernel = _compile_with_slp(_pointwise, [_signature(rx, rw) for rx in (False, True) for rw in (False, True)])
 
 
 def run(x3, w2d, out3, bias_v, ep, chain, save, finish, step):
