@@ -116,3 +116,23 @@ def test_accumulator_tiles_do_not_alias_modulo_4k():
     for n in (1, 271, 272, 273, 1007, 1024, 1296, 2048, 2120, 5000):
         s = tile_stride(n)
         assert n <= s < n + 1024 and (4 * s) % 4096 == 1088
+
+
+@pytest.mark.parametrize("n", [1, 31, 32, 33, 64, 95, 200])
+@pytest.mark.parametrize("ntaps", [0, 1, 5, 9, 27])
+def test_tiled_taps_equal_the_taps_kernel_bit_for_bit(n, ntaps):
+    """conv_blocked.block_taps_tiled (register tiles of 32 positions, the last one overlapping) gives the bits of
+    block_taps_kernel from zero accumulators: the same FMAs in the same order; read-only sources too."""
+    from edgepack.runtime.ops.conv_blocked import block_taps_kernel, block_taps_tiled
+    rng = np.random.default_rng(n * 100 + ntaps)
+    src = rng.standard_normal(600).astype(np.float32)
+    wblk = rng.standard_normal((max(ntaps, 1), 4)).astype(np.float32)
+    oblk = rng.integers(0, 600 - n - 7, max(ntaps, 1)).astype(np.int64)
+    want = np.zeros((4, n), np.float32)
+    block_taps_kernel(src, 7, wblk, oblk, ntaps, want[0], want[1], want[2], want[3], n)
+    for s in (src, src.copy()):
+        s.flags.writeable = s is not src
+        got = np.full((4, n + 3), np.nan, np.float32)
+        block_taps_tiled(s, 7, wblk, oblk, ntaps, got[0], got[1], got[2], got[3], n)
+        np.testing.assert_array_equal(got[:, :n].view(np.uint32), want.view(np.uint32))
+        assert np.isnan(got[:, n:]).all()

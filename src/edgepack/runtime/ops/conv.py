@@ -21,7 +21,7 @@ import numpy as np
 from numba import get_num_threads, njit, prange
 
 from edgepack.runtime.errors import InputError, UnsupportedError
-from edgepack.runtime.ops.conv_blocked import BLOCK, block_taps_kernel, tile_stride
+from edgepack.runtime.ops.conv_blocked import BLOCK, block_taps_tiled, tile_stride
 from edgepack.runtime.ops.elementwise import (ACT_CLIP, ACT_LEAKY, ACT_NONE, EP_ACT, EP_P0, EP_P1, _sigmoid_kernel,
                                      _tanh_kernel, epilogue, silu_kernel)
 from edgepack.runtime.weights import CodebookWeight, DenseWeight, Int8Weight, SparseCodebookWeight
@@ -846,7 +846,7 @@ def _conv_taps(x, geo, group_of, wkind, w2d, codes, codebook, q, zp, scales, bia
 
 # The blocked driver: dense, codebook and int8 weights alike, decoded one block of BLOCK output channels at a time
 # into (taps, BLOCK) float32 rows (taps zero for every channel of the block are dropped), then summed by
-# conv_blocked.block_taps_kernel tile by tile and stored while the tile is in cache.
+# conv_blocked.block_taps_tiled tile by tile and stored while the tile is in cache.
 
 @njit(cache=True)
 def _gather_block_kernel(wkind, co0, nco, w2d, codes, codebook, q, zp, tab, wb, ob):
@@ -894,11 +894,7 @@ def _conv_blocked(x, geo, wkind, w2d, codes, codebook, q, zp, scales, bias, ep, 
                     nco = min(BLOCK, (g + 1) * cout_g - co0)
                     ntaps = _gather_block_kernel(wkind, co0, nco, w2d, codes, codebook, q, zp, tab, wb, ob)
                     a0, a1, a2, a3 = ac[0: n], ac[tl: tl + n], ac[2 * tl: 2 * tl + n], ac[3 * tl: 3 * tl + n]
-                    a0[:] = 0.0
-                    a1[:] = 0.0
-                    a2[:] = 0.0
-                    a3[:] = 0.0
-                    block_taps_kernel(src, g * gstride + r0 * pitch, wb, ob, ntaps, a0, a1, a2, a3, n)
+                    block_taps_tiled(src, g * gstride + r0 * pitch, wb, ob, ntaps, a0, a1, a2, a3, n)
                     for j in range(nco):
                         co = co0 + j
                         o0 = (co * oh + r0) * ow
