@@ -37,7 +37,7 @@ WRONG = [
     ({"default": {"huffman": 0}}, r"huffman must be true or false"),
     ({"default": {"channel_scales": "yes"}}, r"channel_scales must be \"auto\", true or false"),
     ({"default": {"channel_scales": 1}}, r"channel_scales must be"),
-    ({"default": {"init": 3}}, r"init must be one of linear, random, density, found 3"),
+    ({"default": {"init": 3}}, r"init must be one of linear, random, density, companded, auto, found 3"),
     ({"default": {"encoding": "sparse"}}, r"encoding must be one of"),
     ({"default": {"codebook_dtype": "float64"}}, r"codebook_dtype must be one of float32, float16"),
     ({"default": {"chunk_symbols": 0}}, r"chunk_symbols 0 must be in"),

@@ -13,8 +13,8 @@ def _package(tmp_path: Path) -> Path:
     pkg = tmp_path / "pkg"
     (pkg / "sub" / "__pycache__").mkdir(parents=True)
     (pkg / "__pycache__").mkdir()
-    (pkg / "a.py").write_text("A = 1\n")
-    (pkg / "sub" / "b.py").write_text("B = 1\n")
+    (pkg / "a.py").write_text("A = 1  # @njit(cache=True)\n")
+    (pkg / "sub" / "b.py").write_text("B = 1  # @njit(cache=True)\n")
     return pkg
 
 
@@ -28,7 +28,7 @@ def test_digest_follows_every_source_and_only_sources(tmp_path):
     (pkg / "__pycache__" / "a.f-1.py311.nbi").write_bytes(b"x")       # caches are not sources
     (pkg / "notes.txt").write_text("not a source")
     assert source_digest([pkg]) == d0
-    (pkg / "sub" / "b.py").write_text("B = 2\n")                      # a callee's module, not the caller's
+    (pkg / "sub" / "b.py").write_text("B = 2  # @njit(cache=True)\n")  # a callee's module, not the caller's
     d1 = source_digest([pkg])
     assert d1 != d0
     (pkg / "sub" / "b.py").rename(pkg / "sub" / "c.py")               # same bytes, another module
@@ -72,8 +72,27 @@ def test_cache_folders_follow_numba_cache_dir(monkeypatch, tmp_path):
 
     monkeypatch.setattr(config, "CACHE_DIR", str(tmp_path / "nc"))
     folders = kernel_cache.cache_folders(Path("/some/where/ops"))
-    assert folders[0] == Path("/some/where/ops/__pycache__")
-    assert any(str(f).startswith(str(tmp_path / "nc") + os.sep + "ops_") for f in folders)
+    assert str(folders[0]).startswith(str(tmp_path / "nc") + os.sep + "ops_")  # Numba's first choice when set
+    assert folders[1] == Path("/some/where/ops/__pycache__")
+
+
+def test_the_folder_numba_writes_to_is_made_and_stamped_first(monkeypatch, tmp_path):
+    """A kernel Numba writes after the sweep into a folder that did not exist yet carries the current sources: the
+    sweep makes that folder (Numba's first choice) and stamps it, so the next import keeps what was compiled there
+    (`edgepack warm` into a fresh NUMBA_CACHE_DIR, then a run); a later choice that does not exist is not made."""
+    pkg = _package(tmp_path)
+    first, later = tmp_path / "nc" / "first", tmp_path / "later"
+    monkeypatch.setattr(kernel_cache, "cache_folders", lambda d: [first / Path(d).name, later / Path(d).name])
+    groups = [(pkg, (pkg,))]
+    assert sweep(groups) == []
+    assert (first / "pkg" / STAMP).is_file() and (first / "sub" / STAMP).is_file() and not later.exists()
+    (first / "pkg" / "a.k-1.py311.nbi").write_bytes(b"x")
+    assert sweep(groups) == [] and _kernels(first / "pkg") == {"a.k-1.py311.nbi"}
+    (pkg / "notes.py").write_text("N = 1\n")  # a folder without kernel modules gets no cache folder
+    (pkg / "docs").mkdir()
+    (pkg / "docs" / "d.py").write_text("D = 1\n")
+    sweep(groups)
+    assert not (first / "docs").exists() and _kernels(first / "pkg") == set()  # a new source: emptied
 
 
 _CALLEE = "from numba import njit\n\n@njit(cache=True)\ndef f():\n    return {v}\n"

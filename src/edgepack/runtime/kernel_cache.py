@@ -37,7 +37,8 @@ def source_digest(roots) -> str:
 
 
 def cache_folders(source_dir: Path) -> list[Path]:
-    """Where Numba may keep the kernels of the modules in `source_dir` (in-tree, NUMBA_CACHE_DIR, user-wide)."""
+    """Where Numba may keep the kernels of the modules in `source_dir`, in the order its locators try them:
+    NUMBA_CACHE_DIR's subfolder (when set), the in-tree __pycache__, the user-wide cache's subfolder."""
     folders = [Path(source_dir) / "__pycache__"]
     try:
         from numba.core import config
@@ -46,20 +47,23 @@ def cache_folders(source_dir: Path) -> list[Path]:
 
         sub = _CacheLocator.get_suitable_cache_subpath(str(Path(source_dir) / "x.py"))
         if config.CACHE_DIR:
-            folders.append(Path(config.CACHE_DIR) / sub)
+            folders.insert(0, Path(config.CACHE_DIR) / sub)
         folders.append(Path(AppDirs(appname="numba", appauthor=False).user_cache_dir) / sub)
     except Exception:  # another Numba's layout: the in-tree folder is still kept in step
         pass
     return folders
 
 
-def sweep_folder(folder: Path, digest: str) -> bool:
+def sweep_folder(folder: Path, digest: str, create: bool = False) -> bool:
     """Remove the Numba cache files (*.nbi, *.nbc) of `folder` unless its stamp is `digest`; stamp it. Returns whether
-    anything was removed. A folder that does not exist holds nothing stale and is not created."""
+    anything was removed. A folder that does not exist holds nothing stale; with `create` it is made and stamped
+    (the folder Numba will write to: its kernels then carry the stamp of the sources they were compiled from)."""
     stamp = folder / STAMP
     try:
         if not folder.is_dir():
-            return False
+            if not create:
+                return False
+            folder.mkdir(parents=True, exist_ok=True)
         if stamp.is_file() and stamp.read_text().strip() == digest:
             return False
         removed = False
@@ -78,6 +82,12 @@ def sweep_folder(folder: Path, digest: str) -> bool:
         return False
 
 
+def _kernel_dirs(top: Path) -> list[Path]:
+    """The folders under `top` (itself included) with a module that caches Numba kernels."""
+    dirs = [Path(top)] + [d for d in Path(top).rglob("*") if d.is_dir() and "__pycache__" not in d.parts]
+    return [d for d in dirs if any(b"cache=True" in p.read_bytes() for p in d.glob("*.py"))]
+
+
 def sweep(groups=None) -> list[Path]:
     """Keep every cache folder of edgepack's kernels in step with its sources; returns the folders emptied.
     `groups`: (folder whose subfolders hold kernel modules, source roots its kernels can reach) pairs; the default is
@@ -87,15 +97,14 @@ def sweep(groups=None) -> list[Path]:
         groups = [(runtime, (runtime,)), (packer, (packer, runtime))]
     emptied = []
     for top, roots in groups:
-        digest = None
-        dirs = [Path(top)] + [d for d in Path(top).rglob("*") if d.is_dir() and d.name != "__pycache__"
-                              and "__pycache__" not in d.parts]
-        for d in dirs:
+        digest = source_digest(roots)
+        for d in _kernel_dirs(top):
+            primary = True  # the first folder that can be made and stamped is the one Numba writes to
             for folder in cache_folders(d):
-                if not folder.is_dir():
+                if not primary and not folder.is_dir():
                     continue
-                if digest is None:
-                    digest = source_digest(roots)
-                if sweep_folder(folder, digest):
+                if sweep_folder(folder, digest, create=primary):
                     emptied.append(folder)
+                if primary and (folder / STAMP).is_file():
+                    primary = False
     return emptied
