@@ -10,7 +10,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from edgepack.runtime.ops import conv as conv_mod
-from edgepack.runtime.ops import conv_pointwise
+from edgepack.runtime.ops import conv_blocked, conv_pointwise
 from edgepack.runtime.ops.elementwise import ACT_CLIP
 from edgepack.runtime.weights import DenseWeight
 
@@ -76,9 +76,9 @@ def test_kernel_special_values():
 
 
 def test_slp_setting_restored():
-    # the kernel is compiled with SLP on for its own compile only (conv_pointwise._compile_with_slp)
+    # the kernel is compiled with SLP on for its own compile only (conv_blocked.compile_with_slp)
     saved = numba.config.SLP_VECTORIZE
-    conv_pointwise._compile_with_slp(lambda a: None, "void(int64)")
+    conv_blocked.compile_with_slp(lambda a: None, "void(int64)")
     assert numba.config.SLP_VECTORIZE == saved
 
 

@@ -731,6 +731,24 @@ def _chain_kernel(o, save, chain):
                 o[i] = sv[i] + o[i]
 
 
+@njit(cache=True, inline="always")
+def store_row(a, d, ow, scale, bias_v, kind, p0, p1, hk, m, c):
+    """d[:ow] = head(act(a[:ow] * scale + bias_v)) with the chain's head hk (_chain_head): one output row of a
+    store, a loop per case so that each vectorises (also conv_depthwise's paired store)."""
+    if kind == ACT_NONE and hk == HEAD_NONE:
+        for ox in range(ow):
+            d[ox] = a[ox] * scale + bias_v
+    elif hk == HEAD_NONE:
+        for ox in range(ow):
+            d[ox] = _activate_kernel(a[ox] * scale + bias_v, kind, p0, p1)
+    elif kind == ACT_NONE:
+        for ox in range(ow):
+            d[ox] = _head_kernel(a[ox] * scale + bias_v, hk, m, c)
+    else:
+        for ox in range(ow):
+            d[ox] = _head_kernel(_activate_kernel(a[ox] * scale + bias_v, kind, p0, p1), hk, m, c)
+
+
 @njit(cache=True)
 def _store_rows_kernel(acc, pitch, nrows, ow, scale, bias_v, o, kind, p0, p1, chain):
     """o[:nrows * OW] (consecutive output rows of one channel) = act(acc * scale + bias_v), acc in the wide layout
@@ -740,18 +758,7 @@ def _store_rows_kernel(acc, pitch, nrows, ow, scale, bias_v, o, kind, p0, p1, ch
     for oy in range(nrows):
         a = acc[oy * pitch: oy * pitch + ow]
         d = o[oy * ow: oy * ow + ow]
-        if kind == ACT_NONE and hk == HEAD_NONE:
-            for ox in range(ow):
-                d[ox] = a[ox] * scale + bias_v
-        elif hk == HEAD_NONE:
-            for ox in range(ow):
-                d[ox] = _activate_kernel(a[ox] * scale + bias_v, kind, p0, p1)
-        elif kind == ACT_NONE:
-            for ox in range(ow):
-                d[ox] = _head_kernel(a[ox] * scale + bias_v, hk, m, c)
-        else:
-            for ox in range(ow):
-                d[ox] = _head_kernel(_activate_kernel(a[ox] * scale + bias_v, kind, p0, p1), hk, m, c)
+        store_row(a, d, ow, scale, bias_v, kind, p0, p1, hk, m, c)
     if chain.shape[0] > skip:
         _chain_kernel(o[: nrows * ow], acc, chain[skip:])
 

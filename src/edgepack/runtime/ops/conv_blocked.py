@@ -187,8 +187,9 @@ def _block_taps_tiled(src, base, wblk, oblk, ntaps, a0, a1, a2, a3, n):
         _tile4_kernel(src, base, wblk, oblk, ntaps, a0, a1, a2, a3, min(i, n - TILE_N))
 
 
-def _compile_with_slp(fn, sig):
-    """njit(sig, cache=True) of fn, optimised with LLVM's SLP vectoriser on (Numba's setting restored after)."""
+def compile_with_slp(fn, sig):
+    """njit(sig, cache=True) of fn, optimised with LLVM's SLP vectoriser on (Numba's setting restored after); also
+    conv_pointwise's."""
     saved = numba.config.SLP_VECTORIZE
     numba.config.SLP_VECTORIZE = 1
     try:
@@ -205,4 +206,4 @@ def _signature(readonly_src):
 
 
 # src (x's sample, writable or read-only, or a padded / phased copy), base, wblk (>= ntaps, 4), oblk, ntaps, a0..a3, n
-block_taps_tiled = _compile_with_slp(_block_taps_tiled, [_signature(False), _signature(True)])
+block_taps_tiled = compile_with_slp(_block_taps_tiled, [_signature(False), _signature(True)])

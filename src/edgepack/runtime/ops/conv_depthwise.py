@@ -30,10 +30,9 @@ from numba import njit, prange
 from edgepack.runtime.ops.conv import (_ACC_LEN, _C, _CIN_G, _COLS, _COUT_G, _DH, _DW, _H, _HP, _KH, _KW, _OH,
                                        _OW, _PHASED, _PITCH, _PL, _PLANE, _PLEN, _PT, _QH, _QW, _SH, _SLOTS, _SW,
                                        _TROWS, _W, _WP,
-                                       ACT_NONE, EP_ACT, EP_P0, EP_P1, HEAD_NONE, _activate_kernel, _chain_head,
-                                       _chain_kernel, _channel_base_kernel, _head_kernel, _scratch_views_kernel,
-                                       _serial_and_parallel, _source_channel_kernel, _source_kernel,
-                                       _store_rows_kernel, _weight_kernel)
+                                       EP_ACT, EP_P0, EP_P1, _chain_head, _chain_kernel, _channel_base_kernel,
+                                       _scratch_views_kernel, _serial_and_parallel, _source_channel_kernel, _source_kernel,
+                                       _store_rows_kernel, _weight_kernel, store_row)
 from edgepack.runtime.ops.simd_taps import LANES, taps16x1, taps16x4, transpose16
 
 KERNELS = ((3, 3), (5, 5))  # the kernel shapes this file runs
@@ -342,18 +341,7 @@ def _pair_store_kernel(ae, ao, pitch, nrows, ow, scale, bias_v, o, kind, p0, p1,
     for r in range(nrows):
         a = ae[(r // 2) * pitch: (r // 2) * pitch + ow] if r % 2 == 0 else ao[(r // 2) * pitch: (r // 2) * pitch + ow]
         d = o[r * ow: r * ow + ow]
-        if kind == ACT_NONE and hk == HEAD_NONE:
-            for ox in range(ow):
-                d[ox] = a[ox] * scale + bias_v
-        elif hk == HEAD_NONE:
-            for ox in range(ow):
-                d[ox] = _activate_kernel(a[ox] * scale + bias_v, kind, p0, p1)
-        elif kind == ACT_NONE:
-            for ox in range(ow):
-                d[ox] = _head_kernel(a[ox] * scale + bias_v, hk, m, c)
-        else:
-            for ox in range(ow):
-                d[ox] = _head_kernel(_activate_kernel(a[ox] * scale + bias_v, kind, p0, p1), hk, m, c)
+        store_row(a, d, ow, scale, bias_v, kind, p0, p1, hk, m, c)
 
 
 # The driver: per slot (the parallel build splits the channels over threads, slot t taking channels t, t + slots, ...

@@ -16,6 +16,7 @@ import numpy as np
 from numba import njit
 
 from edgepack.runtime.ops.conv import _bias_act_band_kernel  # conv.py imports this module when it binds a step
+from edgepack.runtime.ops.conv_blocked import compile_with_slp
 
 TILE_CO = 8  # output channels of a tile
 TILE_P = 16  # positions of a tile
@@ -127,16 +128,6 @@ def _pointwise(x, w, out, p0, p1):
             _tile_kernel(x, w, out, co0, min(p, p1 - TILE_P), cin)
 
 
-def _compile_with_slp(fn, sig):
-    """njit(sig, cache=True) of fn, optimised with LLVM's SLP vectoriser on (Numba's setting restored after)."""
-    saved = numba.config.SLP_VECTORIZE
-    numba.config.SLP_VECTORIZE = 1
-    try:
-        return njit(sig, cache=True, fastmath={"contract"})(fn)
-    finally:
-        numba.config.SLP_VECTORIZE = saved
-
-
 def _signature(readonly_x, readonly_w):
     x, w = (numba.types.Array(numba.float32, 2, "C", readonly=r) for r in (readonly_x, readonly_w))
     return numba.void(x, w, numba.types.Array(numba.float32, 2, "C"), numba.int64, numba.int64)
@@ -144,7 +135,7 @@ def _signature(readonly_x, readonly_w):
 
 # x (cin, P), w (cout, cin), out (cout, P), p0, p1; x and w writable or read-only (a caller's input, weights mapped
 # from the file)
-pointwise_kernel = _compile_with_slp(_pointwise, [_signature(rx, rw) for rx in (False, True) for rw in (False, True)])
+pointwise_kernel = compile_with_slp(_pointwise, [_signature(rx, rw) for rx in (False, True) for rw in (False, True)])
 
 
 def run(x3, w2d, out3, bias_v, ep, chain, save, finish, step):
