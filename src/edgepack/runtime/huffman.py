@@ -162,6 +162,22 @@ def build_decode_table(lengths: np.ndarray, lookup_bits: int = LOOKUP_BITS) -> D
 
 
 @njit(cache=True)
+def walk_kernel(code, bitbuf, bitcount, lookup_bits, max_len, counts, first_code, first_index, symbols):
+    """A code longer than the lookup table: the canonical walk (puff.c's decode) resumed after the lookup's bits,
+    `code` being those bits as the lookup entry gives them. The codes of length ln are first_code[ln] ..
+    first_code[ln] + counts[ln] - 1, in symbol order. Returns (symbol, length); (-1, 0) when the bits run out first
+    (missing bits read as zero, so the chunk is truncated), (-1, -1) when they begin no code."""
+    for ln in range(lookup_bits + 1, max_len + 1):
+        if ln > bitcount:
+            return np.int64(-1), np.int64(0)
+        code = (code << 1) | ((bitbuf >> (ln - 1)) & 1)
+        d = code - np.int64(first_code[ln])
+        if 0 <= d < np.int64(counts[ln]):
+            return np.int64(symbols[np.int64(first_index[ln]) + d]), np.int64(ln)
+    return np.int64(-1), np.int64(-1)
+
+
+@njit(cache=True)
 def _decode_kernel(data, offsets, boundaries, lookup, lookup_bits, counts, first_code, first_index, symbols,
                    max_len, first_chunk, last_chunk, out):
     """Decode chunks [first_chunk, last_chunk) into out; returns (error code, chunk, symbol index in chunk)."""
@@ -190,20 +206,11 @@ def _decode_kernel(data, offsets, boundaries, lookup, lookup_bits, counts, first
                     return ERR_TRUNCATED, c, i
                 out[k] = entry >> 4
             else:
-                # canonical walk (puff.c's decode) resumed after the lookup's bits: the codes of length ln
-                # are first_code[ln] .. first_code[ln] + counts[ln] - 1, in symbol order
-                code = entry >> 4
-                sym = -1
-                for ln in range(lookup_bits + 1, max_len + 1):
-                    if ln > bitcount:
-                        return ERR_TRUNCATED, c, i
-                    code = (code << 1) | ((bitbuf >> (ln - 1)) & 1)
-                    d = code - first_code[ln]
-                    if 0 <= d < counts[ln]:
-                        sym = symbols[first_index[ln] + d]
-                        length = ln
-                        break
-                if sym < 0:
+                sym, length = walk_kernel(entry >> 4, bitbuf, bitcount, lookup_bits, max_len, counts, first_code,
+                                          first_index, symbols)
+                if length == 0:
+                    return ERR_TRUNCATED, c, i
+                if length < 0:
                     return ERR_INVALID, c, i
                 out[k] = sym
             bitbuf >>= length
