@@ -82,3 +82,34 @@ def test_one_thread_means_one_cpu(wide):
             runs += 1
         cpu, wall = time.process_time() - c0, time.perf_counter() - t0
     assert cpu <= 1.1 * wall + 0.01, f"{runs} runs: CPU {cpu:.3f} s over wall {wall:.3f} s"
+
+
+@pytest.mark.parametrize("ncores,load,want", [(2, 0.0, 2), (2, 0.4, 2), (2, 0.6, 1), (2, 1.4, 1), (2, 8.5, 1),
+                                              (8, 2.6, 5), (8, 7.6, 1), (8, 40.0, 1), (1, 0.0, 1), (4, -0.2, 4)])
+def test_free_cores_is_the_cores_less_the_load(monkeypatch, ncores, load, want):
+    """The workstation commands' default --threads: the cores other work leaves free, at least 1, at most the cores."""
+    monkeypatch.setattr(T, "cores", lambda: ncores)
+    monkeypatch.setattr(T.os, "getloadavg", lambda: (load, load, load))
+    assert T.free_cores() == want
+
+
+def test_free_cores_without_a_load_average(monkeypatch):
+    def missing():
+        raise OSError("no load average")
+
+    monkeypatch.setattr(T, "cores", lambda: 3)
+    monkeypatch.setattr(T.os, "getloadavg", missing)
+    assert T.free_cores() == 3
+
+
+def test_workstation_commands_default_to_the_free_cores(monkeypatch):
+    """`pack` etc. without --threads run within free_cores() threads, resolved when the command starts."""
+    from edgepack import cli
+
+    seen = []
+    monkeypatch.setattr(T, "free_cores", lambda: 1)
+    monkeypatch.setattr(T, "limit_process", lambda n: seen.append(n) or T.ThreadLimit(n, parallel=True))
+    monkeypatch.setattr(cli, "cmd_demo", lambda a: seen.append(("demo", a.threads)) or 0)
+    assert cli.main(["demo", "--epochs", "1"]) == 0
+    assert cli.main(["demo", "--epochs", "1", "--threads", "2"]) == 0
+    assert seen == [1, ("demo", 1), 2, ("demo", 2)]

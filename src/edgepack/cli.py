@@ -461,8 +461,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         try:
             if getattr(a, "threads_scope", False):  # pack, compress, training: BLAS and Numba within --threads
-                from edgepack.runtime.threads import limit_process
+                from edgepack.runtime.threads import free_cores, limit_process
 
+                if a.threads is None:
+                    a.threads = free_cores()
                 with limit_process(a.threads):
                     code = a.func(a)
             else:
@@ -531,15 +533,15 @@ _max_error = _arg_type(float, lambda e: math.isfinite(e) and e >= 0, "a finite r
 
 def _add_threads_flags(sub) -> None:
     """--threads on the workstation commands that compute for long (pack, compress, the trainers, demo): at most
-    that many threads for numpy's BLAS and Numba, default the cores this process may use."""
-    from edgepack.runtime.threads import cores
-
+    that many threads for numpy's BLAS and Numba; by default the cores other work leaves free when the command starts
+    (runtime/threads.py free_cores), so that a shared machine does not make it slower."""
     for name in ("pack", "compress", "sensitivity", "distill", "ticket", "demo"):
         s = sub.choices.get(name)
         if s is None:
             continue
-        s.add_argument("--threads", type=_positive, default=cores(), metavar="N",
-                       help=f"at most N threads for numpy's BLAS and Numba (default: the cores, here {cores()})")
+        s.add_argument("--threads", type=_positive, default=None, metavar="N",
+                       help="at most N threads for numpy's BLAS and Numba (default: the cores not busy with other "
+                            "work, i.e. the cores less the 1-minute load average, at least 1)")
         s.set_defaults(threads_scope=True)
 
 

@@ -35,6 +35,19 @@ def cores() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+def free_cores() -> int:
+    """cores() less those other work keeps busy (the 1-minute load average, rounded), at least 1: the default of the
+    workstation commands' --threads. More BLAS threads than free cores spend their time waiting for a core (OpenBLAS
+    spins): `edgepack demo` on the 2-core machine of benchmarks/README.md at load 8.5 took 1014 s wall and 323 s of
+    CPU with 2 threads, 174 s and 18 s with 1."""
+    n = cores()
+    try:
+        load = os.getloadavg()[0]
+    except (AttributeError, OSError):  # no load average on this platform
+        return n
+    return max(1, min(n, int(n - load + 0.5)))
+
+
 def check_threads(threads, what: str = "threads") -> int:
     if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
         raise InputError(f"{what} must be an int >= 1, found {threads!r}")
