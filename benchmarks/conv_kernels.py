@@ -39,7 +39,8 @@ SHAPES = [(96, 52, 96, 3, 1, 1, 1), (12, 208, 24, 3, 1, 1, 1), (64, 40, 64, 3, 1
           (3, 48, 32, 3, 1, 1, 0), (32, 23, 64, 3, 1, 1, 0),
           # the other 3x3 stride-2 layers of ddddocr_det (96 -> 192, 96 -> 96, 192 -> 192) and nudenet (16 -> 32 ...)
           (96, 52, 192, 3, 2, 1, 1), (96, 52, 96, 3, 2, 1, 1), (192, 26, 192, 3, 2, 1, 1), (16, 160, 32, 3, 2, 1, 1),
-          (32, 80, 64, 3, 2, 1, 1), (64, 40, 128, 3, 2, 1, 1), (128, 20, 256, 3, 2, 1, 1)]
+          (32, 80, 64, 3, 2, 1, 1), (64, 40, 128, 3, 2, 1, 1), (128, 20, 256, 3, 2, 1, 1),
+          (64, 40, 64, 3, 2, 1, 1), (128, 20, 128, 3, 2, 1, 1)]
 
 
 def dense_choice(x, w, attrs) -> str:
@@ -76,13 +77,79 @@ def cpu_times(fn, n):
     return out
 
 
+def _ort_chain_session(w_shape, attrs, ops):
+    """onnxruntime on Conv (random weight of w_shape, bias) followed by the elementwise ops of `ops` as the model had
+    them ("Sigmoid*Mul" for SiLU, "Relu", ...), one thread."""
+    rng = np.random.default_rng(0)
+    w = (0.1 * rng.standard_normal(w_shape)).astype(np.float32)
+    b = rng.standard_normal(w_shape[0]).astype(np.float32)
+    a = {k: v for k, v in attrs.items() if k in ("strides", "pads", "group", "dilations", "auto_pad")}
+    nodes = [helper.make_node("Conv", ["x", "W", "B"], ["y"], kernel_shape=list(w_shape[2:]), **a)]
+    consts = [numpy_helper.from_array(w, "W"), numpy_helper.from_array(b, "B")]
+    if ops == "silu":
+        nodes += [helper.make_node("Sigmoid", ["y"], ["s"]), helper.make_node("Mul", ["y", "s"], ["z"])]
+    elif ops == "relu":
+        nodes += [helper.make_node("Relu", ["y"], ["z"])]
+    else:
+        nodes += [helper.make_node("Identity", ["y"], ["z"])]
+    g = helper.make_graph(nodes, "conv", [helper.make_tensor_value_info("x", TensorProto.FLOAT, None)],
+                          [helper.make_tensor_value_info("z", TensorProto.FLOAT, None)], consts)
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = so.inter_op_num_threads = 1
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+    return ort.InferenceSession(m.SerializeToString(), so, providers=["CPUExecutionProvider"])
+
+
+def model_layers(path: str, rounds: int) -> None:
+    """--model: every Conv step of the packed model against onnxruntime on the same shapes (see the docstring)."""
+    from edgepack import runtime
+    m = runtime.load(path, threads=1)
+    prog = m._program
+    name, shape = m.inputs[0]
+    shape = tuple(int(d) if isinstance(d, int) and d > 0 else 1 for d in shape)
+    x = np.random.default_rng(0).random(shape, dtype=np.float32)
+    m.run({name: x})
+    plan = m._exec_plan({name: shape})
+    nodes = {n["name"]: n for n in prog.nodes}
+    rows = []
+    with m._limit:
+        for (fn, args), (node, op) in zip(plan.steps, plan.step_nodes):
+            if not op.startswith("Conv"):
+                continue
+            layer = prog.layers[node]
+            n = nodes[node]
+            xs = plan.shapes[n["inputs"][0]]
+            ops = "silu" if "Mul" in op or "Sigmoid" in op else ("relu" if "Relu" in op else "")
+            sess = _ort_chain_session(layer.w_shape, layer.attrs, ops)
+            xin = np.random.default_rng(1).random(xs, dtype=np.float32)
+            kind = layer.prepared.kind if layer.prepared is not None else layer.mode
+            path_ = conv_mod.conv_path(xs, layer.w_shape, layer.attrs, kind)
+            t_ep, t_ort = [], []
+            for _ in range(rounds):
+                t_ep += cpu_times(lambda: fn(*args), 5)
+                t_ort += cpu_times(lambda: sess.run(None, {"x": xin}), 5)
+            ep, o = 1e3 * np.median(t_ep), 1e3 * np.median(t_ort)
+            st = layer.attrs.get("strides", [1, 1])
+            rows.append((ep - o, f"{node[:34]:34s} {xs[1]:4d}->{layer.w_shape[0]:4d} k{layer.w_shape[2]} s{st[0]} "
+                                 f"g{layer.group} {xs[2]}x{xs[3]} {kind:8s} {path_:8s} {ops:4s}: "
+                                 f"edgepack {ep:6.3f} ms, ORT {o:6.3f}, gap {ep - o:+6.3f}"))
+    for _, line in sorted(rows, reverse=True):
+        print(line)
+    print(f"sum of gaps {sum(r[0] for r in rows):+.3f} ms  (loadavg {loadavg()})")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--kinds", default="dense,codebook")
     p.add_argument("--force", choices=("im2col", "blocked"), default=None)
     p.add_argument("--shapes", default=None, help="indices into SHAPES, comma-separated (default: all)")
+    p.add_argument("--model", default=None, help="a packed .epk: time its Conv steps against onnxruntime")
     a = p.parse_args()
+    if a.model:
+        print(f"{machine_line()}; OPENBLAS_NUM_THREADS={os.environ['OPENBLAS_NUM_THREADS']}; loadavg {loadavg()}")
+        model_layers(a.model, a.rounds)
+        return
     if a.force:
         conv_mod.BLOCK_MIN_POSITIONS = 1 << 40 if a.force == "im2col" else 0
     print(f"{machine_line()}; OPENBLAS_NUM_THREADS={os.environ['OPENBLAS_NUM_THREADS']}; loadavg {loadavg()}")

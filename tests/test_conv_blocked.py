@@ -118,11 +118,12 @@ def test_accumulator_tiles_do_not_alias_modulo_4k():
         assert n <= s < n + 1024 and (4 * s) % 4096 == 1088
 
 
-@pytest.mark.parametrize("n", [1, 31, 32, 33, 64, 95, 200])
+@pytest.mark.parametrize("n", [1, 31, 32, 33, 63, 64, 65, 95, 96, 97, 127, 128, 129, 200, 230])
 @pytest.mark.parametrize("ntaps", [0, 1, 5, 9, 27])
 def test_tiled_taps_equal_the_taps_kernel_bit_for_bit(n, ntaps):
-    """conv_blocked.block_taps_tiled (register tiles of 32 positions, the last one overlapping) gives the bits of
-    block_taps_kernel from zero accumulators: the same FMAs in the same order; read-only sources too."""
+    """conv_blocked.block_taps_tiled (register tiles of 64 positions where AVX-512 has the registers, else 32, the
+    last one overlapping or of 32) gives the bits of block_taps_kernel from zero accumulators: the same FMAs in the
+    same order; read-only sources too."""
     from edgepack.runtime.ops.conv_blocked import block_taps_kernel, block_taps_tiled
     rng = np.random.default_rng(n * 100 + ntaps)
     src = rng.standard_normal(600).astype(np.float32)
@@ -136,3 +137,26 @@ def test_tiled_taps_equal_the_taps_kernel_bit_for_bit(n, ntaps):
         block_taps_tiled(s, 7, wblk, oblk, ntaps, got[0], got[1], got[2], got[3], n)
         np.testing.assert_array_equal(got[:, :n].view(np.uint32), want.view(np.uint32))
         assert np.isnan(got[:, n:]).all()
+
+
+@pytest.mark.parametrize("w", [15, 16, 17, 31, 32, 33, 47, 48, 49, 50, 64, 81])
+@pytest.mark.parametrize("pads", [[1, 1, 1, 1], [0, 0, 1, 1], [1, 2, 0, 1]])
+def test_stride2_phased_copy_of_wide_rows_matches_numpy(w, pads):
+    """The stride-2 phased copy's vector de-interleave (simd_phases.py, 16 and 8 lanes, then the scalar rest) on
+    rows long enough to use it, even and odd widths and left pads (which phase takes the even columns), against
+    numpy slicing of the padded input; the tail after the plane stays untouched."""
+    from test_conv_source import _phases
+    rng = np.random.default_rng(w)
+    x = rng.standard_normal((1, 2, 5, w)).astype(np.float32)
+    attrs = {"strides": [2, 2], "pads": pads}
+    prepared = prepare_conv(DenseWeight(rng.standard_normal((4, 2, 3, 3)).astype(np.float32)), 1)
+    geo = conv_mod._plan(prepared, x.shape, attrs, False).geo
+    assert geo[conv_mod._PHASED] == 1
+    plane = int(geo[conv_mod._PLANE])
+    for ch in range(2):
+        xp = np.full(plane + 5, np.nan, np.float32)
+        conv_mod._source_channel_kernel(x.reshape(1, -1), 0, ch, geo, xp)
+        xpad = np.pad(x[0, ch], ((pads[0], pads[2]), (pads[1], pads[3])))
+        want = _phases(xpad, 2, 2, int(geo[conv_mod._QH]), int(geo[conv_mod._QW]))
+        np.testing.assert_array_equal(xp[:plane], want)
+        assert np.isnan(xp[plane:]).all()

@@ -24,6 +24,7 @@ from edgepack.runtime.errors import InputError, UnsupportedError
 from edgepack.runtime.ops.conv_blocked import BLOCK, block_taps_tiled, tile_stride
 from edgepack.runtime.ops.elementwise import (ACT_CLIP, ACT_LEAKY, ACT_NONE, EP_ACT, EP_P0, EP_P1, _sigmoid_kernel,
                                      _tanh_kernel, epilogue, silu_kernel)
+from edgepack.runtime.ops.simd_phases import deinterleave8, deinterleave16
 from edgepack.runtime.weights import CodebookWeight, DenseWeight, Int8Weight, SparseCodebookWeight
 
 _EMPTY_F32 = np.zeros(0, dtype=np.float32)
@@ -497,10 +498,17 @@ def _source_channel_kernel(x, b, c, geo, xp, borders=True):
                 e0, o0 = r0 + ph, r1 + ph
             else:
                 e0, o0 = r1 + ph, r0 + ph + 1
+            k = 0  # vector shuffles (simd_phases.py: the scalar loop moved 0.2-0.4 ns a value), then the rest
+            while k + 16 <= half:
+                deinterleave16(s, 2 * k, xp, e0 + k, xp, o0 + k)
+                k += 16
+            if k + 8 <= half:
+                deinterleave8(s, 2 * k, xp, e0 + k, xp, o0 + k)
+                k += 8
             de, do = xp[e0: e0 + half], xp[o0: o0 + half]
-            for k in range(half):
-                de[k] = s[2 * k]
-                do[k] = s[2 * k + 1]
+            for j in range(k, half):
+                de[j] = s[2 * j]
+                do[j] = s[2 * j + 1]
             if w % 2:
                 pc = w - 1 + pl
                 xp[(r0 if pc % 2 == 0 else r1) + pc // 2] = s[w - 1]

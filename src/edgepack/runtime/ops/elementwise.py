@@ -87,14 +87,18 @@ def _clip_kernel(x, out, lo, hi):
 
 
 @intrinsic
-def _int32_as_float32(typingctx, v):
-    """The float32 whose bits are the int32 v (a register move): lets expf build its 2^n inside one loop."""
-    if v != types.int32:
+def _pow2_of_rounded(typingctx, m):
+    """2^n as float32 for m = 1.5 * 2^23 + n (the round-to-nearest sum of expf; -126 <= n <= 127): the float whose
+    bits are (bits(m) + 127) << 23 in int32 (n + 127 lands in the exponent, the magic's own bits shift out): two
+    integer operations, no float -> int conversion."""
+    if m != types.float32:
         return None
 
     def codegen(context, builder, sig, args):
-        return builder.bitcast(args[0], context.get_value_type(types.float32))
-    return types.float32(types.int32), codegen
+        i32 = llvm_ir.IntType(32)
+        bits = builder.add(builder.bitcast(args[0], i32), i32(127))
+        return builder.bitcast(builder.shl(bits, i32(23)), context.get_value_type(types.float32))
+    return types.float32(types.float32), codegen
 
 
 @intrinsic
@@ -121,8 +125,9 @@ def _expf_core(z):
     f = np.float32
     v = z if z > f(-87.0) else f(-87.0)
     v = v if v < f(88.0) else f(88.0)
-    n = (v * f(1.44269504088896341) + f(12582912.0)) - f(12582912.0)  # round to nearest
-    scale = _int32_as_float32(np.int32((np.int32(n) + np.int32(127)) << 23))
+    m = fma32(v, f(1.44269504088896341), f(12582912.0))  # 1.5 * 2^23 + n: n = round(v / ln 2) in its low bits
+    n = m - f(12582912.0)
+    scale = _pow2_of_rounded(m)
     r = fma32(-n, f(0.693359375), v)
     r = fma32(-n, f(-2.12194440e-4), r)
     p = fma32(f(1.9875691500e-4), r, f(1.3981999507e-3))
@@ -165,7 +170,9 @@ def _sigmoid_value(v):
 # 204,800 values took 0.43 ns each, against 0.95 for the former per-block form (a copy, then exp_block's two loops
 # over 64-value stack blocks allocated per call; dev VM, 1 thread, CPU time; exp_block itself 0.52 -> 0.33). In place
 # (out is x: how a conv's epilogue chain calls them) the loop reads and writes one array: with two, LLVM's overlap
-# test sends x is out to its scalar loop, 4.3 ns a value. Any length, in place or not, inside a chain or not: the
+# test sends x is out to its scalar loop, 4.3 ns a value. The rounding of n as one FMA and 2^n from the rounded sum's
+# bits (_pow2_of_rounded, no float -> int conversion): in place, SiLU 0.417 -> 0.398 ns a value, Sigmoid 0.384 -> 0.368
+# (204,800 values, dev VM, 1 thread, CPU time, load 9). Any length, in place or not, inside a chain or not: the
 # same bits.
 
 @njit(cache=True, error_model="numpy")
