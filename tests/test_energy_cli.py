@@ -58,3 +58,38 @@ def test_packed_weights_cost_what_the_plan_reads(tmp_path):
     assert dense["packed"]["weight_bytes"] > 2 * dense["packed_as_stored"]["weight_bytes"]
     small, budget = load_for_sram(out, 64, 1)  # no plan fits 64 bytes: loaded without a budget
     assert budget is None and small.plan.budget is None
+
+
+def test_macs_of_every_weight_op_layout(tmp_path):
+    """Each weight multiplies once per output row of Gemm / MatMul (whichever way it is transposed), per output
+    position of Conv and per input position of ConvTranspose: the estimate's MACs are the products' true counts."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from edgepack import runtime
+    from edgepack.runtime.energy import model_layers
+    from edgepack.runtime.loader import read_packed
+
+    rng = np.random.default_rng(0)
+
+    def init(name, *shape):
+        return numpy_helper.from_array(rng.standard_normal(shape).astype(np.float32), name)
+
+    nodes = [helper.make_node("MatMul", ["x", "W1"], ["a"], name="mm"),  # (3, 64) @ (64, 16)
+             helper.make_node("Gemm", ["a", "W2"], ["b"], name="gemm_n"),  # (3, 16) @ (16, 40)
+             helper.make_node("Gemm", ["b", "W3"], ["c"], name="gemm_t", transB=1),  # (3, 40) @ (24, 40)^T
+             helper.make_node("Reshape", ["c", "shape"], ["d"], name="rs"),  # (3, 24) -> (3, 6, 2, 2)
+             helper.make_node("ConvTranspose", ["d", "W4"], ["e"], name="convt", strides=[2, 2]),  # -> (3, 5, 5, 5)
+             helper.make_node("Conv", ["e", "W5"], ["y"], name="conv", pads=[1, 1, 1, 1])]  # -> (3, 7, 5, 5)
+    inits = [init("W1", 64, 16), init("W2", 16, 40), init("W3", 24, 40), init("W4", 6, 5, 3, 3),
+             init("W5", 7, 5, 3, 3), numpy_helper.from_array(np.array([3, 6, 2, 2], np.int64), "shape")]
+    g = helper.make_graph(nodes, "macs", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [3, 64])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
+    src = tmp_path / "m.onnx"
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), src)
+    out = tmp_path / "m.epk"
+    pack(str(src), out, sparsity=0, bits=8)
+    layers = {l.name: l for l in model_layers(runtime.load(out), read_packed(out))}
+    want = {"mm": 3 * 64 * 16, "gemm_n": 3 * 16 * 40, "gemm_t": 3 * 40 * 24, "convt": 3 * 2 * 2 * 6 * 5 * 9,
+            "conv": 3 * 5 * 5 * 7 * 5 * 9}
+    assert {k: layers[k].weights * layers[k].out_positions for k in want} == want

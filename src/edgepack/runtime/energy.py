@@ -9,6 +9,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
+from . import constants as C
 from .errors import InputError
 from .tables import read_table_file
 from .weights import CodebookWeight, DenseWeight, Int8Weight, SparseCodebookWeight
@@ -30,7 +31,7 @@ DEFAULT_TABLE = {
 }
 REGISTER_FILE_ENTRIES = 64  # a codebook of at most this many entries is read from registers, else from SRAM
 
-WEIGHT_OPS = ("Gemm", "MatMul", "Conv", "LSTM", "GRU")
+WEIGHT_OPS = tuple(C.WEIGHT_INPUTS)  # the ops whose constant weights the packer compresses (one table: constants.py)
 RECURRENT_OPS = ("LSTM", "GRU")  # one Layer per weight (W, R), each applied at every step of every sequence
 
 
@@ -59,7 +60,7 @@ class Layer:
 
     name: str
     op: str
-    out_positions: int  # output positions per weight row (1 for Gemm/MatMul per sample; Hout*Wout for Conv)
+    out_positions: int  # uses of each weight per run: output rows (Gemm/MatMul), N*Hout*Wout (Conv), N*Hin*Win (ConvT)
     weights: int = 0  # dense weight count
     nonzero: int = 0  # weights stored as nonzero (fillers excluded)
     stored_bytes: int = 0  # weight bytes as stored in the packed file (codes, indices, codebook, scales)
@@ -202,11 +203,16 @@ def model_layers(model, packed, active: dict[str, float] | None = None) -> list[
         wname = n["inputs"][1] if n["op"] in WEIGHT_OPS and len(n["inputs"]) > 1 else None
         if wname in weights:
             w = weights[wname]
-            rows = w.shape[0]
+            # how many times each weight multiplies: once per output position (Conv), per input position
+            # (ConvTranspose scatters every input value through the whole kernel), per output row (Gemm / MatMul,
+            # whichever way the weight is transposed: y (..., N) has out_elems / N rows)
             if n["op"] == "Conv":
                 positions = int(np.prod(out_shape[2:])) * out_shape[0]
+            elif n["op"] == "ConvTranspose":
+                x_shape = shapes[n["inputs"][0]]
+                positions = int(np.prod(x_shape[2:])) * x_shape[0]
             else:
-                positions = out_elems // rows if rows else 0
+                positions = out_elems // out_shape[-1] if out_shape and out_shape[-1] else 0
             bname = n["inputs"][2] if len(n["inputs"]) > 2 and n["inputs"][2] in weights else None
             bias = int(np.prod(weights[bname].shape)) if bname else 0
             layer = weight_layer(n["name"], n["op"], w, positions, stored[wname] + (stored[bname] if bname else 0),
