@@ -174,3 +174,29 @@ def test_planner_holds_pruned_1x1_compact_on_large_planes_dense_on_small():
     rng = np.random.default_rng(4)
     assert _planner_pick(make_weight("sparse", (64, 64, 1, 1), rng, density=0.3), (1, 64, 56, 56)) == "compact"
     assert _planner_pick(make_weight("sparse", (512, 256, 1, 1), rng, density=0.3), (1, 256, 7, 7)) == "dense"
+
+
+@pytest.mark.parametrize("width", [1, 5, 15, 16, 17, 31, 33, 47, 49, 63, 64, 65, 127, 128, 143, 196])
+def test_plane_widths_around_the_vector_passes(width):
+    """1x1 convolutions over planes of 1 x width positions: the dot product (one position), the scalar loop (< 16),
+    one pass of 1-4 vectors with the last overlapping (16-63), passes of 64 then 1-4 more (64+); rows of 0-40
+    entries; against the float64 reference, serial = parallel bit for bit."""
+    rng = np.random.default_rng(width)
+    w = weight_with_counts((12, 40, 1, 1), [0, 1, 3, 7, 8, 9, 13, 17, 25, 33, 39, 40], rng)
+    x = rng.standard_normal((1, 40, 1, width)).astype(np.float32)
+    bias = rng.standard_normal(12).astype(np.float32)
+    got = run_conv(w, x, bias, {})
+    check_close(got, reference(x, w, bias, {}))
+    np.testing.assert_array_equal(got.view(np.uint32), run_conv(w, x, bias, {}, parallel=True).view(np.uint32))
+
+
+def test_sparse_scratch_has_no_decoded_row_buffers():
+    """The sparse driver reads its CSR directly: conv.py reserves it no decoded-row buffers (8 + 4 bytes a column
+    per slot, the dense one-channel driver's), and an accumulator of one tile of rows, not the plane."""
+    x_shape, w_shape = (1, 64, 56, 56), (64, 64, 3, 3)
+    g = C.geometry(x_shape, w_shape, {"pads": [1, 1, 1, 1]})
+    geo, nbytes, _ = C._layout(g, "sparse", parallel=True)
+    cols, slots, pitch = 64 * 9, int(geo[C._SLOTS]), int(geo[C._PITCH])
+    plane = int(geo[C._PLEN])
+    assert int(geo[C._ACC_LEN]) == int(geo[C._TROWS]) * pitch < 56 * pitch
+    assert nbytes == 8 * cols + 4 * slots * (plane + int(geo[C._ACC_LEN]))

