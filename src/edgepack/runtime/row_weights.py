@@ -13,7 +13,7 @@ from numba import njit
 from edgepack.runtime import bitpack, huffman
 from edgepack.runtime import constants as C
 from edgepack.runtime.errors import FormatError
-from edgepack.runtime.ops.elementwise import ACT_CLIP, ACT_LEAKY, EP_ACT, EP_ALPHA, EP_BETA, EP_P0, EP_P1
+from edgepack.runtime.ops.elementwise import EP_ACT, EP_ALPHA, EP_BETA, EP_P0, EP_P1, activate_kernel
 from edgepack.runtime.weights import SparseCodebookWeight
 
 # Lookup bits of the Huffman tables a streamed layer keeps: 2**9 uint16 = 1 KiB per stream instead of the reader's
@@ -145,21 +145,6 @@ def _decode_block_kernel(sparse, cnt, gap, code, c, r0, nrows, s0, ns, cnt_buf, 
     return _decode_two_kernel(gap, code, c, s0, ns, gap_buf, code_buf)
 
 
-@njit(cache=True)
-def _activate_kernel(v, kind, p0, p1):
-    """The fused activation (runtime/ops/elementwise.py's epilogue vector; its ACT_* values are fixed there) on one
-    float32 value: bit for bit what the unfused elementwise kernel gives."""
-    if kind == ACT_CLIP:
-        if v < p0:
-            v = p0
-        if v > p1:
-            v = p1
-    elif kind == ACT_LEAKY:
-        if v < 0:
-            v = v * p0
-    return v
-
-
 # Row-block kernels: rows [r0, r0 + nrows) of a weight given as row counts, gaps and codes (a chunk decoded into
 # scratch, or the whole weight held decoded); with sparse False, every row has `cols` entries and no gaps.
 # The drivers below run them over the chunks of a streamed weight or once over a decoded (csr) one.
@@ -206,7 +191,7 @@ def _linear_rows_kernel(x, rows_out, sparse, r0, nrows, ns, cols, cnt, gaps, cod
                 v *= alpha
                 if has_b:
                     v += beta * bias[r]
-                out[b, r] = _activate_kernel(v, kind, p0, p1)
+                out[b, r] = activate_kernel(v, kind, p0, p1)
         else:
             for b in range(bsz):
                 xk = x[b, r]
@@ -244,7 +229,7 @@ def _scatter_finish_kernel(out, bias, ep, start):
                 v = out[b, n] * alpha
                 if has_b:
                     v += beta * bias[n]
-                out[b, n] = _activate_kernel(v, kind, p0, p1)
+                out[b, n] = activate_kernel(v, kind, p0, p1)
 
 
 @njit(cache=True)
@@ -359,7 +344,7 @@ def conv_rows_kernel(x, geo, sparse, r0, nrows, ns, cols, cnt, gaps, codes, code
             s = scales[co] if has_s else np.float32(1.0)
             bv = bias[co] if has_b else np.float32(0.0)
             for p in range(obase, obase + plane_out):
-                ob[p] = _activate_kernel(ob[p] * s + bv, kind, p0, p1)
+                ob[p] = activate_kernel(ob[p] * s + bv, kind, p0, p1)
         e += m
     if e != ns:
         info[1] = r0

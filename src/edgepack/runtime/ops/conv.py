@@ -22,8 +22,8 @@ from numba import get_num_threads, njit, prange
 
 from edgepack.runtime.errors import InputError, UnsupportedError
 from edgepack.runtime.ops.conv_blocked import BLOCK, block_taps_tiled, tile_stride
-from edgepack.runtime.ops.elementwise import (ACT_CLIP, ACT_LEAKY, ACT_NONE, EP_ACT, EP_P0, EP_P1, _sigmoid_kernel,
-                                     _tanh_kernel, epilogue, silu_kernel)
+from edgepack.runtime.ops.elementwise import (ACT_NONE, EP_ACT, EP_P0, EP_P1, _sigmoid_kernel, _tanh_kernel,
+                                              activate_kernel, epilogue, silu_kernel)
 from edgepack.runtime.ops.simd_phases import deinterleave8, deinterleave16
 from edgepack.runtime.weights import CodebookWeight, DenseWeight, Int8Weight, SparseCodebookWeight
 
@@ -602,21 +602,6 @@ def _taps_kernel(src, base, wbuf, obuf, ntaps, acc, geo):
 
 
 @njit(cache=True)
-def _activate_kernel(v, kind, p0, p1):
-    """The fused activation (runtime/ops/elementwise.py's epilogue vector) on one float32 value: bit for bit
-    what the unfused elementwise kernel gives."""
-    if kind == ACT_CLIP:
-        if v < p0:
-            v = p0
-        if v > p1:
-            v = p1
-    elif kind == ACT_LEAKY:
-        if v < 0:
-            v = v * p0
-    return v
-
-
-@njit(cache=True)
 def _saved_read_later(chain, s):
     """Whether a step from s on reads the saved values before a CH_SAVE replaces them."""
     for t in range(s, chain.shape[0]):
@@ -659,20 +644,20 @@ def _chain_run_kernel(o, sv, chain, s):
             if div:
                 for i in range(n):
                     v = o[i]
-                    o[i] = ((v * _activate_kernel(v + a, kind, lo, hi)) / c) * am + ab
+                    o[i] = ((v * activate_kernel(v + a, kind, lo, hi)) / c) * am + ab
             else:
                 for i in range(n):
                     v = o[i]
-                    o[i] = ((v * _activate_kernel(v + a, kind, lo, hi)) * c) * am + ab
+                    o[i] = ((v * activate_kernel(v + a, kind, lo, hi)) * c) * am + ab
             return 7
         if div:
             for i in range(n):
                 v = o[i]
-                o[i] = (v * _activate_kernel(v + a, kind, lo, hi)) / c
+                o[i] = (v * activate_kernel(v + a, kind, lo, hi)) / c
         else:
             for i in range(n):
                 v = o[i]
-                o[i] = (v * _activate_kernel(v + a, kind, lo, hi)) * c
+                o[i] = (v * activate_kernel(v + a, kind, lo, hi)) * c
         return 5
     return 0
 
@@ -717,7 +702,7 @@ def _chain_kernel(o, save, chain):
         elif op == CH_ACT:
             kind = np.int64(a)
             for i in range(n):
-                o[i] = _activate_kernel(o[i], kind, b, c)
+                o[i] = activate_kernel(o[i], kind, b, c)
         elif op == CH_SIGMOID:
             _sigmoid_kernel(o, o)
         elif op == CH_SILU:
@@ -752,13 +737,13 @@ def store_row(a, d, ow, scale, bias_v, kind, p0, p1, hk, m, c):
             d[ox] = a[ox] * scale + bias_v
     elif hk == HEAD_NONE:
         for ox in range(ow):
-            d[ox] = _activate_kernel(a[ox] * scale + bias_v, kind, p0, p1)
+            d[ox] = activate_kernel(a[ox] * scale + bias_v, kind, p0, p1)
     elif kind == ACT_NONE:
         for ox in range(ow):
             d[ox] = _head_kernel(a[ox] * scale + bias_v, hk, m, c)
     else:
         for ox in range(ow):
-            d[ox] = _head_kernel(_activate_kernel(a[ox] * scale + bias_v, kind, p0, p1), hk, m, c)
+            d[ox] = _head_kernel(activate_kernel(a[ox] * scale + bias_v, kind, p0, p1), hk, m, c)
 
 
 @njit(cache=True)
@@ -958,11 +943,11 @@ def _bias_act_band_kernel(out, b, p0, p1, bias, ep, chain, save):
         if hk == HEAD_NONE:
             for i in range(o.shape[0]):
                 v = o[i] + bv if has_bias else o[i]
-                o[i] = _activate_kernel(v, kind, a0, a1)
+                o[i] = activate_kernel(v, kind, a0, a1)
         else:
             for i in range(o.shape[0]):
                 v = o[i] + bv if has_bias else o[i]
-                o[i] = _head_kernel(_activate_kernel(v, kind, a0, a1), hk, m, c)
+                o[i] = _head_kernel(activate_kernel(v, kind, a0, a1), hk, m, c)
         if chain.shape[0] > skip:
             _chain_kernel(o, save, chain[skip:])
 

@@ -28,6 +28,21 @@ ACT_NONE, ACT_CLIP, ACT_LEAKY = 0, 1, 2
 FUSABLE_OPS = ("Relu", "LeakyRelu", "Clip")
 
 
+@njit(cache=True)
+def activate_kernel(v, kind, p0, p1):
+    """The fused activation (ACT_*, p0, p1 of the epilogue vector) on one float32 value, in the kernels of
+    runtime/ops/linear.py, conv.py and runtime/row_weights.py: bit for bit what the unfused kernels below give."""
+    if kind == ACT_CLIP:
+        if v < p0:
+            v = p0
+        if v > p1:
+            v = p1
+    elif kind == ACT_LEAKY:
+        if v < 0:
+            v = v * p0
+    return v
+
+
 def activation(op: str, attrs: dict, inputs: list, consts: dict) -> tuple[int, float, float] | None:
     """(ACT_*, p0, p1) for a Relu / LeakyRelu / Clip node that a preceding Gemm or Conv can apply in its epilogue,
     or None when it cannot (another op, or a Clip bound computed at run time). inputs: the node's input names ("" =

@@ -13,8 +13,8 @@ import numpy as np
 from numba import get_num_threads, njit, prange
 
 from edgepack.runtime.errors import InputError, UnsupportedError
-from edgepack.runtime.ops.elementwise import (ACT_CLIP, ACT_LEAKY, ACT_NONE, EP_ACT, EP_ALPHA, EP_BETA, EP_P0, EP_P1,
-                                     apply_activation, epilogue)
+from edgepack.runtime.ops.elementwise import (ACT_NONE, EP_ACT, EP_ALPHA, EP_BETA, EP_P0, EP_P1, activate_kernel,
+                                              apply_activation, epilogue)
 from edgepack.runtime.ops.simd_rows import LANES, row_fma24, row_fma32
 from edgepack.runtime.weights import CodebookWeight, DenseWeight, Int8Weight, SparseCodebookWeight
 
@@ -256,20 +256,6 @@ def prepare_linear(weight, trans_b: bool, form: str = "") -> PreparedLinear:
 # fixed by that file, inlined here as constants).
 
 @njit(cache=True)
-def _activate_kernel(v, kind, p0, p1):
-    """The fused activation on one float32 value: bit for bit what the unfused elementwise kernel gives."""
-    if kind == ACT_CLIP:
-        if v < p0:
-            v = p0
-        if v > p1:
-            v = p1
-    elif kind == ACT_LEAKY:
-        if v < 0:
-            v = v * p0
-    return v
-
-
-@njit(cache=True)
 def _finish_sample_kernel(acc, a0, astride, out_scales, bias, ep, out, b, n0, n1):
     """out[b, n] = act(alpha * acc[a0 + n * astride] * out_scales[n] + beta * bias[n]) for n in [n0, n1)."""
     has_os = out_scales.shape[0] != 0
@@ -282,7 +268,7 @@ def _finish_sample_kernel(acc, a0, astride, out_scales, bias, ep, out, b, n0, n1
         v *= alpha
         if has_bias:
             v += beta * bias[n]
-        out[b, n] = _activate_kernel(v, kind, p0, p1)
+        out[b, n] = activate_kernel(v, kind, p0, p1)
 
 
 @njit(cache=True)
@@ -382,10 +368,10 @@ def _finish_tile_kernel(acc, b0, bt, out_scales, bias, ep, out, stride=0):
         if has_bias:
             c = beta * bias[n]
             for b in range(bt):
-                o[b] = _activate_kernel(a[b] * s * alpha + c, kind, p0, p1)
+                o[b] = activate_kernel(a[b] * s * alpha + c, kind, p0, p1)
         else:
             for b in range(bt):
-                o[b] = _activate_kernel(a[b] * s * alpha, kind, p0, p1)
+                o[b] = activate_kernel(a[b] * s * alpha, kind, p0, p1)
 
 
 def _sparse_tiled(x, colptr, rows, codes, codebook, in_scales, out_scales, bias, ep, out, xt, acc):
@@ -509,7 +495,7 @@ def _dense_epilogue_kernel(o, bias, ep):
         v = o[n] * alpha
         if has_bias:
             v += beta * bias[n]
-        o[n] = _activate_kernel(v, kind, p0, p1)
+        o[n] = activate_kernel(v, kind, p0, p1)
 
 
 @njit(cache=True)
@@ -666,10 +652,10 @@ def _block_epilogue_kernel(tmp, b0, n0, bias, ep, out):
         dst = out[b0 + i, n0: n0 + m]
         if has_bias:
             for j in range(m):
-                dst[j] = _activate_kernel(alpha * src[j] + beta * bv[j], kind, p0, p1)
+                dst[j] = activate_kernel(alpha * src[j] + beta * bv[j], kind, p0, p1)
         else:
             for j in range(m):
-                dst[j] = _activate_kernel(alpha * src[j], kind, p0, p1)
+                dst[j] = activate_kernel(alpha * src[j], kind, p0, p1)
 
 
 # ------------------------------------------------------------------------------------------------------- wrappers
