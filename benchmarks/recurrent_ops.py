@@ -6,8 +6,8 @@ a shared machine does not inflate), medians, with /proc/loadavg.
     OPENBLAS_NUM_THREADS=1 python benchmarks/recurrent_ops.py [--rounds 5] [--only lstm,gemm]
 
 Shapes: ddddocr_common's bidirectional LSTM (22 steps, batch 1, 512 -> 512, initial states given) and its
-1024 -> 8210 classifier at 22 rows (dense float32 and 8-bit codebook); openWakeWord hey_mycroft's and silero_vad's
-LSTMs.
+1024 -> 8210 classifier at 22 rows (dense float32, 8-bit codebook, and the codebook's rows form); openWakeWord hey_mycroft's and silero_vad's
+LSTMs; each LSTM with W as float32 and as 8-bit dense codes (what a file packed at --bits 8 holds).
 """
 from __future__ import annotations
 
@@ -78,22 +78,27 @@ def lstm_case(name, seq, batch, n_in, hid, direction, states, rounds):
     b = (rng.standard_normal((d, 8 * hid)) * 0.1).astype(np.float32)
     h0 = rng.standard_normal((d, batch, hid)).astype(np.float32) if states else None
     c0 = rng.standard_normal((d, batch, hid)).astype(np.float32) if states else None
+    # W as 8-bit dense codes (256 levels at its quantiles), as a file packed at --bits 8 holds it: the runtime
+    # projects from the codes (runtime/model.py HELD_CODES_INPUT) or, for the float32 row, from the decoded copy
+    codebook = np.quantile(w, (np.arange(256) + 0.5) / 256).astype(np.float32)
+    codes = np.abs(w.reshape(-1, 1) - codebook[None, :]).argmin(axis=1).astype(np.uint8).reshape(d * 4 * hid, n_in)
+    w = codebook[codes].reshape(w.shape)
     attrs = {"direction": direction, "hidden_size": hid}
     names = ["x", "W", "R", "B", "", "h0" if states else "", "c0" if states else ""]
     sess = session([helper.make_node("LSTM", names, ["y", "yh", "yc"], **attrs)],
                    ["x"] + (["h0", "c0"] if states else []), ["y", "yh", "yc"], {"W": w, "R": r, "B": b})
     feeds = {"x": x, **({"h0": h0, "c0": c0} if states else {})}
     op = registry.get("LSTM", "lstm")
-    inputs = [x, w, r, b, None, h0, c0]
-    outs = [np.empty(s, np.float32) for s in op.infer([None if a is None else a.shape for a in inputs], attrs,
-                                                          inputs)]
-    scratch = np.empty(op.scratch_bytes([None if a is None else a.shape for a in inputs], attrs), np.uint8)
-    fn, args = op.bind(inputs, attrs, outs, scratch)
-    fn(*args)
-    ref = sess.run(None, feeds)
-    err = max(float(np.max(np.abs(a - e))) for a, e in zip(outs, ref))
-    compare(f"LSTM {name} seq {seq} batch {batch} {n_in}->{hid} {direction} (max |diff| {err:.1e})",
-            lambda: fn(*args), lambda: sess.run(None, feeds), rounds)
+    for held, w_in in (("W float32", w), ("W codes", CodebookWeight(w.shape, codebook, codes, None, row_dims=2))):
+        inputs = [x, w_in, r, b, None, h0, c0]
+        shapes = [None if a is None else a.shape for a in inputs]
+        outs = [np.empty(s, np.float32) for s in op.infer(shapes, attrs, inputs)]
+        fn, args = op.bind(inputs, attrs, outs, np.empty(op.scratch_bytes(shapes, attrs), np.uint8))
+        fn(*args)
+        ref = sess.run(None, feeds)
+        err = max(float(np.max(np.abs(a - e))) for a, e in zip(outs, ref))
+        compare(f"LSTM {name} seq {seq} batch {batch} {n_in}->{hid} {direction} {held:9s} (max |diff| {err:.1e})",
+                lambda: fn(*args), lambda: sess.run(None, feeds), rounds)
 
 
 def gemm_case(name, rows, k, n, rounds):
@@ -104,13 +109,14 @@ def gemm_case(name, rows, k, n, rounds):
     w = codebook[codes]
     bias = rng.standard_normal(n).astype(np.float32)
     sess = session([helper.make_node("Gemm", ["x", "W", "B"], ["y"], transB=1)], ["x"], ["y"], {"W": w, "B": bias})
-    for kind, weight in (("dense", DenseWeight(w)), ("codebook", CodebookWeight(w.shape, codebook, codes, None))):
-        prepared = prepare_linear(weight, True)
+    cw = CodebookWeight(w.shape, codebook, codes, None)
+    for kind, weight, form in (("dense", DenseWeight(w), ""), ("codebook", cw, ""), ("codebook rows", cw, "rows")):
+        prepared = prepare_linear(weight, True, form)
         out = np.empty((rows, n), np.float32)
         fn, args = bind_linear(x, prepared, bias, 1.0, 1.0, out)
         fn(*args)
         err = float(np.max(np.abs(out - sess.run(None, {"x": x})[0])))
-        compare(f"Gemm {name} {rows}x{k} -> {n} {kind:8s} (max |diff| {err:.1e})", lambda: fn(*args),
+        compare(f"Gemm {name} {rows}x{k} -> {n} {kind:13s} (max |diff| {err:.1e})", lambda: fn(*args),
                 lambda: sess.run(None, {"x": x}), rounds)
 
 

@@ -154,6 +154,27 @@ def _loadavg() -> str:
         return "n/a"
 
 
+_ORT_DTYPES = {"tensor(float)": np.float32, "tensor(double)": np.float64, "tensor(int64)": np.int64,
+               "tensor(int32)": np.int32, "tensor(bool)": np.bool_}
+
+
+def _fixed_feed(entry, ort_input) -> np.ndarray:
+    """The value onnxruntime is fed for an input the entry's packing fixed (`--input-value NAME=v`, e.g.
+    silero_vad's sample rate `sr`, an int64 scalar: the packed model has no such input), in the dtype and rank
+    the original file declares."""
+    values = dict(v.split("=", 1) for v in entry.input_values)
+    if ort_input.name not in values:
+        raise SystemExit(f"{entry.name}: onnxruntime wants input '{ort_input.name}', which neither the packed "
+                         f"model's inputs nor the entry's --input-value values give")
+    dtype = _ORT_DTYPES.get(ort_input.type)
+    if dtype is None:
+        raise SystemExit(f"{entry.name}: input '{ort_input.name}' has type {ort_input.type}, which this benchmark "
+                         f"cannot feed")
+    value = np.array(float(values[ort_input.name]) if dtype in (np.float32, np.float64)
+                     else int(values[ort_input.name]), dtype=dtype)
+    return value.reshape([1] * len(ort_input.shape))  # a scalar, or one value of the declared rank
+
+
 def corpus_conv_nets(names, out: Path, rounds: int, pruned_density: float = 0.0) -> list[dict]:
     """Pack each corpus net (--sparsity 0 --bits 8 + its flags), then alternate edgepack (1 thread) and onnxruntime
     (1 thread) runs on one random image-like input of the packed shapes; one row per model. With pruned_density,
@@ -176,8 +197,7 @@ def corpus_conv_nets(names, out: Path, rounds: int, pruned_density: float = 0.0)
         ort1 = session(str(fetch(entry)), threads=1)
         rng = np.random.default_rng(0)
         feeds = {k: rng.random(v).astype(np.float32) for k, v in model.plan.input_shapes.items()}
-        ort_names = {i.name for i in ort1.get_inputs()}
-        ort_feeds = {k: v for k, v in feeds.items() if k in ort_names}
+        ort_feeds = {i.name: feeds[i.name] if i.name in feeds else _fixed_feed(entry, i) for i in ort1.get_inputs()}
         for _ in range(3):  # warm-up: compiles, caches, the plan
             model.run(feeds)
             ort1.run(None, ort_feeds)

@@ -17,6 +17,7 @@ from edgepack import runtime
 from edgepack.runtime.errors import FormatError, UnsupportedError
 from edgepack.runtime.loader import read_packed
 from edgepack.runtime.ops import registry as R
+from edgepack.runtime.weights import CodebookWeight
 
 R.register_all()
 
@@ -326,12 +327,15 @@ def _model_file(tmp_path, op, outputs, direction="bidirectional", hid=16, n_in=2
     return path, ins[0]
 
 
-@pytest.mark.parametrize("op,outputs", [("LSTM", ["y", "yh", "yc"]), ("LSTM", ["", "yh"]), ("LSTM", ["y"]),
-                                        ("GRU", ["", "yh"]), ("GRU", ["y", "yh"])])
-def test_packed_end_to_end(tmp_path, op, outputs):
-    path, x = _model_file(tmp_path, op, outputs)
+@pytest.mark.parametrize("op,outputs,sparsity", [("LSTM", ["y", "yh", "yc"], 0.5), ("LSTM", ["", "yh"], 0.5),
+                                                 ("LSTM", ["y"], 0.5), ("GRU", ["", "yh"], 0.5),
+                                                 ("GRU", ["y", "yh"], 0.5), ("LSTM", ["y", "yh", "yc"], 0.0),
+                                                 ("GRU", ["y", "yh"], 0.0)])
+def test_packed_end_to_end(tmp_path, op, outputs, sparsity):
+    seq = 22 if sparsity == 0.0 else 7  # W held as codes pays from ~18 rows (recurrent.codes_projection_pays)
+    path, x = _model_file(tmp_path, op, outputs, seq=seq)
     out = tmp_path / "m.epk"
-    rep = edgepack.pack(path, out, sparsity=0.5, bits=6)
+    rep = edgepack.pack(path, out, sparsity=sparsity, bits=6)
     kinds = {r["name"]: r["encoding"] for r in rep.info["layers"]}
     assert kinds["in1"] != "dense" and kinds["in2"] != "dense"  # W and R compressed
     model = runtime.load(out)
@@ -354,9 +358,22 @@ def test_packed_end_to_end(tmp_path, op, outputs):
             "row_dims"] == 2
         assert packed.weights[name].rows == 2 * GATES[op] * 16
     assert packed.meta["format_version"] == "1.1" and packed.container.version == (1, 1)
-    # the projections W x_t (directions x steps x gates x hidden) and the state live in the plan's counted scratch
-    hid, seq, gates = 16, 7, GATES[op]
-    assert model.plan.scratch_bytes == 4 * (2 * seq * gates * hid + (12 if op == "LSTM" else 9) * hid)
+    # the projections W x_t (directions x steps x gates x hidden), the state and the scratch of the projection
+    # from held codes (a tile of 24 lanes of the 24 inputs, and 4 rows of sums) live in the plan's counted scratch
+    hid, gates = 16, GATES[op]
+    assert model.plan.scratch_bytes == 4 * (2 * seq * gates * hid + (12 if op == "LSTM" else 9) * hid
+                                            + 24 * (24 + 4))
+    # W stored as dense codes stays codes (a quarter of float32's bytes at 8 bits); sparse W and R are expanded
+    held = model._program.consts["in1"]
+    dense_codes = type(packed.weights["in1"]) is CodebookWeight  # the packer's choice (sparse or dense codes)
+    assert isinstance(held, CodebookWeight) == (dense_codes and seq == 22) and (dense_codes or sparsity > 0)
+    assert isinstance(model._program.consts["in2"], np.ndarray)
+    r_bytes = 4 * model._program.consts["in2"].size
+    consts = model.plan.constants_ram + model.plan.constants_mapped
+    if isinstance(held, CodebookWeight):  # counted as held: the codes (and codebook, row scales), not a float32 copy
+        assert held.codes.nbytes + r_bytes <= consts < 4 * held.codes.size + r_bytes
+    else:
+        assert consts >= 4 * held.size + r_bytes
     assert model.plan.scratch_owner == "rnn"
     got2 = model.run(x)  # the bound plan, run again: same numbers
     for k in want:
@@ -366,7 +383,7 @@ def test_packed_end_to_end(tmp_path, op, outputs):
 def test_gate_rows_get_their_own_scales(tmp_path):
     # gate rows whose magnitudes differ by orders (the input gate's rows x 300): with the matrix rows = gate rows,
     # row scales let one codebook serve them all; rows = directions could not tell the gates apart
-    path, x = _model_file(tmp_path, "LSTM", ["y", "yh", "yc"], direction="forward")
+    path, x = _model_file(tmp_path, "LSTM", ["y", "yh", "yc"], direction="forward", seq=22)
     m = onnx.load(str(path))
     for init in m.graph.initializer:
         if init.name == "in1":
@@ -381,6 +398,41 @@ def test_gate_rows_get_their_own_scales(tmp_path):
     ref = rep.references["in1"]
     small = np.abs(w[:, 16:]).max()
     assert np.abs(ref[:, 16:] - w[:, 16:]).max() < 0.05 * small  # the small gates keep their values
+    # the runtime projects from the held codes with those row scales: as onnxruntime on the decoded weights
+    model = runtime.load(out)
+    assert isinstance(model._program.consts["in1"], CodebookWeight)
+    assert model._program.consts["in1"].row_scales is not None
+    for init in m.graph.initializer:
+        if init.name in ("in1", "in2"):
+            init.CopyFrom(numpy_helper.from_array(rep.references[init.name], init.name))
+    want = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"in0": x})
+    got = model.run(x)
+    for k, v in zip(["y", "yh", "yc"], want):
+        np.testing.assert_allclose(got[k], v, rtol=1e-5, atol=1e-5 * np.abs(v).max())
+
+
+@pytest.mark.parametrize("op", ["LSTM", "GRU"])
+@pytest.mark.parametrize("direction,layout", [("forward", 0), ("reverse", 1), ("bidirectional", 0),
+                                              ("bidirectional", 1)])
+@pytest.mark.parametrize("seq,batch,states,lens", [(1, 1, False, None), (6, 2, True, [6, 3]),
+                                                   (30, 1, True, None)])
+def test_codes_weight_projection(op, direction, layout, seq, batch, states, lens):
+    """W held as dense codes (a CodebookWeight, as runtime/model.py passes it): the projection runs in linear.py's
+    rows form; outputs as onnxruntime's with W decoded, at 1 to 30 rows (one tile of 24 lanes, two of 32)."""
+    ins = make_inputs(op, seq=seq, batch=batch, n_in=37, hid=9, direction=direction, layout=layout, h0=states,
+                      c0=states, lens=lens)
+    d, g = ins[1].shape[0], ins[1].shape[1]
+    codebook = rand(256, scale=0.4)
+    codes = RNG.integers(0, 256, (d * g, 37)).astype(np.uint8)
+    scales = np.asarray(RNG.uniform(0.5, 1.5, d * g), np.float32)
+    w = CodebookWeight((d, g, 37), codebook, codes, scales, row_dims=2)
+    ins[1] = w.to_dense()
+    attrs = {"direction": direction, "layout": layout, "hidden_size": 9}
+    want, _ = reference(op, ins, attrs, N_OUT[op])
+    ins[1] = w
+    got, _ = ours(op, ins, attrs, N_OUT[op])
+    for i, (a, b) in enumerate(zip(got, want)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=3e-6, err_msg=f"{op} output {i}")
 
 
 @pytest.mark.parametrize("value", [0, 4, "2", 2.0, True])
@@ -532,3 +584,23 @@ def test_silero_vad_stream(tmp_path):
         s_got = r["stateN"]
         np.testing.assert_allclose(r["output"], p_ref, rtol=1e-4, atol=1e-6)
         np.testing.assert_allclose(s_got, s_ref, rtol=1e-4, atol=5e-5)
+
+
+@pytest.mark.parametrize("seq,held", [(1, False), (16, False), (22, True), (30, True), (40, False)])
+def test_codes_held_only_where_they_pay(tmp_path, seq, held):
+    """runtime/model.py keeps W as codes where recurrent.codes_projection_pays at the plan's rows, else expands it
+    (counted as a float32 constant); the answers are onnxruntime's on the decoded weights either way."""
+    path, x = _model_file(tmp_path, "LSTM", ["y", "yh", "yc"], seq=seq)
+    out = tmp_path / "m.epk"
+    rep = edgepack.pack(path, out, sparsity=0.0, bits=8)
+    assert type(read_packed(out).weights["in1"]) is CodebookWeight
+    model = runtime.load(out)
+    assert isinstance(model._program.consts["in1"], CodebookWeight) == held
+    m = onnx.load(str(path))
+    for init in m.graph.initializer:
+        if init.name in ("in1", "in2"):
+            init.CopyFrom(numpy_helper.from_array(rep.references[init.name], init.name))
+    want = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"in0": x})
+    got = model.run(x)
+    for k, v in zip(["y", "yh", "yc"], want):
+        np.testing.assert_allclose(got[k], v, rtol=1e-5, atol=1e-5 * np.abs(v).max())

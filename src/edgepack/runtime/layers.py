@@ -46,6 +46,10 @@ SPARSE_ROWS_ENTRY_S = {24: 0.9e-9, 32: 1.3e-9}  # per kept entry and tile (of 24
 # density 0.3, 2.7 M entries: 2.3-2.4 ms at 8-22 rows in 24 lanes (CSC tiled kernel 6.3-10.7, dense dot 3.2-5.8),
 # 3.5-3.6 ms a tile of 32
 CODES_MAC_S = 0.6e-9  # dense-codes (codebook) multiply-add, batch 1
+CODES_ROWS_WEIGHT_S = {24: 0.65e-9, 32: 0.9e-9}  # per weight and tile (of 24 or 32 samples), the dense-code weight's
+# "rows" form (linear.py's _dense_row_tiles_kernel): ddddocr's 8210 x 1024 classifier, 22 rows: 5.0 ms (its float32
+# copy in the dense dot kernel 5.8-6.3, onnxruntime 4.7-5.2; 1 thread, CPU time, load 8-11); 2048 x 512 at 22 / 32 /
+# 64 rows: 0.69 / 0.90 / 1.75 ms (benchmarks/recurrent_ops.py --only gemm; tests/test_sparse_rows.py's kernel)
 DECODE_ELEMENT_S = 1.5e-9  # per weight element when codes are expanded block by block for BLAS (batch >= 2)
 BLAS_GEMV_MAC_S = 0.045e-9  # float32 matrix-vector multiply-add
 BLAS_GEMM_MAC_S = 0.015e-9  # float32 matrix-matrix multiply-add
@@ -283,7 +287,7 @@ class LinearLayer(Layer):
             self.trans_a, trans_b, self.alpha, self.beta = 0, 0, 1.0, 0.0
         self.rows_out = bool(trans_b)
         self.prepared = prepared
-        self.form = "rows" if prepared is not None and prepared.kind == "sparse_rows" else ""
+        self.form = "rows" if prepared is not None and prepared.kind in ("sparse_rows", "codebook_rows") else ""
         self.streamed = streamed
         self.bias = bias  # a constant C (None: absent or computed at run time)
         self.parallel = parallel
@@ -673,10 +677,10 @@ class LayerSpec:
         return self.op == "Gemm" and gemm_attrs(self.node["attrs"])[1] == 1
 
     def _rows_eligible(self) -> bool:
-        """Whether the compact weight has a "rows" form (linear.py's output-stationary sparse kernel, serial): a
-        sparse W (n, k) of a Gemm with transB = 1."""
+        """Whether the compact weight has a "rows" form (linear.py's output-stationary kernels, serial): a sparse
+        or dense-code W (n, k) of a Gemm with transB = 1."""
         return (not self.is_conv and not self.parallel and self._trans_b()
-                and isinstance(self.weight, SparseCodebookWeight) and len(self.weight.shape) == 2)
+                and isinstance(self.weight, (SparseCodebookWeight, CodebookWeight)) and len(self.weight.shape) == 2)
 
     def _prepare(self, weight):
         if self.is_conv:
@@ -745,7 +749,8 @@ class LayerSpec:
                 elif form == "winograd":
                     note = "Winograd F(2x2, 3x3) form"
                 elif form == "rows":
-                    note = f"rows form (CSR in blocks of {linear_ops.ROWS_COL_BLOCK} columns)"
+                    note = ("rows form (codes row by row)" if isinstance(self.weight, CodebookWeight) else
+                            f"rows form (CSR in blocks of {linear_ops.ROWS_COL_BLOCK} columns)")
                 opts.append(Option(mode, ram, mapped, scratch, self._seconds(mode, layer, form), note, form))
         self.options = opts
         return opts
@@ -872,6 +877,9 @@ class LayerSpec:
                 return CALL_S + batch * (_kept(w) * SPARSE_MAC_S + k * SKIP_INPUT_S)
             tiles = -(-batch // linear_ops.TILE)
             return CALL_S + _kept(w) * (tiles * SPARSE_TILED_ENTRY_S + batch * SPARSE_TILED_MAC_S)
+        if form == "rows":  # dense codes: _dense_row_tiles_kernel
+            lanes = linear_ops.rows_lanes(batch)
+            return CALL_S + -(-batch // lanes) * n * k * CODES_ROWS_WEIGHT_S[lanes]
         decode_min = linear_ops.DECODE_MIN_BATCH
         if isinstance(decode_min, dict):
             decode_min = decode_min.get("int8" if isinstance(w, Int8Weight) else "codebook", 2)

@@ -5,6 +5,7 @@ weight within the memory budget and plans memory; `Model.run` checks its inputs 
 from __future__ import annotations
 
 import gc
+import math
 import os
 import threading
 import weakref
@@ -17,11 +18,17 @@ from numba.core.dispatcher import Dispatcher
 from edgepack.runtime import executor, layers, memory
 from edgepack.runtime.errors import BudgetError, InputError, UnsupportedError
 from edgepack.runtime.loader import attrs_plain, file_root, keep_needed_bytes, read_packed
+from edgepack.runtime.ops import recurrent as recurrent_ops
 from edgepack.runtime.ops import registry
 from edgepack.runtime.threads import ThreadLimit, check_threads
+from edgepack.runtime.weights import CodebookWeight
 
 # Weight input index of the ops that become layers.
 WEIGHT_INPUT = {"Gemm": 1, "MatMul": 1, "Conv": 1}
+# Input weights of recurrent ops that stay dense codes when the file holds them so (runtime/ops/recurrent.py runs
+# their input projection on the codes, a quarter of float32's bytes at 8 bits); the other constants they read, R
+# included (read at every step, where a codebook lookup per weight would cost more than its bytes), are expanded.
+HELD_CODES_INPUT = {"LSTM": 1, "GRU": 1}
 # Inputs cast to float32 by Model.run (documented there); any other dtype is refused.
 CAST_DTYPES = (np.dtype(np.float64), np.dtype(np.float16))
 _F32 = np.dtype(np.float32)
@@ -101,22 +108,28 @@ def _load(source, memory_budget, parallel: bool, batch: int, layer_modes, limit:
             if (n["op"] != "MatMul" or len(w.shape) == 2) and getattr(w, "row_dims", 1) == 1:
                 layer_weight[n["name"]] = n["inputs"][idx]
     needed = set()
+    code_reads: dict[str, bool] = {}  # constant -> whether every read of it is a HELD_CODES_INPUT slot
     for n in nodes:
         skip = WEIGHT_INPUT[n["op"]] if n["name"] in layer_weight else -1
         needed.update(i for j, i in enumerate(n["inputs"]) if i in weights and j != skip)
+        for j, i in enumerate(n["inputs"]):
+            if i in weights and j != skip:
+                code_reads[i] = code_reads.get(i, True) and HELD_CODES_INPUT.get(n["op"]) == j
     needed.update(o["name"] for o in g["outputs"] if o["name"] in weights)
+    held_codes = {name for name in needed if code_reads.get(name) and isinstance(weights[name], CodebookWeight)
+                  and name not in {o["name"] for o in g["outputs"]}}
     # Compressed constants read as dense: their sizes come from the file (a few bytes may declare 2^31 elements),
     # so they are checked against the budget and the machine before anything is expanded.
     tensors = {t["name"]: t for t in g["tensors"]}
-    expanded = {name: _expanded_bytes(tensors[name]) for name in needed}
+    expanded = {name: _expanded_bytes(tensors[name]) for name in needed - held_codes}
     for name, nbytes in sorted(expanded.items(), key=lambda kv: -kv[1])[:1]:
         memory.check_allocation(nbytes, f"{where}: tensor '{name}' ({tensors[name]['encoding']['type']}, shape "
                                         f"{list(tensors[name]['shape'])}) decoded to dense", budget)
     memory.check_allocation(sum(expanded.values()), f"{where}: the {len(expanded)} constants decoded to dense",
                             budget)
     # (reshaped: ascontiguousarray makes a 0-d scalar constant 1-d, which a scalar op's 0-d output cannot hold)
-    consts = {name: np.ascontiguousarray(weights[name].to_dense()).reshape(weights[name].shape)
-              for name in sorted(needed)}
+    consts = {name: weights[name] if name in held_codes else
+              np.ascontiguousarray(weights[name].to_dense()).reshape(weights[name].shape) for name in sorted(needed)}
 
     program = executor.Program([name for name, _ in decls], [o["name"] for o in g["outputs"]], nodes, consts,
                                const_shapes)
@@ -129,6 +142,7 @@ def _load(source, memory_budget, parallel: bool, batch: int, layer_modes, limit:
                                    f"float32 only")
     input_shapes = declared_shapes(decls, batch)
     shapes = executor.infer_shapes(program, input_shapes)
+    _expand_unpaid_codes(program, nodes, held_codes, shapes, tensors, budget, where)
 
     # Options per layer, then the fit, then the layers in their chosen modes.
     specs = []
@@ -151,8 +165,8 @@ def _load(source, memory_budget, parallel: bool, batch: int, layer_modes, limit:
 
     base_plan = executor.make_plan(program, input_shapes, shapes)  # dynamic layers only: their scratch is fixed
     layer_biases = {id(s.bias) for s in specs if s.bias is not None}
-    c_ram, c_mapped = layers.split_bytes([a for a in consts.values() if id(a) not in layer_biases],
-                                         packed.container.data)
+    c_ram, c_mapped = layers.split_bytes([a for v in consts.values() if id(v) not in layer_biases
+                                          for a in _const_arrays(v)], packed.container.data)
     fixed = c_ram + c_mapped * memory.COUNT_MAPPED + base_plan.arena.arena_bytes
     result = memory.fit([(s.name, s.options) for s in specs], fixed, base_plan.scratch_bytes, budget,
                         f"model {where} at batch {batch}")
@@ -162,6 +176,27 @@ def _load(source, memory_budget, parallel: bool, batch: int, layer_modes, limit:
     model._known_shapes[tuple(input_shapes[name] for name, _ in decls)] = shapes  # inferred once per load
     model.plan = model.plan_for(input_shapes)
     return model
+
+
+def _expand_unpaid_codes(program, nodes, held_codes: set, shapes: dict, tensors: dict, budget, where: str) -> None:
+    """Held codes (HELD_CODES_INPUT) whose projection does not pay at the plan's rows (recurrent.py
+    codes_projection_pays: a tile of lanes mostly empty, e.g. silero_vad's one step) are expanded to float32 now,
+    checked against the budget like every other expanded constant."""
+    slow = {n["inputs"][HELD_CODES_INPUT[n["op"]]] for n in nodes if n["op"] in HELD_CODES_INPUT
+            and n["inputs"][HELD_CODES_INPUT[n["op"]]] in held_codes
+            and not recurrent_ops.codes_projection_pays(math.prod(shapes[n["inputs"][0]][:2]))}
+    for name in sorted(slow):
+        w = program.consts[name]
+        memory.check_allocation(_expanded_bytes(tensors[name]), f"{where}: tensor '{name}' (codebook, shape "
+                                f"{list(w.shape)}) decoded to dense", budget)
+        program.consts[name] = np.ascontiguousarray(w.to_dense()).reshape(w.shape)
+
+
+def _const_arrays(v) -> list:
+    """The arrays a constant holds: itself, or a held CodebookWeight's codes, codebook and row scales."""
+    if isinstance(v, CodebookWeight):
+        return [v.codes, v.codebook, v.row_scales]
+    return [v]
 
 
 def _expanded_bytes(tensor: dict) -> int:

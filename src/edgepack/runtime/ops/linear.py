@@ -15,7 +15,8 @@ from numba import get_num_threads, njit, prange
 from edgepack.runtime.errors import InputError, UnsupportedError
 from edgepack.runtime.ops.elementwise import (ACT_NONE, EP_ACT, EP_ALPHA, EP_BETA, EP_P0, EP_P1, activate_kernel,
                                               apply_activation, epilogue)
-from edgepack.runtime.ops.simd_rows import LANES, row_fma24, row_fma32
+from edgepack.runtime.ops.simd_rows import (DENSE_ROWS, LANES, dense_fma24x1, dense_fma24x4, dense_fma32x1,
+                                            dense_fma32x4, row_fma24, row_fma32)
 from edgepack.runtime.weights import CodebookWeight, DenseWeight, Int8Weight, SparseCodebookWeight
 
 # Batch columns per tile in the batched sparse kernel; 64 was fastest of 8..256 for LeNet-300-100 on the dev VM
@@ -85,6 +86,7 @@ _KERNEL_ARGS = {
     "codebook": ("codes_t", "codebook", "in_scales", "out_scales"),
     "int8": ("q_t", "in_scales", "in_zp", "out_scales", "out_zp"),
     "sparse_rows": ("bptr", "cols", "codes", "codebook", "out_scales"),
+    "codebook_rows": ("codes", "codebook", "out_scales"),
 }
 
 
@@ -97,6 +99,8 @@ class PreparedLinear:
     kind "sparse_rows" (the "rows" form of a W (n, k) held as CSR): bptr (blocks, n + 1), cols (nnz,) uint16 or
     int32, codes, codebook: CSR split into blocks of ROWS_COL_BLOCK input columns (_sparse_row_tiles_kernel).
     kind "codebook": codes_t (k, n), codebook.  kind "int8": q_t (k, n) int8 with zero points as float32.
+    kind "codebook_rows" (the "rows" form of a dense-code W (n, k)): codes (n * k,) W's codes row by row as the
+    file holds them, codebook (_dense_row_tiles_kernel).
     Scales: out_scales (n,) multiply output rows, in_scales (k,) multiply inputs; empty when absent.
     """
 
@@ -150,6 +154,13 @@ def _prepare_sparse_rows(w: SparseCodebookWeight) -> PreparedLinear:
         "out_scales": _as_f32(w.row_scales),
     }
     return PreparedLinear("sparse_rows", n, k, arrays)
+
+
+def _prepare_codebook_rows(w: CodebookWeight) -> PreparedLinear:
+    """The "rows" form of a dense-code W (n, k): its codes row by row (no copy), read by _dense_row_tiles_kernel."""
+    arrays = {"codes": np.ascontiguousarray(w.codes).reshape(-1), "codebook": w.codebook,
+              "out_scales": _as_f32(w.row_scales)}
+    return PreparedLinear("codebook_rows", w.rows, w.cols, arrays)
 
 
 def _prepare_sparse(w: SparseCodebookWeight, trans_b: bool) -> PreparedLinear:
@@ -228,12 +239,16 @@ def _prepare_dense(w: DenseWeight, trans_b: bool) -> PreparedLinear:
 
 def prepare_linear(weight, trans_b: bool, form: str = "") -> PreparedLinear:
     """Re-lay a constant Gemm/MatMul weight for the kernels. trans_b=True: the weight is W (n, k) (Gemm transB=1);
-    trans_b=False: it is B (k, n) (Gemm transB=0, MatMul). form "rows": a sparse W (n, k) in the row form
-    (kind "sparse_rows", faster from a few samples on: layers.py's cost model chooses), else the default form."""
+    trans_b=False: it is B (k, n) (Gemm transB=0, MatMul). form "rows": a sparse or dense-code W (n, k) in the row
+    form (kind "sparse_rows" or "codebook_rows", faster from a few samples on: layers.py's cost model chooses), else
+    the default form."""
     if form == "rows":
-        if not (isinstance(weight, SparseCodebookWeight) and trans_b and len(weight.shape) == 2):
-            raise UnsupportedError(f"linear: the rows form holds a 2-D sparse weight W (n, k) (trans_b), found "
-                                   f"{type(weight).__name__} {getattr(weight, 'shape', '?')} trans_b={trans_b}")
+        if not (isinstance(weight, (SparseCodebookWeight, CodebookWeight)) and trans_b and len(weight.shape) == 2):
+            raise UnsupportedError(f"linear: the rows form holds a 2-D sparse or dense-code weight W (n, k) "
+                                   f"(trans_b), found {type(weight).__name__} {getattr(weight, 'shape', '?')} "
+                                   f"trans_b={trans_b}")
+        if isinstance(weight, CodebookWeight):
+            return _prepare_codebook_rows(weight)
         return _prepare_sparse_rows(weight)
     if form:
         raise UnsupportedError(f"linear: unknown form '{form}' (known: 'rows')")
@@ -585,6 +600,53 @@ _dense_dot_kernel, _dense_dot_parallel_kernel = _serial_and_parallel(_dense_dot,
 
 
 @njit(cache=True)
+def _dense_row_tiles_kernel(x, w, codebook, out_scales, bias, ep, out, xt, acc):
+    """The "rows" form of a dense-code W (n, k) (w: its codes row by row; a float32 w, codebook unused, runs the
+    same way), serial: per tile of lw samples (24 up to 24 samples, else 32, as the sparse rows form), xt (k * lw)
+    <- the tile transposed (lanes past the batch zero); then DENSE_ROWS weight rows at a time, every output of the
+    tile in registers (simd_rows.dense_fma: xt's lanes of an input loaded once for the rows, each weight one
+    broadcast, each output summed in k order), then the epilogue of _finish_sample_kernel (acc (DENSE_ROWS * lw)
+    holds the sums between). W is read once per tile: the 8-bit codes are a quarter of float32's bytes (ddddocr's
+    8210 x 1024 classifier: 8.4 MB, which stays in a 32 MB L3 where 33.6 MB streams from DRAM at every run)."""
+    bsz, k_in = x.shape
+    n_out = out.shape[1]
+    has_bias = bias.shape[0] != 0
+    has_os = out_scales.shape[0] != 0
+    alpha, beta, kind, p0, p1 = ep[EP_ALPHA], ep[EP_BETA], np.int64(ep[EP_ACT]), ep[EP_P0], ep[EP_P1]
+    lw = ROWS_NARROW if bsz <= ROWS_NARROW else LANES
+    for b0 in range(0, bsz, lw):
+        bt = min(lw, bsz - b0)
+        for kk in range(k_in):
+            dst = xt[kk * lw: kk * lw + lw]
+            for b in range(bt):
+                dst[b] = x[b0 + b, kk]
+            for b in range(bt, lw):
+                dst[b] = 0.0
+        r = 0
+        while r < n_out:
+            m = DENSE_ROWS if r + DENSE_ROWS <= n_out else 1
+            if lw == ROWS_NARROW:
+                if m == DENSE_ROWS:
+                    dense_fma24x4(xt, w, codebook, np.int64(r * k_in), np.int64(k_in), acc, np.int64(0))
+                else:
+                    dense_fma24x1(xt, w, codebook, np.int64(r * k_in), np.int64(k_in), acc, np.int64(0))
+            else:
+                if m == DENSE_ROWS:
+                    dense_fma32x4(xt, w, codebook, np.int64(r * k_in), np.int64(k_in), acc, np.int64(0))
+                else:
+                    dense_fma32x1(xt, w, codebook, np.int64(r * k_in), np.int64(k_in), acc, np.int64(0))
+            for j in range(m):
+                c = beta * bias[r + j] if has_bias else np.float32(0.0)
+                sc = out_scales[r + j] if has_os else np.float32(1.0)
+                for b in range(bt):
+                    v = acc[j * lw + b] * sc * alpha if has_os else acc[j * lw + b] * alpha
+                    if has_bias:
+                        v += c
+                    out[b0 + b, r + j] = activate_kernel(v, kind, p0, p1)
+            r += m
+
+
+@njit(cache=True)
 def _dense_cols_kernel(x, wt, bias, ep, out):
     """Small float32 layers held as W^T (k, n): out[b] = act(alpha * sum_k x[b, k] * wt[k] + beta * bias),
     skipping zero inputs."""
@@ -698,6 +760,8 @@ def linear_scratch_bytes(batch: int, prepared: PreparedLinear, parallel: bool = 
     """Bytes of scratch `linear` needs for this batch size (0 when it needs none)."""
     if prepared.kind == "sparse_rows":
         return 4 * rows_lanes(batch) * (prepared.k + prepared.n) if batch else 0
+    if prepared.kind == "codebook_rows":
+        return 4 * rows_lanes(batch) * (prepared.k + DENSE_ROWS) if batch else 0
     if prepared.kind == "sparse" and batch >= SPARSE_TILED_MIN_BATCH:
         return 4 * _slots(batch, parallel) * TILE * (prepared.k + prepared.n)
     if prepared.kind in DECODE_MIN_BATCH and batch >= DECODE_MIN_BATCH[prepared.kind]:
@@ -803,6 +867,11 @@ def bind_linear(x: np.ndarray, prepared: PreparedLinear, bias, alpha: float, bet
         lw = rows_lanes(bsz)
         xt, acc = buf[: lw * prepared.k], buf[lw * prepared.k: lw * (prepared.k + prepared.n)]
         return _sparse_row_tiles_kernel, (x, *prepared.kernel_args, bias_vec, ep, out, xt, acc)
+    if kind == "codebook_rows":  # serial, like sparse_rows
+        buf = _f32_scratch(scratch, linear_scratch_bytes(bsz, prepared))
+        lw = rows_lanes(bsz)
+        xt, acc = buf[: lw * prepared.k], buf[lw * prepared.k: lw * (prepared.k + DENSE_ROWS)]
+        return _dense_row_tiles_kernel, (x, *prepared.kernel_args, bias_vec, ep, out, xt, acc)
     if kind == "sparse":
         if bsz < SPARSE_TILED_MIN_BATCH:
             return _sparse_rows_kernel, (x, *prepared.kernel_args, bias_vec, ep, out)

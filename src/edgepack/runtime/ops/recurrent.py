@@ -11,7 +11,9 @@ rows), then the cell update in place. At batch 1 the steps are bound by reading 
 every step, ~60 GB/s on the dev VM). The projections and the state (directions x steps x batch x gates x hidden,
 plus a few hidden sizes, float32) live in the executor's shared scratch, which the memory plan counts
 (OpDef.scratch_bytes); the plain runner allocates them per call.
-W and R arrive dense: the loader expands compressed constants of ops other than Gemm/MatMul/Conv. Held sparse, R
+W arrives dense, or as a CodebookWeight when the file holds it as dense codes (runtime/model.py HELD_CODES_INPUT):
+the projection then runs on the codes in linear.py's rows form (_dense_row_tiles_kernel; 2 MB of 8-bit codes for
+ddddocr's W, where float32 took 8 MB of RAM and of reads per run). R arrives dense (expanded at load). Held sparse, R
 would not pay at the densities pruning leaves: the dense matvec streams R at ~0.2 cycles a weight, and every sparse
 form tried spends more per kept weight (a gather of h, or an expand per 16 columns); benchmarks/sparse_recurrence.py
 on ddddocr's R: CSR 0.5x at density 0.3, break-even near 0.12, 1.9x at 0.05.
@@ -25,9 +27,10 @@ from numba import njit
 
 from edgepack.runtime.errors import FormatError, UnsupportedError
 from edgepack.runtime.ops.elementwise import exp_block
-from edgepack.runtime.ops.linear import bind_linear, prepare_linear
+from edgepack.runtime.ops.linear import bind_linear, linear_scratch_bytes, prepare_linear, rows_lanes
 from edgepack.runtime.ops.registry import OpDef, check_arity, float_attr, int_attr
-from edgepack.runtime.weights import DenseWeight
+from edgepack.runtime.ops.simd_rows import DENSE_ROWS
+from edgepack.runtime.weights import CodebookWeight, DenseWeight
 
 # activation codes of the kernels
 _ACTS = {"sigmoid": 0, "tanh": 1, "relu": 2, "softsign": 3, "softplus": 4}
@@ -378,11 +381,15 @@ def _f32(a) -> np.ndarray:
     return np.ascontiguousarray(a, dtype=np.float32)
 
 
-def _scratch_floats(op: str, input_shapes) -> tuple[int, int]:
-    """(floats of the input projections W x_t, floats of the state) for these input shapes (infer() accepted)."""
+def _scratch_floats(op: str, input_shapes) -> tuple[int, int, int]:
+    """(floats of the input projections W x_t, of the state, of the projection's own scratch when W is held as
+    codes) for these input shapes (infer() accepted). The last is counted whether or not W is held so: the shapes
+    do not say (at ddddocr's 22 rows of 512 inputs, 50 KB)."""
     x, r = input_shapes[0], input_shapes[2]
     n_dir, gh, hid = (int(d) for d in r)
-    return n_dir * int(x[0]) * int(x[1]) * gh, (12 if op == "LSTM" else 9) * hid
+    rows = int(x[0]) * int(x[1])
+    return (n_dir * rows * gh, (12 if op == "LSTM" else 9) * hid,
+            rows_lanes(rows) * (int(x[2]) + DENSE_ROWS) if rows else 0)
 
 
 def _scratch_bytes(op: str):
@@ -391,11 +398,50 @@ def _scratch_bytes(op: str):
     return scratch_bytes
 
 
-def _bind_projection(x2, w, xw) -> tuple:
+# W held as codes projects in linear.py's rows form, a tile of 24 or 32 lanes per pass: with few rows most lanes are
+# empty and the float32 dot-product kernel wins. benchmarks/recurrent_ops.py (1 thread, CPU time, load 9-11): codes
+# / float32 at 22 rows of 512 -> 2048 x 2 (ddddocr) 4.5 / 5.1 ms; at 16 rows of 96 -> 256 (hey_mycroft) 0.104 /
+# 0.091; at 1 row (silero_vad) 0.043 / 0.014. The codes pay from CODES_MIN_ROWS rows whose tiles are at least
+# CODES_MIN_FILL full.
+CODES_MIN_ROWS = 18
+CODES_MIN_FILL = 0.75
+
+
+def codes_projection_pays(rows: int) -> bool:
+    """Whether W held as codes projects faster than a float32 copy at this many rows (steps x batch)."""
+    if rows < CODES_MIN_ROWS:
+        return False
+    lanes = rows_lanes(rows)
+    return rows / (-(-rows // lanes) * lanes) >= CODES_MIN_FILL
+
+
+def _direction_weights(w, n_dir: int) -> list:
+    """W [D, G*H, I] as one weight per direction: float32 views, or CodebookWeights over the held codes' rows."""
+    if not isinstance(w, CodebookWeight):
+        w = _f32(w)
+        return [DenseWeight(w[d]) for d in range(n_dir)]
+    gh, n_in = int(w.shape[1]), int(w.shape[2])
+    codes = w.codes.reshape(n_dir * gh, n_in)
+    scales = w.row_scales
+    if scales is not None:  # one scale per row of the file's matrix view: per gate row of every direction
+        scales = np.repeat(np.asarray(scales, np.float32), (n_dir * gh) // scales.shape[0])
+    return [CodebookWeight((gh, n_in), w.codebook, codes[d * gh:(d + 1) * gh],
+                           None if scales is None else scales[d * gh:(d + 1) * gh]) for d in range(n_dir)]
+
+
+def _bind_projection(x2, w, xw, scratch) -> tuple:
     """xw[d] = x2 @ w[d]^T for every direction, the input part of every gate at every step: one bound product of
-    runtime/ops/linear.py per direction (its dot-product kernel or BLAS, whichever is faster at this many rows)."""
-    return tuple(bind_linear(x2, prepare_linear(DenseWeight(w[d]), True), None, 1.0, 0.0, xw[d])
-                 for d in range(w.shape[0]))
+    runtime/ops/linear.py per direction (float32: its dot-product kernel or BLAS, whichever is faster at this many
+    rows; held codes: the rows form, its scratch carved from `scratch`, shared by the directions)."""
+    products = []
+    for wd in _direction_weights(w, xw.shape[0]):
+        if isinstance(wd, CodebookWeight):
+            p = prepare_linear(wd, True, "rows")
+            s = scratch[:linear_scratch_bytes(x2.shape[0], p)]
+            products.append(bind_linear(x2, p, None, 1.0, 0.0, xw[len(products)], s))
+        else:
+            products.append(bind_linear(x2, prepare_linear(wd, True), None, 1.0, 0.0, xw[len(products)]))
+    return tuple(products)
 
 
 def _project(products) -> None:
@@ -423,20 +469,21 @@ def _prepare(op: str, inputs, attrs, outputs, scratch=None):
     def opt(i, rank):  # an absent optional input: an empty array, which the kernels read as zeros
         return _f32(inputs[i]) if _present(inputs, i) else _EMPTY[rank]
 
-    x, w, r = _f32(inputs[0]), _f32(inputs[1]), _f32(inputs[2])
-    n_proj, n_state = _scratch_floats(op, shapes)
+    x, w, r = _f32(inputs[0]), inputs[1], _f32(inputs[2])
+    n_proj, n_state, n_rows = _scratch_floats(op, shapes)
     if scratch is None:
-        scratch = np.empty(4 * (n_proj + n_state), np.uint8)
+        scratch = np.empty(4 * (n_proj + n_state + n_rows), np.uint8)
     floats = scratch[:4 * (n_proj + n_state)].view(np.float32)
     xw = floats[:n_proj].reshape(g.n_dir, g.seq * g.batch, gates * g.hid)
     state = floats[n_proj:]
+    rows_scratch = scratch[4 * (n_proj + n_state):4 * (n_proj + n_state + n_rows)]
     b = opt(3, 2)
     lens = g.lens if g.lens is not None else np.full(g.batch, g.seq, np.int64)
     h0 = opt(5, 3)
     outs = list(outputs) + [None] * (3 - len(outputs))
     y = outs[0] if outs[0] is not None else _EMPTY[4]
     yh = outs[1] if outs[1] is not None else _EMPTY[3]
-    products = _bind_projection(x.reshape(g.seq * g.batch, g.n_in), w, xw)
+    products = _bind_projection(x.reshape(g.seq * g.batch, g.n_in), w, xw, rows_scratch)
     clip = np.float32(g.clip)  # the kernels compute in float32 throughout
     if op == "LSTM":
         c0, p = opt(6, 3), opt(7, 2)
@@ -450,7 +497,7 @@ def _prepare(op: str, inputs, attrs, outputs, scratch=None):
 def _bindable(inputs, outputs) -> bool:
     # arena views are float32 C-contiguous: a bound step reads them in place; anything else would be copied once
     # at bind time and go stale, so such a node runs through the plain runner
-    return all(a is None or (a.dtype == np.float32 and a.flags.c_contiguous)
+    return all(a is None or isinstance(a, CodebookWeight) or (a.dtype == np.float32 and a.flags.c_contiguous)
                for i, a in enumerate(list(inputs) + list(outputs)) if i != 4)
 
 

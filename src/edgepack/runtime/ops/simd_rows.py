@@ -86,3 +86,79 @@ def _row_fma(widths: tuple[int, ...]):
 row_fma24 = _row_fma((16, 8))
 row_fma32 = _row_fma((16, 16))
 LANES = 32  # the widest tile: scratch is sized for it
+
+
+
+def _dense_fma(widths: tuple[int, ...], nrows: int):
+    """dense_fma(xt, w, codebook, w0, k, acc, a0): for j < nrows and every lane l < L (L = sum(widths)),
+    acc[a0 + j * L + l] = sum over i < k of v(w0 + j * k + i) * xt[L * i + l], summed in i order (one fused
+    multiply-add per term: the same bits whatever the lanes hold), where v(e) is w[e] for a float32 w (codebook
+    ignored: pass any float32 array) and codebook[w[e]] for integer codes. w: rows of length k (a dense W (n, k)
+    flattened; w0 = its first row's offset); the nrows x len(widths) sums stay in registers, xt's L lanes of input i
+    are loaded once for the nrows rows and each weight is one broadcast."""
+    lanes = sum(widths)
+
+    @intrinsic
+    def dense_fma(typingctx, xt_t, w_t, codebook_t, w0_t, k_t, acc_t, a0_t):
+        for t in (xt_t, codebook_t, acc_t):
+            if not isinstance(t, types.Array) or t.dtype != types.float32 or t.layout != "C" or t.ndim != 1:
+                return None
+        if (not isinstance(w_t, types.Array) or w_t.layout != "C" or w_t.ndim != 1
+                or not (w_t.dtype == types.float32 or isinstance(w_t.dtype, types.Integer))):
+            return None
+        coded = isinstance(w_t.dtype, types.Integer)
+        sig = types.void(xt_t, w_t, codebook_t, types.int64, types.int64, acc_t, types.int64)
+
+        def codegen(context, builder, signature, args):
+            xt, w, codebook, w0, k, acc, a0 = args
+            f32, i32, i64 = ir.FloatType(), ir.IntType(32), ir.IntType(64)
+            vts = [ir.VectorType(f32, v) for v in widths]
+            offsets = [ir.Constant(i64, sum(widths[:i])) for i in range(len(widths))]
+            xa, wa, ba, aa = (context.make_array(signature.args[i])(context, builder, v)
+                              for i, v in ((0, xt), (1, w), (2, codebook), (5, acc)))
+
+            def vec_at(base, offset, vt):
+                return builder.bitcast(builder.gep(base, [offset]), vt.as_pointer())
+
+            def weight(ptr):
+                v = builder.load(ptr)
+                if not coded:
+                    return v
+                dt = signature.args[1].dtype
+                if dt.bitwidth != 64:
+                    v = builder.sext(v, i64) if dt.signed else builder.zext(v, i64)
+                return builder.load(builder.gep(ba.data, [v]))
+
+            sums = [[cgutils.alloca_once_value(builder, ir.Constant(vt, [0.0] * vt.count)) for vt in vts]
+                    for _ in range(nrows)]
+            rows = [builder.gep(wa.data, [builder.add(w0, builder.mul(k, ir.Constant(i64, j)))])
+                    for j in range(nrows)]
+            with cgutils.for_range(builder, k) as loop:
+                i = loop.index
+                base = builder.gep(xa.data, [builder.mul(i, ir.Constant(i64, lanes))])
+                xs = [builder.load(vec_at(base, off, vt), align=4) for vt, off in zip(vts, offsets)]
+                for j in range(nrows):
+                    wv = weight(builder.gep(rows[j], [i]))
+                    for vt, x, s in zip(vts, xs, sums[j]):
+                        bc = builder.shuffle_vector(builder.insert_element(ir.Constant(vt, None), wv,
+                                                                           ir.Constant(i32, 0)),
+                                                    ir.Constant(vt, None),
+                                                    ir.Constant(ir.VectorType(i32, vt.count), [0] * vt.count))
+                        builder.store(builder.fadd(builder.load(s), builder.fmul(bc, x, flags=("contract",)),
+                                                   flags=("contract",)), s)
+            for j in range(nrows):
+                out = builder.gep(aa.data, [builder.add(a0, ir.Constant(i64, j * lanes))])
+                for vt, off, s in zip(vts, offsets, sums[j]):
+                    builder.store(builder.load(s), vec_at(out, off, vt), align=4)
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    return dense_fma
+
+
+DENSE_ROWS = 4  # weight rows per dense_fma call
+dense_fma24x4 = _dense_fma((16, 8), DENSE_ROWS)
+dense_fma24x1 = _dense_fma((16, 8), 1)
+dense_fma32x4 = _dense_fma((16, 16), DENSE_ROWS)
+dense_fma32x1 = _dense_fma((16, 16), 1)
