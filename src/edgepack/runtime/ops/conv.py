@@ -85,8 +85,9 @@ BLOCK_TILE_FLOATS = 2048
 BLOCK_MIN_POSITIONS = 1024
 # From this many output positions and channels a dense plain 1x1 convolution runs conv_pointwise.py's register-tiled
 # kernel instead of BLAS (fewer: its tiles of 16 positions x 8 channels waste too much of themselves, 512 -> 512 at 7x7
-# 0.85x of BLAS, 96 -> 4 at 52x52 0.35x, and a 1x1 plane is a matrix-vector product; benchmarks/pointwise_conv.py).
-# Serial plans only: with threads, BLAS runs the product on all of them.
+# 0.85x of BLAS, 96 -> 4 at 52x52 0.35x; benchmarks/pointwise_conv.py), except planes of 16 k + 1 or 2 positions
+# (7x7: its last position as dot products, conv_pointwise.dot_tail). A 1x1 plane is a matrix-vector product:
+# conv_pointwise.run_gemv. Serial plans only: with threads, BLAS runs the product on all of them.
 POINTWISE_MIN_POSITIONS = 100
 POINTWISE_MIN_CHANNELS = 8
 
@@ -298,7 +299,9 @@ def _layout(g: dict, kind: str, parallel: bool) -> tuple[np.ndarray, int, bool]:
             # at 112x112: 1.6 MB, would not be in L2 any more); scratch: one band row for an epilogue chain
             want = max(IM2COL_BAND_FLOATS // max(1, cols + g["cout"]), IM2COL_BAND_MIN_POSITIONS)
             geo[_CROWS] = crows = max(1, min(g["oh"], want // ow))
-            return geo, 4 * crows * g["ow"], True
+            from edgepack.runtime.ops import conv_pointwise  # it builds on this module
+            # and the tiled kernel's last positions as rows (conv_pointwise.dot_tail)
+            return geo, 4 * (crows * g["ow"] + conv_pointwise.dot_tail(g["oh"] * g["ow"]) * cols), True
         want = max(2 * IM2COL_BAND_FLOATS // max(1, cols), IM2COL_BAND_MIN_POSITIONS)
         geo[_CROWS] = crows = max(1, min(g["oh"], want // ow))
         # the tap offsets (int64), the band, one band row for an epilogue chain, the padded / phased sample
@@ -1043,11 +1046,17 @@ def bind_conv(x: np.ndarray, prepared: PreparedConv, bias, attrs: dict, out: np.
         if (geo[_KH] == 1 and geo[_KW] == 1 and geo[_SH] == 1 and geo[_SW] == 1 and geo[_PADDED] == 0):
             x3, out3 = x.reshape(nb, cols, npos), out.reshape(nb, cout, npos)
             save = flat[: crows * ow]
-            if not parallel and npos >= POINTWISE_MIN_POSITIONS and cout >= POINTWISE_MIN_CHANNELS:
+            from edgepack.runtime.ops import conv_pointwise  # it builds on this module
+            if not parallel and npos == 1:  # a matrix-vector product (threads: BLAS's)
+                return conv_pointwise.run_gemv, (x.reshape(nb, cols), a["w2d"], out3, bias_v, ep, chain, save,
+                                                 finish)
+            if (not parallel and cout >= POINTWISE_MIN_CHANNELS
+                    and (npos >= POINTWISE_MIN_POSITIONS or npos >= conv_pointwise.TILE_P
+                         and npos % conv_pointwise.TILE_P <= conv_pointwise.DOT_TAIL_MAX)):
                 # the register-tiled kernel, band by band (conv_pointwise.py; one thread: BLAS threads the product)
-                from edgepack.runtime.ops import conv_pointwise  # it builds on this module
+                xt = flat[crows * ow: crows * ow + conv_pointwise.dot_tail(npos) * cols].reshape(-1, cols)
                 return conv_pointwise.run, (x3, a["w2d"], out3, bias_v, ep, chain, save, finish,
-                                            max(1, crows * ow))
+                                            max(1, crows * ow), xt)
             if not finish or crows >= oh:  # one band: the product, then the epilogue over the whole output
                 return _gemm_1x1_run, (x3, a["w2d"], out3, bias_v, ep, chain, save, finish)
             step = crows * ow

