@@ -162,7 +162,9 @@ def run_model(name: str, out: Path, n_calib: int, ratios: list[float], task_n: i
             rep = pack(src, d / f"alloc{ratio:g}.epk", calib=calib, target_ratio=ratio, **kw)
             a = rep.allocation
             chosen.update({k: {"bits": layer.chosen.bits, "encoding": layer.chosen.settings.encoding,
-                               "codebook_dtype": layer.chosen.settings.codebook_dtype}
+                               "codebook_dtype": layer.chosen.settings.codebook_dtype,
+                               "entropy_rate": layer.chosen.settings.entropy_rate,
+                               "channel_scales": layer.chosen.settings.channel_scales}
                            for k, layer in a.layers.items()})
             (d / f"alloc{ratio:g}.txt").write_text(rep.table())
             layers = [{"tensor": k, "label": layer.chosen.label, "bytes": layer.chosen.encoded.nbytes,
@@ -294,7 +296,13 @@ def main(argv=None) -> int:
     ap.add_argument("--readme", help="replace the generated section of this README")
     ap.add_argument("--render", action="store_true", help="only rebuild table and plots from --out's results")
     ap.add_argument("--skip-done", action="store_true", help="keep the results of models already in --out")
+    ap.add_argument("--entropy", action="store_true",
+                    help="let the allocation also choose entropy-constrained codes (allocate.EC_RATES_TRIED)")
     a = ap.parse_args(argv)
+    if a.entropy:
+        from edgepack.packer import allocate
+
+        allocate.EC_RATES = allocate.EC_RATES_TRIED
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     names = a.only.split(",") if a.only else list(MODELS)

@@ -57,6 +57,13 @@ from .encode import Encoded, LayerSettings
 from .graph import Graph
 
 WIDTHS = (8, 7, 6, 5, 4, 3)  # candidate codebook bits, most precise first
+# entropy-constrained candidates (scan): an alphabet of 2^EC_BITS codes, one bit of Huffman code priced at each of
+# the rates x the weights' mean square (cluster.ec_kmeans_1d, compensate.assign's rate). EC_RATES_TRIED spans about
+# 4.5 down to 1.7 bits a code on PP-OCRv4 rec's convolutions; off by default (EC_RATES empty) until measured on the
+# corpus' task agreement (benchmarks/calibration_compression.py --entropy turns them on)
+EC_BITS = 6
+EC_RATES_TRIED = (0.002, 0.005, 0.01, 0.02, 0.05, 0.1)
+EC_RATES: tuple[float, ...] = ()
 SENSITIVITY_RUNS = 8  # held-out runs the sensitivity scan measures on (the final check uses all held-out runs)
 FLOOR = 1e-12  # a step that adds no predicted error still ranks by the bytes it saves
 REFINE_STAGE = 4  # tensors re-encoded per recording of the quantised model's layer inputs (1: fully sequential)
@@ -78,7 +85,10 @@ class Option:
 
     @property
     def label(self) -> str:
-        return "int8" if self.settings.encoding == "int8" else str(self.bits)
+        if self.settings.encoding == "int8":
+            return "int8"
+        rate = self.settings.entropy_rate
+        return f"{self.bits}/ec{rate:g}" if rate else str(self.bits)
 
 
 @dataclass
@@ -356,17 +366,27 @@ def layer_error(w: np.ndarray, q: np.ndarray, stats) -> float:
 
 
 def scan(graph: Graph, settings: dict[str, tuple[LayerSettings, int]], encoder, stats: dict | None,
-         widths: tuple[int, ...] = WIDTHS, progress=None) -> dict[str, Layer]:
+         widths: tuple[int, ...] = WIDTHS, progress=None, ec_rates: tuple[float, ...] | None = None,
+         ec_bits: int = EC_BITS) -> dict[str, Layer]:
     """Every codebook-encoded weight at each width (with a float16 codebook where the weights fit float16: half the
     table bytes, which small layers feel), at each width again with per-row scales where the settings leave them
     to the encoder ("auto": its weight-error test declines scales that lower the output error, e.g. on ddddocr's
     8210-class CTC head at 5 bits, 79% -> 88% of held-out strings (94% with act-order) for 15% more bytes, fewer than 6 bits
     without them), and as per-row int8: its options, most precise first, each smaller in the
     file and with a larger layer error than the one before (the Pareto chain; an option that another beats in
-    both is left out). Tensors set to a dense, float16 or int8 encoding by the user keep it and are not scanned."""
+    both is left out). Tensors set to a dense, float16 or int8 encoding by the user keep it and are not scanned.
+    Where the settings leave Huffman coding on and do not prune: also entropy-constrained codes of a 2^ec_bits
+    alphabet at each of ec_rates (EC_RATES when None; LayerSettings.entropy_rate): for codes that are Huffman-coded,
+    a fixed alphabet of k-means centroids is not the best use of the bytes; a larger alphabet whose assignment pays for each
+    code's length (ECVQ) is. Without per-row scales: Huffman coding then spends few bits on the rows of small
+    weights by itself, where scales would spread every row over the whole alphabet. PP-OCRv4 rec's 480x480 1x1
+    conv (compensated codes, calibration inputs): 2.56 bits a weight in the file -> layer error 0.118 with 8
+    k-means centroids and per-row scales, 2.08 -> 0.063 with 44 entropy-constrained ones; 3.30 -> 0.059 with 16,
+    3.36 -> 0.028 entropy-constrained."""
     from .encode import fits_float16
 
     stats = stats or {}
+    ec_rates = EC_RATES if ec_rates is None else ec_rates
     layers: dict[str, Layer] = {}
     names = [k for k, (s, _) in settings.items() if s.encoding in ("auto", "codebook", "sparse_codebook")]
     for name in (progress(names) if progress else names):
@@ -377,6 +397,9 @@ def scan(graph: Graph, settings: dict[str, tuple[LayerSettings, int]], encoder, 
         tries += [(b, dataclasses.replace(s, bits=b, codebook_dtype=half)) for b in widths]
         if s.channel_scales == "auto" and w.ndim >= 2 and w.shape[0] > 1:  # per-row scales, where they pay
             tries += [(b, dataclasses.replace(s, bits=b, codebook_dtype=half, channel_scales=True)) for b in widths]
+        if s.huffman and not s.sparsity and s.quality is None and not s.entropy_rate and w.size > 1 << ec_bits:
+            tries += [(ec_bits, dataclasses.replace(s, bits=ec_bits, codebook_dtype=half, entropy_rate=r,
+                                                    channel_scales=False)) for r in ec_rates]
         opts: list[Option] = []
         for b, s2 in tries:
             e = encoder(name, s2, dbits)
@@ -527,7 +550,7 @@ def split_runs(n: int) -> tuple[list[int], list[int]]:
 def allocate(graph: Graph, settings: dict[str, tuple[LayerSettings, int]], encoder, stats: dict | None,
              held_feeds: dict[str, np.ndarray], *, fixed_bytes: int, fp32_bytes: int,
              target_ratio: float | None = None, max_error: float | None = None, widths: tuple[int, ...] = WIDTHS,
-             naive_encoder=None, quiet: bool = True) -> Allocation:
+             naive_encoder=None, quiet: bool = True, ec_rates: tuple[float, ...] | None = None) -> Allocation:
     """Scan, measure sensitivities, walk and choose (module docstring). held_feeds: the held-out calibration runs
     the model is measured on; fixed_bytes: the file's bytes besides the scanned weights."""
     from .fidelity import Evaluator, run_count, take_runs
@@ -535,7 +558,7 @@ def allocate(graph: Graph, settings: dict[str, tuple[LayerSettings, int]], encod
     if target_ratio is None and max_error is None:
         raise InputError("bit allocation needs a target: --target-ratio R or --max-error E")
     bar = (lambda desc: (lambda items: _bar(items, desc))) if not quiet else (lambda desc: None)
-    layers = scan(graph, settings, encoder, stats, widths, bar("bits scan"))
+    layers = scan(graph, settings, encoder, stats, widths, bar("bits scan"), ec_rates)
     n_held = run_count(graph, held_feeds)
     sens_feeds = take_runs(graph, held_feeds, list(range(min(n_held, SENSITIVITY_RUNS))))
     # for a ratio, the model error is task-shaped where outputs are class scores (the bound of --max-error is the

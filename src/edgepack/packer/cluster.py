@@ -201,6 +201,82 @@ def kmeans_1d(
     return c32[used], labels_u[inverse.ravel()].reshape(x.shape)
 
 
+EC_ITERS = 30  # entropy-constrained Lloyd rounds (it stops earlier once no assignment changes)
+
+
+def ec_kmeans_1d(values: np.ndarray, k: int, rate: float, init: str = "auto", seed: int = 0,
+                 max_iter: int = EC_ITERS) -> tuple[np.ndarray, np.ndarray]:
+    """Entropy-constrained k-means (Chou, Lookabaugh and Gray 1989, "ECVQ") on 1-D data, for codes that are
+    Huffman-coded: each value takes the centroid of least (x - c)^2 + rate * l_c, l_c = -log2(p_c) the ideal code
+    length of centroid c at its current population, and centroids move to their members' means. rate = 0 is plain
+    k-means; a larger rate trades squared error for fewer bits a code: the rare outer centroids lose members to the
+    populous centre and the cells widen towards equal width (an entropy-coded uniform quantiser), so at the same
+    Huffman-coded size more centroids serve than k-means would use (Deep Compression's third stage, which a fixed
+    alphabet ignores). Starts from kmeans_1d(values, k, init, seed); centroids left empty are dropped. Returns
+    (centroids float32 sorted ascending, labels int64 shaped like values), every centroid with at least one member.
+    Each round is one pass over the sorted distinct values (the cells are intervals: ec_cells). Deterministic."""
+    x = np.asarray(values, dtype=np.float64)
+    if not (np.isfinite(rate) and rate >= 0):
+        raise ValueError(f"rate must be a finite number >= 0, found {rate!r}")
+    c, lab = kmeans_1d(x, k, init=init, seed=seed)
+    if rate == 0 or c.size < 2:
+        return c, lab
+    u, inverse, counts = np.unique(x.ravel(), return_inverse=True, return_counts=True)
+    fcounts = counts.astype(np.float64)
+    cum_n = np.concatenate([[0.0], np.cumsum(fcounts)])
+    cum_s = np.concatenate([[0.0], np.cumsum(u * fcounts)])
+    c = c.astype(np.float64)
+    n = np.bincount(lab.ravel(), minlength=c.size).astype(np.float64)
+    bounds = None
+    for _ in range(int(max_iter)):
+        live = n > 0
+        c, n = c[live], n[live]
+        new = ec_cells(u, c, rate * -np.log2(n / n.sum()))
+        n = cum_n[new[1:]] - cum_n[new[:-1]]
+        c = np.where(n > 0, (cum_s[new[1:]] - cum_s[new[:-1]]) / np.maximum(n, 1.0), c)
+        if bounds is not None and np.array_equal(new[1:][n > 0], bounds):
+            break
+        bounds = new[1:][n > 0]
+    b = ec_cells(u, c, rate * -np.log2(np.maximum(n, 1.0) / n.sum()))
+    sizes = np.diff(b)
+    used = sizes > 0
+    labels_u = np.repeat(np.arange(int(used.sum()), dtype=np.int64), sizes[used])
+    return c[used].astype(np.float32), labels_u[inverse.ravel()].reshape(x.shape)
+
+
+def ec_cells(u: np.ndarray, c: np.ndarray, pen: np.ndarray) -> np.ndarray:
+    """Cell bounds of argmin_j (x - c_j)^2 + pen_j over the sorted values u for the sorted centroids c: cell j is
+    u[b[j]:b[j+1]] (possibly empty). The cost is x^2 plus a line in x of slope -2 c_j, so the cells are the pieces
+    of the lines' lower envelope (convex hull trick), in the order of c; a value on a border goes to the lower j."""
+    slope, icpt = -2.0 * c, c * c + pen
+    hull: list[int] = []
+    for j in range(c.size):
+        while hull:
+            i = hull[-1]
+            if len(hull) >= 2:
+                h = hull[-2]
+                x_hi = (icpt[i] - icpt[h]) / (slope[h] - slope[i])  # where i takes over from h
+                x_ij = (icpt[j] - icpt[i]) / (slope[i] - slope[j])  # where j takes over from i
+                if x_ij <= x_hi:
+                    hull.pop()
+                    continue
+            break
+        hull.append(j)
+    b = np.zeros(c.size + 1, dtype=np.int64)
+    b[-1] = u.size
+    # borders between consecutive hull lines; centroids off the hull get empty cells at their place in the order
+    prev = 0
+    for t in range(len(hull) - 1):
+        i, j = hull[t], hull[t + 1]
+        x = (icpt[j] - icpt[i]) / (slope[i] - slope[j])
+        pos = int(np.searchsorted(u, x, side="right"))
+        pos = max(pos, prev)
+        b[i + 1:j + 1] = pos
+        prev = pos
+    b[hull[-1] + 1:] = u.size
+    return b
+
+
 def choose_row_scales(w: np.ndarray) -> np.ndarray:
     """Per output channel scale = max |w| over the row w.reshape(w.shape[0], -1)[r] (0.0 for an all-zero row)."""
     w = np.asarray(w)
@@ -225,8 +301,12 @@ def quantize(
     row_scales: np.ndarray | None = None,
     init: str = "linear",
     seed: int = 0,
+    rate: float = 0.0,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Weight-share one tensor; returns (codebook float32, codes shaped like w, uint8 if bits <= 8 else uint16).
+
+    rate > 0: the centroids and codes come from ec_kmeans_1d with rate x the mean square of the clustered values
+    (so that `rate` is scale-free: the squared error, relative to the values' power, one bit of code is worth).
 
     Kept entries (mask True; all entries when mask is None) are clustered by kmeans_1d, over w / row_scales[row]
     when row_scales is given (rows = w.reshape(w.shape[0], -1); a row with scale 0 must have no nonzero kept
@@ -280,7 +360,10 @@ def quantize(
         return np.zeros(1, dtype=np.float32), codes.reshape(w.shape)
 
     k = (1 << bits) - (1 if reserve_zero else 0)
-    centroids, labels = kmeans_1d(kept, k, init=init, seed=seed)
+    if rate:
+        centroids, labels = ec_kmeans_1d(kept, k, rate * float(np.mean(np.square(kept))), init=init, seed=seed)
+    else:
+        centroids, labels = kmeans_1d(kept, k, init=init, seed=seed)
     if reserve_zero:
         codebook = np.concatenate([np.zeros(1, dtype=np.float32), centroids])
         codes[keep] = labels + 1

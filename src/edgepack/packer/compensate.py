@@ -61,9 +61,25 @@ def column_order(h: np.ndarray, act_order: bool = ACT_ORDER) -> np.ndarray:
     return np.argsort(-d, kind="stable") if act_order else np.arange(d.size)
 
 
+def code_lengths(codes: np.ndarray, k: int) -> np.ndarray:
+    """Ideal code lengths -log2(p_c) in bits of the k codes at their population in `codes` (an unused code: the
+    length of a code seen once), what Huffman coding spends on each to within a bit."""
+    n = np.bincount(np.asarray(codes, np.int64).ravel(), minlength=k).astype(np.float64)
+    total = max(float(n.sum()), 1.0)
+    return -np.log2(np.maximum(n, 1.0) / total)
+
+
+def rate_weight(w: np.ndarray, u: np.ndarray, rate: float) -> float:
+    """The price of one bit of code in assign's objective (output error of a group, units of e^2 = ((w - q) /
+    u_jj)^2): `rate` x the weights' mean square over the mean u_jj^2, so that with H a multiple of the identity
+    the column cost ((w - q)^2 + rate * mean(w^2) * l_c) / u_jj^2 is cluster.ec_kmeans_1d's with the same rate."""
+    d = float(np.mean(np.square(np.diag(u))))
+    return rate * float(np.mean(np.square(w))) / d if d > 0 else 0.0
+
+
 def assign(w2: np.ndarray, keep2: np.ndarray, codebook: np.ndarray, scales: np.ndarray | None,
            h: np.ndarray, reserve_zero: bool, damp: float = DAMP, block: int = BLOCK,
-           act_order: bool = ACT_ORDER) -> np.ndarray:
+           act_order: bool = ACT_ORDER, rate: float = 0.0, lengths: np.ndarray | None = None) -> np.ndarray:
     """Codes (rows x cols, int64) for the weight matrix w2 (rows = output channels) given its codebook.
 
     h: (cols, cols) Hessian of the layer's inputs (the same for every row), or (groups, cols, cols) when the rows
@@ -72,6 +88,9 @@ def assign(w2: np.ndarray, keep2: np.ndarray, codebook: np.ndarray, scales: np.n
     per-row scales, (1, cols) when the stored tensor is the transpose of w2.
     With reserve_zero, codebook[0] is 0.0 reserved for pruned entries: kept entries take codes >= 1 only.
     act_order: columns in column_order (per group); the codes come back in the stored order either way.
+    rate > 0 with lengths (bits per code, e.g. code_lengths of the entropy-constrained clustering): each weight takes
+    the code of least e^2 + rate_weight * lengths[c] instead of the nearest (entropy-constrained assignment, for
+    codes that are Huffman-coded: a rarer code must buy its bits back in error), the error still compensated.
     """
     w2 = np.asarray(w2, dtype=np.float64)
     rows, cols = w2.shape
@@ -102,13 +121,21 @@ def assign(w2: np.ndarray, keep2: np.ndarray, codebook: np.ndarray, scales: np.n
         out = np.zeros((per, cols), dtype=np.int64)
         zero_idx = _nearest(np.zeros(1), sorted_cb, order)[0]
         w[:, dead] = np.where(keep[:, dead], w[:, dead], 0.0)
+        pen = None
+        if rate > 0 and lengths is not None:
+            pen = rate_weight(w[keep], u, rate) * np.asarray(lengths, np.float64)[order]
+            cand = sorted_cb
         for c0 in range(0, cols, block):
             c1 = min(cols, c0 + block)
             err = np.zeros((per, c1 - c0))
             for j in range(c0, c1):
                 col = w[:, j]
                 sj = s[:, j]
-                idx = _nearest(col / sj, sorted_cb, order)
+                if pen is None:
+                    idx = _nearest(col / sj, sorted_cb, order)
+                else:
+                    cost = np.square((col[:, None] - cand[None, :] * sj[:, None]) / u[j, j]) + pen[None, :]
+                    idx = order[np.argmin(cost, axis=1)]
                 kj = keep[:, j]
                 # pruned entries decode to 0.0 (reserved code 0) or are masked (nearest-to-zero code)
                 idx = np.where(kj, idx, 0 if reserve_zero else zero_idx)
@@ -157,14 +184,19 @@ def row_errors(w2: np.ndarray, q2: np.ndarray, h: np.ndarray) -> np.ndarray:
 
 
 def best_assign(w2: np.ndarray, keep2: np.ndarray, codebook: np.ndarray, scales: np.ndarray | None,
-                h: np.ndarray, reserve_zero: bool, candidates=CANDIDATES) -> np.ndarray:
+                h: np.ndarray, reserve_zero: bool, candidates=CANDIDATES, rate: float = 0.0,
+                lengths: np.ndarray | None = None) -> np.ndarray:
     """Codes of least layer-output error, row by row, among nearest-centroid codes and assign under each
     (act_order, damp) of `candidates` (assign's arguments otherwise). A row's codes and its error depend on that
     row alone (compensation moves error along a row, never across rows), so each output channel takes the candidate
     best for it and the layer's error is never above any candidate's, nearest-centroid's included: act-order wins
     on most rows of real layers (PP-OCRv4 rec: 0.063 -> 0.049 at 4 bits on a 480 x 240 conv, held-out inputs), the
     stored order on some, and on inputs whose H the compensation cannot use (few samples, adversarial spectra) no row
-    does worse than rounding to its nearest centroid. Ties keep the earlier: nearest, then candidates in order."""
+    does worse than rounding to its nearest centroid. Ties keep the earlier: nearest, then candidates in order.
+    rate > 0 (entropy-constrained codes, assign's rate and lengths): the act-order assignment with that rate alone
+    (comparing rows by error would undo the rate's trade)."""
+    if rate > 0 and lengths is not None:
+        return assign(w2, keep2, codebook, scales, h, reserve_zero, act_order=True, rate=rate, lengths=lengths)
     w2 = np.asarray(w2, dtype=np.float64)
     cb = np.asarray(codebook, dtype=np.float32).astype(np.float64)
     sc = 1.0 if scales is None else np.broadcast_to(np.asarray(scales, np.float32).astype(np.float64), w2.shape)

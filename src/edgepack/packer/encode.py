@@ -30,6 +30,9 @@ class LayerSettings:
     huffman: bool = True
     chunk_symbols: int = 4096  # about this many symbols per independently decodable chunk
     seed: int = 0
+    # entropy-constrained codes (cluster.ec_kmeans_1d, compensate.assign's rate): one bit of Huffman code is priced
+    # at this share of the weights' mean square; 0: nearest-centroid / k-means codes at a fixed alphabet
+    entropy_rate: float = 0.0
 
     @classmethod
     def from_dict(cls, d: dict, where: str) -> "LayerSettings":
@@ -50,6 +53,7 @@ class LayerSettings:
     def check(self, where: str) -> None:
         """Types first (so that a wrong type is named, not met as a TypeError deep in the encoder), then ranges."""
         _number(where, "sparsity", self.sparsity, 0.0, 1.0)
+        _number(where, "entropy_rate", self.entropy_rate, 0.0, math.inf)
         if self.quality is not None:
             _number(where, "quality", self.quality, 0.0, math.inf)
         for key in ("bits", "gap_bits"):
@@ -224,9 +228,10 @@ def encode_weight(w: np.ndarray, s: LayerSettings, default_bits: int, stats=None
     cols = w.size // rows
     scales = _row_scales(w, keep, bits, pruned, s)
     codebook, codes = cluster.quantize(w, keep, bits, reserve_zero=pruned, row_scales=scales, init=s.init,
-                                       seed=s.seed)
+                                       seed=s.seed, rate=s.entropy_rate)
     if stats is not None:
-        codes = _compensated_codes(w, keep, codebook, scales, pruned, stats).astype(codes.dtype)
+        codes = _compensated_codes(w, keep, codebook, scales, pruned, stats, s.entropy_rate,
+                                   codes[keep] if s.entropy_rate else None).astype(codes.dtype)
     reference = cluster.dequantize(codebook, codes, scales).reshape(w.shape)
     codebook_stored = codebook.astype(np.dtype(C.DTYPES[s.codebook_dtype]))
     if s.codebook_dtype != "float32":  # the file's codebook is what decodes; make the reference agree
@@ -275,18 +280,24 @@ def encode_weight(w: np.ndarray, s: LayerSettings, default_bits: int, stats=None
     return Encoded(enc, reference.astype(np.float32), size, st)
 
 
-def _compensated_codes(w, keep, codebook, scales, pruned: bool, stats) -> np.ndarray:
+def _compensated_codes(w, keep, codebook, scales, pruned: bool, stats, rate: float = 0.0,
+                       kept_codes=None) -> np.ndarray:
     """Codes chosen by compensate.best_assign on the (out, in) view of the weight (the transpose for MatMul's
-    (in, out)): per output channel the least layer-output error of nearest-centroid and compensated codes."""
-    from .compensate import best_assign
+    (in, out)): per output channel the least layer-output error of nearest-centroid and compensated codes; with
+    an entropy rate, the entropy-constrained compensated codes, code lengths from the kept weights' clustering
+    (kept_codes)."""
+    from .compensate import best_assign, code_lengths
 
     rows = w.shape[0]
     w2, k2 = w.reshape(rows, -1), keep.reshape(rows, -1)
     sc = None if scales is None else scales.astype(np.float32)[:, None]
+    kw = {}
+    if rate and kept_codes is not None:
+        kw = {"rate": rate, "lengths": code_lengths(kept_codes, codebook.size)}
     if stats.transpose:
-        codes = best_assign(w2.T, k2.T, codebook, None if sc is None else sc.T, stats.h, pruned).T
+        codes = best_assign(w2.T, k2.T, codebook, None if sc is None else sc.T, stats.h, pruned, **kw).T
     else:
-        codes = best_assign(w2, k2, codebook, sc, stats.h, pruned)
+        codes = best_assign(w2, k2, codebook, sc, stats.h, pruned, **kw)
     return codes.reshape(w.shape)
 
 
