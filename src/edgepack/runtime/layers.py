@@ -910,12 +910,7 @@ def conv_kernel(x_shape: tuple, w_shape: tuple, attrs: dict, kind: str, parallel
     if kind == "sparse":
         return "sparse_depthwise" if g["cin_g"] == 1 else "sparse"
     if path == "im2col" and conv_ops._plain_1x1(g):
-        npos = g["oh"] * g["ow"]
-        if not parallel and npos == 1:
-            return "gemv"
-        if not parallel and npos >= conv_ops.POINTWISE_MIN_POSITIONS and g["cout"] >= conv_ops.POINTWISE_MIN_CHANNELS:
-            return "pointwise"
-        return "gemm_1x1"
+        return conv_ops.plain_1x1_kernel(g["cout"], g["oh"] * g["ow"], parallel)
     if path == "taps":
         from edgepack.runtime.ops import conv_depthwise  # it builds on conv.py
         if g["cin_g"] == 1 and g["cout"] // g["group"] == 1 and (g["kh"], g["kw"]) in conv_depthwise.KERNELS:

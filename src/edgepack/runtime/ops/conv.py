@@ -92,6 +92,22 @@ POINTWISE_MIN_POSITIONS = 100
 POINTWISE_MIN_CHANNELS = 8
 
 
+def plain_1x1_kernel(cout: int, npos: int, parallel: bool) -> str:
+    """Which kernel bind_conv runs a dense plain 1x1 convolution (cout output channels, npos output positions) on:
+    "gemv" (conv_pointwise.run_gemv), "pointwise" (conv_pointwise.run, register tiles) or "gemm_1x1" (BLAS). The
+    cost model (runtime/layers.py conv_kernel) asks the same question."""
+    from edgepack.runtime.ops import conv_pointwise  # it builds on this module
+
+    if parallel:
+        return "gemm_1x1"
+    if npos == 1:
+        return "gemv"
+    if cout >= POINTWISE_MIN_CHANNELS and (npos >= POINTWISE_MIN_POSITIONS or npos >= conv_pointwise.TILE_P
+                                           and npos % conv_pointwise.TILE_P <= conv_pointwise.DOT_TAIL_MAX):
+        return "pointwise"
+    return "gemm_1x1"
+
+
 def _serial_and_parallel(fn):
     """Compile one undecorated kernel twice. The twin gets its own qualname because Numba's cache index ignores
     target options: without it the parallel build would load the serial machine code from the cache."""
@@ -1047,12 +1063,11 @@ def bind_conv(x: np.ndarray, prepared: PreparedConv, bias, attrs: dict, out: np.
             x3, out3 = x.reshape(nb, cols, npos), out.reshape(nb, cout, npos)
             save = flat[: crows * ow]
             from edgepack.runtime.ops import conv_pointwise  # it builds on this module
-            if not parallel and npos == 1:  # a matrix-vector product (threads: BLAS's)
+            kernel = plain_1x1_kernel(cout, npos, parallel)
+            if kernel == "gemv":  # a matrix-vector product (threads: BLAS's)
                 return conv_pointwise.run_gemv, (x.reshape(nb, cols), a["w2d"], out3, bias_v, ep, chain, save,
                                                  finish)
-            if (not parallel and cout >= POINTWISE_MIN_CHANNELS
-                    and (npos >= POINTWISE_MIN_POSITIONS or npos >= conv_pointwise.TILE_P
-                         and npos % conv_pointwise.TILE_P <= conv_pointwise.DOT_TAIL_MAX)):
+            if kernel == "pointwise":
                 # the register-tiled kernel, band by band (conv_pointwise.py; one thread: BLAS threads the product)
                 xt = flat[crows * ow: crows * ow + conv_pointwise.dot_tail(npos) * cols].reshape(-1, cols)
                 return conv_pointwise.run, (x3, a["w2d"], out3, bias_v, ep, chain, save, finish,
