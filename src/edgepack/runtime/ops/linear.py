@@ -409,6 +409,18 @@ def _sparse_tiled(x, colptr, rows, codes, codebook, in_scales, out_scales, bias,
 _sparse_tiled_kernel, _sparse_tiled_parallel_kernel = _serial_and_parallel(_sparse_tiled)
 
 
+@njit(cache=True, inline="always")
+def _tile_transpose_kernel(x, b0, bt, lw, xt):
+    """xt (k * lw) <- samples [b0, b0 + bt) of x (B, k) transposed, lanes bt..lw zero: the tile the row kernels
+    (_sparse_row_tiles_kernel, _dense_row_tiles_kernel) read one input feature's lanes at a time."""
+    for kk in range(x.shape[1]):
+        dst = xt[kk * lw: kk * lw + lw]
+        for b in range(bt):
+            dst[b] = x[b0 + b, kk]
+        for b in range(bt, lw):
+            dst[b] = 0.0
+
+
 @njit(cache=True)
 def _sparse_row_tiles_kernel(x, bptr, cols, codes, codebook, out_scales, bias, ep, out, xt, acc):
     """The "rows" form (prepare_linear(..., form="rows")): W (n, k) as CSR split into blocks of ROWS_COL_BLOCK input
@@ -417,18 +429,13 @@ def _sparse_row_tiles_kernel(x, bptr, cols, codes, codebook, out_scales, bias, e
     zero); for every block, every row: acc[r * lw:] += its entries' weights times their xt lanes (row_fma24/32: the
     sums in registers, no store per entry; one block's lanes of xt, 24-32 KiB, stay in L1); then the epilogue.
     Output-stationary, where the tiled kernel scatters every entry into a row of acc."""
-    bsz, k_in = x.shape
+    bsz = x.shape[0]
     n_out = out.shape[1]
     nblk = bptr.shape[0]
     lw = ROWS_NARROW if bsz <= ROWS_NARROW else LANES
     for b0 in range(0, bsz, lw):
         bt = min(lw, bsz - b0)
-        for kk in range(k_in):
-            dst = xt[kk * lw: kk * lw + lw]
-            for b in range(bt):
-                dst[b] = x[b0 + b, kk]
-            for b in range(bt, lw):
-                dst[b] = 0.0
+        _tile_transpose_kernel(x, b0, bt, lw, xt)
         for i in range(n_out * lw):
             acc[i] = 0.0
         for j in range(nblk):
@@ -616,12 +623,7 @@ def _dense_row_tiles_kernel(x, w, codebook, out_scales, bias, ep, out, xt, acc):
     lw = ROWS_NARROW if bsz <= ROWS_NARROW else LANES
     for b0 in range(0, bsz, lw):
         bt = min(lw, bsz - b0)
-        for kk in range(k_in):
-            dst = xt[kk * lw: kk * lw + lw]
-            for b in range(bt):
-                dst[b] = x[b0 + b, kk]
-            for b in range(bt, lw):
-                dst[b] = 0.0
+        _tile_transpose_kernel(x, b0, bt, lw, xt)
         r = 0
         while r < n_out:
             m = DENSE_ROWS if r + DENSE_ROWS <= n_out else 1
