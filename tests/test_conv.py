@@ -435,3 +435,33 @@ def test_plain_1x1_runs_blas_in_bands_with_bias_and_clip(monkeypatch, rows):
     out = np.full((2, 6, 7, 9), np.nan, np.float32)
     conv(x, prepared, bias, {}, out, None, False, (ACT_CLIP, -0.5, 0.5))
     check_close(out, np.clip(reference_for(x, w, bias, {}), -0.5, 0.5))
+
+
+@pytest.mark.parametrize("x_shape, w_shape, attrs", [
+    ((2, 8, 20, 20), (12, 8, 3, 3), {"strides": [2, 2], "pads": [1, 1, 1, 1]}),  # 100 positions: tiles overlap
+    ((1, 5, 9, 9), (16, 5, 3, 3), {"pads": [1, 1, 1, 1]}),  # 81 = 5 x 16 + 1: the last position a dot product
+    ((1, 3, 18, 18), (8, 3, 3, 3), {}),  # 256 positions, 8 channels: whole tiles only
+])
+def test_im2col_on_register_tiles_matches_numpy_and_blas(monkeypatch, x_shape, w_shape, attrs):
+    """A dense 3x3 convolution whose small plane is one im2col band multiplies it on conv_pointwise.py's register
+    tiles (im2col_product "tiled"): the float64 reference's answer with bias and a fused Clip, batch 1 and 2,
+    close to the BLAS product's; the scratch holds the dot-product rows (exact upper bound: NaN-filled output
+    fully written)."""
+    from edgepack.runtime.ops import conv as conv_mod
+    from edgepack.runtime.ops.elementwise import ACT_CLIP
+    rng = np.random.default_rng(list(x_shape))
+    w = make_weight("dense", w_shape, rng, density=0.8)
+    x = rng.standard_normal(x_shape).astype(np.float32)
+    bias = rng.standard_normal(w_shape[0]).astype(np.float32)
+    prepared = prepare_conv(w, 1)
+    assert conv_mod.im2col_product(conv_mod.geometry(x_shape, w_shape, attrs), False) == "tiled"
+    assert conv_mod.im2col_product(conv_mod.geometry(x_shape, w_shape, attrs), True) == "blas"
+    size = conv_scratch_bytes(x_shape, w_shape, attrs, prepared)
+    out = np.full(conv_output_shape(x_shape, w_shape, attrs), np.nan, np.float32)
+    conv(x, prepared, bias, attrs, out, np.empty(size, np.uint8), False, (ACT_CLIP, -1.0, 1.5))
+    ref = np.clip(reference_for(x, w, bias, attrs), -1.0, 1.5)
+    check_close(out, ref)
+    monkeypatch.setattr(conv_mod, "im2col_product", lambda g, parallel: "blas")
+    blas = np.full(out.shape, np.nan, np.float32)
+    conv(x, prepare_conv(w, 1), bias, attrs, blas, None, False, (ACT_CLIP, -1.0, 1.5))
+    np.testing.assert_allclose(out, blas, rtol=1e-5, atol=1e-5 * float(np.abs(ref).max()))

@@ -5,7 +5,8 @@ Weights run a direct convolution vectorised over output positions: each nonzero 
 (the shifted input plane) to the output plane, in tiles of output rows that stay in L1. Dense, codebook and int8
 weights do it four output channels at a time (_conv_blocked, conv_blocked.py: each window read feeds four channels),
 sparse ones and depthwise convolutions one channel at a time. Dense weights with group 1 use im2col + BLAS instead
-for 1x1 convolutions and small output planes, one band of output rows at a time (sized for L2); dense 3x3 stride-1
+for 1x1 convolutions and small output planes, one band of output rows at a time (sized for L2; a plane that is one
+band multiplies on conv_pointwise.py's register tiles instead of BLAS, im2col_product); dense 3x3 stride-1
 ones that the planner prepared in Winograd form (conv_winograd.py: the weight transformed once, 16/9 of its bytes)
 run Winograd F(2x2, 3x3) with BLAS. A fused activation
 (Relu, LeakyRelu, Clip) or an epilogue chain (EpilogueChain: the elementwise nodes after the Conv) is applied to
@@ -250,6 +251,24 @@ def _path(g: dict, kind: str) -> str:
     return "taps"
 
 
+def _im2col_rows(g: dict) -> int:
+    """Output rows of one im2col band (_CROWS) for a convolution that is not a plain 1x1."""
+    want = max(2 * IM2COL_BAND_FLOATS // max(1, g["cin_g"] * g["kh"] * g["kw"]), IM2COL_BAND_MIN_POSITIONS)
+    return max(1, min(g["oh"], want // max(1, g["ow"])))
+
+
+def im2col_product(g: dict, parallel: bool) -> str:
+    """Which kernel multiplies the im2col matrix of a dense group-1 convolution that is not a plain 1x1 (geometry g):
+    "tiled" (conv_pointwise.py's register tiles, the matrix taken as a 1x1 convolution's input) when the plane is one
+    band, on one thread, and plain_1x1_kernel would tile a plane of that many positions and channels; else "blas".
+    The tiles beat OpenBLAS's sgemm (which packs the weight at every call) on nudenet's small-plane 3x3 layers: 256 x
+    1152 x 100 614 -> 569 us, 128 x 576 x 400 590 -> 508 (1 thread, CPU time, load 3-4). The cost model prices both
+    as "im2col"."""
+    if _im2col_rows(g) < g["oh"]:
+        return "blas"
+    return "tiled" if plain_1x1_kernel(g["cout"], g["oh"] * g["ow"], parallel) == "pointwise" else "blas"
+
+
 def conv_path(x_shape: tuple, w_shape: tuple, attrs: dict, kind: str) -> str:
     """_path for these shapes and attributes (the planner's cost model asks which kernel a held form runs)."""
     return _path(geometry(x_shape, w_shape, attrs), kind)
@@ -318,10 +337,12 @@ def _layout(g: dict, kind: str, parallel: bool) -> tuple[np.ndarray, int, bool]:
             from edgepack.runtime.ops import conv_pointwise  # it builds on this module
             # and the tiled kernel's last positions as rows (conv_pointwise.dot_tail)
             return geo, 4 * (crows * g["ow"] + conv_pointwise.dot_tail(g["oh"] * g["ow"]) * cols), True
-        want = max(2 * IM2COL_BAND_FLOATS // max(1, cols), IM2COL_BAND_MIN_POSITIONS)
-        geo[_CROWS] = crows = max(1, min(g["oh"], want // ow))
-        # the tap offsets (int64), the band, one band row for an epilogue chain, the padded / phased sample
-        return geo, 8 * cols + 4 * ((cols + 1) * crows * g["ow"] + int(geo[_PLEN])), True
+        geo[_CROWS] = crows = _im2col_rows(g)
+        from edgepack.runtime.ops import conv_pointwise  # it builds on this module
+        tail = conv_pointwise.dot_tail(g["oh"] * g["ow"]) if im2col_product(g, parallel) == "tiled" else 0
+        # the tap offsets (int64), the band, one band row for an epilogue chain, the padded / phased sample, and
+        # the register-tiled product's last positions as rows (conv_pointwise.dot_tail)
+        return geo, 8 * cols + 4 * ((cols + 1) * crows * g["ow"] + int(geo[_PLEN]) + tail * cols), True
     pos = 0
     for off, size in ((_TAB_OFF, 8 * cols), (_OBUF_OFF, 8 * rows * cols),
                       (_XPAD_OFF, 4 * slots * int(geo[_PLEN])),
@@ -987,6 +1008,20 @@ def _im2col_run(x2, geo, bands, w2d, out3, bias_v, ep, chain, save, finish, tab,
                 _bias_act_band_kernel(out3, b, p0, p1, bias_v, ep, chain, save)
 
 
+def _im2col_tiled_run(x2, geo, col, w2d, out3, bias_v, ep, chain, save, finish, tab, xpad, xt) -> None:
+    # one band (the whole plane), the product on conv_pointwise.py's register tiles (im2col_product)
+    from edgepack.runtime.ops.conv_pointwise import pointwise_kernel  # it builds on this module
+
+    _tap_offsets_kernel(geo, tab)
+    oh, npos = geo[_OH], out3.shape[2]
+    for b in range(x2.shape[0]):
+        src = _source_kernel(x2, b, geo, xpad)
+        _im2col_kernel(src, tab, geo, 0, oh, col)
+        pointwise_kernel(col, w2d, out3[b], 0, npos, xt)
+        if finish:
+            _bias_act_band_kernel(out3, b, 0, npos, bias_v, ep, chain, save)
+
+
 def _gemm_1x1_bands_run(bands, w2d, out3, bias_v, ep, chain, save) -> None:
     # a 1x1 convolution with stride 1 and no padding whose epilogue has a chain: BLAS per band of positions
     # (src = x3[b][:, p0:p1], dst = out3[b][:, p0:p1], strided views), the chain while the band is in cache
@@ -1083,6 +1118,12 @@ def bind_conv(x: np.ndarray, prepared: PreparedConv, bias, attrs: dict, out: np.
         save = flat[cols * crows * ow: (cols + 1) * crows * ow]
         xpad = flat[(cols + 1) * crows * ow: (cols + 1) * crows * ow + int(geo[_PLEN])]
         out3 = out.reshape(nb, cout, npos)
+        if im2col_product(geometry(x.shape, prepared.shape, attrs), parallel) == "tiled":
+            from edgepack.runtime.ops import conv_pointwise  # it builds on this module
+            end = (cols + 1) * npos + int(geo[_PLEN])
+            xt = flat[end: end + conv_pointwise.dot_tail(npos) * cols].reshape(-1, cols)
+            return _im2col_tiled_run, (x2, geo, flat[: cols * npos].reshape(cols, npos), a["w2d"], out3, bias_v, ep,
+                                       chain, save, finish, tab, xpad, xt)
         bands = []
         for b in range(nb):
             row = []
