@@ -507,3 +507,28 @@ def test_copy_ops_bind_no_step_on_their_input_buffer(op):
     np.testing.assert_array_equal(out.reshape(-1), x.reshape(-1))
     assert opdef.bind([x], {}, [x.reshape(-1)]) is R.NO_STEP
     assert opdef.bind([x.astype(np.float64)], {}, [out]) is None  # not the arena's float32: the plain run
+
+
+@pytest.mark.parametrize("name,args", [("_relu_kernel", ()), ("_leaky_relu_kernel", (0.25,)),
+                                       ("_clip_kernel", (-1.0, 2.0)), ("_hard_sigmoid_kernel", (0.2, 0.5)),
+                                       ("_hard_swish_kernel", (1 / 6, 0.5)), ("_prelu_kernel", ())])
+def test_activation_kernels_in_place_give_the_same_bits(name, args):
+    """The unary kernels' in-place loop (out is x: its own loop, the vectorised one) gives the out-of-place bits on
+    special values (NaN, +-inf, -0, +-1e-30) and a length no vector width divides (67)."""
+    from edgepack.runtime.ops import elementwise as E
+    rng = np.random.default_rng(5)
+    x = (rng.standard_normal(67) * 4).astype(np.float32)
+    x[:6] = [np.nan, np.inf, -np.inf, -0.0, 1e-30, -1e-30]
+    kernel = getattr(E, name)
+    scalars = tuple(np.float32(a) for a in args)
+    if name == "_prelu_kernel":  # (outer, mid, inner) against a slope per mid
+        x = x[:66].reshape(2, 3, 11)
+        scalars = (np.array([0.5, -2.0, 0.0], np.float32),)
+        apart, inplace = np.empty_like(x), x.copy()
+        kernel(x, scalars[0], apart)
+        kernel(inplace, scalars[0], inplace)
+    else:
+        apart, inplace = np.empty_like(x), x.copy()
+        kernel(x, apart, *scalars)
+        kernel(inplace, inplace, *scalars)
+    np.testing.assert_array_equal(inplace.view(np.uint32), apart.view(np.uint32))

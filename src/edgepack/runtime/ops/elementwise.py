@@ -75,30 +75,56 @@ def epilogue(act: tuple | None = None, alpha: float = 1.0, beta: float = 1.0) ->
 
 # ---- kernels: flat contiguous x and out of equal size; out may be x itself (each element is read before written) --
 
+# The unary kernels run in place (out is x) as often as not: the executor lets an activation write over its input.
+# With two array arguments that are one buffer, LLVM's overlap test sends the loop to its scalar version, 3-6x slower
+# (65,536 values: Relu 6.3 us apart, 19.2 in place; HardSwish 16 / 58; PRelu on mtcnn's 32 x 46 x 46 6.1 / 22.2; 1
+# thread, CPU time). Each kernel therefore has a loop over out alone for that case (as _sigmoid_kernel below), the
+# value computed by one inline function for both loops: the same bits either way.
+
+@njit(cache=True, inline="always")
+def _relu_value(v):
+    return np.float32(0.0) if v < 0 else v  # `v < 0` rather than max(v, 0): keeps NaN visible downstream
+
+
 @njit(cache=True)
 def _relu_kernel(x, out):
-    for i in range(x.size):
-        v = x[i]
-        # `v < 0` rather than max(v, 0): keeps NaN visible downstream
-        out[i] = 0.0 if v < 0 else v
+    if x.ctypes.data == out.ctypes.data and x.size == out.size:
+        for i in range(out.size):
+            out[i] = _relu_value(out[i])
+    else:
+        for i in range(x.size):
+            out[i] = _relu_value(x[i])
 
 
 @njit(cache=True)
 def _leaky_relu_kernel(x, out, alpha):
-    for i in range(x.size):
-        v = x[i]
-        out[i] = v * alpha if v < 0 else v
+    if x.ctypes.data == out.ctypes.data and x.size == out.size:
+        for i in range(out.size):
+            v = out[i]
+            out[i] = v * alpha if v < 0 else v
+    else:
+        for i in range(x.size):
+            v = x[i]
+            out[i] = v * alpha if v < 0 else v
+
+
+@njit(cache=True, inline="always")
+def _clip_value(v, lo, hi):
+    if v < lo:
+        v = lo
+    if v > hi:
+        v = hi
+    return v
 
 
 @njit(cache=True)
 def _clip_kernel(x, out, lo, hi):
-    for i in range(x.size):
-        v = x[i]
-        if v < lo:
-            v = lo
-        if v > hi:
-            v = hi
-        out[i] = v
+    if x.ctypes.data == out.ctypes.data and x.size == out.size:
+        for i in range(out.size):
+            out[i] = _clip_value(out[i], lo, hi)
+    else:
+        for i in range(x.size):
+            out[i] = _clip_value(x[i], lo, hi)
 
 
 @intrinsic
@@ -215,27 +241,36 @@ def silu_kernel(x, out):
             out[i] = v * _sigmoid_value(v)
 
 
+@njit(cache=True, inline="always")
+def _hard_sigmoid_value(xv, alpha, beta):
+    v = xv * alpha + beta
+    if v < 0:
+        v = 0.0
+    if v > 1:
+        v = 1.0
+    return v
+
+
 @njit(cache=True)
 def _hard_sigmoid_kernel(x, out, alpha, beta):
-    for i in range(x.size):
-        v = x[i] * alpha + beta
-        if v < 0:
-            v = 0.0
-        if v > 1:
-            v = 1.0
-        out[i] = v
+    if x.ctypes.data == out.ctypes.data and x.size == out.size:
+        for i in range(out.size):
+            out[i] = _hard_sigmoid_value(out[i], alpha, beta)
+    else:
+        for i in range(x.size):
+            out[i] = _hard_sigmoid_value(x[i], alpha, beta)
 
 
 @njit(cache=True)
 def _hard_swish_kernel(x, out, alpha, beta):
-    for i in range(x.size):
-        xv = x[i]
-        v = xv * alpha + beta
-        if v < 0:
-            v = 0.0
-        if v > 1:
-            v = 1.0
-        out[i] = xv * v
+    if x.ctypes.data == out.ctypes.data and x.size == out.size:
+        for i in range(out.size):
+            xv = out[i]
+            out[i] = xv * _hard_sigmoid_value(xv, alpha, beta)
+    else:
+        for i in range(x.size):
+            xv = x[i]
+            out[i] = xv * _hard_sigmoid_value(xv, alpha, beta)
 
 
 @njit(cache=True)
@@ -248,14 +283,20 @@ def _tanh_kernel(x, out):
 def _prelu_kernel(x, slope, out):
     # x, out: (outer, mid, inner); slope: (mid,), the same slope along outer and inner
     outer, mid, inner = x.shape
+    same = x.ctypes.data == out.ctypes.data  # in place: a loop over out alone (see _relu_kernel)
     for o in range(outer):
         for m in range(mid):
             a = slope[m]
-            xr = x[o, m]
             orow = out[o, m]
-            for i in range(inner):
-                v = xr[i]
-                orow[i] = v * a if v < 0 else v
+            if same:
+                for i in range(inner):
+                    v = orow[i]
+                    orow[i] = v * a if v < 0 else v
+            else:
+                xr = x[o, m]
+                for i in range(inner):
+                    v = xr[i]
+                    orow[i] = v * a if v < 0 else v
 
 
 def apply_activation(out: np.ndarray, act: tuple | None) -> None:
