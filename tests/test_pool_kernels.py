@@ -53,7 +53,8 @@ def test_maxpool_matches_window_reference(shape, attrs):
 
 @pytest.mark.parametrize("strides,kernel,need", [
     ([1, 1], "_maxpool_s1_kernel", 2 * 10 * 11 - 4 + 6 * 11),  # the padded plane (6 + 4) x (7 + 4), hm, vm
-    ([2, 2], "_maxpool2d_kernel", 7 + 4 + 7)])  # the padded row the 5-wide windows read (every 2nd of 7), u
+    ([2, 2], "_maxpool_s2_kernel", 4 * 5 * 6 + 2 * 6 + 4),  # four phases of 5 x 6 (3 x 4 outputs + 2), the wide acc
+    ([3, 3], "_maxpool2d_kernel", 7 + 4 + 7)])  # the padded row the 5-wide windows read (every 3rd of 7), u
 def test_maxpool_bound_step_reads_its_scratch(strides, kernel, need):
     attrs = {"kernel_shape": [5, 5], "pads": [2, 2, 2, 2], "strides": strides}
     x = np.random.default_rng(1).standard_normal((1, 4, 6, 7)).astype(np.float32)
@@ -168,3 +169,39 @@ def test_avgpool_matches_window_reference(shape, attrs):
     fn(*args)
     np.testing.assert_array_equal(bound, got)
     assert (scratch[need:] == 255).all()
+
+
+@pytest.mark.parametrize("shape,attrs", [
+    ((1, 4, 46, 46), {"kernel_shape": [3, 3], "strides": [2, 2], "auto_pad": "SAME_UPPER"}),  # mtcnn O-Net
+    ((2, 3, 11, 10), {"kernel_shape": [3, 3], "strides": [2, 2], "pads": [1, 1, 1, 1]}),  # odd rows, even columns
+    ((1, 2, 9, 12), {"kernel_shape": [2, 3], "strides": [2, 2], "pads": [1, 0, 0, 2], "ceil_mode": 1}),
+    ((1, 2, 13, 8), {"kernel_shape": [5, 4], "strides": [2, 2], "pads": [2, 3, 2, 0]}),  # pads of 3 > stride
+    ((1, 3, 1, 1), {"kernel_shape": [3, 3], "strides": [2, 2], "pads": [1, 1, 1, 1]}),  # a 1-pixel plane
+    ((1, 2, 2, 9), {"kernel_shape": [3, 3], "strides": [2, 2], "auto_pad": "SAME_LOWER"}),
+])
+def test_maxpool_stride2_kernel_equals_the_row_kernel(shape, attrs):
+    """The phased whole-plane stride-2 kernel gives the bits of the row-by-row kernel and the window reference:
+    NaN (single and a whole row), -0 against +0 in one window (which one wins follows the row kernel's order),
+    uneven and large pads, ceil_mode's hanging last window; run twice on its scratch."""
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal(shape).astype(np.float32)
+    x.flat[::5] = np.nan
+    x.reshape(-1)[: x.shape[-1]] = np.nan  # a whole row
+    x.flat[1::6] = 0.0
+    x.flat[2::6] = -0.0
+    g = pool._geometry(shape, attrs)
+    assert pool._is_stride2(g)
+    (out_shape,) = pool._infer_maxpool([shape], attrs, [None])
+    got = np.full(out_shape, 7.0, np.float32)
+    maxpool = next(o for o in pool.OPS if o.name == "MaxPool")
+    scratch = np.full(maxpool.scratch_bytes([shape], attrs), 255, np.uint8)
+    fn, args = maxpool.bind([x], attrs, [got], scratch)
+    assert fn is pool._maxpool_s2_kernel
+    fn(*args)
+    fn(*args)
+    want = np.full(out_shape, 7.0, np.float32)
+    kh, kw, sh, sw, dh, dw, ph, pw = g[:8]
+    pool._maxpool2d_kernel(pool._planes(x), pool._planes(want), np.empty(pool._maxpool_row_floats(g), np.float32),
+                           kh, kw, sh, sw, dh, dw, ph, pw)
+    np.testing.assert_array_equal(got.view(np.uint32), want.view(np.uint32))
+    np.testing.assert_array_equal(got, _reference(x, kh, kw, sh, sw, dh, dw, ph, pw, g[10], g[11]))

@@ -11,6 +11,7 @@ from numba import njit
 
 from edgepack.runtime.errors import FormatError, UnsupportedError
 from edgepack.runtime.ops.registry import OpDef, check_arity, int_attr, int_list
+from edgepack.runtime.ops.simd_phases import deinterleave8, deinterleave16
 
 _AUTO_PADS = ("NOTSET", "VALID", "SAME_UPPER", "SAME_LOWER")
 
@@ -128,6 +129,72 @@ def _maxpool_s1_kernel(x, out, buf, kh, kw, ph, pw):
             o = out[p, oy]
             for k in range(ow_):
                 o[k] = a[k]
+
+
+@njit(cache=True)
+def _maxpool_s2_kernel(x, out, buf, kh, kw, ph, pw, qh, qw):
+    """MaxPool with strides 2 and dilations 1 (mtcnn's 3x3 / 2 after its convolutions), each tap ONE loop over a
+    whole plane, as the strided convolutions do it (conv.py _PHASED): the padded plane is held as its four phases
+    (rows py, py + 2, ... and columns px, px + 2, ... of it: qh x qw each, _maxpool_s2_phases; -inf around the
+    input, written once per call; each input row split into its two column phases by vector shuffles,
+    simd_phases.py), where every tap's windows are one contiguous run of the "wide" output (row pitch qw, the
+    columns past OW computed and dropped); acc <- -inf, then every tap folded in column by column, top to bottom,
+    and the output rows are acc's rows. buf: _maxpool_s2_floats. Bit for bit _maxpool2d_kernel: each tap replaces
+    the accumulator only when greater (a NaN never wins), in that kernel's order (the first greatest value of the
+    first column that holds one: -0 and +0 as it picks them)."""
+    planes, h_, w_ = x.shape
+    oh_, ow_ = out.shape[1], out.shape[2]
+    if oh_ == 0 or ow_ == 0:
+        return
+    qp = qh * qw
+    n = (oh_ - 1) * qw + ow_
+    ph_buf, acc = buf[: 4 * qp], buf[4 * qp: 4 * qp + n]
+    ninf = np.float32(-np.inf)
+    for i in range(4 * qp):
+        ph_buf[i] = ninf
+    half, podd, pq = w_ // 2, pw % 2, pw // 2
+    for p in range(planes):
+        for y in range(h_):
+            r = y + ph
+            r0 = ((r & 1) * 2 * qh + (r >> 1)) * qw  # the row in column phase 0; phase 1 is qp further
+            r1 = r0 + qp
+            # padded column 2k + pw (input column 2k) is in phase pw % 2; 2k + 1 + pw in the other
+            if podd == 0:
+                e0, o0 = r0 + pq, r1 + pq
+            else:
+                e0, o0 = r1 + pq, r0 + pq + 1
+            s = x[p, y]
+            k = 0
+            while k + 16 <= half:
+                deinterleave16(s, 2 * k, ph_buf, e0 + k, ph_buf, o0 + k)
+                k += 16
+            if k + 8 <= half:
+                deinterleave8(s, 2 * k, ph_buf, e0 + k, ph_buf, o0 + k)
+                k += 8
+            if k < half and half >= 8:  # the last values: the 8 ending there again (a 46-wide row: 16 + 7)
+                deinterleave8(s, 2 * (half - 8), ph_buf, e0 + half - 8, ph_buf, o0 + half - 8)
+                k = half
+            de, do = ph_buf[e0: e0 + half], ph_buf[o0: o0 + half]
+            for j in range(k, half):
+                de[j] = s[2 * j]
+                do[j] = s[2 * j + 1]
+            if w_ % 2:
+                c = w_ - 1 + pw
+                ph_buf[(r0 if c % 2 == 0 else r1) + c // 2] = s[w_ - 1]
+        for i in range(n):
+            acc[i] = ninf
+        for kx in range(kw):
+            for ky in range(kh):
+                o = ((ky & 1) * 2 + (kx & 1)) * qp + (ky >> 1) * qw + (kx >> 1)
+                t = ph_buf[o: o + n]
+                for i in range(n):
+                    v = t[i]
+                    acc[i] = v if v > acc[i] else acc[i]
+        for oy in range(oh_):
+            a = acc[oy * qw: oy * qw + ow_]
+            orow = out[p, oy]
+            for k in range(ow_):
+                orow[k] = a[k]
 
 
 @njit(cache=True, error_model="numpy")  # a division never raises inside the kernel
@@ -364,9 +431,31 @@ def _maxpool_s1_floats(g) -> int:
     return 2 * hp * wp - (kw - 1) + oh * wp
 
 
+def _is_stride2(g) -> bool:
+    """Strides 2, dilations 1, 2-D: _maxpool_s2_kernel's case."""
+    return g[2] == g[3] == 2 and g[4] == g[5] == 1 and g[0] > 1
+
+
+def _maxpool_s2_phases(g, h: int, w: int) -> tuple[int, int]:
+    """(qh, qw) of _maxpool_s2_kernel's phases: room for every window (the output plus half the kernel) and for
+    every input value with its start pads."""
+    kh, kw, ph, pw, oh, ow = g[0], g[1], g[6], g[7], max(g[10], 1), max(g[11], 1)
+    return max(oh + (kh - 1) // 2, (h + ph + 1) // 2), max(ow + (kw - 1) // 2, (w + pw + 1) // 2)
+
+
+def _maxpool_s2_floats(g, h: int, w: int) -> int:
+    """Scratch floats of _maxpool_s2_kernel: the four phases and the wide accumulator (see there)."""
+    qh, qw = _maxpool_s2_phases(g, h, w)
+    oh, ow = max(g[10], 1), max(g[11], 1)
+    return 4 * qh * qw + (oh - 1) * qw + ow
+
+
 def _maxpool_scratch_bytes(in_shapes, attrs) -> int:
     g = _cached_geometry(tuple(in_shapes[0]), attrs)
-    return 4 * (_maxpool_s1_floats(g) if _is_stride1(g) else _maxpool_row_floats(g))
+    if _is_stride1(g):
+        return 4 * _maxpool_s1_floats(g)
+    shape = tuple(in_shapes[0])
+    return 4 * (_maxpool_s2_floats(g, shape[-2], shape[-1]) if _is_stride2(g) else _maxpool_row_floats(g))
 
 
 def _bind_maxpool(inputs, attrs, outputs, scratch=None):
@@ -383,6 +472,11 @@ def _bind_maxpool(inputs, attrs, outputs, scratch=None):
         need = 4 * _maxpool_s1_floats(g)
         buf = np.empty(need // 4, np.float32) if scratch is None else scratch[:need].view(np.float32)
         return _maxpool_s1_kernel, (x, out, buf, g[0], g[1], g[6], g[7])
+    if _is_stride2(g):
+        need = 4 * _maxpool_s2_floats(g, x.shape[1], x.shape[2])
+        buf = np.empty(need // 4, np.float32) if scratch is None else scratch[:need].view(np.float32)
+        return _maxpool_s2_kernel, (x, out, buf, g[0], g[1], g[6], g[7]) + _maxpool_s2_phases(g, x.shape[1],
+                                                                                                 x.shape[2])
     need = 4 * _maxpool_row_floats(g)
     row = np.empty(need // 4, np.float32) if scratch is None else scratch[:need].view(np.float32)
     kh, kw, sh, sw, dh, dw, ph, pw = g[:8]
