@@ -200,9 +200,15 @@ def fetch(entry: Entry | str) -> Path:
     if digest != entry.sha256:
         raise CorpusError(f"{entry.name}: {entry.member} has sha256 {digest}, pinned {entry.sha256}")
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".part")
-    tmp.write_bytes(data)
-    os.replace(tmp, out)
+    # a name of its own: test workers (pytest -n) may extract the same model at once
+    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}-", suffix=".part")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, out)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
     return out
 
 
