@@ -262,15 +262,18 @@ def plots(res: dict) -> list[str]:
         fig, axes = plt.subplots(len(best), 1, figsize=(10, 2.2 * len(best)), squeeze=False)
         for ax, (name, (m, r)) in zip(axes[:, 0], best.items()):
             layers = r["layers"]
-            bits = [8.5 if x["label"] == "int8" else int(x["label"]) for x in layers]
+            # labels: "int8", "B" (B-bit codebook) or "B/ecR" (entropy-constrained codes of a 2^B alphabet)
+            bits = [8.5 if x["label"] == "int8" else int(x["label"].split("/")[0]) for x in layers]
             sens = np.array([max(x["sensitivity"], 1e-6) for x in layers])
-            ax.bar(range(len(layers)), bits, color=["C1" if x["label"] == "int8" else "C0" for x in layers])
+            ax.bar(range(len(layers)), bits, color=["C1" if x["label"] == "int8" else "C2" if "/ec" in x["label"]
+                                                    else "C0" for x in layers])
             ax.set_ylim(0, 9)
             ax.set_ylabel("bits")
             ax2 = ax.twinx()
             ax2.semilogy(range(len(layers)), sens, "k.", ms=3)
             ax2.set_ylabel("sensitivity", fontsize=7)
-            ax.set_title(f"{name} at {r['ratio']:.1f}x: bits per layer (orange: int8), dots: measured sensitivity",
+            ax.set_title(f"{name} at {r['ratio']:.1f}x: bits per layer (orange: int8, green: entropy-constrained), "
+                         "dots: measured sensitivity",
                          fontsize=8)
         axes[-1, 0].set_xlabel("weight tensor (graph order)")
         fig.tight_layout()
@@ -298,7 +301,18 @@ def main(argv=None) -> int:
     ap.add_argument("--skip-done", action="store_true", help="keep the results of models already in --out")
     ap.add_argument("--entropy", action="store_true",
                     help="let the allocation also choose entropy-constrained codes (allocate.EC_RATES_TRIED)")
+    ap.add_argument("--refine", metavar="TARGET[:DAMP]",
+                    help="how the allocation re-encodes its chosen point layer by layer on the quantised model's "
+                         "inputs (allocate.refine): 'own' (the default), 'original' (aim at the original model's "
+                         "outputs, ridge DAMP towards W) or 'off'")
     a = ap.parse_args(argv)
+    if a.refine:
+        from edgepack.packer import allocate
+
+        target, _, damp = a.refine.partition(":")
+        allocate.REFINE = target != "off"
+        allocate.REFINE_TARGET = target if target != "off" else allocate.REFINE_TARGET
+        allocate.REFINE_DAMP = float(damp) if damp else allocate.REFINE_DAMP
     if a.entropy:
         from edgepack.packer import allocate
 

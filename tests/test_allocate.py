@@ -421,3 +421,39 @@ def test_target_ratio_measures_a_joined_output_by_its_worst_part(tmp_path):
     assert a.measured.rel_l2 == pytest.approx(part_error(ref, got, 1, [4, 12]), rel=1e-6)
     whole = np.sqrt(sum(np.sum((b - r) ** 2) for r, b in zip(ref, got)) / sum(np.sum(r ** 2) for r in ref))
     assert a.measured.rel_l2 > whole
+
+
+
+@pytest.mark.parametrize("target", ["own", "original"])
+def test_refine_keeps_only_a_lower_held_out_error(target):
+    """allocate.refine re-encodes the chosen options layer by layer on the quantised model's inputs and keeps them
+    only when the held-out error drops: a note says which; kept, the chosen options decode to what the refined
+    model ran and the model error measured on them is the lower one."""
+    import re
+
+    from edgepack.packer.allocate import Allocation, refine
+    from edgepack.packer.calibration import layer_statistics
+    from edgepack.packer.fidelity import Evaluator
+    from edgepack.packer.onnx_io import from_onnx
+    from edgepack.packer.pipeline import plan_settings, tensor_encoder, weight_tensors
+
+    graph = from_onnx(zoo.mlp(seed=5, sizes=(48, 64, 32, 10)))
+    rng = np.random.default_rng(1)
+    x = (rng.standard_normal((48, 12)) @ rng.standard_normal((12, 48))).astype(np.float32)
+    stats = layer_statistics(graph, weight_tensors(graph), [{"x": x[:32]}])
+    settings = plan_settings(graph, {}, {"sparsity": 0})
+    layers = scan(graph, settings, tensor_encoder(graph, stats), stats, widths=(3,))
+    for layer in layers.values():
+        layer.level = len(layer.options) - 1
+    alloc = Allocation(layers, [], 0, 1, target_ratio=8)
+    ev = Evaluator(graph, {"x": x[32:]}, list(layers))
+    before_refs = {k: layer.chosen.encoded.reference for k, layer in layers.items()}
+    refine(graph, alloc, settings, stats, ev.measure, stage=1, target=target)
+    (note,) = alloc.notes
+    before, after = (float(v) for v in re.findall(r"error ([0-9.e+-]+) -> ([0-9.e+-]+)", note)[0])
+    assert before == pytest.approx(ev.measure(before_refs).rel_l2, rel=1e-3)  # the note's 4 digits
+    now = ev.measure({k: layer.chosen.encoded.reference for k, layer in layers.items()}).rel_l2
+    if "not kept" in note:
+        assert after >= before and now == pytest.approx(ev.measure(before_refs).rel_l2, rel=1e-9)
+    else:
+        assert after < before and now == pytest.approx(after, rel=1e-3)

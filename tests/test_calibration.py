@@ -52,3 +52,7 @@ def test_statistics_against_quantised_weights():
     assert np.allclose(st["w2"].cross, x.T @ xq / 6, rtol=1e-4, atol=1e-4)
     # the first layer's inputs are the model's inputs: the same either way, and the cross term is H
     assert np.allclose(st["w1"].h, plain["w1"].h) and np.allclose(st["w1"].cross, plain["w1"].h)
+    # cross=False: H of the quantised model's inputs alone, no cross term
+    own = layer_statistics(ir, weights, batches, quantized={"w1": q1}, cross=False)
+    assert own["w2"].cross is None and own["w1"].cross is None
+    assert np.allclose(own["w2"].h, st["w2"].h) and own["w2"].samples == st["w2"].samples

@@ -277,8 +277,17 @@ def test_corrected_weight_is_the_least_squares_fit_to_the_original_outputs():
     got = corrected_weight(w, xq.T @ xq, x.T @ xq, damp=0.0)
     assert np.allclose(got, want, rtol=1e-6, atol=1e-8)
     assert np.linalg.norm(x @ w.T - xq @ got.T) < np.linalg.norm(x @ w.T - xq @ w.T)
-    # no input error: the weight itself
+    # no input error: the weight itself, at any damping
     assert np.allclose(corrected_weight(w, x.T @ x, x.T @ x, damp=0.0), w)
+    assert np.allclose(corrected_weight(w, x.T @ x, x.T @ x, damp=0.3), w)
+    # the ridge pulls towards W (not towards zero): between the fit and W, W in the limit
+    mid = corrected_weight(w, xq.T @ xq, x.T @ xq, damp=0.3)
+    assert np.linalg.norm(mid - w) < np.linalg.norm(want - w)
+    assert np.allclose(corrected_weight(w, xq.T @ xq, x.T @ xq, damp=1e9), w, rtol=1e-6, atol=1e-6)
+    # an input the quantised model never feeds keeps its weight
+    xd = xq.copy()
+    xd[:, 3] = 0.0
+    assert np.allclose(corrected_weight(w, xd.T @ xd, x.T @ xd, damp=0.01)[:, 3], w[:, 3])
     # two groups of three rows, each with its own inputs
     x2 = _correlated_inputs(300, 16, 13)
     xq2 = 1.1 * x2

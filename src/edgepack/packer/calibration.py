@@ -118,11 +118,12 @@ def _recurrent_rows(node: Node, which: int, values: dict, graph: Graph) -> np.nd
 
 
 def layer_statistics(graph: Graph, weights: dict[str, tuple[str, str]], batches: list[dict[str, np.ndarray]],
-                     progress=None, quantized: dict[str, np.ndarray] | None = None) -> Statistics:
+                     progress=None, quantized: dict[str, np.ndarray] | None = None, cross: bool = True) -> Statistics:
     """weights: tensor name -> (op, node name) as pipeline.weight_tensors gives; batches: feeds onnxruntime accepts
     (each a dict input name -> array). Conv, Gemm, MatMul, and LSTM / GRU (W from the input sequence, R from the
     hidden states, per direction) get statistics; ConvTranspose does not. quantized: tensor name -> the weights the
-    second session runs (any weight tensors of the graph), for H = X_q^T X_q and C = X^T X_q (module docstring)."""
+    second session runs (any weight tensors of the graph), for H = X_q^T X_q and C = X^T X_q (module docstring);
+    with cross=False only H = X_q^T X_q, from the second session alone (the original model does not run)."""
     from onnx import helper
 
     from .onnx_io import graph_to_onnx
@@ -152,7 +153,7 @@ def layer_statistics(graph: Graph, weights: dict[str, tuple[str, str]], batches:
             if x not in known:
                 model.graph.output.append(helper.make_empty_tensor_value_info(x))
                 known.add(x)
-    sess = session(model)
+    sess = session(model) if cross or not quantized else None
     qsess, qfeeds = None, {}
     if quantized:
         qmodel = graph_to_onnx(graph)
@@ -165,9 +166,10 @@ def layer_statistics(graph: Graph, weights: dict[str, tuple[str, str]], batches:
     stats = Statistics()
     stats.batches = batches
     for feeds in (progress(batches) if progress else batches):
-        values = {k: v.astype(np.float32) for k, v in zip(names, sess.run(names, feeds))}
-        qvalues = values if qsess is None else {
+        qvalues = None if qsess is None else {
             k: v.astype(np.float32) for k, v in zip(names, qsess.run(names, {**feeds, **qfeeds}))}
+        values = qvalues if sess is None else {k: v.astype(np.float32) for k, v in zip(names, sess.run(names, feeds))}
+        qvalues = values if qvalues is None else qvalues
         for node, wname, which in wanted:
             w = graph.initializers[wname]
             if node.op in ("LSTM", "GRU"):
@@ -179,14 +181,14 @@ def layer_statistics(graph: Graph, weights: dict[str, tuple[str, str]], batches:
                 rows, transposed = _rows_of_input(values[node.inputs[0]], node, w)
                 qrows = _rows_of_input(qvalues[node.inputs[0]], node, w)[0]
             h = _gram(qrows, qrows)
-            cross = None if qsess is None else _gram(rows, qrows)
+            cross_ = None if qsess is None or sess is None else _gram(rows, qrows)
             if wname in stats:
                 stats[wname].h += h
                 stats[wname].samples += rows.shape[1]
-                if cross is not None:
-                    stats[wname].cross += cross
+                if cross_ is not None:
+                    stats[wname].cross += cross_
             else:
-                stats[wname] = LayerStats(h, rows.shape[1], transposed, cross)
+                stats[wname] = LayerStats(h, rows.shape[1], transposed, cross_)
     for s in stats.values():
         s.h /= max(1, s.samples)
         if s.cross is not None:

@@ -216,8 +216,10 @@ def best_assign(w2: np.ndarray, keep2: np.ndarray, codebook: np.ndarray, scales:
 
 def corrected_weight(w2: np.ndarray, h: np.ndarray, cross: np.ndarray, damp: float = DAMP) -> np.ndarray:
     """The weight that, fed the quantised model's inputs X_q, best reproduces the original layer's outputs W X:
-    argmin_V ||X W^T - X_q V^T|| = W C (H + damp)^-1 with H = X_q^T X_q and C = X^T X_q (per group when h is 3-D;
-    dampened like inverse_cholesky, so that a few samples do not make it chase noise). assign then quantises it
+    argmin_V ||X W^T - X_q V^T||^2 + d ||V - W||^2 = W (C + d I)(H + d I)^-1 with H = X_q^T X_q, C = X^T X_q and
+    d = damp x mean(diag H) (per group when h is 3-D). The ridge pulls V towards W, not towards zero: on a
+    calibration set of a few samples per input column the unregularised fit chases the noise of those samples
+    (its held-out error grows with cols / samples), and damp -> infinity gives W back. assign then quantises V
     under H."""
     w2 = np.asarray(w2, np.float64)
     h = np.asarray(h, np.float64)
@@ -227,13 +229,16 @@ def corrected_weight(w2: np.ndarray, h: np.ndarray, cross: np.ndarray, damp: flo
     per = w2.shape[0] // h.shape[0]
     out = np.empty_like(w2)
     for g in range(h.shape[0]):
-        hg = h[g].copy()
+        hg, cg = h[g].copy(), c[g].copy()
         dead = np.diag(hg) <= 0
         hg[dead, dead] = 1.0
+        cg[dead, dead] = 1.0  # an input the quantised model never feeds: its weight stays as it is
         mean_diag = float(np.mean(np.diag(hg)))
-        hg[np.diag_indices_from(hg)] += damp * (mean_diag if mean_diag > 0 else 1.0)
+        d = damp * (mean_diag if mean_diag > 0 else 1.0)
+        hg[np.diag_indices_from(hg)] += d
+        cg[np.diag_indices_from(cg)] += d
         wg = w2[g * per:(g + 1) * per]
-        out[g * per:(g + 1) * per] = np.linalg.solve(hg, c[g].T @ wg.T).T  # (C H^-1)^T = H^-1 C^T, H symmetric
+        out[g * per:(g + 1) * per] = np.linalg.solve(hg, cg.T @ wg.T).T  # (C' H'^-1)^T = H'^-1 C'^T, H' symmetric
     return out
 
 
