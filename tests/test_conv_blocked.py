@@ -125,6 +125,8 @@ def test_tiled_taps_equal_the_taps_kernel_bit_for_bit(n, ntaps):
     last one overlapping or of 32) gives the bits of block_taps_kernel from zero accumulators: the same FMAs in the
     same order; read-only sources too."""
     from edgepack.runtime.ops.conv_blocked import block_taps_kernel, block_taps_tiled
+    from edgepack.runtime.ops.slp import ready
+    ready(block_taps_tiled)  # the SLP build conv.py runs
     rng = np.random.default_rng(n * 100 + ntaps)
     src = rng.standard_normal(600).astype(np.float32)
     wblk = rng.standard_normal((max(ntaps, 1), 4)).astype(np.float32)

@@ -3,16 +3,18 @@ against float64 numpy and onnxruntime: edge shapes (fewer than a tile of channel
 the ends, the last one or two positions as dot products), bands, the epilogue, and the path bind_conv picks."""
 from __future__ import annotations
 
-import numba
 import numpy as np
 import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from edgepack.runtime.ops import conv as conv_mod
-from edgepack.runtime.ops import conv_blocked, conv_pointwise
+from edgepack.runtime.ops import conv_pointwise
 from edgepack.runtime.ops.elementwise import ACT_CLIP
+from edgepack.runtime.ops.slp import ready
 from edgepack.runtime.weights import DenseWeight
+
+ready(conv_pointwise.pointwise_kernel)  # the SLP build conv.py runs
 
 
 def _rand(rng, *shape):
@@ -78,13 +80,6 @@ def test_kernel_special_values():
         want = (w.astype(np.float64) @ x.astype(np.float64)).astype(np.float32)
     np.testing.assert_array_equal(np.isnan(out), np.isnan(want))
     np.testing.assert_allclose(out[~np.isnan(out)], want[~np.isnan(want)], rtol=1e-5, atol=1e-5)
-
-
-def test_slp_setting_restored():
-    # the kernel is compiled with SLP on for its own compile only (conv_blocked.compile_with_slp)
-    saved = numba.config.SLP_VECTORIZE
-    conv_blocked.compile_with_slp(lambda a: None, "void(int64)")
-    assert numba.config.SLP_VECTORIZE == saved
 
 
 def _ort(x, w, b, act):

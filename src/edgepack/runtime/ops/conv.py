@@ -26,6 +26,7 @@ from edgepack.runtime.ops.conv_blocked import BLOCK, block_taps_tiled, tile_stri
 from edgepack.runtime.ops.elementwise import (ACT_NONE, EP_ACT, EP_P0, EP_P1, _sigmoid_kernel, _tanh_kernel,
                                               activate_kernel, epilogue, silu_kernel)
 from edgepack.runtime.ops.simd_phases import deinterleave8, deinterleave16
+from edgepack.runtime.ops.slp import ready
 from edgepack.runtime.weights import CodebookWeight, DenseWeight, Int8Weight, SparseCodebookWeight
 
 _EMPTY_F32 = np.zeros(0, dtype=np.float32)
@@ -1013,11 +1014,11 @@ def _im2col_tiled_run(x2, geo, col, w2d, out3, bias_v, ep, chain, save, finish, 
     from edgepack.runtime.ops.conv_pointwise import pointwise_kernel  # it builds on this module
 
     _tap_offsets_kernel(geo, tab)
-    oh, npos = geo[_OH], out3.shape[2]
+    oh, npos, kernel = geo[_OH], out3.shape[2], ready(pointwise_kernel)
     for b in range(x2.shape[0]):
         src = _source_kernel(x2, b, geo, xpad)
         _im2col_kernel(src, tab, geo, 0, oh, col)
-        pointwise_kernel(col, w2d, out3[b], 0, npos, xt)
+        kernel(col, w2d, out3[b], 0, npos, xt)
         if finish:
             _bias_act_band_kernel(out3, b, 0, npos, bias_v, ep, chain, save)
 
@@ -1146,6 +1147,7 @@ def bind_conv(x: np.ndarray, prepared: PreparedConv, bias, attrs: dict, out: np.
     else:
         wargs = (W_INT8, _EMPTY_W2D, e2, _EMPTY_F32, a["q"], a["zp"], a["scales"])
     if geo[_BLOCKED]:
+        ready(block_taps_tiled)  # before _conv_blocked compiles against it
         fn = _conv_blocked_parallel_kernel if parallel else _conv_blocked_kernel
         return fn, (x2, geo) + wargs + (bias_v, ep, chain, out2, scratch)
     from edgepack.runtime.ops import conv_depthwise  # it builds on this module

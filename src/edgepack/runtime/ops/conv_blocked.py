@@ -30,6 +30,8 @@ import numpy as np
 from llvmlite import binding as llvm_binding
 from numba import njit
 
+from edgepack.runtime.ops.slp import slp_kernel
+
 BLOCK = 4  # output channels per block
 
 
@@ -360,17 +362,6 @@ def _block_taps_tiled(src, base, wblk, oblk, ntaps, a0, a1, a2, a3, n):
         _tile4_kernel(src, base, wblk, oblk, ntaps, a0, a1, a2, a3, min(i, n - TILE_N))
 
 
-def compile_with_slp(fn, sig):
-    """njit(sig, cache=True) of fn, optimised with LLVM's SLP vectoriser on (Numba's setting restored after); also
-    conv_pointwise's."""
-    saved = numba.config.SLP_VECTORIZE
-    numba.config.SLP_VECTORIZE = 1
-    try:
-        return njit(sig, cache=True, fastmath={"contract"})(fn)
-    finally:
-        numba.config.SLP_VECTORIZE = saved
-
-
 def _signature(readonly_src):
     f1, i64 = numba.types.Array(numba.float32, 1, "C"), numba.int64
     src = numba.types.Array(numba.float32, 1, "C", readonly=readonly_src)
@@ -379,4 +370,5 @@ def _signature(readonly_src):
 
 
 # src (x's sample, writable or read-only, or a padded / phased copy), base, wblk (>= ntaps, 4), oblk, ntaps, a0..a3, n
-block_taps_tiled = compile_with_slp(_block_taps_tiled, [_signature(False), _signature(True)])
+# (compiled with SLP on when a conv binds it: slp.ready)
+block_taps_tiled = slp_kernel(_block_taps_tiled, [_signature(False), _signature(True)])

@@ -16,8 +16,8 @@ import numpy as np
 from numba import njit
 
 from edgepack.runtime.ops.conv import _bias_act_band_kernel  # conv.py imports this module when it binds a step
-from edgepack.runtime.ops.conv_blocked import compile_with_slp
 from edgepack.runtime.ops.recurrent import _dot_kernel  # the one float32 dot product (SIMD, fixed order)
+from edgepack.runtime.ops.slp import ready, slp_kernel
 
 TILE_CO = 8  # output channels of a tile
 TILE_P = 16  # positions of a tile
@@ -167,18 +167,18 @@ def _signature(readonly_x, readonly_w):
 
 
 # x (cin, P), w (cout, cin), out (cout, P), p0, p1, xt (dot_tail(P), cin); x and w writable or read-only (a
-# caller's input, weights mapped from the file)
-pointwise_kernel = compile_with_slp(_pointwise, [_signature(rx, rw) for rx in (False, True) for rw in (False, True)])
+# caller's input, weights mapped from the file); compiled with SLP on at its first run (slp.ready)
+pointwise_kernel = slp_kernel(_pointwise, [_signature(rx, rw) for rx in (False, True) for rw in (False, True)])
 
 
 def run(x3, w2d, out3, bias_v, ep, chain, save, finish, step, xt):
     """conv.py's plain 1x1 step: per sample, per band of `step` positions, the product then (finish) the epilogue
     (conv._bias_act_band_kernel) while the band is in cache; xt: (dot_tail(P), cin) scratch."""
-    npos = x3.shape[2]
+    npos, kernel = x3.shape[2], ready(pointwise_kernel)
     for b in range(x3.shape[0]):
         for p0 in range(0, npos, step):
             p1 = min(npos, p0 + step)
-            pointwise_kernel(x3[b], w2d, out3[b], p0, p1, xt)
+            kernel(x3[b], w2d, out3[b], p0, p1, xt)
             if finish:
                 _bias_act_band_kernel(out3, b, p0, p1, bias_v, ep, chain, save)
 
