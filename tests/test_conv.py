@@ -456,6 +456,8 @@ def test_im2col_on_register_tiles_matches_numpy_and_blas(monkeypatch, x_shape, w
     prepared = prepare_conv(w, 1)
     assert conv_mod.im2col_product(conv_mod.geometry(x_shape, w_shape, attrs), False) == "tiled"
     assert conv_mod.im2col_product(conv_mod.geometry(x_shape, w_shape, attrs), True) == "blas"
+    big = (1, w_shape[1], 30, 30)  # 900 positions: BLAS
+    assert conv_mod.im2col_product(conv_mod.geometry(big, w_shape, {"pads": [1, 1, 1, 1]}), False) == "blas"
     size = conv_scratch_bytes(x_shape, w_shape, attrs, prepared)
     out = np.full(conv_output_shape(x_shape, w_shape, attrs), np.nan, np.float32)
     conv(x, prepared, bias, attrs, out, np.empty(size, np.uint8), False, (ACT_CLIP, -1.0, 1.5))

@@ -252,6 +252,12 @@ def _path(g: dict, kind: str) -> str:
     return "taps"
 
 
+# Above this many output positions the im2col product stays on BLAS, whose packing then pays off: the register tiles
+# were 2-6% slower at 688 and 784 positions (24 -> 96 3x3 s2 at 32x85, 32 -> 64 s1 at 28x28, 64 -> 128 s2 at 56x56)
+# and 5-14% faster at 64 to 441 (1 thread, CPU time, load 3, bind_conv A/B).
+IM2COL_TILED_MAX_POSITIONS = 512
+
+
 def _im2col_rows(g: dict) -> int:
     """Output rows of one im2col band (_CROWS) for a convolution that is not a plain 1x1."""
     want = max(2 * IM2COL_BAND_FLOATS // max(1, g["cin_g"] * g["kh"] * g["kw"]), IM2COL_BAND_MIN_POSITIONS)
@@ -261,11 +267,12 @@ def _im2col_rows(g: dict) -> int:
 def im2col_product(g: dict, parallel: bool) -> str:
     """Which kernel multiplies the im2col matrix of a dense group-1 convolution that is not a plain 1x1 (geometry g):
     "tiled" (conv_pointwise.py's register tiles, the matrix taken as a 1x1 convolution's input) when the plane is one
-    band, on one thread, and plain_1x1_kernel would tile a plane of that many positions and channels; else "blas".
+    band of at most IM2COL_TILED_MAX_POSITIONS positions, on one thread, and plain_1x1_kernel would tile a plane of
+    that many positions and channels; else "blas".
     The tiles beat OpenBLAS's sgemm (which packs the weight at every call) on nudenet's small-plane 3x3 layers: 256 x
     1152 x 100 614 -> 569 us, 128 x 576 x 400 590 -> 508 (1 thread, CPU time, load 3-4). The cost model prices both
     as "im2col"."""
-    if _im2col_rows(g) < g["oh"]:
+    if _im2col_rows(g) < g["oh"] or g["oh"] * g["ow"] > IM2COL_TILED_MAX_POSITIONS:
         return "blas"
     return "tiled" if plain_1x1_kernel(g["cout"], g["oh"] * g["ow"], parallel) == "pointwise" else "blas"
 
