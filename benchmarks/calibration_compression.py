@@ -303,7 +303,7 @@ def main(argv=None) -> int:
                     help="let the allocation also choose entropy-constrained codes (allocate.EC_RATES_TRIED)")
     ap.add_argument("--refine", metavar="TARGET[:DAMP]",
                     help="how the allocation re-encodes its chosen point layer by layer on the quantised model's "
-                         "inputs (allocate.refine): 'own' (the default), 'original' (aim at the original model's "
+                         "inputs (allocate.refine, off by default): 'own', 'original' (aim at the original model's "
                          "outputs, ridge DAMP towards W) or 'off'")
     a = ap.parse_args(argv)
     if a.refine:
