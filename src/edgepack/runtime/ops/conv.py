@@ -25,7 +25,7 @@ from edgepack.runtime.errors import InputError, UnsupportedError
 from edgepack.runtime.ops.conv_blocked import BLOCK, block_taps_tiled, tile_stride
 from edgepack.runtime.ops.elementwise import (ACT_NONE, EP_ACT, EP_P0, EP_P1, _sigmoid_kernel, _tanh_kernel,
                                               activate_kernel, epilogue, silu_kernel)
-from edgepack.runtime.ops.simd_phases import deinterleave8, deinterleave16
+from edgepack.runtime.ops.simd_phases import split_row
 from edgepack.runtime.ops.slp import ready
 from edgepack.runtime.weights import CodebookWeight, DenseWeight, Int8Weight, SparseCodebookWeight
 
@@ -538,32 +538,10 @@ def _source_channel_kernel(x, b, c, geo, xp, borders=True):
                 py, qy = 0, qy + 1
         return
     if sw == 2:  # each input row de-interleaved into its two column phases in one loop
-        half = w // 2
         py, qy = py0, qy0
-        # padded column 2k + pl (input column 2k) is in phase pl % 2; 2k + 1 + pl in the other
-        podd, ph = pl % 2, pl // 2
         for y in range(h):
-            s = xc[y * w: y * w + w]
-            r0 = (py * 2 * qh + qy) * qw  # column phase 0
-            r1 = r0 + qh * qw  # column phase 1
-            if podd == 0:
-                e0, o0 = r0 + ph, r1 + ph
-            else:
-                e0, o0 = r1 + ph, r0 + ph + 1
-            k = 0  # vector shuffles (simd_phases.py: the scalar loop moved 0.2-0.4 ns a value), then the rest
-            while k + 16 <= half:
-                deinterleave16(s, 2 * k, xp, e0 + k, xp, o0 + k)
-                k += 16
-            if k + 8 <= half:
-                deinterleave8(s, 2 * k, xp, e0 + k, xp, o0 + k)
-                k += 8
-            de, do = xp[e0: e0 + half], xp[o0: o0 + half]
-            for j in range(k, half):
-                de[j] = s[2 * j]
-                do[j] = s[2 * j + 1]
-            if w % 2:
-                pc = w - 1 + pl
-                xp[(r0 if pc % 2 == 0 else r1) + pc // 2] = s[w - 1]
+            r0 = (py * 2 * qh + qy) * qw  # column phase 0; phase 1 is qh * qw further
+            split_row(xc[y * w: y * w + w], w, pl, xp, r0, r0 + qh * qw)
             py += 1
             if py == sh:
                 py, qy = 0, qy + 1

@@ -11,7 +11,7 @@ from numba import njit
 
 from edgepack.runtime.errors import FormatError, UnsupportedError
 from edgepack.runtime.ops.registry import OpDef, check_arity, int_attr, int_list
-from edgepack.runtime.ops.simd_phases import deinterleave8, deinterleave16
+from edgepack.runtime.ops.simd_phases import split_row
 
 _AUTO_PADS = ("NOTSET", "VALID", "SAME_UPPER", "SAME_LOWER")
 
@@ -152,35 +152,11 @@ def _maxpool_s2_kernel(x, out, buf, kh, kw, ph, pw, qh, qw):
     ninf = np.float32(-np.inf)
     for i in range(4 * qp):
         ph_buf[i] = ninf
-    half, podd, pq = w_ // 2, pw % 2, pw // 2
     for p in range(planes):
         for y in range(h_):
             r = y + ph
             r0 = ((r & 1) * 2 * qh + (r >> 1)) * qw  # the row in column phase 0; phase 1 is qp further
-            r1 = r0 + qp
-            # padded column 2k + pw (input column 2k) is in phase pw % 2; 2k + 1 + pw in the other
-            if podd == 0:
-                e0, o0 = r0 + pq, r1 + pq
-            else:
-                e0, o0 = r1 + pq, r0 + pq + 1
-            s = x[p, y]
-            k = 0
-            while k + 16 <= half:
-                deinterleave16(s, 2 * k, ph_buf, e0 + k, ph_buf, o0 + k)
-                k += 16
-            if k + 8 <= half:
-                deinterleave8(s, 2 * k, ph_buf, e0 + k, ph_buf, o0 + k)
-                k += 8
-            if k < half and half >= 8:  # the last values: the 8 ending there again (a 46-wide row: 16 + 7)
-                deinterleave8(s, 2 * (half - 8), ph_buf, e0 + half - 8, ph_buf, o0 + half - 8)
-                k = half
-            de, do = ph_buf[e0: e0 + half], ph_buf[o0: o0 + half]
-            for j in range(k, half):
-                de[j] = s[2 * j]
-                do[j] = s[2 * j + 1]
-            if w_ % 2:
-                c = w_ - 1 + pw
-                ph_buf[(r0 if c % 2 == 0 else r1) + c // 2] = s[w_ - 1]
+            split_row(x[p, y], w_, pw, ph_buf, r0, r0 + qp)
         for i in range(n):
             acc[i] = ninf
         for kx in range(kw):

@@ -1,5 +1,6 @@
 """LLVM vector shuffles for Numba kernels: a run of float32 values split into its even and odd elements, the column
-phases of a stride-2 convolution's phased copy (runtime/ops/conv.py _source_channel_kernel).
+phases of a stride-2 convolution's phased copy (runtime/ops/conv.py _source_channel_kernel) and of MaxPool at stride 2
+(pool.py): split_row.
 
 deinterleave16(src, s0, even, e0, odd, o0) sets even[e0 + k] = src[s0 + 2 k] and odd[o0 + k] = src[s0 + 2 k + 1] for
 k < 16: two 16-lane loads, two shuffles, two 16-lane stores (deinterleave8: k < 8, with 8 lanes). Numba's own loop
@@ -11,7 +12,7 @@ bounds checks: the caller's indices must lie inside the arrays.
 from __future__ import annotations
 
 from llvmlite import ir
-from numba import types
+from numba import njit, types
 from numba.extending import intrinsic
 
 
@@ -56,3 +57,32 @@ def deinterleave16(typingctx, src_t, s0_t, even_t, e0_t, odd_t, o0_t):
 def deinterleave8(typingctx, src_t, s0_t, even_t, e0_t, odd_t, o0_t):
     sig = _signature(src_t, even_t, odd_t)
     return None if sig is None else (sig, _codegen(8))
+
+
+@njit(cache=True, inline="always")
+def split_row(s, w, pad, d, r0, r1):
+    """Input row s[:w] of a plane read at column stride 2 into its two column phases in d: padded column c = j + pad
+    (input column j) goes to d[r0 + c // 2] when c is even, d[r1 + c // 2] when odd (the strided convolutions' phased
+    copy, conv.py; MaxPool at stride 2, pool.py). Pairs 16 and 8 at a time by the shuffles above, the last 8 pairs
+    again when they do not fill a run (the same values written twice), the rest value by value."""
+    half, ph = w // 2, pad // 2
+    if pad % 2 == 0:
+        e0, o0 = r0 + ph, r1 + ph
+    else:
+        e0, o0 = r1 + ph, r0 + ph + 1
+    k = 0
+    while k + 16 <= half:
+        deinterleave16(s, 2 * k, d, e0 + k, d, o0 + k)
+        k += 16
+    if k + 8 <= half:
+        deinterleave8(s, 2 * k, d, e0 + k, d, o0 + k)
+        k += 8
+    if k < half and half >= 8:
+        deinterleave8(s, 2 * (half - 8), d, e0 + half - 8, d, o0 + half - 8)
+        k = half
+    for j in range(k, half):
+        d[e0 + j] = s[2 * j]
+        d[o0 + j] = s[2 * j + 1]
+    if w % 2:
+        c = w - 1 + pad
+        d[(r0 if c % 2 == 0 else r1) + c // 2] = s[w - 1]
