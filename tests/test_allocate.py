@@ -92,6 +92,17 @@ def test_target_ratio_is_reached_with_the_smallest_error(mlp, tmp_path, ratio):
     assert (tmp_path / "r.epk").read_bytes() == (tmp_path / "r2.epk").read_bytes()
 
 
+def test_ratio_is_sized_on_the_file_as_written(mlp, tmp_path):
+    """The allocation sizes the file with pack's own metadata (static input shapes, its own entry), not a stand-in:
+    with a stand-in a few bytes short, --target-ratio 7 could end at 6.99x."""
+    x = _calib(32)
+    r = pack(mlp, tmp_path / "r.epk", calib=x, target_ratio=6.0, check_fidelity=False,
+             input_shapes={"x": [1, SIZES[0]]})
+    assert r.settings["input_shapes"] and r.settings["allocation"]["steps"] == r.allocation.point
+    assert r.allocation.file_bytes == (tmp_path / "r.epk").stat().st_size
+    assert r.ratio >= 6.0
+
+
 def test_unreachable_ratio_warns(mlp, tmp_path):
     r = pack(mlp, tmp_path / "r.epk", calib=_calib(), target_ratio=1000, check_fidelity=False)
     assert r.ratio < 1000 and any("--target-ratio 1000 not reached" in w for w in r.warnings)

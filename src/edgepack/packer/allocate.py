@@ -135,6 +135,7 @@ class Allocation:
     held_out: int = 0  # runs the measurements used
     notes: list[str] = field(default_factory=list)
     measure: object = field(default=None, repr=False)  # point -> fidelity.Fidelity on the held-out runs
+    file_bytes: int | None = None  # the file pack builds at the chosen point (metadata included), when it sized it
 
     def levels_at(self, point: int) -> dict[str, int]:
         lv = {k: 0 for k in self.layers}

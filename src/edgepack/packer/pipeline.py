@@ -288,10 +288,42 @@ def pack(model_path: str | os.PathLike, out_path: str | os.PathLike, *, sparsity
         stats = layer_statistics(graph, weight_tensors(graph), batches(graph, fit),
                                  progress=None if quiet else _progress_batches)
     encoder = tensor_encoder(graph, stats)
+    source_sha256 = file_sha256(model_path)
+
+    def metadata(doc: dict, allocation=None, corrected: int = 0, fidelity=None) -> dict:
+        """The file's metadata section (what the allocation's size estimates build too)."""
+        meta = {
+            "producer": f"edgepack {__version__}",
+            "format_version": f"{C.VERSION_MAJOR}.{format_minor(doc)}",
+            "source": {"file": os.path.basename(os.fspath(model_path)), "sha256": source_sha256,
+                       "params": graph.source_params, "fp32_bytes": 4 * graph.source_params},
+            "settings": {"cli": {k: v for k, v in over.items() if v is not None}, "config": cfg},
+        }
+        if corrected:
+            meta["settings"]["bias_correction"] = {"corrected": corrected}
+        if shapes:
+            meta["settings"]["input_shapes"] = shapes
+        if values:
+            meta["settings"]["input_values"] = {k: np.asarray(v).tolist() for k, v in values.items()}
+        if factorised is not None:
+            meta["settings"]["low_rank"] = factorised
+        if allocation is not None:
+            meta["settings"]["allocation"] = {"steps": allocation.point, "predicted_error": round(
+                allocation.predicted_at(allocation.point), 6)}
+        if fidelity is not None and (fidelity.changes or max_error is not None):
+            meta["settings"]["fidelity"] = {"max_error": max_error, "changes": [
+                {"tensor": c.tensor, "change": c.what} for c in fidelity.changes]}
+            if max_error is not None:  # what the guard measured on the calibration inputs, before and after its changes
+                num = lambda x: round(x, 6) if math.isfinite(x) else None  # noqa: E731 - NaN / inf outputs: null
+                meta["settings"]["fidelity"].update(
+                    error_before=num(fidelity.before.rel_l2), error_after=num(fidelity.after.rel_l2),
+                    raised=len(fidelity.raised), bytes_added=sum(c.bytes_added for c in fidelity.changes))
+        return meta
+
     allocation = None
     if allocating:
         allocation, encoded = _allocate(graph, settings, encoder, stats, held_feeds, target_ratio, max_error, quiet,
-                                        over, cfg, model_path)
+                                        metadata)
     else:
         encoded = encode_tensors(graph, settings, progress, encoder)
     fidelity = None
@@ -317,32 +349,7 @@ def pack(model_path: str | os.PathLike, out_path: str | os.PathLike, *, sparsity
     if bias_correction and stats is None and max_error is None:
         corrected = _correct_biases(graph, encoded, settings, model_path)
     doc = graph_doc(graph, encoded)
-    meta = {
-        "producer": f"edgepack {__version__}",
-        "format_version": f"{C.VERSION_MAJOR}.{format_minor(doc)}",
-        "source": {"file": os.path.basename(os.fspath(model_path)), "sha256": file_sha256(model_path),
-                   "params": graph.source_params, "fp32_bytes": 4 * graph.source_params},
-        "settings": {"cli": {k: v for k, v in over.items() if v is not None}, "config": cfg},
-    }
-    if corrected:
-        meta["settings"]["bias_correction"] = {"corrected": corrected}
-    if shapes:
-        meta["settings"]["input_shapes"] = shapes
-    if values:
-        meta["settings"]["input_values"] = {k: np.asarray(v).tolist() for k, v in values.items()}
-    if factorised is not None:
-        meta["settings"]["low_rank"] = factorised
-    if allocation is not None:
-        meta["settings"]["allocation"] = {"steps": allocation.point, "predicted_error": round(
-            allocation.predicted_at(allocation.point), 6)}
-    if fidelity is not None and (fidelity.changes or max_error is not None):
-        meta["settings"]["fidelity"] = {"max_error": max_error, "changes": [
-            {"tensor": c.tensor, "change": c.what} for c in fidelity.changes]}
-        if max_error is not None:  # what the guard measured on the calibration inputs, before and after its changes
-            num = lambda x: round(x, 6) if math.isfinite(x) else None  # noqa: E731 - NaN / inf outputs: null
-            meta["settings"]["fidelity"].update(
-                error_before=num(fidelity.before.rel_l2), error_after=num(fidelity.after.rel_l2),
-                raised=len(fidelity.raised), bytes_added=sum(c.bytes_added for c in fidelity.changes))
+    meta = metadata(doc, allocation, corrected, fidelity)
     data = build_file(meta, doc)
     packed = write_packed(out_path, data, model_path)  # checked as the loader does before it replaces anything
     references = {name: e.reference for name, e in encoded.items()}
@@ -385,27 +392,23 @@ def _check_ratio(r) -> None:
 
 
 def _allocate(graph: Graph, settings: dict, encoder, stats, held_feeds, target_ratio, max_error, quiet: bool,
-              over: dict, cfg: dict, model_path) -> tuple:
+              metadata) -> tuple:
     """Per-layer bits (packer/allocate.py), then, for a ratio, further steps down the allocation's path while the
-    file as built (graph and metadata included) is larger than the ratio allows. Updates `settings` in place;
-    returns (allocation, every tensor's encoding)."""
+    file as built (graph and metadata included: `metadata(doc, allocation)` is pack's own) is larger than the ratio
+    allows. Updates `settings` in place; returns (allocation, every tensor's encoding)."""
     from .allocate import allocate
 
     scanned = {k for k, (s, _) in settings.items() if s.encoding in ("auto", "codebook", "sparse_codebook")}
     encoded = encode_tensors(graph, {k: v for k, v in settings.items() if k not in scanned}, None, encoder)
     weights_fixed = sum(e.nbytes for k, e in encoded.items() if k not in scanned)
     fp32 = 4 * graph.source_params
-    # overhead of the container, graph and metadata sections: measured once on the file with dense weights,
-    # corrected by building the real file below
-    stub = {"producer": f"edgepack {__version__}", "source": {"file": os.path.basename(os.fspath(model_path)),
-            "sha256": "0" * 64, "params": graph.source_params, "fp32_bytes": fp32},
-            "settings": {"cli": {k: v for k, v in over.items() if v is not None}, "config": cfg,
-                         "allocation": {"steps": 0, "predicted_error": 0.0}}}
 
-    def file_bytes(enc: dict) -> int:
+    def file_bytes(enc: dict, allocation=None) -> int:
         doc = graph_doc(graph, enc)
-        return len(build_file({**stub, "format_version": f"{C.VERSION_MAJOR}.{format_minor(doc)}"}, doc))
+        return len(build_file(metadata(doc, allocation), doc))
 
+    # overhead of the container, graph and metadata sections: measured once on the file with dense weights (the
+    # allocation's own entry not yet in it), corrected by building the real file below
     overhead = file_bytes(encoded) - sum(e.nbytes for e in encoded.values())
     alloc = allocate(graph, settings, encoder, stats, held_feeds, fixed_bytes=weights_fixed + overhead,
                      fp32_bytes=fp32, target_ratio=target_ratio, max_error=max_error,
@@ -419,18 +422,19 @@ def _allocate(graph: Graph, settings: dict, encoder, stats, held_feeds, target_r
     apply()
     if target_ratio is not None:
         point, budget = alloc.point, fp32 / target_ratio
-        while alloc.point < len(alloc.steps) and file_bytes(encoded) > budget:
+        while alloc.point < len(alloc.steps) and file_bytes(encoded, alloc) > budget:
             alloc.set_point(alloc.point + 1)
             apply()
         while alloc.point > 0:  # the estimate was high: give back the steps the file does not need
             alloc.set_point(alloc.point - 1)
             apply()
-            if file_bytes(encoded) > budget:
+            if file_bytes(encoded, alloc) > budget:
                 alloc.set_point(alloc.point + 1)
                 apply()
                 break
         if alloc.point != point:
             alloc.measured = alloc.measure(alloc.point)
+        alloc.file_bytes = file_bytes(encoded, alloc)
     return alloc, {k: encoded[k] for k in graph.initializers}
 
 
