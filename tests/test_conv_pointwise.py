@@ -99,6 +99,15 @@ def _ort(x, w, b, act):
     return ort.InferenceSession(m.SerializeToString(), so, providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
 
 
+def _epilogue(act):
+    """bind_conv's act for the activation _ort puts after the conv (None, "relu" or "silu")."""
+    if act == "relu":
+        return (ACT_CLIP, 0.0, np.inf)
+    if act == "silu":
+        return conv_mod.EpilogueChain(np.float32([[conv_mod.CH_SILU, 0, 0, 0]]), ("s", "m"))
+    return None
+
+
 @pytest.mark.parametrize("shape", [(1, 32, 80, 80), (2, 48, 13, 17), (1, 3, 10, 10), (1, 256, 10, 10)])
 @pytest.mark.parametrize("cout", [8, 18, 64])
 @pytest.mark.parametrize("act", [None, "relu", "silu"])
@@ -108,12 +117,7 @@ def test_bind_conv_takes_the_tiled_kernel_and_matches_onnxruntime(shape, cout, a
     w, b = _rand(rng, cout, shape[1], 1, 1), _rand(rng, cout)
     prepared = conv_mod.prepare_conv(DenseWeight(w), 1)
     out = np.full((shape[0], cout) + shape[2:], np.nan, np.float32)
-    fused = None
-    if act == "relu":
-        fused = (ACT_CLIP, 0.0, np.inf)
-    elif act == "silu":
-        fused = conv_mod.EpilogueChain(np.float32([[conv_mod.CH_SILU, 0, 0, 0]]), ("s", "m"))
-    fn, args = conv_mod.bind_conv(x, prepared, b, {}, out, act=fused)
+    fn, args = conv_mod.bind_conv(x, prepared, b, {}, out, act=_epilogue(act))
     assert fn is conv_pointwise.run  # 100+ positions, 8+ channels
     fn(*args)
     np.testing.assert_allclose(out, _ort(x, w, b, act), rtol=1e-4, atol=1e-4)
@@ -139,8 +143,7 @@ def test_planes_of_16k_plus_1_or_2_take_the_tiled_kernel(shape, cout, act):
     rng = np.random.default_rng(7)
     x = _rand(rng, *shape)
     w, b = _rand(rng, cout, shape[1], 1, 1), _rand(rng, cout)
-    fused = {"relu": (ACT_CLIP, 0.0, np.inf), None: None,
-             "silu": conv_mod.EpilogueChain(np.float32([[conv_mod.CH_SILU, 0, 0, 0]]), ("s", "m"))}[act]
+    fused = _epilogue(act)
     out = np.full((shape[0], cout) + shape[2:], np.nan, np.float32)
     fn, args = conv_mod.bind_conv(x, conv_mod.prepare_conv(DenseWeight(w), 1), b, {}, out, act=fused)
     assert fn is conv_pointwise.run
@@ -155,8 +158,7 @@ def test_1x1_plane_is_a_matrix_vector_product(nb, cin, cout, bias, act):
     rng = np.random.default_rng(nb * 7 + cin + cout)
     x = _rand(rng, nb, cin, 1, 1)
     w, b = _rand(rng, cout, cin, 1, 1), _rand(rng, cout)
-    fused = {"relu": (ACT_CLIP, 0.0, np.inf), None: None,
-             "silu": conv_mod.EpilogueChain(np.float32([[conv_mod.CH_SILU, 0, 0, 0]]), ("s", "m"))}[act]
+    fused = _epilogue(act)
     out = np.full((nb, cout, 1, 1), np.nan, np.float32)
     fn, args = conv_mod.bind_conv(x, conv_mod.prepare_conv(DenseWeight(w), 1), b if bias else None, {}, out,
                                   act=fused)

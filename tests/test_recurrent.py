@@ -254,6 +254,21 @@ def test_infer_node_fewer_outputs():
 
 # ---- errors ----
 
+def _decoded(m: onnx.ModelProto, references: dict) -> bytes:
+    """m with every weight the packed file holds replaced by what it decodes to (PackReport.references)."""
+    for init in m.graph.initializer:
+        if init.name in references:
+            init.CopyFrom(numpy_helper.from_array(references[init.name], init.name))
+    return m.SerializeToString()
+
+
+def _lstm_matches_decoded(model, m: onnx.ModelProto, references: dict, x) -> None:
+    want = ort.InferenceSession(_decoded(m, references), providers=["CPUExecutionProvider"]).run(None, {"in0": x})
+    got = model.run(x)
+    for k, v in zip(["y", "yh", "yc"], want):
+        np.testing.assert_allclose(got[k], v, rtol=1e-5, atol=1e-5 * np.abs(v).max())
+
+
 def _infer(op, ins, attrs, consts=None):
     shapes = [None if a is None else a.shape for a in ins]
     return R.infer_node(op, "rnn0", shapes, attrs, consts if consts is not None else list(ins), N_OUT[op])
@@ -402,13 +417,7 @@ def test_gate_rows_get_their_own_scales(tmp_path):
     model = runtime.load(out)
     assert isinstance(model._program.consts["in1"], CodebookWeight)
     assert model._program.consts["in1"].row_scales is not None
-    for init in m.graph.initializer:
-        if init.name in ("in1", "in2"):
-            init.CopyFrom(numpy_helper.from_array(rep.references[init.name], init.name))
-    want = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"in0": x})
-    got = model.run(x)
-    for k, v in zip(["y", "yh", "yc"], want):
-        np.testing.assert_allclose(got[k], v, rtol=1e-5, atol=1e-5 * np.abs(v).max())
+    _lstm_matches_decoded(model, m, {k: rep.references[k] for k in ("in1", "in2")}, x)
 
 
 @pytest.mark.parametrize("op", ["LSTM", "GRU"])
@@ -544,11 +553,9 @@ def test_hey_mycroft(tmp_path):
     so = ort.SessionOptions()
     so.intra_op_num_threads = 1
     original = ort.InferenceSession(str(src), so, providers=["CPUExecutionProvider"])
-    m = onnx.load(str(src))  # the same graph with the weights the file decodes to: the runtime must match it exactly
-    for init in m.graph.initializer:
-        if init.name in rep.references:
-            init.CopyFrom(numpy_helper.from_array(rep.references[init.name], init.name))
-    decoded = ort.InferenceSession(m.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    # the same graph with the weights the file decodes to: the runtime must match it exactly
+    decoded = ort.InferenceSession(_decoded(onnx.load(str(src)), rep.references), so,
+                                   providers=["CPUExecutionProvider"])
     worst_exact = worst = 0.0
     for x in _oww_embeddings(4):
         got = model.run(x)["dense"]
@@ -597,10 +604,4 @@ def test_codes_held_only_where_they_pay(tmp_path, seq, held):
     model = runtime.load(out)
     assert isinstance(model._program.consts["in1"], CodebookWeight) == held
     m = onnx.load(str(path))
-    for init in m.graph.initializer:
-        if init.name in ("in1", "in2"):
-            init.CopyFrom(numpy_helper.from_array(rep.references[init.name], init.name))
-    want = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"in0": x})
-    got = model.run(x)
-    for k, v in zip(["y", "yh", "yc"], want):
-        np.testing.assert_allclose(got[k], v, rtol=1e-5, atol=1e-5 * np.abs(v).max())
+    _lstm_matches_decoded(model, m, {k: rep.references[k] for k in ("in1", "in2")}, x)

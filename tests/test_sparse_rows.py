@@ -29,10 +29,22 @@ def _one_gemm_model(path, batch, n, k):
     onnx.save(model, path)
 
 
-@pytest.mark.parametrize("batch, rows_form", [(22, True), (1, False)])
-def test_planner_holds_sparse_gemm_in_rows_form(tmp_path, batch, rows_form):
+def _matches_unpacked(model, out, batch: int, k: int, tmp_path) -> None:
+    """The runtime on the packed file against onnxruntime on its weights decoded back to float32."""
     import onnxruntime as ort
 
+    from edgepack.packer.unpack import unpack
+
+    x = np.random.default_rng(3).standard_normal((batch, k)).astype(np.float32)
+    got = model.run({"x": x})["z"]
+    dec = tmp_path / "dec.onnx"
+    unpack(str(out), str(dec))
+    ref = ort.InferenceSession(str(dec), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max())
+
+
+@pytest.mark.parametrize("batch, rows_form", [(22, True), (1, False)])
+def test_planner_holds_sparse_gemm_in_rows_form(tmp_path, batch, rows_form):
     src, out = tmp_path / "one.onnx", tmp_path / "one.epk"
     n, k = 600, 700
     _one_gemm_model(src, batch, n, k)
@@ -54,15 +66,7 @@ def test_planner_holds_sparse_gemm_in_rows_form(tmp_path, batch, rows_form):
     else:
         assert csc.seconds < rows.seconds and layer.form == "" and layer.prepared.kind != "sparse_rows"
     assert abs(rows.ram_bytes + rows.mapped_bytes - (csc.ram_bytes + csc.mapped_bytes)) < 0.1 * csc.ram_bytes
-    x = np.random.default_rng(3).standard_normal((batch, k)).astype(np.float32)
-    got = model.run({"x": x})["z"]
-    # the reference: onnxruntime on the packed weights decoded back to float32
-    from edgepack.packer.unpack import unpack
-
-    dec = tmp_path / "dec.onnx"
-    unpack(str(out), str(dec))
-    ref = ort.InferenceSession(str(dec), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
-    np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max())
+    _matches_unpacked(model, out, batch, k, tmp_path)
 
 
 # ---- the dense-code weight's rows form (linear.py's _dense_row_tiles_kernel) ----
@@ -134,8 +138,6 @@ def test_codebook_rows_kernel_is_exact_in_k_order():
 def test_planner_holds_dense_code_gemm_in_rows_form(tmp_path, batch, rows_form):
     """A Gemm packed without pruning (dense codes): at a batch of rows the planner holds the codes in the rows
     form (a quarter of float32's bytes) where it held a float32 copy, at batch 1 not."""
-    import onnxruntime as ort
-
     src, out = tmp_path / "one.onnx", tmp_path / "one.epk"
     n, k = 1030, 700
     _one_gemm_model(src, batch, n, k)
@@ -152,11 +154,4 @@ def test_planner_holds_dense_code_gemm_in_rows_form(tmp_path, batch, rows_form):
         assert row.scratch_bytes == rows.scratch_bytes == 4 * 24 * (k + 4)
     else:
         assert layer.prepared.kind != "codebook_rows"
-    x = np.random.default_rng(3).standard_normal((batch, k)).astype(np.float32)
-    got = model.run({"x": x})["z"]
-    from edgepack.packer.unpack import unpack
-
-    dec = tmp_path / "dec.onnx"
-    unpack(str(out), str(dec))
-    ref = ort.InferenceSession(str(dec), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
-    np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max())
+    _matches_unpacked(model, out, batch, k, tmp_path)
