@@ -161,7 +161,14 @@ def test_empty_dimensions():
         got, shapes = ours(op, make_inputs(op, 0, 2, 3, 4, direction="bidirectional"), {"direction": "bidirectional"},
                            N_OUT[op])
         assert shapes[0] == (0, 2, 2, 4) and all(not g.any() for g in got[1:])
-    check("LSTM", make_inputs("LSTM", 3, 2, 0, 4), {"hidden_size": 4})
+    # onnxruntime without input features reads memory it did not write (seen once in CI: 5 of 24 values off from
+    # step 1): its reference is the same LSTM with one feature that is zero in x and in W
+    ins = make_inputs("LSTM", 3, 2, 0, 4)
+    padded = [np.zeros((3, 2, 1), np.float32), np.zeros((1, 16, 1), np.float32)] + ins[2:]
+    want, _ = reference("LSTM", padded, {"hidden_size": 4}, 3)
+    got, _ = ours("LSTM", ins, {"hidden_size": 4}, 3)
+    for g, w in zip(got, want):
+        np.testing.assert_allclose(g, w, rtol=1e-5, atol=2e-6)
     got, _ = ours("GRU", make_inputs("GRU", 3, 2, 0, 4, h0=False, bias=False), {}, 2)
     assert not got[1].any()  # no input, no bias, zero state: h stays 0
     for op in ("LSTM", "GRU"):
