@@ -3,6 +3,7 @@ batch-1 latency, batch-256 throughput, the smallest memory budget each model loa
 
     python benchmarks/runtime_vs_ort.py [--out benchmarks/out] [--quick]
     python benchmarks/runtime_vs_ort.py --corpus [NAME ...] [--rounds 15] [--readme]
+    python benchmarks/runtime_vs_ort.py --corpus [NAME ...] --scaling [--rounds 15] [--readme]
 
 --corpus: the real conv nets of the corpus (tests/realmodels/corpus.py) instead, packed as a user would
 (`edgepack pack --sparsity 0 --bits 8` + the entry's flags), batch 1, edgepack's runtime at 1 thread vs onnxruntime at
@@ -14,6 +15,9 @@ With --pruned-density D (default 0.3; 0 skips it) each net is also packed at `--
 pruning without retraining: its answers change, its work is what is measured) and its runtime joins the alternation:
 the speed of a pruned model against its dense self, each in the held form the runtime's planner chooses (a round is
 dense, ORT, pruned, ORT: each edgepack run follows an onnxruntime one, whose run evicts the caches).
+--corpus --scaling: batch 1 and batch 32 (packed with the batch in the static shapes; a net whose export fixes batch
+1 is skipped with a note), edgepack at threads=1 and threads=2 against onnxruntime at 1 thread and at its default (one
+thread per core), the four alternating run by run; wall-clock medians (and the 1-thread engines' CPU time).
 
 Models: LeNet-300-100 trained on MNIST with numpy, pruned to 8% / 9% / 26% kept (the paper's densities) and retrained,
 6/6/5-bit codebooks; LeNet-5 (Caffe variant) with He-initialised weights pruned to the paper's densities
@@ -115,11 +119,13 @@ def smallest_budget(epk: Path) -> int:
 
 
 def measure(name: str, dense: Path, epk: Path, x1: np.ndarray, xb: np.ndarray, repeat: int) -> dict:
-    model = runtime.load(epk)
+    model = runtime.load(epk, threads=1)
+    model2 = runtime.load(epk, threads=2)
     in_name = "input"
     ort1 = session(str(dense), threads=1)
     ortd = session(str(dense), threads=0)
     run_rt = lambda x: model.run({in_name: x})  # noqa: E731
+    run_rt2 = lambda x: model2.run({in_name: x})  # noqa: E731
     run_o1 = lambda x: ort1.run(None, {in_name: x})  # noqa: E731
     run_od = lambda x: ortd.run(None, {in_name: x})  # noqa: E731
     # the same answers first
@@ -127,10 +133,12 @@ def measure(name: str, dense: Path, epk: Path, x1: np.ndarray, xb: np.ndarray, r
     b = run_o1(x1)[0]
     res = {"model": name, "packed_vs_dense_unpruned_max_abs_diff": float(np.abs(a - b).max())}
     res["batch1_us"] = {"edgepack": 1e6 * median_latency(run_rt, x1, repeat),
+                        "edgepack_2_threads": 1e6 * median_latency(run_rt2, x1, repeat),
                         "ort_1_thread": 1e6 * median_latency(run_o1, x1, repeat),
                         "ort_default": 1e6 * median_latency(run_od, x1, repeat)}
     rb = max(10, repeat // 50)
     res[f"batch{len(xb)}_ms"] = {"edgepack": 1e3 * median_latency(run_rt, xb, rb),
+                                 "edgepack_2_threads": 1e3 * median_latency(run_rt2, xb, rb),
                                  "ort_1_thread": 1e3 * median_latency(run_o1, xb, rb),
                                  "ort_default": 1e3 * median_latency(run_od, xb, rb)}
     minimum = smallest_budget(epk)
@@ -251,6 +259,113 @@ def corpus_conv_nets(names, out: Path, rounds: int, pruned_density: float = 0.0)
     return rows
 
 
+def _batched(entry, batch: int):
+    """The entry with batch `batch` in its static input shapes, or None when the original fixes the batch (an input
+    whose first dimension is a number other than `batch` in the file, or an entry that gives no shapes)."""
+    import dataclasses
+
+    import onnx
+    from realmodels.corpus import fetch
+    if batch == 1:
+        return entry
+    graph = onnx.load(str(fetch(entry)), load_external_data=False).graph
+    declared = {i.name: i.type.tensor_type.shape.dim for i in graph.input}
+    shapes = []
+    for s in entry.input_shapes:
+        name, dims = s.split("=", 1)
+        first = declared.get(name, [None])[0] if declared.get(name) else None
+        if first is not None and first.HasField("dim_value") and first.dim_value > 0:
+            return None  # the export fixes it
+        shapes.append(f"{name}=" + ",".join([str(batch)] + dims.split(",")[1:]))
+    fixed = [n for n, dims in declared.items() if dims and dims[0].HasField("dim_value") and dims[0].dim_value > 0
+             and not any(s.startswith(n + "=") for s in entry.input_shapes)]
+    if fixed or not shapes:
+        return None
+    return dataclasses.replace(entry, input_shapes=tuple(shapes))
+
+
+def corpus_scaling(names, out: Path, rounds: int, batches=(1, 32), threads: int = 2) -> list[dict]:
+    """Batch and threads: per corpus net and batch, edgepack at 1 and `threads` threads against onnxruntime at 1
+    thread and at its default (one per core), the four alternating run by run; wall time (a threaded run's CPU time
+    is not its latency). A batch the original file fixes is skipped with a note."""
+    root = Path(__file__).resolve().parents[1]
+    sys.path[:0] = [str(root / "tests")]
+    from realmodels.corpus import BY_NAME, fetch
+    from realmodels.harness import pack_entry
+    rows = []
+    for name in names:
+        for batch in batches:
+            entry = _batched(BY_NAME[name], batch)
+            row = {"model": name, "batch": batch, "threads": threads}
+            if entry is None:
+                row["note"] = "the export fixes batch 1"
+                rows.append(row)
+                print(f"{name} batch {batch}: skipped ({row['note']})", flush=True)
+                continue
+            epk = out / (f"{name}.epk" if batch == 1 else f"{name}_batch{batch}.epk")
+            pack_entry(entry, epk, "--sparsity", "0", "--bits", "8")
+            engines = {"edgepack_1": runtime.load(epk, threads=1), "edgepack_n": runtime.load(epk, threads=threads)}
+            o1, od = session(str(fetch(entry)), threads=1), session(str(fetch(entry)), threads=0)
+            rng = np.random.default_rng(0)
+            model = engines["edgepack_1"]
+            feeds = {k: rng.random(v).astype(np.float32) for k, v in model.plan.input_shapes.items()}
+            ort_feeds = {i.name: feeds[i.name] if i.name in feeds else _fixed_feed(entry, i) for i in o1.get_inputs()}
+            runs = {"edgepack_1": lambda: engines["edgepack_1"].run(feeds),
+                    "ort_1": lambda: o1.run(None, ort_feeds),
+                    "edgepack_n": lambda: engines["edgepack_n"].run(feeds),
+                    "ort_default": lambda: od.run(None, ort_feeds)}
+            n_rounds = rounds if batch == 1 else max(3, rounds // 4)
+            for run in runs.values():  # warm-up: compiles, caches, the plan, the thread pools
+                run()
+                run()
+            times, cpu = {k: [] for k in runs}, {k: [] for k in runs}
+            for _ in range(n_rounds):
+                for k, run in runs.items():
+                    c0, t0 = time.thread_time(), time.perf_counter()
+                    run()
+                    times[k].append(time.perf_counter() - t0)
+                    cpu[k].append(time.thread_time() - c0)
+            row.update({"input_shapes": {k: list(v.shape) for k, v in feeds.items()}, "rounds": n_rounds,
+                        **{f"{k}_ms_median": 1e3 * float(np.median(v)) for k, v in times.items()},
+                        # at 1 thread both engines compute in the calling thread: its CPU time, which time slicing
+                        # on a shared machine does not inflate
+                        **{f"{k}_cpu_ms_median": 1e3 * float(np.median(cpu[k])) for k in ("edgepack_1", "ort_1")},
+                        "loadavg": _loadavg()})
+            rows.append(row)
+            print(f"{name} batch {batch}: edgepack 1 thread {row['edgepack_1_ms_median']:.1f} ms, ORT 1 thread "
+                  f"{row['ort_1_ms_median']:.1f} ms; edgepack {threads} threads {row['edgepack_n_ms_median']:.1f} "
+                  f"ms, ORT default {row['ort_default_ms_median']:.1f} ms; loadavg {row['loadavg']}", flush=True)
+    return rows
+
+
+SCALING_BEGIN = ("<!-- runtime_vs_ort.py --corpus --scaling: begin (generated by benchmarks/runtime_vs_ort.py "
+                 "--corpus --scaling --readme) -->")
+SCALING_END = "<!-- runtime_vs_ort.py --corpus --scaling: end -->"
+
+
+def scaling_section(res: dict) -> str:
+    """The README section of a --scaling run: one row per model and batch."""
+    t = res["models"][0]["threads"] if res["models"] else 2
+    lines = [f"Measured {res.get('date', '?')}. Machine: {res['machine']}. Command: `{res['command']}`. Wall-clock "
+             f"medians (ms) of runs alternating edgepack `threads=1`, onnxruntime `intra_op_num_threads=1`, edgepack "
+             f"`threads={t}` and onnxruntime's default (one thread per core); ratio = onnxruntime / edgepack (> 1: "
+             f"edgepack faster) at the same thread count. OPENBLAS_NUM_THREADS=1 in the process: edgepack's threads "
+             f"are its own. A shared machine: the load average is in each row.", "",
+             f"| model | batch | input | edgepack 1t | ORT 1t | ratio 1t | ratio 1t CPU | edgepack {t}t | "
+             f"ORT default | ratio {t}t vs default | edgepack {t}t / 1t speed-up | load |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in res["models"]:
+        if "note" in r:
+            lines.append(f"| {r['model']} | {r['batch']} | {r['note']} | | | | | | | | | |")
+            continue
+        shapes = ", ".join("x".join(str(d) for d in v) for v in r["input_shapes"].values())
+        e1, o1, en, od = (r[f"{k}_ms_median"] for k in ("edgepack_1", "ort_1", "edgepack_n", "ort_default"))
+        c = r["ort_1_cpu_ms_median"] / r["edgepack_1_cpu_ms_median"]
+        lines.append(f"| {r['model']} | {r['batch']} | {shapes} | {e1:.1f} | {o1:.1f} | {o1 / e1:.2f}x | {c:.2f}x | "
+                     f"{en:.1f} | {od:.1f} | {od / en:.2f}x | {e1 / en:.2f}x | {r['loadavg']} |")
+    return "\n".join(lines)
+
+
 README_BEGIN = ("<!-- runtime_vs_ort.py --corpus: begin (generated by benchmarks/runtime_vs_ort.py --corpus --readme) "
                 "-->")
 README_END = "<!-- runtime_vs_ort.py --corpus: end -->"
@@ -295,12 +410,30 @@ def main() -> None:
                    help=f"the corpus conv nets instead (default all: {' '.join(CORPUS_CONV_NETS)})")
     p.add_argument("--rounds", type=int, default=15, help="--corpus: alternated runs per model")
     p.add_argument("--readme", action="store_true", help="--corpus: write the table into benchmarks/README.md")
+    p.add_argument("--scaling", action="store_true",
+                   help="--corpus: batch 1 and 32, edgepack at 1 and 2 threads against onnxruntime at 1 thread and "
+                   "its default, instead of the 1-thread table")
     p.add_argument("--pruned-density", type=float, default=0.3, metavar="D",
                    help="--corpus: also time each net pruned to density D against its dense self (default 0.3; 0: "
                    "skip)")
     a = p.parse_args()
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
+    if a.corpus is not None and a.scaling:
+        from edgepack.packer.bench import machine_line, write_readme_section
+        rows = corpus_scaling(a.corpus or CORPUS_CONV_NETS, out, max(1, a.rounds))
+        res = {"machine": f"{machine_line()}, numpy {np.__version__}",
+               "command": ("python benchmarks/runtime_vs_ort.py --corpus " + " ".join(a.corpus)).rstrip()
+               + " --scaling" + (f" --rounds {a.rounds}" if a.rounds != 15 else ""),
+               "date": time.strftime("%Y-%m-%d"), "models": rows}
+        (out / "runtime_vs_ort_scaling.json").write_text(json.dumps(res, indent=2, default=str))
+        if a.readme:
+            write_readme_section(Path(__file__).parent / "README.md", scaling_section(res), SCALING_BEGIN,
+                                 SCALING_END, "### Batch 32 and two threads on the real-model corpus "
+                                 "(runtime_vs_ort.py --corpus --scaling)")
+        return
+    if a.scaling:
+        p.error("--scaling goes with --corpus")
     if a.corpus is not None:
         if not 0 <= a.pruned_density < 1:
             p.error(f"--pruned-density must be in [0, 1), got {a.pruned_density}")
