@@ -28,6 +28,7 @@ def _size_arg(text: str) -> str:
 
 
 def cmd_pack(a: argparse.Namespace) -> int:
+    from edgepack.packer.metric import load_metric
     from edgepack.packer.pipeline import pack
     from edgepack.packer.writer import output_path
 
@@ -36,7 +37,8 @@ def cmd_pack(a: argparse.Namespace) -> int:
                   quality=a.quality, huffman=False if a.no_huffman else None, init=a.init,
                   input_shapes=a.input_shape, input_values=a.input_value, low_rank=a.low_rank,
                   max_error=a.max_error, compensate=False if a.no_compensate else None, target_ratio=a.target_ratio,
-                  calib=_read_inputs(a.calib, "--calib") if a.calib else None)
+                  calib=_read_inputs(a.calib, "--calib") if a.calib else None,
+                  metric=load_metric(a.metric) if a.metric else None)
     if a.json:
         print(json.dumps(_json_info(report.info), indent=2))
     else:
@@ -358,6 +360,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "compression ratio >= R, from each layer's error at each width (its inputs from --calib) and "
                         "its sensitivity measured on held-out calibration runs; with --calib and --max-error but no "
                         "--bits, the same allocation gives the smallest file within the bound")
+    s.add_argument("--metric", metavar="NAME | MODULE:FUNCTION | FILE.py:FUNCTION",
+                   help="with --calib: a task metric, FUNCTION(reference, packed) -> error (lists of {output: array} "
+                        "per calibration run; 0 = the same answers), or the built-in top1 (the fraction of rows of "
+                        "2-D class-score outputs whose top class changed): --max-error then bounds it (the smallest "
+                        "file whose metric is <= E), --target-ratio reports it")
     s.add_argument("--check", action="store_true", help="compare with the original in onnxruntime afterwards")
     s.add_argument("--json", action="store_true", help="print the report as JSON")
     s.add_argument("-q", "--quiet", action="store_true", help="no progress bar")

@@ -565,9 +565,12 @@ def split_runs(n: int) -> tuple[list[int], list[int]]:
 def allocate(graph: Graph, settings: dict[str, tuple[LayerSettings, int]], encoder, stats: dict | None,
              held_feeds: dict[str, np.ndarray], *, fixed_bytes: int, fp32_bytes: int,
              target_ratio: float | None = None, max_error: float | None = None, widths: tuple[int, ...] = WIDTHS,
-             naive_encoder=None, quiet: bool = True, ec_rates: tuple[float, ...] | None = None) -> Allocation:
+             naive_encoder=None, quiet: bool = True, ec_rates: tuple[float, ...] | None = None,
+             metric=None, metric_feeds: dict[str, np.ndarray] | None = None) -> Allocation:
     """Scan, measure sensitivities, walk and choose (module docstring). held_feeds: the held-out calibration runs
-    the model is measured on; fixed_bytes: the file's bytes besides the scanned weights."""
+    the model is measured on; fixed_bytes: the file's bytes besides the scanned weights. metric (packer/metric.py)
+    with max_error: the bound is on the metric, measured on metric_feeds (the whole calibration set), and the walk
+    stops at the last point within it."""
     from .fidelity import Evaluator, run_count, take_runs
 
     if target_ratio is None and max_error is None:
@@ -611,13 +614,26 @@ def allocate(graph: Graph, settings: dict[str, tuple[LayerSettings, int]], encod
         else:
             point = fill_budget(alloc, point, budget)
     else:
+        if metric is not None:
+            from .metric import measure as task_error
+
+            task_ev = Evaluator(graph, metric_feeds, list(layers))
+            names = [v.name for v in graph.outputs]
+
+            def within(p: int) -> bool:
+                lv = alloc.levels_at(p)
+                got = task_ev.outputs({k: layer.options[lv[k]].encoded.reference for k, layer in layers.items()})
+                return task_error(metric, task_ev.ref, got, names) <= max_error
+        else:
+            def within(p: int) -> bool:
+                return measure(p).rel_l2 <= max_error
         lo, hi = 0, len(alloc.steps)  # invariant: every point <= lo is assumed within the bound once lo passed
-        if measure(0).rel_l2 > max_error:
+        if not within(0):
             point = 0
         else:
             while lo < hi:  # the last point whose measured error is within the bound (errors rise along the path)
                 mid = (lo + hi + 1) // 2
-                if measure(mid).rel_l2 <= max_error:
+                if within(mid):
                     lo = mid
                 else:
                     hi = mid - 1

@@ -246,6 +246,10 @@ class Evaluator:
         self.model_runs += len(chosen)
         return [[o[j].astype(np.float64) for o in outs] for j in range(len(outs[0]))]
 
+    def outputs(self, weights: dict[str, np.ndarray]) -> list[list[np.ndarray]]:
+        """Every output, run by run (float64), with `weights` in place of the originals (self.ref: the originals')."""
+        return self._run(weights)
+
     def _refs(self, runs: list[int] | None) -> list[list[np.ndarray]]:
         return self.ref if runs is None else [[r[i] for i in runs] for r in self.ref]
 

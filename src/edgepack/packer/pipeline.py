@@ -17,6 +17,7 @@ from edgepack.runtime.tables import read_table_file
 from edgepack import __version__
 from .encode import Encoded, LayerSettings, default_bits, dense, encode_weight
 from .graph import Graph
+from .metric import check_metric
 from .writer import build_file, format_minor, write_packed
 
 WEIGHT_OPS = C.WEIGHT_INPUTS  # op -> the input indices that hold its compressible weights
@@ -32,6 +33,7 @@ class PackReport:
     fidelity: object = None  # packer.fidelity.GuardReport
     warnings: list[str] = field(default_factory=list)
     allocation: object = None  # packer.allocate.Allocation (--target-ratio, or --max-error with --calib)
+    task_error: tuple | None = None  # (metric name, its value on the calibration runs, runs) when a metric was given
 
     @property
     def total_bytes(self) -> int:
@@ -47,6 +49,9 @@ class PackReport:
             lines += self.allocation.lines()
         if self.fidelity is not None:
             lines += self.fidelity.lines()
+        if self.task_error is not None:
+            name, value, runs = self.task_error
+            lines.append(f"task metric '{name}' of the file on the {runs} calibration run(s): {value:.4g}")
         lines += [f"warning: {w}" for w in self.warnings]
         return "\n".join(lines)
 
@@ -228,7 +233,7 @@ def pack(model_path: str | os.PathLike, out_path: str | os.PathLike, *, sparsity
          low_rank: float | dict | None = None,
          max_error: float | None = None, calib: dict | np.ndarray | None = None, check_fidelity: bool = True,
          compensate: bool | None = None, target_ratio: float | None = None, bias_correction: bool = True,
-         **overrides) -> PackReport:
+         metric=None, **overrides) -> PackReport:
     """Pack an ONNX model into an edgepack file; return the report (per-layer table, sizes, ratio).
     input_shapes ({name: dims} or ["NAME=D0,D1,..."]) fixes input shapes (packer/shapes.py); input_values
     ({name: value} or ["NAME=V"], e.g. {"sr": 16000}) makes inputs that are fixed in deployment constants, so that an
@@ -245,7 +250,10 @@ def pack(model_path: str | os.PathLike, out_path: str | os.PathLike, *, sparsity
     within max_error and the guard backs off from there.
     bias_correction: on the data-free path (no calibration statistics, no max_error), every Conv bias whose input
     traces to a batch norm of the original gets the mean shift its quantised weight causes removed
-    (packer/bias_correction.py); the fidelity numbers are measured before it."""
+    (packer/bias_correction.py); the fidelity numbers are measured before it.
+    metric: a task metric, metric(reference runs, packed runs) -> error (packer/metric.py), with calib: with
+    max_error (and no bits) the allocation keeps the smallest file whose metric on the calibration runs is <=
+    max_error; with target_ratio it is measured and reported (PackReport.task_error)."""
     warnings: list[str] = []
     from .onnx_io import file_sha256, load_onnx
     from .shapes import check_storable, fold_constants, parse_input_shapes, parse_input_values, specialise
@@ -266,10 +274,12 @@ def pack(model_path: str | os.PathLike, out_path: str | os.PathLike, *, sparsity
     progress = None if quiet else _progress
     settings = plan_settings(graph, cfg, over)
     _check_ratio(target_ratio)
+    check_metric(metric, calib, bits if bits is not None else cfg.get("default", {}).get("bits"), max_error,
+                 target_ratio)
     allocating = target_ratio is not None or (max_error is not None and calib is not None and bits is None
                                               and "bits" not in cfg.get("default", {}))
     stats = None
-    fit_feeds = held_feeds = None
+    fit_feeds = held_feeds = all_feeds = None
     if allocating:  # a quarter of the calibration runs held out for the model measurements
         from .allocate import split_runs
         from .fidelity import run_count, take_runs
@@ -323,7 +333,7 @@ def pack(model_path: str | os.PathLike, out_path: str | os.PathLike, *, sparsity
     allocation = None
     if allocating:
         allocation, encoded = _allocate(graph, settings, encoder, stats, held_feeds, target_ratio, max_error, quiet,
-                                        metadata)
+                                        metadata, metric, all_feeds)
     else:
         encoded = encode_tensors(graph, settings, progress, encoder)
     fidelity = None
@@ -332,7 +342,8 @@ def pack(model_path: str | os.PathLike, out_path: str | os.PathLike, *, sparsity
 
         feeds = calibration_inputs(graph, calib)
         try:
-            fidelity = guard(graph, encoded, settings, feeds, max_error, encoder,
+            # with a metric the allocation has bounded it; the guard measures the outputs' error for the report
+            fidelity = guard(graph, encoded, settings, feeds, None if metric is not None else max_error, encoder,
                              progress=None if quiet else (lambda line: print(f"fidelity: {line}", file=sys.stderr)))
         except Exception as e:  # the check must not stop a pack that onnxruntime cannot evaluate
             if max_error is not None:
@@ -348,6 +359,13 @@ def pack(model_path: str | os.PathLike, out_path: str | os.PathLike, *, sparsity
     corrected = 0
     if bias_correction and stats is None and max_error is None:
         corrected = _correct_biases(graph, encoded, settings, model_path)
+    task = None
+    if metric is not None:  # of the weights as written
+        task = _task_error(graph, encoded, all_feeds, metric)
+        if max_error is not None and task[1] > max_error:  # before anything is written
+            raise EdgepackError(f"--max-error {max_error} could not be met on the task metric '{task[0]}': "
+                                f"{task[1]:.4g} on the {task[2]} calibration run(s) with every layer at its widest "
+                                f"codebook; no file written (a larger bound, or --bits 8 without --metric)")
     doc = graph_doc(graph, encoded)
     meta = metadata(doc, allocation, corrected, fidelity)
     data = build_file(meta, doc)
@@ -362,7 +380,20 @@ def pack(model_path: str | os.PathLike, out_path: str | os.PathLike, *, sparsity
         warnings.append(f"--target-ratio {target_ratio:g} not reached: {info['ratio']:.2f}x"
                         + (" (the fidelity guard raised precision for --max-error)" if fidelity and fidelity.changes
                            else " at the fewest bits the allocation tries"))
-    return PackReport(os.fspath(out_path), info, meta["settings"], references, fidelity, warnings, allocation)
+    return PackReport(os.fspath(out_path), info, meta["settings"], references, fidelity, warnings, allocation, task)
+
+
+def _task_error(graph: Graph, encoded: dict[str, Encoded], feeds: dict, metric) -> tuple:
+    """(metric name, the metric of the encoded tensors on the calibration runs `feeds`, runs)."""
+    from .fidelity import Evaluator
+    from .metric import measure
+
+    changed = [k for k, e in encoded.items() if k in graph.initializers
+               and not np.array_equal(e.reference, graph.initializers[k], equal_nan=True)]
+    ev = Evaluator(graph, feeds, changed)
+    got = ev.outputs({k: encoded[k].reference for k in changed})
+    value = measure(metric, ev.ref, got, [v.name for v in graph.outputs])
+    return getattr(metric, "__name__", type(metric).__name__), value, len(ev.runs)
 
 
 def _correct_biases(graph: Graph, encoded: dict[str, Encoded], settings: dict, model_path) -> int:
@@ -392,7 +423,7 @@ def _check_ratio(r) -> None:
 
 
 def _allocate(graph: Graph, settings: dict, encoder, stats, held_feeds, target_ratio, max_error, quiet: bool,
-              metadata) -> tuple:
+              metadata, metric=None, metric_feeds=None) -> tuple:
     """Per-layer bits (packer/allocate.py), then, for a ratio, further steps down the allocation's path while the
     file as built (graph and metadata included: `metadata(doc, allocation)` is pack's own) is larger than the ratio
     allows. Updates `settings` in place; returns (allocation, every tensor's encoding)."""
@@ -412,7 +443,8 @@ def _allocate(graph: Graph, settings: dict, encoder, stats, held_feeds, target_r
     overhead = file_bytes(encoded) - sum(e.nbytes for e in encoded.values())
     alloc = allocate(graph, settings, encoder, stats, held_feeds, fixed_bytes=weights_fixed + overhead,
                      fp32_bytes=fp32, target_ratio=target_ratio, max_error=max_error,
-                     naive_encoder=tensor_encoder(graph, None) if stats else None, quiet=quiet)
+                     naive_encoder=tensor_encoder(graph, None) if stats else None, quiet=quiet, metric=metric,
+                     metric_feeds=metric_feeds)
 
     def apply() -> None:
         for k, layer in alloc.layers.items():
