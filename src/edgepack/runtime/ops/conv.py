@@ -8,7 +8,8 @@ sparse ones and depthwise convolutions one channel at a time. Dense weights with
 for 1x1 convolutions and small output planes, one band of output rows at a time (sized for L2; a plane that is one
 band multiplies on conv_pointwise.py's register tiles instead of BLAS, im2col_product); dense 3x3 stride-1
 ones that the planner prepared in Winograd form (conv_winograd.py: the weight transformed once, 16/9 of its bytes)
-run Winograd F(2x2, 3x3) with BLAS. A fused activation
+run Winograd F(2x2, 3x3) with BLAS; dense group-1 ones that the planner prepared transposed ("cout" form,
+conv_cout.py) run a direct kernel vectorised over output channels, without an im2col matrix. A fused activation
 (Relu, LeakyRelu, Clip) or an epilogue chain (EpilogueChain: the elementwise nodes after the Conv) is applied to
 each output plane or band while it is in cache. `bind_conv` checks once and returns the kernel with its arguments,
 for the executor's per-plan steps. Weight classes: runtime/weights.py.
@@ -126,6 +127,8 @@ class PreparedConv:
     kind "dense": w2d (cout, cols) float32.  kind "sparse": CSR indptr/columns/codes without filler entries.
     kind "codebook": codes (cout, cols).  kind "int8": q (cout, cols), zp (cout,) float32.
     kind "winograd": u (16, cout, cin) float32, a dense 3x3 weight transformed (conv_winograd.prepare_winograd).
+    kind "cout": wt (blocks, cols, CB) float32, a dense group-1 weight transposed in blocks of output channels
+    (conv_cout.prepare_cout).
     scales (cout,) multiply output channels (empty when absent); group_of (cout,) is each channel's group.
     `plans` caches the geometry per input shape (the executor calls with the same shapes every run).
     """
@@ -237,14 +240,15 @@ def is_plain_1x1(x_shape: tuple, w_shape: tuple, attrs: dict) -> bool:
 
 def _path(g: dict, kind: str) -> str:
     """Which kernel runs a convolution of geometry g with a weight of this kind: "im2col" (+ BLAS), "blocked"
-    (_conv_blocked), "taps" (the one-channel drivers) or "winograd" (the kind's own: conv_winograd.py).
+    (_conv_blocked), "taps" (the one-channel drivers), or the kind's own: "winograd" (conv_winograd.py), "cout"
+    (conv_cout.py: the weight held transposed, a direct kernel vectorised over output channels).
 
     Dense group-1 weights run im2col + BLAS when 1x1 with stride 1 and no padding (the sample is its own im2col
     matrix) or the output plane is small (BLOCK_MIN_POSITIONS); every other weight of a kind that decodes to one
     value per (output channel, tap) runs the blocked kernel when a group has >= BLOCK output channels; depthwise
     and sparse weights run the one-channel tap kernels."""
-    if kind == "winograd":
-        return "winograd"
+    if kind in ("winograd", "cout"):
+        return kind
     if kind == "dense" and g["group"] == 1 and (_plain_1x1(g) or g["oh"] * g["ow"] < BLOCK_MIN_POSITIONS):
         return "im2col"
     if kind in ("dense", "codebook", "int8") and g["cout"] // g["group"] >= BLOCK:
@@ -314,6 +318,9 @@ def _layout(g: dict, kind: str, parallel: bool) -> tuple[np.ndarray, int, bool]:
                                    f"group 1 only; found kernel {g['kh']}x{g['kw']}, strides {[sh, sw]}, dilations "
                                    f"{[g['dh'], g['dw']]}, group {g['group']}")
         return geo, conv_winograd.layout(g, parallel)[1], False
+    if path == "cout":  # conv_cout.py: reads x itself (no padded or phased copy); the vector holds the geometry
+        from edgepack.runtime.ops import conv_cout  # it builds on this module
+        return geo, conv_cout.scratch_bytes(g), False
     # one input channel per group (depthwise) on the one-channel kernels: the source is copied channel by channel
     perch = int(path == "taps" and g["cin_g"] == 1 and bool(g["padded"] or phased))
     geo[_PERCH] = perch
@@ -386,7 +393,8 @@ def conv_output_shape(x_shape: tuple, w_shape: tuple, attrs: dict) -> tuple:
 def conv_scratch_bytes(x_shape: tuple, w_shape: tuple, attrs: dict, prepared: PreparedConv | None = None,
                        parallel: bool = False) -> int:
     """Scratch bytes `conv` needs. Without `prepared` the answer covers every weight kind prepare_conv makes (an
-    upper bound); the Winograd form (conv_winograd.py) is asked about with its prepared weight."""
+    upper bound); the Winograd and "cout" forms (conv_winograd.py, conv_cout.py) are asked about with their prepared
+    weight."""
     if prepared is not None:
         return _plan(prepared, x_shape, attrs, parallel).scratch_bytes
     g = geometry(x_shape, w_shape, attrs)
@@ -1089,6 +1097,11 @@ def bind_conv(x: np.ndarray, prepared: PreparedConv, bias, attrs: dict, out: np.
         from edgepack.runtime.ops import conv_winograd
         return conv_winograd.bind(x, prepared, geometry(x.shape, prepared.shape, attrs), bias_v, ep, chain, out,
                                   scratch, parallel)
+    if prepared.kind == "cout":
+        from edgepack.runtime.ops import conv_cout
+        finish = bias_v.shape[0] != 0 or (act is not None and act[0] != ACT_NONE) or chain.shape[0] != 0
+        return conv_cout.bind(x, prepared, geometry(x.shape, prepared.shape, attrs), geo, bias_v, ep, chain, finish,
+                              out, scratch)
     if plan.im2col:
         cols, npos = int(geo[_COLS]), int(geo[_OH] * geo[_OW])
         finish = bias_v.shape[0] != 0 or (act is not None and act[0] != ACT_NONE) or chain.shape[0] != 0
