@@ -232,7 +232,7 @@ def _conv_cout_kernel(x2, geo, wt, zero, bias, ep, chain, out3, scratch, nints, 
     kh, kw, dh, dw = geo[_KH], geo[_KW], geo[_DH], geo[_DW]
     kk, npos = kh * kw, oh * ow
     cols = cin * kk
-    nblk, cb = wt.shape[0], wt.shape[2]
+    cb = wt.shape[2]
     cout = out3.shape[1]
     ints = scratch[: 8 * nints].view(np.int64)
     dims, kdy, kdx = ints[0: 4], ints[4: 4 + kk], ints[4 + kk: 4 + 2 * kk]
@@ -255,31 +255,46 @@ def _conv_cout_kernel(x2, geo, wt, zero, bias, ep, chain, out3, scratch, nints, 
     ylim, xlim = hh - (kh - 1) * dh, ww - (kw - 1) * dw  # a position's taps are all inside below these
     w = wt.reshape(-1)
     for b in range(x2.shape[0]):
-        src = x2[b]
         o = out3[b].reshape(-1)
         for p0 in range(0, npos, chunk):
             p1 = min(npos, p0 + chunk)
-            for blk in range(nblk):
-                co0 = blk * cb
-                nco, w0 = min(cb, cout - co0), blk * cols * cb
-                if cb == WIDE:
-                    for q in range(p0, p1, 4):
-                        if _inner(posy, posx, q, min(p1, q + 4), ylim, xlim):
-                            _wide_inner(src, zero, posy, posx, tab, kdy, kdx, dims, w, w0, q, p1, o, co0 * npos + q,
-                                        npos, nco)
-                        else:
-                            _wide_edge(src, zero, posy, posx, tab, kdy, kdx, dims, w, w0, q, p1, o, co0 * npos + q,
-                                       npos, nco)
-                else:
-                    for q in range(p0, p1, 8):
-                        if _inner(posy, posx, q, min(p1, q + 8), ylim, xlim):
-                            _narrow_inner(src, zero, posy, posx, tab, kdy, kdx, dims, w, w0, q, p1, o,
-                                          co0 * npos + q, npos, nco)
-                        else:
-                            _narrow_edge(src, zero, posy, posx, tab, kdy, kdx, dims, w, w0, q, p1, o,
-                                         co0 * npos + q, npos, nco)
+            _tiles_kernel(x2[b], zero, posy, posx, tab, kdy, kdx, dims, w, cb, cols, cout, o, npos, p0, p1, ylim,
+                          xlim)
             if finish:
                 _bias_act_band_kernel(out3, b, p0, p1, bias, ep, chain, save)
+
+
+@njit(cache=True)
+def _tiles_kernel(src, zero, posy, posx, tab, kdy, kdx, dims, w, cb, cols, cout, o, npos, p0, p1, ylim, xlim):
+    """The sums of positions p0 <= q < p1 of one sample into o (cout, npos) flat, block by block. A function of its
+    own: the driver's other arguments (bias, chain: read-only or not) do not compile the tiles again."""
+    for blk in range(-(-cout // cb)):
+        co0 = blk * cb
+        nco, w0 = min(cb, cout - co0), blk * cols * cb
+        # the interior tiles first: their taps in order read the block's weights front to back, from memory the
+        # first time in a run (the border tiles' tap-by-tap order strides through them): nudenet's 128 -> 256 and
+        # 128 -> 128 stride-2 layers at 20x20 0.683 -> 0.613 and 0.347 -> 0.311 ms in the model (profile, CPU)
+        for inner in (True, False):
+            if cb == WIDE:
+                for q in range(p0, p1, 4):
+                    if _inner(posy, posx, q, min(p1, q + 4), ylim, xlim) != inner:
+                        continue
+                    if inner:
+                        _wide_inner(src, zero, posy, posx, tab, kdy, kdx, dims, w, w0, q, p1, o, co0 * npos + q,
+                                    npos, nco)
+                    else:
+                        _wide_edge(src, zero, posy, posx, tab, kdy, kdx, dims, w, w0, q, p1, o, co0 * npos + q,
+                                   npos, nco)
+            else:
+                for q in range(p0, p1, 8):
+                    if _inner(posy, posx, q, min(p1, q + 8), ylim, xlim) != inner:
+                        continue
+                    if inner:
+                        _narrow_inner(src, zero, posy, posx, tab, kdy, kdx, dims, w, w0, q, p1, o, co0 * npos + q,
+                                      npos, nco)
+                    else:
+                        _narrow_edge(src, zero, posy, posx, tab, kdy, kdx, dims, w, w0, q, p1, o, co0 * npos + q,
+                                     npos, nco)
 
 
 def bind(x, prepared, g: dict, geo: np.ndarray, bias_v, ep, chain, finish: bool, out, scratch):
