@@ -15,7 +15,8 @@ from edgepack.runtime.errors import FormatError, UnsupportedError
 from edgepack.runtime.layers import fuse_conv_epilogues
 from edgepack.runtime.ops import registry
 from edgepack.runtime.ops.elementwise import FUSABLE_OPS, activation
-from edgepack.runtime.planner import ArenaPlan, TensorLife, plan_arena
+from edgepack.runtime.ops.tensor import BLOCKS
+from edgepack.runtime.planner import ArenaPlan, BlockView, TensorLife, plan_arena
 
 ACTIVATION_DTYPE = np.dtype(np.float32)
 
@@ -137,6 +138,47 @@ def lifetimes(program: Program, shapes: dict[str, tuple]) -> list[TensorLife]:
     return [TensorLife(name, _nbytes(shapes[name]), first[name], last[name], alias.get(name)) for name in first]
 
 
+def block_views(program: Program, shapes: dict[str, tuple]) -> list[BlockView]:
+    """The planner's view requests (planner.BlockView), in step order: each output of a Split or Slice that is one
+    contiguous block of its input (every dimension before the axis is 1: runtime/ops/tensor.py BLOCKS), each input of
+    such a Concat inside its output, and, before those, the input of a Split whose outputs are, in order, consecutive
+    inputs of the Concat (YOLOv8's C2f: Split(x) -> a, b; Concat(a, b, ...)), so that x itself is written there.
+    Graph inputs and outputs are never placed inside another tensor (outputs are read after the run); constants are
+    not in the arena. The planner decides which requests hold (lifetimes, in-place writes)."""
+    outside = set(program.inputs) | set(program.outputs)
+    split_of: dict[str, tuple] = {}  # a Split's first output -> (all its outputs in order, its input)
+    views = []
+    for n in program.nodes:
+        rule = BLOCKS.get(n["op"])
+        if rule is None or n["name"] in program.absorbed or not all(n["inputs"][:1]) or not all(n["outputs"]):
+            continue
+        blocks, side = rule
+        ins, outs = n["inputs"], n["outputs"]
+        if side == "outputs" and ins[0] not in shapes or side == "inputs" and outs[0] not in shapes:
+            continue
+        in_shapes = [None if not i else shapes[i] if i in shapes else program.const_shapes[i] for i in ins]
+        offsets = blocks(in_shapes, n["attrs"], [program.consts.get(i) if i else None for i in ins],
+                         [shapes[o] for o in outs])
+        if offsets is None:
+            continue
+        itemsize = ACTIVATION_DTYPE.itemsize
+        if side == "outputs":
+            for o, off in zip(outs, offsets):
+                if o not in outside:
+                    views.append(BlockView(o, ins[0], off * itemsize))
+            if n["op"] == "Split":
+                split_of[outs[0]] = (tuple(outs), ins[0])
+            continue
+        for j, i in enumerate(ins):
+            run, x = split_of.get(i, ((), None))
+            if run and tuple(ins[j: j + len(run)]) == run and x not in outside:
+                views.append(BlockView(x, outs[0], offsets[j] * itemsize))
+        for i, off in zip(ins, offsets):
+            if i in shapes and i not in outside:
+                views.append(BlockView(i, outs[0], off * itemsize))
+    return views
+
+
 def _nbytes(shape: tuple) -> int:
     n = ACTIVATION_DTYPE.itemsize
     for d in shape:
@@ -162,12 +204,14 @@ class ExecPlan:
     bound_to: tuple | None = None
 
 
-def make_plan(program: Program, input_shapes: dict[str, tuple], shapes: dict[str, tuple] | None = None) -> ExecPlan:
-    """The plan for these input shapes; `shapes`: infer_shapes' result for them when the caller has it already."""
+def make_plan(program: Program, input_shapes: dict[str, tuple], shapes: dict[str, tuple] | None = None,
+              views: bool = True) -> ExecPlan:
+    """The plan for these input shapes; `shapes`: infer_shapes' result for them when the caller has it already.
+    views=False: no block views (every Concat, Split and Slice copies), for comparison (benchmarks/block_views.py)."""
     if shapes is None:
         shapes = infer_shapes(program, input_shapes)
     lives = lifetimes(program, shapes)
-    arena = plan_arena(lives)
+    arena = plan_arena(lives, views=block_views(program, shapes) if views else ())
     scratch, owner = 0, None
     for n in program.nodes:
         layer = program.layers.get(n["name"])

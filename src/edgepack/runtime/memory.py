@@ -76,6 +76,7 @@ class MemoryPlan:
     budget: int | None
     input_shapes: dict = field(default_factory=dict)
     file_bytes: int = 0  # bytes of the file the model holds (the parts runs read, or the whole file)
+    views: int = 0  # of the tensors, those placed inside another (a Concat's input in its output: planner.BlockView)
 
     @property
     def weights_ram(self) -> int:
@@ -112,7 +113,7 @@ class MemoryPlan:
             "input_shapes": {k: list(v) for k, v in self.input_shapes.items()},
             "budget": self.budget, "total_bytes": self.total_bytes, "ram_bytes": self.ram_bytes,
             "mapped_bytes": self.mapped_bytes, "mapped_counted": COUNT_MAPPED,
-            "arena_bytes": self.arena_bytes, "peak_live_bytes": self.peak_live_bytes,
+            "arena_bytes": self.arena_bytes, "peak_live_bytes": self.peak_live_bytes, "views": self.views,
             "scratch_bytes": self.scratch_bytes, "scratch_owner": self.scratch_owner,
             "constants_ram": self.constants_ram, "constants_mapped": self.constants_mapped,
             "layers": [{"name": l.name, "op": l.op, "weight": l.weight, "encoding": l.encoding, "mode": l.mode,
@@ -143,8 +144,9 @@ class MemoryPlan:
         lines.append("-" * len(head))
         lines.append(f"weights    RAM {self.weights_ram:>10,} B   mapped {self.weights_mapped:>10,} B")
         lines.append(f"constants  RAM {self.constants_ram:>10,} B   mapped {self.constants_mapped:>10,} B")
+        inside = f", {self.views} inside others" if self.views else ""
         lines.append(f"arena      {self.arena_bytes:>14,} B   (peak live {self.peak_live_bytes:,} B, "
-                     f"{self.tensors} tensors)")
+                     f"{self.tensors} tensors{inside})")
         owner = f"   (largest step: '{p(self.scratch_owner)}')" if self.scratch_owner else ""
         lines.append(f"scratch    {self.scratch_bytes:>14,} B{owner}")
         fit = ""

@@ -423,7 +423,8 @@ class Model:
                                            layer.scratch_bytes(in_shapes), opt.seconds, opt.note, options))
         return memory.MemoryPlan(tuple(rows), self._consts_bytes[0], self._consts_bytes[1], plan.arena.arena_bytes,
                                  plan.arena.peak_live_bytes, len(plan.lifetimes), plan.scratch_bytes,
-                                 plan.scratch_owner, self.budget, dict(plan.input_shapes), self._file_bytes)
+                                 plan.scratch_owner, self.budget, dict(plan.input_shapes), self._file_bytes,
+                                 len(plan.arena.views))
 
     def plan_for(self, input_shapes: dict | tuple | list) -> memory.MemoryPlan:
         """The memory plan for these input shapes ({name: shape}, or one shape for a single-input model)."""

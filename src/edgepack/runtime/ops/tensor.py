@@ -1,6 +1,8 @@
 """Tensor ops that move or pick elements: Split, Slice, Pad (constant, reflect, edge, wrap), Squeeze, Unsqueeze,
 Gather (constant indices) and Cast. Index-like inputs (sizes, starts, pads, axes, indices) must be constants;
 every value lives in a float32 buffer, so Cast to an integer type rounds toward zero as ONNX does but stays float32.
+BLOCKS: where Split's and Slice's outputs (and Concat's inputs, in its output) are contiguous blocks, for the
+planner's block views (runtime/planner.py BlockView).
 """
 from __future__ import annotations
 
@@ -10,7 +12,7 @@ import numpy as np
 
 from edgepack.runtime.errors import FormatError, UnsupportedError
 from edgepack.runtime.ops.registry import OpDef, check_arity, int_attr, int_list, normalize_axis, opset_of, refuse_opset
-from edgepack.runtime.ops.shape import bind_copy_reshaped, run_copy_reshaped
+from edgepack.runtime.ops.shape import _concat_axis, bind_copy_reshaped, run_copy_reshaped
 from edgepack.runtime.ops.views import bind_copies, slabs
 
 # ONNX TensorProto element types the runtime can represent in a float32 buffer exactly enough (value-wise).
@@ -329,6 +331,58 @@ def _run_cast(inputs, attrs, outputs):
             np.not_equal(x, 0, out=out, casting="unsafe")
         else:
             np.copyto(out, x.astype(target), casting="unsafe")
+
+
+# ---- contiguous blocks ----
+
+def _split_blocks(input_shapes, attrs, consts, output_shapes) -> list[int | None] | None:
+    """Element offset of each output in the input: each is one block when every dimension before the axis is 1."""
+    shape = tuple(input_shapes[0])
+    axis, sizes = _split_sizes(input_shapes, attrs, consts)
+    if math.prod(shape[:axis]) != 1:
+        return None
+    inner = math.prod(shape[axis + 1:])
+    starts = np.cumsum([0] + sizes[:-1]) * inner
+    return [int(s) for s in starts]
+
+
+def _slice_block(input_shapes, attrs, consts, output_shapes) -> list[int | None] | None:
+    """[element offset of the output in the input] when the output is one block of it: one index on every axis
+    before some axis a, a unit-step range on a, every index in order after a."""
+    shape = tuple(input_shapes[0])
+    slices, out = _slice_params(input_shapes, attrs, consts)
+    if 0 in out:
+        return None
+    a = next((i for i, n in enumerate(out) if n != 1), len(out))
+    offset, stride = 0, 1
+    for i in range(len(shape) - 1, -1, -1):
+        s = slices[i]
+        step = 1 if s.step is None else s.step
+        start = s.start if s.start is not None else (0 if step > 0 else shape[i] - 1)
+        if i > a and (out[i] != shape[i] or (shape[i] > 1 and (step != 1 or start != 0))):
+            return None
+        if i == a and step != 1:
+            return None
+        offset += start * stride
+        stride *= shape[i]
+    return [offset]
+
+
+def _concat_blocks(input_shapes, attrs, consts, output_shapes) -> list[int | None] | None:
+    """Element offset of each input in the output: each is one block when every dimension before the axis is 1."""
+    out = tuple(output_shapes[0])
+    axis = normalize_axis(_concat_axis(attrs), len(out))
+    if math.prod(out[:axis]) != 1:
+        return None
+    inner = math.prod(out[axis + 1:])
+    starts = np.cumsum([0] + [s[axis] for s in input_shapes[:-1]]) * inner
+    return [int(s) for s in starts]
+
+
+# op -> (blocks(input shapes, attrs, consts, output shapes) -> element offsets or None, which side the offsets are
+# of: "outputs" (each output is a block of input 0) or "inputs" (each input is a block of output 0))
+BLOCKS = {"Split": (_split_blocks, "outputs"), "Slice": (_slice_block, "outputs"),
+          "Concat": (_concat_blocks, "inputs")}
 
 
 OPS = (

@@ -3,12 +3,15 @@ strided view of the input, Concat's inputs into slabs of its output. The views a
 arena's buffers (so a run does no slicing, no attribute parsing, no numpy dispatch: YOLOv8's Split of 256 x 10 x 10
 took 39 us through np.copyto, most of it Python); a pair whose two sides are C-contiguous (a channel slab at batch 1)
 is one flat copy (shape.py's copy kernel), any other one of rank <= 4 a loop nest over its strides, read from (or
-written into) the flat buffer the view was cut from."""
+written into) the flat buffer the view was cut from. A pair whose two sides are the same memory (the planner placed
+the tensor as a view of the other: runtime/planner.py BlockView) copies nothing; a step with nothing left to copy is
+left out of the plan (registry.NO_STEP)."""
 from __future__ import annotations
 
 import numpy as np
 from numba import njit
 
+from edgepack.runtime.ops.registry import NO_STEP
 from edgepack.runtime.ops.shape import _copy_kernel
 
 
@@ -79,6 +82,13 @@ def _pair(src: np.ndarray, dst: np.ndarray, src_base: np.ndarray | None, dst_bas
     return _copy4d_kernel, fs + fd + (shape4,)
 
 
+def _same_memory(a, b) -> bool:
+    """a and b are the same elements of the same memory (strides of dimensions of size 1 do not matter)."""
+    return (isinstance(a, np.ndarray) and a.shape == b.shape and a.dtype == b.dtype
+            and a.__array_interface__["data"][0] == b.__array_interface__["data"][0]
+            and all(n == 1 or sa == sb for n, sa, sb in zip(a.shape, a.strides, b.strides)))
+
+
 def _run_pairs(pairs) -> None:
     for fn, args in pairs:
         fn(*args)
@@ -87,16 +97,18 @@ def _run_pairs(pairs) -> None:
 def bind_copies(sources: list, targets: list, src_base: np.ndarray | None = None,
                 dst_base: np.ndarray | None = None):
     """The step (fn, args) copying each sources[i] into targets[i] (numpy arrays or views made by the caller at bind
-    time, the views into src_base / dst_base), or None when one pair has no kernel here (the op's plain runner then
-    runs)."""
+    time, the views into src_base / dst_base), NO_STEP when every pair is already the same memory, or None when one
+    pair has no kernel here (the op's plain runner then runs)."""
     pairs = []
     for src, dst in zip(sources, targets):
-        if dst is None or dst.size == 0:
+        if dst is None or dst.size == 0 or _same_memory(src, dst):
             continue
         p = _pair(src, dst, src_base, dst_base)
         if p is None:
             return None
         pairs.append(p)
+    if not pairs:
+        return NO_STEP
     if len(pairs) == 1:
         return pairs[0]
     return _run_pairs, (tuple(pairs),)
