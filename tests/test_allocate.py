@@ -226,8 +226,9 @@ def test_greedy_path_follows_the_measured_model_errors():
 
 def test_scan_offers_per_row_scales_on_the_pareto_chain(mlp):
     """Each width with and without per-row scales (the "auto" test only looks at weight errors and declines rows
-    within 4x of each other), and the entropy-constrained codes at each rate: the chain holds exactly the options
-    no other of the three families beats in both bytes and layer error, re-encoded here independently."""
+    within 4x of each other), the entropy-constrained codes at each rate, and each width with outliers: the chain
+    holds exactly the options no other of the four families beats in both bytes and layer error, re-encoded here
+    independently."""
     import copy
 
     from edgepack.packer.allocate import layer_error
@@ -243,7 +244,7 @@ def test_scan_offers_per_row_scales_on_the_pareto_chain(mlp):
     stats = layer_statistics(g, weight_tensors(g), [{"x": _calib()}])
     settings = plan_settings(g, {}, {})
     enc = tensor_encoder(g, stats)
-    layers = scan(g, {"w1": settings["w1"]}, enc, stats, widths=(4, 3), ec_rates=EC_RATES_TRIED)
+    layers = scan(g, {"w1": settings["w1"]}, enc, stats, widths=(4, 3), ec_rates=EC_RATES_TRIED, outliers=(0.002,))
     s, dbits = settings["w1"]
     half = "float16" if fits_float16(g.initializers["w1"]) else s.codebook_dtype
     cands = [enc("w1", LayerSettings(encoding="int8"), dbits)]
@@ -251,6 +252,8 @@ def test_scan_offers_per_row_scales_on_the_pareto_chain(mlp):
               for b in (4, 3) for c in ("auto", True)]
     cands += [enc("w1", LayerSettings(bits=EC_BITS, codebook_dtype=half, channel_scales=False, entropy_rate=r), dbits)
               for r in EC_RATES_TRIED]
+    cands += [enc("w1", LayerSettings(bits=b, codebook_dtype=half, outliers=f), dbits)
+              for f in (0.002,) for b in (4, 3)]
     pts = {(e.nbytes, layer_error(g.initializers["w1"], e.reference, stats["w1"])) for e in cands}
     pareto = {p for p in pts if not any(q != p and q[0] <= p[0] and q[1] <= p[1] for q in pts)}
     got = {(o.encoded.nbytes, o.error) for o in layers["w1"].options}

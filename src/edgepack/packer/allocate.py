@@ -72,6 +72,18 @@ WIDTHS = (8, 7, 6, 5, 4, 3)  # candidate codebook bits, most precise first
 EC_BITS = 6
 EC_RATES_TRIED = (0.002, 0.005, 0.01, 0.02, 0.05, 0.1)
 EC_RATES: tuple[float, ...] = ()
+# dense-and-sparse options (LayerSettings.outliers): at each of OUTLIER_WIDTHS, each of these fractions of the
+# weights, the largest, kept exact as codebook entries of their own. Per layer they pay (PP-OCRv4 rec, compensated
+# codes, held-out layer error and file bytes): its 480x480 conv with diagonal outliers at 172 std, 4 bits 0.066
+# (95 kB) -> 0.033 with 0.1% (102 kB), where 5 bits give 0.044 (112 kB); another 480x480 conv 0.030 (103 kB) ->
+# 0.018 (106 kB), 5 bits 0.018 (123 kB); its 6625-class head about nothing. In the model they did not: offered at
+# 0.2% (benchmarks/calibration_compression.py --only ppocr_rec --ratios 7 --task-n 64, 2026-12-07, load 4-7), the
+# walk took them on 20 tensors and the held-out margin error was 0.251 (0.228 without), 79.7% of 64 strings kept
+# (84-86% without), for a scan 30% longer. Off until a model shows the gain (`--config` sets them per layer).
+# Tensors of fewer than OUTLIER_MIN_WEIGHTS weights are not offered them.
+OUTLIER_FRACTIONS: tuple[float, ...] = ()
+OUTLIER_WIDTHS = (6, 5, 4, 3)
+OUTLIER_MIN_WEIGHTS = 4096
 SENSITIVITY_RUNS = 8  # held-out runs the sensitivity scan measures on (the final check uses all held-out runs)
 FLOOR = 1e-12  # a step that adds no predicted error still ranks by the bytes it saves
 REFINE_STAGE = 4  # tensors re-encoded per recording of the quantised model's layer inputs (1: fully sequential)
@@ -98,7 +110,8 @@ class Option:
         if self.settings.encoding == "int8":
             return "int8"
         rate = self.settings.entropy_rate
-        return f"{self.bits}/ec{rate:g}" if rate else str(self.bits)
+        label = f"{self.bits}/ec{rate:g}" if rate else str(self.bits)
+        return label + (f"+{100 * self.settings.outliers:g}%" if self.settings.outliers else "")
 
 
 @dataclass
@@ -378,7 +391,7 @@ def layer_error(w: np.ndarray, q: np.ndarray, stats) -> float:
 
 def scan(graph: Graph, settings: dict[str, tuple[LayerSettings, int]], encoder, stats: dict | None,
          widths: tuple[int, ...] = WIDTHS, progress=None, ec_rates: tuple[float, ...] | None = None,
-         ec_bits: int = EC_BITS) -> dict[str, Layer]:
+         ec_bits: int = EC_BITS, outliers: tuple[float, ...] | None = None) -> dict[str, Layer]:
     """Every codebook-encoded weight at each width (with a float16 codebook where the weights fit float16: half the
     table bytes, which small layers feel), at each width again with per-row scales where the settings leave them
     to the encoder ("auto": its weight-error test declines scales that lower the output error, e.g. on ddddocr's
@@ -393,11 +406,14 @@ def scan(graph: Graph, settings: dict[str, tuple[LayerSettings, int]], encoder, 
     weights by itself, where scales would spread every row over the whole alphabet. PP-OCRv4 rec's 480x480 1x1
     conv (compensated codes, calibration inputs): 2.56 bits a weight in the file -> layer error 0.118 with 8
     k-means centroids and per-row scales, 2.08 -> 0.063 with 44 entropy-constrained ones; 3.30 -> 0.059 with 16,
-    3.36 -> 0.028 entropy-constrained."""
+    3.36 -> 0.028 entropy-constrained. And at each of OUTLIER_WIDTHS with each outlier fraction of `outliers`
+    (OUTLIER_FRACTIONS when None; LayerSettings.outliers), where the settings leave Huffman coding on and do not
+    prune."""
     from .encode import fits_float16
 
     stats = stats or {}
     ec_rates = EC_RATES if ec_rates is None else ec_rates
+    outliers = OUTLIER_FRACTIONS if outliers is None else outliers
     layers: dict[str, Layer] = {}
     names = [k for k, (s, _) in settings.items() if s.encoding in ("auto", "codebook", "sparse_codebook")]
     for name in (progress(names) if progress else names):
@@ -411,6 +427,9 @@ def scan(graph: Graph, settings: dict[str, tuple[LayerSettings, int]], encoder, 
         if s.huffman and not s.sparsity and s.quality is None and not s.entropy_rate and w.size > 1 << ec_bits:
             tries += [(ec_bits, dataclasses.replace(s, bits=ec_bits, codebook_dtype=half, entropy_rate=r,
                                                     channel_scales=False)) for r in ec_rates]
+        if s.huffman and not s.sparsity and s.quality is None and not s.outliers and w.size >= OUTLIER_MIN_WEIGHTS:
+            tries += [(b, dataclasses.replace(s, bits=b, codebook_dtype=half, outliers=f))
+                      for f in outliers for b in OUTLIER_WIDTHS if b in widths]
         opts: list[Option] = []
         for b, s2 in tries:
             e = encoder(name, s2, dbits)

@@ -33,6 +33,10 @@ class LayerSettings:
     # entropy-constrained codes (cluster.ec_kmeans_1d, compensate.assign's rate): one bit of Huffman code is priced
     # at this share of the weights' mean square; 0: nearest-centroid / k-means codes at a fixed alphabet
     entropy_rate: float = 0.0
+    # dense-and-sparse codebooks (SqueezeLLM, Kim et al. 2024): this fraction of the weights, the largest in
+    # magnitude, each get a codebook entry of their own (exact, rare codes that Huffman coding makes cheap); the
+    # k-means centroids are fitted to the rest. Codebook encoding without pruning only.
+    outliers: float = 0.0
 
     @classmethod
     def from_dict(cls, d: dict, where: str) -> "LayerSettings":
@@ -54,6 +58,7 @@ class LayerSettings:
         """Types first (so that a wrong type is named, not met as a TypeError deep in the encoder), then ranges."""
         _number(where, "sparsity", self.sparsity, 0.0, 1.0)
         _number(where, "entropy_rate", self.entropy_rate, 0.0, math.inf)
+        _number(where, "outliers", self.outliers, 0.0, MAX_OUTLIERS)
         if self.quality is not None:
             _number(where, "quality", self.quality, 0.0, math.inf)
         for key in ("bits", "gap_bits"):
@@ -200,6 +205,42 @@ def _row_scales(w: np.ndarray, keep: np.ndarray, bits: int, reserve: bool, s: La
     return scales if errs[1] < 0.5 * errs[0] and errs[0] > 0.01 else None
 
 
+MAX_OUTLIERS = 0.05
+
+
+def outlier_mask(w: np.ndarray, fraction: float, bits: int) -> np.ndarray | None:
+    """The round(fraction x size) weights of largest magnitude (ties: the first in order), at most as many as keep
+    the codebook within a Huffman alphabet (C.MAX_CODE_BITS bits) beside the 2^bits centroids; None when that
+    leaves none."""
+    room = (1 << C.MAX_CODE_BITS) - (1 << bits)
+    n = min(int(round(fraction * w.size)), room)
+    if n <= 0:
+        return None
+    flat = np.abs(w).ravel()
+    idx = np.argsort(-flat, kind="stable")[:n]
+    mask = np.zeros(w.size, dtype=bool)
+    mask[idx] = True
+    return mask.reshape(w.shape)
+
+
+def _with_outliers(w: np.ndarray, exact: np.ndarray, codebook: np.ndarray, codes: np.ndarray,
+                   scales: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """The codebook extended by one entry per outlier: where the rest (outliers at 0) was quantised to codebook[c],
+    the entry is codebook[c] + w / scale, so that the element decodes to the rest's value plus the outlier, which
+    the compensation of the rest already accounts for (the rest is quantised exactly as without the outliers)."""
+    rows = w.shape[0]
+    w2, e2, c2 = w.reshape(rows, -1), exact.reshape(rows, -1), codes.reshape(rows, -1).astype(np.int64)
+    r, c = np.nonzero(e2)
+    s = np.ones(rows, np.float32) if scales is None else np.asarray(scales, np.float32)
+    values = (codebook[c2[r, c]].astype(np.float32) + w2[r, c] / s[r]).astype(np.float32)
+    k = codebook.size
+    out = c2.copy()
+    out[r, c] = k + np.arange(r.size)
+    total = k + r.size
+    dtype = np.uint8 if total <= 256 else np.uint16
+    return np.concatenate([codebook.astype(np.float32), values]), out.astype(dtype).reshape(codes.shape)
+
+
 def _worst_row_error(w: np.ndarray, q: np.ndarray) -> float:
     a = w.reshape(w.shape[0], -1).astype(np.float64)
     b = q.reshape(q.shape[0], -1).astype(np.float64)
@@ -226,20 +267,30 @@ def encode_weight(w: np.ndarray, s: LayerSettings, default_bits: int, stats=None
     pruned = not keep.all()
     rows = w.shape[0]
     cols = w.size // rows
-    scales = _row_scales(w, keep, bits, pruned, s)
-    codebook, codes = cluster.quantize(w, keep, bits, reserve_zero=pruned, row_scales=scales, init=s.init,
+    exact = outlier_mask(w, s.outliers, bits) if s.outliers and not pruned else None
+    fit = keep if exact is None else keep & ~exact
+    wq = w if exact is None else np.where(exact, np.float32(0), w)  # the rest: outliers at 0, quantised as zeros
+    scales = _row_scales(wq, fit, bits, pruned, s)
+    if exact is not None and scales is not None and not np.all(scales[np.nonzero(exact.reshape(rows, -1))[0]] > 0):
+        scales = None  # a row of outliers only would have scale 0, which no entry can undo
+    codebook, codes = cluster.quantize(wq, fit, bits, reserve_zero=pruned, row_scales=scales, init=s.init,
                                        seed=s.seed, rate=s.entropy_rate)
     if stats is not None:
-        codes = _compensated_codes(w, keep, codebook, scales, pruned, stats, s.entropy_rate,
+        codes = _compensated_codes(wq, keep, codebook, scales, pruned, stats, s.entropy_rate,
                                    codes[keep] if s.entropy_rate else None).astype(codes.dtype)
+    if exact is not None:
+        codebook, codes = _with_outliers(w, exact, codebook, codes, scales)
     reference = cluster.dequantize(codebook, codes, scales).reshape(w.shape)
-    codebook_stored = codebook.astype(np.dtype(C.DTYPES[s.codebook_dtype]))
-    if s.codebook_dtype != "float32":  # the file's codebook is what decodes; make the reference agree
+    codebook_dtype = s.codebook_dtype
+    if exact is not None and codebook_dtype != "float32" and not fits_float16(codebook):
+        codebook_dtype = "float32"  # an outlier over a small row scale can leave float16's range
+    codebook_stored = codebook.astype(np.dtype(C.DTYPES[codebook_dtype]))
+    if codebook_dtype != "float32":  # the file's codebook is what decodes; make the reference agree
         codebook = codebook_stored.astype(np.float32)
         reference = cluster.dequantize(codebook, codes, scales).reshape(w.shape)
     k = int(codebook.size)
     code_bits = max(1, (k - 1).bit_length())  # a codebook that came out smaller needs fewer bits
-    base = {"codebook_dtype": s.codebook_dtype, "k": k, "codebook": codebook_stored}
+    base = {"codebook_dtype": codebook_dtype, "k": k, "codebook": codebook_stored}
     if scales is not None:
         base["row_scales"] = scales.astype(np.float32)
     fixed = codebook_stored.nbytes + (scales.nbytes if scales is not None else 0)
