@@ -219,10 +219,9 @@ def test_fit_takes_plain_dense_when_the_winograd_form_does_not_fit():
 
 
 def test_conv_offers_both_dense_forms_and_a_budget_chooses(tmp_path):
-    """A codebook 3x3 stride-1 Conv (64 -> 64 at 40x40) is offered compact, plain dense (the blocked kernel), the
-    Winograd form and the "cout" form (runtime/ops/conv_cout.py: the dense bytes without group_of), each with the
-    bytes and scratch of what it builds; unlimited it runs Winograd; with a budget that fits plain dense but not the
-    Winograd form it runs the "cout" form (as small, estimated faster; not compact); the memory plan reports the
+    """A codebook 3x3 stride-1 Conv (64 -> 64 at 40x40) is offered compact, plain dense (the blocked kernel) and the
+    Winograd form, each with the bytes and scratch of what it builds; unlimited it runs Winograd; with a budget
+    that fits plain dense but not the Winograd form it runs plain dense (not compact); the memory plan reports the
     form held; every holding computes the same outputs."""
     from test_conv_winograd import _one_conv_model
 
@@ -235,9 +234,7 @@ def test_conv_offers_both_dense_forms_and_a_budget_chooses(tmp_path):
     row = next(r for r in free.plan.layers if r.name == "conv")
     by = {(o.mode, o.form): o for o in row.options}
     plain, wino, compact = by[("dense", "")], by[("dense", "winograd")], by[("compact", "")]
-    cout_form = by[("dense", "cout")]
-    assert wino.seconds < cout_form.seconds < plain.seconds < compact.seconds  # the cost model's order here
-    assert plain.ram_bytes - cout_form.ram_bytes == 4 * cout  # group_of
+    assert wino.seconds < plain.seconds < compact.seconds  # the cost model's order at these shapes
     assert wino.ram_bytes - plain.ram_bytes == 16 * cout * cin * 4 - (9 * cout * cin * 4 + 4 * cout)
     assert free.layers["conv"].prepared.kind == "winograd"
     assert (row.mode, row.ram_bytes, row.note) == ("dense", wino.ram_bytes, wino.note)
@@ -247,9 +244,9 @@ def test_conv_offers_both_dense_forms_and_a_budget_chooses(tmp_path):
     assert budget < free.plan.total_bytes
     tight = runtime.load(str(out), threads=1, memory_budget=budget)
     layer = tight.layers["conv"]
-    assert (layer.mode, layer.form, layer.prepared.kind) == ("dense", "cout", "cout")
+    assert (layer.mode, layer.form, layer.prepared.kind) == ("dense", "", "dense")
     row = next(r for r in tight.plan.layers if r.name == "conv")
-    assert (row.ram_bytes, row.scratch_bytes) == (cout_form.ram_bytes, layer.scratch_bytes([(1, cin, hw, hw)]))
+    assert (row.ram_bytes, row.scratch_bytes) == (plain.ram_bytes, layer.scratch_bytes([(1, cin, hw, hw)]))
     assert tight.plan.total_bytes <= budget
     x = np.random.default_rng(3).standard_normal((1, cin, hw, hw)).astype(np.float32)
     ref = runtime.load(str(out), threads=1, layer_modes="compact").run({"x": x})["z"].astype(np.float64)

@@ -172,8 +172,8 @@ def _one_conv_model(path, cin, cout, hw, attrs):
                                                       (3, 32, 48, [2, 2], "")])
 def test_planner_form(tmp_path, cin, cout, hw, strides, form):
     """The planner holds a dense stride-2 3x3 layer on a small plane in "cout" form (64 -> 128 at 20x20: its
-    estimate below im2col's), a stride-1 one at 24x24 in Winograd form (its estimate below the "cout" form's), 3
-    input channels (27 taps < MIN_COLS) in neither; the form's bytes are what the memory plan counts; a parallel plan does
+    estimate below im2col's), a Winograd-eligible one in Winograd form (the form is not offered there), 3 input
+    channels (27 taps < MIN_COLS) in neither; the form's bytes are what the memory plan counts; a parallel plan does
     not offer it; the run equals the codebook-held (blocked kernel) one."""
     src, out = tmp_path / "one.onnx", tmp_path / "one.epk"
     attrs = {"pads": [1, 1, 1, 1], "strides": strides}

@@ -127,14 +127,6 @@ COUT_OUT_S = 0.54e-9
 WINO_MAC_S = 0.0226e-9  # one multiply-add of the products (16 per tile and channel pair, dropped tiles included)
 WINO_TILE_S = 3.0e-9  # one tile of one channel through the input or the output transform
 WINO_BAND_S = 178e-9  # one band of one channel through the input or the output transform
-# What the Winograd form's weight (16/9 of the dense bytes, read by 16 BLAS products that each pack their slice)
-# costs in a run on top of DENSE_CONV_READ_BYTE_S, per byte: in nudenet (Model.profile clock cpu, 1 thread, load
-# 0.9) its 3x3 stride-1 layers ran 25-145 us slower than alone (benchmarks/conv_kernels.py SHAPES, warm) for
-# 0.26-1.05 MB of transformed weight (the "cout" form's 0.15-0.6 MB: 0-10 us): 256 -> 64 at 10x10 0.361 against
-# 0.269, 128 -> 128 at 10x10 ~0.37 against 0.23, 64 -> 64 at 10x10 0.104 against 0.079, 64 -> 64 at 20x20 0.24
-# against 0.216. Without it the planner kept Winograd on the 10x10 planes, where the "cout" form runs them in 0.30,
-# 0.30 and 0.083 ms in the model (the eight such layers 3.16 -> 2.72 ms)
-WINO_WEIGHT_BYTE_S = 0.1e-9
 STREAM_SYMBOL_S = 2.0e-9  # one symbol of one stream decoded at run time
 STREAM_MAC_S = 1.0e-9  # one multiply-add of the CSR row-block kernel (csr and streamed), per sample
 STREAM_CHUNK_S = 0.3e-6  # per chunk: three stream starts
@@ -764,8 +756,8 @@ class LayerSpec:
         them; dense is counted from its shape) and the cost model's time. A Conv that can run Winograd F(2x2, 3x3)
         has two dense options, its plain dense weight and the Winograd form (16/9 of its bytes): the memory fit
         (runtime/memory.py) takes the Winograd one where it is faster and fits, else the plain one if that fits. A
-        group-1 Conv larger than 1x1 may also have the "cout" form (conv_cout.py: the weight transposed in blocks of
-        output channels, its bytes RAM even where the file's float32 weight is mapped)."""
+        group-1 Conv that cannot (strided, dilated) may have the "cout" form instead (conv_cout.py: the weight
+        transposed in blocks of output channels, its bytes RAM even where the file's float32 weight is mapped)."""
         opts = []
         for mode in self.modes():
             for form in (("",) + (("winograd",) if self._winograd_eligible() else ())
@@ -859,8 +851,11 @@ class LayerSpec:
 
     def _cout_eligible(self) -> bool:
         """Whether this Conv can hold its dense weight in "cout" form (runtime/ops/conv_cout.py: group 1, a kernel
-        larger than 1x1, conv_cout.MIN_COLS taps); serial plans only (the kernel runs on one thread)."""
-        if not self.is_conv or self.parallel:
+        larger than 1x1, conv_cout.MIN_COLS taps); serial plans only (the kernel runs on one thread), and not where
+        Winograd can run: its form measured as fast or faster on all 9 stride-1 3x3 shapes tried, 64 -> 64 at 10x10
+        to 64 -> 64 at 40x40 (0.079 vs 0.075 ms to 0.785 vs 1.098; 1 thread, CPU time, load 2.4), where the cost
+        model's Winograd estimate runs 10-25% high on planes of 10x10 to 13x13 and would pick the "cout" form."""
+        if not self.is_conv or self.parallel or self._winograd_eligible():
             return False
         return conv_cout.eligible(conv_ops.geometry(tuple(self.in_shapes[0]), tuple(self.weight.shape),
                                                     self.node["attrs"]))
@@ -883,10 +878,7 @@ class LayerSpec:
             cout, cols = w.rows, w.cols
             if mode == "dense":  # not DENSE_PENALTY: see DENSE_CONV_READ_BYTE_S
                 t, wino, tc = self._dense_conv_seconds()
-                if form == "winograd":
-                    t = wino + self._dense_bytes(form)[0] * WINO_WEIGHT_BYTE_S
-                elif form == "cout":
-                    t = tc
+                t = wino if form == "winograd" else tc if form == "cout" else t
                 return CALL_S + t + self._dense_bytes(form)[0] * DENSE_CONV_READ_BYTE_S
             if mode in ("streamed", "csr"):
                 taps = nb * _kept(w) * (positions * STREAM_CONV_TAP_S + oh * STREAM_CONV_ROW_S
