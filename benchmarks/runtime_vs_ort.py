@@ -16,8 +16,9 @@ pruning without retraining: its answers change, its work is what is measured) an
 the speed of a pruned model against its dense self, each in the held form the runtime's planner chooses (a round is
 dense, ORT, pruned, ORT: each edgepack run follows an onnxruntime one, whose run evicts the caches).
 --corpus --scaling: batch 1 and batch 32 (packed with the batch in the static shapes; a net whose export fixes batch
-1 is skipped with a note), edgepack at threads=1 and threads=2 against onnxruntime at 1 thread and at its default (one
-thread per core), the four alternating run by run; wall-clock medians (and the 1-thread engines' CPU time).
+1 is skipped with a note), edgepack at threads=1 and at parallel=True, threads=2 against onnxruntime at 1 thread and
+at its default (one thread per core), the four alternating run by run; wall-clock medians (and the 1-thread engines'
+CPU time).
 
 Models: LeNet-300-100 trained on MNIST with numpy, pruned to 8% / 9% / 26% kept (the paper's densities) and retrained,
 6/6/5-bit codebooks; LeNet-5 (Caffe variant) with He-initialised weights pruned to the paper's densities
@@ -120,7 +121,7 @@ def smallest_budget(epk: Path) -> int:
 
 def measure(name: str, dense: Path, epk: Path, x1: np.ndarray, xb: np.ndarray, repeat: int) -> dict:
     model = runtime.load(epk, threads=1)
-    model2 = runtime.load(epk, threads=2)
+    model2 = runtime.load(epk, parallel=True, threads=2)
     in_name = "input"
     ort1 = session(str(dense), threads=1)
     ortd = session(str(dense), threads=0)
@@ -304,7 +305,8 @@ def corpus_scaling(names, out: Path, rounds: int, batches=(1, 32), threads: int 
                 continue
             epk = out / (f"{name}.epk" if batch == 1 else f"{name}_batch{batch}.epk")
             pack_entry(entry, epk, "--sparsity", "0", "--bits", "8")
-            engines = {"edgepack_1": runtime.load(epk, threads=1), "edgepack_n": runtime.load(epk, threads=threads)}
+            engines = {"edgepack_1": runtime.load(epk, threads=1),
+                       "edgepack_n": runtime.load(epk, parallel=True, threads=threads)}
             o1, od = session(str(fetch(entry)), threads=1), session(str(fetch(entry)), threads=0)
             rng = np.random.default_rng(0)
             model = engines["edgepack_1"]
@@ -348,7 +350,8 @@ def scaling_section(res: dict) -> str:
     t = res["models"][0]["threads"] if res["models"] else 2
     lines = [f"Measured {res.get('date', '?')}. Machine: {res['machine']}. Command: `{res['command']}`. Wall-clock "
              f"medians (ms) of runs alternating edgepack `threads=1`, onnxruntime `intra_op_num_threads=1`, edgepack "
-             f"`threads={t}` and onnxruntime's default (one thread per core); ratio = onnxruntime / edgepack (> 1: "
+             f"`parallel=True, threads={t}` and onnxruntime's default (one thread per core); ratio = onnxruntime / "
+             f"edgepack (> 1: "
              f"edgepack faster) at the same thread count. OPENBLAS_NUM_THREADS=1 in the process: edgepack's threads "
              f"are its own. A shared machine: the load average is in each row.", "",
              f"| model | batch | input | edgepack 1t | ORT 1t | ratio 1t | ratio 1t CPU | edgepack {t}t | "
