@@ -8,6 +8,10 @@ onnxruntime. It returns an error: 0.0 when the packed model gives the same answe
 --bits), the allocation keeps the smallest file whose metric on the calibration runs is <= E, instead of the outputs'
 relative L2 error; with --target-ratio, the pack report states the metric of the file written. Built in: "top1", the
 fraction of positions of classifier-shaped outputs (2-D, more than one column) whose top class changed.
+
+A metric that counts changed answers moves in steps of one answer: the calibration set must hold enough of them to
+resolve the bound. PP-OCRv4's 2-class orientation classifier with top1: 16 runs and a bound of 0 packed to 7.75x with
+no answer changed on them and 86% of 50 held-out images kept; 64 runs and a bound of 0.02, 4.56x and 100% of 100.
 """
 from __future__ import annotations
 
