@@ -8,6 +8,8 @@ import numpy as np
 import pytest
 from onnx import TensorProto, helper
 
+import zoo
+
 from edgepack import runtime
 from edgepack.packer.pipeline import pack
 from edgepack.runtime.errors import InputError, UnsupportedError
@@ -151,22 +153,6 @@ def test_errors():
         C.conv(x, prepared, bias, {}, out, np.empty(8, np.uint8))
 
 
-def _one_conv_model(path, cin, cout, hw, attrs):
-    rng = np.random.default_rng(0)
-    w = (0.1 * rng.standard_normal((cout, cin, 3, 3))).astype(np.float32)
-    node = helper.make_node("Conv", ["x", "w", "b"], ["y"], name="conv", **attrs)
-    relu = helper.make_node("Relu", ["y"], ["z"], name="relu")
-    graph = helper.make_graph(
-        [node, relu], "one", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, cin, hw, hw])],
-        [helper.make_tensor_value_info("z", TensorProto.FLOAT, None)],
-        [helper.make_tensor("w", TensorProto.FLOAT, w.shape, w.ravel().tolist()),
-         helper.make_tensor("b", TensorProto.FLOAT, [cout], rng.standard_normal(cout).tolist())])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    import onnx
-    onnx.save(model, path)
-
-
 @pytest.mark.parametrize("cin,cout,hw,strides,form", [(64, 128, 20, [2, 2], "cout"),
                                                       (48, 48, 24, [1, 1], "winograd"),
                                                       (3, 32, 48, [2, 2], "")])
@@ -177,7 +163,7 @@ def test_planner_form(tmp_path, cin, cout, hw, strides, form):
     not offer it; the run equals the codebook-held (blocked kernel) one."""
     src, out = tmp_path / "one.onnx", tmp_path / "one.epk"
     attrs = {"pads": [1, 1, 1, 1], "strides": strides}
-    _one_conv_model(src, cin, cout, hw, attrs)
+    zoo.save(zoo.conv_relu(cin, cout, hw, 0, **attrs), src)
     pack(str(src), str(out), sparsity=0.0, bits=8)
     dense = runtime.load(str(out), layer_modes="dense", threads=1)
     layer = dense.layers["conv"]

@@ -10,6 +10,8 @@ import numpy as np
 import pytest
 from onnx import TensorProto, helper
 
+import zoo
+
 from edgepack import runtime
 from edgepack.packer.pipeline import pack
 from edgepack.runtime.errors import InputError, UnsupportedError
@@ -177,22 +179,6 @@ def test_weight_transform():
     np.testing.assert_allclose(_run(g, x, None, {"pads": [1, 1, 1, 1]}), x, rtol=1e-6, atol=1e-6)
 
 
-def _one_conv_model(path, cin, cout, hw, pads):
-    rng = np.random.default_rng(cin)
-    w = (rng.standard_normal((cout, cin, 3, 3)) * 0.1).astype(np.float32)
-    node = helper.make_node("Conv", ["x", "w", "b"], ["y"], pads=pads, name="conv")
-    relu = helper.make_node("Relu", ["y"], ["z"], name="relu")
-    graph = helper.make_graph(
-        [node, relu], "one", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, cin, hw, hw])],
-        [helper.make_tensor_value_info("z", TensorProto.FLOAT, None)],
-        [helper.make_tensor("w", TensorProto.FLOAT, w.shape, w.ravel().tolist()),
-         helper.make_tensor("b", TensorProto.FLOAT, [cout], rng.standard_normal(cout).tolist())])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    import onnx
-    onnx.save(model, path)
-
-
 @pytest.mark.parametrize("cin,cout,hw,pads,wino", [(48, 48, 24, [1, 1, 1, 1], True),
                                                     (3, 32, 48, [0, 0, 0, 0], False)])
 def test_planner_holds_dense_3x3_in_winograd_form(tmp_path, cin, cout, hw, pads, wino):
@@ -201,7 +187,7 @@ def test_planner_holds_dense_3x3_in_winograd_form(tmp_path, cin, cout, hw, pads,
     not (3 input channels: the products are too thin); the form's bytes (16/9 of the dense weight) are what the
     memory plan counts, and the run equals the codebook-held (blocked kernel) one."""
     src, out = tmp_path / "one.onnx", tmp_path / "one.epk"
-    _one_conv_model(src, cin, cout, hw, pads)
+    zoo.save(zoo.conv_relu(cin, cout, hw, cin, pads=pads), src)
     pack(str(src), str(out), sparsity=0.0, bits=8)
     dense = runtime.load(str(out), layer_modes="dense", threads=1)
     layer = dense.layers["conv"]

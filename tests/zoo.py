@@ -99,6 +99,22 @@ def cnn(seed=0, constants=False, scale_spread=0.0) -> onnx.ModelProto:
                   [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 10])], inits, name="cnn")
 
 
+def conv_relu(cin: int, cout: int, hw: int, seed: int = 0, **attrs) -> onnx.ModelProto:
+    """One 3x3 Conv named "conv" (weights 0.1 x N(0, 1), a bias) and a Relu, on a (1, cin, hw, hw) input "x"."""
+    rng = np.random.default_rng(seed)
+    w = (rng.standard_normal((cout, cin, 3, 3)) * 0.1).astype(np.float32)
+    node = helper.make_node("Conv", ["x", "w", "b"], ["y"], name="conv", **attrs)
+    relu = helper.make_node("Relu", ["y"], ["z"], name="relu")
+    graph = helper.make_graph(
+        [node, relu], "one", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, cin, hw, hw])],
+        [helper.make_tensor_value_info("z", TensorProto.FLOAT, None)],
+        [helper.make_tensor("w", TensorProto.FLOAT, w.shape, w.ravel().tolist()),
+         helper.make_tensor("b", TensorProto.FLOAT, [cout], rng.standard_normal(cout).tolist())])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model
+
+
 def save(model: onnx.ModelProto, path) -> str:
     onnx.save(model, str(path))
     return str(path)
