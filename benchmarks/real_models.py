@@ -22,11 +22,12 @@ corpus's REFUSED files (which edgepack cannot represent, e.g. data-dependent If)
 Writes real_models.md and real_models.json to --out, with the machine and the load average before and after.
 
 With --rounding, each model's original is also run by onnxruntime with its Conv / ConvTranspose / Gemm / MatMul
-weights rounded by simple references (float16; int8 symmetric per output channel, round to nearest) and judged on the
-same inputs against the same answers: how much any weight rounding moves the task's answers, beside what the 8-bit
-codebooks do. A third reference leaves the weights alone and adds normal noise of standard deviation 1e-7 to every
-float input: the task's own agreement floor under a perturbation far below any rounding (a model whose answers move
-under it cannot be held to 100% by any packing).
+weights rounded by simple references (float16; int8 symmetric per output channel, round to nearest; one k-means
+codebook of 9, 10 and 11 bits per tensor) and judged on the same inputs against the same answers: how much any weight
+rounding moves the task's answers, beside what the 8-bit codebooks do, and how many bits a data-free codebook needs.
+A further reference leaves the weights alone and adds normal noise of standard deviation 1e-7 to every float input:
+the task's own agreement floor under a perturbation far below any rounding (a model whose answers move under it
+cannot be held to 100% by any packing).
 """
 from __future__ import annotations
 
@@ -171,15 +172,23 @@ def measure(entry, n: int, seed: int, work: Path, calib: int = 0, rounding: bool
     return row
 
 
-ROUNDINGS = ("float16", "int8 per channel")
+ROUNDINGS = ("float16", "int8 per channel", "k-means 9 bits", "k-means 10 bits", "k-means 11 bits")
 INPUT_NOISE = 1e-7
 NUDGED = f"input + N(0, {INPUT_NOISE:g})"
 
 
 def rounded_weights(w: np.ndarray, how: str) -> np.ndarray:
-    """w rounded as `how` (one of ROUNDINGS) and back to float32."""
+    """w rounded as `how` (one of ROUNDINGS) and back to float32. "k-means B bits": one codebook of 2^B entries for
+    the tensor (packer/cluster.py, as `--bits B` without calibration: linear init, nearest centroids), how many bits
+    a data-free codebook needs to keep a model's answers."""
     if how == "float16":
         return w.astype(np.float16).astype(np.float32)
+    if how.startswith("k-means"):
+        from edgepack.packer import cluster
+
+        bits = int(how.split()[1])
+        cb, codes = cluster.quantize(w.astype(np.float32), None, bits, reserve_zero=False)
+        return cluster.dequantize(cb, codes, None).reshape(w.shape).astype(np.float32)
     rows = w.reshape(w.shape[0], -1).astype(np.float32)
     scale = np.abs(rows).max(axis=1, keepdims=True) / 127
     scale[scale == 0] = 1
