@@ -223,12 +223,10 @@ def test_conv_offers_both_dense_forms_and_a_budget_chooses(tmp_path):
     Winograd form, each with the bytes and scratch of what it builds; unlimited it runs Winograd; with a budget
     that fits plain dense but not the Winograd form it runs plain dense (not compact); the memory plan reports the
     form held; every holding computes the same outputs."""
-    from test_conv_winograd import _one_conv_model
-
     cin = cout = 64
     hw, pads = 40, [1, 1, 1, 1]
     src, out = tmp_path / "one.onnx", tmp_path / "one.epk"
-    _one_conv_model(src, cin, cout, hw, pads)
+    zoo.save(zoo.conv_relu(cin, cout, hw, cin, pads=pads), src)  # test_conv_winograd's model
     pack(str(src), str(out), sparsity=0.0, bits=8)
     free = runtime.load(str(out), threads=1)
     row = next(r for r in free.plan.layers if r.name == "conv")
