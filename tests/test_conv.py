@@ -41,6 +41,25 @@ def make_weight(kind, shape, rng, density=0.5, ncodes=16, wide_scales=True, fill
     return SparseCodebookWeight(shape, codebook, indptr, c.astype(np.int32), codes[r, c].astype(np.uint8), scales)
 
 
+def ort_conv(x: np.ndarray, w: np.ndarray, bias: np.ndarray, attrs: dict) -> np.ndarray:
+    """onnxruntime's own Conv (one thread) of x with the float32 weight w, bias and attrs: the independent reference."""
+    ort = pytest.importorskip("onnxruntime")
+    from onnx import TensorProto, helper
+
+    node = helper.make_node("Conv", ["x", "w", "b"], ["y"], **attrs)
+    graph = helper.make_graph(
+        [node], "conv", [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(x.shape))],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [helper.make_tensor("w", TensorProto.FLOAT, w.shape, np.asarray(w).ravel().tolist()),
+         helper.make_tensor("b", TensorProto.FLOAT, [w.shape[0]], np.asarray(bias).tolist())])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    return session.run(None, {"x": x})[0]
+
+
 def ref_conv(x, w, bias, strides=(1, 1), pads=(0, 0, 0, 0), dilations=(1, 1), group=1):
     """Straightforward float64 convolution: pad, then sum weight * strided input window per tap."""
     cout, cin_g, kh, kw = w.shape
@@ -195,26 +214,12 @@ def test_random_convs_match_numpy(kind, batch, cin_g, group, per_group, h, w, kh
 
 @pytest.mark.parametrize("case", [2, 3, 4, 5, 6, 8, 11, 13, 14])  # ORT rejects dilations with SAME_*
 def test_attribute_semantics_match_onnxruntime(case):
-    ort = pytest.importorskip("onnxruntime")
-    from onnx import TensorProto, helper
-
     x_shape, w_shape, attrs = CASES[case]
     rng = np.random.default_rng(case)
     w = make_weight("sparse", w_shape, rng, density=0.6, wide_scales=False)
     x = rng.standard_normal(x_shape).astype(np.float32)
     bias = rng.standard_normal(w_shape[0]).astype(np.float32)
-    node = helper.make_node("Conv", ["x", "w", "b"], ["y"], **attrs)
-    graph = helper.make_graph(
-        [node], "conv", [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(x_shape))],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
-        [helper.make_tensor("w", TensorProto.FLOAT, w_shape, w.to_dense().ravel().tolist()),
-         helper.make_tensor("b", TensorProto.FLOAT, [w_shape[0]], bias.tolist())])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
-    expect = session.run(None, {"x": x})[0]
+    expect = ort_conv(x, w.to_dense(), bias, attrs)
     assert conv_output_shape(x_shape, w_shape, attrs) == expect.shape
     check_close(run_conv(w, x, bias, attrs), expect.astype(np.float64))
     check_close(run_conv(DenseWeight(w.to_dense()), x, bias, attrs), expect.astype(np.float64))

@@ -6,10 +6,8 @@ positions, chunks of positions (with an epilogue chain across chunk borders), fu
 scratch bounds, errors, and the planner's form (which shapes take it, the bytes it counts)."""
 import numpy as np
 import pytest
-from onnx import TensorProto, helper
 
 import zoo
-
 from edgepack import runtime
 from edgepack.packer.pipeline import pack
 from edgepack.runtime.errors import InputError, UnsupportedError
@@ -17,7 +15,7 @@ from edgepack.runtime.ops import conv as C
 from edgepack.runtime.ops import conv_cout as K
 from edgepack.runtime.ops.elementwise import ACT_CLIP
 from edgepack.runtime.weights import CodebookWeight, DenseWeight
-from test_conv import check_close, ref_conv
+from test_conv import check_close, ort_conv, ref_conv
 
 CASES = [  # (x shape, cout, kernel (kh, kw), attributes)
     ((1, 16, 10, 10), 64, (3, 3), {"pads": [1, 1, 1, 1]}),  # one full wide block, 100 positions (25 tiles of 4)
@@ -97,22 +95,10 @@ def test_activation_chain_and_chunks(monkeypatch):
 def test_matches_onnxruntime_on_corpus_shapes():
     """YOLOv8n's (nudenet) stride-2 128 -> 256 at 20x20 and 16 -> 32 at 24x24 (a narrow-block shape, reduced
     plane) against onnxruntime's own Conv, within the runtime's 1e-4."""
-    ort = pytest.importorskip("onnxruntime")
     for cin, hw, cout in ((128, 20, 256), (16, 24, 32)):
         w, x, bias = _data((1, cin, hw, hw), cout, (3, 3))
         attrs = {"strides": [2, 2], "pads": [1, 1, 1, 1]}
-        node = helper.make_node("Conv", ["x", "w", "b"], ["y"], **attrs)
-        graph = helper.make_graph(
-            [node], "conv", [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(x.shape))],
-            [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
-            [helper.make_tensor("w", TensorProto.FLOAT, w.shape, w.ravel().tolist()),
-             helper.make_tensor("b", TensorProto.FLOAT, [cout], bias.tolist())])
-        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-        model.ir_version = 8
-        so = ort.SessionOptions()
-        so.intra_op_num_threads = 1
-        want = ort.InferenceSession(model.SerializeToString(), so,
-                                    providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+        want = ort_conv(x, w, bias, attrs)
         got = _run(w, x, bias, attrs)
         assert np.abs(got - want).max() <= 1e-4 * np.abs(want).max()
 
