@@ -338,24 +338,6 @@ def _geometry(shape, attrs):
             begins[0], begins[1], ends[0], ends[1], outs[0], outs[1])
 
 
-# run() needs the geometry infer() validated; recomputing it cost ~5 us a call, more than a LeNet pool kernel.
-# Keyed by the node's attrs object (kept alive in the value, so its id cannot be reused; attrs are never mutated
-# after load) and the input shape.
-_geometry_cache: dict[tuple[int, tuple[int, ...]], tuple[dict, tuple]] = {}
-
-
-def _cached_geometry(shape, attrs):
-    key = (id(attrs), shape)
-    hit = _geometry_cache.get(key)
-    if hit is not None and hit[0] is attrs:
-        return hit[1]
-    g = _geometry(shape, attrs)
-    if len(_geometry_cache) >= 4096:
-        _geometry_cache.clear()
-    _geometry_cache[key] = (attrs, g)
-    return g
-
-
 def _planes(a: np.ndarray) -> np.ndarray:
     """(N, C, H, W) or (N, C, W) as a (N * C, H, W) view (a copy only if the input is not contiguous)."""
     a = np.ascontiguousarray(a)
@@ -427,7 +409,7 @@ def _maxpool_s2_floats(g, h: int, w: int) -> int:
 
 
 def _maxpool_scratch_bytes(in_shapes, attrs) -> int:
-    g = _cached_geometry(tuple(in_shapes[0]), attrs)
+    g = _geometry(tuple(in_shapes[0]), attrs)
     if _is_stride1(g):
         return 4 * _maxpool_s1_floats(g)
     shape = tuple(in_shapes[0])
@@ -440,7 +422,7 @@ def _bind_maxpool(inputs, attrs, outputs, scratch=None):
     x, out = inputs[0], outputs[0]
     if not (x.flags.c_contiguous and out.flags.c_contiguous):
         return None
-    g = _cached_geometry(x.shape, attrs)
+    g = _geometry(x.shape, attrs)
     x, out = _planes(x), _planes(out)
     if _is_plain_2x2(g, x):
         return _pool2x2_kernel, (x, out, True)
@@ -476,7 +458,7 @@ def _avgpool_row_floats(g) -> int:
 
 
 def _avgpool_scratch_bytes(in_shapes, attrs) -> int:
-    return 4 * _avgpool_row_floats(_cached_geometry(tuple(in_shapes[0]), attrs))
+    return 4 * _avgpool_row_floats(_geometry(tuple(in_shapes[0]), attrs))
 
 
 def _bind_avgpool(inputs, attrs, outputs, scratch=None):
@@ -484,7 +466,7 @@ def _bind_avgpool(inputs, attrs, outputs, scratch=None):
     x, out = inputs[0], outputs[0]
     if not (x.flags.c_contiguous and out.flags.c_contiguous):
         return None
-    g = _cached_geometry(x.shape, attrs)
+    g = _geometry(x.shape, attrs)
     x, out = _planes(x), _planes(out)
     if _is_plain_2x2(g, x):  # no padding, so count_include_pad cannot matter
         return _pool2x2_kernel, (x, out, False)
