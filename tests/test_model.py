@@ -370,6 +370,17 @@ def test_unsupported_op_is_named_at_load(tmp_path):
     assert "MyCustomOp" not in runtime.supported_ops() and "Gemm" in runtime.supported_ops()
 
 
+def test_shape_arithmetic_left_by_dynamic_shapes_says_which_input_shape_to_pack_with(tmp_path):
+    nodes = [("Shape", "sh", ["x"], ["s"], {}), ("Reshape", "rs", ["x", "s"], ["y"], {})]
+    path = _write(tmp_path, nodes, [("x", "float32", ["N", 4])], [("y", "float32", ["N", 4])], {})
+    with pytest.raises(UnsupportedError, match="op 'Shape' \\(node 'sh'\\).*dynamic.*--input-shape x=<N>,4"):
+        runtime.load(path)
+    static = _write(tmp_path, nodes, [("x", "float32", [2, 4])], [("y", "float32", [2, 4])], {}, "static.epk")
+    with pytest.raises(UnsupportedError, match="op 'Shape' \\(node 'sh'\\) is not supported by this runtime; "
+                                               "supported: "):
+        runtime.load(static)
+
+
 def test_bad_attribute_and_shapes_fail_at_load(tmp_path):
     bad_perm = _write(tmp_path, [("Transpose", "tp", ["x"], ["y"], {"perm": ("ints", [0, 0])})],
                       [("x", "float32", ["N", 4])], [("y", "float32", ["N", 4])], {}, "perm.epk")

@@ -11,6 +11,7 @@ import numpy as np
 
 from edgepack.runtime import constants as C
 from edgepack.runtime.errors import EdgepackError, FormatError, InputError, UnsupportedError
+from edgepack.runtime.model import static_shapes_hint
 from edgepack.runtime.summary import format_table, layer_table
 from edgepack.runtime.tables import read_table_file
 
@@ -470,17 +471,12 @@ def _allocate(graph: Graph, settings: dict, encoder, stats, held_feeds, target_r
     return alloc, {k: encoded[k] for k in graph.initializers}
 
 
-SHAPE_OPS = ("Shape", "Size", "ConstantOfShape", "Range", "Expand")
-
-
 def _warn_dynamic(graph: Graph, warnings: list[str]) -> None:
     """Shape arithmetic left after folding needs the input shapes: name the inputs and the flag that fixes it."""
-    left = [n for n in graph.nodes if n.op in SHAPE_OPS]
+    left = [n for n in graph.nodes if n.op in C.SHAPE_ARITHMETIC]
     if not left:
         return
-    dynamic = [v for v in graph.inputs if any(not isinstance(d, int) for d in v.shape)]
-    hint = " ".join(f"--input-shape {v.name}=" + ",".join(str(d) if isinstance(d, int) else f"<{d}>"
-                                                          for d in v.shape) for v in dynamic)
+    hint = static_shapes_hint([(v.name, v.shape) for v in graph.inputs])
     warnings.append(f"{len(left)} shape-arithmetic node(s) stay in the graph ({left[0].op} '{left[0].name}'"
                     f"{', ...' if len(left) > 1 else ''}) because input dimensions are dynamic; the runtime cannot run "
                     f"them. Give static shapes: {hint or '--input-shape NAME=D0,D1,...'}")

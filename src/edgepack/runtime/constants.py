@@ -42,6 +42,10 @@ WEIGHT_INPUTS = {"Conv": (1,), "ConvTranspose": (1,), "Gemm": (1,), "MatMul": (1
 # section 6): LSTM / GRU W and R [directions, gates x hidden, in] have a row per gate row of every direction, so that
 # row scales and chunks follow the gate rows.
 WEIGHT_ROW_DIMS = {"LSTM": 2, "GRU": 2}
+# Shape arithmetic: ops that compute with tensor shapes. The packer folds them once the input shapes are static; the
+# runtime does not run them, so a graph packed with dynamic input dimensions that still holds one cannot run (the
+# packer warns, the runtime's load says which --input-shape to pack with).
+SHAPE_ARITHMETIC = frozenset({"Shape", "Size", "ConstantOfShape", "Range", "Expand"})
 
 # Encodings of a tensor ("encoding" -> "type" in the graph section).
 ENC_DENSE = "dense"

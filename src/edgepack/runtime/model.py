@@ -17,6 +17,7 @@ from numba.core.dispatcher import Dispatcher
 
 from edgepack.runtime import executor, layers, memory
 from edgepack.runtime.errors import BudgetError, InputError, UnsupportedError
+from edgepack.runtime.constants import SHAPE_ARITHMETIC
 from edgepack.runtime.loader import attrs_plain, file_root, keep_needed_bytes, read_packed
 from edgepack.runtime.ops import recurrent as recurrent_ops
 from edgepack.runtime.ops import registry
@@ -44,6 +45,13 @@ def _register_ops() -> None:
 def supported_ops() -> list[str]:
     _register_ops()
     return registry.supported_ops()
+
+
+def static_shapes_hint(inputs) -> str:
+    """The `--input-shape` flags that would make these (name, shape) inputs static, a symbolic or unknown dimension
+    shown as <name>; "" when every dimension is a number already."""
+    return " ".join(f"--input-shape {name}=" + ",".join(str(d) if isinstance(d, int) else f"<{d}>" for d in shape)
+                    for name, shape in inputs if any(not isinstance(d, int) for d in shape))
 
 
 def load(source: str | os.PathLike | bytes | bytearray | memoryview, memory_budget: int | str | None = None,
@@ -96,7 +104,15 @@ def _load(source, memory_budget, parallel: bool, batch: int, layer_modes, limit:
         decls.append((vi["name"], tuple(vi["shape"])))
     const_shapes = {name: tuple(w.shape) for name, w in weights.items()}
     for n in nodes:  # before anything is decoded or planned: an unsupported op is the first thing to know
-        registry.get(n["op"], n["name"])
+        try:
+            registry.get(n["op"], n["name"])
+        except UnsupportedError as e:
+            hint = static_shapes_hint(decls)
+            if n["op"] in SHAPE_ARITHMETIC and hint:
+                raise UnsupportedError(f"{where}: {str(e).split(';')[0]}: it computes with the input dimensions, "
+                                       f"which this file leaves dynamic; pack the model again with static shapes: "
+                                       f"edgepack pack ... {hint} (numbers for the <...>)") from None
+            raise
 
     # Constants that become layer weights stay weight objects; every other constant read by a node is dense.
     layer_weight: dict[str, str] = {}  # node name -> weight tensor name
