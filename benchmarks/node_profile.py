@@ -8,7 +8,10 @@ NAME is a corpus entry (tests/realmodels/corpus.py): the packed file defaults to
 benchmarks/runtime_vs_ort.py packs it: --sparsity 0 --bits 8) and the original to the corpus cache. Both engines run
 at 1 thread on the same input (uniform [0, 1) values of the packed input shapes, seed 0, as runtime_vs_ort.py feeds),
 one run each in turn (edgepack, onnxruntime, edgepack, ...: each run follows the other engine's, as in the speed
-benchmark, so the caches are as cold as there), after three warm-up runs each. edgepack's times are its own profile's
+benchmark, so the caches are as cold as there), after three warm-up runs each; each round also times one unprofiled
+run of each (Model.run, and a second onnxruntime session without the profiler), whose ratio is the one to quote:
+onnxruntime's profiler costs it time per node (ppocr_cls, 160 small nodes: 3.4 ms a run profiled, 1.2 ms not; its
+kernel times carry a little of that, so small rows read high there). edgepack's times are its own profile's
 (the step loop of runtime Model.profile / `edgepack run --profile`, executor.profile): the time between the clocks
 around each step, --clock cpu (default: the thread's CPU time, which time slicing on a shared machine does not
 inflate) or wall. onnxruntime's are its own profiler's (SessionOptions.enable_profiling: each kernel's wall time in
@@ -20,7 +23,8 @@ name; other fused names are matched to the longest ONNX node name they start wit
 ONNX node form one row; a node one engine runs as no step (a Reshape that is a view, a node onnxruntime folded) shows
 0 there. Rows print with the gap (edgepack - onnxruntime, us; > 0: edgepack slower), then the totals per op type
 (edgepack's op label: "Conv+HardSwish" for a Conv with its chain), the sums, and each engine's whole-run time in the
-same runs (the part outside the steps: Python around them, the input copy, onnxruntime's session overhead).
+same runs (profiled: the part outside the steps is Python around them, the input copy, onnxruntime's session and profiler
+overhead; unprofiled: as a user runs them).
 """
 from __future__ import annotations
 
@@ -32,6 +36,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # before numpy loads BLAS: 1 thread each
 
@@ -114,23 +119,23 @@ def _ort_node(event: str, node_names: set, producer: dict, by_length: list) -> s
     return event
 
 
-def _join_fused(groups, graph, renamed: set, ort_nodes: set, ep_nodes: set) -> None:
+def _join_fused(groups, graph: list, renamed: set, ort_nodes: set, ep_nodes: set) -> None:
     """Join the nodes an onnxruntime event runs that it fused before it (they have no event of their own). Its
     re-laid / fused nodes are named after their last output ('p2o.pd_op.batch_norm_.0.0_nchwc' runs the Conv and its
     BatchNormalization): from each such event's node (`renamed`), walk back through data inputs, (1) from a node
     edgepack runs no step for (folded at packing: a BatchNormalization) through such nodes to the first it runs, then
     (2) on through nodes with a single consumer whose row has no onnxruntime event yet (an SE block's Conv and bias Add before the
     HardSigmoid its Conv fused)."""
-    producer = {o: n for n in graph.node for o in n.output}
+    producer = {o: n for n in graph for o in n.outputs}
     consumers: dict[str, int] = {}
-    for n in graph.node:
-        for i in n.input:
+    for n in graph:
+        for i in n.inputs:
             consumers[i] = consumers.get(i, 0) + 1
-    nodes = {n.name: n for n in graph.node}
+    nodes = {n.name: n for n in graph}
     for name in renamed - ep_nodes:  # (1)
         todo = [name]
         while todo:
-            for i in nodes[todo.pop()].input:
+            for i in nodes[todo.pop()].inputs:
                 m = producer.get(i)
                 if m is not None and m.name not in ort_nodes and groups.find(m.name) != groups.find(name):
                     groups.join([name, m.name])
@@ -139,7 +144,7 @@ def _join_fused(groups, graph, renamed: set, ort_nodes: set, ep_nodes: set) -> N
     for name in renamed:  # (2)
         todo, seen = [name], {name}
         while todo:
-            for i in nodes[todo.pop()].input:
+            for i in nodes[todo.pop()].inputs:
                 m = producer.get(i)
                 if m is None or m.name in seen or consumers.get(i, 0) != 1:
                     continue
@@ -198,6 +203,8 @@ def main() -> None:
     opts.enable_profiling = True
     opts.profile_file_prefix = os.path.join(tmp, "ort")
     sess = ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
+    opts.enable_profiling = False  # the same session unprofiled: the profiler costs onnxruntime time per node
+    plain = ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
     ort_feeds = {}
     for i in sess.get_inputs():
         if i.name in feeds:
@@ -211,7 +218,8 @@ def main() -> None:
     for _ in range(3):  # warm-up: compiles, caches, the plan; onnxruntime's warm-up runs are dropped below
         model.run(feeds)
         sess.run(None, ort_feeds)
-    ep_times, ep_total, ort_total = [], [], []
+        plain.run(None, ort_feeds)
+    ep_times, ep_total, ort_total, plain_total, run_total = [], [], [], [], []
     prev = model._limit.enter()
     try:
         for _ in range(a.repeat):
@@ -221,6 +229,12 @@ def main() -> None:
             c0 = time.thread_time()
             sess.run(None, ort_feeds)
             ort_total.append(time.thread_time() - c0)
+            c0 = time.thread_time()
+            model.run(feeds)  # unprofiled, as a user runs it
+            run_total.append(time.thread_time() - c0)
+            c0 = time.thread_time()
+            plain.run(None, ort_feeds)
+            plain_total.append(time.thread_time() - c0)
     finally:
         model._limit.exit(prev)
     trace = json.loads(Path(sess.end_profiling()).read_text())
@@ -244,9 +258,14 @@ def main() -> None:
 
     prog = model._program
     import onnx  # only the node names and edges of the original
-    graph = onnx.load(str(onnx_path), load_external_data=False).graph
-    node_names = {n.name for n in graph.node}
-    producer = {o: n.name for n in graph.node for o in n.output}
+    # the original's nodes, each named as edgepack names it (an exporter may leave names empty: edgepack then names
+    # a node "Op@k"; matched by its first output), else by its own name, else "Op:first output"
+    ep_by_output = {n["outputs"][0]: n["name"] for n in prog.nodes if n["outputs"]}
+    graph = [SimpleNamespace(name=n.name or ep_by_output.get(n.output[0], f"{n.op_type}:{n.output[0]}"),
+                             inputs=[i for i in n.input if i], outputs=list(n.output))
+             for n in onnx.load(str(onnx_path), load_external_data=False).graph.node if n.output]
+    node_names = {n.name for n in graph}
+    producer = {o: n.name for n in graph for o in n.outputs}
     by_length = sorted(producer, key=len, reverse=True)
 
     groups = _Groups()
@@ -270,8 +289,7 @@ def main() -> None:
         r = row(groups.find(nodes[0]))
         r["edgepack"].append(name)
         r["ep_us"] += 1e6 * float(ep_med[i])
-        label = re.sub(r"\.\d+$", "", op.split("+")[0]) + ("+" + re.sub(r"\.\d+$", "", op.split("+")[1])
-                                                           if "+" in op else "")
+        label = "+".join(re.sub(r"[.@]\d+$", "", part) for part in op.split("+"))
         r["ep_op"] = label if not r["ep_op"] else r["ep_op"]
         r["note"] = r["note"] or _describe(prog, plan.shapes, name)
     for ev, node in ort_map.items():
@@ -322,13 +340,16 @@ def main() -> None:
     for k, (n, e, o) in sorted(per_op.items(), key=lambda kv: -(kv[1][1] - kv[1][2])):
         print(f"{k[:39]:<40}{n:5d}{e:10.1f}{o:10.1f}{e - o:+10.1f}")
     print(f"{'sum of the rows':<40}{len(table):5d}{ep_sum:10.1f}{ort_sum:10.1f}{ep_sum - ort_sum:+10.1f}")
-    print(f"whole runs (thread CPU time, the same runs): edgepack {ep_run:.3f} ms (steps {ep_sum / 1e3:.3f}), "
-          f"onnxruntime {ort_run:.3f} ms (kernels {ort_sum / 1e3:.3f}); ORT/edgepack {ort_run / ep_run:.2f}x")
+    run_ms, plain_ms = 1e3 * float(np.median(run_total)), 1e3 * float(np.median(plain_total))
+    print(f"whole runs (thread CPU time, the same rounds): profiled, edgepack {ep_run:.3f} ms (steps "
+          f"{ep_sum / 1e3:.3f}), onnxruntime {ort_run:.3f} ms (kernels {ort_sum / 1e3:.3f}); unprofiled, edgepack "
+          f"{run_ms:.3f} ms, onnxruntime {plain_ms:.3f} ms: ORT/edgepack {plain_ms / run_ms:.2f}x")
     if a.json:
         Path(a.json).write_text(json.dumps({"model": a.model, "epk": str(epk), "onnx": str(onnx_path),
                                             "machine": machine_line(), "loadavg": [load0, load1], "clock": a.clock,
-                                            "repeat": a.repeat, "rows": table, "edgepack_run_ms": ep_run,
-                                            "ort_run_ms": ort_run}, indent=1))
+                                            "repeat": a.repeat, "rows": table, "edgepack_profiled_ms": ep_run,
+                                            "ort_profiled_ms": ort_run, "edgepack_run_ms": run_ms,
+                                            "ort_run_ms": plain_ms}, indent=1))
 
 
 if __name__ == "__main__":
