@@ -189,7 +189,8 @@ def run_model(name: str, out: Path, n_calib: int, ratios: list[float], task_n: i
                                "codebook_dtype": layer.chosen.settings.codebook_dtype,
                                "entropy_rate": layer.chosen.settings.entropy_rate,
                                "channel_scales": layer.chosen.settings.channel_scales,
-                               "outliers": layer.chosen.settings.outliers}
+                               "outliers": layer.chosen.settings.outliers,
+                               "coarse_rows": layer.chosen.settings.coarse_rows}
                            for k, layer in a.layers.items()})
             (d / f"alloc{ratio:g}.txt").write_text(rep.table())
             layers = [{"tensor": k, "label": layer.chosen.label, "bytes": layer.chosen.encoded.nbytes,
@@ -288,7 +289,8 @@ def plots(res: dict, folder: Path) -> list[str]:
         for ax, (name, (m, r)) in zip(axes[:, 0], best.items()):
             layers = r["layers"]
             # labels: "int8", "B" (B-bit codebook) or "B/ecR" (entropy-constrained codes of a 2^B alphabet)
-            bits = [8.5 if x["label"] == "int8" else int(x["label"].split("/")[0].split("+")[0]) for x in layers]
+            bits = [8.5 if x["label"] == "int8" else int(x["label"].split("/")[0].split("+")[0].rstrip("c"))
+                    for x in layers]
             sens = np.array([max(x["sensitivity"], 1e-6) for x in layers])
             ax.bar(range(len(layers)), bits, color=["C1" if x["label"] == "int8" else "C2" if "/ec" in x["label"]
                                                     else "C0" for x in layers])

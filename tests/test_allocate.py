@@ -471,3 +471,55 @@ def test_refine_keeps_only_a_lower_held_out_error(target):
         assert after >= before and now == pytest.approx(ev.measure(before_refs).rel_l2, rel=1e-9)
     else:
         assert after < before and now == pytest.approx(after, rel=1e-3)
+
+
+def _class_head(tmp_path, classes: int = 96, favoured: int = 10):
+    """x (n, 32) -> Gemm (transB) 48 -> Relu -> Gemm (transB) `classes`, whose bias favours the first `favoured`
+    classes so that only they rank near the top."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(5)
+    w1 = (rng.standard_normal((48, 32)) / np.sqrt(32)).astype(np.float32)
+    head = (rng.standard_normal((classes, 48)) / np.sqrt(48)).astype(np.float32)
+    bias = np.where(np.arange(classes) < favoured, 6.0, -6.0).astype(np.float32)
+    g = helper.make_graph(
+        [helper.make_node("Gemm", ["x", "w1"], ["h"], transB=1), helper.make_node("Relu", ["h"], ["r"]),
+         helper.make_node("Gemm", ["r", "head", "b"], ["y"], transB=1)], "head",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 32])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, classes])],
+        [numpy_helper.from_array(a, n) for a, n in ((w1, "w1"), (head, "head"), (bias, "b"))])
+    return zoo.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "head.onnx")
+
+
+def test_minor_rows_of_a_class_head_and_its_coarse_options(tmp_path):
+    """minor_rows: the head's classes that never rank in the top TOP_CLASSES on the runs the statistics were
+    recorded over (onnxruntime's outputs, checked here by numpy) are minor; the allocation's scan offers the head
+    'c' options (coarse rows) and the packed file runs in the runtime as onnxruntime runs it unpacked."""
+    from edgepack import runtime
+    from edgepack.packer.allocate import TOP_CLASSES, class_outputs, minor_rows
+    from edgepack.packer.calibration import layer_statistics
+    from edgepack.packer.fidelity import batches, calibration_inputs
+    from edgepack.packer.onnx_io import load_onnx
+    from edgepack.packer.pipeline import weight_tensors
+    from edgepack.packer.unpack import unpack
+    from edgepack.packer.verify import session
+
+    path = _class_head(tmp_path)
+    x = np.random.default_rng(1).standard_normal((32, 1, 32)).astype(np.float32)
+    g = load_onnx(path)
+    runs = batches(g, calibration_inputs(g, {"x": x}))
+    stats = layer_statistics(g, weight_tensors(g), runs)
+    found = minor_rows(g, stats, class_outputs(g))
+    s = session(str(path))
+    top = set(np.argsort(-np.concatenate([s.run(None, r)[0] for r in runs]), 1)[:, :TOP_CLASSES].ravel())
+    assert set(found) == {"head"} and set(np.flatnonzero(~found["head"])) == top
+    assert stats["head"].minor_rows is found["head"]
+    assert len(top) < 20 and "w1" not in found  # a hidden layer is no class head
+    coarse = pack(path, tmp_path / "c.epk", calib=x, target_ratio=6, check_fidelity=False)
+    head = coarse.allocation.layers["head"]
+    assert head.chosen.label.endswith("c") and head.chosen.settings.coarse_rows, [o.label for o in head.options]
+    assert any("top 8" in n for n in coarse.allocation.notes)
+    unpack(coarse.path, tmp_path / "u.onnx")
+    want = np.concatenate([session(str(tmp_path / "u.onnx")).run(None, {"x": v})[0] for v in x[:4]])
+    got = np.concatenate([runtime.load(coarse.path).run({"x": v})["y"] for v in x[:4]])
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)

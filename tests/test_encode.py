@@ -136,3 +136,38 @@ def test_allocation_labels_outlier_options():
 
     s = LayerSettings(bits=4, outliers=0.002)
     assert Option(4, Encoded({"type": "codebook"}, np.zeros(1, np.float32), 1), 0.1, s).label == "4+0.2%"
+
+
+def test_coarse_rows_take_the_grid_and_the_rest_the_centroids():
+    """LayerSettings.coarse_rows with statistics naming minor rows: those rows decode to j / 2 x their row max
+    (j = -2..2, entries appended after the 2**bits centroids), the other rows use only the centroids, both with
+    compensated codes; the file is smaller than without; without such rows (or statistics) it is the plain code."""
+    rng = np.random.default_rng(3)
+    w = rng.standard_normal((96, 40)).astype(np.float32)
+    x = rng.standard_normal((300, 40))
+    minor = np.ones(96, bool)
+    minor[:12] = False
+    st = LayerStats(x.T @ x, 300, minor_rows=minor)
+    s = LayerSettings(bits=4, channel_scales=True, coarse_rows=2)
+    e = encode_weight(w, s, 8, st)
+    plain = encode_weight(w, LayerSettings(bits=4, channel_scales=True), 8, st)
+    assert e.encoding["k"] == 16 + 5 and e.nbytes < plain.nbytes
+    scale = np.abs(w).max(1)
+    grid = e.reference[minor] / scale[minor, None] * 2
+    np.testing.assert_allclose(grid, np.round(grid), atol=1e-5)
+    assert np.abs(grid).max() <= 2 + 1e-5
+    cb = e.encoding["codebook"].astype(np.float32)
+    major = e.reference[~minor] / scale[~minor, None]
+    assert np.abs(major[..., None] - cb[:16]).min(-1).max() < 1e-6  # only the k-means centroids
+    assert output_error(w[~minor], e.reference[~minor], x.T @ x) < 0.2
+    none = LayerStats(x.T @ x, 300)
+    for stats in (none, None):
+        a = encode_weight(w, s, 8, stats)
+        b = encode_weight(w, LayerSettings(bits=4, channel_scales=True), 8, stats)
+        assert a.nbytes == b.nbytes and np.array_equal(a.reference, b.reference)
+
+
+@pytest.mark.parametrize("bad", [-1, 9, 1.5, True])
+def test_coarse_rows_setting_is_checked(bad):
+    with pytest.raises(InputError, match="coarse_rows"):
+        LayerSettings.from_dict({"coarse_rows": bad}, "layers.w")

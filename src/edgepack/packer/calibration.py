@@ -29,6 +29,7 @@ class LayerStats:
     samples: int  # rows of X accumulated
     transpose: bool = False  # the stored tensor is (in, out) (MatMul): assign on its transpose
     cross: np.ndarray | None = None  # C = X^T X_q when recorded against quantised weights (h is then X_q^T X_q)
+    minor_rows: np.ndarray | None = None  # rows (classes) the coarse-row option may coarsen (allocate.minor_rows)
 
 
 class Statistics(dict):

@@ -37,6 +37,11 @@ class LayerSettings:
     # magnitude, each get a codebook entry of their own (exact, rare codes that Huffman coding makes cheap); the
     # k-means centroids are fitted to the rest. Codebook encoding without pruning only.
     outliers: float = 0.0
+    # class-score heads (allocate.minor_rows): the rows of classes that never ranked near the top on the calibration
+    # runs (calibration.LayerStats.minor_rows) take a coarse grid of 2 x coarse_rows + 1 steps of their own row scale
+    # (codebook entries appended to the k-means centroids, which are fitted to the other rows); frequent codes that
+    # Huffman coding makes about a bit each. 0: off; ignored without calibration statistics that name such rows.
+    coarse_rows: int = 0
 
     @classmethod
     def from_dict(cls, d: dict, where: str) -> "LayerSettings":
@@ -65,6 +70,7 @@ class LayerSettings:
             if getattr(self, key) is not None:
                 _whole(where, key, getattr(self, key), 1, C.MAX_CODE_BITS)
         _whole(where, "chunk_symbols", self.chunk_symbols, 1, 1 << 30)
+        _whole(where, "coarse_rows", self.coarse_rows, 0, MAX_COARSE_ROWS)
         _whole(where, "seed", self.seed, 0, (1 << 32) - 1)
         if not isinstance(self.huffman, bool):
             raise InputError(f"{where}: huffman must be true or false (a boolean), found {_show(self.huffman)}")
@@ -206,6 +212,7 @@ def _row_scales(w: np.ndarray, keep: np.ndarray, bits: int, reserve: bool, s: La
 
 
 MAX_OUTLIERS = 0.05
+MAX_COARSE_ROWS = 8  # LayerSettings.coarse_rows: at most 2 x 8 + 1 grid entries
 
 
 def outlier_mask(w: np.ndarray, fraction: float, bits: int) -> np.ndarray | None:
@@ -270,14 +277,21 @@ def encode_weight(w: np.ndarray, s: LayerSettings, default_bits: int, stats=None
     exact = outlier_mask(w, s.outliers, bits) if s.outliers and not pruned else None
     fit = keep if exact is None else keep & ~exact
     wq = w if exact is None else np.where(exact, np.float32(0), w)  # the rest: outliers at 0, quantised as zeros
-    scales = _row_scales(wq, fit, bits, pruned, s)
-    if exact is not None and scales is not None and not np.all(scales[np.nonzero(exact.reshape(rows, -1))[0]] > 0):
-        scales = None  # a row of outliers only would have scale 0, which no entry can undo
-    codebook, codes = cluster.quantize(wq, fit, bits, reserve_zero=pruned, row_scales=scales, init=s.init,
-                                       seed=s.seed, rate=s.entropy_rate)
-    if stats is not None:
-        codes = _compensated_codes(wq, keep, codebook, scales, pruned, stats, s.entropy_rate,
-                                   codes[keep] if s.entropy_rate else None).astype(codes.dtype)
+    minor = getattr(stats, "minor_rows", None) if s.coarse_rows and stats is not None else None
+    if minor is not None and (pruned or exact is not None or s.entropy_rate or stats.transpose
+                              or minor.shape != (rows,) or minor.all() or not minor.any()):
+        minor = None  # coarse rows: rows as the statistics see them, without pruning, outliers or an entropy rate
+    if minor is not None:
+        codebook, codes, scales = _coarse_rows(w, minor, bits, s, stats)
+    else:
+        scales = _row_scales(wq, fit, bits, pruned, s)
+        if exact is not None and scales is not None and not np.all(scales[np.nonzero(exact.reshape(rows, -1))[0]] > 0):
+            scales = None  # a row of outliers only would have scale 0, which no entry can undo
+        codebook, codes = cluster.quantize(wq, fit, bits, reserve_zero=pruned, row_scales=scales, init=s.init,
+                                           seed=s.seed, rate=s.entropy_rate)
+        if stats is not None:
+            codes = _compensated_codes(wq, keep, codebook, scales, pruned, stats, s.entropy_rate,
+                                       codes[keep] if s.entropy_rate else None).astype(codes.dtype)
     if exact is not None:
         codebook, codes = _with_outliers(w, exact, codebook, codes, scales)
     reference = cluster.dequantize(codebook, codes, scales).reshape(w.shape)
@@ -329,6 +343,26 @@ def encode_weight(w: np.ndarray, s: LayerSettings, default_bits: int, stats=None
     if s.encoding == "auto" and size >= w.nbytes:
         return dense(w)  # compression does not pay for this tensor
     return Encoded(enc, reference.astype(np.float32), size, st)
+
+
+def _coarse_rows(w: np.ndarray, minor: np.ndarray, bits: int, s: LayerSettings, stats):
+    """(codebook, codes, row scales) of a tensor whose `minor` rows take a coarse grid (LayerSettings.coarse_rows):
+    per-row scales max |w| (1 for a row of zeros, which the grid's 0 then holds exactly); the 2**bits k-means
+    centroids fitted to the other rows (over w / scale), then the grid j / coarse_rows, j = -coarse_rows..coarse_rows,
+    appended; each part's codes compensated with the layer's statistics within its own entries."""
+    rows = w.shape[0]
+    w2 = w.reshape(rows, -1)
+    scales = cluster.choose_row_scales(w2)
+    scales = np.where(scales > 0, scales, np.float32(1)).astype(np.float32)
+    cb, _ = cluster.quantize(w2[~minor], None, bits, reserve_zero=False, row_scales=scales[~minor], init=s.init,
+                             seed=s.seed)
+    grid = np.arange(-s.coarse_rows, s.coarse_rows + 1, dtype=np.float32) / np.float32(s.coarse_rows)
+    codebook = np.concatenate([cb.astype(np.float32), grid])
+    codes = np.zeros(w2.shape, np.uint8 if codebook.size <= 256 else np.uint16)
+    for part, book, base in ((~minor, cb, 0), (minor, grid, cb.size)):
+        keep = np.ones((int(part.sum()), w2.shape[1]), bool)
+        codes[part] = _compensated_codes(w2[part], keep, book, scales[part], False, stats) + base
+    return codebook, codes.reshape(w.shape), scales
 
 
 def _compensated_codes(w, keep, codebook, scales, pruned: bool, stats, rate: float = 0.0,
