@@ -61,6 +61,22 @@ def test_in_place(op, inplace):
     np.testing.assert_array_equal(x.view(np.int32), want.view(np.int32))
 
 
+@pytest.mark.parametrize("op", ["Sub", "Div"])
+@pytest.mark.parametrize("which", ["a", "b", "both"])
+def test_same_shapes_in_place(op, which):
+    """Same shapes with an operand the output buffer (a residual Add after a conv): the loop over out and the other
+    operand, numpy's bits; 67 values (vector body and tail)."""
+    rng = np.random.default_rng(5)
+    x, y = _values(rng, (1, 67)), _values(rng, (1, 67))[:, ::-1].copy()
+    a, b = {"a": (x, y), "b": (y, x), "both": (x, x)}[which]
+    with np.errstate(all="ignore"):
+        want = UFUNCS[op](a, b)
+    fn, args = OPS[op].bind([a, b], {}, [x])
+    assert fn is E._binary_rows_kernel
+    fn(*args)
+    np.testing.assert_array_equal(x.view(np.int32), want.view(np.int32))
+
+
 @pytest.mark.parametrize("a,b", [
     (np.ones((2, 3, 4), np.float32), np.arange(4, dtype=np.float32)),  # trailing broadcast: numpy
     (np.ones((2, 3, 4), np.float32), np.ones((3, 1), np.float32)),  # middle broadcast: numpy

@@ -619,6 +619,16 @@ def _binary_rows_kernel(a, b, out, op):
                 ar = a[r]
                 for i in range(n):
                     o[i] = _binary_value(ar[i], v, op)
+        elif a.ctypes.data == out.ctypes.data:
+            # in place: a loop over out and the other operand (over three arrays two of which are the same memory,
+            # LLVM's run-time alias check fails and the scalar loop runs: 40 us for 65k values, 7 vectorised)
+            br = b[r]
+            for i in range(n):
+                o[i] = _binary_value(o[i], br[i], op)
+        elif b.ctypes.data == out.ctypes.data:
+            ar = a[r]
+            for i in range(n):
+                o[i] = _binary_value(ar[i], o[i], op)
         else:
             ar, br = a[r], b[r]
             for i in range(n):
