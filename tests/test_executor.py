@@ -196,3 +196,25 @@ def test_block_views_requests(tmp_path):
     got = [(v.tensor, v.within, v.offset) for v in executor.block_views(prog, shapes)]
     assert got == [("b", "x", 12), ("c", "s", 0), ("d", "s", 12), ("s", "y", 0), ("c", "y", 0), ("d", "y", 12),
                    ("b", "y", 24)]
+
+
+@pytest.mark.parametrize("bias,shape,folds", [(False, (1, 5, 1, 1), True), (True, (5, 1, 1), True),
+                                              (False, (1, 5, HW, HW), False), (False, (1, 1, 1, 1), False)])
+def test_conv_then_add_of_a_channel_constant_takes_it_as_bias(tmp_path, bias, shape, folds):
+    """executor.fold_bias_adds: Conv -> Add of one constant per output channel (paddle2onnx's bias node) -> Relu runs
+    as one step, the constant in the conv's bias (with or without a bias of its own), against onnxruntime on the
+    packed weights; a constant per value, or one scalar for every channel (a chain step), is not a bias."""
+    rng = np.random.default_rng(3)
+    t = {}
+    conv = _conv(rng, t, "c1", "x", C, 5)
+    if not bias:
+        conv = helper.make_node("Conv", ["x", "c1.w"], ["c1"], name="c1", pads=[1] * 4)
+        del t["c1.b"]
+    t["k"] = rng.standard_normal(shape).astype(np.float32)
+    nodes = [conv, helper.make_node("Add", ["k", "c1"], ["a"], name="add"),
+             helper.make_node("Relu", ["a"], ["r"], name="relu")]
+    plan = _run(tmp_path, nodes, t, {"r": 5})
+    assert _ops(plan) == (["Conv"] if folds or shape[1] == 1 else ["Conv", "Add", "Relu"])
+    program = runtime.load(str(tmp_path / "views.epk"), threads=1)._program
+    assert ("add" not in {n["name"] for n in program.nodes}) == folds  # the scalar: a step of the conv's chain
+    assert ("k" in program.consts) != folds
