@@ -141,12 +141,14 @@ def test_errors():
 
 @pytest.mark.parametrize("cin,cout,hw,strides,form", [(64, 128, 20, [2, 2], "cout"),
                                                       (48, 48, 24, [1, 1], "winograd"),
+                                                      (32, 32, 10, [1, 1], "cout"),
                                                       (3, 32, 48, [2, 2], "")])
 def test_planner_form(tmp_path, cin, cout, hw, strides, form):
     """The planner holds a dense stride-2 3x3 layer on a small plane in "cout" form (64 -> 128 at 20x20: its
-    estimate below im2col's), a Winograd-eligible one in Winograd form (the form is not offered there), 3 input
-    channels (27 taps < MIN_COLS) in neither; the form's bytes are what the memory plan counts; a parallel plan does
-    not offer it; the run equals the codebook-held (blocked kernel) one."""
+    estimate below im2col's), a Winograd-eligible one in Winograd form (the form is not offered there), a stride-1
+    one on a plane of fewer than conv_winograd.MIN_TILES tiles (10x10: 25) in "cout" form, 3 input channels (27 taps
+    < MIN_COLS) in neither; the form's bytes are what the memory plan counts; a parallel plan does not offer it; the
+    run equals the codebook-held (blocked kernel) one."""
     src, out = tmp_path / "one.onnx", tmp_path / "one.epk"
     attrs = {"pads": [1, 1, 1, 1], "strides": strides}
     zoo.save(zoo.conv_relu(cin, cout, hw, 0, **attrs), src)

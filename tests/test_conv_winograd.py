@@ -190,3 +190,16 @@ def test_planner_holds_dense_3x3_in_winograd_form(tmp_path, cin, cout, hw, pads,
     x = np.random.default_rng(1).standard_normal((1, cin, hw, hw)).astype(np.float32)
     a, b = dense.run({"x": x})["z"], compact.run({"x": x})["z"]
     check_close(a, b.astype(np.float64))
+
+
+@pytest.mark.parametrize("cin,cout,hw,pays", [(64, 64, 10, False), (64, 64, 11, True),
+                                              (192, 192, 13, False), (96, 96, 13, True), (64, 256, (8, 22), True)])
+def test_pays_on_enough_tiles_of_little_weight(cin, cout, hw, pays):
+    """conv_winograd.pays: the planner offers the Winograd form from MIN_TILES output tiles (11x11: 36, the last
+    row and column of tiles half used; 10x10: 25) with at most
+    MAX_WEIGHT_BYTES_PER_TILE of transformed weight a tile (192 -> 192 at 13x13: 48 kB over 49 tiles, no; 96 -> 96
+    there 12 kB, and ddddocr_common's 64 -> 256 at 8x22 24 kB, yes)."""
+    h, w = (hw, hw) if isinstance(hw, int) else hw
+    g = C.geometry((1, cin, h, w), (cout, cin, 3, 3), {"pads": [1, 1, 1, 1]})
+    assert W.eligible(g)
+    assert W.pays(g) == pays

@@ -852,9 +852,11 @@ class LayerSpec:
     def _cout_eligible(self) -> bool:
         """Whether this Conv can hold its dense weight in "cout" form (runtime/ops/conv_cout.py: group 1, a kernel
         larger than 1x1, conv_cout.MIN_COLS taps); serial plans only (the kernel runs on one thread), and not where
-        Winograd can run: its form measured as fast or faster on all 9 stride-1 3x3 shapes tried, 64 -> 64 at 10x10
-        to 64 -> 64 at 40x40 (0.079 vs 0.075 ms to 0.785 vs 1.098; 1 thread, CPU time, load 2.4), where the cost
-        model's Winograd estimate runs 10-25% high on planes of 10x10 to 13x13 and would pick the "cout" form."""
+        Winograd can run: its form measured as fast or faster alone on all 9 stride-1 3x3 shapes tried, 64 -> 64 at
+        10x10 to 64 -> 64 at 40x40 (0.079 vs 0.075 ms to 0.785 vs 1.098; 1 thread, CPU time, load 2.4), where the
+        cost model's Winograd estimate runs 10-25% high on planes of 10x10 to 13x13 and would pick the "cout" form;
+        layers on too few output tiles for their weight (conv_winograd.pays), where inside a model the "cout" form
+        is faster, are not offered Winograd (_winograd_eligible) and so may have the "cout" form."""
         if not self.is_conv or self.parallel or self._winograd_eligible():
             return False
         return conv_cout.eligible(conv_ops.geometry(tuple(self.in_shapes[0]), tuple(self.weight.shape),
@@ -862,11 +864,11 @@ class LayerSpec:
 
     def _winograd_eligible(self) -> bool:
         """Whether this Conv can hold its dense weight in Winograd form (runtime/ops/conv_winograd.py): a 2-D 3x3
-        stride-1 dilation-1 group-1 kernel."""
+        stride-1 dilation-1 group-1 kernel, on enough output tiles for its weight (conv_winograd.pays)."""
         if not self.is_conv or len(self.weight.shape) != 4:
             return False
-        return conv_winograd.eligible(conv_ops.geometry(tuple(self.in_shapes[0]), tuple(self.weight.shape),
-                                                        self.node["attrs"]))
+        g = conv_ops.geometry(tuple(self.in_shapes[0]), tuple(self.weight.shape), self.node["attrs"])
+        return conv_winograd.eligible(g) and conv_winograd.pays(g)
 
     def _seconds(self, mode: str, layer: Layer | None, form: str = "") -> float:
         w = self.weight

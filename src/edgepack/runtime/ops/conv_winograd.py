@@ -54,6 +54,29 @@ def eligible(g: dict) -> bool:
             and g["group"] == 1 and len(g["out_shape"]) == 4)
 
 
+# The planner holds a layer in Winograd form only on planes of MIN_TILES output tiles or more, with at most
+# MAX_WEIGHT_BYTES_PER_TILE of transformed weight per tile (pays): with fewer tiles, or more weight for them, the 16
+# products (BLAS's N: the tiles) are too short for the transformed weight (16/9 of the dense bytes, packed by BLAS at
+# every product) to pay once the layers before have pushed it out of cache, and the "cout" form (conv_cout.py)
+# runs faster. Inside the model (Model.profile clock cpu, 1 thread, both holdings in one process, interleaved, load
+# 4.8-5.4), Winograd -> cout: nudenet's eight 3x3 layers at 10x10 (25 tiles) 0.364 -> 0.309 ms (128 -> 128),
+# 0.363 -> 0.300 (256 -> 64), 0.110 -> 0.084 (64 -> 64), though alone and hot Winograd is as fast (0.235 vs 0.24);
+# ppocr_det's 96 -> 24 at 10x10 0.149 -> 0.098; mtcnn_onet's 64 -> 64 at 8x8 (16 tiles, plain dense before) 0.071
+# -> 0.048; ddddocr_det's 192 -> 192 at 13x13 (49 tiles, 48 kB a tile) 1.65 -> 1.13. Winograd kept: ddddocr_common's
+# 64 -> 256 at 8x22 (44 tiles, 24 kB a tile) 0.37 against 0.52 in the "cout" form, ddddocr_det's 96 -> 96 at 13x13
+# (49 tiles, 12 kB a tile) 0.32 against 0.31
+MIN_TILES = 32
+MAX_WEIGHT_BYTES_PER_TILE = 32 << 10
+
+
+def pays(g: dict) -> bool:
+    """Whether the planner should offer the Winograd form to an eligible convolution of geometry g (MIN_TILES,
+    MAX_WEIGHT_BYTES_PER_TILE)."""
+    nty, ntx = tiles(g)
+    n = nty * ntx
+    return n >= MIN_TILES and 4 * 16 * g["c"] * g["cout"] <= MAX_WEIGHT_BYTES_PER_TILE * n
+
+
 def tiles(g: dict) -> tuple[int, int]:
     """(tile rows, tiles per row) of one output plane."""
     return -(-g["oh"] // 2), -(-g["ow"] // 2)
