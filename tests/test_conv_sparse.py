@@ -176,11 +176,12 @@ def test_planner_holds_pruned_1x1_compact_on_large_planes_dense_on_small():
     assert _planner_pick(make_weight("sparse", (512, 256, 1, 1), rng, density=0.3), (1, 256, 7, 7)) == "dense"
 
 
-@pytest.mark.parametrize("width", [1, 5, 15, 16, 17, 31, 33, 47, 49, 63, 64, 65, 127, 128, 143, 196])
+@pytest.mark.parametrize("width", [1, 5, 15, 16, 17, 31, 33, 47, 49, 63, 64, 65, 127, 128, 143, 196, 200, 257])
 def test_plane_widths_around_the_vector_passes(width):
-    """1x1 convolutions over planes of 1 x width positions: the dot product (one position), the scalar loop (< 16),
-    one pass of 1-4 vectors with the last overlapping (16-63), passes of 64 then 1-4 more (64+); rows of 0-40
-    entries; against the float64 reference, serial = parallel bit for bit."""
+    """1x1 convolutions over planes of 1 x width positions: the dot products (one position), the scalar loop (< 16),
+    one pass of 1-4 vectors with the last overlapping (16-63), passes of 64 then 1-4 more (64+), of 128 (a block of
+    two channels) then one of 64 and 1-4 more (128+); rows of 0-40 entries, paired with rows of other counts; against
+    the float64 reference, serial = parallel bit for bit."""
     rng = np.random.default_rng(width)
     w = weight_with_counts((12, 40, 1, 1), [0, 1, 3, 7, 8, 9, 13, 17, 25, 33, 39, 40], rng)
     x = rng.standard_normal((1, 40, 1, width)).astype(np.float32)
@@ -191,12 +192,74 @@ def test_plane_widths_around_the_vector_passes(width):
 
 
 def test_sparse_scratch_has_no_decoded_row_buffers():
-    """The sparse driver reads its CSR directly: conv.py reserves it no decoded-row buffers (8 + 4 bytes a column
-    per slot, the dense one-channel driver's), and an accumulator of one tile of rows, not the plane."""
+    """The sparse driver reads its blocks directly: conv.py reserves it no decoded-row buffers (8 + 4 bytes a column
+    per slot, the dense one-channel driver's), and an accumulator of one tile of rows per channel of a block (two),
+    not the plane."""
     x_shape, w_shape = (1, 64, 56, 56), (64, 64, 3, 3)
     g = C.geometry(x_shape, w_shape, {"pads": [1, 1, 1, 1]})
     geo, nbytes, _ = C._layout(g, "sparse", parallel=True)
     cols, slots, pitch = 64 * 9, int(geo[C._SLOTS]), int(geo[C._PITCH])
     plane = int(geo[C._PLEN])
-    assert int(geo[C._ACC_LEN]) == int(geo[C._TROWS]) * pitch < 56 * pitch
+    assert int(geo[C._ACC_LEN]) == S.ROWS * int(geo[C._TROWS]) * pitch and int(geo[C._TROWS]) < 56
     assert nbytes == 8 * cols + 4 * slots * (plane + int(geo[C._ACC_LEN]))
+
+
+def _blocks_to_dense(a, cout, cols, codebook):
+    """The weight conv_sparse.prepare's blocks hold, decoded (each block's union columns, ROWS codes each)."""
+    out = np.zeros((cout, cols), np.float32)
+    blocks, indptr, columns, codes = a["blocks"], a["indptr"], a["columns"], a["codes"]
+    assert codes.shape[0] == S.ROWS * columns.shape[0]
+    for p in range(blocks.shape[0] - 1):
+        u = columns[indptr[p]: indptr[p + 1]]
+        assert np.all(np.diff(u) > 0)  # increasing, no column twice
+        for r in range(blocks[p + 1] - blocks[p]):
+            out[blocks[p] + r, u] = codebook[codes[S.ROWS * np.arange(indptr[p], indptr[p + 1]) + r]]
+    return out
+
+
+@pytest.mark.parametrize("cout, group", [(1, 1), (7, 1), (8, 2), (9, 3), (6, 6)])
+def test_blocks_pair_channels_of_one_group(cout, group):
+    """prepare(): blocks of two consecutive channels of one group (a single channel where the group has an odd count
+    or the next channel is in another group), the union of their columns with code 0 where a row has no entry
+    (rows that share columns, disjoint rows, empty rows, a row of every column); decoded, the weight itself, and a
+    single channel's second codes all 0."""
+    rng = np.random.default_rng([cout, group])
+    cols = 10
+    counts = [(0, 3, 10, 1, 5, 0, 7, 2, 9)[i % 9] for i in range(cout)]
+    w = weight_with_counts((cout, cols, 1, 1), counts, rng, scales=False)
+    prepared = C.prepare_conv(w, group)
+    a = prepared.arrays
+    blocks = a["blocks"]
+    assert blocks[0] == 0 and blocks[-1] == cout and np.all(np.diff(blocks) >= 1) and np.all(np.diff(blocks) <= 2)
+    group_of = np.arange(cout) // (cout // group)
+    for p in range(blocks.shape[0] - 1):
+        co0, k = blocks[p], blocks[p + 1] - blocks[p]
+        assert group_of[co0] == group_of[co0 + k - 1]
+        if k == 1:  # a single only where the next channel is another group's (or there is none)
+            assert co0 + 1 == cout or group_of[co0 + 1] != group_of[co0]
+            assert np.all(a["codes"][S.ROWS * a["indptr"][p] + 1: S.ROWS * a["indptr"][p + 1]: S.ROWS] == 0)
+    np.testing.assert_array_equal(_blocks_to_dense(a, cout, cols, a["codebook"]), w.to_dense().reshape(cout, cols))
+
+
+# odd channel counts and groups: blocks of two and singles, in both drivers (tiles outside; depthwise with a channel
+# multiplier: blocks outside, a pair sharing its group's copied plane)
+BLOCK_CASES = [
+    ((1, 6, 9, 40), (7, 6, 3, 3), {"pads": [1, 1, 1, 1]}),
+    ((2, 6, 5, 70), (9, 2, 1, 3), {"group": 3, "pads": [0, 1, 0, 1]}),
+    ((1, 4, 9, 33), (8, 1, 3, 3), {"group": 4, "pads": [1, 1, 1, 1]}),
+    ((1, 3, 10, 21), (9, 1, 3, 3), {"group": 3, "pads": [1, 1, 1, 1], "strides": [2, 2]}),
+    ((1, 5, 1, 1), (7, 5, 1, 1), {}),  # one position: the dot products, odd entry counts
+]
+
+
+@pytest.mark.parametrize("case", range(len(BLOCK_CASES)))
+def test_blocks_and_singles_against_the_reference(case):
+    x_shape, w_shape, attrs = BLOCK_CASES[case]
+    rng = np.random.default_rng([case, 11])
+    cols = int(np.prod(w_shape[1:]))
+    w = weight_with_counts(w_shape, [min(cols, (0, 1, 2, 3, cols, 5)[i % 6]) for i in range(w_shape[0])], rng)
+    x = rng.standard_normal(x_shape).astype(np.float32)
+    bias = rng.standard_normal(w_shape[0]).astype(np.float32)
+    got = run_conv(w, x, bias, attrs)
+    check_close(got, reference(x, w, bias, attrs))
+    np.testing.assert_array_equal(got.view(np.uint32), run_conv(w, x, bias, attrs, parallel=True).view(np.uint32))

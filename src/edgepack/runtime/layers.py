@@ -15,7 +15,7 @@ from numba import njit
 
 from edgepack.runtime.errors import FormatError, InputError, UnsupportedError
 from edgepack.runtime.ops import conv as conv_ops
-from edgepack.runtime.ops import conv_cout, conv_winograd
+from edgepack.runtime.ops import conv_cout, conv_sparse, conv_winograd
 from edgepack.runtime.ops import linear as linear_ops
 from edgepack.runtime.ops.elementwise import activation, apply_activation, epilogue
 from edgepack.runtime.ops.registry import OpDef, check_arity, float_attr, int_attr
@@ -81,18 +81,25 @@ GEMV_CONV_FIXED_S = 1.1e-6
 # into the block or row-phased plane), per channel; 16 channels a block (small planes) or one channel at a time
 DEPTHWISE_BLOCKED_TAP_S, DEPTHWISE_BLOCKED_PLANE_S, DEPTHWISE_BLOCKED_CHANNEL_S = 0.043e-9, 0.15e-9, 21e-9
 DEPTHWISE_TAP_S, DEPTHWISE_PLANE_S = 0.034e-9, 0.21e-9
-# A sparse (CSR + codebook) Conv held compact (runtime/ops/conv_sparse.py). More than one input channel per group
-# (tiles of output rows outside, channels inside, every entry's window summed into registers 64 positions a pass):
-# per kept entry and output position, per kept entry, per output value (the store), per output channel (its calls),
-# and per kept entry and position again where the plane's input and output exceed SPARSE_CONV_BIG_BYTES (out of L2).
-SPARSE_CONV_MAC_S = 0.048e-9
-SPARSE_CONV_ENTRY_S = 1.35e-9
-SPARSE_CONV_OUT_S = 0.098e-9
-SPARSE_CONV_CHANNEL_S = 92e-9
-SPARSE_CONV_BIG_MAC_S = 0.013e-9
+# A sparse (CSR + codebook) Conv held compact (runtime/ops/conv_sparse.py: blocks of two output channels sharing their
+# columns, conv_sparse.block_work counts what its loops do). More than one input channel per group (tiles of output
+# rows outside, blocks inside, every entry's window summed into registers for both rows 64-128 positions a pass): per
+# multiply-add (a block's entry times its rows) and output position, per block entry, per output value (the store),
+# per output channel, and per multiply-add and position again where the plane's input and output exceed
+# SPARSE_CONV_BIG_BYTES (out of L2). Fitted (relative least squares, non-negative) to benchmarks/sparse_conv.py --json
+# on the 206 such layers of the 9 corpus conv nets at density 0.3 (1 thread, CPU time, load 5-6, 2026-12-07): median
+# error 12%, 90th percentile 46% (the smallest layers, a few us).
+SPARSE_CONV_MAC_S = 0.0257e-9
+SPARSE_CONV_ENTRY_S = 1.24e-9
+SPARSE_CONV_OUT_S = 0.26e-9
+SPARSE_CONV_CHANNEL_S = 119e-9
+SPARSE_CONV_BIG_MAC_S = 0.0064e-9
 SPARSE_CONV_BIG_BYTES = 1 << 20
-# One input channel per group (depthwise: channels outside, each copies its padded or phased plane): per kept entry
-# and output position, per padded input value (more when strided: the phased copy), per output channel.
+# One input channel per group (depthwise: blocks outside, each copies its padded or phased plane; one channel a
+# block, as before blocks, where each group has one): per multiply-add and output position, per padded input value
+# (more when strided: the phased copy), per output channel. Refitted on this kernel (89 layers: 0.082e-9, 0.101e-9,
+# 0, 197e-9, median error 11%) these held ppocr_cls's 5x5 depthwise layers dense where compact measured 0.75-0.89x
+# their time: the earlier fit is kept.
 SPARSE_DW_MAC_S = 0.088e-9
 SPARSE_DW_PLANE_S = 0.068e-9
 SPARSE_DW_PHASED_PLANE_S = 0.042e-9
@@ -894,13 +901,15 @@ class LayerSpec:
             kind = "sparse" if isinstance(w, SparseCodebookWeight) else "codebook"
             if kind == "sparse":  # conv_sparse.py: see SPARSE_CONV_MAC_S
                 g = conv_ops.geometry(x_shape, tuple(w.shape), self.node["attrs"])
+                held = layer if layer is not None else self.build(mode, form)
+                entries, macs = conv_sparse.block_work(held.prepared.arrays)
                 if g["cin_g"] > 1:
                     big = (g["c"] + cout) * positions * 4 > SPARSE_CONV_BIG_BYTES
                     mac = SPARSE_CONV_MAC_S + (SPARSE_CONV_BIG_MAC_S if big else 0.0)
-                    return CALL_S + nb * (taps * (positions * mac + SPARSE_CONV_ENTRY_S)
+                    return CALL_S + nb * (macs * positions * mac + entries * SPARSE_CONV_ENTRY_S
                                           + cout * (positions * SPARSE_CONV_OUT_S + SPARSE_CONV_CHANNEL_S))
                 plane = SPARSE_DW_PLANE_S + (SPARSE_DW_PHASED_PLANE_S if (g["sh"], g["sw"]) != (1, 1) else 0.0)
-                return CALL_S + nb * (taps * positions * SPARSE_DW_MAC_S
+                return CALL_S + nb * (macs * positions * SPARSE_DW_MAC_S
                                       + cout * (g["hp"] * g["wp"] * plane + SPARSE_DW_CHANNEL_S))
             if conv_ops.conv_path(x_shape, w.shape, self.node["attrs"], kind) == "blocked":  # CODES_BLOCKED_WEIGHT_S
                 return CALL_S + nb * (cout * cols * (positions * BLOCKED_TAP_S + CODES_BLOCKED_WEIGHT_S)

@@ -124,7 +124,8 @@ def _serial_and_parallel(fn):
 class PreparedConv:
     """A Conv weight (cout, cin/group, kh, kw) re-laid for the kernels of this file.
 
-    kind "dense": w2d (cout, cols) float32.  kind "sparse": CSR indptr/columns/codes without filler entries.
+    kind "dense": w2d (cout, cols) float32.  kind "sparse": the CSR without filler entries in blocks of two output
+    channels sharing their columns (conv_sparse.prepare: blocks, indptr, columns, codes).
     kind "codebook": codes (cout, cols).  kind "int8": q (cout, cols), zp (cout,) float32.
     kind "winograd": u (16, cout, cin) float32, a dense 3x3 weight transformed (conv_winograd.prepare_winograd).
     kind "cout": wt (blocks, cols, CB) float32, a dense group-1 weight transposed in blocks of output channels
@@ -337,8 +338,8 @@ def _layout(g: dict, kind: str, parallel: bool) -> tuple[np.ndarray, int, bool]:
         if own is not None:  # 3x3 / 5x5 depthwise: small planes channel-blocked; stride 1 two output rows a pass
             geo[_PERCH], geo[_PLEN], geo[_TROWS], acc_len = own
     rows = 0 if kind == "sparse" else slots  # decoded-row buffers: the sparse driver reads its CSR directly
-    if kind == "sparse":  # its accumulator holds one tile of _TROWS rows
-        acc_len, wblen = int(geo[_TROWS]) * pitch, 0
+    if kind == "sparse":  # its accumulator holds one tile of _TROWS rows per channel of a block (conv_sparse.ROWS)
+        acc_len, wblen = 2 * int(geo[_TROWS]) * pitch, 0
     geo[_BLOCKED], geo[_COUT_G], geo[_WBLEN] = int(blocked), cout_g, wblen
     geo[_COLS], geo[_SLOTS], geo[_ACC_LEN] = cols, slots, acc_len
     if im2col:
@@ -449,7 +450,8 @@ def prepare_conv(weight, group: int) -> PreparedConv:
             indptr = np.zeros(cout + 1, dtype=np.int32)
             np.cumsum(np.bincount(row_of, minlength=cout), out=indptr[1:])
             columns, codes = weight.columns[keep], weight.codes[keep]
-        arrays = {"indptr": indptr, "columns": columns, "codes": codes, "codebook": codebook}
+        from edgepack.runtime.ops import conv_sparse  # it builds on this module
+        arrays = dict(conv_sparse.prepare(indptr, columns, codes, group_of), codebook=codebook)
         scales, kind = weight.row_scales, "sparse"
     elif isinstance(weight, CodebookWeight):
         arrays = {"codes": weight.codes, "codebook": _flush_subnormals(weight.codebook)}
@@ -1149,8 +1151,8 @@ def bind_conv(x: np.ndarray, prepared: PreparedConv, bias, attrs: dict, out: np.
     if prepared.kind == "sparse":
         from edgepack.runtime.ops import conv_sparse  # it builds on this module
         fn = conv_sparse.kernel(parallel)
-        return fn, (x2, geo, a["group_of"], a["indptr"], a["columns"], a["codes"], a["codebook"], a["scales"],
-                    bias_v, ep, chain, out2, scratch)
+        return fn, (x2, geo, a["group_of"], a["blocks"], a["indptr"], a["columns"], a["codes"], a["codebook"],
+                    a["scales"], bias_v, ep, chain, out2, scratch)
     e2, e8 = _EMPTY_CODES, _EMPTY_Q
     if prepared.kind == "dense":
         wargs = (W_DENSE, a["w2d"], e2, _EMPTY_F32, e8, _EMPTY_F32, _EMPTY_F32)
