@@ -50,7 +50,11 @@ def conv_specs(path: Path):
         w = packed.weights.get(wname)
         if not isinstance(w, SparseCodebookWeight):
             continue
-        bias = packed.weights[n["inputs"][2]].to_dense() if len(n["inputs"]) > 2 and n["inputs"][2] else None
+        bname = n["inputs"][2] if len(n["inputs"]) > 2 and n["inputs"][2] else None
+        # the program's constants: a bias the executor folded from an Add after the conv (fold_bias_adds) is not a
+        # tensor of the file
+        bias = None if bname is None else (np.asarray(prog.consts[bname], np.float32) if bname in prog.consts
+                                           else packed.weights[bname].to_dense())
         enc = next(t["encoding"] for t in packed.container.graph["tensors"] if t["name"] == wname)
         in_shapes = [shapes[n["inputs"][0]], tuple(w.shape)] + ([tuple(bias.shape)] if bias is not None else [])
         spec = layers.LayerSpec(n, wname, w, enc, bias, in_shapes, shapes[n["outputs"][0]], packed.container.data)
