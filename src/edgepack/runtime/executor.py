@@ -47,6 +47,15 @@ class Program:
     fused: dict = field(default_factory=dict)
     absorbed: set = field(default_factory=set)
 
+    def readers(self) -> dict[str, list[dict]]:
+        """Tensor name -> the nodes that read it, in node order, as program.nodes stand now."""
+        found: dict[str, list[dict]] = {}
+        for n in self.nodes:
+            for i in n["inputs"]:
+                if i:
+                    found.setdefault(i, []).append(n)
+        return found
+
 
 def _channel_constant(c, out_rank: int) -> bool:
     """Whether constant c, added to a Conv output of rank out_rank, is one value per output channel: its shape
@@ -65,11 +74,7 @@ def fold_bias_adds(program: Program, layer_names) -> None:
     the bias once after the sum: with no bias of its own the same IEEE sum as the Add's, else (s + b) + c becomes
     s + (b + c), within a rounding. Each step the Add took, and the activation's after it, is saved (ppocr_cls: 18
     Adds, 9 Relu, 9 HardSigmoid on 1x1 planes, ~1 us each)."""
-    readers: dict[str, list[dict]] = {}
-    for n in program.nodes:
-        for i in n["inputs"]:
-            if i:
-                readers.setdefault(i, []).append(n)
+    readers = program.readers()
     outputs = set(program.outputs)
     drop, unused = set(), set()
     for n in program.nodes:
@@ -119,11 +124,7 @@ def fuse_activations(program: Program, layer_names) -> None:
     graph output; first fold_bias_adds. Beyond that the graph (program.nodes) is unchanged; lifetimes() and bind()
     read program.fused."""
     fold_bias_adds(program, layer_names)
-    readers: dict[str, list[dict]] = {}
-    for n in program.nodes:
-        for i in n["inputs"]:
-            if i:
-                readers.setdefault(i, []).append(n)
+    readers = program.readers()
     outputs = set(program.outputs)
     for n in program.nodes:
         if n["name"] not in layer_names or len(n["outputs"]) != 1:

@@ -579,11 +579,7 @@ def fuse_conv_epilogues(program, layer_names, fusion_cls) -> None:
     every tensor inside the chain is read only by the chain and is not a graph output; a Relu / LeakyRelu / Clip
     already fused (executor.fuse_activations) becomes the chain's first step. program.fused and absorbed change
     as fuse_activations does it; the graph (program.nodes) is unchanged."""
-    readers: dict[str, list[dict]] = {}
-    for n in program.nodes:
-        for i in n["inputs"]:
-            if i:
-                readers.setdefault(i, []).append(n)
+    readers = program.readers()
     outputs = set(program.outputs)
     consts = {k: np.asarray(v) for k, v in program.consts.items()}
     for n in program.nodes:
