@@ -228,7 +228,9 @@ def markdown(res: dict) -> str:
              f"against onnxruntime on the original. Ratio: original fp32 weights / file bytes (edgepack's ratio; "
              f"for the onnxruntime file: ONNX bytes / its bytes). Held-out error: the allocation's model error on its "
              f"held-out calibration runs, the margin error of class scores (CTC heads, many-class softmax; "
-             f"packer/allocate.py margin_error) or the relative L2 error of the outputs.", "",
+             f"packer/allocate.py margin_error) or the relative L2 error of the outputs (of the worst part of a "
+             f"detector's joined boxes and scores, the boxes' error relative to their sizes and weighted by their "
+             f"scores: allocate.part_error).", "",
              "| model | ONNX | variant | file | ratio | task agreement | units | held-out error (alloc) | note |",
              "|---|---:|---|---:|---:|---:|---:|---:|---|"]
     for m in res["models"]:

@@ -386,10 +386,11 @@ def _detector(tmp_path, box_scale: float = 100.0):
 
 
 def test_output_parts_and_part_error(tmp_path):
-    """A Concat output's parts are found with their sizes; part_error is the worst part's relative L2 error over
-    runs (a loop), the whole output's when the runs' shape is not as inferred; parts_differ tells pixels from
-    probabilities and not two parts of one scale."""
-    from edgepack.packer.allocate import output_parts, part_error, parts_differ
+    """A Concat output's parts are found with their sizes; part_error is the worst part's error over runs: a
+    detector's (cx, cy, w, h) boxes by their score-weighted error relative to box size (a loop over anchors), the
+    other parts by relative L2, the whole output's relative L2 when the runs' shape is not as inferred;
+    parts_differ tells pixels from probabilities and not two parts of one scale."""
+    from edgepack.packer.allocate import box_layout, output_parts, part_error, parts_differ
     from edgepack.packer.onnx_io import load_onnx
 
     assert output_parts(load_onnx(_detector(tmp_path))) == {"y": (1, [4, 12])}
@@ -397,11 +398,17 @@ def test_output_parts_and_part_error(tmp_path):
     rng = np.random.default_rng(0)
     ref = [np.concatenate([100 * rng.random((1, 4, 7)), 0.01 * rng.random((1, 12, 7))], axis=1) for _ in range(3)]
     got = [a + 0.001 * rng.standard_normal(a.shape) for a in ref]
-    boxes = np.sqrt(sum(np.sum((b[:, :4] - a[:, :4]) ** 2) for a, b in zip(ref, got))
-                    / sum(np.sum(a[:, :4] ** 2) for a in ref))
+    num = den = 0.0
+    for a, b in zip(ref, got):
+        for k in range(7):
+            s = max(a[0, 4:, k])
+            num += s * sum((b[0, c, k] - a[0, c, k]) ** 2 for c in range(4))
+            den += s * (a[0, 2, k] ** 2 + a[0, 3, k] ** 2)
+    boxes = np.sqrt(num / den)
     scores = np.sqrt(sum(np.sum((b[:, 4:] - a[:, 4:]) ** 2) for a, b in zip(ref, got))
                      / sum(np.sum(a[:, 4:] ** 2) for a in ref))
     whole = np.sqrt(sum(np.sum((b - a) ** 2) for a, b in zip(ref, got)) / sum(np.sum(a ** 2) for a in ref))
+    assert box_layout(ref, 1, [4, 12])
     assert part_error(ref, got, 1, [4, 12]) == pytest.approx(max(boxes, scores), rel=1e-12)
     assert scores > 100 * whole  # what the whole output's error hides
     assert part_error(ref, got, 1, [4, 10]) == pytest.approx(whole, rel=1e-12)  # not as inferred
@@ -411,6 +418,41 @@ def test_output_parts_and_part_error(tmp_path):
     assert not parts_differ(ref, 1, [4, 10])
     assert part_error(ref, ref, 1, [4, 12]) == 0.0
     assert part_error(ref, [a * np.inf for a in ref], 1, [4, 12]) == np.inf
+
+
+def test_part_error_weighs_boxes_by_score_and_size():
+    """Box pixels count relative to the detections' sizes and as much as their anchor's best class probability: a
+    box moved on an anchor no class claims costs nothing, on a weak anchor less than on a confident one; scores that
+    are not probabilities (logits) leave the boxes' plain relative L2 error."""
+    from edgepack.packer.allocate import box_layout, part_error
+
+    ref = np.zeros((1, 6, 3))
+    ref[0, :4] = [[50, 200, 300], [50, 200, 300], [10, 100, 100], [10, 100, 100]]  # cx, cy, w, h of 3 anchors
+    ref[0, 4:, 0] = [0.9, 0.1]  # a small confident box
+    ref[0, 4:, 1] = [0.2, 0.3]  # a large weak one
+    ref[0, 4:, 2] = 0.0  # an anchor no class claims
+
+    def moved(k, px=5.0):
+        got = ref.copy()
+        got[0, 0, k] += px
+        return part_error([ref], [got], 1, [4, 2])
+
+    assert moved(2) == 0.0
+    assert moved(0) == pytest.approx(np.sqrt(0.9 / 0.3) * moved(1), rel=1e-12)
+    assert moved(0) == pytest.approx(np.sqrt(0.9 * 25 / (0.9 * 200 + 0.3 * 20000)), rel=1e-12)
+    assert moved(0, 50.0) == pytest.approx(10 * moved(0), rel=1e-12)  # in proportion to the pixels
+    logits = ref.copy()
+    logits[0, 4:, 2] = -3.0
+    assert not box_layout([logits], 1, [4, 2])
+    got = logits.copy()
+    got[0, 0, 2] += 5.0
+    plain = 5.0 / np.sqrt(np.sum(logits[0, :4] ** 2))
+    assert part_error([logits], [got], 1, [4, 2]) == pytest.approx(plain, rel=1e-12)
+    nobody = ref.copy()
+    nobody[0, 4:] = 0.0  # no anchor scores: the boxes' own scale
+    got = nobody.copy()
+    got[0, 0, 2] += 5.0
+    assert part_error([nobody], [got], 1, [4, 2]) == pytest.approx(5.0 / np.sqrt(np.sum(nobody[0, :4] ** 2)))
 
 
 def test_target_ratio_measures_a_joined_output_by_its_worst_part(tmp_path):

@@ -21,7 +21,11 @@
    anchors) of pixel box coordinates and sigmoid class scores) is measured part by part where the parts differ in
    scale (parts_differ), the worst part's relative L2 error counting: over the whole, the boxes' hundreds of pixels
    hide the scores (nudenet at 8 bits: 0.004-0.008 whole, 0.05-0.34 on the scores), whose threshold crossings add
-   and drop detections. (--max-error bounds the
+   and drop detections. A detector's box part (box_layout: 4 rows of cx, cy, w, h before class probabilities) is
+   measured by its pixel error relative to the detections' sizes, each anchor weighted by its best class
+   probability (box_sums): relative L2 over every anchor's pixel coordinates is dominated by anchors nobody keeps
+   and ranked all nine of nudenet's box-branch layers as free (at 7x they went to 3-4 bits and moved boxes past
+   IoU 0.95; layer by layer, one of them, model.22.cv2.1.2, changes 5 of 64 images alone). (--max-error bounds the
    relative L2 error, which the fidelity guard checks: there the allocation measures that.)
    Class heads (minor_rows, before the scan): where a class-score output comes from a Gemm whose weight rows are
    the classes (transB; ddddocr's 8210-character CTC head, 62% of its weights), the classes that rank among the
@@ -107,6 +111,7 @@ COARSE_LEVELS = 2  # minor rows of a class head take the grid -2..2 x (row max) 
 TOP_CLASSES = 8  # a class is major when it ranks among the top TOP_CLASSES at a position of a calibration run
 MIN_CLASSES = 64  # a class axis this long makes an output class scores (the margin measure, ClassScores)
 PART_SCALE = 10.0  # parts of an output this much apart in scale are measured one by one (parts_differ)
+BOX_ROWS = 4  # a detector's box part: cx, cy, w, h (box_layout)
 MARGIN_TAU = 0.05  # margins are measured relative to (reference margin + MARGIN_TAU x the median margin)
 RESHAPES = ("Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose", "Identity")
 
@@ -324,20 +329,49 @@ def output_parts(graph: Graph) -> dict[str, tuple[int, list[int]]]:
     return found
 
 
-def _part_sums(ref: list[np.ndarray], got: list[np.ndarray], axis: int, sizes: list[int]):
+def _part_sums(ref: list[np.ndarray], got: list[np.ndarray], axis: int, sizes: list[int], boxes: bool = False):
     """Per part: the squared error and the squared reference, summed over runs; None where a run's output is not
-    as inferred."""
+    as inferred. With `boxes` and a detector's layout (box_layout), the box part's sums are box_sums'."""
     if any(np.ndim(a) == 0 or not -np.ndim(a) <= axis < np.ndim(a) or np.shape(a)[axis] != sum(sizes) for a in ref):
         return None
+    boxes = boxes and box_layout(ref, axis, sizes)
     bounds = np.cumsum(sizes)[:-1]
     num = np.zeros(len(sizes))
     den = np.zeros(len(sizes))
     for a, b in zip(ref, got):
-        for i, (pa, pb) in enumerate(zip(np.split(np.asarray(a, np.float64), bounds, axis),
-                                         np.split(np.asarray(b, np.float64), bounds, axis))):
+        pa_all = np.split(np.asarray(a, np.float64), bounds, axis)
+        pb_all = np.split(np.asarray(b, np.float64), bounds, axis)
+        for i, (pa, pb) in enumerate(zip(pa_all, pb_all)):
+            if boxes and i == 0:
+                n, d = box_sums(pa, pb, pa_all[1], axis)
+                num[i] += n
+                den[i] += d
+                continue
             num[i] += float(np.sum(np.square(pb - pa)))
             den[i] += float(np.sum(np.square(pa)))
+    if boxes and not den[0] > 0:  # no anchor scores anything: the boxes' own scale
+        return _part_sums(ref, got, axis, sizes)
     return num, den
+
+
+def box_layout(ref: list[np.ndarray], axis: int, sizes: list[int]) -> bool:
+    """The output is a detector's boxes and class probabilities joined along `axis`: BOX_ROWS box rows (cx, cy, w, h
+    as YOLOv8 writes them) then the classes, whose reference values are all in [0, 1]."""
+    if len(sizes) != 2 or sizes[0] != BOX_ROWS:
+        return False
+    scores = [np.take(np.asarray(a), np.arange(BOX_ROWS, BOX_ROWS + sizes[1]), axis) for a in ref]
+    return all(s.size and float(s.min()) >= 0.0 and float(s.max()) <= 1.0 for s in scores)
+
+
+def box_sums(box: np.ndarray, box_q: np.ndarray, scores: np.ndarray, axis: int) -> tuple[float, float]:
+    """(sum_a s_a |b'_a - b_a|^2, sum_a s_a (w_a^2 + h_a^2)) over a run's anchors a: s_a the anchor's best reference
+    class probability, b_a its (cx, cy, w, h) along `axis`. Box pixels count relative to the detections' sizes
+    (what an IoU sees) and as much as their anchor is a detection: the application throws away the boxes of anchors
+    no class claims, whose pixels dominated the relative L2 error and ranked nudenet's box layers as free."""
+    s = np.max(scores, axis=axis)
+    err = np.sum(np.square(box_q - box), axis=axis)
+    size = np.square(np.take(box, 2, axis)) + np.square(np.take(box, 3, axis))
+    return float(np.sum(s * err)), float(np.sum(s * size))
 
 
 def parts_differ(ref: list[np.ndarray], axis: int, sizes: list[int]) -> bool:
@@ -352,8 +386,9 @@ def parts_differ(ref: list[np.ndarray], axis: int, sizes: list[int]) -> bool:
 
 def part_error(ref: list[np.ndarray], got: list[np.ndarray], axis: int, sizes: list[int]) -> float:
     """The worst part's relative L2 error over runs, the parts being consecutive slices of `sizes` along `axis`
-    (output_parts); the whole output's where a run's output is not as inferred."""
-    sums = _part_sums(ref, got, axis, sizes)
+    (output_parts); a detector's boxes (box_layout) by their score-weighted error relative to their sizes
+    (box_sums); the whole output's relative L2 error where a run's output is not as inferred."""
+    sums = _part_sums(ref, got, axis, sizes, boxes=True)
     if sums is None:
         ref, got = [np.reshape(a, (1, -1)) for a in ref], [np.reshape(b, (1, -1)) for b in got]
         sums = _part_sums(ref, got, 0, [1])
@@ -418,6 +453,8 @@ def class_evaluator(graph: Graph, feeds: dict[str, np.ndarray], tensors, classes
             super().__init__(*args)
             self.parts = {v.name: parts[v.name] for v, ref in zip(self.graph.outputs, self.ref)
                           if v.name in parts and parts_differ(ref, *parts[v.name])}
+            self.boxes = [v.name for v, ref in zip(self.graph.outputs, self.ref)
+                          if v.name in self.parts and box_layout(ref, *self.parts[v.name])]
 
         def measure(self, weights: dict[str, np.ndarray]) -> MarginFidelity:
             outs = self._run(weights)
@@ -697,6 +734,9 @@ def allocate(graph: Graph, settings: dict[str, tuple[LayerSettings, int]], encod
     if getattr(ev, "parts", None):
         alloc.notes.append("model error: the worst part's relative L2 error on " + ", ".join(
             f"'{k}' (parts of {'+'.join(map(str, p))} along axis {a})" for k, (a, p) in ev.parts.items()))
+    if getattr(ev, "boxes", None):
+        alloc.notes.append("model error: the boxes (cx, cy, w, h) of " + ", ".join(f"'{k}'" for k in ev.boxes)
+                           + " by their error relative to their size, weighted by their best class probability")
     full = ev if n_held <= SENSITIVITY_RUNS else evaluator(held_feeds)
 
     def measure(point: int):
