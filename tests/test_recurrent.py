@@ -189,6 +189,35 @@ def test_clip_and_input_forget(direction, peep):
     check("GRU", gins, {"direction": direction, "hidden_size": 6, "clip": 0.5})
 
 
+@pytest.mark.parametrize("hid", [1, 3, 16, 33])
+@pytest.mark.parametrize("direction", ["forward", "reverse", "bidirectional"])
+def test_lstm_one_loop_cell_matches_the_passes(hid, direction):
+    """The default activations without peepholes take the one-loop cell update (_lstm_cell_kernel); zero peepholes
+    send the same LSTM through the passes: the same bits (up to the sign of zero), both against onnxruntime."""
+    ins = make_inputs("LSTM", seq=4, batch=2, n_in=5, hid=hid, direction=direction, peep=True)
+    ins[0] = ins[0] * 3
+    ins[7] = np.zeros_like(ins[7])
+    attrs = {"direction": direction, "hidden_size": hid}
+    passes = check("LSTM", ins, attrs)
+    one_loop = check("LSTM", ins[:7], attrs)
+    for a, b in zip(one_loop, passes):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("op", ["LSTM", "GRU"])
+@pytest.mark.parametrize("direction", ["forward", "bidirectional"])
+def test_constant_inputs_are_not_written(op, direction):
+    """Binding folds the biases into the projection: from copies, never into the node's B (a constant the file
+    holds; with one direction a row slice of it is contiguous, so an in-place sum would write it)."""
+    ins = make_inputs(op, direction=direction)
+    before = [None if a is None else a.copy() for a in ins]
+    check(op, ins, {"direction": direction, "hidden_size": 6})
+    check(op, ins, {"direction": direction, "hidden_size": 6})
+    for a, b in zip(ins, before):
+        if a is not None:
+            np.testing.assert_array_equal(a, b)
+
+
 @pytest.mark.parametrize("direction", ["forward", "reverse", "bidirectional"])
 @pytest.mark.parametrize("layout", [0, 1])
 def test_gru_linear_before_reset(direction, layout):

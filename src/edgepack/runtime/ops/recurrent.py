@@ -4,10 +4,10 @@ Y_h / Y_c hold its last state, or zero for an empty one), initial_h, initial_c a
 `input_forget`, `layout` 0 and 1 (opset 14); GRU's `linear_before_reset` 0 and 1; any of Y, Y_h, Y_c omitted.
 Activations: Sigmoid, Tanh, Relu, Softsign and Softplus (the parameter-free ones); others are refused by name.
 
-The input part of every gate at every step, W x_t, is one matrix product per direction before the recurrence (bound
-through runtime/ops/linear.py: its dot-product kernel or BLAS); then one kernel per op runs every direction and batch
-row: per step the gate pre-activations are that plus the biases plus R h_{t-1} (dot products over contiguous weight
-rows), then the cell update in place. At batch 1 the steps are bound by reading R (ddddocr's 2 x 4 MiB: from L3 at
+The input part of every gate at every step, W x_t plus the biases, is one matrix product per direction before the
+recurrence (bound through runtime/ops/linear.py: its dot-product kernel or BLAS; the biases in its epilogue); then one
+kernel per op runs every direction and batch row: per step the gate pre-activations are that plus R h_{t-1} (dot
+products over contiguous weight rows), then the cell update in place. At batch 1 the steps are bound by reading R (ddddocr's 2 x 4 MiB: from L3 at
 every step, ~60 GB/s on the dev VM). The projections and the state (directions x steps x batch x gates x hidden,
 plus a few hidden sizes, float32) live in the executor's shared scratch, which the memory plan counts
 (OpDef.scratch_bytes); the plain runner allocates them per call.
@@ -109,13 +109,29 @@ def _put_y_kernel(y, layout, t, d, n, h, count):
 
 
 @njit(cache=True, error_model="numpy")
-def _lstm_kernel(xw, r, b, lens, h0, c0, p, acts, clip, input_forget, reverse0, layout, y, yh, yc, has_y, has_yh,
+def _lstm_cell_kernel(g, c, h, hid):
+    """The LSTM cell update with the default activations, one loop over the hidden units: i, o, f = sigmoid of
+    gates 0-2 of g, c <- f c + i tanh(gate 3), h <- o tanh(c); the passes of _lstm_kernel's general path computed
+    value by value (the same bits). g, c, h do not overlap (views of the kernel's state)."""
+    for j in range(hid):
+        i = _sigmoid_value(g[j])
+        o = _sigmoid_value(g[hid + j])
+        f = _sigmoid_value(g[2 * hid + j])
+        cj = f * c[j] + i * _tanh_value(g[3 * hid + j])
+        c[j] = cj
+        h[j] = _tanh_value(cj) * o
+
+
+@njit(cache=True, error_model="numpy")
+def _lstm_kernel(xw, r, lens, h0, c0, p, acts, clip, input_forget, reverse0, layout, y, yh, yc, has_y, has_yh,
                  has_yc, state):
-    """xw [D, S*N, 4H]: W x_t of every step (row t*N + n for layout 0, n*S + t for layout 1); r [D, 4H, H] (gate
-    rows i, o, f, c); b [D, 8H] (Wb, Rb); lens [N] int64; h0, c0: [D, N, H] (layout 0) or [N, D, H]; p [D, 3H]
+    """xw [D, S*N, 4H]: W x_t + Wb + Rb of every step (row t*N + n for layout 0, n*S + t for layout 1: the biases
+    added by the projection, _lstm_biases); r [D, 4H, H] (gate rows i, o, f, c); lens [N] int64; h0, c0: [D, N, H] (layout 0) or [N, D, H]; p [D, 3H]
     (i, o, f); acts [D, 3] (f, g, h codes); y: [S, D, N, H] or [N, S, D, H]; yh, yc like h0; state float32 >= 12H.
     Direction d runs in reverse when d == 1 or reverse0. Per step: the 4H gate pre-activations (a dot product per
-    row of R), then the cell update in passes over the hidden units, each activation one _act_block call."""
+    row of R), then the cell update: with the default activations (Sigmoid, Tanh, Tanh), no peepholes, clip or
+    input_forget one vectorised loop over the hidden units (_lstm_cell_kernel); else in passes, each activation one
+    _act_block call. Both give the same bits."""
     n_dir, g4, hid = r.shape
     batch = lens.shape[0]
     seq = xw.shape[1] // batch if batch else 0
@@ -126,12 +142,13 @@ def _lstm_kernel(xw, r, b, lens, h0, c0, p, acts, clip, input_forget, reverse0, 
     bits = state[5 * hid + g4:8 * hid + g4].view(np.int32)
     gi, go, gf, gc = g[0:hid], g[hid:2 * hid], g[2 * hid:3 * hid], g[3 * hid:4 * hid]
     # absent optional inputs arrive as empty arrays: no bias, zero initial state, no peepholes
-    has_b, has_h0, has_c0, has_p = b.size != 0, h0.size != 0, c0.size != 0, p.size != 0
+    has_h0, has_c0, has_p = h0.size != 0, c0.size != 0, p.size != 0
     zero = np.float32(0.0)
     one = np.float32(1.0)
     for d in range(n_dir):
         rev = d == 1 or reverse0
         fa, ga, ha = acts[d, 0], acts[d, 1], acts[d, 2]
+        fused = fa == 0 and ga == 1 and ha == 1 and not has_p and not clip > zero and not input_forget
         for n in range(batch):
             for j in range(hid):
                 if layout == 0:
@@ -145,7 +162,12 @@ def _lstm_kernel(xw, r, b, lens, h0, c0, p, acts, clip, input_forget, reverse0, 
                 t = steps - 1 - s if rev else s
                 xt = xw[d, t * batch + n] if layout == 0 else xw[d, n * seq + t]
                 for k in range(g4):
-                    g[k] = xt[k] + (b[d, k] + b[d, g4 + k] if has_b else zero) + _dot_kernel(r[d, k], h)
+                    g[k] = xt[k] + _dot_kernel(r[d, k], h)
+                if fused:
+                    _lstm_cell_kernel(g, c, h, hid)
+                    if has_y:
+                        _put_y_kernel(y, layout, t, d, n, h, hid)
+                    continue
                 if has_p:
                     for j in range(hid):
                         gi[j] += p[d, j] * c[j]
@@ -200,8 +222,9 @@ def _lstm_kernel(xw, r, b, lens, h0, c0, p, acts, clip, input_forget, reverse0, 
 
 @njit(cache=True, error_model="numpy")
 def _gru_kernel(xw, r, b, lens, h0, acts, clip, linear_before_reset, reverse0, layout, y, yh, has_y, has_yh, state):
-    """xw [D, S*N, 3H] as for LSTM; r [D, 3H, H] (gate rows z, r, h); b [D, 6H] (Wb, Rb); acts [D, 2] (f, g);
-    state float32 >= 9H."""
+    """xw [D, S*N, 3H] as for LSTM, the biases the projection added: Wb + Rb for gates z and r, Wb for h
+    (_gru_biases); r [D, 3H, H] (gate rows z, r, h); b [D, 6H] (Wb, Rb: the kernel reads h's Rb, which the reset
+    gate scales); acts [D, 2] (f, g); state float32 >= 9H."""
     n_dir, g3, hid = r.shape
     batch = lens.shape[0]
     seq = xw.shape[1] // batch if batch else 0
@@ -224,8 +247,7 @@ def _gru_kernel(xw, r, b, lens, h0, acts, clip, linear_before_reset, reverse0, l
                 t = steps - 1 - s if rev else s
                 xt = xw[d, t * batch + n] if layout == 0 else xw[d, n * seq + t]
                 for k in range(2 * hid):  # update and reset gates
-                    bias = b[d, k] + b[d, g3 + k] if has_b else zero
-                    zr[k] = _clip_kernel(xt[k] + bias + _dot_kernel(r[d, k], h), clip)
+                    zr[k] = _clip_kernel(xt[k] + _dot_kernel(r[d, k], h), clip)
                 _act_block(fa, zr, e, bits)
                 if linear_before_reset:
                     for j in range(hid):
@@ -238,8 +260,7 @@ def _gru_kernel(xw, r, b, lens, h0, acts, clip, linear_before_reset, reverse0, l
                         k = 2 * hid + j
                         hh[j] = _dot_kernel(r[d, k], rh) + (b[d, g3 + k] if has_b else zero)
                 for j in range(hid):
-                    wb = b[d, 2 * hid + j] if has_b else zero
-                    hh[j] = _clip_kernel(xt[2 * hid + j] + wb + hh[j], clip)
+                    hh[j] = _clip_kernel(xt[2 * hid + j] + hh[j], clip)
                 _act_block(ga, hh, e, bits)
                 for j in range(hid):
                     z = gh[j]
@@ -433,18 +454,37 @@ def _direction_weights(w, n_dir: int) -> list:
                            None if scales is None else scales[d * gh:(d + 1) * gh]) for d in range(n_dir)]
 
 
-def _bind_projection(x2, w, xw, scratch) -> tuple:
-    """xw[d] = x2 @ w[d]^T for every direction, the input part of every gate at every step: one bound product of
-    runtime/ops/linear.py per direction (float32: its dot-product kernel or BLAS, whichever is faster at this many
-    rows; held codes: the rows form, its scratch carved from `scratch`, shared by the directions)."""
+def _lstm_biases(b, n_dir: int, hid: int):
+    """The bias the LSTM's projection adds to every gate: Wb + Rb per direction ([D, 4H] float32), or None."""
+    if b.size == 0:
+        return None
+    return np.ascontiguousarray(b[:, :4 * hid] + b[:, 4 * hid:])
+
+
+def _gru_biases(b, n_dir: int, hid: int):
+    """The bias the GRU's projection adds: Wb + Rb for gates z and r, Wb for h ([D, 3H] float32), or None."""
+    if b.size == 0:
+        return None
+    out = b[:, :3 * hid].copy()  # a copy: the node's B is a constant, never written
+    out[:, :2 * hid] += b[:, 3 * hid:5 * hid]
+    return out
+
+
+def _bind_projection(x2, w, xw, scratch, bias) -> tuple:
+    """xw[d] = x2 @ w[d]^T + bias[d] for every direction, the input part of every gate at every step: one bound
+    product of runtime/ops/linear.py per direction (float32: its dot-product kernel or BLAS, whichever is faster at
+    this many rows; held codes: the rows form, its scratch carved from `scratch`, shared by the directions). The
+    bias is added in the product's epilogue (o + bias, rounded once, as the kernels added it at every step before,
+    so the same bits) rather than at every step of the recurrence."""
     products = []
-    for wd in _direction_weights(w, xw.shape[0]):
+    for d, wd in enumerate(_direction_weights(w, xw.shape[0])):
+        bd, beta = (None, 0.0) if bias is None else (bias[d], 1.0)
         if isinstance(wd, CodebookWeight):
             p = prepare_linear(wd, True, "rows")
             s = scratch[:linear_scratch_bytes(x2.shape[0], p)]
-            products.append(bind_linear(x2, p, None, 1.0, 0.0, xw[len(products)], s))
+            products.append(bind_linear(x2, p, bd, 1.0, beta, xw[d], s))
         else:
-            products.append(bind_linear(x2, prepare_linear(wd, True), None, 1.0, 0.0, xw[len(products)]))
+            products.append(bind_linear(x2, prepare_linear(wd, True), bd, 1.0, beta, xw[d]))
     return tuple(products)
 
 
@@ -487,12 +527,13 @@ def _prepare(op: str, inputs, attrs, outputs, scratch=None):
     outs = list(outputs) + [None] * (3 - len(outputs))
     y = outs[0] if outs[0] is not None else _EMPTY[4]
     yh = outs[1] if outs[1] is not None else _EMPTY[3]
-    products = _bind_projection(x.reshape(g.seq * g.batch, g.n_in), w, xw, rows_scratch)
+    biases = (_lstm_biases if op == "LSTM" else _gru_biases)(b, g.n_dir, g.hid)
+    products = _bind_projection(x.reshape(g.seq * g.batch, g.n_in), w, xw, rows_scratch, biases)
     clip = np.float32(g.clip)  # the kernels compute in float32 throughout
     if op == "LSTM":
         c0, p = opt(6, 3), opt(7, 2)
         yc = outs[2] if outs[2] is not None else _EMPTY[3]
-        return _lstm_step, (products, xw, r, b, lens, h0, c0, p, g.acts, clip, g.extra, g.reverse0, g.layout, y, yh, yc,
+        return _lstm_step, (products, xw, r, lens, h0, c0, p, g.acts, clip, g.extra, g.reverse0, g.layout, y, yh, yc,
                             outs[0] is not None, outs[1] is not None, outs[2] is not None, state)
     return _gru_step, (products, xw, r, b, lens, h0, g.acts, clip, g.extra, g.reverse0, g.layout, y, yh,
                        outs[0] is not None, outs[1] is not None, state)
