@@ -29,6 +29,7 @@ from edgepack.runtime.errors import FormatError, UnsupportedError
 from edgepack.runtime.ops.elementwise import _expf_core, _sigmoid_value
 from edgepack.runtime.ops.linear import bind_linear, linear_scratch_bytes, prepare_linear, rows_lanes
 from edgepack.runtime.ops.registry import OpDef, check_arity, float_attr, int_attr
+from edgepack.runtime.ops.simd_dot import LANES, rows_dot8
 from edgepack.runtime.ops.simd_rows import DENSE_ROWS
 from edgepack.runtime.weights import CodebookWeight, DenseWeight
 
@@ -97,6 +98,28 @@ def _dot_kernel(a, b):
     return acc
 
 
+@njit(cache=True, error_model="numpy")
+def _gemv_kernel(rf, base, nrows, k, x, out):
+    """out[q] = dot(row q, x[:k]) for q < nrows, the rows of length k from rf[base] (R flattened): eight rows at a
+    time in simd_dot.rows_dot8 over the first k - k % 8 columns, the other columns added after (_dot_kernel), rows
+    past the last eight as _dot_kernel alone. Below 8 columns, _dot_kernel per row (rows_dot8 would only add its
+    reduction). Every sum's order is fixed by k and the row's place: runs are bit-identical."""
+    kv = k - k % LANES if k >= LANES else 0
+    q = 0
+    if kv:
+        while q + LANES <= nrows:
+            rows_dot8(rf, base + q * k, k, kv, x, out, q)
+            q += LANES
+        if kv < k:
+            for j in range(q):
+                row = base + j * k
+                out[j] = out[j] + _dot_kernel(rf[row + kv:row + k], x[kv:k])
+    while q < nrows:
+        row = base + q * k
+        out[q] = _dot_kernel(rf[row:row + k], x[:k])
+        q += 1
+
+
 @njit(cache=True)
 def _put_y_kernel(y, layout, t, d, n, h, count):
     """Y[step t, direction d, sample n, :] = h[:count], zeros after it, in the node's layout."""
@@ -133,6 +156,7 @@ def _lstm_kernel(xw, r, lens, h0, c0, p, acts, clip, input_forget, reverse0, lay
     input_forget one vectorised loop over the hidden units (_lstm_cell_kernel); else in passes, each activation one
     _act_block call. Both give the same bits."""
     n_dir, g4, hid = r.shape
+    rf = r.reshape(r.size)
     batch = lens.shape[0]
     seq = xw.shape[1] // batch if batch else 0
     h = state[0:hid]
@@ -161,8 +185,9 @@ def _lstm_kernel(xw, r, lens, h0, c0, p, acts, clip, input_forget, reverse0, lay
             for s in range(steps):
                 t = steps - 1 - s if rev else s
                 xt = xw[d, t * batch + n] if layout == 0 else xw[d, n * seq + t]
+                _gemv_kernel(rf, d * g4 * hid, g4, hid, h, g)
                 for k in range(g4):
-                    g[k] = xt[k] + _dot_kernel(r[d, k], h)
+                    g[k] = xt[k] + g[k]
                 if fused:
                     _lstm_cell_kernel(g, c, h, hid)
                     if has_y:
@@ -226,6 +251,7 @@ def _gru_kernel(xw, r, b, lens, h0, acts, clip, linear_before_reset, reverse0, l
     (_gru_biases); r [D, 3H, H] (gate rows z, r, h); b [D, 6H] (Wb, Rb: the kernel reads h's Rb, which the reset
     gate scales); acts [D, 2] (f, g); state float32 >= 9H."""
     n_dir, g3, hid = r.shape
+    rf = r.reshape(r.size)
     batch = lens.shape[0]
     seq = xw.shape[1] // batch if batch else 0
     h = state[0:hid]
@@ -246,19 +272,20 @@ def _gru_kernel(xw, r, b, lens, h0, acts, clip, linear_before_reset, reverse0, l
             for s in range(steps):
                 t = steps - 1 - s if rev else s
                 xt = xw[d, t * batch + n] if layout == 0 else xw[d, n * seq + t]
+                _gemv_kernel(rf, d * g3 * hid, 2 * hid, hid, h, zr)
                 for k in range(2 * hid):  # update and reset gates
-                    zr[k] = _clip_kernel(xt[k] + _dot_kernel(r[d, k], h), clip)
+                    zr[k] = _clip_kernel(xt[k] + zr[k], clip)
                 _act_block(fa, zr, e, bits)
                 if linear_before_reset:
+                    _gemv_kernel(rf, (d * g3 + 2 * hid) * hid, hid, hid, h, hh)
                     for j in range(hid):
-                        k = 2 * hid + j
-                        hh[j] = gh[hid + j] * (_dot_kernel(r[d, k], h) + (b[d, g3 + k] if has_b else zero))
+                        hh[j] = gh[hid + j] * (hh[j] + (b[d, g3 + 2 * hid + j] if has_b else zero))
                 else:
                     for j in range(hid):
                         rh[j] = gh[hid + j] * h[j]
+                    _gemv_kernel(rf, (d * g3 + 2 * hid) * hid, hid, hid, rh, hh)
                     for j in range(hid):
-                        k = 2 * hid + j
-                        hh[j] = _dot_kernel(r[d, k], rh) + (b[d, g3 + k] if has_b else zero)
+                        hh[j] = hh[j] + (b[d, g3 + 2 * hid + j] if has_b else zero)
                 for j in range(hid):
                     hh[j] = _clip_kernel(xt[2 * hid + j] + hh[j], clip)
                 _act_block(ga, hh, e, bits)
