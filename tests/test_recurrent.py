@@ -189,6 +189,22 @@ def test_clip_and_input_forget(direction, peep):
     check("GRU", gins, {"direction": direction, "hidden_size": 6, "clip": 0.5})
 
 
+@pytest.mark.parametrize("rows,k", [(4, 1), (12, 3), (8, 8), (44, 11), (132, 33), (64, 16), (20, 40), (2048, 64)])
+def test_gemv_kernel_blocks_and_tails(rows, k):
+    """R h as the recurrence computes it (eight rows at a time in simd_dot.rows_dot8, column and row tails after)
+    against float64 numpy, from an offset into the flattened R; blocks visited last to first give the same bits."""
+    from edgepack.runtime.ops.recurrent import _gemv_kernel
+    rng = np.random.default_rng(rows * 100 + k)
+    r = rng.standard_normal(3 * rows * k).astype(np.float32)
+    x = rng.standard_normal(k).astype(np.float32)
+    want = r[rows * k:2 * rows * k].reshape(rows, k).astype(np.float64) @ x.astype(np.float64)
+    got = [np.full(rows, np.nan, np.float32) for _ in range(2)]
+    for out, backward in zip(got, (False, True)):
+        _gemv_kernel(r, rows * k, rows, k, x, out, backward)
+    np.testing.assert_allclose(got[0], want, rtol=1e-5, atol=2e-6 * np.sqrt(k))
+    np.testing.assert_array_equal(got[0], got[1])
+
+
 @pytest.mark.parametrize("hid", [1, 3, 16, 33])
 @pytest.mark.parametrize("direction", ["forward", "reverse", "bidirectional"])
 def test_lstm_one_loop_cell_matches_the_passes(hid, direction):

@@ -99,25 +99,25 @@ def _dot_kernel(a, b):
 
 
 @njit(cache=True, error_model="numpy")
-def _gemv_kernel(rf, base, nrows, k, x, out):
+def _gemv_kernel(rf, base, nrows, k, x, out, backward):
     """out[q] = dot(row q, x[:k]) for q < nrows, the rows of length k from rf[base] (R flattened): eight rows at a
     time in simd_dot.rows_dot8 over the first k - k % 8 columns, the other columns added after (_dot_kernel), rows
     past the last eight as _dot_kernel alone. Below 8 columns, _dot_kernel per row (rows_dot8 would only add its
-    reduction). Every sum's order is fixed by k and the row's place: runs are bit-identical."""
+    reduction). Every sum's order is fixed by k and the row's place: runs are bit-identical. `backward` visits the
+    blocks of eight last to first (the same sums): alternated step by step, a step starts on the rows the step before
+    read last, which are still in L2 when R is larger than L2 (ddddocr's 4 MiB a direction)."""
     kv = k - k % LANES if k >= LANES else 0
-    q = 0
-    if kv:
-        while q + LANES <= nrows:
-            rows_dot8(rf, base + q * k, k, kv, x, out, q)
-            q += LANES
+    blocks = nrows // LANES if kv else 0
+    for bi in range(blocks):
+        q = (blocks - 1 - bi if backward else bi) * LANES
+        rows_dot8(rf, base + q * k, k, kv, x, out, q)
         if kv < k:
-            for j in range(q):
+            for j in range(q, q + LANES):
                 row = base + j * k
                 out[j] = out[j] + _dot_kernel(rf[row + kv:row + k], x[kv:k])
-    while q < nrows:
+    for q in range(blocks * LANES, nrows):
         row = base + q * k
         out[q] = _dot_kernel(rf[row:row + k], x[:k])
-        q += 1
 
 
 @njit(cache=True)
@@ -185,7 +185,7 @@ def _lstm_kernel(xw, r, lens, h0, c0, p, acts, clip, input_forget, reverse0, lay
             for s in range(steps):
                 t = steps - 1 - s if rev else s
                 xt = xw[d, t * batch + n] if layout == 0 else xw[d, n * seq + t]
-                _gemv_kernel(rf, d * g4 * hid, g4, hid, h, g)
+                _gemv_kernel(rf, d * g4 * hid, g4, hid, h, g, s % 2 == 1)
                 for k in range(g4):
                     g[k] = xt[k] + g[k]
                 if fused:
@@ -272,18 +272,18 @@ def _gru_kernel(xw, r, b, lens, h0, acts, clip, linear_before_reset, reverse0, l
             for s in range(steps):
                 t = steps - 1 - s if rev else s
                 xt = xw[d, t * batch + n] if layout == 0 else xw[d, n * seq + t]
-                _gemv_kernel(rf, d * g3 * hid, 2 * hid, hid, h, zr)
+                _gemv_kernel(rf, d * g3 * hid, 2 * hid, hid, h, zr, False)
                 for k in range(2 * hid):  # update and reset gates
                     zr[k] = _clip_kernel(xt[k] + zr[k], clip)
                 _act_block(fa, zr, e, bits)
                 if linear_before_reset:
-                    _gemv_kernel(rf, (d * g3 + 2 * hid) * hid, hid, hid, h, hh)
+                    _gemv_kernel(rf, (d * g3 + 2 * hid) * hid, hid, hid, h, hh, False)
                     for j in range(hid):
                         hh[j] = gh[hid + j] * (hh[j] + (b[d, g3 + 2 * hid + j] if has_b else zero))
                 else:
                     for j in range(hid):
                         rh[j] = gh[hid + j] * h[j]
-                    _gemv_kernel(rf, (d * g3 + 2 * hid) * hid, hid, hid, rh, hh)
+                    _gemv_kernel(rf, (d * g3 + 2 * hid) * hid, hid, hid, rh, hh, False)
                     for j in range(hid):
                         hh[j] = hh[j] + (b[d, g3 + 2 * hid + j] if has_b else zero)
                 for j in range(hid):
