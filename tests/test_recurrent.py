@@ -223,8 +223,8 @@ def test_lstm_one_loop_cell_matches_the_passes(hid, direction):
 @pytest.mark.parametrize("op", ["LSTM", "GRU"])
 @pytest.mark.parametrize("direction", ["forward", "bidirectional"])
 def test_constant_inputs_are_not_written(op, direction):
-    """Binding folds the biases into the projection: from copies, never into the node's B (a constant the file
-    holds; with one direction a row slice of it is contiguous, so an in-place sum would write it)."""
+    """The biases the projection adds are folded into scratch at every run, never into the node's B (a constant the
+    file holds; with one direction a row slice of it is contiguous, so an in-place sum there would write it)."""
     ins = make_inputs(op, direction=direction)
     before = [None if a is None else a.copy() for a in ins]
     check(op, ins, {"direction": direction, "hidden_size": 6})
@@ -425,11 +425,12 @@ def test_packed_end_to_end(tmp_path, op, outputs, sparsity):
             "row_dims"] == 2
         assert packed.weights[name].rows == 2 * GATES[op] * 16
     assert packed.meta["format_version"] == "1.1" and packed.container.version == (1, 1)
-    # the projections W x_t (directions x steps x gates x hidden), the state and the scratch of the projection
-    # from held codes (a tile of 24 lanes of the 24 inputs, and 4 rows of sums) live in the plan's counted scratch
+    # the projections W x_t (directions x steps x gates x hidden), the state, the folded biases (directions x gates
+    # x hidden) and the scratch of the projection from held codes (a tile of 24 lanes of the 24 inputs, and 4 rows of
+    # sums) live in the plan's counted scratch
     hid, gates = 16, GATES[op]
     assert model.plan.scratch_bytes == 4 * (2 * seq * gates * hid + (12 if op == "LSTM" else 9) * hid
-                                            + 24 * (24 + 4))
+                                            + 2 * gates * hid + 24 * (24 + 4))
     # W stored as dense codes stays codes (a quarter of float32's bytes at 8 bits); sparse W and R are expanded
     held = model._program.consts["in1"]
     dense_codes = type(packed.weights["in1"]) is CodebookWeight  # the packer's choice (sparse or dense codes)

@@ -209,7 +209,7 @@ def _lstm_cell_kernel(g, c, h, hid):
 def _lstm_kernel(xw, gate_major, r, lens, h0, c0, p, acts, clip, input_forget, reverse0, layout, y, yh, yc, has_y,
                  has_yh, has_yc, state):
     """xw [D, S*N, 4H]: W x_t + Wb + Rb of every step (row t*N + n for layout 0, n*S + t for layout 1: the biases
-    added by the projection, _lstm_biases), or [D, 4H, S*N] when gate_major (_project_codes_kernel); r [D, 4H, H]
+    added by the projection, _fold_biases_kernel), or [D, 4H, S*N] when gate_major (_project_codes_kernel); r [D, 4H, H]
     (gate rows i, o, f, c); lens [N] int64; h0, c0: [D, N, H] (layout 0) or [N, D, H]; p [D, 3H] (i, o, f); acts
     [D, 3] (f, g, h codes); y: [S, D, N, H] or [N, S, D, H]; yh, yc like h0; state float32 >= 12H.
     Direction d runs in reverse when d == 1 or reverse0. Per step: the 4H gate pre-activations (R h: _gemv_kernel),
@@ -309,7 +309,7 @@ def _lstm_kernel(xw, gate_major, r, lens, h0, c0, p, acts, clip, input_forget, r
 def _gru_kernel(xw, gate_major, r, b, lens, h0, acts, clip, linear_before_reset, reverse0, layout, y, yh, has_y, has_yh,
                 state):
     """xw [D, S*N, 3H] or [D, 3H, S*N] as for LSTM, the biases the projection added: Wb + Rb for gates z and r, Wb for h
-    (_gru_biases); r [D, 3H, H] (gate rows z, r, h); b [D, 6H] (Wb, Rb: the kernel reads h's Rb, which the reset
+    (_fold_biases_kernel); r [D, 3H, H] (gate rows z, r, h); b [D, 6H] (Wb, Rb: the kernel reads h's Rb, which the reset
     gate scales); acts [D, 2] (f, g); state float32 >= 9H."""
     n_dir, g3, hid = r.shape
     rf = r.reshape(r.size)
@@ -494,13 +494,13 @@ def _f32(a) -> np.ndarray:
 
 
 def _scratch_floats(op: str, input_shapes) -> tuple[int, int, int]:
-    """(floats of the input projections W x_t, of the state, of the projection's own scratch when W is held as
-    codes) for these input shapes (infer() accepted). The last is counted whether or not W is held so: the shapes
+    """(floats of the input projections W x_t, of the state and the folded biases (_fold_biases_kernel), of the
+    projection's own scratch when W is held as codes) for these input shapes (infer() accepted). The last is counted whether or not W is held so: the shapes
     do not say (at ddddocr's 22 rows of 512 inputs, 50 KB)."""
     x, r = input_shapes[0], input_shapes[2]
     n_dir, gh, hid = (int(d) for d in r)
     rows = int(x[0]) * int(x[1])
-    return (n_dir * rows * gh, (12 if op == "LSTM" else 9) * hid,
+    return (n_dir * rows * gh, (12 if op == "LSTM" else 9) * hid + n_dir * gh,
             rows_lanes(rows) * (int(x[2]) + DENSE_ROWS) if rows else 0)
 
 
@@ -527,20 +527,16 @@ def codes_projection_pays(rows: int) -> bool:
     return rows / (-(-rows // lanes) * lanes) >= CODES_MIN_FILL
 
 
-def _lstm_biases(b, n_dir: int, hid: int):
-    """The bias the LSTM's projection adds to every gate: Wb + Rb per direction ([D, 4H] float32), or None."""
-    if b.size == 0:
-        return None
-    return np.ascontiguousarray(b[:, :4 * hid] + b[:, 4 * hid:])
-
-
-def _gru_biases(b, n_dir: int, hid: int):
-    """The bias the GRU's projection adds: Wb + Rb for gates z and r, Wb for h ([D, 3H] float32), or None."""
-    if b.size == 0:
-        return None
-    out = b[:, :3 * hid].copy()  # a copy: the node's B is a constant, never written
-    out[:, :2 * hid] += b[:, 3 * hid:5 * hid]
-    return out
+@njit(cache=True)
+def _fold_biases_kernel(b, lstm, out):
+    """out [D, G*H] <- the bias the projection adds to every gate row: Wb + Rb (LSTM; GRU's gates z and r), Wb (GRU's
+    gate h, whose Rb the reset gate scales in the recurrence); b [D, 2*G*H] the node's B. Run before every
+    projection: out lives in the plan's scratch (counted in the memory plan), not beside the node's B."""
+    n_dir, gh = out.shape
+    both = gh if lstm else 2 * (gh // 3)
+    for d in range(n_dir):
+        for k in range(gh):
+            out[d, k] = b[d, k] + b[d, gh + k] if k < both else b[d, k]
 
 
 def _bind_projection(x2, w, xw, scratch, bias) -> tuple:
@@ -606,7 +602,9 @@ def _prepare(op: str, inputs, attrs, outputs, scratch=None):
     rows, gh = g.seq * g.batch, gates * g.hid
     gate_major = _gate_major(w)
     xw = floats[:n_proj].reshape((g.n_dir, gh, rows) if gate_major else (g.n_dir, rows, gh))
-    state = floats[n_proj:]
+    n_bias = g.n_dir * gh
+    state = floats[n_proj:n_proj + n_state - n_bias]
+    folded = floats[n_proj + n_state - n_bias:n_proj + n_state].reshape(g.n_dir, gh)
     rows_scratch = scratch[4 * (n_proj + n_state):4 * (n_proj + n_state + n_rows)]
     b = opt(3, 2)
     lens = g.lens if g.lens is not None else np.full(g.batch, g.seq, np.int64)
@@ -614,8 +612,8 @@ def _prepare(op: str, inputs, attrs, outputs, scratch=None):
     outs = list(outputs) + [None] * (3 - len(outputs))
     y = outs[0] if outs[0] is not None else _EMPTY[4]
     yh = outs[1] if outs[1] is not None else _EMPTY[3]
-    biases = (_lstm_biases if op == "LSTM" else _gru_biases)(b, g.n_dir, g.hid)
-    products = _bind_projection(x.reshape(rows, g.n_in), w, xw, rows_scratch, biases)
+    fold = ((_fold_biases_kernel, (b, op == "LSTM", folded)),) if b.size else ()
+    products = fold + _bind_projection(x.reshape(rows, g.n_in), w, xw, rows_scratch, folded if b.size else None)
     clip = np.float32(g.clip)  # the kernels compute in float32 throughout
     if op == "LSTM":
         c0, p = opt(6, 3), opt(7, 2)
