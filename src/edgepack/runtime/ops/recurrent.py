@@ -510,11 +510,12 @@ def _scratch_bytes(op: str):
     return scratch_bytes
 
 
-# W held as codes projects in linear.py's rows form, a tile of 24 or 32 lanes per pass: with few rows most lanes are
-# empty and the float32 dot-product kernel wins. benchmarks/recurrent_ops.py (1 thread, CPU time, load 9-11): codes
-# / float32 at 22 rows of 512 -> 2048 x 2 (ddddocr) 4.5 / 5.1 ms; at 16 rows of 96 -> 256 (hey_mycroft) 0.104 /
-# 0.091; at 1 row (silero_vad) 0.043 / 0.014. The codes pay from CODES_MIN_ROWS rows whose tiles are at least
-# CODES_MIN_FILL full.
+# W held as codes projects as linear.py's rows form does, a tile of 24 or 32 lanes per pass: with few rows most lanes
+# are empty and the float32 dot-product kernel wins. benchmarks/recurrent_ops.py, whole LSTM (1 thread, CPU time,
+# load 9-11): codes / float32 at 22 rows of 512 -> 2048 x 2 (ddddocr) 4.5 / 5.1 ms; at 16 rows of 96 -> 256
+# (hey_mycroft) 0.104 / 0.091; at 1 row (silero_vad) 0.043 / 0.014. Again after the gate-major codes projection and
+# the faster recurrence (load 8-9): 4.3 / 4.6, 0.064 / 0.056, 0.042 / 0.010. The codes pay from CODES_MIN_ROWS rows
+# whose tiles are at least CODES_MIN_FILL full.
 CODES_MIN_ROWS = 18
 CODES_MIN_FILL = 0.75
 
