@@ -189,6 +189,51 @@ def test_clip_and_input_forget(direction, peep):
     check("GRU", gins, {"direction": direction, "hidden_size": 6, "clip": 0.5})
 
 
+@pytest.mark.parametrize("rows,k", [(4, 1), (12, 3), (8, 8), (44, 11), (132, 33), (64, 16), (20, 40), (2048, 64)])
+def test_gemv_kernel_blocks_and_tails(rows, k):
+    """R h as the recurrence computes it (eight rows at a time in simd_dot.rows_dot8, column and row tails after)
+    against float64 numpy, from an offset into the flattened R; blocks visited last to first give the same bits."""
+    from edgepack.runtime.ops.recurrent import _gemv_kernel
+    rng = np.random.default_rng(rows * 100 + k)
+    r = rng.standard_normal(3 * rows * k).astype(np.float32)
+    x = rng.standard_normal(k).astype(np.float32)
+    want = r[rows * k:2 * rows * k].reshape(rows, k).astype(np.float64) @ x.astype(np.float64)
+    got = [np.full(rows, np.nan, np.float32) for _ in range(2)]
+    for out, backward in zip(got, (False, True)):
+        _gemv_kernel(r, rows * k, rows, k, x, out, backward)
+    np.testing.assert_allclose(got[0], want, rtol=1e-5, atol=2e-6 * np.sqrt(k))
+    np.testing.assert_array_equal(got[0], got[1])
+
+
+@pytest.mark.parametrize("hid", [1, 3, 16, 33])
+@pytest.mark.parametrize("direction", ["forward", "reverse", "bidirectional"])
+def test_lstm_one_loop_cell_matches_the_passes(hid, direction):
+    """The default activations without peepholes take the one-loop cell update (_lstm_cell_kernel); zero peepholes
+    send the same LSTM through the passes: the same bits (up to the sign of zero), both against onnxruntime."""
+    ins = make_inputs("LSTM", seq=4, batch=2, n_in=5, hid=hid, direction=direction, peep=True)
+    ins[0] = ins[0] * 3
+    ins[7] = np.zeros_like(ins[7])
+    attrs = {"direction": direction, "hidden_size": hid}
+    passes = check("LSTM", ins, attrs)
+    one_loop = check("LSTM", ins[:7], attrs)
+    for a, b in zip(one_loop, passes):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("op", ["LSTM", "GRU"])
+@pytest.mark.parametrize("direction", ["forward", "bidirectional"])
+def test_constant_inputs_are_not_written(op, direction):
+    """The biases the projection adds are folded into scratch at every run, never into the node's B (a constant the
+    file holds; with one direction a row slice of it is contiguous, so an in-place sum there would write it)."""
+    ins = make_inputs(op, direction=direction)
+    before = [None if a is None else a.copy() for a in ins]
+    check(op, ins, {"direction": direction, "hidden_size": 6})
+    check(op, ins, {"direction": direction, "hidden_size": 6})
+    for a, b in zip(ins, before):
+        if a is not None:
+            np.testing.assert_array_equal(a, b)
+
+
 @pytest.mark.parametrize("direction", ["forward", "reverse", "bidirectional"])
 @pytest.mark.parametrize("layout", [0, 1])
 def test_gru_linear_before_reset(direction, layout):
@@ -226,7 +271,7 @@ def test_lstm_activation_lists(acts):
 @pytest.mark.parametrize("code", range(5))
 def test_activation_blocks_at_their_limits(code):
     """The kernels' activations over a block (Sigmoid, Tanh, Relu, Softsign, Softplus) against float64 numpy across
-    exp's limits (|v| near 88), +-inf, +-0 and NaN; the block may be shorter than its scratch."""
+    exp's limits (|v| near 88), +-inf, +-0 and NaN."""
     from edgepack.runtime.ops.recurrent import _act_block
     v = np.concatenate([np.linspace(-120, 120, 4801), [-88.5, -87.9, -44.1, 44.1, 87.9, 88.5, 1e-4, -1e-4, 0.0, -0.0,
                                                          np.inf, -np.inf, np.nan]]).astype(np.float32)
@@ -235,7 +280,7 @@ def test_activation_blocks_at_their_limits(code):
         want = [1 / (1 + np.exp(-x)), np.tanh(x), np.where(x > 0, x, 0.0), x / (1 + np.abs(x)),
                 np.logaddexp(0.0, x)][code]
     got = v.copy()
-    _act_block(code, got, np.empty(v.size + 3, np.float32), np.empty(v.size + 3, np.int32))
+    _act_block(code, got)
     np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
     np.testing.assert_allclose(got, want, rtol=4e-6, atol=3e-7 if code == 1 else 1e-30)
 
@@ -380,11 +425,12 @@ def test_packed_end_to_end(tmp_path, op, outputs, sparsity):
             "row_dims"] == 2
         assert packed.weights[name].rows == 2 * GATES[op] * 16
     assert packed.meta["format_version"] == "1.1" and packed.container.version == (1, 1)
-    # the projections W x_t (directions x steps x gates x hidden), the state and the scratch of the projection
-    # from held codes (a tile of 24 lanes of the 24 inputs, and 4 rows of sums) live in the plan's counted scratch
+    # the projections W x_t (directions x steps x gates x hidden), the state, the folded biases (directions x gates
+    # x hidden) and the scratch of the projection from held codes (a tile of 24 lanes of the 24 inputs, and 4 rows of
+    # sums) live in the plan's counted scratch
     hid, gates = 16, GATES[op]
     assert model.plan.scratch_bytes == 4 * (2 * seq * gates * hid + (12 if op == "LSTM" else 9) * hid
-                                            + 24 * (24 + 4))
+                                            + 2 * gates * hid + 24 * (24 + 4))
     # W stored as dense codes stays codes (a quarter of float32's bytes at 8 bits); sparse W and R are expanded
     held = model._program.consts["in1"]
     dense_codes = type(packed.weights["in1"]) is CodebookWeight  # the packer's choice (sparse or dense codes)
@@ -431,10 +477,11 @@ def test_gate_rows_get_their_own_scales(tmp_path):
 @pytest.mark.parametrize("direction,layout", [("forward", 0), ("reverse", 1), ("bidirectional", 0),
                                               ("bidirectional", 1)])
 @pytest.mark.parametrize("seq,batch,states,lens", [(1, 1, False, None), (6, 2, True, [6, 3]),
-                                                   (30, 1, True, None)])
+                                                   (30, 1, True, None), (20, 2, False, None)])
 def test_codes_weight_projection(op, direction, layout, seq, batch, states, lens):
-    """W held as dense codes (a CodebookWeight, as runtime/model.py passes it): the projection runs in linear.py's
-    rows form; outputs as onnxruntime's with W decoded, at 1 to 30 rows (one tile of 24 lanes, two of 32)."""
+    """W held as dense codes (a CodebookWeight, as runtime/model.py passes it): the projection runs on the codes
+    (_project_codes_kernel, gate-major); outputs as onnxruntime's with W decoded, at 1 to 40 rows (one tile of 24
+    lanes, one or two of 32)."""
     ins = make_inputs(op, seq=seq, batch=batch, n_in=37, hid=9, direction=direction, layout=layout, h0=states,
                       c0=states, lens=lens)
     d, g = ins[1].shape[0], ins[1].shape[1]
@@ -449,6 +496,32 @@ def test_codes_weight_projection(op, direction, layout, seq, batch, states, lens
     got, _ = ours(op, ins, attrs, N_OUT[op])
     for i, (a, b) in enumerate(zip(got, want)):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=3e-6, err_msg=f"{op} output {i}")
+
+
+@pytest.mark.parametrize("rows", [1, 22, 40])
+@pytest.mark.parametrize("bias,scales", [(True, True), (False, False)])
+def test_codes_projection_is_the_rows_form(rows, bias, scales):
+    """The recurrence's gate-major projection of W held as codes gives linear.py's rows form's bits (the same sums,
+    the bias added after), for every direction, with and without bias and row scales, over one or two tiles."""
+    from edgepack.runtime.ops.linear import bind_linear, linear_scratch_bytes, prepare_linear
+    from edgepack.runtime.ops.recurrent import _project_codes_kernel
+    d, gh, k = 2, 4 * 9, 37
+    x = rand(rows, k)
+    codebook = rand(256, scale=0.4)
+    codes = RNG.integers(0, 256, (d * gh, k)).astype(np.uint8)
+    sc = np.asarray(RNG.uniform(0.5, 1.5, d * gh), np.float32) if scales else np.zeros(0, np.float32)
+    b = rand(d, gh) if bias else np.zeros((0, 0), np.float32)
+    want = np.empty((d, rows, gh), np.float32)
+    for i in range(d):
+        w = CodebookWeight((gh, k), codebook, codes[i * gh:(i + 1) * gh], sc[i * gh:(i + 1) * gh] if scales else None)
+        p = prepare_linear(w, True, "rows")
+        fn, args = bind_linear(x, p, b[i] if bias else None, 1.0, 1.0 if bias else 0.0, want[i],
+                               np.empty(linear_scratch_bytes(rows, p), np.uint8))
+        fn(*args)
+    got = np.full((d, gh, rows), np.nan, np.float32)
+    buf = np.empty(32 * (k + 4), np.float32)
+    _project_codes_kernel(x, codes.reshape(-1), codebook, sc, b, got, buf[:32 * k], buf[32 * k:])
+    np.testing.assert_array_equal(got, want.transpose(0, 2, 1))
 
 
 @pytest.mark.parametrize("value", [0, 4, "2", 2.0, True])

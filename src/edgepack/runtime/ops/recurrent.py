@@ -4,19 +4,22 @@ Y_h / Y_c hold its last state, or zero for an empty one), initial_h, initial_c a
 `input_forget`, `layout` 0 and 1 (opset 14); GRU's `linear_before_reset` 0 and 1; any of Y, Y_h, Y_c omitted.
 Activations: Sigmoid, Tanh, Relu, Softsign and Softplus (the parameter-free ones); others are refused by name.
 
-The input part of every gate at every step, W x_t, is one matrix product per direction before the recurrence (bound
-through runtime/ops/linear.py: its dot-product kernel or BLAS); then one kernel per op runs every direction and batch
-row: per step the gate pre-activations are that plus the biases plus R h_{t-1} (dot products over contiguous weight
-rows), then the cell update in place. At batch 1 the steps are bound by reading R (ddddocr's 2 x 4 MiB: from L3 at
-every step, ~60 GB/s on the dev VM). The projections and the state (directions x steps x batch x gates x hidden,
-plus a few hidden sizes, float32) live in the executor's shared scratch, which the memory plan counts
-(OpDef.scratch_bytes); the plain runner allocates them per call.
+The input part of every gate at every step, W x_t plus the biases, is one matrix product per direction before the
+recurrence (float32 W: bound through runtime/ops/linear.py, its dot-product kernel or BLAS, the biases in its
+epilogue); then one kernel per op runs every direction and batch row: per step the gate pre-activations are that plus
+R h_{t-1} (simd_dot.rows_dot8: eight rows of R at a time, their sums reduced together), then the cell update in place
+(with the default activations one vectorised loop). At batch 1 the steps are bound by reading R (ddddocr's 2 x 4 MiB:
+from L3 at every step, ~75 GB/s on the dev VM; every other step visits R's rows last to first, starting on what the
+step before left in L2). The projections and the state (directions x steps x batch x gates x hidden, plus a few
+hidden sizes, float32) live in the executor's shared scratch, which the memory plan counts (OpDef.scratch_bytes); the
+plain runner allocates them per call.
 W arrives dense, or as a CodebookWeight when the file holds it as dense codes (runtime/model.py HELD_CODES_INPUT):
-the projection then runs on the codes in linear.py's rows form (_dense_row_tiles_kernel; 2 MB of 8-bit codes for
-ddddocr's W, where float32 took 8 MB of RAM and of reads per run). R arrives dense (expanded at load). Held sparse, R
-would not pay at the densities pruning leaves: the dense matvec streams R at ~0.2 cycles a weight, and every sparse
-form tried spends more per kept weight (a gather of h, or an expand per 16 columns); benchmarks/sparse_recurrence.py
-on ddddocr's R: CSR 0.5x at density 0.3, break-even near 0.12, 1.9x at 0.05.
+the projection then runs on the codes as linear.py's rows form does (_project_codes_kernel, the same sums, written
+gate-major; 2 MB of 8-bit codes for ddddocr's W, where float32 took 8 MB of RAM and of reads per run). R arrives
+dense (expanded at load). Held sparse, R would not pay at the densities pruning leaves: the dense matvec streams R at
+~0.2 cycles a weight, and every sparse form tried spends more per kept weight (a gather of h, or an expand per 16
+columns); benchmarks/sparse_recurrence.py on ddddocr's R: CSR 0.5x at density 0.3, break-even near 0.12, 1.9x at
+0.05.
 """
 from __future__ import annotations
 
@@ -26,10 +29,13 @@ import numpy as np
 from numba import njit
 
 from edgepack.runtime.errors import FormatError, UnsupportedError
-from edgepack.runtime.ops.elementwise import exp_block
-from edgepack.runtime.ops.linear import bind_linear, linear_scratch_bytes, prepare_linear, rows_lanes
+from edgepack.runtime.ops.elementwise import _expf_core, _sigmoid_value
+from edgepack.runtime.ops.linear import (ROWS_NARROW, _tile_transpose_kernel, bind_linear, prepare_linear,
+                                          rows_lanes)
 from edgepack.runtime.ops.registry import OpDef, check_arity, float_attr, int_attr
-from edgepack.runtime.ops.simd_rows import DENSE_ROWS
+from edgepack.runtime.ops.simd_dot import LANES, rows_dot8
+from edgepack.runtime.ops.simd_rows import LANES as TILE_LANES
+from edgepack.runtime.ops.simd_rows import DENSE_ROWS, dense_fma24x1, dense_fma24x4, dense_fma32x1, dense_fma32x4
 from edgepack.runtime.weights import CodebookWeight, DenseWeight
 
 # activation codes of the kernels
@@ -38,26 +44,30 @@ _ACT_NAMES = ("Sigmoid", "Tanh", "Relu", "Softsign", "Softplus")
 _DIRECTIONS = ("forward", "reverse", "bidirectional")
 
 
+@njit(cache=True, inline="always", error_model="numpy")
+def _tanh_value(v):
+    """2 / (1 + exp(-2v)) - 1 (elementwise.py's _expf_core: exp(-2v) clamped to [exp(-87), exp(88)], where 1 + e
+    rounds to what expf's 0 and exp(88) give); NaN stays NaN."""
+    f = np.float32
+    t = f(2.0) / (f(1.0) + _expf_core(f(-2.0) * v)) - f(1.0)
+    return t if v == v else v
+
+
 @njit(cache=True, error_model="numpy")
-def _act_block(code, v, e, bits):
-    """v <- activation `code` of v, in place, one vectorised loop per pass (Sigmoid and Tanh through elementwise.py's
-    exp_block, where a scalar math.exp per value and gate ran before: 2-5% of ddddocr's LSTM, 13% of hey_mycroft's
-    first one); e (float32) and bits (int32): scratch of at least v's length. Sigmoid: v < -88 gives 0; Tanh:
-    2 / (1 + exp(-2v)) - 1; NaN stays NaN."""
+def _act_block(code, v):
+    """v <- activation `code` of v, in place, one vectorised loop (Sigmoid and Tanh through elementwise.py's
+    inlined exp: _sigmoid_value and _tanh_value, the same bits as expf). In place over ONE array the loop
+    vectorises; the former form (e = k v, then exp_block(e, ..., e), then a third loop) ran exp_block in place,
+    which LLVM's overlap test sends to its scalar loop: the activations took 12% of ddddocr's LSTM and 43% of
+    hey_mycroft's first one. e and bits are not read (kept for the callers' scratch layout)."""
     m = v.shape[0]
     one = np.float32(1.0)
-    if code == 0 or code == 1:
-        k = np.float32(-1.0) if code == 0 else np.float32(-2.0)
+    if code == 0:
         for j in range(m):
-            e[j] = k * v[j]
-        exp_block(e, m, bits, e)
-        if code == 0:
-            for j in range(m):
-                s = one / (one + e[j])
-                v[j] = np.float32(0.0) if v[j] < np.float32(-88.0) else s
-        else:
-            for j in range(m):
-                v[j] = np.float32(2.0) / (one + e[j]) - one
+            v[j] = _sigmoid_value(v[j])
+    elif code == 1:
+        for j in range(m):
+            v[j] = _tanh_value(v[j])
     elif code == 2:
         for j in range(m):
             v[j] = v[j] if v[j] > np.float32(0.0) else np.float32(0.0)
@@ -93,6 +103,83 @@ def _dot_kernel(a, b):
     return acc
 
 
+@njit(cache=True, error_model="numpy")
+def _gemv_kernel(rf, base, nrows, k, x, out, backward):
+    """out[q] = dot(row q, x[:k]) for q < nrows, the rows of length k from rf[base] (R flattened): eight rows at a
+    time in simd_dot.rows_dot8 over the first k - k % 8 columns, the other columns added after (_dot_kernel), rows
+    past the last eight as _dot_kernel alone. Below 8 columns, _dot_kernel per row (rows_dot8 would only add its
+    reduction). Every sum's order is fixed by k and the row's place: runs are bit-identical. `backward` visits the
+    blocks of eight last to first (the same sums): alternated step by step, a step starts on the rows the step before
+    read last, which are still in L2 when R is larger than L2 (ddddocr's 4 MiB a direction)."""
+    kv = k - k % LANES if k >= LANES else 0
+    blocks = nrows // LANES if kv else 0
+    for bi in range(blocks):
+        q = (blocks - 1 - bi if backward else bi) * LANES
+        rows_dot8(rf, base + q * k, k, kv, x, out, q)
+        if kv < k:
+            for j in range(q, q + LANES):
+                row = base + j * k
+                out[j] = out[j] + _dot_kernel(rf[row + kv:row + k], x[kv:k])
+    for q in range(blocks * LANES, nrows):
+        row = base + q * k
+        out[q] = _dot_kernel(rf[row:row + k], x[:k])
+
+
+@njit(cache=True)
+def _step_inputs(xw, d, row, gate_major, col):
+    """The projected inputs of one step (every gate row of direction d at step-batch row `row`): a row of xw, or for a
+    gate-major xw its column gathered into col."""
+    if not gate_major:
+        return xw[d, row]
+    for k in range(col.shape[0]):
+        col[k] = xw[d, k, row]
+    return col
+
+
+@njit(cache=True)
+def _project_codes_kernel(x, codes, codebook, scales, bias, xw, xt, acc):
+    """xw[d, r, s] = codebook[codes] row (d, r) . x[s] (times scales[d * G + r] if any) + bias[d, r] (if any), for
+    every direction d and gate row r (G of them) and step-batch row s: W held as dense 8-bit codes, projected as
+    linear.py's rows form does (_dense_row_tiles_kernel: x's rows transposed into a tile of lanes, then
+    simd_rows.dense_fma, four weight rows at a time, every sum in k order; the same bits), but written gate-major:
+    each weight row's outputs are contiguous, where the rows form's [rows, G] output takes one strided store per
+    value (its epilogue: 0.16 of its 0.66 ms for one direction of ddddocr, 22 x 512 -> 2048), and the x tile is
+    transposed once for the directions. xt: >= lanes * k floats, acc: >= DENSE_ROWS * lanes."""
+    bsz, k_in = x.shape
+    n_dir, gh = xw.shape[0], xw.shape[1]
+    has_b = bias.size != 0
+    has_os = scales.shape[0] != 0
+    lw = ROWS_NARROW if bsz <= ROWS_NARROW else TILE_LANES
+    for b0 in range(0, bsz, lw):
+        bt = min(lw, bsz - b0)
+        _tile_transpose_kernel(x, b0, bt, lw, xt)
+        for d in range(n_dir):
+            r = 0
+            while r < gh:
+                m = DENSE_ROWS if r + DENSE_ROWS <= gh else 1
+                w0 = np.int64((d * gh + r) * k_in)
+                if lw == ROWS_NARROW:
+                    if m == DENSE_ROWS:
+                        dense_fma24x4(xt, codes, codebook, w0, np.int64(k_in), acc, np.int64(0))
+                    else:
+                        dense_fma24x1(xt, codes, codebook, w0, np.int64(k_in), acc, np.int64(0))
+                else:
+                    if m == DENSE_ROWS:
+                        dense_fma32x4(xt, codes, codebook, w0, np.int64(k_in), acc, np.int64(0))
+                    else:
+                        dense_fma32x1(xt, codes, codebook, w0, np.int64(k_in), acc, np.int64(0))
+                for j in range(m):
+                    sc = scales[d * gh + r + j] if has_os else np.float32(1.0)
+                    c = bias[d, r + j] if has_b else np.float32(0.0)
+                    dst = xw[d, r + j]
+                    for b in range(bt):
+                        v = acc[j * lw + b] * sc if has_os else acc[j * lw + b]
+                        if has_b:
+                            v += c
+                        dst[b0 + b] = v
+                r += m
+
+
 @njit(cache=True)
 def _put_y_kernel(y, layout, t, d, n, h, count):
     """Y[step t, direction d, sample n, :] = h[:count], zeros after it, in the node's layout."""
@@ -105,29 +192,47 @@ def _put_y_kernel(y, layout, t, d, n, h, count):
 
 
 @njit(cache=True, error_model="numpy")
-def _lstm_kernel(xw, r, b, lens, h0, c0, p, acts, clip, input_forget, reverse0, layout, y, yh, yc, has_y, has_yh,
-                 has_yc, state):
-    """xw [D, S*N, 4H]: W x_t of every step (row t*N + n for layout 0, n*S + t for layout 1); r [D, 4H, H] (gate
-    rows i, o, f, c); b [D, 8H] (Wb, Rb); lens [N] int64; h0, c0: [D, N, H] (layout 0) or [N, D, H]; p [D, 3H]
-    (i, o, f); acts [D, 3] (f, g, h codes); y: [S, D, N, H] or [N, S, D, H]; yh, yc like h0; state float32 >= 12H.
-    Direction d runs in reverse when d == 1 or reverse0. Per step: the 4H gate pre-activations (a dot product per
-    row of R), then the cell update in passes over the hidden units, each activation one _act_block call."""
+def _lstm_cell_kernel(g, c, h, hid):
+    """The LSTM cell update with the default activations, one loop over the hidden units: i, o, f = sigmoid of
+    gates 0-2 of g, c <- f c + i tanh(gate 3), h <- o tanh(c); the passes of _lstm_kernel's general path computed
+    value by value (the same bits). g, c, h do not overlap (views of the kernel's state)."""
+    for j in range(hid):
+        i = _sigmoid_value(g[j])
+        o = _sigmoid_value(g[hid + j])
+        f = _sigmoid_value(g[2 * hid + j])
+        cj = f * c[j] + i * _tanh_value(g[3 * hid + j])
+        c[j] = cj
+        h[j] = _tanh_value(cj) * o
+
+
+@njit(cache=True, error_model="numpy")
+def _lstm_kernel(xw, gate_major, r, lens, h0, c0, p, acts, clip, input_forget, reverse0, layout, y, yh, yc, has_y,
+                 has_yh, has_yc, state):
+    """xw [D, S*N, 4H]: W x_t + Wb + Rb of every step (row t*N + n for layout 0, n*S + t for layout 1: the biases
+    added by the projection, _fold_biases_kernel), or [D, 4H, S*N] when gate_major (_project_codes_kernel); r [D, 4H, H]
+    (gate rows i, o, f, c); lens [N] int64; h0, c0: [D, N, H] (layout 0) or [N, D, H]; p [D, 3H] (i, o, f); acts
+    [D, 3] (f, g, h codes); y: [S, D, N, H] or [N, S, D, H]; yh, yc like h0; state float32 >= 12H.
+    Direction d runs in reverse when d == 1 or reverse0. Per step: the 4H gate pre-activations (R h: _gemv_kernel),
+    then the cell update: with the default activations (Sigmoid, Tanh, Tanh), no peepholes, clip or
+    input_forget one vectorised loop over the hidden units (_lstm_cell_kernel); else in passes, each activation one
+    _act_block call. Both give the same bits."""
     n_dir, g4, hid = r.shape
+    rf = r.reshape(r.size)
     batch = lens.shape[0]
-    seq = xw.shape[1] // batch if batch else 0
+    seq = xw.shape[2 if gate_major else 1] // batch if batch else 0
     h = state[0:hid]
     c = state[hid:2 * hid]
     g = state[2 * hid:2 * hid + g4]
-    e = state[2 * hid + g4:5 * hid + g4]
-    bits = state[5 * hid + g4:8 * hid + g4].view(np.int32)
+    col = state[2 * hid + g4:2 * hid + 2 * g4]
     gi, go, gf, gc = g[0:hid], g[hid:2 * hid], g[2 * hid:3 * hid], g[3 * hid:4 * hid]
     # absent optional inputs arrive as empty arrays: no bias, zero initial state, no peepholes
-    has_b, has_h0, has_c0, has_p = b.size != 0, h0.size != 0, c0.size != 0, p.size != 0
+    has_h0, has_c0, has_p = h0.size != 0, c0.size != 0, p.size != 0
     zero = np.float32(0.0)
     one = np.float32(1.0)
     for d in range(n_dir):
         rev = d == 1 or reverse0
         fa, ga, ha = acts[d, 0], acts[d, 1], acts[d, 2]
+        fused = fa == 0 and ga == 1 and ha == 1 and not has_p and not clip > zero and not input_forget
         for n in range(batch):
             for j in range(hid):
                 if layout == 0:
@@ -139,9 +244,15 @@ def _lstm_kernel(xw, r, b, lens, h0, c0, p, acts, clip, input_forget, reverse0, 
             steps = lens[n]
             for s in range(steps):
                 t = steps - 1 - s if rev else s
-                xt = xw[d, t * batch + n] if layout == 0 else xw[d, n * seq + t]
+                xt = _step_inputs(xw, d, t * batch + n if layout == 0 else n * seq + t, gate_major, col)
+                _gemv_kernel(rf, d * g4 * hid, g4, hid, h, g, s % 2 == 1)
                 for k in range(g4):
-                    g[k] = xt[k] + (b[d, k] + b[d, g4 + k] if has_b else zero) + _dot_kernel(r[d, k], h)
+                    g[k] = xt[k] + g[k]
+                if fused:
+                    _lstm_cell_kernel(g, c, h, hid)
+                    if has_y:
+                        _put_y_kernel(y, layout, t, d, n, h, hid)
+                    continue
                 if has_p:
                     for j in range(hid):
                         gi[j] += p[d, j] * c[j]
@@ -154,22 +265,22 @@ def _lstm_kernel(xw, r, b, lens, h0, c0, p, acts, clip, input_forget, reverse0, 
                         if not has_p:
                             go[j] = _clip_kernel(go[j], clip)
                 if has_p:  # o's peephole reads the new cell state: o waits for it
-                    _act_block(fa, gi, e, bits)
+                    _act_block(fa, gi)
                     if not input_forget:
-                        _act_block(fa, gf, e, bits)
+                        _act_block(fa, gf)
                 else:  # gates i, o, f (contiguous) in one pass: at small hidden sizes the calls weigh
-                    _act_block(fa, g[0:3 * hid], e, bits)
-                _act_block(ga, gc, e, bits)
+                    _act_block(fa, g[0:3 * hid])
+                _act_block(ga, gc)
                 for j in range(hid):
                     f = one - gi[j] if input_forget else gf[j]
                     c[j] = f * c[j] + gi[j] * gc[j]
                 if has_p:
                     for j in range(hid):
                         go[j] = _clip_kernel(go[j] + p[d, hid + j] * c[j], clip)
-                    _act_block(fa, go, e, bits)
+                    _act_block(fa, go)
                 for j in range(hid):
                     h[j] = c[j]
-                _act_block(ha, h, e, bits)
+                _act_block(ha, h)
                 for j in range(hid):
                     h[j] *= go[j]
                 if has_y:
@@ -195,17 +306,19 @@ def _lstm_kernel(xw, r, b, lens, h0, c0, p, acts, clip, input_forget, reverse0, 
 
 
 @njit(cache=True, error_model="numpy")
-def _gru_kernel(xw, r, b, lens, h0, acts, clip, linear_before_reset, reverse0, layout, y, yh, has_y, has_yh, state):
-    """xw [D, S*N, 3H] as for LSTM; r [D, 3H, H] (gate rows z, r, h); b [D, 6H] (Wb, Rb); acts [D, 2] (f, g);
-    state float32 >= 9H."""
+def _gru_kernel(xw, gate_major, r, b, lens, h0, acts, clip, linear_before_reset, reverse0, layout, y, yh, has_y, has_yh,
+                state):
+    """xw [D, S*N, 3H] or [D, 3H, S*N] as for LSTM, the biases the projection added: Wb + Rb for gates z and r, Wb for h
+    (_fold_biases_kernel); r [D, 3H, H] (gate rows z, r, h); b [D, 6H] (Wb, Rb: the kernel reads h's Rb, which the reset
+    gate scales); acts [D, 2] (f, g); state float32 >= 9H."""
     n_dir, g3, hid = r.shape
+    rf = r.reshape(r.size)
     batch = lens.shape[0]
-    seq = xw.shape[1] // batch if batch else 0
+    seq = xw.shape[2 if gate_major else 1] // batch if batch else 0
     h = state[0:hid]
     gh = state[hid:hid + g3]
     rh = state[hid + g3:2 * hid + g3]
-    e = state[2 * hid + g3:4 * hid + g3]
-    bits = state[4 * hid + g3:6 * hid + g3].view(np.int32)
+    col = state[2 * hid + g3:2 * hid + 2 * g3]
     zr, hh = gh[0:2 * hid], gh[2 * hid:3 * hid]
     has_b, has_h0 = b.size != 0, h0.size != 0  # absent: no bias, zero initial state
     zero = np.float32(0.0)
@@ -218,25 +331,24 @@ def _gru_kernel(xw, r, b, lens, h0, acts, clip, linear_before_reset, reverse0, l
             steps = lens[n]
             for s in range(steps):
                 t = steps - 1 - s if rev else s
-                xt = xw[d, t * batch + n] if layout == 0 else xw[d, n * seq + t]
+                xt = _step_inputs(xw, d, t * batch + n if layout == 0 else n * seq + t, gate_major, col)
+                _gemv_kernel(rf, d * g3 * hid, 2 * hid, hid, h, zr, False)
                 for k in range(2 * hid):  # update and reset gates
-                    bias = b[d, k] + b[d, g3 + k] if has_b else zero
-                    zr[k] = _clip_kernel(xt[k] + bias + _dot_kernel(r[d, k], h), clip)
-                _act_block(fa, zr, e, bits)
+                    zr[k] = _clip_kernel(xt[k] + zr[k], clip)
+                _act_block(fa, zr)
                 if linear_before_reset:
+                    _gemv_kernel(rf, (d * g3 + 2 * hid) * hid, hid, hid, h, hh, False)
                     for j in range(hid):
-                        k = 2 * hid + j
-                        hh[j] = gh[hid + j] * (_dot_kernel(r[d, k], h) + (b[d, g3 + k] if has_b else zero))
+                        hh[j] = gh[hid + j] * (hh[j] + (b[d, g3 + 2 * hid + j] if has_b else zero))
                 else:
                     for j in range(hid):
                         rh[j] = gh[hid + j] * h[j]
+                    _gemv_kernel(rf, (d * g3 + 2 * hid) * hid, hid, hid, rh, hh, False)
                     for j in range(hid):
-                        k = 2 * hid + j
-                        hh[j] = _dot_kernel(r[d, k], rh) + (b[d, g3 + k] if has_b else zero)
+                        hh[j] = hh[j] + (b[d, g3 + 2 * hid + j] if has_b else zero)
                 for j in range(hid):
-                    wb = b[d, 2 * hid + j] if has_b else zero
-                    hh[j] = _clip_kernel(xt[2 * hid + j] + wb + hh[j], clip)
-                _act_block(ga, hh, e, bits)
+                    hh[j] = _clip_kernel(xt[2 * hid + j] + hh[j], clip)
+                _act_block(ga, hh)
                 for j in range(hid):
                     z = gh[j]
                     h[j] = (np.float32(1.0) - z) * hh[j] + z * h[j]
@@ -375,20 +487,20 @@ def _infer_gru(input_shapes, attrs, consts):
 
 # ---- runners ----
 
-_EMPTY = {rank: np.zeros((0,) * rank, np.float32) for rank in (2, 3, 4)}  # absent inputs and outputs
+_EMPTY = {rank: np.zeros((0,) * rank, np.float32) for rank in (1, 2, 3, 4)}  # absent inputs and outputs
 
 def _f32(a) -> np.ndarray:
     return np.ascontiguousarray(a, dtype=np.float32)
 
 
 def _scratch_floats(op: str, input_shapes) -> tuple[int, int, int]:
-    """(floats of the input projections W x_t, of the state, of the projection's own scratch when W is held as
-    codes) for these input shapes (infer() accepted). The last is counted whether or not W is held so: the shapes
+    """(floats of the input projections W x_t, of the state and the folded biases (_fold_biases_kernel), of the
+    projection's own scratch when W is held as codes) for these input shapes (infer() accepted). The last is counted whether or not W is held so: the shapes
     do not say (at ddddocr's 22 rows of 512 inputs, 50 KB)."""
     x, r = input_shapes[0], input_shapes[2]
     n_dir, gh, hid = (int(d) for d in r)
     rows = int(x[0]) * int(x[1])
-    return (n_dir * rows * gh, (12 if op == "LSTM" else 9) * hid,
+    return (n_dir * rows * gh, (12 if op == "LSTM" else 9) * hid + n_dir * gh,
             rows_lanes(rows) * (int(x[2]) + DENSE_ROWS) if rows else 0)
 
 
@@ -398,11 +510,12 @@ def _scratch_bytes(op: str):
     return scratch_bytes
 
 
-# W held as codes projects in linear.py's rows form, a tile of 24 or 32 lanes per pass: with few rows most lanes are
-# empty and the float32 dot-product kernel wins. benchmarks/recurrent_ops.py (1 thread, CPU time, load 9-11): codes
-# / float32 at 22 rows of 512 -> 2048 x 2 (ddddocr) 4.5 / 5.1 ms; at 16 rows of 96 -> 256 (hey_mycroft) 0.104 /
-# 0.091; at 1 row (silero_vad) 0.043 / 0.014. The codes pay from CODES_MIN_ROWS rows whose tiles are at least
-# CODES_MIN_FILL full.
+# W held as codes projects as linear.py's rows form does, a tile of 24 or 32 lanes per pass: with few rows most lanes
+# are empty and the float32 dot-product kernel wins. benchmarks/recurrent_ops.py, whole LSTM (1 thread, CPU time,
+# load 9-11): codes / float32 at 22 rows of 512 -> 2048 x 2 (ddddocr) 4.5 / 5.1 ms; at 16 rows of 96 -> 256
+# (hey_mycroft) 0.104 / 0.091; at 1 row (silero_vad) 0.043 / 0.014. Again after the gate-major codes projection and
+# the faster recurrence (load 8-9): 4.3 / 4.6, 0.064 / 0.056, 0.042 / 0.010. The codes pay from CODES_MIN_ROWS rows
+# whose tiles are at least CODES_MIN_FILL full.
 CODES_MIN_ROWS = 18
 CODES_MIN_FILL = 0.75
 
@@ -415,33 +528,46 @@ def codes_projection_pays(rows: int) -> bool:
     return rows / (-(-rows // lanes) * lanes) >= CODES_MIN_FILL
 
 
-def _direction_weights(w, n_dir: int) -> list:
-    """W [D, G*H, I] as one weight per direction: float32 views, or CodebookWeights over the held codes' rows."""
-    if not isinstance(w, CodebookWeight):
-        w = _f32(w)
-        return [DenseWeight(w[d]) for d in range(n_dir)]
-    gh, n_in = int(w.shape[1]), int(w.shape[2])
-    codes = w.codes.reshape(n_dir * gh, n_in)
-    scales = w.row_scales
-    if scales is not None:  # one scale per row of the file's matrix view: per gate row of every direction
-        scales = np.repeat(np.asarray(scales, np.float32), (n_dir * gh) // scales.shape[0])
-    return [CodebookWeight((gh, n_in), w.codebook, codes[d * gh:(d + 1) * gh],
-                           None if scales is None else scales[d * gh:(d + 1) * gh]) for d in range(n_dir)]
+@njit(cache=True)
+def _fold_biases_kernel(b, lstm, out):
+    """out [D, G*H] <- the bias the projection adds to every gate row: Wb + Rb (LSTM; GRU's gates z and r), Wb (GRU's
+    gate h, whose Rb the reset gate scales in the recurrence); b [D, 2*G*H] the node's B. Run before every
+    projection: out lives in the plan's scratch (counted in the memory plan), not beside the node's B."""
+    n_dir, gh = out.shape
+    both = gh if lstm else 2 * (gh // 3)
+    for d in range(n_dir):
+        for k in range(gh):
+            out[d, k] = b[d, k] + b[d, gh + k] if k < both else b[d, k]
 
 
-def _bind_projection(x2, w, xw, scratch) -> tuple:
-    """xw[d] = x2 @ w[d]^T for every direction, the input part of every gate at every step: one bound product of
-    runtime/ops/linear.py per direction (float32: its dot-product kernel or BLAS, whichever is faster at this many
-    rows; held codes: the rows form, its scratch carved from `scratch`, shared by the directions)."""
-    products = []
-    for wd in _direction_weights(w, xw.shape[0]):
-        if isinstance(wd, CodebookWeight):
-            p = prepare_linear(wd, True, "rows")
-            s = scratch[:linear_scratch_bytes(x2.shape[0], p)]
-            products.append(bind_linear(x2, p, None, 1.0, 0.0, xw[len(products)], s))
-        else:
-            products.append(bind_linear(x2, prepare_linear(wd, True), None, 1.0, 0.0, xw[len(products)]))
-    return tuple(products)
+def _bind_projection(x2, w, xw, scratch, bias) -> tuple:
+    """Steps that set xw[d] = x2 @ w[d]^T + bias[d] for every direction d, the input part of every gate at every
+    step. Float32 W: one bound product of runtime/ops/linear.py per direction (its dot-product kernel or BLAS,
+    whichever is faster at this many rows), xw [D, rows, G*H]. W held as dense codes (_gate_major):
+    _project_codes_kernel, xw [D, G*H, rows], its tile and sums carved from `scratch`. The bias is added after each
+    sum (o + bias, rounded once, as the kernels added it at every step before, so the same bits) rather than at
+    every step of the recurrence."""
+    n_dir, gh, n_in = (int(v) for v in w.shape)
+    rows = x2.shape[0]
+    if _gate_major(w):
+        scales = w.row_scales
+        if scales is None:
+            scales = _EMPTY[1]
+        else:  # one scale per row of the file's matrix view: per gate row of every direction
+            scales = np.repeat(np.asarray(scales, np.float32), (n_dir * gh) // scales.shape[0])
+        lw = rows_lanes(rows)
+        buf = scratch[:4 * lw * (n_in + DENSE_ROWS)].view(np.float32)
+        args = (x2, np.ascontiguousarray(w.codes).reshape(-1), w.codebook, scales,
+                _EMPTY[2] if bias is None else bias, xw, buf[:lw * n_in], buf[lw * n_in:])
+        return ((_project_codes_kernel, args),)
+    w = _f32(w)
+    return tuple(bind_linear(x2, prepare_linear(DenseWeight(w[d]), True), None if bias is None else bias[d], 1.0,
+                             0.0 if bias is None else 1.0, xw[d]) for d in range(n_dir))
+
+
+def _gate_major(w) -> bool:
+    """Whether the projections of this W are laid out gate-major (W held as codes: _project_codes_kernel)."""
+    return isinstance(w, CodebookWeight)
 
 
 def _project(products) -> None:
@@ -474,8 +600,12 @@ def _prepare(op: str, inputs, attrs, outputs, scratch=None):
     if scratch is None:
         scratch = np.empty(4 * (n_proj + n_state + n_rows), np.uint8)
     floats = scratch[:4 * (n_proj + n_state)].view(np.float32)
-    xw = floats[:n_proj].reshape(g.n_dir, g.seq * g.batch, gates * g.hid)
-    state = floats[n_proj:]
+    rows, gh = g.seq * g.batch, gates * g.hid
+    gate_major = _gate_major(w)
+    xw = floats[:n_proj].reshape((g.n_dir, gh, rows) if gate_major else (g.n_dir, rows, gh))
+    n_bias = g.n_dir * gh
+    state = floats[n_proj:n_proj + n_state - n_bias]
+    folded = floats[n_proj + n_state - n_bias:n_proj + n_state].reshape(g.n_dir, gh)
     rows_scratch = scratch[4 * (n_proj + n_state):4 * (n_proj + n_state + n_rows)]
     b = opt(3, 2)
     lens = g.lens if g.lens is not None else np.full(g.batch, g.seq, np.int64)
@@ -483,14 +613,15 @@ def _prepare(op: str, inputs, attrs, outputs, scratch=None):
     outs = list(outputs) + [None] * (3 - len(outputs))
     y = outs[0] if outs[0] is not None else _EMPTY[4]
     yh = outs[1] if outs[1] is not None else _EMPTY[3]
-    products = _bind_projection(x.reshape(g.seq * g.batch, g.n_in), w, xw, rows_scratch)
+    fold = ((_fold_biases_kernel, (b, op == "LSTM", folded)),) if b.size else ()
+    products = fold + _bind_projection(x.reshape(rows, g.n_in), w, xw, rows_scratch, folded if b.size else None)
     clip = np.float32(g.clip)  # the kernels compute in float32 throughout
     if op == "LSTM":
         c0, p = opt(6, 3), opt(7, 2)
         yc = outs[2] if outs[2] is not None else _EMPTY[3]
-        return _lstm_step, (products, xw, r, b, lens, h0, c0, p, g.acts, clip, g.extra, g.reverse0, g.layout, y, yh, yc,
-                            outs[0] is not None, outs[1] is not None, outs[2] is not None, state)
-    return _gru_step, (products, xw, r, b, lens, h0, g.acts, clip, g.extra, g.reverse0, g.layout, y, yh,
+        return _lstm_step, (products, xw, gate_major, r, lens, h0, c0, p, g.acts, clip, g.extra, g.reverse0, g.layout,
+                            y, yh, yc, outs[0] is not None, outs[1] is not None, outs[2] is not None, state)
+    return _gru_step, (products, xw, gate_major, r, b, lens, h0, g.acts, clip, g.extra, g.reverse0, g.layout, y, yh,
                        outs[0] is not None, outs[1] is not None, state)
 
 
