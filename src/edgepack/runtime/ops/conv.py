@@ -130,6 +130,8 @@ class PreparedConv:
     kind "winograd": u (16, cout, cin) float32, a dense 3x3 weight transformed (conv_winograd.prepare_winograd).
     kind "cout": wt (blocks, cols, CB) float32, a dense group-1 weight transposed in blocks of output channels
     (conv_cout.prepare_cout).
+    kind "tiles": wp (ceil(cout / 8), cin, 8) float32, a dense plain 1x1 weight packed in blocks of 8 output channels
+    for conv_pointwise.py's register tiles (conv_pointwise.prepare_tiles).
     scales (cout,) multiply output channels (empty when absent); group_of (cout,) is each channel's group.
     `plans` caches the geometry per input shape (the executor calls with the same shapes every run).
     """
@@ -250,6 +252,12 @@ def _path(g: dict, kind: str) -> str:
     and sparse weights run the one-channel tap kernels."""
     if kind in ("winograd", "cout"):
         return kind
+    if kind == "tiles":  # conv_pointwise.prepare_tiles: its register-tiled kernel only
+        if g["group"] != 1 or not _plain_1x1(g):
+            raise UnsupportedError(f"conv: a weight in the tiles form (conv_pointwise.py) runs plain 1x1 group-1 "
+                                   f"convolutions only; found kernel {g['kh']}x{g['kw']}, strides "
+                                   f"{[g['sh'], g['sw']]}, group {g['group']}, padded {bool(g['padded'])}")
+        return "im2col"
     if kind == "dense" and g["group"] == 1 and (_plain_1x1(g) or g["oh"] * g["ow"] < BLOCK_MIN_POSITIONS):
         return "im2col"
     if kind in ("dense", "codebook", "int8") and g["cout"] // g["group"] >= BLOCK:
@@ -1018,8 +1026,9 @@ def _im2col_run(x2, geo, bands, w2d, out3, bias_v, ep, chain, save, finish, tab,
                 _bias_act_band_kernel(out3, b, p0, p1, bias_v, ep, chain, save)
 
 
-def _im2col_tiled_run(x2, geo, col, w2d, out3, bias_v, ep, chain, save, finish, tab, xpad, xt) -> None:
-    # one band (the whole plane), the product on conv_pointwise.py's register tiles (im2col_product)
+def _im2col_tiled_run(x2, geo, col, w, rows, out3, bias_v, ep, chain, save, finish, tab, xpad, xt) -> None:
+    # one band (the whole plane), the product on conv_pointwise.py's register tiles (im2col_product; w, rows:
+    # conv_pointwise.weight_args)
     from edgepack.runtime.ops.conv_pointwise import pointwise_kernel  # it builds on this module
 
     _tap_offsets_kernel(geo, tab)
@@ -1027,7 +1036,7 @@ def _im2col_tiled_run(x2, geo, col, w2d, out3, bias_v, ep, chain, save, finish, 
     for b in range(x2.shape[0]):
         src = _source_kernel(x2, b, geo, xpad)
         _im2col_kernel(src, tab, geo, 0, oh, col)
-        kernel(col, w2d, out3[b], 0, npos, xt)
+        kernel(col, w, out3[b], 0, npos, xt, rows)
         if finish:
             _bias_act_band_kernel(out3, b, 0, npos, bias_v, ep, chain, save)
 
@@ -1114,14 +1123,19 @@ def bind_conv(x: np.ndarray, prepared: PreparedConv, bias, attrs: dict, out: np.
             save = flat[: crows * ow]
             from edgepack.runtime.ops import conv_pointwise  # it builds on this module
             kernel = plain_1x1_kernel(cout, npos, parallel)
+            if prepared.kind == "tiles" and kernel != "pointwise":
+                raise UnsupportedError(f"conv: a weight in the tiles form (conv_pointwise.py) runs only where its "
+                                       f"register-tiled kernel does (serial, >= {POINTWISE_MIN_CHANNELS} output "
+                                       f"channels, enough positions); found {cout} channels, {npos} positions, "
+                                       f"parallel {parallel}")
             if kernel == "gemv":  # a matrix-vector product (threads: BLAS's)
                 return conv_pointwise.run_gemv, (x.reshape(nb, cols), a["w2d"], out3, bias_v, ep, chain, save,
                                                  finish)
             if kernel == "pointwise":
                 # the register-tiled kernel, band by band (conv_pointwise.py; one thread: BLAS threads the product)
                 xt = flat[crows * ow: crows * ow + conv_pointwise.dot_tail(npos) * cols].reshape(-1, cols)
-                return conv_pointwise.run, (x3, a["w2d"], out3, bias_v, ep, chain, save, finish,
-                                            max(1, crows * ow), xt)
+                return conv_pointwise.run, (x3, *conv_pointwise.weight_args(a), out3, bias_v, ep, chain, save,
+                                            finish, max(1, crows * ow), xt)
             if not finish or crows >= oh:  # one band: the product, then the epilogue over the whole output
                 return _gemm_1x1_run, (x3, a["w2d"], out3, bias_v, ep, chain, save, finish)
             step = crows * ow
@@ -1137,8 +1151,9 @@ def bind_conv(x: np.ndarray, prepared: PreparedConv, bias, attrs: dict, out: np.
             from edgepack.runtime.ops import conv_pointwise  # it builds on this module
             end = (cols + 1) * npos + int(geo[_PLEN])
             xt = flat[end: end + conv_pointwise.dot_tail(npos) * cols].reshape(-1, cols)
-            return _im2col_tiled_run, (x2, geo, flat[: cols * npos].reshape(cols, npos), a["w2d"], out3, bias_v, ep,
-                                       chain, save, finish, tab, xpad, xt)
+            return _im2col_tiled_run, (x2, geo, flat[: cols * npos].reshape(cols, npos),
+                                       *conv_pointwise.weight_args(a), out3, bias_v, ep, chain, save, finish, tab,
+                                       xpad, xt)
         bands = []
         for b in range(nb):
             row = []
