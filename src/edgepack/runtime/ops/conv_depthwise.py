@@ -21,6 +21,21 @@ time, load ~7): 240 x 12 x 80 5x5 264 -> 184 us, 480 x 6 x 80 282 -> 211, 208 x 
 111 -> 98, 256 x 14 x 14 5x5 106 -> 98; planes of 7 x 7 and 64 x 56 x 56 within noise (their time is the per-channel
 copy and store, not the taps). Strided ones whose columns are not (strides (2, 1)) read each kernel row from one
 slice too (_dw9_rows_kernel, _dw25_rows_kernel): 480 x 6 x 80 5x5 at (2, 1) 175 -> 158 us.
+
+5x5 kernels on planes of few rows (PP-LCNet's 2 x 96 with pads 2: of a pair's six passes four read only padding)
+leave out the passes (paired) or kernel rows (one-row kernels) that read only padding rows for every output of a tile,
+when that saves at least two: the sums then start from, and end adding, the skipped taps' products with zero summed
+(_row_zeros, _pad_zero: -0.0, +0.0, or NaN for a weight that is not finite), so every output keeps its bits (tested
+against the full range: -0.0 results, kept by a bias of -0.0, and infinite weights). benchmarks/depthwise_pool.py
+--only conv --hardswish --rounds 5 (1 thread, CPU time, 2-core AMD EPYC (Zen 4) VM, load 7.2), the commit before ->
+this: 208 x 2 x 96 5x5 50.3 -> 44.8 us (onnxruntime 38; ORT/edgepack 0.76 -> 0.85x); in ppocr_cls
+(benchmarks/node_profile.py, load 5-7) its 200 x 2 x 96 layers 60-72 -> 54-61 us. The 5x5 layers that skip nothing
+measured within the load's noise (the minimums of six alternations, 480 x 3 x 80: 154 -> 161 us, 480 x 6 x 80:
+220 -> 225, at (2, 1) 162 -> 163).
+Leaving out one pass of six (ppocr_cls's 88 x 3 x 96: 42 -> 50 us) or one kernel row of five measured slower
+(the partial range runs a build without constant bounds, and the zeros' sums cost per channel), and the same skip in
+the channel-blocked kernels (exact there too: their sums start at +0.0) slower as well (512 x 7 x 7: 35 -> 44 us,
+its per-block finiteness check): neither is done.
 """
 from __future__ import annotations
 
