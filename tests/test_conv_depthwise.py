@@ -386,9 +386,10 @@ def test_skipped_padding_rows_keep_the_bits(zero_input):
 def test_planes_of_few_rows(h, pads, strides):
     """5x5 kernels on planes of 1-3 rows (too wide to block: the one-channel paths, whose padding-only kernel rows
     are skipped), pads 0 to 2, uneven, strides (1, 1), (2, 1), (1, 2), (2, 2), an odd width and 3 channels: against
-    float64 numpy with dense, codebook and int8 weights and a fused activation; and on an input of zeros without a
-    bias of -0.0 (which keeps a sum's sign through the store) the sign of each zero is that of the full sum (every tap summed): -0.0 for a channel whose weights are all
-    negative, +0.0 for one with a positive weight in a padding-only row, NaN for one with an infinite weight there."""
+    float64 numpy with dense, codebook and int8 weights and a fused activation; and on an input of zeros with a bias
+    of -0.0 (which keeps a sum's sign through the store) the sign of each zero is that of the full sum (every tap
+    summed): -0.0 for a channel whose weights are all negative, +0.0 for one with a positive weight in a padding-only
+    row, NaN for one with an infinite weight there."""
     attrs = {"group": 3, "pads": pads, "strides": strides}
     x_shape = (1, 3, h, 67)
     for kind in DW_KINDS:
