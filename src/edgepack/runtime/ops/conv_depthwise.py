@@ -21,6 +21,21 @@ time, load ~7): 240 x 12 x 80 5x5 264 -> 184 us, 480 x 6 x 80 282 -> 211, 208 x 
 111 -> 98, 256 x 14 x 14 5x5 106 -> 98; planes of 7 x 7 and 64 x 56 x 56 within noise (their time is the per-channel
 copy and store, not the taps). Strided ones whose columns are not (strides (2, 1)) read each kernel row from one
 slice too (_dw9_rows_kernel, _dw25_rows_kernel): 480 x 6 x 80 5x5 at (2, 1) 175 -> 158 us.
+
+5x5 kernels on planes of few rows (PP-LCNet's 2 x 96 with pads 2: of a pair's six passes four read only padding)
+leave out the passes (paired) or kernel rows (one-row kernels) that read only padding rows for every output of a tile,
+when that saves at least two: the sums then start from, and end adding, the skipped taps' products with zero summed
+(_row_zeros, _pad_zero: -0.0, +0.0, or NaN for a weight that is not finite), so every output keeps its bits (tested
+against the full range: -0.0 results, kept by a bias of -0.0, and infinite weights). benchmarks/depthwise_pool.py
+--only conv --hardswish --rounds 5 (1 thread, CPU time, 2-core AMD EPYC (Zen 4) VM, load 7.2), the commit before ->
+this: 208 x 2 x 96 5x5 50.3 -> 44.8 us (onnxruntime 38; ORT/edgepack 0.76 -> 0.85x); in ppocr_cls
+(benchmarks/node_profile.py, load 5-7) its 200 x 2 x 96 layers 60-72 -> 54-61 us. The 5x5 layers that skip nothing
+measured within the load's noise (the minimums of six alternations, 480 x 3 x 80: 154 -> 161 us, 480 x 6 x 80:
+220 -> 225, at (2, 1) 162 -> 163).
+Leaving out one pass of six (ppocr_cls's 88 x 3 x 96: 42 -> 50 us) or one kernel row of five measured slower
+(the partial range runs a build without constant bounds, and the zeros' sums cost per channel), and the same skip in
+the channel-blocked kernels (exact there too: their sums start at +0.0) slower as well (512 x 7 x 7: 35 -> 44 us,
+its per-block finiteness check): neither is done.
 """
 from __future__ import annotations
 
@@ -142,10 +157,15 @@ def _dw9_kernel(src, base, tab, w, a, n):
 
 
 @njit(cache=True, fastmath={"contract"})
-def _dw25_kernel(src, base, tab, w, a, n):
+def _dw25_kernel(src, base, tab, w, a, n, klo=0, khi=5, z=np.float32(-0.0), t=np.float32(-0.0)):
     """a[:n] = sum over the 25 taps k of w[k] * src[base + tab[k]: ... + n] (tap order), one kernel row at a time:
-    five taps per pass (registers), the running sum kept in a (L1)."""
-    for r in range(5):
+    five taps per pass (registers), the running sum kept in a (L1). Kernel rows outside [klo, khi) read only padding
+    (see _pad_zero): the sum starts from z, their products' sum before row klo, and ends adding t, theirs after
+    khi - 1 (the bits of summing them)."""
+    if klo > 0:  # the skipped rows' sum: row klo then adds to it as it would after them
+        for i in range(n):
+            a[i] = z
+    for r in range(klo, khi):
         k = 5 * r
         w0, w1, w2, w3, w4 = w[k], w[k + 1], w[k + 2], w[k + 3], w[k + 4]
         o0, o1, o2, o3, o4 = (base + tab[k], base + tab[k + 1], base + tab[k + 2], base + tab[k + 3],
@@ -157,6 +177,9 @@ def _dw25_kernel(src, base, tab, w, a, n):
         else:
             for i in range(n):
                 a[i] = a[i] + w0 * s0[i] + w1 * s1[i] + w2 * s2[i] + w3 * s3[i] + w4 * s4[i]
+    if khi < 5:
+        for i in range(n):
+            a[i] = a[i] + t
 
 
 @njit(cache=True, fastmath={"contract"})
@@ -173,10 +196,14 @@ def _dw9_rows_kernel(src, base, tab, w, a, n):
 
 
 @njit(cache=True, fastmath={"contract"})
-def _dw25_rows_kernel(src, base, tab, w, a, n):
+def _dw25_rows_kernel(src, base, tab, w, a, n, klo=0, khi=5, z=np.float32(-0.0), t=np.float32(-0.0)):
     """_dw25_kernel when a kernel row's taps lie at consecutive offsets (column stride and dilation 1): each pass
-    reads its kernel row's five windows from one slice at offsets 0..4; the same sum, the same bits."""
-    for r in range(5):
+    reads its kernel row's five windows from one slice at offsets 0..4; the same sum, the same bits (and the same
+    kernel rows klo .. khi - 1, z and t)."""
+    if klo > 0:  # the skipped rows' sum: row klo then adds to it as it would after them
+        for i in range(n):
+            a[i] = z
+    for r in range(klo, khi):
         k = 5 * r
         w0, w1, w2, w3, w4 = w[k], w[k + 1], w[k + 2], w[k + 3], w[k + 4]
         r0 = base + tab[k]
@@ -187,6 +214,9 @@ def _dw25_rows_kernel(src, base, tab, w, a, n):
         else:
             for i in range(n):
                 a[i] = a[i] + w0 * s[i] + w1 * s[i + 1] + w2 * s[i + 2] + w3 * s[i + 3] + w4 * s[i + 4]
+    if khi < 5:
+        for i in range(n):
+            a[i] = a[i] + t
 
 
 @njit(cache=True, fastmath={"contract"})
@@ -205,13 +235,21 @@ def _pair9_kernel(src, e, o, p, w, ae, ao, n):
 
 
 @njit(cache=True, fastmath={"contract"})
-def _pair25_kernel(src, e, o, p, w, ae, ao, n):
+def _pair25_kernel(src, e, o, p, w, ae, ao, n, jlo=0, jhi=6, ze=np.float32(-0.0), zo=np.float32(-0.0),
+                   te=np.float32(-0.0), to=np.float32(-0.0)):
     """Two output rows of a 5x5 stride-1 kernel from the row-phased source (see _pair9_kernel): one pass per phase
     row E0, O0, E1, O1, E2, O2 (src[e:], src[o:], then a row pitch p further each), the even rows adding kernel row j
     on phase row j, the odd rows kernel row j - 1: thirty windows and 21 accumulator loads and stores for fifty taps
     (_dw25_kernel: 35 for 25). Each pass reads its row as one slice (five windows at offsets 0..4: one pointer, not
-    five). Each output is summed as _dw25_kernel sums it (the same bits)."""
-    for j in range(6):
+    five). Each output is summed as _dw25_kernel sums it (the same bits). Only the passes jlo .. jhi - 1 are run when
+    the others read only padding rows (_pad_zero): the even rows' sums then start from ze and end adding te, the odd
+    rows' from zo and te's odd twin to (their skipped rows' products summed: the bits of summing them); the caller
+    leaves each of the two at least one kernel row."""
+    if jlo > 0:  # the skipped rows' sums: pass jlo then adds to them as it would after those passes
+        for i in range(n):
+            ae[i] = ze
+            ao[i] = zo  # (jlo 1: pass 1 starts the odd rows' sums as the full range does)
+    for j in range(jlo, jhi):
         r0 = (e if j % 2 == 0 else o) + (j // 2) * p
         s = src[r0: r0 + n + 4]
         k = 5 * j
@@ -219,7 +257,7 @@ def _pair25_kernel(src, e, o, p, w, ae, ao, n):
             u0, u1, u2, u3, u4 = w[0], w[1], w[2], w[3], w[4]
             for i in range(n):
                 ae[i] = u0 * s[i] + u1 * s[i + 1] + u2 * s[i + 2] + u3 * s[i + 3] + u4 * s[i + 4]
-        elif j == 1:
+        elif j == 1:  # (after pass 0, or first: the even rows' sums then start from ze)
             u0, u1, u2, u3, u4 = w[5], w[6], w[7], w[8], w[9]
             t0, t1, t2, t3, t4 = w[0], w[1], w[2], w[3], w[4]
             for i in range(n):
@@ -237,6 +275,35 @@ def _pair25_kernel(src, e, o, p, w, ae, ao, n):
                 s0, s1, s2, s3, s4 = s[i], s[i + 1], s[i + 2], s[i + 3], s[i + 4]
                 ae[i] = ae[i] + u0 * s0 + u1 * s1 + u2 * s2 + u3 * s3 + u4 * s4
                 ao[i] = ao[i] + t0 * s0 + t1 * s1 + t2 * s2 + t3 * s3 + t4 * s4
+    if jhi <= 4:
+        for i in range(n):
+            ae[i] = ae[i] + te
+    if jhi <= 5:
+        for i in range(n):
+            ao[i] = ao[i] + to
+
+
+@njit(cache=True)
+def _row_zeros(w, rz):
+    """rz[r] = the sum, in tap order, of kernel row r's products with zeros (the padding it reads) for a 5x5 kernel
+    w: -0.0 when every product is -0.0 (each weight negative), +0.0 when one is +0.0, NaN when a weight is not
+    finite."""
+    for r in range(5):
+        acc = np.float32(-0.0)
+        for k in range(5 * r, 5 * r + 5):
+            acc = acc + w[k] * np.float32(0.0)
+        rz[r] = acc
+
+
+@njit(cache=True)
+def _pad_zero(rz, k0, k1):
+    """The sum, in tap order, of kernel rows k0 .. k1 - 1's products with zeros (rz: _row_zeros), -0.0 for none.
+    Starting a sum from it, or adding it at the end, where those taps are skipped gives the bits of summing them:
+    x + (+-0) is x for x != 0, and zeros sum to -0.0 only when all are -0.0 (round to nearest)."""
+    acc = np.float32(-0.0)
+    for k in range(k0, k1):
+        acc = acc + rz[k]
+    return acc
 
 
 @njit(cache=True)
@@ -471,7 +538,7 @@ def _pair_source_geo(geo):
 
 
 @njit(cache=True)
-def _pair_channel_kernel(src, geo, wb, ac, scale, bv, o, kind, p0, p1, chain):
+def _pair_channel_kernel(src, geo, wb, ac, scale, bv, o, kind, p0, p1, chain, rz):
     """One channel of a stride-1 convolution on the paired kernels: o (its OH x OW plane) from src (the channel's
     row-phased copy), tile by tile (_TROWS row pairs), each tile stored (act(acc * scale + bias)) row by row from the
     two accumulators, then its epilogue chain over the tile's rows (ac, consumed, holds the saved values)."""
@@ -479,15 +546,30 @@ def _pair_channel_kernel(src, geo, wb, ac, scale, bv, o, kind, p0, p1, chain):
     podd = (geo[_HP] // 2 + 1) * pitch  # the odd phase
     ae, ao = ac[: tq * pitch], ac[tq * pitch: 2 * tq * pitch]
     pairs = (oh + 1) // 2
+    pt, top = geo[_PT], geo[_PT] + geo[_H]  # padded rows pt .. top - 1 hold the input
+    hk, m, c, skip = _chain_head(chain)
+    rz_done = False
     for q0 in range(0, pairs, tq):
         q1 = min(pairs, q0 + tq)
         n = (q1 - 1 - q0) * pitch + ow  # the last read is the last phase row's last element: no overrun
         if kh == 3:
             _pair9_kernel(src, q0 * pitch, podd + q0 * pitch, pitch, wb, ae, ao, n)
         else:
-            _pair25_kernel(src, q0 * pitch, podd + q0 * pitch, pitch, wb, ae, ao, n)
+            # pass j reads padded rows 2q + j of the tile's pairs q: those that read padding rows only are skipped
+            # (a plane of 2 rows, pads 2: four of six)
+            jlo, jhi = max(0, pt - 2 * (q1 - 1)), min(6, top - 2 * q0)
+            if jhi - jlo > 4 or jlo >= min(jhi, 5) or max(jlo, 1) >= jhi:
+                jlo, jhi = 0, 6  # one pass fewer measured slower (88 x 3 x 96: 42 -> 50 us); no input row: all
+            if jlo == 0 and jhi == 6:  # (the omitted arguments: a build with the full range as constants)
+                _pair25_kernel(src, q0 * pitch, podd + q0 * pitch, pitch, wb, ae, ao, n)
+            else:
+                if not rz_done:
+                    _row_zeros(wb, rz)
+                    rz_done = True
+                _pair25_kernel(src, q0 * pitch, podd + q0 * pitch, pitch, wb, ae, ao, n, jlo, jhi,
+                               _pad_zero(rz, 0, jlo), _pad_zero(rz, 0, max(jlo, 1) - 1),
+                               _pad_zero(rz, min(jhi, 5), 5), _pad_zero(rz, jhi - 1, 5))
         r1 = min(oh, 2 * q1)
-        hk, m, c, skip = _chain_head(chain)
         _pair_store_kernel(ae, ao, pitch, r1 - 2 * q0, ow, scale, bv, o[2 * q0 * ow: r1 * ow], kind, p0, p1, hk, m, c)
         if chain.shape[0] > skip:
             _chain_kernel(o[2 * q0 * ow: r1 * ow], ac, chain[skip:])
@@ -577,6 +659,8 @@ def _conv_depthwise(x, geo, wkind, w2d, codes, codebook, q, zp, scales, bias, ep
         return
     for t in prange(slots):
         wb = wbuf[t * cols: t * cols + cols]
+        rz = np.empty(5, np.float32)  # _row_zeros of channel last_rz
+        last_rz = -1
         ac, xp = acc[t * alen: t * alen + alen], xpad[t * plen: t * plen + plen]
         for b in range(x.shape[0]):
             src = _source_kernel(x, b, geo, xp)
@@ -590,7 +674,7 @@ def _conv_depthwise(x, geo, wkind, w2d, codes, codebook, q, zp, scales, bias, ep
                     _source_channel_kernel(x, b, co, sgeo, xp, last < 0)
                     last = co
                     _pair_channel_kernel(xp, geo, wb, ac, scale, bv, out[b, co * oh * ow: (co + 1) * oh * ow],
-                                         kind, p0, p1, chain)
+                                         kind, p0, p1, chain, rz)
                     continue
                 base, last = _channel_base_kernel(x, b, co, geo, xp, last)
                 for r0 in range(0, oh, trows):
@@ -600,10 +684,29 @@ def _conv_depthwise(x, geo, wkind, w2d, codes, codebook, q, zp, scales, bias, ep
                         _dw9_rows_kernel(src, base + r0 * pitch, tab, wb, ac, n)
                     elif kh == 3:
                         _dw9_kernel(src, base + r0 * pitch, tab, wb, ac, n)
-                    elif rows:
-                        _dw25_rows_kernel(src, base + r0 * pitch, tab, wb, ac, n)
                     else:
-                        _dw25_kernel(src, base + r0 * pitch, tab, wb, ac, n)
+                        # kernel row ky reads padded rows r * SH + ky * DH: those that read padding rows only for
+                        # every row of the tile are skipped (_pad_zero)
+                        klo, khi = 0, 5
+                        while klo < 5 and (r1 - 1) * geo[_SH] + klo * geo[_DH] < geo[_PT]:
+                            klo += 1
+                        while khi > 0 and r0 * geo[_SH] + (khi - 1) * geo[_DH] >= geo[_PT] + geo[_H]:
+                            khi -= 1
+                        if khi - klo > 3 or klo >= khi:  # one row fewer: not worth it; no input row: all
+                            klo, khi = 0, 5
+                        if klo == 0 and khi == 5 and rows:  # (omitted arguments: the full range as constants)
+                            _dw25_rows_kernel(src, base + r0 * pitch, tab, wb, ac, n)
+                        elif klo == 0 and khi == 5:
+                            _dw25_kernel(src, base + r0 * pitch, tab, wb, ac, n)
+                        else:
+                            if last_rz != co:
+                                _row_zeros(wb, rz)
+                                last_rz = co
+                            z, zt = _pad_zero(rz, 0, klo), _pad_zero(rz, khi, 5)
+                            if rows:
+                                _dw25_rows_kernel(src, base + r0 * pitch, tab, wb, ac, n, klo, khi, z, zt)
+                            else:
+                                _dw25_kernel(src, base + r0 * pitch, tab, wb, ac, n, klo, khi, z, zt)
                     o0 = (co * oh + r0) * ow
                     _store_rows_kernel(ac, pitch, r1 - r0, ow, scale, bv, out[b, o0: o0 + (r1 - r0) * ow], kind,
                                        p0, p1, chain)
