@@ -233,7 +233,7 @@ def class_outputs(graph: Graph) -> dict[str, tuple[int, int]]:
         if n is None:
             continue
         w = graph.initializers[n.inputs[1]]
-        feats = w.shape[0] if n.op == "Gemm" and n.attr("transB", 0) else w.shape[-1]
+        feats = w.shape[class_axis(n)]
         if feats >= MIN_CLASSES:
             found[v.name] = (-1, int(feats))
     return found
@@ -252,23 +252,31 @@ def _linear_head(graph: Graph, prod: dict, n):
 
 
 def minor_rows(graph: Graph, stats, classes: dict[str, tuple[int, int]], top: int = TOP_CLASSES) -> dict:
-    """Class-score heads whose weight rows are the classes (Gemm with transB; class_outputs' linear heads): on the
-    calibration runs the statistics were recorded over (stats.batches), the classes that rank among the `top`
-    highest scores at some position are major, the others minor; sets LayerStats.minor_rows (True: minor) and
-    returns tensor -> that mask. A many-class head (ddddocr's 8210 characters, where 32 CAPTCHAs of one alphabet
-    rank 131 classes in their top 8) spends most of its bytes on rows whose scores never decide: the scan offers
-    them a coarse grid (LayerSettings.coarse_rows), and the model error measured on the held-out runs decides."""
+    """Class-score heads (class_outputs: a linear head's logits, or the Softmax / LogSoftmax over the last axis of
+    such a head's output) whose classes are the output channels of a Gemm / MatMul weight: its rows for a Gemm with
+    transB, its columns for a MatMul or a Gemm without (class_axis). On the calibration runs the statistics were
+    recorded over (stats.batches), the classes that rank among the `top` highest scores at some position are major,
+    the others minor; sets LayerStats.minor_rows (True: minor; indexed like the statistics' rows, which are the
+    output channels however the tensor is stored) and returns tensor -> that mask. A many-class head (ddddocr's 8210
+    characters, where 32 CAPTCHAs of one alphabet rank 131 classes in their top 8; PP-OCRv4 rec's 6625) spends most
+    of its bytes on classes whose scores never decide: the scan offers them a coarse grid (LayerSettings.coarse_rows),
+    and the model error measured on the held-out runs decides."""
     batches = getattr(stats, "batches", None)
     if not batches or not classes:
         return {}
     prod = {o: n for n in graph.nodes for o in n.outputs}
+    ranks = {v.name: len(v.shape) for v in graph.outputs if v.shape is not None}
     heads = {}
-    for name, (axis, feats) in classes.items():
-        n = _linear_head(graph, prod, prod.get(name))
-        if n is None or n.op != "Gemm" or not n.attr("transB", 0) or axis != -1:
+    for name, (axis, _) in classes.items():
+        n = prod.get(name)
+        if n is not None and n.op in ("Softmax", "LogSoftmax"):  # monotonic: the same classes rank at the top
+            n = prod.get(n.inputs[0])
+        n = _linear_head(graph, prod, n) if n is not None and n.op not in ("Softmax", "LogSoftmax") else None
+        if n is None or axis not in (-1, ranks.get(name, 0) - 1):
             continue
         st = stats.get(n.inputs[1])
-        if st is not None and not st.transpose and st.h.ndim == 2:
+        feats = graph.initializers[n.inputs[1]].shape[class_axis(n)]
+        if st is not None and st.transpose == (class_axis(n) == 1) and st.h.ndim == 2:
             heads[name] = (n.inputs[1], st, feats)
     if not heads:
         return {}
@@ -295,6 +303,12 @@ def minor_rows(graph: Graph, stats, classes: dict[str, tuple[int, int]], top: in
         st.minor_rows = ~seen[name]
         found[tensor] = st.minor_rows
     return found
+
+
+def class_axis(node) -> int:
+    """The axis of a Gemm / MatMul node's 2-D weight that holds its output features: 0 (rows) for a Gemm with
+    transB, 1 (columns) for a MatMul or a Gemm without transB."""
+    return 0 if node.op == "Gemm" and node.attr("transB", 0) else 1
 
 
 def output_parts(graph: Graph) -> dict[str, tuple[int, list[int]]]:
@@ -442,7 +456,7 @@ def class_evaluator(graph: Graph, feeds: dict[str, np.ndarray], tensors, classes
 def layer_error(w: np.ndarray, q: np.ndarray, stats) -> float:
     """Relative layer-output error of the decoded weight q against w: from the input statistics when given
     (calibration.LayerStats, oriented as compensate.assign takes them), else the relative weight error. On a class
-    head with minor rows (minor_rows) the error of the other rows: every option is ranked by the scores that decide
+    head with minor classes (minor_rows: its rows, or a MatMul's columns) the error of the other classes: every option is ranked by the scores that decide
     (its Pareto chain), the model error measured on the held-out runs then prices the coarse rows."""
     from .compensate import output_error
 
@@ -451,14 +465,14 @@ def layer_error(w: np.ndarray, q: np.ndarray, stats) -> float:
     if stats is None:
         den = float(np.linalg.norm(w2.astype(np.float64)))
         return float(np.linalg.norm((w2 - q2).astype(np.float64))) / den if den > 0 else 0.0
-    if stats.transpose:
+    if stats.transpose:  # (in, out) stored: the statistics' rows are its columns
         w2, q2 = w2.T, q2.T
     else:  # rows as the statistics see them: LSTM / GRU (dirs, gates x hidden, cols) is dirs x gates x hidden rows
         cols = stats.h.shape[-1]
         w2, q2 = w.reshape(-1, cols), q.reshape(-1, cols)
-        minor = getattr(stats, "minor_rows", None)
-        if minor is not None and minor.shape == (w2.shape[0],):  # a class head: the rows whose scores decide
-            w2, q2 = w2[~minor], q2[~minor]
+    minor = getattr(stats, "minor_rows", None)
+    if minor is not None and minor.shape == (w2.shape[0],):  # a class head: the classes whose scores decide
+        w2, q2 = w2[~minor], q2[~minor]
     return output_error(w2, q2, stats.h)
 
 

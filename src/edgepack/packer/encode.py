@@ -278,9 +278,10 @@ def encode_weight(w: np.ndarray, s: LayerSettings, default_bits: int, stats=None
     fit = keep if exact is None else keep & ~exact
     wq = w if exact is None else np.where(exact, np.float32(0), w)  # the rest: outliers at 0, quantised as zeros
     minor = getattr(stats, "minor_rows", None) if s.coarse_rows and stats is not None else None
-    if minor is not None and (pruned or exact is not None or s.entropy_rate or stats.transpose
-                              or minor.shape != (rows,) or minor.all() or not minor.any()):
-        minor = None  # coarse rows: rows as the statistics see them, without pruning, outliers or an entropy rate
+    if minor is not None and (pruned or exact is not None or s.entropy_rate or w.ndim != 2
+                              or minor.shape != (w.shape[1 if stats.transpose else 0],) or minor.all()
+                              or not minor.any()):
+        minor = None  # coarse classes: the statistics' rows, without pruning, outliers or an entropy rate
     if minor is not None:
         codebook, codes, scales = _coarse_rows(w, minor, bits, s, stats)
     else:
@@ -346,23 +347,32 @@ def encode_weight(w: np.ndarray, s: LayerSettings, default_bits: int, stats=None
 
 
 def _coarse_rows(w: np.ndarray, minor: np.ndarray, bits: int, s: LayerSettings, stats):
-    """(codebook, codes, row scales) of a tensor whose `minor` rows take a coarse grid (LayerSettings.coarse_rows):
-    per-row scales max |w| (1 for a row of zeros, which the grid's 0 then holds exactly); the 2**bits k-means
-    centroids fitted to the other rows (over w / scale), then the grid j / coarse_rows, j = -coarse_rows..coarse_rows,
-    appended; each part's codes compensated with the layer's statistics within its own entries."""
-    rows = w.shape[0]
-    w2 = w.reshape(rows, -1)
-    scales = cluster.choose_row_scales(w2)
+    """(codebook, codes, row scales) of a 2-D tensor whose `minor` classes take a coarse grid
+    (LayerSettings.coarse_rows): per-row scales max |w| (1 for a row of zeros, which the grid's 0 then holds exactly);
+    the 2**bits k-means centroids fitted to the other classes (over w / scale), then the grid j / coarse_rows,
+    j = -coarse_rows..coarse_rows, appended; each part's codes compensated with the layer's statistics within its own
+    entries. The classes are the statistics' rows: the tensor's rows (a Gemm with transB), each on the grid of its
+    own scale, or, stored (in, out) (stats.transpose: a MatMul), its columns, on the grid of each input row's scale
+    (the format scales rows only)."""
+    scales = cluster.choose_row_scales(w)
     scales = np.where(scales > 0, scales, np.float32(1)).astype(np.float32)
-    cb, _ = cluster.quantize(w2[~minor], None, bits, reserve_zero=False, row_scales=scales[~minor], init=s.init,
-                             seed=s.seed)
+
+    def part(mask):  # (the tensor's part holding these classes, its row scales)
+        return (w[:, mask], scales) if stats.transpose else (w[mask], scales[mask])
+
+    major, major_scales = part(~minor)
+    cb, _ = cluster.quantize(major, None, bits, reserve_zero=False, row_scales=major_scales, init=s.init, seed=s.seed)
     grid = np.arange(-s.coarse_rows, s.coarse_rows + 1, dtype=np.float32) / np.float32(s.coarse_rows)
     codebook = np.concatenate([cb.astype(np.float32), grid])
-    codes = np.zeros(w2.shape, np.uint8 if codebook.size <= 256 else np.uint16)
-    for part, book, base in ((~minor, cb, 0), (minor, grid, cb.size)):
-        keep = np.ones((int(part.sum()), w2.shape[1]), bool)
-        codes[part] = _compensated_codes(w2[part], keep, book, scales[part], False, stats) + base
-    return codebook, codes.reshape(w.shape), scales
+    codes = np.zeros(w.shape, np.uint8 if codebook.size <= 256 else np.uint16)
+    for mask, book, base in ((~minor, cb, 0), (minor, grid, cb.size)):
+        wp, sp = part(mask)
+        c = _compensated_codes(wp, np.ones(wp.shape, bool), book, sp, False, stats) + base
+        if stats.transpose:
+            codes[:, mask] = c
+        else:
+            codes[mask] = c
+    return codebook, codes, scales
 
 
 def _compensated_codes(w, keep, codebook, scales, pruned: bool, stats, rate: float = 0.0,
