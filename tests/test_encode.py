@@ -200,7 +200,39 @@ def test_coarse_classes_of_a_matmul_weight_are_its_columns():
     assert a.nbytes == plain.nbytes and np.array_equal(a.reference, plain.reference)
 
 
+@pytest.mark.parametrize("transpose", [False, True])
+def test_drop_minor_prunes_the_minor_classes(transpose):
+    """LayerSettings.drop_minor: the minor classes (a Gemm's rows; a MatMul's columns, transpose) decode to 0, in a
+    sparse_codebook far smaller than the plain code; the other classes keep the plain code's output error; it takes
+    precedence over coarse_rows; without minor classes in the statistics it is the plain code."""
+    rng = np.random.default_rng(7)
+    w = rng.standard_normal((96, 40)).astype(np.float32)
+    x = rng.standard_normal((300, 40))
+    h = x.T @ x / 300
+    minor = np.ones(96, bool)
+    minor[:12] = False
+    wt = w.T.copy() if transpose else w
+    st = LayerStats(h, 300, transpose=transpose, minor_rows=minor)
+    s = LayerSettings(bits=5, drop_minor=True)
+    e = encode_weight(wt, s, 8, st)
+    plain = encode_weight(wt, LayerSettings(bits=5), 8, st)
+    ref = e.reference.T if transpose else e.reference
+    assert e.encoding["type"] == C.ENC_SPARSE and not ref[minor].any() and e.nbytes < 0.3 * plain.nbytes
+    ref_plain = plain.reference.T if transpose else plain.reference
+    assert output_error(w[~minor], ref[~minor], h) < 1.5 * output_error(w[~minor], ref_plain[~minor], h) + 1e-3
+    both = encode_weight(wt, LayerSettings(bits=5, drop_minor=True, coarse_rows=2), 8, st)
+    assert np.array_equal(both.reference, e.reference)
+    a = encode_weight(wt, s, 8, LayerStats(h, 300, transpose=transpose))
+    assert a.nbytes == plain.nbytes and np.array_equal(a.reference, plain.reference)
+
+
 @pytest.mark.parametrize("bad", [-1, 9, 1.5, True])
 def test_coarse_rows_setting_is_checked(bad):
     with pytest.raises(InputError, match="coarse_rows"):
         LayerSettings.from_dict({"coarse_rows": bad}, "layers.w")
+
+
+@pytest.mark.parametrize("bad", [1, "yes", None])
+def test_drop_minor_setting_is_checked(bad):
+    with pytest.raises(InputError, match="drop_minor must be true or false"):
+        LayerSettings.from_dict({"drop_minor": bad}, "layers.w")

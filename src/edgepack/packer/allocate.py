@@ -104,6 +104,9 @@ REFINE = False  # step 5 of the module docstring (see there why it is off)
 REFINE_TARGET = "own"  # "own": codes for W X_q (H of the quantised inputs); "original": aim at W X (corrected_weight)
 REFINE_DAMP = 0.01  # the corrected weight's ridge towards W (compensate.corrected_weight's damp)
 COARSE_LEVELS = 2  # minor rows of a class head take the grid -2..2 x (row max) / 2 (LayerSettings.coarse_rows)
+# the scan also offers a class head whose classes are its weight's columns (MatMul) with its minor classes pruned
+# (LayerSettings.drop_minor): the format scales rows, so their coarse grid is on the input rows' scales, not their own
+DROP_MINOR = True
 TOP_CLASSES = 8  # a class is major when it ranks among the top TOP_CLASSES at a position of a calibration run
 MIN_CLASSES = 64  # a class axis this long makes an output class scores (the margin measure, ClassScores)
 PART_SCALE = 10.0  # parts of an output this much apart in scale are measured one by one (parts_differ)
@@ -126,7 +129,7 @@ class Option:
             return "int8"
         rate = self.settings.entropy_rate
         label = f"{self.bits}/ec{rate:g}" if rate else str(self.bits)
-        label += "c" if self.settings.coarse_rows else ""
+        label += "d" if self.settings.drop_minor else "c" if self.settings.coarse_rows else ""
         return label + (f"+{100 * self.settings.outliers:g}%" if self.settings.outliers else "")
 
 
@@ -514,6 +517,8 @@ def scan(graph: Graph, settings: dict[str, tuple[LayerSettings, int]], encoder, 
         if getattr(stats.get(name), "minor_rows", None) is not None and not s.sparsity and s.quality is None:
             tries += [(b, dataclasses.replace(s, bits=b, codebook_dtype=half, channel_scales=True,
                                               coarse_rows=COARSE_LEVELS)) for b in widths]
+            if DROP_MINOR and stats[name].transpose:  # a MatMul head: its classes' grid cannot be their own
+                tries += [(b, dataclasses.replace(s, bits=b, codebook_dtype=half, drop_minor=True)) for b in widths]
         if s.huffman and not s.sparsity and s.quality is None and not s.entropy_rate and w.size > 1 << ec_bits:
             tries += [(ec_bits, dataclasses.replace(s, bits=ec_bits, codebook_dtype=half, entropy_rate=r,
                                                     channel_scales=False)) for r in ec_rates]

@@ -37,11 +37,15 @@ class LayerSettings:
     # magnitude, each get a codebook entry of their own (exact, rare codes that Huffman coding makes cheap); the
     # k-means centroids are fitted to the rest. Codebook encoding without pruning only.
     outliers: float = 0.0
-    # class-score heads (allocate.minor_rows): the rows of classes that never ranked near the top on the calibration
-    # runs (calibration.LayerStats.minor_rows) take a coarse grid of 2 x coarse_rows + 1 steps of their own row scale
-    # (codebook entries appended to the k-means centroids, which are fitted to the other rows); frequent codes that
-    # Huffman coding makes about a bit each. 0: off; ignored without calibration statistics that name such rows.
+    # class-score heads (allocate.minor_rows): the weights of classes that never ranked near the top on the
+    # calibration runs (calibration.LayerStats.minor_rows: a Gemm's rows, a MatMul's columns) take a coarse grid of
+    # 2 x coarse_rows + 1 steps of their row scale (the class's own for rows; each input row's for columns)
+    # (codebook entries appended to the k-means centroids, which are fitted to the other classes); frequent codes
+    # that Huffman coding makes about a bit each. 0: off; ignored without calibration statistics that name classes.
     coarse_rows: int = 0
+    # class-score heads: the weights of those minor classes pruned instead (sparse_codebook; their scores are then
+    # the bias alone, the file serving only the classes its calibration set ranks). Takes precedence over coarse_rows.
+    drop_minor: bool = False
 
     @classmethod
     def from_dict(cls, d: dict, where: str) -> "LayerSettings":
@@ -72,8 +76,9 @@ class LayerSettings:
         _whole(where, "chunk_symbols", self.chunk_symbols, 1, 1 << 30)
         _whole(where, "coarse_rows", self.coarse_rows, 0, MAX_COARSE_ROWS)
         _whole(where, "seed", self.seed, 0, (1 << 32) - 1)
-        if not isinstance(self.huffman, bool):
-            raise InputError(f"{where}: huffman must be true or false (a boolean), found {_show(self.huffman)}")
+        for key in ("huffman", "drop_minor"):
+            if not isinstance(getattr(self, key), bool):
+                raise InputError(f"{where}: {key} must be true or false (a boolean), found {_show(getattr(self, key))}")
         choices = {"init": cluster.INITS,
                    "encoding": ("auto", C.ENC_SPARSE, C.ENC_CODEBOOK, "dense", "float16", C.ENC_INT8),
                    "codebook_dtype": tuple(C.CODEBOOK_DTYPES)}
@@ -271,17 +276,18 @@ def encode_weight(w: np.ndarray, s: LayerSettings, default_bits: int, stats=None
         return dense(w)
     bits = s.bits or default_bits
     keep = prune.mask_by_std(w, s.quality) if s.quality is not None else prune.mask_by_sparsity(w, s.sparsity)
+    minor = minor_classes(w, stats) if s.coarse_rows or s.drop_minor else None
+    if minor is not None and s.drop_minor:  # the minor classes' weights pruned: their scores are the bias alone
+        keep = keep & (~minor[None, :] if stats.transpose else ~minor[:, None])
+        minor = None
     pruned = not keep.all()
     rows = w.shape[0]
     cols = w.size // rows
     exact = outlier_mask(w, s.outliers, bits) if s.outliers and not pruned else None
     fit = keep if exact is None else keep & ~exact
     wq = w if exact is None else np.where(exact, np.float32(0), w)  # the rest: outliers at 0, quantised as zeros
-    minor = getattr(stats, "minor_rows", None) if s.coarse_rows and stats is not None else None
-    if minor is not None and (pruned or exact is not None or s.entropy_rate or w.ndim != 2
-                              or minor.shape != (w.shape[1 if stats.transpose else 0],) or minor.all()
-                              or not minor.any()):
-        minor = None  # coarse classes: the statistics' rows, without pruning, outliers or an entropy rate
+    if minor is not None and (pruned or exact is not None or s.entropy_rate):
+        minor = None  # coarse classes without pruning, outliers or an entropy rate
     if minor is not None:
         codebook, codes, scales = _coarse_rows(w, minor, bits, s, stats)
     else:
@@ -344,6 +350,17 @@ def encode_weight(w: np.ndarray, s: LayerSettings, default_bits: int, stats=None
     if s.encoding == "auto" and size >= w.nbytes:
         return dense(w)  # compression does not pay for this tensor
     return Encoded(enc, reference.astype(np.float32), size, st)
+
+
+def minor_classes(w: np.ndarray, stats) -> np.ndarray | None:
+    """The minor classes of a 2-D class-head weight (calibration.LayerStats.minor_rows, indexed like the statistics'
+    rows: w's rows, or its columns when stored (in, out), stats.transpose), or None where the statistics name none,
+    all, or do not fit w."""
+    minor = getattr(stats, "minor_rows", None)
+    if minor is None or w.ndim != 2 or minor.shape != (w.shape[1 if stats.transpose else 0],) or minor.all() \
+            or not minor.any():
+        return None
+    return minor
 
 
 def _coarse_rows(w: np.ndarray, minor: np.ndarray, bits: int, s: LayerSettings, stats):
