@@ -712,7 +712,8 @@ def allocate(graph: Graph, settings: dict[str, tuple[LayerSettings, int]], encod
             f"'{k}'" for k in classes) + " (margin_error), relative L2 error of any other output")
     for k, m in coarse.items():
         alloc.notes.append(f"'{k}': {int((~m).sum())} of {m.size} classes rank in the top {TOP_CLASSES} on the "
-                           f"calibration runs; the others may take a coarse grid ('c' options, coarse_rows)")
+                           f"calibration runs; the others may take a coarse grid ('c' options, coarse_rows)"
+                           + (" or be pruned ('d', drop_minor)" if DROP_MINOR and stats[k].transpose else ""))
     if getattr(ev, "parts", None):
         alloc.notes.append("model error: the worst part's relative L2 error on " + ", ".join(
             f"'{k}' (parts of {'+'.join(map(str, p))} along axis {a})" for k, (a, p) in ev.parts.items()))
