@@ -582,7 +582,8 @@ def test_minor_classes_of_a_matmul_head_are_its_columns(tmp_path):
     head = coarse.allocation.layers["head"]
     labels = [o.label for o in head.options]
     assert any(o.endswith("c") for o in labels) and head.chosen.label.endswith("d"), labels
-    grid = next(o for o in head.options if o.settings.coarse_rows).encoded.reference[:, minor] / np.abs(w).max(1)[:, None]
+    grid = next(o for o in head.options if o.settings.coarse_rows).encoded.reference[:, minor]
+    grid = grid / np.abs(w).max(1)[:, None]
     np.testing.assert_allclose(grid * 2, np.round(grid * 2), atol=1e-3)
     ref = head.chosen.encoded.reference  # pack's minor classes: a superset of `minor` (it holds some runs out)
     assert head.chosen.encoded.encoding["type"] == "sparse_codebook" and not ref[:, minor].any()
