@@ -565,3 +565,73 @@ def test_minor_rows_of_a_class_head_and_its_coarse_options(tmp_path):
     want = np.concatenate([session(str(tmp_path / "u.onnx")).run(None, {"x": v})[0] for v in x[:4]])
     got = np.concatenate([runtime.load(coarse.path).run({"x": v})["y"] for v in x[:4]])
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+def _matmul_head(tmp_path, classes: int = 96, favoured: int = 10):
+    """x (1, 4, 32) -> MatMul 48 -> Relu -> MatMul (48, `classes`) -> Add bias -> Softmax over the last axis, as
+    PP-OCRv4 rec's head: the classes are the head weight's columns; the bias favours the first `favoured`."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(6)
+    w1 = (rng.standard_normal((32, 48)) / np.sqrt(32)).astype(np.float32)
+    head = (rng.standard_normal((48, classes)) / np.sqrt(48)).astype(np.float32)
+    bias = np.where(np.arange(classes) < favoured, 6.0, -6.0).astype(np.float32)
+    g = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w1"], ["h"]), helper.make_node("Relu", ["h"], ["r"]),
+         helper.make_node("MatMul", ["r", "head"], ["z"]), helper.make_node("Add", ["z", "b"], ["logits"]),
+         helper.make_node("Softmax", ["logits"], ["y"], axis=2)], "matmul_head",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 32])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, classes])],
+        [numpy_helper.from_array(a, n) for a, n in ((w1, "w1"), (head, "head"), (bias, "b"))])
+    return zoo.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "mhead.onnx")
+
+
+def test_minor_classes_of_a_matmul_head_are_its_columns(tmp_path):
+    """A MatMul head whose classes are its weight's columns, behind a Softmax (PP-OCRv4 rec): minor_rows finds the
+    classes that never rank in the top TOP_CLASSES of any position (onnxruntime's outputs, checked here by numpy),
+    indexed like the statistics' rows; the head's layer error counts the other classes only (a change to minor
+    columns costs nothing, one to a major column does); the allocation offers 'c' options (minor columns on the grid
+    of their input row's scale) and 'd' options (minor columns pruned) and picks a 'd' one, and the packed file
+    decodes to what the encoder says and runs in the runtime as onnxruntime runs it unpacked."""
+    from edgepack import runtime
+    from edgepack.packer.allocate import TOP_CLASSES, class_outputs, layer_error, minor_rows
+    from edgepack.packer.calibration import layer_statistics
+    from edgepack.packer.fidelity import batches, calibration_inputs
+    from edgepack.packer.onnx_io import load_onnx
+    from edgepack.packer.pipeline import weight_tensors
+    from edgepack.packer.unpack import unpack
+    from edgepack.packer.verify import session
+
+    path = _matmul_head(tmp_path)
+    x = np.random.default_rng(2).standard_normal((24, 1, 4, 32)).astype(np.float32)
+    g = load_onnx(path)
+    runs = batches(g, calibration_inputs(g, {"x": x}))
+    stats = layer_statistics(g, weight_tensors(g), runs)
+    found = minor_rows(g, stats, class_outputs(g))
+    s = session(str(path))
+    probs = np.concatenate([s.run(None, r)[0].reshape(-1, 96) for r in runs])
+    top = set(np.argsort(-probs, 1)[:, :TOP_CLASSES].ravel())
+    assert set(found) == {"head"} and stats["head"].transpose
+    assert found["head"].shape == (96,) and set(np.flatnonzero(~found["head"])) == top and len(top) < 20
+    w = g.initializers["head"]
+    minor = found["head"]
+    q = w.copy()
+    q[:, minor] = 0.0
+    assert layer_error(w, q, stats["head"]) == 0.0
+    q[:, np.flatnonzero(~minor)[0]] *= 0.5
+    assert layer_error(w, q, stats["head"]) > 0.01
+    coarse = pack(path, tmp_path / "c.epk", calib=x, target_ratio=6, check_fidelity=False)
+    head = coarse.allocation.layers["head"]
+    labels = [o.label for o in head.options]
+    assert any(o.endswith("c") for o in labels) and head.chosen.label.endswith("d"), labels
+    grid = next(o for o in head.options if o.settings.coarse_rows).encoded.reference[:, minor]
+    grid = grid / np.abs(w).max(1)[:, None]
+    np.testing.assert_allclose(grid * 2, np.round(grid * 2), atol=1e-3)
+    ref = head.chosen.encoded.reference  # pack's minor classes: a superset of `minor` (it holds some runs out)
+    assert head.chosen.encoded.encoding["type"] == "sparse_codebook" and not ref[:, minor].any()
+    assert head.chosen.error < 0.05  # the major classes' layer error (pack's statistics: the non-held-out runs)
+    unpack(coarse.path, tmp_path / "u.onnx")
+    np.testing.assert_array_equal(load_onnx(tmp_path / "u.onnx").initializers["head"], ref)
+    want = np.concatenate([session(str(tmp_path / "u.onnx")).run(None, {"x": v})[0] for v in x[:4]])
+    got = np.concatenate([runtime.load(coarse.path).run({"x": v})["y"] for v in x[:4]])
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)

@@ -167,7 +167,72 @@ def test_coarse_rows_take_the_grid_and_the_rest_the_centroids():
         assert a.nbytes == b.nbytes and np.array_equal(a.reference, b.reference)
 
 
+def test_coarse_classes_of_a_matmul_weight_are_its_columns():
+    """A MatMul head stored (in, out) (LayerStats.transpose, PP-OCRv4 rec's (120, 6625)): minor_rows indexes the
+    columns (the statistics' rows); those columns decode to j / 2 x their input row's max |w| (the format scales
+    rows only), the other columns use only the k-means centroids; the codes are compensated per class (a class's
+    output error far below the nearest grid point's); the file is smaller than without. A mask of the wrong length
+    (the tensor's rows) leaves the plain code."""
+    rng = np.random.default_rng(4)
+    w = rng.standard_normal((40, 96)).astype(np.float32)
+    x = rng.standard_normal((300, 8)) @ rng.standard_normal((8, 40)) + 0.3 * rng.standard_normal((300, 40))
+    h = x.T @ x / 300
+    minor = np.ones(96, bool)
+    minor[:12] = False
+    st = LayerStats(h, 300, transpose=True, minor_rows=minor)
+    s = LayerSettings(bits=4, channel_scales=True, coarse_rows=2)
+    e = encode_weight(w, s, 8, st)
+    plain = encode_weight(w, LayerSettings(bits=4, channel_scales=True), 8, st)
+    assert e.encoding["k"] == 16 + 5 and e.nbytes < plain.nbytes
+    scale = np.abs(w).max(1)
+    np.testing.assert_array_equal(e.encoding["row_scales"], scale)
+    grid = e.reference[:, minor] / scale[:, None] * 2
+    np.testing.assert_allclose(grid, np.round(grid), atol=1e-5)
+    assert np.abs(grid).max() <= 2 + 1e-5 and len(np.unique(np.round(grid))) == 5
+    cb = e.encoding["codebook"].astype(np.float32)
+    major = e.reference[:, ~minor] / scale[:, None]
+    assert np.abs(major[..., None] - cb[:16]).min(-1).max() < 1e-6  # only the k-means centroids
+    nearest = np.round(w[:, minor] / scale[:, None] * 2) / 2 * scale[:, None]
+    assert output_error(w[:, minor].T, e.reference[:, minor].T, h) < 0.7 * output_error(w[:, minor].T, nearest.T, h)
+    assert output_error(w[:, ~minor].T, e.reference[:, ~minor].T, h) < 0.2
+    rows_mask = LayerStats(h, 300, transpose=True, minor_rows=np.ones(40, bool) & (np.arange(40) > 3))
+    a = encode_weight(w, s, 8, rows_mask)
+    assert a.nbytes == plain.nbytes and np.array_equal(a.reference, plain.reference)
+
+
+@pytest.mark.parametrize("transpose", [False, True])
+def test_drop_minor_prunes_the_minor_classes(transpose):
+    """LayerSettings.drop_minor: the minor classes (a Gemm's rows; a MatMul's columns, transpose) decode to 0, in a
+    sparse_codebook far smaller than the plain code; the other classes keep the plain code's output error; it takes
+    precedence over coarse_rows; without minor classes in the statistics it is the plain code."""
+    rng = np.random.default_rng(7)
+    w = rng.standard_normal((96, 40)).astype(np.float32)
+    x = rng.standard_normal((300, 40))
+    h = x.T @ x / 300
+    minor = np.ones(96, bool)
+    minor[:12] = False
+    wt = w.T.copy() if transpose else w
+    st = LayerStats(h, 300, transpose=transpose, minor_rows=minor)
+    s = LayerSettings(bits=5, drop_minor=True)
+    e = encode_weight(wt, s, 8, st)
+    plain = encode_weight(wt, LayerSettings(bits=5), 8, st)
+    ref = e.reference.T if transpose else e.reference
+    assert e.encoding["type"] == C.ENC_SPARSE and not ref[minor].any() and e.nbytes < 0.3 * plain.nbytes
+    ref_plain = plain.reference.T if transpose else plain.reference
+    assert output_error(w[~minor], ref[~minor], h) < 1.5 * output_error(w[~minor], ref_plain[~minor], h) + 1e-3
+    both = encode_weight(wt, LayerSettings(bits=5, drop_minor=True, coarse_rows=2), 8, st)
+    assert np.array_equal(both.reference, e.reference)
+    a = encode_weight(wt, s, 8, LayerStats(h, 300, transpose=transpose))
+    assert a.nbytes == plain.nbytes and np.array_equal(a.reference, plain.reference)
+
+
 @pytest.mark.parametrize("bad", [-1, 9, 1.5, True])
 def test_coarse_rows_setting_is_checked(bad):
     with pytest.raises(InputError, match="coarse_rows"):
         LayerSettings.from_dict({"coarse_rows": bad}, "layers.w")
+
+
+@pytest.mark.parametrize("bad", [1, "yes", None])
+def test_drop_minor_setting_is_checked(bad):
+    with pytest.raises(InputError, match="drop_minor must be true or false"):
+        LayerSettings.from_dict({"drop_minor": bad}, "layers.w")

@@ -27,19 +27,33 @@
    and ranked all nine of nudenet's box-branch layers as free (at 7x they went to 3-4 bits and moved boxes past
    IoU 0.95; layer by layer, one of them, model.22.cv2.1.2, changes 5 of 64 images alone). (--max-error bounds the
    relative L2 error, which the fidelity guard checks: there the allocation measures that.)
-   Class heads (minor_rows, before the scan): where a class-score output comes from a Gemm whose weight rows are
-   the classes (transB; ddddocr's 8210-character CTC head, 62% of its weights), the classes that rank among the
-   TOP_CLASSES highest at some position of the calibration runs the statistics come from are major, the others
-   minor; the scan then also offers the head each width with the minor rows on a coarse grid of their own row scale
-   (LayerSettings.coarse_rows = COARSE_LEVELS: 5 codebook entries that Huffman coding makes about a bit each), and
-   the head's layer error (its Pareto chain) counts the major rows only. Whether the coarse rows cost the model
-   anything is what the held-out runs measure, as for every option. The file then serves the classes its
-   calibration set ranks (a recognizer calibrated on one alphabet keeps the others' rows only roughly).
+   Class heads (minor_rows, before the scan): where a class-score output comes from a Gemm / MatMul whose weight's
+   rows (Gemm transB; ddddocr's 8210-character CTC head, 62% of its weights) or columns (MatMul, Gemm without transB;
+   PP-OCRv4 rec's 6625-character head (120, 6625) behind a Softmax, 30%) are the classes (class_axis), the classes
+   that rank among the TOP_CLASSES highest at some position of the calibration runs the statistics come from are
+   major, the others minor; the scan then also offers the head each width with the minor classes on a coarse grid
+   (LayerSettings.coarse_rows = COARSE_LEVELS: 5 codebook entries that Huffman coding makes about a bit each) of
+   their own scale for rows, of each input row's scale for columns (the format scales rows only), and, for columns
+   (DROP_MINOR), with the minor classes pruned (LayerSettings.drop_minor: sparse_codebook, their scores the bias
+   alone); the head's layer error (its Pareto chain) counts the major classes only. Whether the coarse or dropped
+   classes cost the model anything is what the held-out runs measure, as for every option. The file then serves
+   the classes its calibration set ranks (a recognizer calibrated on one alphabet keeps the others' weights only
+   roughly, or not at all where they are dropped).
    Measured (ddddocr_common, 32 calibration CAPTCHAs, --target-ratio 7, 64 held-out task strings through the
    runtime, 2026-12-07): before, the head at 6 bits took 5.0 of the 7.7 MB and the LSTM weights went to 4-5 bits,
    7.00x, 57 of 64 strings the same (margin error 0.055 on the 8 held-out runs); with the option 131 of 8210 rows
    are major, the head takes 8 bits + coarse rows in 2.1 MB, every other layer 8 bits, and the file is 7.92x (the
    walk's first point), 63 of 64 the same (margin error 0.017). Pack CPU time 406 -> 468 s.
+   PP-OCRv4 rec (benchmarks/calibration_compression.py --only ppocr_rec --variants alloc --ratios 7 --task-n 64,
+   2026-12-07, load 4-8, process CPU time of the run: pack + 64 strings): 256 of 6625 classes are major. Before, the
+   head at 4 bits took 353 of 1537 kB: 7.00x, 51 of 64 strings (79.7%), margin error 0.228, 405 s. Coarse columns
+   only: head 7c in 182 kB, 58 of 64 (90.6%), margin error 0.186, 383 s. With the dropped option: head 8d in 51 kB
+   (the major columns), 61 of 64 (95.3%), 7.00x, 406 s; its margin error reads 0.378, nearly all the head's
+   (dropping the minor classes moves the softmax's normalisation, which the margin of probabilities sees, not their
+   order: the head alone so quantised keeps 64 of 64 strings, against 63 coarse and 61 on the 5-level grid by
+   nearest codes; a 3-level grid loses all). The gap to 97% is the other layers': the packed head alone in the
+   original model keeps 64 of 64, the other layers alone 61 (onnxruntime on the unpacked file); the misreads are
+   two trailing spaces and a 1 read as l.
 3. Walk: from every layer at its most precise width, each step lowers the one layer whose next width saves the most
    file bytes per unit of predicted squared error added (the greedy path of packer/train/bit_allocation.py, with
    exact bytes and measured sensitivities instead of code bits and test errors).
@@ -108,6 +122,9 @@ REFINE = False  # step 5 of the module docstring (see there why it is off)
 REFINE_TARGET = "own"  # "own": codes for W X_q (H of the quantised inputs); "original": aim at W X (corrected_weight)
 REFINE_DAMP = 0.01  # the corrected weight's ridge towards W (compensate.corrected_weight's damp)
 COARSE_LEVELS = 2  # minor rows of a class head take the grid -2..2 x (row max) / 2 (LayerSettings.coarse_rows)
+# the scan also offers a class head whose classes are its weight's columns (MatMul) with its minor classes pruned
+# (LayerSettings.drop_minor): the format scales rows, so their coarse grid is on the input rows' scales, not their own
+DROP_MINOR = True
 TOP_CLASSES = 8  # a class is major when it ranks among the top TOP_CLASSES at a position of a calibration run
 MIN_CLASSES = 64  # a class axis this long makes an output class scores (the margin measure, ClassScores)
 PART_SCALE = 10.0  # parts of an output this much apart in scale are measured one by one (parts_differ)
@@ -131,7 +148,7 @@ class Option:
             return "int8"
         rate = self.settings.entropy_rate
         label = f"{self.bits}/ec{rate:g}" if rate else str(self.bits)
-        label += "c" if self.settings.coarse_rows else ""
+        label += "d" if self.settings.drop_minor else "c" if self.settings.coarse_rows else ""
         return label + (f"+{100 * self.settings.outliers:g}%" if self.settings.outliers else "")
 
 
@@ -238,7 +255,7 @@ def class_outputs(graph: Graph) -> dict[str, tuple[int, int]]:
         if n is None:
             continue
         w = graph.initializers[n.inputs[1]]
-        feats = w.shape[0] if n.op == "Gemm" and n.attr("transB", 0) else w.shape[-1]
+        feats = w.shape[class_axis(n)]
         if feats >= MIN_CLASSES:
             found[v.name] = (-1, int(feats))
     return found
@@ -257,23 +274,31 @@ def _linear_head(graph: Graph, prod: dict, n):
 
 
 def minor_rows(graph: Graph, stats, classes: dict[str, tuple[int, int]], top: int = TOP_CLASSES) -> dict:
-    """Class-score heads whose weight rows are the classes (Gemm with transB; class_outputs' linear heads): on the
-    calibration runs the statistics were recorded over (stats.batches), the classes that rank among the `top`
-    highest scores at some position are major, the others minor; sets LayerStats.minor_rows (True: minor) and
-    returns tensor -> that mask. A many-class head (ddddocr's 8210 characters, where 32 CAPTCHAs of one alphabet
-    rank 131 classes in their top 8) spends most of its bytes on rows whose scores never decide: the scan offers
-    them a coarse grid (LayerSettings.coarse_rows), and the model error measured on the held-out runs decides."""
+    """Class-score heads (class_outputs: a linear head's logits, or the Softmax / LogSoftmax over the last axis of
+    such a head's output) whose classes are the output channels of a Gemm / MatMul weight: its rows for a Gemm with
+    transB, its columns for a MatMul or a Gemm without (class_axis). On the calibration runs the statistics were
+    recorded over (stats.batches), the classes that rank among the `top` highest scores at some position are major,
+    the others minor; sets LayerStats.minor_rows (True: minor; indexed like the statistics' rows, which are the
+    output channels however the tensor is stored) and returns tensor -> that mask. A many-class head (ddddocr's 8210
+    characters, where 32 CAPTCHAs of one alphabet rank 131 classes in their top 8; PP-OCRv4 rec's 6625) spends most
+    of its bytes on classes whose scores never decide: the scan offers them a coarse grid (LayerSettings.coarse_rows),
+    and the model error measured on the held-out runs decides."""
     batches = getattr(stats, "batches", None)
     if not batches or not classes:
         return {}
     prod = {o: n for n in graph.nodes for o in n.outputs}
+    ranks = {v.name: len(v.shape) for v in graph.outputs if v.shape is not None}
     heads = {}
-    for name, (axis, feats) in classes.items():
-        n = _linear_head(graph, prod, prod.get(name))
-        if n is None or n.op != "Gemm" or not n.attr("transB", 0) or axis != -1:
+    for name, (axis, _) in classes.items():
+        n = prod.get(name)
+        if n is not None and n.op in ("Softmax", "LogSoftmax"):  # monotonic: the same classes rank at the top
+            n = prod.get(n.inputs[0])
+        n = _linear_head(graph, prod, n) if n is not None and n.op not in ("Softmax", "LogSoftmax") else None
+        if n is None or axis not in (-1, ranks.get(name, 0) - 1):
             continue
         st = stats.get(n.inputs[1])
-        if st is not None and not st.transpose and st.h.ndim == 2:
+        feats = graph.initializers[n.inputs[1]].shape[class_axis(n)]
+        if st is not None and st.transpose == (class_axis(n) == 1) and st.h.ndim == 2:
             heads[name] = (n.inputs[1], st, feats)
     if not heads:
         return {}
@@ -300,6 +325,12 @@ def minor_rows(graph: Graph, stats, classes: dict[str, tuple[int, int]], top: in
         st.minor_rows = ~seen[name]
         found[tensor] = st.minor_rows
     return found
+
+
+def class_axis(node) -> int:
+    """The axis of a Gemm / MatMul node's 2-D weight that holds its output features: 0 (rows) for a Gemm with
+    transB, 1 (columns) for a MatMul or a Gemm without transB."""
+    return 0 if node.op == "Gemm" and node.attr("transB", 0) else 1
 
 
 def output_parts(graph: Graph) -> dict[str, tuple[int, list[int]]]:
@@ -479,8 +510,9 @@ def class_evaluator(graph: Graph, feeds: dict[str, np.ndarray], tensors, classes
 def layer_error(w: np.ndarray, q: np.ndarray, stats) -> float:
     """Relative layer-output error of the decoded weight q against w: from the input statistics when given
     (calibration.LayerStats, oriented as compensate.assign takes them), else the relative weight error. On a class
-    head with minor rows (minor_rows) the error of the other rows: every option is ranked by the scores that decide
-    (its Pareto chain), the model error measured on the held-out runs then prices the coarse rows."""
+    head with minor classes (minor_rows: its rows, or a MatMul's columns) the error of the other classes: every
+    option is ranked by the scores that decide (its Pareto chain), the model error measured on the held-out runs
+    then prices the coarse or dropped classes."""
     from .compensate import output_error
 
     rows = w.shape[0]
@@ -488,14 +520,14 @@ def layer_error(w: np.ndarray, q: np.ndarray, stats) -> float:
     if stats is None:
         den = float(np.linalg.norm(w2.astype(np.float64)))
         return float(np.linalg.norm((w2 - q2).astype(np.float64))) / den if den > 0 else 0.0
-    if stats.transpose:
+    if stats.transpose:  # (in, out) stored: the statistics' rows are its columns
         w2, q2 = w2.T, q2.T
     else:  # rows as the statistics see them: LSTM / GRU (dirs, gates x hidden, cols) is dirs x gates x hidden rows
         cols = stats.h.shape[-1]
         w2, q2 = w.reshape(-1, cols), q.reshape(-1, cols)
-        minor = getattr(stats, "minor_rows", None)
-        if minor is not None and minor.shape == (w2.shape[0],):  # a class head: the rows whose scores decide
-            w2, q2 = w2[~minor], q2[~minor]
+    minor = getattr(stats, "minor_rows", None)
+    if minor is not None and minor.shape == (w2.shape[0],):  # a class head: the classes whose scores decide
+        w2, q2 = w2[~minor], q2[~minor]
     return output_error(w2, q2, stats.h)
 
 
@@ -537,6 +569,8 @@ def scan(graph: Graph, settings: dict[str, tuple[LayerSettings, int]], encoder, 
         if getattr(stats.get(name), "minor_rows", None) is not None and not s.sparsity and s.quality is None:
             tries += [(b, dataclasses.replace(s, bits=b, codebook_dtype=half, channel_scales=True,
                                               coarse_rows=COARSE_LEVELS)) for b in widths]
+            if DROP_MINOR and stats[name].transpose:  # a MatMul head: its classes' grid cannot be their own
+                tries += [(b, dataclasses.replace(s, bits=b, codebook_dtype=half, drop_minor=True)) for b in widths]
         if s.huffman and not s.sparsity and s.quality is None and not s.entropy_rate and w.size > 1 << ec_bits:
             tries += [(ec_bits, dataclasses.replace(s, bits=ec_bits, codebook_dtype=half, entropy_rate=r,
                                                     channel_scales=False)) for r in ec_rates]
@@ -730,7 +764,8 @@ def allocate(graph: Graph, settings: dict[str, tuple[LayerSettings, int]], encod
             f"'{k}'" for k in classes) + " (margin_error), relative L2 error of any other output")
     for k, m in coarse.items():
         alloc.notes.append(f"'{k}': {int((~m).sum())} of {m.size} classes rank in the top {TOP_CLASSES} on the "
-                           f"calibration runs; the others may take a coarse grid ('c' options, coarse_rows)")
+                           f"calibration runs; the others may take a coarse grid ('c' options, coarse_rows)"
+                           + (" or be pruned ('d', drop_minor)" if DROP_MINOR and stats[k].transpose else ""))
     if getattr(ev, "parts", None):
         alloc.notes.append("model error: the worst part's relative L2 error on " + ", ".join(
             f"'{k}' (parts of {'+'.join(map(str, p))} along axis {a})" for k, (a, p) in ev.parts.items()))

@@ -29,7 +29,8 @@ class LayerStats:
     samples: int  # rows of X accumulated
     transpose: bool = False  # the stored tensor is (in, out) (MatMul): assign on its transpose
     cross: np.ndarray | None = None  # C = X^T X_q when recorded against quantised weights (h is then X_q^T X_q)
-    minor_rows: np.ndarray | None = None  # rows (classes) the coarse-row option may coarsen (allocate.minor_rows)
+    minor_rows: np.ndarray | None = None  # rows (classes) the coarse-row option may coarsen (allocate.minor_rows):
+    # rows as h sees them, i.e. the stored tensor's columns when transpose
 
 
 class Statistics(dict):

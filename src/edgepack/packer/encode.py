@@ -37,11 +37,15 @@ class LayerSettings:
     # magnitude, each get a codebook entry of their own (exact, rare codes that Huffman coding makes cheap); the
     # k-means centroids are fitted to the rest. Codebook encoding without pruning only.
     outliers: float = 0.0
-    # class-score heads (allocate.minor_rows): the rows of classes that never ranked near the top on the calibration
-    # runs (calibration.LayerStats.minor_rows) take a coarse grid of 2 x coarse_rows + 1 steps of their own row scale
-    # (codebook entries appended to the k-means centroids, which are fitted to the other rows); frequent codes that
-    # Huffman coding makes about a bit each. 0: off; ignored without calibration statistics that name such rows.
+    # class-score heads (allocate.minor_rows): the weights of classes that never ranked near the top on the
+    # calibration runs (calibration.LayerStats.minor_rows: a Gemm's rows, a MatMul's columns) take a coarse grid of
+    # 2 x coarse_rows + 1 steps of their row scale (the class's own for rows; each input row's for columns)
+    # (codebook entries appended to the k-means centroids, which are fitted to the other classes); frequent codes
+    # that Huffman coding makes about a bit each. 0: off; ignored without calibration statistics that name classes.
     coarse_rows: int = 0
+    # class-score heads: the weights of those minor classes pruned instead (sparse_codebook; their scores are then
+    # the bias alone, the file serving only the classes its calibration set ranks). Takes precedence over coarse_rows.
+    drop_minor: bool = False
 
     @classmethod
     def from_dict(cls, d: dict, where: str) -> "LayerSettings":
@@ -72,8 +76,9 @@ class LayerSettings:
         _whole(where, "chunk_symbols", self.chunk_symbols, 1, 1 << 30)
         _whole(where, "coarse_rows", self.coarse_rows, 0, MAX_COARSE_ROWS)
         _whole(where, "seed", self.seed, 0, (1 << 32) - 1)
-        if not isinstance(self.huffman, bool):
-            raise InputError(f"{where}: huffman must be true or false (a boolean), found {_show(self.huffman)}")
+        for key in ("huffman", "drop_minor"):
+            if not isinstance(getattr(self, key), bool):
+                raise InputError(f"{where}: {key} must be true or false (a boolean), found {_show(getattr(self, key))}")
         choices = {"init": cluster.INITS,
                    "encoding": ("auto", C.ENC_SPARSE, C.ENC_CODEBOOK, "dense", "float16", C.ENC_INT8),
                    "codebook_dtype": tuple(C.CODEBOOK_DTYPES)}
@@ -271,16 +276,18 @@ def encode_weight(w: np.ndarray, s: LayerSettings, default_bits: int, stats=None
         return dense(w)
     bits = s.bits or default_bits
     keep = prune.mask_by_std(w, s.quality) if s.quality is not None else prune.mask_by_sparsity(w, s.sparsity)
+    minor = minor_classes(w, stats) if s.coarse_rows or s.drop_minor else None
+    if minor is not None and s.drop_minor:  # the minor classes' weights pruned: their scores are the bias alone
+        keep = keep & (~minor[None, :] if stats.transpose else ~minor[:, None])
+        minor = None
     pruned = not keep.all()
     rows = w.shape[0]
     cols = w.size // rows
     exact = outlier_mask(w, s.outliers, bits) if s.outliers and not pruned else None
     fit = keep if exact is None else keep & ~exact
     wq = w if exact is None else np.where(exact, np.float32(0), w)  # the rest: outliers at 0, quantised as zeros
-    minor = getattr(stats, "minor_rows", None) if s.coarse_rows and stats is not None else None
-    if minor is not None and (pruned or exact is not None or s.entropy_rate or stats.transpose
-                              or minor.shape != (rows,) or minor.all() or not minor.any()):
-        minor = None  # coarse rows: rows as the statistics see them, without pruning, outliers or an entropy rate
+    if minor is not None and (pruned or exact is not None or s.entropy_rate):
+        minor = None  # coarse classes without pruning, outliers or an entropy rate
     if minor is not None:
         codebook, codes, scales = _coarse_rows(w, minor, bits, s, stats)
     else:
@@ -345,24 +352,44 @@ def encode_weight(w: np.ndarray, s: LayerSettings, default_bits: int, stats=None
     return Encoded(enc, reference.astype(np.float32), size, st)
 
 
+def minor_classes(w: np.ndarray, stats) -> np.ndarray | None:
+    """The minor classes of a 2-D class-head weight (calibration.LayerStats.minor_rows, indexed like the statistics'
+    rows: w's rows, or its columns when stored (in, out), stats.transpose), or None where the statistics name none,
+    all, or do not fit w."""
+    minor = getattr(stats, "minor_rows", None)
+    if minor is None or w.ndim != 2 or minor.shape != (w.shape[1 if stats.transpose else 0],) or minor.all() \
+            or not minor.any():
+        return None
+    return minor
+
+
 def _coarse_rows(w: np.ndarray, minor: np.ndarray, bits: int, s: LayerSettings, stats):
-    """(codebook, codes, row scales) of a tensor whose `minor` rows take a coarse grid (LayerSettings.coarse_rows):
-    per-row scales max |w| (1 for a row of zeros, which the grid's 0 then holds exactly); the 2**bits k-means
-    centroids fitted to the other rows (over w / scale), then the grid j / coarse_rows, j = -coarse_rows..coarse_rows,
-    appended; each part's codes compensated with the layer's statistics within its own entries."""
-    rows = w.shape[0]
-    w2 = w.reshape(rows, -1)
-    scales = cluster.choose_row_scales(w2)
+    """(codebook, codes, row scales) of a 2-D tensor whose `minor` classes take a coarse grid
+    (LayerSettings.coarse_rows): per-row scales max |w| (1 for a row of zeros, which the grid's 0 then holds exactly);
+    the 2**bits k-means centroids fitted to the other classes (over w / scale), then the grid j / coarse_rows,
+    j = -coarse_rows..coarse_rows, appended; each part's codes compensated with the layer's statistics within its own
+    entries. The classes are the statistics' rows: the tensor's rows (a Gemm with transB), each on the grid of its
+    own scale, or, stored (in, out) (stats.transpose: a MatMul), its columns, on the grid of each input row's scale
+    (the format scales rows only)."""
+    scales = cluster.choose_row_scales(w)
     scales = np.where(scales > 0, scales, np.float32(1)).astype(np.float32)
-    cb, _ = cluster.quantize(w2[~minor], None, bits, reserve_zero=False, row_scales=scales[~minor], init=s.init,
-                             seed=s.seed)
+
+    def part(mask):  # (the tensor's part holding these classes, its row scales)
+        return (w[:, mask], scales) if stats.transpose else (w[mask], scales[mask])
+
+    major, major_scales = part(~minor)
+    cb, _ = cluster.quantize(major, None, bits, reserve_zero=False, row_scales=major_scales, init=s.init, seed=s.seed)
     grid = np.arange(-s.coarse_rows, s.coarse_rows + 1, dtype=np.float32) / np.float32(s.coarse_rows)
     codebook = np.concatenate([cb.astype(np.float32), grid])
-    codes = np.zeros(w2.shape, np.uint8 if codebook.size <= 256 else np.uint16)
-    for part, book, base in ((~minor, cb, 0), (minor, grid, cb.size)):
-        keep = np.ones((int(part.sum()), w2.shape[1]), bool)
-        codes[part] = _compensated_codes(w2[part], keep, book, scales[part], False, stats) + base
-    return codebook, codes.reshape(w.shape), scales
+    codes = np.zeros(w.shape, np.uint8 if codebook.size <= 256 else np.uint16)
+    for mask, book, base in ((~minor, cb, 0), (minor, grid, cb.size)):
+        wp, sp = part(mask)
+        c = _compensated_codes(wp, np.ones(wp.shape, bool), book, sp, False, stats) + base
+        if stats.transpose:
+            codes[:, mask] = c
+        else:
+            codes[mask] = c
+    return codebook, codes, scales
 
 
 def _compensated_codes(w, keep, codebook, scales, pruned: bool, stats, rate: float = 0.0,
