@@ -586,14 +586,16 @@ def _matmul_head(tmp_path, classes: int = 96, favoured: int = 10):
     return zoo.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "mhead.onnx")
 
 
-def test_minor_classes_of_a_matmul_head_are_its_columns(tmp_path):
+def test_minor_classes_of_a_matmul_head_are_its_columns(tmp_path, monkeypatch):
     """A MatMul head whose classes are its weight's columns, behind a Softmax (PP-OCRv4 rec): minor_rows finds the
     classes that never rank in the top TOP_CLASSES of any position (onnxruntime's outputs, checked here by numpy),
     indexed like the statistics' rows; the head's layer error counts the other classes only (a change to minor
     columns costs nothing, one to a major column does); the allocation offers 'c' options (minor columns on the grid
-    of their input row's scale) and 'd' options (minor columns pruned) and picks a 'd' one, and the packed file
-    decodes to what the encoder says and runs in the runtime as onnxruntime runs it unpacked."""
+    of their input row's scale), and 'd' options (minor columns pruned) only when asked (DROP_MINOR), of which it
+    picks one here; the packed file decodes to what the encoder says and runs in the runtime as onnxruntime runs it
+    unpacked."""
     from edgepack import runtime
+    from edgepack.packer import allocate
     from edgepack.packer.allocate import TOP_CLASSES, class_outputs, layer_error, minor_rows
     from edgepack.packer.calibration import layer_statistics
     from edgepack.packer.fidelity import batches, calibration_inputs
@@ -623,10 +625,14 @@ def test_minor_classes_of_a_matmul_head_are_its_columns(tmp_path):
     coarse = pack(path, tmp_path / "c.epk", calib=x, target_ratio=6, check_fidelity=False)
     head = coarse.allocation.layers["head"]
     labels = [o.label for o in head.options]
-    assert any(o.endswith("c") for o in labels) and head.chosen.label.endswith("d"), labels
+    assert any(o.endswith("c") for o in labels) and not any(o.endswith("d") for o in labels), labels
     grid = next(o for o in head.options if o.settings.coarse_rows).encoded.reference[:, minor]
     grid = grid / np.abs(w).max(1)[:, None]
     np.testing.assert_allclose(grid * 2, np.round(grid * 2), atol=1e-3)
+    monkeypatch.setattr(allocate, "DROP_MINOR", True)
+    coarse = pack(path, tmp_path / "d.epk", calib=x, target_ratio=6, check_fidelity=False)
+    head = coarse.allocation.layers["head"]
+    assert head.chosen.label.endswith("d"), [o.label for o in head.options]
     ref = head.chosen.encoded.reference  # pack's minor classes: a superset of `minor` (it holds some runs out)
     assert head.chosen.encoded.encoding["type"] == "sparse_codebook" and not ref[:, minor].any()
     assert head.chosen.error < 0.05  # the major classes' layer error (pack's statistics: the non-held-out runs)

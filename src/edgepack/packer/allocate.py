@@ -34,7 +34,7 @@
    major, the others minor; the scan then also offers the head each width with the minor classes on a coarse grid
    (LayerSettings.coarse_rows = COARSE_LEVELS: 5 codebook entries that Huffman coding makes about a bit each) of
    their own scale for rows, of each input row's scale for columns (the format scales rows only), and, for columns
-   (DROP_MINOR), with the minor classes pruned (LayerSettings.drop_minor: sparse_codebook, their scores the bias
+   when asked (DROP_MINOR, off by default), with the minor classes pruned (LayerSettings.drop_minor: sparse_codebook, their scores the bias
    alone); the head's layer error (its Pareto chain) counts the major classes only. Whether the coarse or dropped
    classes cost the model anything is what the held-out runs measure, as for every option. The file then serves
    the classes its calibration set ranks (a recognizer calibrated on one alphabet keeps the others' weights only
@@ -123,8 +123,11 @@ REFINE_TARGET = "own"  # "own": codes for W X_q (H of the quantised inputs); "or
 REFINE_DAMP = 0.01  # the corrected weight's ridge towards W (compensate.corrected_weight's damp)
 COARSE_LEVELS = 2  # minor rows of a class head take the grid -2..2 x (row max) / 2 (LayerSettings.coarse_rows)
 # the scan also offers a class head whose classes are its weight's columns (MatMul) with its minor classes pruned
-# (LayerSettings.drop_minor): the format scales rows, so their coarse grid is on the input rows' scales, not their own
-DROP_MINOR = True
+# (LayerSettings.drop_minor; the format scales rows, so their coarse grid is on the input rows' scales, not their
+# own). Off: the file would never answer a class its calibration set does not rank (a recognizer calibrated on Latin
+# text loses every Chinese character), and the held-out runs, drawn like the calibration set, cannot see that. A user
+# whose calibration set covers every class to be read sets this flag through the API.
+DROP_MINOR = False
 TOP_CLASSES = 8  # a class is major when it ranks among the top TOP_CLASSES at a position of a calibration run
 MIN_CLASSES = 64  # a class axis this long makes an output class scores (the margin measure, ClassScores)
 PART_SCALE = 10.0  # parts of an output this much apart in scale are measured one by one (parts_differ)
