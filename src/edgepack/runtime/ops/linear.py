@@ -635,6 +635,25 @@ def _dense_gemv_kernel(x, w, bias, ep, out):
     _dense_epilogue_kernel(o, bias, ep)
 
 
+@njit(cache=True, inline="always")
+def tile_rows_sums(xt, w, codebook, w0, k_in, acc, lw, rows_left):
+    """The sums of the next DENSE_ROWS weight rows of w from offset w0 (1 row where fewer are left) with every lane of
+    the transposed tile xt (lw lanes: ROWS_NARROW or LANES), into acc (simd_rows.dense_fma, each sum in k order);
+    returns how many rows. The one inner step of the dense rows form, here and in recurrent.py's projection."""
+    m = DENSE_ROWS if rows_left >= DENSE_ROWS else 1
+    if lw == ROWS_NARROW:
+        if m == DENSE_ROWS:
+            dense_fma24x4(xt, w, codebook, w0, k_in, acc, np.int64(0))
+        else:
+            dense_fma24x1(xt, w, codebook, w0, k_in, acc, np.int64(0))
+    else:
+        if m == DENSE_ROWS:
+            dense_fma32x4(xt, w, codebook, w0, k_in, acc, np.int64(0))
+        else:
+            dense_fma32x1(xt, w, codebook, w0, k_in, acc, np.int64(0))
+    return m
+
+
 @njit(cache=True)
 def _dense_row_tiles_kernel(x, w, codebook, out_scales, bias, ep, out, xt, acc):
     """The "rows" form of a dense-code W (n, k) (w: its codes row by row; a float32 w, codebook unused, runs the
@@ -655,17 +674,7 @@ def _dense_row_tiles_kernel(x, w, codebook, out_scales, bias, ep, out, xt, acc):
         _tile_transpose_kernel(x, b0, bt, lw, xt)
         r = 0
         while r < n_out:
-            m = DENSE_ROWS if r + DENSE_ROWS <= n_out else 1
-            if lw == ROWS_NARROW:
-                if m == DENSE_ROWS:
-                    dense_fma24x4(xt, w, codebook, np.int64(r * k_in), np.int64(k_in), acc, np.int64(0))
-                else:
-                    dense_fma24x1(xt, w, codebook, np.int64(r * k_in), np.int64(k_in), acc, np.int64(0))
-            else:
-                if m == DENSE_ROWS:
-                    dense_fma32x4(xt, w, codebook, np.int64(r * k_in), np.int64(k_in), acc, np.int64(0))
-                else:
-                    dense_fma32x1(xt, w, codebook, np.int64(r * k_in), np.int64(k_in), acc, np.int64(0))
+            m = tile_rows_sums(xt, w, codebook, np.int64(r * k_in), np.int64(k_in), acc, lw, n_out - r)
             for j in range(m):
                 c = beta * bias[r + j] if has_bias else np.float32(0.0)
                 sc = out_scales[r + j] if has_os else np.float32(1.0)

@@ -31,11 +31,11 @@ from numba import njit
 from edgepack.runtime.errors import FormatError, UnsupportedError
 from edgepack.runtime.ops.elementwise import _expf_core, _sigmoid_value
 from edgepack.runtime.ops.linear import (ROWS_NARROW, _tile_transpose_kernel, bind_linear, prepare_linear,
-                                          rows_lanes)
+                                          rows_lanes, tile_rows_sums)
 from edgepack.runtime.ops.registry import OpDef, check_arity, float_attr, int_attr
 from edgepack.runtime.ops.simd_dot import LANES, rows_dot8
 from edgepack.runtime.ops.simd_rows import LANES as TILE_LANES
-from edgepack.runtime.ops.simd_rows import DENSE_ROWS, dense_fma24x1, dense_fma24x4, dense_fma32x1, dense_fma32x4
+from edgepack.runtime.ops.simd_rows import DENSE_ROWS
 from edgepack.runtime.weights import CodebookWeight, DenseWeight
 
 # activation codes of the kernels
@@ -156,18 +156,8 @@ def _project_codes_kernel(x, codes, codebook, scales, bias, xw, xt, acc):
         for d in range(n_dir):
             r = 0
             while r < gh:
-                m = DENSE_ROWS if r + DENSE_ROWS <= gh else 1
-                w0 = np.int64((d * gh + r) * k_in)
-                if lw == ROWS_NARROW:
-                    if m == DENSE_ROWS:
-                        dense_fma24x4(xt, codes, codebook, w0, np.int64(k_in), acc, np.int64(0))
-                    else:
-                        dense_fma24x1(xt, codes, codebook, w0, np.int64(k_in), acc, np.int64(0))
-                else:
-                    if m == DENSE_ROWS:
-                        dense_fma32x4(xt, codes, codebook, w0, np.int64(k_in), acc, np.int64(0))
-                    else:
-                        dense_fma32x1(xt, codes, codebook, w0, np.int64(k_in), acc, np.int64(0))
+                m = tile_rows_sums(xt, codes, codebook, np.int64((d * gh + r) * k_in), np.int64(k_in), acc, lw,
+                                   gh - r)
                 for j in range(m):
                     sc = scales[d * gh + r + j] if has_os else np.float32(1.0)
                     c = bias[d, r + j] if has_b else np.float32(0.0)
