@@ -8,11 +8,10 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from llvmlite import ir as llvm_ir
-from numba import njit, types
-from numba.extending import intrinsic
+from numba import njit
 
 from edgepack.runtime.errors import FormatError
+from edgepack.runtime.ops.fastmath import sigmoid_value
 from edgepack.runtime.ops.registry import (OpDef, check_arity, check_legacy_broadcast, float_attr, opset_of,
                                   refuse_opset)
 
@@ -127,104 +126,24 @@ def _clip_kernel(x, out, lo, hi):
             out[i] = _clip_value(x[i], lo, hi)
 
 
-@intrinsic
-def _pow2_of_rounded(typingctx, m):
-    """2^n as float32 for m = 1.5 * 2^23 + n (the round-to-nearest sum of expf; -126 <= n <= 127): the float whose
-    bits are (bits(m) + 127) << 23 in int32 (n + 127 lands in the exponent, the magic's own bits shift out): two
-    integer operations, no float -> int conversion."""
-    if m != types.float32:
-        return None
-
-    def codegen(context, builder, sig, args):
-        i32 = llvm_ir.IntType(32)
-        bits = builder.add(builder.bitcast(args[0], i32), i32(127))
-        return builder.bitcast(builder.shl(bits, i32(23)), context.get_value_type(types.float32))
-    return types.float32(types.float32), codegen
-
-
-@intrinsic
-def fma32(typingctx, a, b, c):
-    """a * b + c rounded once (llvm.fma: one instruction where the CPU has FMA, as x86-64 since Haswell / Zen and
-    ARM64 have; else the exact libm fmaf). Explicit rather than fastmath "contract": contraction is LLVM's choice per
-    loop, so the same expression could round differently inlined in two kernels (a fused chain and the node's own
-    kernel must give the same bits)."""
-    if not (a == b == c == types.float32):
-        return None
-
-    def codegen(context, builder, sig, args):
-        f32 = context.get_value_type(types.float32)
-        fnty = llvm_ir.FunctionType(f32, [f32, f32, f32])
-        return builder.call(builder.module.declare_intrinsic("llvm.fma", [f32], fnty), args)
-    return types.float32(types.float32, types.float32, types.float32), codegen
-
-
-@njit(cache=True, inline="always", error_model="numpy")
-def _expf_core(z):
-    """exp(z) in float32 for z in [-87, 88]: 2^n * p(r) (Cephes expf: n = round(z / ln 2), r = z - n ln 2 in two
-    parts, a degree-5 polynomial, its multiply-adds as FMAs), 2^n made from its exponent bits; z is clamped to that
-    range first (NaN -> -87: the callers restore it)."""
-    f = np.float32
-    v = z if z > f(-87.0) else f(-87.0)
-    v = v if v < f(88.0) else f(88.0)
-    m = fma32(v, f(1.44269504088896341), f(12582912.0))  # 1.5 * 2^23 + n: n = round(v / ln 2) in its low bits
-    n = m - f(12582912.0)
-    scale = _pow2_of_rounded(m)
-    r = fma32(-n, f(0.693359375), v)
-    r = fma32(-n, f(-2.12194440e-4), r)
-    p = fma32(f(1.9875691500e-4), r, f(1.3981999507e-3))
-    p = fma32(p, r, f(8.3334519073e-3))
-    p = fma32(p, r, f(4.1665795894e-2))
-    p = fma32(p, r, f(1.6666665459e-1))
-    p = fma32(p, r, f(5.0000001201e-1))
-    return (fma32(p * r, r, r) + f(1.0)) * scale
-
-
-@njit(cache=True, inline="always", error_model="numpy")
-def expf(z):
-    """exp(z) in float32, for loops that vectorise (_expf_core): within 2 ulp of exp; z < -87 gives 0, z > 88
-    gives exp(88); NaN stays NaN."""
-    e = _expf_core(z)
-    e = np.float32(0.0) if z < np.float32(-87.0) else e
-    return e if z == z else z
-
-
-@njit(cache=True, error_model="numpy")
-def exp_block(z, m, bits, out):
-    """out[j] = expf(z[j]) for j < m (one vectorised loop, ~0.33 ns a value where the scalar math.exp loop took 8.6);
-    out may be z. `bits` is not read (the int32 scratch of the former two-loop form, still passed by softmax.py)."""
-    for j in range(m):
-        out[j] = expf(z[j])
-
-
-@njit(cache=True, inline="always", error_model="numpy")
-def _sigmoid_value(v):
-    """1 / (1 + exp(-v)): within 2 ulp of the exact sigmoid (relative 1.4e-7); v < -88 gives 0 and v > 87 gives
-    1; NaN stays NaN. _expf_core without expf's two selects: for v > 87 its exp(-87) (1.6e-38) vanishes in 1 + e as
-    expf's 0 does, and NaN is restored here (two of the loop's ~36 instructions)."""
-    f = np.float32
-    s = f(1.0) / (f(1.0) + _expf_core(-v))
-    s = f(0.0) if v < f(-88.0) else s
-    return s if v == v else v
-
-
 # The Sigmoid and SiLU kernels: ONE loop each (the exp's 2^n built in registers, no scratch, the polynomial in FMAs):
-# 204,800 values took 0.43 ns each, against 0.95 for the former per-block form (a copy, then exp_block's two loops
-# over 64-value stack blocks allocated per call; dev VM, 1 thread, CPU time; exp_block itself 0.52 -> 0.33). In place
+# 204,800 values took 0.43 ns each, against 0.95 for the former per-block form (a copy, then two exp loops
+# over 64-value stack blocks allocated per call; dev VM, 1 thread, CPU time; the exp loop itself 0.52 -> 0.33). In place
 # (out is x: how a conv's epilogue chain calls them) the loop reads and writes one array: with two, LLVM's overlap
 # test sends x is out to its scalar loop, 4.3 ns a value. The rounding of n as one FMA and 2^n from the rounded sum's
-# bits (_pow2_of_rounded, no float -> int conversion): in place, SiLU 0.417 -> 0.398 ns a value, Sigmoid 0.384 -> 0.368
+# bits (fastmath._pow2_of_rounded, no float -> int conversion): in place, SiLU 0.417 -> 0.398 ns a value, Sigmoid 0.384 -> 0.368
 # (204,800 values, dev VM, 1 thread, CPU time, load 9). Any length, in place or not, inside a chain or not: the
 # same bits.
 
 @njit(cache=True, error_model="numpy")
 def _sigmoid_kernel(x, out):
-    """out = sigmoid(x) (_sigmoid_value); out may be x."""
+    """out = sigmoid(x) (sigmoid_value); out may be x."""
     if x.ctypes.data == out.ctypes.data and x.size == out.size:
         for i in range(out.size):
-            out[i] = _sigmoid_value(out[i])
+            out[i] = sigmoid_value(out[i])
     else:
         for i in range(x.size):
-            out[i] = _sigmoid_value(x[i])
+            out[i] = sigmoid_value(x[i])
 
 
 @njit(cache=True, error_model="numpy")
@@ -234,15 +153,15 @@ def silu_kernel(x, out):
     if x.ctypes.data == out.ctypes.data and x.size == out.size:
         for i in range(out.size):
             v = out[i]
-            out[i] = v * _sigmoid_value(v)
+            out[i] = v * sigmoid_value(v)
     else:
         for i in range(x.size):
             v = x[i]
-            out[i] = v * _sigmoid_value(v)
+            out[i] = v * sigmoid_value(v)
 
 
 @njit(cache=True, inline="always")
-def _hard_sigmoid_value(xv, alpha, beta):
+def _hardsigmoid_value(xv, alpha, beta):
     v = xv * alpha + beta
     if v < 0:
         v = 0.0
@@ -255,10 +174,10 @@ def _hard_sigmoid_value(xv, alpha, beta):
 def _hard_sigmoid_kernel(x, out, alpha, beta):
     if x.ctypes.data == out.ctypes.data and x.size == out.size:
         for i in range(out.size):
-            out[i] = _hard_sigmoid_value(out[i], alpha, beta)
+            out[i] = _hardsigmoid_value(out[i], alpha, beta)
     else:
         for i in range(x.size):
-            out[i] = _hard_sigmoid_value(x[i], alpha, beta)
+            out[i] = _hardsigmoid_value(x[i], alpha, beta)
 
 
 @njit(cache=True)
@@ -266,11 +185,11 @@ def _hard_swish_kernel(x, out, alpha, beta):
     if x.ctypes.data == out.ctypes.data and x.size == out.size:
         for i in range(out.size):
             xv = out[i]
-            out[i] = xv * _hard_sigmoid_value(xv, alpha, beta)
+            out[i] = xv * _hardsigmoid_value(xv, alpha, beta)
     else:
         for i in range(x.size):
             xv = x[i]
-            out[i] = xv * _hard_sigmoid_value(xv, alpha, beta)
+            out[i] = xv * _hardsigmoid_value(xv, alpha, beta)
 
 
 @njit(cache=True)

@@ -29,7 +29,7 @@ import numpy as np
 from numba import njit
 
 from edgepack.runtime.errors import FormatError, UnsupportedError
-from edgepack.runtime.ops.elementwise import _expf_core, _sigmoid_value
+from edgepack.runtime.ops.fastmath import sigmoid_value, tanh_value
 from edgepack.runtime.ops.linear import (ROWS_NARROW, _tile_transpose_kernel, bind_linear, prepare_linear,
                                           rows_lanes, tile_rows_sums)
 from edgepack.runtime.ops.registry import OpDef, check_arity, float_attr, int_attr
@@ -44,30 +44,21 @@ _ACT_NAMES = ("Sigmoid", "Tanh", "Relu", "Softsign", "Softplus")
 _DIRECTIONS = ("forward", "reverse", "bidirectional")
 
 
-@njit(cache=True, inline="always", error_model="numpy")
-def _tanh_value(v):
-    """2 / (1 + exp(-2v)) - 1 (elementwise.py's _expf_core: exp(-2v) clamped to [exp(-87), exp(88)], where 1 + e
-    rounds to what expf's 0 and exp(88) give); NaN stays NaN."""
-    f = np.float32
-    t = f(2.0) / (f(1.0) + _expf_core(f(-2.0) * v)) - f(1.0)
-    return t if v == v else v
-
-
 @njit(cache=True, error_model="numpy")
 def _act_block(code, v):
-    """v <- activation `code` of v, in place, one vectorised loop (Sigmoid and Tanh through elementwise.py's
-    inlined exp: _sigmoid_value and _tanh_value, the same bits as expf). In place over ONE array the loop
-    vectorises; the former form (e = k v, then exp_block(e, ..., e), then a third loop) ran exp_block in place,
-    which LLVM's overlap test sends to its scalar loop: the activations took 12% of ddddocr's LSTM and 43% of
-    hey_mycroft's first one. e and bits are not read (kept for the callers' scratch layout)."""
+    """v <- activation `code` of v, in place, one vectorised loop (Sigmoid and Tanh through fastmath.py's
+    inlined exp: sigmoid_value and tanh_value, the same bits as expf). In place over ONE array the loop
+    vectorises; the former form (e = k v, then an exp loop over e in place, then a third loop) sent the exp to
+    LLVM's scalar loop (its overlap test): the activations took 12% of ddddocr's LSTM and 43% of hey_mycroft's
+    first one."""
     m = v.shape[0]
     one = np.float32(1.0)
     if code == 0:
         for j in range(m):
-            v[j] = _sigmoid_value(v[j])
+            v[j] = sigmoid_value(v[j])
     elif code == 1:
         for j in range(m):
-            v[j] = _tanh_value(v[j])
+            v[j] = tanh_value(v[j])
     elif code == 2:
         for j in range(m):
             v[j] = v[j] if v[j] > np.float32(0.0) else np.float32(0.0)
@@ -187,12 +178,12 @@ def _lstm_cell_kernel(g, c, h, hid):
     gates 0-2 of g, c <- f c + i tanh(gate 3), h <- o tanh(c); the passes of _lstm_kernel's general path computed
     value by value (the same bits). g, c, h do not overlap (views of the kernel's state)."""
     for j in range(hid):
-        i = _sigmoid_value(g[j])
-        o = _sigmoid_value(g[hid + j])
-        f = _sigmoid_value(g[2 * hid + j])
-        cj = f * c[j] + i * _tanh_value(g[3 * hid + j])
+        i = sigmoid_value(g[j])
+        o = sigmoid_value(g[hid + j])
+        f = sigmoid_value(g[2 * hid + j])
+        cj = f * c[j] + i * tanh_value(g[3 * hid + j])
         c[j] = cj
-        h[j] = _tanh_value(cj) * o
+        h[j] = tanh_value(cj) * o
 
 
 @njit(cache=True, error_model="numpy")

@@ -1,7 +1,7 @@
 """Softmax over an (outer, axis, inner) view, as Numba kernels; may run in place. From opset 13 it normalises along
 `axis` (default -1); before 13 (opsets 1 and 11) the input is coerced to 2-D at `axis` (default 1) and each row of
 prod(shape[axis:]) elements is normalised as one: an (outer, rest, 1) view. Both layouts vectorise with
-elementwise.expf: contiguous lines (inner = 1: a CTC head's 6625 classes per time step) along the line; strided lines
+fastmath.expf: contiguous lines (inner = 1: a CTC head's 6625 classes per time step) along the line; strided lines
 (inner > 1: YOLOv8's DFL softmax over 16 bins of 8400 anchors) across the inner axis, every pass a contiguous row of
 `inner` values with the running max and sum of each line in scratch. Sums in float64 (in any order along a line).
 In place is its own kernel (one array: LLVM's overlap test sends two equal pointers to its scalar loop).
@@ -13,7 +13,7 @@ import math
 import numpy as np
 from numba import njit
 
-from edgepack.runtime.ops.elementwise import expf
+from edgepack.runtime.ops.fastmath import expf
 from edgepack.runtime.ops.registry import OpDef, check_arity, normalize_axis, opset_of
 
 
