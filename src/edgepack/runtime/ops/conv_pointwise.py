@@ -12,7 +12,10 @@ layouts: the "tiles" form the planner holds for the layers this kernel runs (pac
 block's weights one contiguous stream, in the order the tile reads them, its 8 weights of one c one vector load for
 the single positions; prepare_tiles, counted in the memory plan as runtime/layers.py offers it), or a view of the
 (cout, cin) rows (rows_view: no copy; eight streams a row apart, the single positions' weights a gather: for the
-plain dense form and the im2col product of conv.py). Both give the same bits.
+plain dense form and the im2col product of conv.py). Both give the same bits. The gather costs the rows form most
+where the single positions are a large share: 512 -> 512 at 7x7 305 us on rows, 230 packed (hot, load 5.5,
+benchmarks/pointwise_conv.py; the old kernel's rows ~250 there, its dot products vectorised over c); at 14x14 and
+larger planes rows and packed are within ~10%. The corpus's plans hold the packed form wherever this kernel runs.
 
 Measured against the SLP-vectorised 8 x 16 tile it replaced (its tails overlapping tiles, a 16 k + 1 or 2 plane's
 last positions dot products, the epilogue a pass over each band; 2-core AMD EPYC (Zen 4, AVX-512), 1 thread, thread
