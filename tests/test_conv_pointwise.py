@@ -1,8 +1,8 @@
 """The register-tiled 1x1 convolution and the matrix-vector product of a 1x1 plane (runtime/ops/conv_pointwise.py)
 against float64 numpy, onnxruntime and a float32 fused-multiply-add chain (the kernel's order, bit for bit): edge
-shapes (fewer than a tile of channels or positions, tiles overlapping at the ends, the last one or two positions as
-dot products), the weight packed ("tiles" form) or read as rows, bands, the epilogue, the path bind_conv picks, and
-the planner's tiles form."""
+shapes (fewer than a tile of channels or positions, the last block overlapping the one before, planes of 16 n + r
+positions whose r run as single positions), the weight packed ("tiles" form) or read as rows, bands, the epilogue
+fused block by block, the path bind_conv picks, and the planner's tiles form."""
 from __future__ import annotations
 
 import numpy as np
@@ -17,10 +17,7 @@ from edgepack.runtime.errors import InputError, UnsupportedError
 from edgepack.runtime.ops import conv as conv_mod
 from edgepack.runtime.ops import conv_pointwise
 from edgepack.runtime.ops.elementwise import ACT_CLIP
-from edgepack.runtime.ops.slp import ready
 from edgepack.runtime.weights import CodebookWeight, DenseWeight
-
-ready(conv_pointwise.pointwise_kernel)  # the SLP build conv.py runs
 
 
 def _rand(rng, *shape):
@@ -28,7 +25,10 @@ def _rand(rng, *shape):
 
 
 def _xt(cin):
-    return np.full((conv_pointwise.DOT_TAIL_MAX, cin), np.nan, np.float32)  # the kernel's scratch
+    return np.full((conv_pointwise.dot_tail(49), cin), np.nan, np.float32)  # conv.py's scratch: none
+
+
+_HARD_SWISH_ROWS = np.float32([[conv_mod.CH_HARD_SWISH, 1.0 / 6.0, 0.5, 0]])
 
 
 def _forms(w2d):
@@ -40,25 +40,21 @@ def _forms(w2d):
 
 
 def _kernel(x, w, out, p0, p1, xt, rows):
-    ready(conv_pointwise.pointwise_kernel)(x, w, out, p0, p1, xt, rows)
+    conv_pointwise.pointwise_kernel(x, w, out, p0, p1, xt, rows)
 
 
-def _fma_chain(w2d, x, chains=1):
+def _fma_chain(w2d, x):
     """float32 sums of w2d @ x, one fused multiply-add per input channel in c order (float64 holds a float32
-    product exactly; its rounding to float32 is the fused one's but for double rounding, ~2^-29 a step); chains = 4:
-    _block_dot_kernel's order (four chains over c % 4, the last cin % 4 channels on the first, (0 + 1) + (2 + 3))."""
-    cin = w2d.shape[1]
-    acc = np.zeros((chains, w2d.shape[0], x.shape[1]), np.float32)
-    n4 = cin - cin % chains
-    for c in range(cin):
-        k = c % chains if c < n4 else 0
-        acc[k] = (w2d[:, c:c + 1].astype(np.float64) * x[c].astype(np.float64) + acc[k]).astype(np.float32)
-    return acc[0] if chains == 1 else (acc[0] + acc[1]) + (acc[2] + acc[3])
+    product exactly; its rounding to float32 is the fused one's but for double rounding, ~2^-29 a step)."""
+    acc = np.zeros((w2d.shape[0], x.shape[1]), np.float32)
+    for c in range(w2d.shape[1]):
+        acc = (w2d[:, c:c + 1].astype(np.float64) * x[c].astype(np.float64) + acc).astype(np.float32)
+    return acc
 
 
 @pytest.mark.parametrize("cin", [1, 3, 32, 129])
 @pytest.mark.parametrize("cout", [1, 7, 8, 9, 17, 64])
-@pytest.mark.parametrize("npos", [1, 2, 15, 16, 17, 18, 19, 34, 49, 100, 257])
+@pytest.mark.parametrize("npos", [1, 2, 3, 4, 5, 15, 16, 17, 18, 19, 20, 34, 47, 48, 49, 63, 100, 169, 196, 257])
 def test_kernel_matches_float64(cin, cout, npos):
     rng = np.random.default_rng(cin * 1000 + cout * 10 + npos)
     x, w = _rand(rng, cin, npos), _rand(rng, cout, cin)
@@ -70,22 +66,18 @@ def test_kernel_matches_float64(cin, cout, npos):
 
 
 @pytest.mark.parametrize("cin,cout,npos", [(37, 8, 64), (64, 13, 49), (21, 5, 50), (130, 20, 18), (7, 3, 17),
-                                           (40, 24, 100), (512, 16, 49), (3, 9, 35)])
+                                           (40, 24, 100), (512, 16, 49), (3, 9, 35), (9, 17, 196), (33, 11, 169),
+                                           (5, 8, 13), (16, 31, 63), (2, 8, 4)])
 def test_kernel_is_one_fma_per_input_channel_in_order(cin, cout, npos):
-    """Every position but the plane's dot-product ones is the FMA chain over c in order, bit for bit, packed or
-    rows, whatever cout % 8 (tiles overlapping) or cout < 8; the packed dot-product positions are
-    _block_dot_kernel's four chains, bit for bit (the rows' use recurrent._dot_kernel, whose vector order is the
-    machine's)."""
+    """Every position is the FMA chain over c in order, bit for bit, packed or rows, in a tile's vectors or as one of
+    its single positions (P % 16 of them), whatever cout % 8 (the last block overlapping) or cout < 8."""
     rng = np.random.default_rng(cin + cout + npos)
     x, w = _rand(rng, cin, npos), _rand(rng, cout, cin)
     chain = _fma_chain(w, x)
-    nt = conv_pointwise.dot_tail(npos) if cout >= conv_pointwise.TILE_CO else 0
     for name, wk, rows in _forms(w):
         out = np.full((cout, npos), np.nan, np.float32)
         _kernel(x, wk, out, 0, npos, _xt(cin), rows)
-        np.testing.assert_array_equal(out[:, :npos - nt], chain[:, :npos - nt], err_msg=name)
-        if nt and name == "packed":
-            np.testing.assert_array_equal(out[:, npos - nt:], _fma_chain(w, x[:, npos - nt:], 4))
+        np.testing.assert_array_equal(out, chain, err_msg=name)
 
 
 @pytest.mark.parametrize("cout", [1, 7, 8, 13, 16, 21])
@@ -112,7 +104,7 @@ def test_pack_layout(cout):
             conv_pointwise.rows_view(w)
 
 
-@pytest.mark.parametrize("npos", [300, 290, 289])  # tiles overlapping at the end; the last 2 or 1 as dot products
+@pytest.mark.parametrize("npos", [300, 290, 289])  # 12, 2, 1 single positions at the end
 def test_kernel_writes_only_its_range_and_bands_give_the_same_bits(npos):
     rng = np.random.default_rng(1)
     cin, cout = 40, 20
@@ -126,10 +118,10 @@ def test_kernel_writes_only_its_range_and_bands_give_the_same_bits(npos):
         np.testing.assert_array_equal(part[:, 37:150], whole[:, 37:150])  # tiles placed differently: the same sums
         for p0, p1 in ((0, 7), (7, 23), (23, npos - 1), (npos - 1, npos)):
             _kernel(x, wk, part, p0, p1, _xt(cin), rows)
-        np.testing.assert_array_equal(part, whole)  # the dot-product positions are the plane's, whatever the bands
+        np.testing.assert_array_equal(part, whole)  # positions in vectors or single: the same bits
 
 
-@pytest.mark.parametrize("hw", [(10, 12), (7, 7)])  # 120 positions; 49: one as a dot product
+@pytest.mark.parametrize("hw", [(10, 12), (7, 7)])  # 120 positions; 49: one single position
 def test_read_only_inputs_and_weights(hw):
     rng = np.random.default_rng(6)
     x, w = _rand(rng, 1, 12, *hw), _rand(rng, 16, 12, 1, 1)
@@ -144,14 +136,13 @@ def test_read_only_inputs_and_weights(hw):
                 assert fn is conv_pointwise.run
                 fn(*args)
                 want = out.copy() if want is None else want
-                np.testing.assert_allclose(out, want, rtol=1e-5, atol=1e-5)
-                np.testing.assert_array_equal(out[..., :-1], want[..., :-1])  # all but a dot-product position
+                np.testing.assert_array_equal(out, want)
 
 
 def test_kernel_special_values():
     rng = np.random.default_rng(2)
     x, w = _rand(rng, 5, 49), _rand(rng, 9, 5)
-    x[0, 3], x[1, 20], w[4, 2], x[2, 48], x[3, 48] = np.inf, np.nan, 0.0, np.inf, -np.inf  # 48: a dot product
+    x[0, 3], x[1, 20], w[4, 2], x[2, 48], x[3, 48] = np.inf, np.nan, 0.0, np.inf, -np.inf  # 48: a single one
     with np.errstate(invalid="ignore"):
         want = (w.astype(np.float64) @ x.astype(np.float64)).astype(np.float32)
     for _, wk, rows in _forms(w):
@@ -161,12 +152,45 @@ def test_kernel_special_values():
         np.testing.assert_allclose(out[~np.isnan(out)], want[~np.isnan(want)], rtol=1e-5, atol=1e-5)
 
 
+# chains run block by block: HardSwish (the store's head), an affine head then ReLU as a chain step, SiLU (saves)
+_CHAINS = {"none": np.zeros((0, 4), np.float32), "hardswish": _HARD_SWISH_ROWS,
+           "affine+act": np.float32([[conv_mod.CH_MUL, 0.5, 0, 0], [conv_mod.CH_ADD, -0.25, 0, 0],
+                                     [conv_mod.CH_ACT, ACT_CLIP, 0.0, 6.0]]),
+           "silu": np.float32([[conv_mod.CH_SILU, 0, 0, 0]])}
+
+
+@pytest.mark.parametrize("nb,cin,cout,npos", [(1, 512, 512, 49), (2, 33, 13, 196), (1, 7, 21, 100), (2, 16, 8, 35)])
+@pytest.mark.parametrize("chain", list(_CHAINS))
+@pytest.mark.parametrize("relu", [False, True])
+def test_run_fuses_the_epilogue_block_by_block(nb, cin, cout, npos, chain, relu):
+    """run: the product of every band, each block's channels then finished in place (bias, activation, chain):
+    bit for bit the unfused kernel followed by conv._bias_act_band_kernel over the whole plane, whatever the band
+    (the last block, overlapping the one before, finished once), for both weight forms."""
+    rng = np.random.default_rng(nb + cin + cout + npos)
+    x3, w, bias = _rand(rng, nb, cin, npos), _rand(rng, cout, cin), _rand(rng, cout)
+    ep = conv_mod.epilogue((ACT_CLIP, 0.0, np.inf) if relu else None)
+    steps = _CHAINS[chain]
+    want = np.empty((nb, cout, npos), np.float32)
+    for b in range(nb):
+        _kernel(x3[b], conv_pointwise.pack(w), want[b], 0, npos, _xt(cin), conv_pointwise._NO_ROWS)
+        conv_mod._bias_act_band_kernel(want, b, 0, npos, bias, ep, steps, np.empty(npos, np.float32))
+    for _, wk, rows in _forms(w):
+        for step in (npos, 16, 7, 50):
+            out = np.full((nb, cout, npos), np.nan, np.float32)
+            conv_pointwise.run(x3, wk, rows, out, bias, ep, steps, np.empty(step, np.float32), True, step,
+                               _xt(cin))
+            np.testing.assert_array_equal(out, want)
+
+
 def _ort(x, w, b, act):
     nodes = [helper.make_node("Conv", ["x", "W", "B"], ["c"], kernel_shape=[1, 1])]
     if act == "silu":
         nodes += [helper.make_node("Sigmoid", ["c"], ["s"]), helper.make_node("Mul", ["c", "s"], ["y"])]
     elif act == "relu":
         nodes += [helper.make_node("Relu", ["c"], ["y"])]
+    elif act == "hardswish":
+        nodes += [helper.make_node("HardSigmoid", ["c"], ["s"], alpha=1.0 / 6.0, beta=0.5),
+                  helper.make_node("Mul", ["c", "s"], ["y"])]
     else:
         nodes[0].output[0] = "y"
     g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, x.shape)],
@@ -184,12 +208,17 @@ def _epilogue(act):
         return (ACT_CLIP, 0.0, np.inf)
     if act == "silu":
         return conv_mod.EpilogueChain(np.float32([[conv_mod.CH_SILU, 0, 0, 0]]), ("s", "m"))
+    if act == "hardswish":
+        return conv_mod.EpilogueChain(_HARD_SWISH, ("s", "m"))
     return None
+
+
+_HARD_SWISH = _HARD_SWISH_ROWS
 
 
 @pytest.mark.parametrize("shape", [(1, 32, 80, 80), (2, 48, 13, 17), (1, 3, 10, 10), (1, 256, 10, 10)])
 @pytest.mark.parametrize("cout", [8, 18, 64])
-@pytest.mark.parametrize("act", [None, "relu", "silu"])
+@pytest.mark.parametrize("act", [None, "relu", "silu", "hardswish"])
 def test_bind_conv_takes_the_tiled_kernel_and_matches_onnxruntime(shape, cout, act):
     rng = np.random.default_rng(3)
     x = _rand(rng, *shape)
@@ -216,9 +245,9 @@ def test_small_planes_and_few_channels_keep_blas(shape, cout):
 
 @pytest.mark.parametrize("shape", [(1, 64, 7, 7), (2, 129, 4, 4), (1, 33, 9, 9), (1, 8, 6, 3)])
 @pytest.mark.parametrize("cout", [8, 13, 64])
-@pytest.mark.parametrize("act", [None, "relu", "silu"])
+@pytest.mark.parametrize("act", [None, "relu", "silu", "hardswish"])
 def test_planes_of_16k_plus_1_or_2_take_the_tiled_kernel(shape, cout, act):
-    # 49 = 3 x 16 + 1, 16, 81 = 5 x 16 + 1, 18 = 16 + 2: tiles, then the last positions as dot products
+    # 49 = 3 x 16 + 1, 16, 81 = 5 x 16 + 1, 18 = 16 + 2: tiles of vectors and single positions
     rng = np.random.default_rng(7)
     x = _rand(rng, *shape)
     w, b = _rand(rng, cout, shape[1], 1, 1), _rand(rng, cout)
@@ -281,9 +310,7 @@ def test_tiles_form_binds_the_tiled_kernel(shape, cout):
     assert fn is conv_pointwise.run
     fn(*args)
     conv_mod.conv(x, conv_mod.prepare_conv(DenseWeight(w), 1), b, {}, plain, act=_epilogue("relu"))
-    nt = conv_pointwise.dot_tail(shape[2] * shape[3])
-    flat, flat_plain = out.reshape(shape[0], cout, -1), plain.reshape(shape[0], cout, -1)
-    np.testing.assert_array_equal(flat[..., :flat.shape[2] - nt], flat_plain[..., :flat.shape[2] - nt])
+    np.testing.assert_array_equal(out, plain)
     np.testing.assert_allclose(out, _ort(x, w, b, "relu"), rtol=1e-4, atol=1e-4)
     with pytest.raises(UnsupportedError, match="tiles form"):
         conv_mod.bind_conv(x[:, :, :1, :1].copy(), prepared, b, {}, np.empty((shape[0], cout, 1, 1), np.float32))
@@ -316,7 +343,7 @@ def _conv1x1_model(cin, cout, hw):
 @pytest.mark.parametrize("cin,cout,hw,form", [(48, 20, 7, "tiles"), (32, 4, 12, ""), (32, 16, 1, "")])
 def test_planner_tiles_form(tmp_path, cin, cout, hw, form):
     """A codebook (8-bit) 1x1 layer held dense: decoded, then packed once in "tiles" form where the tiled kernel
-    runs (cout % 8 != 0 and a 7x7 plane's dot product included), its bytes what the memory plan counts; not with
+    runs (cout % 8 != 0 and a 7x7 plane's single position included), its bytes what the memory plan counts; not with
     fewer than 8 output channels (BLAS), on a 1x1 plane (the matrix-vector product) or in a parallel plan; the run
     equals the codebook-held one."""
     src, out = tmp_path / "one.onnx", tmp_path / "one.epk"

