@@ -24,23 +24,19 @@ def _rand(rng, *shape):
     return rng.standard_normal(shape).astype(np.float32)
 
 
-def _xt(cin):
-    return np.full((conv_pointwise.dot_tail(49), cin), np.nan, np.float32)  # conv.py's scratch: none
-
-
 _HARD_SWISH_ROWS = np.float32([[conv_mod.CH_HARD_SWISH, 1.0 / 6.0, 0.5, 0]])
 
 
 def _forms(w2d):
-    """(name, w, rows) of every way the kernel reads a (cout, cin) weight: packed, and as rows where cout >= 8."""
-    forms = [("packed", conv_pointwise.pack(w2d), conv_pointwise._NO_ROWS)]
+    """(name, w) of every way the kernel reads a (cout, cin) weight: packed, and as rows where cout >= 8."""
+    forms = [("packed", conv_pointwise.pack(w2d))]
     if w2d.shape[0] >= conv_pointwise.TILE_CO:
-        forms.append(("rows",) + conv_pointwise.weight_args({"w2d": w2d}))
+        forms.append(("rows", conv_pointwise.weight_arg({"w2d": w2d})))
     return forms
 
 
-def _kernel(x, w, out, p0, p1, xt, rows):
-    conv_pointwise.pointwise_kernel(x, w, out, p0, p1, xt, rows)
+def _kernel(x, w, out, p0, p1):
+    conv_pointwise.pointwise_kernel(x, w, out, p0, p1)
 
 
 def _fma_chain(w2d, x):
@@ -59,9 +55,9 @@ def test_kernel_matches_float64(cin, cout, npos):
     rng = np.random.default_rng(cin * 1000 + cout * 10 + npos)
     x, w = _rand(rng, cin, npos), _rand(rng, cout, cin)
     want = w.astype(np.float64) @ x.astype(np.float64)
-    for _, wk, rows in _forms(w):
+    for _, wk in _forms(w):
         out = np.full((cout, npos), np.nan, np.float32)
-        _kernel(x, wk, out, 0, npos, _xt(cin), rows)
+        _kernel(x, wk, out, 0, npos)
         np.testing.assert_allclose(out, want, rtol=1e-5, atol=1e-5 * np.sqrt(cin))
 
 
@@ -74,9 +70,9 @@ def test_kernel_is_one_fma_per_input_channel_in_order(cin, cout, npos):
     rng = np.random.default_rng(cin + cout + npos)
     x, w = _rand(rng, cin, npos), _rand(rng, cout, cin)
     chain = _fma_chain(w, x)
-    for name, wk, rows in _forms(w):
+    for name, wk in _forms(w):
         out = np.full((cout, npos), np.nan, np.float32)
-        _kernel(x, wk, out, 0, npos, _xt(cin), rows)
+        _kernel(x, wk, out, 0, npos)
         np.testing.assert_array_equal(out, chain, err_msg=name)
 
 
@@ -110,14 +106,14 @@ def test_kernel_writes_only_its_range_and_bands_give_the_same_bits(npos):
     cin, cout = 40, 20
     x, w = _rand(rng, cin, npos), _rand(rng, cout, cin)
     whole = np.empty((cout, npos), np.float32)
-    for _, wk, rows in _forms(w):
-        _kernel(x, wk, whole, 0, npos, _xt(cin), rows)
+    for _, wk in _forms(w):
+        _kernel(x, wk, whole, 0, npos)
         part = np.full((cout, npos), np.nan, np.float32)
-        _kernel(x, wk, part, 37, 150, _xt(cin), rows)
+        _kernel(x, wk, part, 37, 150)
         assert np.isnan(part[:, :37]).all() and np.isnan(part[:, 150:]).all()
         np.testing.assert_array_equal(part[:, 37:150], whole[:, 37:150])  # tiles placed differently: the same sums
         for p0, p1 in ((0, 7), (7, 23), (23, npos - 1), (npos - 1, npos)):
-            _kernel(x, wk, part, p0, p1, _xt(cin), rows)
+            _kernel(x, wk, part, p0, p1)
         np.testing.assert_array_equal(part, whole)  # positions in vectors or single: the same bits
 
 
@@ -145,9 +141,9 @@ def test_kernel_special_values():
     x[0, 3], x[1, 20], w[4, 2], x[2, 48], x[3, 48] = np.inf, np.nan, 0.0, np.inf, -np.inf  # 48: a single one
     with np.errstate(invalid="ignore"):
         want = (w.astype(np.float64) @ x.astype(np.float64)).astype(np.float32)
-    for _, wk, rows in _forms(w):
+    for _, wk in _forms(w):
         out = np.empty((9, 49), np.float32)
-        _kernel(x, wk, out, 0, 49, _xt(5), rows)
+        _kernel(x, wk, out, 0, 49)
         np.testing.assert_array_equal(np.isnan(out), np.isnan(want))
         np.testing.assert_allclose(out[~np.isnan(out)], want[~np.isnan(want)], rtol=1e-5, atol=1e-5)
 
@@ -172,13 +168,12 @@ def test_run_fuses_the_epilogue_block_by_block(nb, cin, cout, npos, chain, relu)
     steps = _CHAINS[chain]
     want = np.empty((nb, cout, npos), np.float32)
     for b in range(nb):
-        _kernel(x3[b], conv_pointwise.pack(w), want[b], 0, npos, _xt(cin), conv_pointwise._NO_ROWS)
+        _kernel(x3[b], conv_pointwise.pack(w), want[b], 0, npos)
         conv_mod._bias_act_band_kernel(want, b, 0, npos, bias, ep, steps, np.empty(npos, np.float32))
-    for _, wk, rows in _forms(w):
+    for _, wk in _forms(w):
         for step in (npos, 16, 7, 50):
             out = np.full((nb, cout, npos), np.nan, np.float32)
-            conv_pointwise.run(x3, wk, rows, out, bias, ep, steps, np.empty(step, np.float32), True, step,
-                               _xt(cin))
+            conv_pointwise.run(x3, wk, out, bias, ep, steps, np.empty(step, np.float32), True, step)
             np.testing.assert_array_equal(out, want)
 
 

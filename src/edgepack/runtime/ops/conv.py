@@ -89,7 +89,7 @@ BLOCK_MIN_POSITIONS = 1024
 # From this many output positions and channels a dense plain 1x1 convolution runs conv_pointwise.py's register-tiled
 # kernel instead of BLAS (fewer: its tiles of 16 positions x 8 channels waste too much of themselves, 512 -> 512 at 7x7
 # 0.85x of BLAS, 96 -> 4 at 52x52 0.35x; benchmarks/pointwise_conv.py), except planes of 16 k + 1 or 2 positions
-# (7x7: its last position as dot products, conv_pointwise.dot_tail). A 1x1 plane is a matrix-vector product:
+# (7x7: its last position a single one of a tile, conv_pointwise.DOT_TAIL_MAX). A 1x1 plane is a matrix-vector product:
 # conv_pointwise.run_gemv. Serial plans only: with threads, BLAS runs the product on all of them.
 POINTWISE_MIN_POSITIONS = 100
 POINTWISE_MIN_CHANNELS = 8
@@ -358,15 +358,10 @@ def _layout(g: dict, kind: str, parallel: bool) -> tuple[np.ndarray, int, bool]:
             # at 112x112: 1.6 MB, would not be in L2 any more); scratch: one band row for an epilogue chain
             want = max(IM2COL_BAND_FLOATS // max(1, cols + g["cout"]), IM2COL_BAND_MIN_POSITIONS)
             geo[_CROWS] = crows = max(1, min(g["oh"], want // ow))
-            from edgepack.runtime.ops import conv_pointwise  # it builds on this module
-            # and the tiled kernel's last positions as rows (conv_pointwise.dot_tail)
-            return geo, 4 * (crows * g["ow"] + conv_pointwise.dot_tail(g["oh"] * g["ow"]) * cols), True
+            return geo, 4 * crows * g["ow"], True
         geo[_CROWS] = crows = _im2col_rows(g)
-        from edgepack.runtime.ops import conv_pointwise  # it builds on this module
-        tail = conv_pointwise.dot_tail(g["oh"] * g["ow"]) if im2col_product(g, parallel) == "tiled" else 0
-        # the tap offsets (int64), the band, one band row for an epilogue chain, the padded / phased sample, and
-        # the register-tiled product's last positions as rows (conv_pointwise.dot_tail)
-        return geo, 8 * cols + 4 * ((cols + 1) * crows * g["ow"] + int(geo[_PLEN]) + tail * cols), True
+        # the tap offsets (int64), the band, one band row for an epilogue chain, the padded / phased sample
+        return geo, 8 * cols + 4 * ((cols + 1) * crows * g["ow"] + int(geo[_PLEN])), True
     pos = 0
     for off, size in ((_TAB_OFF, 8 * cols), (_OBUF_OFF, 8 * rows * cols),
                       (_XPAD_OFF, 4 * slots * int(geo[_PLEN])),
@@ -1026,9 +1021,9 @@ def _im2col_run(x2, geo, bands, w2d, out3, bias_v, ep, chain, save, finish, tab,
                 _bias_act_band_kernel(out3, b, p0, p1, bias_v, ep, chain, save)
 
 
-def _im2col_tiled_run(x2, geo, col, w, rows, out3, bias_v, ep, chain, save, finish, tab, xpad, xt) -> None:
-    # one band (the whole plane), the product on conv_pointwise.py's register tiles (im2col_product; w, rows:
-    # conv_pointwise.weight_args)
+def _im2col_tiled_run(x2, geo, col, w, out3, bias_v, ep, chain, save, finish, tab, xpad) -> None:
+    # one band (the whole plane), the product on conv_pointwise.py's register tiles (im2col_product; w:
+    # conv_pointwise.weight_arg)
     from edgepack.runtime.ops.conv_pointwise import pointwise_kernel  # it builds on this module
 
     _tap_offsets_kernel(geo, tab)
@@ -1036,7 +1031,7 @@ def _im2col_tiled_run(x2, geo, col, w, rows, out3, bias_v, ep, chain, save, fini
     for b in range(x2.shape[0]):
         src = _source_kernel(x2, b, geo, xpad)
         _im2col_kernel(src, tab, geo, 0, oh, col)
-        kernel(col, w, out3[b], 0, npos, xt, rows)
+        kernel(col, w, out3[b], 0, npos)
         if finish:
             _bias_act_band_kernel(out3, b, 0, npos, bias_v, ep, chain, save)
 
@@ -1133,9 +1128,8 @@ def bind_conv(x: np.ndarray, prepared: PreparedConv, bias, attrs: dict, out: np.
                                                  finish)
             if kernel == "pointwise":
                 # the register-tiled kernel, band by band (conv_pointwise.py; one thread: BLAS threads the product)
-                xt = flat[crows * ow: crows * ow + conv_pointwise.dot_tail(npos) * cols].reshape(-1, cols)
-                return conv_pointwise.run, (x3, *conv_pointwise.weight_args(a), out3, bias_v, ep, chain, save,
-                                            finish, max(1, crows * ow), xt)
+                return conv_pointwise.run, (x3, conv_pointwise.weight_arg(a), out3, bias_v, ep, chain, save,
+                                            finish, max(1, crows * ow))
             if not finish or crows >= oh:  # one band: the product, then the epilogue over the whole output
                 return _gemm_1x1_run, (x3, a["w2d"], out3, bias_v, ep, chain, save, finish)
             step = crows * ow
@@ -1149,11 +1143,9 @@ def bind_conv(x: np.ndarray, prepared: PreparedConv, bias, attrs: dict, out: np.
         out3 = out.reshape(nb, cout, npos)
         if im2col_product(geometry(x.shape, prepared.shape, attrs), parallel) == "tiled":
             from edgepack.runtime.ops import conv_pointwise  # it builds on this module
-            end = (cols + 1) * npos + int(geo[_PLEN])
-            xt = flat[end: end + conv_pointwise.dot_tail(npos) * cols].reshape(-1, cols)
             return _im2col_tiled_run, (x2, geo, flat[: cols * npos].reshape(cols, npos),
-                                       *conv_pointwise.weight_args(a), out3, bias_v, ep, chain, save, finish, tab,
-                                       xpad, xt)
+                                       conv_pointwise.weight_arg(a), out3, bias_v, ep, chain, save, finish, tab,
+                                       xpad)
         bands = []
         for b in range(nb):
             row = []

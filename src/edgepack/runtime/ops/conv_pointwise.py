@@ -220,12 +220,6 @@ def _packed(w):
 DOT_TAIL_MAX = 2
 
 
-def dot_tail(npos: int) -> int:
-    """Scratch rows (of cin floats) the kernel needs for a plane of npos positions: none (every position is a tile's;
-    conv.py sizes its scratch by this)."""
-    return 0
-
-
 @njit(cache=True, inline="always")
 def _block_tiles(x, w, out, k, p0, p1):
     """Block k's output channels (_block) at positions p0 .. p1 - 1 (16 n + r): n vectors and r single positions in
@@ -253,9 +247,9 @@ def _block_tiles(x, w, out, k, p0, p1):
     return co0, j0, nco
 
 
-def _pointwise(x, w, out, p0, p1, xt, rows):
+def _pointwise(x, w, out, p0, p1):
     """out[:, p0:p1] = w @ x[:, p0:p1]; x (cin, P), out (cout, P) float32 C-contiguous, w the weight packed (pack)
-    or as a view of its rows (rows_view); xt, rows: unused (conv.py's arguments). Every output is the same fused
+    or as a view of its rows (rows_view). Every output is the same fused
     multiply-add chain over c in order, whatever its place in a tile or band: the same bits."""
     for k in range(-(-out.shape[0] // TILE_CO)):
         _block_tiles(x, w, out, k, p0, p1)
@@ -329,28 +323,24 @@ def rows_view(w2d: np.ndarray) -> np.ndarray:
                                            writeable=False)
 
 
-# x (cin, P), w (pack: "C"; rows_view: "A"; read-only), out (cout, P), p0, p1, xt (dot_tail(P), cin), rows
-# (read-only: weight_args); x writable or read-only (a caller's input). Compiled at its first call (per layout).
+# x (cin, P), w (pack: "C"; rows_view: "A"; read-only: weight_arg), out (cout, P), p0, p1; x writable or read-only
+# (a caller's input). Compiled at its first call (per layout).
 pointwise_kernel = njit(cache=True)(_pointwise)
 
 
-_NO_ROWS = np.zeros((0, 0), np.float32)
-_NO_ROWS.flags.writeable = False
-
-
-def weight_args(arrays: dict) -> tuple[np.ndarray, np.ndarray]:
-    """(w, rows) for pointwise_kernel from a conv.PreparedConv's arrays: its packed form "wp" (kind "tiles"), or a
-    view of its rows "w2d" and those rows (read-only views: no copy)."""
+def weight_arg(arrays: dict) -> np.ndarray:
+    """w for pointwise_kernel and run from a conv.PreparedConv's arrays: its packed form "wp" (kind "tiles"), or a
+    read-only view of its rows "w2d" (rows_view: no copy)."""
     if "wp" in arrays:
-        return arrays["wp"], _NO_ROWS
+        return arrays["wp"]
     rows = arrays["w2d"].view()
     rows.flags.writeable = False
-    return rows_view(rows), rows
+    return rows_view(rows)
 
 
-def run(x3, w, rows, out3, bias_v, ep, chain, save, finish, step, xt):
+def run(x3, w, out3, bias_v, ep, chain, save, finish, step):
     """conv.py's plain 1x1 step: per sample, per band of `step` positions, the product with (finish) the epilogue
-    block by block (_run_kernel); w: weight_args; rows, xt: unused (conv.py's arguments)."""
+    block by block (_run_kernel); w: weight_arg."""
     _run_kernel(x3, w, out3, bias_v, ep, chain, save, finish, step)
 
 
