@@ -299,6 +299,101 @@ def test_margin_error_against_a_loop(axis):
     assert margin_error([z], [z], -1) == (0.0, 1.0)
 
 
+def _ctc_reference(seq: list[int]) -> list[int]:
+    """Greedy CTC decoding with blank 0, by runs (itertools.groupby), for the tests."""
+    from itertools import groupby
+
+    return [c for c, _ in groupby(seq) if c != 0]
+
+
+def test_ctc_decisive_against_decoding_the_whole_sequence():
+    """ctc_decisive's window of three against decoding the whole sequence with and without the runner-up, on
+    random sequences of a 4-class alphabet (many repeats and blanks), lengths 1, 2, 3 and longer."""
+    from edgepack.packer.allocate import ctc_decisive, ctc_decode
+
+    rng = np.random.default_rng(3)
+    for n in (1, 2, 3, 5, 40):
+        for _ in range(60):
+            top = rng.integers(0, 4, n)
+            runner = (top + rng.integers(1, 4, n)) % 4  # never the top class
+            want = []
+            for t in range(n):
+                alt = top.copy()
+                alt[t] = runner[t]
+                want.append(_ctc_reference(top.tolist()) != _ctc_reference(alt.tolist()))
+            assert ctc_decisive(top, runner).tolist() == want
+            assert ctc_decode(top) == _ctc_reference(top.tolist())
+    # "ZZ" needs its blank; a character's edge is harmless; a trailing space (class 3) against the blank is not
+    assert ctc_decisive([5, 5, 0, 5, 5], [0, 0, 5, 0, 0]).tolist() == [False, False, True, False, False]
+    assert ctc_decisive([0, 5, 5, 0], [5, 0, 0, 5]).tolist() == [False, False, False, False]
+    assert ctc_decisive([5, 0, 3, 0], [0, 3, 0, 3]).tolist() == [True, False, True, False]
+
+
+def test_ctc_sequence_shapes():
+    from edgepack.packer.allocate import ctc_sequence
+
+    assert ctc_sequence((1, 40, 6625), -1) and ctc_sequence((40, 1, 8210), 2)
+    assert not ctc_sequence((2, 40, 100), -1)  # two long axes: which one is time is not known
+    assert not ctc_sequence((1, 1, 100), -1)  # one position
+    assert not ctc_sequence((8, 100), -1) and not ctc_sequence((1, 40, 2, 100), -1)
+
+
+@pytest.mark.parametrize("layout", ["btc", "tbc"])
+def test_margin_error_of_a_ctc_sequence_counts_its_decisive_positions(layout):
+    """With ctc, the mean runs over the positions where the runner-up would change the decoded string (a plain loop:
+    margins as _margin_reference, decisive positions by decoding whole sequences), tau = CTC_TAU x the median margin;
+    an edge tie that flips costs nothing, a decisive one does; agreement stays over every position."""
+    from edgepack.packer.allocate import CTC_TAU, margin_error
+
+    rng = np.random.default_rng(11)
+    t_len, classes = 30, 70
+
+    def run():
+        z = rng.standard_normal((t_len, classes))
+        z[np.arange(t_len), rng.integers(0, 6, t_len)] += 4.0  # a few classes win, blank (0) among them
+        return z[None] if layout == "btc" else z[:, None]
+
+    ref = [run() for _ in range(3)]
+    got = [a + 0.3 * rng.standard_normal(a.shape) for a in ref]
+    axis = -1
+    err, top1 = margin_error(ref, got, axis, ctc=True)
+    seqs = [np.reshape(a, (t_len, classes)) for a in ref]
+    qs = [np.reshape(b, (t_len, classes)) for b in got]
+    m, m2, dec, same = [], [], [], 0
+    for z, q in zip(seqs, qs):
+        top = [max(range(classes), key=lambda i: (z[t][i], -i)) for t in range(t_len)]
+        for t in range(t_len):
+            a = top[t]
+            b = max((i for i in range(classes) if i != a), key=lambda i: (z[t][i], -i))
+            m.append(z[t][a] - z[t][b])
+            m2.append(q[t][a] - max(v for i, v in enumerate(q[t]) if i != a))
+            alt = list(top)
+            alt[t] = b
+            dec.append(_ctc_reference(top) != _ctc_reference(alt))
+            same += max(range(classes), key=lambda i: (q[t][i], -i)) == a
+    tau = CTC_TAU * float(np.median(m))
+    sq = [((x - y) / (x + tau)) ** 2 for x, y, d in zip(m, m2, dec) if d]
+    assert 0 < len(sq) < len(m)
+    assert err == pytest.approx((sum(sq) / len(sq)) ** 0.5, rel=1e-9) and top1 == pytest.approx(same / len(m))
+    # blank a a blank b: the edge position 1 tied between 'a' and the blank and flipped costs nothing; the
+    # blank between two 'a's (decisive) eats its margin
+    z = np.full((1, 5, 64), -5.0)
+    z[0, [0, 1, 2, 3, 4], [0, 1, 1, 0, 2]] = [3.0, 1.0, 3.0, 3.0, 3.0]  # blank a a blank b
+    z[0, 1, 0] = 0.9
+    q = z.copy()
+    q[0, 1, 0] = 1.5  # position 1 now reads blank: the string is still 'ab'
+    assert margin_error([z], [q], -1, ctc=True) == (0.0, 0.8)
+    assert margin_error([z], [q], -1)[0] > 0.5
+    z2 = np.full((1, 3, 64), -5.0)
+    z2[0, [0, 1, 2], [1, 0, 1]] = 3.0
+    z2[0, 1, 1] = 2.0
+    q2 = z2.copy()
+    q2[0, 1, 1] = 3.5  # 'a', blank, 'a' -> 'a' 'a' 'a': 'aa' read as 'a'
+    # three decisive positions, margins 8, 1, 8 (tau 0.3 x 8): the blank's 1 + 0.5 eaten
+    assert margin_error([z2], [q2], -1, ctc=True)[0] == pytest.approx(((1.5 / (1 + CTC_TAU * 8)) ** 2 / 3) ** 0.5)
+    assert margin_error([z], [z], -1, ctc=True) == (0.0, 1.0)
+
+
 def test_class_outputs_are_found_by_what_produces_them(tmp_path):
     """A linear head of >= MIN_CLASSES outputs (MatMul + bias Add), a Softmax over them; not a 10-way head."""
     from onnx import helper
