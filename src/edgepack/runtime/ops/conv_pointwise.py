@@ -256,11 +256,12 @@ def _pointwise(x, w, out, p0, p1):
 
 
 @njit(cache=True)
-def _run_kernel(x3, w, out3, bias_v, ep, chain, save, finish, step):
-    """run's loops: per sample, per band of `step` positions, per block of output channels its tiles, then (finish)
-    the epilogue on the block's new channels while they are in cache: conv.py's bias, activation and chain head
-    (store_row, in place) and the rest of the chain (_chain_kernel), as conv._bias_act_band_kernel runs them on a
-    band (the same values; without a bias, store_row's + 0 makes a -0 sum +0)."""
+def run(x3, w, out3, bias_v, ep, chain, save, finish, step):
+    """conv.py's plain 1x1 step (w: weight_arg), bound as the kernel itself: per sample, per band of `step`
+    positions, per block of output channels its tiles, then (finish) the epilogue on the block's new channels while
+    they are in cache: conv.py's bias, activation and chain head (store_row, in place) and the rest of the chain
+    (_chain_kernel), as conv._bias_act_band_kernel runs them on a band (the same values; without a bias, store_row's
+    + 0 makes a -0 sum +0)."""
     npos, cout = x3.shape[2], out3.shape[1]
     has_bias = bias_v.shape[0] != 0
     kind, a0, a1 = np.int64(ep[EP_ACT]), ep[EP_P0], ep[EP_P1]
@@ -338,12 +339,6 @@ def weight_arg(arrays: dict) -> np.ndarray:
     return rows_view(rows)
 
 
-def run(x3, w, out3, bias_v, ep, chain, save, finish, step):
-    """conv.py's plain 1x1 step: per sample, per band of `step` positions, the product with (finish) the epilogue
-    block by block (_run_kernel); w: weight_arg."""
-    _run_kernel(x3, w, out3, bias_v, ep, chain, save, finish, step)
-
-
 # A 1x1 plane (one output position: an SE block's squeeze and excite, a classifier head held as a Conv) is a
 # matrix-vector product: each output channel is one dot product of its weight row with the sample's channels, the
 # weight read once, front to back, with vector FMAs (recurrent._dot_kernel). OpenBLAS's sgemm on the (cin, 1) matrix
@@ -359,8 +354,10 @@ def _gemv_kernel(x2, w, out3, b):
         o[co, 0] = _dot_kernel(w[co], xb)
 
 
+@njit(cache=True)
 def run_gemv(x2, w2d, out3, bias_v, ep, chain, save, finish):
-    """conv.py's plain 1x1 step on a 1x1 plane: per sample the matrix-vector product, then (finish) the epilogue."""
+    """conv.py's plain 1x1 step on a 1x1 plane, bound as the kernel itself: per sample the matrix-vector product,
+    then (finish) the epilogue."""
     for b in range(x2.shape[0]):
         _gemv_kernel(x2, w2d, out3, b)
         if finish:
