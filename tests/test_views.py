@@ -1,5 +1,5 @@
-"""Split, Slice and Concat bound once per plan as copies between views (runtime/ops/views.py): against numpy's
-slicing and concatenation on contiguous slabs (flat copies) and strided ones (batch > 1, inner axes, steps of 2 and
+"""Split, Slice, Concat and Transpose bound once per plan as copies between views (runtime/ops/views.py): against numpy's
+slicing, concatenation and transposition on contiguous slabs (flat copies) and strided ones (batch > 1, inner axes, steps of 2 and
 -3), ranks 1 to 5 (rank 5 falls back to the plain runner), empty parts, and buffers that stay bound across runs."""
 import numpy as np
 import pytest
@@ -110,3 +110,29 @@ def test_views_outside_their_base_are_refused():
     base[...] = _rand(base.shape)
     fn(*args)
     np.testing.assert_array_equal(dst, base[:, ::2])
+
+
+@pytest.mark.parametrize("shape_,perm", [
+    ((22, 2, 1, 512), [0, 2, 1, 3]),  # ddddocr's LSTM output: an axis of size 1 moved, the memory order kept
+    ((1, 64, 8, 22), [3, 0, 1, 2]),  # ddddocr's features into the LSTM: a real transpose
+    ((2, 3, 4), None),  # default: the axes reversed
+    ((5, 7), [1, 0]),
+    ((3,), [0]),
+    ((1, 3, 1, 5), [2, 0, 3, 1]),
+    ((2, 3, 4, 5, 6), [0, 2, 1, 3, 4]),  # rank 5: the runner
+])
+def test_transpose_bound_equals_numpy(shape_, perm):
+    x = _rand(shape_)
+    op = _op("Transpose")
+    attrs = {} if perm is None else {"perm": perm}
+    (oshape,) = op.infer([x.shape], attrs, [None])
+    out = np.full(oshape, np.nan, np.float32)
+    step = op.bind([x], attrs, [out])
+    if len(shape_) > 4:
+        assert step is None
+        op.run([x], attrs, [out])
+    else:
+        fn, args = step
+        x[...] = _rand(shape_, 1)  # bound views: a run reads the buffer's current values
+        fn(*args)
+    np.testing.assert_array_equal(out, np.transpose(x, perm))

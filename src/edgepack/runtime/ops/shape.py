@@ -108,6 +108,17 @@ def _run_transpose(inputs, attrs, outputs):
     np.copyto(outputs[0], x.transpose(attrs.get("perm") or tuple(reversed(range(x.ndim)))))
 
 
+def _bind_transpose(inputs, attrs, outputs):
+    """Bound once per plan: the input's transposed view copied into the output (views.py: one flat copy when the
+    permutation keeps the memory order, as moving an axis of size 1 does, else the rank <= 4 strided copy); None
+    (the plain runner) for a constant input or rank > 4."""
+    from edgepack.runtime.ops.views import bind_copies  # it builds on this module
+    x = inputs[0]
+    if not (isinstance(x, np.ndarray) and x.flags.c_contiguous):
+        return None
+    return bind_copies([x.transpose(attrs.get("perm") or tuple(reversed(range(x.ndim))))], [outputs[0]], src_base=x)
+
+
 def _infer_concat(input_shapes, attrs, consts):
     if not input_shapes:
         raise FormatError("expects at least 1 input, found 0")
@@ -148,6 +159,6 @@ OPS = (
     OpDef("Identity", _infer_identity, run_copy_reshaped, inplace_ok=True, bind=bind_copy_reshaped),
     OpDef("Flatten", _infer_flatten, run_copy_reshaped, inplace_ok=True, bind=bind_copy_reshaped),
     OpDef("Reshape", _infer_reshape, run_copy_reshaped, inplace_ok=True, bind=bind_copy_reshaped),
-    OpDef("Transpose", _infer_transpose, _run_transpose),
+    OpDef("Transpose", _infer_transpose, _run_transpose, bind=_bind_transpose),
     OpDef("Concat", _infer_concat, _run_concat, bind=_bind_concat),
 )
