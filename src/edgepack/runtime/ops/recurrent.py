@@ -30,10 +30,10 @@ from numba import njit
 
 from edgepack.runtime.errors import FormatError, UnsupportedError
 from edgepack.runtime.ops.fastmath import sigmoid_value, tanh_value
-from edgepack.runtime.ops.linear import (ROWS_NARROW, _tile_transpose_kernel, bind_linear, prepare_linear,
-                                          rows_lanes, tile_rows_sums)
+from edgepack.runtime.ops.linear import (ROWS_NARROW, bind_linear, prepare_linear, rows_lanes, tile_rows_sums,
+                                          tile_transpose)
 from edgepack.runtime.ops.registry import OpDef, check_arity, float_attr, int_attr
-from edgepack.runtime.ops.simd_dot import LANES, rows_dot8
+from edgepack.runtime.ops.simd_dot import LANES, dot, rows_dot8
 from edgepack.runtime.ops.simd_rows import LANES as TILE_LANES
 from edgepack.runtime.ops.simd_rows import DENSE_ROWS
 from edgepack.runtime.weights import CodebookWeight, DenseWeight
@@ -84,21 +84,11 @@ def _clip_kernel(v, clip):
     return v
 
 
-@njit(cache=True, fastmath={"reassoc", "contract"})
-def _dot_kernel(a, b):
-    """Dot product of two contiguous float32 vectors; reassociation lets it run in SIMD (4-8x faster than the
-    strict left-to-right sum; the order is still fixed at compile time, so runs are bit-identical)."""
-    acc = np.float32(0.0)
-    for i in range(a.shape[0]):
-        acc += a[i] * b[i]
-    return acc
-
-
 @njit(cache=True, error_model="numpy")
 def _gemv_kernel(rf, base, nrows, k, x, out, backward):
     """out[q] = dot(row q, x[:k]) for q < nrows, the rows of length k from rf[base] (R flattened): eight rows at a
-    time in simd_dot.rows_dot8 over the first k - k % 8 columns, the other columns added after (_dot_kernel), rows
-    past the last eight as _dot_kernel alone. Below 8 columns, _dot_kernel per row (rows_dot8 would only add its
+    time in simd_dot.rows_dot8 over the first k - k % 8 columns, the other columns added after (dot), rows
+    past the last eight as dot alone. Below 8 columns, dot per row (rows_dot8 would only add its
     reduction). Every sum's order is fixed by k and the row's place: runs are bit-identical. `backward` visits the
     blocks of eight last to first (the same sums): alternated step by step, a step starts on the rows the step before
     read last, which are still in L2 when R is larger than L2 (ddddocr's 4 MiB a direction)."""
@@ -110,10 +100,10 @@ def _gemv_kernel(rf, base, nrows, k, x, out, backward):
         if kv < k:
             for j in range(q, q + LANES):
                 row = base + j * k
-                out[j] = out[j] + _dot_kernel(rf[row + kv:row + k], x[kv:k])
+                out[j] = out[j] + dot(rf[row + kv:row + k], x[kv:k])
     for q in range(blocks * LANES, nrows):
         row = base + q * k
-        out[q] = _dot_kernel(rf[row:row + k], x[:k])
+        out[q] = dot(rf[row:row + k], x[:k])
 
 
 @njit(cache=True)
@@ -143,7 +133,7 @@ def _project_codes_kernel(x, codes, codebook, scales, bias, xw, xt, acc):
     lw = ROWS_NARROW if bsz <= ROWS_NARROW else TILE_LANES
     for b0 in range(0, bsz, lw):
         bt = min(lw, bsz - b0)
-        _tile_transpose_kernel(x, b0, bt, lw, xt)
+        tile_transpose(x, b0, bt, lw, xt)
         for d in range(n_dir):
             r = 0
             while r < gh:
